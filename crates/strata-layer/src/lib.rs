@@ -1,0 +1,2 @@
+//! Placeholder: being written (helper: layer).
+#![deny(missing_docs)]

@@ -1,0 +1,4 @@
+//! Placeholder: being written (helper: shell).
+/// Placeholder.
+#[derive(Debug, Clone, Default)]
+pub struct DockerIgnore;

@@ -1,0 +1,28 @@
+//! strata-recipe: Dockerfile and Containerfile text to typed stages and steps.
+//!
+//! Parsing happens in layers, the way BuildKit's Dockerfile frontend does it, so that the same
+//! text means the same thing to both. [`ast`] splits the text into instructions (directives,
+//! comments, continuations, heredocs) without interpreting them; [`shell`] implements the
+//! shell-word language used inside instructions (`$var`, `${var:-default}`, quoting); then
+//! [`instruction`] gives each node its typed meaning and [`stage`] forms build stages, scoping
+//! `ARG`s and expanding variables with the build arguments supplied. [`dockerignore`] implements
+//! the context exclusion patterns. Nothing here does I/O: callers hand in text.
+#![deny(missing_docs)]
+
+pub mod ast;
+pub mod dockerignore;
+pub mod error;
+pub mod instruction;
+mod parser;
+pub mod shell;
+pub mod stage;
+
+pub use ast::{Ast, Directive, Heredoc, Node};
+pub use dockerignore::DockerIgnore;
+pub use error::{ParseError, ParseErrorKind, Span};
+
+/// Splits recipe text into its syntax tree (first layer only: no variable expansion, no
+/// semantic checks beyond what BuildKit's parser itself rejects).
+pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {
+    parser::parse(src)
+}

@@ -1,0 +1,2 @@
+//! Placeholder: being written (helper: store).
+#![deny(missing_docs)]

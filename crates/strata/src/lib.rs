@@ -1,0 +1,3 @@
+//! strata: the embedding API.
+#![deny(missing_docs)]
+pub use strata_recipe as recipe;
