@@ -1,2 +1,43 @@
-//! Placeholder: being written (helper: store).
+//! strata's content-addressed store, laid out on disk as an OCI image layout.
+//!
+//! A [`Store`] is a directory that any OCI tool can read directly (`skopeo inspect
+//! oci:$STORE:app:v1`, `umoci unpack --image $STORE:app:v1`):
+//!
+//! ```text
+//! <root>/oci-layout              {"imageLayoutVersion":"1.0.0"}
+//! <root>/index.json              image index; tags are entries annotated with
+//!                                org.opencontainers.image.ref.name = "name:tag"
+//! <root>/blobs/sha256/<hex>      every blob, named by the SHA-256 of its bytes
+//! <root>/strata/v1/lock          flock serializing index.json updates
+//! <root>/strata/v1/tmp/          temp files of writers in progress (same file system)
+//! <root>/strata/v1/roots/*       extra gc roots, one digest per line (e.g. the build cache)
+//! <root>/strata/v1/snapshots/<hex>  unpacked layers, removed by gc when unreachable
+//! ```
+//!
+//! The model is "write once, name by content". A blob is streamed into a temp file while being
+//! hashed and renamed into `blobs/sha256/` under the digest that was computed, so a blob whose
+//! name does not match its bytes cannot be created through this API, and concurrent writers of
+//! the same content race harmlessly without locks. Mutable state is only `index.json` (the
+//! tags), updated under an exclusive file lock by atomic rename, so readers never see a
+//! half-written file. Everything else is derived: [`Store::gc`] deletes what no tag, gc root
+//! or caller-given digest reaches; [`Store::fsck`] re-hashes every blob and checks every
+//! reference.
 #![deny(missing_docs)]
+
+mod blob;
+mod digest;
+mod error;
+mod index;
+mod reference;
+mod store;
+
+pub use blob::{BlobWriter, PutBlob, VerifyingReader};
+pub use digest::{Digest, DigestParseError, DigestParseErrorKind, Hasher, SHA256};
+pub use error::{NotAStoreProblem, StoreError};
+pub use index::REF_NAME_ANNOTATION;
+pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
+pub use store::Store;
+
+/// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this
+/// API speaks, so callers use the same version.
+pub use oci_spec;

@@ -1,0 +1,193 @@
+//! The one error type of this crate.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::digest::{Digest, DigestParseError};
+use crate::reference::ReferenceError;
+
+/// Everything that can go wrong in the store, each with the path, digest or name at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An I/O operation on `path` failed.
+    #[error("I/O error on {path}")]
+    Io {
+        /// The file or directory being accessed.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the content to be stored failed (the source, not the store, is at fault).
+    #[error("reading blob content from its source failed")]
+    SourceRead {
+        /// The source's error.
+        #[source]
+        source: io::Error,
+    },
+    /// `root` exists but is not an OCI image layout (no `oci-layout` file), so it was not touched.
+    #[error("{root} is not a strata store: {problem}")]
+    NotAStore {
+        /// The directory given as store root.
+        root: PathBuf,
+        /// What is missing or unexpected.
+        problem: NotAStoreProblem,
+    },
+    /// A JSON file of the layout (`oci-layout`, `index.json`, a roots file) does not parse.
+    #[error("{path} is corrupt")]
+    CorruptFile {
+        /// The file that does not parse.
+        path: PathBuf,
+        /// The parse error, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The `oci-layout` file names a layout version this code does not understand.
+    #[error("{path}: unsupported imageLayoutVersion {found:?} (expected \"1.0.0\")")]
+    UnsupportedLayoutVersion {
+        /// The `oci-layout` file.
+        path: PathBuf,
+        /// The version found in it.
+        found: String,
+    },
+    /// A line of a gc roots file is not a digest.
+    #[error("{path}:{line}: not a digest")]
+    InvalidRootsLine {
+        /// The roots file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Why the line is not a digest.
+        #[source]
+        source: DigestParseError,
+    },
+    /// A digest string (in a descriptor or given by a caller) is malformed or not sha256.
+    #[error(transparent)]
+    InvalidDigest(#[from] DigestParseError),
+    /// Content does not hash to the digest it was expected to have.
+    #[error("content mismatch: expected {expected}, found {found}")]
+    DigestMismatch {
+        /// The digest the content should have had.
+        expected: Digest,
+        /// The digest of the bytes actually read or written.
+        found: Digest,
+    },
+    /// Content has a different length than its descriptor says.
+    #[error("size mismatch for {digest}: expected {expected} bytes, found {found}")]
+    SizeMismatch {
+        /// The blob (the expected digest when writing).
+        digest: Digest,
+        /// The size from the descriptor or caller.
+        expected: u64,
+        /// The actual size.
+        found: u64,
+    },
+    /// The store has no blob with this digest.
+    #[error("blob {digest} not found in store")]
+    BlobNotFound {
+        /// The missing blob.
+        digest: Digest,
+    },
+    /// A blob that should hold JSON (manifest, config, index) does not parse as the expected type.
+    #[error("blob {digest} is not a valid {what}")]
+    InvalidBlobJson {
+        /// The blob.
+        digest: Digest,
+        /// What it should have been (e.g. "image manifest").
+        what: &'static str,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value could not be serialized to JSON for storing.
+    #[error("cannot serialize {what} to JSON")]
+    Serialize {
+        /// What was being serialized.
+        what: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A descriptor or manifest has a media type this store does not handle here.
+    #[error("blob {digest} has unsupported media type {found:?} (expected {expected})")]
+    UnsupportedMediaType {
+        /// The blob described.
+        digest: Digest,
+        /// The media type found.
+        found: String,
+        /// What was acceptable at that point.
+        expected: &'static str,
+    },
+    /// An image's config lists a different number of layer diff IDs than its manifest has layers.
+    #[error("image config {config} lists {diff_ids} diff IDs but {layers} layers were given")]
+    LayerCountMismatch {
+        /// The config blob.
+        config: Digest,
+        /// Entries in `rootfs.diff_ids`.
+        diff_ids: usize,
+        /// Layer descriptors given.
+        layers: usize,
+    },
+    /// An image reference or tag does not follow the distribution reference grammar.
+    #[error(transparent)]
+    InvalidReference(#[from] ReferenceError),
+    /// A reference with a digest was given where only `name[:tag]` makes sense (e.g. to `tag`).
+    #[error("{reference:?}: expected name[:tag] without a digest")]
+    UnexpectedDigest {
+        /// The reference as given.
+        reference: String,
+    },
+    /// No tag or manifest matches the reference.
+    #[error("image {reference:?} not found in store")]
+    ImageNotFound {
+        /// The reference as given.
+        reference: String,
+    },
+    /// A digest prefix matches more than one image.
+    #[error("{reference:?} is ambiguous: matches {}", list_digests(candidates))]
+    AmbiguousReference {
+        /// The prefix as given.
+        reference: String,
+        /// Every matching manifest digest.
+        candidates: Vec<Digest>,
+    },
+}
+
+fn list_digests(ds: &[Digest]) -> String {
+    ds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Why a directory was refused as a store root.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotAStoreProblem {
+    /// The directory does not exist.
+    #[error("directory does not exist")]
+    Missing,
+    /// The path exists but is not a directory.
+    #[error("not a directory")]
+    NotADirectory,
+    /// The `oci-layout` marker file is absent.
+    #[error("no oci-layout file")]
+    NoLayoutFile,
+    /// `index.json` is absent.
+    #[error("no index.json")]
+    NoIndex,
+    /// `blobs/sha256` is absent.
+    #[error("no blobs/sha256 directory")]
+    NoBlobDir,
+    /// `init` was pointed at a non-empty directory that is not a layout; it refuses to write there.
+    #[error("directory is not empty and has no oci-layout file (found {entry:?})")]
+    NotEmpty {
+        /// The first unexpected entry found.
+        entry: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+}

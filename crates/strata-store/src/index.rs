@@ -1,0 +1,87 @@
+//! `index.json`: reading it, and updating it under the store lock.
+//!
+//! image-layout.md ("index.json file") makes `index.json` the entry point of the layout: an
+//! image index whose `manifests` are the layout's roots. Tags are entries carrying the
+//! `org.opencontainers.image.ref.name` annotation (annotations.md, "Pre-Defined Annotation
+//! Keys"). Updates are read-modify-write, so they are serialized by an exclusive `flock` on
+//! `<root>/strata/v1/lock` and land by atomic rename; readers take no lock and always see either
+//! the old or the new file.
+
+use std::fs::{self, File, OpenOptions};
+
+use oci_spec::image::{ImageIndex, ImageIndexBuilder, MediaType, SCHEMA_VERSION};
+use rustix::fs::{flock, FlockOperation};
+
+use crate::error::StoreError;
+use crate::store::Store;
+
+/// Annotation key naming a tag in `index.json` (annotations.md).
+pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+pub(crate) fn empty_index() -> Result<ImageIndex, StoreError> {
+    ImageIndexBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageIndex)
+        .manifests(Vec::new())
+        .build()
+        .map_err(|e| match e {
+            oci_spec::OciSpecError::SerDe(source) => {
+                StoreError::Serialize { what: "index.json", source }
+            }
+            other => StoreError::Serialize {
+                what: "index.json",
+                source: serde::ser::Error::custom(other.to_string()),
+            },
+        })
+}
+
+pub(crate) fn empty_index_bytes() -> Result<Vec<u8>, StoreError> {
+    index_bytes(&empty_index()?)
+}
+
+fn index_bytes(index: &ImageIndex) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(index).map_err(|source| StoreError::Serialize { what: "index.json", source })
+}
+
+/// Holds the store's exclusive lock until dropped (closing the file releases the `flock`).
+#[derive(Debug)]
+pub(crate) struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Reads and parses `index.json`.
+    pub fn read_index(&self) -> Result<ImageIndex, StoreError> {
+        let path = self.index_path();
+        let bytes = fs::read(&path).map_err(StoreError::io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptFile { path, source })
+    }
+
+    /// Takes the exclusive store lock (blocking until other updaters are done).
+    pub(crate) fn lock(&self) -> Result<StoreLock, StoreError> {
+        self.ensure_meta_dirs()?;
+        let path = self.lock_path();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path))?;
+        flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| StoreError::Io { path, source: e.into() })?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Read-modify-write of `index.json` under the store lock. `f` may fail, in which case
+    /// nothing is written.
+    pub(crate) fn update_index<T>(
+        &self,
+        f: impl FnOnce(&mut ImageIndex) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let out = f(&mut index)?;
+        self.write_file_atomic(&self.index_path(), &index_bytes(&index)?)?;
+        Ok(out)
+    }
+}

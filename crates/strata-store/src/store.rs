@@ -1,0 +1,322 @@
+//! The store root: opening, creating, and the blob operations.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::{write_atomic, write_new, BlobWriter, PutBlob, VerifyingReader};
+use crate::digest::Digest;
+use crate::error::{NotAStoreProblem, StoreError};
+
+/// File name of the layout marker (image-layout.md, "oci-layout file").
+pub(crate) const OCI_LAYOUT_FILE: &str = "oci-layout";
+/// File name of the layout's top-level index (image-layout.md, "index.json file").
+pub(crate) const INDEX_FILE: &str = "index.json";
+/// The only `imageLayoutVersion` defined by the image spec so far.
+pub(crate) const LAYOUT_VERSION: &str = "1.0.0";
+/// strata's own metadata, versioned so a future format can live beside this one.
+pub(crate) const META_DIR: &str = "strata/v1";
+
+#[derive(Serialize, Deserialize)]
+struct OciLayoutFile {
+    #[serde(rename = "imageLayoutVersion")]
+    image_layout_version: String,
+}
+
+/// A content-addressed store rooted at a directory that is also an OCI image layout.
+///
+/// Cheap to clone; holds only paths. All methods are safe to call from several threads and
+/// several processes on the same root at once (see the crate docs for the guarantees).
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens an existing store. The directory must be an OCI image layout: an `oci-layout` file
+    /// with version 1.0.0, a parseable `index.json`, and `blobs/sha256/`. Nothing is modified;
+    /// strata's metadata directories are created later, when first needed.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = absolute(root.as_ref())?;
+        let not_a_store = |problem| StoreError::NotAStore { root: root.clone(), problem };
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(not_a_store(NotAStoreProblem::NotADirectory)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(not_a_store(NotAStoreProblem::Missing))
+            }
+            Err(e) => return Err(StoreError::Io { path: root, source: e }),
+        }
+        let layout_path = root.join(OCI_LAYOUT_FILE);
+        let layout_bytes = match fs::read(&layout_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(not_a_store(NotAStoreProblem::NoLayoutFile))
+            }
+            Err(e) => return Err(StoreError::Io { path: layout_path, source: e }),
+        };
+        let layout: OciLayoutFile = serde_json::from_slice(&layout_bytes)
+            .map_err(|source| StoreError::CorruptFile { path: layout_path.clone(), source })?;
+        if layout.image_layout_version != LAYOUT_VERSION {
+            return Err(StoreError::UnsupportedLayoutVersion {
+                path: layout_path,
+                found: layout.image_layout_version,
+            });
+        }
+        if !root.join("blobs/sha256").is_dir() {
+            return Err(not_a_store(NotAStoreProblem::NoBlobDir));
+        }
+        if !root.join(INDEX_FILE).is_file() {
+            return Err(not_a_store(NotAStoreProblem::NoIndex));
+        }
+        let store = Store { root };
+        store.read_index()?;
+        Ok(store)
+    }
+
+    /// Creates a store at `root` if there is none (idempotent, safe to race with other `init`s),
+    /// then opens it. Refuses a non-empty directory that is not already a layout.
+    pub fn init(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = absolute(root.as_ref())?;
+        fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
+        let layout_path = root.join(OCI_LAYOUT_FILE);
+        if !layout_path.exists() {
+            // Only what a half-finished `init` (ours or a racing one) leaves is tolerated.
+            let entries = fs::read_dir(&root).map_err(StoreError::io(&root))?;
+            for entry in entries {
+                let entry = entry.map_err(StoreError::io(&root))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if ![OCI_LAYOUT_FILE, INDEX_FILE, "blobs", "strata"].contains(&name.as_str()) {
+                    return Err(StoreError::NotAStore {
+                        root,
+                        problem: NotAStoreProblem::NotEmpty { entry: name },
+                    });
+                }
+            }
+        }
+        let store = Store { root };
+        for dir in [store.blob_dir(), store.tmp_dir(), store.roots_dir(), store.snapshots_dir()] {
+            fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        }
+        // index.json before oci-layout: once the marker exists, the layout is complete.
+        let empty_index = crate::index::empty_index_bytes()?;
+        write_new(&store.tmp_dir(), &store.index_path(), &empty_index)?;
+        let layout = OciLayoutFile { image_layout_version: LAYOUT_VERSION.to_owned() };
+        let layout_bytes = serde_json::to_vec(&layout)
+            .map_err(|source| StoreError::Serialize { what: "oci-layout", source })?;
+        write_new(&store.tmp_dir(), &layout_path, &layout_bytes)?;
+        Store::open(&store.root)
+    }
+
+    /// The default store root: `$STRATA_STORE`, else `$XDG_DATA_HOME/strata`, else
+    /// `~/.local/share/strata`. `None` if none of these variables is set (or they are empty).
+    pub fn default_root() -> Option<PathBuf> {
+        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(p) = var("STRATA_STORE") {
+            return Some(p);
+        }
+        if let Some(p) = var("XDG_DATA_HOME") {
+            return Some(p.join("strata"));
+        }
+        var("HOME").map(|home| home.join(".local/share/strata"))
+    }
+
+    /// The store's root directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/blobs/sha256`, where every blob lives under its hex digest.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
+    /// `<root>/index.json`.
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join(INDEX_FILE)
+    }
+
+    /// `<root>/strata/v1`: strata's own metadata, beside the OCI layout.
+    pub fn meta_dir(&self) -> PathBuf {
+        self.root.join(META_DIR)
+    }
+
+    /// `<root>/strata/v1/tmp`: scratch space on the store's file system. Blob writers put their
+    /// temporary files here; other crates may create work files or directories here too (hold an
+    /// `flock` on them while in use: [`Store::gc`] removes unlocked entries older than a minute).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.meta_dir().join("tmp")
+    }
+
+    /// `<root>/strata/v1/roots`: files listing extra gc roots, one digest per line.
+    pub fn roots_dir(&self) -> PathBuf {
+        self.meta_dir().join("roots")
+    }
+
+    /// `<root>/strata/v1/snapshots`: unpacked layers, one directory per layer digest (or diffID).
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.meta_dir().join("snapshots")
+    }
+
+    /// `<root>/strata/v1/snapshots/<hex>`: where the unpacked content of the layer named by `d`
+    /// (its blob digest or diffID) belongs. [`Store::gc`] removes it once `d` is unreachable.
+    pub fn snapshot_dir(&self, d: &Digest) -> PathBuf {
+        self.snapshots_dir().join(d.hex())
+    }
+
+    /// `<root>/strata/v1/lock`: the file whose exclusive `flock` serializes `index.json` updates.
+    pub fn lock_path(&self) -> PathBuf {
+        self.meta_dir().join("lock")
+    }
+
+    /// Creates strata's metadata directories if an `open`ed layout (e.g. made by skopeo) lacks them.
+    pub(crate) fn ensure_meta_dirs(&self) -> Result<(), StoreError> {
+        let tmp = self.tmp_dir();
+        if !tmp.is_dir() {
+            fs::create_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to a file in the root atomically (temp file, `fsync`, rename).
+    pub(crate) fn write_file_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        self.ensure_meta_dirs()?;
+        write_atomic(&self.tmp_dir(), dest, bytes)
+    }
+
+    /// Starts writing a new blob; see [`BlobWriter`].
+    pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
+        self.ensure_meta_dirs()?;
+        BlobWriter::new(&self.tmp_dir(), self.blob_dir())
+    }
+
+    /// Stores everything `r` yields as one blob.
+    pub fn put_blob(&self, r: impl Read) -> Result<PutBlob, StoreError> {
+        let mut w = self.blob_writer()?;
+        copy_into(r, &mut w)?;
+        w.commit()
+    }
+
+    /// Stores everything `r` yields, but only if it hashes to `expected` (and has `size` bytes,
+    /// if given); otherwise fails and stores nothing. If the blob already exists, `r` is still
+    /// read to the end and checked, so a corrupt source is always reported.
+    pub fn put_blob_verified(
+        &self,
+        r: impl Read,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<PutBlob, StoreError> {
+        let mut w = self.blob_writer()?;
+        copy_into(r, &mut w)?;
+        w.commit_verified(expected, size)
+    }
+
+    /// Whether the blob is present (by file existence; contents are not checked).
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// `<root>/blobs/sha256/<hex>`; the file may not exist.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.blob_dir().join(d.hex())
+    }
+
+    /// Opens a blob for reading without verifying it (fast path for trusted local reads).
+    pub fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
+        let path = self.blob_path(d);
+        File::open(&path).map_err(|e| not_found_as_blob(e, d, path))
+    }
+
+    /// Opens a blob wrapped in a [`VerifyingReader`]: reading to the end fails with
+    /// [`io::ErrorKind::InvalidData`] if the file does not hash to `d`.
+    pub fn open_blob_verified(&self, d: &Digest) -> Result<VerifyingReader<File>, StoreError> {
+        Ok(VerifyingReader::new(self.open_blob(d)?, *d, None))
+    }
+
+    /// Reads a whole blob into memory and verifies it; meant for small JSON blobs.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(d);
+        let bytes = fs::read(&path).map_err(|e| not_found_as_blob(e, d, path))?;
+        let found = Digest::of_bytes(&bytes);
+        if found != *d {
+            return Err(StoreError::DigestMismatch { expected: *d, found });
+        }
+        Ok(bytes)
+    }
+
+    /// The size of a blob in bytes (from the file system).
+    pub fn blob_size(&self, d: &Digest) -> Result<u64, StoreError> {
+        let path = self.blob_path(d);
+        fs::metadata(&path).map(|m| m.len()).map_err(|e| not_found_as_blob(e, d, path))
+    }
+
+    /// Serializes `v` as compact JSON (serde_json's canonical output for a given value: field
+    /// order as declared, no whitespace) and stores it. The same value always yields the same
+    /// digest.
+    pub fn put_json<T: Serialize + ?Sized>(&self, v: &T) -> Result<PutBlob, StoreError> {
+        let bytes = serde_json::to_vec(v)
+            .map_err(|source| StoreError::Serialize { what: std::any::type_name::<T>(), source })?;
+        self.put_blob(bytes.as_slice())
+    }
+
+    /// Every blob digest present in `blobs/sha256`, sorted. Files whose names are not 64
+    /// lowercase hex characters are skipped (see [`Store::fsck`], which reports them).
+    pub fn list_blobs(&self) -> Result<Vec<Digest>, StoreError> {
+        let dir = self.blob_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            if let Some(d) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) {
+                out.push(d);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn not_found_as_blob(e: io::Error, d: &Digest, path: PathBuf) -> StoreError {
+    if e.kind() == io::ErrorKind::NotFound {
+        StoreError::BlobNotFound { digest: *d }
+    } else {
+        StoreError::Io { path, source: e }
+    }
+}
+
+/// `io::copy` with the error attributed: a read error is the source's, a write error the temp
+/// file's. A [`VerifyingReader`] mismatch surfaces as the store error it carries.
+fn copy_into(mut r: impl Read, w: &mut BlobWriter) -> Result<(), StoreError> {
+    use std::io::Write;
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(source_error(e)),
+        };
+        w.write_all(&buf[..n])
+            .map_err(|e| StoreError::Io { path: w.temp_path().to_owned(), source: e })?;
+    }
+    Ok(())
+}
+
+/// Unwraps a [`StoreError`] carried inside an `io::Error` (as `VerifyingReader` produces);
+/// any other error is the source's.
+fn source_error(e: io::Error) -> StoreError {
+    if !e.get_ref().is_some_and(|inner| inner.is::<StoreError>()) {
+        return StoreError::SourceRead { source: e };
+    }
+    let kind = e.kind();
+    match e.into_inner().map(|inner| inner.downcast::<StoreError>()) {
+        Some(Ok(store_err)) => *store_err,
+        Some(Err(other)) => StoreError::SourceRead { source: io::Error::new(kind, other) },
+        None => StoreError::SourceRead { source: io::Error::from(kind) },
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, StoreError> {
+    std::path::absolute(p).map_err(StoreError::io(p))
+}
