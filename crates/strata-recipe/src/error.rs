@@ -124,6 +124,14 @@ pub enum ParseErrorKind {
         /// The name or index as given.
         name: String,
     },
+    /// A `.dockerignore` line is not a valid pattern (bad `[...]` class, trailing `\`, a lone
+    /// `!`); the line number is in the error's span.
+    InvalidIgnorePattern {
+        /// The pattern as written on the line, trimmed.
+        pattern: String,
+        /// Why it was rejected.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ParseErrorKind {
@@ -168,6 +176,9 @@ impl fmt::Display for ParseErrorKind {
                  letters, digits, `-`, `_` and `.`"
             ),
             UnknownStage { name } => write!(f, "unknown stage `{name}`"),
+            InvalidIgnorePattern { pattern, reason } => {
+                write!(f, "invalid .dockerignore pattern `{pattern}`: {reason}")
+            }
         }
     }
 }
