@@ -1,2 +1,27 @@
-//! Placeholder: being written (helper: layer).
+//! Filesystem snapshots, changesets, deterministic OCI layer tars, and safe apply.
+//!
+//! A layer is the difference between two filesystem trees, serialized as a tar archive
+//! (OCI image-spec `layer.md`). This crate has the four steps of that life cycle, each in its
+//! own module: [`scan`] a tree into a [`Snapshot`] (metadata only, sorted, parallel), compute a
+//! [`Changeset`] between two snapshots ([`diff`]) or read one from an overlayfs upperdir
+//! ([`changeset_from_overlay_upper`]), serialize it with a [`LayerWriter`] into a tar whose
+//! bytes depend only on the changeset, the source bytes and the writer settings
+//! (DESIGN.md decision 3), and [`apply`] a layer onto a directory without ever writing
+//! outside it. The crate never spawns processes and never prints.
 #![deny(missing_docs)]
+
+mod apply;
+mod changeset;
+mod error;
+mod snapshot;
+mod writer;
+
+pub use apply::{apply, decompress, ApplyOptions, ApplyReport};
+pub use changeset::{changeset_from_overlay_upper, diff, Change, Changeset};
+pub use error::{LayerError, Result, UnsafeReason};
+pub use snapshot::{
+    hash_file, scan, scan_with_digests, ContentDigest, Entry, EntryKind, Snapshot, Timestamp,
+};
+pub use writer::{
+    layer_from_dir, Compression, LayerSummary, LayerWriter, OPAQUE_WHITEOUT, WHITEOUT_PREFIX,
+};

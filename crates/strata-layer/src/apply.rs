@@ -1,0 +1,751 @@
+//! Applying a layer to a directory, safely.
+//!
+//! [`apply`] reads a layer (zstd, gzip or plain tar, detected by magic bytes) and applies it as
+//! an OCI changeset (`layer.md` § Applying Changesets): entries replace what is at their path
+//! (two directories merge, anything else is removed and recreated), `.wh.NAME` removes `NAME`
+//! from lower layers, `.wh..wh..opq` hides every lower child of its directory but none of the
+//! entries this same layer adds, wherever in the archive the marker appears (`layer.md`
+//! § Whiteouts, § Opaque Whiteout). Hardlinks, symlinks, devices, fifos, modes (setuid/setgid
+//! applied after chown), numeric owners, `SCHILY.xattr.*` xattrs and mtimes are restored;
+//! directory metadata is applied last so that creating children does not disturb it.
+//!
+//! Safety does not rely on the tar crate's `unpack`. Every name is split into components: a
+//! `..` component or an absolute name is refused (we do not silently strip a leading `/`, as
+//! GNU tar does: a layer containing one is malformed). The parent directories are then
+//! resolved here, one component at a time, holding a directory file descriptor and opening
+//! each next component with `O_NOFOLLOW | O_DIRECTORY` relative to it. A symlink met on the way
+//! (from a lower layer or created earlier in this archive) is followed *inside* the target
+//! directory, as if it were the root filesystem: an absolute target restarts at the root, and
+//! a `..` that would climb above the root is refused as an escape. The final component is
+//! never followed: it is created, replaced or removed with `*at` calls on the parent's
+//! descriptor. Hardlink targets are resolved the same way and must exist inside the root.
+//! Device nodes are refused unless [`ApplyOptions::privileged`]. Nothing is ever written
+//! outside the target directory; a refused entry stops the apply with an error naming it
+//! (entries before it have been applied).
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use rustix::process::{Gid, Uid};
+
+use crate::error::{LayerError, Result, UnsafeReason};
+use crate::writer::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
+
+/// How [`apply`] treats privileged operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyOptions {
+    /// Restore owners, create device nodes and set non-`user.*` xattrs. Defaults to whether
+    /// the process runs as root. When false, owners are left as they are (counted in
+    /// [`ApplyReport::ownership_skipped`]), device nodes are refused, and xattrs outside
+    /// `user.*` are skipped (counted in [`ApplyReport::xattrs_skipped`]).
+    pub privileged: bool,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions { privileged: rustix::process::geteuid().is_root() }
+    }
+}
+
+impl ApplyOptions {
+    /// Options for an unprivileged apply, whoever runs it.
+    pub fn unprivileged() -> Self {
+        ApplyOptions { privileged: false }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyReport {
+    /// Entries created or updated (files, directories, links, nodes).
+    pub entries: u64,
+    /// Whiteouts that removed something.
+    pub whiteouts: u64,
+    /// Opaque markers processed.
+    pub opaque_dirs: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Entries whose owner was not restored (unprivileged apply, owner differs from ours).
+    pub ownership_skipped: u64,
+    /// Xattrs not set (unprivileged namespace, or unsupported by the filesystem).
+    pub xattrs_skipped: u64,
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Wraps `layer` in the decompressor its first bytes call for (zstd, gzip, or none).
+pub fn decompress<'a, R: Read + 'a>(layer: R) -> io::Result<Box<dyn Read + 'a>> {
+    let mut r = BufReader::with_capacity(1 << 20, layer);
+    let head = loop {
+        match r.fill_buf() {
+            Ok(b) => break b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    if head.starts_with(&ZSTD_MAGIC) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else if head.starts_with(&GZIP_MAGIC) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Applies the layer read from `layer` (compression auto-detected) on top of `dir`.
+pub fn apply<R: Read>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
+    let reader = decompress(layer).map_err(|e| LayerError::ReadArchive { index: 0, source: e })?;
+    let root =
+        rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| LayerError::io("open", dir, e.into()))?;
+    let mut ap = Applier {
+        root: Rc::new(root),
+        dir: dir.to_path_buf(),
+        opts: opts.clone(),
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
+        created: HashSet::new(),
+        dirs: Vec::new(),
+        cache: None,
+        report: ApplyReport::default(),
+        buf: vec![0u8; 1 << 20],
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| LayerError::ReadArchive { index: 0, source: e })?;
+    for (index, entry) in entries.enumerate() {
+        let index = index as u64;
+        let mut entry = entry.map_err(|e| LayerError::ReadArchive { index, source: e })?;
+        ap.entry(&mut entry, index)?;
+    }
+    ap.finish_dirs()?;
+    Ok(ap.report)
+}
+
+/// Metadata of one archive entry, PAX overrides applied.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+struct Applier {
+    root: Rc<OwnedFd>,
+    dir: PathBuf,
+    opts: ApplyOptions,
+    euid: u32,
+    egid: u32,
+    /// Real paths (relative to root) created by this layer, and all their ancestors.
+    created: HashSet<PathBuf>,
+    /// Directories whose metadata is applied at the end.
+    dirs: Vec<(PathBuf, Meta)>,
+    /// Last resolved parent: archive components -> (fd, real path). Dropped on any removal.
+    cache: Option<(Vec<OsString>, Rc<OwnedFd>, PathBuf)>,
+    report: ApplyReport,
+    buf: Vec<u8>,
+}
+
+fn refuse(name: &[u8], reason: UnsafeReason) -> LayerError {
+    LayerError::Unsafe { path: PathBuf::from(OsStr::from_bytes(name)), reason }
+}
+
+/// Splits an archive name into normal components, refusing `..` and absolute names.
+fn components(name: &[u8]) -> Result<Vec<OsString>> {
+    if name.first() == Some(&b'/') {
+        return Err(refuse(name, UnsafeReason::Absolute));
+    }
+    let mut out = Vec::new();
+    for c in name.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(refuse(name, UnsafeReason::DotDot)),
+            c => out.push(OsString::from_vec(c.to_vec())),
+        }
+    }
+    Ok(out)
+}
+
+fn io_err(op: &'static str, path: &Path, e: Errno) -> LayerError {
+    LayerError::io(op, path, e.into())
+}
+
+fn stat_type(fd: &OwnedFd, name: &OsStr) -> std::result::Result<Option<FileType>, Errno> {
+    match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn open_dir_nofollow(fd: &OwnedFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        fd,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn timestamps(secs: i64) -> Timestamps {
+    let t = Timespec { tv_sec: secs, tv_nsec: 0 };
+    Timestamps { last_access: t, last_modification: t }
+}
+
+/// Removes `name` in `dirfd` and, for a directory, everything below it; never follows symlinks.
+fn remove_at(dirfd: &OwnedFd, name: &OsStr, path: &Path) -> Result<()> {
+    match stat_type(dirfd, name).map_err(|e| io_err("lstat", path, e))? {
+        None => return Ok(()),
+        Some(FileType::Directory) => {
+            let fd = rustix::fs::openat(
+                dirfd,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err("open", path, e))?;
+            for child in list_dir(&fd, path)? {
+                remove_at(&fd, &child, &path.join(&child))?;
+            }
+            rustix::fs::unlinkat(dirfd, name, AtFlags::REMOVEDIR)
+                .map_err(|e| io_err("rmdir", path, e))?;
+        }
+        Some(_) => {
+            rustix::fs::unlinkat(dirfd, name, AtFlags::empty())
+                .map_err(|e| io_err("unlink", path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn list_dir(fd: &OwnedFd, path: &Path) -> Result<Vec<OsString>> {
+    let mut d = rustix::fs::Dir::read_from(fd).map_err(|e| io_err("readdir", path, e))?;
+    let mut out = Vec::new();
+    while let Some(de) = d.read() {
+        let de = de.map_err(|e| io_err("readdir", path, e))?;
+        let n = de.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(OsString::from_vec(n.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+impl Applier {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, index: u64) -> Result<()> {
+        let raw = entry.path_bytes().into_owned();
+        let etype = entry.header().entry_type();
+        if matches!(etype, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+            return Ok(());
+        }
+        let comps = components(&raw)?;
+        let meta = self.meta(entry, index, &raw)?;
+        let Some((name, parent)) = comps.split_last() else {
+            // The archive root (`./`): only its directory metadata matters.
+            if etype == tar::EntryType::Directory {
+                self.dirs.push((PathBuf::new(), meta));
+            }
+            return Ok(());
+        };
+        let nb = name.as_bytes();
+        if let Some(victim) = nb.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if nb == OPAQUE_WHITEOUT.as_bytes() {
+                return self.opaque(parent, &raw);
+            }
+            if victim.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                // Other `.wh..wh.*` names are AUFS bookkeeping (e.g. `.wh..wh.plnk`): ignored.
+                return Ok(());
+            }
+            if victim.is_empty() || victim == b"." || victim == b".." {
+                return Err(refuse(&raw, UnsafeReason::BadWhiteout));
+            }
+            return self.whiteout(parent, OsStr::from_bytes(victim), &raw);
+        }
+
+        let (pfd, preal) = self.parent(parent, true, &raw)?;
+        let real = preal.join(name);
+        let existing = stat_type(&pfd, name).map_err(|e| io_err("lstat", &self.abs(&real), e))?;
+        let is_dir = etype == tar::EntryType::Directory;
+        if let Some(t) = existing {
+            if !(is_dir && t == FileType::Directory) {
+                remove_at(&pfd, name, &self.abs(&real))?;
+                self.cache = None;
+            }
+        }
+        match etype {
+            tar::EntryType::Directory => {
+                if existing != Some(FileType::Directory) {
+                    rustix::fs::mkdirat(&*pfd, name.as_os_str(), Mode::from_raw_mode(0o700))
+                        .map_err(|e| io_err("mkdir", &self.abs(&real), e))?;
+                }
+                self.dirs.push((real.clone(), meta));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let fd = rustix::fs::openat(
+                    &*pfd,
+                    name.as_os_str(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| io_err("create", &self.abs(&real), e))?;
+                let mut f = File::from(fd);
+                let abs = self.abs(&real);
+                loop {
+                    let n = match entry.read(&mut self.buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(LayerError::ReadArchive { index, source: e }),
+                    };
+                    f.write_all(&self.buf[..n]).map_err(|e| LayerError::io("write", &abs, e))?;
+                    self.report.bytes += n as u64;
+                }
+                self.fd_meta(f.as_fd(), &meta, &abs)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &*pfd, name.as_os_str())
+                    .map_err(|e| io_err("symlink", &self.abs(&real), e))?;
+                self.at_meta(&pfd, name, &real, &meta, true)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let outside = || {
+                    refuse(
+                        &raw,
+                        UnsafeReason::HardlinkOutside {
+                            target: PathBuf::from(OsStr::from_bytes(&target)),
+                        },
+                    )
+                };
+                let tcomps = match components(&target) {
+                    Ok(c) => c,
+                    Err(LayerError::Unsafe { .. }) => return Err(outside()),
+                    Err(e) => return Err(e),
+                };
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(outside());
+                };
+                let Some((tfd, _)) = self.resolve(tparent, false, &raw)? else {
+                    return Err(outside());
+                };
+                match stat_type(&tfd, tname) {
+                    Ok(Some(t)) if t != FileType::Directory => {}
+                    _ => return Err(outside()),
+                }
+                rustix::fs::linkat(
+                    &*tfd,
+                    tname.as_os_str(),
+                    &*pfd,
+                    name.as_os_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| io_err("link", &self.abs(&real), e))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (ft, dev) = match etype {
+                    tar::EntryType::Fifo => (FileType::Fifo, 0),
+                    _ => {
+                        if !self.opts.privileged {
+                            return Err(refuse(&raw, UnsafeReason::DeviceNotPrivileged));
+                        }
+                        let h = entry.header();
+                        let major = h.device_major().ok().flatten().unwrap_or(0);
+                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let ft = if etype == tar::EntryType::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                };
+                rustix::fs::mknodat(&*pfd, name.as_os_str(), ft, Mode::from_raw_mode(0o600), dev)
+                    .map_err(|e| io_err("mknod", &self.abs(&real), e))?;
+                self.at_meta(&pfd, name, &real, &meta, false)?;
+            }
+            tar::EntryType::GNUSparse => {
+                return Err(LayerError::Unsupported {
+                    path: PathBuf::from(OsStr::from_bytes(&raw)),
+                    what: "GNU sparse file",
+                })
+            }
+            _ => {
+                return Err(LayerError::Unsupported {
+                    path: PathBuf::from(OsStr::from_bytes(&raw)),
+                    what: "tar entry type",
+                })
+            }
+        }
+        self.report.entries += 1;
+        self.mark_created(&real);
+        Ok(())
+    }
+
+    fn abs(&self, real: &Path) -> PathBuf {
+        self.dir.join(real)
+    }
+
+    fn mark_created(&mut self, real: &Path) {
+        let mut p = Some(real);
+        while let Some(q) = p {
+            if q.as_os_str().is_empty() || !self.created.insert(q.to_path_buf()) {
+                break;
+            }
+            p = q.parent();
+        }
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, index: u64, raw: &[u8]) -> Result<Meta> {
+        let h = entry.header();
+        let bad = |e: io::Error| LayerError::ReadArchive { index, source: e };
+        let mut m = Meta {
+            mode: h.mode().map_err(bad)? & 0o7777,
+            uid: u32::try_from(h.uid().map_err(bad)?).unwrap_or(u32::MAX),
+            gid: u32::try_from(h.gid().map_err(bad)?).unwrap_or(u32::MAX),
+            mtime: i64::try_from(h.mtime().map_err(bad)?).unwrap_or(i64::MAX),
+            xattrs: Vec::new(),
+        };
+        if let Some(pax) = entry.pax_extensions().map_err(bad)? {
+            for ext in pax {
+                let ext = ext.map_err(bad)?;
+                let key = ext.key_bytes();
+                let value = ext.value_bytes();
+                let num = || {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
+                };
+                if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                    m.xattrs.push((OsString::from_vec(x.to_vec()), value.to_vec()));
+                } else if key == b"uid" {
+                    m.uid = num()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .ok_or_else(|| bad_pax(raw, "uid"))?;
+                } else if key == b"gid" {
+                    m.gid = num()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .ok_or_else(|| bad_pax(raw, "gid"))?;
+                } else if key == b"mtime" {
+                    m.mtime = num().ok_or_else(|| bad_pax(raw, "mtime"))?;
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Resolves the parent directory of an entry (see [`Self::resolve`]), with a one-entry cache.
+    fn parent(
+        &mut self,
+        comps: &[OsString],
+        create: bool,
+        raw: &[u8],
+    ) -> Result<(Rc<OwnedFd>, PathBuf)> {
+        if let Some((k, fd, real)) = &self.cache {
+            if k.as_slice() == comps {
+                return Ok((Rc::clone(fd), real.clone()));
+            }
+        }
+        let (fd, real) = self.resolve(comps, create, raw)?.ok_or_else(|| {
+            LayerError::io(
+                "resolve",
+                self.abs(&comps.iter().collect::<PathBuf>()),
+                Errno::NOENT.into(),
+            )
+        })?;
+        self.cache = Some((comps.to_vec(), Rc::clone(&fd), real.clone()));
+        Ok((fd, real))
+    }
+
+    /// Resolves `comps` as a directory inside the root, following symlinks as if the root were
+    /// `/`. Missing directories are created (mode 0755) when `create`, else `Ok(None)`.
+    fn resolve(
+        &mut self,
+        comps: &[OsString],
+        create: bool,
+        raw: &[u8],
+    ) -> Result<Option<(Rc<OwnedFd>, PathBuf)>> {
+        let mut fds: Vec<Rc<OwnedFd>> = vec![Rc::clone(&self.root)];
+        let mut names: Vec<OsString> = Vec::new();
+        let mut queue: VecDeque<OsString> = comps.iter().cloned().collect();
+        let mut hops = 0;
+        let mut last_link = PathBuf::new();
+        while let Some(c) = queue.pop_front() {
+            if c.is_empty() || c == "." {
+                continue;
+            }
+            if c == ".." {
+                if names.pop().is_none() {
+                    return Err(refuse(raw, UnsafeReason::SymlinkEscape { symlink: last_link }));
+                }
+                fds.pop();
+                continue;
+            }
+            let cur = Rc::clone(fds.last().unwrap_or(&self.root));
+            let here: PathBuf = names.iter().chain(std::iter::once(&c)).collect();
+            match stat_type(&cur, &c).map_err(|e| io_err("lstat", &self.abs(&here), e))? {
+                None if create => {
+                    rustix::fs::mkdirat(&*cur, c.as_os_str(), Mode::from_raw_mode(0o755))
+                        .map_err(|e| io_err("mkdir", &self.abs(&here), e))?;
+                    self.mark_created(&here);
+                    let fd = open_dir_nofollow(&cur, &c)
+                        .map_err(|e| io_err("open", &self.abs(&here), e))?;
+                    fds.push(Rc::new(fd));
+                    names.push(c);
+                }
+                None => return Ok(None),
+                Some(FileType::Directory) => {
+                    let fd = open_dir_nofollow(&cur, &c)
+                        .map_err(|e| io_err("open", &self.abs(&here), e))?;
+                    fds.push(Rc::new(fd));
+                    names.push(c);
+                }
+                Some(FileType::Symlink) => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(refuse(raw, UnsafeReason::SymlinkLoop));
+                    }
+                    let target = rustix::fs::readlinkat(&*cur, c.as_os_str(), Vec::new())
+                        .map_err(|e| io_err("readlink", &self.abs(&here), e))?;
+                    let t = target.as_bytes();
+                    last_link = here;
+                    if t.first() == Some(&b'/') {
+                        names.clear();
+                        fds.truncate(1);
+                    }
+                    for part in t.split(|&b| b == b'/').rev() {
+                        if !part.is_empty() {
+                            queue.push_front(OsString::from_vec(part.to_vec()));
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(refuse(raw, UnsafeReason::ParentNotDirectory { component: here }))
+                }
+            }
+        }
+        let fd = fds.pop().unwrap_or_else(|| Rc::clone(&self.root));
+        Ok(Some((fd, names.into_iter().collect())))
+    }
+
+    fn whiteout(&mut self, parent: &[OsString], victim: &OsStr, raw: &[u8]) -> Result<()> {
+        let Some((pfd, preal)) = self.resolve(parent, false, raw)? else {
+            return Ok(());
+        };
+        let real = preal.join(victim);
+        // `layer.md` § Whiteouts: only resources of lower layers are removed.
+        if self.created.contains(&real) {
+            return Ok(());
+        }
+        if stat_type(&pfd, victim).map_err(|e| io_err("lstat", &self.abs(&real), e))?.is_some() {
+            remove_at(&pfd, victim, &self.abs(&real))?;
+            self.report.whiteouts += 1;
+            self.cache = None;
+        }
+        Ok(())
+    }
+
+    fn opaque(&mut self, dir: &[OsString], raw: &[u8]) -> Result<()> {
+        let Some((_, real)) = self.resolve(dir, false, raw)? else {
+            return Ok(());
+        };
+        let fd = self.open_real(&real, OFlags::RDONLY)?;
+        self.clear_lower(&fd, &real)?;
+        self.report.opaque_dirs += 1;
+        self.cache = None;
+        Ok(())
+    }
+
+    /// Removes every child of `real` that this layer did not create (`layer.md` § Opaque Whiteout).
+    fn clear_lower(&self, fd: &OwnedFd, real: &Path) -> Result<()> {
+        for child in list_dir(fd, &self.abs(real))? {
+            let creal = real.join(&child);
+            if !self.created.contains(&creal) {
+                remove_at(fd, &child, &self.abs(&creal))?;
+            } else if stat_type(fd, &child).map_err(|e| io_err("lstat", &self.abs(&creal), e))?
+                == Some(FileType::Directory)
+            {
+                let cfd = rustix::fs::openat(
+                    fd,
+                    child.as_os_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("open", &self.abs(&creal), e))?;
+                self.clear_lower(&cfd, &creal)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a real (symlink-free) path below the root without following any symlink.
+    fn open_real(&self, real: &Path, flags: OFlags) -> Result<OwnedFd> {
+        let mut cur: Option<OwnedFd> = None;
+        let comps: Vec<&OsStr> = real.iter().collect();
+        for (i, c) in comps.iter().enumerate() {
+            let last = i + 1 == comps.len();
+            let base: &OwnedFd = cur.as_ref().unwrap_or(&self.root);
+            let fl = if last { flags } else { OFlags::PATH };
+            let fd = rustix::fs::openat(
+                base,
+                *c,
+                fl | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err("open", &self.abs(real), e))?;
+            cur = Some(fd);
+        }
+        match cur {
+            Some(fd) => Ok(fd),
+            None => rustix::fs::openat(
+                &*self.root,
+                ".",
+                flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err("open", &self.dir, e)),
+        }
+    }
+
+    fn chown_ids(&mut self, meta: &Meta) -> Option<(Uid, Gid)> {
+        if self.opts.privileged {
+            Some((Uid::from_raw_unchecked(meta.uid), Gid::from_raw_unchecked(meta.gid)))
+        } else {
+            if meta.uid != self.euid || meta.gid != self.egid {
+                self.report.ownership_skipped += 1;
+            }
+            None
+        }
+    }
+
+    fn xattr_allowed(&mut self, name: &OsStr) -> bool {
+        if self.opts.privileged || name.as_bytes().starts_with(b"user.") {
+            true
+        } else {
+            self.report.xattrs_skipped += 1;
+            false
+        }
+    }
+
+    fn xattr_result(&mut self, r: io::Result<()>, abs: &Path) -> Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(c) if c == Errno::OPNOTSUPP.raw_os_error() || c == Errno::PERM.raw_os_error()) =>
+            {
+                self.report.xattrs_skipped += 1;
+                Ok(())
+            }
+            Err(e) => Err(LayerError::io("setxattr", abs, e)),
+        }
+    }
+
+    /// Owner, then mode (so setuid/setgid survive chown), then xattrs, then mtime, by fd.
+    fn fd_meta(&mut self, fd: std::os::fd::BorrowedFd<'_>, meta: &Meta, abs: &Path) -> Result<()> {
+        if let Some((u, g)) = self.chown_ids(meta) {
+            rustix::fs::fchown(fd, Some(u), Some(g)).map_err(|e| io_err("chown", abs, e))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| io_err("chmod", abs, e))?;
+        let file = File::from(fd.try_clone_to_owned().map_err(|e| LayerError::io("dup", abs, e))?);
+        for (k, v) in &meta.xattrs {
+            if self.xattr_allowed(k) {
+                let r = xattr::FileExt::set_xattr(&file, k, v);
+                self.xattr_result(r, abs)?;
+            }
+        }
+        rustix::fs::futimens(fd, &timestamps(meta.mtime)).map_err(|e| io_err("utimens", abs, e))
+    }
+
+    /// Metadata for entries that cannot be opened (symlinks, nodes), by name in the parent.
+    fn at_meta(
+        &mut self,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        real: &Path,
+        meta: &Meta,
+        symlink: bool,
+    ) -> Result<()> {
+        let abs = self.abs(real);
+        if let Some((u, g)) = self.chown_ids(meta) {
+            rustix::fs::chownat(pfd, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err("chown", &abs, e))?;
+        }
+        if !symlink {
+            rustix::fs::chmodat(pfd, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(|e| io_err("chmod", &abs, e))?;
+        }
+        for (k, v) in &meta.xattrs {
+            if self.xattr_allowed(k) {
+                // The path's directories are real (resolved without symlinks); lsetxattr does
+                // not follow the final component.
+                let r = xattr::set(&abs, k, v);
+                self.xattr_result(r, &abs)?;
+            }
+        }
+        rustix::fs::utimensat(pfd, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err("utimens", &abs, e))
+    }
+
+    /// Applies directory metadata, deepest first, once all entries exist.
+    fn finish_dirs(&mut self) -> Result<()> {
+        let mut dirs = std::mem::take(&mut self.dirs);
+        // Later duplicates win; deepest first.
+        let mut seen: HashSet<PathBuf> = HashSet::new();
+        dirs.reverse();
+        dirs.retain(|(p, _)| seen.insert(p.clone()));
+        dirs.sort_by(|a, b| b.0.as_os_str().as_bytes().cmp(a.0.as_os_str().as_bytes()));
+        for (real, meta) in dirs {
+            let fd = match self.open_real(&real, OFlags::RDONLY) {
+                Ok(fd) => fd,
+                // Removed again later in the same archive: nothing to do.
+                Err(LayerError::Io { source, .. })
+                    if source.raw_os_error() == Some(Errno::NOENT.raw_os_error()) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            let abs = self.abs(&real);
+            // `layer.md` § Changeset over existing files: the entry's attributes replace the
+            // existing directory's, so xattrs it does not list are removed.
+            let file = File::from(fd.try_clone().map_err(|e| LayerError::io("dup", &abs, e))?);
+            if let Ok(names) = xattr::FileExt::list_xattr(&file) {
+                for n in names {
+                    if !meta.xattrs.iter().any(|(k, _)| *k == n)
+                        && (self.opts.privileged || n.as_bytes().starts_with(b"user."))
+                    {
+                        let _ = xattr::FileExt::remove_xattr(&file, &n);
+                    }
+                }
+            }
+            self.fd_meta(fd.as_fd(), &meta, &abs)?;
+        }
+        Ok(())
+    }
+}
+
+fn bad_pax(raw: &[u8], key: &'static str) -> LayerError {
+    LayerError::Unsupported {
+        path: PathBuf::from(OsStr::from_bytes(raw)),
+        what: match key {
+            "uid" => "unparsable PAX uid",
+            "gid" => "unparsable PAX gid",
+            _ => "unparsable PAX mtime",
+        },
+    }
+}

@@ -1,0 +1,601 @@
+//! Writing a [`Changeset`] as a deterministic OCI layer tar, compressed, hashed in one pass.
+//!
+//! The same changeset, source bytes and [`LayerWriter`] settings always give the same bytes
+//! (DESIGN.md decision 3). The tar policy, fixed here and nowhere else:
+//!
+//! - **Format**: POSIX ustar headers (`ustar\0` magic, version `00`); a PAX extended header
+//!   (typeflag `x`, name `././@PaxHeader`) is emitted *only* when needed, with records sorted by
+//!   key: `path` when the name is over 100 bytes (the ustar prefix field is never used),
+//!   `linkpath` when a link target is over 100 bytes, `size`/`uid`/`gid` when a value does not
+//!   fit its octal field, and `SCHILY.xattr.NAME` for every xattr. No GNU extensions
+//!   (no `L`/`K` long names, no base-256 numbers, no sparse files). The archive ends with
+//!   two zero blocks and is not padded to a 10 KiB record.
+//! - **Order**: entries sorted bytewise by path (a parent is a prefix of its children, so it
+//!   comes first); whiteouts sort by their own name `DIR/.wh.NAME`. Parent directories of every
+//!   change are included (read from the source tree) even when they did not change themselves,
+//!   so an extractor never has to invent one.
+//! - **Names**: relative, no leading `./`, directories end with `/`, no entry for the root.
+//! - **Metadata**: mode is `st_mode & 07777` (setuid/setgid/sticky kept); numeric uid/gid kept;
+//!   uname/gname empty; mtime is `clamp(mtime.secs, 0, epoch)` in whole seconds, where `epoch`
+//!   is the build timestamp (`SOURCE_DATE_EPOCH`, default 0); devmajor/devminor are set for
+//!   devices and zero otherwise.
+//! - **Whiteouts** (`layer.md` § Whiteouts and § Opaque Whiteout): a deletion is an empty
+//!   regular file `DIR/.wh.NAME`, an opaque directory is the directory entry followed (in sort
+//!   order) by an empty `DIR/.wh..wh..opq`; both have mode 0644, uid/gid 0, mtime 0.
+//! - **Hardlinks** (`layer.md` § Hardlinks): regular files of this layer sharing `(dev, ino)`
+//!   are one group; the first path of the group in sort order carries the bytes, the others
+//!   are typeflag `1` entries whose linkname is that first path. A file whose other links are
+//!   not part of the layer is written as a plain file.
+//! - **Sockets** are omitted (tar cannot represent them).
+//!
+//! Compression: zstd level 3 by default, in zstd's multi-threaded mode. That mode's output
+//! does not depend on the number of worker threads (checked with `zstd -T1/-T2/-T4/-T8`,
+//! and by this crate's tests), although it differs from single-threaded zstd, so we always
+//! use it, with at least one worker. gzip uses a fixed header (no mtime, no file name,
+//! OS = unknown) at level 6. One pass yields the diffID (sha256 of the tar), the digest
+//! (sha256 of the compressed stream) and both sizes.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::changeset::{Change, Changeset};
+use crate::error::{LayerError, Result};
+use crate::snapshot::{scan, ContentDigest, Entry, EntryKind};
+
+/// Name prefix of a whiteout entry (`layer.md` § Whiteouts).
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of an opaque whiteout entry (`layer.md` § Opaque Whiteout).
+pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+
+/// The compression applied to a layer's tar stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Plain tar (`application/vnd.oci.image.layer.v1.tar`).
+    None,
+    /// gzip (`...tar+gzip`).
+    Gzip,
+    /// zstd (`...tar+zstd`), the default.
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    /// The OCI media type of a layer with this compression.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+/// What writing a layer produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerSummary {
+    /// sha256 of the compressed stream (the blob's name).
+    pub digest: ContentDigest,
+    /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids` entry).
+    pub diff_id: ContentDigest,
+    /// Size of the compressed stream in bytes.
+    pub size: u64,
+    /// Size of the uncompressed tar in bytes.
+    pub uncompressed_size: u64,
+    /// OCI media type of the blob.
+    pub media_type: &'static str,
+}
+
+/// Writes changesets as layer tars; the settings are part of the output's identity.
+#[derive(Debug, Clone)]
+pub struct LayerWriter {
+    compression: Compression,
+    level: i32,
+    epoch: i64,
+    zstd_workers: u32,
+}
+
+impl Default for LayerWriter {
+    fn default() -> Self {
+        LayerWriter::new(Compression::Zstd)
+    }
+}
+
+impl LayerWriter {
+    /// A writer with the given compression, its default level (zstd 3, gzip 6) and epoch 0.
+    pub fn new(compression: Compression) -> LayerWriter {
+        let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        LayerWriter {
+            compression,
+            level: if compression == Compression::Gzip { 6 } else { 3 },
+            epoch: 0,
+            zstd_workers: workers.max(1),
+        }
+    }
+
+    /// Sets the build timestamp: every mtime above it is clamped down to it.
+    pub fn epoch(mut self, secs: i64) -> LayerWriter {
+        self.epoch = secs;
+        self
+    }
+
+    /// Sets the compression level (zstd 1..=22, gzip 0..=9). Part of the output's identity.
+    pub fn level(mut self, level: i32) -> LayerWriter {
+        self.level = level;
+        self
+    }
+
+    /// Sets the number of zstd worker threads (at least 1). Does not change the output.
+    pub fn zstd_workers(mut self, n: u32) -> LayerWriter {
+        self.zstd_workers = n.max(1);
+        self
+    }
+
+    /// The compression this writer applies.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Writes `changeset` as a layer into `out`, reading file bytes (and the metadata of
+    /// unchanged parent directories) from `source`, and returns its digests and sizes.
+    pub fn write<W: Write>(
+        &self,
+        changeset: &Changeset,
+        source: &Path,
+        out: W,
+    ) -> Result<LayerSummary> {
+        let items = plan(changeset, source)?;
+        let sink = HashCount::new(out);
+        let comp = match self.compression {
+            Compression::None => Compressor::None(sink),
+            Compression::Gzip => Compressor::Gzip(
+                flate2::GzBuilder::new()
+                    .operating_system(255)
+                    .write(sink, flate2::Compression::new(self.level.clamp(0, 9) as u32)),
+            ),
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(sink, self.level)
+                    .map_err(|e| write_err(Path::new(""), e))?;
+                enc.multithread(self.zstd_workers).map_err(|e| write_err(Path::new(""), e))?;
+                Compressor::Zstd(enc)
+            }
+        };
+        let mut tar = BufWriter::with_capacity(1 << 20, HashCount::new(comp));
+        let mut buf = vec![0u8; 1 << 20];
+        for item in &items {
+            write_item(&mut tar, item, source, self.epoch, &mut buf)?;
+        }
+        tar.write_all(&[0u8; 1024]).map_err(|e| write_err(Path::new(""), e))?;
+        let tar = tar.into_inner().map_err(|e| write_err(Path::new(""), e.into_error()))?;
+        let (comp, diff_id, uncompressed_size) = tar.finish();
+        let sink = comp.finish().map_err(|e| write_err(Path::new(""), e))?;
+        let (mut out, digest, size) = sink.finish();
+        out.flush().map_err(|e| write_err(Path::new(""), e))?;
+        Ok(LayerSummary {
+            digest,
+            diff_id,
+            size,
+            uncompressed_size,
+            media_type: self.compression.media_type(),
+        })
+    }
+
+    /// Writes the whole tree under `dir` (not `dir` itself) as one layer.
+    pub fn write_dir<W: Write>(&self, dir: &Path, out: W) -> Result<LayerSummary> {
+        let cs = Changeset::from_snapshot(scan(dir)?);
+        self.write(&cs, dir, out)
+    }
+}
+
+/// The whole tree under `dir` as one layer with default settings (zstd, epoch 0).
+pub fn layer_from_dir<W: Write>(dir: &Path, out: W) -> Result<LayerSummary> {
+    LayerWriter::default().write_dir(dir, out)
+}
+
+fn write_err(path: &Path, source: io::Error) -> LayerError {
+    LayerError::Write { path: path.to_path_buf(), source }
+}
+
+/// One tar entry to emit.
+enum Item {
+    Entry(Entry),
+    Hardlink(Entry, PathBuf),
+    /// A whiteout or opaque marker, by its full tar path.
+    Marker(PathBuf),
+}
+
+impl Item {
+    fn path(&self) -> &Path {
+        match self {
+            Item::Entry(e) | Item::Hardlink(e, _) => &e.path,
+            Item::Marker(p) => p,
+        }
+    }
+}
+
+fn check_path(p: &Path) -> Result<()> {
+    let ok = !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if !ok {
+        return Err(LayerError::BadPath { path: p.to_path_buf() });
+    }
+    if p.file_name().is_some_and(|n| n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes())) {
+        return Err(LayerError::Unsupported {
+            path: p.to_path_buf(),
+            what: "file name begins with `.wh.`, which layers reserve for whiteouts",
+        });
+    }
+    Ok(())
+}
+
+/// Turns a changeset into the sorted list of tar entries.
+fn plan(changeset: &Changeset, source: &Path) -> Result<Vec<Item>> {
+    let mut items = Vec::with_capacity(changeset.len() + 16);
+    let mut present: HashSet<PathBuf> = HashSet::new();
+    for ch in changeset.changes() {
+        let p = ch.path();
+        check_path(p)?;
+        match ch {
+            Change::Added(e) | Change::Modified(e) => {
+                if e.kind != EntryKind::Socket {
+                    present.insert(e.path.clone());
+                    items.push(Item::Entry(e.clone()));
+                }
+            }
+            Change::Opaque(e) => {
+                present.insert(e.path.clone());
+                items.push(Item::Entry(e.clone()));
+                items.push(Item::Marker(e.path.join(OPAQUE_WHITEOUT)));
+            }
+            Change::Deleted(p) => {
+                let name = p.file_name().unwrap_or_default();
+                let mut marker = OsStr::new(WHITEOUT_PREFIX).to_os_string();
+                marker.push(name);
+                items.push(Item::Marker(match p.parent() {
+                    Some(parent) => parent.join(marker),
+                    None => PathBuf::from(marker),
+                }));
+            }
+        }
+    }
+    // Parents before children: include every missing ancestor directory from the source.
+    let mut missing: Vec<PathBuf> = Vec::new();
+    for item in &items {
+        let mut anc = item.path().parent();
+        while let Some(a) = anc {
+            if a.as_os_str().is_empty() || present.contains(a) {
+                break;
+            }
+            present.insert(a.to_path_buf());
+            missing.push(a.to_path_buf());
+            anc = a.parent();
+        }
+    }
+    for a in missing {
+        items.push(Item::Entry(Entry::from_path(source, &a)?));
+    }
+    items.sort_by(|a, b| a.path().as_os_str().as_bytes().cmp(b.path().as_os_str().as_bytes()));
+    // Hardlink groups: the first path (in sort order) of each (dev, ino) carries the bytes.
+    let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let items = items
+        .into_iter()
+        .map(|item| match item {
+            Item::Entry(e) if e.kind == EntryKind::File && e.nlink > 1 => {
+                match first.entry((e.dev, e.ino)) {
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        Item::Hardlink(e, o.get().clone())
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(e.path.clone());
+                        Item::Entry(e)
+                    }
+                }
+            }
+            other => other,
+        })
+        .collect();
+    Ok(items)
+}
+
+const BLOCK: usize = 512;
+
+fn octal(field: &mut [u8], v: u64) -> bool {
+    let digits = field.len() - 1;
+    if digits < 22 && v >= 1u64 << (3 * digits) {
+        return false;
+    }
+    let s = format!("{v:0digits$o}");
+    field[..digits].copy_from_slice(s.as_bytes());
+    field[digits] = 0;
+    true
+}
+
+fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let base = key.len() + value.len() + 3;
+    let mut len = base + base.to_string().len();
+    if len.to_string().len() > base.to_string().len() {
+        len += 1;
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+struct Header<'a> {
+    name: &'a [u8],
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: u64,
+    typeflag: u8,
+    linkname: &'a [u8],
+    dev: (u32, u32),
+    xattrs: Option<&'a std::collections::BTreeMap<std::ffi::OsString, Vec<u8>>>,
+}
+
+/// Serializes one header (preceded by a PAX header when needed) into `out`.
+fn encode_header(h: &Header<'_>, out: &mut Vec<u8>) {
+    let mut block = [0u8; BLOCK];
+    let mut pax = Vec::new();
+    let mut pax_entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if h.name.len() > 100 {
+        pax_entries.push((b"path".to_vec(), h.name.to_vec()));
+    }
+    let n = h.name.len().min(100);
+    block[..n].copy_from_slice(&h.name[..n]);
+    octal(&mut block[100..108], u64::from(h.mode));
+    if !octal(&mut block[108..116], h.uid) {
+        octal(&mut block[108..116], 0);
+        pax_entries.push((b"uid".to_vec(), h.uid.to_string().into_bytes()));
+    }
+    if !octal(&mut block[116..124], h.gid) {
+        octal(&mut block[116..124], 0);
+        pax_entries.push((b"gid".to_vec(), h.gid.to_string().into_bytes()));
+    }
+    if !octal(&mut block[124..136], h.size) {
+        octal(&mut block[124..136], 0);
+        pax_entries.push((b"size".to_vec(), h.size.to_string().into_bytes()));
+    }
+    let mtime = h.mtime.min((1u64 << 33) - 1);
+    octal(&mut block[136..148], mtime);
+    block[156] = h.typeflag;
+    if h.linkname.len() > 100 {
+        pax_entries.push((b"linkpath".to_vec(), h.linkname.to_vec()));
+    }
+    let n = h.linkname.len().min(100);
+    block[157..157 + n].copy_from_slice(&h.linkname[..n]);
+    block[257..263].copy_from_slice(b"ustar\0");
+    block[263..265].copy_from_slice(b"00");
+    octal(&mut block[329..337], u64::from(h.dev.0));
+    octal(&mut block[337..345], u64::from(h.dev.1));
+    if let Some(x) = h.xattrs {
+        for (k, v) in x {
+            let mut key = b"SCHILY.xattr.".to_vec();
+            key.extend_from_slice(k.as_bytes());
+            pax_entries.push((key, v.clone()));
+        }
+    }
+    checksum(&mut block);
+    if !pax_entries.is_empty() {
+        pax_entries.sort();
+        for (k, v) in &pax_entries {
+            pax_record(&mut pax, k, v);
+        }
+        let mut pb = [0u8; BLOCK];
+        let name = b"././@PaxHeader";
+        pb[..name.len()].copy_from_slice(name);
+        octal(&mut pb[100..108], 0o644);
+        octal(&mut pb[108..116], 0);
+        octal(&mut pb[116..124], 0);
+        octal(&mut pb[124..136], pax.len() as u64);
+        octal(&mut pb[136..148], 0);
+        pb[156] = b'x';
+        pb[257..263].copy_from_slice(b"ustar\0");
+        pb[263..265].copy_from_slice(b"00");
+        octal(&mut pb[329..337], 0);
+        octal(&mut pb[337..345], 0);
+        checksum(&mut pb);
+        out.extend_from_slice(&pb);
+        out.extend_from_slice(&pax);
+        out.resize(out.len().next_multiple_of(BLOCK), 0);
+    }
+    out.extend_from_slice(&block);
+}
+
+fn checksum(block: &mut [u8; BLOCK]) {
+    block[148..156].copy_from_slice(b"        ");
+    let sum: u32 = block.iter().map(|&b| u32::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    block[148..156].copy_from_slice(s.as_bytes());
+}
+
+fn clamp_mtime(e: &Entry, epoch: i64) -> u64 {
+    u64::try_from(e.mtime.secs.min(epoch).max(0)).unwrap_or(0)
+}
+
+fn write_item<W: Write>(
+    tar: &mut W,
+    item: &Item,
+    source: &Path,
+    epoch: i64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let mut hdr = Vec::with_capacity(BLOCK * 2);
+    let path = item.path();
+    match item {
+        Item::Marker(p) => encode_header(
+            &Header {
+                name: p.as_os_str().as_bytes(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime: 0,
+                typeflag: b'0',
+                linkname: b"",
+                dev: (0, 0),
+                xattrs: None,
+            },
+            &mut hdr,
+        ),
+        Item::Entry(e) | Item::Hardlink(e, _) => {
+            let mut name = e.path.as_os_str().as_bytes().to_vec();
+            let (typeflag, linkname, size): (u8, &[u8], u64) = match (item, e.kind) {
+                (Item::Hardlink(_, t), _) => (b'1', t.as_os_str().as_bytes(), 0),
+                (_, EntryKind::File) => (b'0', b"", e.size),
+                (_, EntryKind::Dir) => {
+                    name.push(b'/');
+                    (b'5', b"", 0)
+                }
+                (_, EntryKind::Symlink) => (
+                    b'2',
+                    e.link_target.as_deref().map(|t| t.as_os_str().as_bytes()).unwrap_or(b""),
+                    0,
+                ),
+                (_, EntryKind::CharDevice) => (b'3', b"", 0),
+                (_, EntryKind::BlockDevice) => (b'4', b"", 0),
+                (_, EntryKind::Fifo) => (b'6', b"", 0),
+                (_, EntryKind::Socket) => return Ok(()),
+            };
+            let dev = if matches!(e.kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+                e.device_numbers()
+            } else {
+                (0, 0)
+            };
+            encode_header(
+                &Header {
+                    name: &name,
+                    mode: e.mode & 0o7777,
+                    uid: u64::from(e.uid),
+                    gid: u64::from(e.gid),
+                    size,
+                    mtime: clamp_mtime(e, epoch),
+                    typeflag,
+                    linkname,
+                    dev,
+                    xattrs: Some(&e.xattrs),
+                },
+                &mut hdr,
+            );
+            tar.write_all(&hdr).map_err(|err| write_err(path, err))?;
+            if typeflag == b'0' {
+                copy_file(tar, &source.join(&e.path), &e.path, size, buf)?;
+            }
+            return Ok(());
+        }
+    }
+    tar.write_all(&hdr).map_err(|err| write_err(path, err))
+}
+
+/// Copies exactly `size` bytes of `abs` and the block padding; a file that shrank or grew
+/// since the snapshot is an error (the layer would not match its changeset).
+fn copy_file<W: Write>(
+    tar: &mut W,
+    abs: &Path,
+    rel: &Path,
+    size: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let mut f = fs::File::open(abs).map_err(|e| LayerError::io("open", abs, e))?;
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match f.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(LayerError::SizeChanged {
+                    path: rel.to_path_buf(),
+                    expected: size,
+                    found: size - left,
+                })
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LayerError::io("read", abs, e)),
+        };
+        tar.write_all(&buf[..n]).map_err(|e| write_err(rel, e))?;
+        left -= n as u64;
+    }
+    let mut probe = [0u8; 1];
+    if matches!(f.read(&mut probe), Ok(n) if n > 0) {
+        return Err(LayerError::SizeChanged {
+            path: rel.to_path_buf(),
+            expected: size,
+            found: size + 1,
+        });
+    }
+    let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+    tar.write_all(&[0u8; BLOCK][..pad]).map_err(|e| write_err(rel, e))
+}
+
+/// A writer that hashes and counts what passes through.
+struct HashCount<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashCount<W> {
+    fn new(inner: W) -> Self {
+        HashCount { inner, hasher: Sha256::new(), count: 0 }
+    }
+
+    fn finish(self) -> (W, ContentDigest, u64) {
+        (self.inner, ContentDigest(self.hasher.finalize().into()), self.count)
+    }
+}
+
+impl<W: Write> Write for HashCount<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hasher.update(&data[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Compressor<W: Write> {
+    None(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Compressor<W> {
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::None(w) => Ok(w),
+            Compressor::Gzip(g) => g.finish(),
+            Compressor::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::None(w) => w.write(data),
+            Compressor::Gzip(g) => g.write(data),
+            Compressor::Zstd(z) => z.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::None(w) => w.flush(),
+            Compressor::Gzip(g) => g.flush(),
+            Compressor::Zstd(z) => z.flush(),
+        }
+    }
+}
