@@ -62,6 +62,12 @@ pub enum StoreError {
         #[source]
         source: DigestParseError,
     },
+    /// A gc roots file name is not a plain file name.
+    #[error("invalid gc roots name {name:?}: expected [A-Za-z0-9._-]+ not starting with '.'")]
+    InvalidRootsName {
+        /// The rejected name.
+        name: String,
+    },
     /// A digest string (in a descriptor or given by a caller) is malformed or not sha256.
     #[error(transparent)]
     InvalidDigest(#[from] DigestParseError),

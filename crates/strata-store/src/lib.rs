@@ -27,6 +27,9 @@
 mod blob;
 mod digest;
 mod error;
+mod fsck;
+mod gc;
+mod image;
 mod index;
 mod reference;
 mod store;
@@ -34,9 +37,15 @@ mod store;
 pub use blob::{BlobWriter, PutBlob, VerifyingReader};
 pub use digest::{Digest, DigestParseError, DigestParseErrorKind, Hasher, SHA256};
 pub use error::{NotAStoreProblem, StoreError};
+pub use fsck::{FsckProblem, FsckReport, Referrer};
+pub use gc::GcReport;
+pub use image::{
+    is_supported_layer, Image, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
+};
 pub use index::REF_NAME_ANNOTATION;
 pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
-pub use store::Store;
+pub use store::{canonical_json, Store};
 
 /// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this
 /// API speaks, so callers use the same version.

@@ -252,12 +252,12 @@ impl Store {
         fs::metadata(&path).map(|m| m.len()).map_err(|e| not_found_as_blob(e, d, path))
     }
 
-    /// Serializes `v` as compact JSON (serde_json's canonical output for a given value: field
-    /// order as declared, no whitespace) and stores it. The same value always yields the same
-    /// digest.
+    /// Serializes `v` as canonical JSON and stores it: compact (no insignificant whitespace),
+    /// object keys sorted bytewise at every level. Sorting makes the bytes independent of
+    /// `HashMap` iteration order (labels, annotations), so the same value always yields the same
+    /// digest, on any machine.
     pub fn put_json<T: Serialize + ?Sized>(&self, v: &T) -> Result<PutBlob, StoreError> {
-        let bytes = serde_json::to_vec(v)
-            .map_err(|source| StoreError::Serialize { what: std::any::type_name::<T>(), source })?;
+        let bytes = canonical_json(v)?;
         self.put_blob(bytes.as_slice())
     }
 
@@ -274,6 +274,28 @@ impl Store {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// Compact JSON with object keys sorted recursively (see [`Store::put_json`]).
+pub fn canonical_json<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, StoreError> {
+    let what = std::any::type_name::<T>();
+    let value = serde_json::to_value(v).map_err(|source| StoreError::Serialize { what, source })?;
+    serde_json::to_vec(&sort_keys(value)).map_err(|source| StoreError::Serialize { what, source })
+}
+
+/// Rebuilds every object with its keys in order, whether or not serde_json's `preserve_order`
+/// feature (which keeps insertion order) is enabled somewhere in the build.
+fn sort_keys(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sort_keys(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sort_keys).collect()),
+        other => other,
     }
 }
 

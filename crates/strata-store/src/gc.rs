@@ -1,0 +1,334 @@
+//! Garbage collection: mark from the roots, sweep the rest.
+//!
+//! Roots are every entry of `index.json` (tagged or not), every digest listed in the files under
+//! `<root>/strata/v1/roots/` (one per line; `#` starts a comment; the build cache keeps its
+//! entries alive this way), and the digests the caller passes. Marking follows descriptors inside
+//! manifests and indexes (`config`, `layers`, `manifests`, `subject`, `blobs`), OCI and Docker
+//! media types alike, so content copied in by other tools is understood too. A root of unknown
+//! type that turns out to be a JSON manifest or index is followed the same way.
+//!
+//! The sweep deletes unmarked blobs, snapshot directories `<root>/strata/v1/snapshots/<hex>`
+//! whose name is neither a marked blob nor a diffID of a marked image config, and temp entries
+//! in `<root>/strata/v1/tmp/` that nobody holds an `flock` on and that are over a minute old.
+//!
+//! gc holds the store lock, so tags cannot change under it, but blob writers take no lock: a
+//! blob written during gc and not yet referenced by a tag or roots file may be deleted. Run gc
+//! when no build is in progress, or have builds list what they hold in a roots file first.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::blob::{remove_file_if_exists, write_atomic};
+use crate::digest::{Digest, DigestParseError};
+use crate::error::StoreError;
+use crate::image::{descriptor_digest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::store::Store;
+
+/// Temp entries younger than this are never removed (a writer may not have locked them yet).
+const TEMP_GRACE: Duration = Duration::from_secs(60);
+
+/// What a gc run removed and kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs deleted, sorted.
+    pub removed: Vec<Digest>,
+    /// Total size of the deleted blobs.
+    pub bytes_freed: u64,
+    /// Blobs still present after the run.
+    pub blobs_kept: usize,
+    /// Snapshot directories deleted.
+    pub snapshots_removed: usize,
+    /// Stale temp files or directories deleted.
+    pub temp_entries_removed: usize,
+}
+
+/// A descriptor found inside a manifest or index.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildRef {
+    pub(crate) media_type: String,
+    pub(crate) digest: Result<Digest, DigestParseError>,
+    pub(crate) size: u64,
+}
+
+/// Media types whose blobs are JSON listing further descriptors.
+pub(crate) fn is_manifest_like(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        MEDIA_TYPE_MANIFEST
+            | MEDIA_TYPE_INDEX
+            | "application/vnd.docker.distribution.manifest.v2+json"
+            | "application/vnd.docker.distribution.manifest.list.v2+json"
+    )
+}
+
+/// The descriptors a manifest or index refers to; an error if `bytes` is not JSON.
+/// Descriptor fields are read loosely, so one odd entry does not hide the others.
+pub(crate) fn children_of(bytes: &[u8]) -> Result<Vec<ChildRef>, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let mut out = Vec::new();
+    let mut push = |d: &serde_json::Value| {
+        let Some(digest) = d.get("digest").and_then(|v| v.as_str()) else { return };
+        out.push(ChildRef {
+            media_type: d.get("mediaType").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
+            digest: digest.parse(),
+            size: d.get("size").and_then(|v| v.as_u64()).unwrap_or_default(),
+        });
+    };
+    for key in ["config", "subject"] {
+        if let Some(d) = value.get(key) {
+            push(d);
+        }
+    }
+    for key in ["layers", "manifests", "blobs"] {
+        if let Some(list) = value.get(key).and_then(|v| v.as_array()) {
+            list.iter().for_each(&mut push);
+        }
+    }
+    Ok(out)
+}
+
+/// The `rootfs.diff_ids` of an image config, ignoring anything malformed.
+fn diff_ids_of(bytes: &[u8]) -> Vec<Digest> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return Vec::new() };
+    value
+        .pointer("/rootfs/diff_ids")
+        .and_then(|v| v.as_array())
+        .map(|ids| ids.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Writes the gc roots file `<root>/strata/v1/roots/<name>` atomically, listing `digests`
+    /// one per line (replacing any previous list). `name` must be a plain file name of
+    /// `[A-Za-z0-9._-]` not starting with `.`.
+    pub fn set_gc_roots(&self, name: &str, digests: &[Digest]) -> Result<(), StoreError> {
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(StoreError::InvalidRootsName { name: name.to_owned() });
+        }
+        let dir = self.roots_dir();
+        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        let mut text = String::new();
+        for d in digests {
+            text.push_str(&d.to_string());
+            text.push('\n');
+        }
+        self.ensure_meta_dirs()?;
+        write_atomic(&self.tmp_dir(), &dir.join(name), text.as_bytes())
+    }
+
+    /// Every digest listed in the roots files, with an error naming file and line for a bad one.
+    pub fn gc_roots(&self) -> Result<Vec<Digest>, StoreError> {
+        let dir = self.roots_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let path = entry.path();
+            if !entry.file_type().map_err(StoreError::io(&path))?.is_file() {
+                continue;
+            }
+            let file = File::open(&path).map_err(StoreError::io(&path))?;
+            for (i, line) in BufReader::new(file).lines().enumerate() {
+                let line = line.map_err(StoreError::io(&path))?;
+                let line = line.split('#').next().unwrap_or_default().trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let d = line.parse().map_err(|source| StoreError::InvalidRootsLine {
+                    path: path.clone(),
+                    line: i + 1,
+                    source,
+                })?;
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every blob, snapshot and stale temp entry not reachable from `index.json`, the
+    /// roots files, or `extra_roots`; see the module docs of `gc` for the rules.
+    ///
+    /// Fails without deleting anything if a reachable manifest is corrupt (its references
+    /// cannot be known) or a roots file is malformed.
+    pub fn gc(&self, extra_roots: &[Digest]) -> Result<GcReport, StoreError> {
+        let _lock = self.lock()?;
+        let index = self.read_index()?;
+        // (digest, media type if known)
+        let mut pending: Vec<(Digest, Option<String>)> = Vec::new();
+        for m in index.manifests() {
+            pending.push((descriptor_digest(m)?, Some(m.media_type().to_string())));
+        }
+        for d in self.gc_roots()?.into_iter().chain(extra_roots.iter().copied()) {
+            pending.push((d, None));
+        }
+        let mut marked = BTreeSet::new();
+        let mut snapshot_keys = BTreeSet::new();
+        while let Some((digest, media_type)) = pending.pop() {
+            if !marked.insert(digest) || !self.has_blob(&digest) {
+                continue;
+            }
+            let follow = match media_type.as_deref() {
+                Some(mt) => is_manifest_like(mt),
+                None => self.looks_like_json(&digest)?,
+            };
+            if follow {
+                let bytes = self.read_blob(&digest)?;
+                // An unknown-typed root that is not JSON after all is simply kept.
+                let Ok(children) = children_of(&bytes) else { continue };
+                for child in children {
+                    let Ok(child_digest) = child.digest else { continue };
+                    if child.media_type == MEDIA_TYPE_CONFIG
+                        || child.media_type == "application/vnd.docker.container.image.v1+json"
+                    {
+                        if let Ok(config) = self.read_blob(&child_digest) {
+                            snapshot_keys.extend(diff_ids_of(&config));
+                        }
+                    }
+                    let known = (!child.media_type.is_empty()).then_some(child.media_type);
+                    pending.push((child_digest, known));
+                }
+            }
+        }
+        let mut report = GcReport::default();
+        for digest in self.list_blobs()? {
+            if marked.contains(&digest) {
+                report.blobs_kept += 1;
+                continue;
+            }
+            let path = self.blob_path(&digest);
+            let size = fs::metadata(&path).map(|m| m.len()).unwrap_or_default();
+            if remove_file_if_exists(&path)? {
+                report.removed.push(digest);
+                report.bytes_freed += size;
+            }
+        }
+        snapshot_keys.extend(marked.iter().copied());
+        report.snapshots_removed = self.sweep_snapshots(&snapshot_keys)?;
+        report.temp_entries_removed = self.sweep_temp()?;
+        Ok(report)
+    }
+
+    /// Whether a blob starts with `{` (after whitespace): worth parsing as a manifest.
+    fn looks_like_json(&self, digest: &Digest) -> Result<bool, StoreError> {
+        use std::io::Read;
+        let mut head = [0u8; 64];
+        let mut file = self.open_blob(digest)?;
+        let n = file.read(&mut head).map_err(StoreError::io(self.blob_path(digest)))?;
+        Ok(head[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
+    }
+
+    fn sweep_snapshots(&self, keep: &BTreeSet<Digest>) -> Result<usize, StoreError> {
+        let dir = self.snapshots_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let name = entry.file_name();
+            // Only names this store gave out are its to delete.
+            let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+                continue;
+            };
+            if keep.contains(&digest) {
+                continue;
+            }
+            // Move it out of sight first, so nobody sees a half-deleted snapshot.
+            let doomed = self.tmp_dir().join(format!("gc-snapshot-{}", digest.hex()));
+            let path = entry.path();
+            remove_tree(&doomed)?;
+            fs::rename(&path, &doomed).map_err(StoreError::io(&path))?;
+            remove_tree(&doomed)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn sweep_temp(&self) -> Result<usize, StoreError> {
+        let dir = self.tmp_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            let young = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_none_or(|age| age < TEMP_GRACE);
+            if young && !entry.file_name().to_string_lossy().starts_with("gc-snapshot-") {
+                continue;
+            }
+            if !meta.file_type().is_symlink() && is_locked(&path) {
+                continue;
+            }
+            if meta.is_dir() {
+                remove_tree(&path)?;
+            } else {
+                remove_file_if_exists(&path)?;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether another open file description holds an `flock` on `path`.
+fn is_locked(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else { return false };
+    matches!(
+        flock(&file, FlockOperation::NonBlockingLockShared),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK
+    )
+}
+
+/// `remove_dir_all` that also copes with directories lacking write or search permission, as
+/// unpacked layers often have (`chmod 555` dirs).
+pub(crate) fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
+    make_writable(path);
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io { path: path.to_owned(), source: e }),
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&d) else { continue };
+        if !meta.is_dir() {
+            continue;
+        }
+        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = fs::read_dir(&d) {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+}
