@@ -21,6 +21,10 @@
 //! non-ASCII text there). The algorithm is linear in the size of the input and never recurses
 //! on user input.
 
+// `ParseError` is deliberately rich (kind, span, file, line text); it is built once per failed
+// parse, so its size costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
 use crate::ast::{Ast, Directive, Heredoc, Node, Warning};
 use crate::error::{ParseError, ParseErrorKind, Span};
 
@@ -1313,5 +1317,283 @@ impl Parser<'_> {
             child.end_line = node.end_line;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(src: &str) -> Ast {
+        match parse(src) {
+            Ok(ast) => ast,
+            Err(err) => panic!("{src:?} failed: {err}"),
+        }
+    }
+
+    fn err(src: &str) -> ParseError {
+        match parse(src) {
+            Ok(ast) => panic!("{src:?} parsed: {ast:?}"),
+            Err(err) => err,
+        }
+    }
+
+    fn args(node: &Node) -> Vec<&str> {
+        node.args.iter().map(String::as_str).collect()
+    }
+
+    fn heredoc(name: &str, content: &str, expand: bool, chomp: bool) -> Heredoc {
+        Heredoc { name: name.into(), content: content.into(), expand, chomp }
+    }
+
+    #[test]
+    fn heredoc_plain_and_lines() {
+        let ast = ok("FROM a\nRUN <<EOF\necho hi\n  two\nEOF\nRUN b\n");
+        let run = &ast.nodes[1];
+        assert_eq!(run.heredocs, vec![heredoc("EOF", "echo hi\n  two\n", true, false)]);
+        assert_eq!((run.span.line, run.end_line), (2, 5));
+        assert_eq!(args(run), ["<<EOF"]);
+        assert_eq!(ast.nodes[2].span.line, 6);
+    }
+
+    #[test]
+    fn heredoc_chomp_strips_tabs_and_matches_indented_delimiter() {
+        let ast = ok("FROM a\nRUN <<-EOF\n\tone\n\t\ttwo\n  three\n\tEOF\n");
+        assert_eq!(ast.nodes[1].heredocs, vec![heredoc("EOF", "one\ntwo\n  three\n", true, true)]);
+    }
+
+    #[test]
+    fn heredoc_quoted_delimiters_do_not_expand() {
+        for (line, name) in [
+            ("RUN <<\"EOF\"", "EOF"),
+            ("RUN <<'EOF'", "EOF"),
+            ("RUN <<E\"O\"F", "EOF"),
+            ("RUN <<-'EOF'", "EOF"),
+        ] {
+            let ast = ok(&format!("FROM a\n{line}\n$x\n{name}\n"));
+            let doc = &ast.nodes[1].heredocs[0];
+            assert_eq!((doc.name.as_str(), doc.expand), (name, false), "{line}");
+        }
+        let ast = ok("FROM a\nRUN <<eo\\'f\nx\neo'f\n");
+        assert_eq!(ast.nodes[1].heredocs, vec![heredoc("eo'f", "x\n", true, false)]);
+    }
+
+    #[test]
+    fn several_heredocs_read_in_order() {
+        let ast = ok("FROM a\nCOPY <<X 3<<Y /dest\nY\nX\nX\nY\nRUN c\n");
+        let copy = &ast.nodes[1];
+        assert_eq!(
+            copy.heredocs,
+            vec![heredoc("X", "Y\n", true, false), heredoc("Y", "X\n", true, false)]
+        );
+        assert_eq!(args(copy), ["<<X", "3<<Y", "/dest"]);
+        assert_eq!(copy.end_line, 6);
+        assert_eq!(ast.nodes[2].span.line, 7);
+    }
+
+    #[test]
+    fn heredoc_only_where_allowed() {
+        // Exec form, quoted text and other instructions open no heredoc.
+        let ast = ok("FROM a\nRUN [\"<<EOF\"]\nRUN echo \"<<EOF\"\nADD <<EOF /x\nhi\nEOF\n");
+        assert!(ast.nodes[1].heredocs.is_empty());
+        assert!(ast.nodes[2].heredocs.is_empty());
+        assert_eq!(ast.nodes[3].heredocs.len(), 1);
+        // USER takes no heredoc, so the next line is an instruction of its own.
+        let e = err("FROM a\nUSER <<EOF\nEOF\n");
+        assert_eq!(e.kind, ParseErrorKind::UnknownInstruction { name: "EOF".into() });
+        assert_eq!(e.span, Span::new(3, 1));
+    }
+
+    #[test]
+    fn onbuild_heredoc_attaches_to_the_onbuild_node() {
+        let ast = ok("FROM a\nONBUILD RUN <<EOF\nhi\nEOF\n");
+        let onbuild = &ast.nodes[1];
+        assert_eq!(onbuild.heredocs, vec![heredoc("EOF", "hi\n", true, false)]);
+        let child = onbuild.child.as_deref().unwrap_or_else(|| panic!("no trigger"));
+        assert_eq!((child.keyword.as_str(), child.span), ("run", Span::new(2, 9)));
+        assert_eq!((onbuild.end_line, child.end_line), (4, 4));
+    }
+
+    #[test]
+    fn unterminated_heredoc() {
+        let e = err("FROM a\nRUN cat <<EOF >x\nline\n");
+        assert_eq!(e.kind, ParseErrorKind::UnterminatedHeredoc { delimiter: "EOF".into() });
+        assert_eq!((e.span, e.len), (Span::new(2, 9), 5));
+    }
+
+    #[test]
+    fn crlf_line_endings() {
+        let ast = ok("FROM a\r\nRUN echo \\\r\n  b\r\nCOPY <<EOF /x\r\nhi\r\nEOF\r\n");
+        assert_eq!(args(&ast.nodes[1]), ["echo   b"]);
+        assert_eq!(ast.nodes[2].heredocs[0].content, "hi\r\n");
+        assert_eq!(ast.nodes[2].end_line, 6);
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let ast = ok("\u{feff}# escape=`\nFROM a\nRUN x `\n y\n");
+        assert_eq!(ast.escape, '`');
+        assert_eq!(ast.nodes[0].span, Span::new(2, 1));
+        assert_eq!(args(&ast.nodes[1]), ["x  y"]);
+    }
+
+    #[test]
+    fn escape_directive_backtick() {
+        let ast = ok("# Escape = `\n\nFROM a\nRUN dir c:\\ `\n  && echo \\\nWORKDIR c:\\w\n");
+        assert_eq!(ast.escape, '`');
+        assert_eq!(ast.directives.len(), 1);
+        assert_eq!(
+            (ast.directives[0].name.as_str(), ast.directives[0].value.as_str()),
+            ("escape", "`")
+        );
+        assert_eq!(args(&ast.nodes[1]), ["dir c:\\   && echo \\"]);
+        assert_eq!(args(&ast.nodes[2]), ["c:\\w"]);
+    }
+
+    #[test]
+    fn directives_rules() {
+        let ast = ok("# syntax=docker/dockerfile:1\n#CHECK = skip=all\n# escape=\\\nFROM a\n");
+        let found: Vec<(&str, &str)> =
+            ast.directives.iter().map(|d| (d.name.as_str(), d.value.as_str())).collect();
+        assert_eq!(
+            found,
+            [("syntax", "docker/dockerfile:1"), ("check", "skip=all"), ("escape", "\\")]
+        );
+        assert!(ast.nodes[0].comments.is_empty());
+
+        let e = err("# escape=`\n# ESCAPE=\\\nFROM a\n");
+        assert!(
+            matches!(e.kind, ParseErrorKind::InvalidDirective { ref name, .. } if name == "escape")
+        );
+        assert_eq!(e.span, Span::new(2, 1));
+
+        let e = err("# escape=x\nFROM a\n");
+        assert!(matches!(e.kind, ParseErrorKind::InvalidDirective { .. }));
+        assert_eq!(e.span, Span::new(1, 1));
+    }
+
+    #[test]
+    fn directive_after_instruction_or_comment_is_a_comment() {
+        let ast = ok("FROM a\n# escape=`\nRUN x \\\n y\n");
+        assert_eq!(ast.escape, '\\');
+        assert!(ast.directives.is_empty());
+        assert_eq!(ast.nodes[1].comments, ["escape=`"]);
+        assert_eq!(args(&ast.nodes[1]), ["x  y"]);
+
+        let ast = ok("# hello\n# escape=`\nFROM a\n");
+        assert_eq!((ast.escape, ast.directives.len()), ('\\', 0));
+        let ast = ok("\n# escape=`\nFROM a\n");
+        assert_eq!((ast.escape, ast.directives.len()), ('\\', 0));
+    }
+
+    #[test]
+    fn unknown_instruction_span_on_line_3() {
+        let e = err("FROM a\nRUN ok\n   FRUM b c\n");
+        assert_eq!(e.kind, ParseErrorKind::UnknownInstruction { name: "FRUM".into() });
+        assert_eq!((e.span, e.len), (Span::new(3, 4), 4));
+    }
+
+    #[test]
+    fn parser_errors_come_before_unknown_instructions() {
+        let e = err("FROM a\nFRUM b\nENV x\n");
+        assert!(matches!(e.kind, ParseErrorKind::MissingArguments { .. }), "{e:?}");
+        assert_eq!(e.span, Span::new(3, 5));
+    }
+
+    #[test]
+    fn onbuild_chaining_and_unknown_triggers_are_refused() {
+        let e = err("FROM a\nONBUILD ONBUILD RUN x\n");
+        assert_eq!(e.kind, ParseErrorKind::InvalidOnbuild { trigger: "ONBUILD".into() });
+        assert_eq!(e.span, Span::new(2, 9));
+        let e = err("FROM a\nONBUILD NOPE x\n");
+        assert_eq!(e.kind, ParseErrorKind::UnknownInstruction { name: "NOPE".into() });
+    }
+
+    #[test]
+    fn empty_continuation_lines_warn_and_comments_are_skipped() {
+        let ast = ok("FROM a\nRUN a \\\n\n  b \\\n# c\n  d\n");
+        assert_eq!(args(&ast.nodes[1]), ["a   b   d"]);
+        assert_eq!(ast.warnings.len(), 1);
+        assert_eq!(ast.warnings[0].span.line, 6);
+        assert_eq!(ast.nodes[1].end_line, 6);
+    }
+
+    #[test]
+    fn trailing_escape_at_eof() {
+        let ast = ok("FROM a\nRUN x \\");
+        assert_eq!(args(&ast.nodes[1]), ["x"]);
+        assert_eq!(ast.nodes[1].original, "RUN x ");
+    }
+
+    #[test]
+    fn grammars() {
+        let ast = ok(concat!(
+            "FROM --platform=$P img AS b\n",
+            "ENV a=1 b=\"x y\" c\\ d=e\n",
+            "LABEL k v w\n",
+            "ARG x y=\"1 2\"\n",
+            "CMD [\"a\", \"\\u00e9\"]\n",
+            "CMD [\"a\", ]\n",
+            "COPY --chown=\"a b\" -- --x y\n",
+            "HEALTHCHECK --retries=3 CMD [\"c\"]\n",
+            "EXPOSE 80\t443\n",
+            "volume [\"/v\"]\n",
+        ));
+        let got: Vec<(Vec<&str>, Vec<&str>, bool)> = ast
+            .nodes
+            .iter()
+            .map(|n| (n.flags.iter().map(String::as_str).collect(), args(n), n.json))
+            .collect();
+        let none: Vec<&str> = Vec::new();
+        assert_eq!(
+            got,
+            vec![
+                (vec!["--platform=$P"], vec!["img", "AS", "b"], false),
+                (none.clone(), vec!["a", "1", "=", "b", "\"x y\"", "=", "c\\ d", "e", "="], false),
+                (none.clone(), vec!["k", "v w", ""], false),
+                (none.clone(), vec!["x", "y=\"1 2\""], false),
+                (none.clone(), vec!["a", "é"], true),
+                (none.clone(), vec!["[\"a\", ]"], false),
+                (vec!["--chown=a b"], vec!["--x", "y"], false),
+                (vec!["--retries=3"], vec!["CMD", "c"], true),
+                (none.clone(), vec!["80", "443"], false),
+                (none, vec!["/v"], true),
+            ]
+        );
+        assert_eq!(ast.nodes[9].keyword, "volume");
+    }
+
+    #[test]
+    fn json_with_non_strings_is_an_error() {
+        let e = err("FROM a\nCMD [\"a\", 1]\n");
+        assert_eq!(e.kind, ParseErrorKind::InvalidJson { instruction: "CMD".into() });
+        assert_eq!(e.span, Span::new(2, 5));
+        // Go's decoder cannot hold 1e400, so this is "not JSON": shell form.
+        assert_eq!(args(&ok("FROM a\nCMD [\"a\", 1e400]\n").nodes[1]), ["[\"a\", 1e400]"]);
+        // Lone surrogates become U+FFFD, as in Go.
+        assert_eq!(args(&ok("FROM a\nCMD [\"\\ud800x\"]\n").nodes[1]), ["\u{fffd}x"]);
+        let deep = format!("FROM a\nCMD [{}{}]\n", "[".repeat(20_000), "]".repeat(20_000));
+        assert!(!ok(&deep).nodes[1].json);
+    }
+
+    #[test]
+    fn comments_are_kept_until_the_next_instruction() {
+        let ast = ok("# one\n\n# two\nFROM a\n#\n# three\nRUN b\n");
+        assert_eq!(ast.nodes[0].comments, ["one", "two"]);
+        assert_eq!(ast.nodes[1].comments, ["three"]);
+    }
+
+    #[test]
+    fn no_instructions() {
+        for src in ["", "\n\n", "# only\n", "\\\n"] {
+            let e = err(src);
+            assert!(
+                matches!(
+                    e.kind,
+                    ParseErrorKind::NoStages | ParseErrorKind::UnknownInstruction { .. }
+                ),
+                "{src:?}: {e:?}"
+            );
+        }
     }
 }

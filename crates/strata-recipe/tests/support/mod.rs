@@ -81,6 +81,7 @@ pub fn dump(ast: &Ast) -> String {
 
 /// `<workspace>/../shared/compat/<sub>`, or `None` (after saying why) when it is absent.
 /// Under `STRATA_TEST_STRICT=1` an absent directory is a failure.
+#[allow(clippy::print_stderr)]
 pub fn compat_dir(sub: &str) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/compat").join(sub);
     if dir.is_dir() {
