@@ -37,6 +37,7 @@ use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 
 use crate::error::{LayerError, Result, UnsafeReason};
+use crate::tarread::{RawEntry, TarReader};
 use crate::writer::{OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 
 /// How [`apply`] treats privileged operations.
@@ -121,12 +122,13 @@ pub fn apply<R: Read>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<Apply
         report: ApplyReport::default(),
         buf: vec![0u8; 1 << 20],
     };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|e| LayerError::ReadArchive { index: 0, source: e })?;
-    for (index, entry) in entries.enumerate() {
-        let index = index as u64;
-        let mut entry = entry.map_err(|e| LayerError::ReadArchive { index, source: e })?;
-        ap.entry(&mut entry, index)?;
+    let mut tar = TarReader::new(reader);
+    let mut index = 0u64;
+    while let Some(entry) =
+        tar.next_entry().map_err(|e| LayerError::ReadArchive { index, source: e })?
+    {
+        ap.entry(&entry, &mut tar, index)?;
+        index += 1;
     }
     ap.finish_dirs()?;
     Ok(ap.report)
@@ -243,17 +245,19 @@ fn list_dir(fd: &OwnedFd, path: &Path) -> Result<Vec<OsString>> {
 }
 
 impl Applier {
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, index: u64) -> Result<()> {
-        let raw = entry.path_bytes().into_owned();
-        let etype = entry.header().entry_type();
-        if matches!(etype, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
-            return Ok(());
-        }
+    fn entry<R: Read>(
+        &mut self,
+        entry: &RawEntry,
+        data: &mut TarReader<R>,
+        index: u64,
+    ) -> Result<()> {
+        let raw = entry.name.clone();
+        let etype = entry.typeflag;
         let comps = components(&raw)?;
-        let meta = self.meta(entry, index, &raw)?;
+        let meta = Meta::from(entry);
         let Some((name, parent)) = comps.split_last() else {
             // The archive root (`./`): only its directory metadata matters.
-            if etype == tar::EntryType::Directory {
+            if etype == b'5' {
                 self.dirs.push((PathBuf::new(), meta));
             }
             return Ok(());
@@ -276,7 +280,7 @@ impl Applier {
         let (pfd, preal) = self.parent(parent, true, &raw)?;
         let real = preal.join(name);
         let existing = stat_type(&pfd, name).map_err(|e| io_err("lstat", &self.abs(&real), e))?;
-        let is_dir = etype == tar::EntryType::Directory;
+        let is_dir = etype == b'5';
         if let Some(t) = existing {
             if !(is_dir && t == FileType::Directory) {
                 remove_at(&pfd, name, &self.abs(&real))?;
@@ -284,14 +288,14 @@ impl Applier {
             }
         }
         match etype {
-            tar::EntryType::Directory => {
+            b'5' => {
                 if existing != Some(FileType::Directory) {
                     rustix::fs::mkdirat(&*pfd, name.as_os_str(), Mode::from_raw_mode(0o700))
                         .map_err(|e| io_err("mkdir", &self.abs(&real), e))?;
                 }
                 self.dirs.push((real.clone(), meta));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            b'0' | b'7' => {
                 let fd = rustix::fs::openat(
                     &*pfd,
                     name.as_os_str(),
@@ -306,7 +310,7 @@ impl Applier {
                 let mut f = File::from(fd);
                 let abs = self.abs(&real);
                 loop {
-                    let n = match entry.read(&mut self.buf) {
+                    let n = match data.read(&mut self.buf) {
                         Ok(0) => break,
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -317,14 +321,14 @@ impl Applier {
                 }
                 self.fd_meta(f.as_fd(), &meta, &abs)?;
             }
-            tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+            b'2' => {
+                let target = entry.link.clone();
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &*pfd, name.as_os_str())
                     .map_err(|e| io_err("symlink", &self.abs(&real), e))?;
                 self.at_meta(&pfd, name, &real, &meta, true)?;
             }
-            tar::EntryType::Link => {
-                let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+            b'1' => {
+                let target = entry.link.clone();
                 let outside = || {
                     refuse(
                         &raw,
@@ -357,17 +361,15 @@ impl Applier {
                 )
                 .map_err(|e| io_err("link", &self.abs(&real), e))?;
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            b'3' | b'4' | b'6' => {
                 let (ft, dev) = match etype {
-                    tar::EntryType::Fifo => (FileType::Fifo, 0),
+                    b'6' => (FileType::Fifo, 0),
                     _ => {
                         if !self.opts.privileged {
                             return Err(refuse(&raw, UnsafeReason::DeviceNotPrivileged));
                         }
-                        let h = entry.header();
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                        let ft = if etype == tar::EntryType::Char {
+                        let (major, minor) = entry.dev;
+                        let ft = if etype == b'3' {
                             FileType::CharacterDevice
                         } else {
                             FileType::BlockDevice
@@ -379,7 +381,7 @@ impl Applier {
                     .map_err(|e| io_err("mknod", &self.abs(&real), e))?;
                 self.at_meta(&pfd, name, &real, &meta, false)?;
             }
-            tar::EntryType::GNUSparse => {
+            b'S' => {
                 return Err(LayerError::Unsupported {
                     path: PathBuf::from(OsStr::from_bytes(&raw)),
                     what: "GNU sparse file",
@@ -409,44 +411,6 @@ impl Applier {
             }
             p = q.parent();
         }
-    }
-
-    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, index: u64, raw: &[u8]) -> Result<Meta> {
-        let h = entry.header();
-        let bad = |e: io::Error| LayerError::ReadArchive { index, source: e };
-        let mut m = Meta {
-            mode: h.mode().map_err(bad)? & 0o7777,
-            uid: u32::try_from(h.uid().map_err(bad)?).unwrap_or(u32::MAX),
-            gid: u32::try_from(h.gid().map_err(bad)?).unwrap_or(u32::MAX),
-            mtime: i64::try_from(h.mtime().map_err(bad)?).unwrap_or(i64::MAX),
-            xattrs: Vec::new(),
-        };
-        if let Some(pax) = entry.pax_extensions().map_err(bad)? {
-            for ext in pax {
-                let ext = ext.map_err(bad)?;
-                let key = ext.key_bytes();
-                let value = ext.value_bytes();
-                let num = || {
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
-                };
-                if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                    m.xattrs.push((OsString::from_vec(x.to_vec()), value.to_vec()));
-                } else if key == b"uid" {
-                    m.uid = num()
-                        .and_then(|v| u32::try_from(v).ok())
-                        .ok_or_else(|| bad_pax(raw, "uid"))?;
-                } else if key == b"gid" {
-                    m.gid = num()
-                        .and_then(|v| u32::try_from(v).ok())
-                        .ok_or_else(|| bad_pax(raw, "gid"))?;
-                } else if key == b"mtime" {
-                    m.mtime = num().ok_or_else(|| bad_pax(raw, "mtime"))?;
-                }
-            }
-        }
-        Ok(m)
     }
 
     /// Resolves the parent directory of an entry (see [`Self::resolve`]), with a one-entry cache.
@@ -739,13 +703,18 @@ impl Applier {
     }
 }
 
-fn bad_pax(raw: &[u8], key: &'static str) -> LayerError {
-    LayerError::Unsupported {
-        path: PathBuf::from(OsStr::from_bytes(raw)),
-        what: match key {
-            "uid" => "unparsable PAX uid",
-            "gid" => "unparsable PAX gid",
-            _ => "unparsable PAX mtime",
-        },
+impl From<&RawEntry> for Meta {
+    fn from(e: &RawEntry) -> Meta {
+        Meta {
+            mode: e.mode & 0o7777,
+            uid: u32::try_from(e.uid).unwrap_or(u32::MAX),
+            gid: u32::try_from(e.gid).unwrap_or(u32::MAX),
+            mtime: e.mtime,
+            xattrs: e
+                .xattrs
+                .iter()
+                .map(|(k, v)| (OsString::from_vec(k.clone()), v.clone()))
+                .collect(),
+        }
     }
 }

@@ -14,6 +14,7 @@ mod apply;
 mod changeset;
 mod error;
 mod snapshot;
+mod tarread;
 mod writer;
 
 pub use apply::{apply, decompress, ApplyOptions, ApplyReport};
