@@ -115,16 +115,18 @@ impl FromStr for Reference {
         let mut components = name.split('/');
         let first = components.next().unwrap_or_default();
         let has_more = name.contains('/');
-        let domain_len = if has_more && (first.contains(['.', ':']) || first == "localhost") {
-            if !valid_domain(first) {
-                return Err(err(ReferenceErrorKind::Domain(first.to_owned())));
-            }
+        // As in the grammar's regex, a first component that is a valid host is the registry
+        // (when it looks like one: has `.` or `:` or is `localhost`); otherwise it must be a
+        // path component.
+        let looks_like_host = first.contains(['.', ':']) || first == "localhost";
+        let domain_len = if has_more && looks_like_host && valid_domain(first) {
             first.len()
-        } else {
-            if !valid_path_component(first) {
-                return Err(err(ReferenceErrorKind::PathComponent(first.to_owned())));
-            }
+        } else if valid_path_component(first) {
             0
+        } else if has_more && looks_like_host {
+            return Err(err(ReferenceErrorKind::Domain(first.to_owned())));
+        } else {
+            return Err(err(ReferenceErrorKind::PathComponent(first.to_owned())));
         };
         for c in components {
             if !valid_path_component(c) {
@@ -261,6 +263,9 @@ mod tests {
         let r: Reference = "a---b_c:_X".parse().unwrap();
         assert_eq!(r.tag(), Some("_X"));
         assert!(format!("x:{}", "t".repeat(128)).parse::<Reference>().is_ok());
+        // Not a valid host, but a valid path component: the name has no registry.
+        let r: Reference = "a__b.c/d".parse().unwrap();
+        assert_eq!((r.domain(), r.path()), (None, "a__b.c/d"));
     }
 
     #[test]
@@ -280,7 +285,7 @@ mod tests {
             "/a",
             "a//b",
             "host:port/app",
-            "bad_host.example/app",
+            "bad_host:5000/app",
             "app@sha256:abc",
             "app:t@t",
             "app tag",

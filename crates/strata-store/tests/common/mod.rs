@@ -12,6 +12,7 @@ use strata_store::{Digest, Store};
 
 /// Whether an external tool is usable; when not, tests skip (or panic under
 /// STRATA_TEST_STRICT=1).
+#[allow(clippy::print_stderr)] // tests may say why they skip
 pub fn have_tool(tool: &str) -> bool {
     let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
     if !ok {

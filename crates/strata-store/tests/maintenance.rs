@@ -1,0 +1,252 @@
+//! gc, fsck, and what happens with broken stores.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, SystemTime};
+
+use common::make_image;
+use strata_store::oci_spec::image::Descriptor;
+use strata_store::{Digest, FsckProblem, NotAStoreProblem, Referrer, Store, StoreError};
+
+fn digest_of(d: &Descriptor) -> Digest {
+    Digest::try_from(d.digest()).unwrap()
+}
+
+/// All blobs of an image: manifest, config, layers.
+fn image_blobs(store: &Store, m: &Descriptor) -> Vec<Digest> {
+    let img = store.image(m).unwrap();
+    let mut out = vec![digest_of(m), Digest::try_from(img.manifest.config().digest()).unwrap()];
+    out.extend(img.layer_digests().unwrap());
+    out
+}
+
+#[test]
+fn gc_frees_unreachable_and_keeps_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    let kept = make_image(&store, &[("kept", "1")], "kept");
+    let dropped = make_image(&store, &[("dropped", "2")], "dropped");
+    let by_roots_file = make_image(&store, &[("cache", "3")], "cache");
+    let by_arg = make_image(&store, &[("arg", "4")], "arg");
+    let loose = store.put_blob(&b"loose blob"[..]).unwrap();
+    let loose_root = store.put_blob(&b"blob kept by a roots file"[..]).unwrap();
+    store.tag("kept:v1", &kept).unwrap();
+    store.tag("dropped:v1", &dropped).unwrap();
+    store.untag("dropped:v1").unwrap();
+    store.set_gc_roots("build-cache", &[digest_of(&by_roots_file), loose_root.digest]).unwrap();
+
+    // Snapshots: one for a kept layer (by blob digest), one for a kept diffID, one unreachable
+    // (with a read-only directory inside, as unpacked layers have), one foreign name.
+    let kept_layer = store.image(&kept).unwrap().layer_digests().unwrap()[0];
+    let kept_diff_id: Digest =
+        store.image(&kept).unwrap().config.rootfs().diff_ids()[0].parse().unwrap();
+    let dropped_layer = store.image(&dropped).unwrap().layer_digests().unwrap()[0];
+    for d in [kept_layer, kept_diff_id, dropped_layer] {
+        fs::create_dir_all(store.snapshot_dir(&d).join("etc")).unwrap();
+        fs::write(store.snapshot_dir(&d).join("etc/file"), "x").unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let ro = store.snapshot_dir(&dropped_layer).join("etc");
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    fs::create_dir_all(store.snapshots_dir().join("not-a-digest")).unwrap();
+
+    // Temp entries: a stale one, a fresh one, an old one held by a live writer.
+    let stale = store.tmp_dir().join("blob-stale");
+    fs::write(&stale, "half a blob").unwrap();
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+    let fresh = store.tmp_dir().join("blob-fresh");
+    fs::write(&fresh, "just started").unwrap();
+    let mut live = store.blob_writer().unwrap();
+    std::io::Write::write_all(&mut live, b"in progress").unwrap();
+    fs::File::options().write(true).open(live.temp_path()).unwrap().set_modified(old).unwrap();
+
+    let mut expect_removed: Vec<Digest> = image_blobs(&store, &dropped);
+    expect_removed.push(loose.digest);
+    expect_removed.sort();
+    let expect_bytes: u64 = expect_removed.iter().map(|d| store.blob_size(d).unwrap()).sum();
+
+    let report = store.gc(&[digest_of(&by_arg)]).unwrap();
+    assert_eq!(report.removed, expect_removed);
+    assert_eq!(report.bytes_freed, expect_bytes);
+    assert_eq!(report.snapshots_removed, 1);
+    assert_eq!(report.temp_entries_removed, 1);
+    for m in [&kept, &by_roots_file, &by_arg] {
+        for d in image_blobs(&store, m) {
+            assert!(store.has_blob(&d), "reachable {d} was deleted");
+        }
+    }
+    assert!(store.has_blob(&loose_root.digest));
+    for d in &expect_removed {
+        assert!(!store.has_blob(d));
+    }
+    assert_eq!(report.blobs_kept, store.list_blobs().unwrap().len());
+    assert!(store.snapshot_dir(&kept_layer).join("etc/file").exists());
+    assert!(store.snapshot_dir(&kept_diff_id).exists());
+    assert!(!store.snapshot_dir(&dropped_layer).exists());
+    assert!(store.snapshots_dir().join("not-a-digest").exists());
+    assert!(!stale.exists() && fresh.exists() && live.temp_path().exists());
+    // The live writer can still finish.
+    let put = live.commit().unwrap();
+    assert!(store.has_blob(&put.digest));
+    assert!(store.fsck(false).unwrap().is_clean());
+    // A second run with the same roots finds nothing more (except the blob just written).
+    let again = store.gc(&[digest_of(&by_arg), put.digest]).unwrap();
+    assert!(again.removed.is_empty(), "{again:?}");
+}
+
+#[test]
+fn gc_refuses_bad_roots_file_and_corrupt_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    let m = make_image(&store, &[("a", "a")], "a");
+    store.tag("a", &m).unwrap();
+    let junk = store.put_blob(&b"junk"[..]).unwrap();
+    fs::write(store.roots_dir().join("bad"), "# comment\n\nsha256:nothex\n").unwrap();
+    let err = store.gc(&[]).unwrap_err();
+    assert!(matches!(&err, StoreError::InvalidRootsLine { line: 3, .. }), "{err:?}");
+    assert!(err.to_string().contains("bad:3"), "{err}");
+    fs::remove_file(store.roots_dir().join("bad")).unwrap();
+    // A corrupt reachable manifest: its references are unknown, so nothing may be deleted.
+    let manifest_path = store.blob_path(&digest_of(&m));
+    let mut bytes = fs::read(&manifest_path).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&manifest_path, &bytes).unwrap();
+    assert!(matches!(store.gc(&[]), Err(StoreError::DigestMismatch { .. })));
+    assert!(store.has_blob(&junk.digest));
+    assert!(matches!(
+        store.set_gc_roots("../escape", &[]),
+        Err(StoreError::InvalidRootsName { .. })
+    ));
+}
+
+#[test]
+fn fsck_finds_corruption_and_repair_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    let m = make_image(&store, &[("file", "content")], "cmd");
+    store.tag("app:v1", &m).unwrap();
+    let clean = store.fsck(false).unwrap();
+    assert!(clean.is_clean(), "{clean:?}");
+    assert_eq!(clean.blobs_checked, 3);
+
+    let layer = store.image(&m).unwrap().layer_digests().unwrap()[0];
+    let path = store.blob_path(&layer);
+    let full = fs::read(&path).unwrap();
+    fs::write(&path, &full[..full.len() / 2]).unwrap(); // truncated
+    fs::write(store.blob_dir().join("stray.txt"), "?").unwrap();
+
+    let report = store.fsck(false).unwrap();
+    assert!(!report.is_clean());
+    assert!(report.removed.is_empty());
+    let found = Digest::of_bytes(&full[..full.len() / 2]);
+    assert!(report.problems.contains(&FsckProblem::CorruptBlob { digest: layer, found }));
+    assert!(report.problems.contains(&FsckProblem::SizeMismatch {
+        digest: layer,
+        referenced_by: Referrer::Blob(digest_of(&m)),
+        expected: full.len() as u64,
+        found: (full.len() / 2) as u64,
+    }));
+    assert!(report.problems.iter().any(|p| matches!(p, FsckProblem::StrayFile { .. })));
+    assert!(report.problems.iter().all(|p| !p.to_string().is_empty()));
+    assert!(store.has_blob(&layer), "no repair without asking");
+
+    let repaired = store.fsck(true).unwrap();
+    assert_eq!(repaired.removed, vec![layer]);
+    assert!(!store.has_blob(&layer));
+    // Now the layer is missing, and fsck says who needs it.
+    let after = store.fsck(false).unwrap();
+    assert!(after.problems.contains(&FsckProblem::MissingBlob {
+        digest: layer,
+        referenced_by: Referrer::Blob(digest_of(&m)),
+    }));
+    // Restoring the bytes makes the store clean again (apart from the stray file).
+    store.put_blob(full.as_slice()).unwrap();
+    fs::remove_file(store.blob_dir().join("stray.txt")).unwrap();
+    assert!(store.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn fsck_reports_dangling_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    let m = make_image(&store, &[("f", "x")], "x");
+    store.tag("app", &m).unwrap();
+    fs::remove_file(store.blob_path(&digest_of(&m))).unwrap();
+    let report = store.fsck(false).unwrap();
+    assert_eq!(
+        report.problems,
+        vec![FsckProblem::MissingBlob { digest: digest_of(&m), referenced_by: Referrer::Index }]
+    );
+}
+
+/// Every file under `root` (except the lock file) with the hash of its bytes.
+fn tree(root: &std::path::Path) -> Vec<(std::path::PathBuf, Digest)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else {
+            if !p.ends_with("strata/v1/lock") {
+                out.push((p.clone(), Digest::of_bytes(&fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn broken_stores_are_clear_errors_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a layout at all.
+    let plain = dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    fs::write(plain.join("notes.txt"), "mine").unwrap();
+    let err = Store::open(&plain).unwrap_err();
+    assert!(matches!(&err, StoreError::NotAStore { problem: NotAStoreProblem::NoLayoutFile, .. }));
+    assert!(err.to_string().contains("plain") && err.to_string().contains("oci-layout"), "{err}");
+    let err = Store::init(&plain).unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::NotAStore { problem: NotAStoreProblem::NotEmpty { .. }, .. }
+    ));
+    assert_eq!(tree(&plain), vec![(plain.join("notes.txt"), Digest::of_bytes(b"mine"))]);
+    // A file, not a directory.
+    let err = Store::open(plain.join("notes.txt")).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { problem: NotAStoreProblem::NotADirectory, .. }));
+
+    // Garbage index.json.
+    let root = dir.path().join("store");
+    let store = Store::init(&root).unwrap();
+    let m = make_image(&store, &[("f", "x")], "x");
+    store.tag("app", &m).unwrap();
+    fs::write(store.index_path(), "{ not json").unwrap();
+    let before = tree(&root);
+    let err = Store::open(&root).unwrap_err();
+    assert!(matches!(&err, StoreError::CorruptFile { path, .. } if path.ends_with("index.json")));
+    assert!(matches!(store.tag("app:v2", &m), Err(StoreError::CorruptFile { .. })));
+    assert!(matches!(store.gc(&[]), Err(StoreError::CorruptFile { .. })));
+    assert!(matches!(store.fsck(true), Err(StoreError::CorruptFile { .. })));
+    assert!(matches!(Store::init(&root), Err(StoreError::CorruptFile { .. })));
+    assert_eq!(tree(&root), before);
+
+    // Wrong layout version, and a garbage oci-layout.
+    let other = dir.path().join("other");
+    Store::init(&other).unwrap();
+    fs::write(other.join("oci-layout"), r#"{"imageLayoutVersion":"9.9.9"}"#).unwrap();
+    assert!(matches!(Store::open(&other), Err(StoreError::UnsupportedLayoutVersion { .. })));
+    fs::write(other.join("oci-layout"), "garbage").unwrap();
+    assert!(matches!(Store::open(&other), Err(StoreError::CorruptFile { .. })));
+    // Missing blobs dir.
+    fs::write(other.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::remove_dir_all(other.join("blobs")).unwrap();
+    assert!(matches!(
+        Store::open(&other),
+        Err(StoreError::NotAStore { problem: NotAStoreProblem::NoBlobDir, .. })
+    ));
+}
