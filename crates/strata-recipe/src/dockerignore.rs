@@ -73,6 +73,9 @@ impl Pattern {
 impl DockerIgnore {
     /// Parses the text of a `.dockerignore` file. Fails on the first invalid pattern, with the
     /// line number in the error's span; attach the file with [`ParseError::with_source`].
+    // The crate's one error type is returned unboxed everywhere, like `parse_ast`; parsing an
+    // ignore file happens once per build.
+    #[allow(clippy::result_large_err)]
     pub fn parse(text: &str) -> Result<DockerIgnore, ParseError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut out = DockerIgnore::default();

@@ -9,6 +9,8 @@ use proptest::prelude::*;
 use strata_recipe::shell::{Lookup, ShellLexer};
 use strata_recipe::ParseErrorKind;
 
+/// The corpus directory, or `None` (after saying why on stderr) when it is absent.
+#[allow(clippy::print_stderr)] // a skipped test must say that it skipped
 fn corpus_dir() -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = root.join("../shared/compat/buildkit/frontend/dockerfile/shell");
