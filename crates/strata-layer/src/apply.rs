@@ -35,6 +35,9 @@ use std::rc::Rc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
+use sha2::Digest as _;
+
+use strata_store::{Digest, Store};
 
 use crate::error::{LayerError, Result, UnsafeReason};
 use crate::tarread::{RawEntry, TarReader};
@@ -80,6 +83,9 @@ pub struct ApplyReport {
     pub ownership_skipped: u64,
     /// Xattrs not set (unprivileged namespace, or unsupported by the filesystem).
     pub xattrs_skipped: u64,
+    /// sha256 of the uncompressed tar stream (the layer's diffID), to check against the
+    /// image config.
+    pub diff_id: Option<Digest>,
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -104,6 +110,18 @@ pub fn decompress<'a, R: Read + 'a>(layer: R) -> io::Result<Box<dyn Read + 'a>> 
     }
 }
 
+/// Applies the layer blob `digest` from `store` onto `dir`, verifying the blob's bytes as they
+/// are read (a corrupt blob fails with [`LayerError::ReadArchive`] once fully read).
+pub fn apply_blob(
+    store: &Store,
+    digest: &Digest,
+    dir: &Path,
+    opts: &ApplyOptions,
+) -> Result<ApplyReport> {
+    let r = store.open_blob_verified(digest)?;
+    apply(r, dir, opts)
+}
+
 /// Applies the layer read from `layer` (compression auto-detected) on top of `dir`.
 pub fn apply<R: Read>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
     let reader = decompress(layer).map_err(|e| LayerError::ReadArchive { index: 0, source: e })?;
@@ -122,7 +140,7 @@ pub fn apply<R: Read>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<Apply
         report: ApplyReport::default(),
         buf: vec![0u8; 1 << 20],
     };
-    let mut tar = TarReader::new(reader);
+    let mut tar = TarReader::new(HashingReader { inner: reader, hasher: sha2::Sha256::new() });
     let mut index = 0u64;
     while let Some(entry) =
         tar.next_entry().map_err(|e| LayerError::ReadArchive { index, source: e })?
@@ -131,7 +149,26 @@ pub fn apply<R: Read>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<Apply
         index += 1;
     }
     ap.finish_dirs()?;
+    // Hash the end-of-archive padding too, so the digest covers the whole tar.
+    let mut rest = tar.into_inner();
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(|e| LayerError::ReadArchive { index, source: e })?;
+    ap.report.diff_id = Some(Digest::from_sha256(rest.hasher.finalize().into()));
     Ok(ap.report)
+}
+
+/// Hashes what is read through it (the decompressed tar: its sha256 is the diffID).
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Metadata of one archive entry, PAX overrides applied.

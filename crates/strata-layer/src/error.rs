@@ -63,6 +63,17 @@ pub enum LayerError {
         /// Why it was refused.
         reason: UnsafeReason,
     },
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] strata_store::StoreError),
+    /// The blob the store computed differs from the digest of the stream we wrote.
+    #[error("layer blob digest mismatch: writer computed {expected}, store computed {found}")]
+    DigestMismatch {
+        /// Digest computed while writing the layer.
+        expected: strata_store::Digest,
+        /// Digest the store computed for the committed blob.
+        found: strata_store::Digest,
+    },
     /// An archive entry has a type or header field this crate does not support.
     #[error("unsupported archive entry {path:?}: {what}")]
     Unsupported {

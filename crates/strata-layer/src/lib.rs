@@ -17,12 +17,13 @@ mod snapshot;
 mod tarread;
 mod writer;
 
+pub use apply::apply_blob;
 pub use apply::{apply, decompress, ApplyOptions, ApplyReport};
 pub use changeset::{changeset_from_overlay_upper, diff, Change, Changeset};
 pub use error::{LayerError, Result, UnsafeReason};
-pub use snapshot::{
-    hash_file, scan, scan_with_digests, ContentDigest, Entry, EntryKind, Snapshot, Timestamp,
-};
+pub use snapshot::{hash_file, scan, scan_with_digests, Entry, EntryKind, Snapshot, Timestamp};
+pub use strata_store::Digest;
 pub use writer::{
-    layer_from_dir, Compression, LayerSummary, LayerWriter, OPAQUE_WHITEOUT, WHITEOUT_PREFIX,
+    layer_from_dir, write_layer, Compression, LayerDescriptor, LayerWriter, OPAQUE_WHITEOUT,
+    WHITEOUT_PREFIX,
 };

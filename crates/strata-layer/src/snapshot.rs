@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -23,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
+
+use strata_store::Digest;
 
 use crate::error::{LayerError, Result};
 
@@ -44,22 +45,6 @@ pub enum EntryKind {
     Fifo,
     /// A unix socket. Snapshots record sockets, but tar cannot carry them: layers omit them.
     Socket,
-}
-
-/// A sha256 over the bytes of one regular file.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ContentDigest(pub [u8; 32]);
-
-impl fmt::Display for ContentDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for ContentDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
 }
 
 /// A modification time with nanosecond precision (seconds may be negative).
@@ -101,7 +86,7 @@ pub struct Entry {
     /// Device number for character and block devices (`st_rdev`), else 0.
     pub rdev: u64,
     /// Content digest of a regular file, when it has been computed.
-    pub digest: Option<ContentDigest>,
+    pub digest: Option<Digest>,
 }
 
 impl Entry {
@@ -229,7 +214,7 @@ impl Snapshot {
 
     /// The content digest of the regular file at `path`: the cached one if
     /// [`compute_digests`](Self::compute_digests) ran, else computed now by reading the file.
-    pub fn digest_of(&self, path: &Path) -> Result<ContentDigest> {
+    pub fn digest_of(&self, path: &Path) -> Result<Digest> {
         if let Some(d) = self.get(path).and_then(|e| e.digest) {
             return Ok(d);
         }
@@ -255,7 +240,7 @@ pub(crate) fn path_cmp(a: &Path, b: &Path) -> std::cmp::Ordering {
 }
 
 /// sha256 of a file's bytes.
-pub fn hash_file(path: &Path) -> Result<ContentDigest> {
+pub fn hash_file(path: &Path) -> Result<Digest> {
     let mut f = fs::File::open(path).map_err(|e| LayerError::io("open", path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -268,7 +253,7 @@ pub fn hash_file(path: &Path) -> Result<ContentDigest> {
         };
         h.update(&buf[..n]);
     }
-    Ok(ContentDigest(h.finalize().into()))
+    Ok(Digest::from_sha256(h.finalize().into()))
 }
 
 /// Snapshots every entry under `dir` (not `dir` itself), without content digests.

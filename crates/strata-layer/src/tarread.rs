@@ -103,6 +103,12 @@ impl<R: Read> TarReader<R> {
         TarReader { r, left: 0, pad: 0, done: false }
     }
 
+    /// The underlying reader, positioned after the end-of-archive block (or wherever reading
+    /// stopped).
+    pub(crate) fn into_inner(self) -> R {
+        self.r
+    }
+
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
         let mut buf = [0u8; 8192];
         while n > 0 {

@@ -46,7 +46,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::changeset::{Change, Changeset};
 use crate::error::{LayerError, Result};
-use crate::snapshot::{scan, ContentDigest, Entry, EntryKind};
+use strata_store::{Digest, Store};
+
+use crate::snapshot::{scan, Entry, EntryKind};
 
 /// Name prefix of a whiteout entry (`layer.md` § Whiteouts).
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -79,11 +81,11 @@ impl Compression {
 
 /// What writing a layer produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerSummary {
+pub struct LayerDescriptor {
     /// sha256 of the compressed stream (the blob's name).
-    pub digest: ContentDigest,
+    pub digest: Digest,
     /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids` entry).
-    pub diff_id: ContentDigest,
+    pub diff_id: Digest,
     /// Size of the compressed stream in bytes.
     pub size: u64,
     /// Size of the uncompressed tar in bytes.
@@ -149,7 +151,7 @@ impl LayerWriter {
         changeset: &Changeset,
         source: &Path,
         out: W,
-    ) -> Result<LayerSummary> {
+    ) -> Result<LayerDescriptor> {
         let items = plan(changeset, source)?;
         let sink = HashCount::new(out);
         let comp = match self.compression {
@@ -177,7 +179,7 @@ impl LayerWriter {
         let sink = comp.finish().map_err(|e| write_err(Path::new(""), e))?;
         let (mut out, digest, size) = sink.finish();
         out.flush().map_err(|e| write_err(Path::new(""), e))?;
-        Ok(LayerSummary {
+        Ok(LayerDescriptor {
             digest,
             diff_id,
             size,
@@ -187,14 +189,33 @@ impl LayerWriter {
     }
 
     /// Writes the whole tree under `dir` (not `dir` itself) as one layer.
-    pub fn write_dir<W: Write>(&self, dir: &Path, out: W) -> Result<LayerSummary> {
+    pub fn write_dir<W: Write>(&self, dir: &Path, out: W) -> Result<LayerDescriptor> {
         let cs = Changeset::from_snapshot(scan(dir)?);
         self.write(&cs, dir, out)
     }
 }
 
+/// Writes `changeset` (bytes from `source`) as a layer blob into `store`.
+///
+/// The blob is streamed into the store's [`BlobWriter`](strata_store::BlobWriter) (hashed
+/// there too, renamed into place on commit); the descriptor carries both digests.
+pub fn write_layer(
+    store: &Store,
+    writer: &LayerWriter,
+    changeset: &Changeset,
+    source: &Path,
+) -> Result<LayerDescriptor> {
+    let mut blob = store.blob_writer()?;
+    let desc = writer.write(changeset, source, &mut blob)?;
+    let put = blob.commit()?;
+    if put.digest != desc.digest {
+        return Err(LayerError::DigestMismatch { expected: desc.digest, found: put.digest });
+    }
+    Ok(desc)
+}
+
 /// The whole tree under `dir` as one layer with default settings (zstd, epoch 0).
-pub fn layer_from_dir<W: Write>(dir: &Path, out: W) -> Result<LayerSummary> {
+pub fn layer_from_dir<W: Write>(dir: &Path, out: W) -> Result<LayerDescriptor> {
     LayerWriter::default().write_dir(dir, out)
 }
 
@@ -548,8 +569,8 @@ impl<W: Write> HashCount<W> {
         HashCount { inner, hasher: Sha256::new(), count: 0 }
     }
 
-    fn finish(self) -> (W, ContentDigest, u64) {
-        (self.inner, ContentDigest(self.hasher.finalize().into()), self.count)
+    fn finish(self) -> (W, Digest, u64) {
+        (self.inner, Digest::from_sha256(self.hasher.finalize().into()), self.count)
     }
 }
 

@@ -54,7 +54,8 @@ fn diff_then_apply_on_lower_reproduces_upper() {
     let deleted: Vec<_> = cs
         .changes()
         .iter()
-        .filter_map(|c| matches!(c, Change::Deleted(_)).then(|| c.path().to_owned()))
+        .filter(|&c| matches!(c, Change::Deleted(_)))
+        .map(|c| c.path().to_owned())
         .collect();
     // One deletion per removed subtree; `a/b`'s children vanish with the type change.
     assert_eq!(deleted, vec![Path::new("d").to_owned(), Path::new("x").to_owned()]);

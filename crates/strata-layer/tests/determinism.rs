@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::write_file;
 use filetime::FileTime;
-use strata_layer::{layer_from_dir, Compression, LayerSummary, LayerWriter};
+use strata_layer::{layer_from_dir, Compression, LayerDescriptor, LayerWriter};
 
 const EPOCH: i64 = 1_700_000_000;
 
@@ -39,7 +39,7 @@ fn make(root: &Path, reverse: bool, mtime: i64) {
     }
 }
 
-fn layer(root: &Path, c: Compression, workers: u32) -> (LayerSummary, Vec<u8>) {
+fn layer(root: &Path, c: Compression, workers: u32) -> (LayerDescriptor, Vec<u8>) {
     let mut out = Vec::new();
     let s =
         LayerWriter::new(c).epoch(EPOCH).zstd_workers(workers).write_dir(root, &mut out).unwrap();
@@ -86,10 +86,10 @@ fn summary_matches_the_bytes() {
     let mut out = Vec::new();
     let s = layer_from_dir(t.path(), &mut out).unwrap();
     assert_eq!(s.size, out.len() as u64);
-    assert_eq!(s.digest.0, <[u8; 32]>::from(sha2::Sha256::digest(&out)));
+    assert_eq!(*s.digest.as_bytes(), <[u8; 32]>::from(sha2::Sha256::digest(&out)));
     let tar = zstd::decode_all(&out[..]).unwrap();
     assert_eq!(s.uncompressed_size, tar.len() as u64);
-    assert_eq!(s.diff_id.0, <[u8; 32]>::from(sha2::Sha256::digest(&tar)));
+    assert_eq!(*s.diff_id.as_bytes(), <[u8; 32]>::from(sha2::Sha256::digest(&tar)));
     assert_eq!(s.media_type, "application/vnd.oci.image.layer.v1.tar+zstd");
     // gzip header is fixed: no mtime, no name, OS = unknown.
     let mut gz = Vec::new();

@@ -147,7 +147,8 @@ fn roundtrip(specs: &[Spec], compression: Compression, epoch: i64) {
         .write(&Changeset::from_snapshot(before.clone()), &src, &mut layer)
         .unwrap();
     assert_eq!(summary.size, layer.len() as u64);
-    apply(&layer[..], &dst, &ApplyOptions::default()).unwrap();
+    let report = apply(&layer[..], &dst, &ApplyOptions::default()).unwrap();
+    assert_eq!(report.diff_id, Some(summary.diff_id));
     let after = scan(&dst).unwrap();
     assert_same(&normalize(&before, epoch), &normalize(&after, i64::MAX));
 }

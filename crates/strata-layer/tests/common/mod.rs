@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use strata_layer::{ContentDigest, EntryKind, Snapshot};
+use strata_layer::{Digest, EntryKind, Snapshot};
 
 /// A snapshot entry reduced to what must survive a layer round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct Norm {
     pub xattrs: BTreeMap<OsString, Vec<u8>>,
     pub link_target: Option<PathBuf>,
     pub rdev: u64,
-    pub digest: Option<ContentDigest>,
+    pub digest: Option<Digest>,
     /// First path (bytewise) of the hardlink group, for files with nlink > 1.
     pub link_group: Option<PathBuf>,
 }
