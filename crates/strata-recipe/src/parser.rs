@@ -96,6 +96,20 @@ fn is_ascii_blank(c: char) -> bool {
     matches!(c, '\t' | '\x0b' | '\x0c' | '\r' | ' ')
 }
 
+/// Where BuildKit's byte-wise scanners (flags, the `HEALTHCHECK` type) see a space: ASCII
+/// white space, or a character whose UTF-8 form holds byte 0x85 or 0xA0 (NEL and NBSP in
+/// Latin-1); BuildKit splits inside such a character, here the whole character is the space.
+fn is_byte_space(c: char) -> bool {
+    let mut utf8 = [0; 4];
+    is_go_ascii_space(c)
+        || (!c.is_ascii() && c.encode_utf8(&mut utf8).bytes().any(|b| b == 0x85 || b == 0xA0))
+}
+
+/// Go's `unicode.IsSpace` restricted to ASCII: `[\t\n\v\f\r ]`.
+fn is_go_ascii_space(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | ' ')
+}
+
 /// Go RE2's `\s`: `[\t\n\f\r ]`.
 fn is_re_space(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\x0c' | '\r' | ' ')
@@ -208,7 +222,7 @@ fn extract_flags(line: &str, escape: char) -> (usize, Vec<String>) {
     while let Some((pos, ch)) = chars.next() {
         let next = chars.peek().map(|&(_, c)| c);
         if phase == Phase::Spaces {
-            if ch.is_whitespace() {
+            if is_go_ascii_space(ch) {
                 continue;
             }
             if ch != '-' || next != Some('-') {
@@ -218,7 +232,7 @@ fn extract_flags(line: &str, escape: char) -> (usize, Vec<String>) {
         }
         match phase {
             Phase::Word => {
-                if ch.is_whitespace() {
+                if is_byte_space(ch) {
                     phase = Phase::Spaces;
                     if word == "--" {
                         return (pos, words);
@@ -365,12 +379,15 @@ fn apply_grammar(grammar: Grammar, rest: &str, escape: char) -> Result<Args, Arg
         Grammar::NameVal => name_val(rest, escape).map(|v| (v, false)),
         Grammar::NameOrNameVal => Ok((parse_words(rest, escape), false)),
         Grammar::Health => {
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            let end = rest.find(is_byte_space).unwrap_or(rest.len());
             if end == 0 {
                 return Ok((Vec::new(), false));
             }
             let (kind, cmd) = rest.split_at(end);
-            let (mut cmd, json) = maybe_json(cmd.trim_start())?;
+            let mut cmd = cmd.chars();
+            cmd.next();
+            let cmd = cmd.as_str().trim_start_matches(is_go_ascii_space);
+            let (mut cmd, json) = maybe_json(cmd)?;
             cmd.insert(0, kind.to_string());
             Ok((cmd, json))
         }
@@ -1595,5 +1612,17 @@ mod tests {
                 "{src:?}: {e:?}"
             );
         }
+    }
+
+    /// BuildKit scans HEALTHCHECK's type and flags byte by byte: only ASCII white space
+    /// (including \v) separates, so a leading NBSP belongs to the command.
+    #[test]
+    fn byte_wise_scanners_split_on_ascii_space_only() {
+        let ast = ok("FROM a\nHEALTHCHECK CMD \x0b\u{a0}x\nCOPY --a=\u{2003}b c d\n");
+        assert_eq!(args(&ast.nodes[1]), ["CMD", "\u{a0}x"]);
+        assert_eq!(
+            (ast.nodes[2].flags.clone(), args(&ast.nodes[2])),
+            (vec!["--a=\u{2003}b".to_string()], vec!["c", "d"])
+        );
     }
 }
