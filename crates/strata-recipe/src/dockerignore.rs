@@ -169,9 +169,10 @@ impl DockerIgnore {
 
     /// True if `path` (relative to the context, `/`-separated) is excluded from the context:
     /// the last pattern matching it or one of its parent directories is not an exception.
-    /// The path is cleaned first; the context root itself (`.`, ``) is never excluded.
+    /// The path is cleaned first and a leading `/` ignored; the context root itself (`.`, ``,
+    /// `/`) is never excluded.
     pub fn is_excluded(&self, path: &str) -> bool {
-        let path = clean_if_needed(path);
+        let path = context_path(path);
         if path == "." || self.patterns.is_empty() {
             return false;
         }
@@ -197,7 +198,7 @@ impl DockerIgnore {
         if !self.has_exceptions {
             return false;
         }
-        let dir = clean_if_needed(dir);
+        let dir = context_path(dir);
         if dir == "." {
             return true;
         }
@@ -272,12 +273,12 @@ fn clean(path: &str) -> String {
     }
 }
 
-fn clean_if_needed(path: &str) -> Cow<'_, str> {
-    let is_clean = !path.is_empty()
-        && !path.ends_with('/')
-        && path.split('/').enumerate().all(|(i, p)| {
-            (i == 0 && p.is_empty() && path.len() > 1) || !(p.is_empty() || p == "." || p == "..")
-        });
+/// A path relative to the context as patternmatcher expects it: leading `/`s dropped (patterns
+/// drop theirs too), then cleaned; allocates only when the path is not clean already.
+fn context_path(path: &str) -> Cow<'_, str> {
+    let path = path.trim_start_matches('/');
+    let is_clean =
+        !path.is_empty() && path.split('/').all(|p| !(p.is_empty() || p == "." || p == ".."));
     if is_clean {
         Cow::Borrowed(path)
     } else {

@@ -19,8 +19,10 @@ const SINGLE: &[(&str, &str, bool)] = &[
     ("**", "file/", true),
     ("**/", "file", true),
     ("**/", "file/", true),
-    ("**", "/", true),
-    ("**/", "/", true),
+    // The context root is never excluded; a leading `/` is ignored like in patterns.
+    ("**", "/", false),
+    ("**/", "/", false),
+    ("docs", "/docs/x", true),
     ("**", "dir/file", true),
     ("**/", "dir/file", true),
     ("**", "dir/file/", true),

@@ -362,3 +362,15 @@ proptest! {
         prop_assert_eq!(ShellLexer::default().expand_word(&word, &e).unwrap().value, word);
     }
 }
+
+proptest! {
+    #[test]
+    fn single_quotes_keep_everything(body in "[^']{0,40}") {
+        let e = env(&[("a", "x")]);
+        let lexer = ShellLexer::default();
+        prop_assert_eq!(lexer.expand_word(&format!("'{body}'"), &e).unwrap().value, body.clone());
+        let words = lexer.expand_words(&format!("'{body}'"), &e).unwrap();
+        let want: Vec<String> = if body.is_empty() { vec![] } else { vec![body] };
+        prop_assert_eq!(words, want);
+    }
+}
