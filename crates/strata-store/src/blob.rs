@@ -246,6 +246,21 @@ impl<R: Read> VerifyingReader<R> {
         self.inner
     }
 
+    /// Reads whatever the consumer left unread (e.g. the zero blocks after a tar's end marker,
+    /// which archive readers stop before) and verifies the whole content. Call this after a
+    /// consumer that may stop early; returns the inner reader on success.
+    pub fn finish(mut self) -> Result<R, StoreError> {
+        let mut sink = [0u8; 16 * 1024];
+        loop {
+            match self.read(&mut sink) {
+                Ok(0) => return Ok(self.inner),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(crate::store::source_error(e)),
+            }
+        }
+    }
+
     fn size_error(&self) -> io::Error {
         let err = StoreError::SizeMismatch {
             digest: self.expected,

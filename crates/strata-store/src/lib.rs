@@ -22,6 +22,18 @@
 //! half-written file. Everything else is derived: [`Store::gc`] deletes what no tag, gc root
 //! or caller-given digest reaches; [`Store::fsck`] re-hashes every blob and checks every
 //! reference.
+//!
+//! Concurrency: any number of threads and processes may use one store at once. Blob writes need
+//! no lock (identical content renames onto identical content); `index.json` updates (`tag`,
+//! `untag`) and `gc` take an exclusive `flock` on `strata/v1/lock`; readers take no lock and
+//! see each `index.json` whole, old or new. Tools that write the layout themselves (e.g. `skopeo
+//! copy` into `oci:$STORE:name`) do not take strata's lock; do not run them while strata is
+//! tagging. Durability: blobs and `index.json` are `fsync`ed before, and their directory after,
+//! the rename that publishes them.
+//!
+//! Blob reads come in two speeds: [`Store::open_blob`] trusts the file system (what was renamed
+//! in was verified); [`Store::open_blob_verified`] and [`Store::read_blob`] re-hash, for content
+//! whose integrity matters more than the cost; [`Store::fsck`] re-hashes everything.
 #![deny(missing_docs)]
 
 mod blob;

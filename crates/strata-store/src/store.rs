@@ -327,7 +327,7 @@ fn copy_into(mut r: impl Read, w: &mut BlobWriter) -> Result<(), StoreError> {
 
 /// Unwraps a [`StoreError`] carried inside an `io::Error` (as `VerifyingReader` produces);
 /// any other error is the source's.
-fn source_error(e: io::Error) -> StoreError {
+pub(crate) fn source_error(e: io::Error) -> StoreError {
     if !e.get_ref().is_some_and(|inner| inner.is::<StoreError>()) {
         return StoreError::SourceRead { source: e };
     }

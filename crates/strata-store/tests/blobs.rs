@@ -155,3 +155,22 @@ fn init_is_idempotent_and_open_requires_a_layout() {
     assert_eq!(index["manifests"], serde_json::json!([]));
     Store::open(&root).unwrap();
 }
+
+#[test]
+fn verifying_reader_finish_checks_unread_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    let put = store.put_blob(&b"head and a tail nobody reads"[..]).unwrap();
+    let mut r = store.open_blob_verified(&put.digest).unwrap();
+    let mut head = [0u8; 4];
+    r.read_exact(&mut head).unwrap();
+    assert!(!r.is_verified());
+    r.finish().unwrap();
+    // Corrupt the tail only: a consumer stopping early would never notice, finish does.
+    fs::write(store.blob_path(&put.digest), b"head and a tail nobody readZ").unwrap();
+    let mut r = store.open_blob_verified(&put.digest).unwrap();
+    r.read_exact(&mut head).unwrap();
+    assert!(
+        matches!(r.finish(), Err(StoreError::DigestMismatch { expected, .. }) if expected == put.digest)
+    );
+}

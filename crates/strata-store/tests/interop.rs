@@ -91,3 +91,43 @@ fn umoci_unpacks_a_tagged_image() {
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(runtime["process"]["args"][0], "/hello");
 }
+
+#[test]
+fn skopeo_reads_a_zstd_layer_image() {
+    if !have_tool("skopeo") || !have_tool("zstd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("store")).unwrap();
+    let tar = real_tar(&[("z.txt", "zstd\n")]);
+    let zst = {
+        use std::io::Write;
+        let mut child = Command::new("zstd")
+            .args(["-q", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&tar).unwrap();
+        child.wait_with_output().unwrap().stdout
+    };
+    let put = store.put_blob(zst.as_slice()).unwrap();
+    let layer = Descriptor::new(MediaType::ImageLayerZstd, put.size, put.digest);
+    let manifest = store.put_image(&config(&[Digest::of_bytes(&tar)], "/z"), &[layer]).unwrap();
+    store.tag("zapp:v1", &manifest).unwrap();
+    let out = run(Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:zapp:v1", store.root().display())]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Layers"][0], put.digest.to_string(), "{out}");
+    // A copy reads every blob (skopeo verifies digests) and keeps the zstd layer as is.
+    let other = dir.path().join("other");
+    run(Command::new("skopeo").args([
+        "copy",
+        &format!("oci:{}:zapp:v1", store.root().display()),
+        &format!("oci:{}:z", other.display()),
+    ]));
+    let copy = Store::open(&other).unwrap();
+    assert_eq!(copy.load_image("z").unwrap().layer_digests().unwrap(), vec![put.digest]);
+    // And the image reads back through our strict reader.
+    assert_eq!(store.load_image("zapp:v1").unwrap().layer_digests().unwrap(), vec![put.digest]);
+}
