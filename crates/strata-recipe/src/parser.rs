@@ -13,13 +13,16 @@
 //! (`<<EOF`), whose bodies are the physical lines that follow, read in order.
 //!
 //! Everything here is a faithful model of BuildKit's behaviour, quirks included, because the
-//! same Dockerfile must mean the same thing to both tools. Two deliberate differences: an
-//! unknown instruction (or a chained `ONBUILD ONBUILD`) is rejected here instead of one layer
-//! later, yet only after the whole file has passed every check BuildKit's parser makes, so the
-//! error a user sees first is the one BuildKit would show first; and words are always split on
-//! whole characters, where BuildKit splits flags and `HEALTHCHECK` types on bytes (mangling
-//! non-ASCII text there). The algorithm is linear in the size of the input and never recurses
-//! on user input.
+//! same Dockerfile must mean the same thing to both tools (it was checked by differential
+//! fuzzing against BuildKit's Go parser). The deliberate differences: an unknown instruction,
+//! also as an `ONBUILD` trigger, and a chained `ONBUILD ONBUILD` are rejected here instead of
+//! one layer later (BuildKit only notices an unknown trigger when the image is used as a base),
+//! yet only after the whole file has passed every check BuildKit's parser makes, so the error a
+//! user sees first is the one BuildKit would show first; words are split on whole characters,
+//! where BuildKit splits flags and `HEALTHCHECK` types on bytes (mangling non-ASCII text
+//! there); a node's line is that of its keyword, where BuildKit counts from a lone escape line
+//! that may precede it; and BuildKit's 64 KiB limit on a physical line is not imposed. The
+//! algorithm is linear in the size of the input and never recurses on user input.
 
 // `ParseError` is deliberately rich (kind, span, file, line text); it is built once per failed
 // parse, so its size costs nothing that matters.
