@@ -21,7 +21,9 @@
 //! The glob is first translated into the same regular expression patternmatcher builds and that
 //! expression is then compiled here, so odd inputs (a `*` inside `[...]`, a `^` outside one,
 //! `\d`) mean what they mean to BuildKit. Patterns BuildKit would only reject when it first uses
-//! them (an escape Go's regexp does not know, such as `\é`) are rejected by [`DockerIgnore::parse`].
+//! them (an escape Go's regexp does not know, such as `\é`) are rejected by [`DockerIgnore::parse`],
+//! and so are the few escapes Go knows but this compiler does not (`\p{..}`, `\x41`, octal,
+//! `\Q..\E`, `\b`), which nobody writes in an ignore file.
 
 use std::borrow::Cow;
 

@@ -26,7 +26,8 @@
 //!
 //! Non-ASCII names are classified with Rust's Unicode `Alphabetic`/`Numeric` properties where
 //! Go uses the `Letter`/`Nd` categories; they differ only for rare characters (combining marks,
-//! letter-like numerals). Nothing here panics, whatever the input.
+//! letter-like numerals). Nothing here panics, whatever the input; `${...}` nested more than 200
+//! deep is rejected as a bad substitution instead of growing the stack without bound.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -220,7 +221,12 @@ struct Run<'a> {
     used: BTreeSet<String>,
     unset: BTreeSet<String>,
     words_buf: String,
+    /// How many `${...}` enclose the cursor.
+    depth: usize,
 }
+
+/// Deepest `${...}` nesting accepted; deeper input is rejected rather than risking the stack.
+const MAX_NESTING: usize = 200;
 
 impl<'a> Run<'a> {
     fn new(lx: &'a ShellLexer, word: &str, env: &'a dyn Lookup, capture: bool) -> Self {
@@ -236,6 +242,7 @@ impl<'a> Run<'a> {
             used: BTreeSet::new(),
             unset: BTreeSet::new(),
             words_buf: String::new(),
+            depth: 0,
         }
     }
 
@@ -466,6 +473,24 @@ impl<'a> Run<'a> {
         let Some(first) = self.next() else {
             return Err(self.bad(start));
         };
+        if self.depth >= MAX_NESTING {
+            return Err(ParseErrorKind::BadSubstitution {
+                text: format!("more than {MAX_NESTING} nested ${{...}}"),
+            });
+        }
+        self.depth += 1;
+        let result = self.substitution(start, name, first);
+        self.depth -= 1;
+        result
+    }
+
+    /// The rest of `${name...}` once `name` and the character after it were read.
+    fn substitution(
+        &mut self,
+        start: usize,
+        name: String,
+        first: char,
+    ) -> Result<String, ParseErrorKind> {
         match first {
             '}' => Ok(match self.get_env(&name) {
                 Some(v) => v,

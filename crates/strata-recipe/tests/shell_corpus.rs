@@ -374,3 +374,13 @@ proptest! {
         prop_assert_eq!(words, want);
     }
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let lexer = ShellLexer::default();
+    let e = HashMap::<String, String>::new();
+    let deep = "${a:-".repeat(100_000) + &"}".repeat(100_000);
+    assert!(matches!(lexer.expand_word(&deep, &e), Err(ParseErrorKind::BadSubstitution { .. })));
+    let ok = "${a:-".repeat(50) + "x" + &"}".repeat(50);
+    assert_eq!(lexer.expand_word(&ok, &e).unwrap().value, "x");
+}
