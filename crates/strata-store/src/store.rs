@@ -112,12 +112,13 @@ impl Store {
 
     /// The default store root: `$STRATA_STORE`, else `$XDG_DATA_HOME/strata`, else
     /// `~/.local/share/strata`. `None` if none of these variables is set (or they are empty).
+    /// A relative `$XDG_DATA_HOME` is ignored, as the XDG base directory spec requires.
     pub fn default_root() -> Option<PathBuf> {
         let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         if let Some(p) = var("STRATA_STORE") {
             return Some(p);
         }
-        if let Some(p) = var("XDG_DATA_HOME") {
+        if let Some(p) = var("XDG_DATA_HOME").filter(|p| p.is_absolute()) {
             return Some(p.join("strata"));
         }
         var("HOME").map(|home| home.join(".local/share/strata"))

@@ -13,6 +13,8 @@ fn default_root_precedence() {
     std::env::set_var("STRATA_STORE", "");
     assert_eq!(Store::default_root(), Some(PathBuf::from("/xdg/strata")));
     std::env::remove_var("STRATA_STORE");
+    std::env::set_var("XDG_DATA_HOME", "relative/dir");
+    assert_eq!(Store::default_root(), Some(PathBuf::from("/home/u/.local/share/strata")));
     std::env::remove_var("XDG_DATA_HOME");
     assert_eq!(Store::default_root(), Some(PathBuf::from("/home/u/.local/share/strata")));
     std::env::remove_var("HOME");
