@@ -1,1 +1,31 @@
-fn main() {}
+//! The `strata` command: parses arguments, calls the library, renders results, maps errors to
+//! exit codes. Logic a library user would want lives in the library crates, not here.
+
+mod commands;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = commands::Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
+            ExitCode::from(commands::exit_code_for(&err))
+        }
+    }
+}
+
+/// A closed stdout (`strata parse | head`) is not a failure.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

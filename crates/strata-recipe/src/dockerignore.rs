@@ -77,7 +77,6 @@ impl DockerIgnore {
     /// line number in the error's span; attach the file with [`ParseError::with_source`].
     // The crate's one error type is returned unboxed everywhere, like `parse_ast`; parsing an
     // ignore file happens once per build.
-    #[allow(clippy::result_large_err)]
     pub fn parse(text: &str) -> Result<DockerIgnore, ParseError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut out = DockerIgnore::default();

@@ -138,7 +138,9 @@ impl fmt::Display for ParseErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ParseErrorKind::*;
         match self {
-            InvalidDirective { name, reason } => write!(f, "invalid parser directive `{name}`: {reason}"),
+            InvalidDirective { name, reason } => {
+                write!(f, "invalid parser directive `{name}`: {reason}")
+            }
             UnknownInstruction { name } => write!(f, "unknown instruction: {name}"),
             MissingArguments { instruction, expected } => {
                 write!(f, "{instruction} requires {expected}")
@@ -192,16 +194,20 @@ pub struct ParseError {
     pub span: Span,
     /// Number of characters the caret should underline (at least 1).
     pub len: usize,
-    /// The file name to show, if known.
-    pub file: Option<String>,
-    /// The text of the offending line, if known.
-    pub line_text: Option<String>,
+    /// File name and offending line, once attached; boxed to keep `Result`s small.
+    source: Option<Box<SourceText>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SourceText {
+    file: String,
+    line: Option<String>,
 }
 
 impl ParseError {
     /// An error of `kind` at `span`, underlining one character.
     pub fn new(kind: ParseErrorKind, span: Span) -> Self {
-        ParseError { kind, span, len: 1, file: None, line_text: None }
+        ParseError { kind, span, len: 1, source: None }
     }
 
     /// Sets how many characters the caret underlines.
@@ -212,27 +218,39 @@ impl ParseError {
 
     /// Attaches the file name and picks the offending line out of `source`, for rendering.
     pub fn with_source(mut self, file: impl Into<String>, source: &str) -> Self {
-        self.file = Some(file.into());
-        if self.span.line > 0 {
-            self.line_text = source
-                .trim_start_matches('\u{feff}')
-                .split('\n')
-                .nth(self.span.line - 1)
-                .map(|l| l.trim_end_matches('\r').to_string());
-        }
+        let line = (self.span.line > 0)
+            .then(|| {
+                source
+                    .trim_start_matches('\u{feff}')
+                    .split('\n')
+                    .nth(self.span.line - 1)
+                    .map(|l| l.trim_end_matches('\r').to_string())
+            })
+            .flatten();
+        self.source = Some(Box::new(SourceText { file: file.into(), line }));
         self
+    }
+
+    /// The file name attached with [`ParseError::with_source`].
+    pub fn file(&self) -> Option<&str> {
+        self.source.as_ref().map(|s| s.file.as_str())
+    }
+
+    /// The text of the offending line, when the source was attached.
+    pub fn line_text(&self) -> Option<&str> {
+        self.source.as_ref().and_then(|s| s.line.as_deref())
     }
 }
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.kind)?;
-        let file = self.file.as_deref().unwrap_or("Dockerfile");
+        let file = self.file().unwrap_or("Dockerfile");
         if self.span.line == 0 {
             return write!(f, "\n --> {file}");
         }
         write!(f, "\n --> {file}:{}:{}", self.span.line, self.span.column)?;
-        if let Some(text) = &self.line_text {
+        if let Some(text) = self.line_text() {
             let num = self.span.line.to_string();
             let pad = " ".repeat(num.len());
             let lead: String = text

@@ -26,7 +26,6 @@
 
 // `ParseError` is deliberately rich (kind, span, file, line text); it is built once per failed
 // parse, so its size costs nothing that matters.
-#![allow(clippy::result_large_err)]
 
 use crate::ast::{Ast, Directive, Heredoc, Node, Warning};
 use crate::error::{ParseError, ParseErrorKind, Span};
