@@ -41,6 +41,7 @@ use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
 
@@ -146,15 +147,68 @@ impl LayerWriter {
 
     /// Writes `changeset` as a layer into `out`, reading file bytes (and the metadata of
     /// unchanged parent directories) from `source`, and returns its digests and sizes.
-    pub fn write<W: Write>(
+    ///
+    /// With compression, the tar is produced (and hashed for the diffID) on the calling
+    /// thread while a second thread compresses it, hashes the result and writes `out`; the
+    /// two are joined by a small queue of 1 MiB chunks.
+    pub fn write<W: Write + Send>(
         &self,
         changeset: &Changeset,
         source: &Path,
         out: W,
     ) -> Result<LayerDescriptor> {
         let items = plan(changeset, source)?;
-        let sink = HashCount::new(out);
-        let comp = match self.compression {
+        let media_type = self.compression.media_type();
+        let end = |e| write_err(Path::new(""), e);
+        if self.compression == Compression::None {
+            // The blob is the tar: one hash serves as both digest and diffID.
+            let mut tar = BufWriter::with_capacity(CHUNK, HashCount::new(out));
+            write_items(&mut tar, &items, source, self.epoch)?;
+            let (mut out, digest, size) =
+                tar.into_inner().map_err(|e| end(e.into_error()))?.finish();
+            out.flush().map_err(end)?;
+            return Ok(LayerDescriptor {
+                digest,
+                diff_id: digest,
+                size,
+                uncompressed_size: size,
+                media_type,
+            });
+        }
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|scope| {
+            let compressor = scope.spawn(move || -> io::Result<(Digest, u64)> {
+                let mut comp = self.compressor(HashCount::new(out))?;
+                for chunk in rx {
+                    comp.write_all(&chunk)?;
+                    let _ = free_tx.send(chunk);
+                }
+                let (mut out, digest, size) = comp.finish()?.finish();
+                out.flush()?;
+                Ok((digest, size))
+            });
+            let mut tar =
+                HashCount::new(ChunkSink { tx: Some(tx), free: free_rx, cur: Vec::new() });
+            let produced = write_items(&mut tar, &items, source, self.epoch);
+            let (mut sink, diff_id, uncompressed_size) = tar.finish();
+            let flushed = sink.close();
+            let compressed = compressor
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("layer compressor thread panicked")));
+            // A failing sink stops the compressor first; its error is the one to report.
+            let (digest, size) = match (produced, compressed) {
+                (Err(e), Ok(_)) => return Err(e),
+                (_, Err(e)) => return Err(end(e)),
+                (Ok(()), Ok(r)) => r,
+            };
+            flushed.map_err(end)?;
+            Ok(LayerDescriptor { digest, diff_id, size, uncompressed_size, media_type })
+        })
+    }
+
+    fn compressor<W: Write>(&self, sink: W) -> io::Result<Compressor<W>> {
+        Ok(match self.compression {
             Compression::None => Compressor::None(sink),
             Compression::Gzip => Compressor::Gzip(
                 flate2::GzBuilder::new()
@@ -162,34 +216,15 @@ impl LayerWriter {
                     .write(sink, flate2::Compression::new(self.level.clamp(0, 9) as u32)),
             ),
             Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(sink, self.level)
-                    .map_err(|e| write_err(Path::new(""), e))?;
-                enc.multithread(self.zstd_workers).map_err(|e| write_err(Path::new(""), e))?;
+                let mut enc = zstd::stream::write::Encoder::new(sink, self.level)?;
+                enc.multithread(self.zstd_workers)?;
                 Compressor::Zstd(enc)
             }
-        };
-        let mut tar = BufWriter::with_capacity(1 << 20, HashCount::new(comp));
-        let mut buf = vec![0u8; 1 << 20];
-        for item in &items {
-            write_item(&mut tar, item, source, self.epoch, &mut buf)?;
-        }
-        tar.write_all(&[0u8; 1024]).map_err(|e| write_err(Path::new(""), e))?;
-        let tar = tar.into_inner().map_err(|e| write_err(Path::new(""), e.into_error()))?;
-        let (comp, diff_id, uncompressed_size) = tar.finish();
-        let sink = comp.finish().map_err(|e| write_err(Path::new(""), e))?;
-        let (mut out, digest, size) = sink.finish();
-        out.flush().map_err(|e| write_err(Path::new(""), e))?;
-        Ok(LayerDescriptor {
-            digest,
-            diff_id,
-            size,
-            uncompressed_size,
-            media_type: self.compression.media_type(),
         })
     }
 
     /// Writes the whole tree under `dir` (not `dir` itself) as one layer.
-    pub fn write_dir<W: Write>(&self, dir: &Path, out: W) -> Result<LayerDescriptor> {
+    pub fn write_dir<W: Write + Send>(&self, dir: &Path, out: W) -> Result<LayerDescriptor> {
         let cs = Changeset::from_snapshot(scan(dir)?);
         self.write(&cs, dir, out)
     }
@@ -215,7 +250,7 @@ pub fn write_layer(
 }
 
 /// The whole tree under `dir` as one layer with default settings (zstd, epoch 0).
-pub fn layer_from_dir<W: Write>(dir: &Path, out: W) -> Result<LayerDescriptor> {
+pub fn layer_from_dir<W: Write + Send>(dir: &Path, out: W) -> Result<LayerDescriptor> {
     LayerWriter::default().write_dir(dir, out)
 }
 
@@ -324,6 +359,62 @@ fn plan(changeset: &Changeset, source: &Path) -> Result<Vec<Item>> {
 }
 
 const BLOCK: usize = 512;
+const CHUNK: usize = 1 << 20;
+
+fn write_items<W: Write>(tar: &mut W, items: &[Item], source: &Path, epoch: i64) -> Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    for item in items {
+        write_item(tar, item, source, epoch, &mut buf)?;
+    }
+    tar.write_all(&[0u8; 1024]).map_err(|e| write_err(Path::new(""), e))
+}
+
+/// The producer end of the tar -> compressor queue: fills 1 MiB chunks and sends them,
+/// reusing the buffers the compressor hands back.
+struct ChunkSink {
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    free: mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> io::Result<()> {
+        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.cur, next);
+        self.cur.clear();
+        match &self.tx {
+            Some(tx) => tx
+                .send(full)
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer compressor stopped")),
+            None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "layer stream closed")),
+        }
+    }
+
+    /// Sends what is buffered and closes the queue.
+    fn close(&mut self) -> io::Result<()> {
+        let r = if self.cur.is_empty() { Ok(()) } else { self.send() };
+        self.tx = None;
+        r
+    }
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.cur.capacity() < CHUNK {
+            self.cur.reserve_exact(CHUNK - self.cur.len());
+        }
+        let n = (CHUNK - self.cur.len()).min(data.len());
+        self.cur.extend_from_slice(&data[..n]);
+        if self.cur.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 fn octal(field: &mut [u8], v: u64) -> bool {
     let digits = field.len() - 1;

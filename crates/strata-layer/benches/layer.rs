@@ -1,0 +1,201 @@
+//! Layer throughput against the shell tools doing the same work, and diff of large trees.
+//!
+//! `cargo bench -p strata-layer` (release). Tree: `$STRATA_BENCH_TREE`, or a copy of /usr/lib
+//! capped near 1 GiB made in a temp dir. Each measurement runs 5 times; medians are printed.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use strata_layer::{apply, diff, scan, ApplyOptions, Compression, LayerWriter};
+
+const RUNS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time(label: &str, mut f: impl FnMut() -> Option<Duration>) -> Duration {
+    let mut v = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let inner = f();
+        v.push(inner.unwrap_or_else(|| t.elapsed()));
+    }
+    let m = median(v);
+    println!("{label:<48} {:>9.3} s", m.as_secs_f64());
+    m
+}
+
+fn sh(dir: &Path, script: &str) {
+    let st = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().expect("sh");
+    assert!(st.success(), "{script} failed");
+}
+
+/// Copies regular files, dirs and symlinks of `from` into `to` until `cap` bytes are copied.
+fn copy_capped(from: &Path, to: &Path, cap: u64) -> u64 {
+    let mut total = 0;
+    for e in walkdir::WalkDir::new(from).sort_by_file_name() {
+        let Ok(e) = e else { continue };
+        let rel = e.path().strip_prefix(from).expect("prefix");
+        let dst = to.join(rel);
+        let ft = e.file_type();
+        if ft.is_dir() {
+            let _ = fs::create_dir_all(&dst);
+        } else if ft.is_symlink() {
+            if let Ok(t) = fs::read_link(e.path()) {
+                let _ = std::os::unix::fs::symlink(t, &dst);
+            }
+        } else if ft.is_file() && total < cap {
+            if let Ok(n) = fs::copy(e.path(), &dst) {
+                total += n;
+            }
+        }
+    }
+    total
+}
+
+fn gen_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let d = root.join(format!("d{:03}", i % 1000));
+        if i < 1000 {
+            fs::create_dir_all(&d).expect("mkdir");
+        }
+        fs::write(d.join(format!("f{i:06}")), format!("file {i}\n").repeat(i % 7 + 1))
+            .expect("write");
+    }
+}
+
+fn main() -> io::Result<()> {
+    let tmp = tempfile::tempdir_in(
+        std::env::var_os("STRATA_BENCH_TMP").unwrap_or_else(|| "/tmp".into()),
+    )?;
+    let tree: PathBuf = match std::env::var_os("STRATA_BENCH_TREE") {
+        Some(t) => PathBuf::from(t),
+        None => {
+            let t = tmp.path().join("tree");
+            fs::create_dir(&t)?;
+            let n = copy_capped(Path::new("/usr/lib"), &t, 1 << 30);
+            println!("bench tree: copy of /usr/lib, {} MiB of file data", n >> 20);
+            t
+        }
+    };
+    let snap = scan(&tree).expect("scan");
+    println!("bench tree: {} ({} entries)", tree.display(), snap.entries().len());
+    let null = || fs::OpenOptions::new().write(true).open("/dev/null").expect("/dev/null");
+
+    println!("\n-- build a layer --");
+    let zstd_ours = time("strata zstd layer (scan+tar+zstd+2 sha256)", || {
+        LayerWriter::new(Compression::Zstd).write_dir(&tree, null()).expect("layer");
+        None
+    });
+    let zstd_sh = time("tar -cf - . | zstd -3 -T0 > /dev/null", || {
+        sh(&tree, "tar -cf - . | zstd -q -3 -T0 > /dev/null");
+        None
+    });
+    let plain_ours = time("strata uncompressed layer (scan+tar+sha256)", || {
+        LayerWriter::new(Compression::None).write_dir(&tree, null()).expect("layer");
+        None
+    });
+    let tar_read = time("tar -cf - . | cat > /dev/null", || {
+        sh(&tree, "tar -cf - . | cat > /dev/null");
+        None
+    });
+    let tar_sha = time("tar -cf - . | sha256sum", || {
+        sh(&tree, "tar -cf - . | sha256sum > /dev/null");
+        None
+    });
+    println!("\n-- apply a layer --");
+    let plain = tmp.path().join("layer.tar");
+    let zst = tmp.path().join("layer.tar.zst");
+    LayerWriter::new(Compression::None).write_dir(&tree, fs::File::create(&plain)?).expect("layer");
+    LayerWriter::new(Compression::Zstd).write_dir(&tree, fs::File::create(&zst)?).expect("layer");
+    let fresh = |name: &str| {
+        let d = tmp.path().join(name);
+        if d.exists() {
+            fs::remove_dir_all(&d).expect("rm");
+        }
+        fs::create_dir(&d).expect("mkdir");
+        d
+    };
+    let apply_ours = time("strata apply (uncompressed)", || {
+        let d = fresh("out");
+        let t = Instant::now();
+        apply(fs::File::open(&plain).expect("open"), &d, &ApplyOptions::default()).expect("apply");
+        Some(t.elapsed())
+    });
+    let apply_tar = time("tar -xpf layer.tar", || {
+        let d = fresh("out");
+        let t = Instant::now();
+        sh(&d, &format!("tar -xpf {}", plain.display()));
+        Some(t.elapsed())
+    });
+    let apply_ours_z = time("strata apply (zstd)", || {
+        let d = fresh("out");
+        let t = Instant::now();
+        apply(fs::File::open(&zst).expect("open"), &d, &ApplyOptions::default()).expect("apply");
+        Some(t.elapsed())
+    });
+    let apply_tar_z = time("zstd -dc layer.tar.zst | tar -xpf -", || {
+        let d = fresh("out");
+        let t = Instant::now();
+        sh(&d, &format!("zstd -dc {} | tar -xpf -", zst.display()));
+        Some(t.elapsed())
+    });
+    let _ = fs::remove_dir_all(tmp.path().join("out"));
+
+    println!("\n-- diff two 100,000-file trees with 10 changes --");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    fs::create_dir(&a)?;
+    gen_tree(&a, 100_000);
+    sh(tmp.path(), "cp -a a b");
+    for i in 0..5 {
+        fs::write(b.join(format!("d{:03}/f{:06}", i * 7, i * 7)), "changed, longer content\n")?;
+    }
+    for i in 0..3 {
+        // Same bytes, new mtime: must be hashed, found equal.
+        let p = b.join(format!("d{:03}/f{:06}", 100 + i, 100 + i));
+        filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(1_234_567_890, 0))?;
+    }
+    for i in 0..2 {
+        fs::remove_file(b.join(format!("d{:03}/f{:06}", 200 + i, 200 + i)))?;
+    }
+    let sa = scan(&a).expect("scan");
+    let sb = scan(&b).expect("scan");
+    let scan_t = time("scan of one 100k-file tree", || {
+        scan(&b).expect("scan");
+        None
+    });
+    let mut n = 0;
+    let diff_t = time("diff of the two snapshots", || {
+        n = diff(&sa, &sb).expect("diff").len();
+        None
+    });
+    println!(
+        "changes found: {n} (5 modified files, 5 parent dirs whose mtime changed, 2 deletions)"
+    );
+
+    let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!("\n-- ratios (strata / tool; < 1 is faster) --");
+    println!(
+        "zstd layer vs tar|zstd -T0:             {:.2} (target <= 1.0)",
+        r(zstd_ours, zstd_sh)
+    );
+    let slower = tar_read.max(tar_sha);
+    println!(
+        "plain layer vs max(tar-read, tar|sha256): {:.2} (target <= 1.5)",
+        r(plain_ours, slower)
+    );
+    println!("apply vs tar -x:                        {:.2}", r(apply_ours, apply_tar));
+    println!("apply zstd vs zstd -d | tar -x:         {:.2}", r(apply_ours_z, apply_tar_z));
+    println!(
+        "diff of 100k-file snapshots:            {:.3} s (target < 1 s); scan+scan+diff {:.3} s",
+        diff_t.as_secs_f64(),
+        2.0 * scan_t.as_secs_f64() + diff_t.as_secs_f64()
+    );
+    Ok(())
+}
