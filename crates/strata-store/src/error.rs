@@ -138,6 +138,14 @@ pub enum StoreError {
     /// An image reference or tag does not follow the distribution reference grammar.
     #[error(transparent)]
     InvalidReference(#[from] ReferenceError),
+    /// An image location (`oci:DIR`, `docker-archive:FILE`, ...) is malformed.
+    #[error("invalid image location {input:?}: {reason}")]
+    InvalidLocation {
+        /// The location as given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A reference with a digest was given where only `name[:tag]` makes sense (e.g. to `tag`).
     #[error("{reference:?}: expected name[:tag] without a digest")]
     UnexpectedDigest {

@@ -43,6 +43,7 @@ mod fsck;
 mod gc;
 mod image;
 mod index;
+mod location;
 mod reference;
 mod store;
 
@@ -56,6 +57,7 @@ pub use image::{
     MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
 };
 pub use index::REF_NAME_ANNOTATION;
+pub use location::ImageLocation;
 pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
 pub use store::{canonical_json, Store};
 
