@@ -45,6 +45,8 @@ pub struct GcReport {
     pub snapshots_removed: usize,
     /// Stale temp files or directories deleted.
     pub temp_entries_removed: usize,
+    /// Layer index entries dropped because their blob is gone.
+    pub layer_index_removed: usize,
 }
 
 /// A descriptor found inside a manifest or index.
@@ -217,6 +219,7 @@ impl Store {
         snapshot_keys.extend(marked.iter().copied());
         report.snapshots_removed = self.sweep_snapshots(&snapshot_keys)?;
         report.temp_entries_removed = self.sweep_temp()?;
+        report.layer_index_removed = self.sweep_layer_index()?;
         Ok(report)
     }
 

@@ -85,6 +85,29 @@ impl Store {
         config: &ImageConfiguration,
         layers: &[Descriptor],
     ) -> Result<Descriptor, StoreError> {
+        self.check_layers(layers)?;
+        let config_blob = self.put_json(config)?;
+        self.put_manifest(config, config_blob.digest, config_blob.size, layers)
+    }
+
+    /// Like [`Store::put_image`] for a config blob already in the store, kept byte for byte
+    /// (e.g. read from another tool's archive, whose digest must not change).
+    pub fn put_image_with_config(
+        &self,
+        config_digest: &Digest,
+        config_size: u64,
+        layers: &[Descriptor],
+    ) -> Result<Descriptor, StoreError> {
+        self.check_layers(layers)?;
+        self.check_size(config_digest, config_size)?;
+        let bytes = self.read_blob(config_digest)?;
+        let config: ImageConfiguration = serde_json::from_slice(&bytes).map_err(|source| {
+            StoreError::InvalidBlobJson { digest: *config_digest, what: "image config", source }
+        })?;
+        self.put_manifest(&config, *config_digest, config_size, layers)
+    }
+
+    fn check_layers(&self, layers: &[Descriptor]) -> Result<(), StoreError> {
         for layer in layers {
             let digest = descriptor_digest(layer)?;
             if !is_supported_layer(layer.media_type()) {
@@ -96,17 +119,25 @@ impl Store {
             }
             self.check_size(&digest, layer.size())?;
         }
-        let config_blob = self.put_json(config)?;
+        Ok(())
+    }
+
+    fn put_manifest(
+        &self,
+        config: &ImageConfiguration,
+        config_digest: Digest,
+        config_size: u64,
+        layers: &[Descriptor],
+    ) -> Result<Descriptor, StoreError> {
         let diff_ids = config.rootfs().diff_ids().len();
         if diff_ids != layers.len() {
             return Err(StoreError::LayerCountMismatch {
-                config: config_blob.digest,
+                config: config_digest,
                 diff_ids,
                 layers: layers.len(),
             });
         }
-        let config_desc =
-            Descriptor::new(MediaType::ImageConfig, config_blob.size, config_blob.digest);
+        let config_desc = Descriptor::new(MediaType::ImageConfig, config_size, config_digest);
         let manifest = ImageManifestBuilder::default()
             .schema_version(SCHEMA_VERSION)
             .media_type(MediaType::ImageManifest)

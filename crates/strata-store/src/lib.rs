@@ -12,6 +12,7 @@
 //! <root>/strata/v1/tmp/          temp files of writers in progress (same file system)
 //! <root>/strata/v1/roots/*       extra gc roots, one digest per line (e.g. the build cache)
 //! <root>/strata/v1/snapshots/<hex>  unpacked layers, removed by gc when unreachable
+//! <root>/strata/v1/layers/<diffid>.<compression>  which blob holds a diffID (a hint)
 //! ```
 //!
 //! The model is "write once, name by content". A blob is streamed into a temp file while being
@@ -43,6 +44,7 @@ mod fsck;
 mod gc;
 mod image;
 mod index;
+mod layers;
 mod location;
 mod reference;
 mod store;
@@ -57,6 +59,7 @@ pub use image::{
     MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
 };
 pub use index::REF_NAME_ANNOTATION;
+pub use layers::KnownLayer;
 pub use location::ImageLocation;
 pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
 pub use store::{canonical_json, Store};
