@@ -37,11 +37,14 @@ fn put_image_with_config_keeps_config_bytes() {
     // Pretty-printed, unlike what put_json would write: must survive unchanged.
     let bytes = serde_json::to_vec_pretty(&config(&[diff_id], "/bin/sh")).unwrap();
     let put = store.put_blob(bytes.as_slice()).unwrap();
-    let manifest = store.put_image_with_config(&put.digest, put.size, &[layer.clone()]).unwrap();
+    let manifest =
+        store.put_image_with_config(&put.digest, put.size, std::slice::from_ref(&layer)).unwrap();
     let image = store.image(&manifest).unwrap();
     assert_eq!(Digest::try_from(image.manifest.config().digest()).unwrap(), put.digest);
     assert_eq!(store.read_blob(&put.digest).unwrap(), bytes);
     // Wrong size or layer count is refused.
-    assert!(store.put_image_with_config(&put.digest, put.size + 1, &[layer.clone()]).is_err());
+    assert!(store
+        .put_image_with_config(&put.digest, put.size + 1, std::slice::from_ref(&layer))
+        .is_err());
     assert!(store.put_image_with_config(&put.digest, put.size, &[]).is_err());
 }
