@@ -271,3 +271,27 @@ impl<R: Read> Read for TarReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_in_octal_with_padding_and_base256() {
+        assert_eq!(parse_num(b"0000644\0", "m").unwrap(), 0o644);
+        assert_eq!(parse_num(b"   644 \0", "m").unwrap(), 0o644);
+        assert_eq!(parse_num(b"\0\0\0\0\0\0\0\0", "m").unwrap(), 0);
+        assert_eq!(parse_num(&[0x80, 0, 0, 0, 0, 0, 0x01, 0x00], "m").unwrap(), 256);
+        assert!(parse_num(b"0009\0", "m").is_err());
+    }
+
+    #[test]
+    fn pax_values_may_contain_newlines_and_equals() {
+        let rec = b"29 SCHILY.xattr.user.a=x\ny=z\n12 path=a/b\n";
+        let v = parse_pax(rec).unwrap();
+        assert_eq!(v[0], (b"SCHILY.xattr.user.a".to_vec(), b"x\ny=z".to_vec()));
+        assert_eq!(v[1], (b"path".to_vec(), b"a/b".to_vec()));
+        assert!(parse_pax(b"99 path=a\n").is_err());
+        assert!(parse_pax(b"x path=a\n").is_err());
+    }
+}

@@ -185,3 +185,32 @@ fn truncated_and_corrupt_archives_are_errors() {
         Err(LayerError::ReadArchive { .. })
     ));
 }
+
+#[test]
+fn unprivileged_apply_skips_owners_and_privileged_xattrs_but_keeps_modes() {
+    let j = jail();
+    let mut w = Vec::new();
+    let src = j.top.join("src");
+    common::write_file(&src.join("f"), b"x");
+    std::os::unix::fs::lchown(src.join("f"), Some(4242), Some(4242)).ok();
+    fs::set_permissions(src.join("f"), std::os::unix::fs::PermissionsExt::from_mode(0o4711))
+        .unwrap();
+    xattr::set(src.join("f"), "user.ok", b"1").unwrap();
+    if common::is_root() {
+        xattr::set(src.join("f"), "trusted.no", b"1").unwrap();
+    }
+    strata_layer::LayerWriter::new(strata_layer::Compression::None)
+        .write_dir(&src, &mut w)
+        .unwrap();
+    let r = apply(&w[..], &j.root, &ApplyOptions::unprivileged()).unwrap();
+    let md = fs::metadata(j.root.join("f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(md.mode() & 0o7777, 0o4711);
+    assert_eq!(md.uid(), rustix::process::geteuid().as_raw());
+    assert_eq!(xattr::get(j.root.join("f"), "user.ok").unwrap().as_deref(), Some(&b"1"[..]));
+    if common::is_root() {
+        assert_eq!(r.ownership_skipped, 1);
+        assert_eq!(r.xattrs_skipped, 1);
+        assert!(xattr::get(j.root.join("f"), "trusted.no").unwrap().is_none());
+    }
+}
