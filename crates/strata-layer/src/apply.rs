@@ -34,6 +34,8 @@ use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
+use std::sync::mpsc;
+
 use rustix::process::{Gid, Uid};
 use sha2::Digest as _;
 
@@ -123,8 +125,10 @@ pub fn apply_blob(
 }
 
 /// Applies the layer read from `layer` (compression auto-detected) on top of `dir`.
-pub fn apply<R: Read>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
-    let reader = decompress(layer).map_err(|e| LayerError::ReadArchive { index: 0, source: e })?;
+///
+/// Decompression and hashing of the tar (for [`ApplyReport::diff_id`]) run on a second
+/// thread, handing 1 MiB chunks to the caller's thread, which parses and writes.
+pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
     let root =
         rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| LayerError::io("open", dir, e.into()))?;
@@ -138,35 +142,104 @@ pub fn apply<R: Read>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<Apply
         dirs: Vec::new(),
         cache: None,
         report: ApplyReport::default(),
-        buf: vec![0u8; 1 << 20],
+        buf: vec![0u8; CHUNK],
     };
-    let mut tar = TarReader::new(HashingReader { inner: reader, hasher: sha2::Sha256::new() });
-    let mut index = 0u64;
-    while let Some(entry) =
-        tar.next_entry().map_err(|e| LayerError::ReadArchive { index, source: e })?
-    {
-        ap.entry(&entry, &mut tar, index)?;
-        index += 1;
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || produce(layer, &tx, &free_rx));
+        let mut tar = TarReader::new(ChunkReader { rx, free: free_tx, cur: Vec::new(), pos: 0 });
+        let mut index = 0u64;
+        let mut run = || -> Result<()> {
+            while let Some(entry) =
+                tar.next_entry().map_err(|e| LayerError::ReadArchive { index, source: e })?
+            {
+                ap.entry(&entry, &mut tar, index)?;
+                index += 1;
+            }
+            ap.finish_dirs()?;
+            // Read to the end so the diffID covers the end-of-archive padding too.
+            io::copy(&mut tar, &mut io::sink())
+                .and_then(|_| io::copy(tar.inner_mut(), &mut io::sink()))
+                .map_err(|e| LayerError::ReadArchive { index, source: e })?;
+            Ok(())
+        };
+        let result = run();
+        drop(tar); // stops the producer if we gave up early
+        let diff_id = producer.join().ok().flatten();
+        result?;
+        ap.report.diff_id = diff_id;
+        Ok(ap.report)
+    })
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Decompresses `layer` into chunks sent to `tx`, hashing them; returns the tar's sha256 when
+/// it read to the end, `None` when it stopped early (error sent, or the consumer went away).
+fn produce<R: Read>(
+    layer: R,
+    tx: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    free: &mpsc::Receiver<Vec<u8>>,
+) -> Option<Digest> {
+    let mut r = match decompress(layer) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return None;
+        }
+    };
+    let mut hasher = sha2::Sha256::new();
+    loop {
+        let mut buf = free.try_recv().unwrap_or_default();
+        buf.resize(CHUNK, 0);
+        let mut n = 0;
+        while n < CHUNK {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return None;
+                }
+            }
+        }
+        if n == 0 {
+            return Some(Digest::from_sha256(hasher.finalize().into()));
+        }
+        buf.truncate(n);
+        hasher.update(&buf);
+        if tx.send(Ok(buf)).is_err() {
+            return None;
+        }
     }
-    ap.finish_dirs()?;
-    // Hash the end-of-archive padding too, so the digest covers the whole tar.
-    let mut rest = tar.into_inner();
-    io::copy(&mut rest, &mut io::sink())
-        .map_err(|e| LayerError::ReadArchive { index, source: e })?;
-    ap.report.diff_id = Some(Digest::from_sha256(rest.hasher.finalize().into()));
-    Ok(ap.report)
 }
 
-/// Hashes what is read through it (the decompressed tar: its sha256 is the diffID).
-struct HashingReader<R> {
-    inner: R,
-    hasher: sha2::Sha256,
+/// The consumer end of [`produce`]'s queue, as a reader; returns buffers for reuse.
+struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    free: mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    let old = std::mem::replace(&mut self.cur, chunk);
+                    let _ = self.free.send(old);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }

@@ -105,8 +105,8 @@ impl<R: Read> TarReader<R> {
 
     /// The underlying reader, positioned after the end-of-archive block (or wherever reading
     /// stopped).
-    pub(crate) fn into_inner(self) -> R {
-        self.r
+    pub(crate) fn inner_mut(&mut self) -> &mut R {
+        &mut self.r
     }
 
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
