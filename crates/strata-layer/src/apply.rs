@@ -429,7 +429,7 @@ impl Applier {
                     f.write_all(&self.buf[..n]).map_err(|e| LayerError::io("write", &abs, e))?;
                     self.report.bytes += n as u64;
                 }
-                self.fd_meta(f.as_fd(), &meta, &abs)?;
+                self.fd_meta(&f, &meta, &abs)?;
             }
             b'2' => {
                 let target = entry.link.clone();
@@ -729,16 +729,16 @@ impl Applier {
     }
 
     /// Owner, then mode (so setuid/setgid survive chown), then xattrs, then mtime, by fd.
-    fn fd_meta(&mut self, fd: std::os::fd::BorrowedFd<'_>, meta: &Meta, abs: &Path) -> Result<()> {
+    fn fd_meta(&mut self, file: &File, meta: &Meta, abs: &Path) -> Result<()> {
+        let fd = file.as_fd();
         if let Some((u, g)) = self.chown_ids(meta) {
             rustix::fs::fchown(fd, Some(u), Some(g)).map_err(|e| io_err("chown", abs, e))?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
             .map_err(|e| io_err("chmod", abs, e))?;
-        let file = File::from(fd.try_clone_to_owned().map_err(|e| LayerError::io("dup", abs, e))?);
         for (k, v) in &meta.xattrs {
             if self.xattr_allowed(k) {
-                let r = xattr::FileExt::set_xattr(&file, k, v);
+                let r = xattr::FileExt::set_xattr(file, k, v);
                 self.xattr_result(r, abs)?;
             }
         }
@@ -797,7 +797,7 @@ impl Applier {
             let abs = self.abs(&real);
             // `layer.md` § Changeset over existing files: the entry's attributes replace the
             // existing directory's, so xattrs it does not list are removed.
-            let file = File::from(fd.try_clone().map_err(|e| LayerError::io("dup", &abs, e))?);
+            let file = File::from(fd);
             if let Ok(names) = xattr::FileExt::list_xattr(&file) {
                 for n in names {
                     if !meta.xattrs.iter().any(|(k, _)| *k == n)
@@ -807,7 +807,7 @@ impl Applier {
                     }
                 }
             }
-            self.fd_meta(fd.as_fd(), &meta, &abs)?;
+            self.fd_meta(&file, &meta, &abs)?;
         }
         Ok(())
     }

@@ -8,6 +8,23 @@
 //! bytes depend only on the changeset, the source bytes and the writer settings
 //! (DESIGN.md decision 3), and [`apply`] a layer onto a directory without ever writing
 //! outside it. The crate never spawns processes and never prints.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), strata_layer::LayerError> {
+//! use std::path::Path;
+//! use strata_layer::{apply, diff, scan, ApplyOptions, Compression, LayerWriter};
+//!
+//! let lower = scan(Path::new("/tmp/before"))?;
+//! let upper = scan(Path::new("/tmp/after"))?;
+//! let changes = diff(&lower, &upper)?; // hashes only files whose mtime alone differs
+//! let mut blob = Vec::new();
+//! let layer = LayerWriter::new(Compression::Zstd)
+//!     .epoch(0) // SOURCE_DATE_EPOCH: later mtimes are clamped to it
+//!     .write(&changes, upper.root(), &mut blob)?;
+//! let report = apply(&blob[..], Path::new("/tmp/rootfs"), &ApplyOptions::default())?;
+//! assert_eq!(report.diff_id, Some(layer.diff_id));
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 mod apply;
