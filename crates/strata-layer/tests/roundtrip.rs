@@ -170,3 +170,23 @@ proptest! {
 fn empty_tree_is_a_valid_layer() {
     roundtrip(&[], Compression::Zstd, 0);
 }
+
+#[test]
+fn fifos_and_device_nodes_round_trip() {
+    use rustix::fs::{makedev, mknodat, FileType, Mode, CWD};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&dst).unwrap();
+    mknodat(CWD, src.join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o640), 0).unwrap();
+    if is_root() {
+        let m = Mode::from_raw_mode(0o666);
+        mknodat(CWD, src.join("null"), FileType::CharacterDevice, m, makedev(1, 3)).unwrap();
+        mknodat(CWD, src.join("loop9"), FileType::BlockDevice, m, makedev(7, 9)).unwrap();
+    }
+    let before = scan(&src).unwrap();
+    let mut layer = Vec::new();
+    LayerWriter::new(Compression::None).write_dir(&src, &mut layer).unwrap();
+    apply(&layer[..], &dst, &ApplyOptions::default()).unwrap();
+    assert_same(&normalize(&before, 0), &normalize(&scan(&dst).unwrap(), i64::MAX));
+}
