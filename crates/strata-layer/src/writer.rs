@@ -11,9 +11,13 @@
 //!   (no `L`/`K` long names, no base-256 numbers, no sparse files). The archive ends with
 //!   two zero blocks and is not padded to a 10 KiB record.
 //! - **Order**: entries sorted bytewise by path (a parent is a prefix of its children, so it
-//!   comes first); whiteouts sort by their own name `DIR/.wh.NAME`. Parent directories of every
-//!   change are included (read from the source tree) even when they did not change themselves,
-//!   so an extractor never has to invent one.
+//!   comes first), with one refinement from `layer.md` § Whiteouts ("whiteout files appear
+//!   before sibling directory entries"): whiteout markers (`DIR/.wh.NAME`,
+//!   `DIR/.wh..wh..opq`) sort as if their name began with a NUL byte, i.e. right after `DIR/`
+//!   itself and before any other child of `DIR` (plain bytewise order would put siblings such
+//!   as `-x` or `+y` first). Parent directories of every change are included (read from the
+//!   source tree) even when they did not change themselves, so an extractor never has to
+//!   invent one.
 //! - **Names**: relative, no leading `./`, directories end with `/`, no entry for the root.
 //! - **Metadata**: mode is `st_mode & 07777` (setuid/setgid/sticky kept); numeric uid/gid kept;
 //!   uname/gname empty; mtime is `clamp(mtime.secs, 0, epoch)` in whole seconds, where `epoch`
@@ -275,6 +279,23 @@ impl Item {
     }
 }
 
+/// The order of entries in the tar (see the module docs): bytewise by path, except that a
+/// whiteout's name is prefixed with NUL so it precedes its siblings.
+fn sort_key(item: &Item) -> std::borrow::Cow<'_, [u8]> {
+    let p = item.path().as_os_str().as_bytes();
+    match item {
+        Item::Marker(_) => {
+            let cut = p.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+            let mut k = Vec::with_capacity(p.len() + 1);
+            k.extend_from_slice(&p[..cut]);
+            k.push(0);
+            k.extend_from_slice(&p[cut..]);
+            std::borrow::Cow::Owned(k)
+        }
+        _ => std::borrow::Cow::Borrowed(p),
+    }
+}
+
 fn check_path(p: &Path) -> Result<()> {
     let ok = !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
     if !ok {
@@ -335,7 +356,7 @@ fn plan(changeset: &Changeset, source: &Path) -> Result<Vec<Item>> {
     for a in missing {
         items.push(Item::Entry(Entry::from_path(source, &a)?));
     }
-    items.sort_by(|a, b| a.path().as_os_str().as_bytes().cmp(b.path().as_os_str().as_bytes()));
+    items.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
     // Hardlink groups: the first path (in sort order) of each (dev, ino) carries the bytes.
     let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let items = items

@@ -159,6 +159,7 @@ fn writer_emits_opaque_marker_and_missing_parents_in_order() {
     let src = t.path();
     write_file(&src.join("p/q/opq/new"), b"n");
     write_file(&src.join("p/q/file"), b"f");
+    write_file(&src.join("p/-dash"), b"d");
     let s = scan(src).unwrap();
     let e = |p: &str| s.get(Path::new(p)).unwrap().clone();
     let cs = Changeset::from_changes(vec![
@@ -166,13 +167,17 @@ fn writer_emits_opaque_marker_and_missing_parents_in_order() {
         Change::Opaque(e("p/q/opq")),
         Change::Modified(e("p/q/file")),
         Change::Deleted("p/gone".into()),
+        Change::Added(e("p/-dash")),
+        Change::Deleted("p/+plus".into()),
     ]);
     let names = tar_names(&layer(&cs, src));
     assert_eq!(
         names,
         vec![
             "p/",
+            "p/.wh.+plus",
             "p/.wh.gone",
+            "p/-dash",
             "p/q/",
             "p/q/file",
             "p/q/opq/",
