@@ -282,3 +282,71 @@ fn umoci_repacked_layers_apply_like_umoci_unpacks_them() {
     assert!(!dst.join("sticky").exists() && !dst.join("bin/conf-link").exists());
     assert_same(&want, &got);
 }
+
+#[test]
+fn buildah_committed_layers_apply_like_the_container_filesystem() {
+    if skip_without("buildah") || !is_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("storage");
+    let runroot = t.path().join("run");
+    let buildah = || {
+        let mut c = Command::new("buildah");
+        c.arg("--storage-driver")
+            .arg("vfs")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot);
+        c
+    };
+    let text =
+        |out: Vec<u8>| String::from_utf8(out).unwrap().trim().lines().last().unwrap().to_string();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    tree(&src, false);
+    let c1 = text(run(buildah().args(["from", "scratch"])));
+    run(buildah().arg("copy").arg(&c1).arg(&src).arg("/"));
+    run(buildah().args(["commit", &c1, "strata-test-base"]));
+    let c2 = text(run(buildah().args(["from", "strata-test-base"])));
+    let mnt = std::path::PathBuf::from(text(run(buildah().args(["mount", &c2]))));
+    fs::remove_file(mnt.join("bin/conf-link")).unwrap();
+    fs::remove_dir_all(mnt.join("sticky")).unwrap();
+    fs::write(mnt.join("etc/conf"), b"changed").unwrap();
+    write_file(&mnt.join("etc/added"), b"added");
+    // containers/storage may round sub-second mtimes; keep them whole.
+    let t2 = FileTime::from_unix_time(1_550_000_000, 0);
+    for e in walkdir::WalkDir::new(&mnt).min_depth(1) {
+        filetime::set_symlink_file_times(e.unwrap().path(), t2, t2).unwrap();
+    }
+    let mut want = normalize(&scan(&mnt).unwrap(), i64::MAX);
+    let layout = t.path().join("layout");
+    run(buildah()
+        .args(["commit", "--format", "oci", &c2])
+        .arg(format!("oci:{}:t", layout.display())));
+    let _ = buildah().args(["rm", "-a"]).output();
+    let _ = buildah().args(["rmi", "-a", "-f"]).output();
+
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let m = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(blob(m)).unwrap()).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{manifest}");
+    let dst = t.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    for l in layers {
+        let f = fs::File::open(blob(l["digest"].as_str().unwrap())).unwrap();
+        apply(f, &dst, &ApplyOptions::default()).unwrap();
+    }
+    let got = normalize(&scan(&dst).unwrap(), i64::MAX);
+    for (k, v) in want.iter_mut() {
+        if v.kind == strata_layer::EntryKind::Dir {
+            v.mtime = got.get(k).map_or(v.mtime, |g| g.mtime);
+        }
+    }
+    assert!(!dst.join("sticky").exists() && !dst.join("bin/conf-link").exists());
+    assert_same(&want, &got);
+}
