@@ -32,6 +32,7 @@ mod changeset;
 mod error;
 mod snapshot;
 mod tarread;
+pub mod transport;
 mod writer;
 
 pub use apply::apply_blob;

@@ -19,9 +19,9 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use oci_spec::image::{
+use strata_store::oci_spec::image::{
     ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
     MediaType, RootFsBuilder,
 };
@@ -32,6 +32,10 @@ use strata_store::{Digest, Image, ImageLocation, Store, StoreError};
 use crate::apply::{apply, decompress, ApplyOptions};
 use crate::error::{LayerError, Result};
 use crate::writer::{Compression, LayerDescriptor, LayerWriter};
+
+fn desc_digest(d: &Descriptor) -> Result<Digest> {
+    Ok(Digest::try_from(d.digest()).map_err(StoreError::from)?)
+}
 
 /// Settings for [`import_tree`].
 #[derive(Debug, Clone)]
@@ -222,12 +226,15 @@ pub struct SourceImage {
     _scratch: Option<tempfile::TempDir>,
 }
 
-/// Opens the image at `location` for reading. `local` is this process's store, used for
-/// `name:tag` locations. A `docker-archive` is unpacked into a scratch layout first (its
+/// Opens the image at `location` for reading. `local` is this process's store, needed for
+/// `name:tag` locations only. A `docker-archive` is unpacked into a scratch layout first (its
 /// layers verified against the config's diffIDs); a registry location is not handled here.
-pub fn open_source(local: &Store, location: &ImageLocation) -> Result<SourceImage> {
+pub fn open_source(local: Option<&Store>, location: &ImageLocation) -> Result<SourceImage> {
     match location {
         ImageLocation::Store(reference) => {
+            let local = local.ok_or_else(|| LayerError::UnsupportedLocation {
+                location: format!("{location} (no local store)"),
+            })?;
             let image = local.load_image(reference)?;
             Ok(SourceImage {
                 store: local.clone(),
@@ -301,7 +308,7 @@ pub fn copy_image(from: &Store, image: &Image, to: &Store) -> Result<CopyReport>
     blobs.push(image.manifest.config());
     blobs.push(&image.manifest_descriptor);
     for desc in blobs {
-        let digest = Digest::try_from(desc.digest())?;
+        let digest = desc_digest(desc)?;
         if to.has_blob(&digest) {
             report.skipped += 1;
             continue;
@@ -317,7 +324,7 @@ pub fn copy_image(from: &Store, image: &Image, to: &Store) -> Result<CopyReport>
 /// Copies the image at `location` into `store` and returns it (untagged). The local store as
 /// a source is a no-op read.
 pub fn load(store: &Store, location: &ImageLocation) -> Result<(Image, CopyReport)> {
-    let source = open_source(store, location)?;
+    let source = open_source(Some(store), location)?;
     if matches!(location, ImageLocation::Store(_)) {
         return Ok((source.image, CopyReport::default()));
     }
@@ -518,7 +525,7 @@ pub fn flatten(source: &SourceImage, path: &Path) -> Result<ExportReport> {
     let diff_ids = source.image.config.rootfs().diff_ids();
     let mut report = ExportReport::default();
     for (i, layer) in source.image.manifest.layers().iter().enumerate() {
-        let digest = Digest::try_from(layer.digest())?;
+        let digest = desc_digest(layer)?;
         let blob = source.store.open_blob_verified(&digest)?;
         let applied = apply(blob, path, &ApplyOptions::default())?;
         let expected: Option<Digest> = diff_ids.get(i).and_then(|d| d.parse().ok());
@@ -574,14 +581,14 @@ fn write_docker_archive(
     let mut builder = tar::Builder::new(io::BufWriter::new(out));
     builder.sparse(false);
     let image = &source.image;
-    let config_digest = Digest::try_from(image.manifest.config().digest())?;
+    let config_digest = desc_digest(image.manifest.config())?;
     let config_name = format!("{}.json", config_digest.hex());
     let config_bytes = source.store.read_blob(&config_digest)?;
     let mut report = ExportReport::default();
     let mut layer_names = Vec::new();
     let diff_ids = image.config.rootfs().diff_ids();
     for (i, layer) in image.manifest.layers().iter().enumerate() {
-        let digest = Digest::try_from(layer.digest())?;
+        let digest = desc_digest(layer)?;
         // The tar header needs the size first: decompress into a scratch file while hashing.
         let mut scratch =
             tempfile::tempfile_in(parent).map_err(|e| LayerError::io("create", parent, e))?;
@@ -670,11 +677,6 @@ impl<W: Write> Write for TeeHash<'_, W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// Path helper for callers: the scratch directory imports use.
-pub fn import_scratch_dir(store: &Store) -> PathBuf {
-    store.tmp_dir()
 }
 
 #[cfg(test)]

@@ -192,8 +192,7 @@ impl LayerWriter {
                 out.flush()?;
                 Ok((digest, size))
             });
-            let mut tar =
-                HashCount::new(ChunkSink { tx: Some(tx), free: free_rx, cur: Vec::new() });
+            let mut tar = HashCount::new(ChunkSink::new(tx, free_rx));
             let produced = write_items(&mut tar, &items, source, self.epoch);
             let (mut sink, diff_id, uncompressed_size) = tar.finish();
             let flushed = sink.close();
@@ -382,7 +381,7 @@ fn plan(changeset: &Changeset, source: &Path) -> Result<Vec<Item>> {
 const BLOCK: usize = 512;
 const CHUNK: usize = 1 << 20;
 
-fn write_items<W: Write>(tar: &mut W, items: &[Item], source: &Path, epoch: i64) -> Result<()> {
+fn write_items<W: TarSink>(tar: &mut W, items: &[Item], source: &Path, epoch: i64) -> Result<()> {
     let mut buf = vec![0u8; CHUNK];
     for item in items {
         write_item(tar, item, source, epoch, &mut buf)?;
@@ -395,14 +394,22 @@ fn write_items<W: Write>(tar: &mut W, items: &[Item], source: &Path, epoch: i64)
 struct ChunkSink {
     tx: Option<mpsc::SyncSender<Vec<u8>>>,
     free: mpsc::Receiver<Vec<u8>>,
+    /// Always `CHUNK` bytes long; `filled` of them are data.
     cur: Vec<u8>,
+    filled: usize,
 }
 
 impl ChunkSink {
+    fn new(tx: mpsc::SyncSender<Vec<u8>>, free: mpsc::Receiver<Vec<u8>>) -> ChunkSink {
+        ChunkSink { tx: Some(tx), free, cur: vec![0; CHUNK], filled: 0 }
+    }
+
     fn send(&mut self) -> io::Result<()> {
-        let next = self.free.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        let full = std::mem::replace(&mut self.cur, next);
-        self.cur.clear();
+        let mut next = self.free.try_recv().unwrap_or_default();
+        next.resize(CHUNK, 0);
+        let mut full = std::mem::replace(&mut self.cur, next);
+        full.truncate(self.filled);
+        self.filled = 0;
         match &self.tx {
             Some(tx) => tx
                 .send(full)
@@ -413,7 +420,7 @@ impl ChunkSink {
 
     /// Sends what is buffered and closes the queue.
     fn close(&mut self) -> io::Result<()> {
-        let r = if self.cur.is_empty() { Ok(()) } else { self.send() };
+        let r = if self.filled == 0 { Ok(()) } else { self.send() };
         self.tx = None;
         r
     }
@@ -421,12 +428,10 @@ impl ChunkSink {
 
 impl Write for ChunkSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.cur.capacity() < CHUNK {
-            self.cur.reserve_exact(CHUNK - self.cur.len());
-        }
-        let n = (CHUNK - self.cur.len()).min(data.len());
-        self.cur.extend_from_slice(&data[..n]);
-        if self.cur.len() == CHUNK {
+        let n = (CHUNK - self.filled).min(data.len());
+        self.cur[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        if self.filled == CHUNK {
             self.send()?;
         }
         Ok(n)
@@ -434,6 +439,36 @@ impl Write for ChunkSink {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Where tar bytes go; file contents can be read straight into it.
+trait TarSink: Write {
+    /// Reads at most `max` bytes of `f` into the stream; `Ok(0)` at end of file.
+    fn fill_from(&mut self, f: &mut fs::File, max: usize, buf: &mut [u8]) -> io::Result<usize> {
+        let k = max.min(buf.len());
+        let n = f.read(&mut buf[..k])?;
+        self.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+impl<W: Write> TarSink for BufWriter<W> {}
+
+impl TarSink for HashCount<ChunkSink> {
+    /// Reads directly into the queue's current chunk: no intermediate copy.
+    fn fill_from(&mut self, f: &mut fs::File, max: usize, _buf: &mut [u8]) -> io::Result<usize> {
+        let sink = &mut self.inner;
+        let start = sink.filled;
+        let k = max.min(CHUNK - start);
+        let n = f.read(&mut sink.cur[start..start + k])?;
+        self.hasher.update(&sink.cur[start..start + n]);
+        self.count += n as u64;
+        sink.filled += n;
+        if sink.filled == CHUNK {
+            sink.send()?;
+        }
+        Ok(n)
     }
 }
 
@@ -555,7 +590,7 @@ fn clamp_mtime(e: &Entry, epoch: i64) -> u64 {
     u64::try_from(e.mtime.secs.min(epoch).max(0)).unwrap_or(0)
 }
 
-fn write_item<W: Write>(
+fn write_item<W: TarSink>(
     tar: &mut W,
     item: &Item,
     source: &Path,
@@ -631,7 +666,7 @@ fn write_item<W: Write>(
 
 /// Copies exactly `size` bytes of `abs` and the block padding; a file that shrank or grew
 /// since the snapshot is an error (the layer would not match its changeset).
-fn copy_file<W: Write>(
+fn copy_file<W: TarSink>(
     tar: &mut W,
     abs: &Path,
     rel: &Path,
@@ -641,8 +676,8 @@ fn copy_file<W: Write>(
     let mut f = fs::File::open(abs).map_err(|e| LayerError::io("open", abs, e))?;
     let mut left = size;
     while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = match f.read(&mut buf[..want]) {
+        let want = usize::try_from(left).unwrap_or(usize::MAX);
+        let n = match tar.fill_from(&mut f, want, buf) {
             Ok(0) => {
                 return Err(LayerError::SizeChanged {
                     path: rel.to_path_buf(),
@@ -652,9 +687,9 @@ fn copy_file<W: Write>(
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(write_err(rel, e)),
             Err(e) => return Err(LayerError::io("read", abs, e)),
         };
-        tar.write_all(&buf[..n]).map_err(|e| write_err(rel, e))?;
         left -= n as u64;
     }
     let mut probe = [0u8; 1];

@@ -217,3 +217,34 @@ fn hardlinks_point_at_first_path_in_sort_order() {
     }
     assert_eq!(links, vec![("m".into(), "a-early".into()), ("z/late".into(), "a-early".into())]);
 }
+
+#[test]
+fn a_file_that_changed_size_or_a_failing_sink_is_an_error_not_a_bad_layer() {
+    let t = tempfile::tempdir().unwrap();
+    write_file(&t.path().join("f"), &[1u8; 5000]);
+    let mut snap = scan(t.path()).unwrap().into_entries();
+    for c in [Compression::None, Compression::Zstd, Compression::Gzip] {
+        for delta in [-1i64, 1] {
+            snap[0].size = (5000 + delta) as u64;
+            let cs = Changeset::from_changes(vec![Change::Added(snap[0].clone())]);
+            let err = LayerWriter::new(c).write(&cs, t.path(), Vec::new()).unwrap_err();
+            assert!(
+                matches!(err, strata_layer::LayerError::SizeChanged { expected, .. } if expected == snap[0].size),
+                "{c:?} {delta}: {err:?}"
+            );
+        }
+    }
+    struct Broken;
+    impl std::io::Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    for c in [Compression::None, Compression::Zstd] {
+        let err = LayerWriter::new(c).write_dir(t.path(), Broken).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{c:?}: {err}");
+    }
+}
