@@ -21,12 +21,12 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use strata_store::oci_spec::image::{
     ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
     MediaType, RootFsBuilder,
 };
-use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use strata_store::{Digest, Image, ImageLocation, Store, StoreError};
 
 use crate::apply::{apply, decompress, ApplyOptions};
@@ -296,29 +296,90 @@ pub struct CopyReport {
     pub copied: usize,
     /// Blobs the destination already had.
     pub skipped: usize,
-    /// Bytes copied.
+    /// Layers recompressed on the way.
+    pub recompressed: usize,
+    /// Bytes written to the destination.
     pub bytes: u64,
 }
 
+/// The compression a layer media type names.
+pub fn compression_of(media_type: &MediaType) -> Option<Compression> {
+    match media_type {
+        MediaType::ImageLayer => Some(Compression::None),
+        MediaType::ImageLayerGzip => Some(Compression::Gzip),
+        MediaType::ImageLayerZstd => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
 /// Copies an image's blobs (layers, config, manifest) from `from` to `to`, verifying each and
-/// skipping those `to` already has. Does not tag.
-pub fn copy_image(from: &Store, image: &Image, to: &Store) -> Result<CopyReport> {
+/// skipping those `to` already has. Does not tag. Returns the manifest in `to`: the same one,
+/// unless `recompress` asks for layers in another compression (as `skopeo copy
+/// --dest-compress-format` does), in which case those layers get new digests and the image a
+/// new manifest; the config (and so the diffIDs) is unchanged.
+pub fn copy_image(
+    from: &Store,
+    image: &Image,
+    to: &Store,
+    recompress: Option<Compression>,
+) -> Result<(Descriptor, CopyReport)> {
     let mut report = CopyReport::default();
-    let mut blobs: Vec<&Descriptor> = image.manifest.layers().iter().collect();
-    blobs.push(image.manifest.config());
-    blobs.push(&image.manifest_descriptor);
-    for desc in blobs {
+    let copy_blob = |desc: &Descriptor, report: &mut CopyReport| -> Result<()> {
         let digest = desc_digest(desc)?;
         if to.has_blob(&digest) {
             report.skipped += 1;
-            continue;
+            return Ok(());
         }
         let reader = from.open_blob(&digest)?;
         let put = to.put_blob_verified(reader, &digest, Some(desc.size()))?;
         report.copied += 1;
         report.bytes += put.size;
+        Ok(())
+    };
+    let mut layers = Vec::with_capacity(image.manifest.layers().len());
+    let mut changed = false;
+    for layer in image.manifest.layers() {
+        match recompress {
+            Some(target) if compression_of(layer.media_type()) != Some(target) => {
+                layers.push(recompress_layer(from, layer, to, target)?);
+                report.recompressed += 1;
+                report.bytes += layers.last().map(|d: &Descriptor| d.size()).unwrap_or(0);
+                changed = true;
+            }
+            _ => {
+                copy_blob(layer, &mut report)?;
+                layers.push(layer.clone());
+            }
+        }
     }
-    Ok(report)
+    copy_blob(image.manifest.config(), &mut report)?;
+    if !changed {
+        copy_blob(&image.manifest_descriptor, &mut report)?;
+        return Ok((image.manifest_descriptor.clone(), report));
+    }
+    let config = image.manifest.config();
+    let manifest = to.put_image_with_config(&desc_digest(config)?, config.size(), &layers)?;
+    Ok((manifest, report))
+}
+
+/// Decompresses `layer` from `from` and writes it into `to` compressed as `target`.
+fn recompress_layer(
+    from: &Store,
+    layer: &Descriptor,
+    to: &Store,
+    target: Compression,
+) -> Result<Descriptor> {
+    let digest = desc_digest(layer)?;
+    let path = from.blob_path(&digest);
+    let mut reader = decompress(from.open_blob_verified(&digest)?)
+        .map_err(|e| LayerError::io("read", &path, e))?;
+    let writer = LayerWriter::new(target);
+    let mut blob = to.blob_writer()?;
+    let mut enc = writer.compressor(&mut blob).map_err(|e| LayerError::io("compress", &path, e))?;
+    io::copy(&mut reader, &mut enc).map_err(|e| LayerError::io("recompress", &path, e))?;
+    enc.finish().map_err(|e| LayerError::io("compress", &path, e))?;
+    let put = blob.commit()?;
+    Ok(Descriptor::new(MediaType::from(target.media_type()), put.size, put.digest))
 }
 
 /// Copies the image at `location` into `store` and returns it (untagged). The local store as
@@ -328,7 +389,8 @@ pub fn load(store: &Store, location: &ImageLocation) -> Result<(Image, CopyRepor
     if matches!(location, ImageLocation::Store(_)) {
         return Ok((source.image, CopyReport::default()));
     }
-    let report = copy_image(&source.store, &source.image, store)?;
+    let (manifest, report) = copy_image(&source.store, &source.image, store, None)?;
+    debug_assert_eq!(manifest, source.image.manifest_descriptor);
     Ok((source.image, report))
 }
 
@@ -484,19 +546,27 @@ pub struct ExportReport {
 }
 
 /// Writes `source` to `dest`: `oci:DIR[:REF]` (blobs copied, tagged `REF` or the source name
-/// or `latest`), `docker-archive:FILE[:REF]` (loadable by `docker load`), or `dir:PATH` (the
-/// flattened root filesystem; PATH must be absent or empty).
-pub fn export(source: &SourceImage, dest: &ImageLocation) -> Result<ExportReport> {
+/// or `latest`; layers recompressed when `compression` asks for it), `docker-archive:FILE[:REF]`
+/// (loadable by `docker load`; layers always uncompressed), or `dir:PATH` (the flattened root
+/// filesystem; PATH must be absent or empty).
+pub fn export(
+    source: &SourceImage,
+    dest: &ImageLocation,
+    compression: Option<Compression>,
+) -> Result<ExportReport> {
     match dest {
         ImageLocation::Oci { dir, reference } => {
             let out = Store::init(dir)?;
-            let copied = copy_image(&source.store, &source.image, &out)?;
+            let (manifest, copied) = copy_image(&source.store, &source.image, &out, compression)?;
             let tag = reference
                 .clone()
                 .or_else(|| source.name.clone())
                 .unwrap_or_else(|| "latest".into());
-            out.tag(&tag, &source.image.manifest_descriptor)?;
-            Ok(ExportReport { items: copied.copied as u64, bytes: copied.bytes })
+            out.tag(&tag, &manifest)?;
+            Ok(ExportReport {
+                items: (copied.copied + copied.recompressed) as u64,
+                bytes: copied.bytes,
+            })
         }
         ImageLocation::DockerArchive { path, reference } => {
             let tag = reference.clone().or_else(|| source.name.clone());

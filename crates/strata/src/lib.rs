@@ -1,3 +1,16 @@
 //! strata: the embedding API.
+//!
+//! One dependency for programs that embed strata: each module re-exports the crate that owns
+//! that part of the job (see DESIGN.md): [`recipe`] parses Dockerfiles into stages and steps,
+//! [`store`] is the content-addressed OCI-layout store, [`layer`] turns trees into layers and
+//! back and moves images in and out of the store.
 #![deny(missing_docs)]
+
+pub use strata_layer as layer;
 pub use strata_recipe as recipe;
+pub use strata_store as store;
+
+/// The README's Rust examples, compiled and run as doctests so the README stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
 
 mod parse;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,12 +25,38 @@ pub struct Cli {
 pub enum Command {
     /// Parse a Dockerfile/Containerfile and print its stages and steps.
     Parse(parse::Args),
+    /// Import a directory or root-filesystem tar as a one-layer image (or copy an image from
+    /// oci:DIR / docker-archive:FILE into the store).
+    Import(store::ImportArgs),
+    /// List tagged images.
+    Images(store::ImagesArgs),
+    /// Show an image's manifest and config.
+    Inspect(store::InspectArgs),
+    /// Give an image another name.
+    Tag(store::TagArgs),
+    /// Remove image tags.
+    Rmi(store::RmiArgs),
+    /// Write an image to oci:DIR, docker-archive:FILE or dir:PATH.
+    Export(store::ExportArgs),
+    /// Delete blobs no tag or cache entry reaches.
+    Gc(store::GcArgs),
+    /// Verify every blob and reference in the store.
+    Fsck(store::FsckArgs),
 }
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = cli.store.as_deref();
     match cli.command {
         Command::Parse(args) => parse::run(args),
+        Command::Import(args) => store::import(root, args),
+        Command::Images(args) => store::images(root, args),
+        Command::Inspect(args) => store::inspect(root, args),
+        Command::Tag(args) => store::tag(root, args),
+        Command::Rmi(args) => store::rmi(root, args),
+        Command::Export(args) => store::export(root, args),
+        Command::Gc(args) => store::gc(root, args),
+        Command::Fsck(args) => store::fsck(root, args),
     }
 }
 

@@ -1,0 +1,380 @@
+//! Store commands: `import`, `images`, `inspect`, `tag`, `rmi`, `export`, `gc`, `fsck`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use strata::layer::transport::{self, ImportOptions};
+use strata::layer::Compression;
+use strata::store::{ImageLocation, Store};
+
+/// Opens the store for reading; a missing store is an error, not an empty list.
+pub fn open_store(root: Option<&Path>) -> anyhow::Result<Store> {
+    let root = store_root(root)?;
+    Store::open(&root).with_context(|| format!("cannot open store {}", root.display()))
+}
+
+/// Opens the store for writing, creating it if needed.
+pub fn init_store(root: Option<&Path>) -> anyhow::Result<Store> {
+    let root = store_root(root)?;
+    Store::init(&root).with_context(|| format!("cannot create store {}", root.display()))
+}
+
+fn store_root(root: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match root {
+        Some(r) => Ok(r.to_path_buf()),
+        None => Store::default_root()
+            .context("no store location: set --store, STRATA_STORE, XDG_DATA_HOME or HOME"),
+    }
+}
+
+/// Human-readable byte size, like `docker images`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.3}{}", UNITS[unit]).replace(".000", "")
+    }
+}
+
+/// `strata import SRC NAME[:TAG]`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// A directory, a tar archive (plain, gzip or zstd) of a root filesystem, or an image:
+    /// `oci:DIR[:REF]`, `docker-archive:FILE[:REF]`.
+    pub source: String,
+    /// The name to tag the image with (`name[:tag]`, tag `latest` by default).
+    pub name: String,
+    /// Layer compression for a directory or tar source.
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub compression: CompressionArg,
+    /// Timestamp for `created` and the mtime clamp (seconds since the epoch); default
+    /// $SOURCE_DATE_EPOCH, else 0.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    pub timestamp: Option<i64>,
+}
+
+/// `--compression`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompressionArg {
+    /// zstd (default).
+    Zstd,
+    /// gzip.
+    Gzip,
+    /// No compression.
+    None,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::None => Compression::None,
+        }
+    }
+}
+
+pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    // Validate the name before doing any work.
+    let name: strata::store::Reference =
+        args.name.parse().with_context(|| format!("invalid image name {:?}", args.name))?;
+    if name.digest().is_some() {
+        bail!("cannot tag with a digest: {}", args.name);
+    }
+    let store = init_store(store)?;
+    let location: Option<ImageLocation> = match args.source.parse::<ImageLocation>() {
+        Ok(l @ (ImageLocation::Oci { .. } | ImageLocation::DockerArchive { .. })) => Some(l),
+        _ => None,
+    };
+    let mut out = std::io::stdout().lock();
+    let manifest = match location {
+        Some(location) => {
+            let (image, report) = transport::load(&store, &location)
+                .with_context(|| format!("cannot import {location}"))?;
+            writeln!(
+                out,
+                "copied {} blobs ({}), {} already present",
+                report.copied,
+                human(report.bytes),
+                report.skipped
+            )?;
+            image.manifest_descriptor
+        }
+        None => {
+            let path = Path::new(&args.source);
+            if !path.exists() {
+                bail!("{}: no such file or directory", path.display());
+            }
+            let opts = ImportOptions {
+                compression: args.compression.into(),
+                epoch: args.timestamp.unwrap_or(0),
+            };
+            let imported = transport::import_tree(&store, path, &opts)
+                .with_context(|| format!("cannot import {}", path.display()))?;
+            let state = if imported.layer_written { "written" } else { "already stored" };
+            writeln!(
+                out,
+                "layer {} ({}) {state}",
+                imported.layer.digest,
+                human(imported.layer.size)
+            )?;
+            imported.manifest
+        }
+    };
+    store.tag(&name.tag_key(), &manifest)?;
+    writeln!(out, "{} {}", name.tag_key(), manifest.digest())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata images`.
+#[derive(Debug, clap::Args)]
+pub struct ImagesArgs {
+    /// Print JSON: `[{name, tag, digest, size}]`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct ImageRow {
+    name: String,
+    tag: String,
+    digest: String,
+    size: u64,
+}
+
+pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(store)?;
+    let mut rows = Vec::new();
+    for (tag_key, desc) in store.tags()? {
+        let (name, tag) = match tag_key.rsplit_once(':') {
+            Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
+            _ => (tag_key.clone(), String::new()),
+        };
+        let image = store.image(&desc).with_context(|| format!("image {tag_key}"))?;
+        let size = image.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
+            + image.manifest.config().size();
+        rows.push(ImageRow { name, tag, digest: desc.digest().to_string(), size });
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{:<40} {:<16} {:<14} {:>10}", "REPOSITORY", "TAG", "IMAGE ID", "SIZE")?;
+    for r in rows {
+        let id = r.digest.strip_prefix("sha256:").unwrap_or(&r.digest);
+        writeln!(out, "{:<40} {:<16} {:<14} {:>10}", r.name, r.tag, &id[..12], human(r.size))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata inspect IMAGE`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// An image: `name[:tag]`, a digest or prefix, `oci:DIR[:REF]`, `docker-archive:FILE`.
+    pub image: String,
+    /// Print JSON: `{digest, manifest, config}` with the OCI documents as stored.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let location: ImageLocation = args.image.parse()?;
+    // Foreign sources (oci:, docker-archive:) need no local store.
+    let local = match &location {
+        ImageLocation::Store(_) => Some(open_store(store)?),
+        _ => None,
+    };
+    let source = transport::open_source(local.as_ref(), &location)
+        .with_context(|| format!("cannot read image {location}"))?;
+    let image = &source.image;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = serde_json::json!({
+            "name": source.name,
+            "digest": image.manifest_descriptor.digest().to_string(),
+            "manifest": image.manifest,
+            "config": image.config,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &image.config;
+    writeln!(out, "Image:        {}", location)?;
+    writeln!(out, "Digest:       {}", image.manifest_descriptor.digest())?;
+    writeln!(out, "Created:      {}", c.created().as_deref().unwrap_or("-"))?;
+    writeln!(out, "Platform:     {}/{}", c.os(), c.architecture())?;
+    if let Some(cfg) = c.config() {
+        if let Some(env) = cfg.env() {
+            writeln!(out, "Env:          {}", env.join(" "))?;
+        }
+        if let Some(e) = cfg.entrypoint() {
+            writeln!(out, "Entrypoint:   {}", serde_json::to_string(e)?)?;
+        }
+        if let Some(cmd) = cfg.cmd() {
+            writeln!(out, "Cmd:          {}", serde_json::to_string(cmd)?)?;
+        }
+        if let Some(w) = cfg.working_dir() {
+            writeln!(out, "WorkingDir:   {w}")?;
+        }
+        if let Some(u) = cfg.user() {
+            writeln!(out, "User:         {u}")?;
+        }
+    }
+    let layers = image.manifest.layers();
+    let total: u64 = layers.iter().map(|l| l.size()).sum();
+    writeln!(out, "Layers:       {} ({})", layers.len(), human(total))?;
+    let diff_ids = c.rootfs().diff_ids();
+    for (i, l) in layers.iter().enumerate() {
+        writeln!(
+            out,
+            "  {i:>3}  {}  {:>10}  {}  diffID {}",
+            l.digest(),
+            human(l.size()),
+            l.media_type(),
+            diff_ids.get(i).map(String::as_str).unwrap_or("?")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata tag SRC DST`.
+#[derive(Debug, clap::Args)]
+pub struct TagArgs {
+    /// Existing image (`name[:tag]`, digest or prefix).
+    pub source: String,
+    /// New name (`name[:tag]`).
+    pub target: String,
+}
+
+pub fn tag(store: Option<&Path>, args: TagArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(store)?;
+    let desc = store.resolve(&args.source)?;
+    let target: strata::store::Reference = args.target.parse()?;
+    store.tag(&target.tag_key(), &desc)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata rmi IMAGE...`.
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    /// Tags to remove (`name[:tag]`). Blobs are freed by `strata gc`.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+pub fn rmi(store: Option<&Path>, args: RmiArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(store)?;
+    let mut out = std::io::stdout().lock();
+    for image in &args.images {
+        let desc = store.untag(image).with_context(|| format!("cannot remove {image}"))?;
+        writeln!(out, "Untagged: {image} ({})", desc.digest())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata export IMAGE DEST`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The image to export.
+    pub image: String,
+    /// `oci:DIR[:TAG]`, `docker-archive:FILE[:TAG]` or `dir:PATH`.
+    pub dest: String,
+    /// For oci: destinations, recompress layers (e.g. gzip for tools without zstd support).
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionArg>,
+}
+
+pub fn export(store: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let dest: ImageLocation = args.dest.parse()?;
+    if matches!(dest, ImageLocation::Store(_) | ImageLocation::Registry(_)) {
+        bail!("export destination must be oci:DIR[:TAG], docker-archive:FILE[:TAG] or dir:PATH, not {dest}");
+    }
+    let store = open_store(store)?;
+    let location: ImageLocation = args.image.parse()?;
+    let source = transport::open_source(Some(&store), &location)
+        .with_context(|| format!("cannot read image {location}"))?;
+    let report = transport::export(&source, &dest, args.compression.map(Into::into))
+        .with_context(|| format!("cannot export to {dest}"))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "exported {} to {dest}: {} items, {}",
+        args.image,
+        report.items,
+        human(report.bytes)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata gc`.
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {}
+
+pub fn gc(store: Option<&Path>, _args: GcArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(store)?;
+    let report = store.gc(&[])?;
+    writeln!(
+        std::io::stdout().lock(),
+        "removed {} blobs ({}), {} snapshots, {} temp entries; kept {} blobs",
+        report.removed.len(),
+        human(report.bytes_freed),
+        report.snapshots_removed,
+        report.temp_entries_removed,
+        report.blobs_kept
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `strata fsck`.
+#[derive(Debug, clap::Args)]
+pub struct FsckArgs {
+    /// Remove corrupt blobs (their images stay broken until re-imported or re-pulled).
+    #[arg(long)]
+    pub repair: bool,
+}
+
+pub fn fsck(store: Option<&Path>, args: FsckArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(store)?;
+    let report = store.fsck(args.repair)?;
+    let mut out = std::io::stdout().lock();
+    for p in &report.problems {
+        writeln!(out, "problem: {p}")?;
+    }
+    for d in &report.removed {
+        writeln!(out, "removed corrupt blob {d}")?;
+    }
+    writeln!(
+        out,
+        "checked {} blobs ({}): {}",
+        report.blobs_checked,
+        human(report.bytes_checked),
+        if report.is_clean() {
+            "clean".to_string()
+        } else {
+            format!("{} problems", report.problems.len())
+        }
+    )?;
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(999), "999B");
+        assert_eq!(human(1000), "1kB");
+        assert_eq!(human(1_234_567), "1.235MB");
+    }
+}
