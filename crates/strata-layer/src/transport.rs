@@ -191,8 +191,9 @@ pub fn import_tree(store: &Store, source: &Path, opts: &ImportOptions) -> Result
             (desc, true)
         }
     };
-    let created_by = format!("strata import {}", source.display());
-    let config = import_config(&layer.diff_id, opts.epoch, &created_by)?;
+    // The source path stays out of the config: the same tree imported from another directory
+    // must give the same image (DESIGN.md decision 7).
+    let config = import_config(&layer.diff_id, opts.epoch, "strata import")?;
     let manifest = store.put_image(&config, &[layer_descriptor(&layer)?])?;
     Ok(Imported { manifest, layer, layer_written })
 }

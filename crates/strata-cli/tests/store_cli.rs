@@ -1,0 +1,331 @@
+//! The store commands end to end, with real skopeo and umoci where installed.
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        Env { store: root.join("store"), root, _tmp: tmp }
+    }
+
+    fn strata(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("--store")
+            .arg(&self.store)
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.strata(args);
+        assert!(
+            out.status.success(),
+            "strata {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn blob_count(&self) -> usize {
+        std::fs::read_dir(self.store.join("blobs/sha256")).unwrap().count()
+    }
+}
+
+/// A small tree with the shapes that matter: nested dirs, a symlink, a hardlink, an
+/// executable, an empty file.
+fn make_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("etc/app")).unwrap();
+    std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+    std::fs::write(dir.join("etc/app/config"), "key = value\n").unwrap();
+    std::fs::write(dir.join("usr/bin/tool"), "#!/bin/sh\necho tool\n").unwrap();
+    std::fs::set_permissions(dir.join("usr/bin/tool"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
+    std::fs::hard_link(dir.join("usr/bin/tool"), dir.join("usr/bin/tool-alias")).unwrap();
+    symlink("tool", dir.join("usr/bin/link")).unwrap();
+    std::fs::write(dir.join("empty"), "").unwrap();
+}
+
+/// Is `tool` on PATH? Absent: skip (print why), or fail under STRATA_TEST_STRICT=1.
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1") {
+            panic!("{tool} is not installed and STRATA_TEST_STRICT=1");
+        }
+        eprintln!("skipping: {tool} is not installed");
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn diff_trees(a: &Path, b: &Path) {
+    let out =
+        Command::new("diff").arg("-r").arg("--no-dereference").arg(a).arg(b).output().unwrap();
+    assert!(out.status.success(), "trees differ:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn import_dedups_and_lists() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    let first = env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    assert!(first.contains(") written"), "{first}");
+    let blobs = env.blob_count();
+    assert_eq!(blobs, 3, "layer, config, manifest");
+    let second = env.ok(&["import", tree.to_str().unwrap(), "app:v2"]);
+    assert!(second.contains("already stored"), "{second}");
+    assert_eq!(env.blob_count(), blobs, "importing the same tree again adds no blob");
+
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["images", "--json"])).unwrap();
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["digest"], rows[1]["digest"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "--json", "app:v1"])).unwrap();
+    assert_eq!(inspect["config"]["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(inspect["config"]["created"], "1970-01-01T00:00:00Z");
+    assert_eq!(inspect["digest"], rows[0]["digest"]);
+
+    env.ok(&["tag", "app:v1", "other/name:x"]);
+    env.ok(&["rmi", "app:v1", "app:v2"]);
+    let text = env.ok(&["images"]);
+    assert!(text.contains("other/name") && !text.contains("app "), "{text}");
+    // Still tagged: gc keeps everything.
+    assert!(env.ok(&["gc"]).starts_with("removed 0 blobs"));
+    env.ok(&["rmi", "other/name:x"]);
+    let gc = env.ok(&["gc"]);
+    assert!(gc.starts_with("removed 3 blobs"), "{gc}");
+    assert_eq!(env.blob_count(), 0);
+    assert!(env.ok(&["fsck"]).contains("clean"));
+}
+
+#[test]
+fn same_tree_gives_same_digest_in_fresh_stores_whatever_the_mtimes() {
+    let a = Env::new();
+    let b = Env::new();
+    let (ta, tb) = (a.path("t"), b.path("t"));
+    make_tree(&ta);
+    make_tree(&tb);
+    // Different mtimes (both above the clamp at 0) must not matter.
+    let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(tb.join("etc/app/config"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    let da = a.ok(&["import", ta.to_str().unwrap(), "x"]);
+    let db = b.ok(&["import", tb.to_str().unwrap(), "x"]);
+    assert_eq!(da.lines().last(), db.lines().last());
+}
+
+#[test]
+fn exports_round_trip_through_every_transport() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+
+    // dir: the flattened filesystem is the source tree.
+    let flat = env.path("flat");
+    env.ok(&["export", "app:v1", &format!("dir:{}", flat.display())]);
+    diff_trees(&tree, &flat);
+    // ... and refuses to write into a non-empty directory.
+    let out = env.strata(&["export", "app:v1", &format!("dir:{}", flat.display())]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+
+    // oci: and docker-archive: come back with the same config and layer content.
+    let layout = env.path("layout");
+    env.ok(&["export", "app:v1", &format!("oci:{}:app:v1", layout.display())]);
+    let archive = env.path("app.tar");
+    env.ok(&["export", "app:v1", &format!("docker-archive:{}", archive.display())]);
+    let fresh = Env::new();
+    fresh.ok(&["import", &format!("oci:{}:app:v1", layout.display()), "from-oci:1"]);
+    fresh.ok(&["import", &format!("docker-archive:{}", archive.display()), "from-archive:1"]);
+    let a: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "--json", "app:v1"])).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_str(&fresh.ok(&["inspect", "--json", "from-oci:1"])).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&fresh.ok(&["inspect", "--json", "from-archive:1"])).unwrap();
+    assert_eq!(a["digest"], b["digest"], "an OCI copy keeps the manifest digest");
+    assert_eq!(a["config"], c["config"], "a docker-archive keeps the config");
+    let flat2 = env.path("flat2");
+    fresh.ok(&["export", "from-archive:1", &format!("dir:{}", flat2.display())]);
+    diff_trees(&tree, &flat2);
+    // inspect reads foreign locations without a store.
+    let foreign = env.ok(&["inspect", &format!("docker-archive:{}", archive.display())]);
+    assert!(foreign.contains("Layers:       1"), "{foreign}");
+    assert!(env.ok(&["fsck"]).contains("clean") && fresh.ok(&["fsck"]).contains("clean"));
+}
+
+#[test]
+fn skopeo_reads_our_store_and_exports() {
+    if !have("skopeo") {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    env.ok(&["import", "--compression", "gzip", tree.to_str().unwrap(), "app:v1"]);
+    let ours: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "--json", "app:v1"])).unwrap();
+    let store_ref = format!("oci:{}:app:v1", env.store.display());
+    let info: serde_json::Value =
+        serde_json::from_str(&run(Command::new("skopeo").args(["inspect", &store_ref]))).unwrap();
+    assert_eq!(info["Digest"], ours["digest"]);
+    // skopeo copies our store into a docker-archive; we read that back to the same config.
+    let archive = env.path("skopeo.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        &store_ref,
+        &format!("docker-archive:{}:app:v1", archive.display()),
+    ]));
+    let back: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "inspect",
+        "--json",
+        &format!("docker-archive:{}", archive.display()),
+    ]))
+    .unwrap();
+    assert_eq!(back["config"]["rootfs"], ours["config"]["rootfs"]);
+    // And skopeo reads our own docker-archive export.
+    let ours_tar = env.path("ours.tar");
+    env.ok(&["export", "app:v1", &format!("docker-archive:{}:app:v1", ours_tar.display())]);
+    let info: serde_json::Value =
+        serde_json::from_str(&run(Command::new("skopeo")
+            .args(["inspect", &format!("docker-archive:{}", ours_tar.display())])))
+        .unwrap();
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn umoci_unpacks_our_export_to_the_source_tree() {
+    if !have("umoci") {
+        return;
+    }
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    // Debian's umoci predates zstd layers: export recompressed to gzip.
+    let layout = env.path("layout");
+    env.ok(&[
+        "export",
+        "--compression",
+        "gzip",
+        "app:v1",
+        &format!("oci:{}:app:v1", layout.display()),
+    ]);
+    let bundle = env.path("bundle");
+    run(Command::new("umoci").args([
+        "unpack",
+        "--rootless",
+        "--image",
+        &format!("{}:app:v1", layout.display()),
+        bundle.to_str().unwrap(),
+    ]));
+    diff_trees(&tree, &bundle.join("rootfs"));
+}
+
+#[test]
+fn corruption_is_caught_by_fsck_and_repaired() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "--json", "app:v1"])).unwrap();
+    let layer = inspect["manifest"]["layers"][0]["digest"].as_str().unwrap().to_string();
+    let blob = env.store.join("blobs/sha256").join(layer.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let out = env.strata(&["fsck"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&layer));
+    // A verified read refuses it too.
+    let out = env.strata(&["export", "app:v1", &format!("dir:{}", env.path("x").display())]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    // Repair removes the corrupt blob; the image that needed it stays broken (exit 1) until it
+    // is removed or imported again.
+    let out = env.strata(&["fsck", "--repair"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed corrupt blob"));
+    assert!(!blob.exists());
+    env.ok(&["rmi", "app:v1"]);
+    env.ok(&["gc"]);
+    assert!(env.ok(&["fsck"]).contains("clean"));
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_the_store_alone() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    let index = std::fs::read(env.store.join("index.json")).unwrap();
+    for args in [
+        vec!["import", tree.to_str().unwrap(), "Bad Name"],
+        vec!["import", "/nonexistent/tree", "app:v2"],
+        vec!["inspect", "nope:v1"],
+        vec!["tag", "nope:v1", "x:y"],
+        vec!["rmi", "nope:v1"],
+        vec!["export", "app:v1", "docker://localhost/x:y"],
+        vec!["inspect", "oci:/nonexistent/layout"],
+    ] {
+        let out = env.strata(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?} says why");
+    }
+    assert_eq!(std::fs::read(env.store.join("index.json")).unwrap(), index);
+    assert!(env.ok(&["fsck"]).contains("clean"));
+    // A directory that is not a store is an error, not an empty list.
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--store", env.path("nostore").to_str().unwrap(), "images"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn import_of_a_tar_archive_matches_import_of_the_tree() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    let tarball = env.path("tree.tar.gz");
+    run(Command::new("tar").arg("-czf").arg(&tarball).arg("-C").arg(&tree).arg("."));
+    let from_dir = env.ok(&["import", tree.to_str().unwrap(), "a"]);
+    let from_tar = env.ok(&["import", tarball.to_str().unwrap(), "b"]);
+    assert!(from_tar.contains("already stored"), "{from_tar}");
+    assert_eq!(
+        from_dir.lines().last().unwrap().split(' ').nth(1),
+        from_tar.lines().last().unwrap().split(' ').nth(1)
+    );
+}
