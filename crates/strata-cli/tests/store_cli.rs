@@ -61,6 +61,7 @@ fn make_tree(dir: &Path) {
 }
 
 /// Is `tool` on PATH? Absent: skip (print why), or fail under STRATA_TEST_STRICT=1.
+#[allow(clippy::print_stderr)] // the skip message is the point
 fn have(tool: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
