@@ -1,0 +1,2 @@
+//! Placeholder: being written (helper: build).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Placeholder: being written (helper: sandbox).
+#![deny(missing_docs)]
