@@ -136,6 +136,24 @@ fn main() -> io::Result<()> {
         sh(&d, &format!("tar -xpf {}", plain.display()));
         Some(t.elapsed())
     });
+    time("strata decompress+sha256 of the zstd layer only", || {
+        use sha2::Digest as _;
+        let mut r = strata_layer::decompress(fs::File::open(&zst).expect("open")).expect("zstd");
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = io::Read::read(&mut r, &mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        None
+    });
+    time("zstd -dc layer.tar.zst > /dev/null", || {
+        sh(tmp.path(), &format!("zstd -qdc {} > /dev/null", zst.display()));
+        None
+    });
     let apply_ours_z = time("strata apply (zstd)", || {
         let d = fresh("out");
         let t = Instant::now();

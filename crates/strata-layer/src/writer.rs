@@ -210,7 +210,7 @@ impl LayerWriter {
         })
     }
 
-    fn compressor<W: Write>(&self, sink: W) -> io::Result<Compressor<W>> {
+    pub(crate) fn compressor<W: Write>(&self, sink: W) -> io::Result<Compressor<W>> {
         Ok(match self.compression {
             Compression::None => Compressor::None(sink),
             Compression::Gzip => Compressor::Gzip(
@@ -734,14 +734,14 @@ impl<W: Write> Write for HashCount<W> {
     }
 }
 
-enum Compressor<W: Write> {
+pub(crate) enum Compressor<W: Write> {
     None(W),
     Gzip(flate2::write::GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
 impl<W: Write> Compressor<W> {
-    fn finish(self) -> io::Result<W> {
+    pub(crate) fn finish(self) -> io::Result<W> {
         match self {
             Compressor::None(w) => Ok(w),
             Compressor::Gzip(g) => g.finish(),
