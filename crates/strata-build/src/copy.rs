@@ -1,0 +1,671 @@
+//! COPY and ADD: staging the files a step adds, laid out at their destination paths.
+//!
+//! A COPY needs no sandbox (DESIGN.md decision 5). Its layer is exactly the files it writes
+//! plus their parent directories, so the step builds that tree in a staging directory: each
+//! source is expanded (wildcards with Go's `filepath.Match` rules, `.dockerignore` applied to
+//! the context), its destination is resolved inside the parent image (relative to WORKDIR,
+//! following the image's symlinks without leaving it, "into" an existing or `/`-terminated
+//! directory), and it is copied there with its final owner and mode. Parent directories that
+//! already exist in the image are staged with the image's mode, owner and mtime, so the layer
+//! does not clobber them (`/tmp` stays 1777); missing ones are created 0755, owned by the
+//! `--chown` user. The staging tree is then one [`Changeset::from_snapshot`] away from a layer.
+//!
+//! [`Changeset::from_snapshot`]: strata_layer::Changeset::from_snapshot
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::Digest as _;
+use strata_recipe::{CopySpec, DockerIgnore, Source};
+use strata_store::Digest;
+
+use crate::error::{BuildError, Result};
+use crate::rootfs::{normalize, resolve_owner, set_mode, MergedView};
+
+/// Where COPY sources are read from.
+pub(crate) struct SourceTree {
+    pub view: MergedView,
+    /// `.dockerignore` of the context; `None` for a stage or image.
+    pub ignore: Option<DockerIgnore>,
+    /// For messages: `the build context`, `stage NAME`, `image REF`.
+    pub label: String,
+    /// Whether owners are kept (`--from` sources) or reset to 0:0 (the context).
+    pub keep_owner: bool,
+}
+
+impl SourceTree {
+    fn hidden(&self, rel: &Path) -> bool {
+        match &self.ignore {
+            Some(ig) if !rel.as_os_str().is_empty() => {
+                let s = rel.to_string_lossy();
+                ig.is_excluded(&s)
+            }
+            _ => false,
+        }
+    }
+
+    fn may_have_inclusions(&self, rel: &Path) -> bool {
+        match &self.ignore {
+            Some(ig) => ig.dir_may_have_inclusions(&rel.to_string_lossy()),
+            None => false,
+        }
+    }
+}
+
+/// Everything a COPY/ADD step needs besides its spec.
+pub(crate) struct CopyEnv<'a> {
+    pub image: &'a MergedView,
+    pub workdir: &'a str,
+    pub is_add: bool,
+    /// Scratch space for heredoc and URL sources.
+    pub scratch: &'a Path,
+}
+
+/// One expanded source.
+struct Item {
+    /// The file on disk.
+    real: PathBuf,
+    /// Its path in the source tree (empty for heredoc/URL sources).
+    rel: PathBuf,
+    /// The name it gets when copied into a directory.
+    name: OsString,
+    is_dir: bool,
+    /// `--parents`: the path to keep below the destination.
+    keep_path: Option<PathBuf>,
+    /// Fixed mode (heredoc 0644, URL 0600) instead of the file's own.
+    mode: Option<u32>,
+    /// A local file ADD may extract.
+    may_extract: bool,
+    /// As written, for messages.
+    written: String,
+}
+
+/// Stages the files of `spec` under `staging`.
+pub(crate) fn stage_copy(
+    env: &CopyEnv<'_>,
+    spec: &CopySpec,
+    tree: &SourceTree,
+    staging: &Path,
+) -> Result<()> {
+    let owner = match &spec.chown {
+        Some(c) if !c.is_empty() => Some(resolve_owner(env.image, c)?),
+        _ => None,
+    };
+    let chmod = match &spec.chmod {
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|v| *v <= 0o7777)
+                .ok_or_else(|| BuildError::InvalidChmod { value: m.clone() })?,
+        ),
+        None => None,
+    };
+    let exclude = if spec.exclude.is_empty() {
+        None
+    } else {
+        let text = spec.exclude.join("\n");
+        Some(DockerIgnore::parse(&text).map_err(|source| BuildError::Parse {
+            path: PathBuf::from("--exclude"),
+            source: Box::new(source),
+        })?)
+    };
+    let mut items = Vec::new();
+    for (i, src) in spec.sources.iter().enumerate() {
+        match src {
+            Source::Path { path } => items.extend(expand_path(tree, path, spec, env)?),
+            Source::Heredoc { name, content, .. } => {
+                let dir = env.scratch.join(format!("heredoc-{i}"));
+                fs::create_dir_all(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
+                let real = dir.join(name);
+                fs::write(&real, content).map_err(|e| BuildError::io("write", &real, e))?;
+                items.push(Item {
+                    real,
+                    rel: PathBuf::new(),
+                    name: OsString::from(name),
+                    is_dir: false,
+                    keep_path: None,
+                    mode: Some(0o644),
+                    may_extract: false,
+                    written: format!("<<{name}"),
+                });
+            }
+            Source::Url { url } => {
+                if !env.is_add {
+                    return Err(BuildError::Unsupported {
+                        what: format!("COPY from a URL ({url})"),
+                    });
+                }
+                items.push(fetch_url(url, spec.checksum.as_deref(), env.scratch, i)?);
+            }
+        }
+    }
+    let dest = if spec.dest.starts_with('/') {
+        spec.dest.clone()
+    } else {
+        let wd = if env.workdir.is_empty() { "/" } else { env.workdir };
+        format!("{}/{}", wd.trim_end_matches('/'), spec.dest)
+    };
+    let into_dir_syntax = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let dest_dir = env.image.resolve(Path::new(&dest), true)?;
+    let dest_is_dir = env.image.metadata(&dest_dir).is_some_and(|m| m.is_dir());
+    let into_dir = into_dir_syntax || dest_is_dir;
+    if (items.len() > 1 || spec.sources.len() > 1) && !into_dir {
+        return Err(BuildError::DestinationNotDirectory { dest: spec.dest.clone() });
+    }
+    let new_owner = owner.unwrap_or((0, 0));
+    let opts = CopyOpts { owner, chmod, exclude: exclude.as_ref(), keep_owner: tree.keep_owner };
+    for item in &items {
+        let base = match &item.keep_path {
+            Some(k) => {
+                let d = dest_dir.join(k);
+                if item.is_dir {
+                    d
+                } else {
+                    d.parent().map(Path::to_path_buf).unwrap_or_default()
+                }
+            }
+            None => dest_dir.clone(),
+        };
+        let extract = env.is_add && item.may_extract && spec.unpack != Some(false);
+        if extract {
+            if let Some(kind) = archive_kind(&item.real, &item.written)? {
+                ensure_dir(env.image, staging, &base, new_owner)?;
+                extract_archive(&item.real, kind, &staging.join(&base), &item.written)?;
+                continue;
+            }
+        }
+        if item.is_dir {
+            let target = if item.keep_path.is_some() { base } else { dest_dir.clone() };
+            copy_dir_root(env, tree, item, &target, staging, &opts, new_owner)?;
+        } else {
+            let target = if item.keep_path.is_some() || into_dir {
+                base.join(&item.name)
+            } else {
+                let parent = Path::new(&dest).parent().unwrap_or(Path::new("/"));
+                let parent = env.image.resolve(parent, true)?;
+                let name = Path::new(&dest).file_name().unwrap_or(OsStr::new(""));
+                parent.join(name)
+            };
+            if let Some(parent) = target.parent() {
+                ensure_dir(env.image, staging, parent, new_owner)?;
+            }
+            copy_entry(&item.real, &staging.join(&target), &opts, item.mode)?;
+        }
+    }
+    Ok(())
+}
+
+struct CopyOpts<'a> {
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+    exclude: Option<&'a DockerIgnore>,
+    keep_owner: bool,
+}
+
+fn has_meta(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Cleans a source path; in the context, `..` above the root is an error.
+fn clean_source(tree: &SourceTree, path: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir if !out.pop() && tree.ignore.is_some() => {
+                return Err(BuildError::SourceOutsideContext { path: path.to_string() });
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn expand_path(
+    tree: &SourceTree,
+    path: &str,
+    spec: &CopySpec,
+    env: &CopyEnv<'_>,
+) -> Result<Vec<Item>> {
+    let not_found =
+        || BuildError::SourceNotFound { path: path.to_string(), location: tree.label.clone() };
+    let is_context = tree.ignore.is_some();
+    if is_context && path.split('/').filter(|c| *c == "..").count() > 0 {
+        // Reject any `..` that climbs above the context root.
+        clean_source(tree, path)?;
+    }
+    // `--parents` keeps the path after a `/./` pivot, or the whole path.
+    let pivot = path.find("/./").map(|i| normalize(Path::new(&path[..i])));
+    let matches: Vec<PathBuf> = if has_meta(path) {
+        let pattern = clean_source(tree, path)?;
+        let found = glob(tree, &pattern)?;
+        if found.is_empty() {
+            return Err(not_found());
+        }
+        found
+    } else {
+        vec![clean_source(tree, path)?]
+    };
+    let mut out = Vec::new();
+    for m in matches {
+        let resolved = tree.view.resolve(&m, true)?;
+        if tree.hidden(&resolved) && !tree.may_have_inclusions(&resolved) {
+            return Err(not_found());
+        }
+        let real = tree.view.find(&resolved).ok_or_else(not_found)?;
+        let md = fs::metadata(&real).map_err(|e| BuildError::io("stat", &real, e))?;
+        let keep_path = if spec.parents {
+            Some(match &pivot {
+                Some(p) => m.strip_prefix(p).map(Path::to_path_buf).unwrap_or(m.clone()),
+                None => m.clone(),
+            })
+        } else {
+            None
+        };
+        let name = m.file_name().map(OsStr::to_os_string).unwrap_or_default();
+        out.push(Item {
+            real,
+            rel: resolved,
+            name,
+            is_dir: md.is_dir(),
+            keep_path,
+            mode: None,
+            may_extract: env.is_add && md.is_file(),
+            written: path.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Expands a wildcard pattern component by component over the tree.
+fn glob(tree: &SourceTree, pattern: &Path) -> Result<Vec<PathBuf>> {
+    let mut current = vec![PathBuf::new()];
+    for comp in pattern.components() {
+        let part = comp.as_os_str().to_string_lossy().to_string();
+        let mut next = Vec::new();
+        for base in &current {
+            if has_meta(&part) {
+                let resolved = tree.view.resolve(base, true)?;
+                for name in tree.view.list(&resolved)?.into_keys() {
+                    let n = name.to_string_lossy();
+                    if go_match(&part, &n) {
+                        let p = base.join(&name);
+                        if !tree.hidden(&p) || tree.may_have_inclusions(&p) {
+                            next.push(p);
+                        }
+                    }
+                }
+            } else {
+                let p = base.join(&part);
+                let resolved = tree.view.resolve(&p, true)?;
+                if tree.view.find(&resolved).is_some() {
+                    next.push(p);
+                }
+            }
+        }
+        current = next;
+    }
+    current.sort();
+    Ok(current)
+}
+
+/// Go's `path/filepath.Match` for one path component (no `/` in either).
+pub(crate) fn go_match(pattern: &str, name: &str) -> bool {
+    fn class(p: &[char], c: char) -> Option<(bool, usize)> {
+        // p starts after '['; returns (matched, chars consumed including ']').
+        let mut i = 0;
+        let negate = p.first() == Some(&'^');
+        if negate {
+            i += 1;
+        }
+        let mut matched = false;
+        let mut first = true;
+        loop {
+            let ch = *p.get(i)?;
+            if ch == ']' && !first {
+                i += 1;
+                break;
+            }
+            first = false;
+            let lo = if ch == '\\' {
+                i += 1;
+                *p.get(i)?
+            } else {
+                ch
+            };
+            i += 1;
+            let mut hi = lo;
+            if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|c| *c != ']') {
+                i += 1;
+                hi = if p[i] == '\\' {
+                    i += 1;
+                    *p.get(i)?
+                } else {
+                    p[i]
+                };
+                i += 1;
+            }
+            if lo <= c && c <= hi {
+                matched = true;
+            }
+        }
+        Some((matched != negate, i))
+    }
+    fn rec(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|k| rec(&p[1..], &n[k..])),
+            Some('?') => !n.is_empty() && rec(&p[1..], &n[1..]),
+            Some('[') => match (n.first(), class(&p[1..], n.first().copied().unwrap_or('\0'))) {
+                (Some(_), Some((true, used))) => rec(&p[1 + used..], &n[1..]),
+                _ => false,
+            },
+            Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && rec(&p[2..], &n[1..]),
+            Some(c) => n.first() == Some(c) && rec(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    rec(&p, &n)
+}
+
+/// Creates `rel` (and its parents) in the staging tree: as the image has them, or new 0755
+/// directories owned by `owner`.
+pub(crate) fn ensure_dir(
+    image: &MergedView,
+    staging: &Path,
+    rel: &Path,
+    owner: (u32, u32),
+) -> Result<()> {
+    let mut prefix = PathBuf::new();
+    for c in normalize(rel).components() {
+        prefix.push(c);
+        let target = staging.join(&prefix);
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let _ = fs::remove_file(&target);
+        fs::create_dir(&target).map_err(|e| BuildError::io("mkdir", &target, e))?;
+        match image.metadata(&prefix).filter(|m| m.is_dir()) {
+            Some(md) => apply_meta(&target, md.uid(), md.gid(), md.mode() & 0o7777, Some(&md))?,
+            None => apply_meta(&target, owner.0, owner.1, 0o755, None)?,
+        }
+    }
+    Ok(())
+}
+
+fn apply_meta(
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    times: Option<&fs::Metadata>,
+) -> Result<()> {
+    use rustix::fs::{AtFlags, Gid, Timespec, Timestamps, Uid};
+    let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| BuildError::io("chown", path, e.into()))?;
+    if !is_link {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| BuildError::io("chmod", path, e))?;
+    }
+    if let Some(md) = times {
+        let t = Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() as _ };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            path,
+            &Timestamps { last_access: t, last_modification: t },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| BuildError::io("utimensat", path, e.into()))?;
+    }
+    Ok(())
+}
+
+/// Owner and mode of a copied entry.
+fn meta_for(md: &fs::Metadata, opts: &CopyOpts<'_>, fixed_mode: Option<u32>) -> (u32, u32, u32) {
+    let (uid, gid) = match opts.owner {
+        Some(o) => o,
+        None if opts.keep_owner => (md.uid(), md.gid()),
+        None => (0, 0),
+    };
+    let mode = opts.chmod.or(fixed_mode).unwrap_or(md.mode() & 0o7777);
+    (uid, gid, mode)
+}
+
+/// Copies one non-directory entry (file, symlink) to `target` in the staging tree.
+fn copy_entry(
+    real: &Path,
+    target: &Path,
+    opts: &CopyOpts<'_>,
+    fixed_mode: Option<u32>,
+) -> Result<()> {
+    let md = fs::symlink_metadata(real).map_err(|e| BuildError::io("lstat", real, e))?;
+    if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(target).map_err(|e| BuildError::io("remove", target, e))?;
+    } else {
+        let _ = fs::remove_file(target);
+    }
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        let link = fs::read_link(real).map_err(|e| BuildError::io("readlink", real, e))?;
+        std::os::unix::fs::symlink(&link, target)
+            .map_err(|e| BuildError::io("symlink", target, e))?;
+    } else if ft.is_file() {
+        fs::copy(real, target).map_err(|e| BuildError::io("copy", real, e))?;
+    } else {
+        // Devices, fifos and sockets are not copied (BuildKit copies them only from images;
+        // a recipe relying on that is rare).
+        return Ok(());
+    }
+    let (uid, gid, mode) = meta_for(&md, opts, fixed_mode);
+    apply_meta(target, uid, gid, mode, Some(&md))
+}
+
+/// Copies the contents of a source directory into `target` (created with the source
+/// directory's mode when the image lacks it; kept as the image has it otherwise).
+fn copy_dir_root(
+    env: &CopyEnv<'_>,
+    tree: &SourceTree,
+    item: &Item,
+    target: &Path,
+    staging: &Path,
+    opts: &CopyOpts<'_>,
+    new_owner: (u32, u32),
+) -> Result<()> {
+    let existed = env.image.metadata(target).is_some_and(|m| m.is_dir());
+    if let Some(parent) = target.parent() {
+        ensure_dir(env.image, staging, parent, new_owner)?;
+    }
+    let abs = staging.join(target);
+    ensure_dir(env.image, staging, target, new_owner)?;
+    if !existed && !target.as_os_str().is_empty() {
+        let md = fs::metadata(&item.real).map_err(|e| BuildError::io("stat", &item.real, e))?;
+        let (uid, gid, mode) = meta_for(&md, opts, None);
+        apply_meta(&abs, uid, gid, mode, Some(&md))?;
+    }
+    copy_tree(tree, &item.rel, Path::new(""), &abs, opts)?;
+    if !existed && !target.as_os_str().is_empty() {
+        let md = fs::metadata(&item.real).map_err(|e| BuildError::io("stat", &item.real, e))?;
+        let (uid, gid, mode) = meta_for(&md, opts, None);
+        apply_meta(&abs, uid, gid, mode, Some(&md))?;
+    }
+    Ok(())
+}
+
+/// Recursively copies the directory `rel` of the tree into `dest`; `inner` is the path below
+/// the copied source root (what `--exclude` patterns see).
+fn copy_tree(
+    tree: &SourceTree,
+    rel: &Path,
+    inner: &Path,
+    dest: &Path,
+    opts: &CopyOpts<'_>,
+) -> Result<()> {
+    for (name, real) in tree.view.list(rel)? {
+        let child = rel.join(&name);
+        let child_inner = inner.join(&name);
+        let md = fs::symlink_metadata(&real).map_err(|e| BuildError::io("lstat", &real, e))?;
+        let hidden = tree.hidden(&child)
+            || opts.exclude.is_some_and(|x| x.is_excluded(&child_inner.to_string_lossy()));
+        if hidden && !(md.is_dir() && tree.may_have_inclusions(&child)) {
+            continue;
+        }
+        let target = dest.join(&name);
+        if md.is_dir() {
+            if !fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                let _ = fs::remove_file(&target);
+                fs::create_dir(&target).map_err(|e| BuildError::io("mkdir", &target, e))?;
+            }
+            copy_tree(tree, &child, &child_inner, &target, opts)?;
+            let (uid, gid, mode) = meta_for(&md, opts, None);
+            apply_meta(&target, uid, gid, mode, Some(&md))?;
+        } else {
+            copy_entry(&real, &target, opts, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Archive formats ADD recognizes by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArchiveKind {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+fn archive_kind(path: &Path, written: &str) -> Result<Option<ArchiveKind>> {
+    let mut head = [0u8; 512];
+    let mut f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BuildError::io("read", path, e)),
+        }
+    }
+    let h = &head[..n];
+    Ok(if h.starts_with(&[0x1f, 0x8b]) {
+        Some(ArchiveKind::Gzip)
+    } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(ArchiveKind::Zstd)
+    } else if h.starts_with(b"BZh") {
+        return Err(BuildError::UnsupportedArchive { path: written.to_string(), format: "bzip2" });
+    } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(BuildError::UnsupportedArchive { path: written.to_string(), format: "xz" });
+    } else if n >= 262 && &h[257..262] == b"ustar" {
+        Some(ArchiveKind::Tar)
+    } else {
+        None
+    })
+}
+
+fn extract_archive(path: &Path, kind: ArchiveKind, dest: &Path, written: &str) -> Result<()> {
+    let err = |source| BuildError::Extract { path: written.to_string(), source };
+    let f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
+    let reader: Box<dyn Read> = match kind {
+        ArchiveKind::Tar => Box::new(std::io::BufReader::new(f)),
+        ArchiveKind::Gzip => {
+            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)))
+        }
+        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(err)?),
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.unpack(dest).map_err(err)
+}
+
+/// Downloads `url` into the scratch dir, verifying `checksum` before the file is used.
+fn fetch_url(url: &str, checksum: Option<&str>, scratch: &Path, i: usize) -> Result<Item> {
+    let expected = match checksum {
+        Some(c) => {
+            let hex = c
+                .strip_prefix("sha256:")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| BuildError::InvalidChecksum { value: c.to_string() })?;
+            Some(
+                Digest::from_hex(&hex.to_ascii_lowercase())
+                    .map_err(|_| BuildError::InvalidChecksum { value: c.to_string() })?,
+            )
+        }
+        None => None,
+    };
+    let fetch_err = |e| BuildError::Fetch { url: url.to_string(), source: Box::new(e) };
+    let response = ureq::get(url).call().map_err(fetch_err)?;
+    let path_part = url.split(['?', '#']).next().unwrap_or(url);
+    let after_host = path_part.splitn(4, '/').nth(3).unwrap_or("");
+    let name = after_host.rsplit('/').find(|s| !s.is_empty()).unwrap_or("index.html").to_string();
+    let dir = scratch.join(format!("url-{i}"));
+    fs::create_dir_all(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
+    let real = dir.join(&name);
+    let mut out = fs::File::create(&real).map_err(|e| BuildError::io("create", &real, e))?;
+    let mut reader = response.into_body().into_reader();
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BuildError::io("download", url, e)),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| BuildError::io("write", &real, e))?;
+    }
+    out.flush().map_err(|e| BuildError::io("write", &real, e))?;
+    let found = Digest::from_sha256(hasher.finalize().into());
+    if let Some(expected) = expected {
+        if expected != found {
+            let _ = fs::remove_file(&real);
+            return Err(BuildError::ChecksumMismatch {
+                url: url.to_string(),
+                expected: expected.to_string(),
+                found,
+            });
+        }
+    }
+    set_mode(&real, 0o600)?;
+    Ok(Item {
+        real,
+        rel: PathBuf::new(),
+        name: OsString::from(name),
+        is_dir: false,
+        keep_path: None,
+        mode: Some(0o600),
+        may_extract: false,
+        written: url.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_match;
+
+    #[test]
+    fn go_filepath_match_semantics() {
+        assert!(go_match("*.txt", "a.txt"));
+        assert!(!go_match("*.txt", "a.txt.bak"));
+        assert!(go_match("a?c", "abc"));
+        assert!(go_match("[a-c]x", "bx"));
+        assert!(!go_match("[^a-c]x", "bx"));
+        assert!(go_match("[^a-c]x", "dx"));
+        assert!(go_match("\\*", "*"));
+        assert!(!go_match("\\*", "a"));
+        assert!(go_match("*", ""));
+    }
+}

@@ -1,0 +1,231 @@
+//! The one error type of this crate.
+
+use std::io;
+use std::path::PathBuf;
+
+use strata_layer::LayerError;
+use strata_recipe::ParseError;
+use strata_store::{Digest, StoreError};
+
+/// Everything that can stop a build. Errors raised while executing a step are wrapped in
+/// [`BuildError::Step`], which names the stage, the recipe line and the instruction.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The recipe file could not be read.
+    #[error("reading recipe {path}: {source}")]
+    ReadRecipe {
+        /// The recipe path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Neither `Dockerfile` nor `Containerfile` exists in the context.
+    #[error("no Dockerfile or Containerfile in {context}")]
+    NoRecipe {
+        /// The build context.
+        context: PathBuf,
+    },
+    /// The recipe (or a `.dockerignore`, or an ONBUILD trigger) does not parse.
+    #[error("{path}:{}:{}: {source}", source.span.line, source.span.column)]
+    Parse {
+        /// The file being parsed.
+        path: PathBuf,
+        /// What is wrong and where.
+        #[source]
+        source: Box<ParseError>,
+    },
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Scanning, writing or applying a layer failed.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The sandbox could not run a step.
+    #[error(transparent)]
+    Sandbox(#[from] strata_sandbox::SandboxError),
+    /// A layer unpacked from the store does not hash to the diffID its image says.
+    #[error("layer {layer} has diffID {found}, expected {expected}")]
+    DiffIdMismatch {
+        /// The layer blob.
+        layer: Digest,
+        /// The diffID in the image config.
+        expected: Digest,
+        /// What the blob unpacks to.
+        found: Digest,
+    },
+    /// A base image names a registry and is not in the local store.
+    #[error("image {reference} is not in the store (registry pulls are not supported yet)")]
+    ImageNotInStore {
+        /// The reference as written.
+        reference: String,
+    },
+    /// A COPY/ADD source does not exist.
+    #[error("{path}: not found in {location}")]
+    SourceNotFound {
+        /// The source as written.
+        path: String,
+        /// `the build context` or `stage NAME` / `image REF`.
+        location: String,
+    },
+    /// A COPY/ADD source escapes the build context (`../x`).
+    #[error("{path}: is outside the build context")]
+    SourceOutsideContext {
+        /// The source as written.
+        path: String,
+    },
+    /// Several sources were copied to a destination that is not a directory.
+    #[error(
+        "when copying several sources, the destination {dest} must be a directory ending in /"
+    )]
+    DestinationNotDirectory {
+        /// The destination as written.
+        dest: String,
+    },
+    /// A user or group named by `--chown` or `USER` does not exist in the image.
+    #[error("unknown {kind} {name} (not in the image's /etc/{file})")]
+    UnknownUser {
+        /// `user` or `group`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// `passwd` or `group`.
+        file: &'static str,
+    },
+    /// A `--chmod` value is not an octal mode.
+    #[error("invalid --chmod value {value}: only octal modes are supported")]
+    InvalidChmod {
+        /// The value.
+        value: String,
+    },
+    /// A `--checksum` value is not `sha256:<64 hex>`.
+    #[error("invalid --checksum value {value}: expected sha256:<64 hex digits>")]
+    InvalidChecksum {
+        /// The value.
+        value: String,
+    },
+    /// A downloaded file does not have the expected checksum.
+    #[error("checksum mismatch for {url}: expected {expected}, found {found}")]
+    ChecksumMismatch {
+        /// The URL.
+        url: String,
+        /// The digest given with `--checksum`.
+        expected: String,
+        /// The digest of what was downloaded.
+        found: Digest,
+    },
+    /// Fetching a URL failed.
+    #[error("fetching {url}: {source}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// A local archive uses a compression this build cannot read.
+    #[error("{path}: {format} archives are not supported (use tar, gzip or zstd)")]
+    UnsupportedArchive {
+        /// The archive (as written in the recipe).
+        path: String,
+        /// `bzip2` or `xz`.
+        format: &'static str,
+    },
+    /// Extracting a local archive failed.
+    #[error("extracting {path}: {source}")]
+    Extract {
+        /// The archive.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A RUN command exited with a non-zero status.
+    #[error("command {command} exited with status {exit_code}{}", tail_text(.tail))]
+    RunFailed {
+        /// The command as run.
+        command: String,
+        /// Its exit status (128+N for a signal).
+        exit_code: i32,
+        /// The last lines of its output.
+        tail: Vec<String>,
+    },
+    /// A secret named by `--mount=type=secret` was not given (and is `required`).
+    #[error("secret {id} was not provided")]
+    MissingSecret {
+        /// The secret id.
+        id: String,
+    },
+    /// A secret's source could not be read.
+    #[error("reading secret {id}: {source}")]
+    ReadSecret {
+        /// The secret id.
+        id: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// An option the recipe uses that this builder does not implement.
+    #[error("{what} is not supported")]
+    Unsupported {
+        /// What.
+        what: String,
+    },
+    /// Serializing the image config failed.
+    #[error("serializing the image config: {source}")]
+    Config {
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A step failed; `source` says why.
+    #[error("stage {stage}, line {line}: {instruction}: {source}")]
+    Step {
+        /// The stage (name, or index when unnamed).
+        stage: String,
+        /// The recipe line of the instruction.
+        line: usize,
+        /// The instruction as written.
+        instruction: String,
+        /// What went wrong.
+        #[source]
+        source: Box<BuildError>,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n{}", tail.join("\n"))
+    }
+}
+
+impl BuildError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        BuildError::Io { op, path: path.into(), source }
+    }
+
+    /// The innermost error (below any [`BuildError::Step`] wrappers).
+    pub fn root_cause(&self) -> &BuildError {
+        match self {
+            BuildError::Step { source, .. } => source.root_cause(),
+            other => other,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = BuildError> = std::result::Result<T, E>;

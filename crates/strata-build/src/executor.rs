@@ -1,0 +1,443 @@
+//! The build loop: stages in dependency order, each step applied to the stage's image.
+//!
+//! A stage starts from its base's [`ImageState`], runs the base's ONBUILD triggers, then walks
+//! its steps with the values each can see (the recipe crate's expansion with the base image's
+//! `Env`). Metadata steps edit the config and add an `empty_layer` history entry; RUN, COPY,
+//! ADD and a WORKDIR that has to create its directory write one layer each, then unpack it as
+//! a snapshot so later steps and stages can see it. Nothing is tagged until every stage the
+//! target needs has finished, so a failed build leaves at most unreferenced blobs (gc
+//! removes them).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use strata_layer::transport::layer_descriptor;
+use strata_layer::{scan, write_layer, Changeset, LayerWriter};
+use strata_recipe::instruction::ArgDecl;
+use strata_recipe::stage::resolve_stage_ref;
+use strata_recipe::{
+    Base, Command, CopySpec, DockerIgnore, Instruction, Plan, Recipe, Scope, Source, Step,
+};
+use strata_store::{ImageLocation, Store, StoreError};
+
+use crate::copy::{ensure_dir, stage_copy, CopyEnv, SourceTree};
+use crate::error::{BuildError, Result};
+use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerRef};
+use crate::options::{BuildOptions, StepReport};
+use crate::progress::{BuildEvent, ProgressSink};
+use crate::rootfs::{ensure_snapshot, resolve_owner, MergedView};
+
+pub(crate) struct Builder<'a> {
+    pub store: &'a Store,
+    pub opts: &'a BuildOptions,
+    pub progress: &'a dyn ProgressSink,
+    pub recipe: &'a Recipe,
+    pub plan: &'a Plan,
+    pub ignore: DockerIgnore,
+    pub results: HashMap<usize, ImageState>,
+    pub reports: Vec<StepReport>,
+    pub layers_written: usize,
+    pub bytes_written: u64,
+    pub writer: LayerWriter,
+}
+
+/// What one step did to the filesystem.
+pub(crate) struct StepResult {
+    pub created_by: String,
+    pub layer: Option<LayerRef>,
+    pub layer_size: Option<u64>,
+}
+
+impl StepResult {
+    fn meta(created_by: String) -> StepResult {
+        StepResult { created_by, layer: None, layer_size: None }
+    }
+}
+
+impl<'a> Builder<'a> {
+    fn stage_label(&self, index: usize) -> String {
+        match &self.plan.stages[index].name {
+            Some(n) => n.clone(),
+            None => index.to_string(),
+        }
+    }
+
+    /// Loads an image named in FROM or `--from` into the store and returns its state.
+    pub fn image_state(&self, reference: &str) -> Result<ImageState> {
+        let location: ImageLocation = reference.parse()?;
+        let image = match &location {
+            ImageLocation::Store(r) => match self.store.load_image(r) {
+                Ok(i) => i,
+                Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
+                    return Err(BuildError::ImageNotInStore { reference: reference.to_string() })
+                }
+                Err(e) => return Err(e.into()),
+            },
+            ImageLocation::Registry(r) => match self.store.load_image(&r.to_string()) {
+                Ok(i) => i,
+                Err(_) => {
+                    return Err(BuildError::ImageNotInStore { reference: reference.to_string() })
+                }
+            },
+            _ => strata_layer::transport::load(self.store, &location)?.0,
+        };
+        ImageState::from_image(self.store, &image)
+    }
+
+    pub fn build_stage(&mut self, index: usize) -> Result<ImageState> {
+        let stage = &self.plan.stages[index];
+        let (mut state, base) = match &stage.base {
+            Base::Scratch => (ImageState::scratch(), "scratch".to_string()),
+            Base::Image(r) => {
+                let s = self
+                    .image_state(r)
+                    .map_err(|e| self.wrap(index, stage.span.line, &stage_from(stage), e))?;
+                (s, r.clone())
+            }
+            Base::Stage(j) => {
+                let s = self
+                    .results
+                    .get(j)
+                    .map(ImageState::for_child)
+                    .unwrap_or_else(ImageState::scratch);
+                (s, format!("stage {}", self.stage_label(*j)))
+            }
+        };
+        self.progress.event(&BuildEvent::StageStart {
+            stage: index,
+            name: stage.name.clone(),
+            base,
+        });
+        let mut step_index = 0;
+        // ONBUILD triggers of the base run first, as if written right after FROM.
+        for trigger in std::mem::take(&mut state.base_onbuild) {
+            let text = format!("FROM scratch\n{trigger}\n");
+            let parse_err = |source: strata_recipe::ParseError| BuildError::Parse {
+                path: PathBuf::from("ONBUILD trigger"),
+                source: Box::new(source),
+            };
+            let sub = strata_recipe::parse(&text).map_err(parse_err)?;
+            let stages = sub.stages(&self.opts.build_args).map_err(parse_err)?;
+            let Some(first) = stages.into_iter().next() else { continue };
+            let mut steps = Vec::new();
+            first
+                .expand_with(
+                    &state.env_pairs(),
+                    &self.opts.build_args,
+                    sub.escape(),
+                    &mut |s, sc| steps.push((s.clone(), sc.clone())),
+                )
+                .map_err(parse_err)?;
+            for (mut step, scope) in steps {
+                step.span = stage.span;
+                self.exec_step(index, step_index, &mut state, &step, &scope)?;
+                step_index += 1;
+            }
+        }
+        let mut steps = Vec::new();
+        stage
+            .expand_with(
+                &state.env_pairs(),
+                &self.opts.build_args,
+                self.recipe.escape(),
+                &mut |s, sc| steps.push((s.clone(), sc.clone())),
+            )
+            .map_err(|source| BuildError::Parse {
+                path: self.opts.recipe_path.clone(),
+                source: Box::new(source),
+            })?;
+        for (step, scope) in steps {
+            self.exec_step(index, step_index, &mut state, &step, &scope)?;
+            step_index += 1;
+        }
+        Ok(state)
+    }
+
+    fn wrap(&self, stage: usize, line: usize, text: &str, e: BuildError) -> BuildError {
+        BuildError::Step {
+            stage: self.stage_label(stage),
+            line,
+            instruction: text.to_string(),
+            source: Box::new(e),
+        }
+    }
+
+    fn exec_step(
+        &mut self,
+        stage: usize,
+        step_index: usize,
+        state: &mut ImageState,
+        step: &Step,
+        scope: &Scope,
+    ) -> Result<()> {
+        let line = step.span.line;
+        self.progress.event(&BuildEvent::StepStart {
+            stage,
+            step: step_index,
+            line,
+            text: step.original.clone(),
+        });
+        let started = Instant::now();
+        let result = self
+            .dispatch(stage, step_index, state, step, scope)
+            .map_err(|e| self.wrap(stage, line, &step.original, e))?;
+        let empty = result.layer.is_none();
+        let layer_digest = match &result.layer {
+            Some(l) => Some(l.digest()?),
+            None => None,
+        };
+        if let Some(l) = result.layer {
+            state.layers.push(l);
+        }
+        state.push_history(result.created_by.clone(), empty, self.opts.timestamp);
+        let duration_ms = started.elapsed().as_millis() as u64;
+        self.progress.event(&BuildEvent::StepDone {
+            stage,
+            step: step_index,
+            duration_ms,
+            layer: layer_digest.map(|d| d.to_string()),
+            layer_size: result.layer_size,
+            empty_layer: empty,
+        });
+        self.reports.push(StepReport {
+            stage,
+            line,
+            created_by: result.created_by,
+            layer: layer_digest,
+            duration_ms,
+        });
+        Ok(())
+    }
+
+    fn warn(&self, message: String) {
+        self.progress.event(&BuildEvent::Warning { message });
+    }
+
+    fn dispatch(
+        &mut self,
+        stage: usize,
+        step_index: usize,
+        state: &mut ImageState,
+        step: &Step,
+        scope: &Scope,
+    ) -> Result<StepResult> {
+        Ok(match &step.instruction {
+            Instruction::Env(kvs) => {
+                let mut msg = String::from("ENV");
+                for kv in kvs {
+                    state.set_env(&kv.key, &kv.value);
+                    msg.push_str(&format!(" {}={}", kv.key, kv.value));
+                }
+                StepResult::meta(msg)
+            }
+            Instruction::Label(kvs) => {
+                let mut msg = String::from("LABEL");
+                for kv in kvs {
+                    state.labels.insert(kv.key.clone(), kv.value.clone());
+                    msg.push_str(&format!(" {}={}", kv.key, kv.value));
+                }
+                StepResult::meta(msg)
+            }
+            Instruction::Maintainer(m) => {
+                state.author = Some(m.clone());
+                StepResult::meta(format!("MAINTAINER {m}"))
+            }
+            Instruction::Expose(words) => {
+                let mut ports = expose_ports(words);
+                ports.sort();
+                ports.dedup();
+                state.exposed_ports.extend(ports.iter().cloned());
+                let shown: Vec<String> = ports.iter().map(|p| format!("{p}:{{}}")).collect();
+                StepResult::meta(format!("EXPOSE map[{}]", shown.join(" ")))
+            }
+            Instruction::Cmd(c) => {
+                let cmd = self.command(state, c);
+                let msg = format!("CMD {}", go_quote_list(&cmd));
+                state.cmd = Some(cmd);
+                state.cmd_set = true;
+                StepResult::meta(msg)
+            }
+            Instruction::Entrypoint(c) => {
+                let ep = self.command(state, c);
+                let msg = format!("ENTRYPOINT {}", go_quote_list(&ep));
+                state.entrypoint = Some(ep);
+                if !state.cmd_set {
+                    state.cmd = None;
+                }
+                StepResult::meta(msg)
+            }
+            Instruction::Volume(v) => {
+                state.volumes.extend(v.iter().cloned());
+                StepResult::meta(format!("VOLUME [{}]", v.join(" ")))
+            }
+            Instruction::User(u) => {
+                state.user = u.clone();
+                StepResult::meta(format!("USER {u}"))
+            }
+            Instruction::Stopsignal(s) => {
+                state.stop_signal = Some(s.clone());
+                StepResult::meta(format!("STOPSIGNAL {s}"))
+            }
+            Instruction::Arg(decls) => {
+                let shown: Vec<String> = decls
+                    .iter()
+                    .map(|ArgDecl { name, default }| {
+                        match self.opts.build_args.get(name).map(str::to_string).or(default.clone())
+                        {
+                            Some(v) => format!("{name}={v}"),
+                            None => name.clone(),
+                        }
+                    })
+                    .collect();
+                StepResult::meta(format!("ARG {}", shown.join(" ")))
+            }
+            Instruction::Healthcheck(_) => {
+                self.warn(format!(
+                    "line {}: HEALTHCHECK is not part of the OCI image format and is not stored",
+                    step.span.line
+                ));
+                StepResult::meta(step.original.clone())
+            }
+            Instruction::Shell(sh) => {
+                state.shell = sh.clone();
+                StepResult::meta(format!("SHELL {}", go_quote_list(sh)))
+            }
+            Instruction::Onbuild { expression, .. } => {
+                self.warn(format!(
+                    "line {}: ONBUILD is not part of the OCI image format and is not stored",
+                    step.span.line
+                ));
+                StepResult::meta(format!("ONBUILD {expression}"))
+            }
+            Instruction::Workdir(p) => self.workdir(state, p)?,
+            Instruction::Copy(spec) => self.copy(stage, state, spec, false, step)?,
+            Instruction::Add(spec) => self.copy(stage, state, spec, true, step)?,
+            Instruction::Run(run) => self.run(stage, step_index, state, run, scope, step)?,
+            Instruction::From { .. } => StepResult::meta(step.original.clone()),
+        })
+    }
+
+    fn command(&self, state: &ImageState, c: &Command) -> Vec<String> {
+        match c {
+            Command::Shell(s) => state.with_shell(s),
+            Command::Exec(v) => v.clone(),
+        }
+    }
+
+    pub fn view(&self, state: &ImageState) -> Result<MergedView> {
+        MergedView::of_chain(self.store, &state.layers)
+    }
+
+    pub fn staging(&self) -> Result<tempfile::TempDir> {
+        let tmp = self.store.tmp_dir();
+        std::fs::create_dir_all(&tmp).map_err(|e| BuildError::io("mkdir", &tmp, e))?;
+        tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(&tmp)
+            .map_err(|e| BuildError::io("mkdir", &tmp, e))
+    }
+
+    /// Writes `changeset` (bytes from `source`) as a layer and unpacks its snapshot.
+    pub fn commit(&mut self, changeset: &Changeset, source: &Path) -> Result<(LayerRef, u64)> {
+        let desc = write_layer(self.store, &self.writer, changeset, source)?;
+        self.layers_written += 1;
+        self.bytes_written += desc.size;
+        let layer = LayerRef { descriptor: layer_descriptor(&desc)?, diff_id: desc.diff_id };
+        ensure_snapshot(self.store, &layer)?;
+        Ok((layer, desc.size))
+    }
+
+    fn workdir(&mut self, state: &mut ImageState, path: &str) -> Result<StepResult> {
+        let wd = join_workdir(&state.working_dir, path);
+        state.working_dir = wd.clone();
+        let created_by = format!("WORKDIR {wd}");
+        if wd == "/" {
+            return Ok(StepResult::meta(created_by));
+        }
+        let view = self.view(state)?;
+        let rel = view.resolve(Path::new(&wd), true)?;
+        if view.metadata(&rel).is_some_and(|m| m.is_dir()) {
+            return Ok(StepResult::meta(created_by));
+        }
+        // BuildKit creates a missing WORKDIR owned by the current USER.
+        let owner = if state.user.is_empty() {
+            (0, 0)
+        } else {
+            resolve_owner(&view, &state.user).unwrap_or((0, 0))
+        };
+        let staging = self.staging()?;
+        ensure_dir(&view, staging.path(), &rel, owner)?;
+        let cs = Changeset::from_snapshot(scan(staging.path())?);
+        let (layer, size) = self.commit(&cs, staging.path())?;
+        Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
+    }
+
+    fn copy(
+        &mut self,
+        stage: usize,
+        state: &mut ImageState,
+        spec: &CopySpec,
+        is_add: bool,
+        step: &Step,
+    ) -> Result<StepResult> {
+        let mut created_by = String::from(if is_add { "ADD" } else { "COPY" });
+        for s in &spec.sources {
+            created_by.push(' ');
+            match s {
+                Source::Path { path } => created_by.push_str(path),
+                Source::Url { url } => created_by.push_str(url),
+                Source::Heredoc { name, .. } => created_by.push_str(&format!("<<{name}")),
+            }
+        }
+        created_by.push_str(&format!(" {} # buildkit", spec.dest));
+        let tree = match &spec.from {
+            None => SourceTree {
+                view: MergedView::new(vec![self.opts.context.clone()]),
+                ignore: Some(self.ignore.clone()),
+                label: "the build context".to_string(),
+                keep_owner: false,
+            },
+            Some(from) => {
+                let (chain, label) =
+                    match resolve_stage_ref(&self.plan.stages, from, stage, step.span).map_err(
+                        |source| BuildError::Parse {
+                            path: self.opts.recipe_path.clone(),
+                            source: Box::new(source),
+                        },
+                    )? {
+                        Some(j) => {
+                            let s =
+                                self.results.get(&j).cloned().unwrap_or_else(ImageState::scratch);
+                            (s.layers, format!("stage {from}"))
+                        }
+                        None => (self.image_state(from)?.layers, format!("image {from}")),
+                    };
+                SourceTree {
+                    view: MergedView::of_chain(self.store, &chain)?,
+                    ignore: None,
+                    label,
+                    keep_owner: true,
+                }
+            }
+        };
+        let image = self.view(state)?;
+        let staging = self.staging()?;
+        let scratch = self.staging()?;
+        let root = staging.path().join("rootfs");
+        std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
+        let env =
+            CopyEnv { image: &image, workdir: &state.working_dir, is_add, scratch: scratch.path() };
+        stage_copy(&env, spec, &tree, &root)?;
+        let cs = Changeset::from_snapshot(scan(&root)?);
+        let (layer, size) = self.commit(&cs, &root)?;
+        Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
+    }
+}
+
+fn stage_from(stage: &strata_recipe::Stage) -> String {
+    match &stage.base {
+        Base::Image(r) => format!("FROM {r}"),
+        _ => "FROM".to_string(),
+    }
+}

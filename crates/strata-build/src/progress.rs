@@ -1,0 +1,102 @@
+//! Progress events: what a build tells its caller while it runs.
+//!
+//! A build pushes typed [`BuildEvent`]s into a [`ProgressSink`] as it goes (stage started,
+//! step started, a line of RUN output, step finished with its layer, warnings, done). The
+//! library never prints (DESIGN.md decision 10): the CLI renders events as a terminal display,
+//! a CI log or JSON lines (every event serializes with `serde`). Sinks are called from the
+//! build's threads, so they must be `Send + Sync`; a closure `Fn(&BuildEvent)` is a sink.
+
+use serde::Serialize;
+
+/// Which output stream a line of RUN output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One thing that happened during a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BuildEvent {
+    /// A stage starts building.
+    StageStart {
+        /// Stage index in the recipe.
+        stage: usize,
+        /// `AS name`, if any.
+        name: Option<String>,
+        /// What it builds on: `scratch`, an image reference, or `stage N`.
+        base: String,
+    },
+    /// A step starts.
+    StepStart {
+        /// Stage index.
+        stage: usize,
+        /// Step index within the stage (0-based; ONBUILD triggers come first).
+        step: usize,
+        /// Recipe line.
+        line: usize,
+        /// The instruction as written.
+        text: String,
+    },
+    /// A line printed by a RUN command.
+    StepOutput {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+        /// Which stream.
+        stream: OutputStream,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// A step finished.
+    StepDone {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+        /// Wall time in milliseconds.
+        duration_ms: u64,
+        /// The layer blob digest, for steps that changed the filesystem.
+        layer: Option<String>,
+        /// The layer blob size in bytes.
+        layer_size: Option<u64>,
+        /// True for metadata-only steps (no layer).
+        empty_layer: bool,
+    },
+    /// Something the user should know that does not stop the build.
+    Warning {
+        /// The message, one sentence.
+        message: String,
+    },
+    /// The image is written (and tagged).
+    BuildDone {
+        /// The manifest digest.
+        digest: String,
+    },
+}
+
+/// Receives [`BuildEvent`]s.
+pub trait ProgressSink: Send + Sync {
+    /// Called once per event, in order for each stage.
+    fn event(&self, e: &BuildEvent);
+}
+
+impl<F: Fn(&BuildEvent) + Send + Sync> ProgressSink for F {
+    fn event(&self, e: &BuildEvent) {
+        self(e)
+    }
+}
+
+/// A sink that drops every event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn event(&self, _e: &BuildEvent) {}
+}

@@ -1,0 +1,410 @@
+//! RUN: executing a command on the image's filesystem and keeping what it changed.
+//!
+//! The command runs in the sandbox on an overlay whose lowerdirs are the chain's snapshot
+//! dirs and whose upperdir starts empty; afterwards the upperdir is the changeset
+//! (DESIGN.md decision 4), so the cost is proportional to what the command wrote. Where
+//! overlayfs is not available the chain is unpacked into a directory, scanned before and
+//! after, and diffed: same layer bytes, more work.
+//!
+//! The command line follows BuildKit: shell form through SHELL, exec form as is; a heredoc
+//! that is the whole command (`RUN <<EOF`) runs its body with `SHELL -c`, or, when the body
+//! starts with `#!`, as an executable file mounted read-only under `/dev/pipes/`; any other
+//! heredoc use (`RUN python3 <<EOF`) is handed to the shell as a heredoc. The environment is
+//! the config's `Env` plus the ARGs in scope (never stored in the image). `--mount` types:
+//! `cache` (a directory per id under `<store>/strata/v1/cache-mounts/`, kept between builds,
+//! never in a layer), `bind` (context, stage or image; read-only unless `rw`, and then a
+//! throw-away copy), `tmpfs`, `secret` (a file mounted read-only, or `env=`; the value is
+//! never written to a layer, the config or the history).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use strata_layer::{apply_blob, changeset_from_overlay_upper, diff, scan, ApplyOptions};
+use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
+use strata_recipe::stage::resolve_stage_ref;
+use strata_recipe::{Command, Heredoc, Scope, Step};
+use strata_sandbox::{Mount, RootFs, RunRequest, Stream};
+
+use crate::error::{BuildError, Result};
+use crate::executor::{Builder, StepResult};
+use crate::image::{ImageState, LayerRef};
+use crate::options::{Network, SecretSource};
+use crate::progress::{BuildEvent, OutputStream};
+use crate::rootfs::set_mode;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Is `cmd` exactly one heredoc opener (`<<EOF`, `<<-"EOF"`) naming `h`?
+fn is_lone_heredoc(cmd: &str, h: &Heredoc) -> bool {
+    let rest = cmd.trim().strip_prefix("<<").map(|r| r.strip_prefix('-').unwrap_or(r));
+    match rest {
+        Some(r) => r.trim_matches(|c| c == '"' || c == '\'') == h.name,
+        None => false,
+    }
+}
+
+impl Builder<'_> {
+    pub(crate) fn run(
+        &mut self,
+        stage: usize,
+        step_index: usize,
+        state: &mut ImageState,
+        run: &RunSpec,
+        scope: &Scope,
+        step: &Step,
+    ) -> Result<StepResult> {
+        if run.security == Some(SecurityMode::Insecure) {
+            return Err(BuildError::Unsupported { what: "RUN --security=insecure".to_string() });
+        }
+        let scratch = self.staging()?;
+        let mut mounts = Vec::new();
+        let argv = match &run.command {
+            Command::Exec(v) => v.clone(),
+            Command::Shell(s) => match run.heredocs.first() {
+                Some(h) if run.heredocs.len() == 1 && is_lone_heredoc(s, h) => {
+                    if h.content.starts_with("#!") {
+                        let dir = scratch.path().join("pipes");
+                        fs::create_dir(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
+                        let file = dir.join(&h.name);
+                        fs::write(&file, &h.content)
+                            .map_err(|e| BuildError::io("write", &file, e))?;
+                        set_mode(&file, 0o755)?;
+                        mounts.push(Mount::Bind {
+                            source: dir,
+                            target: "/dev/pipes".to_string(),
+                            read_only: true,
+                        });
+                        vec![format!("/dev/pipes/{}", h.name)]
+                    } else {
+                        state.with_shell(&h.content)
+                    }
+                }
+                Some(_) => {
+                    let mut full = s.clone();
+                    for h in &run.heredocs {
+                        full.push('\n');
+                        full.push_str(&h.content);
+                        full.push_str(&h.name);
+                    }
+                    state.with_shell(&full)
+                }
+                None => state.with_shell(s),
+            },
+        };
+        // Environment: config Env, then ARGs not shadowed by it (BuildKit's rule).
+        let mut env = state.env.clone();
+        let mut shown_args = Vec::new();
+        for (k, v) in scope.args() {
+            let value = state.get_env(k).map(str::to_string).unwrap_or_else(|| v.clone());
+            shown_args.push(format!("{k}={value}"));
+            if state.get_env(k).is_none() {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        if state.get_env("PATH").is_none() {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        let cwd =
+            if state.working_dir.is_empty() { "/".to_string() } else { state.working_dir.clone() };
+        let mut keep_alive = Vec::new();
+        for m in &run.mounts {
+            self.add_mount(
+                stage,
+                step,
+                m,
+                &cwd,
+                scratch.path(),
+                &mut mounts,
+                &mut env,
+                &mut keep_alive,
+            )?;
+        }
+        let network = match run.network {
+            Some(NetworkMode::None) => strata_sandbox::Network::None,
+            Some(NetworkMode::Host) => strata_sandbox::Network::Host,
+            Some(NetworkMode::Default) | None => match self.opts.network {
+                Network::None => strata_sandbox::Network::None,
+                _ => strata_sandbox::Network::Host,
+            },
+        };
+        let mut created_by = String::from("RUN ");
+        if !shown_args.is_empty() {
+            created_by.push_str(&format!("|{} {} ", shown_args.len(), shown_args.join(" ")));
+        }
+        created_by.push_str(&argv.join(" "));
+        created_by.push_str(" # buildkit");
+
+        let view = self.view(state)?;
+        let overlay = strata_sandbox::overlay_supported(scratch.path());
+        let (rootfs, upper_or_root) = if overlay {
+            let upper = scratch.path().join("upper");
+            let work = scratch.path().join("work");
+            for d in [&upper, &work] {
+                fs::create_dir(d).map_err(|e| BuildError::io("mkdir", d, e))?;
+            }
+            (RootFs::Overlay { lowers: view.lowers(), upper: upper.clone(), work }, upper)
+        } else {
+            let root = scratch.path().join("rootfs");
+            fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
+            set_mode(&root, 0o755)?;
+            for l in &state.layers {
+                apply_blob(self.store, &l.digest()?, &root, &ApplyOptions::default())?;
+            }
+            (RootFs::Dir(root.clone()), root)
+        };
+        let before = if overlay { None } else { Some(scan(&upper_or_root)?) };
+        let req = RunRequest {
+            rootfs,
+            argv: argv.clone(),
+            env,
+            cwd,
+            user: state.user.clone(),
+            network,
+            mounts,
+            hostname: "buildkitsandbox".to_string(),
+        };
+        let progress = self.progress;
+        let mut on_line = |stream: Stream, line: &str| {
+            let stream = match stream {
+                Stream::Stdout => OutputStream::Stdout,
+                Stream::Stderr => OutputStream::Stderr,
+            };
+            progress.event(&BuildEvent::StepOutput {
+                stage,
+                step: step_index,
+                stream,
+                line: line.to_string(),
+            });
+        };
+        let outcome = strata_sandbox::run(&req, &mut on_line)?;
+        drop(keep_alive);
+        if outcome.exit_code != 0 {
+            return Err(BuildError::RunFailed {
+                command: argv.join(" "),
+                exit_code: outcome.exit_code,
+                tail: outcome.tail,
+            });
+        }
+        let changeset = match before {
+            None => changeset_from_overlay_upper(&upper_or_root)?,
+            Some(before) => diff(&before, &scan(&upper_or_root)?)?,
+        };
+        let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
+        Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_mount(
+        &self,
+        stage: usize,
+        step: &Step,
+        m: &strata_recipe::Mount,
+        cwd: &str,
+        scratch: &Path,
+        mounts: &mut Vec<Mount>,
+        env: &mut Vec<String>,
+        keep_alive: &mut Vec<tempfile::TempDir>,
+    ) -> Result<()> {
+        let abs = |t: &str| -> String {
+            if t.starts_with('/') {
+                t.to_string()
+            } else {
+                format!("{}/{}", cwd.trim_end_matches('/'), t)
+            }
+        };
+        match m.kind {
+            MountType::Cache => {
+                let target = m.target.clone().unwrap_or_default();
+                let id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| target.clone());
+                let dir = self.store.meta_dir().join("cache-mounts").join(cache_dir_name(&id));
+                if !dir.is_dir() {
+                    fs::create_dir_all(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
+                    set_mode(&dir, m.mode.unwrap_or(0o755))?;
+                    rustix::fs::chown(
+                        &dir,
+                        Some(rustix::fs::Uid::from_raw(m.uid.unwrap_or(0))),
+                        Some(rustix::fs::Gid::from_raw(m.gid.unwrap_or(0))),
+                    )
+                    .map_err(|e| BuildError::io("chown", &dir, e.into()))?;
+                }
+                mounts.push(Mount::Bind {
+                    source: dir,
+                    target: abs(&target),
+                    read_only: m.read_only,
+                });
+            }
+            MountType::Tmpfs => {
+                let target = m.target.clone().unwrap_or_default();
+                mounts.push(Mount::Tmpfs { target: abs(&target), size: m.size });
+            }
+            MountType::Bind => {
+                let target = m.target.clone().unwrap_or_default();
+                let base: PathBuf = match &m.from {
+                    None => self.opts.context.clone(),
+                    Some(from) => {
+                        let chain =
+                            match resolve_stage_ref(&self.plan.stages, from, stage, step.span)
+                                .map_err(|source| BuildError::Parse {
+                                    path: self.opts.recipe_path.clone(),
+                                    source: Box::new(source),
+                                })? {
+                                Some(j) => self
+                                    .results
+                                    .get(&j)
+                                    .map(|s| s.layers.clone())
+                                    .unwrap_or_default(),
+                                None => self.image_state(from)?.layers,
+                            };
+                        let dir = self.staging()?;
+                        for l in &chain {
+                            apply_blob(
+                                self.store,
+                                &l.digest()?,
+                                dir.path(),
+                                &ApplyOptions::default(),
+                            )?;
+                        }
+                        let p = dir.path().to_path_buf();
+                        keep_alive.push(dir);
+                        p
+                    }
+                };
+                let mut source = base.clone();
+                for c in Path::new(m.source.as_deref().unwrap_or(".")).components() {
+                    match c {
+                        Component::Normal(n) => source.push(n),
+                        Component::ParentDir if source != base => {
+                            source.pop();
+                        }
+                        _ => {}
+                    }
+                }
+                if !source.exists() {
+                    return Err(BuildError::SourceNotFound {
+                        path: m.source.clone().unwrap_or_else(|| ".".into()),
+                        location: "the bind mount source".into(),
+                    });
+                }
+                let source = if m.read_only {
+                    source
+                } else {
+                    // Writes to a read-write bind are discarded: give the step a copy.
+                    let dir = self.staging()?;
+                    let copy = dir.path().join("copy");
+                    copy_plain(&source, &copy)?;
+                    keep_alive.push(dir);
+                    copy
+                };
+                mounts.push(Mount::Bind { source, target: abs(&target), read_only: m.read_only });
+            }
+            MountType::Secret => {
+                let id =
+                    m.id.clone()
+                        .or_else(|| {
+                            m.target
+                                .as_deref()
+                                .and_then(|t| Path::new(t).file_name())
+                                .map(|n| n.to_string_lossy().to_string())
+                        })
+                        .unwrap_or_default();
+                let Some(spec) = self.opts.secrets.iter().find(|s| s.id == id) else {
+                    if m.required {
+                        return Err(BuildError::MissingSecret { id });
+                    }
+                    return Ok(());
+                };
+                let value = match &spec.source {
+                    SecretSource::File(p) => fs::read(p)
+                        .map_err(|source| BuildError::ReadSecret { id: id.clone(), source })?,
+                    SecretSource::Env(var) => std::env::var_os(var)
+                        .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec())
+                        .ok_or_else(|| BuildError::ReadSecret {
+                            id: id.clone(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                format!("environment variable {var} is not set"),
+                            ),
+                        })?,
+                };
+                if let Some(var) = &m.env {
+                    env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+                    if m.target.is_none() {
+                        return Ok(());
+                    }
+                }
+                let dir = scratch.join("secrets");
+                fs::create_dir_all(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
+                set_mode(&dir, 0o700)?;
+                let file = dir.join(format!("{}", mounts.len()));
+                fs::write(&file, &value).map_err(|e| BuildError::io("write", &file, e))?;
+                fs::set_permissions(&file, fs::Permissions::from_mode(m.mode.unwrap_or(0o400)))
+                    .map_err(|e| BuildError::io("chmod", &file, e))?;
+                rustix::fs::chown(
+                    &file,
+                    Some(rustix::fs::Uid::from_raw(m.uid.unwrap_or(0))),
+                    Some(rustix::fs::Gid::from_raw(m.gid.unwrap_or(0))),
+                )
+                .map_err(|e| BuildError::io("chown", &file, e.into()))?;
+                let target = m.target.clone().unwrap_or_else(|| format!("/run/secrets/{id}"));
+                mounts.push(Mount::Bind { source: file, target: abs(&target), read_only: true });
+            }
+            MountType::Ssh => {
+                return Err(BuildError::Unsupported { what: "RUN --mount=type=ssh".to_string() })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file name for a cache id: the id itself when it is a plain name, else its hex.
+fn cache_dir_name(id: &str) -> String {
+    let plain = !id.is_empty()
+        && id.len() <= 100
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.starts_with('.');
+    if plain {
+        id.to_string()
+    } else {
+        format!("x-{}", hex::encode(id.as_bytes()))
+    }
+}
+
+/// Recursive copy keeping modes and symlinks (for read-write bind mounts).
+fn copy_plain(src: &Path, dst: &Path) -> Result<()> {
+    let md = fs::symlink_metadata(src).map_err(|e| BuildError::io("lstat", src, e))?;
+    if md.is_dir() {
+        fs::create_dir_all(dst).map_err(|e| BuildError::io("mkdir", dst, e))?;
+        for ent in fs::read_dir(src).map_err(|e| BuildError::io("read dir", src, e))? {
+            let ent = ent.map_err(|e| BuildError::io("read dir", src, e))?;
+            copy_plain(&ent.path(), &dst.join(ent.file_name()))?;
+        }
+        fs::set_permissions(dst, md.permissions()).map_err(|e| BuildError::io("chmod", dst, e))?;
+    } else if md.file_type().is_symlink() {
+        let t = fs::read_link(src).map_err(|e| BuildError::io("readlink", src, e))?;
+        std::os::unix::fs::symlink(t, dst).map_err(|e| BuildError::io("symlink", dst, e))?;
+    } else if md.is_file() {
+        fs::copy(src, dst).map_err(|e| BuildError::io("copy", src, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_heredoc_detection() {
+        let h =
+            Heredoc { name: "EOF".into(), content: "echo\n".into(), expand: true, chomp: false };
+        assert!(is_lone_heredoc("<<EOF", &h));
+        assert!(is_lone_heredoc("<<-'EOF'", &h));
+        assert!(!is_lone_heredoc("python3 <<EOF", &h));
+    }
+
+    #[test]
+    fn cache_ids_become_safe_names() {
+        assert_eq!(cache_dir_name("/root/.cache"), "x-2f726f6f742f2e6361636865");
+        assert_eq!(cache_dir_name("pip"), "pip");
+    }
+}
