@@ -1,2 +1,580 @@
-//! Placeholder: being written (helper: sandbox).
+//! Runs one `RUN` step of an image build in a throw-away Linux sandbox.
+//!
+//! A step is a command ([`RunRequest::argv`]) run on a root filesystem ([`RootFs`]): either
+//! an overlay whose lowerdirs are the parent image's unpacked layers and whose upperdir
+//! collects the changes (that upperdir *is* the step's changeset), or a plain directory for
+//! the builder's copy-and-compare fallback. This crate knows nothing about layers or
+//! recipes; it mounts, runs, streams output and reports the exit status.
+//!
+//! The command runs as PID 1 of new mount, pid, ipc and uts namespaces (and a network
+//! namespace with only `lo` for [`Network::None`]; without root, also a user namespace
+//! mapping the caller to root). Every mount is made inside the private mount namespace, so
+//! none is visible on the host and all vanish when the step's last process exits; killing
+//! strata kills the step (`PR_SET_PDEATHSIG`). See the `plan` module docs for the exact
+//! mount sequence. Output is read from two pipes by two threads and handed, line by line,
+//! to the caller's callback on the calling thread.
+//!
+//! Mountpoints missing from the image (`/proc`, `/dev`, `/sys`, `/etc/hosts`,
+//! `/etc/resolv.conf`, targets of extra mounts) have to be created in the rootfs, which puts
+//! them in the upperdir. [`run`] removes such stubs again after the step when they are still
+//! empty (and an overlay directory copied up only to hold one), and lists them in
+//! [`RunOutcome::stubs`], so that a changeset does not contain them, as with BuildKit.
+//!
+//! ```no_run
+//! use strata_sandbox::{run, Network, RootFs, RunRequest};
+//! let req = RunRequest {
+//!     rootfs: RootFs::Dir("/tmp/rootfs".into()),
+//!     argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+//!     env: vec!["PATH=/usr/bin:/bin".into()],
+//!     cwd: "/".into(),
+//!     user: String::new(),
+//!     network: Network::None,
+//!     mounts: vec![],
+//!     hostname: "build".into(),
+//! };
+//! let outcome = run(&req, &mut |_stream, line| println!("{line}"))?;
+//! assert_eq!(outcome.exit_code, 0);
+//! # Ok::<(), strata_sandbox::SandboxError>(())
+//! ```
 #![deny(missing_docs)]
+
+mod child;
+mod error;
+mod plan;
+mod stubs;
+mod sys;
+mod user;
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+pub use error::SandboxError;
+pub use user::resolve_user;
+
+use plan::{PreparedMount, PreparedRootfs};
+
+/// The root filesystem of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootFs {
+    /// overlayfs: `lowers` with the BOTTOM layer FIRST (the reverse of overlay's `lowerdir=`
+    /// option, which lists the top first); `upper`, an empty directory that receives the
+    /// changes; `work`, an empty directory on the same filesystem as `upper`. No lowers
+    /// means an empty image (`FROM scratch`).
+    Overlay {
+        /// Read-only layers, bottom first.
+        lowers: Vec<PathBuf>,
+        /// Receives the step's changes (whiteouts are char devices 0/0, opaque dirs carry
+        /// `trusted.overlay.opaque=y`, or `user.overlay.opaque` when run without root).
+        upper: PathBuf,
+        /// overlay's scratch directory; empty, same filesystem as `upper`.
+        work: PathBuf,
+    },
+    /// A plain directory used directly (and modified in place) as the root.
+    Dir(PathBuf),
+}
+
+/// The step's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace (`RUN --network=host`, and Docker's default for builds).
+    Host,
+    /// A new network namespace with only the loopback interface, up.
+    None,
+}
+
+/// An extra mount for the step (`RUN --mount=...`, secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// Bind a host file or directory (directories recursively).
+    Bind {
+        /// Host path; must exist.
+        source: PathBuf,
+        /// Absolute path in the container; created (as a stub) when missing.
+        target: String,
+        /// Mount it read-only.
+        read_only: bool,
+    },
+    /// A fresh, empty tmpfs.
+    Tmpfs {
+        /// Absolute path in the container; created (as a stub) when missing.
+        target: String,
+        /// Size limit in bytes (tmpfs's default, half of RAM, when `None`).
+        size: Option<u64>,
+    },
+}
+
+/// Everything needed to run one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// The root filesystem.
+    pub rootfs: RootFs,
+    /// The exact argv (for the shell form the builder has already prepended the SHELL).
+    /// When `argv[0]` has no `/` it is searched in the container's PATH from `env`.
+    pub argv: Vec<String>,
+    /// `K=V` strings: exactly the process environment.
+    pub env: Vec<String>,
+    /// Absolute working directory in the container; created (`mkdir -p`, owned by the
+    /// user) when missing.
+    pub cwd: String,
+    /// `""` (root), `name`, `uid`, `name:group` or `uid:gid`, resolved with the rootfs's
+    /// own `/etc/passwd` and `/etc/group` (see [`resolve_user`]).
+    pub user: String,
+    /// Host network or an isolated one.
+    pub network: Network,
+    /// Extra mounts, applied in order after the standard ones.
+    pub mounts: Vec<Mount>,
+    /// Hostname in the step's uts namespace (also in the generated `/etc/hosts`);
+    /// `"sandbox"` when empty.
+    pub hostname: String,
+}
+
+/// Which pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The command's standard output.
+    Stdout,
+    /// The command's standard error.
+    Stderr,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The exit status; 128+N when killed by signal N.
+    pub exit_code: i32,
+    /// The last [`TAIL_LINES`] output lines (both streams, in arrival order).
+    pub tail: Vec<String>,
+    /// Container paths created only as mountpoints (parents before children). [`run`] has
+    /// already removed those still empty from the rootfs (for an overlay, from the upperdir,
+    /// with directories copied up only to hold them); any still present were written to by
+    /// the command.
+    pub stubs: Vec<String>,
+}
+
+/// How many trailing output lines [`RunOutcome::tail`] keeps.
+pub const TAIL_LINES: usize = 20;
+
+/// Longest line handed to the callback; longer runs without a newline are split.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Lets another thread stop a running step: [`CancelToken::cancel`] makes
+/// [`run_cancellable`] kill the step's process tree and return [`SandboxError::Cancelled`].
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requests cancellation (idempotent).
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs the step and waits for it, calling `on_line` for every output line (without its
+/// newline; invalid UTF-8 replaced) on the calling thread.
+///
+/// A non-zero exit is reported in [`RunOutcome::exit_code`], not as an error.
+pub fn run(
+    req: &RunRequest,
+    on_line: &mut dyn FnMut(Stream, &str),
+) -> Result<RunOutcome, SandboxError> {
+    run_cancellable(req, on_line, &CancelToken::new())
+}
+
+/// [`run`], stoppable from another thread through `cancel`.
+pub fn run_cancellable(
+    req: &RunRequest,
+    on_line: &mut dyn FnMut(Stream, &str),
+    cancel: &CancelToken,
+) -> Result<RunOutcome, SandboxError> {
+    let scratch =
+        tempfile::Builder::new().prefix("strata-sandbox-").tempdir().map_err(|source| {
+            SandboxError::Io {
+                action: "creating a temp dir in",
+                path: std::env::temp_dir(),
+                source,
+            }
+        })?;
+    let prepared = prepare(req, scratch.path())?;
+    let plan = plan::build(&prepared)?;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if req.network == Network::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    if prepared.userns.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    let mut child = child::spawn(&plan, flags)?;
+    let mut stubs: Vec<String> =
+        child.stub_ops.iter().filter_map(|i| plan.stub_path(*i).map(str::to_string)).collect();
+    stubs.dedup();
+
+    let tail = stream_output(&mut child, on_line, cancel)?;
+    let exit_code = child.wait()?;
+    let stub_root = match &req.rootfs {
+        RootFs::Overlay { upper, lowers, .. } => stubs::StubRoot::Overlay {
+            upper: upper.clone(),
+            lowers_top_first: lowers.iter().rev().cloned().collect(),
+        },
+        RootFs::Dir(dir) => stubs::StubRoot::Dir(dir.clone()),
+    };
+    stubs::remove_stubs(&stub_root, &stubs);
+    if cancel.is_cancelled() {
+        return Err(SandboxError::Cancelled);
+    }
+    Ok(RunOutcome { exit_code, tail, stubs })
+}
+
+/// Reads both pipes on two threads, hands lines to `on_line` here, keeps the tail.
+fn stream_output(
+    child: &mut child::Child,
+    on_line: &mut dyn FnMut(Stream, &str),
+    cancel: &CancelToken,
+) -> Result<Vec<String>, SandboxError> {
+    let (tx, rx) = mpsc::channel::<(Stream, String)>();
+    let mut readers = Vec::new();
+    for (stream, file) in
+        [(Stream::Stdout, child.stdout.take()), (Stream::Stderr, child.stderr.take())]
+    {
+        let Some(file) = file else { continue };
+        let tx = tx.clone();
+        let reader = std::thread::Builder::new()
+            .name("strata-sandbox-output".into())
+            .spawn(move || read_lines(file, |line| tx.send((stream, line)).is_ok()))
+            .map_err(|source| SandboxError::Spawn { what: "starting an output thread", source })?;
+        readers.push(reader);
+    }
+    drop(tx);
+    let mut tail = VecDeque::with_capacity(TAIL_LINES + 1);
+    let mut killed = false;
+    loop {
+        if !killed && cancel.is_cancelled() {
+            child.kill();
+            killed = true;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok((stream, line)) => {
+                on_line(stream, &line);
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    Ok(tail.into())
+}
+
+/// Splits a byte stream into lines (without `\n` or `\r\n`); stops when `emit` says so.
+fn read_lines(mut file: File, mut emit: impl FnMut(String) -> bool) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let emit_one = |bytes: &[u8], emit: &mut dyn FnMut(String) -> bool| {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        emit(String::from_utf8_lossy(bytes).into_owned())
+    };
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+            if !emit_one(&buf[start..start + pos], &mut emit) {
+                return;
+            }
+            start += pos + 1;
+        }
+        buf.drain(..start);
+        while buf.len() >= MAX_LINE {
+            let rest = buf.split_off(MAX_LINE);
+            if !emit_one(&buf, &mut emit) {
+                return;
+            }
+            buf = rest;
+        }
+    }
+    if !buf.is_empty() {
+        emit_one(&buf, &mut emit);
+    }
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SandboxError + 'a {
+    move |source| SandboxError::Io { action, path: path.to_path_buf(), source }
+}
+
+fn canonical(p: &Path) -> Result<PathBuf, SandboxError> {
+    fs::canonicalize(p).map_err(io_err("resolving", p))
+}
+
+/// Overlay's limit on the whole option string (one page, NUL included).
+const MOUNT_DATA_MAX: usize = 4095;
+
+/// Gathers host facts and writes per-run files into `scratch`.
+fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxError> {
+    if req.argv.is_empty() {
+        return Err(SandboxError::EmptyArgv);
+    }
+    plan::container_components("cwd", &req.cwd)?;
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
+    let rootless = euid != 0;
+
+    let root_mountpoint = scratch.join("root");
+    fs::create_dir(&root_mountpoint).map_err(io_err("creating", &root_mountpoint))?;
+    let root_mountpoint = canonical(&root_mountpoint)?;
+
+    let (rootfs, layers_top_first) = match &req.rootfs {
+        RootFs::Overlay { lowers, upper, work } => {
+            let mut top_first: Vec<PathBuf> =
+                lowers.iter().rev().map(|l| canonical(l)).collect::<Result<_, _>>()?;
+            if top_first.is_empty() {
+                let empty = scratch.join("empty");
+                fs::create_dir(&empty).map_err(io_err("creating", &empty))?;
+                top_first.push(canonical(&empty)?);
+            }
+            let upper = canonical(upper)?;
+            let work = canonical(work)?;
+            let (base, options) = overlay_options(&top_first, &upper, &work, rootless)?;
+            let mut layers = vec![upper];
+            layers.extend(top_first);
+            (PreparedRootfs::Overlay { base, options }, layers)
+        }
+        RootFs::Dir(dir) => {
+            let dir = canonical(dir)?;
+            (PreparedRootfs::Bind(dir.clone()), vec![dir])
+        }
+    };
+
+    let (uid, gid, groups) = user::resolve_user_layered(&layers_top_first, &req.user)?;
+    let (userns, groups) = if rootless {
+        if uid != 0 || gid != 0 {
+            return Err(SandboxError::UnmappedUser { user: req.user.clone(), uid, gid });
+        }
+        (Some((euid, egid)), None)
+    } else {
+        (None, Some(groups))
+    };
+
+    let hostname = if req.hostname.is_empty() { "sandbox" } else { &req.hostname };
+    let hosts_file = scratch.join("hosts");
+    let hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    fs::write(&hosts_file, hosts).map_err(io_err("writing", &hosts_file))?;
+    let resolv_file = scratch.join("resolv.conf");
+    let resolv = match fs::read("/etc/resolv.conf") {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(SandboxError::Io {
+                action: "reading",
+                path: "/etc/resolv.conf".into(),
+                source,
+            })
+        }
+    };
+    fs::write(&resolv_file, resolv).map_err(io_err("writing", &resolv_file))?;
+
+    let devices = ["null", "zero", "full", "random", "urandom", "tty"]
+        .iter()
+        .filter_map(|name| {
+            let host = Path::new("/dev").join(name);
+            let m = fs::metadata(&host).ok()?;
+            m.file_type().is_char_device().then(|| (name.to_string(), host))
+        })
+        .collect();
+
+    let mut mounts = Vec::new();
+    for m in &req.mounts {
+        mounts.push(match m {
+            Mount::Bind { source, target, read_only } => {
+                let source = canonical(source)?;
+                let meta = fs::metadata(&source).map_err(io_err("reading", &source))?;
+                let vfs = rustix::fs::statvfs(&source).map_err(|e| SandboxError::Io {
+                    action: "statvfs",
+                    path: source.clone(),
+                    source: e.into(),
+                })?;
+                let f = vfs.f_flag;
+                let mut locked: libc::c_ulong = 0;
+                for (st, ms) in [
+                    (rustix::fs::StatVfsMountFlags::NOSUID, libc::MS_NOSUID),
+                    (rustix::fs::StatVfsMountFlags::NODEV, libc::MS_NODEV),
+                    (rustix::fs::StatVfsMountFlags::NOEXEC, libc::MS_NOEXEC),
+                ] {
+                    if f.contains(st) {
+                        locked |= ms;
+                    }
+                }
+                PreparedMount::Bind {
+                    source,
+                    target: target.clone(),
+                    is_dir: meta.is_dir(),
+                    read_only: *read_only,
+                    locked_flags: locked,
+                }
+            }
+            Mount::Tmpfs { target, size } => {
+                PreparedMount::Tmpfs { target: target.clone(), size: *size }
+            }
+        });
+    }
+
+    Ok(plan::Prepared {
+        userns,
+        hostname: hostname.to_string(),
+        new_net: req.network == Network::None,
+        root_mountpoint,
+        rootfs,
+        devices,
+        hosts_file: canonical(&hosts_file)?,
+        resolv_file: canonical(&resolv_file)?,
+        mounts,
+        cwd: req.cwd.clone(),
+        uid,
+        gid,
+        groups,
+        argv: req.argv.clone(),
+        env: req.env.clone(),
+    })
+}
+
+/// The overlay option string, with paths relative to their common ancestor `base` (the child
+/// `chdir`s there first) to stay under the one-page limit with many layers.
+fn overlay_options(
+    lowers_top_first: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    rootless: bool,
+) -> Result<(PathBuf, String), SandboxError> {
+    let mut base = upper.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for p in lowers_top_first.iter().map(PathBuf::as_path).chain([work]) {
+        while !p.starts_with(&base) {
+            base = match base.parent() {
+                Some(parent) => parent.to_path_buf(),
+                None => break,
+            };
+        }
+    }
+    let rel = |p: &Path| -> Result<String, SandboxError> {
+        let r = p.strip_prefix(&base).unwrap_or(p);
+        let s = if r.as_os_str().is_empty() {
+            ".".to_string()
+        } else {
+            r.to_string_lossy().into_owned()
+        };
+        if s.contains([',', ':', '\\']) || r.to_str().is_none() {
+            return Err(SandboxError::Io {
+                action:
+                    "using as an overlay directory (',' ':' '\\' and non-UTF-8 are not supported)",
+                path: p.to_path_buf(),
+                source: io::ErrorKind::InvalidInput.into(),
+            });
+        }
+        Ok(s)
+    };
+    let lowerdir =
+        lowers_top_first.iter().map(|l| rel(l)).collect::<Result<Vec<_>, _>>()?.join(":");
+    let mut options =
+        format!("lowerdir={lowerdir},upperdir={},workdir={}", rel(upper)?, rel(work)?);
+    options.push_str(if rootless { ",userxattr" } else { ",metacopy=off,redirect_dir=off" });
+    if options.len() > MOUNT_DATA_MAX {
+        return Err(SandboxError::OverlayOptionsTooLong {
+            len: options.len(),
+            max: MOUNT_DATA_MAX,
+        });
+    }
+    Ok((base, options))
+}
+
+/// Whether overlayfs works here for what a build needs: mounts an overlay in a private
+/// mount namespace on a temp dir under `scratch` (which should be on the filesystem that
+/// will hold upperdirs), creates a file and deletes a lower one, and checks that the upperdir
+/// got the file and a whiteout. Never leaves a mount behind.
+pub fn overlay_supported(scratch: &Path) -> bool {
+    overlay_probe(scratch).unwrap_or(false)
+}
+
+fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
+    let dir = tempfile::Builder::new()
+        .prefix("strata-overlay-probe-")
+        .tempdir_in(scratch)
+        .map_err(io_err("creating a temp dir in", scratch))?;
+    let d = canonical(dir.path())?;
+    for sub in ["lower", "upper", "work", "merged"] {
+        fs::create_dir(d.join(sub)).map_err(io_err("creating", &d))?;
+    }
+    fs::write(d.join("lower/gone"), b"x").map_err(io_err("writing", &d))?;
+    let euid = rustix::process::geteuid().as_raw();
+    let rootless = euid != 0;
+    let (base, options) =
+        overlay_options(&[d.join("lower")], &d.join("upper"), &d.join("work"), rootless)?;
+    let c = |p: &Path| plan::cstring("host path", &p.to_string_lossy());
+    let mut ops = Vec::new();
+    if rootless {
+        let egid = rustix::process::getegid().as_raw();
+        for (file, data) in [
+            ("/proc/self/setgroups", "deny".to_string()),
+            ("/proc/self/uid_map", format!("0 {euid} 1\n")),
+            ("/proc/self/gid_map", format!("0 {egid} 1\n")),
+        ] {
+            ops.push(sys::Op::WriteFile { path: c(Path::new(file))?, data: data.into_bytes() });
+        }
+    }
+    ops.push(sys::Op::Mount {
+        source: None,
+        target: c(Path::new("/"))?,
+        fstype: None,
+        flags: (libc::MS_REC | libc::MS_PRIVATE),
+        data: None,
+    });
+    ops.push(sys::Op::Chdir { path: c(&base)? });
+    ops.push(sys::Op::Mount {
+        source: Some(c(Path::new("overlay"))?),
+        target: c(&d.join("merged"))?,
+        fstype: Some(c(Path::new("overlay"))?),
+        flags: 0,
+        data: Some(plan::cstring("overlay options", &options)?),
+    });
+    ops.push(sys::Op::CreateFile { path: c(&d.join("merged/new"))?, stub: false });
+    ops.push(sys::Op::Unlink { path: c(&d.join("merged/gone"))? });
+    let probe = plan::Plan { ops, stub_paths: Vec::new() };
+    let mut flags = libc::CLONE_NEWNS;
+    if rootless {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    let mut child = match child::spawn(&probe, flags) {
+        Ok(child) => child,
+        Err(SandboxError::Setup { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if child.wait()? != 0 {
+        return Ok(false);
+    }
+    let whiteout = fs::symlink_metadata(d.join("upper/gone"))
+        .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        .unwrap_or(false);
+    Ok(whiteout && d.join("upper/new").is_file())
+}

@@ -1,0 +1,233 @@
+//! Creating the sandboxed process: one raw `clone` with the namespace flags.
+//!
+//! `clone(CLONE_NEWPID | ...)` without a new stack behaves like `fork`, and its child is
+//! PID 1 of the new pid namespace, so no intermediate process is needed: the command itself
+//! becomes PID 1 (as under `docker build`). The child only runs [`sys::execute`] over a
+//! prepared plan (async-signal-safe system calls, no allocation) and reports on a
+//! close-on-exec status pipe: a stub record per created mountpoint, and one failure record
+//! if a step fails. EOF on that pipe means the command was exec'd (or the child died).
+//!
+//! The child has `PR_SET_PDEATHSIG = SIGKILL`: if the thread that created it dies (strata is
+//! killed), the kernel kills it, and with PID 1 gone the kernel kills the rest of its pid
+//! namespace; its mount namespace, holding every mount of the step, disappears with it.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::pipe::{pipe_with, PipeFlags};
+
+use crate::plan::{describe, exec_candidates, Plan};
+use crate::sys::{self, Op, RealSyscalls, KIND_FAILED, KIND_STUB, RECORD_LEN};
+use crate::SandboxError;
+
+/// A running sandboxed process. Dropping it kills (SIGKILL) and reaps the process.
+pub(crate) struct Child {
+    pid: Option<libc::pid_t>,
+    /// Read end of the command's stdout.
+    pub stdout: Option<File>,
+    /// Read end of the command's stderr.
+    pub stderr: Option<File>,
+    /// Indices of the ops that created mountpoint stubs.
+    pub stub_ops: Vec<usize>,
+}
+
+impl Child {
+    /// Sends SIGKILL (the namespace dies with its PID 1).
+    pub(crate) fn kill(&self) {
+        if let Some(pid) = self.pid {
+            // SAFETY: pid is our unreaped child, so it cannot have been recycled.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Waits for the process; returns the exit code, 128+signal when killed by a signal.
+    pub(crate) fn wait(&mut self) -> Result<i32, SandboxError> {
+        let Some(pid) = self.pid else { return Ok(0) };
+        let status = wait_pid(pid)?;
+        self.pid = None;
+        Ok(exit_code(status))
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: as in kill().
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = wait_pid(pid);
+        }
+    }
+}
+
+fn wait_pid(pid: libc::pid_t) -> Result<libc::c_int, SandboxError> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(SandboxError::Spawn { what: "waitpid", source: e });
+        }
+    }
+}
+
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        status
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    pipe_with(PipeFlags::CLOEXEC)
+        .map_err(|e| SandboxError::Spawn { what: "pipe2", source: e.into() })
+}
+
+/// Clones a child into new namespaces (`flags`: `CLONE_NEW*`) that runs `plan`.
+pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxError> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let null: OwnedFd = File::open("/dev/null")
+        .map_err(|source| SandboxError::Io { action: "opening", path: "/dev/null".into(), source })?
+        .into();
+    let fds = ChildFds {
+        null: null.as_raw_fd(),
+        out: out_w.as_raw_fd(),
+        err: err_w.as_raw_fd(),
+        status: status_w.as_raw_fd(),
+    };
+
+    // SAFETY: a fork-like clone (no CLONE_VM, no new stack). The child only runs
+    // `child_main`, which makes async-signal-safe system calls on memory prepared above.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: we are the child; see child_main.
+        unsafe { child_main(&plan.ops, fds) }
+    }
+    if pid < 0 {
+        return Err(SandboxError::Spawn { what: "clone", source: io::Error::last_os_error() });
+    }
+    let mut child = Child {
+        pid: Some(pid as libc::pid_t),
+        stdout: Some(File::from(out_r)),
+        stderr: Some(File::from(err_r)),
+        stub_ops: Vec::new(),
+    };
+    drop((out_w, err_w, status_w, null));
+
+    let mut status = File::from(status_r);
+    let mut failure = None;
+    loop {
+        let mut rec = [0u8; RECORD_LEN];
+        match read_full(&mut status, &mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(source) => {
+                return Err(SandboxError::Spawn { what: "reading the status pipe", source })
+            }
+        }
+        let word = |i: usize| [rec[i], rec[i + 1], rec[i + 2], rec[i + 3]];
+        let kind = u32::from_ne_bytes(word(0));
+        let index = u32::from_ne_bytes(word(4)) as usize;
+        let errno = i32::from_ne_bytes(word(8));
+        match kind {
+            KIND_STUB => child.stub_ops.push(index),
+            KIND_FAILED => failure = Some((index, errno)),
+            _ => {}
+        }
+    }
+    if let Some((index, errno)) = failure {
+        let _ = child.wait();
+        return Err(setup_error(plan, index, errno));
+    }
+    Ok(child)
+}
+
+/// Reads exactly one record; `Ok(false)` on a clean EOF.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn setup_error(plan: &Plan, index: usize, errno: i32) -> SandboxError {
+    let source = io::Error::from_raw_os_error(errno);
+    match plan.ops.get(index) {
+        Some(Op::Exec { argv, envp, .. }) => {
+            let program =
+                argv.strings().first().map_or(String::new(), |a| a.to_string_lossy().into_owned());
+            let env: Vec<String> =
+                envp.strings().iter().map(|e| e.to_string_lossy().into_owned()).collect();
+            let (_, path) = exec_candidates(&program, &env);
+            SandboxError::Exec { program, path, source }
+        }
+        Some(op) => SandboxError::Setup { step: describe(op), source },
+        None => SandboxError::Setup { step: format!("step #{index}"), source },
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ChildFds {
+    null: i32,
+    out: i32,
+    err: i32,
+    status: i32,
+}
+
+/// The child side. Only async-signal-safe calls from here on.
+///
+/// # Safety
+/// Must only be called in the child of a fork-like clone.
+unsafe fn child_main(ops: &[Op], fds: ChildFds) -> ! {
+    // SAFETY: plain system calls on fds and memory owned by this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        for (from, to) in [(fds.null, 0), (fds.out, 1), (fds.err, 2)] {
+            if libc::dup2(from, to) == -1 {
+                sys::write_record(fds.status, KIND_FAILED, usize::MAX, *libc::__errno_location());
+                libc::_exit(127);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // Rust ignores SIGPIPE; an ignored signal would stay ignored across exec.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        let mut real = RealSyscalls { status_fd: fds.status };
+        match sys::execute(ops, &mut real) {
+            Ok(()) => libc::_exit(0),
+            Err(f) => {
+                let errno: Errno = f.errno;
+                sys::write_record(fds.status, KIND_FAILED, f.index, errno.raw_os_error());
+                libc::_exit(127)
+            }
+        }
+    }
+}

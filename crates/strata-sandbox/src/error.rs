@@ -1,0 +1,117 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why a step could not be run.
+///
+/// A command that runs and exits non-zero is *not* an error: its status is in
+/// [`RunOutcome::exit_code`](crate::RunOutcome::exit_code). These variants are for
+/// requests that cannot be honoured and for sandbox setup that failed before the
+/// command started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// `argv` was empty.
+    #[error("nothing to run: argv is empty")]
+    EmptyArgv,
+    /// A string that must become a C string contains a NUL byte.
+    #[error("{field} contains a NUL byte: {value:?}")]
+    NulByte {
+        /// Which request field (`argv`, `env`, `cwd`, `hostname`, a mount target ...).
+        field: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// A container path (cwd, mount target) is not absolute or contains `..`.
+    #[error("{field} must be an absolute path without `..`, got {value:?}")]
+    BadContainerPath {
+        /// Which request field.
+        field: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// The `user` string names a user that the rootfs's passwd file lacks.
+    #[error("user {user:?} not found in {passwd}")]
+    UnknownUser {
+        /// The user name as given.
+        user: String,
+        /// The passwd file consulted (host path), or the path it was looked for at.
+        passwd: PathBuf,
+    },
+    /// The `user` string names a group that the rootfs's group file lacks.
+    #[error("group {group:?} not found in {group_file}")]
+    UnknownGroup {
+        /// The group name as given.
+        group: String,
+        /// The group file consulted (host path).
+        group_file: PathBuf,
+    },
+    /// The `user` string is not `""`, `user`, or `user:group`.
+    #[error("malformed user spec {user:?}")]
+    BadUserSpec {
+        /// The spec as given.
+        user: String,
+    },
+    /// Without root, only container root is mapped (to the caller), so other ids cannot be used.
+    #[error("running without root: only uid/gid 0 exist in the user namespace, but {user:?} resolves to {uid}:{gid}")]
+    UnmappedUser {
+        /// The user spec as given.
+        user: String,
+        /// Resolved uid.
+        uid: u32,
+        /// Resolved gid.
+        gid: u32,
+    },
+    /// The overlay mount options exceed what `mount(2)` accepts in one page.
+    #[error("overlay mount options are {len} bytes, over the kernel limit of {max} (too many or too long lowerdirs)")]
+    OverlayOptionsTooLong {
+        /// Length of the option string.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A host-side file operation failed (temp dir, reading passwd, bind source ...).
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done, e.g. "reading", "creating".
+        action: &'static str,
+        /// The host path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating the sandboxed process failed (pipe, clone, wait).
+    #[error("spawning the sandbox: {what}")]
+    Spawn {
+        /// The system call that failed.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A setup step inside the new namespaces failed before the command was started.
+    #[error("sandbox setup failed at: {step}")]
+    Setup {
+        /// The step, e.g. `mount overlay on /tmp/strata-sandbox-x/root (...)`.
+        step: String,
+        /// The errno it failed with.
+        #[source]
+        source: io::Error,
+    },
+    /// The command could not be executed (not found in PATH, not executable ...).
+    #[error("cannot execute {program:?} (PATH searched: {path:?})")]
+    Exec {
+        /// `argv[0]`.
+        program: String,
+        /// The PATH value used for the search (empty when argv\[0\] contains a `/`).
+        path: String,
+        /// The errno of the last `execve` tried (ENOENT: not found; EACCES: not executable).
+        #[source]
+        source: io::Error,
+    },
+    /// The run was cancelled through its [`CancelToken`](crate::CancelToken); the process tree was killed.
+    #[error("run cancelled; the step's processes were killed")]
+    Cancelled,
+}

@@ -1,0 +1,649 @@
+//! The mount plan: what the child does, in order, for one [`RunRequest`](crate::RunRequest).
+//!
+//! The parent gathers host facts (canonical paths, which devices exist, the resolved ids)
+//! into a [`Prepared`] request; [`build`] turns that into a list of [`Op`]s without touching
+//! the system. In order:
+//!
+//! 1. user namespace maps (rootless only), hostname, loopback up (own net namespace only);
+//! 2. `/` made recursively private, so nothing below propagates to the host;
+//! 3. the rootfs mounted on a temp mountpoint: overlay (`lowerdir=TOP:...:BOTTOM`, with
+//!    `metacopy=off,redirect_dir=off` so that the upperdir alone is the changeset; paths made
+//!    relative to their common ancestor to stay under the one-page option limit), or a
+//!    recursive bind of a plain directory;
+//! 4. `pivot_root(".", "proc")`: the old root lands on the container's `/proc`, from where
+//!    host files (devices, `/sys`, bind sources) are still reachable as `/proc/<host path>`,
+//!    while targets are resolved inside the container (its own symlinks, not the host's);
+//! 5. `/dev` tmpfs with bind-mounted device nodes, `/dev/pts` (new devpts instance),
+//!    `/dev/shm`; `/sys` read-only; `/etc/hosts` and `/etc/resolv.conf` bound from per-run
+//!    copies; the request's own mounts in order;
+//! 6. the old root detached, a fresh procfs mounted on `/proc` (the new pid namespace);
+//! 7. `mkdir -p` of the working directory (owned by the user), `chdir`, ids dropped, and a
+//!    PATH search with `execve` inside the container.
+//!
+//! Mountpoints that did not exist in the rootfs are created as *stubs* and reported, so
+//! that they can be removed from the upperdir afterwards (they are not the command's doing).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use crate::sys::{ExecArgs, Op};
+use crate::SandboxError;
+
+/// Where the old root is put by `pivot_root`: host path `P` is `OLD_ROOT + P` until detached.
+pub(crate) const OLD_ROOT: &str = "/proc";
+
+/// Default PATH for the in-container search when the environment has none (Docker's).
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How the rootfs is mounted on the mountpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PreparedRootfs {
+    /// `mount -t overlay` after `chdir(base)`; `options` may use paths relative to `base`.
+    Overlay { base: PathBuf, options: String },
+    /// A recursive bind of this (canonical) directory.
+    Bind(PathBuf),
+}
+
+/// An extra mount with its host facts resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PreparedMount {
+    /// Bind a canonical host path.
+    Bind {
+        source: PathBuf,
+        target: String,
+        is_dir: bool,
+        read_only: bool,
+        /// `MS_NOSUID`/`MS_NODEV`/`MS_NOEXEC` of the source's mount: a read-only remount
+        /// must keep them (they are locked in a user namespace).
+        locked_flags: libc::c_ulong,
+    },
+    /// A fresh tmpfs.
+    Tmpfs { target: String, size: Option<u64> },
+}
+
+/// Everything the plan depends on, gathered on the host by the parent.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// Host uid/gid to map to container root, when running without root.
+    pub userns: Option<(u32, u32)>,
+    pub hostname: String,
+    pub new_net: bool,
+    /// The (empty, canonical) host directory the rootfs is mounted on.
+    pub root_mountpoint: PathBuf,
+    pub rootfs: PreparedRootfs,
+    /// Device names under /dev and their canonical host paths.
+    pub devices: Vec<(String, PathBuf)>,
+    pub hosts_file: PathBuf,
+    pub resolv_file: PathBuf,
+    pub mounts: Vec<PreparedMount>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// `None`: leave supplementary groups alone (user namespace with setgroups denied).
+    pub groups: Option<Vec<u32>>,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+}
+
+/// The ops plus what the parent needs to interpret the child's reports.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub ops: Vec<Op>,
+    /// Container path of each stub-creating op, by op index.
+    pub stub_paths: Vec<(usize, String)>,
+}
+
+impl Plan {
+    /// The container path created by stub op `index`, if it is one.
+    pub(crate) fn stub_path(&self, index: usize) -> Option<&str> {
+        self.stub_paths.iter().find(|(i, _)| *i == index).map(|(_, p)| p.as_str())
+    }
+}
+
+pub(crate) fn cstring(field: &'static str, s: &str) -> Result<CString, SandboxError> {
+    CString::new(s).map_err(|_| SandboxError::NulByte { field, value: s.to_string() })
+}
+
+fn host_cstring(p: &Path) -> Result<CString, SandboxError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SandboxError::NulByte { field: "host path", value: p.display().to_string() })
+}
+
+/// `host` as seen between `pivot_root` and the detach of the old root.
+fn via_old_root(host: &Path) -> Result<CString, SandboxError> {
+    host_cstring(&Path::new(OLD_ROOT).join(host.strip_prefix("/").unwrap_or(host)))
+}
+
+/// The components of an absolute container path, `.`/empty ones dropped; `..` is refused.
+pub(crate) fn container_components<'a>(
+    field: &'static str,
+    path: &'a str,
+) -> Result<Vec<&'a str>, SandboxError> {
+    let bad = || SandboxError::BadContainerPath { field, value: path.to_string() };
+    if !path.starts_with('/') {
+        return Err(bad());
+    }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if parts.contains(&"..") || path.contains('\0') {
+        return Err(bad());
+    }
+    Ok(parts)
+}
+
+/// `/a`, `/a/b`, `/a/b/c` for `/a/b/c`.
+fn prefixes(parts: &[&str]) -> Vec<String> {
+    let mut acc = String::new();
+    parts
+        .iter()
+        .map(|p| {
+            acc.push('/');
+            acc.push_str(p);
+            acc.clone()
+        })
+        .collect()
+}
+
+/// The exec candidates: argv\[0\] itself when it has a `/`, else each PATH entry joined with it.
+pub(crate) fn exec_candidates(argv0: &str, env: &[String]) -> (Vec<String>, String) {
+    if argv0.contains('/') {
+        return (vec![argv0.to_string()], String::new());
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_string();
+    let candidates = path
+        .split(':')
+        .map(|dir| {
+            let dir = if dir.is_empty() { "." } else { dir.trim_end_matches('/') };
+            format!("{dir}/{argv0}")
+        })
+        .collect();
+    (candidates, path)
+}
+
+struct Builder {
+    ops: Vec<Op>,
+    stub_paths: Vec<(usize, String)>,
+}
+
+impl Builder {
+    fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+    fn mount(
+        &mut self,
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<&str>,
+        flags: libc::c_ulong,
+        data: Option<String>,
+    ) {
+        self.push(Op::Mount {
+            source,
+            target,
+            fstype: fstype.map(|f| CString::new(f).unwrap_or_default()),
+            flags,
+            data: data.map(|d| CString::new(d).unwrap_or_default()),
+        });
+    }
+    fn stub_dir(&mut self, container_path: &str) -> Result<(), SandboxError> {
+        self.stub_paths.push((self.ops.len(), container_path.to_string()));
+        self.push(Op::Mkdir {
+            path: cstring("mount target", container_path)?,
+            mode: 0o755,
+            stub: true,
+        });
+        Ok(())
+    }
+    /// `mkdir -p` of the parents of `target` and the target itself (a dir, or an empty file).
+    fn stub_target(
+        &mut self,
+        field: &'static str,
+        target: &str,
+        is_dir: bool,
+    ) -> Result<String, SandboxError> {
+        let parts = container_components(field, target)?;
+        let all = prefixes(&parts);
+        let Some((last, parents)) = all.split_last() else {
+            return Err(SandboxError::BadContainerPath { field, value: target.to_string() });
+        };
+        for p in parents {
+            self.stub_dir(p)?;
+        }
+        if is_dir {
+            self.stub_dir(last)?;
+        } else {
+            self.stub_paths.push((self.ops.len(), last.clone()));
+            self.push(Op::CreateFile { path: cstring(field, last)?, stub: true });
+        }
+        Ok(last.clone())
+    }
+}
+
+/// Turns a prepared request into the child's list of ops (no system access).
+pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
+    use libc::{
+        MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
+    };
+    let c = |s: &str| CString::new(s).unwrap_or_default();
+    let mut b = Builder { ops: Vec::new(), stub_paths: Vec::new() };
+
+    if let Some((uid, gid)) = p.userns {
+        b.push(Op::WriteFile { path: c("/proc/self/setgroups"), data: b"deny".to_vec() });
+        b.push(Op::WriteFile {
+            path: c("/proc/self/uid_map"),
+            data: format!("0 {uid} 1\n").into_bytes(),
+        });
+        b.push(Op::WriteFile {
+            path: c("/proc/self/gid_map"),
+            data: format!("0 {gid} 1\n").into_bytes(),
+        });
+    }
+    b.push(Op::Hostname { name: cstring("hostname", &p.hostname)?.into_bytes() });
+    if p.new_net {
+        b.push(Op::LoopbackUp);
+    }
+
+    b.mount(None, c("/"), None, MS_REC | MS_PRIVATE, None);
+    let root = host_cstring(&p.root_mountpoint)?;
+    match &p.rootfs {
+        PreparedRootfs::Overlay { base, options } => {
+            b.push(Op::Chdir { path: host_cstring(base)? });
+            b.mount(Some(c("overlay")), root.clone(), Some("overlay"), 0, Some(options.clone()));
+        }
+        PreparedRootfs::Bind(dir) => {
+            b.mount(Some(host_cstring(dir)?), root.clone(), None, MS_BIND | MS_REC, None);
+        }
+    }
+    b.push(Op::Chdir { path: root });
+    b.stub_paths.push((b.ops.len(), "/proc".to_string()));
+    b.push(Op::Mkdir { path: c("proc"), mode: 0o555, stub: true });
+    b.push(Op::PivotRoot { new_root: c("."), put_old: c("proc") });
+    b.push(Op::Chdir { path: c("/") });
+
+    // /dev
+    b.stub_dir("/dev")?;
+    b.mount(
+        Some(c("tmpfs")),
+        c("/dev"),
+        Some("tmpfs"),
+        MS_NOSUID | libc::MS_STRICTATIME,
+        Some("mode=755,size=65536k".into()),
+    );
+    for (name, host) in &p.devices {
+        let target = cstring("device", &format!("/dev/{name}"))?;
+        b.push(Op::CreateFile { path: target.clone(), stub: false });
+        b.mount(Some(via_old_root(host)?), target, None, MS_BIND, None);
+    }
+    b.push(Op::Mkdir { path: c("/dev/pts"), mode: 0o755, stub: false });
+    let pts_opts = if p.userns.is_some() {
+        "newinstance,ptmxmode=0666,mode=620"
+    } else {
+        "newinstance,ptmxmode=0666,mode=620,gid=5"
+    };
+    b.mount(
+        Some(c("devpts")),
+        c("/dev/pts"),
+        Some("devpts"),
+        MS_NOSUID | MS_NOEXEC,
+        Some(pts_opts.into()),
+    );
+    for (target, link) in [
+        ("pts/ptmx", "/dev/ptmx"),
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
+    ] {
+        b.push(Op::Symlink { target: c(target), link: c(link) });
+    }
+    b.push(Op::Mkdir { path: c("/dev/shm"), mode: 0o1777, stub: false });
+    b.mount(
+        Some(c("shm")),
+        c("/dev/shm"),
+        Some("tmpfs"),
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        Some("mode=1777,size=65536k".into()),
+    );
+
+    // /sys, read-only
+    b.stub_dir("/sys")?;
+    let ro_locked = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    if p.new_net {
+        b.mount(Some(c("sysfs")), c("/sys"), Some("sysfs"), ro_locked, None);
+    } else {
+        b.mount(Some(via_old_root(Path::new("/sys"))?), c("/sys"), None, MS_BIND | MS_REC, None);
+        b.mount(None, c("/sys"), None, (MS_REMOUNT | MS_BIND) | ro_locked, None);
+    }
+
+    // /etc/hosts and /etc/resolv.conf, from per-run copies
+    for (target, host) in [("/etc/hosts", &p.hosts_file), ("/etc/resolv.conf", &p.resolv_file)] {
+        let t = b.stub_target("mount target", target, false)?;
+        b.mount(Some(via_old_root(host)?), cstring("mount target", &t)?, None, MS_BIND, None);
+    }
+
+    // the request's mounts, in order
+    for m in &p.mounts {
+        match m {
+            PreparedMount::Bind { source, target, is_dir, read_only, locked_flags } => {
+                let t = cstring("mount target", &b.stub_target("mount target", target, *is_dir)?)?;
+                let rec = if *is_dir { MS_REC } else { 0 };
+                b.mount(Some(via_old_root(source)?), t.clone(), None, MS_BIND | rec, None);
+                if *read_only {
+                    b.mount(None, t, None, (MS_REMOUNT | MS_BIND | MS_RDONLY) | locked_flags, None);
+                }
+            }
+            PreparedMount::Tmpfs { target, size } => {
+                let t = cstring("mount target", &b.stub_target("mount target", target, true)?)?;
+                let data = match size {
+                    Some(n) => format!("mode=755,size={n}"),
+                    None => "mode=755".to_string(),
+                };
+                b.mount(Some(c("tmpfs")), t, Some("tmpfs"), MS_NOSUID | MS_NODEV, Some(data));
+            }
+        }
+    }
+
+    // the old root goes; the new pid namespace's procfs comes
+    b.push(Op::UmountDetach { target: c(OLD_ROOT) });
+    b.mount(Some(c("proc")), c("/proc"), Some("proc"), MS_NOSUID | MS_NODEV | MS_NOEXEC, None);
+
+    // working directory, identity, exec
+    let cwd_parts = container_components("cwd", &p.cwd)?;
+    let cwd_prefixes =
+        prefixes(&cwd_parts).iter().map(|s| cstring("cwd", s)).collect::<Result<Vec<_>, _>>()?;
+    b.push(Op::MkdirAllOwned { prefixes: cwd_prefixes, uid: p.uid, gid: p.gid });
+    b.push(Op::Chdir { path: cstring("cwd", &p.cwd)? });
+    b.push(Op::SetIds { uid: p.uid, gid: p.gid, groups: p.groups.clone() });
+    let Some(argv0) = p.argv.first() else {
+        return Err(SandboxError::EmptyArgv);
+    };
+    let (candidates, _) = exec_candidates(argv0, &p.env);
+    b.push(Op::Exec {
+        candidates: candidates.iter().map(|s| cstring("argv", s)).collect::<Result<_, _>>()?,
+        argv: ExecArgs::new(p.argv.iter().map(|s| cstring("argv", s)).collect::<Result<_, _>>()?),
+        envp: ExecArgs::new(p.env.iter().map(|s| cstring("env", s)).collect::<Result<_, _>>()?),
+    });
+
+    Ok(Plan { ops: b.ops, stub_paths: b.stub_paths })
+}
+
+/// A short human description of an op, for error messages.
+pub(crate) fn describe(op: &Op) -> String {
+    let s = |c: &CString| c.to_string_lossy().into_owned();
+    match op {
+        Op::Mount { source, target, fstype, flags, data } => format!(
+            "mount {} on {} (type {}, flags {}, options {})",
+            source.as_ref().map_or("none".into(), s),
+            s(target),
+            fstype.as_ref().map_or("none".into(), s),
+            flags_to_string(*flags),
+            data.as_ref().map_or(String::new(), s)
+        ),
+        Op::UmountDetach { target } => format!("umount2 {} MNT_DETACH", s(target)),
+        Op::PivotRoot { new_root, put_old } => format!("pivot_root {} {}", s(new_root), s(put_old)),
+        Op::Chdir { path } => format!("chdir {}", s(path)),
+        Op::Mkdir { path, .. } => format!("mkdir {}", s(path)),
+        Op::CreateFile { path, .. } => format!("create mountpoint file {}", s(path)),
+        Op::Symlink { target, link } => format!("symlink {} -> {}", s(link), s(target)),
+        Op::MkdirAllOwned { prefixes, uid, gid } => {
+            format!("mkdir -p {} (owner {uid}:{gid})", prefixes.last().map_or("/".into(), s))
+        }
+        Op::WriteFile { path, .. } => format!("write {}", s(path)),
+        Op::Unlink { path } => format!("unlink {}", s(path)),
+        Op::Hostname { name } => format!("sethostname {}", String::from_utf8_lossy(name)),
+        Op::LoopbackUp => "bring up loopback interface lo".into(),
+        Op::SetIds { uid, gid, groups } => format!("set uid {uid}, gid {gid}, groups {groups:?}"),
+        Op::Exec { argv, .. } => format!(
+            "exec {}",
+            argv.strings().first().map_or(String::new(), |a| a.to_string_lossy().into_owned())
+        ),
+    }
+}
+
+/// Mount flags as `MS_A|MS_B` (for messages and the recorded plan).
+pub(crate) fn flags_to_string(flags: libc::c_ulong) -> String {
+    let names: [(libc::c_ulong, &str); 10] = [
+        (libc::MS_RDONLY, "MS_RDONLY"),
+        (libc::MS_NOSUID, "MS_NOSUID"),
+        (libc::MS_NODEV, "MS_NODEV"),
+        (libc::MS_NOEXEC, "MS_NOEXEC"),
+        (libc::MS_REMOUNT, "MS_REMOUNT"),
+        (libc::MS_BIND, "MS_BIND"),
+        (libc::MS_REC, "MS_REC"),
+        (libc::MS_PRIVATE, "MS_PRIVATE"),
+        (libc::MS_SLAVE, "MS_SLAVE"),
+        (libc::MS_STRICTATIME, "MS_STRICTATIME"),
+    ];
+    let parts: Vec<&str> = names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| *n).collect();
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        parts.join("|")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{execute, RecordingSyscalls};
+    use rustix::io::Errno;
+
+    fn prepared() -> Prepared {
+        Prepared {
+            userns: None,
+            hostname: "box".into(),
+            new_net: true,
+            root_mountpoint: "/tmp/s/root".into(),
+            rootfs: PreparedRootfs::Overlay {
+                base: "/store".into(),
+                options:
+                    "lowerdir=l/top:l/bottom,upperdir=up,workdir=wk,metacopy=off,redirect_dir=off"
+                        .into(),
+            },
+            devices: vec![("null".into(), "/dev/null".into())],
+            hosts_file: "/tmp/s/hosts".into(),
+            resolv_file: "/tmp/s/resolv.conf".into(),
+            mounts: vec![
+                PreparedMount::Bind {
+                    source: "/host/cache".into(),
+                    target: "/root/.cache".into(),
+                    is_dir: true,
+                    read_only: true,
+                    locked_flags: libc::MS_NODEV,
+                },
+                PreparedMount::Tmpfs { target: "/tmp".into(), size: Some(4096) },
+            ],
+            cwd: "/app/src".into(),
+            uid: 1000,
+            gid: 1000,
+            groups: Some(vec![1000, 2000]),
+            argv: vec!["make".into(), "all".into()],
+            env: vec!["PATH=/usr/bin:/bin".into(), "A=1".into()],
+        }
+    }
+
+    fn record(p: &Prepared, sys: &mut RecordingSyscalls) -> Result<(), crate::sys::Failure> {
+        let plan = build(p).unwrap();
+        execute(&plan.ops, sys)
+    }
+
+    #[test]
+    fn full_plan_in_order() {
+        let mut sys = RecordingSyscalls {
+            existing: ["/etc", "/root", "/app"].iter().map(|s| s.to_string()).collect(),
+            executables: vec!["/bin/make".into()],
+            ..Default::default()
+        };
+        record(&prepared(), &mut sys).unwrap();
+        let want = [
+            "sethostname box",
+            "loopback_up",
+            "mount - / - MS_REC|MS_PRIVATE -",
+            "chdir /store",
+            "mount overlay /tmp/s/root overlay 0 lowerdir=l/top:l/bottom,upperdir=up,workdir=wk,metacopy=off,redirect_dir=off",
+            "chdir /tmp/s/root",
+            "mkdir proc 555",
+            "stub #6",
+            "pivot_root . proc",
+            "chdir /",
+            "mkdir /dev 755",
+            "stub #9",
+            "mount tmpfs /dev tmpfs MS_NOSUID|MS_STRICTATIME mode=755,size=65536k",
+            "create /dev/null",
+            "mount /proc/dev/null /dev/null - MS_BIND -",
+            "mkdir /dev/pts 755",
+            "mount devpts /dev/pts devpts MS_NOSUID|MS_NOEXEC newinstance,ptmxmode=0666,mode=620,gid=5",
+            "symlink pts/ptmx /dev/ptmx",
+            "symlink /proc/self/fd /dev/fd",
+            "symlink /proc/self/fd/0 /dev/stdin",
+            "symlink /proc/self/fd/1 /dev/stdout",
+            "symlink /proc/self/fd/2 /dev/stderr",
+            "mkdir /dev/shm 1777",
+            "mount shm /dev/shm tmpfs MS_NOSUID|MS_NODEV|MS_NOEXEC mode=1777,size=65536k",
+            "mkdir /sys 755",
+            "stub #22",
+            "mount sysfs /sys sysfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+            "mkdir /etc 755",
+            "create /etc/hosts",
+            "stub #25",
+            "mount /proc/tmp/s/hosts /etc/hosts - MS_BIND -",
+            "mkdir /etc 755",
+            "create /etc/resolv.conf",
+            "stub #28",
+            "mount /proc/tmp/s/resolv.conf /etc/resolv.conf - MS_BIND -",
+            "mkdir /root 755",
+            "mkdir /root/.cache 755",
+            "stub #31",
+            "mount /proc/host/cache /root/.cache - MS_BIND|MS_REC -",
+            "mount - /root/.cache - MS_RDONLY|MS_NODEV|MS_REMOUNT|MS_BIND -",
+            "mkdir /tmp 755",
+            "stub #34",
+            "mount tmpfs /tmp tmpfs MS_NOSUID|MS_NODEV mode=755,size=4096",
+            "umount2 /proc MNT_DETACH",
+            "mount proc /proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+            "mkdir /app 755",
+            "mkdir /app/src 755",
+            "chown /app/src 1000:1000",
+            "chdir /app/src",
+            "set_ids 1000 1000 Some([1000, 2000])",
+            "execve /usr/bin/make [\"make\", \"all\"] [\"PATH=/usr/bin:/bin\", \"A=1\"]",
+            "execve /bin/make [\"make\", \"all\"] [\"PATH=/usr/bin:/bin\", \"A=1\"]",
+        ];
+        assert_eq!(sys.calls, want);
+    }
+
+    #[test]
+    fn stub_indices_map_to_container_paths() {
+        let plan = build(&prepared()).unwrap();
+        let stubs: Vec<&str> = plan.stub_paths.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(
+            stubs,
+            [
+                "/proc",
+                "/dev",
+                "/sys",
+                "/etc",
+                "/etc/hosts",
+                "/etc",
+                "/etc/resolv.conf",
+                "/root",
+                "/root/.cache",
+                "/tmp"
+            ]
+        );
+        assert_eq!(plan.stub_path(6), Some("/proc"));
+        assert_eq!(plan.stub_path(7), None);
+    }
+
+    #[test]
+    fn host_network_binds_sys_read_only_and_plain_dir_is_bound() {
+        let mut p = prepared();
+        p.new_net = false;
+        p.rootfs = PreparedRootfs::Bind("/work/rootfs".into());
+        let mut sys = RecordingSyscalls::default();
+        let _ = record(&p, &mut sys);
+        let calls = sys.calls.join("\n");
+        assert!(!calls.contains("loopback_up"));
+        assert!(calls.contains("mount /work/rootfs /tmp/s/root - MS_BIND|MS_REC -"), "{calls}");
+        assert!(calls.contains(
+            "mount /proc/sys /sys - MS_BIND|MS_REC -\nmount - /sys - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -"
+        ), "{calls}");
+    }
+
+    #[test]
+    fn rootless_maps_ids_first_and_keeps_groups() {
+        let mut p = prepared();
+        p.userns = Some((1234, 5678));
+        p.groups = None;
+        p.uid = 0;
+        p.gid = 0;
+        let mut sys = RecordingSyscalls::default();
+        let _ = record(&p, &mut sys);
+        assert_eq!(
+            sys.calls[..3],
+            [
+                "write /proc/self/setgroups \"deny\"",
+                "write /proc/self/uid_map \"0 1234 1\\n\"",
+                "write /proc/self/gid_map \"0 5678 1\\n\""
+            ]
+        );
+        assert!(sys.calls.iter().any(|c| c == "set_ids 0 0 None"));
+        assert!(sys.calls.iter().any(|c| c.ends_with("newinstance,ptmxmode=0666,mode=620")));
+    }
+
+    #[test]
+    fn exec_search_order_and_errors() {
+        let mut p = prepared();
+        p.argv = vec!["tool".into()];
+        p.env = vec!["PATH=/a::/b/".into()];
+        let mut sys = RecordingSyscalls::default();
+        let err = record(&p, &mut sys).unwrap_err();
+        assert_eq!(err.errno, Errno::NOENT);
+        let tried: Vec<&str> = sys
+            .calls
+            .iter()
+            .filter_map(|c| c.strip_prefix("execve "))
+            .map(|c| c.split(' ').next().unwrap_or(""))
+            .collect();
+        assert_eq!(tried, ["/a/tool", "./tool", "/b/tool"]);
+
+        let (c, path) = exec_candidates("ls", &[]);
+        assert_eq!(path, DEFAULT_PATH);
+        assert_eq!(c[0], "/usr/local/sbin/ls");
+        assert_eq!(exec_candidates("./x", &["PATH=/bin".into()]).0, ["./x"]);
+    }
+
+    #[test]
+    fn a_failing_step_stops_the_plan_and_is_described() {
+        let mut sys = RecordingSyscalls {
+            fail_on: Some(("pivot_root".into(), Errno::INVAL)),
+            ..Default::default()
+        };
+        let plan = build(&prepared()).unwrap();
+        let f = execute(&plan.ops, &mut sys).unwrap_err();
+        assert_eq!(f.errno, Errno::INVAL);
+        assert_eq!(sys.calls.last().unwrap(), "pivot_root . proc");
+        assert_eq!(describe(&plan.ops[f.index]), "pivot_root . proc");
+    }
+
+    #[test]
+    fn bad_container_paths_are_refused() {
+        for bad in ["relative", "/a/../b", ""] {
+            let mut p = prepared();
+            p.cwd = bad.into();
+            assert!(matches!(build(&p), Err(SandboxError::BadContainerPath { .. })), "{bad}");
+        }
+        let mut p = prepared();
+        p.mounts = vec![PreparedMount::Tmpfs { target: "/".into(), size: None }];
+        assert!(matches!(build(&p), Err(SandboxError::BadContainerPath { .. })));
+        let mut p = prepared();
+        p.env = vec!["A=\0".into()];
+        assert!(matches!(build(&p), Err(SandboxError::NulByte { field: "env", .. })));
+    }
+}

@@ -1,0 +1,460 @@
+//! The system calls the sandboxed child makes, behind a trait, and the plan interpreter.
+//!
+//! The child is created by a raw `clone` from a (possibly) multi-threaded parent, so it may
+//! only make async-signal-safe calls: no allocation, no locks. Everything it needs (C strings,
+//! pointer arrays) is therefore computed beforehand into a [`Plan`](crate::plan::Plan) of
+//! [`Op`]s, and the child only walks that list calling [`Syscalls`] methods. The real
+//! implementation calls `libc` directly; the recording fake used by the unit tests writes
+//! down each call, so a request's mount plan can be checked without root.
+
+use std::ffi::{c_char, CStr, CString};
+
+use rustix::io::Errno;
+
+/// One step of the child's setup. Paths are C strings prepared by the parent.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// `mount(2)`.
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
+    /// `umount2(target, MNT_DETACH)`.
+    UmountDetach { target: CString },
+    /// `pivot_root(new_root, put_old)`.
+    PivotRoot { new_root: CString, put_old: CString },
+    /// `chdir(2)`.
+    Chdir { path: CString },
+    /// `mkdir(path, mode)`, an existing entry is fine. `stub` = created only as a mountpoint:
+    /// reported to the parent (by op index) when it was actually created.
+    Mkdir { path: CString, mode: u32, stub: bool },
+    /// Create an empty regular file if missing (a mountpoint for a file bind).
+    CreateFile { path: CString, stub: bool },
+    /// `symlink(target, link)`; an existing entry is fine.
+    Symlink { target: CString, link: CString },
+    /// `mkdir -p` of a working directory: each prefix is created if missing and then chowned.
+    MkdirAllOwned { prefixes: Vec<CString>, uid: u32, gid: u32 },
+    /// Write `data` to an existing file (uid_map, gid_map, setgroups).
+    WriteFile { path: CString, data: Vec<u8> },
+    /// `unlink(2)` (used by the overlay probe).
+    Unlink { path: CString },
+    /// `sethostname(2)`.
+    Hostname { name: Vec<u8> },
+    /// Bring the loopback interface up (`SIOCSIFFLAGS` on a socket).
+    LoopbackUp,
+    /// `setgroups`, `setresgid`, `setresuid`, in that order. `groups = None`: leave them
+    /// (a user namespace with `setgroups` denied).
+    SetIds { uid: u32, gid: u32, groups: Option<Vec<u32>> },
+    /// Try `execve` on each candidate path in turn (a PATH search done in the container).
+    Exec { candidates: Vec<CString>, argv: ExecArgs, envp: ExecArgs },
+}
+
+/// A NULL-terminated `char *[]` together with the strings it points into.
+#[derive(Debug)]
+pub(crate) struct ExecArgs {
+    strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl ExecArgs {
+    pub(crate) fn new(strings: Vec<CString>) -> Self {
+        let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        ExecArgs { strings, ptrs }
+    }
+    pub(crate) fn strings(&self) -> &[CString] {
+        &self.strings
+    }
+    pub(crate) fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+/// Where and why the child's setup stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// Index of the failing op in the plan.
+    pub index: usize,
+    /// Its errno.
+    pub errno: Errno,
+}
+
+/// The side effects of sandbox setup. Implementations used in the child must not allocate.
+pub(crate) trait Syscalls {
+    fn mount(
+        &mut self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> Result<(), Errno>;
+    fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno>;
+    fn pivot_root(&mut self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno>;
+    fn chdir(&mut self, path: &CStr) -> Result<(), Errno>;
+    /// `Ok(true)` when created, `Ok(false)` when something already existed there.
+    fn mkdir(&mut self, path: &CStr, mode: u32) -> Result<bool, Errno>;
+    /// `Ok(true)` when created, `Ok(false)` when something already existed there.
+    fn create_file(&mut self, path: &CStr) -> Result<bool, Errno>;
+    fn symlink(&mut self, target: &CStr, link: &CStr) -> Result<(), Errno>;
+    fn chown(&mut self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno>;
+    fn write_file(&mut self, path: &CStr, data: &[u8]) -> Result<(), Errno>;
+    fn unlink(&mut self, path: &CStr) -> Result<(), Errno>;
+    fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno>;
+    fn loopback_up(&mut self) -> Result<(), Errno>;
+    fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno>;
+    /// Replaces the process on success, so the real implementation only returns errors;
+    /// `Ok(())` means "the process was replaced" (only a fake can say that).
+    fn execve(&mut self, path: &CStr, argv: &ExecArgs, envp: &ExecArgs) -> Result<(), Errno>;
+    /// Tells the parent that op `index` created a mountpoint stub.
+    fn report_stub(&mut self, index: usize);
+}
+
+/// Runs `ops` in order; stops at the first failure.
+pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failure> {
+    for (index, op) in ops.iter().enumerate() {
+        let fail = |errno| Failure { index, errno };
+        match op {
+            Op::Mount { source, target, fstype, flags, data } => sys
+                .mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
+                .map_err(fail)?,
+            Op::UmountDetach { target } => sys.umount_detach(target).map_err(fail)?,
+            Op::PivotRoot { new_root, put_old } => {
+                sys.pivot_root(new_root, put_old).map_err(fail)?
+            }
+            Op::Chdir { path } => sys.chdir(path).map_err(fail)?,
+            Op::Mkdir { path, mode, stub } => {
+                if sys.mkdir(path, *mode).map_err(fail)? && *stub {
+                    sys.report_stub(index);
+                }
+            }
+            Op::CreateFile { path, stub } => {
+                if sys.create_file(path).map_err(fail)? && *stub {
+                    sys.report_stub(index);
+                }
+            }
+            Op::Symlink { target, link } => sys.symlink(target, link).map_err(fail)?,
+            Op::MkdirAllOwned { prefixes, uid, gid } => {
+                for p in prefixes {
+                    if sys.mkdir(p, 0o755).map_err(fail)? {
+                        sys.chown(p, *uid, *gid).map_err(fail)?;
+                    }
+                }
+            }
+            Op::WriteFile { path, data } => sys.write_file(path, data).map_err(fail)?,
+            Op::Unlink { path } => sys.unlink(path).map_err(fail)?,
+            Op::Hostname { name } => sys.sethostname(name).map_err(fail)?,
+            Op::LoopbackUp => sys.loopback_up().map_err(fail)?,
+            Op::SetIds { uid, gid, groups } => {
+                sys.set_ids(*uid, *gid, groups.as_deref()).map_err(fail)?
+            }
+            Op::Exec { candidates, argv, envp } => {
+                let mut denied = false;
+                let mut last = Errno::NOENT;
+                for path in candidates {
+                    match sys.execve(path, argv, envp) {
+                        Ok(()) => return Ok(()),
+                        Err(e) if e == Errno::NOENT || e == Errno::NOTDIR => last = e,
+                        Err(e) if e == Errno::ACCESS => denied = true,
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
+                return Err(fail(if denied { Errno::ACCESS } else { last }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The real system calls, for the child process. `status_fd` is the write end of the
+/// status pipe (close-on-exec) on which stub reports are sent.
+pub(crate) struct RealSyscalls {
+    pub status_fd: i32,
+}
+
+fn check(ret: libc::c_int) -> Result<(), Errno> {
+    if ret == -1 {
+        Err(Errno::from_raw_os_error(last_errno()))
+    } else {
+        Ok(())
+    }
+}
+
+fn last_errno() -> i32 {
+    // SAFETY: errno location is thread-local and always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+fn opt_ptr(s: Option<&CStr>) -> *const c_char {
+    s.map_or(std::ptr::null(), CStr::as_ptr)
+}
+
+/// A status-pipe record: kind, op index, errno (native endian, 12 bytes, atomic on a pipe).
+pub(crate) const RECORD_LEN: usize = 12;
+/// Record kind: the op created a stub.
+pub(crate) const KIND_STUB: u32 = 1;
+/// Record kind: the op failed.
+pub(crate) const KIND_FAILED: u32 = 2;
+
+/// Writes one status record; async-signal-safe.
+pub(crate) fn write_record(fd: i32, kind: u32, index: usize, errno: i32) {
+    let mut rec = [0u8; RECORD_LEN];
+    rec[0..4].copy_from_slice(&kind.to_ne_bytes());
+    rec[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
+    rec[8..12].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writing a stack buffer to an fd we own; a failure cannot be reported anyway.
+    unsafe {
+        libc::write(fd, rec.as_ptr().cast(), RECORD_LEN);
+    }
+}
+
+impl Syscalls for RealSyscalls {
+    fn mount(
+        &mut self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> Result<(), Errno> {
+        // SAFETY: all pointers are NUL-terminated strings or NULL.
+        check(unsafe {
+            libc::mount(
+                opt_ptr(source),
+                target.as_ptr(),
+                opt_ptr(fstype),
+                flags,
+                opt_ptr(data).cast(),
+            )
+        })
+    }
+    fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno> {
+        // SAFETY: valid C string.
+        check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) })
+    }
+    fn pivot_root(&mut self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
+        // SAFETY: valid C strings; raw syscall (glibc has no wrapper).
+        let r = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+        check(r as libc::c_int)
+    }
+    fn chdir(&mut self, path: &CStr) -> Result<(), Errno> {
+        // SAFETY: valid C string.
+        check(unsafe { libc::chdir(path.as_ptr()) })
+    }
+    fn mkdir(&mut self, path: &CStr, mode: u32) -> Result<bool, Errno> {
+        // SAFETY: valid C string.
+        match check(unsafe { libc::mkdir(path.as_ptr(), mode) }) {
+            Ok(()) => Ok(true),
+            Err(e) if e == Errno::EXIST => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    fn create_file(&mut self, path: &CStr) -> Result<bool, Errno> {
+        // SAFETY: valid C string.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o644,
+            )
+        };
+        if fd == -1 {
+            let e = Errno::from_raw_os_error(last_errno());
+            return if e == Errno::EXIST { Ok(false) } else { Err(e) };
+        }
+        // SAFETY: closing the fd just opened.
+        unsafe { libc::close(fd) };
+        Ok(true)
+    }
+    fn symlink(&mut self, target: &CStr, link: &CStr) -> Result<(), Errno> {
+        // SAFETY: valid C strings.
+        match check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }) {
+            Err(e) if e == Errno::EXIST => Ok(()),
+            r => r,
+        }
+    }
+    fn chown(&mut self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+        // SAFETY: valid C string.
+        check(unsafe { libc::chown(path.as_ptr(), uid, gid) })
+    }
+    fn write_file(&mut self, path: &CStr, data: &[u8]) -> Result<(), Errno> {
+        // SAFETY: valid C string; the fd is closed on every path.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd == -1 {
+                return Err(Errno::from_raw_os_error(last_errno()));
+            }
+            let n = libc::write(fd, data.as_ptr().cast(), data.len());
+            let e = last_errno();
+            libc::close(fd);
+            if n != data.len() as isize {
+                return Err(Errno::from_raw_os_error(if n < 0 { e } else { libc::EIO }));
+            }
+        }
+        Ok(())
+    }
+    fn unlink(&mut self, path: &CStr) -> Result<(), Errno> {
+        // SAFETY: valid C string.
+        check(unsafe { libc::unlink(path.as_ptr()) })
+    }
+    fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno> {
+        // SAFETY: pointer and length of a live slice.
+        check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+    }
+    fn loopback_up(&mut self) -> Result<(), Errno> {
+        /// `struct ifreq` with the `ifr_flags` member (40 bytes on 64-bit Linux).
+        #[repr(C)]
+        struct IfreqFlags {
+            name: [u8; libc::IFNAMSIZ],
+            flags: libc::c_short,
+            _pad: [u8; 22],
+        }
+        let mut req = IfreqFlags { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        req.name[..2].copy_from_slice(b"lo");
+        // SAFETY: socket/ioctl with a correctly sized ifreq; the fd is closed on every path.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd == -1 {
+                return Err(Errno::from_raw_os_error(last_errno()));
+            }
+            let mut r = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req as *mut IfreqFlags);
+            if r == 0 {
+                req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                r = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req as *mut IfreqFlags);
+            }
+            let e = last_errno();
+            libc::close(fd);
+            if r != 0 {
+                return Err(Errno::from_raw_os_error(e));
+            }
+        }
+        Ok(())
+    }
+    fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno> {
+        // Raw syscalls: glibc's wrappers broadcast to all threads of the *parent*, which do
+        // not exist in this forked child.
+        // SAFETY: plain syscalls with valid arguments.
+        unsafe {
+            if let Some(groups) = groups {
+                let r = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr());
+                check(r as libc::c_int)?;
+            }
+            check(libc::syscall(libc::SYS_setresgid, gid, gid, gid) as libc::c_int)?;
+            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid) as libc::c_int)?;
+        }
+        Ok(())
+    }
+    fn execve(&mut self, path: &CStr, argv: &ExecArgs, envp: &ExecArgs) -> Result<(), Errno> {
+        // SAFETY: NULL-terminated arrays of valid C strings.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        Err(Errno::from_raw_os_error(last_errno()))
+    }
+    fn report_stub(&mut self, index: usize) {
+        write_record(self.status_fd, KIND_STUB, index, 0);
+    }
+}
+
+/// A fake that records every call as a line of text, and pretends that the paths in
+/// `existing` already exist and the paths in `executables` can be executed.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct RecordingSyscalls {
+    pub calls: Vec<String>,
+    pub existing: Vec<String>,
+    pub executables: Vec<String>,
+    pub fail_on: Option<(String, Errno)>,
+}
+
+#[cfg(test)]
+impl RecordingSyscalls {
+    fn record(&mut self, call: String) -> Result<(), Errno> {
+        let failing = self.fail_on.as_ref().filter(|(prefix, _)| call.starts_with(prefix.as_str()));
+        let result = failing.map_or(Ok(()), |(_, e)| Err(*e));
+        self.calls.push(call);
+        result
+    }
+    fn exists(&self, p: &CStr) -> bool {
+        self.existing.iter().any(|e| e.as_bytes() == p.to_bytes())
+    }
+}
+
+#[cfg(test)]
+fn s(c: &CStr) -> String {
+    c.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+impl Syscalls for RecordingSyscalls {
+    fn mount(
+        &mut self,
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> Result<(), Errno> {
+        self.record(format!(
+            "mount {} {} {} {} {}",
+            source.map_or("-".into(), s),
+            s(target),
+            fstype.map_or("-".into(), s),
+            crate::plan::flags_to_string(flags),
+            data.map_or("-".into(), s)
+        ))
+    }
+    fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno> {
+        self.record(format!("umount2 {} MNT_DETACH", s(target)))
+    }
+    fn pivot_root(&mut self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
+        self.record(format!("pivot_root {} {}", s(new_root), s(put_old)))
+    }
+    fn chdir(&mut self, path: &CStr) -> Result<(), Errno> {
+        self.record(format!("chdir {}", s(path)))
+    }
+    fn mkdir(&mut self, path: &CStr, mode: u32) -> Result<bool, Errno> {
+        let exists = self.exists(path);
+        self.record(format!("mkdir {} {:o}", s(path), mode))?;
+        Ok(!exists)
+    }
+    fn create_file(&mut self, path: &CStr) -> Result<bool, Errno> {
+        let exists = self.exists(path);
+        self.record(format!("create {}", s(path)))?;
+        Ok(!exists)
+    }
+    fn symlink(&mut self, target: &CStr, link: &CStr) -> Result<(), Errno> {
+        self.record(format!("symlink {} {}", s(target), s(link)))
+    }
+    fn chown(&mut self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno> {
+        self.record(format!("chown {} {uid}:{gid}", s(path)))
+    }
+    fn write_file(&mut self, path: &CStr, data: &[u8]) -> Result<(), Errno> {
+        self.record(format!("write {} {:?}", s(path), String::from_utf8_lossy(data)))
+    }
+    fn unlink(&mut self, path: &CStr) -> Result<(), Errno> {
+        self.record(format!("unlink {}", s(path)))
+    }
+    fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno> {
+        self.record(format!("sethostname {}", String::from_utf8_lossy(name)))
+    }
+    fn loopback_up(&mut self) -> Result<(), Errno> {
+        self.record("loopback_up".into())
+    }
+    fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno> {
+        self.record(format!("set_ids {uid} {gid} {groups:?}"))
+    }
+    fn execve(&mut self, path: &CStr, argv: &ExecArgs, envp: &ExecArgs) -> Result<(), Errno> {
+        let show = |a: &ExecArgs| a.strings().iter().map(|c| s(c)).collect::<Vec<_>>();
+        self.record(format!("execve {} {:?} {:?}", s(path), show(argv), show(envp)))?;
+        if self.executables.iter().any(|e| e.as_bytes() == path.to_bytes()) {
+            Ok(())
+        } else {
+            Err(Errno::NOENT)
+        }
+    }
+    fn report_stub(&mut self, index: usize) {
+        self.calls.push(format!("stub #{index}"));
+    }
+}
