@@ -1,0 +1,230 @@
+//! RUN: layers from the overlay upperdir, whiteouts, failures, env/args, mounts, heredocs.
+
+mod common;
+
+use std::fs;
+
+use common::{can_run, env, history};
+use strata_build::{BuildError, BuildOptions, SecretSource, SecretSpec};
+
+#[test]
+fn run_writes_a_file_into_one_layer() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context("ctx", &[("Dockerfile", "FROM base:1\nRUN echo hi > /hello\n")]);
+    let out = e.build(&ctx, &["run:1"]).unwrap();
+    let layers = out.image.layer_digests().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(e.layer_paths(&layers[1]), ["hello"], "no mountpoint stubs in the layer");
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("hello")).unwrap(), "hi\n");
+    let h = history(&out);
+    assert_eq!(
+        h.last().unwrap(),
+        &("RUN /bin/sh -c echo hi > /hello # buildkit".to_string(), false)
+    );
+}
+
+#[test]
+fn run_deleting_a_base_file_writes_a_whiteout() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[("Dockerfile", "FROM base:1\nRUN rm /etc/motd\nRUN test ! -e /etc/motd\n")],
+    );
+    let out = e.build(&ctx, &[]).unwrap();
+    let layers = out.image.layer_digests().unwrap();
+    assert!(e.layer_paths(&layers[1]).contains(&"etc/.wh.motd".to_string()));
+    let root = e.flatten(&out);
+    assert!(!root.path().join("etc/motd").exists());
+    assert!(root.path().join("etc/passwd").exists());
+}
+
+#[test]
+fn failing_run_reports_exit_code_and_output_and_tags_nothing() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[("Dockerfile", "FROM base:1 AS build\nRUN echo first\nRUN echo boom-output; exit 3\n")],
+    );
+    let err = e.build(&ctx, &["broken:1"]).unwrap_err();
+    match &err {
+        BuildError::Step { stage, line, instruction, .. } => {
+            assert_eq!(stage, "build");
+            assert_eq!(*line, 3);
+            assert!(instruction.contains("exit 3"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match err.root_cause() {
+        BuildError::RunFailed { exit_code, tail, .. } => {
+            assert_eq!(*exit_code, 3);
+            assert!(tail.iter().any(|l| l.contains("boom-output")), "{tail:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains("line 3") && text.contains("status 3"), "{text}");
+    assert!(e.store.resolve("broken:1").is_err());
+}
+
+#[test]
+fn args_are_visible_to_run_but_not_stored() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nARG A=1\nENV B=2\nRUN echo \"$A $B\" > /out\n";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let mut opts = BuildOptions::new(&ctx);
+    opts.build_args.set("A", "from-cli");
+    let out = e.build_with(&opts).0.unwrap();
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("out")).unwrap(), "from-cli 2\n");
+    let cfg = common::config_json(&out);
+    let env: Vec<String> = serde_json::from_value(cfg["config"]["Env"].clone()).unwrap();
+    assert!(env.contains(&"B=2".to_string()));
+    assert!(!env.iter().any(|v| v.starts_with("A=")), "{env:?}");
+    let h = history(&out);
+    assert_eq!(
+        h.last().unwrap().0,
+        "RUN |1 A=from-cli /bin/sh -c echo \"$A $B\" > /out # buildkit"
+    );
+}
+
+#[test]
+fn secrets_never_reach_a_blob() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let secret = "TOPSECRET-4f1c9a";
+    let file = e.dir.path().join("token");
+    fs::write(&file, secret).unwrap();
+    let recipe = format!(
+        "FROM base:1
+RUN --mount=type=secret,id=tok grep -q ^TOPSECRET- /run/secrets/tok && test $(wc -c < /run/secrets/tok) -eq {len} && echo ok > /ok
+RUN --mount=type=secret,id=tok,env=TOK test \"${{#TOK}}\" -eq {len} && echo ok > /ok2
+RUN --mount=type=secret,id=tok,target=/etc/tok cat /etc/tok > /dev/null
+",
+        len = secret.len()
+    );
+    assert!(!recipe.contains(secret));
+    let ctx = e.context("ctx", &[("Dockerfile", &recipe)]);
+    let mut opts = BuildOptions::new(&ctx);
+    opts.tags = vec!["sec:1".into()];
+    opts.secrets = vec![SecretSpec { id: "tok".into(), source: SecretSource::File(file) }];
+    let out = e.build_with(&opts).0.unwrap();
+    let root = e.flatten(&out);
+    assert!(root.path().join("ok").exists() && root.path().join("ok2").exists());
+    assert!(!root.path().join("run/secrets/tok").exists());
+    assert!(!root.path().join("etc/tok").exists());
+    for blob in e.all_blob_bytes() {
+        assert!(!blob.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret leaked");
+    }
+    // A required secret that is not given fails.
+    let ctx = e.context(
+        "ctx2",
+        &[(
+            "Dockerfile",
+            "FROM base:1\nRUN --mount=type=secret,id=x,required cat /run/secrets/x\n",
+        )],
+    );
+    let err = e.build(&ctx, &[]).unwrap_err();
+    assert!(matches!(err.root_cause(), BuildError::MissingSecret { id } if id == "x"), "{err}");
+}
+
+#[test]
+fn cache_mount_persists_across_builds_but_not_in_layers() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nRUN --mount=type=cache,target=/var/cache/app echo x >> /var/cache/app/log && wc -l < /var/cache/app/log > /seen\n";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let first = e.build(&ctx, &[]).unwrap();
+    let second = e.build(&ctx, &[]).unwrap();
+    let seen = |out| fs::read_to_string(e.flatten(out).path().join("seen")).unwrap();
+    assert_eq!(seen(&first).trim(), "1");
+    assert_eq!(seen(&second).trim(), "2");
+    for d in second.image.layer_digests().unwrap() {
+        assert!(!e.layer_paths(&d).iter().any(|p| p.contains("var/cache/app")), "cache in a layer");
+    }
+}
+
+#[test]
+fn heredoc_runs_like_buildkit() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1
+RUN <<EOF
+echo a > /h1
+echo b >> /h1
+EOF
+RUN <<EOF
+#!/bin/sh
+echo script > /h2
+EOF
+RUN cat <<EOF > /h3
+from stdin
+EOF
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
+    assert_eq!(read("h1"), "a\nb\n");
+    assert_eq!(read("h2"), "script\n");
+    assert_eq!(read("h3"), "from stdin\n");
+    assert!(!root.path().join("dev/pipes").exists());
+}
+
+#[test]
+fn workdir_makes_a_layer_only_when_it_creates_the_directory() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nWORKDIR /etc\nUSER app\nWORKDIR /srv/app\nRUN pwd > /tmp/pwd && id -u > /tmp/uid\n";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let out = e.build(&ctx, &[]).unwrap();
+    let h = history(&out);
+    assert_eq!(h[1], ("WORKDIR /etc".to_string(), true));
+    assert_eq!(h[3], ("WORKDIR /srv/app".to_string(), false));
+    let root = e.flatten(&out);
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(root.path().join("srv/app")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 1001), "created for the current USER");
+    assert_eq!(fs::read_to_string(root.path().join("tmp/pwd")).unwrap(), "/srv/app\n");
+    assert_eq!(fs::read_to_string(root.path().join("tmp/uid")).unwrap(), "1000\n");
+}
+
+#[test]
+fn multi_stage_with_run_and_copy_from() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1 AS builder
+RUN mkdir -p /out && echo built > /out/artifact
+FROM base:1 AS other
+RUN exit 1
+FROM scratch
+COPY --from=builder /out/artifact /artifact
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let out = e.build(&ctx, &[]).unwrap();
+    assert_eq!(out.image.manifest.layers().len(), 1);
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("artifact")).unwrap(), "built\n");
+}
