@@ -99,7 +99,14 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
     let null: OwnedFd = File::open("/dev/null")
         .map_err(|source| SandboxError::Io { action: "opening", path: "/dev/null".into(), source })?
         .into();
+    // lets the child notice a parent that died before PR_SET_PDEATHSIG took effect
+    let parent = rustix::process::pidfd_open(
+        rustix::process::getpid(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok();
     let fds = ChildFds {
+        parent: parent.as_ref().map_or(-1, |p| p.as_raw_fd()),
         null: null.as_raw_fd(),
         out: out_w.as_raw_fd(),
         err: err_w.as_raw_fd(),
@@ -131,7 +138,7 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
         stderr: Some(File::from(err_r)),
         stub_ops: Vec::new(),
     };
-    drop((out_w, err_w, status_w, null));
+    drop((out_w, err_w, status_w, null, parent));
 
     let mut status = File::from(status_r);
     let mut failure = None;
@@ -194,6 +201,8 @@ fn setup_error(plan: &Plan, index: usize, errno: i32) -> SandboxError {
 
 #[derive(Clone, Copy)]
 struct ChildFds {
+    /// pidfd of the parent process, or -1.
+    parent: i32,
     null: i32,
     out: i32,
     err: i32,
@@ -208,6 +217,12 @@ unsafe fn child_main(ops: &[Op], fds: ChildFds) -> ! {
     // SAFETY: plain system calls on fds and memory owned by this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        if fds.parent >= 0 {
+            let mut pfd = libc::pollfd { fd: fds.parent, events: libc::POLLIN, revents: 0 };
+            if libc::poll(&mut pfd, 1, 0) == 1 {
+                libc::_exit(128 + libc::SIGKILL); // the parent is gone already
+            }
+        }
         for (from, to) in [(fds.null, 0), (fds.out, 1), (fds.err, 2)] {
             if libc::dup2(from, to) == -1 {
                 sys::write_record(fds.status, KIND_FAILED, usize::MAX, *libc::__errno_location());

@@ -157,6 +157,12 @@ pub struct RunOutcome {
     pub stubs: Vec<String>,
 }
 
+/// The capabilities a step keeps (Docker's default set): CHOWN, DAC_OVERRIDE, FOWNER,
+/// FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD,
+/// AUDIT_WRITE, SETFCAP. All others leave the bounding set before the command starts, so
+/// a root step cannot mount, load modules or reach host devices.
+pub const DEFAULT_CAPABILITIES: u64 = 0xa804_25fb;
+
 /// How many trailing output lines [`RunOutcome::tail`] keeps.
 pub const TAIL_LINES: usize = 20;
 
@@ -325,6 +331,31 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     move |source| SandboxError::Io { action, path: path.to_path_buf(), source }
 }
 
+/// The flags of `path`'s mount that a read-only bind remount must repeat: in a user
+/// namespace nosuid/nodev/noexec and the atime mode are locked and may not be dropped.
+fn locked_mount_flags(path: &Path) -> Result<libc::c_ulong, SandboxError> {
+    use rustix::fs::StatVfsMountFlags as St;
+    let vfs = rustix::fs::statvfs(path).map_err(|e| SandboxError::Io {
+        action: "statvfs",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    let mut flags = 0;
+    for (st, ms) in [
+        (St::NOSUID, libc::MS_NOSUID),
+        (St::NODEV, libc::MS_NODEV),
+        (St::NOEXEC, libc::MS_NOEXEC),
+        (St::NOATIME, libc::MS_NOATIME),
+        (St::NODIRATIME, libc::MS_NODIRATIME),
+        (St::RELATIME, libc::MS_RELATIME),
+    ] {
+        if vfs.f_flag.contains(st) {
+            flags |= ms;
+        }
+    }
+    Ok(flags)
+}
+
 fn canonical(p: &Path) -> Result<PathBuf, SandboxError> {
     fs::canonicalize(p).map_err(io_err("resolving", p))
 }
@@ -412,22 +443,7 @@ fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxEr
             Mount::Bind { source, target, read_only } => {
                 let source = canonical(source)?;
                 let meta = fs::metadata(&source).map_err(io_err("reading", &source))?;
-                let vfs = rustix::fs::statvfs(&source).map_err(|e| SandboxError::Io {
-                    action: "statvfs",
-                    path: source.clone(),
-                    source: e.into(),
-                })?;
-                let f = vfs.f_flag;
-                let mut locked: libc::c_ulong = 0;
-                for (st, ms) in [
-                    (rustix::fs::StatVfsMountFlags::NOSUID, libc::MS_NOSUID),
-                    (rustix::fs::StatVfsMountFlags::NODEV, libc::MS_NODEV),
-                    (rustix::fs::StatVfsMountFlags::NOEXEC, libc::MS_NOEXEC),
-                ] {
-                    if f.contains(st) {
-                        locked |= ms;
-                    }
-                }
+                let locked = locked_mount_flags(&source)?;
                 PreparedMount::Bind {
                     source,
                     target: target.clone(),
@@ -442,7 +458,9 @@ fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxEr
         });
     }
 
+    let sys_flags = locked_mount_flags(Path::new("/sys")).unwrap_or(0);
     Ok(plan::Prepared {
+        sys_flags,
         userns,
         hostname: hostname.to_string(),
         new_net: req.network == Network::None,
@@ -549,6 +567,7 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
         fstype: None,
         flags: (libc::MS_REC | libc::MS_PRIVATE),
         data: None,
+        optional: false,
     });
     ops.push(sys::Op::Chdir { path: c(&base)? });
     ops.push(sys::Op::Mount {
@@ -557,6 +576,7 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
         fstype: Some(c(Path::new("overlay"))?),
         flags: 0,
         data: Some(plan::cstring("overlay options", &options)?),
+        optional: false,
     });
     ops.push(sys::Op::CreateFile { path: c(&d.join("merged/new"))?, stub: false });
     ops.push(sys::Op::Unlink { path: c(&d.join("merged/gone"))? });

@@ -36,6 +36,21 @@ pub(crate) const OLD_ROOT: &str = "/proc";
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// `/proc` entries bound read-only over themselves (skipped when absent).
+const PROC_READ_ONLY: [&str; 5] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+/// `/proc` files hidden under `/dev/null`.
+const PROC_MASKED_FILES: [&str; 6] = [
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+];
+/// `/proc` directories hidden under an empty read-only tmpfs.
+const PROC_MASKED_DIRS: [&str; 3] = ["/proc/acpi", "/proc/asound", "/proc/scsi"];
+
 /// How the rootfs is mounted on the mountpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PreparedRootfs {
@@ -76,6 +91,8 @@ pub(crate) struct Prepared {
     pub devices: Vec<(String, PathBuf)>,
     pub hosts_file: PathBuf,
     pub resolv_file: PathBuf,
+    /// Flags of the host's `/sys` mount a read-only remount of its bind must keep.
+    pub sys_flags: libc::c_ulong,
     pub mounts: Vec<PreparedMount>,
     pub cwd: String,
     pub uid: u32,
@@ -189,7 +206,22 @@ impl Builder {
             fstype: fstype.map(|f| CString::new(f).unwrap_or_default()),
             flags,
             data: data.map(|d| CString::new(d).unwrap_or_default()),
+            optional: false,
         });
+    }
+    /// A mount that is skipped when its target does not exist.
+    fn mount_optional(
+        &mut self,
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<&str>,
+        flags: libc::c_ulong,
+        data: Option<String>,
+    ) {
+        self.mount(source, target, fstype, flags, data);
+        if let Some(Op::Mount { optional, .. }) = self.ops.last_mut() {
+            *optional = true;
+        }
     }
     fn stub_dir(&mut self, container_path: &str) -> Result<(), SandboxError> {
         self.stub_paths.push((self.ops.len(), container_path.to_string()));
@@ -318,13 +350,20 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
         b.mount(Some(c("sysfs")), c("/sys"), Some("sysfs"), ro_locked, None);
     } else {
         b.mount(Some(via_old_root(Path::new("/sys"))?), c("/sys"), None, MS_BIND | MS_REC, None);
-        b.mount(None, c("/sys"), None, (MS_REMOUNT | MS_BIND) | ro_locked, None);
+        b.mount(None, c("/sys"), None, MS_REMOUNT | MS_BIND | ro_locked | p.sys_flags, None);
     }
 
     // /etc/hosts and /etc/resolv.conf, from per-run copies
     for (target, host) in [("/etc/hosts", &p.hosts_file), ("/etc/resolv.conf", &p.resolv_file)] {
         let t = b.stub_target("mount target", target, false)?;
-        b.mount(Some(via_old_root(host)?), cstring("mount target", &t)?, None, MS_BIND, None);
+        // optional: an image's dangling symlink here (e.g. to systemd-resolved) is left alone
+        b.mount_optional(
+            Some(via_old_root(host)?),
+            cstring("mount target", &t)?,
+            None,
+            MS_BIND,
+            None,
+        );
     }
 
     // the request's mounts, in order
@@ -352,6 +391,17 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
     // the old root goes; the new pid namespace's procfs comes
     b.push(Op::UmountDetach { target: c(OLD_ROOT) });
     b.mount(Some(c("proc")), c("/proc"), Some("proc"), MS_NOSUID | MS_NODEV | MS_NOEXEC, None);
+    // as Docker: kernel-wide knobs read-only, kernel-memory views masked
+    for dir in PROC_READ_ONLY {
+        b.mount_optional(Some(c(dir)), c(dir), None, MS_BIND | MS_REC, None);
+        b.mount_optional(None, c(dir), None, MS_REMOUNT | MS_BIND | ro_locked, None);
+    }
+    for file in PROC_MASKED_FILES {
+        b.mount_optional(Some(c("/dev/null")), c(file), None, MS_BIND, None);
+    }
+    for dir in PROC_MASKED_DIRS {
+        b.mount_optional(Some(c("tmpfs")), c(dir), Some("tmpfs"), ro_locked, None);
+    }
 
     // working directory, identity, exec
     let cwd_parts = container_components("cwd", &p.cwd)?;
@@ -359,6 +409,7 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
         prefixes(&cwd_parts).iter().map(|s| cstring("cwd", s)).collect::<Result<Vec<_>, _>>()?;
     b.push(Op::MkdirAllOwned { prefixes: cwd_prefixes, uid: p.uid, gid: p.gid });
     b.push(Op::Chdir { path: cstring("cwd", &p.cwd)? });
+    b.push(Op::DropCaps { keep: crate::DEFAULT_CAPABILITIES });
     b.push(Op::SetIds { uid: p.uid, gid: p.gid, groups: p.groups.clone() });
     let Some(argv0) = p.argv.first() else {
         return Err(SandboxError::EmptyArgv);
@@ -377,7 +428,7 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
 pub(crate) fn describe(op: &Op) -> String {
     let s = |c: &CString| c.to_string_lossy().into_owned();
     match op {
-        Op::Mount { source, target, fstype, flags, data } => format!(
+        Op::Mount { source, target, fstype, flags, data, .. } => format!(
             "mount {} on {} (type {}, flags {}, options {})",
             source.as_ref().map_or("none".into(), s),
             s(target),
@@ -398,6 +449,7 @@ pub(crate) fn describe(op: &Op) -> String {
         Op::Unlink { path } => format!("unlink {}", s(path)),
         Op::Hostname { name } => format!("sethostname {}", String::from_utf8_lossy(name)),
         Op::LoopbackUp => "bring up loopback interface lo".into(),
+        Op::DropCaps { keep } => format!("limit capabilities to {keep:#x}"),
         Op::SetIds { uid, gid, groups } => format!("set uid {uid}, gid {gid}, groups {groups:?}"),
         Op::Exec { argv, .. } => format!(
             "exec {}",
@@ -408,7 +460,7 @@ pub(crate) fn describe(op: &Op) -> String {
 
 /// Mount flags as `MS_A|MS_B` (for messages and the recorded plan).
 pub(crate) fn flags_to_string(flags: libc::c_ulong) -> String {
-    let names: [(libc::c_ulong, &str); 10] = [
+    let names: [(libc::c_ulong, &str); 13] = [
         (libc::MS_RDONLY, "MS_RDONLY"),
         (libc::MS_NOSUID, "MS_NOSUID"),
         (libc::MS_NODEV, "MS_NODEV"),
@@ -419,6 +471,9 @@ pub(crate) fn flags_to_string(flags: libc::c_ulong) -> String {
         (libc::MS_PRIVATE, "MS_PRIVATE"),
         (libc::MS_SLAVE, "MS_SLAVE"),
         (libc::MS_STRICTATIME, "MS_STRICTATIME"),
+        (libc::MS_NOATIME, "MS_NOATIME"),
+        (libc::MS_NODIRATIME, "MS_NODIRATIME"),
+        (libc::MS_RELATIME, "MS_RELATIME"),
     ];
     let parts: Vec<&str> = names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| *n).collect();
     if parts.is_empty() {
@@ -449,6 +504,7 @@ mod tests {
             devices: vec![("null".into(), "/dev/null".into())],
             hosts_file: "/tmp/s/hosts".into(),
             resolv_file: "/tmp/s/resolv.conf".into(),
+            sys_flags: libc::MS_RELATIME,
             mounts: vec![
                 PreparedMount::Bind {
                     source: "/host/cache".into(),
@@ -527,10 +583,30 @@ mod tests {
             "mount tmpfs /tmp tmpfs MS_NOSUID|MS_NODEV mode=755,size=4096",
             "umount2 /proc MNT_DETACH",
             "mount proc /proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+            "mount /proc/bus /proc/bus - MS_BIND|MS_REC -",
+            "mount - /proc/bus - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -",
+            "mount /proc/fs /proc/fs - MS_BIND|MS_REC -",
+            "mount - /proc/fs - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -",
+            "mount /proc/irq /proc/irq - MS_BIND|MS_REC -",
+            "mount - /proc/irq - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -",
+            "mount /proc/sys /proc/sys - MS_BIND|MS_REC -",
+            "mount - /proc/sys - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -",
+            "mount /proc/sysrq-trigger /proc/sysrq-trigger - MS_BIND|MS_REC -",
+            "mount - /proc/sysrq-trigger - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -",
+            "mount /dev/null /proc/kcore - MS_BIND -",
+            "mount /dev/null /proc/keys - MS_BIND -",
+            "mount /dev/null /proc/latency_stats - MS_BIND -",
+            "mount /dev/null /proc/timer_list - MS_BIND -",
+            "mount /dev/null /proc/timer_stats - MS_BIND -",
+            "mount /dev/null /proc/sched_debug - MS_BIND -",
+            "mount tmpfs /proc/acpi tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+            "mount tmpfs /proc/asound tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+            "mount tmpfs /proc/scsi tmpfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
             "mkdir /app 755",
             "mkdir /app/src 755",
             "chown /app/src 1000:1000",
             "chdir /app/src",
+            "drop_caps keep=0xa80425fb",
             "set_ids 1000 1000 Some([1000, 2000])",
             "execve /usr/bin/make [\"make\", \"all\"] [\"PATH=/usr/bin:/bin\", \"A=1\"]",
             "execve /bin/make [\"make\", \"all\"] [\"PATH=/usr/bin:/bin\", \"A=1\"]",
@@ -572,7 +648,7 @@ mod tests {
         assert!(!calls.contains("loopback_up"));
         assert!(calls.contains("mount /work/rootfs /tmp/s/root - MS_BIND|MS_REC -"), "{calls}");
         assert!(calls.contains(
-            "mount /proc/sys /sys - MS_BIND|MS_REC -\nmount - /sys - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -"
+            "mount /proc/sys /sys - MS_BIND|MS_REC -\nmount - /sys - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND|MS_RELATIME -"
         ), "{calls}");
     }
 

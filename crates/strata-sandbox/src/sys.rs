@@ -14,13 +14,14 @@ use rustix::io::Errno;
 /// One step of the child's setup. Paths are C strings prepared by the parent.
 #[derive(Debug)]
 pub(crate) enum Op {
-    /// `mount(2)`.
+    /// `mount(2)`. `optional`: a missing target (ENOENT, ENOTDIR) is skipped.
     Mount {
         source: Option<CString>,
         target: CString,
         fstype: Option<CString>,
         flags: libc::c_ulong,
         data: Option<CString>,
+        optional: bool,
     },
     /// `umount2(target, MNT_DETACH)`.
     UmountDetach { target: CString },
@@ -45,6 +46,9 @@ pub(crate) enum Op {
     Hostname { name: Vec<u8> },
     /// Bring the loopback interface up (`SIOCSIFFLAGS` on a socket).
     LoopbackUp,
+    /// Limit capabilities to `keep` (a bit mask): bounding set, ambient set cleared,
+    /// effective/permitted/inheritable.
+    DropCaps { keep: u64 },
     /// `setgroups`, `setresgid`, `setresuid`, in that order. `groups = None`: leave them
     /// (a user namespace with `setgroups` denied).
     SetIds { uid: u32, gid: u32, groups: Option<Vec<u32>> },
@@ -105,6 +109,7 @@ pub(crate) trait Syscalls {
     fn unlink(&mut self, path: &CStr) -> Result<(), Errno>;
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno>;
     fn loopback_up(&mut self) -> Result<(), Errno>;
+    fn drop_caps(&mut self, keep: u64) -> Result<(), Errno>;
     fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno>;
     /// Replaces the process on success, so the real implementation only returns errors;
     /// `Ok(())` means "the process was replaced" (only a fake can say that).
@@ -118,9 +123,19 @@ pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failur
     for (index, op) in ops.iter().enumerate() {
         let fail = |errno| Failure { index, errno };
         match op {
-            Op::Mount { source, target, fstype, flags, data } => sys
-                .mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
-                .map_err(fail)?,
+            Op::Mount { source, target, fstype, flags, data, optional } => {
+                let r = sys.mount(
+                    source.as_deref(),
+                    target,
+                    fstype.as_deref(),
+                    *flags,
+                    data.as_deref(),
+                );
+                match r {
+                    Err(e) if *optional && (e == Errno::NOENT || e == Errno::NOTDIR) => {}
+                    r => r.map_err(fail)?,
+                }
+            }
             Op::UmountDetach { target } => sys.umount_detach(target).map_err(fail)?,
             Op::PivotRoot { new_root, put_old } => {
                 sys.pivot_root(new_root, put_old).map_err(fail)?
@@ -148,6 +163,7 @@ pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failur
             Op::Unlink { path } => sys.unlink(path).map_err(fail)?,
             Op::Hostname { name } => sys.sethostname(name).map_err(fail)?,
             Op::LoopbackUp => sys.loopback_up().map_err(fail)?,
+            Op::DropCaps { keep } => sys.drop_caps(*keep).map_err(fail)?,
             Op::SetIds { uid, gid, groups } => {
                 sys.set_ids(*uid, *gid, groups.as_deref()).map_err(fail)?
             }
@@ -333,6 +349,52 @@ impl Syscalls for RealSyscalls {
         }
         Ok(())
     }
+    fn drop_caps(&mut self, keep: u64) -> Result<(), Errno> {
+        #[repr(C)]
+        struct CapHeader {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        struct CapData {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        // SAFETY: prctl/capset with correctly laid out arguments.
+        unsafe {
+            for cap in 0..64u64 {
+                if keep & (1 << cap) == 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) == -1
+                {
+                    let e = Errno::from_raw_os_error(last_errno());
+                    if e == Errno::INVAL {
+                        break; // past the kernel's last capability
+                    }
+                    return Err(e);
+                }
+            }
+            // ambient capabilities exist since Linux 4.3; EINVAL before that is fine
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            let header = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let (lo, hi) = (keep as u32, (keep >> 32) as u32);
+            let data = [
+                CapData { effective: lo, permitted: lo, inheritable: lo },
+                CapData { effective: hi, permitted: hi, inheritable: hi },
+            ];
+            check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int)?;
+        }
+        Ok(())
+    }
     fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno> {
         // Raw syscalls: glibc's wrappers broadcast to all threads of the *parent*, which do
         // not exist in this forked child.
@@ -441,6 +503,9 @@ impl Syscalls for RecordingSyscalls {
     }
     fn loopback_up(&mut self) -> Result<(), Errno> {
         self.record("loopback_up".into())
+    }
+    fn drop_caps(&mut self, keep: u64) -> Result<(), Errno> {
+        self.record(format!("drop_caps keep={keep:#x}"))
     }
     fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno> {
         self.record(format!("set_ids {uid} {gid} {groups:?}"))

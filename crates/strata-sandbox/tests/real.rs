@@ -468,3 +468,44 @@ fn empty_lowers_is_an_empty_image() {
     let err = run(&req, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, SandboxError::Exec { .. }), "no /bin/sh in scratch: {err}");
 }
+
+#[test]
+fn root_step_has_dockers_capabilities_and_proc_is_guarded() {
+    if !can_run() {
+        return;
+    }
+    let img = image();
+    let (outcome, lines) = run_collect(&img.req(
+        "grep -E '^Cap(Eff|Bnd)' /proc/self/status; \
+         echo x > /proc/sys/kernel/domainname || echo sys-refused; \
+         if [ -e /proc/timer_list ]; then wc -c < /proc/timer_list; else echo 0; fi",
+    ));
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    let out = stdout_of(&lines);
+    assert_eq!(out[0], "CapEff:\t00000000a80425fb");
+    assert_eq!(out[1], "CapBnd:\t00000000a80425fb");
+    assert_eq!(out[2..], ["sys-refused", "0"]);
+
+    let mut req = img.req("grep -E '^CapEff' /proc/self/status");
+    req.user = "app".into();
+    let (_, lines) = run_collect(&req);
+    assert_eq!(stdout_of(&lines), ["CapEff:\t0000000000000000"]);
+}
+
+#[test]
+fn dangling_resolv_conf_symlink_in_the_image_is_left_alone() {
+    if !can_run() {
+        return;
+    }
+    let img = image();
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        img.lower.join("etc/resolv.conf"),
+    )
+    .unwrap();
+    let (outcome, lines) = run_collect(&img.req("cat /etc/hosts >/dev/null && echo ok"));
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(stdout_of(&lines), ["ok"]);
+    assert!(!outcome.stubs.iter().any(|s| s == "/etc/resolv.conf"), "{:?}", outcome.stubs);
+    assert_eq!(img.upper_entries(), Vec::<String>::new());
+}
