@@ -36,6 +36,9 @@ pub(crate) const OLD_ROOT: &str = "/proc";
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Where the new procfs is mounted until the old root has left `/proc` (in the /dev tmpfs).
+const PROC_STAGING: &str = "/dev/.strata-proc";
+
 /// `/proc` entries bound read-only over themselves (skipped when absent).
 const PROC_READ_ONLY: [&str; 5] =
     ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
@@ -343,6 +346,11 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
         Some("mode=1777,size=65536k".into()),
     );
 
+    // The new pid namespace's procfs, mounted while the host's /proc is still visible (under
+    // the old root): in a user namespace the kernel refuses a procfs otherwise.
+    b.push(Op::Mkdir { path: c(PROC_STAGING), mode: 0o555, stub: false });
+    b.mount(Some(c("proc")), c(PROC_STAGING), Some("proc"), MS_NOSUID | MS_NODEV | MS_NOEXEC, None);
+
     // /sys, read-only
     b.stub_dir("/sys")?;
     let ro_locked = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
@@ -388,9 +396,10 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
         }
     }
 
-    // the old root goes; the new pid namespace's procfs comes
+    // the old root goes; the new procfs moves into its place
     b.push(Op::UmountDetach { target: c(OLD_ROOT) });
-    b.mount(Some(c("proc")), c("/proc"), Some("proc"), MS_NOSUID | MS_NODEV | MS_NOEXEC, None);
+    b.mount(Some(c(PROC_STAGING)), c("/proc"), None, libc::MS_MOVE, None);
+    b.push(Op::Rmdir { path: c(PROC_STAGING) });
     // as Docker: kernel-wide knobs read-only, kernel-memory views masked
     for dir in PROC_READ_ONLY {
         b.mount_optional(Some(c(dir)), c(dir), None, MS_BIND | MS_REC, None);
@@ -447,6 +456,7 @@ pub(crate) fn describe(op: &Op) -> String {
         }
         Op::WriteFile { path, .. } => format!("write {}", s(path)),
         Op::Unlink { path } => format!("unlink {}", s(path)),
+        Op::Rmdir { path } => format!("rmdir {}", s(path)),
         Op::Hostname { name } => format!("sethostname {}", String::from_utf8_lossy(name)),
         Op::LoopbackUp => "bring up loopback interface lo".into(),
         Op::DropCaps { keep } => format!("limit capabilities to {keep:#x}"),
@@ -460,7 +470,7 @@ pub(crate) fn describe(op: &Op) -> String {
 
 /// Mount flags as `MS_A|MS_B` (for messages and the recorded plan).
 pub(crate) fn flags_to_string(flags: libc::c_ulong) -> String {
-    let names: [(libc::c_ulong, &str); 13] = [
+    let names: [(libc::c_ulong, &str); 14] = [
         (libc::MS_RDONLY, "MS_RDONLY"),
         (libc::MS_NOSUID, "MS_NOSUID"),
         (libc::MS_NODEV, "MS_NODEV"),
@@ -474,6 +484,7 @@ pub(crate) fn flags_to_string(flags: libc::c_ulong) -> String {
         (libc::MS_NOATIME, "MS_NOATIME"),
         (libc::MS_NODIRATIME, "MS_NODIRATIME"),
         (libc::MS_RELATIME, "MS_RELATIME"),
+        (libc::MS_MOVE, "MS_MOVE"),
     ];
     let parts: Vec<&str> = names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| *n).collect();
     if parts.is_empty() {
@@ -562,27 +573,30 @@ mod tests {
             "symlink /proc/self/fd/2 /dev/stderr",
             "mkdir /dev/shm 1777",
             "mount shm /dev/shm tmpfs MS_NOSUID|MS_NODEV|MS_NOEXEC mode=1777,size=65536k",
+            "mkdir /dev/.strata-proc 555",
+            "mount proc /dev/.strata-proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC -",
             "mkdir /sys 755",
-            "stub #22",
+            "stub #24",
             "mount sysfs /sys sysfs MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -",
             "mkdir /etc 755",
             "create /etc/hosts",
-            "stub #25",
+            "stub #27",
             "mount /proc/tmp/s/hosts /etc/hosts - MS_BIND -",
             "mkdir /etc 755",
             "create /etc/resolv.conf",
-            "stub #28",
+            "stub #30",
             "mount /proc/tmp/s/resolv.conf /etc/resolv.conf - MS_BIND -",
             "mkdir /root 755",
             "mkdir /root/.cache 755",
-            "stub #31",
+            "stub #33",
             "mount /proc/host/cache /root/.cache - MS_BIND|MS_REC -",
             "mount - /root/.cache - MS_RDONLY|MS_NODEV|MS_REMOUNT|MS_BIND -",
             "mkdir /tmp 755",
-            "stub #34",
+            "stub #36",
             "mount tmpfs /tmp tmpfs MS_NOSUID|MS_NODEV mode=755,size=4096",
             "umount2 /proc MNT_DETACH",
-            "mount proc /proc proc MS_NOSUID|MS_NODEV|MS_NOEXEC -",
+            "mount /dev/.strata-proc /proc - MS_MOVE -",
+            "rmdir /dev/.strata-proc",
             "mount /proc/bus /proc/bus - MS_BIND|MS_REC -",
             "mount - /proc/bus - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -",
             "mount /proc/fs /proc/fs - MS_BIND|MS_REC -",

@@ -42,6 +42,8 @@ pub(crate) enum Op {
     WriteFile { path: CString, data: Vec<u8> },
     /// `unlink(2)` (used by the overlay probe).
     Unlink { path: CString },
+    /// `rmdir(2)`.
+    Rmdir { path: CString },
     /// `sethostname(2)`.
     Hostname { name: Vec<u8> },
     /// Bring the loopback interface up (`SIOCSIFFLAGS` on a socket).
@@ -107,6 +109,7 @@ pub(crate) trait Syscalls {
     fn chown(&mut self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno>;
     fn write_file(&mut self, path: &CStr, data: &[u8]) -> Result<(), Errno>;
     fn unlink(&mut self, path: &CStr) -> Result<(), Errno>;
+    fn rmdir(&mut self, path: &CStr) -> Result<(), Errno>;
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno>;
     fn loopback_up(&mut self) -> Result<(), Errno>;
     fn drop_caps(&mut self, keep: u64) -> Result<(), Errno>;
@@ -161,6 +164,7 @@ pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failur
             }
             Op::WriteFile { path, data } => sys.write_file(path, data).map_err(fail)?,
             Op::Unlink { path } => sys.unlink(path).map_err(fail)?,
+            Op::Rmdir { path } => sys.rmdir(path).map_err(fail)?,
             Op::Hostname { name } => sys.sethostname(name).map_err(fail)?,
             Op::LoopbackUp => sys.loopback_up().map_err(fail)?,
             Op::DropCaps { keep } => sys.drop_caps(*keep).map_err(fail)?,
@@ -315,6 +319,10 @@ impl Syscalls for RealSyscalls {
     fn unlink(&mut self, path: &CStr) -> Result<(), Errno> {
         // SAFETY: valid C string.
         check(unsafe { libc::unlink(path.as_ptr()) })
+    }
+    fn rmdir(&mut self, path: &CStr) -> Result<(), Errno> {
+        // SAFETY: valid C string.
+        check(unsafe { libc::rmdir(path.as_ptr()) })
     }
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno> {
         // SAFETY: pointer and length of a live slice.
@@ -497,6 +505,9 @@ impl Syscalls for RecordingSyscalls {
     }
     fn unlink(&mut self, path: &CStr) -> Result<(), Errno> {
         self.record(format!("unlink {}", s(path)))
+    }
+    fn rmdir(&mut self, path: &CStr) -> Result<(), Errno> {
+        self.record(format!("rmdir {}", s(path)))
     }
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno> {
         self.record(format!("sethostname {}", String::from_utf8_lossy(name)))

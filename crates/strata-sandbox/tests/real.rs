@@ -509,3 +509,66 @@ fn dangling_resolv_conf_symlink_in_the_image_is_left_alone() {
     assert!(!outcome.stubs.iter().any(|s| s == "/etc/resolv.conf"), "{:?}", outcome.stubs);
     assert_eq!(img.upper_entries(), Vec::<String>::new());
 }
+
+/// The rootless path, run by `rootless_step_runs_in_a_user_namespace` as uid 65534.
+#[test]
+fn helper_rootless_step() {
+    if std::env::var("STRATA_SANDBOX_ROOTLESS").is_err() {
+        return;
+    }
+    assert!(!rustix::process::geteuid().is_root(), "helper must not be root");
+    let img = image();
+    let mut req = img.req(
+        "echo $(id -u) $(id -g); echo hi > /new.txt; rm /etc/motd; ls /sys/class/net; cat /etc/hosts | wc -l",
+    );
+    req.mounts = vec![Mount::Tmpfs { target: "/scratch".into(), size: None }];
+    let (outcome, lines) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(stdout_of(&lines), ["0 0", "lo", "2"]);
+    assert_eq!(fs::read_to_string(img.upper.join("new.txt")).unwrap(), "hi\n");
+    let wh = fs::symlink_metadata(img.upper.join("etc/motd")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "whiteout 0/0");
+    assert_eq!(img.upper_entries(), ["etc", "etc/motd", "new.txt"]);
+
+    req.user = "app".into();
+    let err = run(&req, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, SandboxError::UnmappedUser { uid: 1000, .. }), "{err}");
+}
+
+#[test]
+fn rootless_step_runs_in_a_user_namespace() {
+    use std::os::unix::process::CommandExt;
+    if !can_run() {
+        return;
+    }
+    let userns_ok = std::process::Command::new("unshare")
+        .args(["-Ur", "true"])
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !userns_ok {
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipping: unprivileged user namespaces unavailable");
+        }
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_rootless_step", "--nocapture", "--test-threads=1"])
+        .env("STRATA_SANDBOX_ROOTLESS", "1")
+        .env("TMPDIR", tmp.path())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "rootless helper failed or did not run:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    no_leaked_mounts();
+}
