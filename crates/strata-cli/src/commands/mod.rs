@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
 
+mod build;
 mod parse;
 mod store;
 
@@ -23,6 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Dockerfile/Containerfile and a context directory.
+    Build(build::Args),
     /// Parse a Dockerfile/Containerfile and print its stages and steps.
     Parse(parse::Args),
     /// Import a directory or root-filesystem tar as a one-layer image (or copy an image from
@@ -48,6 +51,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = cli.store.as_deref();
     match cli.command {
+        Command::Build(args) => build::run(root, args),
         Command::Parse(args) => parse::run(args),
         Command::Import(args) => store::import(root, args),
         Command::Images(args) => store::images(root, args),
@@ -60,10 +64,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Exit code for an error that reached `main`: 1 for bad input the user can fix (a recipe
-/// that does not parse), 2 for everything else (I/O, a corrupt store).
+/// Exit code for an error that reached `main`: 1 for a recipe that does not parse or a build
+/// that fails (as `docker build`), 2 for everything else (bad arguments, I/O, a corrupt store).
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|e| e.downcast_ref::<strata::recipe::ParseError>().is_some()) {
+    if err.chain().any(|e| {
+        e.downcast_ref::<strata::recipe::ParseError>().is_some()
+            || e.downcast_ref::<strata::build::BuildError>().is_some()
+    }) {
         1
     } else {
         2

@@ -1,0 +1,272 @@
+//! `strata build`: a recipe and a context into an image, with progress rendered for a
+//! terminal (`tty`), a log (`plain`, like BuildKit's `--progress=plain`) or tools (`json`).
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use strata::build::{
+    self, BuildEvent, BuildOptions, Network, ProgressSink, SecretSource, SecretSpec,
+};
+use strata::layer::transport;
+use strata::recipe::BuildArgs;
+use strata::store::ImageLocation;
+
+use super::store::{human, init_store, CompressionArg};
+
+/// Arguments of `strata build`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The recipe (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Name (and tag) of the image; repeatable.
+    #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
+    pub tags: Vec<String>,
+    /// Build argument `K=V` (a bare `K` takes its value from the environment).
+    #[arg(long = "build-arg", value_name = "K=V")]
+    pub build_args: Vec<String>,
+    /// Build this stage (name or index) instead of the last.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    pub secrets: Vec<String>,
+    /// Network for RUN steps: `default`/`host` (the host's) or `none` (loopback only).
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// Layer compression.
+    #[arg(long, value_enum, default_value = "zstd")]
+    pub compression: CompressionArg,
+    /// Also write the image to `oci:DIR[:TAG]`, `docker-archive:FILE[:TAG]` or `dir:PATH`.
+    #[arg(long, value_name = "DEST")]
+    pub output: Option<String>,
+    /// Progress display: `auto` (tty on a terminal, else plain), `plain`, `tty`, `json`
+    /// (one JSON event per line on stdout).
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Timestamp for `created`, history and the layer mtime clamp (seconds since the epoch);
+    /// default $SOURCE_DATE_EPOCH, else 0.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    pub timestamp: Option<i64>,
+    /// The build context directory.
+    pub context: PathBuf,
+}
+
+fn parse_secret(spec: &str) -> anyhow::Result<SecretSpec> {
+    let mut id = None;
+    let mut source = None;
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => source = Some(SecretSource::File(PathBuf::from(v))),
+            Some(("env", v)) => source = Some(SecretSource::Env(v.to_string())),
+            Some(("type", "file" | "env")) => {}
+            _ => bail!("invalid --secret {spec:?}: expected id=ID,src=FILE or id=ID,env=VAR"),
+        }
+    }
+    let id = id.with_context(|| format!("invalid --secret {spec:?}: missing id="))?;
+    // Without src= or env=, the value comes from the environment variable named like the id.
+    let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
+    Ok(SecretSpec { id, source })
+}
+
+pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCode> {
+    let network = match args.network.as_str() {
+        "default" | "host" => Network::Host,
+        "none" => Network::None,
+        other => bail!("unsupported --network {other:?}: use default, host or none"),
+    };
+    let output: Option<ImageLocation> = args.output.as_deref().map(str::parse).transpose()?;
+    if let Some(ImageLocation::Store(_) | ImageLocation::Registry(_)) = &output {
+        bail!("--output must be oci:DIR[:TAG], docker-archive:FILE[:TAG] or dir:PATH");
+    }
+    for t in &args.tags {
+        let r: strata::store::Reference =
+            t.parse().with_context(|| format!("invalid tag {t:?}"))?;
+        if r.digest().is_some() {
+            bail!("invalid tag {t:?}: a tag cannot have a digest");
+        }
+    }
+    let mut opts = BuildOptions::new(&args.context);
+    if let Some(f) = &args.file {
+        opts.recipe_path = f.clone();
+    }
+    opts.tags = args.tags.clone();
+    let build_args: BuildArgs = super::parse_key_values(&args.build_args).into_iter().collect();
+    // SOURCE_DATE_EPOCH may also come as a build arg, as BuildKit accepts it.
+    let timestamp = match (args.timestamp, build_args.get("SOURCE_DATE_EPOCH")) {
+        (Some(t), _) => t,
+        (None, Some(v)) => v.parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?}"))?,
+        (None, None) => 0,
+    };
+    opts.build_args = build_args;
+    opts.target = args.target.clone();
+    opts.secrets = args.secrets.iter().map(|s| parse_secret(s)).collect::<Result<_, _>>()?;
+    opts.network = network;
+    opts.compression = args.compression.into();
+    opts.timestamp = timestamp;
+
+    let store = init_store(store)?;
+    let mode = match args.progress.as_str() {
+        "auto" if std::io::stderr().is_terminal() => "tty",
+        "auto" => "plain",
+        m @ ("plain" | "tty" | "json") => m,
+        other => bail!("unsupported --progress {other:?}: use auto, plain, tty or json"),
+    };
+    let started = Instant::now();
+    let result = match mode {
+        "json" => build::build(&store, &opts, &JsonProgress),
+        "tty" => build::build(&store, &opts, &TtyProgress::new()),
+        _ => build::build(&store, &opts, &PlainProgress::new()),
+    };
+    let out = result.with_context(|| format!("build of {} failed", args.context.display()))?;
+    if let Some(dest) = &output {
+        let source = transport::open_source(
+            Some(&store),
+            &ImageLocation::Store(out.manifest.digest().to_string()),
+        )?;
+        transport::export(&source, dest, None).with_context(|| format!("cannot write {dest}"))?;
+    }
+    if mode != "json" {
+        let mut err = std::io::stderr().lock();
+        let written = out.steps.iter().filter(|s| s.layer.is_some()).count();
+        writeln!(
+            err,
+            "built {} in {:.1}s: {} steps, {} layers written ({})",
+            out.manifest.digest(),
+            started.elapsed().as_secs_f64(),
+            out.steps.len(),
+            written,
+            human(out.bytes_written)
+        )?;
+        for t in &opts.tags {
+            writeln!(err, "tagged {t}")?;
+        }
+        if let Some(dest) = &output {
+            writeln!(err, "wrote {dest}")?;
+        }
+    }
+    writeln!(std::io::stdout().lock(), "{}", out.manifest.digest())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One JSON object per event on stdout.
+struct JsonProgress;
+
+impl ProgressSink for JsonProgress {
+    fn event(&self, e: &BuildEvent) {
+        if let Ok(line) = serde_json::to_string(e) {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
+    }
+}
+
+/// BuildKit's `--progress=plain` shape: `#N [stage] INSTRUCTION`, output lines as `#N 0.123 text`,
+/// `#N DONE 1.2s`.
+struct PlainProgress {
+    start: Instant,
+    steps: Mutex<HashMap<(usize, usize), (usize, Instant)>>,
+}
+
+impl PlainProgress {
+    fn new() -> Self {
+        PlainProgress { start: Instant::now(), steps: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl ProgressSink for PlainProgress {
+    fn event(&self, e: &BuildEvent) {
+        let mut err = std::io::stderr().lock();
+        let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = match e {
+            BuildEvent::StageStart { stage, name, base } => {
+                let name = name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+                writeln!(err, "=> stage {stage}{name} FROM {base}")
+            }
+            BuildEvent::StepStart { stage, step, line, text } => {
+                let n = steps.len() + 1;
+                steps.insert((*stage, *step), (n, Instant::now()));
+                writeln!(err, "#{n} [stage {stage}, line {line}] {text}")
+            }
+            BuildEvent::StepOutput { stage, step, line, .. } => {
+                let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
+                writeln!(err, "#{n} {:.3} {line}", self.start.elapsed().as_secs_f64())
+            }
+            BuildEvent::StepDone { stage, step, duration_ms, layer, layer_size, .. } => {
+                let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
+                let secs = *duration_ms as f64 / 1000.0;
+                match (layer, layer_size) {
+                    (Some(l), Some(sz)) => {
+                        writeln!(err, "#{n} DONE {secs:.1}s layer {} ({})", short(l), human(*sz))
+                    }
+                    _ => writeln!(err, "#{n} DONE {secs:.1}s"),
+                }
+            }
+            BuildEvent::Warning { message } => writeln!(err, "WARNING: {message}"),
+            BuildEvent::BuildDone { .. } => Ok(()),
+            _ => Ok(()),
+        };
+    }
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// A live view: one spinner per running step with its elapsed time; RUN output scrolls above.
+struct TtyProgress {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<(usize, usize), (ProgressBar, String)>>,
+}
+
+impl TtyProgress {
+    fn new() -> Self {
+        TtyProgress { multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl ProgressSink for TtyProgress {
+    fn event(&self, e: &BuildEvent) {
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            BuildEvent::StepStart { stage, step, text, .. } => {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                let label = format!("[{stage}] {text}");
+                bar.set_message(label.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bars.insert((*stage, *step), (bar, label));
+            }
+            BuildEvent::StepOutput { line, .. } => {
+                let _ = self.multi.println(format!("  {line}"));
+            }
+            BuildEvent::StepDone { stage, step, duration_ms, layer_size, .. } => {
+                if let Some((bar, label)) = bars.remove(&(*stage, *step)) {
+                    let size = layer_size.map(|s| format!(" ({})", human(s))).unwrap_or_default();
+                    bar.set_style(
+                        ProgressStyle::with_template("{msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar.finish_with_message(format!(
+                        "✔ {:>5.1}s {label}{size}",
+                        *duration_ms as f64 / 1000.0
+                    ));
+                }
+            }
+            BuildEvent::Warning { message } => {
+                let _ = self.multi.println(format!("WARNING: {message}"));
+            }
+            _ => {}
+        }
+    }
+}
