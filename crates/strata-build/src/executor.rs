@@ -8,8 +8,10 @@
 //! target needs has finished, so a failed build leaves at most unreferenced blobs (gc
 //! removes them).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use strata_layer::transport::layer_descriptor;
@@ -35,10 +37,13 @@ pub(crate) struct Builder<'a> {
     pub recipe: &'a Recipe,
     pub plan: &'a Plan,
     pub ignore: DockerIgnore,
-    pub results: HashMap<usize, ImageState>,
-    pub reports: Vec<StepReport>,
-    pub layers_written: usize,
-    pub bytes_written: u64,
+    /// Finished stages. A stage reads only stages it depends on, which finished before it
+    /// started, so the lock is never contended for long.
+    pub results: RwLock<HashMap<usize, ImageState>>,
+    /// Step reports by stage.
+    pub reports: Mutex<BTreeMap<usize, Vec<StepReport>>>,
+    pub layers_written: AtomicUsize,
+    pub bytes_written: AtomicU64,
     pub writer: LayerWriter,
 }
 
@@ -56,6 +61,11 @@ impl StepResult {
 }
 
 impl<'a> Builder<'a> {
+    /// The result of a finished stage.
+    pub fn result(&self, index: usize) -> Option<ImageState> {
+        self.results.read().unwrap_or_else(|p| p.into_inner()).get(&index).cloned()
+    }
+
     fn stage_label(&self, index: usize) -> String {
         match &self.plan.stages[index].name {
             Some(n) => n.clone(),
@@ -85,7 +95,7 @@ impl<'a> Builder<'a> {
         ImageState::from_image(self.store, &image)
     }
 
-    pub fn build_stage(&mut self, index: usize) -> Result<ImageState> {
+    pub fn build_stage(&self, index: usize) -> Result<ImageState> {
         let stage = &self.plan.stages[index];
         let (mut state, base) = match &stage.base {
             Base::Scratch => (ImageState::scratch(), "scratch".to_string()),
@@ -96,11 +106,7 @@ impl<'a> Builder<'a> {
                 (s, r.clone())
             }
             Base::Stage(j) => {
-                let s = self
-                    .results
-                    .get(j)
-                    .map(ImageState::for_child)
-                    .unwrap_or_else(ImageState::scratch);
+                let s = self.result(*j).map(|s| s.for_child()).unwrap_or_else(ImageState::scratch);
                 (s, format!("stage {}", self.stage_label(*j)))
             }
         };
@@ -164,7 +170,7 @@ impl<'a> Builder<'a> {
     }
 
     fn exec_step(
-        &mut self,
+        &self,
         stage: usize,
         step_index: usize,
         state: &mut ImageState,
@@ -200,7 +206,8 @@ impl<'a> Builder<'a> {
             layer_size: result.layer_size,
             empty_layer: empty,
         });
-        self.reports.push(StepReport {
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.entry(stage).or_default().push(StepReport {
             stage,
             line,
             created_by: result.created_by,
@@ -215,7 +222,7 @@ impl<'a> Builder<'a> {
     }
 
     fn dispatch(
-        &mut self,
+        &self,
         stage: usize,
         step_index: usize,
         state: &mut ImageState,
@@ -339,16 +346,16 @@ impl<'a> Builder<'a> {
     }
 
     /// Writes `changeset` (bytes from `source`) as a layer and unpacks its snapshot.
-    pub fn commit(&mut self, changeset: &Changeset, source: &Path) -> Result<(LayerRef, u64)> {
+    pub fn commit(&self, changeset: &Changeset, source: &Path) -> Result<(LayerRef, u64)> {
         let desc = write_layer(self.store, &self.writer, changeset, source)?;
-        self.layers_written += 1;
-        self.bytes_written += desc.size;
+        self.layers_written.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
         let layer = LayerRef { descriptor: layer_descriptor(&desc)?, diff_id: desc.diff_id };
         ensure_snapshot(self.store, &layer)?;
         Ok((layer, desc.size))
     }
 
-    fn workdir(&mut self, state: &mut ImageState, path: &str) -> Result<StepResult> {
+    fn workdir(&self, state: &mut ImageState, path: &str) -> Result<StepResult> {
         let wd = join_workdir(&state.working_dir, path);
         state.working_dir = wd.clone();
         let created_by = format!("WORKDIR {wd}");
@@ -374,7 +381,7 @@ impl<'a> Builder<'a> {
     }
 
     fn copy(
-        &mut self,
+        &self,
         stage: usize,
         state: &mut ImageState,
         spec: &CopySpec,
@@ -407,8 +414,7 @@ impl<'a> Builder<'a> {
                         },
                     )? {
                         Some(j) => {
-                            let s =
-                                self.results.get(&j).cloned().unwrap_or_else(ImageState::scratch);
+                            let s = self.result(j).unwrap_or_else(ImageState::scratch);
                             (s.layers, format!("stage {from}"))
                         }
                         None => (self.image_state(from)?.layers, format!("image {from}")),

@@ -25,7 +25,9 @@ mod progress;
 mod rootfs;
 mod run;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Mutex, RwLock};
 
 use strata_layer::LayerWriter;
 use strata_recipe::DockerIgnore;
@@ -33,7 +35,8 @@ use strata_store::Store;
 
 pub use error::{BuildError, Result};
 pub use options::{
-    default_recipe_path, BuildOptions, BuildOutput, Network, SecretSource, SecretSpec, StepReport,
+    default_recipe_path, BuildOptions, BuildOutput, Network, RunRootfs, SecretSource, SecretSpec,
+    StepReport,
 };
 pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
 pub use strata_layer::Compression;
@@ -54,25 +57,21 @@ pub fn build(
     let recipe = strata_recipe::parse(&text).map_err(parse_err)?;
     let plan = recipe.plan(&opts.build_args, opts.target.as_deref()).map_err(parse_err)?;
     let ignore = load_dockerignore(opts)?;
-    let mut builder = executor::Builder {
+    let builder = executor::Builder {
         store,
         opts,
         progress,
         recipe: &recipe,
         plan: &plan,
         ignore,
-        results: HashMap::new(),
-        reports: Vec::new(),
-        layers_written: 0,
-        bytes_written: 0,
+        results: RwLock::new(HashMap::new()),
+        reports: Mutex::new(BTreeMap::new()),
+        layers_written: AtomicUsize::new(0),
+        bytes_written: AtomicU64::new(0),
         writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
     };
-    for &index in &plan.order {
-        let state = builder.build_stage(index)?;
-        builder.results.insert(index, state);
-    }
-    let state =
-        builder.results.get(&plan.target).cloned().unwrap_or_else(image::ImageState::scratch);
+    build_stages(&builder, &plan)?;
+    let state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
     let config = state.to_config(opts.timestamp)?;
     let manifest = store.put_image(&config, &state.layer_descriptors())?;
     for tag in &opts.tags {
@@ -80,13 +79,57 @@ pub fn build(
     }
     let image = store.image(&manifest)?;
     progress.event(&BuildEvent::BuildDone { digest: manifest.digest().to_string() });
+    let mut by_stage = builder.reports.into_inner().unwrap_or_else(|p| p.into_inner());
+    let steps = plan.order.iter().flat_map(|i| by_stage.remove(i).unwrap_or_default()).collect();
     Ok(BuildOutput {
         manifest,
         image,
-        steps: builder.reports,
-        layers_written: builder.layers_written,
-        bytes_written: builder.bytes_written,
+        steps,
+        layers_written: builder.layers_written.into_inner(),
+        bytes_written: builder.bytes_written.into_inner(),
     })
+}
+
+/// Builds the stages of `plan.order` in waves: every stage whose dependencies are done starts,
+/// on its own thread when there are several. The first error (in plan order) wins, after the
+/// other stages of its wave have finished.
+fn build_stages(builder: &executor::Builder<'_>, plan: &strata_recipe::Plan) -> Result<()> {
+    let mut done: BTreeSet<usize> = BTreeSet::new();
+    let mut remaining: Vec<usize> = plan.order.clone();
+    while !remaining.is_empty() {
+        let (mut ready, rest): (Vec<usize>, Vec<usize>) = remaining.iter().partition(|i| {
+            plan.dependencies.get(i).is_none_or(|deps| deps.iter().all(|d| done.contains(d)))
+        });
+        if ready.is_empty() {
+            // Cannot happen for a plan from `Recipe::plan`; build in order rather than spin.
+            ready = remaining[..1].to_vec();
+        }
+        let rest: Vec<usize> = rest.into_iter().filter(|i| !ready.contains(i)).collect();
+        let outcomes: Vec<(usize, Result<image::ImageState>)> = if ready.len() == 1 {
+            ready.iter().map(|&i| (i, builder.build_stage(i))).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = ready
+                    .iter()
+                    .map(|&i| (i, scope.spawn(move || builder.build_stage(i))))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(i, h)| match h.join() {
+                        Ok(r) => (i, r),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            })
+        };
+        for (i, outcome) in outcomes {
+            let state = outcome?;
+            builder.results.write().unwrap_or_else(|p| p.into_inner()).insert(i, state);
+            done.insert(i);
+        }
+        remaining = rest;
+    }
+    Ok(())
 }
 
 /// `<recipe>.dockerignore` next to the recipe, else `CONTEXT/.dockerignore`.

@@ -41,6 +41,19 @@ pub enum Network {
     None,
 }
 
+/// How RUN steps get their root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RunRootfs {
+    /// An overlay of the chain's snapshots when the kernel allows it (the upperdir is the
+    /// changeset), else [`RunRootfs::Copy`].
+    #[default]
+    Overlay,
+    /// Unpack the chain into a directory, scan before and after, diff (same layer bytes,
+    /// cost proportional to the image size).
+    Copy,
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -64,6 +77,8 @@ pub struct BuildOptions {
     /// Seconds since the epoch for `created`, history times and the layer mtime clamp
     /// (the CLI passes `SOURCE_DATE_EPOCH`); 0 by default.
     pub timestamp: i64,
+    /// How RUN steps get their root filesystem.
+    pub run_rootfs: RunRootfs,
 }
 
 impl BuildOptions {
@@ -81,6 +96,7 @@ impl BuildOptions {
             network: Network::Host,
             compression: Compression::Zstd,
             timestamp: 0,
+            run_rootfs: RunRootfs::Overlay,
         }
     }
 }

@@ -16,11 +16,15 @@
 //! throw-away copy), `tmpfs`, `secret` (a file mounted read-only, or `env=`; the value is
 //! never written to a layer, the config or the history).
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use strata_layer::{apply_blob, changeset_from_overlay_upper, diff, scan, ApplyOptions};
+use strata_layer::{
+    apply_blob, changeset_from_overlay_upper, diff, scan, ApplyOptions, Change, Changeset,
+    EntryKind, Snapshot,
+};
 use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{Command, Heredoc, Scope, Step};
@@ -29,9 +33,9 @@ use strata_sandbox::{Mount, RootFs, RunRequest, Stream};
 use crate::error::{BuildError, Result};
 use crate::executor::{Builder, StepResult};
 use crate::image::{ImageState, LayerRef};
-use crate::options::{Network, SecretSource};
+use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
-use crate::rootfs::set_mode;
+use crate::rootfs::{set_mode, MergedView};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -46,7 +50,7 @@ fn is_lone_heredoc(cmd: &str, h: &Heredoc) -> bool {
 
 impl Builder<'_> {
     pub(crate) fn run(
-        &mut self,
+        &self,
         stage: usize,
         step_index: usize,
         state: &mut ImageState,
@@ -136,7 +140,8 @@ impl Builder<'_> {
         created_by.push_str(" # buildkit");
 
         let view = self.view(state)?;
-        let overlay = strata_sandbox::overlay_supported(scratch.path());
+        let overlay = self.opts.run_rootfs == RunRootfs::Overlay
+            && strata_sandbox::overlay_supported(scratch.path());
         let (rootfs, upper_or_root) = if overlay {
             let upper = scratch.path().join("upper");
             let work = scratch.path().join("work");
@@ -187,8 +192,11 @@ impl Builder<'_> {
             });
         }
         let changeset = match before {
-            None => changeset_from_overlay_upper(&upper_or_root)?,
-            Some(before) => diff(&before, &scan(&upper_or_root)?)?,
+            None => explicit_whiteouts(changeset_from_overlay_upper(&upper_or_root)?, &view)?,
+            Some(before) => {
+                restore_stub_parents(&before, &upper_or_root, &outcome.stubs)?;
+                diff(&before, &scan(&upper_or_root)?)?
+            }
         };
         let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
         Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
@@ -249,11 +257,7 @@ impl Builder<'_> {
                                     path: self.opts.recipe_path.clone(),
                                     source: Box::new(source),
                                 })? {
-                                Some(j) => self
-                                    .results
-                                    .get(&j)
-                                    .map(|s| s.layers.clone())
-                                    .unwrap_or_default(),
+                                Some(j) => self.result(j).map(|s| s.layers).unwrap_or_default(),
                                 None => self.image_state(from)?.layers,
                             };
                         let dir = self.staging()?;
@@ -355,6 +359,83 @@ impl Builder<'_> {
         }
         Ok(())
     }
+}
+
+/// Rewrites overlay's opaque directories as explicit whiteouts of the lower entries they hide
+/// (BuildKit's differ does the same), so a layer does not depend on how overlayfs chose to
+/// record a `rm -r` + `mkdir`, and the copy fallback, which can only see deletions, gives the
+/// same bytes.
+fn explicit_whiteouts(changeset: Changeset, lower: &MergedView) -> Result<Changeset> {
+    let changes = changeset.changes();
+    if !changes.iter().any(|c| matches!(c, Change::Opaque(_))) {
+        return Ok(changeset);
+    }
+    // Path -> whether the upper has a directory there.
+    let in_upper: HashMap<&Path, bool> = changes
+        .iter()
+        .map(|c| (c.path(), c.entry().is_some_and(|e| e.kind == EntryKind::Dir)))
+        .collect();
+    let mut out = Vec::with_capacity(changes.len());
+    let mut hidden = Vec::new();
+    for c in changes {
+        match c {
+            Change::Opaque(e) => {
+                out.push(Change::Modified(e.clone()));
+                hide_lower(lower, &e.path, &in_upper, &mut hidden)?;
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    out.extend(hidden.into_iter().map(Change::Deleted));
+    Ok(Changeset::from_changes(out))
+}
+
+/// Deletions for every lower entry below `dir` that the upper does not have; directories the
+/// upper recreated hide their lower contents too.
+fn hide_lower(
+    lower: &MergedView,
+    dir: &Path,
+    in_upper: &HashMap<&Path, bool>,
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    if !lower.metadata(dir).is_some_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    for (name, real) in lower.list(dir)? {
+        let child = dir.join(&name);
+        match in_upper.get(child.as_path()) {
+            None => out.push(child),
+            Some(true) if fs::symlink_metadata(&real).is_ok_and(|m| m.is_dir()) => {
+                hide_lower(lower, &child, in_upper, out)?
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The sandbox removes the mountpoint stubs it created, but their parent directories keep
+/// a new mtime; put the old one back so the copy fallback does not see a change that the
+/// command did not make (overlay drops such copied-up parents itself).
+fn restore_stub_parents(before: &Snapshot, root: &Path, stubs: &[String]) -> Result<()> {
+    for stub in stubs {
+        let rel = Path::new(stub.trim_start_matches('/'));
+        let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else { continue };
+        let Some(entry) = before.get(parent) else { continue };
+        let abs = root.join(parent);
+        if !abs.is_dir() {
+            continue;
+        }
+        let t = rustix::fs::Timespec { tv_sec: entry.mtime.secs, tv_nsec: entry.mtime.nanos as _ };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &abs,
+            &rustix::fs::Timestamps { last_access: t, last_modification: t },
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| BuildError::io("utimensat", &abs, e.into()))?;
+    }
+    Ok(())
 }
 
 /// A file name for a cache id: the id itself when it is a plain name, else its hex.

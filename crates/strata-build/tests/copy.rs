@@ -318,3 +318,40 @@ fn dockerfile_specific_ignore_file_wins() {
     assert!(root.path().join("a").exists());
     assert!(!root.path().join("b").exists());
 }
+
+#[test]
+fn copy_exclude_and_parents() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM scratch
+COPY --exclude=*.tmp --exclude=cache app /app/
+COPY --parents pkgs/*/manifest.json /meta/
+COPY --parents ./root/./deep/file.txt /pivot/
+";
+    let ctx = e.context(
+        "ctx",
+        &[
+            ("app/main.rs", "m"),
+            ("app/scratch.tmp", "t"),
+            ("app/cache/blob", "c"),
+            ("app/sub/keep.txt", "k"),
+            ("pkgs/one/manifest.json", "1"),
+            ("pkgs/two/manifest.json", "2"),
+            ("pkgs/two/other.json", "x"),
+            ("root/deep/file.txt", "f"),
+            ("Dockerfile", recipe),
+        ],
+    );
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    let r = root.path();
+    assert!(r.join("app/main.rs").exists() && r.join("app/sub/keep.txt").exists());
+    assert!(!r.join("app/scratch.tmp").exists());
+    assert!(!r.join("app/cache").exists());
+    assert!(r.join("meta/pkgs/one/manifest.json").exists());
+    assert!(r.join("meta/pkgs/two/manifest.json").exists());
+    assert!(!r.join("meta/pkgs/two/other.json").exists());
+    assert!(r.join("pivot/deep/file.txt").exists(), "the path after /./ is kept");
+}

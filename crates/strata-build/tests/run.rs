@@ -228,3 +228,55 @@ COPY --from=builder /out/artifact /artifact
     let root = e.flatten(&out);
     assert_eq!(fs::read_to_string(root.path().join("artifact")).unwrap(), "built\n");
 }
+
+#[test]
+fn copy_fallback_gives_the_same_layers_as_overlay() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1
+RUN echo new > /etc/new && rm /etc/motd && mkdir -p /usr/share/doc && echo d > /usr/share/doc/x
+RUN rm -r /usr/share/doc && mkdir /usr/share/doc && echo y > /usr/share/doc/y && chmod 700 /home/app
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let overlay = e.build(&ctx, &[]).unwrap();
+    let mut opts = BuildOptions::new(&ctx);
+    opts.run_rootfs = strata_build::RunRootfs::Copy;
+    let copy = e.build_with(&opts).0.unwrap();
+    let a = overlay.image.layer_digests().unwrap();
+    let b = copy.image.layer_digests().unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(e.layer_paths(x), e.layer_paths(y));
+    }
+    assert_eq!(a, b);
+}
+
+#[test]
+fn independent_stages_build_concurrently() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1 AS a
+RUN sleep 0.5 && echo a > /a
+FROM base:1 AS b
+RUN sleep 0.5 && echo b > /b
+FROM scratch
+COPY --from=a /a /a
+COPY --from=b /b /b
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let (out, events) = e.build_with(&BuildOptions::new(&ctx));
+    let out = out.unwrap();
+    let pos = |f: &dyn Fn(&strata_build::BuildEvent) -> bool| events.iter().position(f).unwrap();
+    use strata_build::BuildEvent::{StageStart, StepDone};
+    let b_start = pos(&|ev| matches!(ev, StageStart { stage: 1, .. }));
+    let a_done = pos(&|ev| matches!(ev, StepDone { stage: 0, .. }));
+    assert!(b_start < a_done, "stage b waited for stage a: {events:?}");
+    // Reports come in plan order whatever the timing.
+    let stages: Vec<usize> = out.steps.iter().map(|s| s.stage).collect();
+    assert_eq!(stages, [0, 1, 2, 2]);
+    let root = e.flatten(&out);
+    assert!(root.path().join("a").exists() && root.path().join("b").exists());
+}
