@@ -224,6 +224,11 @@ pub fn run_cancellable(
     if prepared.userns.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
+    let candidates: Vec<String> = plan.stub_paths.iter().map(|(_, p)| p.clone()).collect();
+    let dir_times = match &req.rootfs {
+        RootFs::Dir(dir) => Some(stubs::DirTimes::record(dir, &candidates)),
+        RootFs::Overlay { .. } => None,
+    };
     let mut child = child::spawn(&plan, flags)?;
     let mut stubs: Vec<String> =
         child.stub_ops.iter().filter_map(|i| plan.stub_path(*i).map(str::to_string)).collect();
@@ -239,6 +244,9 @@ pub fn run_cancellable(
         RootFs::Dir(dir) => stubs::StubRoot::Dir(dir.clone()),
     };
     stubs::remove_stubs(&stub_root, &stubs);
+    if let (Some(times), RootFs::Dir(dir)) = (&dir_times, &req.rootfs) {
+        times.restore(dir, &stubs);
+    }
     if cancel.is_cancelled() {
         return Err(SandboxError::Cancelled);
     }
@@ -597,4 +605,85 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
         .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
         .unwrap_or(false);
     Ok(whiteout && d.join("upper/new").is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, Write};
+
+    fn lines_of(bytes: &[u8]) -> Vec<String> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f.rewind().unwrap();
+        let mut out = Vec::new();
+        read_lines(f, |l| {
+            out.push(l);
+            true
+        });
+        out
+    }
+
+    #[test]
+    fn lines_are_split_on_newlines_with_crlf_and_a_final_partial_line() {
+        assert_eq!(lines_of(b"a\r\nb\n\nlast"), ["a", "b", "", "last"]);
+        assert_eq!(lines_of(b""), Vec::<String>::new());
+        assert_eq!(lines_of(b"bad \xff utf8\n"), ["bad \u{fffd} utf8"]);
+    }
+
+    #[test]
+    fn endless_lines_are_cut_at_max_line() {
+        let mut big = vec![b'x'; MAX_LINE + 10];
+        big.push(b'\n');
+        let out = lines_of(&big);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), MAX_LINE);
+        assert_eq!(out[1].len(), 10);
+    }
+
+    #[test]
+    fn overlay_options_are_relative_to_the_common_ancestor_and_top_first() {
+        let lowers = [PathBuf::from("/s/snap/b"), PathBuf::from("/s/snap/a")];
+        let (base, opts) = overlay_options(
+            &lowers,
+            Path::new("/s/run/1/upper"),
+            Path::new("/s/run/1/work"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(base, Path::new("/s"));
+        assert_eq!(
+            opts,
+            "lowerdir=snap/b:snap/a,upperdir=run/1/upper,workdir=run/1/work,metacopy=off,redirect_dir=off"
+        );
+        let (_, opts) =
+            overlay_options(&lowers, Path::new("/s/u"), Path::new("/s/w"), true).unwrap();
+        assert!(opts.ends_with(",userxattr"), "{opts}");
+        let bad = [PathBuf::from("/s/a:b")];
+        assert!(overlay_options(&bad, Path::new("/s/u"), Path::new("/s/w"), false).is_err());
+        let many: Vec<PathBuf> =
+            (0..200).map(|i| PathBuf::from(format!("/x/layer-{i:04}-0123456789"))).collect();
+        let err = overlay_options(&many, Path::new("/y/u"), Path::new("/y/w"), false).unwrap_err();
+        assert!(matches!(err, SandboxError::OverlayOptionsTooLong { .. }), "{err}");
+    }
+
+    #[test]
+    fn request_errors_are_reported_before_anything_runs() {
+        let req = RunRequest {
+            rootfs: RootFs::Dir("/nonexistent-strata-rootfs".into()),
+            argv: vec![],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: Network::None,
+            mounts: vec![],
+            hostname: String::new(),
+        };
+        assert!(matches!(run(&req, &mut |_, _| {}), Err(SandboxError::EmptyArgv)));
+        let req = RunRequest { argv: vec!["true".into()], cwd: "rel".into(), ..req };
+        assert!(matches!(run(&req, &mut |_, _| {}), Err(SandboxError::BadContainerPath { .. })));
+        let req = RunRequest { cwd: "/".into(), ..req };
+        let err = run(&req, &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-strata-rootfs"), "{err}");
+    }
 }

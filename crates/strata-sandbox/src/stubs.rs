@@ -69,6 +69,57 @@ pub(crate) fn remove_stubs(root: &StubRoot, stubs: &[String]) {
     }
 }
 
+/// Modification times of the directories that may receive stubs (the parents of
+/// `candidates`, container paths), taken before a step on a plain-directory rootfs.
+pub(crate) struct DirTimes(Vec<(String, libc::timespec)>);
+
+impl DirTimes {
+    /// Records the mtimes of the existing, non-symlink parent directories of `candidates`.
+    pub(crate) fn record(dir: &Path, candidates: &[String]) -> DirTimes {
+        let mut out: Vec<(String, libc::timespec)> = Vec::new();
+        for c in candidates {
+            let parent = parent_of(c).unwrap_or_else(|| "/".to_string());
+            if out.iter().any(|(p, _)| *p == parent) {
+                continue;
+            }
+            if let Ok(m) = fs::symlink_metadata(dir.join(rel(&parent))) {
+                if m.is_dir() {
+                    let ts = libc::timespec { tv_sec: m.mtime(), tv_nsec: m.mtime_nsec() };
+                    out.push((parent, ts));
+                }
+            }
+        }
+        DirTimes(out)
+    }
+
+    /// Puts back the recorded mtime of each parent of a stub that is gone again, so that
+    /// creating and removing the stub leaves no trace a copy-and-compare diff would see.
+    pub(crate) fn restore(&self, dir: &Path, stubs: &[String]) {
+        for (parent, ts) in &self.0 {
+            let touched = stubs.iter().any(|s| {
+                parent_of(s).unwrap_or_else(|| "/".to_string()) == *parent
+                    && fs::symlink_metadata(dir.join(rel(s))).is_err()
+            });
+            if !touched {
+                continue;
+            }
+            let Ok(p) = CString::new(dir.join(rel(parent)).as_os_str().as_bytes()) else {
+                continue;
+            };
+            let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, *ts];
+            // SAFETY: valid C string and a two-element timespec array.
+            unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    p.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+        }
+    }
+}
+
 fn parent_of(container_path: &str) -> Option<String> {
     let parent = Path::new(container_path).parent()?;
     (parent != Path::new("/")).then(|| parent.to_string_lossy().into_owned())
@@ -130,6 +181,29 @@ mod tests {
         assert!(!r.join("etc/hosts").exists());
         assert!(r.join("etc").is_dir(), "not a stub, stays");
         assert!(r.join("used/file").is_file());
+    }
+
+    #[test]
+    fn parent_mtimes_are_restored_after_stub_removal() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir(r.join("etc")).unwrap();
+        let old = libc::timespec { tv_sec: 1_000_000, tv_nsec: 123 };
+        for d in [r.to_path_buf(), r.join("etc")] {
+            let c = CString::new(d.as_os_str().as_bytes()).unwrap();
+            let t = [old, old];
+            assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) }, 0);
+        }
+        let stubs: Vec<String> = ["/proc", "/etc/hosts"].iter().map(|s| s.to_string()).collect();
+        let times = DirTimes::record(r, &stubs);
+        fs::create_dir(r.join("proc")).unwrap();
+        fs::write(r.join("etc/hosts"), b"").unwrap();
+        remove_stubs(&StubRoot::Dir(r.to_path_buf()), &stubs);
+        times.restore(r, &stubs);
+        for d in [r.to_path_buf(), r.join("etc")] {
+            let m = fs::metadata(&d).unwrap();
+            assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000, 123), "{}", d.display());
+        }
     }
 
     #[test]

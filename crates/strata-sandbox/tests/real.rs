@@ -362,6 +362,19 @@ fn plain_directory_rootfs_and_host_network() {
     for stub in ["proc", "dev", "sys", "etc/hosts", "etc/resolv.conf"] {
         assert!(!root.join(stub).exists(), "stub {stub} left in the directory");
     }
+
+    // a step that changes nothing leaves no trace, not even in directory mtimes
+    let mtimes = |root: &Path| {
+        ["", "etc"].map(|d| {
+            let m = fs::symlink_metadata(root.join(d)).unwrap();
+            (m.mtime(), m.mtime_nsec())
+        })
+    };
+    let before = mtimes(&root);
+    req.argv = vec!["true".into()];
+    let (outcome, _) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(mtimes(&root), before);
     no_leaked_mounts();
 }
 
@@ -571,4 +584,45 @@ fn rootless_step_runs_in_a_user_namespace() {
         String::from_utf8_lossy(&out.stderr)
     );
     no_leaked_mounts();
+}
+
+#[test]
+fn dev_has_the_usual_nodes_and_shm() {
+    if !can_run() {
+        return;
+    }
+    let img = image();
+    let (outcome, lines) = run_collect(&img.req(
+        "ls /dev | tr '\\n' ' '; echo; echo x > /dev/null && echo null-ok; \
+         head -c 4 /dev/urandom | wc -c; echo t > /dev/shm/t && echo shm-ok; test -c /dev/pts/ptmx && echo pts-ok",
+    ));
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    let out = stdout_of(&lines);
+    for node in ["null", "zero", "full", "random", "urandom", "pts", "shm", "ptmx", "fd", "stdin"] {
+        assert!(out[0].split(' ').any(|n| n == node), "/dev lacks {node}: {}", out[0]);
+    }
+    assert_eq!(out[1..], ["null-ok", "4", "shm-ok", "pts-ok"]);
+}
+
+#[test]
+fn parallel_steps_do_not_mix() {
+    if !can_run() {
+        return;
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let img = image();
+                let (outcome, lines) = run_collect(
+                    &img.req(&format!("for j in 1 2 3; do echo step{i}-$j; done; exit {i}")),
+                );
+                (i, outcome.exit_code, stdout_of(&lines))
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, code, out) = h.join().unwrap();
+        assert_eq!(code, i);
+        assert_eq!(out, [1, 2, 3].map(|j| format!("step{i}-{j}")));
+    }
 }
