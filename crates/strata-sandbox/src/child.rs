@@ -31,6 +31,8 @@ pub(crate) struct Child {
     pub stderr: Option<File>,
     /// Indices of the ops that created mountpoint stubs.
     pub stub_ops: Vec<usize>,
+    /// Why setup failed before the command was exec'd (the child is then already reaped).
+    pub setup_error: Option<SandboxError>,
 }
 
 impl Child {
@@ -91,7 +93,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
         .map_err(|e| SandboxError::Spawn { what: "pipe2", source: e.into() })
 }
 
-/// Clones a child into new namespaces (`flags`: `CLONE_NEW*`) that runs `plan`.
+/// Clones a child into new namespaces (`flags`: `CLONE_NEW*`) that runs `plan`, and waits
+/// until it has exec'd or failed (see [`Child::setup_error`]).
 pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -137,6 +140,7 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
         stdout: Some(File::from(out_r)),
         stderr: Some(File::from(err_r)),
         stub_ops: Vec::new(),
+        setup_error: None,
     };
     drop((out_w, err_w, status_w, null, parent));
 
@@ -163,7 +167,7 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
     }
     if let Some((index, errno)) = failure {
         let _ = child.wait();
-        return Err(setup_error(plan, index, errno));
+        child.setup_error = Some(setup_error(plan, index, errno));
     }
     Ok(child)
 }

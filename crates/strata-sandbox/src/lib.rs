@@ -234,8 +234,13 @@ pub fn run_cancellable(
         child.stub_ops.iter().filter_map(|i| plan.stub_path(*i).map(str::to_string)).collect();
     stubs.dedup();
 
-    let tail = stream_output(&mut child, on_line, cancel)?;
-    let exit_code = child.wait()?;
+    let result = match child.setup_error.take() {
+        Some(e) => Err(e),
+        None => {
+            stream_output(&mut child, on_line, cancel).and_then(|tail| Ok((tail, child.wait()?)))
+        }
+    };
+    drop(child); // kills and reaps it if still running (an error above)
     let stub_root = match &req.rootfs {
         RootFs::Overlay { upper, lowers, .. } => stubs::StubRoot::Overlay {
             upper: upper.clone(),
@@ -247,6 +252,7 @@ pub fn run_cancellable(
     if let (Some(times), RootFs::Dir(dir)) = (&dir_times, &req.rootfs) {
         times.restore(dir, &stubs);
     }
+    let (tail, exit_code) = result?;
     if cancel.is_cancelled() {
         return Err(SandboxError::Cancelled);
     }
@@ -593,12 +599,8 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
     if rootless {
         flags |= libc::CLONE_NEWUSER;
     }
-    let mut child = match child::spawn(&probe, flags) {
-        Ok(child) => child,
-        Err(SandboxError::Setup { .. }) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if child.wait()? != 0 {
+    let mut child = child::spawn(&probe, flags)?;
+    if child.setup_error.is_some() || child.wait()? != 0 {
         return Ok(false);
     }
     let whiteout = fs::symlink_metadata(d.join("upper/gone"))

@@ -251,6 +251,7 @@ fn environment_is_exactly_the_request_env_and_path_is_searched_inside() {
     let err = run(&req, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, SandboxError::Exec { .. }), "{err}");
     assert!(err.to_string().contains("no-such-tool"), "{err}");
+    assert_eq!(img.upper_entries(), Vec::<String>::new(), "stubs removed after a failed setup too");
 }
 
 #[test]
