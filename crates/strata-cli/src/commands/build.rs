@@ -152,7 +152,11 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
             writeln!(err, "wrote {dest}")?;
         }
     }
-    writeln!(std::io::stdout().lock(), "{}", out.manifest.digest())?;
+    if mode != "json" {
+        // The digest on stdout, for scripts (`id=$(strata build -q ...)`); JSON has it in
+        // the `build_done` event.
+        writeln!(std::io::stdout().lock(), "{}", out.manifest.digest())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,184 @@
+//! `strata build` end to end on the LAMP example (as root: RUN needs namespaces and overlay).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn strata(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap()
+}
+
+fn ok(store: &Path, args: &[&str]) -> String {
+    let out = strata(store, args);
+    assert!(out.status.success(), "strata {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Running RUN steps needs root (namespaces, overlay mounts).
+#[allow(clippy::print_stderr)] // the skip message is the point
+fn is_root() -> bool {
+    let root = rustix_free_geteuid() == 0;
+    if !root {
+        if std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1") {
+            panic!("build tests need root and STRATA_TEST_STRICT=1");
+        }
+        eprintln!("skipping: build tests need root");
+    }
+    root
+}
+
+fn rustix_free_geteuid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A copy of examples/lamp in a temp dir, with its base imported into `store`.
+fn lamp(tmp: &Path, store: &Path) -> PathBuf {
+    let dir = tmp.join("lamp");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(workspace().join("examples/lamp"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new(dir.join("make-base.sh"))
+        .env("STRATA", env!("CARGO_BIN_EXE_strata"))
+        .env("STRATA_STORE", store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make-base.sh: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+fn layers(store: &Path, image: &str) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(store, &["inspect", "--json", image])).unwrap();
+    v["manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn lamp_builds_and_a_php_change_makes_one_new_layer() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let dir = lamp(tmp.path(), &store);
+    let out =
+        strata(&store, &["build", "--progress", "plain", "-t", "lamp:v1", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("#5 [stage 0, line 17] COPY app/ /var/www/html/"), "{log}");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("sha256:"));
+    let v1 = layers(&store, "lamp:v1");
+    assert_eq!(v1.len(), 6, "base + apache copy/run + mysql copy/run + app");
+
+    let php = dir.join("app/index.php");
+    let text = std::fs::read_to_string(&php).unwrap().replace("version 1", "version 2");
+    std::fs::write(&php, text).unwrap();
+    ok(&store, &["build", "--progress", "plain", "-t", "lamp:v2", dir.to_str().unwrap()]);
+    let v2 = layers(&store, "lamp:v2");
+    assert_eq!(v1[..5], v2[..5], "everything below the app layer is byte-identical");
+    assert_ne!(v1[5], v2[5]);
+
+    // The flattened v2 has the new code.
+    let flat = tmp.path().join("flat");
+    ok(&store, &["export", "lamp:v2", &format!("dir:{}", flat.display())]);
+    let served = std::fs::read_to_string(flat.join("var/www/html/index.php")).unwrap();
+    assert!(served.contains("version 2"));
+    assert!(flat.join("var/lib/mysql/.initialised").exists());
+    assert!(ok(&store, &["fsck"]).contains("clean"));
+}
+
+#[test]
+fn builds_reproduce_across_stores_and_directories() {
+    if !is_root() {
+        return;
+    }
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (sa, sb) = (a.path().join("store"), b.path().join("store"));
+    let (da, db) = (lamp(a.path(), &sa), lamp(b.path(), &sb));
+    // Different mtimes in the two contexts must not matter.
+    let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_234_567);
+    std::fs::File::options()
+        .write(true)
+        .open(db.join("app/index.php"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    let ia = ok(&sa, &["build", "--progress", "plain", da.to_str().unwrap()]);
+    let ib = ok(&sb, &["build", "--progress", "plain", db.to_str().unwrap()]);
+    assert_eq!(ia, ib);
+    // A timestamp changes `created` and so the digest, reproducibly (it is below every
+    // context mtime, so every mtime clamps to it).
+    let ta =
+        ok(&sa, &["build", "--progress", "plain", "--timestamp", "1000000", da.to_str().unwrap()]);
+    let tb = ok(
+        &sb,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1000000",
+            db.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ta, tb);
+    assert_ne!(ta, ia);
+}
+
+#[test]
+fn a_failing_run_exits_1_with_its_output_and_tags_nothing() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let dir = lamp(tmp.path(), &store);
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM lamp-base:latest\nRUN echo about to fail && exit 7\n",
+    )
+    .unwrap();
+    let out =
+        strata(&store, &["build", "--progress", "plain", "-t", "bad:1", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("about to fail"), "{err}");
+    assert!(err.contains('7'), "{err}");
+    assert!(!ok(&store, &["images"]).contains("bad"));
+    assert!(ok(&store, &["fsck"]).contains("clean"));
+}
+
+#[test]
+fn json_progress_is_one_event_per_line() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let dir = lamp(tmp.path(), &store);
+    let out = ok(&store, &["build", "--progress", "json", dir.to_str().unwrap()]);
+    let events: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.first().unwrap()["event"], "stage_start");
+    assert!(events.iter().any(|e| e["event"] == "step_done" && e["layer"].is_string()));
+    assert_eq!(events.iter().filter(|e| e["event"] == "build_done").count(), 1);
+}
