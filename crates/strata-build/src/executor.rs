@@ -28,7 +28,7 @@ use crate::error::{BuildError, Result};
 use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerRef};
 use crate::options::{BuildOptions, StepReport};
 use crate::progress::{BuildEvent, ProgressSink};
-use crate::rootfs::{ensure_snapshot, resolve_owner, MergedView};
+use crate::rootfs::{ensure_snapshot, resolve_owner, MergedView, WorkDir};
 
 pub(crate) struct Builder<'a> {
     pub store: &'a Store,
@@ -336,13 +336,9 @@ impl<'a> Builder<'a> {
         MergedView::of_chain(self.store, &state.layers)
     }
 
-    pub fn staging(&self) -> Result<tempfile::TempDir> {
-        let tmp = self.store.tmp_dir();
-        std::fs::create_dir_all(&tmp).map_err(|e| BuildError::io("mkdir", &tmp, e))?;
-        tempfile::Builder::new()
-            .prefix("step-")
-            .tempdir_in(&tmp)
-            .map_err(|e| BuildError::io("mkdir", &tmp, e))
+    /// A locked work directory in the store's tmp.
+    pub fn staging(&self) -> Result<WorkDir> {
+        WorkDir::new(self.store, "step-")
     }
 
     /// Writes `changeset` (bytes from `source`) as a layer and unpacks its snapshot.

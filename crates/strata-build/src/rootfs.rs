@@ -33,12 +33,7 @@ pub(crate) fn ensure_snapshot(store: &Store, layer: &LayerRef) -> Result<PathBuf
     }
     let parent = store.snapshots_dir();
     fs::create_dir_all(&parent).map_err(|e| BuildError::io("mkdir", &parent, e))?;
-    let tmp_root = store.tmp_dir();
-    fs::create_dir_all(&tmp_root).map_err(|e| BuildError::io("mkdir", &tmp_root, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix("snapshot-")
-        .tempdir_in(&tmp_root)
-        .map_err(|e| BuildError::io("mkdir", &tmp_root, e))?;
+    let tmp = WorkDir::new(store, "snapshot-")?;
     let digest = layer.digest()?;
     let report = apply_blob(store, &digest, tmp.path(), &ApplyOptions::default())?;
     if let Some(found) = report.diff_id {
@@ -52,7 +47,7 @@ pub(crate) fn ensure_snapshot(store: &Store, layer: &LayerRef) -> Result<PathBuf
     }
     overlay_whiteouts(store, layer, tmp.path())?;
     set_mode(tmp.path(), 0o755)?;
-    let kept = tmp.keep();
+    let kept = tmp.dir.keep();
     if let Err(e) = fs::rename(&kept, &dir) {
         let _ = fs::remove_dir_all(&kept);
         if !dir.is_dir() {
@@ -60,6 +55,34 @@ pub(crate) fn ensure_snapshot(store: &Store, layer: &LayerRef) -> Result<PathBuf
         }
     }
     Ok(dir)
+}
+
+/// A temp directory under the store's `tmp/`, `flock`ed for as long as it lives so that a
+/// concurrent `strata gc` leaves it alone; removed on drop.
+#[derive(Debug)]
+pub(crate) struct WorkDir {
+    // Field order matters: the lock is released after the directory is removed.
+    dir: tempfile::TempDir,
+    _lock: fs::File,
+}
+
+impl WorkDir {
+    pub fn new(store: &Store, prefix: &str) -> Result<WorkDir> {
+        let root = store.tmp_dir();
+        fs::create_dir_all(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&root)
+            .map_err(|e| BuildError::io("mkdir", &root, e))?;
+        let lock = fs::File::open(dir.path()).map_err(|e| BuildError::io("open", dir.path(), e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| BuildError::io("flock", dir.path(), e.into()))?;
+        Ok(WorkDir { dir, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -152,9 +175,16 @@ impl MergedView {
         Ok(MergedView::new(dirs))
     }
 
-    /// The layer dirs, bottom first.
+    /// The layer dirs, bottom first, for an overlay mount. A layer that occurs twice in a
+    /// chain (two steps with identical changes, e.g. two RUNs that change nothing) is kept at
+    /// its topmost position only: overlayfs refuses a lowerdir given twice, and re-applying the
+    /// same changes on top makes the lower copy's effect invisible anyway.
     pub fn lowers(&self) -> Vec<PathBuf> {
-        self.layers.iter().rev().cloned().collect()
+        let mut seen = std::collections::HashSet::new();
+        let mut top_first: Vec<PathBuf> =
+            self.layers.iter().filter(|l| seen.insert(*l)).cloned().collect();
+        top_first.reverse();
+        top_first
     }
 
     /// Layers (top first) that contribute to `rel` (a normalized relative path), or none when

@@ -35,7 +35,7 @@ use crate::executor::{Builder, StepResult};
 use crate::image::{ImageState, LayerRef};
 use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
-use crate::rootfs::{set_mode, MergedView};
+use crate::rootfs::{set_mode, MergedView, WorkDir};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -212,7 +212,7 @@ impl Builder<'_> {
         scratch: &Path,
         mounts: &mut Vec<Mount>,
         env: &mut Vec<String>,
-        keep_alive: &mut Vec<tempfile::TempDir>,
+        keep_alive: &mut Vec<WorkDir>,
     ) -> Result<()> {
         let abs = |t: &str| -> String {
             if t.starts_with('/') {

@@ -170,6 +170,7 @@ COPY --from=0 /etc/motd /never
 COPY --chown=7:8 a.txt /out/a.txt
 FROM base:1
 COPY --from=files /out/ /copied/
+COPY --from=base:1 /etc/motd /motd-from-image
 ";
     let ctx = e.context("ctx2", &[("a.txt", "A"), ("Dockerfile", recipe)]);
     let out = e.build(&ctx, &[]).unwrap();
@@ -177,6 +178,10 @@ COPY --from=files /out/ /copied/
     let m = fs::metadata(root.path().join("copied/a.txt")).unwrap();
     assert_eq!((m.uid(), m.gid()), (7, 8), "--from keeps the source owner");
     assert!(root.path().join("bin/busybox").exists());
+    assert_eq!(
+        fs::read_to_string(root.path().join("motd-from-image")).unwrap(),
+        "hello from base\n"
+    );
 }
 
 fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {

@@ -280,3 +280,52 @@ COPY --from=b /b /b
     let root = e.flatten(&out);
     assert!(root.path().join("a").exists() && root.path().join("b").exists());
 }
+
+#[test]
+fn bind_and_tmpfs_mounts_stay_out_of_layers_and_output_is_streamed() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1
+RUN --mount=type=bind,source=data.txt,target=/mnt/data.txt cat /mnt/data.txt > /copy
+RUN --mount=type=bind,target=/ctx,rw echo changed > /ctx/data.txt && cat /ctx/data.txt
+RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/f && echo visible-line
+RUN --mount=type=bind,from=base:1,source=/etc,target=/base-etc cp /base-etc/motd /motd-copy
+";
+    let ctx = e.context("ctx", &[("data.txt", "payload\n"), ("Dockerfile", recipe)]);
+    let (out, events) = e.build_with(&BuildOptions::new(&ctx));
+    let out = out.unwrap();
+    assert_eq!(fs::read_to_string(ctx.join("data.txt")).unwrap(), "payload\n", "rw bind is a copy");
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("copy")).unwrap(), "payload\n");
+    assert_eq!(fs::read_to_string(root.path().join("motd-copy")).unwrap(), "hello from base\n");
+    for p in ["mnt/data.txt", "ctx", "scratch", "base-etc"] {
+        assert!(!root.path().join(p).exists(), "{p} leaked into the image");
+    }
+    let lines: Vec<&str> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            strata_build::BuildEvent::StepOutput { line, .. } => Some(line.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(lines.contains(&"visible-line") && lines.contains(&"changed"), "{lines:?}");
+}
+
+/// Two steps with identical changes put the same snapshot twice in the chain; overlayfs
+/// refuses a repeated lowerdir (ELOOP), so the chain must be deduplicated.
+#[test]
+fn regression_same_layer_twice_in_chain() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nRUN true\nRUN true\nRUN echo ok > /ok\n";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let out = e.build(&ctx, &[]).unwrap();
+    let layers = out.image.layer_digests().unwrap();
+    assert_eq!(layers.len(), 4);
+    assert_eq!(layers[1], layers[2]);
+    assert!(e.flatten(&out).path().join("ok").exists());
+}
