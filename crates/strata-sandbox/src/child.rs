@@ -116,6 +116,16 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
         status: status_w.as_raw_fd(),
     };
 
+    // Block every signal around the clone (as posix_spawn does) so that none of the
+    // parent's handlers can run in the child before it has reset them.
+    // SAFETY: sigset manipulation on local values.
+    let old_mask = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
     // SAFETY: a fork-like clone (no CLONE_VM, no new stack). The child only runs
     // `child_main`, which makes async-signal-safe system calls on memory prepared above.
     let pid = unsafe {
@@ -132,8 +142,11 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
         // SAFETY: we are the child; see child_main.
         unsafe { child_main(&plan.ops, fds) }
     }
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut()) };
     if pid < 0 {
-        return Err(SandboxError::Spawn { what: "clone", source: io::Error::last_os_error() });
+        return Err(SandboxError::Spawn { what: "clone", source: clone_error });
     }
     let mut child = Child {
         pid: Some(pid as libc::pid_t),
@@ -233,11 +246,23 @@ unsafe fn child_main(ops: &[Op], fds: ChildFds) -> ! {
                 libc::_exit(127);
             }
         }
+        // Default dispositions everywhere (the parent's handlers must not run here, and
+        // Rust's ignored SIGPIPE would stay ignored across exec), then unblock everything.
+        // Raw rt_sigaction: glibc's wrapper refuses its internal signals (32, 33). An
+        // all-zero kernel sigaction is SIG_DFL with no flags and an empty mask on any layout.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        // Rust ignores SIGPIPE; an ignored signal would stay ignored across exec.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
 
         let mut real = RealSyscalls { status_fd: fds.status };
         match sys::execute(ops, &mut real) {

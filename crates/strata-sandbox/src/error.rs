@@ -63,6 +63,12 @@ pub enum SandboxError {
         /// Resolved gid.
         gid: u32,
     },
+    /// A layer, upper or work directory path cannot be written into overlay's options.
+    #[error("overlay directory {path} contains ',', ':' or '\\', or is not UTF-8; overlay options cannot express it")]
+    UnsupportedOverlayPath {
+        /// The host path.
+        path: PathBuf,
+    },
     /// The overlay mount options exceed what `mount(2)` accepts in one page.
     #[error("overlay mount options are {len} bytes, over the kernel limit of {max} (too many or too long lowerdirs)")]
     OverlayOptionsTooLong {

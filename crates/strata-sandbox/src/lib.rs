@@ -518,12 +518,7 @@ fn overlay_options(
             r.to_string_lossy().into_owned()
         };
         if s.contains([',', ':', '\\']) || r.to_str().is_none() {
-            return Err(SandboxError::Io {
-                action:
-                    "using as an overlay directory (',' ':' '\\' and non-UTF-8 are not supported)",
-                path: p.to_path_buf(),
-                source: io::ErrorKind::InvalidInput.into(),
-            });
+            return Err(SandboxError::UnsupportedOverlayPath { path: p.to_path_buf() });
         }
         Ok(s)
     };
@@ -662,7 +657,10 @@ mod tests {
             overlay_options(&lowers, Path::new("/s/u"), Path::new("/s/w"), true).unwrap();
         assert!(opts.ends_with(",userxattr"), "{opts}");
         let bad = [PathBuf::from("/s/a:b")];
-        assert!(overlay_options(&bad, Path::new("/s/u"), Path::new("/s/w"), false).is_err());
+        assert!(matches!(
+            overlay_options(&bad, Path::new("/s/u"), Path::new("/s/w"), false),
+            Err(SandboxError::UnsupportedOverlayPath { .. })
+        ));
         let many: Vec<PathBuf> =
             (0..200).map(|i| PathBuf::from(format!("/x/layer-{i:04}-0123456789"))).collect();
         let err = overlay_options(&many, Path::new("/y/u"), Path::new("/y/w"), false).unwrap_err();

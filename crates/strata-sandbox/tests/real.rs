@@ -14,7 +14,7 @@ use strata_sandbox::{
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "ls", "mkdir", "touch", "rm", "hostname", "ip", "ifconfig", "wc",
-    "sleep", "pwd", "env", "tr", "stat", "true", "test", "tail", "cut", "grep",
+    "sleep", "pwd", "env", "tr", "stat", "true", "test", "tail", "cut", "grep", "yes", "head",
 ];
 
 #[allow(clippy::print_stderr)] // the skip message
@@ -626,4 +626,27 @@ fn parallel_steps_do_not_mix() {
         assert_eq!(code, i);
         assert_eq!(out, [1, 2, 3].map(|j| format!("step{i}-{j}")));
     }
+}
+
+#[test]
+fn signals_start_at_their_defaults() {
+    if !can_run() {
+        return;
+    }
+    let img = image();
+    // with SIGPIPE still ignored (as Rust leaves it) `yes` would complain about EPIPE
+    let (outcome, lines) = run_collect(&img.req("yes | head -n 1"));
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(lines, [(Stream::Stdout, "y".to_string())]);
+    let mut req = img.req("");
+    req.argv = vec!["grep".into(), "-E".into(), "^Sig(Blk|Ign)".into(), "/proc/self/status".into()];
+    let (outcome, lines) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(
+        lines,
+        [
+            (Stream::Stdout, "SigBlk:\t0000000000000000".to_string()),
+            (Stream::Stdout, "SigIgn:\t0000000000000000".to_string()),
+        ]
+    );
 }
