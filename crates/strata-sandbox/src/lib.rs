@@ -10,9 +10,28 @@
 //! namespace with only `lo` for [`Network::None`]; without root, also a user namespace
 //! mapping the caller to root). Every mount is made inside the private mount namespace, so
 //! none is visible on the host and all vanish when the step's last process exits; killing
-//! strata kills the step (`PR_SET_PDEATHSIG`). See the `plan` module docs for the exact
-//! mount sequence. Output is read from two pipes by two threads and handed, line by line,
-//! to the caller's callback on the calling thread.
+//! strata kills the step (`PR_SET_PDEATHSIG`). Output is read from two pipes by two
+//! threads and handed, line by line, to the caller's callback on the calling thread.
+//!
+//! # The mount plan
+//! All in the step's own mount namespace, in this order: `/` made recursively private;
+//! the rootfs mounted on a temp dir (overlay `lowerdir=TOP:...:BOTTOM,upperdir,workdir` with
+//! `metacopy=off,redirect_dir=off`, so that the upperdir alone is the changeset, or
+//! `userxattr` without root; or a recursive bind of [`RootFs::Dir`]);
+//! `pivot_root(".", "proc")`, leaving the host reachable under `/proc` while the targets
+//! below are resolved inside the container; `/dev` (tmpfs, host `null zero full random
+//! urandom tty` bound in, new-instance `/dev/pts`, `/dev/shm`); a procfs for the new pid
+//! namespace, staged in `/dev`; `/sys` read-only (sysfs in an own network namespace, else a
+//! bind of the host's); `/etc/hosts` (`localhost` + hostname) and `/etc/resolv.conf` (a
+//! copy of the host's) bound from per-run files; [`RunRequest::mounts`] in order; the old
+//! root detached and the procfs moved to `/proc`, with `/proc/sys` & co. read-only and
+//! kernel views masked; `mkdir -p` of the cwd; capabilities limited to
+//! [`DEFAULT_CAPABILITIES`]; groups, gid, uid; `execve` with a PATH search in the container.
+//!
+//! # Without root
+//! A user namespace maps the caller to root. Only uid/gid 0 exist then (other users are
+//! [`SandboxError::UnmappedUser`]), overlay uses `user.overlay.*` xattrs, and files owned by
+//! ids outside the mapping cannot be copied up: the layers should belong to the caller.
 //!
 //! Mountpoints missing from the image (`/proc`, `/dev`, `/sys`, `/etc/hosts`,
 //! `/etc/resolv.conf`, targets of extra mounts) have to be created in the rootfs, which puts

@@ -440,9 +440,12 @@ fn killing_strata_kills_the_step() {
         return;
     }
     let exe = std::env::current_exe().unwrap();
+    // the killed helper cannot clean up its temp dirs: keep them in one of ours
+    let tmp = tempfile::tempdir().unwrap();
     let mut helper = std::process::Command::new(exe)
         .args(["--exact", "helper_long_step", "--nocapture", "--test-threads=1"])
         .env("STRATA_SANDBOX_HELPER", "1")
+        .env("TMPDIR", tmp.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
