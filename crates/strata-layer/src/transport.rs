@@ -563,7 +563,8 @@ pub fn export(
                 .clone()
                 .or_else(|| source.name.clone())
                 .unwrap_or_else(|| "latest".into());
-            out.tag(&tag, &manifest)?;
+            // The ref exactly as given: OCI tools match `oci:DIR:REF` verbatim.
+            out.set_ref_name(&tag, &manifest)?;
             Ok(ExportReport {
                 items: (copied.copied + copied.recompressed) as u64,
                 bytes: copied.bytes,

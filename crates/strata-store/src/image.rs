@@ -179,7 +179,22 @@ impl Store {
     /// previous target. The manifest blob must be in the store with the descriptor's size.
     /// Serialized with other updaters by the store lock; `index.json` is replaced atomically.
     pub fn tag(&self, name: &str, manifest: &Descriptor) -> Result<(), StoreError> {
-        let key = tag_key(name)?;
+        self.set_ref_name(&tag_key(name)?, manifest)
+    }
+
+    /// Names `manifest` in `index.json` with the `org.opencontainers.image.ref.name` annotation
+    /// set to `ref_name` exactly as given (image-layout.md: a ref is
+    /// `component ("/" component)*`, components of alphanumerics joined by `-._:@+` or `--`).
+    /// This is what exports to another tool's layout need: `oci:DIR:base` must be found by
+    /// skopeo as `base`, not `base:latest`. [`Store::tag`] normalizes to `name:tag` first.
+    pub fn set_ref_name(&self, name: &str, manifest: &Descriptor) -> Result<(), StoreError> {
+        if !valid_ref_name(name) {
+            return Err(StoreError::InvalidLocation {
+                input: name.to_owned(),
+                reason: "not a valid org.opencontainers.image.ref.name",
+            });
+        }
+        let key = name.to_owned();
         let digest = descriptor_digest(manifest)?;
         if !matches!(manifest.media_type(), MediaType::ImageManifest | MediaType::ImageIndex) {
             return Err(StoreError::UnsupportedMediaType {
@@ -366,6 +381,19 @@ impl Store {
     }
 }
 
+/// The ref grammar of image-layout.md (`index.json` § annotations).
+fn valid_ref_name(r: &str) -> bool {
+    r.split('/').all(|component| {
+        let b = component.as_bytes();
+        let sep = |c: u8| matches!(c, b'-' | b'.' | b'_' | b':' | b'@' | b'+');
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|&c| c.is_ascii_alphanumeric() || sep(c))
+            && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]) && w != b"--")
+    })
+}
+
 fn tag_key(name: &str) -> Result<String, StoreError> {
     let parsed: Reference = name.parse()?;
     if parsed.digest().is_some() {
@@ -394,4 +422,19 @@ pub(crate) fn ref_name(d: &Descriptor) -> Option<&str> {
 fn is_hex_prefix(s: &str) -> bool {
     (4..=64).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod ref_name_tests {
+    use super::valid_ref_name;
+
+    #[test]
+    fn ref_names_follow_image_layout() {
+        for ok in ["base", "app:v1", "r.example/team/app:1.0", "a--b", "x@y+z"] {
+            assert!(valid_ref_name(ok), "{ok}");
+        }
+        for bad in ["", "a b", ":x", "x:", "a//b", "a..b", "/a"] {
+            assert!(!valid_ref_name(bad), "{bad}");
+        }
+    }
 }
