@@ -69,12 +69,12 @@ pub enum SandboxError {
         /// The host path.
         path: PathBuf,
     },
-    /// The overlay mount options exceed what `mount(2)` accepts in one page.
-    #[error("overlay mount options are {len} bytes, over the kernel limit of {max} (too many or too long lowerdirs)")]
-    OverlayOptionsTooLong {
-        /// Length of the option string.
-        len: usize,
-        /// The limit.
+    /// More lower layers than overlayfs can stack.
+    #[error("{count} layers, but overlayfs stacks at most {max}")]
+    TooManyLayers {
+        /// Number of lowerdirs requested.
+        count: usize,
+        /// overlayfs's limit.
         max: usize,
     },
     /// A host-side file operation failed (temp dir, reading passwd, bind source ...).

@@ -421,10 +421,10 @@ fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxEr
             }
             let upper = canonical(upper)?;
             let work = canonical(work)?;
-            let (base, options) = overlay_options(&top_first, &upper, &work, rootless)?;
+            let rootfs = overlay_rootfs(&top_first, &upper, &work, rootless)?;
             let mut layers = vec![upper];
             layers.extend(top_first);
-            (PreparedRootfs::Overlay { base, options }, layers)
+            (rootfs, layers)
         }
         RootFs::Dir(dir) => {
             let dir = canonical(dir)?;
@@ -512,14 +512,25 @@ fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxEr
     })
 }
 
-/// The overlay option string, with paths relative to their common ancestor `base` (the child
-/// `chdir`s there first) to stay under the one-page limit with many layers.
-fn overlay_options(
+/// overlayfs's maximum number of lower layers (`OVL_MAX_STACK`).
+const OVERLAY_MAX_LAYERS: usize = 500;
+
+/// How to mount the overlay, with paths relative to their common ancestor `base` (the child
+/// `chdir`s there first) to keep the option string short: one `mount(2)` with all options
+/// when they fit in its one page, else one `fsconfig` call per option (`lowerdir+`,
+/// Linux 6.8+), which has no such limit.
+fn overlay_rootfs(
     lowers_top_first: &[PathBuf],
     upper: &Path,
     work: &Path,
     rootless: bool,
-) -> Result<(PathBuf, String), SandboxError> {
+) -> Result<PreparedRootfs, SandboxError> {
+    if lowers_top_first.len() > OVERLAY_MAX_LAYERS {
+        return Err(SandboxError::TooManyLayers {
+            count: lowers_top_first.len(),
+            max: OVERLAY_MAX_LAYERS,
+        });
+    }
     let mut base = upper.parent().unwrap_or(Path::new("/")).to_path_buf();
     for p in lowers_top_first.iter().map(PathBuf::as_path).chain([work]) {
         while !p.starts_with(&base) {
@@ -541,18 +552,31 @@ fn overlay_options(
         }
         Ok(s)
     };
-    let lowerdir =
-        lowers_top_first.iter().map(|l| rel(l)).collect::<Result<Vec<_>, _>>()?.join(":");
-    let mut options =
-        format!("lowerdir={lowerdir},upperdir={},workdir={}", rel(upper)?, rel(work)?);
-    options.push_str(if rootless { ",userxattr" } else { ",metacopy=off,redirect_dir=off" });
-    if options.len() > MOUNT_DATA_MAX {
-        return Err(SandboxError::OverlayOptionsTooLong {
-            len: options.len(),
-            max: MOUNT_DATA_MAX,
-        });
+    let lowers = lowers_top_first.iter().map(|l| rel(l)).collect::<Result<Vec<_>, _>>()?;
+    let (upper, work) = (rel(upper)?, rel(work)?);
+    let flags: &[(&str, Option<&str>)] = if rootless {
+        &[("userxattr", None)]
+    } else {
+        &[("metacopy", Some("off")), ("redirect_dir", Some("off"))]
+    };
+    let mut options = format!("lowerdir={},upperdir={upper},workdir={work}", lowers.join(":"));
+    for (k, v) in flags {
+        options.push(',');
+        options.push_str(k);
+        if let Some(v) = v {
+            options.push('=');
+            options.push_str(v);
+        }
     }
-    Ok((base, options))
+    if options.len() <= MOUNT_DATA_MAX {
+        return Ok(PreparedRootfs::Overlay { base, options });
+    }
+    let mut params: Vec<(String, Option<String>)> =
+        lowers.into_iter().map(|l| ("lowerdir+".to_string(), Some(l))).collect();
+    params.push(("upperdir".into(), Some(upper)));
+    params.push(("workdir".into(), Some(work)));
+    params.extend(flags.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))));
+    Ok(PreparedRootfs::OverlayFsConfig { base, params })
 }
 
 /// Whether overlayfs works here for what a build needs: mounts an overlay in a private
@@ -575,8 +599,11 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
     fs::write(d.join("lower/gone"), b"x").map_err(io_err("writing", &d))?;
     let euid = rustix::process::geteuid().as_raw();
     let rootless = euid != 0;
-    let (base, options) =
-        overlay_options(&[d.join("lower")], &d.join("upper"), &d.join("work"), rootless)?;
+    let PreparedRootfs::Overlay { base, options } =
+        overlay_rootfs(&[d.join("lower")], &d.join("upper"), &d.join("work"), rootless)?
+    else {
+        return Ok(false); // one short lowerdir always fits in the mount data
+    };
     let c = |p: &Path| plan::cstring("host path", &p.to_string_lossy());
     let mut ops = Vec::new();
     if rootless {
@@ -660,30 +687,47 @@ mod tests {
     #[test]
     fn overlay_options_are_relative_to_the_common_ancestor_and_top_first() {
         let lowers = [PathBuf::from("/s/snap/b"), PathBuf::from("/s/snap/a")];
-        let (base, opts) = overlay_options(
-            &lowers,
-            Path::new("/s/run/1/upper"),
-            Path::new("/s/run/1/work"),
-            false,
-        )
-        .unwrap();
-        assert_eq!(base, Path::new("/s"));
+        let r =
+            overlay_rootfs(&lowers, Path::new("/s/run/1/upper"), Path::new("/s/run/1/work"), false)
+                .unwrap();
         assert_eq!(
-            opts,
-            "lowerdir=snap/b:snap/a,upperdir=run/1/upper,workdir=run/1/work,metacopy=off,redirect_dir=off"
+            r,
+            PreparedRootfs::Overlay {
+                base: "/s".into(),
+                options: "lowerdir=snap/b:snap/a,upperdir=run/1/upper,workdir=run/1/work,metacopy=off,redirect_dir=off".into()
+            }
         );
-        let (_, opts) =
-            overlay_options(&lowers, Path::new("/s/u"), Path::new("/s/w"), true).unwrap();
-        assert!(opts.ends_with(",userxattr"), "{opts}");
+        let r = overlay_rootfs(&lowers, Path::new("/s/u"), Path::new("/s/w"), true).unwrap();
+        assert!(
+            matches!(&r, PreparedRootfs::Overlay { options, .. } if options.ends_with(",userxattr")),
+            "{r:?}"
+        );
         let bad = [PathBuf::from("/s/a:b")];
         assert!(matches!(
-            overlay_options(&bad, Path::new("/s/u"), Path::new("/s/w"), false),
+            overlay_rootfs(&bad, Path::new("/s/u"), Path::new("/s/w"), false),
             Err(SandboxError::UnsupportedOverlayPath { .. })
         ));
+    }
+
+    #[test]
+    fn many_layers_switch_to_fsconfig_and_too_many_are_refused() {
         let many: Vec<PathBuf> =
             (0..200).map(|i| PathBuf::from(format!("/x/layer-{i:04}-0123456789"))).collect();
-        let err = overlay_options(&many, Path::new("/y/u"), Path::new("/y/w"), false).unwrap_err();
-        assert!(matches!(err, SandboxError::OverlayOptionsTooLong { .. }), "{err}");
+        let r = overlay_rootfs(&many, Path::new("/y/u"), Path::new("/y/w"), false).unwrap();
+        let PreparedRootfs::OverlayFsConfig { base, params } = r else { panic!("{r:?}") };
+        assert_eq!(base, Path::new("/"));
+        assert_eq!(params.len(), 204);
+        assert_eq!(
+            params[0],
+            ("lowerdir+".to_string(), Some("x/layer-0000-0123456789".to_string()))
+        );
+        assert_eq!(params[199].1.as_deref(), Some("x/layer-0199-0123456789"));
+        assert_eq!(params[200], ("upperdir".to_string(), Some("y/u".to_string())));
+        assert_eq!(params[203], ("redirect_dir".to_string(), Some("off".to_string())));
+        let too_many: Vec<PathBuf> = (0..501).map(|i| PathBuf::from(format!("/x/{i}"))).collect();
+        let err =
+            overlay_rootfs(&too_many, Path::new("/y/u"), Path::new("/y/w"), false).unwrap_err();
+        assert!(matches!(err, SandboxError::TooManyLayers { count: 501, max: 500 }), "{err}");
     }
 
     #[test]

@@ -59,6 +59,9 @@ const PROC_MASKED_DIRS: [&str; 3] = ["/proc/acpi", "/proc/asound", "/proc/scsi"]
 pub(crate) enum PreparedRootfs {
     /// `mount -t overlay` after `chdir(base)`; `options` may use paths relative to `base`.
     Overlay { base: PathBuf, options: String },
+    /// `fsopen("overlay")` + one `fsconfig` per `(key, value)` (`None`: a flag) + `fsmount` +
+    /// `move_mount`, after `chdir(base)`: for stacks whose options exceed one page.
+    OverlayFsConfig { base: PathBuf, params: Vec<(String, Option<String>)> },
     /// A recursive bind of this (canonical) directory.
     Bind(PathBuf),
 }
@@ -291,6 +294,19 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
             b.push(Op::Chdir { path: host_cstring(base)? });
             b.mount(Some(c("overlay")), root.clone(), Some("overlay"), 0, Some(options.clone()));
         }
+        PreparedRootfs::OverlayFsConfig { base, params } => {
+            b.push(Op::Chdir { path: host_cstring(base)? });
+            let params = params
+                .iter()
+                .map(|(k, v)| {
+                    Ok((
+                        cstring("overlay option", k)?,
+                        v.as_deref().map(|v| cstring("overlay option", v)).transpose()?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, SandboxError>>()?;
+            b.push(Op::MountFsConfig { fstype: c("overlay"), params, target: root.clone() });
+        }
         PreparedRootfs::Bind(dir) => {
             b.mount(Some(host_cstring(dir)?), root.clone(), None, MS_BIND | MS_REC, None);
         }
@@ -444,6 +460,13 @@ pub(crate) fn describe(op: &Op) -> String {
             fstype.as_ref().map_or("none".into(), s),
             flags_to_string(*flags),
             data.as_ref().map_or(String::new(), s)
+        ),
+        Op::MountFsConfig { fstype, params, target } => format!(
+            "mount {} on {} through fsconfig ({} options, {} lowerdir+)",
+            s(fstype),
+            s(target),
+            params.len(),
+            params.iter().filter(|(k, _)| k.as_bytes() == b"lowerdir+").count()
         ),
         Op::UmountDetach { target } => format!("umount2 {} MNT_DETACH", s(target)),
         Op::PivotRoot { new_root, put_old } => format!("pivot_root {} {}", s(new_root), s(put_old)),
@@ -626,6 +649,36 @@ mod tests {
             "execve /bin/make [\"make\", \"all\"] [\"PATH=/usr/bin:/bin\", \"A=1\"]",
         ];
         assert_eq!(sys.calls, want);
+    }
+
+    #[test]
+    fn a_long_stack_mounts_through_fsconfig() {
+        let mut p = prepared();
+        p.rootfs = PreparedRootfs::OverlayFsConfig {
+            base: "/store".into(),
+            params: vec![
+                ("lowerdir+".into(), Some("l/top".into())),
+                ("lowerdir+".into(), Some("l/bottom".into())),
+                ("upperdir".into(), Some("up".into())),
+                ("workdir".into(), Some("wk".into())),
+                ("userxattr".into(), None),
+            ],
+        };
+        let mut sys = RecordingSyscalls::default();
+        let _ = record(&p, &mut sys);
+        assert_eq!(
+            sys.calls[3..6],
+            [
+                "chdir /store",
+                "fsmount overlay /tmp/s/root lowerdir+=l/top,lowerdir+=l/bottom,upperdir=up,workdir=wk,userxattr",
+                "chdir /tmp/s/root",
+            ]
+        );
+        let plan = build(&p).unwrap();
+        assert_eq!(
+            describe(&plan.ops[4]),
+            "mount overlay on /tmp/s/root through fsconfig (5 options, 2 lowerdir+)"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub(crate) enum Op {
         data: Option<CString>,
         optional: bool,
     },
+    /// The new mount API: `fsopen(fstype)`, `fsconfig` for each `(key, value)` (a flag when
+    /// `None`), create, `fsmount`, `move_mount` onto `target`.
+    MountFsConfig { fstype: CString, params: Vec<(CString, Option<CString>)>, target: CString },
     /// `umount2(target, MNT_DETACH)`.
     UmountDetach { target: CString },
     /// `pivot_root(new_root, put_old)`.
@@ -98,6 +101,12 @@ pub(crate) trait Syscalls {
         flags: libc::c_ulong,
         data: Option<&CStr>,
     ) -> Result<(), Errno>;
+    fn mount_fsconfig(
+        &mut self,
+        fstype: &CStr,
+        params: &[(CString, Option<CString>)],
+        target: &CStr,
+    ) -> Result<(), Errno>;
     fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno>;
     fn pivot_root(&mut self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno>;
     fn chdir(&mut self, path: &CStr) -> Result<(), Errno>;
@@ -138,6 +147,9 @@ pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failur
                     Err(e) if *optional && (e == Errno::NOENT || e == Errno::NOTDIR) => {}
                     r => r.map_err(fail)?,
                 }
+            }
+            Op::MountFsConfig { fstype, params, target } => {
+                sys.mount_fsconfig(fstype, params, target).map_err(fail)?
             }
             Op::UmountDetach { target } => sys.umount_detach(target).map_err(fail)?,
             Op::PivotRoot { new_root, put_old } => {
@@ -250,6 +262,72 @@ impl Syscalls for RealSyscalls {
                 opt_ptr(data).cast(),
             )
         })
+    }
+    fn mount_fsconfig(
+        &mut self,
+        fstype: &CStr,
+        params: &[(CString, Option<CString>)],
+        target: &CStr,
+    ) -> Result<(), Errno> {
+        const FSOPEN_CLOEXEC: libc::c_uint = 1;
+        const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+        const FSCONFIG_SET_STRING: libc::c_uint = 1;
+        const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+        const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+        // SAFETY: raw syscalls with valid C strings; both fds are closed on every path.
+        unsafe {
+            let fs =
+                libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) as libc::c_int;
+            check(fs)?;
+            let configure = || -> Result<libc::c_int, Errno> {
+                for (key, value) in params {
+                    let r = match value {
+                        Some(v) => libc::syscall(
+                            libc::SYS_fsconfig,
+                            fs,
+                            FSCONFIG_SET_STRING,
+                            key.as_ptr(),
+                            v.as_ptr(),
+                            0,
+                        ),
+                        None => libc::syscall(
+                            libc::SYS_fsconfig,
+                            fs,
+                            FSCONFIG_SET_FLAG,
+                            key.as_ptr(),
+                            std::ptr::null::<c_char>(),
+                            0,
+                        ),
+                    };
+                    check(r as libc::c_int)?;
+                }
+                let null = std::ptr::null::<c_char>();
+                check(libc::syscall(libc::SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, null, null, 0)
+                    as libc::c_int)?;
+                let mnt = libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, 0) as libc::c_int;
+                check(mnt)?;
+                Ok(mnt)
+            };
+            let result = configure();
+            libc::close(fs);
+            let mnt = result?;
+            let empty = c"";
+            let r = libc::syscall(
+                libc::SYS_move_mount,
+                mnt,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) as libc::c_int;
+            let e = last_errno();
+            libc::close(mnt);
+            if r == -1 {
+                return Err(Errno::from_raw_os_error(e));
+            }
+        }
+        Ok(())
     }
     fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno> {
         // SAFETY: valid C string.
@@ -474,6 +552,21 @@ impl Syscalls for RecordingSyscalls {
             crate::plan::flags_to_string(flags),
             data.map_or("-".into(), s)
         ))
+    }
+    fn mount_fsconfig(
+        &mut self,
+        fstype: &CStr,
+        params: &[(CString, Option<CString>)],
+        target: &CStr,
+    ) -> Result<(), Errno> {
+        let shown: Vec<String> = params
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{}={}", s(k), s(v)),
+                None => s(k),
+            })
+            .collect();
+        self.record(format!("fsmount {} {} {}", s(fstype), s(target), shown.join(",")))
     }
     fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno> {
         self.record(format!("umount2 {} MNT_DETACH", s(target)))

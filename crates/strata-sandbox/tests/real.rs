@@ -653,3 +653,27 @@ fn signals_start_at_their_defaults() {
         ]
     );
 }
+
+#[test]
+fn a_deep_layer_stack_beyond_the_mount_option_page_still_mounts() {
+    if !can_run() {
+        return;
+    }
+    let img = image();
+    let stack = tempfile::tempdir().unwrap();
+    let mut lowers = vec![img.lower.clone()];
+    for i in 0..150 {
+        let l = stack.path().join(format!("layer-with-a-rather-long-name-{i:03}"));
+        fs::create_dir(&l).unwrap();
+        fs::write(l.join("n"), format!("{i}\n")).unwrap();
+        fs::write(l.join(format!("only-{i}")), "").unwrap();
+        lowers.push(l);
+    }
+    let req = RunRequest {
+        rootfs: RootFs::Overlay { lowers, upper: img.upper.clone(), work: img.work.clone() },
+        ..img.req("cat /n; ls / | grep -c '^only-'")
+    };
+    let (outcome, lines) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(stdout_of(&lines), ["149", "150"], "top layer wins, all layers visible");
+}
