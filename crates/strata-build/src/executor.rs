@@ -115,6 +115,15 @@ impl<'a> Builder<'a> {
             name: stage.name.clone(),
             base,
         });
+        if let Some(platform) = stage.platform.as_deref().filter(|p| !p.is_empty()) {
+            let host = strata_recipe::Platform::host().to_spec();
+            if platform != host && !host.starts_with(&format!("{platform}/")) {
+                self.warn(format!(
+                    "line {}: FROM --platform={platform} is not supported; building for {host}",
+                    stage.span.line
+                ));
+            }
+        }
         let mut step_index = 0;
         // ONBUILD triggers of the base run first, as if written right after FROM.
         for trigger in std::mem::take(&mut state.base_onbuild) {

@@ -20,6 +20,11 @@ use strata_store::{Digest, Image, Store};
 
 use crate::error::{BuildError, Result};
 
+/// The `PATH` BuildKit and buildah give a stage built from scratch, and RUN steps whose image
+/// has none.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The comment BuildKit's Dockerfile frontend writes in every history entry.
 pub(crate) const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 
@@ -68,9 +73,14 @@ fn keys(v: Option<&Value>) -> BTreeSet<String> {
 }
 
 impl ImageState {
-    /// `FROM scratch`.
+    /// `FROM scratch`: empty, with the default `PATH` in `Env` (BuildKit and buildah both
+    /// put it there).
     pub fn scratch() -> ImageState {
-        ImageState { shell: default_shell(), ..ImageState::default() }
+        ImageState {
+            shell: default_shell(),
+            env: vec![format!("PATH={DEFAULT_PATH}")],
+            ..ImageState::default()
+        }
     }
 
     /// The state of a stored image, read from its raw config blob (so fields the OCI types do
@@ -324,7 +334,7 @@ mod tests {
 
     #[test]
     fn env_replaces_in_place() {
-        let mut s = ImageState::scratch();
+        let mut s = ImageState::default();
         s.set_env("A", "1");
         s.set_env("AB", "2");
         s.set_env("A", "3");

@@ -32,12 +32,10 @@ use strata_sandbox::{Mount, RootFs, RunRequest, Stream};
 
 use crate::error::{BuildError, Result};
 use crate::executor::{Builder, StepResult};
-use crate::image::{ImageState, LayerRef};
+use crate::image::{ImageState, LayerRef, DEFAULT_PATH};
 use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
 use crate::rootfs::{set_mode, MergedView, WorkDir};
-
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Is `cmd` exactly one heredoc opener (`<<EOF`, `<<-"EOF"`) naming `h`?
 fn is_lone_heredoc(cmd: &str, h: &Heredoc) -> bool {

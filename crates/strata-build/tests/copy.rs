@@ -28,6 +28,11 @@ fn scratch_copy_makes_one_layer_owned_by_root() {
     assert_eq!((md.uid(), md.gid()), (0, 0));
     assert_eq!(fs::read_to_string(root.path().join("hello.txt")).unwrap(), "hi\n");
     assert_eq!(history(&out), [("COPY hello.txt / # buildkit".to_string(), false)]);
+    let env = &common::config_json(&out)["config"]["Env"];
+    assert_eq!(
+        env,
+        &serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    );
     assert_eq!(e.store.resolve("hello:1").unwrap().digest(), out.manifest.digest());
     // Same inputs, same image.
     let again = e.build(&ctx, &[]).unwrap();
