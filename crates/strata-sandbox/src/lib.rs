@@ -70,7 +70,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub use error::SandboxError;
@@ -583,8 +583,23 @@ fn overlay_rootfs(
 /// mount namespace on a temp dir under `scratch` (which should be on the filesystem that
 /// will hold upperdirs), creates a file and deletes a lower one, and checks that the upperdir
 /// got the file and a whiteout. Never leaves a mount behind.
+///
+/// A yes is cached per filesystem (device of `scratch`) for the life of the process, so
+/// calling it before every step costs a `stat` after the first (the probe itself takes tens
+/// of milliseconds, mostly tearing down its mount namespace); a no is probed again.
 pub fn overlay_supported(scratch: &Path) -> bool {
-    overlay_probe(scratch).unwrap_or(false)
+    static PROBED: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    let Ok(dev) = fs::metadata(scratch).map(|m| m.dev()) else { return false };
+    let cached =
+        PROBED.lock().ok().and_then(|p| p.iter().find(|(d, _)| *d == dev).map(|(_, ok)| *ok));
+    if let Some(ok) = cached {
+        return ok;
+    }
+    let ok = overlay_probe(scratch).unwrap_or(false);
+    if let Ok(mut p) = PROBED.lock() {
+        p.push((dev, ok));
+    }
+    ok
 }
 
 fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
