@@ -588,16 +588,16 @@ fn overlay_rootfs(
 /// calling it before every step costs a `stat` after the first (the probe itself takes tens
 /// of milliseconds, mostly tearing down its mount namespace); a no is probed again.
 pub fn overlay_supported(scratch: &Path) -> bool {
-    static PROBED: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
+    static SUPPORTED_ON: Mutex<Vec<u64>> = Mutex::new(Vec::new());
     let Ok(dev) = fs::metadata(scratch).map(|m| m.dev()) else { return false };
-    let cached =
-        PROBED.lock().ok().and_then(|p| p.iter().find(|(d, _)| *d == dev).map(|(_, ok)| *ok));
-    if let Some(ok) = cached {
-        return ok;
+    if SUPPORTED_ON.lock().is_ok_and(|devs| devs.contains(&dev)) {
+        return true;
     }
     let ok = overlay_probe(scratch).unwrap_or(false);
-    if let Ok(mut p) = PROBED.lock() {
-        p.push((dev, ok));
+    if ok {
+        if let Ok(mut devs) = SUPPORTED_ON.lock() {
+            devs.push(dev);
+        }
     }
     ok
 }
