@@ -200,8 +200,14 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The "op index" reported when the standard streams could not be set up.
+const STDIO_STEP: usize = u32::MAX as usize;
+
 fn setup_error(plan: &Plan, index: usize, errno: i32) -> SandboxError {
     let source = io::Error::from_raw_os_error(errno);
+    if index == STDIO_STEP {
+        return SandboxError::Setup { step: "connecting stdin/stdout/stderr".into(), source };
+    }
     match plan.ops.get(index) {
         Some(Op::Exec { argv, envp, .. }) => {
             let program =
@@ -240,9 +246,16 @@ unsafe fn child_main(ops: &[Op], fds: ChildFds) -> ! {
                 libc::_exit(128 + libc::SIGKILL); // the parent is gone already
             }
         }
-        for (from, to) in [(fds.null, 0), (fds.out, 1), (fds.err, 2)] {
-            if libc::dup2(from, to) == -1 {
-                sys::write_record(fds.status, KIND_FAILED, usize::MAX, *libc::__errno_location());
+        // Copies above 2 first: with a closed stdio fd in the parent (Rust's runtime reopens
+        // them, a C host embedding us might not), a source could itself be 0, 1 or 2 and be
+        // overwritten, or keep its close-on-exec flag, otherwise.
+        let mut high = [-1; 3];
+        for (slot, from) in high.iter_mut().zip([fds.null, fds.out, fds.err]) {
+            *slot = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 3);
+        }
+        for (to, from) in high.into_iter().enumerate() {
+            if from == -1 || libc::dup2(from, to as libc::c_int) == -1 {
+                sys::write_record(fds.status, KIND_FAILED, STDIO_STEP, *libc::__errno_location());
                 libc::_exit(127);
             }
         }
