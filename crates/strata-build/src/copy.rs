@@ -482,24 +482,10 @@ fn copy_dir_root(
     opts: &CopyOpts<'_>,
     new_owner: (u32, u32),
 ) -> Result<()> {
-    let existed = env.image.metadata(target).is_some_and(|m| m.is_dir());
-    if let Some(parent) = target.parent() {
-        ensure_dir(env.image, staging, parent, new_owner)?;
-    }
-    let abs = staging.join(target);
+    // As buildah does: a missing destination is created like any missing parent (0755, the
+    // --chown owner), not with the source directory's mode; an existing one is kept.
     ensure_dir(env.image, staging, target, new_owner)?;
-    if !existed && !target.as_os_str().is_empty() {
-        let md = fs::metadata(&item.real).map_err(|e| BuildError::io("stat", &item.real, e))?;
-        let (uid, gid, mode) = meta_for(&md, opts, None);
-        apply_meta(&abs, uid, gid, mode, Some(&md))?;
-    }
-    copy_tree(tree, &item.rel, Path::new(""), &abs, opts)?;
-    if !existed && !target.as_os_str().is_empty() {
-        let md = fs::metadata(&item.real).map_err(|e| BuildError::io("stat", &item.real, e))?;
-        let (uid, gid, mode) = meta_for(&md, opts, None);
-        apply_meta(&abs, uid, gid, mode, Some(&md))?;
-    }
-    Ok(())
+    copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts)
 }
 
 /// Recursively copies the directory `rel` of the tree into `dest`; `inner` is the path below
@@ -587,7 +573,37 @@ fn extract_archive(path: &Path, kind: ArchiveKind, dest: &Path, written: &str) -
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
-    archive.unpack(dest).map_err(err)
+    // Directory mtimes are set last: extracting their children changes them.
+    let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
+    for entry in archive.entries().map_err(err)? {
+        let mut entry = entry.map_err(err)?;
+        let rel = normalize(&entry.path().map_err(err)?);
+        let header = entry.header();
+        let mtime = header.mtime().unwrap_or(0);
+        if rel.as_os_str().is_empty() {
+            // The archive's root entry (`./`) describes the destination directory itself, as
+            // Docker and buildah apply it.
+            if header.entry_type().is_dir() {
+                let uid = header.uid().map_err(err)? as u32;
+                let gid = header.gid().map_err(err)? as u32;
+                let mode = header.mode().map_err(err)? & 0o7777;
+                apply_meta(dest, uid, gid, mode, None)?;
+                dir_times.push((dest.to_path_buf(), mtime));
+            }
+            continue;
+        }
+        if header.entry_type().is_dir() {
+            dir_times.push((dest.join(&rel), mtime));
+        }
+        entry.unpack_in(dest).map_err(err)?;
+    }
+    for (dir, secs) in dir_times.into_iter().rev() {
+        let t = rustix::fs::Timespec { tv_sec: secs as i64, tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+        // Best effort: a directory the archive later replaced may be gone.
+        let _ = rustix::fs::utimensat(rustix::fs::CWD, &dir, &times, rustix::fs::AtFlags::empty());
+    }
+    Ok(())
 }
 
 /// Downloads `url` into the scratch dir, verifying `checksum` before the file is used.

@@ -75,6 +75,7 @@ COPY a.txt rel/
         ],
     );
     std::os::unix::fs::symlink("a.txt", ctx.join("link")).unwrap();
+    fs::set_permissions(ctx.join("src"), fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::symlink("src/x", ctx.join("rel-link")).unwrap();
     let out = e.build(&ctx, &[]).unwrap();
     let root = e.flatten(&out);
@@ -85,6 +86,8 @@ COPY a.txt rel/
     assert_eq!(read("renamed.txt"), "A");
     assert_eq!(read("opt/app/x"), "X");
     assert_eq!(read("opt/app/sub/y"), "Y");
+    let m = fs::metadata(r.join("opt/app")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "a new destination dir is 0755, as buildah makes it");
     assert!(!r.join("opt/app/src").exists(), "a directory's contents are copied, not the dir");
     assert_eq!(read("docs/b.md"), "B");
     assert_eq!(read("docs/c.md"), "C");
@@ -193,6 +196,14 @@ fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     {
         let mut t = tar::Builder::new(&mut gz);
+        let mut root = tar::Header::new_gnu();
+        root.set_entry_type(tar::EntryType::Directory);
+        root.set_size(0);
+        root.set_mode(0o750);
+        root.set_uid(5);
+        root.set_gid(6);
+        root.set_cksum();
+        t.append_data(&mut root, "./", std::io::empty()).unwrap();
         for (p, c) in files {
             let mut h = tar::Header::new_gnu();
             h.set_size(c.len() as u64);
@@ -227,6 +238,12 @@ fn add_extracts_local_archives_unless_unpack_false() {
     assert_eq!(fs::read_to_string(root.path().join("srv/app/main.txt")).unwrap(), "main");
     let m = fs::metadata(root.path().join("srv/VERSION")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (5, 6, 0o640));
+    let m = fs::metadata(root.path().join("srv")).unwrap();
+    assert_eq!(
+        (m.uid(), m.mode() & 0o7777),
+        (5, 0o750),
+        "the archive's ./ entry describes the destination"
+    );
     assert!(root.path().join("raw/app.tar.gz").is_file());
 }
 
