@@ -11,6 +11,20 @@
 //! [`Store::put_image`](strata_store::Store::put_image) and tagged only once every step has
 //! succeeded. Progress is reported as typed events to a [`ProgressSink`]; nothing is printed.
 //!
+//! Decisions where BuildKit and buildah differ, or where neither is obvious:
+//! - WORKDIR writes a layer only when it has to create the directory (owned by the current
+//!   USER, as BuildKit does); an existing directory gives an `empty_layer` history entry.
+//!   BuildKit always writes one, buildah never does (its directory lands in the next layer).
+//! - A COPY destination directory that does not exist is created 0755 and owned by the
+//!   `--chown` user, like any missing parent (buildah); existing ones keep their mode and
+//!   owner. `--chown=name` takes the user's primary group (buildah); `--chown=N` uses N as gid
+//!   (Docker's documented rule). Without `--chown`, context files are owned 0:0 and `--from`
+//!   files keep their owner.
+//! - RUN layers record deletions as explicit whiteouts, never opaque directories (BuildKit's
+//!   differ), so the overlay path and the copy fallback give the same bytes; mountpoint stubs
+//!   the sandbox had to create are not in layers (BuildKit; buildah leaves them).
+//! - A scratch stage's config has the default `PATH` (both).
+//!
 //! Not stored, as buildah does for OCI images: HEALTHCHECK, SHELL and ONBUILD have no place in
 //! the OCI config (a [`BuildEvent::Warning`] says so); ONBUILD triggers of a *base* image are
 //! read from its raw config and do run.
