@@ -30,6 +30,7 @@
 //! read from its raw config and do run.
 #![deny(missing_docs)]
 
+mod cache;
 mod copy;
 mod error;
 mod executor;

@@ -79,6 +79,8 @@ pub struct BuildOptions {
     pub timestamp: i64,
     /// How RUN steps get their root filesystem.
     pub run_rootfs: RunRootfs,
+    /// Run every RUN step even when the cache has its result (`--no-cache`).
+    pub no_cache: bool,
 }
 
 impl BuildOptions {
@@ -97,6 +99,7 @@ impl BuildOptions {
             compression: Compression::Zstd,
             timestamp: 0,
             run_rootfs: RunRootfs::Overlay,
+            no_cache: false,
         }
     }
 }

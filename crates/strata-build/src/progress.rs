@@ -43,6 +43,14 @@ pub enum BuildEvent {
         /// The instruction as written.
         text: String,
     },
+    /// A RUN step's inputs are unchanged since an earlier build: its layer is reused and the
+    /// command does not run (a [`BuildEvent::StepDone`] follows).
+    StepCached {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+    },
     /// A line printed by a RUN command.
     StepOutput {
         /// Stage index.

@@ -29,13 +29,15 @@ use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{Command, Heredoc, Scope, Step};
 use strata_sandbox::{Mount, RootFs, RunRequest, Stream};
+use strata_store::Digest;
 
+use crate::cache;
 use crate::error::{BuildError, Result};
 use crate::executor::{Builder, StepResult};
 use crate::image::{ImageState, LayerRef, DEFAULT_PATH};
 use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
-use crate::rootfs::{set_mode, MergedView, WorkDir};
+use crate::rootfs::{ensure_snapshot, set_mode, MergedView, WorkDir};
 
 /// Is `cmd` exactly one heredoc opener (`<<EOF`, `<<-"EOF"`) naming `h`?
 fn is_lone_heredoc(cmd: &str, h: &Heredoc) -> bool {
@@ -109,19 +111,6 @@ impl Builder<'_> {
         }
         let cwd =
             if state.working_dir.is_empty() { "/".to_string() } else { state.working_dir.clone() };
-        let mut keep_alive = Vec::new();
-        for m in &run.mounts {
-            self.add_mount(
-                stage,
-                step,
-                m,
-                &cwd,
-                scratch.path(),
-                &mut mounts,
-                &mut env,
-                &mut keep_alive,
-            )?;
-        }
         let network = match run.network {
             Some(NetworkMode::None) => strata_sandbox::Network::None,
             Some(NetworkMode::Host) => strata_sandbox::Network::Host,
@@ -137,6 +126,31 @@ impl Builder<'_> {
         created_by.push_str(&argv.join(" "));
         created_by.push_str(" # buildkit");
 
+        let key = if self.opts.no_cache {
+            None
+        } else {
+            self.run_cache_key(stage, step, state, run, &argv, &env, &cwd, network)?
+        };
+        if let Some(key) = &key {
+            if let Some((layer, size)) = cache::lookup(self.store, key) {
+                ensure_snapshot(self.store, &layer)?;
+                self.progress.event(&BuildEvent::StepCached { stage, step: step_index });
+                return Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) });
+            }
+        }
+        let mut keep_alive = Vec::new();
+        for m in &run.mounts {
+            self.add_mount(
+                stage,
+                step,
+                m,
+                &cwd,
+                scratch.path(),
+                &mut mounts,
+                &mut env,
+                &mut keep_alive,
+            )?;
+        }
         let view = self.view(state)?;
         let overlay = self.opts.run_rootfs == RunRootfs::Overlay
             && strata_sandbox::overlay_supported(scratch.path());
@@ -197,7 +211,57 @@ impl Builder<'_> {
             }
         };
         let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
+        if let Some(key) = &key {
+            cache::record(self.store, key, &layer, size);
+        }
         Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
+    }
+
+    /// The cache key of a RUN (see [`crate::cache`]); `None` when the step cannot be cached.
+    #[allow(clippy::too_many_arguments)]
+    fn run_cache_key(
+        &self,
+        stage: usize,
+        step: &Step,
+        state: &ImageState,
+        run: &RunSpec,
+        argv: &[String],
+        env: &[String],
+        cwd: &str,
+        network: strata_sandbox::Network,
+    ) -> Result<Option<Digest>> {
+        let mut bind_inputs = Vec::new();
+        for m in &run.mounts {
+            if m.kind != MountType::Bind {
+                continue;
+            }
+            let Some(from) = &m.from else { return Ok(None) };
+            let chain = match resolve_stage_ref(&self.plan.stages, from, stage, step.span).map_err(
+                |source| BuildError::Parse {
+                    path: self.opts.recipe_path.clone(),
+                    source: Box::new(source),
+                },
+            )? {
+                Some(j) => self.result(j).map(|s| s.layers).unwrap_or_default(),
+                None => self.image_state(from)?.layers,
+            };
+            bind_inputs.push(chain.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>());
+        }
+        let doc = serde_json::json!({
+            "version": 1,
+            "parent": state.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
+            "argv": argv,
+            "heredocs": run.heredocs,
+            "env": env,
+            "user": state.user,
+            "cwd": cwd,
+            "network": matches!(network, strata_sandbox::Network::None),
+            "mounts": run.mounts,
+            "bind_inputs": bind_inputs,
+            "timestamp": self.opts.timestamp,
+            "compression": self.opts.compression.media_type(),
+        });
+        Ok(cache::key_of(&doc))
     }
 
     #[allow(clippy::too_many_arguments)]

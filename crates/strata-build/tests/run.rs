@@ -151,7 +151,9 @@ fn cache_mount_persists_across_builds_but_not_in_layers() {
     let recipe = "FROM base:1\nRUN --mount=type=cache,target=/var/cache/app echo x >> /var/cache/app/log && wc -l < /var/cache/app/log > /seen\n";
     let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
     let first = e.build(&ctx, &[]).unwrap();
-    let second = e.build(&ctx, &[]).unwrap();
+    let mut opts = BuildOptions::new(&ctx);
+    opts.no_cache = true;
+    let second = e.build_with(&opts).0.unwrap();
     let seen = |out| fs::read_to_string(e.flatten(out).path().join("seen")).unwrap();
     assert_eq!(seen(&first).trim(), "1");
     assert_eq!(seen(&second).trim(), "2");
@@ -243,6 +245,7 @@ RUN rm -r /usr/share/doc && mkdir /usr/share/doc && echo y > /usr/share/doc/y &&
     let overlay = e.build(&ctx, &[]).unwrap();
     let mut opts = BuildOptions::new(&ctx);
     opts.run_rootfs = strata_build::RunRootfs::Copy;
+    opts.no_cache = true;
     let copy = e.build_with(&opts).0.unwrap();
     let a = overlay.image.layer_digests().unwrap();
     let b = copy.image.layer_digests().unwrap();
@@ -328,4 +331,36 @@ fn regression_same_layer_twice_in_chain() {
     assert_eq!(layers.len(), 4);
     assert_eq!(layers[1], layers[2]);
     assert!(e.flatten(&out).path().join("ok").exists());
+}
+
+#[test]
+fn unchanged_run_steps_come_from_the_cache() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nARG V=1\nRUN echo $V > /v && echo ran\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b\n";
+    let ctx = e.context("ctx", &[("a.txt", "one"), ("Dockerfile", recipe)]);
+    let cached = |events: &[strata_build::BuildEvent]| {
+        events.iter().filter(|ev| matches!(ev, strata_build::BuildEvent::StepCached { .. })).count()
+    };
+    let (first, events) = e.build_with(&BuildOptions::new(&ctx));
+    let first = first.unwrap();
+    assert_eq!(cached(&events), 0);
+    let (second, events) = e.build_with(&BuildOptions::new(&ctx));
+    let second = second.unwrap();
+    assert_eq!(cached(&events), 2, "both RUNs reused");
+    assert_eq!(second.manifest.digest(), first.manifest.digest());
+    assert!(!events.iter().any(|ev| matches!(ev, strata_build::BuildEvent::StepOutput { .. })));
+    // A new ARG value or a changed COPY source invalidates what depends on it, nothing else.
+    fs::write(ctx.join("a.txt"), "two").unwrap();
+    let (third, events) = e.build_with(&BuildOptions::new(&ctx));
+    let third = third.unwrap();
+    assert_eq!(cached(&events), 1, "the first RUN is still valid");
+    assert_eq!(fs::read_to_string(e.flatten(&third).path().join("b")).unwrap(), "two");
+    let mut opts = BuildOptions::new(&ctx);
+    opts.build_args.set("V", "2");
+    let (fourth, events) = e.build_with(&opts);
+    assert_eq!(cached(&events), 0, "V is in both RUNs' environment");
+    assert_eq!(fs::read_to_string(e.flatten(&fourth.unwrap()).path().join("v")).unwrap(), "2\n");
 }
