@@ -64,6 +64,15 @@ pub fn build(
     opts: &BuildOptions,
     progress: &dyn ProgressSink,
 ) -> Result<BuildOutput> {
+    // Bad tag names fail before any work, not after.
+    for tag in &opts.tags {
+        let r: strata_store::Reference = tag.parse().map_err(strata_store::StoreError::from)?;
+        if r.digest().is_some() {
+            return Err(
+                strata_store::StoreError::UnexpectedDigest { reference: tag.clone() }.into()
+            );
+        }
+    }
     let text = options::read_recipe(opts)?;
     let parse_err = |source: strata_recipe::ParseError| BuildError::Parse {
         path: opts.recipe_path.clone(),

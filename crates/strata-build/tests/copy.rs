@@ -131,6 +131,9 @@ fn missing_source_names_file_and_line() {
     );
     assert!(err.to_string().contains("nope.txt"), "{err}");
     assert!(e.store.resolve("never:1").is_err(), "a failed build tags nothing");
+    let ctx_ok = e.context("ok", &[("Dockerfile", "FROM base:1\n")]);
+    let err = e.build(&ctx_ok, &["Bad Name"]).unwrap_err();
+    assert!(matches!(err, BuildError::Store(_)), "{err}");
 
     let ctx = e.context("ctx2", &[("Dockerfile", "FROM base:1\nCOPY ../x /\n")]);
     let err = e.build(&ctx, &[]).unwrap_err();
