@@ -12,6 +12,7 @@
 //!
 //! [`Changeset::from_snapshot`]: strata_layer::Changeset::from_snapshot
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Read, Write};
@@ -22,6 +23,7 @@ use sha2::Digest as _;
 use strata_recipe::{CopySpec, DockerIgnore, Source};
 use strata_store::Digest;
 
+use crate::context_hash::{hash_file, ContextHashes, SourceWalk};
 use crate::error::{BuildError, Result};
 use crate::rootfs::{normalize, resolve_owner, set_mode, MergedView};
 
@@ -83,12 +85,77 @@ struct Item {
     written: String,
 }
 
+/// URL sources already downloaded (to compute a cache key), by source index.
+#[derive(Default)]
+pub(crate) struct Fetched(HashMap<usize, Item>);
+
+fn parse_exclude(spec: &CopySpec) -> Result<Option<DockerIgnore>> {
+    if spec.exclude.is_empty() {
+        return Ok(None);
+    }
+    let text = spec.exclude.join("\n");
+    DockerIgnore::parse(&text).map(Some).map_err(|source| BuildError::Parse {
+        path: PathBuf::from("--exclude"),
+        source: Box::new(source),
+    })
+}
+
+/// What the sources of `spec` contribute to its cache key (see [`crate::cache`]): for each
+/// context path, every match with the digest of its tree; for a URL without `--checksum`,
+/// the digest of the fetched bytes (kept in `fetched` for [`stage_copy`]). `--from` sources
+/// and heredocs are covered by the chain's diffIDs and the spec itself.
+pub(crate) fn source_inputs(
+    env: &CopyEnv<'_>,
+    spec: &CopySpec,
+    tree: &SourceTree,
+    hashes: &ContextHashes,
+    epoch: i64,
+    fetched: &mut Fetched,
+) -> Result<serde_json::Value> {
+    let exclude = parse_exclude(spec)?;
+    let walk = SourceWalk {
+        ignore: tree.ignore.as_ref(),
+        exclude: exclude.as_ref(),
+        owners: tree.keep_owner,
+        mtime_clamp: Some(epoch),
+        root_meta: false,
+    };
+    let mut out = Vec::new();
+    for (i, src) in spec.sources.iter().enumerate() {
+        match src {
+            Source::Path { path } if tree.ignore.is_some() => {
+                let mut matches = Vec::new();
+                for item in expand_path(tree, path, spec, env)? {
+                    let digest = walk.digest(hashes, &item.real, &item.rel)?;
+                    matches.push(serde_json::json!({
+                        "rel": item.rel.to_string_lossy(),
+                        "name": item.name.to_string_lossy(),
+                        "keep_path": item.keep_path.as_ref().map(|k| k.to_string_lossy().to_string()),
+                        "is_dir": item.is_dir,
+                        "digest": digest.to_string(),
+                    }));
+                }
+                out.push(serde_json::Value::Array(matches));
+            }
+            Source::Url { url } if env.is_add && spec.checksum.is_none() => {
+                let item = fetch_url(url, None, env.scratch, i)?;
+                let digest = Digest::from_sha256(hash_file(&item.real)?);
+                out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
+                fetched.0.insert(i, item);
+            }
+            _ => out.push(serde_json::Value::Null),
+        }
+    }
+    Ok(serde_json::Value::Array(out))
+}
+
 /// Stages the files of `spec` under `staging`.
 pub(crate) fn stage_copy(
     env: &CopyEnv<'_>,
     spec: &CopySpec,
     tree: &SourceTree,
     staging: &Path,
+    fetched: &mut Fetched,
 ) -> Result<()> {
     let owner = match &spec.chown {
         Some(c) if !c.is_empty() => Some(resolve_owner(env.image, c)?),
@@ -103,15 +170,7 @@ pub(crate) fn stage_copy(
         ),
         None => None,
     };
-    let exclude = if spec.exclude.is_empty() {
-        None
-    } else {
-        let text = spec.exclude.join("\n");
-        Some(DockerIgnore::parse(&text).map_err(|source| BuildError::Parse {
-            path: PathBuf::from("--exclude"),
-            source: Box::new(source),
-        })?)
-    };
+    let exclude = parse_exclude(spec)?;
     let mut items = Vec::new();
     for (i, src) in spec.sources.iter().enumerate() {
         match src {
@@ -138,7 +197,10 @@ pub(crate) fn stage_copy(
                         what: format!("COPY from a URL ({url})"),
                     });
                 }
-                items.push(fetch_url(url, spec.checksum.as_deref(), env.scratch, i)?);
+                match fetched.0.remove(&i) {
+                    Some(item) => items.push(item),
+                    None => items.push(fetch_url(url, spec.checksum.as_deref(), env.scratch, i)?),
+                }
             }
         }
     }

@@ -21,9 +21,11 @@ use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{
     Base, Command, CopySpec, DockerIgnore, Instruction, Plan, Recipe, Scope, Source, Step,
 };
-use strata_store::{ImageLocation, Store, StoreError};
+use strata_store::{Digest, ImageLocation, Store, StoreError};
 
-use crate::copy::{ensure_dir, stage_copy, CopyEnv, SourceTree};
+use crate::cache;
+use crate::context_hash::ContextHashes;
+use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, SourceTree};
 use crate::error::{BuildError, Result};
 use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerRef};
 use crate::options::{BuildOptions, StepReport};
@@ -43,8 +45,11 @@ pub(crate) struct Builder<'a> {
     /// Step reports by stage.
     pub reports: Mutex<BTreeMap<usize, Vec<StepReport>>>,
     pub layers_written: AtomicUsize,
+    pub layers_reused: AtomicUsize,
     pub bytes_written: AtomicU64,
     pub writer: LayerWriter,
+    /// Digests of context files, remembered between builds.
+    pub hashes: ContextHashes,
 }
 
 /// What one step did to the filesystem.
@@ -52,11 +57,18 @@ pub(crate) struct StepResult {
     pub created_by: String,
     pub layer: Option<LayerRef>,
     pub layer_size: Option<u64>,
+    /// The layer came from the cache.
+    pub cached: bool,
 }
 
 impl StepResult {
     fn meta(created_by: String) -> StepResult {
-        StepResult { created_by, layer: None, layer_size: None }
+        StepResult { created_by, layer: None, layer_size: None, cached: false }
+    }
+
+    /// A step that wrote `layer`.
+    pub fn written(created_by: String, layer: LayerRef, size: u64) -> StepResult {
+        StepResult { created_by, layer: Some(layer), layer_size: Some(size), cached: false }
     }
 }
 
@@ -198,6 +210,10 @@ impl<'a> Builder<'a> {
             .dispatch(stage, step_index, state, step, scope)
             .map_err(|e| self.wrap(stage, line, &step.original, e))?;
         let empty = result.layer.is_none();
+        if result.cached {
+            self.layers_reused.fetch_add(1, Ordering::Relaxed);
+            self.progress.event(&BuildEvent::StepCached { stage, step: step_index });
+        }
         let layer_digest = match &result.layer {
             Some(l) => Some(l.digest()?),
             None => None,
@@ -222,6 +238,7 @@ impl<'a> Builder<'a> {
             created_by: result.created_by,
             layer: layer_digest,
             duration_ms,
+            cached: result.cached,
         });
         Ok(())
     }
@@ -326,7 +343,7 @@ impl<'a> Builder<'a> {
                 ));
                 StepResult::meta(format!("ONBUILD {expression}"))
             }
-            Instruction::Workdir(p) => self.workdir(state, p)?,
+            Instruction::Workdir(p) => self.workdir(stage, state, p)?,
             Instruction::Copy(spec) => self.copy(stage, state, spec, false, step)?,
             Instruction::Add(spec) => self.copy(stage, state, spec, true, step)?,
             Instruction::Run(run) => self.run(stage, step_index, state, run, scope, step)?,
@@ -350,6 +367,57 @@ impl<'a> Builder<'a> {
         WorkDir::new(self.store, "step-")
     }
 
+    /// Whether steps of `stage` may take their result from the cache (`--no-cache`,
+    /// `--no-cache-filter` by name or index).
+    pub fn cache_enabled(&self, stage: usize) -> bool {
+        if self.opts.no_cache {
+            return false;
+        }
+        let name = self.plan.stages[stage].name.as_deref();
+        !self
+            .opts
+            .no_cache_filter
+            .iter()
+            .any(|f| Some(f.as_str()) == name || *f == stage.to_string())
+    }
+
+    /// The cached result of `key`, when allowed for `stage` and its blob is still stored:
+    /// the snapshot is made sure of and nothing else happens.
+    pub fn cached(
+        &self,
+        stage: usize,
+        kind: cache::Kind,
+        key: Option<&Digest>,
+        created_by: &str,
+    ) -> Result<Option<StepResult>> {
+        let Some(key) = key.filter(|_| self.cache_enabled(stage)) else { return Ok(None) };
+        let Some((layer, size)) = cache::lookup(self.store, kind, key) else { return Ok(None) };
+        ensure_snapshot(self.store, &layer)?;
+        Ok(Some(StepResult {
+            created_by: created_by.to_string(),
+            layer: Some(layer),
+            layer_size: Some(size),
+            cached: true,
+        }))
+    }
+
+    /// The key fields every step shares: kind, parent chain, writer settings.
+    pub fn key_base(
+        &self,
+        kind: &str,
+        state: &ImageState,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("kind".into(), kind.into());
+        m.insert(
+            "parent".into(),
+            state.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>().into(),
+        );
+        m.insert("timestamp".into(), self.opts.timestamp.into());
+        m.insert("compression".into(), self.opts.compression.media_type().into());
+        m
+    }
+
     /// Writes `changeset` (bytes from `source`) as a layer and unpacks its snapshot.
     pub fn commit(&self, changeset: &Changeset, source: &Path) -> Result<(LayerRef, u64)> {
         let desc = write_layer(self.store, &self.writer, changeset, source)?;
@@ -360,7 +428,7 @@ impl<'a> Builder<'a> {
         Ok((layer, desc.size))
     }
 
-    fn workdir(&self, state: &mut ImageState, path: &str) -> Result<StepResult> {
+    fn workdir(&self, stage: usize, state: &mut ImageState, path: &str) -> Result<StepResult> {
         let wd = join_workdir(&state.working_dir, path);
         state.working_dir = wd.clone();
         let created_by = format!("WORKDIR {wd}");
@@ -378,11 +446,21 @@ impl<'a> Builder<'a> {
         } else {
             resolve_owner(&view, &state.user).unwrap_or((0, 0))
         };
+        let mut doc = self.key_base("workdir", state);
+        doc.insert("path".into(), wd.clone().into());
+        doc.insert("owner".into(), vec![owner.0, owner.1].into());
+        let key = cache::key_of(&serde_json::Value::Object(doc));
+        if let Some(hit) = self.cached(stage, cache::Kind::Workdir, key.as_ref(), &created_by)? {
+            return Ok(hit);
+        }
         let staging = self.staging()?;
         ensure_dir(&view, staging.path(), &rel, owner)?;
         let cs = Changeset::from_snapshot(scan(staging.path())?);
         let (layer, size) = self.commit(&cs, staging.path())?;
-        Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
+        if let Some(key) = &key {
+            cache::record(self.store, cache::Kind::Workdir, key, &layer, size);
+        }
+        Ok(StepResult::written(created_by, layer, size))
     }
 
     fn copy(
@@ -403,6 +481,7 @@ impl<'a> Builder<'a> {
             }
         }
         created_by.push_str(&format!(" {} # buildkit", spec.dest));
+        let mut from_chain: Option<Vec<String>> = None;
         let tree = match &spec.from {
             None => SourceTree {
                 view: MergedView::new(vec![self.opts.context.clone()]),
@@ -424,6 +503,7 @@ impl<'a> Builder<'a> {
                         }
                         None => (self.image_state(from)?.layers, format!("image {from}")),
                     };
+                from_chain = Some(chain.iter().map(|l| l.diff_id.to_string()).collect());
                 SourceTree {
                     view: MergedView::of_chain(self.store, &chain)?,
                     ignore: None,
@@ -439,10 +519,30 @@ impl<'a> Builder<'a> {
         std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
         let env =
             CopyEnv { image: &image, workdir: &state.working_dir, is_add, scratch: scratch.path() };
-        stage_copy(&env, spec, &tree, &root)?;
+        let mut fetched = Fetched::default();
+        let inputs =
+            source_inputs(&env, spec, &tree, &self.hashes, self.opts.timestamp, &mut fetched)?;
+        let mut doc = self.key_base(if is_add { "add" } else { "copy" }, state);
+        doc.insert("sources".into(), inputs);
+        doc.insert("from".into(), from_chain.into());
+        if !spec.dest.starts_with('/') {
+            doc.insert("workdir".into(), state.working_dir.clone().into());
+        }
+        // A spec that cannot be serialized is not cached (never a key without it).
+        let key = serde_json::to_value(spec).ok().and_then(|v| {
+            doc.insert("spec".into(), v);
+            cache::key_of(&serde_json::Value::Object(doc))
+        });
+        if let Some(hit) = self.cached(stage, cache::Kind::Copy, key.as_ref(), &created_by)? {
+            return Ok(hit);
+        }
+        stage_copy(&env, spec, &tree, &root, &mut fetched)?;
         let cs = Changeset::from_snapshot(scan(&root)?);
         let (layer, size) = self.commit(&cs, &root)?;
-        Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
+        if let Some(key) = &key {
+            cache::record(self.store, cache::Kind::Copy, key, &layer, size);
+        }
+        Ok(StepResult::written(created_by, layer, size))
     }
 }
 

@@ -11,6 +11,16 @@
 //! [`Store::put_image`](strata_store::Store::put_image) and tagged only once every step has
 //! succeeded. Progress is reported as typed events to a [`ProgressSink`]; nothing is printed.
 //!
+//! Rebuilds are incremental: every RUN, COPY, ADD and directory-creating WORKDIR has a cache
+//! key computed from content (the parent chain's diffIDs, the expanded instruction, what it can
+//! see, and for context sources a digest of their paths, modes, link targets and bytes; see
+//! the `cache` module docs). A step whose key was seen before reuses its layer and history
+//! entry without running or copying anything ([`BuildEvent::StepCached`]);
+//! [`BuildOptions::no_cache`] and [`BuildOptions::no_cache_filter`] turn that off for all or
+//! some stages. Context file digests are remembered by stat stamp (path, device, inode, size,
+//! mtime and ctime in ns) under `<store>/strata/v1/hashes-v1/`, so a no-op rebuild costs a
+//! metadata walk of the context, not a read of it.
+//!
 //! Decisions where BuildKit and buildah differ, or where neither is obvious:
 //! - WORKDIR writes a layer only when it has to create the directory (owned by the current
 //!   USER, as BuildKit does); an existing directory gives an `empty_layer` history entry.
@@ -31,6 +41,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod context_hash;
 mod copy;
 mod error;
 mod executor;
@@ -91,10 +102,15 @@ pub fn build(
         results: RwLock::new(HashMap::new()),
         reports: Mutex::new(BTreeMap::new()),
         layers_written: AtomicUsize::new(0),
+        layers_reused: AtomicUsize::new(0),
         bytes_written: AtomicU64::new(0),
         writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
+        hashes: context_hash::ContextHashes::load(store, &opts.context),
     };
-    build_stages(&builder, &plan)?;
+    let built = build_stages(&builder, &plan);
+    // Digests learnt are valid whether or not the build succeeded.
+    builder.hashes.save();
+    built?;
     let state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
     let config = state.to_config(opts.timestamp)?;
     let manifest = store.put_image(&config, &state.layer_descriptors())?;
@@ -102,7 +118,12 @@ pub fn build(
         store.tag(tag, &manifest)?;
     }
     let image = store.image(&manifest)?;
-    progress.event(&BuildEvent::BuildDone { digest: manifest.digest().to_string() });
+    progress.event(&BuildEvent::BuildDone {
+        digest: manifest.digest().to_string(),
+        layers_reused: builder.layers_reused.load(std::sync::atomic::Ordering::Relaxed),
+        layers_written: builder.layers_written.load(std::sync::atomic::Ordering::Relaxed),
+        bytes_written: builder.bytes_written.load(std::sync::atomic::Ordering::Relaxed),
+    });
     let mut by_stage = builder.reports.into_inner().unwrap_or_else(|p| p.into_inner());
     let steps = plan.order.iter().flat_map(|i| by_stage.remove(i).unwrap_or_default()).collect();
     Ok(BuildOutput {
@@ -110,6 +131,8 @@ pub fn build(
         image,
         steps,
         layers_written: builder.layers_written.into_inner(),
+        layers_reused: builder.layers_reused.into_inner(),
+        context_files_hashed: builder.hashes.files_hashed(),
         bytes_written: builder.bytes_written.into_inner(),
     })
 }

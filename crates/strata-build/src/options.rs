@@ -79,8 +79,12 @@ pub struct BuildOptions {
     pub timestamp: i64,
     /// How RUN steps get their root filesystem.
     pub run_rootfs: RunRootfs,
-    /// Run every RUN step even when the cache has its result (`--no-cache`).
+    /// Run every step even when the cache has its result (`--no-cache`); results are still
+    /// recorded for later builds.
     pub no_cache: bool,
+    /// Stages (names or indices) whose steps run even when cached (`--no-cache-filter`);
+    /// other stages may hit.
+    pub no_cache_filter: Vec<String>,
 }
 
 impl BuildOptions {
@@ -100,6 +104,7 @@ impl BuildOptions {
             timestamp: 0,
             run_rootfs: RunRootfs::Overlay,
             no_cache: false,
+            no_cache_filter: Vec::new(),
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct StepReport {
     pub layer: Option<Digest>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+    /// The layer came from the cache (the step did not run).
+    pub cached: bool,
 }
 
 /// The result of [`crate::build`].
@@ -157,6 +164,11 @@ pub struct BuildOutput {
     pub steps: Vec<StepReport>,
     /// Layers this build created (including ones the store already had).
     pub layers_written: usize,
+    /// Layers reused from the cache without running their step.
+    pub layers_reused: usize,
     /// Compressed bytes of those layers.
     pub bytes_written: u64,
+    /// Context files whose content had to be read to compute cache keys (0 on a rebuild
+    /// where no file changed: the content-hash cache knew them all).
+    pub context_files_hashed: u64,
 }

@@ -43,8 +43,8 @@ pub enum BuildEvent {
         /// The instruction as written.
         text: String,
     },
-    /// A RUN step's inputs are unchanged since an earlier build: its layer is reused and the
-    /// command does not run (a [`BuildEvent::StepDone`] follows).
+    /// A step's inputs are unchanged since an earlier build: its layer and history entry are
+    /// reused and nothing runs or is copied (a [`BuildEvent::StepDone`] follows).
     StepCached {
         /// Stage index.
         stage: usize,
@@ -86,6 +86,12 @@ pub enum BuildEvent {
     BuildDone {
         /// The manifest digest.
         digest: String,
+        /// Layers reused from the cache.
+        layers_reused: usize,
+        /// Layers written by this build.
+        layers_written: usize,
+        /// Compressed bytes of the layers written.
+        bytes_written: u64,
     },
 }
 

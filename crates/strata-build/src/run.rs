@@ -32,12 +32,13 @@ use strata_sandbox::{Mount, RootFs, RunRequest, Stream};
 use strata_store::Digest;
 
 use crate::cache;
+use crate::context_hash::SourceWalk;
 use crate::error::{BuildError, Result};
 use crate::executor::{Builder, StepResult};
 use crate::image::{ImageState, LayerRef, DEFAULT_PATH};
 use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
-use crate::rootfs::{ensure_snapshot, set_mode, MergedView, WorkDir};
+use crate::rootfs::{set_mode, MergedView, WorkDir};
 
 /// Is `cmd` exactly one heredoc opener (`<<EOF`, `<<-"EOF"`) naming `h`?
 fn is_lone_heredoc(cmd: &str, h: &Heredoc) -> bool {
@@ -126,17 +127,9 @@ impl Builder<'_> {
         created_by.push_str(&argv.join(" "));
         created_by.push_str(" # buildkit");
 
-        let key = if self.opts.no_cache {
-            None
-        } else {
-            self.run_cache_key(stage, step, state, run, &argv, &env, &cwd, network)?
-        };
-        if let Some(key) = &key {
-            if let Some((layer, size)) = cache::lookup(self.store, key) {
-                ensure_snapshot(self.store, &layer)?;
-                self.progress.event(&BuildEvent::StepCached { stage, step: step_index });
-                return Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) });
-            }
+        let key = self.run_cache_key(stage, step, state, run, &argv, &env, &cwd, network)?;
+        if let Some(hit) = self.cached(stage, cache::Kind::Run, key.as_ref(), &created_by)? {
+            return Ok(hit);
         }
         let mut keep_alive = Vec::new();
         for m in &run.mounts {
@@ -212,9 +205,9 @@ impl Builder<'_> {
         };
         let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
         if let Some(key) = &key {
-            cache::record(self.store, key, &layer, size);
+            cache::record(self.store, cache::Kind::Run, key, &layer, size);
         }
-        Ok(StepResult { created_by, layer: Some(layer), layer_size: Some(size) })
+        Ok(StepResult::written(created_by, layer, size))
     }
 
     /// The cache key of a RUN (see [`crate::cache`]); `None` when the step cannot be cached.
@@ -235,7 +228,11 @@ impl Builder<'_> {
             if m.kind != MountType::Bind {
                 continue;
             }
-            let Some(from) = &m.from else { return Ok(None) };
+            let Some(from) = &m.from else {
+                bind_inputs
+                    .push(serde_json::Value::String(self.context_bind_digest(m)?.to_string()));
+                continue;
+            };
             let chain = match resolve_stage_ref(&self.plan.stages, from, stage, step.span).map_err(
                 |source| BuildError::Parse {
                     path: self.opts.recipe_path.clone(),
@@ -245,11 +242,11 @@ impl Builder<'_> {
                 Some(j) => self.result(j).map(|s| s.layers).unwrap_or_default(),
                 None => self.image_state(from)?.layers,
             };
-            bind_inputs.push(chain.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>());
+            bind_inputs
+                .push(chain.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>().into());
         }
-        let doc = serde_json::json!({
-            "version": 1,
-            "parent": state.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>(),
+        let mut doc = self.key_base("run", state);
+        let fields = serde_json::json!({
             "argv": argv,
             "heredocs": run.heredocs,
             "env": env,
@@ -258,10 +255,53 @@ impl Builder<'_> {
             "network": matches!(network, strata_sandbox::Network::None),
             "mounts": run.mounts,
             "bind_inputs": bind_inputs,
-            "timestamp": self.opts.timestamp,
-            "compression": self.opts.compression.media_type(),
         });
-        Ok(cache::key_of(&doc))
+        if let serde_json::Value::Object(f) = fields {
+            doc.extend(f);
+        }
+        Ok(cache::key_of(&serde_json::Value::Object(doc)))
+    }
+
+    /// The path a context bind mount shows: its `source` below the context, `..` clamped.
+    fn context_bind_source(&self, m: &strata_recipe::Mount) -> (PathBuf, PathBuf) {
+        let base = self.opts.context.clone();
+        let mut source = base.clone();
+        let mut rel = PathBuf::new();
+        for c in Path::new(m.source.as_deref().unwrap_or(".")).components() {
+            match c {
+                Component::Normal(n) => {
+                    source.push(n);
+                    rel.push(n);
+                }
+                Component::ParentDir if source != base => {
+                    source.pop();
+                    rel.pop();
+                }
+                _ => {}
+            }
+        }
+        (source, rel)
+    }
+
+    /// The digest of what a bind mount of the context shows the command: every entry below
+    /// the source (the mount is not filtered by `.dockerignore`), with owners, never mtimes.
+    fn context_bind_digest(&self, m: &strata_recipe::Mount) -> Result<Digest> {
+        let (source, rel) = self.context_bind_source(m);
+        // The mount follows a symlinked source; so does its digest.
+        let Ok(source) = fs::canonicalize(&source) else {
+            return Err(BuildError::SourceNotFound {
+                path: m.source.clone().unwrap_or_else(|| ".".into()),
+                location: "the bind mount source".into(),
+            });
+        };
+        let walk = SourceWalk {
+            ignore: None,
+            exclude: None,
+            owners: true,
+            mtime_clamp: None,
+            root_meta: true,
+        };
+        walk.digest(&self.hashes, &source, &rel)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,15 +1,18 @@
 //! Garbage collection: mark from the roots, sweep the rest.
 //!
 //! Roots are every entry of `index.json` (tagged or not), every digest listed in the files under
-//! `<root>/strata/v1/roots/` (one per line; `#` starts a comment; the build cache keeps its
-//! entries alive this way), and the digests the caller passes. Marking follows descriptors inside
+//! `<root>/strata/v1/roots/` (one per line; `#` starts a comment; a build in progress or a
+//! tool that wants blobs kept untagged lists them there), and the digests the caller passes. Marking follows descriptors inside
 //! manifests and indexes (`config`, `layers`, `manifests`, `subject`, `blobs`), OCI and Docker
 //! media types alike, so content copied in by other tools is understood too. A root of unknown
 //! type that turns out to be a JSON manifest or index is followed the same way.
 //!
 //! The sweep deletes unmarked blobs, snapshot directories `<root>/strata/v1/snapshots/<hex>`
 //! whose name is neither a marked blob nor a diffID of a marked image config, and temp entries
-//! in `<root>/strata/v1/tmp/` that nobody holds an `flock` on and that are over a minute old.
+//! in `<root>/strata/v1/tmp/` that nobody holds an `flock` on and that are over a minute old,
+//! and index entries that name a deleted blob: the layer index and the build cache
+//! (`<root>/strata/v1/cache-v1/`), which is not a root, so it lives exactly as long as the
+//! layers it points at are reachable.
 //!
 //! gc holds the store lock, so tags cannot change under it, but blob writers take no lock: a
 //! blob written during gc and not yet referenced by a tag or roots file may be deleted. Run gc
@@ -47,6 +50,8 @@ pub struct GcReport {
     pub temp_entries_removed: usize,
     /// Layer index entries dropped because their blob is gone.
     pub layer_index_removed: usize,
+    /// Build cache entries (`strata/v1/cache-v1/*/*`) dropped because their blob is gone.
+    pub build_cache_removed: usize,
 }
 
 /// A descriptor found inside a manifest or index.
@@ -220,7 +225,40 @@ impl Store {
         report.snapshots_removed = self.sweep_snapshots(&snapshot_keys)?;
         report.temp_entries_removed = self.sweep_temp()?;
         report.layer_index_removed = self.sweep_layer_index()?;
+        report.build_cache_removed = self.sweep_build_cache()?;
         Ok(report)
+    }
+
+    /// Removes build cache entries whose layer blob is gone: the cache lives as long as what
+    /// it points at is reachable, and is never a gc root itself. An entry is a JSON object
+    /// with a `digest` field (strata-build's format); anything else is removed too.
+    fn sweep_build_cache(&self) -> Result<usize, StoreError> {
+        let root = self.meta_dir().join("cache-v1");
+        let kinds = match fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::Io { path: root, source: e }),
+        };
+        let mut removed = 0;
+        for kind in kinds {
+            let kind = kind.map_err(StoreError::io(&root))?.path();
+            let Ok(entries) = fs::read_dir(&kind) else { continue };
+            for entry in entries {
+                let path = entry.map_err(StoreError::io(&kind))?.path();
+                if !path.is_file() {
+                    continue;
+                }
+                let keep = fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v.get("digest")?.as_str()?.parse::<Digest>().ok())
+                    .is_some_and(|d| self.has_blob(&d));
+                if !keep && remove_file_if_exists(&path)? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Whether a blob starts with `{` (after whitespace): worth parsing as a manifest.

@@ -1,0 +1,342 @@
+//! The step cache: keys from content (DESIGN.md decision 6). Each part of a key, changed,
+//! misses; anything else, changed, hits; the context digest cache avoids re-reading files;
+//! `--no-cache`, `--no-cache-filter`; gc keeps the cache while its layers are reachable.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{can_run, env, Env};
+use strata_build::{BuildEvent, BuildOptions, BuildOutput};
+
+const RECIPE: &str = "FROM base:1
+ARG V=1
+COPY src/ /app/
+RUN echo $V > /v && cat /app/a.txt > /seen
+COPY later.txt /later.txt
+";
+
+/// The texts of the steps that came from the cache, in order.
+fn cached_steps(events: &[BuildEvent]) -> Vec<String> {
+    let mut texts = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for e in events {
+        match e {
+            BuildEvent::StepStart { stage, step, text, .. } => {
+                texts.insert((*stage, *step), text.clone());
+            }
+            BuildEvent::StepCached { stage, step } => out.push(texts[&(*stage, *step)].clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn context(e: &Env) -> std::path::PathBuf {
+    let ctx = e.context(
+        "ctx",
+        &[
+            ("Dockerfile", RECIPE),
+            (".dockerignore", "src/*.log\n"),
+            ("src/a.txt", "alpha\n"),
+            ("src/b.txt", "beta\n"),
+            ("src/sub/c.txt", "gamma\n"),
+            ("src/ignored.log", "noise\n"),
+            ("later.txt", "later\n"),
+            ("other.txt", "unrelated\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("a.txt", ctx.join("src/link")).unwrap();
+    ctx
+}
+
+fn build(e: &Env, opts: &BuildOptions) -> (BuildOutput, Vec<String>) {
+    let (r, events) = e.build_with(opts);
+    let out = r.unwrap();
+    let cached = cached_steps(&events);
+    assert_eq!(out.layers_reused, cached.len());
+    assert_eq!(out.steps.iter().filter(|s| s.cached).count(), cached.len());
+    (out, cached)
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    let t = rustix::fs::Timespec { tv_sec: secs, tv_nsec: 0 };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &rustix::fs::Timestamps { last_access: t, last_modification: t },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+const ALL: [&str; 3] =
+    ["COPY src/ /app/", "RUN echo $V > /v && cat /app/a.txt > /seen", "COPY later.txt /later.txt"];
+
+#[test]
+fn unchanged_inputs_hit_and_irrelevant_changes_still_hit() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = context(&e);
+    let opts = BuildOptions::new(&ctx);
+    let (first, cached) = build(&e, &opts);
+    assert!(cached.is_empty());
+    assert_eq!(first.layers_written, 3);
+
+    let same = |what: &str| {
+        let (out, cached) = build(&e, &opts);
+        assert_eq!(cached, ALL, "{what}");
+        assert_eq!(out.layers_written, 0, "{what}");
+        assert_eq!(out.bytes_written, 0, "{what}");
+        assert_eq!(out.manifest.digest(), first.manifest.digest(), "{what}");
+    };
+    same("no change");
+    set_mtime(&ctx.join("src/a.txt"), 1_000_000);
+    set_mtime(&ctx.join("src/sub"), 2_000_000);
+    same("mtime-only touch of a source file and dir");
+    fs::remove_file(ctx.join("other.txt")).unwrap();
+    fs::write(ctx.join("zzz.txt"), "new\n").unwrap();
+    fs::write(ctx.join("other.txt"), "unrelated, changed\n").unwrap();
+    same("files outside the sources recreated, added, changed");
+    fs::write(ctx.join("src/ignored.log"), "more noise\n").unwrap();
+    fs::write(ctx.join("src/new.log"), "ignored too\n").unwrap();
+    same("ignored files changed and added");
+    // Recreating a source file with the same content (new inode, ctime) is a hit too.
+    fs::remove_file(ctx.join("src/b.txt")).unwrap();
+    fs::write(ctx.join("src/b.txt"), "beta\n").unwrap();
+    same("source recreated with the same bytes");
+}
+
+#[test]
+fn each_part_of_a_key_misses() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = context(&e);
+    let mut opts = BuildOptions::new(&ctx);
+    let (first, _) = build(&e, &opts);
+    let last = std::cell::RefCell::new(first);
+    let expect = |e: &Env, opts: &BuildOptions, what: &str, cached: &[&str]| {
+        let (out, got) = build(e, opts);
+        assert_eq!(got, cached, "{what}");
+        assert_ne!(out.manifest.digest(), last.borrow().manifest.digest(), "{what}");
+        *last.borrow_mut() = out;
+    };
+    fs::write(ctx.join("src/a.txt"), "ALPHA\n").unwrap();
+    expect(&e, &opts, "source bytes", &[]);
+    let root = e.flatten(&last.borrow());
+    assert_eq!(fs::read_to_string(root.path().join("seen")).unwrap(), "ALPHA\n");
+
+    fs::set_permissions(ctx.join("src/b.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    expect(&e, &opts, "source mode", &[]);
+
+    fs::remove_file(ctx.join("src/link")).unwrap();
+    std::os::unix::fs::symlink("b.txt", ctx.join("src/link")).unwrap();
+    expect(&e, &opts, "symlink target", &[]);
+
+    fs::write(ctx.join("src/sub/d.txt"), "delta\n").unwrap();
+    expect(&e, &opts, "a new file in a source dir", &[]);
+
+    fs::write(ctx.join("later.txt"), "later, changed\n").unwrap();
+    expect(&e, &opts, "the last COPY's source", &ALL[..2]);
+
+    opts.build_args.set("V", "2");
+    expect(&e, &opts, "a build arg the RUN sees", &ALL[..1]);
+
+    let recipe = RECIPE.replace("COPY src/ /app/", "COPY --chown=app src/ /app/");
+    fs::write(ctx.join("Dockerfile"), recipe).unwrap();
+    expect(&e, &opts, "--chown", &[]);
+
+    let recipe = RECIPE.replace("COPY later.txt /later.txt", "COPY later.txt /later2.txt");
+    fs::write(ctx.join("Dockerfile"), recipe).unwrap();
+    expect(&e, &opts, "dest", &["COPY src/ /app/", "RUN echo $V > /v && cat /app/a.txt > /seen"]);
+
+    let recipe = RECIPE.replace("COPY later.txt /later.txt", "COPY <<EOF /later2.txt\none\nEOF");
+    fs::write(ctx.join("Dockerfile"), &recipe).unwrap();
+    expect(&e, &opts, "heredoc", &ALL[..2]);
+    fs::write(ctx.join("Dockerfile"), recipe.replace("one", "two")).unwrap();
+    expect(&e, &opts, "heredoc content", &ALL[..2]);
+
+    // Another base image (retagged): every step misses.
+    let rootfs = e.dir.path().join("base2");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let opts2 = strata_layer::transport::ImportOptions::default();
+    let imported = strata_layer::transport::import_tree(&e.store, &rootfs, &opts2).unwrap();
+    e.store.tag("base:1", &imported.manifest).unwrap();
+    expect(&e, &opts, "base image", &[]);
+}
+
+#[test]
+fn timestamp_and_compression_are_in_the_key() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = context(&e);
+    let mut opts = BuildOptions::new(&ctx);
+    let (first, _) = build(&e, &opts);
+    opts.timestamp = 1_700_000_000;
+    let (out, cached) = build(&e, &opts);
+    assert!(cached.is_empty());
+    assert_ne!(out.manifest.digest(), first.manifest.digest());
+    // With a timestamp, a source mtime below it reaches the layer: it is part of the key.
+    set_mtime(&ctx.join("src/a.txt"), 1_000_000);
+    let (moved, cached) = build(&e, &opts);
+    assert!(cached.is_empty(), "{cached:?}");
+    assert_ne!(moved.manifest.digest(), out.manifest.digest());
+    // Above it, it is clamped away: a hit.
+    set_mtime(&ctx.join("src/a.txt"), 1_800_000_000);
+    let (a, _) = build(&e, &opts);
+    set_mtime(&ctx.join("src/a.txt"), 1_900_000_000);
+    let (b, cached) = build(&e, &opts);
+    assert_eq!(cached, ALL);
+    assert_eq!(a.manifest.digest(), b.manifest.digest());
+    opts.compression = strata_build::Compression::Gzip;
+    let (_, cached) = build(&e, &opts);
+    assert!(cached.is_empty());
+}
+
+#[test]
+fn unchanged_files_are_not_read_again_and_ctime_changes_are() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = context(&e);
+    let opts = BuildOptions::new(&ctx);
+    // Files younger than the racy window are never remembered; let them age.
+    std::thread::sleep(Duration::from_millis(2100));
+    let (first, _) = build(&e, &opts);
+    assert_eq!(first.context_files_hashed, 4, "a, b, sub/c and later.txt; not the ignored file");
+    let (noop, cached) = build(&e, &opts);
+    assert_eq!(cached, ALL);
+    assert_eq!(noop.context_files_hashed, 0, "a no-op rebuild reads no file");
+
+    set_mtime(&ctx.join("src/a.txt"), 1_000_000);
+    let (touched, cached) = build(&e, &opts);
+    assert_eq!(cached, ALL);
+    assert_eq!(touched.context_files_hashed, 1, "only the touched file is read");
+
+    // Same size, mtime put back: only ctime says the bytes changed.
+    fs::write(ctx.join("src/a.txt"), "ALPHA\n").unwrap();
+    set_mtime(&ctx.join("src/a.txt"), 1_000_000);
+    let (rewritten, cached) = build(&e, &opts);
+    assert!(cached.is_empty(), "{cached:?}");
+    let root = e.flatten(&rewritten);
+    assert_eq!(fs::read_to_string(root.path().join("app/a.txt")).unwrap(), "ALPHA\n");
+
+    // A corrupt cache file is a miss, not an error.
+    let dir = e.store.meta_dir().join("hashes-v1");
+    for f in fs::read_dir(&dir).unwrap() {
+        fs::write(f.unwrap().path(), "strata-hashes-v1\n1 2 x\n\u{0}garbage").unwrap();
+    }
+    let (again, cached) = build(&e, &opts);
+    assert_eq!(cached, ALL);
+    assert_eq!(again.context_files_hashed, first.context_files_hashed);
+}
+
+#[test]
+fn context_bind_mounts_are_keyed_by_their_content() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "bind",
+        &[
+            (
+                "Dockerfile",
+                "FROM base:1\nRUN --mount=type=bind,source=data,target=/d cat /d/x > /out\n",
+            ),
+            ("data/x", "one\n"),
+            ("elsewhere", "a\n"),
+        ],
+    );
+    let opts = BuildOptions::new(&ctx);
+    let (first, _) = build(&e, &opts);
+    fs::write(ctx.join("elsewhere"), "b\n").unwrap();
+    let (same, cached) = build(&e, &opts);
+    assert_eq!(cached.len(), 1);
+    assert_eq!(same.manifest.digest(), first.manifest.digest());
+    fs::write(ctx.join("data/x"), "two\n").unwrap();
+    let (changed, cached) = build(&e, &opts);
+    assert!(cached.is_empty());
+    let root = e.flatten(&changed);
+    assert_eq!(fs::read_to_string(root.path().join("out")).unwrap(), "two\n");
+}
+
+#[test]
+fn no_cache_and_no_cache_filter() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "stages",
+        &[
+            (
+                "Dockerfile",
+                "FROM base:1 AS a\nCOPY a.txt /a\nRUN cp /a /a2\n\
+                 FROM base:1\nWORKDIR /w\nCOPY --from=a /a2 /b\nRUN cat /w/../b > /c\n",
+            ),
+            ("a.txt", "A\n"),
+        ],
+    );
+    let mut opts = BuildOptions::new(&ctx);
+    let (first, _) = build(&e, &opts);
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached.len(), 5, "{cached:?}");
+
+    opts.no_cache = true;
+    let (all, cached) = build(&e, &opts);
+    assert!(cached.is_empty());
+    assert_eq!(all.layers_written, 5);
+    assert_eq!(all.manifest.digest(), first.manifest.digest());
+
+    opts.no_cache = false;
+    opts.no_cache_filter = vec!["a".to_string()];
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached, ["WORKDIR /w", "COPY --from=a /a2 /b", "RUN cat /w/../b > /c"]);
+    opts.no_cache_filter = vec!["1".to_string()];
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached, ["COPY a.txt /a", "RUN cp /a /a2"]);
+
+    // A changed --from stage misses the COPY that reads it.
+    opts.no_cache_filter.clear();
+    fs::write(ctx.join("a.txt"), "B\n").unwrap();
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached, ["WORKDIR /w"]);
+}
+
+#[test]
+fn gc_keeps_the_cache_of_tagged_images_and_drops_the_rest() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = context(&e);
+    let mut opts = BuildOptions::new(&ctx);
+    opts.tags = vec!["app:1".to_string()];
+    build(&e, &opts);
+    let report = e.store.gc(&[]).unwrap();
+    assert_eq!(report.build_cache_removed, 0);
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached, ALL, "tagged: the cache survives gc");
+
+    e.store.untag("app:1").unwrap();
+    let report = e.store.gc(&[]).unwrap();
+    assert_eq!(report.build_cache_removed, 3);
+    let (out, cached) = build(&e, &opts);
+    assert!(cached.is_empty(), "untagged and collected: a miss");
+    assert_eq!(out.layers_written, 3);
+}
