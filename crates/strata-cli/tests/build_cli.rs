@@ -182,3 +182,77 @@ fn json_progress_is_one_event_per_line() {
     assert!(events.iter().any(|e| e["event"] == "step_done" && e["layer"].is_string()));
     assert_eq!(events.iter().filter(|e| e["event"] == "build_done").count(), 1);
 }
+
+/// The texts of the steps a JSON-progress build took from the cache, and its build_done event.
+fn cached_steps(json: &str) -> (Vec<String>, serde_json::Value) {
+    let events: Vec<serde_json::Value> =
+        json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut texts = std::collections::HashMap::new();
+    let mut cached = Vec::new();
+    let mut done = serde_json::Value::Null;
+    for e in events {
+        let id = (e["stage"].as_u64(), e["step"].as_u64());
+        match e["event"].as_str().unwrap() {
+            "step_start" => {
+                texts.insert(id, e["text"].as_str().unwrap().to_string());
+            }
+            "step_cached" => cached.push(texts[&id].clone()),
+            "build_done" => done = e,
+            _ => {}
+        }
+    }
+    (cached, done)
+}
+
+#[test]
+fn a_php_change_reruns_only_the_app_copy_and_after() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let dir = lamp(tmp.path(), &store);
+    let ctx = dir.to_str().unwrap();
+    let (cached, done) = cached_steps(&ok(&store, &["build", "--progress", "json", ctx]));
+    assert!(cached.is_empty());
+    assert_eq!(done["layers_written"], 5);
+    assert_eq!(done["layers_reused"], 0);
+
+    // A no-op rebuild: every layer step cached, the report says so.
+    let out = strata(&store, &["build", "--progress", "plain", "-t", "lamp:v1", ctx]);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches(" CACHED").count(), 5 * 2, "progress line + report line: {log}");
+    assert!(log.contains("5 layers reused, 0 written, 0 bytes written"), "{log}");
+    assert!(log.contains("CACHED  [stage 0, line 17] COPY app/ /var/www/html/"), "{log}");
+
+    let php = dir.join("app/index.php");
+    let text = std::fs::read_to_string(&php).unwrap().replace("version 1", "version 2");
+    std::fs::write(&php, text).unwrap();
+    let (cached, done) = cached_steps(&ok(&store, &["build", "--progress", "json", ctx]));
+    assert_eq!(
+        cached,
+        [
+            "COPY apache/ /etc/apache2/",
+            "RUN mkdir -p /var/log/apache2 /var/run/apache2 /var/www/html  && ln -s /etc/apache2/httpd.conf /etc/httpd.conf",
+            "COPY mysql/ /etc/mysql/",
+            "RUN mkdir -p /var/lib/mysql /var/run/mysqld  && echo \"initialised\" > /var/lib/mysql/.initialised",
+        ]
+    );
+    assert_eq!(done["layers_reused"], 4);
+    assert_eq!(done["layers_written"], 1);
+
+    // --no-cache runs everything; --no-cache-filter only the named stage (here the only one).
+    let (cached, done) =
+        cached_steps(&ok(&store, &["build", "--progress", "json", "--no-cache", ctx]));
+    assert!(cached.is_empty());
+    assert_eq!(done["layers_written"], 5);
+    let (cached, _) =
+        cached_steps(&ok(&store, &["build", "--progress", "json", "--no-cache-filter", "0", ctx]));
+    assert!(cached.is_empty());
+    let (cached, _) = cached_steps(&ok(
+        &store,
+        &["build", "--progress", "json", "--no-cache-filter", "other", ctx],
+    ));
+    assert_eq!(cached.len(), 5);
+}

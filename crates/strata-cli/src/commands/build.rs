@@ -54,6 +54,12 @@ pub struct Args {
     /// default $SOURCE_DATE_EPOCH, else 0.
     #[arg(long, env = "SOURCE_DATE_EPOCH")]
     pub timestamp: Option<i64>,
+    /// Run every step even when the cache has its result.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Run the steps of this stage (name or index) even when cached; repeatable.
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -111,6 +117,8 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.network = network;
     opts.compression = args.compression.into();
     opts.timestamp = timestamp;
+    opts.no_cache = args.no_cache;
+    opts.no_cache_filter = args.no_cache_filter.clone();
 
     let store = init_store(store)?;
     let mode = match args.progress.as_str() {
@@ -135,14 +143,16 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     }
     if mode != "json" {
         let mut err = std::io::stderr().lock();
-        let written = out.steps.iter().filter(|s| s.layer.is_some()).count();
+        write_report(&mut err, &out)?;
         writeln!(
             err,
-            "built {} in {:.1}s: {} steps, {} layers written ({})",
+            "built {} in {:.1}s: {} steps, {} layers reused, {} written, {} bytes written ({})",
             out.manifest.digest(),
             started.elapsed().as_secs_f64(),
             out.steps.len(),
-            written,
+            out.layers_reused,
+            out.layers_written,
+            out.bytes_written,
             human(out.bytes_written)
         )?;
         for t in &opts.tags {
@@ -158,6 +168,20 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         writeln!(std::io::stdout().lock(), "{}", out.manifest.digest())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The build report: one line per step, `CACHED` or its time.
+fn write_report(err: &mut impl Write, out: &build::BuildOutput) -> std::io::Result<()> {
+    writeln!(err, "build report:")?;
+    for s in &out.steps {
+        let status = if s.cached {
+            "CACHED".to_string()
+        } else {
+            format!("{:.1}s", s.duration_ms as f64 / 1000.0)
+        };
+        writeln!(err, "  {status:>7}  [stage {}, line {}] {}", s.stage, s.line, s.created_by)?;
+    }
+    Ok(())
 }
 
 /// One JSON object per event on stdout.
@@ -201,6 +225,10 @@ impl ProgressSink for PlainProgress {
             BuildEvent::StepOutput { stage, step, line, .. } => {
                 let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
                 writeln!(err, "#{n} {:.3} {line}", self.start.elapsed().as_secs_f64())
+            }
+            BuildEvent::StepCached { stage, step } => {
+                let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
+                writeln!(err, "#{n} CACHED")
             }
             BuildEvent::StepDone { stage, step, duration_ms, layer, layer_size, .. } => {
                 let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
@@ -265,6 +293,11 @@ impl ProgressSink for TtyProgress {
                         "✔ {:>5.1}s {label}{size}",
                         *duration_ms as f64 / 1000.0
                     ));
+                }
+            }
+            BuildEvent::StepCached { stage, step } => {
+                if let Some((_, label)) = bars.get_mut(&(*stage, *step)) {
+                    *label = format!("CACHED {label}");
                 }
             }
             BuildEvent::Warning { message } => {
