@@ -66,6 +66,8 @@ impl Stamp {
 /// The digest cache of one context root (see the module docs).
 pub(crate) struct ContextHashes {
     file: PathBuf,
+    /// The context as given; entries are keyed by paths below it.
+    root: PathBuf,
     entries: Mutex<HashMap<PathBuf, (Stamp, [u8; 32])>>,
     dirty: Mutex<bool>,
     /// Files hashed (read) by this build, for tests and reports.
@@ -81,6 +83,7 @@ impl ContextHashes {
         let entries = fs::read(&file).ok().and_then(|b| parse(&b)).unwrap_or_default();
         ContextHashes {
             file,
+            root: context.to_path_buf(),
             entries: Mutex::new(entries),
             dirty: Mutex::new(false),
             hashed: Mutex::new(0),
@@ -96,10 +99,11 @@ impl ContextHashes {
     fn digests(&self, files: &[(PathBuf, fs::Metadata)]) -> Result<Vec<[u8; 32]>> {
         let mut out: Vec<Option<[u8; 32]>> = vec![None; files.len()];
         let mut misses = Vec::new();
+        let key = |p: &Path| p.strip_prefix(&self.root).unwrap_or(p).to_path_buf();
         {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             for (i, (path, md)) in files.iter().enumerate() {
-                match entries.get(path) {
+                match entries.get(&key(path)) {
                     Some((stamp, digest)) if *stamp == Stamp::of(md) => out[i] = Some(*digest),
                     _ => misses.push(i),
                 }
@@ -122,7 +126,7 @@ impl ContextHashes {
             let Ok(after) = fs::symlink_metadata(path) else { continue };
             let stamp = Stamp::of(&after);
             if stamp == Stamp::of(md) && now.saturating_sub(stamp.ctime_ns) >= RACY_NS {
-                entries.insert(path.clone(), (stamp, digest));
+                entries.insert(key(path), (stamp, digest));
                 dirty = true;
             }
         }
@@ -400,6 +404,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = ContextHashes {
             file: dir.path().join("x"),
+            root: PathBuf::new(),
             entries: Mutex::new(m.clone()),
             dirty: Mutex::new(true),
             hashed: Mutex::new(0),

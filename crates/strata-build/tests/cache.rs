@@ -340,3 +340,73 @@ fn gc_keeps_the_cache_of_tagged_images_and_drops_the_rest() {
     assert!(cached.is_empty(), "untagged and collected: a miss");
     assert_eq!(out.layers_written, 3);
 }
+
+/// Serves the current `body` for every request on a local port, counting requests.
+fn serve(
+    body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let mut req = Vec::new();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.lock().unwrap().clone();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    port
+}
+
+#[test]
+fn add_urls_are_keyed_by_checksum_or_fetched_bytes() {
+    if !can_run() {
+        return;
+    }
+    use std::sync::atomic::Ordering;
+    let e = env();
+    let body = std::sync::Arc::new(std::sync::Mutex::new(b"one\n".to_vec()));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = serve(body.clone(), hits.clone());
+    let url = format!("http://127.0.0.1:{port}/f/tool.txt");
+
+    // With --checksum, the checksum is the key: a hit does not download.
+    let sum = strata_store::Digest::of_bytes(b"one\n");
+    let ctx = e.context(
+        "url-sum",
+        &[("Dockerfile", &format!("FROM base:1\nADD --checksum={sum} {url} /opt/\n"))],
+    );
+    let opts = BuildOptions::new(&ctx);
+    build(&e, &opts);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached.len(), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a hit with --checksum fetches nothing");
+
+    // Without, the fetched bytes are: same bytes hit, new bytes miss.
+    let ctx = e.context("url", &[("Dockerfile", &format!("FROM base:1\nADD {url} /opt/\n"))]);
+    let opts = BuildOptions::new(&ctx);
+    build(&e, &opts);
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached.len(), 1);
+    *body.lock().unwrap() = b"two\n".to_vec();
+    let (out, cached) = build(&e, &opts);
+    assert!(cached.is_empty());
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("opt/tool.txt")).unwrap(), "two\n");
+}
