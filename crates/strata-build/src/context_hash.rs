@@ -21,7 +21,7 @@
 //! content digest and the mtime the layer writer would keep (clamped to the build timestamp,
 //! so constant under the default timestamp 0), never atime or raw mtimes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -70,6 +70,8 @@ pub(crate) struct ContextHashes {
     root: PathBuf,
     entries: Mutex<HashMap<PathBuf, (Stamp, [u8; 32])>>,
     dirty: Mutex<bool>,
+    /// Entries this build looked up; others are dropped on save when their file is gone.
+    seen: Mutex<HashSet<PathBuf>>,
     /// Files hashed (read) by this build, for tests and reports.
     hashed: Mutex<u64>,
 }
@@ -86,6 +88,7 @@ impl ContextHashes {
             root: context.to_path_buf(),
             entries: Mutex::new(entries),
             dirty: Mutex::new(false),
+            seen: Mutex::new(HashSet::new()),
             hashed: Mutex::new(0),
         }
     }
@@ -102,6 +105,8 @@ impl ContextHashes {
         let key = |p: &Path| p.strip_prefix(&self.root).unwrap_or(p).to_path_buf();
         {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.extend(files.iter().map(|(p, _)| key(p)));
             for (i, (path, md)) in files.iter().enumerate() {
                 match entries.get(&key(path)) {
                     Some((stamp, digest)) if *stamp == Stamp::of(md) => out[i] = Some(*digest),
@@ -137,12 +142,20 @@ impl ContextHashes {
         out.into_iter().map(|d| d.ok_or_else(internal)).collect()
     }
 
-    /// Writes the cache file if anything was added (best effort: a failure costs a re-hash).
+    /// Writes the cache file if anything was added or an entry's file is gone (best effort:
+    /// a failure costs a re-hash).
     pub fn save(&self) {
-        if !*self.dirty.lock().unwrap_or_else(|p| p.into_inner()) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let before = entries.len();
+        {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            entries
+                .retain(|p, _| seen.contains(p) || fs::symlink_metadata(self.root.join(p)).is_ok());
+        }
+        let dirty = *self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if !dirty && entries.len() == before {
             return;
         }
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut text = Vec::with_capacity(entries.len() * 120);
         text.extend_from_slice(HEADER.as_bytes());
         text.push(b'\n');
@@ -407,6 +420,7 @@ mod tests {
             root: PathBuf::new(),
             entries: Mutex::new(m.clone()),
             dirty: Mutex::new(true),
+            seen: Mutex::new(m.keys().cloned().collect()),
             hashed: Mutex::new(0),
         };
         h.save();
@@ -414,5 +428,26 @@ mod tests {
         assert_eq!(back, m);
         assert!(parse(b"strata-hashes-v1\n1 2 3\n").is_none());
         assert!(parse(b"garbage").is_none());
+    }
+
+    #[test]
+    fn save_drops_entries_whose_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("kept"), "x").unwrap();
+        let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
+        let mut m = HashMap::new();
+        m.insert(PathBuf::from("kept"), (stamp, [1u8; 32]));
+        m.insert(PathBuf::from("gone"), (stamp, [2u8; 32]));
+        let h = ContextHashes {
+            file: dir.path().join("cache"),
+            root: dir.path().to_path_buf(),
+            entries: Mutex::new(m),
+            dirty: Mutex::new(false),
+            seen: Mutex::new(HashSet::new()),
+            hashed: Mutex::new(0),
+        };
+        h.save();
+        let back = parse(&fs::read(dir.path().join("cache")).unwrap()).unwrap();
+        assert_eq!(back.keys().collect::<Vec<_>>(), [&PathBuf::from("kept")]);
     }
 }

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Incremental rebuilds: strata vs `buildah bud --layers`, both warm, same recipe, same context,
+# same base, in one run.
+#
+#   bash benches/rebuild.sh          # needs root, buildah, skopeo, hyperfine; ~15 minutes
+#
+# The base image (~200 MB) is a busybox root filesystem plus files from /usr/lib; the context
+# (~500 MB in ~20,000 files, from /usr/share and /usr/lib, as in benches/build.sh) is laid out
+# like the LAMP example: two big COPYs each followed by a RUN, then a small `COPY app/` of PHP
+# files. Both builders build it once (warm cache), then hyperfine measures:
+#   1. a no-op rebuild (nothing changed);
+#   2. a PHP change (a prepare step edits one file in app/): only the last COPY re-runs;
+#   3. strata's no-op rebuild of the same context with 2x the files vs 2x the bytes, to show
+#      that a no-op rebuild costs a metadata walk (grows with files), not a read (bytes).
+# Prints hyperfine's tables, the medians and the ratios. STRATA defaults to
+# target/release/strata (built here if missing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+runs=${RUNS:-5}
+work=${BENCH_DIR:-/var/tmp/strata-bench-rebuild}
+if [ -z "${STRATA:-}" ]; then
+  cargo build --release -q -p strata-cli
+  STRATA=$PWD/target/release/strata
+fi
+for tool in buildah skopeo hyperfine; do
+  command -v "$tool" >/dev/null || { echo "benches/rebuild.sh: $tool is required" >&2; exit 2; }
+done
+
+rm -rf "$work" && mkdir -p "$work"
+# Select whole files from a directory until a byte budget and a file budget are reached
+# (the same selection as benches/build.sh).
+take() { # src dest max_bytes max_files
+  (set +o pipefail; cd "$1" && find . -type f -size -4M -print0 | sort -z | head -z -n "$4" |
+    python3 -c '
+import os, sys
+budget = int(sys.argv[1]); total = 0
+for p in sys.stdin.buffer.read().split(b"\0"):
+    if not p: continue
+    s = os.lstat(p).st_size
+    if total + s > budget: break
+    total += s
+    sys.stdout.buffer.write(p + b"\0")
+' "$3" | tar --null -T - -cf - | tar -C "$2" -xf -)
+}
+echo "== preparing base (~200 MB) and context (~500 MB, ~20,000 files) in $work"
+STRATA="$STRATA" STRATA_STORE="$work/base-store" examples/lamp/make-base.sh >/dev/null
+mkdir -p "$work/base-extra/usr/lib"
+take /usr/lib/x86_64-linux-gnu "$work/base-extra/usr/lib" $((200 * 1000 * 1000)) 100000
+ctx=$work/ctx
+mkdir -p "$ctx/share" "$ctx/lib" "$ctx/app"
+take /usr/share "$ctx/share" $((280 * 1000 * 1000)) 16000
+take /usr/lib "$ctx/lib" $((220 * 1000 * 1000)) 4500
+for i in $(seq 1 20); do printf '<?php echo "page %s, version 1";\n' "$i" > "$ctx/app/page$i.php"; done
+printf '<?php echo "index, version 1";\n' > "$ctx/app/index.php"
+cat > "$ctx/Dockerfile" <<'RECIPE'
+ARG BASE
+FROM ${BASE}
+COPY share/ /srv/share/
+RUN mkdir -p /var/log/apache2 /var/www/html && echo ready > /var/log/apache2/state
+COPY lib/ /srv/lib/
+RUN mkdir -p /var/lib/mysql && find /srv/share -name '*.gz' | wc -l > /var/lib/mysql/count
+COPY app/ /var/www/html/
+EXPOSE 80
+CMD ["httpd", "-f", "-p", "80", "-h", "/var/www/html"]
+RECIPE
+# The same context with 2x the files (a 1-byte sibling per file: ~1x the bytes), and with
+# 2x the bytes (one extra file as big as the whole context: ~1x the files).
+cp -a "$ctx" "$work/ctx-files"
+(cd "$work/ctx-files/share" && find . -type f -print0 | while IFS= read -r -d '' f; do
+  printf x > "$f.extra"; done)
+(cd "$work/ctx-files/lib" && find . -type f -print0 | while IFS= read -r -d '' f; do
+  printf x > "$f.extra"; done)
+cp -a "$ctx" "$work/ctx-bytes"
+bytes=$(du -sb "$ctx" | cut -f1)
+head -c "$bytes" /dev/urandom > "$work/ctx-bytes/share/big.bin"
+
+cat > "$work/base.Dockerfile" <<'RECIPE'
+FROM lamp-base:latest
+COPY usr/ /usr/
+RECIPE
+"$STRATA" --store "$work/base-store" build --progress plain -f "$work/base.Dockerfile" \
+  -t bench-base:1 "$work/base-extra" >/dev/null 2>"$work/base-build.log"
+"$STRATA" --store "$work/base-store" export --compression gzip bench-base:1 "oci:$work/base-oci:bench-base" >/dev/null
+for c in ctx ctx-files ctx-bytes; do
+  echo "$c: $(du -sh "$work/$c" | cut -f1) in $(find "$work/$c" -type f | wc -l) files"
+done
+
+bah=(buildah --root "$work/bah-root" --runroot "$work/bah-run" --storage-driver overlay)
+skopeo copy -q "oci:$work/base-oci:bench-base" \
+  "containers-storage:[overlay@$work/bah-root+$work/bah-run]localhost/bench-base:1" >/dev/null
+cp -a "$work/base-store" "$work/store"
+strata_build="$STRATA --store $work/store build --progress plain --build-arg BASE=bench-base:1 -t out:1"
+buildah_build="${bah[*]} bud --layers --isolation chroot --build-arg BASE=localhost/bench-base:1 -t localhost/out:1 $ctx"
+
+echo "== warming both caches"
+$strata_build "$ctx" >/dev/null 2>"$work/warm-strata.log"
+$buildah_build >/dev/null 2>"$work/warm-buildah.log"
+for c in ctx-files ctx-bytes; do $strata_build "$work/$c" >/dev/null 2>>"$work/warm-strata.log"; done
+# The stat cache keeps no entry for a file changed in the last 2 s; let the files age.
+sleep 3
+$strata_build "$ctx" >/dev/null 2>>"$work/warm-strata.log"
+for c in ctx-files ctx-bytes; do $strata_build "$work/$c" >/dev/null 2>>"$work/warm-strata.log"; done
+sync
+
+echo "== no-op rebuild"
+hyperfine --runs "$runs" --warmup 1 --export-json "$work/noop.json" \
+  -n strata "$strata_build $ctx" -n buildah "$buildah_build"
+
+echo "== PHP change rebuild (one file in app/ edited before each run)"
+edit="sed -i \"s/version [0-9]*/version \$(date +%s%N)/\" $ctx/app/index.php"
+hyperfine --runs "$runs" --warmup 1 --export-json "$work/php.json" \
+  --prepare "$edit" -n strata "$strata_build $ctx" \
+  --prepare "$edit" -n buildah "$buildah_build"
+
+echo "== strata no-op rebuild: 1x, 2x the files, 2x the bytes"
+hyperfine --runs "$runs" --warmup 1 --export-json "$work/scale.json" \
+  -n 1x "$strata_build $ctx" -n 2x-files "$strata_build $work/ctx-files" \
+  -n 2x-bytes "$strata_build $work/ctx-bytes"
+
+python3 - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+def med(name):
+    return {x["command"]: x["median"] for x in json.load(open(f"{w}/{name}.json"))["results"]}
+n, p, s = med("noop"), med("php"), med("scale")
+print(f"no-op rebuild, median of runs: strata {n['strata']:.3f} s, buildah {n['buildah']:.3f} s, buildah/strata = {n['buildah']/n['strata']:.1f}x (target >= 10x)")
+print(f"PHP change rebuild, median: strata {p['strata']:.3f} s, buildah {p['buildah']:.3f} s, buildah/strata = {p['buildah']/p['strata']:.1f}x (target >= 5x)")
+print(f"strata no-op, median: 1x {s['1x']:.3f} s, 2x files {s['2x-files']:.3f} s ({s['2x-files']/s['1x']:.2f}x), 2x bytes {s['2x-bytes']:.3f} s ({s['2x-bytes']/s['1x']:.2f}x)")
+PY
+"${bah[@]}" rm --all >/dev/null 2>&1 || true
+"${bah[@]}" rmi --all --force >/dev/null 2>&1 || true
