@@ -10,6 +10,10 @@
 //! The child has `PR_SET_PDEATHSIG = SIGKILL`: if the thread that created it dies (strata is
 //! killed), the kernel kills it, and with PID 1 gone the kernel kills the rest of its pid
 //! namespace; its mount namespace, holding every mount of the step, disappears with it.
+//!
+//! With an [`IdMap::Subordinate`] map the child first blocks on a sync pipe: the parent runs
+//! `newuidmap`/`newgidmap` on its pid and then writes one byte. If a helper fails the child
+//! is killed before it did anything, and the caller may retry with a single-id map.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -18,6 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
 
+use crate::idmap::{self, HelperFailure, IdMap, RealCommands};
 use crate::plan::{describe, exec_candidates, Plan};
 use crate::sys::{self, Op, RealSyscalls, KIND_FAILED, KIND_STUB, RECORD_LEN};
 use crate::SandboxError;
@@ -93,10 +98,19 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
         .map_err(|e| SandboxError::Spawn { what: "pipe2", source: e.into() })
 }
 
-/// Clones a child into new namespaces (`flags`: `CLONE_NEW*`) that runs `plan`, and waits
-/// until it has exec'd or failed (see [`Child::setup_error`]).
-pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxError> {
+/// Clones a child into new namespaces (`flags`: `CLONE_NEW*`) that runs `plan`, writes its
+/// id maps with the helpers when `id_map` needs them, and waits until it has exec'd or failed
+/// (see [`Child::setup_error`]). The inner error: a helper failed (the child is gone).
+pub(crate) fn spawn(
+    plan: &Plan,
+    flags: libc::c_int,
+    id_map: Option<&IdMap>,
+) -> Result<Result<Child, HelperFailure>, SandboxError> {
     let (out_r, out_w) = pipe()?;
+    let sync = match id_map {
+        Some(IdMap::Subordinate { .. }) => Some(pipe()?),
+        _ => None,
+    };
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     let null: OwnedFd = File::open("/dev/null")
@@ -114,6 +128,8 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
         out: out_w.as_raw_fd(),
         err: err_w.as_raw_fd(),
         status: status_w.as_raw_fd(),
+        sync_r: sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        sync_w: sync.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()),
     };
 
     // Block every signal around the clone (as posix_spawn does) so that none of the
@@ -156,6 +172,15 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
         setup_error: None,
     };
     drop((out_w, err_w, status_w, null, parent));
+    if let (Some((sync_r, sync_w)), Some(map)) = (sync, id_map) {
+        drop(sync_r);
+        if let Err(failure) = idmap::apply(map, pid as libc::pid_t, &mut RealCommands) {
+            drop(child); // kills and reaps it; it was still waiting
+            return Ok(Err(failure));
+        }
+        // the child's go-ahead; if it died meanwhile, the status pipe says so below
+        let _ = rustix::io::write(&sync_w, b"1");
+    }
 
     let mut status = File::from(status_r);
     let mut failure = None;
@@ -182,7 +207,7 @@ pub(crate) fn spawn(plan: &Plan, flags: libc::c_int) -> Result<Child, SandboxErr
         let _ = child.wait();
         child.setup_error = Some(setup_error(plan, index, errno));
     }
-    Ok(child)
+    Ok(Ok(child))
 }
 
 /// Reads exactly one record; `Ok(false)` on a clean EOF.
@@ -230,6 +255,9 @@ struct ChildFds {
     out: i32,
     err: i32,
     status: i32,
+    /// Read and write ends of the id-map sync pipe, or -1.
+    sync_r: i32,
+    sync_w: i32,
 }
 
 /// The child side. Only async-signal-safe calls from here on.
@@ -245,6 +273,22 @@ unsafe fn child_main(ops: &[Op], fds: ChildFds) -> ! {
             if libc::poll(&mut pfd, 1, 0) == 1 {
                 libc::_exit(128 + libc::SIGKILL); // the parent is gone already
             }
+        }
+        if fds.sync_r >= 0 {
+            // wait until the parent has written our id maps; EOF: it gave up
+            libc::close(fds.sync_w);
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(fds.sync_r, (&mut byte as *mut u8).cast(), 1);
+                if n == 1 {
+                    break;
+                }
+                if n == -1 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(127);
+            }
+            libc::close(fds.sync_r);
         }
         // Copies above 2 first: with a closed stdio fd in the parent (Rust's runtime reopens
         // them, a C host embedding us might not), a source could itself be 0, 1 or 2 and be

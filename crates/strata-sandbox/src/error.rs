@@ -53,8 +53,10 @@ pub enum SandboxError {
         /// The spec as given.
         user: String,
     },
-    /// Without root, only container root is mapped (to the caller), so other ids cannot be used.
-    #[error("running without root: only uid/gid 0 exist in the user namespace, but {user:?} resolves to {uid}:{gid}")]
+    /// Without root, the user namespace maps the caller to container root and, when
+    /// `/etc/subuid` and `/etc/subgid` grant it ranges (and `newuidmap`/`newgidmap` work),
+    /// container ids 1.. to those; the user resolves to an id outside of that.
+    #[error("running without root: {user:?} resolves to uid {uid}, gid {gid}, groups {groups:?}, but the user namespace maps only {mapped}")]
     UnmappedUser {
         /// The user spec as given.
         user: String,
@@ -62,6 +64,11 @@ pub enum SandboxError {
         uid: u32,
         /// Resolved gid.
         gid: u32,
+        /// Resolved supplementary groups.
+        groups: Vec<u32>,
+        /// What the namespace maps and, when only the caller, why subordinate ids are not
+        /// used (no range for the user in `/etc/subuid`, helpers missing, a helper failed).
+        mapped: String,
     },
     /// A layer, upper or work directory path cannot be written into overlay's options.
     #[error("overlay directory {path} contains ',', ':' or '\\', or is not UTF-8; overlay options cannot express it")]

@@ -8,10 +8,10 @@
 //!
 //! The command runs as PID 1 of new mount, pid, ipc and uts namespaces (and a network
 //! namespace with only `lo` for [`Network::None`]; without root, also a user namespace
-//! mapping the caller to root). Every mount is made inside the private mount namespace, so
-//! none is visible on the host and all vanish when the step's last process exits; killing
-//! strata kills the step (`PR_SET_PDEATHSIG`). Output is read from two pipes by two
-//! threads and handed, line by line, to the caller's callback on the calling thread.
+//! mapping the caller to root, see below). Every mount is made inside the private mount
+//! namespace, so none is visible on the host and all vanish when the step's last process
+//! exits; killing strata kills the step (`PR_SET_PDEATHSIG`). Output is read from two pipes
+//! by two threads and handed, line by line, to the caller's callback on the calling thread.
 //!
 //! # The mount plan
 //! All in the step's own mount namespace, in this order: `/` made recursively private;
@@ -29,9 +29,14 @@
 //! [`DEFAULT_CAPABILITIES`]; groups, gid, uid; `execve` with a PATH search in the container.
 //!
 //! # Without root
-//! A user namespace maps the caller to root. Only uid/gid 0 exist then (other users are
-//! [`SandboxError::UnmappedUser`]), overlay uses `user.overlay.*` xattrs, and files owned by
-//! ids outside the mapping cannot be copied up: the layers should belong to the caller.
+//! A user namespace maps the caller to root, overlay uses `user.overlay.*` xattrs, and files
+//! owned by ids outside the mapping cannot be copied up: the layers should belong to the
+//! caller. As with podman and buildah, when `/etc/subuid` and `/etc/subgid` grant the caller
+//! subordinate ranges (`name_or_uid:start:count`) and the setuid `newuidmap`/`newgidmap`
+//! are in PATH, they map container ids 1, 2, ... to those ranges in file order, so `USER
+//! 1000` works and its files land in the upperdir owned by the matching host id. Without
+//! ranges or helpers, or when a helper fails, only uid/gid 0 exist and other users are
+//! [`SandboxError::UnmappedUser`], whose message says why subordinate ids were not used.
 //!
 //! Mountpoints missing from the image (`/proc`, `/dev`, `/sys`, `/etc/hosts`,
 //! `/etc/resolv.conf`, targets of extra mounts) have to be created in the rootfs, which puts
@@ -59,6 +64,7 @@
 
 mod child;
 mod error;
+mod idmap;
 mod plan;
 mod stubs;
 mod sys;
@@ -76,6 +82,7 @@ use std::time::Duration;
 pub use error::SandboxError;
 pub use user::resolve_user;
 
+use idmap::IdMap;
 use plan::{PreparedMount, PreparedRootfs};
 
 /// The root filesystem of a step.
@@ -233,8 +240,11 @@ pub fn run_cancellable(
                 source,
             }
         })?;
-    let prepared = prepare(req, scratch.path())?;
-    let plan = plan::build(&prepared)?;
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
+    let id_map = (euid != 0).then(|| idmap::detect(euid, egid));
+    let mut prepared = prepare(req, scratch.path(), id_map)?;
+    let mut plan = plan::build(&prepared)?;
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if req.network == Network::None {
@@ -248,7 +258,18 @@ pub fn run_cancellable(
         RootFs::Dir(dir) => Some(stubs::DirTimes::record(dir, &candidates)),
         RootFs::Overlay { .. } => None,
     };
-    let mut child = child::spawn(&plan, flags)?;
+    let mut child = loop {
+        match child::spawn(&plan, flags, prepared.userns.as_ref())? {
+            Ok(child) => break child,
+            Err(failure) => {
+                // the helpers refused: only the caller can be mapped
+                prepared.userns =
+                    Some(IdMap::Single { uid: euid, gid: egid, why: failure.to_string() });
+                check_mapped(&prepared, &req.user)?;
+                plan = plan::build(&prepared)?;
+            }
+        }
+    };
     let mut stubs: Vec<String> =
         child.stub_ops.iter().filter_map(|i| plan.stub_path(*i).map(str::to_string)).collect();
     stubs.dedup();
@@ -396,15 +417,37 @@ fn canonical(p: &Path) -> Result<PathBuf, SandboxError> {
 /// Overlay's limit on the whole option string (one page, NUL included).
 const MOUNT_DATA_MAX: usize = 4095;
 
-/// Gathers host facts and writes per-run files into `scratch`.
-fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxError> {
+/// [`SandboxError::UnmappedUser`] when the step's ids are outside the user namespace's map.
+fn check_mapped(p: &plan::Prepared, user: &str) -> Result<(), SandboxError> {
+    let Some(map) = &p.userns else { return Ok(()) };
+    let groups_ok = match map {
+        IdMap::Single { .. } => true, // left alone: setgroups is denied
+        IdMap::Subordinate { .. } => p.groups.iter().all(|g| map.maps_gid(*g)),
+    };
+    if map.maps_uid(p.uid) && map.maps_gid(p.gid) && groups_ok {
+        return Ok(());
+    }
+    Err(SandboxError::UnmappedUser {
+        user: user.to_string(),
+        uid: p.uid,
+        gid: p.gid,
+        groups: p.groups.clone(),
+        mapped: map.describe(),
+    })
+}
+
+/// Gathers host facts and writes per-run files into `scratch`; `id_map` is the user
+/// namespace's map when running without root.
+fn prepare(
+    req: &RunRequest,
+    scratch: &Path,
+    id_map: Option<IdMap>,
+) -> Result<plan::Prepared, SandboxError> {
     if req.argv.is_empty() {
         return Err(SandboxError::EmptyArgv);
     }
     plan::container_components("cwd", &req.cwd)?;
-    let euid = rustix::process::geteuid().as_raw();
-    let egid = rustix::process::getegid().as_raw();
-    let rootless = euid != 0;
+    let rootless = id_map.is_some();
 
     let root_mountpoint = scratch.join("root");
     fs::create_dir(&root_mountpoint).map_err(io_err("creating", &root_mountpoint))?;
@@ -433,14 +476,6 @@ fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxEr
     };
 
     let (uid, gid, groups) = user::resolve_user_layered(&layers_top_first, &req.user)?;
-    let (userns, groups) = if rootless {
-        if uid != 0 || gid != 0 {
-            return Err(SandboxError::UnmappedUser { user: req.user.clone(), uid, gid });
-        }
-        (Some((euid, egid)), None)
-    } else {
-        (None, Some(groups))
-    };
 
     let hostname = if req.hostname.is_empty() { "sandbox" } else { &req.hostname };
     let hosts_file = scratch.join("hosts");
@@ -492,9 +527,9 @@ fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxEr
     }
 
     let sys_flags = locked_mount_flags(Path::new("/sys")).unwrap_or(0);
-    Ok(plan::Prepared {
+    let prepared = plan::Prepared {
         sys_flags,
-        userns,
+        userns: id_map,
         hostname: hostname.to_string(),
         new_net: req.network == Network::None,
         root_mountpoint,
@@ -509,7 +544,9 @@ fn prepare(req: &RunRequest, scratch: &Path) -> Result<plan::Prepared, SandboxEr
         groups,
         argv: req.argv.clone(),
         env: req.env.clone(),
-    })
+    };
+    check_mapped(&prepared, &req.user)?;
+    Ok(prepared)
 }
 
 /// overlayfs's maximum number of lower layers (`OVL_MAX_STACK`).
@@ -655,7 +692,9 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
     if rootless {
         flags |= libc::CLONE_NEWUSER;
     }
-    let mut child = child::spawn(&probe, flags)?;
+    let Ok(mut child) = child::spawn(&probe, flags, None)? else {
+        return Ok(false); // no helpers without a subordinate map
+    };
     if child.setup_error.is_some() || child.wait()? != 0 {
         return Ok(false);
     }

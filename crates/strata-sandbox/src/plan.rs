@@ -4,7 +4,8 @@
 //! into a [`Prepared`] request; [`build`] turns that into a list of [`Op`]s without touching
 //! the system. In order:
 //!
-//! 1. user namespace maps (rootless only), hostname, loopback up (own net namespace only);
+//! 1. a single-id user namespace map (rootless without subordinate ids; `newuidmap` writes
+//!    the others from the parent), hostname, loopback up (own net namespace only);
 //! 2. `/` made recursively private, so nothing below propagates to the host;
 //! 3. the rootfs mounted on a temp mountpoint: overlay (`lowerdir=TOP:...:BOTTOM`, with
 //!    `metacopy=off,redirect_dir=off` so that the upperdir alone is the changeset; paths made
@@ -26,6 +27,7 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+use crate::idmap::IdMap;
 use crate::sys::{ExecArgs, Op};
 use crate::SandboxError;
 
@@ -86,8 +88,8 @@ pub(crate) enum PreparedMount {
 /// Everything the plan depends on, gathered on the host by the parent.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
-    /// Host uid/gid to map to container root, when running without root.
-    pub userns: Option<(u32, u32)>,
+    /// The user namespace's id map, when running without root.
+    pub userns: Option<IdMap>,
     pub hostname: String,
     pub new_net: bool,
     /// The (empty, canonical) host directory the rootfs is mounted on.
@@ -103,8 +105,8 @@ pub(crate) struct Prepared {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
-    /// `None`: leave supplementary groups alone (user namespace with setgroups denied).
-    pub groups: Option<Vec<u32>>,
+    /// Supplementary groups; left alone under an [`IdMap::Single`] map (setgroups denied).
+    pub groups: Vec<u32>,
     pub argv: Vec<String>,
     pub env: Vec<String>,
 }
@@ -271,7 +273,9 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
     let c = |s: &str| CString::new(s).unwrap_or_default();
     let mut b = Builder { ops: Vec::new(), stub_paths: Vec::new() };
 
-    if let Some((uid, gid)) = p.userns {
+    // Subordinate maps are written by newuidmap/newgidmap from the parent (see child.rs),
+    // which leaves setgroups allowed; a single-id map the child writes itself.
+    if let Some(IdMap::Single { uid, gid, .. }) = p.userns {
         b.push(Op::WriteFile { path: c("/proc/self/setgroups"), data: b"deny".to_vec() });
         b.push(Op::WriteFile {
             path: c("/proc/self/uid_map"),
@@ -332,7 +336,7 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
         b.mount(Some(via_old_root(host)?), target, None, MS_BIND, None);
     }
     b.push(Op::Mkdir { path: c("/dev/pts"), mode: 0o755, stub: false });
-    let pts_opts = if p.userns.is_some() {
+    let pts_opts = if p.userns.as_ref().is_some_and(|m| !m.maps_gid(5)) {
         "newinstance,ptmxmode=0666,mode=620"
     } else {
         "newinstance,ptmxmode=0666,mode=620,gid=5"
@@ -435,7 +439,11 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
     b.push(Op::MkdirAllOwned { prefixes: cwd_prefixes, uid: p.uid, gid: p.gid });
     b.push(Op::Chdir { path: cstring("cwd", &p.cwd)? });
     b.push(Op::DropCaps { keep: crate::DEFAULT_CAPABILITIES });
-    b.push(Op::SetIds { uid: p.uid, gid: p.gid, groups: p.groups.clone() });
+    let groups = match p.userns {
+        Some(IdMap::Single { .. }) => None,
+        _ => Some(p.groups.clone()),
+    };
+    b.push(Op::SetIds { uid: p.uid, gid: p.gid, groups });
     let Some(argv0) = p.argv.first() else {
         return Err(SandboxError::EmptyArgv);
     };
@@ -552,7 +560,7 @@ mod tests {
             cwd: "/app/src".into(),
             uid: 1000,
             gid: 1000,
-            groups: Some(vec![1000, 2000]),
+            groups: vec![1000, 2000],
             argv: vec!["make".into(), "all".into()],
             env: vec!["PATH=/usr/bin:/bin".into(), "A=1".into()],
         }
@@ -722,8 +730,7 @@ mod tests {
     #[test]
     fn rootless_maps_ids_first_and_keeps_groups() {
         let mut p = prepared();
-        p.userns = Some((1234, 5678));
-        p.groups = None;
+        p.userns = Some(IdMap::Single { uid: 1234, gid: 5678, why: "none".into() });
         p.uid = 0;
         p.gid = 0;
         let mut sys = RecordingSyscalls::default();
@@ -738,6 +745,25 @@ mod tests {
         );
         assert!(sys.calls.iter().any(|c| c == "set_ids 0 0 None"));
         assert!(sys.calls.iter().any(|c| c.ends_with("newinstance,ptmxmode=0666,mode=620")));
+    }
+
+    #[test]
+    fn subordinate_maps_leave_the_maps_to_the_parent_and_keep_setgroups() {
+        let mut p = prepared();
+        p.userns = Some(IdMap::Subordinate {
+            uid: 1234,
+            gid: 5678,
+            uids: vec![crate::idmap::SubIdRange { start: 100000, count: 65536 }],
+            gids: vec![crate::idmap::SubIdRange { start: 100000, count: 65536 }],
+            newuidmap: "/usr/bin/newuidmap".into(),
+            newgidmap: "/usr/bin/newgidmap".into(),
+        });
+        let mut sys = RecordingSyscalls::default();
+        let _ = record(&p, &mut sys);
+        assert_eq!(sys.calls[0], "sethostname box", "no map writes in the child");
+        assert!(!sys.calls.iter().any(|c| c.starts_with("write ")), "{:?}", sys.calls);
+        assert!(sys.calls.iter().any(|c| c == "set_ids 1000 1000 Some([1000, 2000])"));
+        assert!(sys.calls.iter().any(|c| c.ends_with("mode=620,gid=5")));
     }
 
     #[test]

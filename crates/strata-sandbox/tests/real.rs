@@ -15,6 +15,7 @@ const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "ls", "mkdir", "touch", "rm", "hostname", "ip", "ifconfig", "wc",
     "sleep", "pwd", "env", "tr", "stat", "true", "test", "tail", "cut", "grep", "yes", "head",
+    "chown",
 ];
 
 #[allow(clippy::print_stderr)] // the skip message
@@ -550,6 +551,199 @@ fn helper_rootless_step() {
     req.user = "app".into();
     let err = run(&req, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, SandboxError::UnmappedUser { uid: 1000, .. }), "{err}");
+    assert!(err.to_string().contains("subordinate ids are not used"), "{err}");
+}
+
+/// First and count of the host uid and gid ranges the subordinate-id test grants.
+const SUB_UIDS: (u32, u32) = (300_000, 65_536);
+const SUB_GIDS: (u32, u32) = (400_000, 65_536);
+
+/// The subordinate-id path, run by `subordinate_ids_map_more_than_root` as a system user
+/// that `/etc/subuid` and `/etc/subgid` grant [`SUB_UIDS`] and [`SUB_GIDS`].
+#[test]
+fn helper_subordinate_step() {
+    let Ok(mode) = std::env::var("STRATA_SANDBOX_SUBIDS") else { return };
+    assert!(!rustix::process::geteuid().is_root(), "helper must not be root");
+    let img = image();
+    if mode == "failing-helpers" {
+        // PATH finds newuidmap/newgidmap that exit 1: a root step still runs, with the
+        // single-id map, and other users are refused with the helper's complaint
+        let (outcome, lines) = run_collect(&img.req("id -u; touch /f"));
+        assert_eq!(outcome.exit_code, 0, "{lines:?}");
+        assert_eq!(stdout_of(&lines), ["0"]);
+        let mut req = img.req("true");
+        req.user = "app".into();
+        let err = run(&req, &mut |_, _| {}).unwrap_err();
+        assert!(matches!(err, SandboxError::UnmappedUser { uid: 1000, .. }), "{err}");
+        assert!(
+            err.to_string().contains("newuidmap ") && err.to_string().contains("refused"),
+            "{err}"
+        );
+        return;
+    }
+    let mut req = img.req("id -u; id -g; id -G; touch mine; stat -c %u:%g mine");
+    req.user = "app".into();
+    req.cwd = "/work".into();
+    let (outcome, lines) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(stdout_of(&lines), ["1000", "1000", "1000 2000", "1000:1000"]);
+    let host = |rel: &str| {
+        let m = fs::symlink_metadata(img.upper.join(rel)).unwrap();
+        (m.uid(), m.gid())
+    };
+    let mapped = (SUB_UIDS.0 + 999, SUB_GIDS.0 + 999);
+    assert_eq!(host("work"), mapped, "the cwd is created for container 1000:1000");
+    assert_eq!(host("work/mine"), mapped);
+
+    let mut req = img.req(
+        "chown 1000:1000 /etc/motd && touch /new && chown 5:7 /new && stat -c %u:%g /etc/motd /new",
+    );
+    req.user = String::new();
+    let (outcome, lines) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(stdout_of(&lines), ["1000:1000", "5:7"]);
+    assert_eq!(host("etc/motd"), mapped, "copied up and chowned to the mapped ids");
+    assert_eq!(host("new"), (SUB_UIDS.0 + 4, SUB_GIDS.0 + 6));
+    let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    let mut req = img.req("touch /mine-as-root");
+    req.user = "0:0".into();
+    assert_eq!(run_collect(&req).0.exit_code, 0);
+    assert_eq!(host("mine-as-root"), me, "container root is the caller");
+
+    req.user = "70000".into();
+    let err = run(&req, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, SandboxError::UnmappedUser { uid: 70000, .. }), "{err}");
+    assert!(err.to_string().contains("uids 0-65536 and gids 0-65536"), "{err}");
+}
+
+/// Adds lines to `/etc/subuid` and `/etc/subgid` while it lives and puts the files back
+/// byte for byte when dropped (also on a panic). Holds an exclusive lock on a file in /tmp,
+/// so that test processes do not edit them at the same time.
+struct SubIdEntries {
+    saved: Vec<(PathBuf, Option<Vec<u8>>)>,
+    _lock: fs::File,
+}
+
+impl SubIdEntries {
+    fn add(subuid_line: &str, subgid_line: &str) -> SubIdEntries {
+        let lock = fs::File::create("/tmp/strata-sandbox-subid-test.lock").unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let mut saved = Vec::new();
+        for (path, line) in [("/etc/subuid", subuid_line), ("/etc/subgid", subgid_line)] {
+            let path = PathBuf::from(path);
+            let old = fs::read(&path).ok();
+            let mut new = old.clone().unwrap_or_default();
+            if !new.is_empty() && !new.ends_with(b"\n") {
+                new.push(b'\n');
+            }
+            new.extend_from_slice(line.as_bytes());
+            new.push(b'\n');
+            saved.push((path.clone(), old));
+            fs::write(&path, new).unwrap();
+        }
+        SubIdEntries { saved, _lock: lock }
+    }
+}
+
+impl Drop for SubIdEntries {
+    fn drop(&mut self) {
+        for (path, old) in &self.saved {
+            let _ = match old {
+                Some(bytes) => fs::write(path, bytes),
+                None => fs::remove_file(path),
+            };
+        }
+    }
+}
+
+/// A system account to run the subordinate-id helper as: (name, uid, gid).
+fn system_user() -> Option<(String, u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    ["games", "man", "lp", "irc", "list", "backup"].iter().find_map(|want| {
+        passwd.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let (uid, gid) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?);
+            (f[0] == *want && uid != 0 && uid != 65534).then(|| (f[0].to_string(), uid, gid))
+        })
+    })
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the skip messages
+fn subordinate_ids_map_more_than_root() {
+    use std::os::unix::process::CommandExt;
+    if !can_run() {
+        return;
+    }
+    let have_helpers = ["/usr/bin/newuidmap", "/usr/bin/newgidmap"]
+        .iter()
+        .all(|p| fs::metadata(p).is_ok_and(|m| m.mode() & 0o4000 != 0));
+    if !have_helpers {
+        if std::env::var("STRATA_TEST_STRICT").as_deref() == Ok("1") {
+            panic!("subordinate-id test needs setuid /usr/bin/newuidmap and newgidmap (uidmap)");
+        }
+        eprintln!("skipping: setuid /usr/bin/newuidmap and newgidmap (package uidmap) not found");
+        return;
+    }
+    let Some((name, uid, gid)) = system_user() else {
+        eprintln!("skipping: no system account (games, man, ...) to run the step as");
+        return;
+    };
+    let userns_ok = std::process::Command::new("unshare")
+        .args(["-Ur", "true"])
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !userns_ok {
+        eprintln!("skipping: unprivileged user namespaces unavailable");
+        return;
+    }
+    let before: Vec<Option<Vec<u8>>> =
+        ["/etc/subuid", "/etc/subgid"].iter().map(|p| fs::read(p).ok()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let fake_bin = tmp.path().join("fake-bin");
+    fs::create_dir(&fake_bin).unwrap();
+    for helper in ["newuidmap", "newgidmap"] {
+        let script = fake_bin.join(helper);
+        fs::write(&script, format!("#!/bin/sh\necho {helper} refused >&2\nexit 1\n")).unwrap();
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:/usr/bin:/bin", fake_bin.display());
+    let outs: Vec<_> = {
+        // by name in subuid, by uid in subgid: newuidmap/newgidmap and strata accept both
+        let _entries = SubIdEntries::add(
+            &format!("{name}:{}:{}", SUB_UIDS.0, SUB_UIDS.1),
+            &format!("{uid}:{}:{}", SUB_GIDS.0, SUB_GIDS.1),
+        );
+        [("1", "/usr/bin:/bin"), ("failing-helpers", path.as_str())]
+            .into_iter()
+            .map(|(mode, path)| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args(["--exact", "helper_subordinate_step", "--nocapture", "--test-threads=1"])
+                    .env("STRATA_SANDBOX_SUBIDS", mode)
+                    .env("PATH", path)
+                    .env("TMPDIR", tmp.path())
+                    .uid(uid)
+                    .gid(gid)
+                    .output()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let after: Vec<Option<Vec<u8>>> =
+        ["/etc/subuid", "/etc/subgid"].iter().map(|p| fs::read(p).ok()).collect();
+    assert_eq!(before, after, "/etc/subuid and /etc/subgid are restored");
+    for out in outs {
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "subordinate-id helper failed or did not run:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    no_leaked_mounts();
 }
 
 #[test]
