@@ -19,13 +19,15 @@
 //! [`SourceWalk`] turns a source tree into one digest over what the step will see: each
 //! entry's path below the source, type, mode, owner (when it reaches the result), link target,
 //! content digest and the mtime the layer writer would keep (clamped to the build timestamp,
-//! so constant under the default timestamp 0), never atime or raw mtimes.
+//! so constant under the default timestamp 0), never atime or raw mtimes. Fifos and devices
+//! (with their device number) have their own type, and a file that is a hardlink of an
+//! earlier entry of the same tree records that entry's path, because the copy keeps the link.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -298,6 +300,8 @@ impl SourceWalk<'_> {
         let digests = hashes.digests(&files)?;
         let mut h = Sha256::new();
         h.update(b"source-v1\0");
+        // First path of each multiply-linked inode, in walk order (as the copy stages them).
+        let mut first_link: HashMap<(u64, u64), &Path> = HashMap::new();
         for r in &records {
             if r.inner.as_os_str().is_empty() && r.md.is_dir() && !self.root_meta {
                 continue;
@@ -309,6 +313,12 @@ impl SourceWalk<'_> {
                 b"l"
             } else if ft.is_file() {
                 b"f"
+            } else if ft.is_fifo() {
+                b"p"
+            } else if ft.is_char_device() {
+                b"c"
+            } else if ft.is_block_device() {
+                b"b"
             } else {
                 b"o"
             };
@@ -328,6 +338,16 @@ impl SourceWalk<'_> {
             if let Some(i) = r.file {
                 h.update(r.md.size().to_le_bytes());
                 h.update(digests[i]);
+                if r.md.nlink() > 1 {
+                    let first = *first_link.entry((r.md.dev(), r.md.ino())).or_insert(&r.inner);
+                    if first != r.inner {
+                        h.update(b"=");
+                        frame(&mut h, first.as_os_str().as_bytes());
+                    }
+                }
+            }
+            if ft.is_char_device() || ft.is_block_device() {
+                h.update(r.md.rdev().to_le_bytes());
             }
         }
         Ok(Digest::from_sha256(h.finalize().into()))

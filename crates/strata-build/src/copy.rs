@@ -10,6 +10,14 @@
 //! does not clobber them (`/tmp` stays 1777); missing ones are created 0755, owned by the
 //! `--chown` user. The staging tree is then one [`Changeset::from_snapshot`] away from a layer.
 //!
+//! Within one source, files that are hardlinks of each other stay hardlinks (BuildKit and
+//! buildah both keep them; two sources never share an inode in the result). Fifos and device
+//! nodes are recreated as such (devices need `CAP_MKNOD`, i.e. root); sockets are skipped.
+//! ADD extracts a local file that is a tar archive, plain or compressed with gzip, bzip2, xz or
+//! zstd, recognized as Docker does: by its first bytes, never by its name, and only when the
+//! (decompressed) start is a valid tar header; anything else is copied as a file. `--chown`
+//! applies to everything extracted (BuildKit's rule; buildah 1.28 keeps the archive's owners).
+//!
 //! [`Changeset::from_snapshot`]: strata_layer::Changeset::from_snapshot
 
 use std::collections::HashMap;
@@ -233,9 +241,9 @@ pub(crate) fn stage_copy(
         };
         let extract = env.is_add && item.may_extract && spec.unpack != Some(false);
         if extract {
-            if let Some(kind) = archive_kind(&item.real, &item.written)? {
+            if let Some(kind) = archive_kind(&item.real)? {
                 ensure_dir(env.image, staging, &base, new_owner)?;
-                extract_archive(&item.real, kind, &staging.join(&base), &item.written)?;
+                extract_archive(&item.real, kind, &staging.join(&base), &item.written, owner)?;
                 continue;
             }
         }
@@ -254,11 +262,16 @@ pub(crate) fn stage_copy(
             if let Some(parent) = target.parent() {
                 ensure_dir(env.image, staging, parent, new_owner)?;
             }
-            copy_entry(&item.real, &staging.join(&target), &opts, item.mode)?;
+            let mut links = Hardlinks::new();
+            copy_entry(&item.real, &staging.join(&target), &opts, item.mode, &mut links)?;
         }
     }
     Ok(())
 }
+
+/// Staged paths by source inode (`dev`, `ino`): a later name of the same inode becomes a
+/// hardlink to the first one staged. One map per source, so sources never share inodes.
+type Hardlinks = HashMap<(u64, u64), PathBuf>;
 
 struct CopyOpts<'a> {
     owner: Option<(u32, u32)>,
@@ -504,13 +517,16 @@ fn meta_for(md: &fs::Metadata, opts: &CopyOpts<'_>, fixed_mode: Option<u32>) -> 
     (uid, gid, mode)
 }
 
-/// Copies one non-directory entry (file, symlink) to `target` in the staging tree.
+/// Copies one non-directory entry (file, symlink, fifo, device) to `target` in the staging
+/// tree; a file whose inode `links` has seen becomes a hardlink to its first copy.
 fn copy_entry(
     real: &Path,
     target: &Path,
     opts: &CopyOpts<'_>,
     fixed_mode: Option<u32>,
+    links: &mut Hardlinks,
 ) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     let md = fs::symlink_metadata(real).map_err(|e| BuildError::io("lstat", real, e))?;
     if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
         fs::remove_dir_all(target).map_err(|e| BuildError::io("remove", target, e))?;
@@ -523,10 +539,28 @@ fn copy_entry(
         std::os::unix::fs::symlink(&link, target)
             .map_err(|e| BuildError::io("symlink", target, e))?;
     } else if ft.is_file() {
+        let inode = (md.dev(), md.ino());
+        if md.nlink() > 1 {
+            if let Some(first) = links.get(&inode) {
+                // Owner, mode and times are the inode's, already set on the first name.
+                return fs::hard_link(first, target).map_err(|e| BuildError::io("link", target, e));
+            }
+            links.insert(inode, target.to_path_buf());
+        }
         fs::copy(real, target).map_err(|e| BuildError::io("copy", real, e))?;
+    } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+        use rustix::fs::{FileType, Mode};
+        let kind = if ft.is_fifo() {
+            FileType::Fifo
+        } else if ft.is_char_device() {
+            FileType::CharacterDevice
+        } else {
+            FileType::BlockDevice
+        };
+        rustix::fs::mknodat(rustix::fs::CWD, target, kind, Mode::from_raw_mode(0o600), md.rdev())
+            .map_err(|e| BuildError::io("mknod", target, e.into()))?;
     } else {
-        // Devices, fifos and sockets are not copied (BuildKit copies them only from images;
-        // a recipe relying on that is rare).
+        // A socket means nothing outside the process that bound it.
         return Ok(());
     }
     let (uid, gid, mode) = meta_for(&md, opts, fixed_mode);
@@ -547,7 +581,8 @@ fn copy_dir_root(
     // As buildah does: a missing destination is created like any missing parent (0755, the
     // --chown owner), not with the source directory's mode; an existing one is kept.
     ensure_dir(env.image, staging, target, new_owner)?;
-    copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts)
+    let mut links = Hardlinks::new();
+    copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts, &mut links)
 }
 
 /// Recursively copies the directory `rel` of the tree into `dest`; `inner` is the path below
@@ -558,6 +593,7 @@ fn copy_tree(
     inner: &Path,
     dest: &Path,
     opts: &CopyOpts<'_>,
+    links: &mut Hardlinks,
 ) -> Result<()> {
     for (name, real) in tree.view.list(rel)? {
         let child = rel.join(&name);
@@ -574,63 +610,125 @@ fn copy_tree(
                 let _ = fs::remove_file(&target);
                 fs::create_dir(&target).map_err(|e| BuildError::io("mkdir", &target, e))?;
             }
-            copy_tree(tree, &child, &child_inner, &target, opts)?;
+            copy_tree(tree, &child, &child_inner, &target, opts, links)?;
             let (uid, gid, mode) = meta_for(&md, opts, None);
             apply_meta(&target, uid, gid, mode, Some(&md))?;
         } else {
-            copy_entry(&real, &target, opts, None)?;
+            copy_entry(&real, &target, opts, None, links)?;
         }
     }
     Ok(())
 }
 
-/// Archive formats ADD recognizes by their first bytes.
+/// How an archive ADD extracts is compressed, recognized by its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ArchiveKind {
     Tar,
     Gzip,
+    Bzip2,
+    Xz,
     Zstd,
 }
 
-fn archive_kind(path: &Path, written: &str) -> Result<Option<ArchiveKind>> {
-    let mut head = [0u8; 512];
-    let mut f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
+impl ArchiveKind {
+    /// The compression `head` (the file's first bytes) starts with; plain tar otherwise.
+    fn sniff(head: &[u8]) -> ArchiveKind {
+        // A zstd skippable frame (magic 0x184D2A5?, little endian) may precede the data.
+        let zstd_skippable =
+            head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18];
+        if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+            ArchiveKind::Gzip
+        } else if head.starts_with(b"BZh") {
+            ArchiveKind::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            ArchiveKind::Xz
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || zstd_skippable {
+            ArchiveKind::Zstd
+        } else {
+            ArchiveKind::Tar
+        }
+    }
+
+    /// The decompressed bytes of `file`.
+    fn reader(self, file: fs::File) -> std::io::Result<Box<dyn Read>> {
+        let buffered = std::io::BufReader::new(file);
+        Ok(match self {
+            ArchiveKind::Tar => Box::new(buffered),
+            ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
+            ArchiveKind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(buffered)),
+            ArchiveKind::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(buffered)),
+            ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        })
+    }
+}
+
+/// Reads until `buf` is full or the input ends; the count read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(BuildError::io("read", path, e)),
+            Err(e) => return Err(e),
         }
     }
-    let h = &head[..n];
-    Ok(if h.starts_with(&[0x1f, 0x8b]) {
-        Some(ArchiveKind::Gzip)
-    } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(ArchiveKind::Zstd)
-    } else if h.starts_with(b"BZh") {
-        return Err(BuildError::UnsupportedArchive { path: written.to_string(), format: "bzip2" });
-    } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        return Err(BuildError::UnsupportedArchive { path: written.to_string(), format: "xz" });
-    } else if n >= 262 && &h[257..262] == b"ustar" {
-        Some(ArchiveKind::Tar)
-    } else {
-        None
-    })
+    Ok(n)
 }
 
-fn extract_archive(path: &Path, kind: ArchiveKind, dest: &Path, written: &str) -> Result<()> {
+/// Whether `block` is a tar header Go's `archive/tar` would accept as a first entry: its
+/// checksum field matches the unsigned (or, for old writers, signed) byte sum with the field
+/// itself counted as spaces. An all-zero block is the end of an empty archive, not an entry.
+fn is_tar_header(block: &[u8; 512]) -> bool {
+    let field = &block[148..156];
+    let digits: Vec<u8> = field.iter().copied().filter(|b| *b != b' ' && *b != 0).collect();
+    let Some(recorded) = std::str::from_utf8(&digits)
+        .ok()
+        .filter(|d| !d.is_empty())
+        .and_then(|d| i64::from_str_radix(d, 8).ok())
+    else {
+        return false;
+    };
+    let (mut unsigned, mut signed) = (0i64, 0i64);
+    for (i, b) in block.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { *b };
+        unsigned += i64::from(b);
+        signed += i64::from(b as i8);
+    }
+    recorded == unsigned || recorded == signed
+}
+
+/// How `path` is to be extracted, or `None` when it is not a (compressed) tar archive and is
+/// copied as a file. As Docker's `isArchivePath`: the compression is recognized by magic
+/// bytes, and the decompressed stream must start with a valid tar header; a stream that
+/// fails to decompress is not an archive either.
+fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>> {
+    let mut f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
+    let mut head = [0u8; 8];
+    let n = read_full(&mut f, &mut head).map_err(|e| BuildError::io("read", path, e))?;
+    let kind = ArchiveKind::sniff(&head[..n]);
+    let f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
+    let Ok(mut reader) = kind.reader(f) else { return Ok(None) };
+    let mut block = [0u8; 512];
+    match read_full(&mut reader, &mut block) {
+        Ok(512) if is_tar_header(&block) => Ok(Some(kind)),
+        _ => Ok(None),
+    }
+}
+
+/// Extracts the archive at `path` into `dest` with the owners, modes and times it records;
+/// with `owner` (`--chown`), every extracted entry, the destination's `./` included, is owned
+/// by it instead.
+fn extract_archive(
+    path: &Path,
+    kind: ArchiveKind,
+    dest: &Path,
+    written: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let err = |source| BuildError::Extract { path: written.to_string(), source };
     let f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
-    let reader: Box<dyn Read> = match kind {
-        ArchiveKind::Tar => Box::new(std::io::BufReader::new(f)),
-        ArchiveKind::Gzip => {
-            Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)))
-        }
-        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(err)?),
-    };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(kind.reader(f).map_err(err)?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -646,18 +744,28 @@ fn extract_archive(path: &Path, kind: ArchiveKind, dest: &Path, written: &str) -
             // The archive's root entry (`./`) describes the destination directory itself, as
             // Docker and buildah apply it.
             if header.entry_type().is_dir() {
-                let uid = header.uid().map_err(err)? as u32;
-                let gid = header.gid().map_err(err)? as u32;
+                let (uid, gid) = match owner {
+                    Some(o) => o,
+                    None => (header.uid().map_err(err)? as u32, header.gid().map_err(err)? as u32),
+                };
                 let mode = header.mode().map_err(err)? & 0o7777;
                 apply_meta(dest, uid, gid, mode, None)?;
                 dir_times.push((dest.to_path_buf(), mtime));
             }
             continue;
         }
-        if header.entry_type().is_dir() {
+        let entry_type = header.entry_type();
+        let mode = header.mode().map_err(err)? & 0o7777;
+        if entry_type.is_dir() {
             dir_times.push((dest.join(&rel), mtime));
         }
-        entry.unpack_in(dest).map_err(err)?;
+        let unpacked = entry.unpack_in(dest).map_err(err)?;
+        // A hardlink's inode was chowned with its first name (chown again would clear its
+        // setuid bit); chown clears setuid/setgid, so the mode is set again after it.
+        if let (true, Some((uid, gid)), false) = (unpacked, owner, entry_type.is_hard_link()) {
+            let target = dest.join(&rel);
+            apply_meta(&target, uid, gid, mode, None)?;
+        }
     }
     for (dir, secs) in dir_times.into_iter().rev() {
         let t = rustix::fs::Timespec { tv_sec: secs as i64, tv_nsec: 0 };

@@ -135,14 +135,6 @@ pub enum BuildError {
         #[source]
         source: Box<ureq::Error>,
     },
-    /// A local archive uses a compression this build cannot read.
-    #[error("{path}: {format} archives are not supported (use tar, gzip or zstd)")]
-    UnsupportedArchive {
-        /// The archive (as written in the recipe).
-        path: String,
-        /// `bzip2` or `xz`.
-        format: &'static str,
-    },
     /// Extracting a local archive failed.
     #[error("extracting {path}: {source}")]
     Extract {
@@ -176,6 +168,20 @@ pub enum BuildError {
         /// The underlying error.
         #[source]
         source: io::Error,
+    },
+    /// `RUN --security=insecure`: strata runs every step in the same unprivileged sandbox and
+    /// never grants one more (no extra capabilities, devices or unconfined profiles).
+    #[error(
+        "RUN --security=insecure is not supported: strata never grants a step extra privileges"
+    )]
+    InsecureRun,
+    /// `--no-cache-filter` names a stage the recipe does not have.
+    #[error("--no-cache-filter {name}: no stage is named or numbered {name} (stages: {})", .stages.join(", "))]
+    UnknownStageFilter {
+        /// The name or index as given.
+        name: String,
+        /// The recipe's stages, by name or (unnamed) index.
+        stages: Vec<String>,
     },
     /// An option the recipe uses that this builder does not implement.
     #[error("{what} is not supported")]

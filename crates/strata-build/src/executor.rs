@@ -39,6 +39,8 @@ pub(crate) struct Builder<'a> {
     pub recipe: &'a Recipe,
     pub plan: &'a Plan,
     pub ignore: DockerIgnore,
+    /// Stages `--no-cache-filter` names (resolved to indices).
+    pub no_cache_stages: std::collections::BTreeSet<usize>,
     /// Finished stages. A stage reads only stages it depends on, which finished before it
     /// started, so the lock is never contended for long.
     pub results: RwLock<HashMap<usize, ImageState>>,
@@ -370,15 +372,7 @@ impl<'a> Builder<'a> {
     /// Whether steps of `stage` may take their result from the cache (`--no-cache`,
     /// `--no-cache-filter` by name or index).
     pub fn cache_enabled(&self, stage: usize) -> bool {
-        if self.opts.no_cache {
-            return false;
-        }
-        let name = self.plan.stages[stage].name.as_deref();
-        !self
-            .opts
-            .no_cache_filter
-            .iter()
-            .any(|f| Some(f.as_str()) == name || *f == stage.to_string())
+        !self.opts.no_cache && !self.no_cache_stages.contains(&stage)
     }
 
     /// The cached result of `key`, when allowed for `stage` and its blob is still stored:

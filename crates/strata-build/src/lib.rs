@@ -34,6 +34,11 @@
 //!   differ), so the overlay path and the copy fallback give the same bytes; mountpoint stubs
 //!   the sandbox had to create are not in layers (BuildKit; buildah leaves them).
 //! - A scratch stage's config has the default `PATH` (both).
+//! - ADD `--chown` owns everything an archive unpacks to (BuildKit); buildah 1.28 keeps the
+//!   archive's owners. The archive's `./` entry gives the destination its mode (and owner,
+//!   without `--chown`), as buildah and Docker's classic builder do; recent BuildKit skips it.
+//! - Hardlinks within one COPY/ADD source stay hardlinks, fifos stay fifos (both).
+//! - `--no-cache-filter` naming no stage of the recipe is an error, like `--target`.
 //!
 //! Not stored, as buildah does for OCI images: HEALTHCHECK, SHELL and ONBUILD have no place in
 //! the OCI config (a [`BuildEvent::Warning`] says so); ONBUILD triggers of a *base* image are
@@ -91,6 +96,7 @@ pub fn build(
     };
     let recipe = strata_recipe::parse(&text).map_err(parse_err)?;
     let plan = recipe.plan(&opts.build_args, opts.target.as_deref()).map_err(parse_err)?;
+    let no_cache_stages = resolve_stage_filter(&plan, &opts.no_cache_filter)?;
     let ignore = load_dockerignore(opts)?;
     let builder = executor::Builder {
         store,
@@ -99,6 +105,7 @@ pub fn build(
         recipe: &recipe,
         plan: &plan,
         ignore,
+        no_cache_stages,
         results: RwLock::new(HashMap::new()),
         reports: Mutex::new(BTreeMap::new()),
         layers_written: AtomicUsize::new(0),
@@ -135,6 +142,35 @@ pub fn build(
         context_files_hashed: builder.hashes.files_hashed(),
         bytes_written: builder.bytes_written.into_inner(),
     })
+}
+
+/// The stage indices `--no-cache-filter` values name: a stage name (case-insensitive, as
+/// `--target`) or index. A value naming no stage is an error, not a filter that never matches.
+fn resolve_stage_filter(plan: &strata_recipe::Plan, filter: &[String]) -> Result<BTreeSet<usize>> {
+    let mut out = BTreeSet::new();
+    for f in filter {
+        let lower = f.to_ascii_lowercase();
+        let index = plan
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+            .map(|s| s.index)
+            .or_else(|| f.parse::<usize>().ok().filter(|i| *i < plan.stages.len()));
+        match index {
+            Some(i) => {
+                out.insert(i);
+            }
+            None => {
+                let stages = plan
+                    .stages
+                    .iter()
+                    .map(|s| s.name.clone().unwrap_or_else(|| s.index.to_string()))
+                    .collect();
+                return Err(BuildError::UnknownStageFilter { name: f.clone(), stages });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Builds the stages of `plan.order` in waves: every stage whose dependencies are done starts,

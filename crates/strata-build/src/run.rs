@@ -60,7 +60,7 @@ impl Builder<'_> {
         step: &Step,
     ) -> Result<StepResult> {
         if run.security == Some(SecurityMode::Insecure) {
-            return Err(BuildError::Unsupported { what: "RUN --security=insecure".to_string() });
+            return Err(BuildError::InsecureRun);
         }
         let scratch = self.staging()?;
         let mut mounts = Vec::new();

@@ -316,6 +316,67 @@ fn no_cache_and_no_cache_filter() {
     fs::write(ctx.join("a.txt"), "B\n").unwrap();
     let (_, cached) = build(&e, &opts);
     assert_eq!(cached, ["WORKDIR /w"]);
+
+    // Names match as --target does, case-insensitively.
+    opts.no_cache_filter = vec!["A".to_string()];
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached, ["WORKDIR /w", "COPY --from=a /a2 /b", "RUN cat /w/../b > /c"]);
+}
+
+#[test]
+fn no_cache_filter_naming_a_missing_stage_is_an_error() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "stages",
+        &[("Dockerfile", "FROM base:1 AS a\nRUN true\nFROM base:1\nRUN true\n")],
+    );
+    let mut opts = BuildOptions::new(&ctx);
+    for bad in ["nope", "2"] {
+        opts.no_cache_filter = vec!["a".to_string(), bad.to_string()];
+        let (r, events) = e.build_with(&opts);
+        let err = r.unwrap_err();
+        match &err {
+            strata_build::BuildError::UnknownStageFilter { name, stages } => {
+                assert_eq!(name, bad);
+                assert_eq!(stages, &["a", "1"]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains(&format!("--no-cache-filter {bad}")), "{err}");
+        assert!(
+            !events.iter().any(|e| matches!(e, BuildEvent::StepStart { .. })),
+            "fails before any step runs"
+        );
+    }
+}
+
+#[test]
+fn hardlinking_context_files_changes_the_copy_key() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM base:1\nCOPY hl/ /a/\n"),
+            ("hl/one", "same\n"),
+            ("hl/two", "same\n"),
+        ],
+    );
+    let opts = BuildOptions::new(&ctx);
+    let (first, _) = build(&e, &opts);
+    // Same names, modes and bytes; only the link between them is new.
+    fs::remove_file(ctx.join("hl/two")).unwrap();
+    fs::hard_link(ctx.join("hl/one"), ctx.join("hl/two")).unwrap();
+    let (linked, cached) = build(&e, &opts);
+    assert!(cached.is_empty(), "{cached:?}");
+    assert_ne!(linked.manifest.digest(), first.manifest.digest());
+    let (_, cached) = build(&e, &opts);
+    assert_eq!(cached, ["COPY hl/ /a/"]);
 }
 
 #[test]

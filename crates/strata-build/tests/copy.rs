@@ -385,3 +385,281 @@ COPY --parents ./root/./deep/file.txt /pivot/
     assert!(!r.join("meta/pkgs/two/other.json").exists());
     assert!(r.join("pivot/deep/file.txt").exists(), "the path after /./ is kept");
 }
+
+/// One entry of a test archive.
+enum TarEntry<'a> {
+    Dir(&'a str, u32),
+    File(&'a str, u32, &'a str),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+}
+
+/// A tar with a `./` root entry (0750, 5:6) and `entries`, all owned 5:6.
+fn tar_bytes(entries: &[TarEntry<'_>]) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(mode);
+        h.set_uid(5);
+        h.set_gid(6);
+        h.set_mtime(1_000_000);
+        h
+    };
+    let mut root = header(tar::EntryType::Directory, 0o750);
+    root.set_cksum();
+    t.append_data(&mut root, "./", std::io::empty()).unwrap();
+    for e in entries {
+        match e {
+            TarEntry::Dir(p, mode) => {
+                let mut h = header(tar::EntryType::Directory, *mode);
+                t.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            TarEntry::File(p, mode, content) => {
+                let mut h = header(tar::EntryType::Regular, *mode);
+                h.set_size(content.len() as u64);
+                t.append_data(&mut h, p, content.as_bytes()).unwrap();
+            }
+            TarEntry::Symlink(p, target) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777);
+                t.append_link(&mut h, p, target).unwrap();
+            }
+            TarEntry::Hardlink(p, target) => {
+                let mut h = header(tar::EntryType::Link, 0o644);
+                t.append_link(&mut h, p, target).unwrap();
+            }
+        }
+    }
+    t.into_inner().unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn bzip2(bytes: &[u8]) -> Vec<u8> {
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    bz.write_all(bytes).unwrap();
+    bz.finish().unwrap()
+}
+
+fn xz(bytes: &[u8]) -> Vec<u8> {
+    let mut x = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    x.write_all(bytes).unwrap();
+    x.finish().unwrap()
+}
+
+fn app_archive() -> Vec<u8> {
+    tar_bytes(&[
+        TarEntry::Dir("app", 0o755),
+        TarEntry::File("app/main.txt", 0o640, "main"),
+        TarEntry::Hardlink("app/same.txt", "app/main.txt"),
+        TarEntry::File("VERSION", 0o644, "1"),
+    ])
+}
+
+#[test]
+fn add_extracts_bzip2_and_xz_archives_by_magic_bytes() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM base:1\nADD app.tar.bz2 /bz/\nADD payload.bin /xz/\n\
+             ADD notes.txt.xz fake.tar.gz text.gz /raw/\n",
+        )],
+    );
+    fs::write(ctx.join("app.tar.bz2"), bzip2(&app_archive())).unwrap();
+    // Recognized by content: the name says nothing.
+    fs::write(ctx.join("payload.bin"), xz(&app_archive())).unwrap();
+    // Compressed but not a tar, and named like an archive but not one: copied as they are.
+    let notes = xz(b"just some notes\n");
+    fs::write(ctx.join("notes.txt.xz"), &notes).unwrap();
+    fs::write(ctx.join("fake.tar.gz"), "not gzip at all\n").unwrap();
+    let text = gzip(b"plain text, not a tar\n");
+    fs::write(ctx.join("text.gz"), &text).unwrap();
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    for dir in ["bz", "xz"] {
+        let main = root.path().join(dir).join("app/main.txt");
+        assert_eq!(fs::read_to_string(&main).unwrap(), "main", "{dir}");
+        let m = fs::metadata(&main).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (5, 6, 0o640), "{dir}");
+        let same = fs::metadata(root.path().join(dir).join("app/same.txt")).unwrap();
+        assert_eq!(same.ino(), m.ino(), "{dir}: the archive's hardlink stays one");
+        assert_eq!(fs::read_to_string(root.path().join(dir).join("VERSION")).unwrap(), "1");
+        let d = fs::metadata(root.path().join(dir)).unwrap();
+        assert_eq!((d.uid(), d.mode() & 0o7777), (5, 0o750), "{dir}: ./ entry applies");
+    }
+    assert_eq!(fs::read(root.path().join("raw/notes.txt.xz")).unwrap(), notes);
+    assert_eq!(fs::read(root.path().join("raw/fake.tar.gz")).unwrap(), b"not gzip at all\n");
+    assert_eq!(fs::read(root.path().join("raw/text.gz")).unwrap(), text);
+}
+
+#[test]
+fn add_chown_applies_to_extracted_files() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM base:1\nADD --chown=33:44 app.tar.xz /srv/\nADD app.tar.xz /plain/\n",
+        )],
+    );
+    let archive = tar_bytes(&[
+        TarEntry::Dir("app", 0o755),
+        TarEntry::File("app/main.txt", 0o640, "main"),
+        TarEntry::File("app/tool", 0o4755, "#!/bin/sh\n"),
+        TarEntry::Symlink("app/link", "main.txt"),
+        TarEntry::Hardlink("app/hard", "app/tool"),
+    ]);
+    fs::write(ctx.join("app.tar.xz"), xz(&archive)).unwrap();
+    let out = e.build(&ctx, &[]).unwrap();
+    let layers = out.image.layer_digests().unwrap();
+    let chowned = e.layer_entries(&layers[1]);
+    let paths: Vec<&str> = chowned.iter().map(|x| x.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["srv", "srv/app", "srv/app/hard", "srv/app/link", "srv/app/main.txt", "srv/app/tool"]
+    );
+    for entry in &chowned {
+        assert_eq!((entry.uid, entry.gid), (33, 44), "{entry:?}");
+    }
+    let mode = |path: &str| chowned.iter().find(|x| x.path == path).unwrap().mode & 0o7777;
+    assert_eq!(mode("srv"), 0o750, "the ./ entry's mode, the --chown owner");
+    assert_eq!(mode("srv/app/main.txt"), 0o640);
+    assert_eq!(mode("srv/app/hard"), 0o4755, "chown must not clear setuid");
+    let hard = chowned.iter().find(|x| x.path == "srv/app/tool").unwrap();
+    assert_eq!((hard.kind, hard.link.as_deref()), (tar::EntryType::Link, Some("srv/app/hard")));
+    for entry in e.layer_entries(&layers[2]) {
+        assert_eq!((entry.uid, entry.gid), (5, 6), "without --chown: {entry:?}");
+    }
+}
+
+#[test]
+fn add_chown_applies_to_url_downloads() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    const BODY: &[u8] = b"downloaded\n";
+    let port = serve(BODY, 1);
+    let recipe =
+        format!("FROM base:1\nADD --chown=app http://127.0.0.1:{port}/dl/tool.txt /opt/\n");
+    let ctx = e.context("ctx", &[("Dockerfile", &recipe)]);
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    let m = fs::metadata(root.path().join("opt/tool.txt")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o600));
+}
+
+#[test]
+fn copy_keeps_hardlinks_within_one_source() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM base:1\nCOPY hl/ /a/\nCOPY hl/one hl/two /sep/\nCOPY --chown=7:8 hl /c/\n",
+            ),
+            ("hl/one", "same\n"),
+            ("hl/other", "other\n"),
+        ],
+    );
+    fs::create_dir(ctx.join("hl/sub")).unwrap();
+    fs::hard_link(ctx.join("hl/one"), ctx.join("hl/two")).unwrap();
+    fs::hard_link(ctx.join("hl/one"), ctx.join("hl/sub/three")).unwrap();
+    let out = e.build(&ctx, &[]).unwrap();
+    let layers = out.image.layer_digests().unwrap();
+    let kinds = |i: usize| -> Vec<(String, tar::EntryType, Option<String>, u64)> {
+        e.layer_entries(&layers[i])
+            .into_iter()
+            .filter(|x| x.kind != tar::EntryType::Directory)
+            .map(|x| (x.path, x.kind, x.link, x.uid))
+            .collect()
+    };
+    use tar::EntryType::{Link, Regular};
+    let link = |p: &str| Some(p.to_string());
+    assert_eq!(
+        kinds(1),
+        [
+            ("a/one".into(), Regular, None, 0),
+            ("a/other".into(), Regular, None, 0),
+            ("a/sub/three".into(), Link, link("a/one"), 0),
+            ("a/two".into(), Link, link("a/one"), 0),
+        ]
+    );
+    assert_eq!(
+        kinds(2),
+        [("sep/one".into(), Regular, None, 0), ("sep/two".into(), Regular, None, 0)],
+        "separate sources are separate files"
+    );
+    assert_eq!(
+        kinds(3),
+        [
+            ("c/one".into(), Regular, None, 7),
+            ("c/other".into(), Regular, None, 7),
+            ("c/sub/three".into(), Link, link("c/one"), 7),
+            ("c/two".into(), Link, link("c/one"), 7),
+        ]
+    );
+    let root = e.flatten(&out);
+    let ino = |p: &str| fs::metadata(root.path().join(p)).unwrap().ino();
+    assert_eq!(ino("a/one"), ino("a/two"));
+    assert_ne!(ino("sep/one"), ino("sep/two"));
+}
+
+#[test]
+fn copy_recreates_fifos_and_devices() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[("Dockerfile", "FROM base:1\nCOPY special/ /s/\n"), ("special/file", "f\n")],
+    );
+    let fifo = ctx.join("special/pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    fs::set_permissions(&fifo, fs::Permissions::from_mode(0o640)).unwrap();
+    let null = rustix::fs::makedev(1, 3);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        ctx.join("special/null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        null,
+    )
+    .unwrap();
+    let out = e.build(&ctx, &[]).unwrap();
+    let layers = out.image.layer_digests().unwrap();
+    let entries = e.layer_entries(&layers[1]);
+    let get = |p: &str| entries.iter().find(|x| x.path == p).unwrap_or_else(|| panic!("{p}"));
+    assert_eq!((get("s/pipe").kind, get("s/pipe").mode & 0o7777), (tar::EntryType::Fifo, 0o640));
+    assert_eq!(get("s/null").kind, tar::EntryType::Char);
+    let root = e.flatten(&out);
+    let m = fs::symlink_metadata(root.path().join("s/null")).unwrap();
+    assert_eq!(m.rdev(), null);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(root.path().join("s/pipe")).unwrap().file_type().is_fifo());
+}

@@ -364,3 +364,28 @@ fn unchanged_run_steps_come_from_the_cache() {
     assert_eq!(cached(&events), 0, "V is in both RUNs' environment");
     assert_eq!(fs::read_to_string(e.flatten(&fourth.unwrap()).path().join("v")).unwrap(), "2\n");
 }
+
+#[test]
+fn insecure_run_is_refused_naming_the_line_and_granting_nothing() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM base:1\nENV A=1\nRUN --security=insecure mount -t tmpfs none /mnt\n",
+        )],
+    );
+    let (r, events) = e.build_with(&BuildOptions::new(&ctx));
+    let err = r.unwrap_err();
+    assert!(matches!(err.root_cause(), BuildError::InsecureRun), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("line 3"), "{text}");
+    assert!(text.contains("never grants a step extra privileges"), "{text}");
+    assert!(
+        !events.iter().any(|e| matches!(e, strata_build::BuildEvent::StepOutput { .. })),
+        "the command never ran"
+    );
+}

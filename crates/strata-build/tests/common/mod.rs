@@ -98,6 +98,28 @@ impl Env {
             .collect()
     }
 
+    /// The entries of a layer blob, in tar order: path, type, link target, uid, gid, mode.
+    pub fn layer_entries(&self, digest: &Digest) -> Vec<LayerEntry> {
+        let blob = self.store.open_blob(digest).unwrap();
+        let r = strata_layer::decompress(blob).unwrap();
+        let mut a = tar::Archive::new(r);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                LayerEntry {
+                    path: e.path().unwrap().to_string_lossy().trim_end_matches('/').to_string(),
+                    kind: h.entry_type(),
+                    link: e.link_name().unwrap().map(|l| l.to_string_lossy().to_string()),
+                    uid: h.uid().unwrap(),
+                    gid: h.gid().unwrap(),
+                    mode: h.mode().unwrap(),
+                }
+            })
+            .collect()
+    }
+
     /// Every blob's bytes, uncompressed when they are layers.
     pub fn all_blob_bytes(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -111,6 +133,17 @@ impl Env {
         }
         out
     }
+}
+
+/// One entry of a layer tar, as [`Env::layer_entries`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    pub path: String,
+    pub kind: tar::EntryType,
+    pub link: Option<String>,
+    pub uid: u64,
+    pub gid: u64,
+    pub mode: u32,
 }
 
 /// A store holding `base:1`: busybox with its applets, /etc/passwd and /etc/group, /tmp 1777.
