@@ -30,7 +30,7 @@ use crate::error::{BuildError, Result};
 use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerRef};
 use crate::options::{BuildOptions, StepReport};
 use crate::progress::{BuildEvent, ProgressSink};
-use crate::rootfs::{ensure_snapshot, resolve_owner, MergedView, WorkDir};
+use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, MergedView, WorkDir};
 
 pub(crate) struct Builder<'a> {
     pub store: &'a Store,
@@ -422,6 +422,17 @@ impl<'a> Builder<'a> {
         Ok((layer, desc.size))
     }
 
+    /// Like [`Builder::commit`] for a staging tree that holds exactly the layer's files: the
+    /// tree itself becomes the snapshot instead of unpacking the blob again.
+    pub fn commit_staged(&self, changeset: &Changeset, tree: &Path) -> Result<(LayerRef, u64)> {
+        let desc = write_layer(self.store, &self.writer, changeset, tree)?;
+        self.layers_written.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
+        let layer = LayerRef { descriptor: layer_descriptor(&desc)?, diff_id: desc.diff_id };
+        adopt_snapshot(self.store, &layer, tree, self.opts.timestamp)?;
+        Ok((layer, desc.size))
+    }
+
     fn workdir(&self, stage: usize, state: &mut ImageState, path: &str) -> Result<StepResult> {
         let wd = join_workdir(&state.working_dir, path);
         state.working_dir = wd.clone();
@@ -532,7 +543,7 @@ impl<'a> Builder<'a> {
         }
         stage_copy(&env, spec, &tree, &root, &mut fetched)?;
         let cs = Changeset::from_snapshot(scan(&root)?);
-        let (layer, size) = self.commit(&cs, &root)?;
+        let (layer, size) = self.commit_staged(&cs, &root)?;
         if let Some(key) = &key {
             cache::record(self.store, cache::Kind::Copy, key, &layer, size);
         }

@@ -57,6 +57,54 @@ pub(crate) fn ensure_snapshot(store: &Store, layer: &LayerRef) -> Result<PathBuf
     Ok(dir)
 }
 
+/// Makes `tree` the snapshot of `layer` by renaming it into place, when `tree` holds exactly
+/// that layer's files: a COPY/ADD staging tree, which has no whiteouts. Its mtimes are first
+/// clamped the way the layer writer clamps them (whole seconds, at most `epoch`), so the result
+/// cannot be told from a snapshot unpacked from the blob, whichever a later step sees. This
+/// saves unpacking, i.e. writing the layer's bytes a second time. `tree` must be on the
+/// store's file system (under its `tmp/`). An existing snapshot wins; `tree` is then left alone.
+pub(crate) fn adopt_snapshot(
+    store: &Store,
+    layer: &LayerRef,
+    tree: &Path,
+    epoch: i64,
+) -> Result<PathBuf> {
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    let dir = store.snapshot_dir(&layer.diff_id);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let parent = store.snapshots_dir();
+    fs::create_dir_all(&parent).map_err(|e| BuildError::io("mkdir", &parent, e))?;
+    // Children before their directory: setting a child's time would not touch the parent's,
+    // but creating nothing more below it keeps the order simple to reason about.
+    for entry in walkdir::WalkDir::new(tree).min_depth(1).contents_first(true) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(tree).to_path_buf();
+            BuildError::io("walk", &path, e.into())
+        })?;
+        let meta = entry.metadata().map_err(|e| {
+            BuildError::io("lstat", entry.path(), std::io::Error::other(e.to_string()))
+        })?;
+        let secs = meta.mtime().clamp(0, epoch.max(0));
+        let t = Timespec { tv_sec: secs, tv_nsec: 0 };
+        utimensat(
+            CWD,
+            entry.path(),
+            &Timestamps { last_access: t, last_modification: t },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| BuildError::io("utimensat", entry.path(), e.into()))?;
+    }
+    set_mode(tree, 0o755)?;
+    if let Err(e) = fs::rename(tree, &dir) {
+        if !dir.is_dir() {
+            return Err(BuildError::io("rename", &dir, e));
+        }
+    }
+    Ok(dir)
+}
+
 /// A temp directory under the store's `tmp/`, `flock`ed for as long as it lives so that a
 /// concurrent `strata gc` leaves it alone; removed on drop.
 #[derive(Debug)]

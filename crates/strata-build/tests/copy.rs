@@ -663,3 +663,65 @@ fn copy_recreates_fifos_and_devices() {
     use std::os::unix::fs::FileTypeExt;
     assert!(fs::symlink_metadata(root.path().join("s/pipe")).unwrap().file_type().is_fifo());
 }
+
+/// The snapshot a COPY leaves behind (its staging tree, adopted) must be indistinguishable from
+/// the same layer unpacked from its blob: later steps see one or the other depending on the
+/// cache, and must not see a difference.
+#[test]
+fn adopted_copy_snapshot_equals_the_unpacked_layer() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM base:1\nCOPY --chmod=0640 tree /t/\nCOPY tree/a /single\n"),
+            ("tree/a", "a\n"),
+            ("tree/sub/b", "b\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("a", ctx.join("tree/link")).unwrap();
+    // An mtime above the clamp and one below it, with nanoseconds.
+    let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(2_000_000_000, 5);
+    fs::File::options().write(true).open(ctx.join("tree/a")).unwrap().set_modified(t).unwrap();
+    let mut opts = strata_build::BuildOptions::new(&ctx);
+    opts.timestamp = 1_700_000_000;
+    let out = e.build_with(&opts).0.unwrap();
+    let listing = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .into_iter()
+            .map(|en| {
+                let en = en.unwrap();
+                let m = en.path().symlink_metadata().unwrap();
+                let content = if m.is_file() { fs::read(en.path()).unwrap() } else { Vec::new() };
+                format!(
+                    "{} {:o} {}:{} {} {} {:?} {:?}",
+                    en.path().strip_prefix(dir).unwrap().display(),
+                    m.mode(),
+                    m.uid(),
+                    m.gid(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    fs::read_link(en.path()).ok(),
+                    content
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let diff_ids = common::config_json(&out)["rootfs"]["diff_ids"].clone();
+    for diff_id in diff_ids.as_array().unwrap().iter().skip(1) {
+        let digest: strata_store::Digest = diff_id.as_str().unwrap().parse().unwrap();
+        let snap = e.store.snapshot_dir(&digest);
+        let adopted = listing(&snap);
+        assert!(!adopted.is_empty());
+        fs::remove_dir_all(&snap).unwrap();
+        // A cached rebuild unpacks the snapshot from the blob again.
+        let again = e.build_with(&opts).0.unwrap();
+        assert_eq!(again.manifest.digest(), out.manifest.digest());
+        assert_eq!(listing(&snap), adopted, "snapshot of {digest}");
+    }
+}
