@@ -76,7 +76,8 @@ pub fn host_platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
-fn rfc3339(epoch: i64) -> String {
+/// Formats seconds since the epoch as the RFC 3339 UTC time OCI configs use.
+pub fn format_created(epoch: i64) -> String {
     // Civil-from-days (Howard Hinnant's algorithm), so no date crate is needed for one format.
     let days = epoch.div_euclid(86_400);
     let secs = epoch.rem_euclid(86_400);
@@ -92,11 +93,6 @@ fn rfc3339(epoch: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs % 3600) / 60, secs % 60)
 }
 
-/// Formats seconds since the epoch as the RFC 3339 UTC time OCI configs use.
-pub fn format_created(epoch: i64) -> String {
-    rfc3339(epoch)
-}
-
 fn build_err(what: &'static str, e: impl std::fmt::Display) -> LayerError {
     LayerError::Store(StoreError::Serialize { what, source: serde::ser::Error::custom(e) })
 }
@@ -104,7 +100,7 @@ fn build_err(what: &'static str, e: impl std::fmt::Display) -> LayerError {
 /// A one-layer image config for `diff_id`, as `docker import` makes it.
 fn import_config(diff_id: &Digest, epoch: i64, created_by: &str) -> Result<ImageConfiguration> {
     let (os, arch) = host_platform();
-    let created = rfc3339(epoch);
+    let created = format_created(epoch);
     let history = HistoryBuilder::default()
         .created(created.clone())
         .created_by(created_by.to_string())
@@ -757,9 +753,9 @@ mod tests {
 
     #[test]
     fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_created(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_created(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_created(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

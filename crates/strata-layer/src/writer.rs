@@ -161,36 +161,48 @@ impl LayerWriter {
         source: &Path,
         out: W,
     ) -> Result<LayerDescriptor> {
-        let items = plan(changeset, source)?;
         let media_type = self.compression.media_type();
+        if self.compression == Compression::None {
+            // The blob is the tar: the diffID hash is the digest too.
+            let raw = self.write_raw(changeset, source, out)?;
+            return Ok(raw.describe(raw.diff_id, media_type));
+        }
+        let mut hashed = HashCount::new(out);
+        let raw = self.write_raw(changeset, source, &mut hashed)?;
+        let (_, digest, _) = hashed.finish();
+        Ok(raw.describe(digest, media_type))
+    }
+
+    /// [`LayerWriter::write`] without hashing the compressed output, for sinks that hash it
+    /// anyway (the store's blob writer): the diffID and both sizes.
+    fn write_raw<W: Write + Send>(
+        &self,
+        changeset: &Changeset,
+        source: &Path,
+        out: W,
+    ) -> Result<RawLayer> {
+        let items = plan(changeset, source)?;
         let end = |e| write_err(Path::new(""), e);
         if self.compression == Compression::None {
-            // The blob is the tar: one hash serves as both digest and diffID.
             let mut tar = BufWriter::with_capacity(CHUNK, HashCount::new(out));
             write_items(&mut tar, &items, source, self.epoch)?;
-            let (mut out, digest, size) =
+            let (mut out, diff_id, size) =
                 tar.into_inner().map_err(|e| end(e.into_error()))?.finish();
             out.flush().map_err(end)?;
-            return Ok(LayerDescriptor {
-                digest,
-                diff_id: digest,
-                size,
-                uncompressed_size: size,
-                media_type,
-            });
+            return Ok(RawLayer { diff_id, size, uncompressed_size: size });
         }
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         std::thread::scope(|scope| {
-            let compressor = scope.spawn(move || -> io::Result<(Digest, u64)> {
-                let mut comp = self.compressor(HashCount::new(out))?;
+            let compressor = scope.spawn(move || -> io::Result<u64> {
+                let mut comp = self.compressor(Count { inner: out, count: 0 })?;
                 for chunk in rx {
                     comp.write_all(&chunk)?;
                     let _ = free_tx.send(chunk);
                 }
-                let (mut out, digest, size) = comp.finish()?.finish();
-                out.flush()?;
-                Ok((digest, size))
+                let mut counted = comp.finish()?;
+                counted.inner.flush()?;
+                Ok(counted.count)
             });
             let mut tar = HashCount::new(ChunkSink::new(tx, free_rx));
             let produced = write_items(&mut tar, &items, source, self.epoch);
@@ -200,13 +212,13 @@ impl LayerWriter {
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("layer compressor thread panicked")));
             // A failing sink stops the compressor first; its error is the one to report.
-            let (digest, size) = match (produced, compressed) {
+            let size = match (produced, compressed) {
                 (Err(e), Ok(_)) => return Err(e),
                 (_, Err(e)) => return Err(end(e)),
                 (Ok(()), Ok(r)) => r,
             };
             flushed.map_err(end)?;
-            Ok(LayerDescriptor { digest, diff_id, size, uncompressed_size, media_type })
+            Ok(RawLayer { diff_id, size, uncompressed_size })
         })
     }
 
@@ -243,13 +255,15 @@ pub fn write_layer(
     changeset: &Changeset,
     source: &Path,
 ) -> Result<LayerDescriptor> {
+    // The blob writer hashes what it stores (that hash names the blob), so the compressed
+    // stream is hashed once, there.
     let mut blob = store.blob_writer()?;
-    let desc = writer.write(changeset, source, &mut blob)?;
+    let raw = writer.write_raw(changeset, source, &mut blob)?;
     let put = blob.commit()?;
-    if put.digest != desc.digest {
-        return Err(LayerError::DigestMismatch { expected: desc.digest, found: put.digest });
+    if writer.compression == Compression::None && put.digest != raw.diff_id {
+        return Err(LayerError::DigestMismatch { expected: raw.diff_id, found: put.digest });
     }
-    Ok(desc)
+    Ok(raw.describe(put.digest, writer.compression.media_type()))
 }
 
 /// The whole tree under `dir` as one layer with default settings (zstd, epoch 0).
@@ -702,6 +716,43 @@ fn copy_file<W: TarSink>(
     }
     let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
     tar.write_all(&[0u8; BLOCK][..pad]).map_err(|e| write_err(rel, e))
+}
+
+/// What [`LayerWriter::write_raw`] produced: everything but the compressed digest.
+struct RawLayer {
+    diff_id: Digest,
+    size: u64,
+    uncompressed_size: u64,
+}
+
+impl RawLayer {
+    fn describe(&self, digest: Digest, media_type: &'static str) -> LayerDescriptor {
+        LayerDescriptor {
+            digest,
+            diff_id: self.diff_id,
+            size: self.size,
+            uncompressed_size: self.uncompressed_size,
+            media_type,
+        }
+    }
+}
+
+/// A writer that counts what passes through.
+struct Count<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Count<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A writer that hashes and counts what passes through.

@@ -134,11 +134,7 @@ impl Store {
     /// Every digest listed in the roots files, with an error naming file and line for a bad one.
     pub fn gc_roots(&self) -> Result<Vec<Digest>, StoreError> {
         let dir = self.roots_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
-        };
+        let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(StoreError::io(&dir))?;
@@ -272,11 +268,7 @@ impl Store {
 
     fn sweep_snapshots(&self, keep: &BTreeSet<Digest>) -> Result<usize, StoreError> {
         let dir = self.snapshots_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
-        };
+        let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(0) };
         let mut removed = 0;
         for entry in entries {
             let entry = entry.map_err(StoreError::io(&dir))?;
@@ -301,11 +293,7 @@ impl Store {
 
     fn sweep_temp(&self) -> Result<usize, StoreError> {
         let dir = self.tmp_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
-        };
+        let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(0) };
         let now = SystemTime::now();
         let mut removed = 0;
         for entry in entries {
@@ -371,5 +359,14 @@ fn make_writable(dir: &Path) {
         if let Ok(entries) = fs::read_dir(&d) {
             stack.extend(entries.flatten().map(|e| e.path()));
         }
+    }
+}
+
+/// `read_dir`, where a missing directory (nothing written there yet) is `None`, not an error.
+pub(crate) fn read_dir_if_exists(dir: &std::path::Path) -> Result<Option<fs::ReadDir>, StoreError> {
+    match fs::read_dir(dir) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { path: dir.to_path_buf(), source: e }),
     }
 }

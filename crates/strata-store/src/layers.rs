@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use crate::blob::write_atomic;
 use crate::digest::Digest;
 use crate::error::StoreError;
+use crate::gc::read_dir_if_exists;
 use crate::store::Store;
 
 /// A stored blob holding a layer.
@@ -91,11 +92,7 @@ impl Store {
     /// Removes index entries whose blob is gone; returns how many. Called by `gc`.
     pub(crate) fn sweep_layer_index(&self) -> Result<usize, StoreError> {
         let dir = self.layers_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StoreError::Io { path: dir, source: e }),
-        };
+        let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(0) };
         let mut removed = 0;
         for entry in entries {
             let entry = entry.map_err(StoreError::io(&dir))?;
