@@ -12,20 +12,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${RUNS:-5}
 work=${BENCH_DIR:-/var/tmp/strata-bench-build}
-if [ -z "${STRATA:-}" ]; then
-  cargo build --release -q -p strata-cli
-  STRATA=$PWD/target/release/strata
-fi
-for tool in buildah skopeo hyperfine; do
-  command -v "$tool" >/dev/null || { echo "benches/build.sh: $tool is required" >&2; exit 2; }
-done
-
-rm -rf "$work" && mkdir -p "$work"
 source benches/lib.sh  # the script has cd-ed to the repository root
-echo "== preparing base (~200 MB) and context (~500 MB, ~20,000 files) in $work"
-STRATA="$STRATA" STRATA_STORE="$work/base-store" examples/lamp/make-base.sh >/dev/null
-mkdir -p "$work/base-extra/usr/lib"
-take /usr/lib/x86_64-linux-gnu "$work/base-extra/usr/lib" $((200 * 1000 * 1000)) 100000
+bench_setup build.sh
+bench_base_files
 mkdir -p "$work/ctx/app/share" "$work/ctx/app/lib"
 take /usr/share "$work/ctx/app/share" $((280 * 1000 * 1000)) 16000
 take /usr/lib "$work/ctx/app/lib" $((220 * 1000 * 1000)) 4500

@@ -14,3 +14,25 @@ for p in sys.stdin.buffer.read().split(b"\0"):
     sys.stdout.buffer.write(p + b"\0")
 ' "$3" | tar --null -T - -cf - | tar -C "$2" -xf -)
 }
+
+# Common start: a release strata in $STRATA (built here unless given), the anchor tools present,
+# an empty $work directory.
+bench_setup() { # script-name
+  if [ -z "${STRATA:-}" ]; then
+    cargo build --release -q -p strata-cli
+    STRATA=$PWD/target/release/strata
+  fi
+  for tool in buildah skopeo hyperfine; do
+    command -v "$tool" >/dev/null || { echo "benches/$1: $tool is required" >&2; exit 2; }
+  done
+  rm -rf "$work" && mkdir -p "$work"
+}
+
+# The offline busybox base in $work/base-store and ~200 MB of extra base files in
+# $work/base-extra, the same for every benchmark.
+bench_base_files() {
+  echo "== preparing base (~200 MB) and context (~500 MB, ~20,000 files) in $work"
+  STRATA="$STRATA" STRATA_STORE="$work/base-store" examples/lamp/make-base.sh >/dev/null
+  mkdir -p "$work/base-extra/usr/lib"
+  take /usr/lib/x86_64-linux-gnu "$work/base-extra/usr/lib" $((200 * 1000 * 1000)) 100000
+}
