@@ -1,0 +1,565 @@
+//! The HTTP side: endpoints, the agent, and one request with authentication and retries.
+//!
+//! Every request goes through [`Client::send`], which attaches what the registry asked for last
+//! time (Basic credentials or a Bearer token for the request's scopes), answers a `401` by
+//! reading its `WWW-Authenticate` challenge and trying once more with the credentials it asks
+//! for, and retries 5xx responses and broken connections a bounded number of times with
+//! exponential back-off when the request is safe to repeat. Status codes are returned to the
+//! caller, which knows what they mean at that point of the protocol.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ureq::http::{Response, StatusCode};
+use ureq::tls::{RootCerts, TlsConfig};
+use ureq::{Agent, Body, SendBody};
+
+use crate::auth::AuthCache;
+use crate::credentials::{self, Credential};
+use crate::error::RegistryError;
+use crate::Reference;
+
+/// Default retries when [`ClientOptions::retries`] is 0.
+const DEFAULT_RETRIES: u32 = 3;
+/// Blobs up to this size are uploaded in one `PUT`; larger ones in chunks.
+pub(crate) const MONOLITHIC_MAX: u64 = 16 << 20;
+/// Size of one `PATCH` of a chunked upload (raised to the registry's `OCI-Chunk-Min-Length`).
+pub(crate) const CHUNK_SIZE: u64 = 16 << 20;
+/// The host the `docker.io` name stands for.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// Default connect and per-read timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a [`Client`] reaches registries.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Registries (host or host:port) reached over plain HTTP (like Docker's
+    /// insecure-registries). Loopback hosts (127.0.0.0/8, ::1, localhost) use plain HTTP
+    /// without being listed.
+    pub insecure: Vec<String>,
+    /// Credential file override (`$REGISTRY_AUTH_FILE` semantics); `None` = the default search
+    /// (`$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`).
+    pub auth_file: Option<PathBuf>,
+    /// Retries for 5xx responses and broken connections, per request and per blob upload or
+    /// download; 0 means the default, 3.
+    pub retries: u32,
+}
+
+/// A registry client: an HTTP agent (connection pool, rustls), credentials and a token cache.
+/// `Send + Sync`; share one across threads and transfers.
+pub struct Client {
+    agent: Agent,
+    options: ClientOptions,
+    retries: u32,
+    backoff: Duration,
+    pub(crate) monolithic_max: u64,
+    pub(crate) chunk_size: u64,
+    pub(crate) auth: AuthCache,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+/// Where a repository lives: the registry as named, its base URL, and the repository path.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// `host[:port]` as written in the reference (`docker.io` for Docker Hub names).
+    pub registry: String,
+    /// `scheme://host[:port]` of the API.
+    pub base: String,
+    /// The repository path (`library/` added for official Docker Hub images).
+    pub repository: String,
+}
+
+impl Endpoint {
+    /// `<base>/v2/<repository>/<rest>`.
+    pub fn url(&self, rest: &str) -> String {
+        format!("{}/v2/{}/{}", self.base, self.repository, rest)
+    }
+
+    /// `registry/repository`, the key of the blob-location records.
+    pub fn location(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// Resolves a `Location` header (absolute, or relative to the registry) to a URL.
+    pub fn resolve_location(&self, location: &str) -> Result<String, RegistryError> {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            Ok(location.to_owned())
+        } else if location.starts_with('/') {
+            Ok(format!("{}{}", self.base, location))
+        } else if location.is_empty() {
+            Err(RegistryError::InvalidHeader {
+                registry: self.registry.clone(),
+                header: "Location",
+                value: location.to_owned(),
+            })
+        } else {
+            Ok(format!("{}/{}", self.base, location))
+        }
+    }
+}
+
+/// The body of a request; each attempt reads it afresh, so every kind can be re-sent.
+#[derive(Clone, Copy)]
+pub(crate) enum Payload<'a> {
+    /// No body (GET, HEAD).
+    None,
+    /// Bytes in memory (`Content-Length` set).
+    Bytes(&'a [u8]),
+    /// A range of a file, read with `pread`, reporting bytes sent to `progress`.
+    File { file: &'a File, offset: u64, len: u64, progress: &'a (dyn Fn(u64) + Sync) },
+}
+
+/// One request: method, URL, headers, body, and whether it may be repeated after a 5xx or a
+/// broken connection.
+pub(crate) struct Req<'a> {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Payload<'a>,
+    pub idempotent: bool,
+}
+
+impl<'a> Req<'a> {
+    pub fn new(method: &'static str, url: String) -> Req<'a> {
+        Req { method, url, headers: Vec::new(), body: Payload::None, idempotent: true }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Req<'a> {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(mut self, body: Payload<'a>) -> Req<'a> {
+        self.body = body;
+        self
+    }
+
+    pub fn not_idempotent(mut self) -> Req<'a> {
+        self.idempotent = false;
+        self
+    }
+}
+
+impl Client {
+    /// A client with `options`; loads the system's CA bundle for HTTPS (the first of
+    /// `$SSL_CERT_FILE` and the usual distribution paths that exists), else uses the WebPKI roots.
+    pub fn new(options: ClientOptions) -> Result<Client, RegistryError> {
+        let roots = system_roots()?;
+        let agent = build_agent(roots.clone(), DEFAULT_TIMEOUT);
+        let retries = if options.retries == 0 { DEFAULT_RETRIES } else { options.retries };
+        Ok(Client {
+            agent,
+            options,
+            retries,
+            backoff: Duration::from_millis(200),
+            monolithic_max: MONOLITHIC_MAX,
+            chunk_size: CHUNK_SIZE,
+            auth: AuthCache::new(roots),
+        })
+    }
+
+    /// Replaces the connect and per-read timeout (default 30 s): a registry that accepts no
+    /// connection or stops sending for this long fails the attempt instead of hanging.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.agent = build_agent(self.auth.roots.clone(), timeout);
+        self
+    }
+
+    /// Sets the size above which blobs are uploaded in chunks, and the chunk size (both default
+    /// 16 MiB; a registry's `OCI-Chunk-Min-Length` raises the chunk size).
+    pub fn with_chunking(mut self, monolithic_max: u64, chunk_size: u64) -> Client {
+        self.monolithic_max = monolithic_max;
+        self.chunk_size = chunk_size.max(1);
+        self
+    }
+
+    /// Sets the first retry delay (doubled per attempt, default 200 ms).
+    pub fn with_backoff(mut self, backoff: Duration) -> Client {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Retries allowed per request or blob.
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Sleeps before retry number `attempt` (1-based).
+    pub(crate) fn pause(&self, attempt: u32) {
+        let factor = 1u32 << attempt.saturating_sub(1).min(5);
+        std::thread::sleep(self.backoff.saturating_mul(factor).min(Duration::from_secs(5)));
+    }
+
+    /// GET `/v2/` with the credentials this client would use; Ok when authenticated (what
+    /// `strata login` checks before saving credentials). `username`/`password` replace whatever
+    /// the credential files say for `registry`.
+    pub fn check_login(
+        &self,
+        registry: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), RegistryError> {
+        let ep = self.registry_endpoint(registry);
+        let cred = Credential { username: username.to_owned(), password: password.to_owned() };
+        self.auth.set_credential(registry, Some(cred));
+        let result = self.ping(&ep);
+        self.auth.forget(registry);
+        result
+    }
+
+    /// GET `/v2/` (distribution-spec "Determining support"): Ok when it answers 200.
+    pub fn ping_registry(&self, registry: &str) -> Result<(), RegistryError> {
+        self.ping(&self.registry_endpoint(registry))
+    }
+
+    fn ping(&self, ep: &Endpoint) -> Result<(), RegistryError> {
+        let req = Req::new("GET", format!("{}/v2/", ep.base));
+        let resp = self.send(ep, &[], &req)?;
+        match resp.status().as_u16() {
+            200 => Ok(()),
+            _ => Err(self.status_error(ep, &req, resp)),
+        }
+    }
+
+    /// The endpoint for a reference's repository.
+    pub(crate) fn endpoint(&self, reference: &Reference) -> Endpoint {
+        let mut ep = self.registry_endpoint(reference.domain().unwrap_or("docker.io"));
+        let path = reference.path();
+        ep.repository = if is_docker_hub(&ep.registry) && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path.to_owned()
+        };
+        ep
+    }
+
+    fn registry_endpoint(&self, registry: &str) -> Endpoint {
+        let registry = registry.trim_end_matches('/').to_owned();
+        let api_host = if is_docker_hub(&registry) { DOCKER_HUB_API } else { registry.as_str() };
+        let plain = is_loopback(&registry) || self.options.insecure.iter().any(|h| h == &registry);
+        let scheme = if plain { "http" } else { "https" };
+        Endpoint { base: format!("{scheme}://{api_host}"), registry, repository: String::new() }
+    }
+
+    /// The credential for `registry`, from the override set by `check_login` or the files.
+    pub(crate) fn credential(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
+        if let Some(found) = self.auth.cached_credential(registry) {
+            return Ok(found);
+        }
+        let found = credentials::find(registry, self.options.auth_file.as_deref())?;
+        self.auth.set_credential(registry, found.clone());
+        Ok(found)
+    }
+
+    /// Sends `req` with authentication for `scopes` (token-spec scope strings), answering one
+    /// 401 challenge and retrying 5xx / broken connections when `req.idempotent`.
+    pub(crate) fn send(
+        &self,
+        ep: &Endpoint,
+        scopes: &[String],
+        req: &Req<'_>,
+    ) -> Result<Response<Body>, RegistryError> {
+        let mut attempt = 0;
+        let mut answered_challenge = false;
+        loop {
+            attempt += 1;
+            let auth = self.auth.header(self, ep, scopes)?;
+            match self.execute(req, auth.as_ref().map(|a| a.value.as_str())) {
+                Err(e) => {
+                    if req.idempotent && attempt <= self.retries && is_retryable(&e) {
+                        self.pause(attempt);
+                        continue;
+                    }
+                    return Err(transport_error(ep, req, attempt, e));
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if status == 401 && !answered_challenge {
+                        answered_challenge = true;
+                        let sent = auth.as_ref().is_some_and(|a| a.with_credentials);
+                        if self.auth.challenged(self, ep, scopes, &resp, sent)? {
+                            attempt -= 1;
+                            continue;
+                        }
+                        return Ok(resp);
+                    }
+                    if is_retryable_status(status) && req.idempotent && attempt <= self.retries {
+                        drop(resp);
+                        self.pause(attempt);
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+
+    /// One HTTP exchange.
+    fn execute(&self, req: &Req<'_>, auth: Option<&str>) -> Result<Response<Body>, ureq::Error> {
+        let mut builder = ureq::http::Request::builder().method(req.method).uri(req.url.as_str());
+        for (name, value) in &req.headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        if let Some(auth) = auth {
+            builder = builder.header("Authorization", auth);
+        }
+        match req.body {
+            Payload::None if matches!(req.method, "GET" | "HEAD" | "DELETE") => {
+                self.agent.run(builder.body(()).map_err(ureq::Error::Http)?)
+            }
+            Payload::None => self.agent.run(builder.body(&[][..]).map_err(ureq::Error::Http)?),
+            Payload::Bytes(bytes) => {
+                self.agent.run(builder.body(bytes).map_err(ureq::Error::Http)?)
+            }
+            Payload::File { file, offset, len, progress } => {
+                let mut reader =
+                    FileRange { file, pos: offset, end: offset + len, sent: 0, progress };
+                let builder = builder.header("Content-Length", len.to_string());
+                let body = SendBody::from_reader(&mut reader);
+                self.agent.run(builder.body(body).map_err(ureq::Error::Http)?)
+            }
+        }
+    }
+
+    /// The error for a response the caller did not expect: 401/403 with context, else the
+    /// status and the start of the body.
+    pub(crate) fn status_error(
+        &self,
+        ep: &Endpoint,
+        req: &Req<'_>,
+        resp: Response<Body>,
+    ) -> RegistryError {
+        let credentials_sent = self.auth.credentials_sent(&ep.registry);
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => RegistryError::Unauthorized {
+                registry: ep.registry.clone(),
+                repository: ep.repository.clone(),
+                credentials_sent,
+            },
+            StatusCode::FORBIDDEN => RegistryError::Denied {
+                registry: ep.registry.clone(),
+                repository: ep.repository.clone(),
+                credentials_sent,
+            },
+            status => {
+                let body = body_excerpt(resp);
+                RegistryError::UnexpectedStatus {
+                    registry: ep.registry.clone(),
+                    method: req.method.to_owned(),
+                    url: req.url.clone(),
+                    status: status.as_u16(),
+                    body,
+                }
+            }
+        }
+    }
+
+    /// The agent, for the token requests of [`AuthCache`].
+    pub(crate) fn agent(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+/// The first 512 bytes of a body, as text (registries explain errors in JSON there).
+pub(crate) fn body_excerpt(resp: Response<Body>) -> String {
+    let mut buf = Vec::new();
+    let _ = resp.into_body().into_reader().take(512).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_owned()
+}
+
+/// A response header as text.
+pub(crate) fn header<'r>(resp: &'r Response<Body>, name: &str) -> Option<&'r str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn build_agent(roots: RootCerts, timeout: Duration) -> Agent {
+    let tls = TlsConfig::builder().root_certs(roots).build();
+    Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+        // Blob GETs may be redirected to storage on another host: follow, but only keep the
+        // Authorization header on the same host and scheme, so credentials never leak.
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+        .max_redirects(10)
+        .timeout_connect(Some(timeout))
+        .timeout_per_read(Some(timeout))
+        .timeout_per_write(Some(timeout))
+        .timeout_recv_response(Some(timeout.saturating_mul(4)))
+        .build()
+        .new_agent()
+}
+
+/// The system's CA bundle as rustls roots, else the bundled WebPKI roots.
+fn system_roots() -> Result<RootCerts, RegistryError> {
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("SSL_CERT_FILE").map(PathBuf::from).into_iter().collect();
+    candidates.extend(
+        [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+            "/etc/ssl/cert.pem",
+        ]
+        .map(PathBuf::from),
+    );
+    for path in candidates {
+        let Ok(pem) = std::fs::read(&path) else { continue };
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(RegistryError::RootCertificates { path, source: Box::new(e) })
+                }
+            }
+        }
+        if !certs.is_empty() {
+            return Ok(RootCerts::Specific(Arc::new(certs)));
+        }
+    }
+    Ok(RootCerts::WebPki)
+}
+
+fn is_docker_hub(registry: &str) -> bool {
+    matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io")
+}
+
+/// 127.0.0.0/8, ::1 and localhost, with or without a port.
+pub(crate) fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else if registry.matches(':').count() == 1 {
+        registry.split(':').next().unwrap_or_default()
+    } else {
+        registry
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_retryable(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Protocol(_)
+    )
+}
+
+pub(crate) fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 500 | 502 | 503 | 504 | 429)
+}
+
+fn transport_error(ep: &Endpoint, req: &Req<'_>, attempts: u32, e: ureq::Error) -> RegistryError {
+    let unreachable = match &e {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Tls(_) => true,
+        ureq::Error::Timeout(t) => {
+            matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve)
+        }
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::NotFound
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
+    };
+    if unreachable {
+        RegistryError::Unreachable {
+            registry: ep.registry.clone(),
+            url: req.url.clone(),
+            attempts,
+            source: Box::new(e),
+        }
+    } else {
+        RegistryError::Transport {
+            registry: ep.registry.clone(),
+            method: req.method.to_owned(),
+            url: req.url.clone(),
+            attempts,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// A file range read with `pread`, so many uploads can share one open file.
+struct FileRange<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+    sent: u64,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end - self.pos;
+        if left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob file shorter than expected",
+            ));
+        }
+        self.pos += n as u64;
+        self.sent += n as u64;
+        (self.progress)(self.sent);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_use_plain_http() {
+        for h in ["127.0.0.1:5000", "127.1.2.3", "localhost:80", "localhost", "[::1]:5000", "::1"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1:5000", "localhost.example:5000", "[::2]:1"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn endpoints_follow_docker_naming() {
+        let c = Client::new(ClientOptions {
+            insecure: vec!["reg.lan:5000".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let ep = c.endpoint(&"alpine:3".parse().unwrap());
+        assert_eq!(
+            (ep.base.as_str(), ep.repository.as_str()),
+            ("https://registry-1.docker.io", "library/alpine")
+        );
+        assert_eq!(ep.registry, "docker.io");
+        let ep = c.endpoint(&"reg.lan:5000/team/app:v1".parse().unwrap());
+        assert_eq!(ep.base, "http://reg.lan:5000");
+        let ep = c.endpoint(&"127.0.0.1:5000/app".parse().unwrap());
+        assert_eq!(ep.base, "http://127.0.0.1:5000");
+        let ep = c.endpoint(&"ghcr.io/o/app".parse().unwrap());
+        assert_eq!(ep.base, "https://ghcr.io");
+        assert_eq!(ep.resolve_location("/v2/x?y").unwrap(), "https://ghcr.io/v2/x?y");
+        assert_eq!(ep.resolve_location("https://s3/x").unwrap(), "https://s3/x");
+    }
+}

@@ -1,0 +1,285 @@
+//! An OCI distribution-spec v1.1 client: moves images between a strata [`Store`] and a registry,
+//! transferring only the blobs the other side lacks, and verifying every byte it receives.
+//!
+//! The model: a registry is a second content-addressed store, reached over HTTP. An image is a
+//! manifest naming a config blob and layer blobs by digest, so a transfer is "for each blob, does
+//! the other side have it? if not, move it; then move the manifest". [`push`] asks with `HEAD`,
+//! then *mounts* a blob it knows lives in another repository of the same registry (no bytes
+//! move), else uploads it (monolithic for small blobs, chunked and resumable for large ones), and
+//! only after every blob is in place `PUT`s the manifest, so a registry never holds a manifest
+//! whose blobs are missing. [`pull`] fetches the manifest (bounded in size and hashed in memory),
+//! picks the host platform from an index, converts a Docker schema2 manifest to OCI, and streams
+//! each missing blob into the store's [`BlobWriter`](strata_store::BlobWriter), which refuses to
+//! name bytes that do not hash to the digest asked for: nothing unverified is ever stored, and a
+//! broken download resumes with `Range`. Blobs move in parallel, bounded by `jobs`.
+//!
+//! Knowledge of where blobs live ("`sha256:...` is in `host/repo`") is recorded in the store's
+//! metadata under `strata/v1/registry-v1/` whenever a blob is pushed or pulled; it is a hint,
+//! checked by the registry itself when a mount is attempted.
+//!
+//! Authentication follows the registry's `WWW-Authenticate` challenge (the Docker token
+//! specification): anonymous first, then Basic, or a Bearer token fetched from the challenge's
+//! realm with the scopes the operation needs (`repository:NAME:pull`, `pull,push`, and
+//! `repository:FROM:pull` for a mount), cached until it expires. Credentials come from the
+//! Docker/podman credential files and helpers ([`credentials`]). HTTPS uses rustls with the
+//! system's CA bundle (falling back to the bundled WebPKI roots); plain HTTP is used only for
+//! loopback hosts and registries listed in [`ClientOptions::insecure`].
+//!
+//! Libraries report, callers render: progress is a stream of [`TransferEvent`]s sent to a
+//! [`TransferSink`], and each operation returns a [`TransferReport`].
+#![deny(missing_docs)]
+
+mod auth;
+mod client;
+pub mod credentials;
+mod error;
+mod knowledge;
+mod manifest;
+mod pull;
+mod push;
+
+use serde::Serialize;
+use strata_store::Digest;
+pub use strata_store::Reference;
+
+pub use client::{Client, ClientOptions};
+pub use error::RegistryError;
+pub use manifest::Platform;
+pub use pull::{pull, Pulled};
+pub use push::push;
+
+/// Options of [`push`].
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Blobs moved at once (at least 1; 0 is treated as 1).
+    pub jobs: usize,
+    /// Only check which blobs the registry has (HEAD); write nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PushOptions {
+    fn default() -> PushOptions {
+        PushOptions { jobs: 3, dry_run: false }
+    }
+}
+
+/// Options of [`pull`].
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Blobs moved at once (at least 1; 0 is treated as 1).
+    pub jobs: usize,
+    /// Fetch (and verify) the manifest only; report which blobs would be downloaded.
+    pub dry_run: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> PullOptions {
+        PullOptions { jobs: 3, dry_run: false }
+    }
+}
+
+/// Receives [`TransferEvent`]s; called from several threads at once.
+pub trait TransferSink: Sync {
+    /// Handles one event.
+    fn event(&self, event: &TransferEvent);
+}
+
+/// A sink that drops every event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl TransferSink for NoProgress {
+    fn event(&self, _event: &TransferEvent) {}
+}
+
+/// What a transfer is doing, for progress display.
+#[non_exhaustive]
+#[derive(Debug, Clone, Serialize)]
+pub enum TransferEvent {
+    /// A blob transfer starts (after the existence check decided it must move).
+    BlobStart {
+        /// The blob.
+        digest: Digest,
+        /// Its size in bytes.
+        size: u64,
+        /// What it is.
+        kind: BlobKind,
+    },
+    /// Bytes moved so far for that blob (throttled, not every write).
+    BlobProgress {
+        /// The blob.
+        digest: Digest,
+        /// Bytes done (may go back when an upload is resumed from where the registry was).
+        done: u64,
+    },
+    /// The blob is done, with how.
+    BlobDone {
+        /// The blob.
+        digest: Digest,
+        /// How it got to the other side.
+        outcome: BlobOutcome,
+    },
+    /// The manifest was written (push) or read (pull).
+    Manifest {
+        /// Its digest.
+        digest: Digest,
+    },
+}
+
+/// What a blob is to the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BlobKind {
+    /// A layer.
+    Layer,
+    /// The image config.
+    Config,
+    /// A manifest or index.
+    Manifest,
+}
+
+/// How a blob reached the other side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum BlobOutcome {
+    /// Already there; nothing moved.
+    Present,
+    /// Mounted from another repository of the same registry; nothing moved.
+    Mounted {
+        /// The repository it was mounted from.
+        from: String,
+    },
+    /// Uploaded to the registry.
+    Uploaded,
+    /// Downloaded into the store.
+    Downloaded,
+}
+
+/// The summary of one push or pull.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TransferReport {
+    /// The manifest digest pushed / pulled (for a pull: the manifest stored, which differs from
+    /// the registry's when a Docker manifest was converted; see [`Pulled::source_digest`]).
+    pub manifest: Option<Digest>,
+    /// One per blob, config first and then the layers, in manifest order.
+    pub blobs: Vec<BlobReport>,
+    /// Blobs the other side already had.
+    pub present: usize,
+    /// Blobs mounted from another repository.
+    pub mounted: usize,
+    /// Blobs uploaded.
+    pub uploaded: usize,
+    /// Blobs downloaded.
+    pub downloaded: usize,
+    /// Bytes of blob content that crossed the wire (would cross, in a dry run).
+    pub bytes: u64,
+    /// Whether this was a dry run (nothing written; outcomes are predictions).
+    pub dry_run: bool,
+}
+
+/// One blob's line in a [`TransferReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobReport {
+    /// The blob.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// What it is.
+    pub kind: BlobKind,
+    /// How it was (or would be) transferred.
+    pub outcome: BlobOutcome,
+}
+
+impl TransferReport {
+    pub(crate) fn add(&mut self, blob: BlobReport) {
+        match blob.outcome {
+            BlobOutcome::Present => self.present += 1,
+            BlobOutcome::Mounted { .. } => self.mounted += 1,
+            BlobOutcome::Uploaded => {
+                self.uploaded += 1;
+                self.bytes += blob.size;
+            }
+            BlobOutcome::Downloaded => {
+                self.downloaded += 1;
+                self.bytes += blob.size;
+            }
+        }
+        self.blobs.push(blob);
+    }
+}
+
+/// Runs `f` on every item with at most `jobs` threads; results in item order. After the first
+/// error no new item is started, and the first error (in item order) is returned.
+pub(crate) fn run_parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> Result<R, RegistryError> + Sync,
+) -> Result<Vec<R>, RegistryError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<R, RegistryError>>>> =
+        Mutex::new(items.iter().map(|_| None).collect());
+    let worker = || loop {
+        if failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(item) = items.get(i) else { return };
+        let result = f(item);
+        if result.is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
+        if let Ok(mut slots) = results.lock() {
+            slots[i] = Some(result);
+        }
+    };
+    let jobs = jobs.clamp(1, items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 1..jobs {
+            s.spawn(worker);
+        }
+        worker();
+    });
+    let slots = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = Vec::with_capacity(items.len());
+    let mut first_error = None;
+    for slot in slots {
+        match slot {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Emits `BlobProgress` at most every `PROGRESS_STEP` bytes.
+pub(crate) struct Throttle<'a> {
+    sink: &'a dyn TransferSink,
+    digest: Digest,
+    last: std::sync::atomic::AtomicU64,
+}
+
+/// Bytes between two progress events of one blob.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+impl<'a> Throttle<'a> {
+    pub(crate) fn new(sink: &'a dyn TransferSink, digest: Digest) -> Throttle<'a> {
+        Throttle { sink, digest, last: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Reports `done` if it moved far enough since the last report (or `force`).
+    pub(crate) fn report(&self, done: u64, force: bool) {
+        use std::sync::atomic::Ordering;
+        let last = self.last.load(Ordering::Relaxed);
+        if force || done < last || done >= last + PROGRESS_STEP {
+            self.last.store(done, Ordering::Relaxed);
+            self.sink.event(&TransferEvent::BlobProgress { digest: self.digest, done });
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! Pulling: manifest (bounded, hashed in memory), platform choice, then missing blobs streamed
+//! into the store through its verifying writer, resuming broken downloads with `Range`.
+//!
+//! Order matters for the store's consistency: blobs first, each committed only once its bytes
+//! hash to the digest the manifest names; then the manifest blob; then the tag. A failure at
+//! any point leaves at most verified, unreferenced blobs, which `gc` collects.
+
+use std::io::{Read, Write};
+
+use strata_store::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
+use strata_store::{Digest, Image, Store, StoreError};
+
+use crate::client::{header, Client, Endpoint, Req};
+use crate::error::RegistryError;
+use crate::manifest::{self, BlobRef, Platform};
+use crate::{
+    knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, Reference, Throttle,
+    TransferEvent, TransferReport, TransferSink,
+};
+
+/// Manifests larger than this are refused (a hostile registry cannot exhaust memory).
+pub(crate) const MAX_MANIFEST: u64 = 4 << 20;
+/// Config blobs read into memory in a dry run are bounded too.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// The result of [`pull`].
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The image as stored (in a dry run: as it would be stored).
+    pub image: Image,
+    /// What moved.
+    pub report: TransferReport,
+    /// The digest of the manifest the registry served for the reference (differs from
+    /// `image.digest()` when a Docker manifest was converted or an index was resolved).
+    pub source_digest: Digest,
+}
+
+/// Pulls `reference` into `store` (verified), converts Docker schema2 manifests to OCI when
+/// needed, picks the host platform from an index, and tags it in the store as the full
+/// reference string `reference.to_string()` (e.g. `127.0.0.1:5000/app:v1`) unless dry_run.
+pub fn pull(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    options: &PullOptions,
+    events: &dyn TransferSink,
+) -> Result<Pulled, RegistryError> {
+    pull_platform(client, store, reference, &Platform::host(), options, events)
+}
+
+/// [`pull`] choosing `platform` from an image index instead of the host's.
+pub fn pull_platform(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    options: &PullOptions,
+    events: &dyn TransferSink,
+) -> Result<Pulled, RegistryError> {
+    let ep = client.endpoint(reference);
+    let scopes = [format!("repository:{}:pull", ep.repository)];
+    let wanted = match (reference.digest(), reference.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_owned(),
+        (None, None) => strata_store::DEFAULT_TAG.to_owned(),
+    };
+    let top = fetch_manifest(client, &ep, &scopes, &wanted, reference.digest())?;
+    let source_digest = top.digest;
+    let mut kind = manifest::kind_of(&ep, &top.digest, top.content_type.as_deref(), &top.bytes)?;
+    let mut doc = top;
+    if kind.is_index() {
+        let (child, _) = manifest::select_platform(&ep, &doc.digest, &doc.bytes, platform)?;
+        doc = fetch_manifest(client, &ep, &scopes, &child.to_string(), Some(&child))?;
+        kind = manifest::kind_of(&ep, &doc.digest, doc.content_type.as_deref(), &doc.bytes)?;
+        if kind.is_index() {
+            return Err(RegistryError::UnsupportedMediaType {
+                registry: ep.registry.clone(),
+                repository: ep.repository.clone(),
+                digest: doc.digest,
+                media_type: "nested image index".to_owned(),
+            });
+        }
+    }
+    let image = manifest::to_oci(&ep, &doc.digest, kind, doc.bytes)?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&image.bytes).map_err(|source| RegistryError::InvalidManifest {
+            registry: ep.registry.clone(),
+            repository: ep.repository.clone(),
+            digest: image.digest,
+            source,
+        })?;
+    events.event(&TransferEvent::Manifest { digest: image.digest });
+
+    let mut blobs: Vec<(BlobRef, BlobKind)> = vec![(image.config.clone(), BlobKind::Config)];
+    blobs.extend(image.layers.iter().map(|l| (l.clone(), BlobKind::Layer)));
+    let outcomes = run_parallel(&blobs, options.jobs, |(blob, kind)| {
+        if store.has_blob(&blob.digest) {
+            events.event(&TransferEvent::BlobDone {
+                digest: blob.digest,
+                outcome: BlobOutcome::Present,
+            });
+            return Ok(BlobOutcome::Present);
+        }
+        if options.dry_run {
+            return Ok(BlobOutcome::Downloaded);
+        }
+        events.event(&TransferEvent::BlobStart {
+            digest: blob.digest,
+            size: blob.size,
+            kind: *kind,
+        });
+        download_blob(client, &ep, &scopes, store, blob, events)?;
+        knowledge::record(store, &blob.digest, &ep.location());
+        events.event(&TransferEvent::BlobDone {
+            digest: blob.digest,
+            outcome: BlobOutcome::Downloaded,
+        });
+        Ok(BlobOutcome::Downloaded)
+    })?;
+    let mut report = TransferReport {
+        manifest: Some(image.digest),
+        dry_run: options.dry_run,
+        ..TransferReport::default()
+    };
+    for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
+        report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });
+    }
+
+    let size = image.bytes.len() as u64;
+    let descriptor = Descriptor::new(MediaType::ImageManifest, size, image.digest);
+    let pulled = if options.dry_run {
+        let config_bytes = if store.has_blob(&image.config.digest) {
+            store.read_blob(&image.config.digest)?
+        } else {
+            fetch_blob_to_memory(client, &ep, &scopes, &image.config)?
+        };
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|source| {
+                StoreError::InvalidBlobJson {
+                    digest: image.config.digest,
+                    what: "image config",
+                    source,
+                }
+            })?;
+        Image { manifest_descriptor: descriptor, manifest, config }
+    } else {
+        store.put_blob_verified(image.bytes.as_slice(), &image.digest, Some(size))?;
+        let stored = store.image(&descriptor)?;
+        if reference.digest().is_none() {
+            store.tag(&reference.to_string(), &descriptor)?;
+        } else if let Some(tag) = reference.tag() {
+            store.tag(&format!("{}:{tag}", reference.name()), &descriptor)?;
+        } else {
+            store.set_ref_name(&reference.to_string(), &descriptor)?;
+        }
+        for (blob, _) in &blobs {
+            knowledge::record(store, &blob.digest, &ep.location());
+        }
+        stored
+    };
+    Ok(Pulled { image: pulled, report, source_digest })
+}
+
+/// A manifest as received and verified.
+pub(crate) struct Fetched {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub content_type: Option<String>,
+}
+
+/// GET `/v2/<name>/manifests/<reference>` (spec.md "Pulling manifests"), bounded by
+/// [`MAX_MANIFEST`], verified against `expected` (a digest reference) or the registry's
+/// `Docker-Content-Digest`; by tag without either, the digest is computed from the bytes.
+pub(crate) fn fetch_manifest(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    reference: &str,
+    expected: Option<&Digest>,
+) -> Result<Fetched, RegistryError> {
+    let req = Req::new("GET", ep.url(&format!("manifests/{reference}")))
+        .header("Accept", manifest::accept());
+    let too_large = || RegistryError::ManifestTooLarge {
+        registry: ep.registry.clone(),
+        repository: ep.repository.clone(),
+        reference: reference.to_owned(),
+        limit: MAX_MANIFEST,
+    };
+    let mut attempt = 0;
+    let (bytes, content_type, announced) = loop {
+        attempt += 1;
+        let resp = client.send(ep, scopes, &req)?;
+        match resp.status().as_u16() {
+            200 => {}
+            404 => {
+                return Err(RegistryError::ManifestNotFound {
+                    registry: ep.registry.clone(),
+                    repository: ep.repository.clone(),
+                    reference: reference.to_owned(),
+                })
+            }
+            _ => return Err(client.status_error(ep, &req, resp)),
+        }
+        if content_length(&resp).is_some_and(|n| n > MAX_MANIFEST) {
+            return Err(too_large());
+        }
+        let content_type = header(&resp, "Content-Type").map(str::to_owned);
+        let announced = header(&resp, "Docker-Content-Digest").map(str::to_owned);
+        let mut bytes = Vec::new();
+        let read = resp.into_body().into_reader().take(MAX_MANIFEST + 1).read_to_end(&mut bytes);
+        match read {
+            Ok(_) if bytes.len() as u64 > MAX_MANIFEST => return Err(too_large()),
+            Ok(_) => break (bytes, content_type, announced),
+            Err(_) if attempt <= client.retries() => client.pause(attempt),
+            Err(source) => {
+                return Err(RegistryError::BodyRead {
+                    registry: ep.registry.clone(),
+                    repository: ep.repository.clone(),
+                    what: format!("manifest {reference}"),
+                    source,
+                })
+            }
+        }
+    };
+    let digest = Digest::of_bytes(&bytes);
+    let mismatch = |expected: Digest| RegistryError::DigestMismatch {
+        registry: ep.registry.clone(),
+        repository: ep.repository.clone(),
+        expected,
+        found: digest,
+    };
+    if let Some(expected) = expected {
+        if *expected != digest {
+            return Err(mismatch(*expected));
+        }
+    } else if let Some(Ok(announced)) = announced.as_deref().map(str::parse::<Digest>) {
+        if announced != digest {
+            return Err(mismatch(announced));
+        }
+    }
+    Ok(Fetched { bytes, digest, content_type })
+}
+
+fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    header(resp, "Content-Length").and_then(|v| v.trim().parse().ok())
+}
+
+fn blob_error(ep: &Endpoint, digest: &Digest, e: StoreError) -> RegistryError {
+    match e {
+        StoreError::DigestMismatch { expected, found } => RegistryError::DigestMismatch {
+            registry: ep.registry.clone(),
+            repository: ep.repository.clone(),
+            expected,
+            found,
+        },
+        StoreError::SizeMismatch { expected, found, .. } => RegistryError::SizeMismatch {
+            registry: ep.registry.clone(),
+            repository: ep.repository.clone(),
+            digest: *digest,
+            expected,
+            found,
+            what: "sent",
+        },
+        other => RegistryError::Store(other),
+    }
+}
+
+/// GET `/v2/<name>/blobs/<digest>` into a [`strata_store::BlobWriter`]; a broken transfer
+/// resumes with `Range: bytes=<have>-` (a registry answering 200 instead of 206 restarts it).
+/// The blob is committed only if it has the descriptor's size and digest.
+fn download_blob(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    store: &Store,
+    blob: &BlobRef,
+    events: &dyn TransferSink,
+) -> Result<(), RegistryError> {
+    let size_error = |found: u64, what: &'static str| RegistryError::SizeMismatch {
+        registry: ep.registry.clone(),
+        repository: ep.repository.clone(),
+        digest: blob.digest,
+        expected: blob.size,
+        found,
+        what,
+    };
+    let throttle = Throttle::new(events, blob.digest);
+    let mut writer = store.blob_writer()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut attempt = 0;
+    loop {
+        let offset = writer.written();
+        let mut req = Req::new("GET", ep.url(&format!("blobs/{}", blob.digest)));
+        if offset > 0 {
+            req = req.header("Range", format!("bytes={offset}-"));
+        }
+        let resp = client.send(ep, scopes, &req)?;
+        let status = resp.status().as_u16();
+        match status {
+            200 => {
+                if offset > 0 {
+                    // The registry ignored Range: start over.
+                    writer = store.blob_writer()?;
+                }
+                if let Some(n) = content_length(&resp) {
+                    if n != blob.size {
+                        return Err(size_error(n, "announced"));
+                    }
+                }
+            }
+            206 if offset > 0 => {
+                let range = header(&resp, "Content-Range").unwrap_or_default().to_owned();
+                if parse_content_range_start(&range) != Some(offset) {
+                    return Err(RegistryError::InvalidHeader {
+                        registry: ep.registry.clone(),
+                        header: "Content-Range",
+                        value: range,
+                    });
+                }
+            }
+            404 => {
+                return Err(RegistryError::BlobNotFound {
+                    registry: ep.registry.clone(),
+                    repository: ep.repository.clone(),
+                    digest: blob.digest,
+                })
+            }
+            _ => return Err(client.status_error(ep, &req, resp)),
+        }
+        let mut reader = resp.into_body().into_reader();
+        let broken = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => {
+                    if writer.written() + n as u64 > blob.size {
+                        return Err(size_error(writer.written() + n as u64, "sent"));
+                    }
+                    writer.write_all(&buf[..n]).map_err(|source| StoreError::Io {
+                        path: writer.temp_path().to_owned(),
+                        source,
+                    })?;
+                    throttle.report(writer.written(), false);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        match broken {
+            None if writer.written() == blob.size => break,
+            None => return Err(size_error(writer.written(), "sent")),
+            Some(source) => {
+                attempt += 1;
+                if attempt > client.retries() {
+                    return Err(RegistryError::BodyRead {
+                        registry: ep.registry.clone(),
+                        repository: ep.repository.clone(),
+                        what: format!("blob {}", blob.digest),
+                        source,
+                    });
+                }
+                client.pause(attempt);
+            }
+        }
+    }
+    throttle.report(writer.written(), true);
+    writer
+        .commit_verified(&blob.digest, Some(blob.size))
+        .map_err(|e| blob_error(ep, &blob.digest, e))?;
+    Ok(())
+}
+
+/// A small blob (a config in a dry run) into memory, verified.
+fn fetch_blob_to_memory(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    blob: &BlobRef,
+) -> Result<Vec<u8>, RegistryError> {
+    let req = Req::new("GET", ep.url(&format!("blobs/{}", blob.digest)));
+    let resp = client.send(ep, scopes, &req)?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => {
+            return Err(RegistryError::BlobNotFound {
+                registry: ep.registry.clone(),
+                repository: ep.repository.clone(),
+                digest: blob.digest,
+            })
+        }
+        _ => return Err(client.status_error(ep, &req, resp)),
+    }
+    let limit = blob.size.min(MAX_CONFIG);
+    let mut bytes = Vec::new();
+    resp.into_body().into_reader().take(limit + 1).read_to_end(&mut bytes).map_err(|source| {
+        RegistryError::BodyRead {
+            registry: ep.registry.clone(),
+            repository: ep.repository.clone(),
+            what: format!("blob {}", blob.digest),
+            source,
+        }
+    })?;
+    let found = Digest::of_bytes(&bytes);
+    if bytes.len() as u64 != blob.size || found != blob.digest {
+        return Err(RegistryError::DigestMismatch {
+            registry: ep.registry.clone(),
+            repository: ep.repository.clone(),
+            expected: blob.digest,
+            found,
+        });
+    }
+    Ok(bytes)
+}
+
+/// `bytes 100-199/200` -> 100.
+fn parse_content_range_start(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_prefix("bytes").map(str::trim_start).unwrap_or(v);
+    v.split('-').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn content_range_start() {
+        assert_eq!(super::parse_content_range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(super::parse_content_range_start("5-9/*"), Some(5));
+        assert_eq!(super::parse_content_range_start("bytes */200"), None);
+    }
+}

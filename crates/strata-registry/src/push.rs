@@ -1,0 +1,417 @@
+//! Pushing: for each blob HEAD, else mount, else upload; then the manifest.
+//!
+//! The upload flow is the one of the distribution spec (spec.md "Pushing blobs"): `POST
+//! /v2/<name>/blobs/uploads/` opens a session whose URL comes back in `Location` (absolute or
+//! relative; every response may move it). A blob up to [`Client::with_chunking`]'s threshold is
+//! sent in one `PUT <location>?digest=<digest>`; a larger one in `PATCH` chunks ("Pushing a blob
+//! in chunks") with `Content-Range: <first>-<last>` (inclusive), each at least the
+//! `OCI-Chunk-Min-Length` the registry announced, then an empty closing `PUT ?digest=`. A broken
+//! upload resumes: `GET <location>` answers `204` with `Range: 0-<last>` telling how much the
+//! registry holds, and the next chunk starts after it; a session the registry has forgotten
+//! starts over. A blob known to live in another repository of the same registry is first
+//! offered for mounting ("Mounting a blob from another repository": `POST
+//! ...uploads/?mount=<digest>&from=<repo>`): `201` means done without moving a byte, `202` means
+//! the registry declined and opened an ordinary upload session instead, which is then used.
+
+use std::fs::File;
+
+use strata_store::{Digest, Image, Store, StoreError};
+
+use crate::client::{header, Client, Endpoint, Payload, Req};
+use crate::error::RegistryError;
+use crate::{
+    knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PushOptions, Reference, Throttle,
+    TransferEvent, TransferReport, TransferSink,
+};
+
+/// A blob of the image to push.
+struct PushBlob {
+    digest: Digest,
+    size: u64,
+    kind: BlobKind,
+}
+
+/// Pushes `image` (all of whose blobs are in `store`) to `dest` (must have a tag or digest).
+/// Skips blobs the registry has (HEAD), mounts blobs known to live in another repo of the same
+/// registry, uploads the rest, then PUTs the manifest. Dry run: HEAD checks only, nothing
+/// written (outcomes say what would happen; a predicted mount may still become an upload).
+pub fn push(
+    client: &Client,
+    store: &Store,
+    image: &Image,
+    dest: &Reference,
+    options: &PushOptions,
+    events: &dyn TransferSink,
+) -> Result<TransferReport, RegistryError> {
+    let invalid =
+        |reason| RegistryError::InvalidDestination { reference: dest.to_string(), reason };
+    if dest.tag().is_none() && dest.digest().is_none() {
+        return Err(invalid("a push destination needs a tag or a digest"));
+    }
+    let manifest_digest = image.digest()?;
+    if dest.digest().is_some_and(|d| *d != manifest_digest) {
+        return Err(invalid("the digest differs from the image's manifest digest"));
+    }
+    let manifest_bytes = store.read_blob(&manifest_digest)?;
+    let ep = client.endpoint(dest);
+    let scope = if options.dry_run { "pull" } else { "pull,push" };
+    let scopes = [format!("repository:{}:{scope}", ep.repository)];
+
+    let mut blobs = Vec::new();
+    let config = image.manifest.config();
+    blobs.push(PushBlob {
+        digest: Digest::try_from(config.digest()).map_err(StoreError::from)?,
+        size: config.size(),
+        kind: BlobKind::Config,
+    });
+    for layer in image.manifest.layers() {
+        blobs.push(PushBlob {
+            digest: Digest::try_from(layer.digest()).map_err(StoreError::from)?,
+            size: layer.size(),
+            kind: BlobKind::Layer,
+        });
+    }
+    for b in &blobs {
+        let found = store.blob_size(&b.digest)?;
+        if found != b.size {
+            return Err(
+                StoreError::SizeMismatch { digest: b.digest, expected: b.size, found }.into()
+            );
+        }
+    }
+
+    let outcomes = run_parallel(&blobs, options.jobs, |blob| {
+        push_blob(client, &ep, &scopes, store, blob, options.dry_run, events)
+    })?;
+    let mut report = TransferReport {
+        manifest: Some(manifest_digest),
+        dry_run: options.dry_run,
+        ..TransferReport::default()
+    };
+    for (b, outcome) in blobs.iter().zip(outcomes) {
+        report.add(BlobReport { digest: b.digest, size: b.size, kind: b.kind, outcome });
+    }
+    if options.dry_run {
+        return Ok(report);
+    }
+
+    // spec.md "Pushing Manifests": only after every blob it references is in place.
+    let media_type = image
+        .manifest
+        .media_type()
+        .as_ref()
+        .unwrap_or(image.manifest_descriptor.media_type())
+        .to_string();
+    let target = match (dest.tag(), dest.digest()) {
+        (Some(tag), _) => tag.to_owned(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => return Err(invalid("a push destination needs a tag or a digest")),
+    };
+    let req = Req::new("PUT", ep.url(&format!("manifests/{target}")))
+        .header("Content-Type", media_type)
+        .body(Payload::Bytes(&manifest_bytes));
+    let resp = client.send(&ep, &scopes, &req)?;
+    if !resp.status().is_success() {
+        return Err(client.status_error(&ep, &req, resp));
+    }
+    if let Some(found) = header(&resp, "Docker-Content-Digest") {
+        if found.parse::<Digest>().ok() != Some(manifest_digest) {
+            return Err(RegistryError::PushedDigestMismatch {
+                registry: ep.registry.clone(),
+                repository: ep.repository.clone(),
+                expected: manifest_digest,
+                found: found.to_owned(),
+            });
+        }
+    }
+    events.event(&TransferEvent::Manifest { digest: manifest_digest });
+    Ok(report)
+}
+
+fn push_blob(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    store: &Store,
+    blob: &PushBlob,
+    dry_run: bool,
+    events: &dyn TransferSink,
+) -> Result<BlobOutcome, RegistryError> {
+    let done = |outcome: BlobOutcome| {
+        if !dry_run {
+            knowledge::record(store, &blob.digest, &ep.location());
+            events
+                .event(&TransferEvent::BlobDone { digest: blob.digest, outcome: outcome.clone() });
+        }
+        Ok(outcome)
+    };
+    if blob_exists(client, ep, scopes, &blob.digest)? {
+        return done(BlobOutcome::Present);
+    }
+    let mount_from = knowledge::mount_source(store, &blob.digest, &ep.registry, &ep.repository);
+    if dry_run {
+        return Ok(match mount_from {
+            Some(from) => BlobOutcome::Mounted { from },
+            None => BlobOutcome::Uploaded,
+        });
+    }
+    events.event(&TransferEvent::BlobStart {
+        digest: blob.digest,
+        size: blob.size,
+        kind: blob.kind,
+    });
+    let mut session = None;
+    if let Some(from) = mount_from {
+        let mut mount_scopes = scopes.to_vec();
+        mount_scopes.push(format!("repository:{from}:pull"));
+        let url = ep.url(&format!("blobs/uploads/?mount={}&from={from}", blob.digest));
+        let req = Req::new("POST", url);
+        let resp = client.send(ep, &mount_scopes, &req)?;
+        match resp.status().as_u16() {
+            201 => return done(BlobOutcome::Mounted { from }),
+            202 => session = Some(Session::from_response(ep, &resp)?),
+            _ => return Err(client.status_error(ep, &req, resp)),
+        }
+    }
+    upload(client, ep, scopes, store, blob, session, events)?;
+    done(BlobOutcome::Uploaded)
+}
+
+/// HEAD `/v2/<name>/blobs/<digest>` (spec.md "Checking if content exists in the registry").
+fn blob_exists(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    digest: &Digest,
+) -> Result<bool, RegistryError> {
+    let req = Req::new("HEAD", ep.url(&format!("blobs/{digest}")));
+    let resp = client.send(ep, scopes, &req)?;
+    match resp.status().as_u16() {
+        200 => Ok(true),
+        404 => Ok(false),
+        _ => Err(client.status_error(ep, &req, resp)),
+    }
+}
+
+/// An upload session: its current URL and the registry's minimum chunk length.
+struct Session {
+    url: String,
+    min_chunk: u64,
+}
+
+impl Session {
+    fn from_response(
+        ep: &Endpoint,
+        resp: &ureq::http::Response<ureq::Body>,
+    ) -> Result<Session, RegistryError> {
+        let location = header(resp, "Location").unwrap_or_default();
+        let url = ep.resolve_location(location)?;
+        let min_chunk =
+            header(resp, "OCI-Chunk-Min-Length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        Ok(Session { url, min_chunk })
+    }
+
+    /// Follows a new `Location`, if the response has one.
+    fn update(
+        &mut self,
+        ep: &Endpoint,
+        resp: &ureq::http::Response<ureq::Body>,
+    ) -> Result<(), RegistryError> {
+        if let Some(location) = header(resp, "Location").filter(|l| !l.is_empty()) {
+            self.url = ep.resolve_location(location)?;
+        }
+        Ok(())
+    }
+
+    /// The session URL with `key=value` added to its query.
+    fn url_with(&self, key: &str, value: &str) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}{key}={value}", self.url)
+    }
+}
+
+/// Uploads a blob, resuming a broken transfer up to the client's retry count.
+fn upload(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    store: &Store,
+    blob: &PushBlob,
+    mut session: Option<Session>,
+    events: &dyn TransferSink,
+) -> Result<(), RegistryError> {
+    let file = store.open_blob(&blob.digest)?;
+    let throttle = Throttle::new(events, blob.digest);
+    let mut attempt = 0;
+    let mut fresh = true;
+    loop {
+        match upload_attempt(client, ep, scopes, &file, blob, &mut session, fresh, &throttle) {
+            Ok(()) => {
+                throttle.report(blob.size, true);
+                return Ok(());
+            }
+            Err(e) if !resumable(&e) => return Err(e),
+            Err(e) => {
+                attempt += 1;
+                if attempt > client.retries() {
+                    return Err(RegistryError::UploadFailed {
+                        registry: ep.registry.clone(),
+                        repository: ep.repository.clone(),
+                        digest: blob.digest,
+                        attempts: attempt,
+                        source: Box::new(e),
+                    });
+                }
+                client.pause(attempt);
+                fresh = false;
+            }
+        }
+    }
+}
+
+/// Errors after which asking the registry where the upload stands may help.
+fn resumable(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::Transport { .. } | RegistryError::BodyRead { .. } => true,
+        RegistryError::UnexpectedStatus { status, .. } => {
+            *status >= 500 || matches!(status, 400 | 404 | 416 | 429)
+        }
+        _ => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upload_attempt(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    file: &File,
+    blob: &PushBlob,
+    session: &mut Option<Session>,
+    fresh: bool,
+    throttle: &Throttle<'_>,
+) -> Result<(), RegistryError> {
+    let mut offset = 0;
+    let known = match session.take() {
+        Some(s) if fresh => Some(s),
+        Some(mut s) => match upload_status(client, ep, scopes, &mut s)? {
+            Some(at) => {
+                offset = at;
+                Some(s)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let s = match known {
+        Some(s) => session.insert(s),
+        None => {
+            offset = 0;
+            session.insert(start_upload(client, ep, scopes)?)
+        }
+    };
+    if offset > blob.size {
+        // The registry claims more than the blob has: start over next attempt.
+        *session = None;
+        return Err(RegistryError::InvalidHeader {
+            registry: ep.registry.clone(),
+            header: "Range",
+            value: format!("0-{}", offset - 1),
+        });
+    }
+    let digest = blob.digest.to_string();
+    if offset == 0 && blob.size <= client.monolithic_max {
+        // spec.md "Pushing a blob monolithically" (POST then PUT).
+        let progress = |sent: u64| throttle.report(sent, false);
+        let req = Req::new("PUT", s.url_with("digest", &digest))
+            .header("Content-Type", "application/octet-stream")
+            .body(Payload::File { file, offset: 0, len: blob.size, progress: &progress })
+            .not_idempotent();
+        let resp = client.send(ep, scopes, &req)?;
+        return match resp.status().as_u16() {
+            201 | 204 | 200 => Ok(()),
+            _ => Err(client.status_error(ep, &req, resp)),
+        };
+    }
+    let chunk = client.chunk_size.max(s.min_chunk).max(1);
+    while offset < blob.size {
+        let len = chunk.min(blob.size - offset);
+        let start = offset;
+        let progress = move |sent: u64| throttle.report(start + sent, false);
+        let req = Req::new("PATCH", s.url.clone())
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Range", format!("{}-{}", offset, offset + len - 1))
+            .body(Payload::File { file, offset, len, progress: &progress })
+            .not_idempotent();
+        let resp = client.send(ep, scopes, &req)?;
+        if resp.status().as_u16() != 202 {
+            return Err(client.status_error(ep, &req, resp));
+        }
+        s.update(ep, &resp)?;
+        offset = match header(&resp, "Range").and_then(range_end) {
+            Some(next) if next > start => next,
+            _ => offset + len,
+        };
+    }
+    let req = Req::new("PUT", s.url_with("digest", &digest)).body(Payload::None);
+    let resp = client.send(ep, scopes, &req)?;
+    match resp.status().as_u16() {
+        201 | 204 | 200 => Ok(()),
+        _ => Err(client.status_error(ep, &req, resp)),
+    }
+}
+
+/// POST `/v2/<name>/blobs/uploads/`: a new session.
+fn start_upload(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+) -> Result<Session, RegistryError> {
+    let req = Req::new("POST", ep.url("blobs/uploads/"));
+    let resp = client.send(ep, scopes, &req)?;
+    if resp.status().as_u16() != 202 {
+        return Err(client.status_error(ep, &req, resp));
+    }
+    Session::from_response(ep, &resp)
+}
+
+/// GET `<location>` (spec.md "Resuming an upload"? — "Getting upload status"): how many bytes the
+/// registry holds. `None` when the session is gone (404, or 400 for an invalid state).
+fn upload_status(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    s: &mut Session,
+) -> Result<Option<u64>, RegistryError> {
+    let req = Req::new("GET", s.url.clone());
+    let resp = client.send(ep, scopes, &req)?;
+    match resp.status().as_u16() {
+        204 | 200 => {
+            s.update(ep, &resp)?;
+            Ok(Some(header(&resp, "Range").and_then(range_end).unwrap_or(0)))
+        }
+        400 | 404 => Ok(None),
+        _ => Err(client.status_error(ep, &req, resp)),
+    }
+}
+
+/// `0-<last>` -> `last + 1`, the next offset (`0--1`, as distribution writes for an empty
+/// upload, -> 0). Accepts a `bytes=` prefix.
+fn range_end(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let v = v.strip_prefix("bytes=").unwrap_or(v);
+    let (_, last) = v.split_once('-')?;
+    let last: i64 = last.trim().parse().ok()?;
+    Some(u64::try_from(last + 1).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn range_headers() {
+        assert_eq!(super::range_end("0-99"), Some(100));
+        assert_eq!(super::range_end("0--1"), Some(0));
+        assert_eq!(super::range_end("bytes=0-4"), Some(5));
+        assert_eq!(super::range_end("junk"), None);
+    }
+}

@@ -1,0 +1,245 @@
+//! A real OCI registry for tests: the Debian `docker-registry` binary (distribution 2.8),
+//! started on 127.0.0.1 with a free port and storage in a temp dir, killed on drop.
+//!
+//! Include it from any test crate with
+//! `#[path = "<relative path to>/strata-registry/tests/common/registry.rs"] mod registry;`.
+//! It depends on `std` and `tempfile` only.
+//!
+//! Facts about the registry useful to assertions: its log (stdout access log and stderr app
+//! log, both captured in [`Registry::log`]) has one access line per request, e.g.
+//! `"PATCH /v2/app/blobs/uploads/<uuid>?_state=... HTTP/1.1" 202`, `"PUT
+//! /v2/app/blobs/uploads/<uuid>?_state=...&digest=sha256:... HTTP/1.1" 201` (an upload),
+//! `"POST /v2/other/blobs/uploads/?mount=sha256:...&from=app HTTP/1.1" 201` (a mount) and
+//! `"HEAD /v2/app/blobs/sha256:... HTTP/1.1" 200`. [`Registry::uploads`] counts blob uploads
+//! completed in a repository, [`Registry::mounts`] mounts.
+#![allow(dead_code, clippy::print_stderr)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The binary the Debian package installs.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// Whether the registry binary is installed; when not, prints why (tests then return), or
+/// panics under `STRATA_TEST_STRICT=1`.
+pub fn registry_available() -> bool {
+    let ok = Path::new(REGISTRY_BIN).is_file();
+    if !ok {
+        assert!(
+            std::env::var_os("STRATA_TEST_STRICT").is_none_or(|v| v != "1"),
+            "{REGISTRY_BIN} is required under STRATA_TEST_STRICT=1 (apt install docker-registry)"
+        );
+        eprintln!("skipping: {REGISTRY_BIN} not found (apt install docker-registry)");
+    }
+    ok
+}
+
+/// How to start the registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Require htpasswd Basic auth with this user and password.
+    pub htpasswd: Option<(String, String)>,
+}
+
+/// A running `docker-registry serve`; killed on drop.
+pub struct Registry {
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Mutex<Option<Child>>,
+}
+
+impl Registry {
+    /// Starts a registry with a fresh storage directory and waits until `/v2/` answers.
+    pub fn start(options: RegistryOptions) -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir for the registry");
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        fs::create_dir_all(&storage).expect("registry storage dir");
+        let mut auth = String::new();
+        if let Some((user, password)) = &options.htpasswd {
+            let file = dir.path().join("htpasswd");
+            fs::write(&file, format!("{user}:{}\n", bcrypt_hash(password)))
+                .expect("write htpasswd");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                file.display()
+            );
+        }
+        // A fixed http.secret lets upload-session state survive a restart.
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
+             maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: strata-test-secret\n{auth}",
+            storage.display()
+        );
+        fs::write(dir.path().join("config.yml"), config).expect("write registry config");
+        let registry = Registry { port, dir, child: Mutex::new(None) };
+        registry.spawn();
+        registry
+    }
+
+    fn spawn(&self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("registry log file");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not answer on port {}; log:\n{}", self.port, self.log());
+    }
+
+    /// Whether `GET /v2/` gets any HTTP answer.
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!(
+            "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+    }
+
+    /// `127.0.0.1:<port>`, the registry part of references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The storage root (`rootdirectory` of the filesystem driver).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Where the registry keeps the bytes of a blob (`sha256:<hex>` or `<hex>`).
+    pub fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+
+    /// The log file (stdout and stderr of every run, appended).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Access-log lines of completed blob uploads (`PUT .../blobs/uploads/...digest=` answered
+    /// 201) into `repository`.
+    pub fn uploads(&self, repository: &str) -> Vec<String> {
+        let needle = format!("\"PUT /v2/{repository}/blobs/uploads/");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("digest=") && l.contains("\" 201 "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Access-log lines of `PATCH` chunk uploads into `repository`.
+    pub fn patches(&self, repository: &str) -> Vec<String> {
+        let needle = format!("\"PATCH /v2/{repository}/blobs/uploads/");
+        self.log().lines().filter(|l| l.contains(&needle)).map(str::to_owned).collect()
+    }
+
+    /// Access-log lines of successful mounts (`POST ...?mount=` answered 201) into `repository`.
+    pub fn mounts(&self, repository: &str) -> Vec<String> {
+        let needle = format!("\"POST /v2/{repository}/blobs/uploads/?");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("mount=") && l.contains("\" 201 "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Kills the registry (SIGKILL) and waits for it; callable through `&self`, e.g. from a
+    /// progress callback on another thread.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it if running, then starts it again on the same port and storage.
+    pub fn restart(&self) {
+        self.kill();
+        // The port may linger briefly; retry the bind by waiting for the new process to answer.
+        self.spawn();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A bcrypt hash as htpasswd files need: `htpasswd -nbB` when installed, else glibc's
+/// crypt(3) through perl (libxcrypt implements `$2b$`).
+pub fn bcrypt_hash(password: &str) -> String {
+    if let Ok(out) = Command::new("htpasswd").args(["-nbB", "u", password]).output() {
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some((_, hash)) = text.trim().split_once(':') {
+                return hash.to_owned();
+            }
+        }
+    }
+    const ALPHABET: &[u8] = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        ^ u128::from(std::process::id());
+    let mut x = seed as u64 | 1;
+    let mut salt = String::new();
+    for _ in 0..21 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        salt.push(ALPHABET[(x % 64) as usize] as char);
+    }
+    // The 22nd salt character only carries 2 bits; '.' is always valid.
+    salt.push('.');
+    let out = Command::new("perl")
+        .args(["-e", "print crypt($ARGV[0], $ARGV[1])", password, &format!("$2b$05${salt}")])
+        .output()
+        .expect("neither htpasswd nor perl is available to make a bcrypt hash");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(hash.starts_with("$2b$05$"), "perl crypt() has no bcrypt support: {hash:?}");
+    hash
+}
