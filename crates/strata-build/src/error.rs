@@ -66,11 +66,23 @@ pub enum BuildError {
         /// What the blob unpacks to.
         found: Digest,
     },
-    /// A base image names a registry and is not in the local store.
-    #[error("image {reference} is not in the store (registry pulls are not supported yet)")]
+    /// A base image is not in the local store and is not to be pulled: it names no registry
+    /// host, or `--pull=never` forbids pulling.
+    #[error("image {reference} is not in the store ({why})")]
     ImageNotInStore {
         /// The reference as written.
         reference: String,
+        /// Why it was not pulled.
+        why: &'static str,
+    },
+    /// Pulling a registry base failed.
+    #[error("pulling {reference}: {source}")]
+    Pull {
+        /// The reference pulled.
+        reference: String,
+        /// What went wrong.
+        #[source]
+        source: Box<strata_registry::RegistryError>,
     },
     /// A COPY/ADD source does not exist.
     #[error("{path}: not found in {location}")]

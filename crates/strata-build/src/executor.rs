@@ -30,6 +30,7 @@ use crate::error::{BuildError, Result};
 use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerRef};
 use crate::options::{BuildOptions, StepReport};
 use crate::progress::{BuildEvent, ProgressSink};
+use crate::pull::Pulls;
 use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, MergedView, WorkDir};
 
 pub(crate) struct Builder<'a> {
@@ -41,6 +42,8 @@ pub(crate) struct Builder<'a> {
     pub ignore: DockerIgnore,
     /// Stages `--no-cache-filter` names (resolved to indices).
     pub no_cache_stages: std::collections::BTreeSet<usize>,
+    /// Registry bases resolved so far (each pulled at most once per build).
+    pub pulls: Pulls,
     /// Finished stages. A stage reads only stages it depends on, which finished before it
     /// started, so the lock is never contended for long.
     pub results: RwLock<HashMap<usize, ImageState>>,
@@ -91,19 +94,26 @@ impl<'a> Builder<'a> {
     pub fn image_state(&self, reference: &str) -> Result<ImageState> {
         let location: ImageLocation = reference.parse()?;
         let image = match &location {
-            ImageLocation::Store(r) => match self.store.load_image(r) {
-                Ok(i) => i,
-                Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
-                    return Err(BuildError::ImageNotInStore { reference: reference.to_string() })
+            ImageLocation::Store(r) => match registry_name(r) {
+                // `host/repo:tag` in FROM names a registry (DESIGN.md decision 8); the store's
+                // copy is tagged with exactly that name.
+                Some(named) => {
+                    self.pulls.image(self.store, self.opts, self.progress, &named, reference)?
                 }
-                Err(e) => return Err(e.into()),
+                None => match self.store.load_image(r) {
+                    Ok(i) => i,
+                    Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
+                        return Err(BuildError::ImageNotInStore {
+                            reference: reference.to_string(),
+                            why: "it names no registry to pull it from: write HOST/REPO:TAG",
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             },
-            ImageLocation::Registry(r) => match self.store.load_image(&r.to_string()) {
-                Ok(i) => i,
-                Err(_) => {
-                    return Err(BuildError::ImageNotInStore { reference: reference.to_string() })
-                }
-            },
+            ImageLocation::Registry(r) => {
+                self.pulls.image(self.store, self.opts, self.progress, r, reference)?
+            }
             _ => strata_layer::transport::load(self.store, &location)?.0,
         };
         ImageState::from_image(self.store, &image)
@@ -549,6 +559,11 @@ impl<'a> Builder<'a> {
         }
         Ok(StepResult::written(created_by, layer, size))
     }
+}
+
+/// A store name that starts with a registry host (`127.0.0.1:5000/app:v1`), as a reference.
+fn registry_name(name: &str) -> Option<strata_store::Reference> {
+    name.parse::<strata_store::Reference>().ok().filter(|r| r.domain().is_some())
 }
 
 fn stage_from(stage: &strata_recipe::Stage) -> String {

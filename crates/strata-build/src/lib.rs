@@ -2,7 +2,8 @@
 //!
 //! [`build`] reads the recipe, plans the stages the target needs (`strata_recipe`), and builds
 //! them in dependency order. Each stage starts from its base (scratch, an image in the store,
-//! an `oci:`/`docker-archive:` image loaded into the store, or an earlier stage's result),
+//! an `oci:`/`docker-archive:` image loaded into the store, a registry image pulled on demand
+//! as [`BuildOptions::pull`] says, or an earlier stage's result),
 //! and each step either edits the image config (ENV, LABEL, CMD, ...: an `empty_layer`
 //! history entry) or changes the filesystem and becomes exactly one layer: RUN executes in the
 //! sandbox on an overlay of the chain's unpacked snapshots and keeps the upperdir; COPY and ADD
@@ -53,6 +54,7 @@ mod executor;
 mod image;
 mod options;
 mod progress;
+mod pull;
 mod rootfs;
 mod run;
 
@@ -66,8 +68,8 @@ use strata_store::Store;
 
 pub use error::{BuildError, Result};
 pub use options::{
-    default_recipe_path, BuildOptions, BuildOutput, Network, RunRootfs, SecretSource, SecretSpec,
-    StepReport,
+    default_recipe_path, BuildOptions, BuildOutput, Network, PullPolicy, RunRootfs, SecretSource,
+    SecretSpec, StepReport,
 };
 pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
 pub use strata_layer::Compression;
@@ -106,6 +108,7 @@ pub fn build(
         plan: &plan,
         ignore,
         no_cache_stages,
+        pulls: pull::Pulls::default(),
         results: RwLock::new(HashMap::new()),
         reports: Mutex::new(BTreeMap::new()),
         layers_written: AtomicUsize::new(0),

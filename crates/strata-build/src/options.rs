@@ -54,6 +54,36 @@ pub enum RunRootfs {
     Copy,
 }
 
+/// When a registry base (`FROM host/repo:tag`, `FROM docker://...`) is pulled (`--pull=`).
+/// The store keeps a pulled image tagged with its full reference, which is what
+/// [`PullPolicy::Missing`] and [`PullPolicy::Never`] look for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PullPolicy {
+    /// Use the store's copy when it has one; pull otherwise (the default, as BuildKit).
+    #[default]
+    Missing,
+    /// Pull every time, once per build and reference (a manifest check when nothing changed).
+    Always,
+    /// Never contact a registry: a base that is not in the store is an error.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = BuildError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "missing" => Ok(PullPolicy::Missing),
+            "always" => Ok(PullPolicy::Always),
+            "never" => Ok(PullPolicy::Never),
+            other => Err(BuildError::Unsupported {
+                what: format!("--pull={other} (use missing, always or never)"),
+            }),
+        }
+    }
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -85,6 +115,13 @@ pub struct BuildOptions {
     /// Stages (names or indices) whose steps run even when cached (`--no-cache-filter`);
     /// other stages may hit.
     pub no_cache_filter: Vec<String>,
+    /// When registry bases are pulled.
+    pub pull: PullPolicy,
+    /// How to reach registries for those pulls (plain-HTTP hosts, credentials file).
+    pub registry: strata_registry::ClientOptions,
+    /// When false, every registry a base names is reached over plain HTTP (skopeo's
+    /// `--tls-verify=false`), as if listed in `registry.insecure`.
+    pub tls_verify: bool,
 }
 
 impl BuildOptions {
@@ -105,6 +142,9 @@ impl BuildOptions {
             run_rootfs: RunRootfs::Overlay,
             no_cache: false,
             no_cache_filter: Vec::new(),
+            pull: PullPolicy::Missing,
+            registry: strata_registry::ClientOptions::default(),
+            tls_verify: true,
         }
     }
 }

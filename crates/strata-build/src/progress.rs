@@ -77,6 +77,24 @@ pub enum BuildEvent {
         /// True for metadata-only steps (no layer).
         empty_layer: bool,
     },
+    /// A registry base is being pulled (`--pull=missing` found it absent, or `--pull=always`).
+    PullStart {
+        /// The reference, `host/repo:tag`.
+        reference: String,
+    },
+    /// The pull finished; the image is in the store, tagged with its reference.
+    PullDone {
+        /// The reference, `host/repo:tag`.
+        reference: String,
+        /// The manifest digest.
+        digest: String,
+        /// Blobs (layers and config) downloaded.
+        blobs_downloaded: usize,
+        /// Blobs the store already had.
+        blobs_present: usize,
+        /// Bytes downloaded.
+        bytes: u64,
+    },
     /// Something the user should know that does not stop the build.
     Warning {
         /// The message, one sentence.

@@ -135,12 +135,19 @@ fn registry_base_not_in_store_is_a_clear_error() {
     }
     let e = env();
     let ctx = e.context("ctx", &[("Dockerfile", "FROM docker.io/library/alpine:3.20\nRUN true\n")]);
-    let err = e.build(&ctx, &[]).unwrap_err();
+    // --pull=never: the store is all there is, and no registry is contacted.
+    let mut opts = strata_build::BuildOptions::new(&ctx);
+    opts.pull = strata_build::PullPolicy::Never;
+    let err = e.build_with(&opts).0.unwrap_err();
     assert!(
-        matches!(err.root_cause(), BuildError::ImageNotInStore { reference } if reference == "docker.io/library/alpine:3.20"),
+        matches!(err.root_cause(), BuildError::ImageNotInStore { reference, .. } if reference == "docker.io/library/alpine:3.20"),
         "{err}"
     );
-    assert!(err.to_string().contains("registry pulls are not supported yet"), "{err}");
+    assert!(err.to_string().contains("--pull=never forbids pulling it"), "{err}");
+    // A name without a registry host is looked up in the store only.
+    let ctx = e.context("ctx2", &[("Dockerfile", "FROM alpine:3.20\nRUN true\n")]);
+    let err = e.build(&ctx, &[]).unwrap_err();
+    assert!(err.to_string().contains("names no registry"), "{err}");
 }
 
 #[test]

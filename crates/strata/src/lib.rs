@@ -3,13 +3,18 @@
 //! One dependency for programs that embed strata: each module re-exports the crate that owns
 //! that part of the job (see DESIGN.md): [`recipe`] parses Dockerfiles into stages and steps,
 //! [`store`] is the content-addressed OCI-layout store, [`layer`] turns trees into layers and
-//! back and moves images in and out of the store, [`build`] executes a recipe into an image.
+//! back and moves images in and out of the store, [`build`] executes a recipe into an image,
+//! [`registry`] pushes and pulls through OCI registries. [`transfer::copy`] is the one entry
+//! point that moves an image between any two of those places.
 #![deny(missing_docs)]
 
 pub use strata_build as build;
 pub use strata_layer as layer;
 pub use strata_recipe as recipe;
+pub use strata_registry as registry;
 pub use strata_store as store;
+
+pub mod transfer;
 
 /// The README's Rust examples, compiled and run as doctests so the README stays true.
 #[doc = include_str!("../../../README.md")]

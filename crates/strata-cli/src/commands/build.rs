@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use strata::build::{
-    self, BuildEvent, BuildOptions, Network, ProgressSink, SecretSource, SecretSpec,
+    self, BuildEvent, BuildOptions, Network, ProgressSink, PullPolicy, SecretSource, SecretSpec,
 };
 use strata::layer::transport;
 use strata::recipe::BuildArgs;
@@ -60,8 +60,27 @@ pub struct Args {
     /// Run the steps of this stage (name or index) even when cached; repeatable.
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     pub no_cache_filter: Vec<String>,
+    /// When to pull registry bases (`FROM host/repo:tag`): `missing` (use the store's copy if
+    /// there is one), `always` (ask the registry every build), `never` (the store only).
+    /// `--pull` alone means `always`.
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "missing", num_args = 0..=1,
+          default_missing_value = "always")]
+    pub pull: PullArg,
+    #[command(flatten)]
+    pub registry: super::registry::RegistryArgs,
     /// The build context directory.
     pub context: PathBuf,
+}
+
+/// `--pull`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PullArg {
+    /// Pull when the store has no copy.
+    Missing,
+    /// Pull every build.
+    Always,
+    /// Never pull.
+    Never,
 }
 
 fn parse_secret(spec: &str) -> anyhow::Result<SecretSpec> {
@@ -119,6 +138,13 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.timestamp = timestamp;
     opts.no_cache = args.no_cache;
     opts.no_cache_filter = args.no_cache_filter.clone();
+    opts.pull = match args.pull {
+        PullArg::Missing => PullPolicy::Missing,
+        PullArg::Always => PullPolicy::Always,
+        PullArg::Never => PullPolicy::Never,
+    };
+    opts.registry = args.registry.client_options([]);
+    opts.tls_verify = args.registry.tls_verify;
 
     let store = init_store(store)?;
     let mode = match args.progress.as_str() {
@@ -241,9 +267,25 @@ impl ProgressSink for PlainProgress {
                 }
             }
             BuildEvent::Warning { message } => writeln!(err, "WARNING: {message}"),
+            BuildEvent::PullStart { reference } => writeln!(err, "=> pulling {reference}"),
+            BuildEvent::PullDone { .. } => writeln!(err, "=> {}", pull_summary(e)),
             BuildEvent::BuildDone { .. } => Ok(()),
             _ => Ok(()),
         };
+    }
+}
+
+/// `pulled host/repo:tag (sha256:...): 3 blobs downloaded (12MB), 1 present`.
+fn pull_summary(e: &BuildEvent) -> String {
+    match e {
+        BuildEvent::PullDone { reference, digest, blobs_downloaded, blobs_present, bytes } => {
+            format!(
+                "pulled {reference} ({}): {blobs_downloaded} blobs downloaded ({}), {blobs_present} already present",
+                short(digest),
+                human(*bytes)
+            )
+        }
+        _ => String::new(),
     }
 }
 
@@ -302,6 +344,12 @@ impl ProgressSink for TtyProgress {
             }
             BuildEvent::Warning { message } => {
                 let _ = self.multi.println(format!("WARNING: {message}"));
+            }
+            BuildEvent::PullStart { reference } => {
+                let _ = self.multi.println(format!("pulling {reference}"));
+            }
+            BuildEvent::PullDone { .. } => {
+                let _ = self.multi.println(pull_summary(e));
             }
             _ => {}
         }

@@ -2,6 +2,7 @@
 
 mod build;
 mod parse;
+mod registry;
 mod store;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 pub enum Command {
     /// Build an image from a Dockerfile/Containerfile and a context directory.
     Build(build::Args),
@@ -45,6 +47,16 @@ pub enum Command {
     Gc(store::GcArgs),
     /// Verify every blob and reference in the store.
     Fsck(store::FsckArgs),
+    /// Send an image to a registry; only the layers it lacks are uploaded.
+    Push(registry::PushArgs),
+    /// Fetch an image from a registry into the store; only the layers the store lacks move.
+    Pull(registry::PullArgs),
+    /// Copy an image between the store, oci:DIR, docker-archive:FILE and docker://HOST/REPO:TAG.
+    Copy(registry::CopyArgs),
+    /// Check credentials for a registry and save them.
+    Login(registry::LoginArgs),
+    /// Remove a registry's saved credentials.
+    Logout(registry::LogoutArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -61,6 +73,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => store::export(root, args),
         Command::Gc(args) => store::gc(root, args),
         Command::Fsck(args) => store::fsck(root, args),
+        Command::Push(args) => registry::push(root, args),
+        Command::Pull(args) => registry::pull(root, args),
+        Command::Copy(args) => registry::copy(root, args),
+        Command::Login(args) => registry::login(args),
+        Command::Logout(args) => registry::logout(args),
     }
 }
 

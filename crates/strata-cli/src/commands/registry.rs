@@ -1,0 +1,481 @@
+//! Registry commands: `push`, `pull`, `copy`, `login`, `logout`.
+//!
+//! The work is [`strata::transfer::copy`]; this module parses locations and flags, renders the
+//! registry crate's per-blob events (one progress bar per blob on a terminal, one line per
+//! blob otherwise) and prints the report: blobs skipped because the other side had them,
+//! mounted from another repository, uploaded or downloaded, and the bytes that moved.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use strata::registry::{
+    credentials, BlobKind, BlobOutcome, Client, ClientOptions, TransferEvent, TransferSink,
+};
+use strata::store::{ImageLocation, Reference};
+use strata::transfer::{self, CopyOptions, CopyOutcome};
+
+use super::store::{human, init_store};
+
+/// How to reach registries: TLS and credentials (skopeo's spellings).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Require HTTPS with verified certificates. `--tls-verify=false` talks plain HTTP to the
+    /// registries this command names (loopback registries always use plain HTTP).
+    #[arg(
+        long = "tls-verify",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub tls_verify: bool,
+    /// A registry (`HOST[:PORT]`) to reach over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Credentials file (Docker's config.json format). Default: $REGISTRY_AUTH_FILE, else
+    /// $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// Client options for talking to `registries` (the hosts this command names).
+    pub fn client_options<'a>(
+        &self,
+        registries: impl IntoIterator<Item = &'a str>,
+    ) -> ClientOptions {
+        let mut insecure = self.insecure_registries.clone();
+        if !self.tls_verify {
+            insecure.extend(registries.into_iter().map(str::to_string));
+        }
+        ClientOptions { insecure, auth_file: self.authfile.clone(), ..Default::default() }
+    }
+}
+
+/// Flags of the commands that move images.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransferArgs {
+    /// Blobs moved at the same time.
+    #[arg(short = 'j', long, default_value_t = 3, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Decide what would move (existence checks only) and print the report; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON on stdout (progress lines still go to stderr).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `strata push IMAGE [DEST]`.
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// The image: `name[:tag]` in the store (or `oci:DIR[:REF]`, `docker-archive:FILE`).
+    pub image: String,
+    /// `docker://HOST/REPO:TAG` (or `HOST/REPO:TAG`). Default: IMAGE itself when it names a
+    /// registry (`127.0.0.1:5000/app:v1`).
+    pub dest: Option<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// `strata pull REF`.
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// `docker://HOST/REPO:TAG` or `HOST/REPO:TAG`; stored under `HOST/REPO:TAG`.
+    pub reference: String,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// `strata copy SRC DST`.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// `name[:tag]` (the store), `oci:DIR[:REF]`, `docker-archive:FILE[:REF]` or
+    /// `docker://HOST/REPO:TAG`.
+    pub source: String,
+    /// Same forms, plus `dir:PATH` (the flattened root filesystem).
+    pub dest: String,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+/// `strata login REGISTRY`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// `HOST[:PORT]`.
+    pub registry: String,
+    /// User name.
+    #[arg(short = 'u', long)]
+    pub username: String,
+    /// Read the password from standard input (the only way: never on the command line).
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub registry_args: RegistryArgs,
+}
+
+/// `strata logout REGISTRY`.
+#[derive(Debug, clap::Args)]
+pub struct LogoutArgs {
+    /// `HOST[:PORT]`.
+    pub registry: String,
+    /// Credentials file (default as for `login`).
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+/// A registry reference from `docker://HOST/REPO:TAG` or `HOST/REPO:TAG`, which must name a
+/// registry host.
+fn registry_reference(input: &str) -> anyhow::Result<Reference> {
+    let text = input.strip_prefix("docker://").unwrap_or(input);
+    let reference: Reference =
+        text.parse().with_context(|| format!("invalid registry reference {input:?}"))?;
+    if reference.domain().is_none() {
+        bail!(
+            "{input:?} names no registry: write HOST[:PORT]/REPO:TAG (e.g. 127.0.0.1:5000/app:v1)"
+        );
+    }
+    Ok(reference)
+}
+
+pub fn push(store: Option<&Path>, args: PushArgs) -> anyhow::Result<ExitCode> {
+    let src: ImageLocation = args.image.parse()?;
+    let dest = match (&args.dest, &src) {
+        (Some(d), _) => registry_reference(d)?,
+        (None, ImageLocation::Store(name)) => registry_reference(name).with_context(|| {
+            format!(
+                "no destination: give DEST (docker://HOST/REPO:TAG) or tag {name} as HOST/REPO:TAG"
+            )
+        })?,
+        (None, _) => bail!("no destination: give DEST (docker://HOST/REPO:TAG)"),
+    };
+    run_copy(store, src, ImageLocation::Registry(dest), &args.transfer)
+}
+
+pub fn pull(store: Option<&Path>, args: PullArgs) -> anyhow::Result<ExitCode> {
+    let reference = registry_reference(&args.reference)?;
+    let dst = ImageLocation::Store(reference.to_string());
+    run_copy(store, ImageLocation::Registry(reference), dst, &args.transfer)
+}
+
+pub fn copy(store: Option<&Path>, args: CopyArgs) -> anyhow::Result<ExitCode> {
+    let src: ImageLocation = args.source.parse()?;
+    let dst: ImageLocation = args.dest.parse()?;
+    run_copy(store, src, dst, &args.transfer)
+}
+
+fn registry_host(location: &ImageLocation) -> Option<&str> {
+    match location {
+        ImageLocation::Registry(r) => r.domain(),
+        _ => None,
+    }
+}
+
+fn run_copy(
+    store: Option<&Path>,
+    src: ImageLocation,
+    dst: ImageLocation,
+    args: &TransferArgs,
+) -> anyhow::Result<ExitCode> {
+    let hosts = [registry_host(&src), registry_host(&dst)];
+    let options = args.registry.client_options(hosts.into_iter().flatten());
+    let client = Client::new(options).context("cannot set up the registry client")?;
+    let store = init_store(store)?;
+    let copy_options = CopyOptions::new(args.jobs.into(), args.dry_run);
+    let verb = match (&src, &dst) {
+        (ImageLocation::Registry(_), ImageLocation::Registry(_)) => "copy",
+        (ImageLocation::Registry(_), _) => "pull",
+        (_, ImageLocation::Registry(_)) => "push",
+        _ => "copy",
+    };
+    let outcome = if std::io::stderr().is_terminal() {
+        let bars = BarProgress::new();
+        let r = transfer::copy(&client, &store, &src, &dst, &copy_options, &bars);
+        bars.clear();
+        r
+    } else {
+        transfer::copy(&client, &store, &src, &dst, &copy_options, &LineProgress::new(verb))
+    }
+    .with_context(|| format!("{verb} {src} -> {dst} failed"))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&json_report(&src, &dst, &outcome))?)?;
+    } else {
+        write_report(&mut out, &src, &dst, &outcome)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--json` report: the locations, the manifest digest, the registry leg's report as the
+/// registry crate serializes it, and the local leg.
+fn json_report(src: &ImageLocation, dst: &ImageLocation, o: &CopyOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "source": src.to_string(),
+        "destination": dst.to_string(),
+        "manifest": o.manifest.to_string(),
+        "dry_run": o.dry_run,
+        "transfer": o.transfer,
+        "local": o.local.as_ref().map(|l| serde_json::json!({
+            "written": l.written,
+            "skipped": l.skipped,
+            "bytes": l.bytes,
+        })),
+    })
+}
+
+fn write_report(
+    out: &mut impl Write,
+    src: &ImageLocation,
+    dst: &ImageLocation,
+    o: &CopyOutcome,
+) -> std::io::Result<()> {
+    let would = if o.dry_run { "dry run, nothing moved: would copy" } else { "copied" };
+    writeln!(out, "{would} {src} -> {dst}")?;
+    writeln!(out, "  manifest {}", o.manifest)?;
+    if let Some(t) = &o.transfer {
+        let layers = |f: &dyn Fn(&BlobOutcome) -> bool| {
+            t.blobs.iter().filter(|b| b.kind == BlobKind::Layer && f(&b.outcome)).count()
+        };
+        writeln!(
+            out,
+            "  layers: {} present (skipped), {} mounted, {} uploaded, {} downloaded",
+            layers(&|x| matches!(x, BlobOutcome::Present)),
+            layers(&|x| matches!(x, BlobOutcome::Mounted { .. })),
+            layers(&|x| matches!(x, BlobOutcome::Uploaded)),
+            layers(&|x| matches!(x, BlobOutcome::Downloaded)),
+        )?;
+        writeln!(
+            out,
+            "  blobs (layers and config): {} present, {} mounted, {} uploaded, {} downloaded; {} over the network ({} bytes)",
+            t.present,
+            t.mounted,
+            t.uploaded,
+            t.downloaded,
+            human(t.bytes),
+            t.bytes
+        )?;
+    }
+    if let Some(l) = &o.local {
+        writeln!(
+            out,
+            "  written locally: {} items, {} already present; {} ({} bytes)",
+            l.written,
+            l.skipped,
+            human(l.bytes),
+            l.bytes
+        )?;
+    }
+    Ok(())
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+fn kind_name(kind: BlobKind) -> &'static str {
+    match kind {
+        BlobKind::Layer => "layer",
+        BlobKind::Config => "config",
+        BlobKind::Manifest => "manifest",
+    }
+}
+
+fn outcome_text(outcome: &BlobOutcome) -> String {
+    match outcome {
+        BlobOutcome::Present => "already present".to_string(),
+        BlobOutcome::Mounted { from } => format!("mounted from {from}"),
+        BlobOutcome::Uploaded => "uploaded".to_string(),
+        BlobOutcome::Downloaded => "downloaded".to_string(),
+    }
+}
+
+/// One line per blob decision, for logs (stderr is not a terminal).
+struct LineProgress {
+    verb: &'static str,
+    started: Mutex<HashMap<String, (BlobKind, u64)>>,
+}
+
+impl LineProgress {
+    fn new(verb: &'static str) -> Self {
+        LineProgress { verb, started: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl TransferSink for LineProgress {
+    fn event(&self, event: &TransferEvent) {
+        let mut err = std::io::stderr().lock();
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = match event {
+            TransferEvent::BlobStart { digest, size, kind } => {
+                let d = digest.to_string();
+                started.insert(d.clone(), (*kind, *size));
+                writeln!(err, "{} {} {} ({})", self.verb, kind_name(*kind), short(&d), human(*size))
+            }
+            TransferEvent::BlobDone { digest, outcome } => {
+                let d = digest.to_string();
+                match started.get(&d) {
+                    Some((kind, size)) => writeln!(
+                        err,
+                        "{} {}: {} ({})",
+                        kind_name(*kind),
+                        short(&d),
+                        outcome_text(outcome),
+                        human(*size)
+                    ),
+                    None => writeln!(err, "blob {}: {}", short(&d), outcome_text(outcome)),
+                }
+            }
+            TransferEvent::Manifest { digest } => writeln!(err, "manifest {digest}"),
+            _ => Ok(()),
+        };
+    }
+}
+
+/// One progress bar per blob that moves; blobs that need not move get a finished line.
+struct BarProgress {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, (ProgressBar, String)>>,
+}
+
+impl BarProgress {
+    fn new() -> Self {
+        BarProgress { multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()) }
+    }
+
+    fn clear(&self) {
+        let bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        for (bar, _) in bars.values() {
+            bar.abandon();
+        }
+    }
+}
+
+impl TransferSink for BarProgress {
+    fn event(&self, event: &TransferEvent) {
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            TransferEvent::BlobStart { digest, size, kind } => {
+                let d = digest.to_string();
+                let bar = self.multi.add(ProgressBar::new(*size));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes:>9}/{total_bytes:<9} {bytes_per_sec:>11} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                let label = format!("{:<8} {}", kind_name(*kind), short(&d));
+                bar.set_prefix(label.clone());
+                bars.insert(d, (bar, label));
+            }
+            TransferEvent::BlobProgress { digest, done } => {
+                if let Some((bar, _)) = bars.get(&digest.to_string()) {
+                    bar.set_position(*done);
+                }
+            }
+            TransferEvent::BlobDone { digest, outcome } => {
+                let d = digest.to_string();
+                match bars.remove(&d) {
+                    Some((bar, _)) => {
+                        if let Some(len) = bar.length() {
+                            bar.set_position(len);
+                        }
+                        bar.finish_with_message(outcome_text(outcome));
+                    }
+                    None => {
+                        let _ = self.multi.println(format!(
+                            "{:<8} {} {}",
+                            "blob",
+                            short(&d),
+                            outcome_text(outcome)
+                        ));
+                    }
+                }
+            }
+            TransferEvent::Manifest { digest } => {
+                let _ = self.multi.println(format!("manifest {digest}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+pub fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let registry = args.registry.strip_prefix("docker://").unwrap_or(&args.registry);
+    if !args.password_stdin {
+        bail!("give the password on standard input with --password-stdin");
+    }
+    let mut password = String::new();
+    std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        bail!("empty password on standard input");
+    }
+    let options = args.registry_args.client_options([registry]);
+    let client = Client::new(options).context("cannot set up the registry client")?;
+    client
+        .check_login(registry, &args.username, password)
+        .with_context(|| format!("login to {registry} as {} failed", args.username))?;
+    let file = credentials::login(
+        registry,
+        &args.username,
+        password,
+        args.registry_args.authfile.as_deref(),
+    )
+    .with_context(|| format!("cannot save the credentials for {registry}"))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "Login Succeeded: credentials for {registry} saved in {}",
+        file.display()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
+    let registry = args.registry.strip_prefix("docker://").unwrap_or(&args.registry);
+    let removed = credentials::logout(registry, args.authfile.as_deref())
+        .with_context(|| format!("cannot remove the credentials for {registry}"))?;
+    if !removed {
+        bail!("not logged in to {registry}");
+    }
+    writeln!(std::io::stdout().lock(), "Removed login credentials for {registry}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_references_need_a_host() {
+        let r = registry_reference("docker://127.0.0.1:5000/app:v1").unwrap();
+        assert_eq!((r.domain(), r.path(), r.tag()), (Some("127.0.0.1:5000"), "app", Some("v1")));
+        let r = registry_reference("localhost/team/app:v2").unwrap();
+        assert_eq!(r.domain(), Some("localhost"));
+        assert!(registry_reference("app:v1").is_err());
+        assert!(registry_reference("docker://app").is_err());
+    }
+
+    #[test]
+    fn tls_verify_false_makes_the_named_hosts_insecure() {
+        let args = RegistryArgs {
+            tls_verify: false,
+            insecure_registries: vec!["r.example:443".into()],
+            authfile: None,
+        };
+        let o = args.client_options(["h.example:5000"]);
+        assert_eq!(o.insecure, ["r.example:443", "h.example:5000"]);
+        let args = RegistryArgs { tls_verify: true, ..args };
+        assert_eq!(args.client_options(["h.example:5000"]).insecure, ["r.example:443"]);
+    }
+}

@@ -1,0 +1,636 @@
+//! `strata push`, `pull`, `copy`, `login`/`logout` and `build --pull` end to end against a
+//! real registry: the Debian `docker-registry` (distribution 2.8) started on 127.0.0.1 and a
+//! free port by each test, its request log read to prove what crossed the wire.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn strict() -> bool {
+    std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1")
+}
+
+/// Is `tool` on PATH? Absent: skip (print why), or fail under STRATA_TEST_STRICT=1.
+#[allow(clippy::print_stderr)] // the skip message is the point
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if strict() {
+            panic!("{tool} is not installed and STRATA_TEST_STRICT=1");
+        }
+        eprintln!("skipping: {tool} is not installed");
+    }
+    found
+}
+
+/// RUN steps (the LAMP example) need root.
+#[allow(clippy::print_stderr)]
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    let root = String::from_utf8_lossy(&out.stdout).trim() == "0";
+    if !root {
+        if strict() {
+            panic!("this test needs root and STRATA_TEST_STRICT=1");
+        }
+        eprintln!("skipping: this test needs root");
+    }
+    root
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `alice` / `s3cret`, bcrypt cost 4 (what `htpasswd -B` writes; distribution checks bcrypt).
+const HTPASSWD: &str = "alice:$2b$04$shessd/TzeDK6xUyyGHRjOQ8j54m68aFMPFAzyLi72hnpgYDFdo/6\n";
+
+/// A `docker-registry` process on 127.0.0.1, killed on drop; its log in a file.
+struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Registry {
+    /// Starts a registry storing under `dir`; `None` (after a skip message) when
+    /// docker-registry is not installed.
+    fn start(dir: &Path, auth: bool) -> Option<Registry> {
+        if !have("docker-registry") {
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let mut registry = Registry {
+            child: None,
+            port: 0,
+            dir: dir.to_path_buf(),
+            log: dir.join("registry.log"),
+        };
+        registry.spawn(auth);
+        Some(registry)
+    }
+
+    fn spawn(&mut self, auth: bool) {
+        for _ in 0..5 {
+            let port = if self.port == 0 { free_port() } else { self.port };
+            let auth_section = if auth {
+                std::fs::write(self.dir.join("htpasswd"), HTPASSWD).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                    self.dir.join("htpasswd").display()
+                )
+            } else {
+                String::new()
+            };
+            let config = format!(
+                "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_section}",
+                self.dir.join("data").display()
+            );
+            let config_path = self.dir.join("config.yml");
+            std::fs::write(&config_path, config).unwrap();
+            let log =
+                std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+            let child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            self.child = Some(child);
+            self.port = port;
+            if self.wait_ready() {
+                return;
+            }
+            self.stop();
+            self.port = 0;
+        }
+        panic!("docker-registry did not start: {}", self.log_text());
+    }
+
+    /// Polls `GET /v2/` until the registry answers (200, or 401 with auth).
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false; // exited: port taken or bad config
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let req = format!("GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n", self.port);
+                let mut buf = [0u8; 16];
+                if s.write_all(req.as_bytes()).is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The current end of the log: requests after it are [`Registry::requests_since`].
+    fn mark(&self) -> usize {
+        self.log_text().len()
+    }
+
+    /// `(method, uri)` of every request logged after `mark` (the access-log lines:
+    /// `127.0.0.1 - - [date] "PUT /v2/app/manifests/v1 HTTP/1.1" 201 ...`).
+    fn requests_since(&self, mark: usize) -> Vec<(String, String)> {
+        // The access log line is written as the response completes: give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        let text = self.log_text();
+        text[mark.min(text.len())..]
+            .lines()
+            .filter_map(|l| {
+                let start = l.find("] \"")? + 3;
+                let mut parts = l[start..].split(' ');
+                Some((parts.next()?.to_string(), parts.next()?.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Counts of the writing requests among `requests`: blob upload starts (POST), chunks (PATCH),
+/// upload completions (PUT .../blobs/uploads/...), manifest PUTs.
+fn writes(requests: &[(String, String)]) -> (usize, usize, usize, usize) {
+    let count = |m: &str, needle: &str| {
+        requests.iter().filter(|(method, uri)| method == m && uri.contains(needle)).count()
+    };
+    (
+        count("POST", "/blobs/uploads/"),
+        count("PATCH", "/blobs/uploads/"),
+        count("PUT", "/blobs/uploads/"),
+        count("PUT", "/manifests/"),
+    )
+}
+
+/// A temp dir with a store, a HOME without credentials, and helpers to run `strata`.
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        Env { root, _tmp: tmp }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn command(&self, store: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+        c.arg("--store")
+            .arg(self.path(store))
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG")
+            .env("HOME", self.path("home"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, store: &str, args: &[&str]) -> Output {
+        self.command(store, args).output().unwrap()
+    }
+
+    fn ok(&self, store: &str, args: &[&str]) -> String {
+        let out = self.run(store, args);
+        assert!(
+            out.status.success(),
+            "strata {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, store: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(store, args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// A small two-file tree imported as `name` into `store`.
+    fn import(&self, store: &str, name: &str, content: &str) {
+        let tree = self.path(&format!("tree-{}", name.replace([':', '/'], "-")));
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/motd"), content).unwrap();
+        std::fs::write(tree.join("hello.txt"), "hello\n").unwrap();
+        self.ok(store, &["import", tree.to_str().unwrap(), name]);
+    }
+
+    /// `{digest, layers, diff_ids}` of an image, from `strata inspect --json`.
+    fn inspect(&self, store: &str, image: &str) -> (String, Vec<String>, Vec<String>) {
+        let v = self.json(store, &["inspect", "--json", image]);
+        let strings = |a: &serde_json::Value| -> Vec<String> {
+            a.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+        };
+        let layers =
+            v["manifest"]["layers"].as_array().unwrap().iter().map(|l| l["digest"].clone());
+        (
+            v["digest"].as_str().unwrap().to_string(),
+            layers.map(|d| d.as_str().unwrap().to_string()).collect(),
+            strings(&v["config"]["rootfs"]["diff_ids"]),
+        )
+    }
+}
+
+/// Layer outcomes in a `--json` report: how many layers were `outcome`.
+fn layers_with(report: &serde_json::Value, outcome: &str) -> usize {
+    report["transfer"]["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] == "Layer")
+        .filter(|b| b["outcome"] == outcome || b["outcome"].get(outcome).is_some())
+        .count()
+}
+
+fn blob_outcome(report: &serde_json::Value, kind: &str) -> serde_json::Value {
+    report["transfer"]["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["kind"] == kind)
+        .map(|b| b["outcome"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn push_then_pull_into_a_fresh_store_gives_the_same_digests() {
+    let e = Env::new();
+    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let host = reg.host();
+    e.import("a", "app:v1", "one\n");
+    let dest = format!("docker://{host}/team/app:v1");
+    let report = e.json("a", &["push", "--json", "app:v1", &dest]);
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(layers_with(&report, "Uploaded"), 1, "{report:#}");
+    assert_eq!(blob_outcome(&report, "Config"), "Uploaded", "{report:#}");
+    let (digest, layers, diff_ids) = e.inspect("a", "app:v1");
+    assert_eq!(report["manifest"], digest.as_str());
+
+    // A second push of the same image moves nothing.
+    let again = e.json("a", &["push", "--json", "app:v1", &dest]);
+    assert_eq!(again["transfer"]["uploaded"], 0, "{again:#}");
+    assert_eq!(again["transfer"]["bytes"], 0, "{again:#}");
+
+    // Pull into an empty store: same manifest, same layers, tagged by the full reference.
+    let pulled = e.json("b", &["pull", "--json", &format!("{host}/team/app:v1")]);
+    assert_eq!(pulled["manifest"], digest.as_str());
+    assert_eq!(layers_with(&pulled, "Downloaded"), 1, "{pulled:#}");
+    assert_eq!(e.inspect("b", &format!("{host}/team/app:v1")), (digest, layers, diff_ids));
+    assert!(e.ok("b", &["fsck"]).contains("clean"));
+    // Pulling again downloads nothing.
+    let again = e.json("b", &["pull", "--json", &format!("docker://{host}/team/app:v1")]);
+    assert_eq!(again["transfer"]["downloaded"], 0, "{again:#}");
+
+    // IMAGE names a registry: DEST defaults to it.
+    e.ok("a", &["tag", "app:v1", &format!("{host}/team/other:v1")]);
+    e.ok("a", &["push", &format!("{host}/team/other:v1")]);
+    // Without DEST, a local name is an error naming what to do.
+    let out = e.run("a", &["push", "app:v1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEST"));
+
+    // Another tool reads what we pushed.
+    if have("skopeo") {
+        let out =
+            Command::new("skopeo").args(["inspect", "--tls-verify=false", &dest]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["Digest"], report["manifest"]);
+    }
+}
+
+/// A copy of examples/lamp with its base imported into `store`.
+fn lamp(e: &Env, store: &str) -> PathBuf {
+    let dir = e.path("lamp");
+    let status =
+        Command::new("cp").arg("-r").arg(workspace().join("examples/lamp")).arg(&dir).status();
+    assert!(status.unwrap().success());
+    let out = Command::new(dir.join("make-base.sh"))
+        .env("STRATA", env!("CARGO_BIN_EXE_strata"))
+        .env("STRATA_STORE", e.path(store))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make-base.sh: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+#[test]
+fn lamp_v2_push_uploads_one_layer_plus_config_and_manifest() {
+    if !is_root() {
+        return;
+    }
+    let e = Env::new();
+    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let host = reg.host();
+    let dir = lamp(&e, "s");
+    let ctx = dir.to_str().unwrap();
+    e.ok("s", &["build", "--progress", "plain", "-t", "lamp:v1", ctx]);
+    let v1 = e.json("s", &["push", "--json", "lamp:v1", &format!("docker://{host}/lamp:v1")]);
+    assert_eq!(layers_with(&v1, "Uploaded"), 6, "{v1:#}");
+
+    let php = dir.join("app/index.php");
+    let text = std::fs::read_to_string(&php).unwrap().replace("version 1", "version 2");
+    std::fs::write(&php, text).unwrap();
+    e.ok("s", &["build", "--progress", "plain", "-t", "lamp:v2", ctx]);
+    let mark = reg.mark();
+    let v2 = e.json("s", &["push", "--json", "lamp:v2", &format!("docker://{host}/lamp:v2")]);
+    let requests = reg.requests_since(mark);
+
+    // The report: one layer uploaded, five found present, the new config uploaded.
+    assert_eq!(layers_with(&v2, "Uploaded"), 1, "{v2:#}");
+    assert_eq!(layers_with(&v2, "Present"), 5, "{v2:#}");
+    assert_eq!(blob_outcome(&v2, "Config"), "Uploaded", "{v2:#}");
+    assert_eq!(v2["transfer"]["uploaded"], 2, "{v2:#}");
+    let (_, layers, _) = e.inspect("s", "lamp:v2");
+    let app_layer = layers.last().unwrap();
+    let app_size = v2["transfer"]["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["digest"] == app_layer.as_str())
+        .map(|b| b["size"].as_u64().unwrap())
+        .unwrap();
+    let config_size = v2["transfer"]["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["kind"] == "Config")
+        .map(|b| b["size"].as_u64().unwrap())
+        .unwrap();
+    assert_eq!(v2["transfer"]["bytes"], app_size + config_size, "{v2:#}");
+
+    // The registry's own log: two blob uploads (the app layer and the config), each started
+    // and completed once, and one manifest.
+    let (posts, _patches, puts, manifests) = writes(&requests);
+    assert_eq!((posts, puts, manifests), (2, 2, 1), "{requests:?}");
+    let completed: Vec<&str> = requests
+        .iter()
+        .filter(|(m, u)| m == "PUT" && u.contains("/blobs/uploads/"))
+        .map(|(_, u)| u.as_str())
+        .collect();
+    assert!(
+        completed
+            .iter()
+            .any(|u| u.contains(&app_layer.replace(':', "%3A")) || u.contains(app_layer.as_str())),
+        "the app layer is one of the uploads: {completed:?}"
+    );
+    assert!(!completed.iter().any(|u| layers[..5].iter().any(|l| u.contains(&l[7..]))));
+
+    // And what was pushed pulls back whole.
+    let pulled = e.json("fresh", &["pull", "--json", &format!("{host}/lamp:v2")]);
+    assert_eq!(pulled["manifest"], v2["manifest"]);
+    assert!(e.ok("fresh", &["fsck"]).contains("clean"));
+}
+
+#[test]
+fn copy_between_the_registry_and_every_local_transport() {
+    let e = Env::new();
+    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let host = reg.host();
+    e.import("a", "app:v1", "copied\n");
+    let (digest, _, diff_ids) = e.inspect("a", "app:v1");
+
+    // store -> registry
+    let r = e.json("a", &["copy", "--json", "app:v1", &format!("docker://{host}/c/app:v1")]);
+    assert_eq!(r["manifest"], digest.as_str());
+    // registry -> oci: the same manifest
+    let oci = e.path("layout");
+    let oci_loc = format!("oci:{}:v1", oci.display());
+    e.ok("a", &["copy", &format!("docker://{host}/c/app:v1"), &oci_loc]);
+    assert_eq!(e.inspect("a", &oci_loc).0, digest);
+    // oci -> registry (another repository)
+    e.ok("a", &["copy", &oci_loc, &format!("docker://{host}/c/from-oci:v1")]);
+    let r = e.json("b", &["pull", "--json", &format!("{host}/c/from-oci:v1")]);
+    assert_eq!(r["manifest"], digest.as_str());
+    // registry -> docker-archive: layers uncompressed, same diffIDs
+    let archive = e.path("app.tar");
+    let archive_loc = format!("docker-archive:{}", archive.display());
+    e.ok("a", &["copy", &format!("docker://{host}/c/app:v1"), &archive_loc]);
+    assert_eq!(e.inspect("a", &archive_loc).2, diff_ids);
+    // docker-archive -> registry -> a store, by another name
+    e.ok("a", &["copy", &archive_loc, &format!("docker://{host}/c/from-archive:v1")]);
+    e.ok("c", &["copy", &format!("docker://{host}/c/from-archive:v1"), "mine:v1"]);
+    assert_eq!(e.inspect("c", "mine:v1").2, diff_ids);
+    assert_eq!(e.inspect("c", &format!("{host}/c/from-archive:v1")).2, diff_ids);
+    // registry -> registry
+    e.ok(
+        "d",
+        &["copy", &format!("docker://{host}/c/app:v1"), &format!("docker://{host}/c/again:v1")],
+    );
+    let r = e.json("d", &["pull", "--json", &format!("{host}/c/again:v1")]);
+    assert_eq!(r["manifest"], digest.as_str());
+    // local <-> local still works through the same command
+    let oci2 = format!("oci:{}:x", e.path("layout2").display());
+    e.ok("a", &["copy", "app:v1", &oci2]);
+    e.ok("e", &["copy", &oci2, "local:v1"]);
+    assert_eq!(e.inspect("e", "local:v1").0, digest);
+    for store in ["a", "b", "c", "d", "e"] {
+        assert!(e.ok(store, &["fsck"]).contains("clean"), "{store}");
+    }
+}
+
+#[test]
+fn dry_runs_move_nothing() {
+    let e = Env::new();
+    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let host = reg.host();
+    e.import("a", "app:v1", "dry\n");
+    let dest = format!("docker://{host}/dry/app:v1");
+    let mark = reg.mark();
+    let out = e.ok("a", &["push", "--dry-run", "app:v1", &dest]);
+    assert!(out.contains("dry run"), "{out}");
+    let r = e.json("a", &["push", "--dry-run", "--json", "app:v1", &dest]);
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(layers_with(&r, "Uploaded"), 1, "predicted: {r:#}");
+    let requests = reg.requests_since(mark);
+    assert!(requests.iter().any(|(m, _)| m == "HEAD"), "{requests:?}");
+    assert!(
+        requests.iter().all(|(m, _)| m == "HEAD" || m == "GET"),
+        "a dry run only looks: {requests:?}"
+    );
+    // Nothing is there: pulling fails.
+    let out = e.run("b", &["pull", &format!("{host}/dry/app:v1")]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // A dry-run pull writes nothing into the store.
+    e.ok("a", &["push", "app:v1", &dest]);
+    let r = e.json("b", &["pull", "--dry-run", "--json", &format!("{host}/dry/app:v1")]);
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(layers_with(&r, "Downloaded"), 1, "{r:#}");
+    let images = e.ok("b", &["images", "--json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&images).unwrap(), serde_json::json!([]));
+}
+
+#[test]
+fn build_pulls_a_registry_base_on_demand() {
+    if !is_root() {
+        return;
+    }
+    let e = Env::new();
+    let Some(mut reg) = Registry::start(&e.path("registry"), false) else { return };
+    let host = reg.host();
+    e.import("a", "base:1", "base\n");
+    e.ok("a", &["push", "base:1", &format!("docker://{host}/base:1")]);
+    let ctx = e.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {host}/base:1\nCOPY f.txt /f.txt\n"))
+        .unwrap();
+    std::fs::write(ctx.join("f.txt"), "f\n").unwrap();
+    let ctx = ctx.to_str().unwrap();
+
+    // --pull=never: the store has no copy, so the build fails and says why.
+    let out = e.run("b", &["build", "--progress", "plain", "--pull=never", ctx]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{host}/base:1")) && err.contains("--pull=never"), "{err}");
+
+    // Default (missing): pulled, and the log says so.
+    let out = e.run("b", &["build", "--progress", "plain", "-t", "out:1", ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("pulling {host}/base:1")), "{err}");
+    assert!(err.contains(&format!("pulled {host}/base:1")), "{err}");
+    assert!(e.ok("b", &["images"]).contains(&format!("{host}/base")));
+
+    // The registry is gone: missing (and never) use the store's copy without contacting it.
+    reg.stop();
+    let out = e.run("b", &["build", "--progress", "plain", "-t", "out:2", ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("pulling"), "{err}");
+    e.ok("b", &["build", "--progress", "plain", "--pull=never", ctx]);
+    // always: must ask the registry, which is down: a clear failure, not a hang.
+    let started = Instant::now();
+    let out = e.run("b", &["build", "--progress", "plain", "--pull=always", ctx]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("pulling {host}/base:1")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // docker:// in FROM works too.
+    std::fs::write(
+        e.path("ctx/Dockerfile"),
+        format!("FROM docker://{host}/base:1\nCOPY f.txt /g.txt\n"),
+    )
+    .unwrap();
+    e.ok("b", &["build", "--progress", "plain", "--pull=never", ctx]);
+}
+
+#[test]
+fn login_and_logout_with_htpasswd() {
+    let e = Env::new();
+    let Some(reg) = Registry::start(&e.path("registry"), true) else { return };
+    let host = reg.host();
+    let authfile = e.path("auth.json");
+    let authfile = authfile.to_str().unwrap();
+    let login = |password: &str| {
+        let mut child = e
+            .command(
+                "a",
+                &["login", &host, "-u", "alice", "--password-stdin", "--authfile", authfile],
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let bad = login("wrong");
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(!Path::new(authfile).exists(), "a failed login saves nothing");
+    let good = login("s3cret");
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(std::fs::read_to_string(authfile).unwrap().contains(&host));
+
+    e.import("a", "app:v1", "secret\n");
+    let dest = format!("docker://{host}/private/app:v1");
+    let out = e.run("a", &["push", "app:v1", &dest]);
+    assert_eq!(out.status.code(), Some(2), "no credentials: refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") || err.contains("refused"), "{err}");
+    e.ok("a", &["push", "--authfile", authfile, "app:v1", &dest]);
+    e.ok("b", &["pull", "--authfile", authfile, &dest]);
+
+    e.ok("a", &["logout", &host, "--authfile", authfile]);
+    let out = e.run("a", &["logout", &host, "--authfile", authfile]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
+    let out = e.run("b", &["pull", "--authfile", authfile, &dest]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unreachable_registry_and_missing_tag_are_clear_errors() {
+    let e = Env::new();
+    e.import("a", "app:v1", "x\n");
+    // Nobody listens on this port: exit 2, the registry named, no hang.
+    let host = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let out = e.run("a", &["push", "app:v1", &format!("docker://{host}/app:v1")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&host), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let out = e.run("a", &["pull", &format!("{host}/app:v1")]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let host = reg.host();
+    e.ok("a", &["push", "app:v1", &format!("docker://{host}/app:v1")]);
+    let out = e.run("b", &["pull", &format!("{host}/app:nope")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope"), "{err}");
+    let out = e.run("b", &["pull", &format!("{host}/never-pushed:v1")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never-pushed"));
+    // Bad locations are usage errors before any network.
+    let out = e.run("a", &["copy", "dir:/tmp/x", &format!("docker://{host}/app:v2")]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = e.run("a", &["pull", "app:v1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names no registry"));
+}

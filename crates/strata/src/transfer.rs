@@ -1,0 +1,354 @@
+//! Copying an image between any two places strata knows: the local store (`name:tag`), an OCI
+//! layout (`oci:DIR[:REF]`), a `docker save` archive (`docker-archive:FILE[:REF]`) and a
+//! registry (`docker://HOST/REPO:TAG`), as `skopeo copy` does.
+//!
+//! This module is routing, not logic: each leg is done by the crate that owns it. A registry
+//! source is pulled by [`strata_registry::pull`] (into the local store, or into a scratch
+//! layout when the destination is a file or directory, which is then written by
+//! [`transport::export`]); a registry destination is pushed by [`strata_registry::push`] from
+//! wherever the image lives ([`transport::open_source`] reads a layout or an archive without
+//! copying it into the store first); local-to-local copies are [`transport::load`] and
+//! [`transport::export`]. What crossed the network is the registry crate's
+//! [`TransferReport`]; what was written locally is a [`LocalCopy`]. A dry run contacts the
+//! registry only to decide (HEAD requests, the manifest) and writes nothing anywhere.
+
+use std::io;
+use std::path::PathBuf;
+
+use strata_layer::transport::{self, SourceImage};
+use strata_layer::LayerError;
+use strata_registry::{
+    Client, PullOptions, PushOptions, RegistryError, TransferReport, TransferSink,
+};
+use strata_store::oci_spec::image::Descriptor;
+use strata_store::{Digest, Image, ImageLocation, Reference, Store, StoreError};
+
+/// How to copy.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CopyOptions {
+    /// Blobs moved at the same time on a registry leg (at least 1).
+    pub jobs: usize,
+    /// Decide and report only: nothing is uploaded, downloaded, written or tagged.
+    pub dry_run: bool,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions { jobs: 3, dry_run: false }
+    }
+}
+
+impl CopyOptions {
+    /// Options with `jobs` parallel blob transfers and `dry_run`.
+    pub fn new(jobs: usize, dry_run: bool) -> CopyOptions {
+        CopyOptions { jobs: jobs.max(1), dry_run }
+    }
+}
+
+/// What was written on the local side of a copy (the store, an OCI layout, an archive).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalCopy {
+    /// Blobs (or archive members) written; for a dry run, those that would be.
+    pub written: u64,
+    /// Blobs the destination already had.
+    pub skipped: u64,
+    /// Bytes written; for a dry run, the bytes that would be.
+    pub bytes: u64,
+}
+
+/// What [`copy`] did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CopyOutcome {
+    /// The manifest digest of the image copied.
+    pub manifest: Digest,
+    /// The registry leg (push or pull), when either side is a registry.
+    pub transfer: Option<TransferReport>,
+    /// The local leg, when the destination is local (or the source is a registry and the
+    /// destination a file or directory, written from a scratch layout).
+    pub local: Option<LocalCopy>,
+    /// Nothing was moved: the figures say what would have been.
+    pub dry_run: bool,
+}
+
+/// Why a copy failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The registry leg failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Reading or writing a layout or an archive failed.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A local destination name that cannot be a tag (`strata copy docker://h/a:1 sha256:...`).
+    #[error("cannot tag the copy as {name:?}: a destination in the store must be NAME[:TAG]")]
+    InvalidDestinationName {
+        /// The name as given.
+        name: String,
+    },
+    /// The pair of locations cannot be copied (`dir:` as a source, a registry reference
+    /// without a tag or digest).
+    #[error("cannot copy {source_location} to {destination}: {reason}")]
+    Unsupported {
+        /// The source as written.
+        source_location: String,
+        /// The destination as written.
+        destination: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The scratch layout for a registry-to-file copy could not be made.
+    #[error("creating a scratch layout in {path}: {source}")]
+    Scratch {
+        /// Where.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn manifest_digest(d: &Descriptor) -> Result<Digest, TransferError> {
+    Ok(Digest::try_from(d.digest()).map_err(StoreError::from)?)
+}
+
+/// Copies the image at `src` to `dst`. `store` is the local store: the source or destination
+/// when either is `name:tag`, and where a registry image is pulled to when the destination is
+/// the store. `client` is used only when one side is a registry; `events` receives its
+/// per-blob progress.
+///
+/// A pull into the store tags the image with its full reference (`host/repo:tag`) and, when
+/// the destination names another tag, with that too. A registry destination must carry a tag
+/// (or a digest). Registry to registry goes through a scratch layout (no cross-registry mount).
+pub fn copy(
+    client: &Client,
+    store: &Store,
+    src: &ImageLocation,
+    dst: &ImageLocation,
+    options: &CopyOptions,
+    events: &dyn TransferSink,
+) -> Result<CopyOutcome, TransferError> {
+    let unsupported = |reason| TransferError::Unsupported {
+        source_location: src.to_string(),
+        destination: dst.to_string(),
+        reason,
+    };
+    if matches!(src, ImageLocation::Dir(_)) {
+        return Err(unsupported("dir: is a destination only"));
+    }
+    let push_options = PushOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
+    let pull_options = PullOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
+    match (src, dst) {
+        (ImageLocation::Registry(from), ImageLocation::Store(name)) => {
+            // The pull tags the image with its full reference; another name is a second tag.
+            let extra = match name == &from.to_string() {
+                true => None,
+                false => Some(destination_tag(name)?).filter(|t| *t != from.tag_key()),
+            };
+            let pulled = strata_registry::pull(client, store, from, &pull_options, events)?;
+            let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
+            if let Some(tag) = extra.filter(|_| !options.dry_run) {
+                store.tag(&tag, &pulled.image.manifest_descriptor)?;
+            }
+            Ok(CopyOutcome {
+                manifest,
+                transfer: Some(pulled.report),
+                local: None,
+                dry_run: options.dry_run,
+            })
+        }
+        (ImageLocation::Registry(from), _) => {
+            // A file or directory (or another registry) is written from a scratch layout.
+            let (_dir, scratch) = scratch_layout()?;
+            let pulled = strata_registry::pull(client, &scratch, from, &pull_options, events)?;
+            let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
+            if options.dry_run {
+                // Nothing was downloaded, so there is nothing to write or push from.
+                return Ok(CopyOutcome {
+                    manifest,
+                    transfer: Some(pulled.report),
+                    local: None,
+                    dry_run: true,
+                });
+            }
+            let mut source = transport::open_source(
+                Some(&scratch),
+                &ImageLocation::Store(manifest.to_string()),
+            )?;
+            source.name = Some(from.to_string());
+            if let ImageLocation::Registry(to) = dst {
+                check_pushable(to).map_err(unsupported)?;
+                let pushed = strata_registry::push(
+                    client,
+                    &source.store,
+                    &source.image,
+                    to,
+                    &push_options,
+                    events,
+                )?;
+                return Ok(CopyOutcome {
+                    manifest,
+                    transfer: Some(merge(pulled.report, pushed)),
+                    local: None,
+                    dry_run: false,
+                });
+            }
+            let local = write_local(store, &source, dst, Some(from))?;
+            Ok(CopyOutcome {
+                manifest,
+                transfer: Some(pulled.report),
+                local: Some(local),
+                dry_run: false,
+            })
+        }
+        (_, ImageLocation::Registry(to)) => {
+            check_pushable(to).map_err(unsupported)?;
+            let source = transport::open_source(Some(store), src)?;
+            let report = strata_registry::push(
+                client,
+                &source.store,
+                &source.image,
+                to,
+                &push_options,
+                events,
+            )?;
+            Ok(CopyOutcome {
+                manifest: manifest_digest(&source.image.manifest_descriptor)?,
+                transfer: Some(report),
+                local: None,
+                dry_run: options.dry_run,
+            })
+        }
+        (_, _) => {
+            let source = transport::open_source(Some(store), src)?;
+            let manifest = manifest_digest(&source.image.manifest_descriptor)?;
+            let local = if options.dry_run {
+                plan_local(store, &source.image, &source.store, dst)?
+            } else {
+                write_local(store, &source, dst, None)?
+            };
+            Ok(CopyOutcome {
+                manifest,
+                transfer: None,
+                local: Some(local),
+                dry_run: options.dry_run,
+            })
+        }
+    }
+}
+
+/// A registry destination needs a tag or a digest to PUT the manifest under.
+fn check_pushable(to: &Reference) -> Result<(), &'static str> {
+    if to.tag().is_none() && to.digest().is_none() {
+        return Err("a registry destination needs a tag (docker://HOST/REPO:TAG)");
+    }
+    if to.domain().is_none() {
+        return Err("a registry destination needs a registry host (docker://HOST/REPO:TAG)");
+    }
+    Ok(())
+}
+
+/// The tag key a `name[:tag]` destination in the store is written under.
+fn destination_tag(name: &str) -> Result<String, TransferError> {
+    let invalid = || TransferError::InvalidDestinationName { name: name.to_string() };
+    let reference: Reference = name.parse().map_err(|_| invalid())?;
+    if reference.digest().is_some() {
+        return Err(invalid());
+    }
+    Ok(reference.tag_key())
+}
+
+/// A temporary OCI layout in the system's temp directory (not under the store, whose `gc`
+/// removes temporary entries).
+fn scratch_layout() -> Result<(tempfile::TempDir, Store), TransferError> {
+    let parent = std::env::temp_dir();
+    let dir = tempfile::Builder::new()
+        .prefix("strata-transfer-")
+        .tempdir_in(&parent)
+        .map_err(|source| TransferError::Scratch { path: parent.clone(), source })?;
+    let layout = Store::init(dir.path())?;
+    Ok((dir, layout))
+}
+
+/// Writes `source` to a local destination: into the store (verified, tagged when named) or
+/// out to a layout, an archive or a directory. `pulled_from` names the registry reference a
+/// scratch image came from, so that an `oci:DIR` without a ref is tagged with its tag.
+fn write_local(
+    store: &Store,
+    source: &SourceImage,
+    dst: &ImageLocation,
+    pulled_from: Option<&Reference>,
+) -> Result<LocalCopy, TransferError> {
+    match dst {
+        ImageLocation::Store(name) => {
+            let tag = destination_tag(name)?;
+            let (manifest, report) =
+                transport::copy_image(&source.store, &source.image, store, None)?;
+            store.tag(&tag, &manifest)?;
+            Ok(LocalCopy {
+                written: report.copied as u64,
+                skipped: report.skipped as u64,
+                bytes: report.bytes,
+            })
+        }
+        ImageLocation::Oci { dir, reference: None } if pulled_from.is_some() => {
+            let reference =
+                pulled_from.and_then(|r| r.tag()).unwrap_or(strata_store::DEFAULT_TAG).to_string();
+            let dst = ImageLocation::Oci { dir: dir.clone(), reference: Some(reference) };
+            let report = transport::export(source, &dst, None)?;
+            Ok(LocalCopy { written: report.items, skipped: 0, bytes: report.bytes })
+        }
+        _ => {
+            let report = transport::export(source, dst, None)?;
+            Ok(LocalCopy { written: report.items, skipped: 0, bytes: report.bytes })
+        }
+    }
+}
+
+/// What [`write_local`] would write, without writing: blobs the destination store or layout
+/// lacks, or every blob for an archive or a directory.
+fn plan_local(
+    store: &Store,
+    image: &Image,
+    from: &Store,
+    dst: &ImageLocation,
+) -> Result<LocalCopy, TransferError> {
+    let target = match dst {
+        ImageLocation::Store(name) => {
+            destination_tag(name)?;
+            Some(store.clone())
+        }
+        ImageLocation::Oci { dir, .. } => Store::open(dir).ok(),
+        _ => None,
+    };
+    let mut plan = LocalCopy::default();
+    let blobs = image
+        .manifest
+        .layers()
+        .iter()
+        .chain(std::iter::once(image.manifest.config()))
+        .chain(std::iter::once(&image.manifest_descriptor));
+    for desc in blobs {
+        let digest = manifest_digest(desc)?;
+        if target.as_ref().is_some_and(|t| t.has_blob(&digest)) {
+            plan.skipped += 1;
+        } else {
+            plan.written += 1;
+            plan.bytes += from.blob_size(&digest).unwrap_or(desc.size());
+        }
+    }
+    Ok(plan)
+}
+
+/// One report for a registry-to-registry copy: the pull's downloads and the push's uploads.
+fn merge(pull: TransferReport, push: TransferReport) -> TransferReport {
+    let mut out = push;
+    out.downloaded += pull.downloaded;
+    out.bytes += pull.bytes;
+    out
+}
