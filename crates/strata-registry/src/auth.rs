@@ -45,6 +45,8 @@ struct HostState {
     challenge: Option<Challenge>,
     tokens: HashMap<String, Token>,
     sent_credentials: bool,
+    /// `/v2/` was asked once, so the challenge (or its absence) is known.
+    probed: bool,
 }
 
 /// The `Authorization` header for one request.
@@ -82,6 +84,15 @@ impl AuthCache {
     /// Forgets everything about `registry` (after `check_login`).
     pub fn forget(&self, registry: &str) {
         self.lock().remove(registry);
+    }
+
+    /// Whether `/v2/` was asked already (see [`Client::prepare`]).
+    pub fn probed(&self, registry: &str) -> bool {
+        self.lock().get(registry).is_some_and(|h| h.probed)
+    }
+
+    pub fn mark_probed(&self, registry: &str) {
+        self.lock().entry(registry.to_owned()).or_default().probed = true;
     }
 
     /// Whether the last request to `registry` carried credentials.

@@ -231,6 +231,28 @@ impl Client {
         }
     }
 
+    /// Learns how `ep`'s registry authenticates before blobs move in parallel: one `GET /v2/`
+    /// (spec.md "Determining support") answered with credentials or a token for `scopes`, so
+    /// the parallel requests that follow carry the right header instead of each collecting a
+    /// 401 and fetching its own token.
+    pub(crate) fn prepare(&self, ep: &Endpoint, scopes: &[String]) -> Result<(), RegistryError> {
+        if self.auth.probed(&ep.registry) {
+            return Ok(());
+        }
+        let req = Req::new("GET", format!("{}/v2/", ep.base));
+        let resp = self.send(ep, scopes, &req)?;
+        match resp.status().as_u16() {
+            200 => {
+                self.auth.mark_probed(&ep.registry);
+                Ok(())
+            }
+            // Some registries answer /v2/ oddly (404 behind a path router); the real requests
+            // will tell.
+            404 => Ok(()),
+            _ => Err(self.status_error(ep, &req, resp)),
+        }
+    }
+
     /// The endpoint for a reference's repository.
     pub(crate) fn endpoint(&self, reference: &Reference) -> Endpoint {
         let mut ep = self.registry_endpoint(reference.domain().unwrap_or("docker.io"));
@@ -388,9 +410,11 @@ fn build_agent(roots: RootCerts, timeout: Duration) -> Agent {
         .http_status_as_error(false)
         .tls_config(tls)
         .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-        // Blob GETs may be redirected to storage on another host: follow, but only keep the
-        // Authorization header on the same host and scheme, so credentials never leak.
-        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+        // Blob GETs may be redirected to storage elsewhere (S3, a CDN) with a pre-signed URL:
+        // follow, but never carry the Authorization header along. (ureq's `SameHost` compares
+        // host names only, ignoring the port, so it would hand a token to any other service
+        // on the registry's host.)
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::Never)
         .max_redirects(10)
         .timeout_connect(Some(timeout))
         .timeout_per_read(Some(timeout))

@@ -45,7 +45,7 @@ pub use strata_store::Reference;
 pub use client::{Client, ClientOptions};
 pub use error::RegistryError;
 pub use manifest::Platform;
-pub use pull::{pull, Pulled};
+pub use pull::{pull, pull_platform, Pulled};
 pub use push::push;
 
 /// Options of [`push`].

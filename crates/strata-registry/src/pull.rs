@@ -59,6 +59,7 @@ pub fn pull_platform(
 ) -> Result<Pulled, RegistryError> {
     let ep = client.endpoint(reference);
     let scopes = [format!("repository:{}:pull", ep.repository)];
+    client.prepare(&ep, &scopes)?;
     let wanted = match (reference.digest(), reference.tag()) {
         (Some(d), _) => d.to_string(),
         (None, Some(t)) => t.to_owned(),

@@ -56,6 +56,7 @@ pub fn push(
     let ep = client.endpoint(dest);
     let scope = if options.dry_run { "pull" } else { "pull,push" };
     let scopes = [format!("repository:{}:{scope}", ep.repository)];
+    client.prepare(&ep, &scopes)?;
 
     let mut blobs = Vec::new();
     let config = image.manifest.config();

@@ -1,6 +1,7 @@
 //! Helpers shared by this crate's integration tests: test images and a real registry.
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod fake;
 pub mod registry;
 
 use std::sync::Mutex;

@@ -1,0 +1,498 @@
+//! Protocol rules checked against a recording fake registry (tests/common/fake.rs): auth
+//! flows, chunking, retries, resumption, and registries that lie.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::fake::{Fake, FakeAuth};
+use common::{make_image, random_bytes, small_image, tar_layer};
+use strata_registry::{
+    pull, pull_platform, push, Client, ClientOptions, NoProgress, Platform, PullOptions,
+    PushOptions, Reference, RegistryError,
+};
+use strata_store::{Image, Store, MEDIA_TYPE_MANIFEST};
+
+fn client_with(auth_file: Option<&Path>, retries: u32) -> Client {
+    Client::new(ClientOptions {
+        retries,
+        auth_file: auth_file.map(Path::to_owned),
+        ..Default::default()
+    })
+    .unwrap()
+    .with_backoff(Duration::from_millis(1))
+    .with_timeout(Duration::from_secs(5))
+}
+
+fn client() -> Client {
+    let none = std::env::temp_dir().join("strata-registry-test-no-credentials.json");
+    client_with(Some(&none), 3)
+}
+
+fn auth_file(dir: &Path, registry: &str, user: &str, pass: &str) -> std::path::PathBuf {
+    let file = dir.join("auth.json");
+    strata_registry::credentials::login(registry, user, pass, Some(&file)).unwrap();
+    file
+}
+
+fn at(fake: &Fake, repo_tag: &str) -> Reference {
+    format!("{}/{repo_tag}", fake.host()).parse().unwrap()
+}
+
+fn store(dir: &Path, name: &str) -> Store {
+    Store::init(dir.join(name)).unwrap()
+}
+
+fn push_image(client: &Client, store: &Store, image: &Image, dest: &Reference) {
+    push(client, store, image, dest, &PushOptions::default(), &NoProgress).unwrap();
+}
+
+/// The store holds no blob, no tag, and is consistent.
+fn assert_untouched(store: &Store) {
+    assert!(store.list_blobs().unwrap().is_empty(), "{:?}", store.list_blobs());
+    assert!(store.tags().unwrap().is_empty());
+    assert!(store.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn bearer_tokens_are_fetched_with_scope_and_credentials_then_refetched() {
+    let fake = Fake::start(FakeAuth::Bearer {
+        user: Some(("alice".into(), "s3cret".into())),
+        expires_in: 300,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = auth_file(dir.path(), &fake.host(), "alice", "s3cret");
+    let client = client_with(Some(&file), 3);
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 1, 3);
+    push_image(&client, &s, &image, &at(&fake, "team/app:v1"));
+
+    let tokens = fake.with(|st| st.token_requests.clone());
+    assert_eq!(tokens.len(), 1, "one token for the whole push: {tokens:#?}");
+    let t = &tokens[0];
+    assert!(t.target.contains("service=fake"), "{}", t.target);
+    assert!(t.target.contains("scope=repository:team/app:pull,push"), "{}", t.target);
+    assert!(t.header("authorization").is_some_and(|a| a.starts_with("Basic ")));
+    // Every registry request after the first carried the token.
+    let seen = fake.seen();
+    assert!(seen[1..].iter().all(|r| r.header("authorization") == Some("Bearer tok-1")));
+
+    // The registry revokes (expires) the token: 401 again -> a new token, once.
+    fake.expire_tokens();
+    let fresh = store(dir.path(), "b");
+    let pulled = pull(
+        &client,
+        &fresh,
+        &at(&fake, "team/app:v1"),
+        &PullOptions { jobs: 1, ..Default::default() },
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    let tokens = fake.with(|st| st.token_requests.clone());
+    assert_eq!(tokens.len(), 2, "{tokens:#?}");
+    assert!(tokens[1].target.contains("scope=repository:team/app:pull"), "{}", tokens[1].target);
+    assert!(!tokens[1].target.contains("push"), "a pull asks for pull only: {}", tokens[1].target);
+}
+
+#[test]
+fn tokens_are_refreshed_when_expires_in_runs_out() {
+    let fake = Fake::start(FakeAuth::Bearer { user: None, expires_in: 1 });
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 2, 1);
+    push_image(&client, &s, &image, &at(&fake, "app:v1"));
+    assert_eq!(fake.with(|st| st.token_requests.len()), 1);
+    // Anonymous token requests carry no credentials.
+    assert!(fake.with(|st| st.token_requests[0].header("authorization").is_none()));
+    std::thread::sleep(Duration::from_millis(1100));
+    push_image(&client, &s, &image, &at(&fake, "app:v1"));
+    assert_eq!(fake.with(|st| st.token_requests.len()), 2, "expired token must be replaced");
+}
+
+#[test]
+fn refused_credentials_say_whether_any_were_sent() {
+    let fake = Fake::start(FakeAuth::Basic("bob".into(), "right".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let reference = at(&fake, "app:v1");
+
+    let err = pull(&client(), &s, &reference, &PullOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: false, .. }), "{err:?}");
+    assert!(err.to_string().contains(&fake.host()) && err.to_string().contains("app"), "{err}");
+
+    let wrong = auth_file(dir.path(), &fake.host(), "bob", "wrong");
+    let err =
+        pull(&client_with(Some(&wrong), 3), &s, &reference, &PullOptions::default(), &NoProgress)
+            .unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: true, .. }), "{err:?}");
+    assert!(err.to_string().contains("credentials were sent"), "{err}");
+    assert_untouched(&s);
+
+    // Good credentials: Basic works, and check_login agrees.
+    let right = auth_file(dir.path(), &fake.host(), "bob", "right");
+    let c = client_with(Some(&right), 3);
+    let image = small_image(&s, 3, 1);
+    push_image(&c, &s, &image, &reference);
+    client().check_login(&fake.host(), "bob", "right").unwrap();
+    let err = client().check_login(&fake.host(), "bob", "nope").unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+
+    // Bearer whose token service refuses the credentials.
+    let bearer = Fake::start(FakeAuth::Bearer {
+        user: Some(("bob".into(), "right".into())),
+        expires_in: 60,
+    });
+    let bad = auth_file(dir.path(), &bearer.host(), "bob", "wrong");
+    let err = push(
+        &client_with(Some(&bad), 3),
+        &s,
+        &image,
+        &at(&bearer, "app:v1"),
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: true, .. }), "{err:?}");
+}
+
+#[test]
+fn chunked_uploads_honour_the_minimum_chunk_length_and_manifest_comes_last() {
+    let fake = Fake::start(FakeAuth::None);
+    fake.with(|st| st.chunk_min = Some(300_000));
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let layer = random_bytes(5, 1_000_000);
+    let image = make_image(&s, std::slice::from_ref(&layer), "x");
+    let client = client().with_chunking(100_000, 100_000);
+    push_image(&client, &s, &image, &at(&fake, "app:v1"));
+
+    let seen = fake.seen();
+    let patches: Vec<_> = seen.iter().filter(|r| r.method == "PATCH").collect();
+    let ranges: Vec<_> = patches.iter().map(|r| r.header("content-range").unwrap()).collect();
+    assert_eq!(ranges, ["0-299999", "300000-599999", "600000-899999", "900000-999999"]);
+    assert_eq!(
+        patches.iter().map(|r| r.body_len).collect::<Vec<_>>(),
+        [300_000, 300_000, 300_000, 100_000]
+    );
+    assert!(patches.iter().all(|r| r.header("content-type") == Some("application/octet-stream")));
+    // The closing PUT carries the digest and no body; the config went monolithically.
+    let layer_digest = strata_store::Digest::of_bytes(&layer);
+    let puts: Vec<_> =
+        seen.iter().filter(|r| r.method == "PUT" && r.target.contains("/blobs/uploads/")).collect();
+    assert_eq!(puts.len(), 2);
+    assert!(puts
+        .iter()
+        .any(|r| r.target.contains(&format!("digest={layer_digest}")) && r.body_len == 0));
+    assert!(puts.iter().any(|r| r.body_len > 0 && !r.target.contains(&layer_digest.to_string())));
+    assert_eq!(fake.with(|st| st.blobs.get(&layer_digest.to_string()).cloned()), Some(layer));
+    // The manifest PUT is the last request, with the OCI manifest type.
+    let last = seen.last().unwrap();
+    assert_eq!(last.method, "PUT");
+    assert!(last.target.ends_with("/manifests/v1"), "{}", last.target);
+    assert_eq!(last.header("content-type"), Some(MEDIA_TYPE_MANIFEST));
+}
+
+#[test]
+fn server_errors_are_retried_a_bounded_number_of_times() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 4, 2);
+    // Two 503s are absorbed by retries.
+    fake.with(|st| st.faults.unavailable = 2);
+    push_image(&client(), &s, &image, &at(&fake, "app:v1"));
+
+    // A registry that stays down: retries (3) then a clear error; 1 + 3 requests in all.
+    let before = fake.seen().len();
+    fake.with(|st| st.faults.unavailable = 1000);
+    let fresh = store(dir.path(), "b");
+    let err = pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::UnexpectedStatus { status: 503, .. }), "{err:?}");
+    assert_eq!(fake.seen().len() - before, 4);
+    assert_untouched(&fresh);
+}
+
+#[test]
+fn a_broken_chunked_upload_resumes_from_the_registrys_range() {
+    let fake = Fake::start(FakeAuth::None);
+    fake.with(|st| st.faults.break_patch = 1);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let layer = random_bytes(6, 350_000);
+    let image = make_image(&s, std::slice::from_ref(&layer), "x");
+    let client = client().with_chunking(100_000, 100_000);
+    push_image(&client, &s, &image, &at(&fake, "app:v1"));
+
+    let seen = fake.seen();
+    let ranges: Vec<_> = seen
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.header("content-range").unwrap().to_owned())
+        .collect();
+    // The first PATCH broke after half its body reached the registry; the status GET said
+    // 0-49999, so the next chunk starts at 50000.
+    assert_eq!(ranges, ["0-99999", "50000-149999", "150000-249999", "250000-349999"]);
+    assert_eq!(fake.count("GET", "/blobs/uploads/"), 1);
+    let d = strata_store::Digest::of_bytes(&layer);
+    assert_eq!(fake.with(|st| st.blobs.get(&d.to_string()).cloned()), Some(layer));
+    // A session the registry forgot (404 on the status GET) starts over.
+    let fake2 = Fake::start(FakeAuth::None);
+    fake2.with(|st| st.faults.break_patch = 1);
+    let image2 = make_image(&s, &[random_bytes(7, 250_000)], "y");
+    let forget = std::thread::spawn({
+        let state = fake2.state.clone();
+        move || {
+            // Drop sessions as soon as a PATCH broke.
+            for _ in 0..200 {
+                {
+                    let mut st = state.lock().unwrap();
+                    if st.faults.break_patch == 0 {
+                        st.uploads.clear();
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let slow = client_with(Some(&dir.path().join("none.json")), 3)
+        .with_chunking(100_000, 100_000)
+        .with_backoff(Duration::from_millis(300));
+    push_image(&slow, &s, &image2, &at(&fake2, "app:v2"));
+    forget.join().unwrap();
+    assert!(fake2.count("POST", "/blobs/uploads/") >= 2, "a new session was opened");
+}
+
+#[test]
+fn a_broken_download_resumes_with_range() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = make_image(&s, &[random_bytes(8, 500_000)], "x");
+    push_image(&client(), &s, &image, &at(&fake, "app:v1"));
+
+    fake.with(|st| st.faults.break_blob_get_at = Some(123_456));
+    let fresh = store(dir.path(), "b");
+    let opts = PullOptions { jobs: 1, ..Default::default() };
+    let pulled = pull(&client(), &fresh, &at(&fake, "app:v1"), &opts, &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    let ranged: Vec<_> = fake.seen().into_iter().filter(|r| r.header("range").is_some()).collect();
+    assert_eq!(ranged.len(), 1, "{ranged:#?}");
+    assert_eq!(ranged[0].header("range"), Some("bytes=123456-"));
+    assert!(fresh.fsck(false).unwrap().is_clean());
+
+    // A registry that ignores Range: the download restarts from zero and still verifies.
+    fake.with(|st| {
+        st.faults.break_blob_get_at = Some(1000);
+        st.faults.ignore_range = true;
+    });
+    let third = store(dir.path(), "c");
+    let pulled = pull(&client(), &third, &at(&fake, "app:v1"), &opts, &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    assert!(third.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn a_lying_registry_is_refused_and_nothing_is_stored() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 9, 2);
+    push_image(&client(), &s, &image, &at(&fake, "app:v1"));
+
+    // Wrong bytes for every blob.
+    fake.with(|st| st.faults.corrupt_blobs = true);
+    let fresh = store(dir.path(), "b");
+    let err = pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
+        .unwrap_err();
+    let RegistryError::DigestMismatch { expected, .. } = &err else { panic!("{err:?}") };
+    assert!(err.to_string().contains(&expected.to_string()), "{err}");
+    assert_untouched(&fresh);
+
+    // A Content-Length that is not the descriptor's size.
+    fake.with(|st| {
+        st.faults.corrupt_blobs = false;
+        st.faults.wrong_blob_length = Some(10);
+    });
+    let err = pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::SizeMismatch { found: 10, .. }), "{err:?}");
+    assert_untouched(&fresh);
+
+    // A manifest served under a digest it does not have.
+    let digest = image.digest().unwrap();
+    fake.with(|st| {
+        st.faults.wrong_blob_length = None;
+        let other = b"{\"schemaVersion\":2}".to_vec();
+        st.manifests
+            .insert(("app".into(), digest.to_string()), (MEDIA_TYPE_MANIFEST.into(), other));
+    });
+    let by_digest: Reference = format!("{}/app@{digest}", fake.host()).parse().unwrap();
+    let err =
+        pull(&client(), &fresh, &by_digest, &PullOptions::default(), &NoProgress).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::DigestMismatch { expected, .. } if expected == digest),
+        "{err:?}"
+    );
+    assert_untouched(&fresh);
+}
+
+#[test]
+fn malformed_missing_and_oversized_manifests_are_errors() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    fake.put_manifest("app", "bad", MEDIA_TYPE_MANIFEST, b"{\"schemaVersion\":2, \"config\": ");
+    let err = pull(&client(), &s, &at(&fake, "app:bad"), &PullOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::InvalidManifest { .. }), "{err:?}");
+
+    let err = pull(&client(), &s, &at(&fake, "app:missing"), &PullOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::ManifestNotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    let huge = format!("{{\"schemaVersion\":2,\"x\":\"{}\"}}", "a".repeat(5 << 20));
+    fake.put_manifest("app", "huge", MEDIA_TYPE_MANIFEST, huge.as_bytes());
+    let err = pull(&client(), &s, &at(&fake, "app:huge"), &PullOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::ManifestTooLarge { .. }), "{err:?}");
+    assert_untouched(&s);
+}
+
+#[test]
+fn docker_manifest_lists_resolve_to_the_platform_and_convert_to_oci() {
+    let fake = Fake::start(FakeAuth::None);
+    let config = br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]},"config":{},"docker_version":"24"}"#;
+    let cfg = fake.put_blob("lib/app", config);
+    let layer = fake.put_blob("lib/app", &random_bytes(10, 2000));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{cfg}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":2000,"digest":"{layer}"}}]}}"#,
+        config.len()
+    );
+    let m = fake.put_manifest(
+        "lib/app",
+        "arm",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        manifest.as_bytes(),
+    );
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[
+        {{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":{},"digest":"{m}","platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},
+        {{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":1,"digest":"sha256:{}","platform":{{"os":"windows","architecture":"amd64"}}}}]}}"#,
+        manifest.len(),
+        "1".repeat(64)
+    );
+    let list_digest = fake.put_manifest(
+        "lib/app",
+        "multi",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        list.as_bytes(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let arm =
+        Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) };
+    let reference = at(&fake, "lib/app:multi");
+    let pulled =
+        pull_platform(&client(), &s, &reference, &arm, &PullOptions::default(), &NoProgress)
+            .unwrap();
+    assert_eq!(pulled.source_digest, list_digest);
+    assert_ne!(pulled.image.digest().unwrap(), m, "converted manifest has its own digest");
+    assert_eq!(pulled.image.manifest.config().digest().to_string(), cfg.to_string());
+    assert_eq!(
+        pulled.image.manifest.layers()[0].media_type().to_string(),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    assert_eq!(s.read_blob(&cfg).unwrap(), config.to_vec(), "config kept byte for byte");
+    assert!(s.load_image(&reference.to_string()).is_ok());
+    assert!(s.fsck(false).unwrap().is_clean());
+
+    let mips = Platform { os: "linux".into(), architecture: "mips64".into(), variant: None };
+    let other = store(dir.path(), "b");
+    let err =
+        pull_platform(&client(), &other, &reference, &mips, &PullOptions::default(), &NoProgress)
+            .unwrap_err();
+    assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
+}
+
+#[test]
+fn redirected_blob_downloads_never_carry_credentials() {
+    let storage = Fake::start(FakeAuth::None);
+    let fake = Fake::start(FakeAuth::Basic("u".into(), "p".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = auth_file(dir.path(), &fake.host(), "u", "p");
+    let client = client_with(Some(&file), 3);
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 11, 2);
+    push_image(&client, &s, &image, &at(&fake, "app:v1"));
+    // The storage service has the same blobs; the registry redirects blob GETs there.
+    let (blobs, repo_blobs) = fake.with(|st| (st.blobs.clone(), st.repo_blobs.clone()));
+    storage.with(|st| {
+        st.blobs = blobs;
+        st.repo_blobs = repo_blobs;
+    });
+    fake.with(|st| {
+        st.faults.redirect_blobs_to = Some(format!("http://127.0.0.1:{}", storage.port))
+    });
+    let fresh = store(dir.path(), "b");
+    let pulled =
+        pull(&client, &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    let at_storage = storage.seen();
+    assert_eq!(at_storage.len(), 3, "config and two layers came from storage");
+    assert!(at_storage.iter().all(|r| r.header("authorization").is_none()), "{at_storage:#?}");
+}
+
+#[test]
+fn dry_runs_move_nothing() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 12, 2);
+    let dry = PushOptions { dry_run: true, ..Default::default() };
+    let report = push(&client(), &s, &image, &at(&fake, "app:v1"), &dry, &NoProgress).unwrap();
+    assert!(report.dry_run);
+    assert_eq!((report.uploaded, report.present), (3, 0));
+    assert_eq!(report.bytes, report.blobs.iter().map(|b| b.size).sum::<u64>());
+    assert!(
+        fake.seen().iter().all(|r| r.method == "HEAD" || r.target == "/v2/"),
+        "{:#?}",
+        fake.seen()
+    );
+    assert!(fake.with(|st| st.manifests.is_empty()));
+
+    push_image(&client(), &s, &image, &at(&fake, "app:v1"));
+    let fresh = store(dir.path(), "b");
+    let opts = PullOptions { dry_run: true, ..Default::default() };
+    let pulled = pull(&client(), &fresh, &at(&fake, "app:v1"), &opts, &NoProgress).unwrap();
+    assert_eq!(pulled.report.downloaded, 3);
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    assert_untouched(&fresh);
+}
+
+#[test]
+fn push_destination_needs_a_tag_or_the_images_digest() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = make_image(&s, &[tar_layer(&[("a", b"a".to_vec())])], "x");
+    let untagged: Reference = format!("{}/app", fake.host()).parse().unwrap();
+    let err =
+        push(&client(), &s, &image, &untagged, &PushOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, RegistryError::InvalidDestination { .. }), "{err:?}");
+    let wrong: Reference =
+        format!("{}/app@sha256:{}", fake.host(), "2".repeat(64)).parse().unwrap();
+    let err =
+        push(&client(), &s, &image, &wrong, &PushOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, RegistryError::InvalidDestination { .. }), "{err:?}");
+    assert!(fake.seen().is_empty());
+    let by_digest: Reference =
+        format!("{}/app@{}", fake.host(), image.digest().unwrap()).parse().unwrap();
+    push_image(&client(), &s, &image, &by_digest);
+    assert!(fake.seen().last().unwrap().target.ends_with(&image.digest().unwrap().to_string()));
+}
