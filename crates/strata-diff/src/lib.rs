@@ -10,7 +10,10 @@
 //! A base layer is read only when an upper layer leaves a path undecided (a path only one side
 //! names, or a directory one side clears), so the cost grows with what differs, not with the
 //! image: two images that differ in their top layer and touch the same paths read exactly those
-//! two layers ([`DiffStats::layers_read`] says what was read). Each changed path is attributed
+//! two layers ([`DiffStats::layers_read`] says what was read). When the store holds a base
+//! layer's unpacked snapshot (builds make them), a lookup asks it with `lstat` first and reads
+//! the layer's tar only if the layer has an entry at that path, so a new layer that adds files
+//! where the base has none reads no base layer at all. Each changed path is attributed
 //! to the layer of B that set it, with that layer's history line.
 //!
 //! The images may live in different stores (the local store, an `oci:` layout, a scratch
@@ -45,6 +48,7 @@ mod error;
 mod inventory;
 mod read;
 mod report;
+mod snapshot;
 mod tar;
 mod view;
 
@@ -284,6 +288,7 @@ pub fn diff(
             layers_total: distinct.len(),
             layers_read: cache.counts.layers,
             bytes_read: cache.counts.compressed_bytes,
+            snapshot_probes: cache.counts.snapshot_probes,
         },
     })
 }

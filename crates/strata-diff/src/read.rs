@@ -136,6 +136,8 @@ impl<'a> ImageLayers<'a> {
 pub(crate) struct ReadCounts {
     pub layers: usize,
     pub compressed_bytes: u64,
+    /// Paths looked up in unpacked snapshots instead of tars.
+    pub snapshot_probes: usize,
 }
 
 /// File lists of the layers read so far, by diffID; memory only.

@@ -355,6 +355,9 @@ pub struct DiffStats {
     pub layers_read: usize,
     /// Compressed bytes of the layers read.
     pub bytes_read: u64,
+    /// Path lookups answered by a layer's unpacked snapshot in the store (`lstat`s) instead of
+    /// its tar.
+    pub snapshot_probes: usize,
 }
 
 /// The result of [`diff`](crate::diff).

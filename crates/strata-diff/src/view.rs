@@ -5,7 +5,8 @@
 //!
 //! Two ways to ask: [`state`] answers for one path by walking the layers top-down, reading a
 //! layer only when no layer above it has decided the path, so a question about a path that an
-//! upper layer sets costs nothing below it; [`merge`] applies layers bottom-up into the whole
+//! upper layer sets costs nothing below it (and a layer with an unpacked snapshot in the store
+//! is first asked with `lstat`, see [`crate::snapshot`]); [`merge`] applies layers bottom-up into the whole
 //! tree (for `ls` and the wasted-space count), reporting each file version a later layer
 //! replaces or deletes.
 
@@ -15,6 +16,7 @@ use std::ops::Bound;
 use crate::error::DiffError;
 use crate::read::{ImageLayers, LayerCache, LayerFiles, Node};
 use crate::report::FileKind;
+use crate::snapshot::{probe, snapshot_of, Probe};
 
 /// A path's state in an image (or in the view below some layer).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,16 @@ fn state_at_depth(
     depth: usize,
 ) -> Result<State, DiffError> {
     for i in (0..top).rev() {
+        if !cache.has(img, i) {
+            if let Some(snapshot) = snapshot_of(img, i) {
+                cache.counts.snapshot_probes += 1;
+                match probe(&snapshot, path) {
+                    Probe::Nothing => continue,
+                    Probe::Hidden => return Ok(State::Absent { removed_by: Some(i) }),
+                    Probe::Something => {}
+                }
+            }
+        }
         let lf = cache.get(img, i)?;
         if let Some(node) = lf.entries.get(path) {
             let node = match &node.hardlink {

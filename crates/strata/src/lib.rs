@@ -6,9 +6,13 @@
 //! back and moves images in and out of the store, [`build`] executes a recipe into an image,
 //! [`registry`] pushes and pulls through OCI registries. [`transfer::copy`] is the one entry
 //! point that moves an image between any two of those places.
+//!
+//! [`diff`] compares two images (config, layers, files, what a transfer costs) and lists one
+//! (history, file tree, wasted space), reading only the layers the two do not share.
 #![deny(missing_docs)]
 
 pub use strata_build as build;
+pub use strata_diff as diff;
 pub use strata_layer as layer;
 pub use strata_recipe as recipe;
 pub use strata_registry as registry;

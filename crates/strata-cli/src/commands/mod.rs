@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
 
 mod build;
+mod diff;
 mod parse;
 mod registry;
 mod store;
@@ -37,6 +38,12 @@ pub enum Command {
     Images(store::ImagesArgs),
     /// Show an image's manifest and config.
     Inspect(store::InspectArgs),
+    /// Compare two images: config, layers, files, transfer cost (exit 0 same, 1 different).
+    Diff(diff::DiffArgs),
+    /// Show an image's layers with the history lines that made them.
+    History(diff::HistoryArgs),
+    /// List an image's files, each with the layer it comes from.
+    Ls(diff::LsArgs),
     /// Give an image another name.
     Tag(store::TagArgs),
     /// Remove image tags.
@@ -68,6 +75,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => store::import(root, args),
         Command::Images(args) => store::images(root, args),
         Command::Inspect(args) => store::inspect(root, args),
+        Command::Diff(args) => diff::diff(root, args),
+        Command::History(args) => diff::history(root, args),
+        Command::Ls(args) => diff::ls(root, args),
         Command::Tag(args) => store::tag(root, args),
         Command::Rmi(args) => store::rmi(root, args),
         Command::Export(args) => store::export(root, args),

@@ -183,9 +183,16 @@ pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode
 pub struct InspectArgs {
     /// An image: `name[:tag]`, a digest or prefix, `oci:DIR[:REF]`, `docker-archive:FILE`.
     pub image: String,
-    /// Print JSON: `{digest, manifest, config}` with the OCI documents as stored.
+    /// Print JSON: `{name, digest, manifest, config, efficiency}` with the OCI documents as
+    /// stored.
     #[arg(long)]
     pub json: bool,
+    /// Skip the efficiency line (it reads every layer).
+    #[arg(long)]
+    pub no_efficiency: bool,
+    /// How many of the paths wasting most space to list.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub worst: usize,
 }
 
 pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCode> {
@@ -198,13 +205,20 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
     let source = transport::open_source(local.as_ref(), &location)
         .with_context(|| format!("cannot read image {location}"))?;
     let image = &source.image;
+    // Wasted space: bytes a layer ships that a later layer overwrites or deletes.
+    let efficiency = (!args.no_efficiency).then(|| {
+        strata::diff::efficiency(strata::diff::StoredImage::from(&source), args.worst)
+            .with_context(|| format!("cannot read the layers of {location}"))
+    });
     let mut out = std::io::stdout().lock();
     if args.json {
+        let efficiency = efficiency.transpose()?;
         let doc = serde_json::json!({
             "name": source.name,
             "digest": image.manifest_descriptor.digest().to_string(),
             "manifest": image.manifest,
             "config": image.config,
+            "efficiency": efficiency,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(ExitCode::SUCCESS);
@@ -244,6 +258,26 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
             l.media_type(),
             diff_ids.get(i).map(String::as_str).unwrap_or("?")
         )?;
+    }
+    if let Some(efficiency) = efficiency {
+        let e = efficiency?;
+        writeln!(
+            out,
+            "Efficiency:   {:.1}% ({} of {} shipped in files is overwritten or deleted later)",
+            (e.score * 1000.0).floor() / 10.0,
+            human(e.wasted_bytes),
+            human(e.total_bytes)
+        )?;
+        for w in &e.worst {
+            let layers: Vec<String> = w.layers.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "  {:>10}  /{}  (layers {})",
+                human(w.wasted_bytes),
+                w.path,
+                layers.join(", ")
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
