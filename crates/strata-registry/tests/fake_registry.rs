@@ -496,3 +496,21 @@ fn push_destination_needs_a_tag_or_the_images_digest() {
     push_image(&client(), &s, &image, &by_digest);
     assert!(fake.seen().last().unwrap().target.ends_with(&image.digest().unwrap().to_string()));
 }
+
+#[test]
+fn a_registry_that_stops_answering_times_out_instead_of_hanging() {
+    let fake = Fake::start(FakeAuth::None);
+    fake.with(|st| st.faults.stall = Some(Duration::from_secs(20)));
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let client = client_with(Some(&dir.path().join("none.json")), 1)
+        .with_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err =
+        pull(&client, &s, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(matches!(err, RegistryError::Transport { attempts: 2, .. }), "{err:?}");
+    assert!(err.to_string().contains(&fake.host()), "{err}");
+    assert_eq!(fake.seen().len(), 2, "one try and one retry");
+    assert_untouched(&s);
+}

@@ -130,3 +130,189 @@ fn missing_manifest_and_unreachable_registry_are_clear_errors() {
     assert!(err.to_string().contains(&host), "{err}");
     assert!(store.tags().unwrap().is_empty());
 }
+
+#[test]
+fn htpasswd_basic_auth_good_and_bad_passwords() {
+    if !registry_available() {
+        return;
+    }
+    let reg =
+        Registry::start(RegistryOptions { htpasswd: Some(("tester".into(), "good pw".into())) });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("a")).unwrap();
+    let image = small_image(&store, 21, 2);
+    let dest = reference(&reg, "private:v1");
+    let with = |user: &str, pass: &str| {
+        let file = dir.path().join(format!("{user}-{}.json", pass.len()));
+        strata_registry::credentials::login(&reg.host(), user, pass, Some(&file)).unwrap();
+        Client::new(ClientOptions { auth_file: Some(file), retries: 1, ..Default::default() })
+            .unwrap()
+    };
+    let anonymous = Client::new(ClientOptions {
+        auth_file: Some(dir.path().join("none.json")),
+        ..Default::default()
+    })
+    .unwrap();
+
+    let err =
+        push(&anonymous, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: false, .. }), "{err}");
+    let err =
+        push(&with("tester", "bad"), &store, &image, &dest, &PushOptions::default(), &NoProgress)
+            .unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: true, .. }), "{err}");
+    assert!(err.to_string().contains(&reg.host()) && err.to_string().contains("private"), "{err}");
+    assert!(anonymous.check_login(&reg.host(), "tester", "bad").is_err());
+    anonymous.check_login(&reg.host(), "tester", "good pw").unwrap();
+
+    let good = with("tester", "good pw");
+    let report = push(&good, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    assert_eq!(report.uploaded, 3);
+
+    let fresh = Store::init(dir.path().join("b")).unwrap();
+    let err = pull(&with("tester", "bad"), &fresh, &dest, &PullOptions::default(), &NoProgress)
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
+    assert!(fresh.tags().unwrap().is_empty() && fresh.list_blobs().unwrap().is_empty());
+    let pulled = pull(&good, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+}
+
+#[test]
+fn a_blob_corrupted_on_the_registrys_disk_is_refused_on_pull() {
+    if !registry_available() {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("a")).unwrap();
+    let image = small_image(&store, 31, 2);
+    let dest = reference(&reg, "app:v1");
+    push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+
+    let victim = image.layer_digests().unwrap()[1];
+    let path = reg.blob_data_path(&victim.to_string());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+
+    let fresh = Store::init(dir.path().join("b")).unwrap();
+    let err = pull(&client(), &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::DigestMismatch { expected, .. } if expected == victim),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&victim.to_string()), "{err}");
+    assert!(!fresh.has_blob(&victim));
+    assert!(fresh.tags().unwrap().is_empty());
+    assert!(fresh.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn a_registry_killed_mid_push_then_restarted_takes_the_next_push() {
+    if !registry_available() {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("a")).unwrap();
+    let big = tar_layer(&[("big.bin", random_bytes(41, 24 << 20))]);
+    let image = make_image(&store, &[tar_layer(&[("small", b"x".to_vec())]), big], "big");
+    let big_digest = image.layer_digests().unwrap()[1];
+    let client = client().with_chunking(4 << 20, 4 << 20);
+    let dest = reference(&reg, "app:v1");
+
+    // Kill the registry from inside the upload, on the first progress of the big layer: the
+    // request in flight cannot complete.
+    struct KillOnProgress<'a>(&'a Registry, strata_store::Digest);
+    impl strata_registry::TransferSink for KillOnProgress<'_> {
+        fn event(&self, event: &TransferEvent) {
+            if let TransferEvent::BlobProgress { digest, done } = event {
+                if *digest == self.1 && *done > 0 {
+                    self.0.kill();
+                }
+            }
+        }
+    }
+    let err = push(
+        &client,
+        &store,
+        &image,
+        &dest,
+        &PushOptions::default(),
+        &KillOnProgress(&reg, big_digest),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains(&reg.host()), "{err}");
+    assert!(
+        matches!(
+            err,
+            RegistryError::Unreachable { .. }
+                | RegistryError::UploadFailed { .. }
+                | RegistryError::Transport { .. }
+        ),
+        "{err:?}"
+    );
+    assert!(store.fsck(false).unwrap().is_clean());
+
+    reg.restart();
+    let report =
+        push(&client, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    assert_eq!(report.manifest, Some(image.digest().unwrap()));
+    assert!(report
+        .blobs
+        .iter()
+        .any(|b| b.digest == big_digest && b.outcome == BlobOutcome::Uploaded));
+    let fresh = Store::init(dir.path().join("b")).unwrap();
+    let pulled = pull(&client, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    assert!(fresh.fsck(false).unwrap().is_clean());
+}
+
+fn skopeo_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new("skopeo").args(args).output().unwrap();
+    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn skopeo_reads_what_we_push_and_we_pull_what_skopeo_pushes() {
+    if !registry_available() || !common::have_tool("skopeo") {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("a")).unwrap();
+    let image = small_image(&store, 51, 2);
+    let digest = image.digest().unwrap();
+    let dest = reference(&reg, "ours:v1");
+    push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+
+    let docker_ref = format!("docker://{dest}");
+    let inspected = skopeo_ok(&["inspect", "--tls-verify=false", &docker_ref]);
+    let json: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(json["Digest"], digest.to_string(), "{inspected}");
+    assert_eq!(json["Layers"].as_array().unwrap().len(), 2);
+    let layout = dir.path().join("skopeo-oci");
+    let oci_ref = format!("oci:{}:copied", layout.display());
+    skopeo_ok(&["copy", "--preserve-digests", "--src-tls-verify=false", &docker_ref, &oci_ref]);
+    let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
+    assert!(index.contains(&digest.to_string()), "skopeo kept the manifest as is: {index}");
+    let copied = skopeo_ok(&["inspect", &oci_ref]);
+    for layer in image.layer_digests().unwrap() {
+        assert!(copied.contains(&layer.to_string()), "{copied}");
+    }
+
+    // skopeo pushes from our store (an OCI layout) to the registry; we pull it back.
+    store.tag("sk:v1", &image.manifest_descriptor).unwrap();
+    let theirs = reference(&reg, "theirs:v1");
+    let src = format!("oci:{}:sk:v1", store.root().display());
+    skopeo_ok(&["copy", "--dest-tls-verify=false", &src, &format!("docker://{theirs}")]);
+    let fresh = Store::init(dir.path().join("b")).unwrap();
+    let pulled = pull(&client(), &fresh, &theirs, &PullOptions::default(), &NoProgress).unwrap();
+    let manifest_bytes = fresh.read_blob(&pulled.image.digest().unwrap()).unwrap();
+    assert!(!manifest_bytes.is_empty());
+    assert_eq!(pulled.image.layer_digests().unwrap(), image.layer_digests().unwrap());
+    assert!(fresh.fsck(false).unwrap().is_clean());
+}

@@ -60,6 +60,8 @@ pub struct Faults {
     pub redirect_blobs_to: Option<String>,
     /// Ignore Range on blob GETs (answer 200 with everything).
     pub ignore_range: bool,
+    /// Accept requests but never answer (for this long), like a wedged server.
+    pub stall: Option<std::time::Duration>,
 }
 
 #[derive(Default)]
@@ -217,6 +219,12 @@ fn serve(conn: TcpStream, port: u16, state: &Mutex<State>) {
             return;
         }
         let seen = Seen { method: method.clone(), target: target.clone(), headers, body_len: len };
+        let stall = state.lock().unwrap().faults.stall;
+        if let Some(pause) = stall {
+            state.lock().unwrap().seen.push(seen);
+            std::thread::sleep(pause);
+            return;
+        }
         let reply = {
             let mut st = state.lock().unwrap();
             route(&mut st, port, &seen, body)
