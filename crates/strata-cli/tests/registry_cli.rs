@@ -2,11 +2,16 @@
 //! real registry: the Debian `docker-registry` (distribution 2.8) started on 127.0.0.1 and a
 //! free port by each test, its request log read to prove what crossed the wire.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+#[path = "../../strata-registry/tests/common/registry.rs"]
+mod registry;
+
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use registry::{Registry, RegistryOptions};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -52,135 +57,36 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `alice` / `s3cret`, bcrypt cost 4 (what `htpasswd -B` writes; distribution checks bcrypt).
-const HTPASSWD: &str = "alice:$2b$04$shessd/TzeDK6xUyyGHRjOQ8j54m68aFMPFAzyLi72hnpgYDFdo/6\n";
-
-/// A `docker-registry` process on 127.0.0.1, killed on drop; its log in a file.
-struct Registry {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    log: PathBuf,
+/// A registry on 127.0.0.1 (killed on drop), or `None` after a skip message when
+/// docker-registry is not installed (a panic under STRATA_TEST_STRICT=1).
+fn start_registry(htpasswd: Option<(&str, &str)>) -> Option<Registry> {
+    if !registry::registry_available() {
+        return None;
+    }
+    let options =
+        RegistryOptions { htpasswd: htpasswd.map(|(u, p)| (u.to_string(), p.to_string())) };
+    Some(Registry::start(options))
 }
 
-impl Registry {
-    /// Starts a registry storing under `dir`; `None` (after a skip message) when
-    /// docker-registry is not installed.
-    fn start(dir: &Path, auth: bool) -> Option<Registry> {
-        if !have("docker-registry") {
-            return None;
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        let mut registry = Registry {
-            child: None,
-            port: 0,
-            dir: dir.to_path_buf(),
-            log: dir.join("registry.log"),
-        };
-        registry.spawn(auth);
-        Some(registry)
-    }
-
-    fn spawn(&mut self, auth: bool) {
-        for _ in 0..5 {
-            let port = if self.port == 0 { free_port() } else { self.port };
-            let auth_section = if auth {
-                std::fs::write(self.dir.join("htpasswd"), HTPASSWD).unwrap();
-                format!(
-                    "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
-                    self.dir.join("htpasswd").display()
-                )
-            } else {
-                String::new()
-            };
-            let config = format!(
-                "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_section}",
-                self.dir.join("data").display()
-            );
-            let config_path = self.dir.join("config.yml");
-            std::fs::write(&config_path, config).unwrap();
-            let log =
-                std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            self.child = Some(child);
-            self.port = port;
-            if self.wait_ready() {
-                return;
-            }
-            self.stop();
-            self.port = 0;
-        }
-        panic!("docker-registry did not start: {}", self.log_text());
-    }
-
-    /// Polls `GET /v2/` until the registry answers (200, or 401 with auth).
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return false; // exited: port taken or bad config
-            }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let req = format!("GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n", self.port);
-                let mut buf = [0u8; 16];
-                if s.write_all(req.as_bytes()).is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0) {
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The current end of the log: requests after it are [`Registry::requests_since`].
-    fn mark(&self) -> usize {
-        self.log_text().len()
-    }
-
-    /// `(method, uri)` of every request logged after `mark` (the access-log lines:
-    /// `127.0.0.1 - - [date] "PUT /v2/app/manifests/v1 HTTP/1.1" 201 ...`).
-    fn requests_since(&self, mark: usize) -> Vec<(String, String)> {
-        // The access log line is written as the response completes: give it a moment.
-        std::thread::sleep(Duration::from_millis(300));
-        let text = self.log_text();
-        text[mark.min(text.len())..]
-            .lines()
-            .filter_map(|l| {
-                let start = l.find("] \"")? + 3;
-                let mut parts = l[start..].split(' ');
-                Some((parts.next()?.to_string(), parts.next()?.to_string()))
-            })
-            .collect()
-    }
+/// The current end of the registry's log: requests after it are [`requests_since`].
+fn mark(reg: &Registry) -> usize {
+    reg.log().len()
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// `(method, uri)` of every request logged after `mark` (the access-log lines:
+/// `127.0.0.1 - - [date] "PUT /v2/app/manifests/v1 HTTP/1.1" 201 ...`).
+fn requests_since(reg: &Registry, mark: usize) -> Vec<(String, String)> {
+    // The access log line is written as the response completes: give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let text = reg.log();
+    text[mark.min(text.len())..]
+        .lines()
+        .filter_map(|l| {
+            let start = l.find("] \"")? + 3;
+            let mut parts = l[start..].split(' ');
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
 }
 
 /// Counts of the writing requests among `requests`: blob upload starts (POST), chunks (PATCH),
@@ -296,7 +202,7 @@ fn blob_outcome(report: &serde_json::Value, kind: &str) -> serde_json::Value {
 #[test]
 fn push_then_pull_into_a_fresh_store_gives_the_same_digests() {
     let e = Env::new();
-    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let Some(reg) = start_registry(None) else { return };
     let host = reg.host();
     e.import("a", "app:v1", "one\n");
     let dest = format!("docker://{host}/team/app:v1");
@@ -361,7 +267,7 @@ fn lamp_v2_push_uploads_one_layer_plus_config_and_manifest() {
         return;
     }
     let e = Env::new();
-    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let Some(reg) = start_registry(None) else { return };
     let host = reg.host();
     let dir = lamp(&e, "s");
     let ctx = dir.to_str().unwrap();
@@ -373,9 +279,9 @@ fn lamp_v2_push_uploads_one_layer_plus_config_and_manifest() {
     let text = std::fs::read_to_string(&php).unwrap().replace("version 1", "version 2");
     std::fs::write(&php, text).unwrap();
     e.ok("s", &["build", "--progress", "plain", "-t", "lamp:v2", ctx]);
-    let mark = reg.mark();
+    let mark = mark(&reg);
     let v2 = e.json("s", &["push", "--json", "lamp:v2", &format!("docker://{host}/lamp:v2")]);
-    let requests = reg.requests_since(mark);
+    let requests = requests_since(&reg, mark);
 
     // The report: one layer uploaded, five found present, the new config uploaded.
     assert_eq!(layers_with(&v2, "Uploaded"), 1, "{v2:#}");
@@ -426,7 +332,7 @@ fn lamp_v2_push_uploads_one_layer_plus_config_and_manifest() {
 #[test]
 fn copy_between_the_registry_and_every_local_transport() {
     let e = Env::new();
-    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let Some(reg) = start_registry(None) else { return };
     let host = reg.host();
     e.import("a", "app:v1", "copied\n");
     let (digest, _, diff_ids) = e.inspect("a", "app:v1");
@@ -434,6 +340,15 @@ fn copy_between_the_registry_and_every_local_transport() {
     // store -> registry
     let r = e.json("a", &["copy", "--json", "app:v1", &format!("docker://{host}/c/app:v1")]);
     assert_eq!(r["manifest"], digest.as_str());
+    // store -> another repository of the same registry: blobs mounted, not uploaded.
+    let r = e.json("a", &["copy", "--json", "app:v1", &format!("docker://{host}/c/mounted:v1")]);
+    assert_eq!(layers_with(&r, "Mounted"), 1, "{r:#}");
+    assert_eq!(
+        (r["transfer"]["mounted"].as_u64(), r["transfer"]["bytes"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(reg.mounts("c/mounted").len(), 2, "{}", reg.log());
+    assert!(reg.uploads("c/mounted").is_empty());
     // registry -> oci: the same manifest
     let oci = e.path("layout");
     let oci_loc = format!("oci:{}:v1", oci.display());
@@ -473,17 +388,17 @@ fn copy_between_the_registry_and_every_local_transport() {
 #[test]
 fn dry_runs_move_nothing() {
     let e = Env::new();
-    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let Some(reg) = start_registry(None) else { return };
     let host = reg.host();
     e.import("a", "app:v1", "dry\n");
     let dest = format!("docker://{host}/dry/app:v1");
-    let mark = reg.mark();
+    let mark = mark(&reg);
     let out = e.ok("a", &["push", "--dry-run", "app:v1", &dest]);
     assert!(out.contains("dry run"), "{out}");
     let r = e.json("a", &["push", "--dry-run", "--json", "app:v1", &dest]);
     assert_eq!(r["dry_run"], true);
     assert_eq!(layers_with(&r, "Uploaded"), 1, "predicted: {r:#}");
-    let requests = reg.requests_since(mark);
+    let requests = requests_since(&reg, mark);
     assert!(requests.iter().any(|(m, _)| m == "HEAD"), "{requests:?}");
     assert!(
         requests.iter().all(|(m, _)| m == "HEAD" || m == "GET"),
@@ -508,7 +423,7 @@ fn build_pulls_a_registry_base_on_demand() {
         return;
     }
     let e = Env::new();
-    let Some(mut reg) = Registry::start(&e.path("registry"), false) else { return };
+    let Some(reg) = start_registry(None) else { return };
     let host = reg.host();
     e.import("a", "base:1", "base\n");
     e.ok("a", &["push", "base:1", &format!("docker://{host}/base:1")]);
@@ -534,7 +449,7 @@ fn build_pulls_a_registry_base_on_demand() {
     assert!(e.ok("b", &["images"]).contains(&format!("{host}/base")));
 
     // The registry is gone: missing (and never) use the store's copy without contacting it.
-    reg.stop();
+    reg.kill();
     let out = e.run("b", &["build", "--progress", "plain", "-t", "out:2", ctx]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -560,7 +475,7 @@ fn build_pulls_a_registry_base_on_demand() {
 #[test]
 fn login_and_logout_with_htpasswd() {
     let e = Env::new();
-    let Some(reg) = Registry::start(&e.path("registry"), true) else { return };
+    let Some(reg) = start_registry(Some(("alice", "s3cret"))) else { return };
     let host = reg.host();
     let authfile = e.path("auth.json");
     let authfile = authfile.to_str().unwrap();
@@ -617,7 +532,7 @@ fn unreachable_registry_and_missing_tag_are_clear_errors() {
     let out = e.run("a", &["pull", &format!("{host}/app:v1")]);
     assert_eq!(out.status.code(), Some(2));
 
-    let Some(reg) = Registry::start(&e.path("registry"), false) else { return };
+    let Some(reg) = start_registry(None) else { return };
     let host = reg.host();
     e.ok("a", &["push", "app:v1", &format!("docker://{host}/app:v1")]);
     let out = e.run("b", &["pull", &format!("{host}/app:nope")]);
