@@ -75,6 +75,8 @@ pub struct State {
     pub seen: Vec<Seen>,
     pub tokens: HashSet<String>,
     pub token_requests: Vec<Seen>,
+    /// Tokens issued, in order.
+    pub issued: Vec<String>,
     pub next_id: u64,
     pub faults: Faults,
     pub chunk_min: Option<u64>,
@@ -314,6 +316,7 @@ fn route(st: &mut State, port: u16, req: &Seen, body: Vec<u8>) -> Reply {
             st.next_id += 1;
             let token = format!("tok-{}", st.next_id);
             st.tokens.insert(token.clone());
+            st.issued.push(token.clone());
             let json = format!("{{\"token\":\"{token}\",\"expires_in\":{expires_in}}}");
             return Reply::new(200)
                 .header("Content-Type", "application/json")
