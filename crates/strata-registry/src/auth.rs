@@ -59,11 +59,12 @@ pub(crate) struct AuthHeader {
 pub(crate) struct AuthCache {
     pub roots: RootCerts,
     hosts: Mutex<HashMap<String, HostState>>,
+    fetching: Mutex<()>,
 }
 
 impl AuthCache {
     pub fn new(roots: RootCerts) -> AuthCache {
-        AuthCache { roots, hosts: Mutex::new(HashMap::new()) }
+        AuthCache { roots, hosts: Mutex::new(HashMap::new()), fetching: Mutex::new(()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, HostState>> {
@@ -108,19 +109,14 @@ impl AuthCache {
         scopes: &[String],
     ) -> Result<Option<AuthHeader>, RegistryError> {
         let key = scopes.join(" ");
+        if let Some(cached) = self.cached_token(&ep.registry, &key) {
+            return Ok(Some(cached));
+        }
         let challenge = {
             let hosts = self.lock();
-            let Some(host) = hosts.get(&ep.registry) else { return Ok(None) };
-            let Some(challenge) = host.challenge.clone() else { return Ok(None) };
-            if let Some(token) = host.tokens.get(&key) {
-                if token.expires > Instant::now() {
-                    let with_credentials = token.with_credentials;
-                    let value = format!("Bearer {}", token.value);
-                    drop(hosts);
-                    self.note_sent(&ep.registry, with_credentials);
-                    return Ok(Some(AuthHeader { value, with_credentials }));
-                }
-            }
+            let Some(challenge) = hosts.get(&ep.registry).and_then(|h| h.challenge.clone()) else {
+                return Ok(None);
+            };
             challenge
         };
         let credential = client.credential(&ep.registry)?;
@@ -130,6 +126,12 @@ impl AuthCache {
                 with_credentials: true,
             }),
             Challenge::Bearer { realm, service, scope } => {
+                // One token fetch at a time, so parallel blob transfers that all find the
+                // token missing or expired share the first one's result.
+                let _fetching = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(cached) = self.cached_token(&ep.registry, &key) {
+                    return Ok(Some(cached));
+                }
                 let mut wanted: Vec<&str> = scopes.iter().map(String::as_str).collect();
                 if let Some(extra) = scope.as_deref() {
                     if !wanted.contains(&extra) {
@@ -153,6 +155,23 @@ impl AuthCache {
         };
         self.note_sent(&ep.registry, header.as_ref().is_some_and(|h| h.with_credentials));
         Ok(header)
+    }
+
+    /// A cached, unexpired token for `key` (the joined scopes), as a header.
+    fn cached_token(&self, registry: &str, key: &str) -> Option<AuthHeader> {
+        let header = {
+            let hosts = self.lock();
+            let token = hosts.get(registry)?.tokens.get(key)?;
+            if token.expires <= Instant::now() {
+                return None;
+            }
+            AuthHeader {
+                value: format!("Bearer {}", token.value),
+                with_credentials: token.with_credentials,
+            }
+        };
+        self.note_sent(registry, header.with_credentials);
+        Some(header)
     }
 
     fn note_sent(&self, registry: &str, sent: bool) {

@@ -207,30 +207,30 @@ impl TransferReport {
 }
 
 /// Runs `f` on every item with at most `jobs` threads; results in item order. After the first
-/// error no new item is started, and the first error (in item order) is returned.
+/// error no new item is started (items in flight finish), and the error that happened first is
+/// returned: later ones are usually its consequences.
 pub(crate) fn run_parallel<T: Sync, R: Send>(
     items: &[T],
     jobs: usize,
     f: impl Fn(&T) -> Result<R, RegistryError> + Sync,
 ) -> Result<Vec<R>, RegistryError> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, PoisonError};
     let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<R, RegistryError>>>> =
-        Mutex::new(items.iter().map(|_| None).collect());
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    let failed = || first_error.lock().unwrap_or_else(PoisonError::into_inner).is_some();
     let worker = || loop {
-        if failed.load(Ordering::SeqCst) {
+        if failed() {
             return;
         }
         let i = next.fetch_add(1, Ordering::SeqCst);
         let Some(item) = items.get(i) else { return };
-        let result = f(item);
-        if result.is_err() {
-            failed.store(true, Ordering::SeqCst);
-        }
-        if let Ok(mut slots) = results.lock() {
-            slots[i] = Some(result);
+        match f(item) {
+            Ok(r) => results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(r),
+            Err(e) => {
+                first_error.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(e);
+            }
         }
     };
     let jobs = jobs.clamp(1, items.len().max(1));
@@ -240,22 +240,10 @@ pub(crate) fn run_parallel<T: Sync, R: Send>(
         }
         worker();
     });
-    let slots = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut out = Vec::with_capacity(items.len());
-    let mut first_error = None;
-    for slot in slots {
-        match slot {
-            Some(Ok(r)) => out.push(r),
-            Some(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            None => {}
-        }
+    if let Some(e) = first_error.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        return Err(e);
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    Ok(results.into_inner().unwrap_or_else(PoisonError::into_inner).into_iter().flatten().collect())
 }
 
 /// Emits `BlobProgress` at most every `PROGRESS_STEP` bytes.
@@ -281,5 +269,36 @@ impl<'a> Throttle<'a> {
             self.last.store(done, Ordering::Relaxed);
             self.sink.event(&TransferEvent::BlobProgress { digest: self.digest, done });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_runs_keep_order_and_stop_after_the_first_error() {
+        let items: Vec<u32> = (0..20).collect();
+        let out = run_parallel(&items, 4, |i| Ok(i * 2)).unwrap();
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let err = run_parallel(&items, 1, |i| {
+            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if *i == 3 {
+                Err(RegistryError::NoCredentialsFile)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, RegistryError::NoCredentialsFile));
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn clients_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Client>();
+        check::<RegistryError>();
     }
 }

@@ -519,3 +519,39 @@ fn a_registry_that_stops_answering_times_out_instead_of_hanging() {
     assert_eq!(fake.seen().len(), 2, "one try and one retry");
     assert_untouched(&s);
 }
+
+#[test]
+fn a_declined_mount_falls_back_to_uploading_in_the_session_it_opened() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 13, 1);
+    push_image(&client(), &s, &image, &at(&fake, "first:v1"));
+    // The registry loses the blobs of "first": it declines mounts from there (202).
+    fake.with(|st| st.repo_blobs.retain(|(repo, _)| repo != "first"));
+    let report =
+        push(&client(), &s, &image, &at(&fake, "second:v1"), &PushOptions::default(), &NoProgress)
+            .unwrap();
+    assert_eq!((report.uploaded, report.mounted), (2, 0), "{report:?}");
+    let seen = fake.seen();
+    let posts: Vec<_> = seen
+        .iter()
+        .filter(|r| r.method == "POST" && r.target.starts_with("/v2/second/blobs/uploads/"))
+        .collect();
+    assert_eq!(posts.len(), 2, "no second session per blob: {posts:#?}");
+    assert!(posts
+        .iter()
+        .all(|r| r.target.contains("mount=sha256:") && r.target.contains("from=first")));
+    assert_eq!(fake.count("PUT", "/v2/second/blobs/uploads/"), 2);
+
+    // Now "second" has them: a third repository mounts from the newest place seen.
+    let report =
+        push(&client(), &s, &image, &at(&fake, "third:v1"), &PushOptions::default(), &NoProgress)
+            .unwrap();
+    assert_eq!(report.mounted, 2, "{report:?}");
+    assert!(report
+        .blobs
+        .iter()
+        .all(|b| b.outcome == strata_registry::BlobOutcome::Mounted { from: "second".into() }));
+    assert_eq!(fake.count("PUT", "/v2/third/blobs/uploads/"), 0);
+}
