@@ -274,8 +274,12 @@ fn upload(
 fn resumable(e: &RegistryError) -> bool {
     match e {
         RegistryError::Transport { .. } | RegistryError::BodyRead { .. } => true,
+        // A 400 that says the digest is wrong will say so again: the bytes are what they are.
+        RegistryError::UnexpectedStatus { status: 400, body, .. } => {
+            !body.contains("DIGEST_INVALID")
+        }
         RegistryError::UnexpectedStatus { status, .. } => {
-            *status >= 500 || matches!(status, 400 | 404 | 416 | 429)
+            *status >= 500 || matches!(status, 404 | 416 | 429)
         }
         _ => false,
     }
@@ -376,8 +380,10 @@ fn start_upload(
     Session::from_response(ep, &resp)
 }
 
-/// GET `<location>` (spec.md "Resuming an upload"? — "Getting upload status"): how many bytes the
-/// registry holds. `None` when the session is gone (404, or 400 for an invalid state).
+/// GET `<location>`, the session's status (spec.md "Pushing a blob in chunks"; endpoint end-13,
+/// `GET /v2/<name>/blobs/uploads/<reference>` -> `204` with `Range: 0-<last>`): how many bytes
+/// the registry holds. `None` when the session is gone (404, or 400 for a state the registry no
+/// longer accepts, as distribution answers after a chunk that broke half-way).
 fn upload_status(
     client: &Client,
     ep: &Endpoint,

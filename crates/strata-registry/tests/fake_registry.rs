@@ -555,3 +555,43 @@ fn a_declined_mount_falls_back_to_uploading_in_the_session_it_opened() {
         .all(|b| b.outcome == strata_registry::BlobOutcome::Mounted { from: "second".into() }));
     assert_eq!(fake.count("PUT", "/v2/third/blobs/uploads/"), 0);
 }
+
+#[test]
+fn mounts_ask_for_pull_access_to_the_source_repository() {
+    let fake = Fake::start(FakeAuth::Bearer { user: None, expires_in: 300 });
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 14, 1);
+    let client = client();
+    push_image(&client, &s, &image, &at(&fake, "src/app:v1"));
+    let report =
+        push(&client, &s, &image, &at(&fake, "dst/app:v1"), &PushOptions::default(), &NoProgress)
+            .unwrap();
+    assert_eq!(report.mounted, 2);
+    let tokens = fake.with(|st| st.token_requests.clone());
+    assert!(
+        tokens.iter().any(|t| t.target.contains("scope=repository:dst/app:pull,push")
+            && t.target.contains("scope=repository:src/app:pull")),
+        "{tokens:#?}"
+    );
+}
+
+#[test]
+fn a_digest_the_registry_rejects_is_not_uploaded_again_and_again() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = make_image(&s, &[random_bytes(15, 5000)], "x");
+    // The store's copy of the layer rots after the image was written (same size).
+    let layer = image.layer_digests().unwrap()[0];
+    let path = s.blob_path(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let err =
+        push(&client(), &s, &image, &at(&fake, "app:v1"), &PushOptions::default(), &NoProgress)
+            .unwrap_err();
+    assert!(err.to_string().contains("DIGEST_INVALID"), "{err}");
+    assert_eq!(fake.count("PUT", "/blobs/uploads/"), 2, "config and one try of the layer");
+    assert!(fake.with(|st| st.manifests.is_empty()), "no manifest without its blobs");
+}
