@@ -11,6 +11,21 @@
 //! [`transport::export`]. What crossed the network is the registry crate's
 //! [`TransferReport`]; what was written locally is a [`LocalCopy`]. A dry run contacts the
 //! registry only to decide (HEAD requests, the manifest) and writes nothing anywhere.
+//!
+//! ```no_run
+//! use strata::registry::{Client, ClientOptions, NoProgress};
+//! use strata::store::{ImageLocation, Store};
+//! use strata::transfer::{copy, CopyOptions};
+//!
+//! let store = Store::init("/tmp/strata-store")?;
+//! let client = Client::new(ClientOptions::default())?;
+//! let src: ImageLocation = "app:v2".parse()?;
+//! let dst: ImageLocation = "docker://127.0.0.1:5000/app:v2".parse()?;
+//! let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoProgress)?;
+//! let pushed = outcome.transfer.expect("a registry leg");
+//! assert_eq!(pushed.uploaded + pushed.present + pushed.mounted, pushed.blobs.len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::io;
 use std::path::PathBuf;
