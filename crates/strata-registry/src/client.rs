@@ -39,8 +39,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
     /// Registries (host or host:port) reached over plain HTTP (like Docker's
-    /// insecure-registries). Loopback hosts (127.0.0.0/8, ::1, localhost) use plain HTTP
-    /// without being listed.
+    /// insecure-registries; an entry without a port covers every port of that host). Loopback
+    /// hosts (127.0.0.0/8, ::1, localhost) use plain HTTP without being listed.
     pub insecure: Vec<String>,
     /// Credential file override (`$REGISTRY_AUTH_FILE` semantics); `None` = the default search
     /// (`$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`).
@@ -268,7 +268,8 @@ impl Client {
     fn registry_endpoint(&self, registry: &str) -> Endpoint {
         let registry = registry.trim_end_matches('/').to_owned();
         let api_host = if is_docker_hub(&registry) { DOCKER_HUB_API } else { registry.as_str() };
-        let plain = is_loopback(&registry) || self.options.insecure.iter().any(|h| h == &registry);
+        let plain = is_loopback(&registry)
+            || self.options.insecure.iter().any(|h| insecure_entry_matches(h, &registry));
         let scheme = if plain { "http" } else { "https" };
         Endpoint { base: format!("{scheme}://{api_host}"), registry, repository: String::new() }
     }
@@ -456,6 +457,15 @@ fn system_roots() -> Result<RootCerts, RegistryError> {
     Ok(RootCerts::WebPki)
 }
 
+/// An `insecure` entry names `registry` exactly, or names its host when the entry has no port
+/// (as Docker's `insecure-registries` does); a `http://` or `https://` prefix is ignored.
+fn insecure_entry_matches(entry: &str, registry: &str) -> bool {
+    let entry = entry.trim().trim_end_matches('/');
+    let entry =
+        entry.strip_prefix("http://").or_else(|| entry.strip_prefix("https://")).unwrap_or(entry);
+    entry == registry || (!entry.contains(':') && registry.split(':').next() == Some(entry))
+}
+
 fn is_docker_hub(registry: &str) -> bool {
     matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io")
 }
@@ -581,6 +591,10 @@ mod tests {
         assert_eq!(ep.base, "http://reg.lan:5000");
         let ep = c.endpoint(&"127.0.0.1:5000/app".parse().unwrap());
         assert_eq!(ep.base, "http://127.0.0.1:5000");
+        assert!(insecure_entry_matches("reg.lan", "reg.lan:5000"));
+        assert!(insecure_entry_matches("http://reg.lan:5000/", "reg.lan:5000"));
+        assert!(!insecure_entry_matches("reg.lan:5001", "reg.lan:5000"));
+        assert!(!insecure_entry_matches("reg", "reg.lan:5000"));
         let ep = c.endpoint(&"ghcr.io/o/app".parse().unwrap());
         assert_eq!(ep.base, "https://ghcr.io");
         assert_eq!(ep.resolve_location("/v2/x?y").unwrap(), "https://ghcr.io/v2/x?y");
