@@ -58,7 +58,6 @@ impl Registry {
     /// Starts a registry with a fresh storage directory and waits until `/v2/` answers.
     pub fn start(options: RegistryOptions) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir for the registry");
-        let port = free_port();
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("registry storage dir");
         let mut auth = String::new();
@@ -71,22 +70,35 @@ impl Registry {
                 file.display()
             );
         }
-        // A fixed http.secret lets upload-session state survive a restart.
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
-             maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: strata-test-secret\n{auth}",
-            storage.display()
-        );
-        fs::write(dir.path().join("config.yml"), config).expect("write registry config");
-        let registry = Registry { port, dir, child: Mutex::new(None) };
-        registry.spawn();
-        registry
+        let mut registry = Registry { port: 0, dir, child: Mutex::new(None) };
+        // A port found free may be taken by a parallel test before the registry binds it:
+        // then this registry exits, and another port is tried.
+        for _ in 0..5 {
+            registry.port = free_port();
+            // A fixed http.secret lets upload-session state survive a restart.
+            let config = format!(
+                "version: 0.1\n\
+                 log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
+                 maintenance:\n    uploadpurging:\n      enabled: false\n\
+                 http:\n  addr: 127.0.0.1:{}\n  secret: strata-test-secret\n{auth}",
+                storage.display(),
+                registry.port
+            );
+            fs::write(registry.dir.path().join("config.yml"), config)
+                .expect("write registry config");
+            if registry.spawn() {
+                return registry;
+            }
+        }
+        panic!("docker-registry did not start; log:\n{}", registry.log());
     }
 
-    fn spawn(&self) {
+    /// Starts the process; `true` once it answers on its port (and is still alive, so the
+    /// answer is its own), `false` if it exited (port taken).
+    fn spawn(&self) -> bool {
+        let listening = |log: String| log.matches("msg=\"listening on ").count();
+        let before = listening(self.log());
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -100,11 +112,18 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
-        *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        let mut slot = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if self.ping() {
-                return;
+            let exited = slot.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                *slot = None;
+                return false;
+            }
+            // Its own "listening on" line, not just any answer on the port.
+            if listening(self.log()) > before && self.ping() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -191,8 +210,12 @@ impl Registry {
     /// Kills it if running, then starts it again on the same port and storage.
     pub fn restart(&self) {
         self.kill();
-        // The port may linger briefly; retry the bind by waiting for the new process to answer.
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "docker-registry did not restart on port {}:\n{}",
+            self.port,
+            self.log()
+        );
     }
 }
 
