@@ -250,14 +250,39 @@ fn fetch_token(
         realm: realm.to_owned(),
         reason,
     };
+    // An identity (refresh) token is exchanged by POSTing a form to the realm (distribution
+    // docs/spec/auth/oauth.md); user and password go as Basic on a GET (token.md).
+    let refresh = credential.filter(|c| c.is_identity_token()).map(|c| {
+        let mut form = vec![
+            "grant_type=refresh_token".to_owned(),
+            "client_id=strata".to_owned(),
+            format!("refresh_token={}", encode_query(&c.password)),
+        ];
+        if let Some(service) = service {
+            form.push(format!("service={}", encode_query(service)));
+        }
+        form.push(format!("scope={}", encode_query(&scopes.join(" "))));
+        form.join("&")
+    });
     let mut attempt = 0;
     let resp = loop {
         attempt += 1;
-        let mut builder = ureq::http::Request::builder().method("GET").uri(url.as_str());
-        if let Some(c) = credential {
-            builder = builder.header("Authorization", format!("Basic {}", basic(c)));
+        let request = match (&refresh, credential) {
+            (Some(form), _) => ureq::http::Request::builder()
+                .method("POST")
+                .uri(realm)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(form.as_bytes()),
+            (None, Some(c)) => ureq::http::Request::builder()
+                .method("GET")
+                .uri(url.as_str())
+                .header("Authorization", format!("Basic {}", basic(c)))
+                .body(&[][..]),
+            (None, None) => {
+                ureq::http::Request::builder().method("GET").uri(url.as_str()).body(&[][..])
+            }
         }
-        let request = builder.body(()).map_err(|e| token_error(e.to_string()))?;
+        .map_err(|e| token_error(e.to_string()))?;
         match client.agent().run(request) {
             Ok(resp)
                 if crate::client::is_retryable_status(resp.status().as_u16())

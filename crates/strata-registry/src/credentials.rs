@@ -7,8 +7,10 @@
 //! `{"ServerURL":..,"Username":..,"Secret":..}`. Files are searched in the order podman and
 //! skopeo use: `$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`
 //! (an explicit file replaces the search). For a registry, a `credHelpers` entry wins over an
-//! `auths` entry, which wins over `credsStore`, as in Docker. [`login`] and [`logout`] edit
-//! `auths` only, keeping every other key of the file.
+//! `auths` entry, which wins over `credsStore`, as in Docker. An `identitytoken` in an entry (or
+//! a helper answering with user `<token>`) is an OAuth2 refresh token, exchanged at the
+//! registry's token service. [`login`] and [`logout`] edit `auths` only, keeping every other
+//! key of the file.
 
 use std::fs;
 use std::io::{self, Write};
@@ -28,6 +30,18 @@ pub struct Credential {
     pub username: String,
     /// The password or token.
     pub password: String,
+}
+
+/// The user name Docker records for an identity (OAuth2 refresh) token; the token is then the
+/// password.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
+impl Credential {
+    /// Whether this is an identity token (`username` is [`IDENTITY_TOKEN_USER`]): exchanged at
+    /// the token service for access tokens instead of being sent as a password.
+    pub fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -171,6 +185,14 @@ fn decode_entry(
 ) -> Result<Option<Credential>, RegistryError> {
     let invalid =
         || RegistryError::InvalidAuthEntry { path: path.to_owned(), registry: registry.to_owned() };
+    if let Some(token) =
+        entry.get("identitytoken").and_then(Value::as_str).filter(|t| !t.is_empty())
+    {
+        return Ok(Some(Credential {
+            username: IDENTITY_TOKEN_USER.to_owned(),
+            password: token.to_owned(),
+        }));
+    }
     let Some(auth) = entry.get("auth").and_then(Value::as_str).filter(|a| !a.is_empty()) else {
         // Some tools write username/password fields instead.
         let user = entry.get("username").and_then(Value::as_str);

@@ -595,3 +595,26 @@ fn a_digest_the_registry_rejects_is_not_uploaded_again_and_again() {
     assert_eq!(fake.count("PUT", "/blobs/uploads/"), 2, "config and one try of the layer");
     assert!(fake.with(|st| st.manifests.is_empty()), "no manifest without its blobs");
 }
+
+#[test]
+fn identity_tokens_are_exchanged_with_a_posted_form() {
+    let fake = Fake::start(FakeAuth::Bearer { user: None, expires_in: 300 });
+    fake.with(|st| st.refresh_token = Some("refresh-me".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.json");
+    let config =
+        format!(r#"{{"auths":{{"{}":{{"auth":"","identitytoken":"refresh-me"}}}}}}"#, fake.host());
+    std::fs::write(&file, config).unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 16, 1);
+    push_image(&client_with(Some(&file), 3), &s, &image, &at(&fake, "app:v1"));
+    let forms = fake.with(|st| st.token_forms.clone());
+    assert_eq!(forms.len(), 1, "{forms:?}");
+    assert!(forms[0].contains("scope=repository:app:pull,push"), "{}", forms[0]);
+    assert!(
+        forms[0].contains("service=fake") && forms[0].contains("client_id=strata"),
+        "{}",
+        forms[0]
+    );
+    assert!(fake.with(|st| st.token_requests.iter().all(|r| r.method == "POST")));
+}

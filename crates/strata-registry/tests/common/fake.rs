@@ -77,6 +77,10 @@ pub struct State {
     pub token_requests: Vec<Seen>,
     /// Tokens issued, in order.
     pub issued: Vec<String>,
+    /// An identity (refresh) token the token service accepts in a POSTed form.
+    pub refresh_token: Option<String>,
+    /// Bodies of POSTed token forms.
+    pub token_forms: Vec<String>,
     pub next_id: u64,
     pub faults: Faults,
     pub chunk_min: Option<u64>,
@@ -304,6 +308,22 @@ fn route(st: &mut State, port: u16, req: &Seen, body: Vec<u8>) -> Reply {
     if path == "/token" {
         st.token_requests.push(req.clone());
         if let Some(FakeAuth::Bearer { user, expires_in }) = st.auth.clone() {
+            if req.method == "POST" {
+                let form = String::from_utf8_lossy(&body).into_owned();
+                st.token_forms.push(form.clone());
+                let wanted = st.refresh_token.clone().map(|t| format!("refresh_token={t}"));
+                let ok = form.contains("grant_type=refresh_token")
+                    && wanted.is_some_and(|w| form.split('&').any(|kv| kv == w));
+                if !ok {
+                    return Reply::new(401);
+                }
+                st.next_id += 1;
+                let token = format!("tok-{}", st.next_id);
+                st.tokens.insert(token.clone());
+                st.issued.push(token.clone());
+                let json = format!("{{\"access_token\":\"{token}\",\"expires_in\":{expires_in}}}");
+                return Reply::new(200).body(json.into_bytes());
+            }
             if let Some((u, p)) = user {
                 let want = format!(
                     "Basic {}",
