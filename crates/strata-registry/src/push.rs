@@ -245,29 +245,36 @@ fn upload(
     let throttle = Throttle::new(events, blob.digest);
     let mut attempt = 0;
     let mut fresh = true;
-    loop {
+    let failed = loop {
         match upload_attempt(client, ep, scopes, &file, blob, &mut session, fresh, &throttle) {
             Ok(()) => {
                 throttle.report(blob.size, true);
                 return Ok(());
             }
-            Err(e) if !resumable(&e) => return Err(e),
+            Err(e) if !resumable(&e) => break e,
             Err(e) => {
                 attempt += 1;
                 if attempt > client.retries() {
-                    return Err(RegistryError::UploadFailed {
+                    break RegistryError::UploadFailed {
                         registry: ep.registry.clone(),
                         repository: ep.repository.clone(),
                         digest: blob.digest,
                         attempts: attempt,
                         source: Box::new(e),
-                    });
+                    };
                 }
                 client.pause(attempt);
                 fresh = false;
             }
         }
+    };
+    // Best effort: tell the registry to drop what it holds of this upload (spec.md "Canceling
+    // an upload", DELETE on the session URL) instead of leaving it to its purge timer.
+    if let Some(s) = session {
+        let req = Req::new("DELETE", s.url).not_idempotent();
+        let _ = client.send(ep, scopes, &req);
     }
+    Err(failed)
 }
 
 /// Errors after which asking the registry where the upload stands may help.

@@ -618,3 +618,25 @@ fn identity_tokens_are_exchanged_with_a_posted_form() {
     );
     assert!(fake.with(|st| st.token_requests.iter().all(|r| r.method == "POST")));
 }
+
+#[test]
+fn an_upload_that_keeps_breaking_gives_up_and_cancels_its_session() {
+    let fake = Fake::start(FakeAuth::None);
+    fake.with(|st| st.faults.break_patch = 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = make_image(&s, &[random_bytes(17, 300_000)], "x");
+    let client =
+        client_with(Some(&dir.path().join("none.json")), 2).with_chunking(100_000, 100_000);
+    let err = push(&client, &s, &image, &at(&fake, "app:v1"), &PushOptions::default(), &NoProgress)
+        .unwrap_err();
+    let layer = image.layer_digests().unwrap()[0];
+    assert!(
+        matches!(&err, RegistryError::UploadFailed { attempts: 3, digest, .. } if *digest == layer),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&layer.to_string()), "{err}");
+    assert_eq!(fake.count("PATCH", "/blobs/uploads/"), 3, "one try and two resumptions");
+    assert_eq!(fake.count("DELETE", "/blobs/uploads/"), 1, "the session is cancelled");
+    assert!(fake.with(|st| st.uploads.is_empty() && st.manifests.is_empty()));
+}

@@ -466,6 +466,10 @@ fn route(st: &mut State, port: u16, req: &Seen, body: Vec<u8>) -> Reply {
             st.repo_blobs.insert((repo.clone(), got.clone()));
             Reply::new(201).header("Location", format!("/v2/{repo}/blobs/{got}"))
         }
+        ("DELETE", "uploads") => match st.uploads.remove(&tail) {
+            Some(_) => Reply::new(204),
+            None => Reply::new(404),
+        },
         ("GET" | "HEAD", "manifests") => match st.manifests.get(&(repo.clone(), tail.clone())) {
             Some((ct, bytes)) => Reply::new(200)
                 .header("Content-Type", ct.clone())
