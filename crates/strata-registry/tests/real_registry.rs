@@ -316,3 +316,53 @@ fn skopeo_reads_what_we_push_and_we_pull_what_skopeo_pushes() {
     assert_eq!(pulled.image.layer_digests().unwrap(), image.layer_digests().unwrap());
     assert!(fresh.fsck(false).unwrap().is_clean());
 }
+
+/// A non-loopback IPv4 address of this host, if it has one.
+fn outward_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // No packet is sent: connect() on UDP only picks the route and so the source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn non_loopback_registries_get_https_unless_listed_as_insecure() {
+    if !registry_available() {
+        return;
+    }
+    let Some(ip) = outward_ip() else {
+        eprintln!("skipping: this host has no non-loopback IPv4 address");
+        return;
+    };
+    let reg = Registry::start_on(RegistryOptions::default(), ip);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("a")).unwrap();
+    let image = small_image(&store, 61, 1);
+    let dest = reference(&reg, "app:v1");
+
+    // Not listed: the client speaks TLS to a plain-HTTP server and fails, quickly and clearly.
+    let started = std::time::Instant::now();
+    let err =
+        push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Unreachable { .. } | RegistryError::Transport { .. }),
+        "{err:?}"
+    );
+    let text = format!("{err}");
+    assert!(text.contains(&reg.host()) && text.contains("https://"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(reg.log().lines().all(|l| !l.contains("\"PUT ")));
+
+    // Listed as insecure (by host alone): plain HTTP, and the round trip works.
+    let insecure = Client::new(ClientOptions {
+        insecure: vec![ip.to_string()],
+        retries: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    push(&insecure, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    let fresh = Store::init(dir.path().join("b")).unwrap();
+    let pulled = pull(&insecure, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+}

@@ -48,15 +48,24 @@ pub struct RegistryOptions {
 
 /// A running `docker-registry serve`; killed on drop.
 pub struct Registry {
-    /// The port on 127.0.0.1.
+    /// The port on [`Registry::ip`].
     pub port: u16,
+    /// The address it listens on (127.0.0.1 unless started with [`Registry::start_on`]).
+    pub ip: std::net::IpAddr,
     dir: tempfile::TempDir,
     child: Mutex<Option<Child>>,
 }
 
 impl Registry {
-    /// Starts a registry with a fresh storage directory and waits until `/v2/` answers.
+    /// Starts a registry on 127.0.0.1 with a fresh storage directory and waits until `/v2/`
+    /// answers.
     pub fn start(options: RegistryOptions) -> Registry {
+        Registry::start_on(options, std::net::IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// Like [`Registry::start`], listening on `ip` (e.g. a non-loopback address of this host,
+    /// which clients reach over HTTPS unless told it is insecure).
+    pub fn start_on(options: RegistryOptions, ip: std::net::IpAddr) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir for the registry");
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("registry storage dir");
@@ -70,20 +79,20 @@ impl Registry {
                 file.display()
             );
         }
-        let mut registry = Registry { port: 0, dir, child: Mutex::new(None) };
+        let mut registry = Registry { port: 0, ip, dir, child: Mutex::new(None) };
         // A port found free may be taken by a parallel test before the registry binds it:
         // then this registry exits, and another port is tried.
         for _ in 0..5 {
-            registry.port = free_port();
+            registry.port = free_port(ip);
             // A fixed http.secret lets upload-session state survive a restart.
             let config = format!(
                 "version: 0.1\n\
                  log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
                  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: 127.0.0.1:{}\n  secret: strata-test-secret\n{auth}",
+                 http:\n  addr: {}\n  secret: strata-test-secret\n{auth}",
                 storage.display(),
-                registry.port
+                registry.host()
             );
             fs::write(registry.dir.path().join("config.yml"), config)
                 .expect("write registry config");
@@ -132,12 +141,10 @@ impl Registry {
 
     /// Whether `GET /v2/` gets any HTTP answer.
     fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let Ok(mut s) = TcpStream::connect((self.ip, self.port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = format!(
-            "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
-        );
+        let req =
+            format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host());
         if s.write_all(req.as_bytes()).is_err() {
             return false;
         }
@@ -145,9 +152,9 @@ impl Registry {
         s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
     }
 
-    /// `127.0.0.1:<port>`, the registry part of references.
+    /// `127.0.0.1:<port>` (`<ip>:<port>`), the registry part of references.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
     }
 
     /// The storage root (`rootdirectory` of the filesystem driver).
@@ -225,9 +232,9 @@ impl Drop for Registry {
     }
 }
 
-/// A port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+/// A port free on `ip` right now.
+fn free_port(ip: std::net::IpAddr) -> u16 {
+    let l = TcpListener::bind((ip, 0)).expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
 
