@@ -178,16 +178,19 @@ impl AuthCache {
         self.lock().entry(registry.to_owned()).or_default().sent_credentials = sent;
     }
 
-    /// Records the challenge of a 401 and drops the token that was refused. Returns whether a
-    /// retry can do better (there is a challenge we can answer that we did not answer already).
+    /// Records the challenge of a 401 and drops the token that was refused (`sent`, the
+    /// `Authorization` value of the refused request; a newer token another thread fetched
+    /// meanwhile stays). Returns whether a retry can do better (there is a challenge we can
+    /// answer that we did not answer already).
     pub fn challenged(
         &self,
         client: &Client,
         ep: &Endpoint,
         scopes: &[String],
         resp: &Response<Body>,
-        sent_credentials: bool,
+        sent: Option<&AuthHeader>,
     ) -> Result<bool, RegistryError> {
+        let sent_credentials = sent.is_some_and(|a| a.with_credentials);
         let Some(value) = header(resp, "WWW-Authenticate") else { return Ok(false) };
         let challenge = parse_challenge(value).ok_or_else(|| RegistryError::InvalidChallenge {
             registry: ep.registry.clone(),
@@ -196,7 +199,14 @@ impl AuthCache {
         {
             let mut hosts = self.lock();
             let host = hosts.entry(ep.registry.clone()).or_default();
-            host.tokens.remove(&scopes.join(" "));
+            let key = scopes.join(" ");
+            let refused = host
+                .tokens
+                .get(&key)
+                .is_some_and(|t| sent.is_some_and(|a| a.value == format!("Bearer {}", t.value)));
+            if refused {
+                host.tokens.remove(&key);
+            }
             host.sent_credentials = sent_credentials;
             host.challenge = Some(challenge.clone());
         }

@@ -309,8 +309,7 @@ impl Client {
                     let status = resp.status().as_u16();
                     if status == 401 && !answered_challenge {
                         answered_challenge = true;
-                        let sent = auth.as_ref().is_some_and(|a| a.with_credentials);
-                        if self.auth.challenged(self, ep, scopes, &resp, sent)? {
+                        if self.auth.challenged(self, ep, scopes, &resp, auth.as_ref())? {
                             attempt -= 1;
                             continue;
                         }
