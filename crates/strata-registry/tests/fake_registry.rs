@@ -640,3 +640,28 @@ fn an_upload_that_keeps_breaking_gives_up_and_cancels_its_session() {
     assert_eq!(fake.count("DELETE", "/blobs/uploads/"), 1, "the session is cancelled");
     assert!(fake.with(|st| st.uploads.is_empty() && st.manifests.is_empty()));
 }
+
+#[test]
+fn a_forbidden_push_names_the_repository_and_stops() {
+    let fake = Fake::start(FakeAuth::None);
+    fake.with(|st| st.faults.forbid_writes = true);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 18, 2);
+    let err = push(
+        &client(),
+        &s,
+        &image,
+        &at(&fake, "team/locked:v1"),
+        &PushOptions { jobs: 1, ..Default::default() },
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { credentials_sent: false, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("team/locked") && text.contains(&fake.host()) && text.contains("403"),
+        "{text}"
+    );
+    assert_eq!(fake.count("POST", "/blobs/uploads/"), 1, "no retries of a 403, no further blobs");
+}

@@ -60,6 +60,8 @@ pub struct Faults {
     pub redirect_blobs_to: Option<String>,
     /// Ignore Range on blob GETs (answer 200 with everything).
     pub ignore_range: bool,
+    /// Answer 403 to every write (POST, PUT, PATCH) under /v2/<repo>/.
+    pub forbid_writes: bool,
     /// Accept requests but never answer (for this long), like a wedged server.
     pub stall: Option<std::time::Duration>,
 }
@@ -365,6 +367,9 @@ fn route(st: &mut State, port: u16, req: &Seen, body: Vec<u8>) -> Reply {
     let (repo, tail) = (repo.to_owned(), tail.to_owned());
     if let Some(deny) = authorized(st, port, req, &repo) {
         return deny;
+    }
+    if st.faults.forbid_writes && matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
+        return Reply::new(403).body(b"{\"errors\":[{\"code\":\"DENIED\"}]}".to_vec());
     }
     let q = query(&req.target);
     match (req.method.as_str(), kind) {
