@@ -665,3 +665,31 @@ fn a_forbidden_push_names_the_repository_and_stops() {
     );
     assert_eq!(fake.count("POST", "/blobs/uploads/"), 1, "no retries of a 403, no further blobs");
 }
+
+#[test]
+fn chunk_boundaries_are_exact_for_every_size() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let sizes = [0usize, 1, 99_999, 100_000, 100_001, 250_000];
+    let layers: Vec<Vec<u8>> =
+        sizes.iter().enumerate().map(|(i, n)| random_bytes(100 + i as u64, *n)).collect();
+    let image = make_image(&s, &layers, "sizes");
+    // Everything chunked (threshold 0), 100 kB chunks.
+    let client = client().with_chunking(0, 100_000);
+    push_image(&client, &s, &image, &at(&fake, "app:v1"));
+    for layer in &layers {
+        let d = strata_store::Digest::of_bytes(layer);
+        assert_eq!(fake.with(|st| st.blobs.get(&d.to_string()).cloned()).as_ref(), Some(layer));
+    }
+    let patches: Vec<usize> =
+        fake.seen().iter().filter(|r| r.method == "PATCH").map(|r| r.body_len).collect();
+    let expected_chunks: usize = sizes.iter().map(|n| n.div_ceil(100_000)).sum::<usize>() + 1; // + config
+    assert_eq!(patches.len(), expected_chunks, "{patches:?}");
+    assert!(patches.iter().all(|n| *n > 0 && *n <= 100_000));
+    let fresh = store(dir.path(), "b");
+    let pulled =
+        pull(&client, &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    assert!(fresh.fsck(false).unwrap().is_clean());
+}
