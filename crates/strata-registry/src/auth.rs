@@ -20,7 +20,7 @@ use ureq::http::Response;
 use ureq::tls::RootCerts;
 use ureq::Body;
 
-use crate::client::{body_excerpt, header, Client, Endpoint};
+use crate::client::{body_excerpt, Client, Endpoint};
 use crate::credentials::Credential;
 use crate::error::RegistryError;
 
@@ -191,11 +191,24 @@ impl AuthCache {
         sent: Option<&AuthHeader>,
     ) -> Result<bool, RegistryError> {
         let sent_credentials = sent.is_some_and(|a| a.with_credentials);
-        let Some(value) = header(resp, "WWW-Authenticate") else { return Ok(false) };
-        let challenge = parse_challenge(value).ok_or_else(|| RegistryError::InvalidChallenge {
-            registry: ep.registry.clone(),
-            challenge: value.to_owned(),
-        })?;
+        // A registry may offer several challenges (several headers); Bearer is preferred.
+        let values: Vec<&str> = resp
+            .headers()
+            .get_all("WWW-Authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let Some(first) = values.first() else { return Ok(false) };
+        let parsed: Vec<Challenge> = values.iter().filter_map(|v| parse_challenge(v)).collect();
+        let challenge = parsed
+            .iter()
+            .find(|c| matches!(c, Challenge::Bearer { .. }))
+            .or(parsed.first())
+            .cloned()
+            .ok_or_else(|| RegistryError::InvalidChallenge {
+                registry: ep.registry.clone(),
+                challenge: (*first).to_owned(),
+            })?;
         {
             let mut hosts = self.lock();
             let host = hosts.entry(ep.registry.clone()).or_default();
@@ -396,7 +409,9 @@ fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return None;
+            // Not a parameter: the start of another challenge in the same header
+            // (`Bearer realm="a", Basic realm="b"`); keep what belongs to the first.
+            return Some(out);
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -447,6 +462,14 @@ mod tests {
             Some(Challenge::Bearer { realm: "http://x/t".into(), service: None, scope: None })
         );
         assert_eq!(parse_challenge("Bearer service=\"x\""), None);
+        assert_eq!(
+            parse_challenge("Bearer realm=\"https://a/t\", service=\"s\", Basic realm=\"b\""),
+            Some(Challenge::Bearer {
+                realm: "https://a/t".into(),
+                service: Some("s".into()),
+                scope: None
+            })
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge("Bearer realm=\"unterminated"), None);
     }
