@@ -388,9 +388,23 @@ fn copy_between_the_registry_and_every_local_transport() {
 #[test]
 fn dry_runs_move_nothing() {
     let e = Env::new();
+    e.import("a", "app:v1", "dry\n");
+    // Local copies: the plan, and no layout, archive or tag written.
+    let layout = e.path("dry-layout");
+    let r = e.json(
+        "a",
+        &["copy", "--dry-run", "--json", "app:v1", &format!("oci:{}", layout.display())],
+    );
+    assert_eq!((r["dry_run"].as_bool(), r["local"]["written"].as_u64()), (Some(true), Some(3)));
+    assert!(!layout.exists());
+    let r = e.json("a", &["copy", "--dry-run", "--json", "app:v1", "again:v1"]);
+    assert_eq!(
+        (r["local"]["written"].as_u64(), r["local"]["skipped"].as_u64()),
+        (Some(0), Some(3))
+    );
+    assert!(!e.ok("a", &["images"]).contains("again"));
     let Some(reg) = start_registry(None) else { return };
     let host = reg.host();
-    e.import("a", "app:v1", "dry\n");
     let dest = format!("docker://{host}/dry/app:v1");
     let mark = mark(&reg);
     let out = e.ok("a", &["push", "--dry-run", "app:v1", &dest]);
@@ -462,6 +476,27 @@ fn build_pulls_a_registry_base_on_demand() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("pulling {host}/base:1")), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60));
+
+    // Three stages from the same base (two of them independent, so built in parallel) share
+    // one pull. The registry restarts on the same port and storage.
+    reg.restart();
+    let recipe = format!(
+        "FROM {host}/base:1 AS one\nCOPY f.txt /one\n\
+         FROM {host}/base:1 AS two\nCOPY f.txt /two\n\
+         FROM {host}/base:1\nCOPY --from=one /one /1\nCOPY --from=two /two /2\n"
+    );
+    std::fs::write(e.path("ctx/Dockerfile"), recipe).unwrap();
+    let mark = mark(&reg);
+    let out = e.run("b", &["build", "--progress", "plain", "--pull=always", ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("=> pulling ").count(), 1, "{err}");
+    let manifest_gets = requests_since(&reg, mark)
+        .iter()
+        .filter(|(m, u)| m == "GET" && u.contains("/manifests/"))
+        .count();
+    assert_eq!(manifest_gets, 1);
+    reg.kill();
 
     // docker:// in FROM works too.
     std::fs::write(

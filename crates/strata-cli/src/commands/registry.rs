@@ -210,7 +210,7 @@ fn run_copy(
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&json_report(&src, &dst, &outcome))?)?;
     } else {
-        write_report(&mut out, &src, &dst, &outcome)?;
+        write_report(&mut out, verb, &src, &dst, &outcome)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -234,12 +234,25 @@ fn json_report(src: &ImageLocation, dst: &ImageLocation, o: &CopyOutcome) -> ser
 
 fn write_report(
     out: &mut impl Write,
+    verb: &str,
     src: &ImageLocation,
     dst: &ImageLocation,
     o: &CopyOutcome,
 ) -> std::io::Result<()> {
-    let would = if o.dry_run { "dry run, nothing moved: would copy" } else { "copied" };
-    writeln!(out, "{would} {src} -> {dst}")?;
+    let dst = match dst {
+        ImageLocation::Store(name) => format!("the store as {name}"),
+        other => other.to_string(),
+    };
+    if o.dry_run {
+        writeln!(out, "dry run, nothing moved: would {verb} {src} to {dst}")?;
+    } else {
+        let done = match verb {
+            "push" => "pushed",
+            "pull" => "pulled",
+            _ => "copied",
+        };
+        writeln!(out, "{done} {src} to {dst}")?;
+    }
     writeln!(out, "  manifest {}", o.manifest)?;
     if let Some(t) = &o.transfer {
         let layers = |f: &dyn Fn(&BlobOutcome) -> bool| {
@@ -369,7 +382,7 @@ impl TransferSink for BarProgress {
                 let bar = self.multi.add(ProgressBar::new(*size));
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {bytes:>9}/{total_bytes:<9} {bytes_per_sec:>11} {msg}",
+                        "{prefix} [{bar:30}] {decimal_bytes:>9}/{decimal_total_bytes:<9} {decimal_bytes_per_sec:>11} {msg}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
