@@ -1,5 +1,6 @@
-//! An OCI distribution-spec v1.1 client: moves images between a strata [`Store`] and a registry,
-//! transferring only the blobs the other side lacks, and verifying every byte it receives.
+//! An OCI distribution-spec v1.1 client: moves images between a strata
+//! [`Store`](strata_store::Store) and a registry, transferring only the blobs the other side
+//! lacks, and verifying every byte it receives.
 //!
 //! The model: a registry is a second content-addressed store, reached over HTTP. An image is a
 //! manifest naming a config blob and layer blobs by digest, so a transfer is "for each blob, does
