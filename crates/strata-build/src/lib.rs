@@ -91,6 +91,9 @@ pub fn build(
             );
         }
     }
+    // Held until the caller drops the store: a concurrent `gc` cannot sweep the untagged
+    // layers, snapshots and cache entries this build writes or relies on.
+    store.lease()?;
     let text = options::read_recipe(opts)?;
     let parse_err = |source: strata_recipe::ParseError| BuildError::Parse {
         path: opts.recipe_path.clone(),

@@ -14,9 +14,12 @@
 //! (`<root>/strata/v1/cache-v1/`), which is not a root, so it lives exactly as long as the
 //! layers it points at are reachable.
 //!
-//! gc holds the store lock, so tags cannot change under it, but blob writers take no lock: a
-//! blob written during gc and not yet referenced by a tag or roots file may be deleted. Run gc
-//! when no build is in progress, or have builds list what they hold in a roots file first.
+//! gc holds the store lock, so tags cannot change under it, and the exclusive `flock` on
+//! `strata/v1/gc.lock`, which every writer (a blob writer, a build, a pull) holds shared for as
+//! long as its [`Store`] handle lives (see [`Store::lease`]): a blob written but not yet tagged
+//! can therefore never be swept. gc does not wait for writers; it fails with
+//! [`StoreError::InUse`] and deletes nothing while another handle holds a lease. Writers wait
+//! for a running gc.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -165,8 +168,12 @@ impl Store {
     ///
     /// Fails without deleting anything if a reachable manifest is corrupt (its references
     /// cannot be known) or a roots file is malformed.
+    ///
+    /// Fails with [`StoreError::InUse`], deleting nothing, while another store handle (in this
+    /// process or another) holds a writer lease; this handle's own lease does not count.
     pub fn gc(&self, extra_roots: &[Digest]) -> Result<GcReport, StoreError> {
         let _lock = self.lock()?;
+        let _exclusive = self.exclusive_gc_lock()?;
         let index = self.read_index()?;
         // (digest, media type if known)
         let mut pending: Vec<(Digest, Option<String>)> = Vec::new();
@@ -319,6 +326,48 @@ impl Store {
             removed += 1;
         }
         Ok(removed)
+    }
+}
+
+/// The exclusive hold on `gc.lock` for one gc run; a handle's own lease goes back to shared.
+enum GcHold<'a> {
+    /// Taken on this handle's lease file (converted from shared; back to shared on drop).
+    Converted(std::sync::MutexGuard<'a, Option<File>>),
+    /// Taken on a file opened for this run (released on drop by closing it).
+    Own(#[allow(dead_code)] File),
+}
+
+impl Drop for GcHold<'_> {
+    fn drop(&mut self) {
+        if let GcHold::Converted(guard) = self {
+            if let Some(file) = guard.as_ref() {
+                // Converting back never blocks: we hold the only lock on this file.
+                let _ = flock(file, FlockOperation::LockShared);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Takes `gc.lock` exclusively without waiting, or reports the store in use.
+    fn exclusive_gc_lock(&self) -> Result<GcHold<'_>, StoreError> {
+        let path = self.gc_lock_path();
+        let busy = |e: rustix::io::Errno| {
+            if e == rustix::io::Errno::WOULDBLOCK {
+                StoreError::InUse { root: self.root().to_path_buf() }
+            } else {
+                StoreError::Io { path: path.clone(), source: e.into() }
+            }
+        };
+        let guard = self.lease_slot();
+        if let Some(file) = guard.as_ref() {
+            flock(file, FlockOperation::NonBlockingLockExclusive).map_err(busy)?;
+            return Ok(GcHold::Converted(guard));
+        }
+        drop(guard);
+        let file = crate::store::open_lock_file(&path)?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(busy)?;
+        Ok(GcHold::Own(file))
     }
 }
 

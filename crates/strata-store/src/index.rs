@@ -7,7 +7,7 @@
 //! `<root>/strata/v1/lock` and land by atomic rename; readers take no lock and always see either
 //! the old or the new file.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 
 use oci_spec::image::{ImageIndex, ImageIndexBuilder, MediaType, SCHEMA_VERSION};
 use rustix::fs::{flock, FlockOperation};
@@ -61,12 +61,7 @@ impl Store {
     pub(crate) fn lock(&self) -> Result<StoreLock, StoreError> {
         self.ensure_meta_dirs()?;
         let path = self.lock_path();
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io(&path))?;
+        let file = crate::store::open_lock_file(&path)?;
         flock(&file, FlockOperation::LockExclusive)
             .map_err(|e| StoreError::Io { path, source: e.into() })?;
         Ok(StoreLock { _file: file })

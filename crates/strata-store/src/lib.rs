@@ -9,6 +9,7 @@
 //!                                org.opencontainers.image.ref.name = "name:tag"
 //! <root>/blobs/sha256/<hex>      every blob, named by the SHA-256 of its bytes
 //! <root>/strata/v1/lock          flock serializing index.json updates
+//! <root>/strata/v1/gc.lock       writers' shared flock (their lease), gc's exclusive one
 //! <root>/strata/v1/tmp/          temp files of writers in progress (same file system)
 //! <root>/strata/v1/roots/*       extra gc roots, one digest per line (e.g. the build cache)
 //! <root>/strata/v1/snapshots/<hex>  unpacked layers, removed by gc when unreachable
@@ -26,7 +27,9 @@
 //!
 //! Concurrency: any number of threads and processes may use one store at once. Blob writes need
 //! no lock (identical content renames onto identical content); `index.json` updates (`tag`,
-//! `untag`) and `gc` take an exclusive `flock` on `strata/v1/lock`; readers take no lock and
+//! `untag`) and `gc` take an exclusive `flock` on `strata/v1/lock`; writers hold a lease (a
+//! shared `flock` on `strata/v1/gc.lock`) so gc never sweeps a blob that is written but not yet
+//! tagged ([`Store::lease`]); readers take no lock and
 //! see each `index.json` whole, old or new. Tools that write the layout themselves (e.g. `skopeo
 //! copy` into `oci:$STORE:name`) do not take strata's lock; do not run them while strata is
 //! tagging. Durability: blobs and `index.json` are `fsync`ed before, and their directory after,

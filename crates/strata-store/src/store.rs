@@ -3,12 +3,24 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{write_atomic, write_new, BlobWriter, PutBlob, VerifyingReader};
 use crate::digest::Digest;
 use crate::error::{NotAStoreProblem, StoreError};
+
+/// Opens (creating if needed) a file used only for its `flock`.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io(path))
+}
 
 /// File name of the layout marker (image-layout.md, "oci-layout file").
 pub(crate) const OCI_LAYOUT_FILE: &str = "oci-layout";
@@ -27,11 +39,14 @@ struct OciLayoutFile {
 
 /// A content-addressed store rooted at a directory that is also an OCI image layout.
 ///
-/// Cheap to clone; holds only paths. All methods are safe to call from several threads and
-/// several processes on the same root at once (see the crate docs for the guarantees).
+/// Cheap to clone; holds its root path and, once it has written, a writer lease shared by all
+/// clones (see [`Store::lease`]). All methods are safe to call from several threads and several
+/// processes on the same root at once (see the crate docs for the guarantees).
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The open `strata/v1/gc.lock` carrying this handle's shared `flock`, once taken.
+    lease: Arc<Mutex<Option<File>>>,
 }
 
 impl Store {
@@ -71,7 +86,7 @@ impl Store {
         if !root.join(INDEX_FILE).is_file() {
             return Err(not_a_store(NotAStoreProblem::NoIndex));
         }
-        let store = Store { root };
+        let store = Store { root, lease: Arc::default() };
         store.read_index()?;
         Ok(store)
     }
@@ -96,7 +111,7 @@ impl Store {
                 }
             }
         }
-        let store = Store { root };
+        let store = Store { root, lease: Arc::default() };
         for dir in [store.blob_dir(), store.tmp_dir(), store.roots_dir(), store.snapshots_dir()] {
             fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         }
@@ -187,9 +202,43 @@ impl Store {
         write_atomic(&self.tmp_dir(), dest, bytes)
     }
 
+    /// `<root>/strata/v1/gc.lock`: writers hold a shared `flock` on it, gc an exclusive one.
+    pub fn gc_lock_path(&self) -> PathBuf {
+        self.meta_dir().join("gc.lock")
+    }
+
+    /// Takes this handle's writer lease (once; later calls and clones share it) and keeps it
+    /// until the last clone of the handle is dropped.
+    ///
+    /// A blob is unreferenced between its write and the tag, manifest or cache entry that will
+    /// name it, and a build relies on untagged snapshots and cache entries throughout; a
+    /// concurrent [`Store::gc`] would delete them. So every writer holds a shared `flock` on
+    /// [`Store::gc_lock_path`], and gc needs the exclusive one: gc refuses to run
+    /// ([`StoreError::InUse`]) while another handle holds a lease, and a writer waits for a
+    /// running gc to finish. [`Store::blob_writer`] takes the lease itself; a build or pull
+    /// calls this at its start so that even a fully cached run is protected.
+    pub fn lease(&self) -> Result<(), StoreError> {
+        let mut held = self.lease_slot();
+        if held.is_some() {
+            return Ok(());
+        }
+        self.ensure_meta_dirs()?;
+        let path = self.gc_lock_path();
+        let file = open_lock_file(&path)?;
+        flock(&file, FlockOperation::LockShared)
+            .map_err(|e| StoreError::Io { path, source: e.into() })?;
+        *held = Some(file);
+        Ok(())
+    }
+
+    /// The lease slot; a poisoned mutex still holds a valid file (or none).
+    pub(crate) fn lease_slot(&self) -> MutexGuard<'_, Option<File>> {
+        self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts writing a new blob; see [`BlobWriter`].
     pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
-        self.ensure_meta_dirs()?;
+        self.lease()?;
         BlobWriter::new(&self.tmp_dir(), self.blob_dir())
     }
 

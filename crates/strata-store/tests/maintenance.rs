@@ -250,3 +250,63 @@ fn broken_stores_are_clear_errors_and_left_alone() {
         Err(StoreError::NotAStore { problem: NotAStoreProblem::NoBlobDir, .. })
     ));
 }
+
+#[test]
+fn gc_refuses_while_another_handle_holds_a_writer_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Store::init(dir.path()).unwrap();
+    // Written, not yet tagged: exactly what a build or pull holds between blob and tag.
+    let pending = writer.put_blob(&b"layer of a build in progress"[..]).unwrap();
+
+    let other = Store::open(dir.path()).unwrap();
+    let err = other.gc(&[]).unwrap_err();
+    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    assert!(writer.has_blob(&pending.digest), "a refused gc deleted a pending blob");
+
+    // A clone shares the lease: still in use while any clone lives.
+    let clone = writer.clone();
+    drop(writer);
+    assert!(matches!(other.gc(&[]), Err(StoreError::InUse { .. })));
+    // gc through the lease holder itself runs (its own lease does not count) and the lease
+    // is shared again afterwards.
+    let report = clone.gc(&[pending.digest]).unwrap();
+    assert!(report.removed.is_empty());
+    assert!(matches!(other.gc(&[]), Err(StoreError::InUse { .. })));
+
+    drop(clone);
+    let report = other.gc(&[]).unwrap();
+    assert_eq!(report.removed, vec![pending.digest]);
+}
+
+#[test]
+fn gc_refuses_while_another_process_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    // Another process holding the lease, as a running `strata build` does (flock(1) takes the
+    // same BSD lock our lease takes).
+    if !common::have_tool("flock") {
+        return;
+    }
+    // `cat` exits when its stdin closes, and flock(1) then releases the lock.
+    let mut holder = std::process::Command::new("flock")
+        .arg("--shared")
+        .arg(store.gc_lock_path())
+        .arg("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the child holds it.
+    let mut refused = false;
+    for _ in 0..200 {
+        if matches!(store.gc(&[]), Err(StoreError::InUse { .. })) {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    assert!(refused, "gc ran while another process held a writer lease");
+    store.gc(&[]).unwrap();
+}
