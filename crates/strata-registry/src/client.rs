@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,7 @@ pub struct ClientOptions {
 /// `Send + Sync`; share one across threads and transfers.
 pub struct Client {
     agent: Agent,
+    timeout: Duration,
     options: ClientOptions,
     retries: u32,
     backoff: Duration,
@@ -159,6 +160,7 @@ impl Client {
         let retries = if options.retries == 0 { DEFAULT_RETRIES } else { options.retries };
         Ok(Client {
             agent,
+            timeout: DEFAULT_TIMEOUT,
             options,
             retries,
             backoff: Duration::from_millis(200),
@@ -171,8 +173,36 @@ impl Client {
     /// Replaces the connect and per-read timeout (default 30 s): a registry that accepts no
     /// connection or stops sending for this long fails the attempt instead of hanging.
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
         self.agent = build_agent(self.auth.roots.clone(), timeout);
         self
+    }
+
+    /// Also trusts the CA certificates in the PEM file at `path` for HTTPS (a private
+    /// registry's CA, like Docker's `certs.d/<host>/ca.crt`), besides the system's bundle.
+    /// (When no system bundle was found, these become the only trusted roots.)
+    pub fn with_ca_file(mut self, path: &Path) -> Result<Client, RegistryError> {
+        let cert_error = |source| RegistryError::RootCertificates {
+            path: path.to_owned(),
+            source: Box::new(source),
+        };
+        let pem = std::fs::read(path).map_err(|e| cert_error(ureq::Error::Io(e)))?;
+        let mut certs = match &self.auth.roots {
+            RootCerts::Specific(existing) => existing.as_ref().clone(),
+            _ => Vec::new(),
+        };
+        let before = certs.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            if let ureq::tls::PemItem::Certificate(c) = item.map_err(cert_error)? {
+                certs.push(c);
+            }
+        }
+        if certs.len() == before {
+            return Err(cert_error(ureq::Error::Tls("no certificate in the file")));
+        }
+        self.auth.roots = RootCerts::Specific(Arc::new(certs));
+        self.agent = build_agent(self.auth.roots.clone(), self.timeout);
+        Ok(self)
     }
 
     /// Sets the size above which blobs are uploaded in chunks, and the chunk size (both default
@@ -481,14 +511,25 @@ pub(crate) fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `e` is a TLS failure: ureq reports rustls errors (certificate, handshake, a peer
+/// that is not speaking TLS) as `InvalidData` I/O errors carrying the rustls error.
+fn is_tls_failure(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io.kind() == io::ErrorKind::InvalidData && io.get_ref().is_some(),
+        _ => false,
+    }
+}
+
 fn is_retryable(e: &ureq::Error) -> bool {
-    matches!(
-        e,
-        ureq::Error::Io(_)
-            | ureq::Error::Timeout(_)
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::Protocol(_)
-    )
+    !is_tls_failure(e)
+        && matches!(
+            e,
+            ureq::Error::Io(_)
+                | ureq::Error::Timeout(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Protocol(_)
+        )
 }
 
 pub(crate) fn is_retryable_status(status: u16) -> bool {
@@ -496,6 +537,13 @@ pub(crate) fn is_retryable_status(status: u16) -> bool {
 }
 
 fn transport_error(ep: &Endpoint, req: &Req<'_>, attempts: u32, e: ureq::Error) -> RegistryError {
+    if req.url.starts_with("https://") && is_tls_failure(&e) {
+        return RegistryError::Tls {
+            registry: ep.registry.clone(),
+            url: req.url.clone(),
+            source: Box::new(e),
+        };
+    }
     let unreachable = match &e {
         ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Tls(_) => true,
         ureq::Error::Timeout(t) => {

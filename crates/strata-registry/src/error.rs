@@ -22,6 +22,21 @@ pub enum RegistryError {
         #[source]
         source: Box<ureq::Error>,
     },
+    /// The TLS handshake failed: an untrusted or invalid certificate, or a server that does not
+    /// speak TLS. Not retried.
+    #[error(
+        "TLS with registry {registry} ({url}) failed; if it uses a private CA, trust it \
+        (SSL_CERT_FILE or Client::with_ca_file); if it serves plain HTTP, list it as insecure"
+    )]
+    Tls {
+        /// `host[:port]`.
+        registry: String,
+        /// The URL requested.
+        url: String,
+        /// The TLS error.
+        #[source]
+        source: Box<ureq::Error>,
+    },
     /// A transfer broke in the middle (connection reset, read timeout) and retries ran out.
     #[error("{method} {url} on registry {registry} failed after {attempts} attempt(s)")]
     Transport {

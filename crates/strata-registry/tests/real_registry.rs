@@ -345,10 +345,8 @@ fn non_loopback_registries_get_https_unless_listed_as_insecure() {
     let started = std::time::Instant::now();
     let err =
         push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap_err();
-    assert!(
-        matches!(err, RegistryError::Unreachable { .. } | RegistryError::Transport { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
+    assert!(err.to_string().contains("insecure"), "the error says what to do: {err}");
     let text = format!("{err}");
     assert!(text.contains(&reg.host()) && text.contains("https://"), "{text}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
@@ -365,4 +363,44 @@ fn non_loopback_registries_get_https_unless_listed_as_insecure() {
     let fresh = Store::init(dir.path().join("b")).unwrap();
     let pulled = pull(&insecure, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+}
+
+#[test]
+fn https_registries_are_verified_against_trusted_roots() {
+    if !registry_available() {
+        return;
+    }
+    let Some(ip) = outward_ip() else {
+        eprintln!("skipping: this host has no non-loopback IPv4 address");
+        return;
+    };
+    let Some(reg) = Registry::start_tls_on(RegistryOptions::default(), ip) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("a")).unwrap();
+    let image = small_image(&store, 71, 2);
+    let dest = reference(&reg, "secure:v1");
+
+    // The test CA is not trusted by default: a TLS error naming the registry, not retried.
+    let err =
+        push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
+    assert!(err.to_string().contains(&reg.host()), "{err}");
+    let chain = format!("{:?}", std::error::Error::source(&err));
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
+
+    // Trusting it: push and pull over HTTPS.
+    let trusting = client().with_ca_file(&reg.ca_path()).unwrap();
+    let report =
+        push(&trusting, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    assert_eq!(report.uploaded, 3);
+    let fresh = Store::init(dir.path().join("b")).unwrap();
+    let pulled = pull(&trusting, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+    assert_eq!(reg.uploads("secure").len(), 3, "{}", reg.log());
+
+    // A file without certificates is refused with its path.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let err = client().with_ca_file(&junk).unwrap_err();
+    assert!(err.to_string().contains("junk.pem"), "{err}");
 }

@@ -52,6 +52,7 @@ pub struct Registry {
     pub port: u16,
     /// The address it listens on (127.0.0.1 unless started with [`Registry::start_on`]).
     pub ip: std::net::IpAddr,
+    tls: bool,
     dir: tempfile::TempDir,
     child: Mutex<Option<Child>>,
 }
@@ -66,6 +67,30 @@ impl Registry {
     /// Like [`Registry::start`], listening on `ip` (e.g. a non-loopback address of this host,
     /// which clients reach over HTTPS unless told it is insecure).
     pub fn start_on(options: RegistryOptions, ip: std::net::IpAddr) -> Registry {
+        Registry::start_with(options, ip, false)
+    }
+
+    /// Like [`Registry::start_on`], serving HTTPS with a certificate for `ip` issued by a test
+    /// CA made with `openssl` (see [`Registry::ca_path`]). `None` (after saying why) when
+    /// `openssl` is missing.
+    pub fn start_tls_on(options: RegistryOptions, ip: std::net::IpAddr) -> Option<Registry> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            assert!(
+                std::env::var_os("STRATA_TEST_STRICT").is_none_or(|v| v != "1"),
+                "openssl is required under STRATA_TEST_STRICT=1"
+            );
+            eprintln!("skipping: openssl not found");
+            return None;
+        }
+        Some(Registry::start_with(options, ip, true))
+    }
+
+    /// The PEM file of the CA that issued an HTTPS registry's certificate.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(options: RegistryOptions, ip: std::net::IpAddr, tls: bool) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir for the registry");
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("registry storage dir");
@@ -79,7 +104,16 @@ impl Registry {
                 file.display()
             );
         }
-        let mut registry = Registry { port: 0, ip, dir, child: Mutex::new(None) };
+        let mut tls_config = String::new();
+        if tls {
+            make_certificates(dir.path(), ip);
+            tls_config = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            );
+        }
+        let mut registry = Registry { port: 0, ip, tls, dir, child: Mutex::new(None) };
         // A port found free may be taken by a parallel test before the registry binds it:
         // then this registry exits, and another port is tried.
         for _ in 0..5 {
@@ -90,7 +124,7 @@ impl Registry {
                  log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
                  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: {}\n  secret: strata-test-secret\n{auth}",
+                 http:\n  addr: {}\n  secret: strata-test-secret\n{tls_config}{auth}",
                 storage.display(),
                 registry.host()
             );
@@ -142,6 +176,10 @@ impl Registry {
     /// Whether `GET /v2/` gets any HTTP answer.
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect((self.ip, self.port)) else { return false };
+        if self.tls {
+            // Accepting connections is all we can check without a TLS client here.
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let req =
             format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host());
@@ -229,6 +267,50 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Writes `ca.pem` (a test CA) and `cert.pem`/`key.pem` (a server certificate for `ip`, signed
+/// by it) into `dir`. rustls refuses a CA certificate as a server's, hence the two levels.
+fn make_certificates(dir: &Path, ip: std::net::IpAddr) {
+    let ext = dir.join("server.ext");
+    fs::write(
+        &ext,
+        format!(
+            "subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .expect("write openssl extensions");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let steps: [Vec<&str>; 3] = [
+        [&["req", "-x509"][..], &ec[..], &["-keyout", "ca.key", "-out", "ca.pem"][..]].concat(),
+        [&["req"][..], &ec[..], &["-keyout", "key.pem", "-out", "server.csr"][..]].concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-extfile",
+            "server.ext",
+        ],
+    ];
+    for (i, args) in steps.iter().enumerate() {
+        let subject = if i == 0 { "/CN=strata test CA" } else { "/CN=strata test registry" };
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(dir).args(args).args(["-days", "2"]);
+        if i < 2 {
+            cmd.args(["-subj", subject]);
+        }
+        let out = cmd.output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
