@@ -57,7 +57,13 @@ pub fn default_file() -> Result<PathBuf, RegistryError> {
 }
 
 fn search_path() -> Vec<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    search_path_from(|name| std::env::var_os(name))
+}
+
+/// The search order, with the environment given as a function (testable without touching the
+/// process environment).
+fn search_path_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Vec<PathBuf> {
+    let var = |name| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let mut out = Vec::new();
     if let Some(p) = var("REGISTRY_AUTH_FILE") {
         out.push(p);
@@ -301,6 +307,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_are_searched_in_podman_then_docker_order() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter().find(|(k, _)| *k == name).map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        const ALL: &[(&str, &str)] =
+            &[("REGISTRY_AUTH_FILE", "/a/auth.json"), ("DOCKER_CONFIG", "/d"), ("HOME", "/h")];
+        assert_eq!(
+            search_path_from(env(ALL)),
+            [
+                PathBuf::from("/a/auth.json"),
+                PathBuf::from("/d/config.json"),
+                PathBuf::from("/h/.docker/config.json")
+            ]
+        );
+        assert_eq!(
+            search_path_from(env(&[("REGISTRY_AUTH_FILE", ""), ("HOME", "/h")])),
+            [PathBuf::from("/h/.docker/config.json")]
+        );
+        assert!(search_path_from(env(&[])).is_empty());
+    }
+
+    #[test]
     fn login_find_logout_round_trip_keeps_other_keys() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sub/config.json");
@@ -345,6 +375,36 @@ mod tests {
         let err = find("r:1", Some(&file)).unwrap_err();
         assert!(err.to_string().contains("config.json"), "{err}");
         assert_eq!(find("r:1", Some(&dir.path().join("missing.json"))).unwrap(), None);
+    }
+
+    #[test]
+    fn cred_helpers_win_over_auths_which_win_over_creds_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        // Helpers that do not exist: which one was tried shows in the error.
+        fs::write(
+            &file,
+            r#"{"auths":{"r:1":{"auth":"dTpw"},"r:2":{"auth":"dTpw"}},
+                "credHelpers":{"r:1":"strata-test-absent-a"},
+                "credsStore":"strata-test-absent-b"}"#,
+        )
+        .unwrap();
+        let err = find("r:1", Some(&file)).unwrap_err();
+        assert!(err.to_string().contains("docker-credential-strata-test-absent-a"), "{err}");
+        assert_eq!(find("r:2", Some(&file)).unwrap().unwrap().username, "u");
+        let err = find("r:3", Some(&file)).unwrap_err();
+        assert!(err.to_string().contains("docker-credential-strata-test-absent-b"), "{err}");
+    }
+
+    #[test]
+    fn identity_tokens_become_token_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        fs::write(&file, r#"{"auths":{"r:1":{"auth":"","identitytoken":"rt"}}}"#).unwrap();
+        let c = find("r:1", Some(&file)).unwrap().unwrap();
+        assert!(c.is_identity_token());
+        assert_eq!(c.password, "rt");
+        assert!(!format!("{c:?}").contains("rt\""), "Debug hides the secret: {c:?}");
     }
 
     #[test]
