@@ -367,3 +367,74 @@ fn merge(pull: TransferReport, push: TransferReport) -> TransferReport {
     out.bytes += pull.bytes;
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_layer::transport::{import_tree, ImportOptions};
+    use strata_registry::{ClientOptions, NoProgress};
+
+    /// A store holding `app:v1`, a one-layer image of a small tree.
+    fn store_with_image(dir: &std::path::Path) -> (Store, Digest) {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/motd"), "hello\n").unwrap();
+        let store = Store::init(dir.join("store")).unwrap();
+        let imported = import_tree(&store, &tree, &ImportOptions::default()).unwrap();
+        store.tag("app:v1", &imported.manifest).unwrap();
+        (store, manifest_digest(&imported.manifest).unwrap())
+    }
+
+    fn run(
+        store: &Store,
+        src: &str,
+        dst: &str,
+        dry_run: bool,
+    ) -> Result<CopyOutcome, TransferError> {
+        let client = Client::new(ClientOptions::default()).unwrap();
+        let options = CopyOptions::new(2, dry_run);
+        copy(&client, store, &src.parse().unwrap(), &dst.parse().unwrap(), &options, &NoProgress)
+    }
+
+    #[test]
+    fn local_copies_route_through_the_layer_transport() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, digest) = store_with_image(tmp.path());
+        let layout = tmp.path().join("layout");
+        let oci = format!("oci:{}:v1", layout.display());
+
+        // A dry run plans three blobs (layer, config, manifest) and writes nothing.
+        let plan = run(&store, "app:v1", &oci, true).unwrap();
+        assert!(plan.dry_run && plan.transfer.is_none());
+        assert_eq!(plan.local.as_ref().map(|l| (l.written, l.skipped)), Some((3, 0)));
+        assert!(!layout.exists());
+
+        let out = run(&store, "app:v1", &oci, false).unwrap();
+        assert_eq!(out.manifest, digest);
+        assert_eq!(out.local.map(|l| l.written), Some(3));
+        // Back into the store under another name: every blob already there, one more tag.
+        let back = run(&store, &oci, "copy:v2", false).unwrap();
+        assert_eq!(back.local.map(|l| (l.written, l.skipped)), Some((0, 3)));
+        assert_eq!(manifest_digest(&store.resolve("copy:v2").unwrap()).unwrap(), digest);
+    }
+
+    #[test]
+    fn impossible_pairs_are_errors_before_any_transfer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_image(tmp.path());
+        let err = run(&store, "dir:/tmp/x", "app:v2", false).unwrap_err();
+        assert!(matches!(err, TransferError::Unsupported { .. }), "{err}");
+        // A registry destination needs a tag; nothing is contacted to find that out.
+        let err = run(&store, "app:v1", "docker://127.0.0.1:9/app", false).unwrap_err();
+        assert!(err.to_string().contains("needs a tag"), "{err}");
+        // A store destination must be a name, not a digest.
+        let err = run(
+            &store,
+            "app:v1",
+            &format!("app@{}", "sha256:".to_owned() + &"a".repeat(64)),
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TransferError::InvalidDestinationName { .. }), "{err}");
+    }
+}
