@@ -32,6 +32,8 @@ pub(crate) const MONOLITHIC_MAX: u64 = 16 << 20;
 pub(crate) const CHUNK_SIZE: u64 = 16 << 20;
 /// The host the `docker.io` name stands for.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// Longest `Retry-After` (seconds) honoured before a retry.
+const MAX_RETRY_AFTER: u64 = 10;
 /// Default connect and per-read timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -346,8 +348,15 @@ impl Client {
                         return Ok(resp);
                     }
                     if is_retryable_status(status) && req.idempotent && attempt <= self.retries {
+                        // RFC 9110 Retry-After in seconds (capped), else exponential back-off.
+                        let wait = header(&resp, "Retry-After")
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER)));
                         drop(resp);
-                        self.pause(attempt);
+                        match wait {
+                            Some(wait) => std::thread::sleep(wait),
+                            None => self.pause(attempt),
+                        }
                         continue;
                     }
                     return Ok(resp);

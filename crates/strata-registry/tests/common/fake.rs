@@ -349,7 +349,9 @@ fn route(st: &mut State, port: u16, req: &Seen, body: Vec<u8>) -> Reply {
     st.seen.push(req.clone());
     if st.faults.unavailable > 0 {
         st.faults.unavailable -= 1;
-        return Reply::new(503).body(b"{\"errors\":[{\"code\":\"UNAVAILABLE\"}]}".to_vec());
+        return Reply::new(503)
+            .header("Retry-After", "0")
+            .body(b"{\"errors\":[{\"code\":\"UNAVAILABLE\"}]}".to_vec());
     }
     let Some(rest) = path.strip_prefix("/v2/") else { return Reply::new(404) };
     if rest.is_empty() {
