@@ -57,6 +57,11 @@ pub fn pull_platform(
     options: &PullOptions,
     events: &dyn TransferSink,
 ) -> Result<Pulled, RegistryError> {
+    // Blobs are unreferenced between their download and the tag: hold the store's writer
+    // lease for the whole pull so a concurrent gc cannot sweep them.
+    if !options.dry_run {
+        store.lease()?;
+    }
     let ep = client.endpoint(reference);
     let scopes = [format!("repository:{}:pull", ep.repository)];
     client.prepare(&ep, &scopes)?;

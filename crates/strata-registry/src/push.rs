@@ -52,6 +52,10 @@ pub fn push(
     if dest.digest().is_some_and(|d| *d != manifest_digest) {
         return Err(invalid("the digest differs from the image's manifest digest"));
     }
+    if !options.dry_run {
+        // An untagged image's blobs must not be swept by a concurrent gc while they are read.
+        store.lease()?;
+    }
     let manifest_bytes = store.read_blob(&manifest_digest)?;
     let ep = client.endpoint(dest);
     let scope = if options.dry_run { "pull" } else { "pull,push" };

@@ -693,3 +693,38 @@ fn chunk_boundaries_are_exact_for_every_size() {
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert!(fresh.fsck(false).unwrap().is_clean());
 }
+
+#[test]
+fn a_gc_during_a_pull_cannot_sweep_the_blobs_it_downloaded() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 19, 2);
+    push_image(&client(), &s, &image, &at(&fake, "app:v1"));
+
+    // A separate handle (another process, in effect) runs gc while the pull has downloaded
+    // blobs that nothing references yet.
+    struct GcOnFirstBlob {
+        root: std::path::PathBuf,
+        results: std::sync::Mutex<Vec<Result<strata_store::GcReport, strata_store::StoreError>>>,
+    }
+    impl strata_registry::TransferSink for GcOnFirstBlob {
+        fn event(&self, event: &strata_registry::TransferEvent) {
+            if let strata_registry::TransferEvent::BlobDone { .. } = event {
+                let mut results = self.results.lock().unwrap();
+                if results.is_empty() {
+                    results.push(Store::open(&self.root).unwrap().gc(&[]));
+                }
+            }
+        }
+    }
+    let root = dir.path().join("b");
+    let fresh = Store::init(&root).unwrap();
+    let sink = GcOnFirstBlob { root, results: Default::default() };
+    let opts = PullOptions { jobs: 1, ..Default::default() };
+    pull(&client(), &fresh, &at(&fake, "app:v1"), &opts, &sink).unwrap();
+    let results = sink.results.into_inner().unwrap();
+    assert!(matches!(results[..], [Err(strata_store::StoreError::InUse { .. })]), "{results:?}");
+    assert!(fresh.fsck(false).unwrap().is_clean());
+    assert!(fresh.load_image(&at(&fake, "app:v1").to_string()).is_ok());
+}
