@@ -469,6 +469,9 @@ fn build_pulls_a_registry_base_on_demand() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("pulling"), "{err}");
     e.ok("b", &["build", "--progress", "plain", "--pull=never", ctx]);
+    // A bare --pull (= always) does not swallow the context argument.
+    let out = e.run("b", &["build", "--progress", "plain", "--pull", ctx]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pulling"));
     // always: must ask the registry, which is down: a clear failure, not a hang.
     let started = Instant::now();
     let out = e.run("b", &["build", "--progress", "plain", "--pull=always", ctx]);

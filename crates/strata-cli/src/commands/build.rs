@@ -64,7 +64,7 @@ pub struct Args {
     /// there is one), `always` (ask the registry every build), `never` (the store only).
     /// `--pull` alone means `always`.
     #[arg(long, value_enum, value_name = "POLICY", default_value = "missing", num_args = 0..=1,
-          default_missing_value = "always")]
+          require_equals = true, default_missing_value = "always")]
     pub pull: PullArg,
     #[command(flatten)]
     pub registry: super::registry::RegistryArgs,

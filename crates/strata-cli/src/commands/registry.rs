@@ -32,6 +32,7 @@ pub struct RegistryArgs {
         default_value_t = true,
         action = clap::ArgAction::Set,
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true"
     )]
     pub tls_verify: bool,
