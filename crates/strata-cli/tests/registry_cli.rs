@@ -375,6 +375,10 @@ fn copy_between_the_registry_and_every_local_transport() {
     );
     let r = e.json("d", &["pull", "--json", &format!("{host}/c/again:v1")]);
     assert_eq!(r["manifest"], digest.as_str());
+    // registry -> dir: the flattened root filesystem
+    let flat = e.path("flat");
+    e.ok("a", &["copy", &format!("docker://{host}/c/app:v1"), &format!("dir:{}", flat.display())]);
+    assert_eq!(std::fs::read_to_string(flat.join("etc/motd")).unwrap(), "copied\n");
     // local <-> local still works through the same command
     let oci2 = format!("oci:{}:x", e.path("layout2").display());
     e.ok("a", &["copy", "app:v1", &oci2]);
