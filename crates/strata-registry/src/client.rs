@@ -19,6 +19,8 @@ use ureq::http::{Response, StatusCode};
 use ureq::tls::{RootCerts, TlsConfig};
 use ureq::{Agent, Body, SendBody};
 
+use strata_store::Store;
+
 use crate::auth::AuthCache;
 use crate::credentials::{self, Credential};
 use crate::error::RegistryError;
@@ -63,6 +65,7 @@ pub struct Client {
     pub(crate) monolithic_max: u64,
     pub(crate) chunk_size: u64,
     pub(crate) auth: AuthCache,
+    hints: Option<Store>,
 }
 
 impl std::fmt::Debug for Client {
@@ -169,6 +172,7 @@ impl Client {
             monolithic_max: MONOLITHIC_MAX,
             chunk_size: CHUNK_SIZE,
             auth: AuthCache::new(roots),
+            hints: None,
         })
     }
 
@@ -213,6 +217,21 @@ impl Client {
         self.monolithic_max = monolithic_max;
         self.chunk_size = chunk_size.max(1);
         self
+    }
+
+    /// Names the store that remembers where blobs live (the blob-location records used for
+    /// cross-repository mounts) and that pulls may copy blobs from instead of downloading them.
+    /// By default each transfer uses the store it reads or writes; set this to the user's main
+    /// store when transfers go through scratch layouts (`oci:DIR`, `docker-archive:` sources,
+    /// registry-to-file copies), so what they learn is not lost with the layout.
+    pub fn with_blob_hints(mut self, store: Store) -> Client {
+        self.hints = Some(store);
+        self
+    }
+
+    /// The store holding blob-location records for transfers on `store`.
+    pub(crate) fn hints<'s>(&'s self, store: &'s Store) -> &'s Store {
+        self.hints.as_ref().unwrap_or(store)
     }
 
     /// Sets the first retry delay (doubled per attempt, default 200 ms).

@@ -100,12 +100,28 @@ pub fn pull_platform(
     let mut blobs: Vec<(BlobRef, BlobKind)> = vec![(image.config.clone(), BlobKind::Config)];
     blobs.extend(image.layers.iter().map(|l| (l.clone(), BlobKind::Layer)));
     let outcomes = run_parallel(&blobs, options.jobs, |(blob, kind)| {
-        if store.has_blob(&blob.digest) {
+        let hints = client.hints(store);
+        let local = !std::ptr::eq(hints, store) && hints.has_blob(&blob.digest);
+        if store.has_blob(&blob.digest) || (local && options.dry_run) {
             events.event(&TransferEvent::BlobDone {
                 digest: blob.digest,
                 outcome: BlobOutcome::Present,
             });
             return Ok(BlobOutcome::Present);
+        }
+        if local {
+            // The hints store (the user's main store) has it: copy it, verified, instead of
+            // downloading. A copy that fails (e.g. the local blob rotted) falls back to the wire.
+            let copied = hints
+                .open_blob(&blob.digest)
+                .and_then(|file| store.put_blob_verified(file, &blob.digest, Some(blob.size)));
+            if copied.is_ok() {
+                events.event(&TransferEvent::BlobDone {
+                    digest: blob.digest,
+                    outcome: BlobOutcome::Present,
+                });
+                return Ok(BlobOutcome::Present);
+            }
         }
         if options.dry_run {
             return Ok(BlobOutcome::Downloaded);
@@ -116,7 +132,7 @@ pub fn pull_platform(
             kind: *kind,
         });
         download_blob(client, &ep, &scopes, store, blob, events)?;
-        knowledge::record(store, &blob.digest, &ep.location());
+        knowledge::record(client.hints(store), &blob.digest, &ep.location());
         events.event(&TransferEvent::BlobDone {
             digest: blob.digest,
             outcome: BlobOutcome::Downloaded,
@@ -160,7 +176,7 @@ pub fn pull_platform(
             store.set_ref_name(&reference.to_string(), &descriptor)?;
         }
         for (blob, _) in &blobs {
-            knowledge::record(store, &blob.digest, &ep.location());
+            knowledge::record(client.hints(store), &blob.digest, &ep.location());
         }
         stored
     };

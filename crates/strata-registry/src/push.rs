@@ -144,7 +144,7 @@ fn push_blob(
 ) -> Result<BlobOutcome, RegistryError> {
     let done = |outcome: BlobOutcome| {
         if !dry_run {
-            knowledge::record(store, &blob.digest, &ep.location());
+            knowledge::record(client.hints(store), &blob.digest, &ep.location());
             events
                 .event(&TransferEvent::BlobDone { digest: blob.digest, outcome: outcome.clone() });
         }
@@ -153,7 +153,8 @@ fn push_blob(
     if blob_exists(client, ep, scopes, &blob.digest)? {
         return done(BlobOutcome::Present);
     }
-    let mount_from = knowledge::mount_source(store, &blob.digest, &ep.registry, &ep.repository);
+    let mount_from =
+        knowledge::mount_source(client.hints(store), &blob.digest, &ep.registry, &ep.repository);
     if dry_run {
         return Ok(match mount_from {
             Some(from) => BlobOutcome::Mounted { from },

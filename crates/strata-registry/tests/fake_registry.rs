@@ -728,3 +728,38 @@ fn a_gc_during_a_pull_cannot_sweep_the_blobs_it_downloaded() {
     assert!(fresh.fsck(false).unwrap().is_clean());
     assert!(fresh.load_image(&at(&fake, "app:v1").to_string()).is_ok());
 }
+
+#[test]
+fn blob_hints_live_in_the_main_store_and_feed_scratch_pulls() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let main = store(dir.path(), "main");
+    let image = small_image(&main, 20, 2);
+    let client = client().with_blob_hints(main.clone());
+    push_image(&client, &main, &image, &at(&fake, "app:v1"));
+
+    // Pulling into a scratch layout copies what the main store has: nothing downloaded.
+    let scratch = store(dir.path(), "scratch");
+    let gets_before = fake.count("GET", "/blobs/sha256:");
+    let pulled =
+        pull(&client, &scratch, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
+            .unwrap();
+    assert_eq!((pulled.report.present, pulled.report.downloaded), (3, 0), "{:?}", pulled.report);
+    assert_eq!(fake.count("GET", "/blobs/sha256:"), gets_before);
+    assert!(scratch.fsck(false).unwrap().is_clean());
+
+    // Pushing from the scratch layout to another repository mounts, thanks to the main
+    // store's records; the scratch layout itself learns nothing.
+    let report = push(
+        &client,
+        &scratch,
+        &pulled.image,
+        &at(&fake, "other:v1"),
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(report.mounted, 3, "{report:?}");
+    assert!(!scratch.meta_dir().join("registry-v1").exists());
+    assert!(main.meta_dir().join("registry-v1").exists());
+}
