@@ -306,7 +306,7 @@ fn fetch_token(
             }
         }
         .map_err(|e| token_error(e.to_string()))?;
-        match client.agent().run(request) {
+        match client.agent_for(ep).run(request) {
             Ok(resp)
                 if crate::client::is_retryable_status(resp.status().as_u16())
                     && attempt <= client.retries() =>

@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::net::IpAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use ureq::http::{Response, StatusCode};
@@ -36,15 +36,19 @@ pub(crate) const CHUNK_SIZE: u64 = 16 << 20;
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 /// Longest `Retry-After` (seconds) honoured before a retry.
 const MAX_RETRY_AFTER: u64 = 10;
+/// Longest wait for the TLS probe of an insecure registry.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default connect and per-read timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a [`Client`] reaches registries.
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
-    /// Registries (host or host:port) reached over plain HTTP (like Docker's
-    /// insecure-registries; an entry without a port covers every port of that host). Loopback
-    /// hosts (127.0.0.0/8, ::1, localhost) use plain HTTP without being listed.
+    /// Registries (host or host:port; an entry without a port covers every port of that host;
+    /// `*` covers every registry) reached without TLS verification: HTTPS with certificate
+    /// checks off when the registry speaks TLS, else plain HTTP (like Docker's
+    /// insecure-registries and skopeo's `--tls-verify=false`). Loopback hosts (127.0.0.0/8,
+    /// ::1, localhost) use plain HTTP without being listed.
     pub insecure: Vec<String>,
     /// Credential file override (`$REGISTRY_AUTH_FILE` semantics); `None` = the default search
     /// (`$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`).
@@ -58,6 +62,10 @@ pub struct ClientOptions {
 /// `Send + Sync`; share one across threads and transfers.
 pub struct Client {
     agent: Agent,
+    /// Same as `agent` with TLS certificate checks off, for registries listed as insecure.
+    unverified_agent: Agent,
+    /// How each insecure registry turned out to be reachable (probed once).
+    schemes: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     timeout: Duration,
     options: ClientOptions,
     retries: u32,
@@ -83,6 +91,8 @@ pub(crate) struct Endpoint {
     pub base: String,
     /// The repository path (`library/` added for official Docker Hub images).
     pub repository: String,
+    /// HTTPS without certificate checks (an insecure registry that speaks TLS).
+    pub unverified_tls: bool,
 }
 
 impl Endpoint {
@@ -161,10 +171,13 @@ impl Client {
     /// `$SSL_CERT_FILE` and the usual distribution paths that exists), else uses the WebPKI roots.
     pub fn new(options: ClientOptions) -> Result<Client, RegistryError> {
         let roots = system_roots()?;
-        let agent = build_agent(roots.clone(), DEFAULT_TIMEOUT);
+        let agent = build_agent(roots.clone(), DEFAULT_TIMEOUT, false);
+        let unverified_agent = build_agent(roots.clone(), DEFAULT_TIMEOUT, true);
         let retries = if options.retries == 0 { DEFAULT_RETRIES } else { options.retries };
         Ok(Client {
             agent,
+            unverified_agent,
+            schemes: std::sync::Mutex::new(std::collections::HashMap::new()),
             timeout: DEFAULT_TIMEOUT,
             options,
             retries,
@@ -180,7 +193,8 @@ impl Client {
     /// connection or stops sending for this long fails the attempt instead of hanging.
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
-        self.agent = build_agent(self.auth.roots.clone(), timeout);
+        self.agent = build_agent(self.auth.roots.clone(), timeout, false);
+        self.unverified_agent = build_agent(self.auth.roots.clone(), timeout, true);
         self
     }
 
@@ -207,7 +221,7 @@ impl Client {
             return Err(cert_error(ureq::Error::Tls("no certificate in the file")));
         }
         self.auth.roots = RootCerts::Specific(Arc::new(certs));
-        self.agent = build_agent(self.auth.roots.clone(), self.timeout);
+        self.agent = build_agent(self.auth.roots.clone(), self.timeout, false);
         Ok(self)
     }
 
@@ -316,13 +330,60 @@ impl Client {
         ep
     }
 
+    /// Where `registry` is reached: HTTPS (verified) by default; plain HTTP for loopback
+    /// hosts; for a registry listed as insecure, HTTPS without certificate checks if it speaks
+    /// TLS, else plain HTTP (one probe per registry, remembered), as Docker's
+    /// insecure-registries and skopeo's `--tls-verify=false` do.
     fn registry_endpoint(&self, registry: &str) -> Endpoint {
         let registry = registry.trim_end_matches('/').to_owned();
         let api_host = if is_docker_hub(&registry) { DOCKER_HUB_API } else { registry.as_str() };
-        let plain = is_loopback(&registry)
-            || self.options.insecure.iter().any(|h| insecure_entry_matches(h, &registry));
-        let scheme = if plain { "http" } else { "https" };
-        Endpoint { base: format!("{scheme}://{api_host}"), registry, repository: String::new() }
+        let endpoint = |scheme: &str, unverified_tls| Endpoint {
+            base: format!("{scheme}://{api_host}"),
+            registry: registry.clone(),
+            repository: String::new(),
+            unverified_tls,
+        };
+        if is_loopback(&registry) {
+            return endpoint("http", false);
+        }
+        if !self.options.insecure.iter().any(|h| insecure_entry_matches(h, &registry)) {
+            return endpoint("https", false);
+        }
+        let known =
+            self.schemes.lock().unwrap_or_else(PoisonError::into_inner).get(&registry).copied();
+        let tls = known.unwrap_or_else(|| {
+            let tls = self.speaks_tls(api_host);
+            self.schemes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(registry.clone(), tls);
+            tls
+        });
+        if tls {
+            endpoint("https", true)
+        } else {
+            endpoint("http", false)
+        }
+    }
+
+    /// Whether `host` answers HTTPS at all (any HTTP response, certificate unchecked).
+    fn speaks_tls(&self, host: &str) -> bool {
+        self.unverified_agent
+            .get(format!("https://{host}/v2/"))
+            .config()
+            .timeout_global(Some(PROBE_TIMEOUT.min(self.timeout)))
+            .build()
+            .call()
+            .is_ok()
+    }
+
+    /// The agent for requests to `ep`.
+    pub(crate) fn agent_for(&self, ep: &Endpoint) -> &Agent {
+        if ep.unverified_tls {
+            &self.unverified_agent
+        } else {
+            &self.agent
+        }
     }
 
     /// The credential for `registry`, from the override set by `check_login` or the files.
@@ -348,7 +409,7 @@ impl Client {
         loop {
             attempt += 1;
             let auth = self.auth.header(self, ep, scopes)?;
-            match self.execute(req, auth.as_ref().map(|a| a.value.as_str())) {
+            match self.execute(self.agent_for(ep), req, auth.as_ref().map(|a| a.value.as_str())) {
                 Err(e) => {
                     if req.idempotent && attempt <= self.retries && is_retryable(&e) {
                         self.pause(attempt);
@@ -385,7 +446,12 @@ impl Client {
     }
 
     /// One HTTP exchange.
-    fn execute(&self, req: &Req<'_>, auth: Option<&str>) -> Result<Response<Body>, ureq::Error> {
+    fn execute(
+        &self,
+        agent: &Agent,
+        req: &Req<'_>,
+        auth: Option<&str>,
+    ) -> Result<Response<Body>, ureq::Error> {
         let mut builder = ureq::http::Request::builder().method(req.method).uri(req.url.as_str());
         for (name, value) in &req.headers {
             builder = builder.header(*name, value.as_str());
@@ -395,18 +461,16 @@ impl Client {
         }
         match req.body {
             Payload::None if matches!(req.method, "GET" | "HEAD" | "DELETE") => {
-                self.agent.run(builder.body(()).map_err(ureq::Error::Http)?)
+                agent.run(builder.body(()).map_err(ureq::Error::Http)?)
             }
-            Payload::None => self.agent.run(builder.body(&[][..]).map_err(ureq::Error::Http)?),
-            Payload::Bytes(bytes) => {
-                self.agent.run(builder.body(bytes).map_err(ureq::Error::Http)?)
-            }
+            Payload::None => agent.run(builder.body(&[][..]).map_err(ureq::Error::Http)?),
+            Payload::Bytes(bytes) => agent.run(builder.body(bytes).map_err(ureq::Error::Http)?),
             Payload::File { file, offset, len, progress } => {
                 let mut reader =
                     FileRange { file, pos: offset, end: offset + len, sent: 0, progress };
                 let builder = builder.header("Content-Length", len.to_string());
                 let body = SendBody::from_reader(&mut reader);
-                self.agent.run(builder.body(body).map_err(ureq::Error::Http)?)
+                agent.run(builder.body(body).map_err(ureq::Error::Http)?)
             }
         }
     }
@@ -443,11 +507,6 @@ impl Client {
             }
         }
     }
-
-    /// The agent, for the token requests of [`AuthCache`].
-    pub(crate) fn agent(&self) -> &Agent {
-        &self.agent
-    }
 }
 
 /// The first 512 bytes of a body, as text (registries explain errors in JSON there).
@@ -462,8 +521,8 @@ pub(crate) fn header<'r>(resp: &'r Response<Body>, name: &str) -> Option<&'r str
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn build_agent(roots: RootCerts, timeout: Duration) -> Agent {
-    let tls = TlsConfig::builder().root_certs(roots).build();
+fn build_agent(roots: RootCerts, timeout: Duration, unverified: bool) -> Agent {
+    let tls = TlsConfig::builder().root_certs(roots).disable_verification(unverified).build();
     Agent::config_builder()
         .http_status_as_error(false)
         .tls_config(tls)
@@ -515,9 +574,13 @@ fn system_roots() -> Result<RootCerts, RegistryError> {
 }
 
 /// An `insecure` entry names `registry` exactly, or names its host when the entry has no port
-/// (as Docker's `insecure-registries` does); a `http://` or `https://` prefix is ignored.
+/// (as Docker's `insecure-registries` does), or is `*` (every registry); a `http://` or
+/// `https://` prefix is ignored.
 fn insecure_entry_matches(entry: &str, registry: &str) -> bool {
     let entry = entry.trim().trim_end_matches('/');
+    if entry == "*" {
+        return true;
+    }
     let entry =
         entry.strip_prefix("http://").or_else(|| entry.strip_prefix("https://")).unwrap_or(entry);
     entry == registry || (!entry.contains(':') && registry.split(':').next() == Some(entry))
@@ -670,6 +733,7 @@ mod tests {
         assert!(insecure_entry_matches("http://reg.lan:5000/", "reg.lan:5000"));
         assert!(!insecure_entry_matches("reg.lan:5001", "reg.lan:5000"));
         assert!(!insecure_entry_matches("reg", "reg.lan:5000"));
+        assert!(insecure_entry_matches("*", "anything.example:443"));
         let ep = c.endpoint(&"ghcr.io/o/app".parse().unwrap());
         assert_eq!(ep.base, "https://ghcr.io");
         assert_eq!(ep.resolve_location("/v2/x?y").unwrap(), "https://ghcr.io/v2/x?y");

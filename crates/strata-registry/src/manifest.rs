@@ -331,7 +331,12 @@ mod tests {
     use super::*;
 
     fn ep() -> Endpoint {
-        Endpoint { registry: "r:1".into(), base: "http://r:1".into(), repository: "app".into() }
+        Endpoint {
+            registry: "r:1".into(),
+            base: "http://r:1".into(),
+            repository: "app".into(),
+            unverified_tls: false,
+        }
     }
 
     #[test]

@@ -352,7 +352,8 @@ fn non_loopback_registries_get_https_unless_listed_as_insecure() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     assert!(reg.log().lines().all(|l| !l.contains("\"PUT ")));
 
-    // Listed as insecure (by host alone): plain HTTP, and the round trip works.
+    // Listed as insecure (by host alone): the TLS probe fails, so plain HTTP; the round trip
+    // works.
     let insecure = Client::new(ClientOptions {
         insecure: vec![ip.to_string()],
         retries: 1,
@@ -363,6 +364,12 @@ fn non_loopback_registries_get_https_unless_listed_as_insecure() {
     let fresh = Store::init(dir.path().join("b")).unwrap();
     let pulled = pull(&insecure, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
+
+    // `*` lists every registry.
+    let everything =
+        Client::new(ClientOptions { insecure: vec!["*".into()], ..Default::default() }).unwrap();
+    let again = Store::init(dir.path().join("c")).unwrap();
+    pull(&everything, &again, &dest, &PullOptions::default(), &NoProgress).unwrap();
 }
 
 #[test]
@@ -397,6 +404,17 @@ fn https_registries_are_verified_against_trusted_roots() {
     let pulled = pull(&trusting, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert_eq!(reg.uploads("secure").len(), 3, "{}", reg.log());
+
+    // Listed as insecure: HTTPS without certificate checks (not plain HTTP, which this
+    // registry does not speak).
+    let insecure =
+        Client::new(ClientOptions { insecure: vec![reg.host()], retries: 1, ..Default::default() })
+            .unwrap();
+    let other = reference(&reg, "unverified:v1");
+    push(&insecure, &store, &image, &other, &PushOptions::default(), &NoProgress).unwrap();
+    let third = Store::init(dir.path().join("c")).unwrap();
+    let pulled = pull(&insecure, &third, &other, &PullOptions::default(), &NoProgress).unwrap();
+    assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
 
     // A file without certificates is refused with its path.
     let junk = dir.path().join("junk.pem");
