@@ -352,10 +352,17 @@ fn copy_between_the_registry_and_every_local_transport() {
     // registry -> oci: the same manifest
     let oci = e.path("layout");
     let oci_loc = format!("oci:{}:v1", oci.display());
-    e.ok("a", &["copy", &format!("docker://{host}/c/app:v1"), &oci_loc]);
+    let r = e.json("a", &["copy", "--json", &format!("docker://{host}/c/app:v1"), &oci_loc]);
     assert_eq!(e.inspect("a", &oci_loc).0, digest);
-    // oci -> registry (another repository)
+    // The store had every blob: copied from it, nothing downloaded.
+    assert_eq!(
+        (r["transfer"]["downloaded"].as_u64(), r["transfer"]["bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // oci -> registry (another repository): the store knows where the blobs live, so they
+    // are mounted even though the source is the layout.
     e.ok("a", &["copy", &oci_loc, &format!("docker://{host}/c/from-oci:v1")]);
+    assert_eq!(reg.mounts("c/from-oci").len(), 2, "{}", reg.log());
     let r = e.json("b", &["pull", "--json", &format!("{host}/c/from-oci:v1")]);
     assert_eq!(r["manifest"], digest.as_str());
     // registry -> docker-archive: layers uncompressed, same diffIDs

@@ -18,7 +18,7 @@
 //! use strata::transfer::{copy, CopyOptions};
 //!
 //! let store = Store::init("/tmp/strata-store")?;
-//! let client = Client::new(ClientOptions::default())?;
+//! let client = Client::new(ClientOptions::default())?.with_blob_hints(store.clone());
 //! let src: ImageLocation = "app:v2".parse()?;
 //! let dst: ImageLocation = "docker://127.0.0.1:5000/app:v2".parse()?;
 //! let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoProgress)?;
@@ -135,7 +135,10 @@ fn manifest_digest(d: &Descriptor) -> Result<Digest, TransferError> {
 /// Copies the image at `src` to `dst`. `store` is the local store: the source or destination
 /// when either is `name:tag`, and where a registry image is pulled to when the destination is
 /// the store. `client` is used only when one side is a registry; `events` receives its
-/// per-blob progress.
+/// per-blob progress. Give `client` the local store as its blob hints
+/// ([`Client::with_blob_hints`]) so that legs through scratch layouts (an `oci:` or
+/// `docker-archive:` source, a registry image written to a file) remember where blobs live
+/// (for later cross-repository mounts) and copy blobs the store has instead of downloading.
 ///
 /// A pull into the store tags the image with its full reference (`host/repo:tag`) and, when
 /// the destination names another tag, with that too. A registry destination must carry a tag

@@ -189,8 +189,12 @@ fn run_copy(
 ) -> anyhow::Result<ExitCode> {
     let hosts = [registry_host(&src), registry_host(&dst)];
     let options = args.registry.client_options(hosts.into_iter().flatten());
-    let client = Client::new(options).context("cannot set up the registry client")?;
     let store = init_store(store)?;
+    // Transfers through scratch layouts (oci:/docker-archive: sources, registry-to-file
+    // copies) record where blobs live in this store, and pulls copy what it already has.
+    let client = Client::new(options)
+        .context("cannot set up the registry client")?
+        .with_blob_hints(store.clone());
     let copy_options = CopyOptions::new(args.jobs.into(), args.dry_run);
     let verb = match (&src, &dst) {
         (ImageLocation::Registry(_), ImageLocation::Registry(_)) => "copy",
