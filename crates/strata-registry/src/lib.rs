@@ -24,7 +24,8 @@
 //! `repository:FROM:pull` for a mount), cached until it expires. Credentials come from the
 //! Docker/podman credential files and helpers ([`credentials`]). HTTPS uses rustls with the
 //! system's CA bundle (falling back to the bundled WebPKI roots); plain HTTP is used only for
-//! loopback hosts and registries listed in [`ClientOptions::insecure`].
+//! loopback hosts and for registries listed in [`ClientOptions::insecure`] that do not speak
+//! TLS (those that do get HTTPS without certificate checks).
 //!
 //! Libraries report, callers render: progress is a stream of [`TransferEvent`]s sent to a
 //! [`TransferSink`], and each operation returns a [`TransferReport`].
