@@ -113,6 +113,8 @@ fn diff_reports_and_exit_codes() {
     assert_eq!(unified, "--- a/app/config\n+++ b/app/config\n@@ -1,2 +1,2 @@\n a=1\n-b=2\n+b=3\n");
     let binary = env.code(&["diff", "--file", "app/data.bin", "app:v1", "app:v2"], 0);
     assert_eq!(binary, "", "same bytes");
+    let err = env.stderr(&["diff", "--file", "app/nothing", "app:v1", "app:v2"], 2);
+    assert!(err.contains("no regular file"), "{err}");
 
     let config_only = env.code(&["diff", "--only", "config", "app:v1", "app:v2"], 1);
     assert!(config_only.contains("Labels[version]") && !config_only.contains("files"));

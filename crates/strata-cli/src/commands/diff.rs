@@ -88,6 +88,12 @@ pub fn diff(store: Option<&Path>, args: DiffArgs) -> anyhow::Result<ExitCode> {
     let sb = StoredImage::from(&b).named(&args.b);
     let report = strata::diff::diff(sa, sb, &opts)
         .with_context(|| format!("cannot compare {} and {}", args.a, args.b))?;
+    if let (Some(path), Some(c)) = (&args.file, &report.file_content) {
+        let listed = report.files.as_ref().is_some_and(|f| !f.changes.is_empty());
+        if c.a.is_none() && c.b.is_none() && !listed {
+            bail!("{path}: no regular file at this path in {} or {}", args.a, args.b);
+        }
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
