@@ -71,6 +71,7 @@ fn state_at_depth(
     path: &[u8],
     depth: usize,
 ) -> Result<State, DiffError> {
+    let mut misses = 0;
     for i in (0..top).rev() {
         if !cache.has(img, i) {
             if let Some(snapshot) = snapshot_of(img, i) {
@@ -80,7 +81,20 @@ fn state_at_depth(
                     Probe::Hidden => return Ok(State::Absent { removed_by: Some(i) }),
                     Probe::Something => {}
                 }
+            } else if misses > 0 {
+                // A freshly read layer did not decide the path: it is likely deep or absent,
+                // so read the next few lower layers on parallel threads (at most one thread's
+                // worth of reading may turn out unneeded).
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let batch: Vec<(&ImageLayers<'_>, usize)> = (0..=i)
+                    .rev()
+                    .filter(|&j| !cache.has(img, j) && snapshot_of(img, j).is_none())
+                    .take(threads)
+                    .map(|j| (img, j))
+                    .collect();
+                cache.prefetch(&batch)?;
             }
+            misses += 1;
         }
         let lf = cache.get(img, i)?;
         if let Some(node) = lf.entries.get(path) {

@@ -371,3 +371,42 @@ fn json_is_versioned_and_stable() {
     // names are looked up in the base.
     assert_eq!(v["stats"]["layers_read"], 2);
 }
+
+/// Without snapshots, a path only the new layer names is looked up through the base's tars
+/// (several at a time once one did not decide it), each read once.
+#[test]
+fn new_path_is_looked_up_through_the_base_once_per_layer() {
+    let f = fixture();
+    let mut base = Vec::new();
+    for i in 0..5 {
+        let d = format!("lib{i}");
+        base.push(put_layer(
+            &f.store,
+            &[dir(&d), file(&format!("{d}/f"), &vec![i as u8; 3000])],
+            &format!("COPY lib{i}"),
+            true,
+        ));
+    }
+    let mut with_top = base.clone();
+    with_top.push(put_layer(
+        &f.store,
+        &[dir("lib0"), file("lib0/f", b"patched"), dir("new"), file("new/x", b"x")],
+        "COPY patch",
+        false,
+    ));
+    let a = put_image(&f.store, &base, &[], T0);
+    let b = put_image(&f.store, &with_top, &[], T0);
+    let d = run(&f.store, &a, &b, &DiffOptions::default());
+    let c: Vec<(String, ChangeKind)> =
+        changes(&d).into_iter().map(|c| (c.path, c.change)).collect();
+    assert_eq!(
+        c,
+        [
+            ("lib0/f".to_string(), ChangeKind::Modified),
+            ("new".to_string(), ChangeKind::Added),
+            ("new/x".to_string(), ChangeKind::Added),
+        ]
+    );
+    assert_eq!(one(&d, "lib0/f").changed, [Attribute::Content, Attribute::Size]);
+    assert_eq!(d.stats.layers_read, 6, "every layer once, the base included");
+}
