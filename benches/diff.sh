@@ -2,7 +2,7 @@
 # Image diff: `strata diff` vs extracting both images with `umoci unpack` and running `diff -r`
 # (the do-it-yourself anchor), same two images, side by side in one hyperfine run.
 #
-#   bash benches/diff.sh             # needs root (builds), umoci, skopeo, hyperfine; ~5 minutes
+#   bash benches/diff.sh             # needs root (builds), umoci, skopeo, hyperfine; ~10 minutes
 #
 # The base (~1 GB in 4 layers of files from /usr/lib) is built once; app:v1 and app:v2 add one
 # small layer each on top of it (COPY of a ~2 MB, 200-file app whose v2 changes 3 files), and
@@ -71,9 +71,11 @@ echo "app:v1 vs app:v3:"
 "${S[@]}" diff app:v1 app:v3 | tail -2 || true
 
 unpack_diff() { # a b
-  echo "rm -rf $work/ua $work/ub && umoci unpack --image $work/oci:$1 $work/ua >/dev/null && umoci unpack --image $work/oci:$2 $work/ub >/dev/null && diff -r --no-dereference $work/ua/rootfs $work/ub/rootfs >/dev/null; test \$? -le 1"
+  echo "bash -c 'rm -rf $work/ua $work/ub && umoci unpack --image $work/oci:$1 $work/ua >/dev/null && umoci unpack --image $work/oci:$2 $work/ub >/dev/null && diff -r --no-dereference $work/ua/rootfs $work/ub/rootfs >/dev/null; test \$? -le 1'"
 }
-hyperfine --runs "$runs" --warmup 1 -i --export-json "$work/result.json" \
+# No intermediate shell (-N): strata's runs take milliseconds, less than hyperfine can correct
+# a shell's startup for; the anchor runs its pipeline in its own bash.
+hyperfine -N --runs "$runs" --warmup 1 -i --export-json "$work/result.json" \
   -n "strata diff v1 v2" "${S[*]} diff app:v1 app:v2" \
   -n "strata diff v1 v3" "${S[*]} diff app:v1 app:v3" \
   -n "strata diff --json v1 v2" "${S[*]} diff --json app:v1 app:v2" \
@@ -87,7 +89,7 @@ import json, sys
 r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
 s, s3, u = r["strata diff v1 v2"], r["strata diff v1 v3"], r["umoci unpack + diff -r v1 v2"]
 o2, o3 = r["strata diff oci: v1 v2"], r["strata diff oci: v1 v3 (no snapshots)"]
-print(f"medians: strata diff v1 v2 {s*1000:.0f} ms, v1 v3 {s3*1000:.0f} ms; from oci: layouts "
-      f"v1 v2 {o2*1000:.0f} ms, v1 v3 {o3:.2f} s (no snapshots: the base is read); "
+print(f"medians: strata diff v1 v2 {s*1000:.1f} ms, v1 v3 {s3*1000:.1f} ms; from oci: layouts "
+      f"v1 v2 {o2*1000:.1f} ms, v1 v3 {o3:.2f} s (no snapshots: the base is read); "
       f"umoci unpack + diff -r {u:.2f} s; umoci/strata = {u/s:.0f}x")
 PY

@@ -13,8 +13,15 @@
 //! two layers ([`DiffStats::layers_read`] says what was read). When the store holds a base
 //! layer's unpacked snapshot (builds make them), a lookup asks it with `lstat` first and reads
 //! the layer's tar only if the layer has an entry at that path, so a new layer that adds files
-//! where the base has none reads no base layer at all. Each changed path is attributed
-//! to the layer of B that set it, with that layer's history line.
+//! where the base has none reads no base layer at all. Without snapshots such a lookup reads
+//! the base's tars newest first (several on parallel threads once one did not decide the path),
+//! each at most once. Each changed path is attributed to the layer of B that set it, with that
+//! layer's history line.
+//!
+//! Limits: paths are taken literally, as the tar names them (an entry written "through" a
+//! symlinked directory of a lower layer is not resolved the way an extractor would); hardlinks
+//! are compared by the link each entry records, so a link-count change of a path that no
+//! unshared layer names is not reported.
 //!
 //! The images may live in different stores (the local store, an `oci:` layout, a scratch
 //! layout holding a `docker-archive`), which is why the functions take a [`StoredImage`]: an
