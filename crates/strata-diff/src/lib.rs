@@ -56,7 +56,6 @@ mod inventory;
 mod read;
 mod report;
 mod snapshot;
-mod tar;
 mod view;
 
 use std::collections::HashSet;

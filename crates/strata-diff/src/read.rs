@@ -13,13 +13,13 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
+use strata_layer::tarread::TarReader;
 use strata_layer::{decompress, OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use strata_store::oci_spec::image::{Descriptor, MediaType};
 use strata_store::{Digest, Image, Store, StoreError, VerifyingReader};
 
 use crate::error::DiffError;
 use crate::report::FileKind;
-use crate::tar::TarStream;
 
 /// What one layer (or the merged view) says about a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,10 +283,10 @@ impl io::Write for HashWrite<'_> {
 
 fn parse_stream<R: Read>(blob: R) -> io::Result<(LayerFiles, Digest)> {
     let hashing = Hashing { inner: decompress(blob)?, hasher: Sha256::new(), bytes: 0 };
-    let mut tar = TarStream::new(hashing);
+    let mut tar = TarReader::new(hashing);
     let mut files = LayerFiles::default();
     let mut buf = vec![0u8; 256 * 1024];
-    while let Some(h) = tar.next_header()? {
+    while let Some(h) = tar.next_entry()? {
         let Some(path) = normalize(&h.name) else { continue };
         let (dir, base) = match path.iter().rposition(|&b| b == b'/') {
             Some(p) => (&path[..p], &path[p + 1..]),
@@ -300,15 +300,7 @@ fn parse_stream<R: Read>(blob: R) -> io::Result<(LayerFiles, Digest)> {
             files.whiteouts.insert(join(dir, name));
             continue;
         }
-        let kind = match h.typeflag {
-            b'0' | b'7' | b'1' => FileKind::File,
-            b'2' => FileKind::Symlink,
-            b'3' => FileKind::CharDevice,
-            b'4' => FileKind::BlockDevice,
-            b'5' => FileKind::Dir,
-            b'6' => FileKind::Fifo,
-            _ => continue,
-        };
+        let Some(kind) = h.kind() else { continue };
         let mut node = Node {
             kind,
             mode: h.mode,
@@ -354,8 +346,8 @@ pub(crate) fn extract_file(
     let digest = img.digest(i)?;
     let file = img.store.open_blob(&digest)?;
     let run = || -> io::Result<Option<Vec<u8>>> {
-        let mut tar = TarStream::new(decompress(file)?);
-        while let Some(h) = tar.next_header()? {
+        let mut tar = TarReader::new(decompress(file)?);
+        while let Some(h) = tar.next_entry()? {
             if matches!(h.typeflag, b'0' | b'7') && normalize(&h.name).as_deref() == Some(path) {
                 let mut out = Vec::new();
                 (&mut tar).take(limit).read_to_end(&mut out)?;

@@ -16,38 +16,9 @@ use crate::read::Node;
 /// The version of the JSON format these types serialize to.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// The type of a filesystem entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum FileKind {
-    /// A regular file (a hardlink is a file with [`FileMeta::hardlink`] set).
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// A character device.
-    CharDevice,
-    /// A block device.
-    BlockDevice,
-    /// A named pipe.
-    Fifo,
-}
-
-impl FileKind {
-    /// One letter, as `ls -l` shows it (`-`, `d`, `l`, `c`, `b`, `p`).
-    pub fn letter(self) -> char {
-        match self {
-            FileKind::File => '-',
-            FileKind::Dir => 'd',
-            FileKind::Symlink => 'l',
-            FileKind::CharDevice => 'c',
-            FileKind::BlockDevice => 'b',
-            FileKind::Fifo => 'p',
-        }
-    }
-}
+/// The type of a filesystem entry (strata-layer's [`EntryKind`](strata_layer::EntryKind):
+/// a hardlink is a file with [`FileMeta::hardlink`] set; layers never hold sockets).
+pub use strata_layer::EntryKind as FileKind;
 
 /// What an image has at a path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

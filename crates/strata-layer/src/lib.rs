@@ -7,7 +7,9 @@
 //! ([`changeset_from_overlay_upper`]), serialize it with a [`LayerWriter`] into a tar whose
 //! bytes depend only on the changeset, the source bytes and the writer settings
 //! (DESIGN.md decision 3), and [`apply`] a layer onto a directory without ever writing
-//! outside it. The crate never spawns processes and never prints.
+//! outside it. The streaming tar reader under apply is public as [`tarread`], so other crates
+//! (strata-diff) read layer headers and file bytes with the same parser. The crate never
+//! spawns processes and never prints.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), strata_layer::LayerError> {
@@ -31,7 +33,7 @@ mod apply;
 mod changeset;
 mod error;
 mod snapshot;
-mod tarread;
+pub mod tarread;
 pub mod transport;
 mod writer;
 

@@ -28,7 +28,12 @@ use strata_store::Digest;
 use crate::error::{LayerError, Result};
 
 /// The type of a filesystem entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Shared by snapshots, layer tar entries ([`RawEntry::kind`](crate::tarread::RawEntry::kind))
+/// and strata-diff's reports (as `FileKind`), where it serializes in snake case (`"file"`,
+/// `"char_device"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EntryKind {
     /// A regular file (possibly one of several hardlinks to the same inode).
@@ -45,6 +50,21 @@ pub enum EntryKind {
     Fifo,
     /// A unix socket. Snapshots record sockets, but tar cannot carry them: layers omit them.
     Socket,
+}
+
+impl EntryKind {
+    /// One letter, as `ls -l` shows it (`-`, `d`, `l`, `c`, `b`, `p`, `s`).
+    pub fn letter(self) -> char {
+        match self {
+            EntryKind::File => '-',
+            EntryKind::Dir => 'd',
+            EntryKind::Symlink => 'l',
+            EntryKind::CharDevice => 'c',
+            EntryKind::BlockDevice => 'b',
+            EntryKind::Fifo => 'p',
+            EntryKind::Socket => 's',
+        }
+    }
 }
 
 /// A modification time with nanosecond precision (seconds may be negative).

@@ -3,27 +3,96 @@
 //! Our own rather than the tar crate's because PAX values are length-prefixed byte strings
 //! that may contain newlines (binary xattr values, file names with `\n`), which the tar
 //! crate's record parser splits on; and because apply must see every raw name to judge it.
+//!
+//! The reader follows the pull model, in one forward pass with no seeking: [`TarReader::next_entry`]
+//! returns the next [`RawEntry`] (extended headers already folded in), and until the next call
+//! the entry's data can be read through the reader's [`Read`] impl, so a caller can hash or
+//! copy file bytes while streaming; whatever it leaves unread is skipped. [`apply`](crate::apply)
+//! extracts with it, and strata-diff lists and hashes layers with it without extracting.
+//!
+//! ```
+//! use std::io::Read;
+//! use strata_layer::tarread::TarReader;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let mut builder = tar::Builder::new(Vec::new());
+//! let mut header = tar::Header::new_ustar();
+//! header.set_size(2);
+//! header.set_mode(0o644);
+//! header.set_cksum();
+//! builder.append_data(&mut header, "etc/motd", &b"hi"[..])?;
+//! let archive = builder.into_inner()?;
+//!
+//! let mut reader = TarReader::new(&archive[..]);
+//! let entry = reader.next_entry()?.expect("one entry");
+//! assert_eq!(entry.name, b"etc/motd");
+//! let mut data = Vec::new();
+//! reader.read_to_end(&mut data)?;
+//! assert_eq!(data, b"hi");
+//! assert!(reader.next_entry()?.is_none());
+//! # Ok(()) }
+//! ```
 
 use std::io::{self, Read};
+
+use crate::EntryKind;
 
 const BLOCK: usize = 512;
 
 /// One archive entry's header, with PAX / GNU long-name overrides applied.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RawEntry {
+///
+/// Names are raw bytes as stored (not normalized, possibly absolute or with `..`): judging
+/// them is the caller's business.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RawEntry {
+    /// Path: PAX `path`, else GNU `L`, else ustar prefix + `/` + name.
     pub name: Vec<u8>,
+    /// Link target (symlinks and hardlinks): PAX `linkpath`, else GNU `K`, else the header's.
     pub link: Vec<u8>,
+    /// Type flag byte (`b'0'` regular, `b'1'` hardlink, `b'2'` symlink, `b'5'` dir, ...);
+    /// an old-style NUL flag is reported as `b'0'`.
     pub typeflag: u8,
+    /// Permission bits and setuid/setgid/sticky (`mode & 0o7777`).
     pub mode: u32,
+    /// Numeric owner (PAX `uid` overrides the header).
     pub uid: u64,
+    /// Numeric group (PAX `gid` overrides the header).
     pub gid: u64,
+    /// Declared data size in bytes (PAX `size` overrides the header).
     pub size: u64,
+    /// Modification time in whole seconds since the epoch (PAX fractions dropped).
     pub mtime: i64,
+    /// Device major and minor numbers (ustar headers; `(0, 0)` otherwise).
     pub dev: (u32, u32),
+    /// Extended attributes from PAX `SCHILY.xattr.NAME` records, in archive order.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-pub(crate) struct TarReader<R> {
+impl RawEntry {
+    /// The kind of entry the type flag declares: regular (`0`, `7`) and hardlink (`1`) entries
+    /// are files, `2` symlinks, `3`/`4` character/block devices, `5` directories, `6` fifos;
+    /// `None` for anything else (vendor extensions, which readers skip).
+    pub fn kind(&self) -> Option<EntryKind> {
+        Some(match self.typeflag {
+            b'0' | b'7' | b'1' => EntryKind::File,
+            b'2' => EntryKind::Symlink,
+            b'3' => EntryKind::CharDevice,
+            b'4' => EntryKind::BlockDevice,
+            b'5' => EntryKind::Dir,
+            b'6' => EntryKind::Fifo,
+            _ => return None,
+        })
+    }
+}
+
+/// Reads a tar stream entry by entry; between two [`TarReader::next_entry`] calls the current
+/// entry's data is read through [`Read`].
+///
+/// Errors are [`io::Error`]s: `InvalidData` for a malformed header (bad checksum, non-octal
+/// field, malformed PAX record), `UnexpectedEof` for a truncated archive.
+#[derive(Debug)]
+pub struct TarReader<R> {
     r: R,
     /// Unread data bytes of the current entry, then its padding.
     left: u64,
@@ -99,14 +168,20 @@ fn pax_num(v: &[u8], key: &str) -> io::Result<i64> {
 }
 
 impl<R: Read> TarReader<R> {
-    pub(crate) fn new(r: R) -> Self {
+    /// A reader over the (already decompressed) tar stream `r`.
+    pub fn new(r: R) -> Self {
         TarReader { r, left: 0, pad: 0, done: false }
     }
 
     /// The underlying reader, positioned after the end-of-archive block (or wherever reading
     /// stopped).
-    pub(crate) fn inner_mut(&mut self) -> &mut R {
+    pub fn inner_mut(&mut self) -> &mut R {
         &mut self.r
+    }
+
+    /// The underlying reader, positioned as for [`TarReader::inner_mut`].
+    pub fn into_inner(self) -> R {
+        self.r
     }
 
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
@@ -145,7 +220,11 @@ impl<R: Read> TarReader<R> {
     }
 
     /// The next entry, skipping whatever is left of the current one; `None` at the end.
-    pub(crate) fn next_entry(&mut self) -> io::Result<Option<RawEntry>> {
+    ///
+    /// # Errors
+    /// `InvalidData` for a malformed header, `UnexpectedEof` for a truncated stream, or the
+    /// underlying reader's error.
+    pub fn next_entry(&mut self) -> io::Result<Option<RawEntry>> {
         self.skip(self.left + self.pad)?;
         self.left = 0;
         self.pad = 0;
