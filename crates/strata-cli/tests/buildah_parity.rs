@@ -14,46 +14,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-#[allow(clippy::print_stderr)] // the skip message is the point
-fn have_all(tools: &[&str]) -> bool {
-    let root = String::from_utf8_lossy(&Command::new("id").arg("-u").output().unwrap().stdout)
-        .trim()
-        == "0";
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if missing.is_empty() && root {
-        return true;
-    }
-    let why = if root { format!("missing {missing:?}") } else { "not root".to_string() };
-    if std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1") {
-        panic!("buildah parity: {why} and STRATA_TEST_STRICT=1");
-    }
-    eprintln!("skipping buildah parity: {why}");
-    false
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{have_all, run, workspace};
 
 struct Rig {
     tmp: tempfile::TempDir,
@@ -287,7 +250,7 @@ fn case(name: &str) {
 
 #[test]
 fn lamp_matches_buildah() {
-    if !have_all(&["buildah", "skopeo", "umoci"]) {
+    if !have_all("buildah parity", &["buildah", "skopeo", "umoci"]) {
         return;
     }
     let lamp = workspace().join("examples/lamp");
@@ -296,7 +259,7 @@ fn lamp_matches_buildah() {
 
 #[test]
 fn copy_rules_and_config_match_buildah() {
-    if !have_all(&["buildah", "skopeo", "umoci"]) {
+    if !have_all("buildah parity", &["buildah", "skopeo", "umoci"]) {
         return;
     }
     case("copy-rules");
@@ -304,7 +267,7 @@ fn copy_rules_and_config_match_buildah() {
 
 #[test]
 fn run_changes_match_buildah() {
-    if !have_all(&["buildah", "skopeo", "umoci"]) {
+    if !have_all("buildah parity", &["buildah", "skopeo", "umoci"]) {
         return;
     }
     case("run-changes");
@@ -312,7 +275,7 @@ fn run_changes_match_buildah() {
 
 #[test]
 fn multi_stage_matches_buildah() {
-    if !have_all(&["buildah", "skopeo", "umoci"]) {
+    if !have_all("buildah parity", &["buildah", "skopeo", "umoci"]) {
         return;
     }
     case("multi-stage");
@@ -320,7 +283,7 @@ fn multi_stage_matches_buildah() {
 
 #[test]
 fn add_archives_and_hardlinks_match_buildah() {
-    if !have_all(&["buildah", "skopeo", "umoci"]) {
+    if !have_all("buildah parity", &["buildah", "skopeo", "umoci"]) {
         return;
     }
     // Git keeps neither hardlinks nor fifos: the context is the case plus hl/, made here.

@@ -4,6 +4,10 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
+use common::{have, run};
+
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -58,29 +62,6 @@ fn make_tree(dir: &Path) {
     std::fs::hard_link(dir.join("usr/bin/tool"), dir.join("usr/bin/tool-alias")).unwrap();
     symlink("tool", dir.join("usr/bin/link")).unwrap();
     std::fs::write(dir.join("empty"), "").unwrap();
-}
-
-/// Is `tool` on PATH? Absent: skip (print why), or fail under STRATA_TEST_STRICT=1.
-#[allow(clippy::print_stderr)] // the skip message is the point
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1") {
-            panic!("{tool} is not installed and STRATA_TEST_STRICT=1");
-        }
-        eprintln!("skipping: {tool} is not installed");
-    }
-    found
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn diff_trees(a: &Path, b: &Path) {

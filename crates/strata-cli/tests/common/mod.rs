@@ -1,0 +1,90 @@
+//! Helpers shared by the CLI integration tests: locating the workspace, running external
+//! tools, and skipping when a tool or root is missing (a panic instead under
+//! `STRATA_TEST_STRICT=1`). Each test binary includes this with `mod common;` and uses only
+//! part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Does `STRATA_TEST_STRICT=1` turn skips into failures?
+pub fn strict() -> bool {
+    std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1")
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Is `tool` on PATH? Absent: skip (print why), or fail under STRATA_TEST_STRICT=1.
+#[allow(clippy::print_stderr)] // the skip message is the point
+pub fn have(tool: &str) -> bool {
+    let found = on_path(tool);
+    if !found {
+        if strict() {
+            panic!("{tool} is not installed and STRATA_TEST_STRICT=1");
+        }
+        eprintln!("skipping: {tool} is not installed");
+    }
+    found
+}
+
+/// Are we root and are all `tools` on PATH? If not: skip with a message naming `what`, or
+/// fail under STRATA_TEST_STRICT=1.
+#[allow(clippy::print_stderr)] // the skip message is the point
+pub fn have_all(what: &str, tools: &[&str]) -> bool {
+    let root = is_root();
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() && root {
+        return true;
+    }
+    let why = if root { format!("missing {missing:?}") } else { "not root".to_string() };
+    if strict() {
+        panic!("{what}: {why} and STRATA_TEST_STRICT=1");
+    }
+    eprintln!("skipping {what}: {why}");
+    false
+}
+
+/// Is this process root? (No message; see [`needs_root`].)
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// [`is_root`], printing a skip message when not (a panic under STRATA_TEST_STRICT=1).
+#[allow(clippy::print_stderr)]
+pub fn needs_root() -> bool {
+    let root = is_root();
+    if !root {
+        if strict() {
+            panic!("this test needs root and STRATA_TEST_STRICT=1");
+        }
+        eprintln!("skipping: this test needs root");
+    }
+    root
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `cmd`, asserts success (showing its output if not), returns its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
