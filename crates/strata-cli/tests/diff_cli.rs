@@ -4,6 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+#[path = "../../strata-registry/tests/common/registry.rs"]
+mod registry;
+
+use common::{free_port, have_all, run, workspace};
+
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -23,6 +29,10 @@ impl Env {
             .arg(self.p("store"))
             .args(args)
             .env_remove("SOURCE_DATE_EPOCH")
+            // Registry operands: no credentials from the machine.
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG")
+            .env("HOME", self.p("home"))
             .output()
             .unwrap()
     }
@@ -152,8 +162,8 @@ fn other_transports_and_bad_input() {
 
     let err = env.stderr(&["diff", "app:v1", "app:nope"], 2);
     assert!(err.contains("app:nope") && err.contains("not found"), "{err}");
-    let err = env.stderr(&["diff", "app:v1", "docker://registry.example/app:v2"], 2);
-    assert!(err.contains("not supported here yet"), "{err}");
+    let err = env.stderr(&["diff", "app:v1", "dir:/tmp/x"], 2);
+    assert!(err.contains("not an image"), "{err}");
     // Corrupt v2's own layer: the diff must read it, and says which blob is bad.
     let json: serde_json::Value =
         serde_json::from_str(&env.code(&["inspect", "--json", "--no-efficiency", "app:v2"], 0))
@@ -204,50 +214,105 @@ fn history_ls_and_efficiency() {
     assert_eq!(json["efficiency"]["wasted_bytes"], 50_000);
 }
 
+// ---- registry operands -----------------------------------------------------------------
+
+/// Every file under `root` with its size, except the registry client's blob-location hints.
+fn store_files(root: &Path) -> Vec<(String, u64)> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, u64)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel.contains("registry-v1") {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            if md.is_dir() {
+                walk(&path, root, out);
+            } else {
+                out.push((rel, md.len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// A `--json` diff report without the operand names.
+fn without_names(mut v: serde_json::Value) -> serde_json::Value {
+    for side in ["a", "b"] {
+        v[side].as_object_mut().unwrap().remove("name");
+    }
+    v
+}
+
+#[test]
+fn registry_operands_are_pulled_to_scratch_from_local_blobs() {
+    let env = images();
+    if !registry::registry_available() {
+        return;
+    }
+    let reg = registry::Registry::start(registry::RegistryOptions::default());
+    let host = reg.host();
+    for tag in ["v1", "v2"] {
+        env.code(&["push", &format!("app:{tag}"), &format!("docker://{host}/app:{tag}")], 0);
+    }
+    let before = store_files(&env.p("store"));
+    let log_mark = reg.log().len();
+
+    let local = env.code(&["diff", "--json", "app:v1", "app:v2"], 1);
+    let remote_a = format!("docker://{host}/app:v1");
+    let remote = env.code(&["diff", "--json", &remote_a, "app:v2"], 1);
+    let (local, remote): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&local).unwrap(), serde_json::from_str(&remote).unwrap());
+    assert_eq!(remote["a"]["name"], remote_a.as_str());
+    assert_eq!(without_names(remote.clone()), without_names(local));
+    assert_eq!(remote["files"]["changes"][0]["path"], "app/config");
+    // The text report too, and a plain HOST/REPO:TAG the store does not have is a registry.
+    let text = env.code(&["diff", "app:v1", "app:v2"], 1);
+    let plain = env.code(&["diff", "app:v1", &format!("{host}/app:v2")], 1);
+    assert_eq!(plain.lines().skip(2).collect::<Vec<_>>(), text.lines().skip(2).collect::<Vec<_>>());
+
+    // history and ls read registry images the same way.
+    let hist = |image: &str| -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&env.code(&["history", "--json", image], 0)).unwrap();
+        v.as_object_mut().unwrap().remove("image");
+        v
+    };
+    assert_eq!(hist(&format!("docker://{host}/app:v2")), hist("app:v2"));
+    let ls = |image: &str| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&env.code(&["ls", "--json", image], 0)).unwrap();
+        v["entries"].clone()
+    };
+    assert_eq!(ls(&format!("docker://{host}/app:v1")), ls("app:v1"));
+
+    // Every blob came from the local store: the registry served manifests only.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = reg.log();
+    let blob_gets: Vec<&str> =
+        log[log_mark..].lines().filter(|l| l.contains("\"GET /v2/app/blobs/")).collect();
+    assert!(blob_gets.is_empty(), "blobs downloaded although the store has them: {blob_gets:?}");
+    assert!(log[log_mark..].contains("GET /v2/app/manifests/v1"), "{log}");
+    // And the store itself is as it was (only blob-location hints may be recorded).
+    assert_eq!(store_files(&env.p("store")), before);
+    env.code(&["fsck"], 0);
+
+    // Unreachable: exit 2 naming the registry, quickly.
+    let gone = format!("127.0.0.1:{}", free_port());
+    let started = std::time::Instant::now();
+    let err = env.stderr(&["diff", &format!("docker://{gone}/app:v1"), "app:v2"], 2);
+    assert!(err.contains(&gone) && err.contains("cannot pull"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    let err = env.stderr(&["history", &format!("docker://{gone}/app:v1")], 2);
+    assert!(err.contains(&gone), "{err}");
+    let err = env.stderr(&["diff", &format!("docker://{host}/app:nope"), "app:v2"], 2);
+    assert!(err.contains("nope"), "{err}");
+}
+
 // ---- buildah as an oracle -------------------------------------------------------------
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-#[allow(clippy::print_stderr)] // the skip message is the point
-fn have_all(tools: &[&str]) -> bool {
-    let root = is_root();
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if missing.is_empty() && root {
-        return true;
-    }
-    let why = if root { format!("missing {missing:?}") } else { "not root".to_string() };
-    if std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1") {
-        panic!("diff vs buildah: {why} and STRATA_TEST_STRICT=1");
-    }
-    eprintln!("skipping diff vs buildah: {why}");
-    false
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The mountpoint stubs buildah's chroot isolation leaves in its images (see
 /// buildah_parity.rs): empty, and absent from ours.
@@ -262,7 +327,7 @@ fn is_buildah_stub(path: &str) -> bool {
 /// differences but buildah's mountpoint stubs.
 #[test]
 fn buildah_image_of_the_same_recipe_differs_only_in_mountpoint_stubs() {
-    if !have_all(&["buildah", "skopeo", "busybox"]) {
+    if !have_all("diff vs buildah", &["buildah", "skopeo", "busybox"]) {
         return;
     }
     let env = Env::new();

@@ -5,57 +5,15 @@
 #[path = "../../strata-registry/tests/common/registry.rs"]
 mod registry;
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, have, needs_root, workspace};
 use registry::{Registry, RegistryOptions};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn strict() -> bool {
-    std::env::var_os("STRATA_TEST_STRICT").is_some_and(|v| v == "1")
-}
-
-/// Is `tool` on PATH? Absent: skip (print why), or fail under STRATA_TEST_STRICT=1.
-#[allow(clippy::print_stderr)] // the skip message is the point
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        if strict() {
-            panic!("{tool} is not installed and STRATA_TEST_STRICT=1");
-        }
-        eprintln!("skipping: {tool} is not installed");
-    }
-    found
-}
-
-/// RUN steps (the LAMP example) need root.
-#[allow(clippy::print_stderr)]
-fn is_root() -> bool {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    let root = String::from_utf8_lossy(&out.stdout).trim() == "0";
-    if !root {
-        if strict() {
-            panic!("this test needs root and STRATA_TEST_STRICT=1");
-        }
-        eprintln!("skipping: this test needs root");
-    }
-    root
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A registry on 127.0.0.1 (killed on drop), or `None` after a skip message when
 /// docker-registry is not installed (a panic under STRATA_TEST_STRICT=1).
@@ -263,7 +221,7 @@ fn lamp(e: &Env, store: &str) -> PathBuf {
 
 #[test]
 fn lamp_v2_push_uploads_one_layer_plus_config_and_manifest() {
-    if !is_root() {
+    if !needs_root() {
         return;
     }
     let e = Env::new();
@@ -444,7 +402,7 @@ fn dry_runs_move_nothing() {
 
 #[test]
 fn build_pulls_a_registry_base_on_demand() {
-    if !is_root() {
+    if !needs_root() {
         return;
     }
     let e = Env::new();

@@ -1,5 +1,6 @@
 //! Image comparison commands: `diff`, `history`, `ls`. The work is in `strata::diff`; this
-//! module opens the images, renders the reports and maps "different" to exit status 1.
+//! module opens the images (registry operands pulled into a scratch layout, see
+//! [`open_image`]), renders the reports and maps "different" to exit status 1.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,28 +12,83 @@ use strata::diff::{
     LsOptions, Sections, StoredImage,
 };
 use strata::layer::transport::{self, SourceImage};
-use strata::store::ImageLocation;
+use strata::registry::{Client, NoProgress, PullOptions};
+use strata::store::{ImageLocation, Reference, Store};
 
+use super::registry::{registry_reference, RegistryArgs};
 use super::store::{human, open_store};
 
-/// Opens an image by any name strata accepts; registry references are refused for now.
-pub fn open_image(store: Option<&Path>, name: &str) -> anyhow::Result<SourceImage> {
+/// An image opened for reading; a registry image lives in a scratch layout that is removed
+/// when this is dropped.
+pub struct OpenedImage {
+    /// The image and the store (or layout) holding its blobs.
+    pub source: SourceImage,
+    // Declared after `source`, so dropped after it.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// Opens an image by any name strata accepts. A `docker://HOST/REPO:TAG` operand, or a plain
+/// `HOST/REPO:TAG` the local store has no image for, is pulled into a scratch OCI layout in
+/// the temp directory; blobs the local store already has are copied from it, not downloaded.
+/// The local store is only read (the registry client may record where downloaded blobs
+/// live, as every pull does).
+pub fn open_image(
+    store: Option<&Path>,
+    name: &str,
+    registry: &RegistryArgs,
+) -> anyhow::Result<OpenedImage> {
     let location: ImageLocation =
         name.parse().with_context(|| format!("invalid image name {name:?}"))?;
-    match &location {
-        ImageLocation::Registry(_) => bail!(
-            "{name}: registry images are not supported here yet; pull it first \
-             (`strata pull`) or copy it to oci:DIR"
-        ),
-        ImageLocation::Dir(_) => bail!("{name}: dir: is an export destination, not an image"),
-        _ => {}
-    }
     let local = match &location {
-        ImageLocation::Store(_) => Some(open_store(store)?),
+        ImageLocation::Registry(reference) => {
+            return pull_to_scratch(open_store(store).ok(), name, reference, registry)
+        }
+        ImageLocation::Dir(_) => bail!("{name}: dir: is an export destination, not an image"),
+        ImageLocation::Store(plain) => {
+            let local = open_store(store);
+            if let Ok(reference) = registry_reference(plain) {
+                let here = local.as_ref().is_ok_and(|s| s.load_image(plain).is_ok());
+                if !here {
+                    return pull_to_scratch(local.ok(), name, &reference, registry);
+                }
+            }
+            Some(local?)
+        }
         _ => None,
     };
-    transport::open_source(local.as_ref(), &location)
-        .with_context(|| format!("cannot read image {name}"))
+    let source = transport::open_source(local.as_ref(), &location)
+        .with_context(|| format!("cannot read image {name}"))?;
+    Ok(OpenedImage { source, _scratch: None })
+}
+
+/// Pulls `reference` into a fresh temporary layout, with `local` (when there is one) as the
+/// client's blob-hint store.
+fn pull_to_scratch(
+    local: Option<Store>,
+    name: &str,
+    reference: &Reference,
+    registry: &RegistryArgs,
+) -> anyhow::Result<OpenedImage> {
+    let mut client = Client::new(registry.client_options(reference.domain()))
+        .context("cannot set up the registry client")?;
+    if let Some(local) = local {
+        client = client.with_blob_hints(local);
+    }
+    let parent = std::env::temp_dir();
+    let dir = tempfile::Builder::new()
+        .prefix("strata-diff-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a scratch layout in {}", parent.display()))?;
+    let scratch = Store::init(dir.path())
+        .with_context(|| format!("cannot create a scratch layout in {}", dir.path().display()))?;
+    let pulled =
+        strata::registry::pull(&client, &scratch, reference, &PullOptions::default(), &NoProgress)
+            .with_context(|| format!("cannot pull {name}"))?;
+    // By manifest digest: whatever tag (if any) the pull gave it in the layout.
+    let digest = pulled.image.manifest_descriptor.digest().to_string();
+    let source = transport::open_source(Some(&scratch), &ImageLocation::Store(digest))
+        .with_context(|| format!("cannot read image {name}"))?;
+    Ok(OpenedImage { source, _scratch: Some(dir) })
 }
 
 /// `--only`.
@@ -49,7 +105,8 @@ pub enum OnlyArg {
 /// `strata diff A B`.
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    /// The old image: `name[:tag]`, a digest, `oci:DIR[:REF]`, `docker-archive:FILE[:REF]`.
+    /// The old image: `name[:tag]`, a digest, `oci:DIR[:REF]`, `docker-archive:FILE[:REF]`,
+    /// `docker://HOST/REPO:TAG` (or `HOST/REPO:TAG` when the store has no such image).
     pub a: String,
     /// The new image.
     pub b: String,
@@ -65,12 +122,14 @@ pub struct DiffArgs {
     /// Compute and show one section only.
     #[arg(long, value_enum)]
     pub only: Option<OnlyArg>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Exit status 0 when the images are the same, 1 when they differ (2 on errors, from `main`).
 pub fn diff(store: Option<&Path>, args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let a = open_image(store, &args.a)?;
-    let b = open_image(store, &args.b)?;
+    let a = open_image(store, &args.a, &args.registry)?;
+    let b = open_image(store, &args.b, &args.registry)?;
     let sections = match (args.only, &args.file) {
         (Some(only), _) => Sections {
             config: only == OnlyArg::Config,
@@ -84,8 +143,8 @@ pub fn diff(store: Option<&Path>, args: DiffArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = &args.file {
         opts = opts.file(f.clone());
     }
-    let sa = StoredImage::from(&a).named(&args.a);
-    let sb = StoredImage::from(&b).named(&args.b);
+    let sa = StoredImage::from(&a.source).named(&args.a);
+    let sb = StoredImage::from(&b.source).named(&args.b);
     let report = strata::diff::diff(sa, sb, &opts)
         .with_context(|| format!("cannot compare {} and {}", args.a, args.b))?;
     if let (Some(path), Some(c)) = (&args.file, &report.file_content) {
@@ -318,23 +377,25 @@ fn render_content(out: &mut impl Write, c: &ContentDiff) -> anyhow::Result<()> {
 /// `strata history IMAGE`.
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
-    /// The image.
+    /// The image: any name `diff` accepts, `docker://HOST/REPO:TAG` included.
     pub image: String,
     /// Print JSON: `{"version": 1, "image": ..., "history": [...]}`.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 pub fn history(store: Option<&Path>, args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let image = open_image(store, &args.image)?;
-    let rows = strata::diff::history(StoredImage::from(&image))
+    let image = open_image(store, &args.image, &args.registry)?;
+    let rows = strata::diff::history(StoredImage::from(&image.source))
         .with_context(|| format!("cannot read the history of {}", args.image))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let doc = serde_json::json!({
             "version": strata::diff::FORMAT_VERSION,
             "image": args.image,
-            "digest": image.image.manifest_descriptor.digest().to_string(),
+            "digest": image.source.image.manifest_descriptor.digest().to_string(),
             "history": rows,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -374,7 +435,7 @@ pub fn history(store: Option<&Path>, args: HistoryArgs) -> anyhow::Result<ExitCo
 /// `strata ls IMAGE [PATH]`.
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// The image.
+    /// The image: any name `diff` accepts, `docker://HOST/REPO:TAG` included.
     pub image: String,
     /// Only this path and what is below it.
     pub path: Option<String>,
@@ -385,6 +446,8 @@ pub struct LsArgs {
     /// Print JSON: `{"version": 1, "layer": N|null, "entries": [{path, meta, layer}]}`.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `drwxr-xr-x` from a kind and an octal mode string.
@@ -413,7 +476,7 @@ fn mode_string(m: &FileMeta) -> String {
 }
 
 pub fn ls(store: Option<&Path>, args: LsArgs) -> anyhow::Result<ExitCode> {
-    let image = open_image(store, &args.image)?;
+    let image = open_image(store, &args.image, &args.registry)?;
     let mut opts = LsOptions::default();
     if let Some(p) = &args.path {
         opts = opts.path(p.clone());
@@ -421,7 +484,7 @@ pub fn ls(store: Option<&Path>, args: LsArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.layer {
         opts = opts.layer(n);
     }
-    let entries = strata::diff::ls(StoredImage::from(&image), &opts)
+    let entries = strata::diff::ls(StoredImage::from(&image.source), &opts)
         .with_context(|| format!("cannot list {}", args.image))?;
     let mut out = std::io::stdout().lock();
     if args.json {

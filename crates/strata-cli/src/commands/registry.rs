@@ -136,7 +136,7 @@ pub struct LogoutArgs {
 
 /// A registry reference from `docker://HOST/REPO:TAG` or `HOST/REPO:TAG`, which must name a
 /// registry host.
-fn registry_reference(input: &str) -> anyhow::Result<Reference> {
+pub(crate) fn registry_reference(input: &str) -> anyhow::Result<Reference> {
     let text = input.strip_prefix("docker://").unwrap_or(input);
     let reference: Reference =
         text.parse().with_context(|| format!("invalid registry reference {input:?}"))?;
