@@ -16,7 +16,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{have_all, run, workspace};
+use common::{have_all, run, workspace, BuildahStorage};
 
 struct Rig {
     tmp: tempfile::TempDir,
@@ -39,23 +39,15 @@ impl Rig {
             .args(args)
             .env_remove("SOURCE_DATE_EPOCH"))
     }
+    fn bah(&self) -> BuildahStorage {
+        BuildahStorage::new(self.p("bah-root"), self.p("bah-run"))
+    }
     /// `containers-storage:` with this rig's private buildah storage.
     fn cs(&self, name: &str) -> String {
-        format!(
-            "containers-storage:[vfs@{}+{}]{name}",
-            self.p("bah-root").display(),
-            self.p("bah-run").display()
-        )
+        self.bah().image(name)
     }
     fn buildah(&self) -> Command {
-        let mut c = Command::new("buildah");
-        c.arg("--root")
-            .arg(self.p("bah-root"))
-            .arg("--runroot")
-            .arg(self.p("bah-run"))
-            .arg("--storage-driver")
-            .arg("vfs");
-        c
+        self.bah().command()
     }
 }
 

@@ -8,20 +8,18 @@ mod common;
 #[path = "../../strata-registry/tests/common/registry.rs"]
 mod registry;
 
-use common::{free_port, have_all, run, workspace};
+use common::{free_port, have_all, run, workspace, BuildahStorage, TempRoot};
 
 struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+    dir: TempRoot,
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        Env { root: tmp.path().to_path_buf(), _tmp: tmp }
+        Env { dir: TempRoot::new() }
     }
     fn p(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.dir.path(name)
     }
     fn strata(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -337,23 +335,9 @@ fn buildah_image_of_the_same_recipe_differs_only_in_mountpoint_stubs() {
         .env("STRATA_STORE", &store));
     let base_oci = format!("oci:{}:base", env.p("base-oci").display());
     env.code(&["export", "--compression", "gzip", "lamp-base:latest", &base_oci], 0);
-    let cs = |name: &str| {
-        format!(
-            "containers-storage:[vfs@{}+{}]{name}",
-            env.p("bah-root").display(),
-            env.p("bah-run").display()
-        )
-    };
-    let buildah = || {
-        let mut c = Command::new("buildah");
-        c.arg("--root")
-            .arg(env.p("bah-root"))
-            .arg("--runroot")
-            .arg(env.p("bah-run"))
-            .arg("--storage-driver")
-            .arg("vfs");
-        c
-    };
+    let bah = BuildahStorage::new(env.p("bah-root"), env.p("bah-run"));
+    let cs = |name: &str| bah.image(name);
+    let buildah = || bah.command();
     run(Command::new("skopeo").args(["copy", &base_oci, &cs("localhost/base:latest")]));
     let case = workspace().join("testdata/parity/run-changes");
     let (ctx, file) = (case.to_str().unwrap(), case.join("Dockerfile"));

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, have, needs_root, workspace};
+use common::{free_port, have, needs_root, workspace, TempRoot};
 use registry::{Registry, RegistryOptions};
 
 /// A registry on 127.0.0.1 (killed on drop), or `None` after a skip message when
@@ -63,20 +63,18 @@ fn writes(requests: &[(String, String)]) -> (usize, usize, usize, usize) {
 
 /// A temp dir with a store, a HOME without credentials, and helpers to run `strata`.
 struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+    dir: TempRoot,
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        std::fs::create_dir_all(root.join("home")).unwrap();
-        Env { root, _tmp: tmp }
+        let dir = TempRoot::new();
+        std::fs::create_dir_all(dir.path("home")).unwrap();
+        Env { dir }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.dir.path(name)
     }
 
     fn command(&self, store: &str, args: &[&str]) -> Command {

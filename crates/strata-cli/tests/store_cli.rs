@@ -6,19 +6,17 @@ use std::process::{Command, Output};
 
 mod common;
 
-use common::{have, run};
+use common::{have, run, TempRoot};
 
 struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
+    dir: TempRoot,
     store: PathBuf,
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        Env { store: root.join("store"), root, _tmp: tmp }
+        let dir = TempRoot::new();
+        Env { store: dir.path("store"), dir }
     }
 
     fn strata(&self, args: &[&str]) -> Output {
@@ -42,7 +40,7 @@ impl Env {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.dir.path(name)
     }
 
     fn blob_count(&self) -> usize {

@@ -7,6 +7,56 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A temporary directory for one test, removed on drop.
+pub struct TempRoot {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl TempRoot {
+    /// A fresh, empty directory.
+    pub fn new() -> TempRoot {
+        let tmp = tempfile::tempdir().unwrap();
+        TempRoot { root: tmp.path().to_path_buf(), _tmp: tmp }
+    }
+
+    /// `name` inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+/// A private buildah storage (vfs driver) in two test directories, so buildah touches nothing
+/// of the machine's: `buildah` commands and `containers-storage:` names that use it.
+pub struct BuildahStorage {
+    root: PathBuf,
+    runroot: PathBuf,
+}
+
+impl BuildahStorage {
+    /// Storage in `root` (images) and `runroot` (runtime state).
+    pub fn new(root: PathBuf, runroot: PathBuf) -> BuildahStorage {
+        BuildahStorage { root, runroot }
+    }
+
+    /// `buildah` with this storage.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .arg("--storage-driver")
+            .arg("vfs");
+        c
+    }
+
+    /// `containers-storage:` naming `name` in this storage (for skopeo).
+    pub fn image(&self, name: &str) -> String {
+        format!("containers-storage:[vfs@{}+{}]{name}", self.root.display(), self.runroot.display())
+    }
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
