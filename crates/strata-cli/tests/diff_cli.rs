@@ -308,6 +308,15 @@ fn registry_operands_are_pulled_to_scratch_from_local_blobs() {
     assert!(err.contains(&gone), "{err}");
     let err = env.stderr(&["diff", &format!("docker://{host}/app:nope"), "app:v2"], 2);
     assert!(err.contains("nope"), "{err}");
+
+    // A plain HOST/REPO:TAG the store has (pulled) is read from the store: no registry needed.
+    env.code(&["pull", &format!("{host}/app:v1")], 0);
+    reg.kill();
+    let pulled = env.code(&["diff", &format!("{host}/app:v1"), "app:v2"], 1);
+    assert_eq!(
+        pulled.lines().skip(2).collect::<Vec<_>>(),
+        text.lines().skip(2).collect::<Vec<_>>()
+    );
 }
 
 // ---- buildah as an oracle -------------------------------------------------------------
