@@ -241,10 +241,12 @@ fn render(out: &mut impl Write, r: &ImageDiff, file_mode: bool) -> anyhow::Resul
     if let Some(t) = &r.transfer {
         writeln!(
             out,
-            "transfer: {} blobs, {} ({} layers, {})",
+            "transfer: {} blob{}, {} ({} layer{}, {})",
             t.blobs,
+            if t.blobs == 1 { "" } else { "s" },
             human(t.bytes),
             t.layers,
+            if t.layers == 1 { "" } else { "s" },
             human(t.layer_bytes)
         )?;
     }
