@@ -14,6 +14,9 @@
 //! name bytes that do not hash to the digest asked for: nothing unverified is ever stored, and a
 //! broken download resumes with `Range`. Blobs move in parallel, bounded by `jobs`.
 //!
+//! Whole multi-platform images move with [`push_index`] and [`pull_all`] (`copy --all`): the
+//! index, every manifest it lists and all their blobs, byte for byte, so digests are kept.
+//!
 //! Knowledge of where blobs live ("`sha256:...` is in `host/repo`") is recorded in the store's
 //! metadata under `strata/v1/registry-v1/` whenever a blob is pushed or pulled; it is a hint,
 //! checked by the registry itself when a mount is attempted.
@@ -35,6 +38,7 @@ mod auth;
 mod client;
 pub mod credentials;
 mod error;
+mod index;
 mod knowledge;
 mod manifest;
 mod pull;
@@ -46,6 +50,7 @@ pub use strata_store::Reference;
 
 pub use client::{Client, ClientOptions};
 pub use error::RegistryError;
+pub use index::{pull_all, push_index, PulledIndex};
 pub use manifest::Platform;
 pub use pull::{pull, pull_platform, Pulled};
 pub use push::push;

@@ -235,6 +235,68 @@ pub(crate) fn select_platform(
     Ok((descriptor_digest(ep, digest, chosen)?, kind))
 }
 
+/// A manifest an index lists, as the index describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Child {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+impl Kind {
+    /// The media type a document of this kind is pushed with.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Kind::OciManifest => MEDIA_TYPE_MANIFEST,
+            Kind::OciIndex => MEDIA_TYPE_INDEX,
+            Kind::DockerManifest => DOCKER_MANIFEST,
+            Kind::DockerList => DOCKER_LIST,
+        }
+    }
+}
+
+/// The manifests an index lists, in index order.
+pub(crate) fn index_children(
+    ep: &Endpoint,
+    digest: &Digest,
+    bytes: &[u8],
+) -> Result<Vec<Child>, RegistryError> {
+    let raw = parse(ep, digest, bytes)?;
+    let manifests = raw.manifests.ok_or_else(|| invalid(ep, digest, "index without manifests"))?;
+    manifests
+        .iter()
+        .map(|m| {
+            Ok(Child {
+                digest: descriptor_digest(ep, digest, m)?,
+                size: m.size,
+                media_type: m.media_type.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The config and layers an image manifest (OCI or Docker schema2) names, as written: no
+/// conversion, so that the manifest's bytes and digest stay valid.
+pub(crate) fn image_blobs(
+    ep: &Endpoint,
+    digest: &Digest,
+    bytes: &[u8],
+) -> Result<Vec<(BlobRef, crate::BlobKind)>, RegistryError> {
+    let raw = parse(ep, digest, bytes)?;
+    if raw.schema_version != Some(2) {
+        return Err(invalid(ep, digest, "schemaVersion is not 2"));
+    }
+    let config = raw.config.ok_or_else(|| invalid(ep, digest, "manifest without config"))?;
+    let blob = |d: &RawDescriptor| -> Result<BlobRef, RegistryError> {
+        Ok(BlobRef { digest: descriptor_digest(ep, digest, d)?, size: d.size })
+    };
+    let mut out = vec![(blob(&config)?, crate::BlobKind::Config)];
+    for l in raw.layers.unwrap_or_default() {
+        out.push((blob(&l)?, crate::BlobKind::Layer));
+    }
+    Ok(out)
+}
+
 /// Reads an image manifest (OCI or Docker schema2) into OCI form.
 pub(crate) fn to_oci(
     ep: &Endpoint,

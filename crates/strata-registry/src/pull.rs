@@ -100,44 +100,7 @@ pub fn pull_platform(
     let mut blobs: Vec<(BlobRef, BlobKind)> = vec![(image.config.clone(), BlobKind::Config)];
     blobs.extend(image.layers.iter().map(|l| (l.clone(), BlobKind::Layer)));
     let outcomes = run_parallel(&blobs, options.jobs, |(blob, kind)| {
-        let hints = client.hints(store);
-        let local = !std::ptr::eq(hints, store) && hints.has_blob(&blob.digest);
-        if store.has_blob(&blob.digest) || (local && options.dry_run) {
-            events.event(&TransferEvent::BlobDone {
-                digest: blob.digest,
-                outcome: BlobOutcome::Present,
-            });
-            return Ok(BlobOutcome::Present);
-        }
-        if local {
-            // The hints store (the user's main store) has it: copy it, verified, instead of
-            // downloading. A copy that fails (e.g. the local blob rotted) falls back to the wire.
-            let copied = hints
-                .open_blob(&blob.digest)
-                .and_then(|file| store.put_blob_verified(file, &blob.digest, Some(blob.size)));
-            if copied.is_ok() {
-                events.event(&TransferEvent::BlobDone {
-                    digest: blob.digest,
-                    outcome: BlobOutcome::Present,
-                });
-                return Ok(BlobOutcome::Present);
-            }
-        }
-        if options.dry_run {
-            return Ok(BlobOutcome::Downloaded);
-        }
-        events.event(&TransferEvent::BlobStart {
-            digest: blob.digest,
-            size: blob.size,
-            kind: *kind,
-        });
-        download_blob(client, &ep, &scopes, store, blob, events)?;
-        knowledge::record(client.hints(store), &blob.digest, &ep.location());
-        events.event(&TransferEvent::BlobDone {
-            digest: blob.digest,
-            outcome: BlobOutcome::Downloaded,
-        });
-        Ok(BlobOutcome::Downloaded)
+        fetch_blob(client, &ep, &scopes, store, blob, *kind, options.dry_run, events)
     })?;
     let mut report = TransferReport {
         manifest: Some(image.digest),
@@ -181,6 +144,51 @@ pub fn pull_platform(
         stored
     };
     Ok(Pulled { image: pulled, report, source_digest })
+}
+
+/// Brings one blob into `store`: present already, copied from the client's hints store
+/// (verified), or downloaded (verified). A dry run only decides.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fetch_blob(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    store: &Store,
+    blob: &BlobRef,
+    kind: BlobKind,
+    dry_run: bool,
+    events: &dyn TransferSink,
+) -> Result<BlobOutcome, RegistryError> {
+    let hints = client.hints(store);
+    let local = !std::ptr::eq(hints, store) && hints.has_blob(&blob.digest);
+    if store.has_blob(&blob.digest) || (local && dry_run) {
+        events
+            .event(&TransferEvent::BlobDone { digest: blob.digest, outcome: BlobOutcome::Present });
+        return Ok(BlobOutcome::Present);
+    }
+    if local {
+        // The hints store (the user's main store) has it: copy it, verified, instead of
+        // downloading. A copy that fails (e.g. the local blob rotted) falls back to the wire.
+        let copied = hints
+            .open_blob(&blob.digest)
+            .and_then(|file| store.put_blob_verified(file, &blob.digest, Some(blob.size)));
+        if copied.is_ok() {
+            events.event(&TransferEvent::BlobDone {
+                digest: blob.digest,
+                outcome: BlobOutcome::Present,
+            });
+            return Ok(BlobOutcome::Present);
+        }
+    }
+    if dry_run {
+        return Ok(BlobOutcome::Downloaded);
+    }
+    events.event(&TransferEvent::BlobStart { digest: blob.digest, size: blob.size, kind });
+    download_blob(client, ep, scopes, store, blob, events)?;
+    knowledge::record(client.hints(store), &blob.digest, &ep.location());
+    events
+        .event(&TransferEvent::BlobDone { digest: blob.digest, outcome: BlobOutcome::Downloaded });
+    Ok(BlobOutcome::Downloaded)
 }
 
 /// A manifest as received and verified.

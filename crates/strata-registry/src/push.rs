@@ -25,10 +25,10 @@ use crate::{
 };
 
 /// A blob of the image to push.
-struct PushBlob {
-    digest: Digest,
-    size: u64,
-    kind: BlobKind,
+pub(crate) struct PushBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub kind: BlobKind,
 }
 
 /// Pushes `image` (all of whose blobs are in `store`) to `dest` (must have a tag or digest).
@@ -112,28 +112,43 @@ pub fn push(
         (None, Some(d)) => d.to_string(),
         (None, None) => return Err(invalid("a push destination needs a tag or a digest")),
     };
-    let req = Req::new("PUT", ep.url(&format!("manifests/{target}")))
-        .header("Content-Type", media_type)
-        .body(Payload::Bytes(&manifest_bytes));
-    let resp = client.send(&ep, &scopes, &req)?;
-    if !resp.status().is_success() {
-        return Err(client.status_error(&ep, &req, resp));
-    }
-    if let Some(found) = header(&resp, "Docker-Content-Digest") {
-        if found.parse::<Digest>().ok() != Some(manifest_digest) {
-            return Err(RegistryError::PushedDigestMismatch {
-                registry: ep.registry.clone(),
-                repository: ep.repository.clone(),
-                expected: manifest_digest,
-                found: found.to_owned(),
-            });
-        }
-    }
+    put_manifest(client, &ep, &scopes, &target, &media_type, &manifest_bytes, &manifest_digest)?;
     events.event(&TransferEvent::Manifest { digest: manifest_digest });
     Ok(report)
 }
 
-fn push_blob(
+/// PUT `/v2/<name>/manifests/<target>` (spec.md "Pushing Manifests") with `media_type` as
+/// Content-Type; a `Docker-Content-Digest` in the answer must be `digest`.
+pub(crate) fn put_manifest(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    target: &str,
+    media_type: &str,
+    bytes: &[u8],
+    digest: &Digest,
+) -> Result<(), RegistryError> {
+    let req = Req::new("PUT", ep.url(&format!("manifests/{target}")))
+        .header("Content-Type", media_type.to_owned())
+        .body(Payload::Bytes(bytes));
+    let resp = client.send(ep, scopes, &req)?;
+    if !resp.status().is_success() {
+        return Err(client.status_error(ep, &req, resp));
+    }
+    if let Some(found) = header(&resp, "Docker-Content-Digest") {
+        if found.parse::<Digest>().ok() != Some(*digest) {
+            return Err(RegistryError::PushedDigestMismatch {
+                registry: ep.registry.clone(),
+                repository: ep.repository.clone(),
+                expected: *digest,
+                found: found.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn push_blob(
     client: &Client,
     ep: &Endpoint,
     scopes: &[String],
