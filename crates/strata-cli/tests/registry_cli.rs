@@ -554,3 +554,117 @@ fn unreachable_registry_and_missing_tag_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("names no registry"));
 }
+
+/// Writes an OCI image index listing `images` (`(manifest digest, architecture)`, manifests in
+/// `layout`) into `layout` and names it `name` in its `index.json`; returns the index digest.
+fn add_index(layout: &Path, name: &str, images: &[(String, &str)]) -> String {
+    let blob =
+        |digest: &str| layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let manifests: Vec<serde_json::Value> = images
+        .iter()
+        .map(|(digest, arch)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": std::fs::metadata(blob(digest)).unwrap().len(),
+                "platform": {"architecture": arch, "os": "linux"},
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let tmp = layout.join("index-blob.tmp");
+    std::fs::write(&tmp, &bytes).unwrap();
+    let sum = Command::new("sha256sum").arg(&tmp).output().unwrap();
+    assert!(sum.status.success());
+    let hex = String::from_utf8(sum.stdout).unwrap().split_whitespace().next().unwrap().to_owned();
+    let digest = format!("sha256:{hex}");
+    std::fs::rename(&tmp, blob(&digest)).unwrap();
+    let index_path = layout.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    top["manifests"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": digest,
+        "size": bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": name},
+    }));
+    std::fs::write(&index_path, serde_json::to_vec(&top).unwrap()).unwrap();
+    digest
+}
+
+#[test]
+fn copy_all_moves_a_whole_index_through_a_layout_keeping_its_digest() {
+    let e = Env::new();
+    let Some(reg) = start_registry(None) else { return };
+    if !have("sha256sum") {
+        return;
+    }
+    let host = reg.host();
+    // Two single-platform images in one layout, and an index of both.
+    e.import("a", "amd:v1", "amd64\n");
+    e.import("a", "arm:v1", "arm64\n");
+    let seed = e.path("seed");
+    e.ok("a", &["copy", "amd:v1", &format!("oci:{}:amd", seed.display())]);
+    e.ok("a", &["copy", "arm:v1", &format!("oci:{}:arm", seed.display())]);
+    let amd = e.inspect("a", "amd:v1").0;
+    let arm = e.inspect("a", "arm:v1").0;
+    let index = add_index(&seed, "multi", &[(amd.clone(), "amd64"), (arm.clone(), "arm64")]);
+    let seed_loc = format!("oci:{}:multi", seed.display());
+    let r =
+        e.json("a", &["copy", "--all", "--json", &seed_loc, &format!("docker://{host}/m/app:v1")]);
+    assert_eq!(r["manifest"], index.as_str(), "{r:#}");
+
+    // registry -> oci: the index and both platforms land in a fresh layout.
+    let layout = e.path("all");
+    let oci_loc = format!("oci:{}:v1", layout.display());
+    let r =
+        e.json("b", &["copy", "--all", "--json", &format!("docker://{host}/m/app:v1"), &oci_loc]);
+    assert_eq!(r["manifest"], index.as_str(), "{r:#}");
+    for digest in [&index, &amd, &arm] {
+        let path = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+        assert!(path.is_file(), "{digest} missing from the layout");
+    }
+    // The layout names the index v1.
+    let top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let named = top["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v1");
+    assert_eq!(named.map(|m| m["digest"].clone()), Some(serde_json::json!(index)), "{top:#}");
+
+    // oci -> another repository: the same index digest.
+    let repo2 = format!("docker://{host}/m/repo2:v1");
+    let r = e.json("b", &["copy", "--all", "--json", &oci_loc, &repo2]);
+    assert_eq!(r["manifest"], index.as_str(), "{r:#}");
+    if have("skopeo") {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false", &repo2])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let raw: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(raw["manifests"].as_array().map(Vec::len), Some(2), "{raw:#}");
+        let seeded =
+            std::fs::read(seed.join("blobs/sha256").join(index.trim_start_matches("sha256:")));
+        assert_eq!(out.stdout, seeded.unwrap());
+    }
+    // registry -> registry with --all keeps it too; without --all the host platform is copied.
+    let r =
+        e.json("c", &["copy", "--all", "--json", &repo2, &format!("docker://{host}/m/repo3:v1")]);
+    assert_eq!(r["manifest"], index.as_str(), "{r:#}");
+    if std::env::consts::ARCH == "x86_64" {
+        let r = e.json("c", &["copy", "--json", &repo2, &format!("docker://{host}/m/one:v1")]);
+        assert_eq!(r["manifest"], amd.as_str(), "{r:#}");
+    }
+    // The layouts are consistent stores: every entry, manifest and blob present and verified.
+    for store in ["a", "b", "c", "all", "seed"] {
+        assert!(e.ok(store, &["fsck"]).contains("clean"), "{store}");
+    }
+}

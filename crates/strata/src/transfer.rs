@@ -10,7 +10,8 @@
 //! copying it into the store first); local-to-local copies are [`transport::load`] and
 //! [`transport::export`]. What crossed the network is the registry crate's
 //! [`TransferReport`]; what was written locally is a [`LocalCopy`]. A dry run contacts the
-//! registry only to decide (HEAD requests, the manifest) and writes nothing anywhere.
+//! registry only to decide (HEAD requests, the manifest) and writes nothing anywhere. With
+//! [`CopyOptions::all`], image indexes are copied whole, with every digest kept.
 //!
 //! ```no_run
 //! use strata::registry::{Client, ClientOptions, NoProgress};
@@ -33,9 +34,10 @@ use std::path::PathBuf;
 use strata_layer::transport::{self, SourceImage};
 use strata_layer::LayerError;
 use strata_registry::{
-    Client, PullOptions, PushOptions, RegistryError, TransferReport, TransferSink,
+    pull_all, push_index, Client, PullOptions, PushOptions, RegistryError, TransferReport,
+    TransferSink,
 };
-use strata_store::oci_spec::image::Descriptor;
+use strata_store::oci_spec::image::{Descriptor, MediaType};
 use strata_store::{Digest, Image, ImageLocation, Reference, Store, StoreError};
 
 /// How to copy.
@@ -46,18 +48,28 @@ pub struct CopyOptions {
     pub jobs: usize,
     /// Decide and report only: nothing is uploaded, downloaded, written or tagged.
     pub dry_run: bool,
+    /// Copy a whole image index (every platform, digests kept, as `skopeo copy --all`) instead
+    /// of the host platform's image: registry to registry, to an `oci:` layout or the store, and
+    /// from an `oci:` layout or the store whose entry is an index to a registry. Other pairs,
+    /// and sources that are a single image, copy as without it.
+    pub all: bool,
 }
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { jobs: 3, dry_run: false }
+        CopyOptions { jobs: 3, dry_run: false, all: false }
     }
 }
 
 impl CopyOptions {
     /// Options with `jobs` parallel blob transfers and `dry_run`.
     pub fn new(jobs: usize, dry_run: bool) -> CopyOptions {
-        CopyOptions { jobs: jobs.max(1), dry_run }
+        CopyOptions { jobs: jobs.max(1), dry_run, all: false }
+    }
+
+    /// The same options copying whole image indexes when `all` (see [`CopyOptions::all`]).
+    pub fn with_all(self, all: bool) -> CopyOptions {
+        CopyOptions { all, ..self }
     }
 }
 
@@ -143,6 +155,13 @@ fn manifest_digest(d: &Descriptor) -> Result<Digest, TransferError> {
 /// A pull into the store tags the image with its full reference (`host/repo:tag`) and, when
 /// the destination names another tag, with that too. A registry destination must carry a tag
 /// (or a digest). Registry to registry goes through a scratch layout (no cross-registry mount).
+///
+/// With [`CopyOptions::all`], an image index moves whole: every platform's manifest and blobs,
+/// byte for byte, so the index digest at the destination is the source's. A registry source
+/// is pulled with [`strata_registry::pull_all`] straight into an `oci:DIR` layout (recorded
+/// under its ref, else the source's tag) or the store, or into a scratch layout that
+/// [`strata_registry::push_index`] then pushes to a registry destination; an `oci:` or store
+/// source whose entry is an index is pushed with `push_index`.
 pub fn copy(
     client: &Client,
     store: &Store,
@@ -161,6 +180,11 @@ pub fn copy(
     }
     let push_options = PushOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
     let pull_options = PullOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
+    if options.all {
+        if let Some(outcome) = copy_all(client, store, src, dst, options, events)? {
+            return Ok(outcome);
+        }
+    }
     match (src, dst) {
         (ImageLocation::Registry(from), ImageLocation::Store(name)) => {
             // The pull tags the image with its full reference; another name is a second tag.
@@ -257,6 +281,98 @@ pub fn copy(
                 dry_run: options.dry_run,
             })
         }
+    }
+}
+
+/// The `--all` legs: whole indexes, digests kept ([`strata_registry::pull_all`],
+/// [`strata_registry::push_index`]). `None` when the pair (or a single-image source) is copied
+/// the ordinary way.
+fn copy_all(
+    client: &Client,
+    store: &Store,
+    src: &ImageLocation,
+    dst: &ImageLocation,
+    options: &CopyOptions,
+    events: &dyn TransferSink,
+) -> Result<Option<CopyOutcome>, TransferError> {
+    let unsupported = |reason| TransferError::Unsupported {
+        source_location: src.to_string(),
+        destination: dst.to_string(),
+        reason,
+    };
+    let push_options = PushOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
+    let pull_options = PullOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
+    let outcome = |manifest, transfer| CopyOutcome {
+        manifest,
+        transfer: Some(transfer),
+        local: None,
+        dry_run: options.dry_run,
+    };
+    match (src, dst) {
+        (ImageLocation::Registry(from), ImageLocation::Registry(to)) => {
+            check_pushable(to).map_err(unsupported)?;
+            let (_dir, scratch) = scratch_layout()?;
+            let pulled = pull_all(client, &scratch, from, None, &pull_options, events)?;
+            let manifest = manifest_digest(&pulled.descriptor)?;
+            if options.dry_run {
+                return Ok(Some(outcome(manifest, pulled.report)));
+            }
+            let pushed = push_index(client, &scratch, &manifest, to, &push_options, events)?;
+            Ok(Some(outcome(manifest, merge(pulled.report, pushed))))
+        }
+        (ImageLocation::Registry(from), ImageLocation::Oci { dir, reference }) => {
+            let name = reference
+                .clone()
+                .unwrap_or_else(|| from.tag().unwrap_or(strata_store::DEFAULT_TAG).to_owned());
+            // A dry run writes nothing, not even an empty layout.
+            let (_scratch, layout) = match (options.dry_run, Store::open(dir)) {
+                (true, Ok(existing)) => (None, existing),
+                (true, Err(_)) => {
+                    let (d, s) = scratch_layout()?;
+                    (Some(d), s)
+                }
+                (false, _) => (None, Store::init(dir)?),
+            };
+            let pulled = pull_all(client, &layout, from, Some(&name), &pull_options, events)?;
+            Ok(Some(outcome(manifest_digest(&pulled.descriptor)?, pulled.report)))
+        }
+        (ImageLocation::Registry(from), ImageLocation::Store(name)) => {
+            let extra = match name == &from.to_string() {
+                true => None,
+                false => Some(destination_tag(name)?).filter(|t| *t != from.tag_key()),
+            };
+            let pulled = pull_all(client, store, from, None, &pull_options, events)?;
+            if let Some(tag) = extra.filter(|_| !options.dry_run) {
+                store.tag(&tag, &pulled.descriptor)?;
+            }
+            Ok(Some(outcome(manifest_digest(&pulled.descriptor)?, pulled.report)))
+        }
+        (ImageLocation::Oci { .. } | ImageLocation::Store(_), ImageLocation::Registry(to)) => {
+            check_pushable(to).map_err(unsupported)?;
+            let (layout, descriptor) = match src {
+                ImageLocation::Oci { dir, reference } => {
+                    let layout = Store::open(dir)?;
+                    let descriptor = match reference {
+                        Some(r) => layout.resolve(r)?,
+                        None => match layout.read_index()?.manifests().as_slice() {
+                            [one] => one.clone(),
+                            // Let the ordinary path report the ambiguity.
+                            _ => return Ok(None),
+                        },
+                    };
+                    (layout, descriptor)
+                }
+                ImageLocation::Store(name) => (store.clone(), store.resolve(name)?),
+                _ => return Ok(None),
+            };
+            if descriptor.media_type() != &MediaType::ImageIndex {
+                return Ok(None);
+            }
+            let index = manifest_digest(&descriptor)?;
+            let pushed = push_index(client, &layout, &index, to, &push_options, events)?;
+            Ok(Some(outcome(index, pushed)))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -105,6 +105,10 @@ pub struct CopyArgs {
     pub source: String,
     /// Same forms, plus `dir:PATH` (the flattened root filesystem).
     pub dest: String,
+    /// Copy a whole multi-platform image (the index, every platform's manifest and blobs),
+    /// keeping its digest, instead of the host platform's image (as `skopeo copy --all`).
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }
@@ -159,19 +163,19 @@ pub fn push(store: Option<&Path>, args: PushArgs) -> anyhow::Result<ExitCode> {
         })?,
         (None, _) => bail!("no destination: give DEST (docker://HOST/REPO:TAG)"),
     };
-    run_copy(store, src, ImageLocation::Registry(dest), &args.transfer)
+    run_copy(store, src, ImageLocation::Registry(dest), &args.transfer, false)
 }
 
 pub fn pull(store: Option<&Path>, args: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = registry_reference(&args.reference)?;
     let dst = ImageLocation::Store(reference.to_string());
-    run_copy(store, ImageLocation::Registry(reference), dst, &args.transfer)
+    run_copy(store, ImageLocation::Registry(reference), dst, &args.transfer, false)
 }
 
 pub fn copy(store: Option<&Path>, args: CopyArgs) -> anyhow::Result<ExitCode> {
     let src: ImageLocation = args.source.parse()?;
     let dst: ImageLocation = args.dest.parse()?;
-    run_copy(store, src, dst, &args.transfer)
+    run_copy(store, src, dst, &args.transfer, args.all)
 }
 
 fn registry_host(location: &ImageLocation) -> Option<&str> {
@@ -186,6 +190,7 @@ fn run_copy(
     src: ImageLocation,
     dst: ImageLocation,
     args: &TransferArgs,
+    all: bool,
 ) -> anyhow::Result<ExitCode> {
     let hosts = [registry_host(&src), registry_host(&dst)];
     let options = args.registry.client_options(hosts.into_iter().flatten());
@@ -195,7 +200,7 @@ fn run_copy(
     let client = Client::new(options)
         .context("cannot set up the registry client")?
         .with_blob_hints(store.clone());
-    let copy_options = CopyOptions::new(args.jobs.into(), args.dry_run);
+    let copy_options = CopyOptions::new(args.jobs.into(), args.dry_run).with_all(all);
     let verb = match (&src, &dst) {
         (ImageLocation::Registry(_), ImageLocation::Registry(_)) => "copy",
         (ImageLocation::Registry(_), _) => "pull",
