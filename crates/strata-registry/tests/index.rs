@@ -89,6 +89,16 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
     assert_eq!((report.uploaded, report.present, report.mounted), (5, 0, 0), "{report:?}");
     assert_eq!(report.manifest, Some(index));
     assert_eq!(reg.uploads("multi/app").len(), 5, "{}", reg.log());
+    // Each child manifest was PUT by digest before the index went up under the tag.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = reg.log();
+    let put = |target: &str| {
+        log.find(&format!("\"PUT /v2/multi/app/manifests/{target} "))
+            .unwrap_or_else(|| panic!("no PUT of {target}:\n{log}"))
+    };
+    for (_, child) in &children {
+        assert!(put(&child.to_string()) < put("v1"), "{log}");
+    }
     // Again: everything is there (the manifests are re-put, which is idempotent).
     let again =
         push_index(&client, &store, &index, &dest, &PushOptions::default(), &NoProgress).unwrap();
