@@ -24,8 +24,9 @@ use super::store::{human, init_store};
 /// How to reach registries: TLS and credentials (skopeo's spellings).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
-    /// Require HTTPS with verified certificates. `--tls-verify=false` talks plain HTTP to the
-    /// registries this command names (loopback registries always use plain HTTP).
+    /// Require HTTPS with verified certificates. `--tls-verify=false` treats the registries
+    /// this command names as insecure: HTTPS without certificate checks when they speak TLS,
+    /// else plain HTTP (loopback registries always use plain HTTP).
     #[arg(
         long = "tls-verify",
         value_name = "BOOL",
@@ -36,7 +37,8 @@ pub struct RegistryArgs {
         default_missing_value = "true"
     )]
     pub tls_verify: bool,
-    /// A registry (`HOST[:PORT]`) to reach over plain HTTP; repeatable.
+    /// A registry (`HOST[:PORT]`; without a port, every port of the host) to treat as
+    /// insecure, as `--tls-verify=false` does; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
     /// Credentials file (Docker's config.json format). Default: $REGISTRY_AUTH_FILE, else
