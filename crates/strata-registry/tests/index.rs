@@ -4,46 +4,19 @@
 mod common;
 
 use common::registry::{registry_available, Registry, RegistryOptions};
-use common::{random_bytes, tar_layer};
+use common::{client, put_image_for, random_bytes, reference, skopeo_stdout, tar_layer};
 use strata_registry::{
-    pull, pull_all, push_index, Client, ClientOptions, NoProgress, Platform, PullOptions,
-    PushOptions, Reference, RegistryError,
+    pull, pull_all, push_index, NoProgress, Platform, PullOptions, PushOptions, Reference,
+    RegistryError,
 };
-use strata_store::oci_spec::image::{
-    ConfigBuilder, Descriptor, ImageConfigurationBuilder, MediaType, RootFsBuilder,
-};
+use strata_store::oci_spec::image::{Descriptor, MediaType};
 use strata_store::{Digest, Store, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
-
-fn client() -> Client {
-    Client::new(ClientOptions { retries: 2, ..Default::default() })
-        .unwrap()
-        .with_backoff(std::time::Duration::from_millis(20))
-}
-
-fn reference(reg: &Registry, repo_tag: &str) -> Reference {
-    format!("{}/{repo_tag}", reg.host()).parse().unwrap()
-}
 
 /// A linux image for `arch` with a layer shared by every platform and one of its own.
 fn platform_image(store: &Store, arch: &str, seed: u64) -> Descriptor {
     let shared = tar_layer(&[("etc/shared", random_bytes(1, 2000))]);
     let own = tar_layer(&[(&format!("bin/{arch}"), random_bytes(seed, 3000))]);
-    let mut layers = Vec::new();
-    let mut diff_ids = Vec::new();
-    for tar in [shared, own] {
-        let put = store.put_blob(tar.as_slice()).unwrap();
-        layers.push(Descriptor::new(MediaType::ImageLayer, put.size, put.digest));
-        diff_ids.push(put.digest.to_string());
-    }
-    let config = ImageConfigurationBuilder::default()
-        .created("1970-01-01T00:00:00Z")
-        .architecture(arch)
-        .os("linux")
-        .config(ConfigBuilder::default().cmd(vec![format!("/bin/{arch}")]).build().unwrap())
-        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build().unwrap())
-        .build()
-        .unwrap();
-    store.put_image(&config, &layers).unwrap()
+    put_image_for(store, &[shared, own], arch, &format!("/bin/{arch}"))
 }
 
 /// Stores an OCI index of an amd64 and an arm64 image; returns its digest and the children's.
@@ -106,26 +79,13 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
 
     if common::have_tool("skopeo") {
         let url = format!("docker://{dest}");
-        let out = std::process::Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false", &url])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(
-            Digest::of_bytes(&out.stdout),
-            index,
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let raw = skopeo_stdout(&["inspect", "--raw", "--tls-verify=false", &url]);
+        assert_eq!(Digest::of_bytes(&raw), index, "{}", String::from_utf8_lossy(&raw));
         // Each child is there by digest, too.
         for (_, child) in &children {
             let url = format!("docker://{}/multi/app@{child}", reg.host());
-            let out = std::process::Command::new("skopeo")
-                .args(["inspect", "--raw", "--tls-verify=false", &url])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            assert_eq!(Digest::of_bytes(&out.stdout), *child);
+            let raw = skopeo_stdout(&["inspect", "--raw", "--tls-verify=false", &url]);
+            assert_eq!(Digest::of_bytes(&raw), *child);
         }
     }
 

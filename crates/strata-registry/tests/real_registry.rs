@@ -3,22 +3,14 @@
 mod common;
 
 use common::registry::{registry_available, Registry, RegistryOptions};
-use common::{make_image, random_bytes, small_image, tar_layer, Recorder};
+use common::{
+    client, make_image, random_bytes, reference, skopeo_ok, small_image, tar_layer, Recorder,
+};
 use strata_registry::{
     pull, push, BlobOutcome, Client, ClientOptions, NoProgress, PullOptions, PushOptions,
     Reference, RegistryError, TransferEvent,
 };
 use strata_store::Store;
-
-fn client() -> Client {
-    Client::new(ClientOptions { retries: 2, ..Default::default() })
-        .unwrap()
-        .with_backoff(std::time::Duration::from_millis(20))
-}
-
-fn reference(reg: &Registry, repo_tag: &str) -> Reference {
-    format!("{}/{repo_tag}", reg.host()).parse().unwrap()
-}
 
 #[test]
 fn push_pull_round_trip_skips_present_and_mounts_across_repositories() {
@@ -268,12 +260,6 @@ fn a_registry_killed_mid_push_then_restarted_takes_the_next_push() {
     let pulled = pull(&client, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert!(fresh.fsck(false).unwrap().is_clean());
-}
-
-fn skopeo_ok(args: &[&str]) -> String {
-    let out = std::process::Command::new("skopeo").args(args).output().unwrap();
-    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

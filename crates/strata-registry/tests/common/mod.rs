@@ -6,7 +6,8 @@ pub mod registry;
 
 use std::sync::Mutex;
 
-use strata_registry::{TransferEvent, TransferSink};
+use registry::Registry;
+use strata_registry::{Client, ClientOptions, Reference, TransferEvent, TransferSink};
 use strata_store::oci_spec::image::{
     ConfigBuilder, Descriptor, ImageConfigurationBuilder, MediaType, RootFsBuilder,
 };
@@ -42,6 +43,13 @@ pub fn tar_layer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
 
 /// Stores an image whose layers are the given tars (uncompressed) and returns it.
 pub fn make_image(store: &Store, layers: &[Vec<u8>], cmd: &str) -> Image {
+    let desc = put_image_for(store, layers, "amd64", cmd);
+    store.image(&desc).unwrap()
+}
+
+/// Stores a linux/`arch` image whose layers are the given tars (uncompressed) and whose
+/// command is `cmd`; returns its manifest descriptor.
+pub fn put_image_for(store: &Store, layers: &[Vec<u8>], arch: &str, cmd: &str) -> Descriptor {
     let mut descriptors = Vec::new();
     let mut diff_ids = Vec::new();
     for tar in layers {
@@ -52,14 +60,13 @@ pub fn make_image(store: &Store, layers: &[Vec<u8>], cmd: &str) -> Image {
     let rootfs = RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build().unwrap();
     let config = ImageConfigurationBuilder::default()
         .created("1970-01-01T00:00:00Z")
-        .architecture("amd64")
+        .architecture(arch)
         .os("linux")
         .config(ConfigBuilder::default().cmd(vec![cmd.to_owned()]).build().unwrap())
         .rootfs(rootfs)
         .build()
         .unwrap();
-    let desc = store.put_image(&config, &descriptors).unwrap();
-    store.image(&desc).unwrap()
+    store.put_image(&config, &descriptors).unwrap()
 }
 
 /// A small image of `n` single-file tar layers whose content depends on `seed`.
@@ -94,4 +101,28 @@ pub fn have_tool(tool: &str) -> bool {
         eprintln!("skipping: {tool} not found");
     }
     ok
+}
+
+/// The client the real-registry tests use: two retries, 20 ms backoff, default credentials.
+pub fn client() -> Client {
+    Client::new(ClientOptions { retries: 2, ..Default::default() })
+        .unwrap()
+        .with_backoff(std::time::Duration::from_millis(20))
+}
+
+/// `<registry host>/<repo_tag>` as a reference.
+pub fn reference(reg: &Registry, repo_tag: &str) -> Reference {
+    format!("{}/{repo_tag}", reg.host()).parse().unwrap()
+}
+
+/// Runs skopeo with `args`, asserts it succeeded and returns its stdout.
+pub fn skopeo_stdout(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("skopeo").args(args).output().unwrap();
+    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// [`skopeo_stdout`] as text.
+pub fn skopeo_ok(args: &[&str]) -> String {
+    String::from_utf8_lossy(&skopeo_stdout(args)).into_owned()
 }
