@@ -25,8 +25,8 @@ use strata_store::{Digest, Store, StoreError};
 use crate::client::{Client, Endpoint};
 use crate::error::RegistryError;
 use crate::manifest::{self, BlobRef, Kind};
-use crate::pull::{fetch_blob, fetch_manifest};
-use crate::push::{push_blob, put_manifest, PushBlob};
+use crate::pull::{fetch_blob, fetch_manifest, start_pull};
+use crate::push::{push_blob, push_target, put_manifest, PushBlob};
 use crate::{
     knowledge, run_parallel, BlobKind, BlobReport, PullOptions, PushOptions, Reference,
     TransferEvent, TransferReport, TransferSink,
@@ -89,16 +89,7 @@ pub fn push_index(
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<TransferReport, RegistryError> {
-    let invalid =
-        |reason| RegistryError::InvalidDestination { reference: dest.to_string(), reason };
-    let target = match (dest.tag(), dest.digest()) {
-        (Some(tag), _) => tag.to_owned(),
-        (None, Some(d)) => d.to_string(),
-        (None, None) => return Err(invalid("a push destination needs a tag or a digest")),
-    };
-    if dest.digest().is_some_and(|d| d != top) {
-        return Err(invalid("the digest differs from the index's digest"));
-    }
+    let target = push_target(dest, top, "the digest differs from the index's digest")?;
     if !options.dry_run {
         store.lease()?;
     }
@@ -183,18 +174,7 @@ pub fn pull_all(
     options: &PullOptions,
     events: &dyn TransferSink,
 ) -> Result<PulledIndex, RegistryError> {
-    if !options.dry_run {
-        store.lease()?;
-    }
-    let ep = client.endpoint(reference);
-    let scopes = [format!("repository:{}:pull", ep.repository)];
-    client.prepare(&ep, &scopes)?;
-    let wanted = match (reference.digest(), reference.tag()) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(t)) => t.to_owned(),
-        (None, None) => strata_store::DEFAULT_TAG.to_owned(),
-    };
-    let top = fetch_manifest(client, &ep, &scopes, &wanted, reference.digest())?;
+    let (ep, scopes, top) = start_pull(client, store, reference, options)?;
     let top_kind = manifest::kind_of(&ep, &top.digest, top.content_type.as_deref(), &top.bytes)?;
     let media_type = match top_kind {
         Kind::OciIndex => MediaType::ImageIndex,

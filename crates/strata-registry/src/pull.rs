@@ -57,20 +57,7 @@ pub fn pull_platform(
     options: &PullOptions,
     events: &dyn TransferSink,
 ) -> Result<Pulled, RegistryError> {
-    // Blobs are unreferenced between their download and the tag: hold the store's writer
-    // lease for the whole pull so a concurrent gc cannot sweep them.
-    if !options.dry_run {
-        store.lease()?;
-    }
-    let ep = client.endpoint(reference);
-    let scopes = [format!("repository:{}:pull", ep.repository)];
-    client.prepare(&ep, &scopes)?;
-    let wanted = match (reference.digest(), reference.tag()) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(t)) => t.to_owned(),
-        (None, None) => strata_store::DEFAULT_TAG.to_owned(),
-    };
-    let top = fetch_manifest(client, &ep, &scopes, &wanted, reference.digest())?;
+    let (ep, scopes, top) = start_pull(client, store, reference, options)?;
     let source_digest = top.digest;
     let mut kind = manifest::kind_of(&ep, &top.digest, top.content_type.as_deref(), &top.bytes)?;
     let mut doc = top;
@@ -198,6 +185,32 @@ pub(crate) struct Fetched {
     pub content_type: Option<String>,
 }
 
+/// The start of every pull: the store's writer lease unless a dry run (blobs are
+/// unreferenced between their download and the tag, so it is held for the whole pull and a
+/// concurrent gc cannot sweep them), the endpoint with its pull scope prepared, and the
+/// manifest `reference` names (its digest, else its tag, else the default tag), fetched and
+/// verified.
+pub(crate) fn start_pull(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    options: &PullOptions,
+) -> Result<(Endpoint, [String; 1], Fetched), RegistryError> {
+    if !options.dry_run {
+        store.lease()?;
+    }
+    let ep = client.endpoint(reference);
+    let scopes = [format!("repository:{}:pull", ep.repository)];
+    client.prepare(&ep, &scopes)?;
+    let wanted = match (reference.digest(), reference.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_owned(),
+        (None, None) => strata_store::DEFAULT_TAG.to_owned(),
+    };
+    let top = fetch_manifest(client, &ep, &scopes, &wanted, reference.digest())?;
+    Ok((ep, scopes, top))
+}
+
 /// GET `/v2/<name>/manifests/<reference>` (spec.md "Pulling manifests"), bounded by
 /// [`MAX_MANIFEST`], verified against `expected` (a digest reference) or the registry's
 /// `Docker-Content-Digest`; by tag without either, the digest is computed from the bytes.
@@ -275,6 +288,15 @@ fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
     header(resp, "Content-Length").and_then(|v| v.trim().parse().ok())
 }
 
+/// A `404` for blob `digest` in `ep`'s repository.
+fn blob_not_found(ep: &Endpoint, digest: Digest) -> RegistryError {
+    RegistryError::BlobNotFound {
+        registry: ep.registry.clone(),
+        repository: ep.repository.clone(),
+        digest,
+    }
+}
+
 fn blob_error(ep: &Endpoint, digest: &Digest, e: StoreError) -> RegistryError {
     match e {
         StoreError::DigestMismatch { expected, found } => RegistryError::DigestMismatch {
@@ -348,13 +370,7 @@ fn download_blob(
                     });
                 }
             }
-            404 => {
-                return Err(RegistryError::BlobNotFound {
-                    registry: ep.registry.clone(),
-                    repository: ep.repository.clone(),
-                    digest: blob.digest,
-                })
-            }
+            404 => return Err(blob_not_found(ep, blob.digest)),
             _ => return Err(client.status_error(ep, &req, resp)),
         }
         let mut reader = resp.into_body().into_reader();
@@ -410,13 +426,7 @@ fn fetch_blob_to_memory(
     let resp = client.send(ep, scopes, &req)?;
     match resp.status().as_u16() {
         200 => {}
-        404 => {
-            return Err(RegistryError::BlobNotFound {
-                registry: ep.registry.clone(),
-                repository: ep.repository.clone(),
-                digest: blob.digest,
-            })
-        }
+        404 => return Err(blob_not_found(ep, blob.digest)),
         _ => return Err(client.status_error(ep, &req, resp)),
     }
     let limit = blob.size.min(MAX_CONFIG);

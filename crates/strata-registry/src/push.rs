@@ -43,15 +43,9 @@ pub fn push(
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<TransferReport, RegistryError> {
-    let invalid =
-        |reason| RegistryError::InvalidDestination { reference: dest.to_string(), reason };
-    if dest.tag().is_none() && dest.digest().is_none() {
-        return Err(invalid("a push destination needs a tag or a digest"));
-    }
     let manifest_digest = image.digest()?;
-    if dest.digest().is_some_and(|d| *d != manifest_digest) {
-        return Err(invalid("the digest differs from the image's manifest digest"));
-    }
+    let target =
+        push_target(dest, &manifest_digest, "the digest differs from the image's manifest digest")?;
     if !options.dry_run {
         // An untagged image's blobs must not be swept by a concurrent gc while they are read.
         store.lease()?;
@@ -107,14 +101,30 @@ pub fn push(
         .as_ref()
         .unwrap_or(image.manifest_descriptor.media_type())
         .to_string();
+    put_manifest(client, &ep, &scopes, &target, &media_type, &manifest_bytes, &manifest_digest)?;
+    events.event(&TransferEvent::Manifest { digest: manifest_digest });
+    Ok(report)
+}
+
+/// Where a push to `dest` puts the manifest whose digest is `digest`: under `dest`'s tag, else
+/// its digest. Refused with [`RegistryError::InvalidDestination`] when `dest` has neither, or
+/// names another digest (`mismatch` is then the reason given).
+pub(crate) fn push_target(
+    dest: &Reference,
+    digest: &Digest,
+    mismatch: &'static str,
+) -> Result<String, RegistryError> {
+    let invalid =
+        |reason| RegistryError::InvalidDestination { reference: dest.to_string(), reason };
     let target = match (dest.tag(), dest.digest()) {
         (Some(tag), _) => tag.to_owned(),
         (None, Some(d)) => d.to_string(),
         (None, None) => return Err(invalid("a push destination needs a tag or a digest")),
     };
-    put_manifest(client, &ep, &scopes, &target, &media_type, &manifest_bytes, &manifest_digest)?;
-    events.event(&TransferEvent::Manifest { digest: manifest_digest });
-    Ok(report)
+    if dest.digest().is_some_and(|d| d != digest) {
+        return Err(invalid(mismatch));
+    }
+    Ok(target)
 }
 
 /// PUT `/v2/<name>/manifests/<target>` (spec.md "Pushing Manifests") with `media_type` as
