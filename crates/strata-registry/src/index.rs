@@ -25,7 +25,7 @@ use strata_store::{Digest, Store, StoreError};
 use crate::client::{Client, Endpoint};
 use crate::error::RegistryError;
 use crate::manifest::{self, BlobRef, Kind};
-use crate::pull::{fetch_blob, fetch_manifest, start_pull};
+use crate::pull::{fetch_blobs, fetch_manifest, start_pull};
 use crate::push::{push_blob, push_target, put_manifest, PushBlob};
 use crate::{
     knowledge, run_parallel, BlobKind, BlobReport, PullOptions, PushOptions, Reference,
@@ -225,17 +225,8 @@ pub fn pull_all(
         &single
     };
     let blobs = blobs_of(&ep, images)?;
-    let outcomes = run_parallel(&blobs, options.jobs, |(blob, kind)| {
-        fetch_blob(client, &ep, &scopes, store, blob, *kind, options.dry_run, events)
-    })?;
-    let mut report = TransferReport {
-        manifest: Some(top.digest),
-        dry_run: options.dry_run,
-        ..Default::default()
-    };
-    for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
-        report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });
-    }
+    let mut report = fetch_blobs(client, &ep, &scopes, store, &blobs, options, events)?;
+    report.manifest = Some(top.digest);
     let descriptor = Descriptor::new(media_type, top.bytes.len() as u64, top.digest);
     let manifests = children.iter().map(|c| c.digest).collect();
     if options.dry_run {

@@ -86,17 +86,8 @@ pub fn pull_platform(
 
     let mut blobs: Vec<(BlobRef, BlobKind)> = vec![(image.config.clone(), BlobKind::Config)];
     blobs.extend(image.layers.iter().map(|l| (l.clone(), BlobKind::Layer)));
-    let outcomes = run_parallel(&blobs, options.jobs, |(blob, kind)| {
-        fetch_blob(client, &ep, &scopes, store, blob, *kind, options.dry_run, events)
-    })?;
-    let mut report = TransferReport {
-        manifest: Some(image.digest),
-        dry_run: options.dry_run,
-        ..TransferReport::default()
-    };
-    for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
-        report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });
-    }
+    let mut report = fetch_blobs(client, &ep, &scopes, store, &blobs, options, events)?;
+    report.manifest = Some(image.digest);
 
     let size = image.bytes.len() as u64;
     let descriptor = Descriptor::new(MediaType::ImageManifest, size, image.digest);
@@ -176,6 +167,27 @@ pub(crate) fn fetch_blob(
     events
         .event(&TransferEvent::BlobDone { digest: blob.digest, outcome: BlobOutcome::Downloaded });
     Ok(BlobOutcome::Downloaded)
+}
+
+/// [`fetch_blob`] for each of `blobs`, `options.jobs` at a time, reported in their order (the
+/// report's `manifest` is left for the caller).
+pub(crate) fn fetch_blobs(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    store: &Store,
+    blobs: &[(BlobRef, BlobKind)],
+    options: &PullOptions,
+    events: &dyn TransferSink,
+) -> Result<TransferReport, RegistryError> {
+    let outcomes = run_parallel(blobs, options.jobs, |(blob, kind)| {
+        fetch_blob(client, ep, scopes, store, blob, *kind, options.dry_run, events)
+    })?;
+    let mut report = TransferReport { dry_run: options.dry_run, ..TransferReport::default() };
+    for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
+        report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });
+    }
+    Ok(report)
 }
 
 /// A manifest as received and verified.
