@@ -71,6 +71,12 @@ impl CopyOptions {
     pub fn with_all(self, all: bool) -> CopyOptions {
         CopyOptions { all, ..self }
     }
+
+    /// The options of the registry legs: the push's and the pull's.
+    fn registry_options(&self) -> (PushOptions, PullOptions) {
+        let jobs = self.jobs.max(1);
+        (PushOptions { jobs, dry_run: self.dry_run }, PullOptions { jobs, dry_run: self.dry_run })
+    }
 }
 
 /// What was written on the local side of a copy (the store, an OCI layout, an archive).
@@ -178,8 +184,7 @@ pub fn copy(
     if matches!(src, ImageLocation::Dir(_)) {
         return Err(unsupported("dir: is a destination only"));
     }
-    let push_options = PushOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
-    let pull_options = PullOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
+    let (push_options, pull_options) = options.registry_options();
     if options.all {
         if let Some(outcome) = copy_all(client, store, src, dst, options, events)? {
             return Ok(outcome);
@@ -225,14 +230,7 @@ pub fn copy(
             source.name = Some(from.to_string());
             if let ImageLocation::Registry(to) = dst {
                 check_pushable(to).map_err(unsupported)?;
-                let pushed = strata_registry::push(
-                    client,
-                    &source.store,
-                    &source.image,
-                    to,
-                    &push_options,
-                    events,
-                )?;
+                let pushed = push_source(client, &source, to, &push_options, events)?;
                 return Ok(CopyOutcome {
                     manifest,
                     transfer: Some(merge(pulled.report, pushed)),
@@ -251,14 +249,7 @@ pub fn copy(
         (_, ImageLocation::Registry(to)) => {
             check_pushable(to).map_err(unsupported)?;
             let source = transport::open_source(Some(store), src)?;
-            let report = strata_registry::push(
-                client,
-                &source.store,
-                &source.image,
-                to,
-                &push_options,
-                events,
-            )?;
+            let report = push_source(client, &source, to, &push_options, events)?;
             Ok(CopyOutcome {
                 manifest: manifest_digest(&source.image.manifest_descriptor)?,
                 transfer: Some(report),
@@ -300,8 +291,7 @@ fn copy_all(
         destination: dst.to_string(),
         reason,
     };
-    let push_options = PushOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
-    let pull_options = PullOptions { jobs: options.jobs.max(1), dry_run: options.dry_run };
+    let (push_options, pull_options) = options.registry_options();
     let outcome = |manifest, transfer| CopyOutcome {
         manifest,
         transfer: Some(transfer),
@@ -385,6 +375,17 @@ fn check_pushable(to: &Reference) -> Result<(), &'static str> {
         return Err("a registry destination needs a registry host (docker://HOST/REPO:TAG)");
     }
     Ok(())
+}
+
+/// Pushes `source` (a store, a layout or an archive) to the registry reference `to`.
+fn push_source(
+    client: &Client,
+    source: &SourceImage,
+    to: &Reference,
+    options: &PushOptions,
+    events: &dyn TransferSink,
+) -> Result<TransferReport, RegistryError> {
+    strata_registry::push(client, &source.store, &source.image, to, options, events)
 }
 
 /// The tag key a `name[:tag]` destination in the store is written under.
