@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::registry::{registry_available, Registry, RegistryOptions};
-use common::{client, put_image_for, random_bytes, reference, skopeo_stdout, tar_layer};
+use common::{
+    client, put_image_for, random_bytes, reference, skopeo_stdout, started_registry, tar_layer,
+};
 use strata_registry::{
     pull, pull_all, push_index, NoProgress, Platform, PullOptions, PushOptions, Reference,
     RegistryError,
@@ -46,12 +47,7 @@ fn multi_platform(store: &Store) -> (Digest, Vec<(String, Digest)>) {
 
 #[test]
 fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
-    if !registry_available() {
-        return;
-    }
-    let reg = Registry::start(RegistryOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::init(dir.path().join("a")).unwrap();
+    let Some((reg, dir, store)) = started_registry() else { return };
     let (index, children) = multi_platform(&store);
     let client = client();
     let dest = reference(&reg, "multi/app:v1");
@@ -141,12 +137,7 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
 
 #[test]
 fn index_push_checks_the_destination_and_dry_runs_write_nothing() {
-    if !registry_available() {
-        return;
-    }
-    let reg = Registry::start(RegistryOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::init(dir.path().join("a")).unwrap();
+    let Some((reg, dir, store)) = started_registry() else { return };
     let (index, _) = multi_platform(&store);
     let client = client();
 

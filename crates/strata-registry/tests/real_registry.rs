@@ -4,7 +4,8 @@ mod common;
 
 use common::registry::{registry_available, Registry, RegistryOptions};
 use common::{
-    client, make_image, random_bytes, reference, skopeo_ok, small_image, tar_layer, Recorder,
+    client, make_image, random_bytes, reference, skopeo_ok, small_image, started_registry,
+    tar_layer, Recorder,
 };
 use strata_registry::{
     pull, push, BlobOutcome, Client, ClientOptions, NoProgress, PullOptions, PushOptions,
@@ -14,12 +15,7 @@ use strata_store::Store;
 
 #[test]
 fn push_pull_round_trip_skips_present_and_mounts_across_repositories() {
-    if !registry_available() {
-        return;
-    }
-    let reg = Registry::start(RegistryOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::init(dir.path().join("a")).unwrap();
+    let Some((reg, dir, store)) = started_registry() else { return };
     let image = small_image(&store, 1, 3);
     let client = client();
     let dest = reference(&reg, "team/app:v1");
@@ -79,12 +75,7 @@ fn push_pull_round_trip_skips_present_and_mounts_across_repositories() {
 
 #[test]
 fn chunked_push_of_a_large_layer_round_trips() {
-    if !registry_available() {
-        return;
-    }
-    let reg = Registry::start(RegistryOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::init(dir.path().join("a")).unwrap();
+    let Some((reg, dir, store)) = started_registry() else { return };
     let big = tar_layer(&[("big", random_bytes(7, 3 << 20))]);
     let image = make_image(&store, &[big], "big");
     // 1 MiB chunks above 1 MiB: the 3 MiB layer goes in 4 PATCHes.
@@ -172,12 +163,7 @@ fn htpasswd_basic_auth_good_and_bad_passwords() {
 
 #[test]
 fn a_blob_corrupted_on_the_registrys_disk_is_refused_on_pull() {
-    if !registry_available() {
-        return;
-    }
-    let reg = Registry::start(RegistryOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::init(dir.path().join("a")).unwrap();
+    let Some((reg, dir, store)) = started_registry() else { return };
     let image = small_image(&store, 31, 2);
     let dest = reference(&reg, "app:v1");
     push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
@@ -203,12 +189,7 @@ fn a_blob_corrupted_on_the_registrys_disk_is_refused_on_pull() {
 
 #[test]
 fn a_registry_killed_mid_push_then_restarted_takes_the_next_push() {
-    if !registry_available() {
-        return;
-    }
-    let reg = Registry::start(RegistryOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::init(dir.path().join("a")).unwrap();
+    let Some((reg, dir, store)) = started_registry() else { return };
     let big = tar_layer(&[("big.bin", random_bytes(41, 24 << 20))]);
     let image = make_image(&store, &[tar_layer(&[("small", b"x".to_vec())]), big], "big");
     let big_digest = image.layer_digests().unwrap()[1];

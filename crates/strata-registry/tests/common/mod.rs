@@ -110,6 +110,18 @@ pub fn client() -> Client {
         .with_backoff(std::time::Duration::from_millis(20))
 }
 
+/// The start of most real-registry tests: a registry with default options, a temp dir and a
+/// store in its `a`; `None` (the test returns) when the registry binary is absent.
+pub fn started_registry() -> Option<(Registry, tempfile::TempDir, Store)> {
+    if !registry::registry_available() {
+        return None;
+    }
+    let reg = Registry::start(registry::RegistryOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("a")).unwrap();
+    Some((reg, dir, store))
+}
+
 /// `<registry host>/<repo_tag>` as a reference.
 pub fn reference(reg: &Registry, repo_tag: &str) -> Reference {
     format!("{}/{repo_tag}", reg.host()).parse().unwrap()
