@@ -211,8 +211,7 @@ pub fn copy(
         }
         (ImageLocation::Registry(from), _) => {
             // A file or directory (or another registry) is written from a scratch layout.
-            let (_dir, scratch) = scratch_layout()?;
-            let pulled = strata_registry::pull(client, &scratch, from, &pull_options, events)?;
+            let (dir, scratch, pulled) = pull_to_scratch(client, from, &pull_options, events)?;
             let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
             if options.dry_run {
                 // Nothing was downloaded, so there is nothing to write or push from.
@@ -223,25 +222,22 @@ pub fn copy(
                     dry_run: true,
                 });
             }
-            let mut source = transport::open_source(
-                Some(&scratch),
-                &ImageLocation::Store(manifest.to_string()),
-            )?;
-            source.name = Some(from.to_string());
+            let opened = open_pulled(dir, &scratch, &pulled.image, from)?;
+            let (source, pulled_report) = (&opened.source, pulled.report);
             if let ImageLocation::Registry(to) = dst {
                 check_pushable(to).map_err(unsupported)?;
-                let pushed = push_source(client, &source, to, &push_options, events)?;
+                let pushed = push_source(client, source, to, &push_options, events)?;
                 return Ok(CopyOutcome {
                     manifest,
-                    transfer: Some(merge(pulled.report, pushed)),
+                    transfer: Some(merge(pulled_report, pushed)),
                     local: None,
                     dry_run: false,
                 });
             }
-            let local = write_local(store, &source, dst, Some(from))?;
+            let local = write_local(store, source, dst, Some(from))?;
             Ok(CopyOutcome {
                 manifest,
-                transfer: Some(pulled.report),
+                transfer: Some(pulled_report),
                 local: Some(local),
                 dry_run: false,
             })
@@ -396,6 +392,70 @@ fn destination_tag(name: &str) -> Result<String, TransferError> {
         return Err(invalid());
     }
     Ok(reference.tag_key())
+}
+
+/// An image opened for reading by [`open`]; a registry image lives in a scratch layout that is
+/// removed when this is dropped.
+#[derive(Debug)]
+pub struct OpenedImage {
+    /// The image and the store (or layout) holding its blobs.
+    pub source: SourceImage,
+    // Declared after `source`, so dropped after it.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl From<SourceImage> for OpenedImage {
+    /// An image that needs no scratch layout (in the store, an `oci:` layout or an archive).
+    fn from(source: SourceImage) -> OpenedImage {
+        OpenedImage { source, _scratch: None }
+    }
+}
+
+/// Opens the image at `location` for reading, wherever it lives. `local` is the local store
+/// (needed for `name:tag`). A registry image is pulled with `client` into a scratch OCI layout
+/// in the temp directory, so the local store is only read (give `client` the local store as
+/// blob hints, [`Client::with_blob_hints`], so that blobs it has are copied, not downloaded);
+/// the returned [`TransferReport`] says what crossed the network (`None` for local images).
+pub fn open(
+    client: &Client,
+    local: Option<&Store>,
+    location: &ImageLocation,
+    events: &dyn TransferSink,
+) -> Result<(OpenedImage, Option<TransferReport>), TransferError> {
+    if let ImageLocation::Registry(reference) = location {
+        let (dir, scratch, pulled) =
+            pull_to_scratch(client, reference, &PullOptions::default(), events)?;
+        let opened = open_pulled(dir, &scratch, &pulled.image, reference)?;
+        return Ok((opened, Some(pulled.report)));
+    }
+    Ok((OpenedImage::from(transport::open_source(local, location)?), None))
+}
+
+/// Pulls `from` into a fresh scratch layout (removed when the returned directory is dropped).
+fn pull_to_scratch(
+    client: &Client,
+    from: &Reference,
+    options: &PullOptions,
+    events: &dyn TransferSink,
+) -> Result<(tempfile::TempDir, Store, strata_registry::Pulled), TransferError> {
+    let (dir, scratch) = scratch_layout()?;
+    let pulled = strata_registry::pull(client, &scratch, from, options, events)?;
+    Ok((dir, scratch, pulled))
+}
+
+/// Opens an image pulled by [`pull_to_scratch`] (by manifest digest, whatever tag the pull
+/// gave it), named by the reference it came from; the scratch directory lives as long as it.
+fn open_pulled(
+    dir: tempfile::TempDir,
+    scratch: &Store,
+    image: &Image,
+    from: &Reference,
+) -> Result<OpenedImage, TransferError> {
+    let digest = manifest_digest(&image.manifest_descriptor)?;
+    let mut source =
+        transport::open_source(Some(scratch), &ImageLocation::Store(digest.to_string()))?;
+    source.name = Some(from.to_string());
+    Ok(OpenedImage { source, _scratch: Some(dir) })
 }
 
 /// A temporary OCI layout in the system's temp directory (not under the store, whose `gc`

@@ -11,84 +11,57 @@ use strata::diff::{
     Attribute, ChangeKind, ContentDiff, DiffOptions, FileChange, FileKind, FileMeta, ImageDiff,
     LsOptions, Sections, StoredImage,
 };
-use strata::layer::transport::{self, SourceImage};
-use strata::registry::{Client, NoProgress, PullOptions};
-use strata::store::{ImageLocation, Reference, Store};
+use strata::layer::transport;
+use strata::registry::{Client, NoProgress};
+use strata::store::ImageLocation;
+use strata::transfer::{self, OpenedImage};
 
 use super::registry::{registry_reference, RegistryArgs};
 use super::store::{human, open_store};
 
-/// An image opened for reading; a registry image lives in a scratch layout that is removed
-/// when this is dropped.
-pub struct OpenedImage {
-    /// The image and the store (or layout) holding its blobs.
-    pub source: SourceImage,
-    // Declared after `source`, so dropped after it.
-    _scratch: Option<tempfile::TempDir>,
-}
-
 /// Opens an image by any name strata accepts. A `docker://HOST/REPO:TAG` operand, or a plain
 /// `HOST/REPO:TAG` the local store has no image for, is pulled into a scratch OCI layout in
-/// the temp directory; blobs the local store already has are copied from it, not downloaded.
-/// The local store is only read (the registry client may record where downloaded blobs
-/// live, as every pull does).
+/// the temp directory ([`transfer::open`]); blobs the local store already has are copied from
+/// it, not downloaded. The local store is only read (the registry client may record where
+/// downloaded blobs live, as every pull does).
 pub fn open_image(
     store: Option<&Path>,
     name: &str,
     registry: &RegistryArgs,
 ) -> anyhow::Result<OpenedImage> {
-    let location: ImageLocation =
+    let mut location: ImageLocation =
         name.parse().with_context(|| format!("invalid image name {name:?}"))?;
     let local = match &location {
-        ImageLocation::Registry(reference) => {
-            return pull_to_scratch(open_store(store).ok(), name, reference, registry)
-        }
         ImageLocation::Dir(_) => bail!("{name}: dir: is an export destination, not an image"),
+        ImageLocation::Registry(_) => open_store(store).ok(),
         ImageLocation::Store(plain) => {
             let local = open_store(store);
             if let Ok(reference) = registry_reference(plain) {
-                let here = local.as_ref().is_ok_and(|s| s.load_image(plain).is_ok());
-                if !here {
-                    return pull_to_scratch(local.ok(), name, &reference, registry);
+                if !local.as_ref().is_ok_and(|s| s.load_image(plain).is_ok()) {
+                    location = ImageLocation::Registry(reference);
                 }
             }
-            Some(local?)
+            match location {
+                ImageLocation::Registry(_) => local.ok(),
+                _ => Some(local?),
+            }
         }
         _ => None,
     };
-    let source = transport::open_source(local.as_ref(), &location)
-        .with_context(|| format!("cannot read image {name}"))?;
-    Ok(OpenedImage { source, _scratch: None })
-}
-
-/// Pulls `reference` into a fresh temporary layout, with `local` (when there is one) as the
-/// client's blob-hint store.
-fn pull_to_scratch(
-    local: Option<Store>,
-    name: &str,
-    reference: &Reference,
-    registry: &RegistryArgs,
-) -> anyhow::Result<OpenedImage> {
+    let ImageLocation::Registry(reference) = &location else {
+        // Local images need no registry client (which loads the system's CA roots).
+        let source = transport::open_source(local.as_ref(), &location)
+            .with_context(|| format!("cannot read image {name}"))?;
+        return Ok(OpenedImage::from(source));
+    };
     let mut client = Client::new(registry.client_options(reference.domain()))
         .context("cannot set up the registry client")?;
-    if let Some(local) = local {
-        client = client.with_blob_hints(local);
+    if let Some(local) = &local {
+        client = client.with_blob_hints(local.clone());
     }
-    let parent = std::env::temp_dir();
-    let dir = tempfile::Builder::new()
-        .prefix("strata-diff-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("cannot create a scratch layout in {}", parent.display()))?;
-    let scratch = Store::init(dir.path())
-        .with_context(|| format!("cannot create a scratch layout in {}", dir.path().display()))?;
-    let pulled =
-        strata::registry::pull(&client, &scratch, reference, &PullOptions::default(), &NoProgress)
-            .with_context(|| format!("cannot pull {name}"))?;
-    // By manifest digest: whatever tag (if any) the pull gave it in the layout.
-    let digest = pulled.image.manifest_descriptor.digest().to_string();
-    let source = transport::open_source(Some(&scratch), &ImageLocation::Store(digest))
-        .with_context(|| format!("cannot read image {name}"))?;
-    Ok(OpenedImage { source, _scratch: Some(dir) })
+    let (opened, _) = transfer::open(&client, local.as_ref(), &location, &NoProgress)
+        .with_context(|| format!("cannot pull {name}"))?;
+    Ok(opened)
 }
 
 /// `--only`.
