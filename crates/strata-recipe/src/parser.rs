@@ -208,14 +208,16 @@ fn split_command(line: &str, escape: char) -> Split<'_> {
     Split { keyword, keyword_at: lead, flags, args, args_at }
 }
 
+/// Where a word scanner is: between words, in a word, or inside a quote.
+#[derive(PartialEq)]
+enum Phase {
+    Spaces,
+    Word,
+    Quote(char),
+}
+
 /// Leading `--` words (BuildKit's `extractBuilderFlags`). Returns where the rest starts.
 fn extract_flags(line: &str, escape: char) -> (usize, Vec<String>) {
-    #[derive(PartialEq)]
-    enum Phase {
-        Spaces,
-        Word,
-        Quote(char),
-    }
     let mut words = Vec::new();
     let mut word = String::new();
     let mut blank_ok = false;
@@ -285,12 +287,6 @@ fn extract_flags(line: &str, escape: char) -> (usize, Vec<String>) {
 
 /// Shell-like words with quotes and escapes kept (BuildKit's `parseWords`).
 fn parse_words(rest: &str, escape: char) -> Vec<String> {
-    #[derive(PartialEq)]
-    enum Phase {
-        Spaces,
-        Word,
-        Quote(char),
-    }
     let mut words = Vec::new();
     let mut word = String::new();
     let mut blank_ok = false;
