@@ -15,9 +15,7 @@ work=${BENCH_DIR:-/var/tmp/strata-bench-build}
 source benches/lib.sh  # the script has cd-ed to the repository root
 bench_setup build.sh
 bench_base_files
-mkdir -p "$work/ctx/app/share" "$work/ctx/app/lib"
-take /usr/share "$work/ctx/app/share" $((280 * 1000 * 1000)) 16000
-take /usr/lib "$work/ctx/app/lib" $((220 * 1000 * 1000)) 4500
+bench_context_files "$work/ctx/app/share" "$work/ctx/app/lib"
 cat > "$work/ctx/Dockerfile" <<'RECIPE'
 ARG BASE
 FROM ${BASE}

@@ -36,3 +36,9 @@ bench_base_files() {
   mkdir -p "$work/base-extra/usr/lib"
   take /usr/lib/x86_64-linux-gnu "$work/base-extra/usr/lib" $((200 * 1000 * 1000)) 100000
 }
+
+bench_context_files() { # share-dest lib-dest: the build benches' ~500 MB / ~20,000-file context
+  mkdir -p "$1" "$2"
+  take /usr/share "$1" $((280 * 1000 * 1000)) 16000
+  take /usr/lib "$2" $((220 * 1000 * 1000)) 4500
+}

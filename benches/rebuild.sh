@@ -22,9 +22,8 @@ source benches/lib.sh  # the script has cd-ed to the repository root
 bench_setup rebuild.sh
 bench_base_files
 ctx=$work/ctx
-mkdir -p "$ctx/share" "$ctx/lib" "$ctx/app"
-take /usr/share "$ctx/share" $((280 * 1000 * 1000)) 16000
-take /usr/lib "$ctx/lib" $((220 * 1000 * 1000)) 4500
+mkdir -p "$ctx/app"
+bench_context_files "$ctx/share" "$ctx/lib"
 for i in $(seq 1 20); do printf '<?php echo "page %s, version 1";\n' "$i" > "$ctx/app/page$i.php"; done
 printf '<?php echo "index, version 1";\n' > "$ctx/app/index.php"
 cat > "$ctx/Dockerfile" <<'RECIPE'
