@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
-use strata_layer::transport::{format_created, host_platform};
+use strata_layer::transport::format_created;
 use strata_store::oci_spec::image::{Descriptor, ImageConfiguration};
 use strata_store::{Digest, Image, Store};
 
@@ -178,7 +178,7 @@ impl ImageState {
 
     /// The OCI image config of this state.
     pub fn to_config(&self, timestamp: i64) -> Result<ImageConfiguration> {
-        let (os, arch) = host_platform();
+        let (os, arch, _) = strata_store::host_platform();
         let mut c = Map::new();
         if !self.user.is_empty() {
             c.insert("User".into(), json!(self.user));

@@ -64,18 +64,6 @@ pub struct Imported {
     pub layer_written: bool,
 }
 
-/// The OCI platform fields of the machine we run on.
-pub fn host_platform() -> (&'static str, &'static str) {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
-    ("linux", arch)
-}
-
 /// Formats seconds since the epoch as the RFC 3339 UTC time OCI configs use.
 pub fn format_created(epoch: i64) -> String {
     // Civil-from-days (Howard Hinnant's algorithm), so no date crate is needed for one format.
@@ -99,7 +87,7 @@ fn build_err(what: &'static str, e: impl std::fmt::Display) -> LayerError {
 
 /// A one-layer image config for `diff_id`, as `docker import` makes it.
 fn import_config(diff_id: &Digest, epoch: i64, created_by: &str) -> Result<ImageConfiguration> {
-    let (os, arch) = host_platform();
+    let (os, arch, _) = strata_store::host_platform();
     let created = format_created(epoch);
     let history = HistoryBuilder::default()
         .created(created.clone())

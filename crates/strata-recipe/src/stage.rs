@@ -71,20 +71,25 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// The platform of the machine this code runs on.
+    /// The platform of the machine this code runs on. The same mapping as
+    /// `strata_store::host_platform` (this crate depends on no other strata crate, so it keeps
+    /// its own copy; keep the two in step).
     pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "arm" => "arm",
-            "powerpc64" => "ppc64le",
-            "s390x" => "s390x",
-            "riscv64" => "riscv64",
-            other => other,
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", ""),
+            "x86" => ("386", ""),
+            "aarch64" => ("arm64", "v8"),
+            "arm" => ("arm", "v7"),
+            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", ""),
+            "powerpc64" => ("ppc64", ""),
+            "loongarch64" => ("loong64", ""),
+            other => (other, ""),
         };
-        let variant = if architecture == "arm64" { "v8" } else { "" };
-        Platform { os: "linux".into(), architecture: architecture.into(), variant: variant.into() }
+        Platform {
+            os: std::env::consts::OS.into(),
+            architecture: architecture.into(),
+            variant: variant.into(),
+        }
     }
 
     /// `os/arch[/variant]`.

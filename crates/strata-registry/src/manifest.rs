@@ -97,17 +97,9 @@ pub struct Platform {
 impl Platform {
     /// The platform this program runs on, in OCI terms.
     pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "x86" => ("386", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "arm" => ("arm", Some("v7")),
-            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
-            "loongarch64" => ("loong64", None),
-            other => (other, None),
-        };
+        let (os, architecture, variant) = strata_store::host_platform();
         Platform {
-            os: std::env::consts::OS.to_owned(),
+            os: os.to_owned(),
             architecture: architecture.to_owned(),
             variant: variant.map(str::to_owned),
         }

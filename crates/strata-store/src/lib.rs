@@ -49,6 +49,7 @@ mod image;
 mod index;
 mod layers;
 mod location;
+mod platform;
 mod reference;
 mod store;
 
@@ -64,6 +65,7 @@ pub use image::{
 pub use index::REF_NAME_ANNOTATION;
 pub use layers::KnownLayer;
 pub use location::ImageLocation;
+pub use platform::host_platform;
 pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
 pub use store::{canonical_json, Store};
 
