@@ -4,7 +4,8 @@
 //! is the SHA-256 of the versioned prefix [`KEY_PREFIX`] followed by a canonical JSON document
 //! holding exactly that, never times or history (DESIGN.md decision 6):
 //! - every key: the step kind, the diffIDs of the parent chain (content: the same files
-//!   reached another way hit too) and the layer writer settings (timestamp, compression);
+//!   reached another way hit too) and the layer writer settings (timestamp, compression with
+//!   its parameters: `LayerWriter::compression_id`);
 //! - RUN: the argv (heredoc bodies included), the environment with the ARGs in scope, user,
 //!   working directory, network, the `--mount` specs, and for bind mounts the content of what
 //!   is mounted (a stage's or image's diffIDs; for the context, the digest of the mounted

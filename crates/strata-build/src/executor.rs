@@ -418,7 +418,9 @@ impl<'a> Builder<'a> {
             state.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>().into(),
         );
         m.insert("timestamp".into(), self.opts.timestamp.into());
-        m.insert("compression".into(), self.opts.compression.media_type().into());
+        // The compression and its parameters, not only the media type: a layer compressed
+        // with other parameters has other bytes, so it must not be reused as this build's.
+        m.insert("compression".into(), self.writer.compression_id().into());
         m
     }
 

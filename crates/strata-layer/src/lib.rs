@@ -45,5 +45,5 @@ pub use snapshot::{hash_file, scan, scan_with_digests, Entry, EntryKind, Snapsho
 pub use strata_store::Digest;
 pub use writer::{
     layer_from_dir, write_layer, Compression, LayerDescriptor, LayerWriter, OPAQUE_WHITEOUT,
-    WHITEOUT_PREFIX,
+    WHITEOUT_PREFIX, ZSTD_DEFAULT_PARAMS,
 };

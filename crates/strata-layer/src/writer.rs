@@ -32,12 +32,22 @@
 //!   not part of the layer is written as a plain file.
 //! - **Sockets** are omitted (tar cannot represent them).
 //!
-//! Compression: zstd level 3 by default, in zstd's multi-threaded mode. That mode's output
-//! does not depend on the number of worker threads (checked with `zstd -T1/-T2/-T4/-T8`,
-//! and by this crate's tests), although it differs from single-threaded zstd, so we always
-//! use it, with at least one worker. gzip uses a fixed header (no mtime, no file name,
-//! OS = unknown) at level 6. One pass yields the diffID (sha256 of the tar), the digest
-//! (sha256 of the compressed stream) and both sizes.
+//! Compression: zstd by default, always in zstd's multi-threaded mode with at least one
+//! worker. That mode's output does not depend on the number of worker threads (checked with
+//! `zstd -T1/-T2/-T4/-T8`, and by this crate's tests), although it differs from
+//! single-threaded zstd. Unless a level is set, zstd runs with strata's own parameter set
+//! ([`ZSTD_DEFAULT_PARAMS`]: level 3 with strategy `fast`, an 8 MiB window, 2^17 hash
+//! entries, minimum match 6 and 8 MiB jobs) instead of zstd's level-3 table (strategy
+//! `dfast`, 2 MiB window). Layers are trees of many files of a few MiB, and the larger window
+//! finds repeats across them that a 2 MiB window misses, which more than pays for the cheaper
+//! match finder: on a 1 GiB copy of /usr/lib it gives a 2.5% smaller blob than `zstd -3` for
+//! about 25% less compression CPU (on /usr/share the same size, on /usr/bin 2% larger), and
+//! decompresses as fast. 8 MiB is the largest window RFC 8878 § 3.1.1.1.2 recommends every
+//! decoder to support, so any zstd reader takes these layers. The parameters are part of the output's identity
+//! ([`LayerWriter::compression_id`]). An explicit [`LayerWriter::level`] uses zstd's table for
+//! that level. gzip uses a fixed header (no mtime, no file name, OS = unknown) at level 6.
+//! One pass yields the diffID (sha256 of the tar), the digest (sha256 of the compressed
+//! stream) and both sizes.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -99,11 +109,16 @@ pub struct LayerDescriptor {
     pub media_type: &'static str,
 }
 
+/// zstd parameters of a [`LayerWriter`] with no level set, as `zstd --zstd=` spells them,
+/// applied on top of level 3 (see the module docs for why and what they measure).
+pub const ZSTD_DEFAULT_PARAMS: &str = "strategy=1,wlog=23,hlog=17,mml=6,jobsize=8388608";
+
 /// Writes changesets as layer tars; the settings are part of the output's identity.
 #[derive(Debug, Clone)]
 pub struct LayerWriter {
     compression: Compression,
-    level: i32,
+    /// `None`: gzip 6, or zstd with [`ZSTD_DEFAULT_PARAMS`].
+    level: Option<i32>,
     epoch: i64,
     zstd_workers: u32,
 }
@@ -115,15 +130,11 @@ impl Default for LayerWriter {
 }
 
 impl LayerWriter {
-    /// A writer with the given compression, its default level (zstd 3, gzip 6) and epoch 0.
+    /// A writer with the given compression, its default settings (zstd with
+    /// [`ZSTD_DEFAULT_PARAMS`], gzip level 6) and epoch 0.
     pub fn new(compression: Compression) -> LayerWriter {
         let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        LayerWriter {
-            compression,
-            level: if compression == Compression::Gzip { 6 } else { 3 },
-            epoch: 0,
-            zstd_workers: workers.max(1),
-        }
+        LayerWriter { compression, level: None, epoch: 0, zstd_workers: workers.max(1) }
     }
 
     /// Sets the build timestamp: every mtime above it is clamped down to it.
@@ -132,9 +143,10 @@ impl LayerWriter {
         self
     }
 
-    /// Sets the compression level (zstd 1..=22, gzip 0..=9). Part of the output's identity.
+    /// Sets the compression level (zstd 1..=22 with zstd's own parameter table for that level,
+    /// gzip 0..=9). Part of the output's identity.
     pub fn level(mut self, level: i32) -> LayerWriter {
-        self.level = level;
+        self.level = Some(level);
         self
     }
 
@@ -147,6 +159,20 @@ impl LayerWriter {
     /// The compression this writer applies.
     pub fn compression(&self) -> Compression {
         self.compression
+    }
+
+    /// Names the compression and every parameter of it that shapes the output bytes, e.g.
+    /// `zstd:strata-1` (the default parameters), `zstd:level-19`, `gzip:level-6`, `none`.
+    /// Build caches key on it, so a layer compressed another way is never reused as if it
+    /// were this writer's output. Changing [`ZSTD_DEFAULT_PARAMS`] must change this name.
+    pub fn compression_id(&self) -> String {
+        match (self.compression, self.level) {
+            (Compression::None, _) => "none".into(),
+            (Compression::Zstd, None) => "zstd:strata-1".into(),
+            (Compression::Gzip, None) => "gzip:level-6".into(),
+            (Compression::Zstd, Some(l)) => format!("zstd:level-{l}"),
+            (Compression::Gzip, Some(l)) => format!("gzip:level-{}", l.clamp(0, 9)),
+        }
     }
 
     /// Writes `changeset` as a layer into `out`, reading file bytes (and the metadata of
@@ -225,14 +251,30 @@ impl LayerWriter {
     pub(crate) fn compressor<W: Write>(&self, sink: W) -> io::Result<Compressor<W>> {
         Ok(match self.compression {
             Compression::None => Compressor::None(sink),
-            Compression::Gzip => Compressor::Gzip(
-                flate2::GzBuilder::new()
-                    .operating_system(255)
-                    .write(sink, flate2::Compression::new(self.level.clamp(0, 9) as u32)),
-            ),
+            Compression::Gzip => {
+                Compressor::Gzip(flate2::GzBuilder::new().operating_system(255).write(
+                    sink,
+                    flate2::Compression::new(self.level.unwrap_or(6).clamp(0, 9) as u32),
+                ))
+            }
             Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(sink, self.level)?;
+                let mut enc = zstd::stream::write::Encoder::new(sink, self.level.unwrap_or(3))?;
                 enc.multithread(self.zstd_workers)?;
+                if self.level.is_none() {
+                    // ZSTD_DEFAULT_PARAMS, spelled out. The job size is fixed so the frame
+                    // does not depend on zstd's defaults for the window; like every
+                    // multi-threaded setting it does not depend on the worker count.
+                    use zstd::zstd_safe::{CParameter, Strategy};
+                    for p in [
+                        CParameter::Strategy(Strategy::ZSTD_fast),
+                        CParameter::WindowLog(23),
+                        CParameter::HashLog(17),
+                        CParameter::MinMatch(6),
+                        CParameter::JobSize(8 << 20),
+                    ] {
+                        enc.set_parameter(p)?;
+                    }
+                }
                 Compressor::Zstd(enc)
             }
         })

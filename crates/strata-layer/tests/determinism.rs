@@ -96,3 +96,52 @@ fn summary_matches_the_bytes() {
     LayerWriter::new(Compression::Gzip).write_dir(t.path(), &mut gz).unwrap();
     assert_eq!(&gz[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
 }
+
+/// The zstd window a frame declares (RFC 8878 § 3.1.1.1: Frame_Header_Descriptor, then the
+/// Window_Descriptor unless the frame is single-segment).
+fn zstd_window(frame: &[u8]) -> u64 {
+    assert_eq!(&frame[..4], &[0x28, 0xb5, 0x2f, 0xfd], "not a zstd frame");
+    assert_eq!(frame[4] & 0x20, 0, "single-segment frame declares no window");
+    let (exp, mantissa) = (u64::from(frame[5] >> 3), u64::from(frame[5] & 7));
+    let base = 1u64 << (10 + exp);
+    base + base / 8 * mantissa
+}
+
+#[test]
+fn default_zstd_parameters_hold_across_worker_counts_and_jobs() {
+    // ~29 MiB of compressible, non-repeating text: more than three 8 MiB jobs.
+    let t = tempfile::tempdir().unwrap();
+    for f in 0..16 {
+        let text: String = (0..60_000u64)
+            .map(|i| format!("{f} {} {}\n", i * 7919 % 10007, i.wrapping_mul(2654435761) % 97))
+            .collect();
+        write_file(&t.path().join(format!("f{f:02}")), text.repeat(3).as_bytes());
+    }
+    let (d1, b1) = layer(t.path(), Compression::Zstd, 1);
+    assert!(d1.uncompressed_size > 3 * (8 << 20), "{}", d1.uncompressed_size);
+    for workers in [2, 4] {
+        let (d, b) = layer(t.path(), Compression::Zstd, workers);
+        assert_eq!(d, d1, "{workers} workers");
+        assert!(b == b1, "{workers} workers gave other bytes");
+    }
+    // The defaults are strata's parameter set (8 MiB window), not zstd's level 3 table.
+    assert_eq!(zstd_window(&b1), 8 << 20);
+    let level3 = LayerWriter::new(Compression::Zstd).epoch(EPOCH).level(3);
+    let mut b3 = Vec::new();
+    let d3 = level3.write_dir(t.path(), &mut b3).unwrap();
+    assert_eq!(zstd_window(&b3), 2 << 20);
+    assert_eq!(d3.diff_id, d1.diff_id);
+    assert_ne!(d3.digest, d1.digest);
+    // Both decompress to the tar their diffID names.
+    for blob in [&b1, &b3] {
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut strata_layer::decompress(&blob[..]).unwrap(), &mut tar)
+            .unwrap();
+        assert_eq!(strata_layer::Digest::of_bytes(&tar), d1.diff_id);
+    }
+    // The cache-relevant name tells the two apart.
+    assert_eq!(LayerWriter::new(Compression::Zstd).compression_id(), "zstd:strata-1");
+    assert_eq!(level3.compression_id(), "zstd:level-3");
+    assert_eq!(LayerWriter::new(Compression::Gzip).compression_id(), "gzip:level-6");
+    assert_eq!(LayerWriter::new(Compression::None).level(9).compression_id(), "none");
+}
