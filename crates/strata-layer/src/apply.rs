@@ -34,7 +34,7 @@ use std::rc::Rc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use rustix::process::{Gid, Uid};
 use sha2::Digest as _;
@@ -126,8 +126,9 @@ pub fn apply_blob(
 
 /// Applies the layer read from `layer` (compression auto-detected) on top of `dir`.
 ///
-/// Decompression and hashing of the tar (for [`ApplyReport::diff_id`]) run on a second
-/// thread, handing 1 MiB chunks to the caller's thread, which parses and writes.
+/// Decompression runs on a second thread, handing 1 MiB chunks both to the caller's thread,
+/// which parses and writes, and to a third that hashes the tar (for
+/// [`ApplyReport::diff_id`]), so neither decompression nor hashing waits for the other.
 pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
     let root =
         rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
@@ -144,11 +145,22 @@ pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Resul
         report: ApplyReport::default(),
         buf: vec![0u8; CHUNK],
     };
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Chunk>>(4);
+    let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(4);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    let hash_free = free_tx.clone();
     std::thread::scope(|scope| {
-        let producer = scope.spawn(move || produce(layer, &tx, &free_rx));
-        let mut tar = TarReader::new(ChunkReader { rx, free: free_tx, cur: Vec::new(), pos: 0 });
+        let producer = scope.spawn(move || produce(layer, &tx, &hash_tx, &free_rx));
+        let hasher = scope.spawn(move || {
+            let mut hasher = sha2::Sha256::new();
+            for chunk in hash_rx {
+                hasher.update(&chunk[..]);
+                recycle(chunk, &hash_free);
+            }
+            Digest::from_sha256(hasher.finalize().into())
+        });
+        let mut tar =
+            TarReader::new(ChunkReader { rx, free: free_tx, cur: Arc::default(), pos: 0 });
         let mut index = 0u64;
         let mut run = || -> Result<()> {
             while let Some(entry) =
@@ -166,7 +178,9 @@ pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Resul
         };
         let result = run();
         drop(tar); // stops the producer if we gave up early
-        let diff_id = producer.join().ok().flatten();
+        let complete = producer.join().unwrap_or(false);
+        let digest = hasher.join().ok();
+        let diff_id = digest.filter(|_| complete);
         result?;
         ap.report.diff_id = diff_id;
         Ok(ap.report)
@@ -175,21 +189,32 @@ pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Resul
 
 const CHUNK: usize = 1 << 20;
 
-/// Decompresses `layer` into chunks sent to `tx`, hashing them; returns the tar's sha256 when
-/// it read to the end, `None` when it stopped early (error sent, or the consumer went away).
+/// A decompressed piece of the tar, shared by the parser and the hasher.
+type Chunk = Arc<Vec<u8>>;
+
+/// Hands `chunk`'s buffer back to the producer if this was its last user.
+fn recycle(chunk: Chunk, free: &mpsc::Sender<Vec<u8>>) {
+    if let Ok(buf) = Arc::try_unwrap(chunk) {
+        let _ = free.send(buf);
+    }
+}
+
+/// Decompresses `layer` into chunks sent to `tx` (the parser) and `hash` (the hasher);
+/// returns whether it read to the end (`false`: it stopped early, after sending an error or
+/// because the parser went away).
 fn produce<R: Read>(
     layer: R,
-    tx: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    tx: &mpsc::SyncSender<io::Result<Chunk>>,
+    hash: &mpsc::SyncSender<Chunk>,
     free: &mpsc::Receiver<Vec<u8>>,
-) -> Option<Digest> {
+) -> bool {
     let mut r = match decompress(layer) {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.send(Err(e));
-            return None;
+            return false;
         }
     };
-    let mut hasher = sha2::Sha256::new();
     loop {
         let mut buf = free.try_recv().unwrap_or_default();
         buf.resize(CHUNK, 0);
@@ -201,26 +226,26 @@ fn produce<R: Read>(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = tx.send(Err(e));
-                    return None;
+                    return false;
                 }
             }
         }
         if n == 0 {
-            return Some(Digest::from_sha256(hasher.finalize().into()));
+            return true;
         }
         buf.truncate(n);
-        hasher.update(&buf);
-        if tx.send(Ok(buf)).is_err() {
-            return None;
+        let chunk = Arc::new(buf);
+        if hash.send(Arc::clone(&chunk)).is_err() || tx.send(Ok(chunk)).is_err() {
+            return false;
         }
     }
 }
 
 /// The consumer end of [`produce`]'s queue, as a reader; returns buffers for reuse.
 struct ChunkReader {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: mpsc::Receiver<io::Result<Chunk>>,
     free: mpsc::Sender<Vec<u8>>,
-    cur: Vec<u8>,
+    cur: Chunk,
     pos: usize,
 }
 
@@ -229,8 +254,7 @@ impl Read for ChunkReader {
         if self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    let old = std::mem::replace(&mut self.cur, chunk);
-                    let _ = self.free.send(old);
+                    recycle(std::mem::replace(&mut self.cur, chunk), &self.free);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
