@@ -331,11 +331,22 @@ fn copy_between_the_registry_and_every_local_transport() {
     e.ok("c", &["copy", &format!("docker://{host}/c/from-archive:v1"), "mine:v1"]);
     assert_eq!(e.inspect("c", "mine:v1").2, diff_ids);
     assert_eq!(e.inspect("c", &format!("{host}/c/from-archive:v1")).2, diff_ids);
-    // registry -> registry
-    e.ok(
+    // registry -> registry (same registry): mounted blob by blob, nothing downloaded.
+    let r = e.json(
         "d",
-        &["copy", &format!("docker://{host}/c/app:v1"), &format!("docker://{host}/c/again:v1")],
+        &[
+            "copy",
+            "--json",
+            &format!("docker://{host}/c/app:v1"),
+            &format!("docker://{host}/c/again:v1"),
+        ],
     );
+    assert_eq!(
+        (r["transfer"]["mounted"].as_u64(), r["transfer"]["downloaded"].as_u64()),
+        (Some(2), Some(0)),
+        "{r:#}"
+    );
+    assert_eq!(reg.mounts("c/again").len(), 2, "{}", reg.log());
     let r = e.json("d", &["pull", "--json", &format!("{host}/c/again:v1")]);
     assert_eq!(r["manifest"], digest.as_str());
     // registry -> dir: the flattened root filesystem

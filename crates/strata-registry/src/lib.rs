@@ -16,6 +16,9 @@
 //!
 //! Whole multi-platform images move with [`push_index`] and [`pull_all`] (`copy --all`): the
 //! index, every manifest it lists and all their blobs, byte for byte, so digests are kept.
+//! [`copy`] moves one image from a registry to another (or to another repository of the same
+//! one) asking the destination first, so a blob it has is never downloaded and a blob of the
+//! same registry is mounted; its manifest is kept byte for byte too.
 //!
 //! Knowledge of where blobs live ("`sha256:...` is in `host/repo`") is recorded in the store's
 //! metadata under `strata/v1/registry-v1/` whenever a blob is pushed or pulled; it is a hint,
@@ -36,6 +39,7 @@
 
 mod auth;
 mod client;
+mod copy;
 pub mod credentials;
 mod error;
 mod index;
@@ -49,6 +53,7 @@ use strata_store::Digest;
 pub use strata_store::Reference;
 
 pub use client::{Client, ClientOptions};
+pub use copy::{copy, Copied};
 pub use error::RegistryError;
 pub use index::{pull_all, push_index, PulledIndex};
 pub use manifest::Platform;

@@ -59,21 +59,7 @@ pub fn pull_platform(
 ) -> Result<Pulled, RegistryError> {
     let (ep, scopes, top) = start_pull(client, store, reference, options)?;
     let source_digest = top.digest;
-    let mut kind = manifest::kind_of(&ep, &top.digest, top.content_type.as_deref(), &top.bytes)?;
-    let mut doc = top;
-    if kind.is_index() {
-        let (child, _) = manifest::select_platform(&ep, &doc.digest, &doc.bytes, platform)?;
-        doc = fetch_manifest(client, &ep, &scopes, &child.to_string(), Some(&child))?;
-        kind = manifest::kind_of(&ep, &doc.digest, doc.content_type.as_deref(), &doc.bytes)?;
-        if kind.is_index() {
-            return Err(RegistryError::UnsupportedMediaType {
-                registry: ep.registry.clone(),
-                repository: ep.repository.clone(),
-                digest: doc.digest,
-                media_type: "nested image index".to_owned(),
-            });
-        }
-    }
+    let (doc, kind) = image_manifest(client, &ep, &scopes, top, platform)?;
     let image = manifest::to_oci(&ep, &doc.digest, kind, doc.bytes)?;
     let manifest: ImageManifest =
         serde_json::from_slice(&image.bytes).map_err(|source| RegistryError::InvalidManifest {
@@ -122,6 +108,33 @@ pub fn pull_platform(
         stored
     };
     Ok(Pulled { image: pulled, report, source_digest })
+}
+
+/// The image manifest `top` is, or the one for `platform` when `top` is an index (fetched and
+/// verified), with its kind. A nested index is refused.
+pub(crate) fn image_manifest(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    top: Fetched,
+    platform: &Platform,
+) -> Result<(Fetched, manifest::Kind), RegistryError> {
+    let kind = manifest::kind_of(ep, &top.digest, top.content_type.as_deref(), &top.bytes)?;
+    if !kind.is_index() {
+        return Ok((top, kind));
+    }
+    let (child, _) = manifest::select_platform(ep, &top.digest, &top.bytes, platform)?;
+    let doc = fetch_manifest(client, ep, scopes, &child.to_string(), Some(&child))?;
+    let kind = manifest::kind_of(ep, &doc.digest, doc.content_type.as_deref(), &doc.bytes)?;
+    if kind.is_index() {
+        return Err(RegistryError::UnsupportedMediaType {
+            registry: ep.registry.clone(),
+            repository: ep.repository.clone(),
+            digest: doc.digest,
+            media_type: "nested image index".to_owned(),
+        });
+    }
+    Ok((doc, kind))
 }
 
 /// Brings one blob into `store`: present already, copied from the client's hints store

@@ -167,6 +167,22 @@ pub(crate) fn push_blob(
     dry_run: bool,
     events: &dyn TransferSink,
 ) -> Result<BlobOutcome, RegistryError> {
+    push_blob_fetching(client, ep, scopes, store, blob, dry_run, events, &|| Ok(()))
+}
+
+/// [`push_blob`] for a blob `store` may not hold yet: `fetch` is called to bring it into
+/// `store` only once the registry turned out to lack it and no mount took it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_blob_fetching(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    store: &Store,
+    blob: &PushBlob,
+    dry_run: bool,
+    events: &dyn TransferSink,
+    fetch: &dyn Fn() -> Result<(), RegistryError>,
+) -> Result<BlobOutcome, RegistryError> {
     let done = |outcome: BlobOutcome| {
         if !dry_run {
             knowledge::record(client.hints(store), &blob.digest, &ep.location());
@@ -204,6 +220,7 @@ pub(crate) fn push_blob(
             _ => return Err(client.status_error(ep, &req, resp)),
         }
     }
+    fetch()?;
     upload(client, ep, scopes, store, blob, session, events)?;
     done(BlobOutcome::Uploaded)
 }

@@ -160,7 +160,10 @@ fn manifest_digest(d: &Descriptor) -> Result<Digest, TransferError> {
 ///
 /// A pull into the store tags the image with its full reference (`host/repo:tag`) and, when
 /// the destination names another tag, with that too. A registry destination must carry a tag
-/// (or a digest). Registry to registry goes through a scratch layout (no cross-registry mount).
+/// (or a digest). Registry to registry is [`strata_registry::copy`]: only the blobs the
+/// destination lacks are downloaded (into a scratch layout) and uploaded, blobs of the same
+/// registry are mounted, and the manifest is kept byte for byte (a Docker schema2 manifest
+/// too), so the destination serves the source's digest.
 ///
 /// With [`CopyOptions::all`], an image index moves whole: every platform's manifest and blobs,
 /// byte for byte, so the index digest at the destination is the source's. A registry source
@@ -209,8 +212,22 @@ pub fn copy(
                 dry_run: options.dry_run,
             })
         }
+        (ImageLocation::Registry(from), ImageLocation::Registry(to)) => {
+            // Blob by blob, asking the destination first: what it has is never downloaded,
+            // what its registry has elsewhere is mounted; the rest passes through a scratch
+            // layout.
+            check_pushable(to).map_err(unsupported)?;
+            let (_dir, scratch) = scratch_layout()?;
+            let copied = strata_registry::copy(client, &scratch, from, to, &push_options, events)?;
+            Ok(CopyOutcome {
+                manifest: copied.manifest,
+                transfer: Some(copied.report),
+                local: None,
+                dry_run: options.dry_run,
+            })
+        }
         (ImageLocation::Registry(from), _) => {
-            // A file or directory (or another registry) is written from a scratch layout.
+            // A file or directory is written from a scratch layout.
             let (dir, scratch, pulled) = pull_to_scratch(client, from, &pull_options, events)?;
             let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
             if options.dry_run {
@@ -224,16 +241,6 @@ pub fn copy(
             }
             let opened = open_pulled(dir, &scratch, &pulled.image, from)?;
             let (source, pulled_report) = (&opened.source, pulled.report);
-            if let ImageLocation::Registry(to) = dst {
-                check_pushable(to).map_err(unsupported)?;
-                let pushed = push_source(client, source, to, &push_options, events)?;
-                return Ok(CopyOutcome {
-                    manifest,
-                    transfer: Some(merge(pulled_report, pushed)),
-                    local: None,
-                    dry_run: false,
-                });
-            }
             let local = write_local(store, source, dst, Some(from))?;
             Ok(CopyOutcome {
                 manifest,

@@ -227,6 +227,17 @@ impl Registry {
             .collect()
     }
 
+    /// Access-log lines of blob downloads (`GET .../blobs/sha256:...` answered 200) from
+    /// `repository`.
+    pub fn downloads(&self, repository: &str) -> Vec<String> {
+        let needle = format!("\"GET /v2/{repository}/blobs/sha256:");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("\" 200 "))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Access-log lines of `PATCH` chunk uploads into `repository`.
     pub fn patches(&self, repository: &str) -> Vec<String> {
         let needle = format!("\"PATCH /v2/{repository}/blobs/uploads/");
