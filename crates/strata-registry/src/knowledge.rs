@@ -5,6 +5,7 @@
 //! blob lives. Every push and pull records it in `<store>/strata/v1/registry-v1/blobs/<hex>`,
 //! one `registry/repository` per line. The records are hints: a mount the registry refuses
 //! (202) falls back to an upload, and a failure to write a record never fails a transfer.
+//! `Store::gc` drops the record of a blob the store no longer holds.
 
 use std::fs;
 use std::io::Write;

@@ -10,9 +10,10 @@
 //! The sweep deletes unmarked blobs, snapshot directories `<root>/strata/v1/snapshots/<hex>`
 //! whose name is neither a marked blob nor a diffID of a marked image config, and temp entries
 //! in `<root>/strata/v1/tmp/` that nobody holds an `flock` on and that are over a minute old,
-//! and index entries that name a deleted blob: the layer index and the build cache
+//! and index entries that name a deleted blob: the layer index, the build cache
 //! (`<root>/strata/v1/cache-v1/`), which is not a root, so it lives exactly as long as the
-//! layers it points at are reachable.
+//! layers it points at are reachable, and strata-registry's records of where a blob was seen
+//! (`<root>/strata/v1/registry-v1/blobs/<hex>`).
 //!
 //! gc holds the store lock, so tags cannot change under it, and the exclusive `flock` on
 //! `strata/v1/gc.lock`, which every writer (a blob writer, a build, a pull) holds shared for as
@@ -55,6 +56,9 @@ pub struct GcReport {
     pub layer_index_removed: usize,
     /// Build cache entries (`strata/v1/cache-v1/*/*`) dropped because their blob is gone.
     pub build_cache_removed: usize,
+    /// Records of where a blob was seen in registries (`strata/v1/registry-v1/blobs/<hex>`,
+    /// strata-registry's mount hints) dropped because the blob is gone.
+    pub blob_locations_removed: usize,
 }
 
 /// A descriptor found inside a manifest or index.
@@ -229,7 +233,28 @@ impl Store {
         report.temp_entries_removed = self.sweep_temp()?;
         report.layer_index_removed = self.sweep_layer_index()?;
         report.build_cache_removed = self.sweep_build_cache()?;
+        report.blob_locations_removed = self.sweep_blob_locations()?;
         Ok(report)
+    }
+
+    /// Removes strata-registry's records of where a blob was seen (one file per blob, named by
+    /// its hex digest) for blobs this store no longer holds, so the records do not outgrow the
+    /// store. Files with other names are left alone.
+    fn sweep_blob_locations(&self) -> Result<usize, StoreError> {
+        let dir = self.meta_dir().join("registry-v1").join("blobs");
+        let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(0) };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let Some(digest) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok())
+            else {
+                continue;
+            };
+            if !self.has_blob(&digest) && remove_file_if_exists(&entry.path())? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes build cache entries whose layer blob is gone: the cache lives as long as what

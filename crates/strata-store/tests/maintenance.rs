@@ -62,6 +62,14 @@ fn gc_frees_unreachable_and_keeps_reachable() {
     std::io::Write::write_all(&mut live, b"in progress").unwrap();
     fs::File::options().write(true).open(live.temp_path()).unwrap().set_modified(old).unwrap();
 
+    // Registry blob-location records (strata-registry's mount hints): one per blob.
+    let locations = store.meta_dir().join("registry-v1/blobs");
+    fs::create_dir_all(&locations).unwrap();
+    for d in [kept_layer, dropped_layer] {
+        fs::write(locations.join(d.hex()), "127.0.0.1:5000/team/app\n").unwrap();
+    }
+    fs::write(locations.join("README"), "not a record").unwrap();
+
     let mut expect_removed: Vec<Digest> = image_blobs(&store, &dropped);
     expect_removed.push(loose.digest);
     expect_removed.sort();
@@ -87,6 +95,10 @@ fn gc_frees_unreachable_and_keeps_reachable() {
     assert!(!store.snapshot_dir(&dropped_layer).exists());
     assert!(store.snapshots_dir().join("not-a-digest").exists());
     assert!(!stale.exists() && fresh.exists() && live.temp_path().exists());
+    assert_eq!(report.blob_locations_removed, 1);
+    assert!(locations.join(kept_layer.hex()).exists());
+    assert!(!locations.join(dropped_layer.hex()).exists());
+    assert!(locations.join("README").exists());
     // The live writer can still finish.
     let put = live.commit().unwrap();
     assert!(store.has_blob(&put.digest));
