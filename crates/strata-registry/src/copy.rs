@@ -16,22 +16,25 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use strata_store::{Digest, Store};
 
-use crate::client::Client;
+use crate::client::{Client, Endpoint};
 use crate::error::RegistryError;
-use crate::manifest::{self, Platform};
+use crate::index::{blobs_of, fetch_children, Doc};
+use crate::manifest::{self, BlobRef, Platform};
 use crate::pull::{fetch_blob, image_manifest, start_pull};
 use crate::push::{push_blob, push_blob_fetching, push_target, put_manifest, PushBlob};
 use crate::{
-    knowledge, run_parallel, BlobOutcome, BlobReport, PullOptions, PushOptions, Reference,
-    TransferEvent, TransferReport, TransferSink,
+    knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, PushOptions,
+    Reference, TransferEvent, TransferReport, TransferSink,
 };
 
 /// The result of [`copy`].
 #[derive(Debug, Clone)]
 pub struct Copied {
-    /// The manifest the destination now serves: the source's, byte for byte.
+    /// The manifest (or, from [`copy_all`], index) the destination now serves: the source's,
+    /// byte for byte.
     pub manifest: Digest,
-    /// Its media type (OCI or Docker schema2 image manifest).
+    /// Its media type (OCI or Docker schema2 image manifest; OCI index or Docker manifest
+    /// list).
     pub media_type: &'static str,
     /// Its size in bytes.
     pub size: u64,
@@ -54,73 +57,174 @@ pub fn copy(
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<Copied, RegistryError> {
-    let pull_options = PullOptions { jobs: options.jobs, dry_run: options.dry_run };
-    let (src, src_scopes, top) = start_pull(client, scratch, from, &pull_options)?;
+    let (src, src_scopes, top) = start_pull(client, scratch, from, &pull_options(options))?;
     let (doc, kind) = image_manifest(client, &src, &src_scopes, top, &Platform::host())?;
     events.event(&TransferEvent::Manifest { digest: doc.digest });
-    let target =
-        push_target(to, &doc.digest, "the digest differs from the source's manifest digest")?;
-    let dest = client.endpoint(to);
-    let scope = if options.dry_run { "pull" } else { "pull,push" };
-    let dest_scopes = [format!("repository:{}:{scope}", dest.repository)];
-    client.prepare(&dest, &dest_scopes)?;
-
-    let blobs = manifest::image_blobs(&src, &doc.digest, &doc.bytes)?;
-    let hints = client.hints(scratch);
-    let same_registry = src.registry == dest.registry && src.repository != dest.repository;
-    if !options.dry_run {
-        // What the source manifest names, its registry holds: the mount step finds it here.
-        for (blob, _) in &blobs {
-            knowledge::record(hints, &blob.digest, &src.location());
-        }
-    }
-    let (downloaded, downloaded_bytes) = (AtomicUsize::new(0), AtomicU64::new(0));
-    let count_download = |size: u64| {
-        downloaded.fetch_add(1, Ordering::Relaxed);
-        downloaded_bytes.fetch_add(size, Ordering::Relaxed);
-    };
-    let outcomes = run_parallel(&blobs, options.jobs, |(blob, kind)| {
-        let push = PushBlob { digest: blob.digest, size: blob.size, kind: *kind };
-        if options.dry_run {
-            let predicted = push_blob(client, &dest, &dest_scopes, scratch, &push, true, events)?;
-            return Ok(match predicted {
-                BlobOutcome::Uploaded if same_registry => {
-                    BlobOutcome::Mounted { from: src.repository.clone() }
-                }
-                BlobOutcome::Uploaded => {
-                    if !hints.has_blob(&blob.digest) {
-                        count_download(blob.size);
-                    }
-                    BlobOutcome::Uploaded
-                }
-                other => other,
-            });
-        }
-        let fetch = || {
-            let got = fetch_blob(client, &src, &src_scopes, scratch, blob, *kind, false, events)?;
-            if got == BlobOutcome::Downloaded {
-                count_download(blob.size);
-            }
-            Ok(())
-        };
-        push_blob_fetching(client, &dest, &dest_scopes, scratch, &push, false, events, &fetch)
-    })?;
-
-    let mut report = TransferReport {
-        manifest: Some(doc.digest),
-        dry_run: options.dry_run,
-        ..TransferReport::default()
-    };
-    for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
-        report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });
-    }
-    report.downloaded += downloaded.into_inner();
-    report.bytes += downloaded_bytes.into_inner();
-    let media_type = kind.media_type();
+    let legs = Legs::open(client, scratch, src, src_scopes, to, &doc.digest, options)?;
+    let blobs = manifest::image_blobs(&legs.src, &doc.digest, &doc.bytes)?;
+    let mut report = legs.copy_blobs(&blobs, events)?;
+    report.manifest = Some(doc.digest);
     if !options.dry_run {
         // spec.md "Pushing Manifests": only after every blob it references is in place.
-        put_manifest(client, &dest, &dest_scopes, &target, media_type, &doc.bytes, &doc.digest)?;
-        events.event(&TransferEvent::Manifest { digest: doc.digest });
+        legs.put(&legs.target, kind.media_type(), &doc.bytes, &doc.digest, events)?;
     }
-    Ok(Copied { manifest: doc.digest, media_type, size: doc.bytes.len() as u64, report })
+    let size = doc.bytes.len() as u64;
+    Ok(Copied { manifest: doc.digest, media_type: kind.media_type(), size, report })
+}
+
+/// Copies what `from` names whole to `to`, keeping every digest, as `skopeo copy --all`: for
+/// an image index or Docker manifest list, every manifest it lists and all their blobs (a blob
+/// shared by several moves once, and only if the destination lacks it, as in [`copy`]), then
+/// each manifest under its digest, then the index under `to`'s tag; a single image manifest is
+/// copied like [`copy`] does. A nested index is refused. Dry run: nothing is written.
+pub fn copy_all(
+    client: &Client,
+    scratch: &Store,
+    from: &Reference,
+    to: &Reference,
+    options: &PushOptions,
+    events: &dyn TransferSink,
+) -> Result<Copied, RegistryError> {
+    let (src, src_scopes, top) = start_pull(client, scratch, from, &pull_options(options))?;
+    let top_kind = manifest::kind_of(&src, &top.digest, top.content_type.as_deref(), &top.bytes)?;
+    events.event(&TransferEvent::Manifest { digest: top.digest });
+    let children = fetch_children(client, &src, &src_scopes, &top, top_kind, events)?;
+    let legs = Legs::open(client, scratch, src, src_scopes, to, &top.digest, options)?;
+    let single;
+    let images: &[Doc] = if top_kind.is_index() {
+        &children
+    } else {
+        single = [Doc { digest: top.digest, kind: top_kind, bytes: top.bytes.clone() }];
+        &single
+    };
+    let blobs = blobs_of(&legs.src, images)?;
+    let mut report = legs.copy_blobs(&blobs, events)?;
+    report.manifest = Some(top.digest);
+    if !options.dry_run {
+        // An index's manifests before it (spec.md "Pushing Manifests").
+        for child in &children {
+            let target = child.digest.to_string();
+            legs.put(&target, child.kind.media_type(), &child.bytes, &child.digest, events)?;
+        }
+        legs.put(&legs.target, top_kind.media_type(), &top.bytes, &top.digest, events)?;
+    }
+    let size = top.bytes.len() as u64;
+    Ok(Copied { manifest: top.digest, media_type: top_kind.media_type(), size, report })
+}
+
+fn pull_options(options: &PushOptions) -> PullOptions {
+    PullOptions { jobs: options.jobs, dry_run: options.dry_run }
+}
+
+/// Both ends of a registry-to-registry copy, with their scopes prepared.
+struct Legs<'a> {
+    client: &'a Client,
+    scratch: &'a Store,
+    options: &'a PushOptions,
+    src: Endpoint,
+    src_scopes: [String; 1],
+    dest: Endpoint,
+    dest_scopes: [String; 1],
+    /// Where the top manifest goes: `to`'s tag, else its digest.
+    target: String,
+}
+
+impl<'a> Legs<'a> {
+    fn open(
+        client: &'a Client,
+        scratch: &'a Store,
+        src: Endpoint,
+        src_scopes: [String; 1],
+        to: &Reference,
+        top: &Digest,
+        options: &'a PushOptions,
+    ) -> Result<Legs<'a>, RegistryError> {
+        let target = push_target(to, top, "the digest differs from the source's manifest digest")?;
+        let dest = client.endpoint(to);
+        let scope = if options.dry_run { "pull" } else { "pull,push" };
+        let dest_scopes = [format!("repository:{}:{scope}", dest.repository)];
+        client.prepare(&dest, &dest_scopes)?;
+        Ok(Legs { client, scratch, options, src, src_scopes, dest, dest_scopes, target })
+    }
+
+    /// Moves each blob the destination lacks: `HEAD` there, else mount, else download (or
+    /// copy from the hints store) and upload. The report's `downloaded` counts the blobs that
+    /// were fetched from the source (in a dry run: would be), and `bytes` includes them.
+    fn copy_blobs(
+        &self,
+        blobs: &[(BlobRef, BlobKind)],
+        events: &dyn TransferSink,
+    ) -> Result<TransferReport, RegistryError> {
+        let (client, scratch, dry_run) = (self.client, self.scratch, self.options.dry_run);
+        let (src, dest) = (&self.src, &self.dest);
+        let hints = client.hints(scratch);
+        let same_registry = src.registry == dest.registry && src.repository != dest.repository;
+        if !dry_run {
+            // What the source manifest names, its registry holds: the mount step finds it here.
+            for (blob, _) in blobs {
+                knowledge::record(hints, &blob.digest, &src.location());
+            }
+        }
+        let (downloaded, downloaded_bytes) = (AtomicUsize::new(0), AtomicU64::new(0));
+        let count_download = |size: u64| {
+            downloaded.fetch_add(1, Ordering::Relaxed);
+            downloaded_bytes.fetch_add(size, Ordering::Relaxed);
+        };
+        let scopes = &self.dest_scopes;
+        let outcomes = run_parallel(blobs, self.options.jobs, |(blob, kind)| {
+            let push = PushBlob { digest: blob.digest, size: blob.size, kind: *kind };
+            if dry_run {
+                return Ok(match push_blob(client, dest, scopes, scratch, &push, true, events)? {
+                    BlobOutcome::Uploaded if same_registry => {
+                        BlobOutcome::Mounted { from: src.repository.clone() }
+                    }
+                    BlobOutcome::Uploaded => {
+                        if !hints.has_blob(&blob.digest) {
+                            count_download(blob.size);
+                        }
+                        BlobOutcome::Uploaded
+                    }
+                    other => other,
+                });
+            }
+            let fetch = || {
+                let got =
+                    fetch_blob(client, src, &self.src_scopes, scratch, blob, *kind, false, events)?;
+                if got == BlobOutcome::Downloaded {
+                    count_download(blob.size);
+                }
+                Ok(())
+            };
+            push_blob_fetching(client, dest, scopes, scratch, &push, false, events, &fetch)
+        })?;
+        let mut report = TransferReport { dry_run, ..TransferReport::default() };
+        for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
+            report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });
+        }
+        report.downloaded += downloaded.into_inner();
+        report.bytes += downloaded_bytes.into_inner();
+        Ok(report)
+    }
+
+    /// PUTs one manifest or index at the destination.
+    fn put(
+        &self,
+        target: &str,
+        media_type: &str,
+        bytes: &[u8],
+        digest: &Digest,
+        events: &dyn TransferSink,
+    ) -> Result<(), RegistryError> {
+        put_manifest(
+            self.client,
+            &self.dest,
+            &self.dest_scopes,
+            target,
+            media_type,
+            bytes,
+            digest,
+        )?;
+        events.event(&TransferEvent::Manifest { digest: *digest });
+        Ok(())
+    }
 }

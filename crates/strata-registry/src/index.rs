@@ -25,7 +25,7 @@ use strata_store::{Digest, Store, StoreError};
 use crate::client::{Client, Endpoint};
 use crate::error::RegistryError;
 use crate::manifest::{self, BlobRef, Kind};
-use crate::pull::{fetch_blobs, fetch_manifest, start_pull};
+use crate::pull::{fetch_blobs, fetch_manifest, start_pull, Fetched};
 use crate::push::{push_blob, push_target, put_manifest, PushBlob};
 use crate::{
     knowledge, run_parallel, BlobKind, BlobReport, PullOptions, PushOptions, Reference,
@@ -46,10 +46,47 @@ pub struct PulledIndex {
 }
 
 /// A manifest document to move, with its bytes.
-struct Doc {
-    digest: Digest,
-    kind: Kind,
-    bytes: Vec<u8>,
+pub(crate) struct Doc {
+    pub digest: Digest,
+    pub kind: Kind,
+    pub bytes: Vec<u8>,
+}
+
+/// The manifests the index `top` lists, each fetched and verified against its digest and the
+/// size the index gives (none when `top` is not an index). A nested index is refused.
+pub(crate) fn fetch_children(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    top: &Fetched,
+    top_kind: Kind,
+    events: &dyn TransferSink,
+) -> Result<Vec<Doc>, RegistryError> {
+    let mut children = Vec::new();
+    if !top_kind.is_index() {
+        return Ok(children);
+    }
+    for child in manifest::index_children(ep, &top.digest, &top.bytes)? {
+        let doc =
+            fetch_manifest(client, ep, scopes, &child.digest.to_string(), Some(&child.digest))?;
+        if doc.bytes.len() as u64 != child.size {
+            return Err(RegistryError::SizeMismatch {
+                registry: ep.registry.clone(),
+                repository: ep.repository.clone(),
+                digest: child.digest,
+                expected: child.size,
+                found: doc.bytes.len() as u64,
+                what: "sent",
+            });
+        }
+        let kind = manifest::kind_of(ep, &doc.digest, Some(&child.media_type), &doc.bytes)?;
+        if kind.is_index() {
+            return Err(nested(ep, doc.digest));
+        }
+        events.event(&TransferEvent::Manifest { digest: doc.digest });
+        children.push(Doc { digest: doc.digest, kind, bytes: doc.bytes });
+    }
+    Ok(children)
 }
 
 fn nested(ep: &Endpoint, digest: Digest) -> RegistryError {
@@ -62,7 +99,10 @@ fn nested(ep: &Endpoint, digest: Digest) -> RegistryError {
 }
 
 /// Every blob of `docs`, each once, in document order (config, then layers).
-fn blobs_of(ep: &Endpoint, docs: &[Doc]) -> Result<Vec<(BlobRef, BlobKind)>, RegistryError> {
+pub(crate) fn blobs_of(
+    ep: &Endpoint,
+    docs: &[Doc],
+) -> Result<Vec<(BlobRef, BlobKind)>, RegistryError> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for doc in docs {
@@ -189,34 +229,7 @@ pub fn pull_all(
         }
     };
     events.event(&TransferEvent::Manifest { digest: top.digest });
-    let mut children = Vec::new();
-    if top_kind.is_index() {
-        for child in manifest::index_children(&ep, &top.digest, &top.bytes)? {
-            let doc = fetch_manifest(
-                client,
-                &ep,
-                &scopes,
-                &child.digest.to_string(),
-                Some(&child.digest),
-            )?;
-            if doc.bytes.len() as u64 != child.size {
-                return Err(RegistryError::SizeMismatch {
-                    registry: ep.registry.clone(),
-                    repository: ep.repository.clone(),
-                    digest: child.digest,
-                    expected: child.size,
-                    found: doc.bytes.len() as u64,
-                    what: "sent",
-                });
-            }
-            let kind = manifest::kind_of(&ep, &doc.digest, Some(&child.media_type), &doc.bytes)?;
-            if kind.is_index() {
-                return Err(nested(&ep, doc.digest));
-            }
-            events.event(&TransferEvent::Manifest { digest: doc.digest });
-            children.push(Doc { digest: doc.digest, kind, bytes: doc.bytes });
-        }
-    }
+    let children = fetch_children(client, &ep, &scopes, &top, top_kind, events)?;
     let single;
     let images: &[Doc] = if top_kind.is_index() {
         &children

@@ -53,7 +53,7 @@ use strata_store::Digest;
 pub use strata_store::Reference;
 
 pub use client::{Client, ClientOptions};
-pub use copy::{copy, Copied};
+pub use copy::{copy, copy_all, Copied};
 pub use error::RegistryError;
 pub use index::{pull_all, push_index, PulledIndex};
 pub use manifest::Platform;

@@ -6,9 +6,14 @@ mod common;
 
 use common::registry::{registry_available, Registry, RegistryOptions};
 use common::{client, have_tool, make_image, random_bytes, reference, skopeo_ok, skopeo_stdout};
-use common::{tar_layer, Recorder};
-use strata_registry::{copy, BlobOutcome, NoProgress, PullOptions, PushOptions, TransferEvent};
-use strata_store::Store;
+use common::{put_image_for, tar_layer, Recorder};
+use strata_registry::{
+    copy, copy_all, push_index, BlobOutcome, NoProgress, PullOptions, PushOptions, TransferEvent,
+};
+use strata_store::{Digest, Store};
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 fn layer(seed: u64) -> Vec<u8> {
     tar_layer(&[(&format!("f{seed}"), random_bytes(seed, 4000 + seed as usize))])
@@ -153,4 +158,103 @@ fn copy_keeps_a_docker_schema2_manifest_byte_for_byte() {
     // skopeo reads the copy whole (config and layers verified by its own digests).
     let layout = dir.path().join("check");
     skopeo_ok(&["copy", "--src-tls-verify=false", &ours, &format!("oci:{}:x", layout.display())]);
+}
+
+/// Stores a Docker manifest list of an amd64 and an arm64 Docker schema2 image (sharing one
+/// layer) as loose blobs; returns the list's digest.
+fn docker_list(store: &Store) -> Digest {
+    let shared = tar_layer(&[("etc/shared", random_bytes(21, 2000))]);
+    let mut entries = Vec::new();
+    for (i, arch) in ["amd64", "arm64"].into_iter().enumerate() {
+        let own = tar_layer(&[(&format!("bin/{arch}"), random_bytes(30 + i as u64, 3000))]);
+        let oci = put_image_for(store, &[shared.clone(), own], arch, arch);
+        let digest = Digest::try_from(oci.digest()).unwrap();
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&digest).unwrap()).unwrap();
+        m["mediaType"] = DOCKER_MANIFEST.into();
+        m["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json".into();
+        for l in m["layers"].as_array_mut().unwrap() {
+            l["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar".into();
+        }
+        let put = store.put_blob(serde_json::to_vec(&m).unwrap().as_slice()).unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": DOCKER_MANIFEST,
+            "digest": put.digest.to_string(),
+            "size": put.size,
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let list =
+        serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": entries});
+    store.put_blob(serde_json::to_vec(&list).unwrap().as_slice()).unwrap().digest
+}
+
+#[test]
+fn copy_all_moves_a_docker_manifest_list_keeping_every_digest() {
+    if !registry_available() || !have_tool("skopeo") {
+        return;
+    }
+    let (a, b) = (Registry::start(RegistryOptions::default()), Registry::start(Default::default()));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("store")).unwrap();
+    let list = docker_list(&store);
+    let client = client();
+    let src = reference(&a, "multi/app:v1");
+    push_index(&client, &store, &list, &src, &PushOptions::default(), &NoProgress).unwrap();
+    let raw = |r: &Registry, repo: &str| {
+        skopeo_stdout(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/{repo}", r.host()),
+        ])
+    };
+    let raw_a = raw(&a, "multi/app:v1");
+    assert_eq!(Digest::of_bytes(&raw_a), list);
+
+    let scratch = Store::init(dir.path().join("scratch")).unwrap();
+    let dry = PushOptions { dry_run: true, ..Default::default() };
+    let plan =
+        copy_all(&client, &scratch, &src, &reference(&b, "mirror/app:v1"), &dry, &NoProgress)
+            .unwrap();
+    // 2 configs, 2 own layers, 1 shared layer: each once.
+    assert_eq!((plan.report.uploaded, plan.report.downloaded), (5, 5), "{:?}", plan.report);
+    assert!(b.uploads("mirror/app").is_empty());
+
+    let copied = copy_all(
+        &client,
+        &scratch,
+        &src,
+        &reference(&b, "mirror/app:v1"),
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!((copied.manifest, copied.media_type), (list, DOCKER_LIST));
+    assert_eq!((copied.report.uploaded, copied.report.downloaded), (5, 5), "{:?}", copied.report);
+    assert_eq!(a.downloads("multi/app").len(), 5, "{}", a.log());
+    assert_eq!(raw(&b, "mirror/app:v1"), raw_a, "the list changed on the way");
+    // Every platform arrived intact: skopeo copies each out of the mirror.
+    let layout = dir.path().join("check");
+    skopeo_ok(&[
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{}/mirror/app:v1", b.host()),
+        &format!("oci:{}:x", layout.display()),
+    ]);
+
+    // Again to another repository of the source registry: all mounted, nothing downloaded.
+    let copied = copy_all(
+        &client,
+        &Store::init(dir.path().join("scratch2")).unwrap(),
+        &src,
+        &reference(&a, "elsewhere/app:v1"),
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!((copied.report.mounted, copied.report.downloaded), (5, 0), "{:?}", copied.report);
+    assert_eq!(a.downloads("multi/app").len(), 5);
+    assert_eq!(raw(&a, "elsewhere/app:v1"), raw_a);
 }

@@ -168,8 +168,8 @@ fn manifest_digest(d: &Descriptor) -> Result<Digest, TransferError> {
 /// With [`CopyOptions::all`], an image index moves whole: every platform's manifest and blobs,
 /// byte for byte, so the index digest at the destination is the source's. A registry source
 /// is pulled with [`strata_registry::pull_all`] straight into an `oci:DIR` layout (recorded
-/// under its ref, else the source's tag) or the store, or into a scratch layout that
-/// [`strata_registry::push_index`] then pushes to a registry destination; an `oci:` or store
+/// under its ref, else the source's tag) or the store, or copied to a registry destination by
+/// [`strata_registry::copy_all`] (a Docker manifest list too); an `oci:` or store
 /// source whose entry is an index is pushed with `push_index`.
 pub fn copy(
     client: &Client,
@@ -303,15 +303,13 @@ fn copy_all(
     };
     match (src, dst) {
         (ImageLocation::Registry(from), ImageLocation::Registry(to)) => {
+            // Blob by blob as a single-image copy; no layout holds the index, so a Docker
+            // manifest list moves as well as an OCI index.
             check_pushable(to).map_err(unsupported)?;
             let (_dir, scratch) = scratch_layout()?;
-            let pulled = pull_all(client, &scratch, from, None, &pull_options, events)?;
-            let manifest = manifest_digest(&pulled.descriptor)?;
-            if options.dry_run {
-                return Ok(Some(outcome(manifest, pulled.report)));
-            }
-            let pushed = push_index(client, &scratch, &manifest, to, &push_options, events)?;
-            Ok(Some(outcome(manifest, merge(pulled.report, pushed))))
+            let copied =
+                strata_registry::copy_all(client, &scratch, from, to, &push_options, events)?;
+            Ok(Some(outcome(copied.manifest, copied.report)))
         }
         (ImageLocation::Registry(from), ImageLocation::Oci { dir, reference }) => {
             let name = reference
@@ -545,14 +543,6 @@ fn plan_local(
         }
     }
     Ok(plan)
-}
-
-/// One report for a registry-to-registry copy: the pull's downloads and the push's uploads.
-fn merge(pull: TransferReport, push: TransferReport) -> TransferReport {
-    let mut out = push;
-    out.downloaded += pull.downloaded;
-    out.bytes += pull.bytes;
-    out
 }
 
 #[cfg(test)]
