@@ -90,14 +90,8 @@ pub fn copy_all(
     events.event(&TransferEvent::Manifest { digest: top.digest });
     let children = fetch_children(client, &src, &src_scopes, &top, top_kind, events)?;
     let legs = Legs::open(client, scratch, src, src_scopes, to, &top.digest, options)?;
-    let single;
-    let images: &[Doc] = if top_kind.is_index() {
-        &children
-    } else {
-        single = [Doc { digest: top.digest, kind: top_kind, bytes: top.bytes.clone() }];
-        &single
-    };
-    let blobs = blobs_of(&legs.src, images)?;
+    let top = Doc { digest: top.digest, kind: top_kind, bytes: top.bytes };
+    let blobs = blobs_of(&legs.src, &top, &children)?;
     let mut report = legs.copy_blobs(&blobs, events)?;
     report.manifest = Some(top.digest);
     if !options.dry_run {

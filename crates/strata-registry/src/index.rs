@@ -98,11 +98,14 @@ fn nested(ep: &Endpoint, digest: Digest) -> RegistryError {
     }
 }
 
-/// Every blob of `docs`, each once, in document order (config, then layers).
+/// Every blob of the images `top` stands for (its `children` when it is an index, else
+/// itself), each once, in document order (config, then layers).
 pub(crate) fn blobs_of(
     ep: &Endpoint,
-    docs: &[Doc],
+    top: &Doc,
+    children: &[Doc],
 ) -> Result<Vec<(BlobRef, BlobKind)>, RegistryError> {
+    let docs = if top.kind.is_index() { children } else { std::slice::from_ref(top) };
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for doc in docs {
@@ -157,14 +160,8 @@ pub fn push_index(
             children.push(Doc { digest: child.digest, kind, bytes });
         }
     }
-    let single;
-    let images: &[Doc] = if top_kind.is_index() {
-        &children
-    } else {
-        single = [Doc { digest: *top, kind: top_kind, bytes: top_bytes.clone() }];
-        &single
-    };
-    let blobs: Vec<PushBlob> = blobs_of(&ep, images)?
+    let top_doc = Doc { digest: *top, kind: top_kind, bytes: top_bytes };
+    let blobs: Vec<PushBlob> = blobs_of(&ep, &top_doc, &children)?
         .into_iter()
         .map(|(b, kind)| PushBlob { digest: b.digest, size: b.size, kind })
         .collect();
@@ -194,7 +191,7 @@ pub fn push_index(
         put_manifest(client, &ep, &scopes, &target, media_type, &child.bytes, &child.digest)?;
         events.event(&TransferEvent::Manifest { digest: child.digest });
     }
-    put_manifest(client, &ep, &scopes, &target, top_kind.media_type(), &top_bytes, top)?;
+    put_manifest(client, &ep, &scopes, &target, top_kind.media_type(), &top_doc.bytes, top)?;
     events.event(&TransferEvent::Manifest { digest: *top });
     Ok(report)
 }
@@ -230,17 +227,11 @@ pub fn pull_all(
     };
     events.event(&TransferEvent::Manifest { digest: top.digest });
     let children = fetch_children(client, &ep, &scopes, &top, top_kind, events)?;
-    let single;
-    let images: &[Doc] = if top_kind.is_index() {
-        &children
-    } else {
-        single = [Doc { digest: top.digest, kind: top_kind, bytes: top.bytes.clone() }];
-        &single
-    };
-    let blobs = blobs_of(&ep, images)?;
+    let top_doc = Doc { digest: top.digest, kind: top_kind, bytes: top.bytes };
+    let blobs = blobs_of(&ep, &top_doc, &children)?;
     let mut report = fetch_blobs(client, &ep, &scopes, store, &blobs, options, events)?;
     report.manifest = Some(top.digest);
-    let descriptor = Descriptor::new(media_type, top.bytes.len() as u64, top.digest);
+    let descriptor = Descriptor::new(media_type, top_doc.bytes.len() as u64, top.digest);
     let manifests = children.iter().map(|c| c.digest).collect();
     if options.dry_run {
         return Ok(PulledIndex { descriptor, manifests, report });
@@ -254,7 +245,8 @@ pub fn pull_all(
             Some(child.bytes.len() as u64),
         )?;
     }
-    store.put_blob_verified(top.bytes.as_slice(), &top.digest, Some(top.bytes.len() as u64))?;
+    let size = top_doc.bytes.len() as u64;
+    store.put_blob_verified(top_doc.bytes.as_slice(), &top.digest, Some(size))?;
     match (name, reference.digest(), reference.tag()) {
         (Some(name), _, _) => store.set_ref_name(name, &descriptor)?,
         (None, None, _) => store.tag(&reference.to_string(), &descriptor)?,
