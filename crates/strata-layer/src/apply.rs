@@ -141,7 +141,7 @@ pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Resul
         egid: rustix::process::getegid().as_raw(),
         created: HashSet::new(),
         dirs: Vec::new(),
-        cache: None,
+        chain: DirChain::default(),
         report: ApplyReport::default(),
         buf: vec![0u8; CHUNK],
     };
@@ -287,10 +287,36 @@ struct Applier {
     created: HashSet<PathBuf>,
     /// Directories whose metadata is applied at the end.
     dirs: Vec<(PathBuf, Meta)>,
-    /// Last resolved parent: archive components -> (fd, real path). Dropped on any removal.
-    cache: Option<(Vec<OsString>, Rc<OwnedFd>, PathBuf)>,
+    /// The directories of the last entry's parent, open. Cleared on any removal.
+    chain: DirChain,
     report: ApplyReport,
     buf: Vec<u8>,
+}
+
+/// Open directories along the last path walked below the root, each a real directory (no
+/// symlink) named by the matching component, so the next path opens only what differs: tar
+/// entries arrive sorted, so consecutive paths share most of their ancestors.
+#[derive(Default)]
+struct DirChain {
+    names: Vec<OsString>,
+    /// `fds[i]` is `names[..=i]`, opened `O_PATH`.
+    fds: Vec<Rc<OwnedFd>>,
+}
+
+impl DirChain {
+    /// Keeps the longest prefix shared with `comps`; returns its length.
+    fn keep_prefix<S: AsRef<OsStr>>(&mut self, comps: &[S]) -> usize {
+        let shared =
+            self.names.iter().zip(comps).take_while(|(a, b)| a.as_os_str() == b.as_ref()).count();
+        self.names.truncate(shared);
+        self.fds.truncate(shared);
+        shared
+    }
+
+    fn clear(&mut self) {
+        self.names.clear();
+        self.fds.clear();
+    }
 }
 
 fn refuse(name: &[u8], reason: UnsafeReason) -> LayerError {
@@ -418,7 +444,7 @@ impl Applier {
         if let Some(t) = existing {
             if !(is_dir && t == FileType::Directory) {
                 remove_at(&pfd, name, &self.abs(&real))?;
-                self.cache = None;
+                self.chain.clear();
             }
         }
         match etype {
@@ -547,27 +573,49 @@ impl Applier {
         }
     }
 
-    /// Resolves the parent directory of an entry (see [`Self::resolve`]), with a one-entry cache.
+    /// Resolves the parent directory of an entry. Fast path: from the open directories of
+    /// the previous entry's parent ([`DirChain`]), opening (or creating, 0755) only the
+    /// components that differ, each as a real directory without following symlinks; a
+    /// component that is a symlink or not a directory sends the whole path through
+    /// [`Self::resolve`], which follows symlinks inside the root.
     fn parent(
         &mut self,
         comps: &[OsString],
         create: bool,
         raw: &[u8],
     ) -> Result<(Rc<OwnedFd>, PathBuf)> {
-        if let Some((k, fd, real)) = &self.cache {
-            if k.as_slice() == comps {
-                return Ok((Rc::clone(fd), real.clone()));
-            }
+        let shared = self.chain.keep_prefix(comps);
+        let mut plain = true;
+        for c in &comps[shared..] {
+            let base = Rc::clone(self.chain.fds.last().unwrap_or(&self.root));
+            let fd = match open_dir_nofollow(&base, c) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create => {
+                    let here: PathBuf = self.chain.names.iter().chain([c]).collect();
+                    rustix::fs::mkdirat(&*base, c.as_os_str(), Mode::from_raw_mode(0o755))
+                        .map_err(|e| io_err("mkdir", &self.abs(&here), e))?;
+                    self.mark_created(&here);
+                    open_dir_nofollow(&base, c).map_err(|e| io_err("open", &self.abs(&here), e))?
+                }
+                Err(_) => {
+                    plain = false;
+                    break;
+                }
+            };
+            self.chain.names.push(c.clone());
+            self.chain.fds.push(Rc::new(fd));
         }
-        let (fd, real) = self.resolve(comps, create, raw)?.ok_or_else(|| {
+        if plain {
+            let fd = Rc::clone(self.chain.fds.last().unwrap_or(&self.root));
+            return Ok((fd, self.chain.names.iter().collect()));
+        }
+        self.resolve(comps, create, raw)?.ok_or_else(|| {
             LayerError::io(
                 "resolve",
                 self.abs(&comps.iter().collect::<PathBuf>()),
                 Errno::NOENT.into(),
             )
-        })?;
-        self.cache = Some((comps.to_vec(), Rc::clone(&fd), real.clone()));
-        Ok((fd, real))
+        })
     }
 
     /// Resolves `comps` as a directory inside the root, following symlinks as if the root were
@@ -653,7 +701,7 @@ impl Applier {
         if stat_type(&pfd, victim).map_err(|e| io_err("lstat", &self.abs(&real), e))?.is_some() {
             remove_at(&pfd, victim, &self.abs(&real))?;
             self.report.whiteouts += 1;
-            self.cache = None;
+            self.chain.clear();
         }
         Ok(())
     }
@@ -665,7 +713,7 @@ impl Applier {
         let fd = self.open_real(&real, OFlags::RDONLY)?;
         self.clear_lower(&fd, &real)?;
         self.report.opaque_dirs += 1;
-        self.cache = None;
+        self.chain.clear();
         Ok(())
     }
 
@@ -689,6 +737,30 @@ impl Applier {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::open_real`] reusing (and leaving in `chain`) the open directories `real`
+    /// shares with the previous path: paths in sorted order open little more than themselves.
+    fn open_real_in(&self, chain: &mut DirChain, real: &Path, flags: OFlags) -> Result<OwnedFd> {
+        let comps: Vec<&OsStr> = real.iter().collect();
+        let Some((last, parents)) = comps.split_last() else {
+            return self.open_real(real, flags);
+        };
+        let shared = chain.keep_prefix(parents);
+        for c in &parents[shared..] {
+            let base = chain.fds.last().unwrap_or(&self.root);
+            let fd = open_dir_nofollow(base, c).map_err(|e| io_err("open", &self.abs(real), e))?;
+            chain.names.push(c.to_os_string());
+            chain.fds.push(Rc::new(fd));
+        }
+        let base = chain.fds.last().unwrap_or(&self.root);
+        rustix::fs::openat(
+            base,
+            *last,
+            flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", &self.abs(real), e))
     }
 
     /// Opens a real (symlink-free) path below the root without following any symlink.
@@ -807,8 +879,9 @@ impl Applier {
         dirs.reverse();
         dirs.retain(|(p, _)| seen.insert(p.clone()));
         dirs.sort_by(|a, b| b.0.as_os_str().as_bytes().cmp(a.0.as_os_str().as_bytes()));
+        let mut chain = DirChain::default();
         for (real, meta) in dirs {
-            let fd = match self.open_real(&real, OFlags::RDONLY) {
+            let fd = match self.open_real_in(&mut chain, &real, OFlags::RDONLY) {
                 Ok(fd) => fd,
                 // Removed again later in the same archive: nothing to do.
                 Err(LayerError::Io { source, .. })

@@ -77,6 +77,13 @@ fn symlink_to_parent_then_write_through_it_is_refused() {
     refused(&[dir("d/"), sym("d/l", "../.."), file("d/l/x", b"evil")], esc, |_| {});
     // The symlink comes from a lower layer rather than this archive.
     refused(&[file("lower/x", b"evil")], esc, |root| symlink("../..", root.join("lower")).unwrap());
+    // A directory entries were just written into is replaced by an escaping symlink: the
+    // next entry below it must not reuse the directory opened for the earlier ones.
+    refused(
+        &[dir("d/"), dir("d/e/"), file("d/e/f", b"ok"), sym("d", "../.."), file("d/e/x", b"evil")],
+        esc,
+        |_| {},
+    );
 }
 
 #[test]
