@@ -630,6 +630,43 @@ fn copy_all_moves_a_whole_index_through_a_layout_keeping_its_digest() {
         e.json("a", &["copy", "--all", "--json", &seed_loc, &format!("docker://{host}/m/app:v1")]);
     assert_eq!(r["manifest"], index.as_str(), "{r:#}");
 
+    // --platform picks from the index (pull and copy); a platform it lacks is a clear error.
+    let r = e
+        .json("d", &["pull", "--json", "--platform", "linux/aarch64", &format!("{host}/m/app:v1")]);
+    assert_eq!(r["manifest"], arm.as_str(), "{r:#}");
+    assert_eq!(e.inspect("d", &format!("{host}/m/app:v1")).0, arm);
+    let r = e.json(
+        "d",
+        &[
+            "copy",
+            "--json",
+            "--platform",
+            "linux/arm64",
+            &format!("docker://{host}/m/app:v1"),
+            &format!("docker://{host}/m/arm-only:v1"),
+        ],
+    );
+    assert_eq!(r["manifest"], arm.as_str(), "{r:#}");
+    let out = e.run("d", &["pull", "--platform", "linux/s390x", &format!("{host}/m/app:v1")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("linux/s390x") && err.contains("linux/arm64"), "{err}");
+    let out = e.run("d", &["pull", "--platform", "linux", &format!("{host}/m/app:v1")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OS/ARCH"));
+    let out = e.run(
+        "d",
+        &[
+            "copy",
+            "--all",
+            "--platform",
+            "linux/arm64",
+            &seed_loc,
+            &format!("docker://{host}/m/x:1"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "--all and --platform conflict");
+
     // registry -> oci: the index and both platforms land in a fresh layout.
     let layout = e.path("all");
     let oci_loc = format!("oci:{}:v1", layout.display());
@@ -675,7 +712,7 @@ fn copy_all_moves_a_whole_index_through_a_layout_keeping_its_digest() {
         assert_eq!(r["manifest"], amd.as_str(), "{r:#}");
     }
     // The layouts are consistent stores: every entry, manifest and blob present and verified.
-    for store in ["a", "b", "c", "all", "seed"] {
+    for store in ["a", "b", "c", "d", "all", "seed"] {
         assert!(e.ok(store, &["fsck"]).contains("clean"), "{store}");
     }
 }

@@ -44,8 +44,9 @@ pub struct Copied {
     pub report: TransferReport,
 }
 
-/// Copies the image `from` names (the host platform's, when it names an index) to `to` (a tag
-/// or the same digest), moving only the blobs the destination lacks. `scratch` receives the
+/// Copies the image `from` names (`platform`'s, when it names an index; see
+/// [`Platform::host`]) to `to` (a tag or the same digest), moving only the blobs the
+/// destination lacks. `scratch` receives the
 /// blobs that must be downloaded to be uploaded (it may be a temporary store; the client's
 /// hints store, when set, supplies blobs it holds instead of the wire). Dry run: manifests are
 /// fetched and the destination is asked with `HEAD`; nothing is written anywhere.
@@ -54,11 +55,12 @@ pub fn copy(
     scratch: &Store,
     from: &Reference,
     to: &Reference,
+    platform: &Platform,
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<Copied, RegistryError> {
     let (src, src_scopes, top) = start_pull(client, scratch, from, &pull_options(options))?;
-    let (doc, kind) = image_manifest(client, &src, &src_scopes, top, &Platform::host())?;
+    let (doc, kind) = image_manifest(client, &src, &src_scopes, top, platform)?;
     events.event(&TransferEvent::Manifest { digest: doc.digest });
     let legs = Legs::open(client, scratch, src, src_scopes, to, &doc.digest, options)?;
     let blobs = manifest::image_blobs(&legs.src, &doc.digest, &doc.bytes)?;

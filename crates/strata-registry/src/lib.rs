@@ -56,7 +56,7 @@ pub use client::{Client, ClientOptions};
 pub use copy::{copy, copy_all, Copied};
 pub use error::RegistryError;
 pub use index::{pull_all, push_index, PulledIndex};
-pub use manifest::Platform;
+pub use manifest::{Platform, PlatformParseError};
 pub use pull::{pull, pull_platform, Pulled};
 pub use push::push;
 

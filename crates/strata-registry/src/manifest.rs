@@ -106,6 +106,55 @@ impl Platform {
     }
 }
 
+/// A `--platform` value that is not `OS/ARCH[/VARIANT]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid platform {input:?}: {reason} (write OS/ARCH[/VARIANT], e.g. linux/arm64)")]
+pub struct PlatformParseError {
+    /// What was given.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Parses `OS/ARCH[/VARIANT]` as `docker pull --platform` does, normalized the way indexes
+/// spell platforms (containerd's `platforms.Normalize`): lower case; `x86_64`/`x86-64` ->
+/// `amd64`, `aarch64` -> `arm64` (whose `v8` variant is the default and dropped), `armhf` ->
+/// `arm/v7`, `armel` -> `arm/v6`, `i386` -> `386`; a bare `arm` means `arm/v7`.
+impl std::str::FromStr for Platform {
+    type Err = PlatformParseError;
+
+    fn from_str(input: &str) -> Result<Platform, PlatformParseError> {
+        let bad = |reason| PlatformParseError { input: input.to_owned(), reason };
+        let lower = input.trim().to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split('/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad("empty part"));
+        }
+        let (os, arch, variant) = match parts.as_slice() {
+            [os, arch] => (*os, *arch, None),
+            [os, arch, variant] => (*os, *arch, Some(*variant)),
+            [_] => return Err(bad("no architecture")),
+            _ => return Err(bad("too many parts")),
+        };
+        let (architecture, variant) = match (arch, variant) {
+            ("x86_64" | "x86-64", v) => ("amd64", v),
+            ("i386", v) => ("386", v),
+            ("aarch64" | "arm64", None | Some("v8" | "8")) => ("arm64", None),
+            ("aarch64", v) => ("arm64", v),
+            ("armhf", None) => ("arm", Some("v7")),
+            ("armel", None) => ("arm", Some("v6")),
+            ("arm", None) => ("arm", Some("v7")),
+            (a, v) => (a, v),
+        };
+        // `arm/7` is `arm/v7`.
+        let variant = variant.map(|v| match architecture {
+            "arm" | "arm64" if !v.starts_with('v') => format!("v{v}"),
+            _ => v.to_owned(),
+        });
+        Ok(Platform { os: os.to_owned(), architecture: architecture.to_owned(), variant })
+    }
+}
+
 impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.os, self.architecture)?;
@@ -390,6 +439,24 @@ mod tests {
             base: "http://r:1".into(),
             repository: "app".into(),
             unverified_tls: false,
+        }
+    }
+
+    #[test]
+    fn platforms_parse_and_normalize_like_docker() {
+        let p = |s: &str| s.parse::<Platform>().map(|p| p.to_string());
+        assert_eq!(p("linux/amd64").unwrap(), "linux/amd64");
+        assert_eq!(p("Linux/X86_64").unwrap(), "linux/amd64");
+        assert_eq!(p("linux/aarch64").unwrap(), "linux/arm64");
+        assert_eq!(p("linux/arm64/v8").unwrap(), "linux/arm64");
+        assert_eq!(p("linux/arm").unwrap(), "linux/arm/v7");
+        assert_eq!(p("linux/arm/6").unwrap(), "linux/arm/v6");
+        assert_eq!(p("linux/armhf").unwrap(), "linux/arm/v7");
+        assert_eq!(p("linux/i386").unwrap(), "linux/386");
+        assert_eq!(p("windows/amd64").unwrap(), "windows/amd64");
+        for bad in ["linux", "", "linux/", "/amd64", "linux/arm/v7/x"] {
+            let err = bad.parse::<Platform>().unwrap_err();
+            assert!(err.to_string().contains("OS/ARCH"), "{bad:?}: {err}");
         }
     }
 

@@ -8,7 +8,8 @@ use common::registry::{registry_available, Registry, RegistryOptions};
 use common::{client, have_tool, make_image, random_bytes, reference, skopeo_ok, skopeo_stdout};
 use common::{put_image_for, tar_layer, Recorder};
 use strata_registry::{
-    copy, copy_all, push_index, BlobOutcome, NoProgress, PullOptions, PushOptions, TransferEvent,
+    copy, copy_all, push_index, BlobOutcome, NoProgress, Platform, PullOptions, PushOptions,
+    TransferEvent,
 };
 use strata_store::{Digest, Store};
 
@@ -46,10 +47,9 @@ fn copy_between_registries_moves_only_what_the_destination_lacks() {
     let scratch = |name: &str| Store::init(dir.path().join(name)).unwrap();
     let run = |from: &str, to: (&common::registry::Registry, &str), name: &str, dry: bool| {
         let options = PushOptions { dry_run: dry, ..Default::default() };
-        copy(&client, &scratch(name), &reference(&a, from), &reference(to.0, to.1), &options, &{
-            NoProgress
-        })
-        .unwrap()
+        let host = Platform::host();
+        let (src, dst) = (reference(&a, from), reference(to.0, to.1));
+        copy(&client, &scratch(name), &src, &dst, &host, &options, &NoProgress).unwrap()
     };
 
     // Dry run: the destination is asked, nothing is written or downloaded.
@@ -97,6 +97,7 @@ fn copy_between_registries_moves_only_what_the_destination_lacks() {
         &scratch("s3"),
         &reference(&a, "src/app:v2"),
         &reference(&a, "other/app:v2"),
+        &Platform::host(),
         &options,
         &events,
     )
@@ -146,6 +147,7 @@ fn copy_keeps_a_docker_schema2_manifest_byte_for_byte() {
         &Store::init(dir.path().join("scratch")).unwrap(),
         &reference(&a, "docker/app:v1"),
         &reference(&b, "docker/app:v1"),
+        &Platform::host(),
         &PushOptions::default(),
         &NoProgress,
     )

@@ -34,8 +34,8 @@ use std::path::PathBuf;
 use strata_layer::transport::{self, SourceImage};
 use strata_layer::LayerError;
 use strata_registry::{
-    pull_all, push_index, Client, PullOptions, PushOptions, RegistryError, TransferReport,
-    TransferSink,
+    pull_all, push_index, Client, Platform, PullOptions, PushOptions, RegistryError,
+    TransferReport, TransferSink,
 };
 use strata_store::oci_spec::image::{Descriptor, MediaType};
 use strata_store::{Digest, Image, ImageLocation, Reference, Store, StoreError};
@@ -53,23 +53,37 @@ pub struct CopyOptions {
     /// from an `oci:` layout or the store whose entry is an index to a registry. Other pairs,
     /// and sources that are a single image, copy as without it.
     pub all: bool,
+    /// The platform whose image a registry source that is an index resolves to (`docker pull
+    /// --platform`); the host's when `None`. Local sources are single images and ignore it.
+    pub platform: Option<Platform>,
 }
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { jobs: 3, dry_run: false, all: false }
+        CopyOptions { jobs: 3, dry_run: false, all: false, platform: None }
     }
 }
 
 impl CopyOptions {
     /// Options with `jobs` parallel blob transfers and `dry_run`.
     pub fn new(jobs: usize, dry_run: bool) -> CopyOptions {
-        CopyOptions { jobs: jobs.max(1), dry_run, all: false }
+        CopyOptions { jobs: jobs.max(1), dry_run, ..CopyOptions::default() }
     }
 
     /// The same options copying whole image indexes when `all` (see [`CopyOptions::all`]).
     pub fn with_all(self, all: bool) -> CopyOptions {
         CopyOptions { all, ..self }
+    }
+
+    /// The same options resolving registry indexes to `platform` (see
+    /// [`CopyOptions::platform`]).
+    pub fn with_platform(self, platform: Option<Platform>) -> CopyOptions {
+        CopyOptions { platform, ..self }
+    }
+
+    /// The platform registry indexes resolve to.
+    fn platform(&self) -> Platform {
+        self.platform.clone().unwrap_or_else(Platform::host)
     }
 
     /// The options of the registry legs: the push's and the pull's.
@@ -200,7 +214,14 @@ pub fn copy(
                 true => None,
                 false => Some(destination_tag(name)?).filter(|t| *t != from.tag_key()),
             };
-            let pulled = strata_registry::pull(client, store, from, &pull_options, events)?;
+            let pulled = strata_registry::pull_platform(
+                client,
+                store,
+                from,
+                &options.platform(),
+                &pull_options,
+                events,
+            )?;
             let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
             if let Some(tag) = extra.filter(|_| !options.dry_run) {
                 store.tag(&tag, &pulled.image.manifest_descriptor)?;
@@ -218,7 +239,16 @@ pub fn copy(
             // layout.
             check_pushable(to).map_err(unsupported)?;
             let (_dir, scratch) = scratch_layout()?;
-            let copied = strata_registry::copy(client, &scratch, from, to, &push_options, events)?;
+            let platform = options.platform();
+            let copied = strata_registry::copy(
+                client,
+                &scratch,
+                from,
+                to,
+                &platform,
+                &push_options,
+                events,
+            )?;
             Ok(CopyOutcome {
                 manifest: copied.manifest,
                 transfer: Some(copied.report),
@@ -228,7 +258,8 @@ pub fn copy(
         }
         (ImageLocation::Registry(from), _) => {
             // A file or directory is written from a scratch layout.
-            let (dir, scratch, pulled) = pull_to_scratch(client, from, &pull_options, events)?;
+            let (dir, scratch, pulled) =
+                pull_to_scratch(client, from, &options.platform(), &pull_options, events)?;
             let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
             if options.dry_run {
                 // Nothing was downloaded, so there is nothing to write or push from.
@@ -429,7 +460,7 @@ pub fn open(
 ) -> Result<(OpenedImage, Option<TransferReport>), TransferError> {
     if let ImageLocation::Registry(reference) = location {
         let (dir, scratch, pulled) =
-            pull_to_scratch(client, reference, &PullOptions::default(), events)?;
+            pull_to_scratch(client, reference, &Platform::host(), &PullOptions::default(), events)?;
         let opened = open_pulled(dir, &scratch, &pulled.image, reference)?;
         return Ok((opened, Some(pulled.report)));
     }
@@ -440,11 +471,12 @@ pub fn open(
 fn pull_to_scratch(
     client: &Client,
     from: &Reference,
+    platform: &Platform,
     options: &PullOptions,
     events: &dyn TransferSink,
 ) -> Result<(tempfile::TempDir, Store, strata_registry::Pulled), TransferError> {
     let (dir, scratch) = scratch_layout()?;
-    let pulled = strata_registry::pull(client, &scratch, from, options, events)?;
+    let pulled = strata_registry::pull_platform(client, &scratch, from, platform, options, events)?;
     Ok((dir, scratch, pulled))
 }
 

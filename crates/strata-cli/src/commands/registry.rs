@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use strata::registry::{
-    credentials, BlobKind, BlobOutcome, Client, ClientOptions, TransferEvent, TransferSink,
+    credentials, BlobKind, BlobOutcome, Client, ClientOptions, Platform, TransferEvent,
+    TransferSink,
 };
 use strata::store::{ImageLocation, Reference};
 use strata::transfer::{self, CopyOptions, CopyOutcome};
@@ -95,6 +96,10 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// `docker://HOST/REPO:TAG` or `HOST/REPO:TAG`; stored under `HOST/REPO:TAG`.
     pub reference: String,
+    /// The platform to pick when the reference names a multi-platform image (an index),
+    /// `OS/ARCH[/VARIANT]` as `docker pull --platform`; the host's by default.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }
@@ -111,6 +116,10 @@ pub struct CopyArgs {
     /// keeping its digest, instead of the host platform's image (as `skopeo copy --all`).
     #[arg(long)]
     pub all: bool,
+    /// The platform to pick when a registry source is a multi-platform image (an index),
+    /// `OS/ARCH[/VARIANT]`; the host's by default.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "all")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }
@@ -165,19 +174,19 @@ pub fn push(store: Option<&Path>, args: PushArgs) -> anyhow::Result<ExitCode> {
         })?,
         (None, _) => bail!("no destination: give DEST (docker://HOST/REPO:TAG)"),
     };
-    run_copy(store, src, ImageLocation::Registry(dest), &args.transfer, false)
+    run_copy(store, src, ImageLocation::Registry(dest), &args.transfer, false, None)
 }
 
 pub fn pull(store: Option<&Path>, args: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = registry_reference(&args.reference)?;
     let dst = ImageLocation::Store(reference.to_string());
-    run_copy(store, ImageLocation::Registry(reference), dst, &args.transfer, false)
+    run_copy(store, ImageLocation::Registry(reference), dst, &args.transfer, false, args.platform)
 }
 
 pub fn copy(store: Option<&Path>, args: CopyArgs) -> anyhow::Result<ExitCode> {
     let src: ImageLocation = args.source.parse()?;
     let dst: ImageLocation = args.dest.parse()?;
-    run_copy(store, src, dst, &args.transfer, args.all)
+    run_copy(store, src, dst, &args.transfer, args.all, args.platform)
 }
 
 fn registry_host(location: &ImageLocation) -> Option<&str> {
@@ -193,6 +202,7 @@ fn run_copy(
     dst: ImageLocation,
     args: &TransferArgs,
     all: bool,
+    platform: Option<Platform>,
 ) -> anyhow::Result<ExitCode> {
     let hosts = [registry_host(&src), registry_host(&dst)];
     let options = args.registry.client_options(hosts.into_iter().flatten());
@@ -202,7 +212,8 @@ fn run_copy(
     let client = Client::new(options)
         .context("cannot set up the registry client")?
         .with_blob_hints(store.clone());
-    let copy_options = CopyOptions::new(args.jobs.into(), args.dry_run).with_all(all);
+    let copy_options =
+        CopyOptions::new(args.jobs.into(), args.dry_run).with_all(all).with_platform(platform);
     let verb = match (&src, &dst) {
         (ImageLocation::Registry(_), ImageLocation::Registry(_)) => "copy",
         (ImageLocation::Registry(_), _) => "pull",
