@@ -178,23 +178,30 @@ fn main() -> io::Result<()> {
         let _ = io::copy(&mut fs::File::open(input).expect("input"), &mut io::sink());
         d
     };
-    // Each apply pair alternates too: writing 1 GiB leaves the page cache and the filesystem
-    // busier for the next run (sys time grows run after run), which must fall on both sides.
-    let (apply_ours, apply_tar, apply_ratio) = time_pair(
+    // strata's apply of `input` against `tool` (run in the fresh directory), alternating, each
+    // run from the same memory state (see `fresh`).
+    let apply_pair = |labels: (&str, &str), input: &Path, tool: &str| {
+        time_pair(
+            labels,
+            || {
+                let d = fresh("out", input);
+                let t = Instant::now();
+                apply(fs::File::open(input).expect("open"), &d, &ApplyOptions::default())
+                    .expect("apply");
+                Some(t.elapsed())
+            },
+            || {
+                let d = fresh("out", input);
+                let t = Instant::now();
+                sh(&d, tool);
+                Some(t.elapsed())
+            },
+        )
+    };
+    let (apply_ours, apply_tar, apply_ratio) = apply_pair(
         ("strata apply (uncompressed)", "tar -xpf layer.tar"),
-        || {
-            let d = fresh("out", &plain);
-            let t = Instant::now();
-            apply(fs::File::open(&plain).expect("open"), &d, &ApplyOptions::default())
-                .expect("apply");
-            Some(t.elapsed())
-        },
-        || {
-            let d = fresh("out", &plain);
-            let t = Instant::now();
-            sh(&d, &format!("tar -xpf {}", plain.display()));
-            Some(t.elapsed())
-        },
+        &plain,
+        &format!("tar -xpf {}", plain.display()),
     );
     time("strata decompress+sha256 of the zstd layer only", || {
         use sha2::Digest as _;
@@ -214,21 +221,10 @@ fn main() -> io::Result<()> {
         sh(tmp.path(), &format!("zstd -qdc {} > /dev/null", zst.display()));
         None
     });
-    let (apply_ours_z, apply_tar_z, apply_z_ratio) = time_pair(
+    let (apply_ours_z, apply_tar_z, apply_z_ratio) = apply_pair(
         ("strata apply (zstd)", "zstd -dc layer.tar.zst | tar -xpf -"),
-        || {
-            let d = fresh("out", &zst);
-            let t = Instant::now();
-            apply(fs::File::open(&zst).expect("open"), &d, &ApplyOptions::default())
-                .expect("apply");
-            Some(t.elapsed())
-        },
-        || {
-            let d = fresh("out", &zst);
-            let t = Instant::now();
-            sh(&d, &format!("zstd -dc {} | tar -xpf -", zst.display()));
-            Some(t.elapsed())
-        },
+        &zst,
+        &format!("zstd -dc {} | tar -xpf -", zst.display()),
     );
     let _ = fs::remove_dir_all(tmp.path().join("out"));
 

@@ -313,6 +313,20 @@ impl DirChain {
         shared
     }
 
+    /// The deepest open directory, or `root` when the chain is empty.
+    fn last_or<'a>(&'a self, root: &'a Rc<OwnedFd>) -> &'a OwnedFd {
+        self.fds.last().unwrap_or(root)
+    }
+
+    /// Opens `name` in the deepest directory as a real directory (no symlink followed) and
+    /// appends it.
+    fn open(&mut self, root: &Rc<OwnedFd>, name: &OsStr) -> std::result::Result<(), Errno> {
+        let fd = open_dir_nofollow(self.last_or(root), name)?;
+        self.names.push(name.to_os_string());
+        self.fds.push(Rc::new(fd));
+        Ok(())
+    }
+
     fn clear(&mut self) {
         self.names.clear();
         self.fds.clear();
@@ -587,23 +601,23 @@ impl Applier {
         let shared = self.chain.keep_prefix(comps);
         let mut plain = true;
         for c in &comps[shared..] {
-            let base = Rc::clone(self.chain.fds.last().unwrap_or(&self.root));
-            let fd = match open_dir_nofollow(&base, c) {
-                Ok(fd) => fd,
+            match self.chain.open(&self.root, c) {
+                Ok(()) => {}
                 Err(Errno::NOENT) if create => {
                     let here: PathBuf = self.chain.names.iter().chain([c]).collect();
-                    rustix::fs::mkdirat(&*base, c.as_os_str(), Mode::from_raw_mode(0o755))
+                    let base = self.chain.last_or(&self.root);
+                    rustix::fs::mkdirat(base, c.as_os_str(), Mode::from_raw_mode(0o755))
                         .map_err(|e| io_err("mkdir", &self.abs(&here), e))?;
                     self.mark_created(&here);
-                    open_dir_nofollow(&base, c).map_err(|e| io_err("open", &self.abs(&here), e))?
+                    self.chain
+                        .open(&self.root, c)
+                        .map_err(|e| io_err("open", &self.abs(&here), e))?;
                 }
                 Err(_) => {
                     plain = false;
                     break;
                 }
-            };
-            self.chain.names.push(c.clone());
-            self.chain.fds.push(Rc::new(fd));
+            }
         }
         if plain {
             let fd = Rc::clone(self.chain.fds.last().unwrap_or(&self.root));
@@ -739,57 +753,32 @@ impl Applier {
         Ok(())
     }
 
-    /// [`Self::open_real`] reusing (and leaving in `chain`) the open directories `real`
-    /// shares with the previous path: paths in sorted order open little more than themselves.
+    /// Opens a real (symlink-free) path below the root, or the root itself, without following
+    /// any symlink; see [`Self::open_real_in`].
+    fn open_real(&self, real: &Path, flags: OFlags) -> Result<OwnedFd> {
+        self.open_real_in(&mut DirChain::default(), real, flags)
+    }
+
+    /// Opens a real (symlink-free) path below the root without following any symlink,
+    /// reusing (and leaving in `chain`) the open directories it shares with the previous
+    /// path: paths in sorted order open little more than themselves.
     fn open_real_in(&self, chain: &mut DirChain, real: &Path, flags: OFlags) -> Result<OwnedFd> {
         let comps: Vec<&OsStr> = real.iter().collect();
-        let Some((last, parents)) = comps.split_last() else {
-            return self.open_real(real, flags);
+        let (last, parents) = match comps.split_last() {
+            Some((last, parents)) => (*last, parents),
+            None => (OsStr::new("."), &[][..]),
         };
         let shared = chain.keep_prefix(parents);
         for c in &parents[shared..] {
-            let base = chain.fds.last().unwrap_or(&self.root);
-            let fd = open_dir_nofollow(base, c).map_err(|e| io_err("open", &self.abs(real), e))?;
-            chain.names.push(c.to_os_string());
-            chain.fds.push(Rc::new(fd));
+            chain.open(&self.root, c).map_err(|e| io_err("open", &self.abs(real), e))?;
         }
-        let base = chain.fds.last().unwrap_or(&self.root);
         rustix::fs::openat(
-            base,
-            *last,
+            chain.last_or(&self.root),
+            last,
             flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| io_err("open", &self.abs(real), e))
-    }
-
-    /// Opens a real (symlink-free) path below the root without following any symlink.
-    fn open_real(&self, real: &Path, flags: OFlags) -> Result<OwnedFd> {
-        let mut cur: Option<OwnedFd> = None;
-        let comps: Vec<&OsStr> = real.iter().collect();
-        for (i, c) in comps.iter().enumerate() {
-            let last = i + 1 == comps.len();
-            let base: &OwnedFd = cur.as_ref().unwrap_or(&self.root);
-            let fl = if last { flags } else { OFlags::PATH };
-            let fd = rustix::fs::openat(
-                base,
-                *c,
-                fl | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| io_err("open", &self.abs(real), e))?;
-            cur = Some(fd);
-        }
-        match cur {
-            Some(fd) => Ok(fd),
-            None => rustix::fs::openat(
-                &*self.root,
-                ".",
-                flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| io_err("open", &self.dir, e)),
-        }
     }
 
     fn chown_ids(&mut self, meta: &Meta) -> Option<(Uid, Gid)> {

@@ -43,9 +43,9 @@
 //! match finder: on a 1 GiB copy of /usr/lib it gives a 2.5% smaller blob than `zstd -3` for
 //! about 25% less compression CPU (on /usr/share the same size, on /usr/bin 2% larger), and
 //! decompresses as fast. 8 MiB is the largest window RFC 8878 § 3.1.1.1.2 recommends every
-//! decoder to support, so any zstd reader takes these layers. The parameters are part of the output's identity
-//! ([`LayerWriter::compression_id`]). An explicit [`LayerWriter::level`] uses zstd's table for
-//! that level. gzip uses a fixed header (no mtime, no file name, OS = unknown) at level 6.
+//! decoder to support, so any zstd reader takes these layers. The parameters are part of the
+//! output's identity ([`LayerWriter::compression_id`]). An explicit [`LayerWriter::level`]
+//! uses zstd's table for that level. gzip uses a fixed header (no mtime, no file name, OS = unknown) at level 6.
 //! One pass yields the diffID (sha256 of the tar), the digest (sha256 of the compressed
 //! stream) and both sizes.
 
@@ -113,6 +113,20 @@ pub struct LayerDescriptor {
 /// applied on top of level 3 (see the module docs for why and what they measure).
 pub const ZSTD_DEFAULT_PARAMS: &str = "strategy=1,wlog=23,hlog=17,mml=6,jobsize=8388608";
 
+/// [`ZSTD_DEFAULT_PARAMS`] as the encoder takes them (a unit test keeps the two in step). The
+/// job size is fixed so the frame does not depend on zstd's defaults for the window; like
+/// every multi-threaded setting it does not depend on the worker count.
+fn zstd_default_params() -> [zstd::zstd_safe::CParameter; 5] {
+    use zstd::zstd_safe::{CParameter, Strategy};
+    [
+        CParameter::Strategy(Strategy::ZSTD_fast),
+        CParameter::WindowLog(23),
+        CParameter::HashLog(17),
+        CParameter::MinMatch(6),
+        CParameter::JobSize(8 << 20),
+    ]
+}
+
 /// Writes changesets as layer tars; the settings are part of the output's identity.
 #[derive(Debug, Clone)]
 pub struct LayerWriter {
@@ -169,10 +183,14 @@ impl LayerWriter {
         match (self.compression, self.level) {
             (Compression::None, _) => "none".into(),
             (Compression::Zstd, None) => "zstd:strata-1".into(),
-            (Compression::Gzip, None) => "gzip:level-6".into(),
             (Compression::Zstd, Some(l)) => format!("zstd:level-{l}"),
-            (Compression::Gzip, Some(l)) => format!("gzip:level-{}", l.clamp(0, 9)),
+            (Compression::Gzip, _) => format!("gzip:level-{}", self.gzip_level()),
         }
+    }
+
+    /// The gzip level: the one set, clamped to 0..=9, else 6.
+    fn gzip_level(&self) -> u32 {
+        self.level.unwrap_or(6).clamp(0, 9) as u32
     }
 
     /// Writes `changeset` as a layer into `out`, reading file bytes (and the metadata of
@@ -251,27 +269,16 @@ impl LayerWriter {
     pub(crate) fn compressor<W: Write>(&self, sink: W) -> io::Result<Compressor<W>> {
         Ok(match self.compression {
             Compression::None => Compressor::None(sink),
-            Compression::Gzip => {
-                Compressor::Gzip(flate2::GzBuilder::new().operating_system(255).write(
-                    sink,
-                    flate2::Compression::new(self.level.unwrap_or(6).clamp(0, 9) as u32),
-                ))
-            }
+            Compression::Gzip => Compressor::Gzip(
+                flate2::GzBuilder::new()
+                    .operating_system(255)
+                    .write(sink, flate2::Compression::new(self.gzip_level())),
+            ),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(sink, self.level.unwrap_or(3))?;
                 enc.multithread(self.zstd_workers)?;
                 if self.level.is_none() {
-                    // ZSTD_DEFAULT_PARAMS, spelled out. The job size is fixed so the frame
-                    // does not depend on zstd's defaults for the window; like every
-                    // multi-threaded setting it does not depend on the worker count.
-                    use zstd::zstd_safe::{CParameter, Strategy};
-                    for p in [
-                        CParameter::Strategy(Strategy::ZSTD_fast),
-                        CParameter::WindowLog(23),
-                        CParameter::HashLog(17),
-                        CParameter::MinMatch(6),
-                        CParameter::JobSize(8 << 20),
-                    ] {
+                    for p in zstd_default_params() {
                         enc.set_parameter(p)?;
                     }
                 }
@@ -858,5 +865,30 @@ impl<W: Write> Write for Compressor<W> {
             Compressor::Gzip(g) => g.flush(),
             Compressor::Zstd(z) => z.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zstd::zstd_safe::{CParameter, Strategy};
+
+    #[test]
+    fn the_documented_zstd_parameters_are_the_ones_applied() {
+        let spelled: Vec<String> = zstd_default_params()
+            .iter()
+            .map(|p| match p {
+                CParameter::Strategy(s) => {
+                    assert_eq!(*s, Strategy::ZSTD_fast);
+                    "strategy=1".to_owned()
+                }
+                CParameter::WindowLog(v) => format!("wlog={v}"),
+                CParameter::HashLog(v) => format!("hlog={v}"),
+                CParameter::MinMatch(v) => format!("mml={v}"),
+                CParameter::JobSize(v) => format!("jobsize={v}"),
+                other => panic!("undocumented parameter {other:?}"),
+            })
+            .collect();
+        assert_eq!(spelled.join(","), ZSTD_DEFAULT_PARAMS);
     }
 }

@@ -21,10 +21,10 @@ use crate::error::RegistryError;
 use crate::index::{blobs_of, fetch_children, Doc};
 use crate::manifest::{self, BlobRef, Platform};
 use crate::pull::{fetch_blob, image_manifest, start_pull};
-use crate::push::{push_blob, push_blob_fetching, push_target, put_manifest, PushBlob};
+use crate::push::{push_blob_from, push_target, put_manifest, BlobSource, PushBlob};
 use crate::{
-    knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, PushOptions,
-    Reference, TransferEvent, TransferReport, TransferSink,
+    run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, PushOptions, Reference,
+    TransferEvent, TransferReport, TransferSink,
 };
 
 /// The result of [`copy`].
@@ -154,13 +154,10 @@ impl<'a> Legs<'a> {
         let (client, scratch, dry_run) = (self.client, self.scratch, self.options.dry_run);
         let (src, dest) = (&self.src, &self.dest);
         let hints = client.hints(scratch);
+        // What the source manifest names, its repository holds: a mount source when the
+        // destination is another repository of the same registry.
         let same_registry = src.registry == dest.registry && src.repository != dest.repository;
-        if !dry_run {
-            // What the source manifest names, its registry holds: the mount step finds it here.
-            for (blob, _) in blobs {
-                knowledge::record(hints, &blob.digest, &src.location());
-            }
-        }
+        let mount_from = same_registry.then_some(src.repository.as_str());
         let (downloaded, downloaded_bytes) = (AtomicUsize::new(0), AtomicU64::new(0));
         let count_download = |size: u64| {
             downloaded.fetch_add(1, Ordering::Relaxed);
@@ -169,20 +166,6 @@ impl<'a> Legs<'a> {
         let scopes = &self.dest_scopes;
         let outcomes = run_parallel(blobs, self.options.jobs, |(blob, kind)| {
             let push = PushBlob { digest: blob.digest, size: blob.size, kind: *kind };
-            if dry_run {
-                return Ok(match push_blob(client, dest, scopes, scratch, &push, true, events)? {
-                    BlobOutcome::Uploaded if same_registry => {
-                        BlobOutcome::Mounted { from: src.repository.clone() }
-                    }
-                    BlobOutcome::Uploaded => {
-                        if !hints.has_blob(&blob.digest) {
-                            count_download(blob.size);
-                        }
-                        BlobOutcome::Uploaded
-                    }
-                    other => other,
-                });
-            }
             let fetch = || {
                 let got =
                     fetch_blob(client, src, &self.src_scopes, scratch, blob, *kind, false, events)?;
@@ -191,7 +174,14 @@ impl<'a> Legs<'a> {
                 }
                 Ok(())
             };
-            push_blob_fetching(client, dest, scopes, scratch, &push, false, events, &fetch)
+            let source = BlobSource { mount_from, fetch: Some(&fetch) };
+            let outcome =
+                push_blob_from(client, dest, scopes, scratch, &push, dry_run, events, &source)?;
+            if dry_run && outcome == BlobOutcome::Uploaded && !hints.has_blob(&blob.digest) {
+                // It would have to be downloaded first.
+                count_download(blob.size);
+            }
+            Ok(outcome)
         })?;
         let mut report = TransferReport { dry_run, ..TransferReport::default() };
         for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {

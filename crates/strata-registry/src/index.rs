@@ -81,21 +81,12 @@ pub(crate) fn fetch_children(
         }
         let kind = manifest::kind_of(ep, &doc.digest, Some(&child.media_type), &doc.bytes)?;
         if kind.is_index() {
-            return Err(nested(ep, doc.digest));
+            return Err(manifest::nested_index(ep, doc.digest));
         }
         events.event(&TransferEvent::Manifest { digest: doc.digest });
         children.push(Doc { digest: doc.digest, kind, bytes: doc.bytes });
     }
     Ok(children)
-}
-
-fn nested(ep: &Endpoint, digest: Digest) -> RegistryError {
-    RegistryError::UnsupportedMediaType {
-        registry: ep.registry.clone(),
-        repository: ep.repository.clone(),
-        digest,
-        media_type: "nested image index".to_owned(),
-    }
 }
 
 /// Every blob of the images `top` stands for (its `children` when it is an index, else
@@ -155,7 +146,7 @@ pub fn push_index(
             }
             let kind = manifest::kind_of(&ep, &child.digest, Some(&child.media_type), &bytes)?;
             if kind.is_index() {
-                return Err(nested(&ep, child.digest));
+                return Err(manifest::nested_index(&ep, child.digest));
             }
             children.push(Doc { digest: child.digest, kind, bytes });
         }

@@ -276,6 +276,16 @@ pub(crate) fn select_platform(
     Ok((descriptor_digest(ep, digest, chosen)?, kind))
 }
 
+/// The error for an index listed by an index: strata resolves and copies one level only.
+pub(crate) fn nested_index(ep: &Endpoint, digest: Digest) -> RegistryError {
+    RegistryError::UnsupportedMediaType {
+        registry: ep.registry.clone(),
+        repository: ep.repository.clone(),
+        digest,
+        media_type: "nested image index".to_owned(),
+    }
+}
+
 /// A manifest an index lists, as the index describes it.
 #[derive(Debug, Clone)]
 pub(crate) struct Child {

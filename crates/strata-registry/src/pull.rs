@@ -127,12 +127,7 @@ pub(crate) fn image_manifest(
     let doc = fetch_manifest(client, ep, scopes, &child.to_string(), Some(&child))?;
     let kind = manifest::kind_of(ep, &doc.digest, doc.content_type.as_deref(), &doc.bytes)?;
     if kind.is_index() {
-        return Err(RegistryError::UnsupportedMediaType {
-            registry: ep.registry.clone(),
-            repository: ep.repository.clone(),
-            digest: doc.digest,
-            media_type: "nested image index".to_owned(),
-        });
+        return Err(manifest::nested_index(ep, doc.digest));
     }
     Ok((doc, kind))
 }

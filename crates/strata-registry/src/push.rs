@@ -167,13 +167,24 @@ pub(crate) fn push_blob(
     dry_run: bool,
     events: &dyn TransferSink,
 ) -> Result<BlobOutcome, RegistryError> {
-    push_blob_fetching(client, ep, scopes, store, blob, dry_run, events, &|| Ok(()))
+    push_blob_from(client, ep, scopes, store, blob, dry_run, events, &BlobSource::default())
 }
 
-/// [`push_blob`] for a blob `store` may not hold yet: `fetch` is called to bring it into
-/// `store` only once the registry turned out to lack it and no mount took it.
+/// Where a blob [`push_blob_from`] sends may come from besides `store`.
+#[derive(Default)]
+pub(crate) struct BlobSource<'a> {
+    /// A repository of the destination's registry known to hold the blob (tried for a mount
+    /// before the hints store's records).
+    pub mount_from: Option<&'a str>,
+    /// Brings the blob into `store`; called only once the registry turned out to lack it and
+    /// no mount took it (`None`: `store` holds it already).
+    pub fetch: Option<&'a dyn Fn() -> Result<(), RegistryError>>,
+}
+
+/// [`push_blob`] for a blob that may be mounted from a known repository, or that `store`
+/// may not hold yet (see [`BlobSource`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn push_blob_fetching(
+pub(crate) fn push_blob_from(
     client: &Client,
     ep: &Endpoint,
     scopes: &[String],
@@ -181,7 +192,7 @@ pub(crate) fn push_blob_fetching(
     blob: &PushBlob,
     dry_run: bool,
     events: &dyn TransferSink,
-    fetch: &dyn Fn() -> Result<(), RegistryError>,
+    source: &BlobSource<'_>,
 ) -> Result<BlobOutcome, RegistryError> {
     let done = |outcome: BlobOutcome| {
         if !dry_run {
@@ -194,8 +205,9 @@ pub(crate) fn push_blob_fetching(
     if blob_exists(client, ep, scopes, &blob.digest)? {
         return done(BlobOutcome::Present);
     }
-    let mount_from =
-        knowledge::mount_source(client.hints(store), &blob.digest, &ep.registry, &ep.repository);
+    let mount_from = source.mount_from.map(str::to_owned).or_else(|| {
+        knowledge::mount_source(client.hints(store), &blob.digest, &ep.registry, &ep.repository)
+    });
     if dry_run {
         return Ok(match mount_from {
             Some(from) => BlobOutcome::Mounted { from },
@@ -220,7 +232,9 @@ pub(crate) fn push_blob_fetching(
             _ => return Err(client.status_error(ep, &req, resp)),
         }
     }
-    fetch()?;
+    if let Some(fetch) = source.fetch {
+        fetch()?;
+    }
     upload(client, ep, scopes, store, blob, session, events)?;
     done(BlobOutcome::Uploaded)
 }

@@ -310,7 +310,7 @@ pub fn copy(
 }
 
 /// The `--all` legs: whole indexes, digests kept ([`strata_registry::pull_all`],
-/// [`strata_registry::push_index`]). `None` when the pair (or a single-image source) is copied
+/// [`strata_registry::copy_all`], [`strata_registry::push_index`]). `None` when the pair (or a single-image source) is copied
 /// the ordinary way.
 fn copy_all(
     client: &Client,
