@@ -92,6 +92,19 @@ pub enum BuildError {
         /// `the build context` or `stage NAME` / `image REF`.
         location: String,
     },
+    /// A bind mount source reaches through a symlink that points out of its root, and the
+    /// path it names inside the root does not exist.
+    #[error("bind mount source `{path}`: `{link}` is a symlink to `{target}`, which leaves {location}; resolved inside it, `{path}` does not exist")]
+    MountSourceLeavesRoot {
+        /// The source as written.
+        path: String,
+        /// The symlink, relative to the root.
+        link: String,
+        /// Its target.
+        target: String,
+        /// `the build context` or `stage NAME` / `image REF`.
+        location: String,
+    },
     /// A COPY/ADD source escapes the build context (`../x`).
     #[error("{path}: is outside the build context")]
     SourceOutsideContext {

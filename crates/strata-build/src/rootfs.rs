@@ -316,12 +316,29 @@ impl MergedView {
     /// (all of them, or all but the last component) without ever leaving the root. The result
     /// is a normalized relative path that may not exist.
     pub fn resolve(&self, path: &Path, follow_last: bool) -> Result<PathBuf> {
+        self.resolve_traced(path, follow_last).map(|r| r.path)
+    }
+
+    /// [`MergedView::resolve`], also naming the first symlink followed whose target points
+    /// out of the root (absolute, or `..` past the top): such a link is taken to mean the same
+    /// path inside the root, as BuildKit does, and when that path is missing an error can say
+    /// why.
+    pub fn resolve_traced(&self, path: &Path, follow_last: bool) -> Result<Resolved> {
         let mut todo: Vec<OsString> =
             path.components().rev().filter_map(component_name).collect::<Vec<_>>();
         let mut cur = PathBuf::new();
         let mut hops = 0;
+        let mut escaped: Option<(PathBuf, PathBuf)> = None;
+        // the link whose target is being walked, while its components are in `todo`
+        let mut walking: Option<(PathBuf, PathBuf, usize)> = None;
         while let Some(c) = todo.pop() {
+            if walking.as_ref().is_some_and(|(_, _, left)| todo.len() < *left) {
+                walking = None;
+            }
             if c == ".." {
+                if cur.as_os_str().is_empty() && escaped.is_none() {
+                    escaped = walking.as_ref().map(|(l, t, _)| (l.clone(), t.clone()));
+                }
                 cur.pop();
                 continue;
             }
@@ -343,16 +360,21 @@ impl MergedView {
                         let target = fs::read_link(&real)
                             .map_err(|e| BuildError::io("readlink", &real, e))?;
                         if target.is_absolute() {
+                            if escaped.is_none() {
+                                escaped = Some((cand.clone(), target.clone()));
+                            }
                             cur = PathBuf::new();
                         }
+                        let before = todo.len();
                         todo.extend(target.components().rev().filter_map(component_name));
+                        walking = Some((cand, target, before));
                         continue;
                     }
                 }
             }
             cur = cand;
         }
-        Ok(cur)
+        Ok(Resolved { path: cur, escaped })
     }
 
     /// `lstat` of `rel` in the view.
@@ -369,6 +391,16 @@ impl MergedView {
         f.read_to_end(&mut v).ok()?;
         Some(v)
     }
+}
+
+/// A path resolved inside a [`MergedView`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    /// Normalized, relative to the root; may not exist.
+    pub path: PathBuf,
+    /// The first symlink followed (its path in the view, and its target) that pointed out of
+    /// the root.
+    pub escaped: Option<(PathBuf, PathBuf)>,
 }
 
 fn component_name(c: Component<'_>) -> Option<OsString> {

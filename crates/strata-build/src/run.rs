@@ -12,14 +12,16 @@
 //! heredoc use (`RUN python3 <<EOF`) is handed to the shell as a heredoc. The environment is
 //! the config's `Env` plus the ARGs in scope (never stored in the image). `--mount` types:
 //! `cache` (a directory per id under `<store>/strata/v1/cache-mounts/`, kept between builds,
-//! never in a layer), `bind` (context, stage or image; read-only unless `rw`, and then a
-//! throw-away copy), `tmpfs`, `secret` (a file mounted read-only, or `env=`; the value is
-//! never written to a layer, the config or the history).
+//! never in a layer), `bind` (context, stage or image; `source` resolved inside that root as
+//! BuildKit does, a symlink to `/` meaning the root itself; read-only unless `rw`, and then
+//! seen through an overlay whose writes are thrown away), `tmpfs`, `secret` (a file mounted
+//! read-only, or `env=`; the value is never written to a layer, the config or the history).
+//! Targets are resolved in the image, following its symlinks without leaving it.
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use strata_layer::{
     apply_blob, changeset_from_overlay_upper, diff, scan, ApplyOptions, Change, Changeset,
@@ -28,7 +30,7 @@ use strata_layer::{
 use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{Command, Heredoc, Scope, Step};
-use strata_sandbox::{Mount, RootFs, RunRequest, Stream};
+use strata_sandbox::{Access, BindSource, Mount, RootFs, RunRequest, Stream};
 use strata_store::Digest;
 
 use crate::cache;
@@ -76,9 +78,9 @@ impl Builder<'_> {
                             .map_err(|e| BuildError::io("write", &file, e))?;
                         set_mode(&file, 0o755)?;
                         mounts.push(Mount::Bind {
-                            source: dir,
+                            source: BindSource::Host(dir),
                             target: "/dev/pipes".to_string(),
-                            read_only: true,
+                            access: Access::ReadOnly,
                         });
                         vec![format!("/dev/pipes/{}", h.name)]
                     } else {
@@ -131,6 +133,7 @@ impl Builder<'_> {
         if let Some(hit) = self.cached(stage, cache::Kind::Run, key.as_ref(), &created_by)? {
             return Ok(hit);
         }
+        let view = self.view(state)?;
         let mut keep_alive = Vec::new();
         for m in &run.mounts {
             self.add_mount(
@@ -142,9 +145,9 @@ impl Builder<'_> {
                 &mut mounts,
                 &mut env,
                 &mut keep_alive,
+                &view,
             )?;
         }
-        let view = self.view(state)?;
         let overlay = self.opts.run_rootfs == RunRootfs::Overlay
             && strata_sandbox::overlay_supported(scratch.path());
         let (rootfs, upper_or_root) = if overlay {
@@ -262,38 +265,10 @@ impl Builder<'_> {
         Ok(cache::key_of(&serde_json::Value::Object(doc)))
     }
 
-    /// The path a context bind mount shows: its `source` below the context, `..` clamped.
-    fn context_bind_source(&self, m: &strata_recipe::Mount) -> (PathBuf, PathBuf) {
-        let base = self.opts.context.clone();
-        let mut source = base.clone();
-        let mut rel = PathBuf::new();
-        for c in Path::new(m.source.as_deref().unwrap_or(".")).components() {
-            match c {
-                Component::Normal(n) => {
-                    source.push(n);
-                    rel.push(n);
-                }
-                Component::ParentDir if source != base => {
-                    source.pop();
-                    rel.pop();
-                }
-                _ => {}
-            }
-        }
-        (source, rel)
-    }
-
     /// The digest of what a bind mount of the context shows the command: every entry below
     /// the source (the mount is not filtered by `.dockerignore`), with owners, never mtimes.
     fn context_bind_digest(&self, m: &strata_recipe::Mount) -> Result<Digest> {
-        let (source, rel) = self.context_bind_source(m);
-        // The mount follows a symlinked source; so does its digest.
-        let Ok(source) = fs::canonicalize(&source) else {
-            return Err(BuildError::SourceNotFound {
-                path: m.source.clone().unwrap_or_else(|| ".".into()),
-                location: "the bind mount source".into(),
-            });
-        };
+        let (_, real, rel) = bind_source(&self.opts.context, m, "the build context")?;
         let walk = SourceWalk {
             ignore: None,
             exclude: None,
@@ -301,7 +276,7 @@ impl Builder<'_> {
             mtime_clamp: None,
             root_meta: true,
         };
-        walk.digest(&self.hashes, &source, &rel)
+        walk.digest(&self.hashes, &real, &rel)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -315,13 +290,19 @@ impl Builder<'_> {
         mounts: &mut Vec<Mount>,
         env: &mut Vec<String>,
         keep_alive: &mut Vec<WorkDir>,
+        view: &MergedView,
     ) -> Result<()> {
-        let abs = |t: &str| -> String {
-            if t.starts_with('/') {
+        // A target is resolved in the image the way runc resolves it inside the rootfs
+        // (symlinks followed, never out of it), so that missing directories are created
+        // where a link leads; the sandbox then mounts on it resolving inside the root again.
+        let abs = |t: &str| -> Result<String> {
+            let joined = if t.starts_with('/') {
                 t.to_string()
             } else {
                 format!("{}/{}", cwd.trim_end_matches('/'), t)
-            }
+            };
+            let resolved = view.resolve(Path::new(&joined), true)?;
+            Ok(format!("/{}", resolved.display()))
         };
         match m.kind {
             MountType::Cache => {
@@ -338,29 +319,33 @@ impl Builder<'_> {
                     )
                     .map_err(|e| BuildError::io("chown", &dir, e.into()))?;
                 }
+                let access = if m.read_only { Access::ReadOnly } else { Access::ReadWrite };
                 mounts.push(Mount::Bind {
-                    source: dir,
-                    target: abs(&target),
-                    read_only: m.read_only,
+                    source: BindSource::Host(dir),
+                    target: abs(&target)?,
+                    access,
                 });
             }
             MountType::Tmpfs => {
                 let target = m.target.clone().unwrap_or_default();
-                mounts.push(Mount::Tmpfs { target: abs(&target), size: m.size });
+                mounts.push(Mount::Tmpfs { target: abs(&target)?, size: m.size });
             }
             MountType::Bind => {
                 let target = m.target.clone().unwrap_or_default();
-                let base: PathBuf = match &m.from {
-                    None => self.opts.context.clone(),
+                let (root, location) = match &m.from {
+                    None => (self.opts.context.clone(), "the build context".to_string()),
                     Some(from) => {
-                        let chain =
+                        let (chain, location) =
                             match resolve_stage_ref(&self.plan.stages, from, stage, step.span)
                                 .map_err(|source| BuildError::Parse {
                                     path: self.opts.recipe_path.clone(),
                                     source: Box::new(source),
                                 })? {
-                                Some(j) => self.result(j).map(|s| s.layers).unwrap_or_default(),
-                                None => self.image_state(from)?.layers,
+                                Some(j) => (
+                                    self.result(j).map(|s| s.layers).unwrap_or_default(),
+                                    format!("stage {from}"),
+                                ),
+                                None => (self.image_state(from)?.layers, format!("image {from}")),
                             };
                         let dir = self.staging()?;
                         for l in &chain {
@@ -373,36 +358,20 @@ impl Builder<'_> {
                         }
                         let p = dir.path().to_path_buf();
                         keep_alive.push(dir);
-                        p
+                        (p, location)
                     }
                 };
-                let mut source = base.clone();
-                for c in Path::new(m.source.as_deref().unwrap_or(".")).components() {
-                    match c {
-                        Component::Normal(n) => source.push(n),
-                        Component::ParentDir if source != base => {
-                            source.pop();
-                        }
-                        _ => {}
-                    }
-                }
-                if !source.exists() {
-                    return Err(BuildError::SourceNotFound {
-                        path: m.source.clone().unwrap_or_else(|| ".".into()),
-                        location: "the bind mount source".into(),
-                    });
-                }
-                let source = if m.read_only {
-                    source
-                } else {
-                    // Writes to a read-write bind are discarded: give the step a copy.
-                    let dir = self.staging()?;
-                    let copy = dir.path().join("copy");
-                    copy_plain(&source, &copy)?;
-                    keep_alive.push(dir);
-                    copy
-                };
-                mounts.push(Mount::Bind { source, target: abs(&target), read_only: m.read_only });
+                // Checked here for a clear error; the sandbox resolves it again, inside the
+                // same root, and mounts exactly what it resolved.
+                let (path, _, _) = bind_source(&root, m, &location)?;
+                // Writes to a read-write bind are discarded (an overlay in the sandbox), as
+                // BuildKit does: nothing is ever written to the context or a stage.
+                let access = if m.read_only { Access::ReadOnly } else { Access::Discard };
+                mounts.push(Mount::Bind {
+                    source: BindSource::InRoot { root, path },
+                    target: abs(&target)?,
+                    access,
+                });
             }
             MountType::Secret => {
                 let id =
@@ -453,7 +422,11 @@ impl Builder<'_> {
                 )
                 .map_err(|e| BuildError::io("chown", &file, e.into()))?;
                 let target = m.target.clone().unwrap_or_else(|| format!("/run/secrets/{id}"));
-                mounts.push(Mount::Bind { source: file, target: abs(&target), read_only: true });
+                mounts.push(Mount::Bind {
+                    source: BindSource::Host(file),
+                    target: abs(&target)?,
+                    access: Access::ReadOnly,
+                });
             }
             MountType::Ssh => {
                 return Err(BuildError::Unsupported { what: "RUN --mount=type=ssh".to_string() })
@@ -520,22 +493,32 @@ fn hide_lower(
 /// a new mtime; put the old one back so the copy fallback does not see a change that the
 /// command did not make (overlay drops such copied-up parents itself).
 fn restore_stub_parents(before: &Snapshot, root: &Path, stubs: &[String]) -> Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let root_fd =
+        rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| BuildError::io("open", root, e.into()))?;
     for stub in stubs {
         let rel = Path::new(stub.trim_start_matches('/'));
         let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else { continue };
         let Some(entry) = before.get(parent) else { continue };
-        let abs = root.join(parent);
-        if !abs.is_dir() {
+        // The step may have replaced any directory on the way with a symlink: follow none.
+        let Ok(dir) = rustix::fs::openat2(
+            &root_fd,
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+        ) else {
             continue;
-        }
+        };
         let t = rustix::fs::Timespec { tv_sec: entry.mtime.secs, tv_nsec: entry.mtime.nanos as _ };
         rustix::fs::utimensat(
-            rustix::fs::CWD,
-            &abs,
+            &dir,
+            "",
             &rustix::fs::Timestamps { last_access: t, last_modification: t },
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            rustix::fs::AtFlags::EMPTY_PATH,
         )
-        .map_err(|e| BuildError::io("utimensat", &abs, e.into()))?;
+        .map_err(|e| BuildError::io("utimensat", root.join(parent), e.into()))?;
     }
     Ok(())
 }
@@ -553,23 +536,30 @@ fn cache_dir_name(id: &str) -> String {
     }
 }
 
-/// Recursive copy keeping modes and symlinks (for read-write bind mounts).
-fn copy_plain(src: &Path, dst: &Path) -> Result<()> {
-    let md = fs::symlink_metadata(src).map_err(|e| BuildError::io("lstat", src, e))?;
-    if md.is_dir() {
-        fs::create_dir_all(dst).map_err(|e| BuildError::io("mkdir", dst, e))?;
-        for ent in fs::read_dir(src).map_err(|e| BuildError::io("read dir", src, e))? {
-            let ent = ent.map_err(|e| BuildError::io("read dir", src, e))?;
-            copy_plain(&ent.path(), &dst.join(ent.file_name()))?;
-        }
-        fs::set_permissions(dst, md.permissions()).map_err(|e| BuildError::io("chmod", dst, e))?;
-    } else if md.file_type().is_symlink() {
-        let t = fs::read_link(src).map_err(|e| BuildError::io("readlink", src, e))?;
-        std::os::unix::fs::symlink(t, dst).map_err(|e| BuildError::io("symlink", dst, e))?;
-    } else if md.is_file() {
-        fs::copy(src, dst).map_err(|e| BuildError::io("copy", src, e))?;
+/// A bind mount's `source` checked inside `root` the way the sandbox resolves it (a symlink
+/// to `/` is `root`, `/etc` is `root/etc`): the path as written, where it is on the host,
+/// and where it is relative to `root`. A source that is not there is an error naming it, and
+/// the symlink that pointed out of the root when there is one.
+fn bind_source(
+    root: &Path,
+    m: &strata_recipe::Mount,
+    location: &str,
+) -> Result<(String, PathBuf, PathBuf)> {
+    let written = m.source.clone().unwrap_or_else(|| ".".to_string());
+    let view = MergedView::new(vec![root.to_path_buf()]);
+    let resolved = view.resolve_traced(Path::new(&written), true)?;
+    match view.find(&resolved.path) {
+        Some(real) => Ok((written, real, resolved.path)),
+        None => Err(match resolved.escaped {
+            Some((link, target)) => BuildError::MountSourceLeavesRoot {
+                path: written,
+                link: link.display().to_string(),
+                target: target.display().to_string(),
+                location: location.to_string(),
+            },
+            None => BuildError::SourceNotFound { path: written, location: location.to_string() },
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]

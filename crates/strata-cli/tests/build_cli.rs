@@ -256,3 +256,41 @@ fn a_php_change_reruns_only_the_app_copy_and_after() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--no-cache-filter other"), "{stderr}");
 }
+
+/// CVE-2019-5736 class: a script whose interpreter is `/proc/self/exe` makes the kernel run
+/// the process that execs it (the builder) inside the step. strata's sandbox child is
+/// the only process of the step's pid namespace when it execs, so no process of the step can
+/// hold the builder's binary open and write it later; the binary runs as the step's PID 1,
+/// finds nothing it can do there, and the step fails.
+#[test]
+fn a_step_running_the_builder_binary_cannot_rewrite_it() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let dir = lamp(tmp.path(), &store);
+    let exe = std::fs::read(env!("CARGO_BIN_EXE_strata")).unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM lamp-base:latest\n\
+         RUN printf '#!/proc/self/exe build\\n' > /evil && chmod 755 /evil && \
+         printf '#!/proc/self/exe\\n' > /evil2 && chmod 755 /evil2\n\
+         RUN [\"/evil\", \"-t\", \"x\"]\n",
+    )
+    .unwrap();
+    let out = strata(&store, &["build", "--progress", "plain", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM lamp-base:latest\n\
+         RUN printf '#!/proc/self/exe\\n' > /evil2 && chmod 755 /evil2\n\
+         RUN sh -c '/evil2 & sleep 0.3; for p in /proc/[0-9]*; do echo x >> $p/exe; done; true'\n",
+    )
+    .unwrap();
+    let _ = strata(&store, &["build", "--progress", "plain", ctx.to_str().unwrap()]);
+    assert_eq!(std::fs::read(env!("CARGO_BIN_EXE_strata")).unwrap(), exe, "the binary changed");
+    drop(dir);
+}

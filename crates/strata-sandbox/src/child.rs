@@ -290,19 +290,27 @@ unsafe fn child_main(ops: &[Op], fds: ChildFds) -> ! {
             }
             libc::close(fds.sync_r);
         }
-        // Copies above 2 first: with a closed stdio fd in the parent (Rust's runtime reopens
-        // them, a C host embedding us might not), a source could itself be 0, 1 or 2 and be
-        // overwritten, or keep its close-on-exec flag, otherwise.
-        let mut high = [-1; 3];
-        for (slot, from) in high.iter_mut().zip([fds.null, fds.out, fds.err]) {
-            *slot = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 3);
+        // Copies well above 2 first: with a closed stdio fd in the parent (Rust's runtime
+        // reopens them, a C host embedding us might not), a source could itself be 0, 1 or 2
+        // and be overwritten, or keep its close-on-exec flag, otherwise.
+        let mut high = [-1; 4];
+        for (slot, from) in high.iter_mut().zip([fds.null, fds.out, fds.err, fds.status]) {
+            *slot = libc::fcntl(from, libc::F_DUPFD_CLOEXEC, sys::SLOT_BASE);
         }
-        for (to, from) in high.into_iter().enumerate() {
-            if from == -1 || libc::dup2(from, to as libc::c_int) == -1 {
+        for (to, from) in high[..3].iter().enumerate() {
+            if *from == -1 || libc::dup2(*from, to as libc::c_int) == -1 {
                 sys::write_record(fds.status, KIND_FAILED, STDIO_STEP, *libc::__errno_location());
                 libc::_exit(127);
             }
         }
+        // The status pipe goes to fd 3 and every other fd is closed: the step gets only
+        // 0, 1 and 2, whatever this process inherited without close-on-exec (runc's
+        // CVE-2024-21626 was a leaked directory fd reached through /proc/self/fd).
+        if high[3] == -1 || libc::dup3(high[3], sys::STATUS_FD, libc::O_CLOEXEC) == -1 {
+            sys::write_record(fds.status, KIND_FAILED, STDIO_STEP, *libc::__errno_location());
+            libc::_exit(127);
+        }
+        sys::close_from(sys::STATUS_FD + 1);
         // Default dispositions everywhere (the parent's handlers must not run here, and
         // Rust's ignored SIGPIPE would stay ignored across exec), then unblock everything.
         // Raw rt_sigaction: glibc's wrapper refuses its internal signals (32, 33). An
@@ -321,12 +329,12 @@ unsafe fn child_main(ops: &[Op], fds: ChildFds) -> ! {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
 
-        let mut real = RealSyscalls { status_fd: fds.status };
+        let mut real = RealSyscalls { status_fd: sys::STATUS_FD };
         match sys::execute(ops, &mut real) {
             Ok(()) => libc::_exit(0),
             Err(f) => {
                 let errno: Errno = f.errno;
-                sys::write_record(fds.status, KIND_FAILED, f.index, errno.raw_os_error());
+                sys::write_record(sys::STATUS_FD, KIND_FAILED, f.index, errno.raw_os_error());
                 libc::_exit(127)
             }
         }

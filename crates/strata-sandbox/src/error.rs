@@ -76,6 +76,24 @@ pub enum SandboxError {
         /// The host path.
         path: PathBuf,
     },
+    /// A bind mount source does not resolve inside its root (missing, or a symlink that
+    /// leads to nothing there).
+    #[error("bind mount source {path:?} inside {root}")]
+    MountSource {
+        /// The directory that is `/` for the path.
+        root: PathBuf,
+        /// The path as given.
+        path: String,
+        /// Why it does not resolve.
+        #[source]
+        source: io::Error,
+    },
+    /// More mounts than one step can hold.
+    #[error("too many mounts for one step (at most {max})")]
+    TooManyMounts {
+        /// The limit.
+        max: usize,
+    },
     /// More lower layers than overlayfs can stack.
     #[error("{count} layers, but overlayfs stacks at most {max}")]
     TooManyLayers {

@@ -14,19 +14,37 @@
 //! by two threads and handed, line by line, to the caller's callback on the calling thread.
 //!
 //! # The mount plan
-//! All in the step's own mount namespace, in this order: `/` made recursively private;
-//! the rootfs mounted on a temp dir (overlay `lowerdir=TOP:...:BOTTOM,upperdir,workdir` with
-//! `metacopy=off,redirect_dir=off`, so that the upperdir alone is the changeset, or
-//! `userxattr` without root; or a recursive bind of [`RootFs::Dir`]);
-//! `pivot_root(".", "proc")`, leaving the host reachable under `/proc` while the targets
-//! below are resolved inside the container; `/dev` (tmpfs, host `null zero full random
-//! urandom tty` bound in, new-instance `/dev/pts`, `/dev/shm`); a procfs for the new pid
-//! namespace, staged in `/dev`; `/sys` read-only (sysfs in an own network namespace, else a
-//! bind of the host's); `/etc/hosts` (`localhost` + hostname) and `/etc/resolv.conf` (a
-//! copy of the host's) bound from per-run files; [`RunRequest::mounts`] in order; the old
-//! root detached and the procfs moved to `/proc`, with `/proc/sys` & co. read-only and
-//! kernel views masked; `mkdir -p` of the cwd; capabilities limited to
+//! All in the step's own mount namespace (details in the `plan` module): `/` made
+//! recursively private; the rootfs mounted on a temp dir (overlay `lowerdir=TOP:...:BOTTOM,
+//! upperdir,workdir` with `metacopy=off,redirect_dir=off`, so that the upperdir alone is the
+//! changeset, or `userxattr` without root; or a recursive bind of [`RootFs::Dir`]); every
+//! other mount made *detached* while the host is still visible: `/dev` (tmpfs, host `null
+//! zero full random urandom tty` bound in, new-instance `/dev/pts`, `/dev/shm`), a procfs
+//! for the new pid namespace, `/sys` read-only (sysfs in an own network namespace, else a
+//! bind of the host's), `/etc/hosts` (`localhost` + hostname) and `/etc/resolv.conf` (a
+//! copy of the host's) from per-run files, and [`RunRequest::mounts`]; then `pivot_root`
+//! and the old root detached, so that nothing below can reach the host; then each mount
+//! attached on its target resolved inside the new root, procfs last; `/proc/sys` & co.
+//! read-only and kernel views masked; `mkdir -p` of the cwd; capabilities limited to
 //! [`DEFAULT_CAPABILITIES`]; groups, gid, uid; `execve` with a PATH search in the container.
+//!
+//! # What a step cannot reach
+//! Builds run recipes written by strangers, so a path a recipe names never leads out of its
+//! root. A [`BindSource::InRoot`] is resolved by the sandbox process itself with
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` and mounted from that very fd
+//! (`open_tree`), so a symlink to `/` is the root it lives in and nothing can be swapped in
+//! between (buildah's CVE-2024-1753, BuildKit's CVE-2024-23651). [`Access::Discard`] binds
+//! are overlays whose writes land in the step's scratch dir. Mount targets, stubs and the
+//! working directory are made after the old root is gone, resolved inside the container
+//! (`/proc/<host path>` is only the container's `/proc`). Stubs are removed afterwards
+//! through directory fds that follow no symlink the step may have planted (BuildKit's
+//! CVE-2024-23652). The step gets fds 0, 1 and 2 and nothing else the strata process had
+//! open, inherited or not (runc's CVE-2024-21626). And when the step's command is exec'd,
+//! strata's own process is the only one in the step's pid namespace: even a script whose
+//! interpreter is `/proc/self/exe`, which makes the kernel run strata's binary as the step's
+//! PID 1, leaves no process of the step that could hold that binary open and rewrite it
+//! later (the CVE-2019-5736 class). This needs Linux 5.12 (`openat2`, the new mount API,
+//! `mount_setattr`).
 //!
 //! # Without root
 //! A user namespace maps the caller to root, overlay uses `user.overlay.*` xattrs, and files
@@ -82,6 +100,8 @@ use std::time::Duration;
 pub use error::SandboxError;
 pub use user::resolve_user;
 
+use plan::PreparedSource;
+
 use idmap::IdMap;
 use plan::{PreparedMount, PreparedRootfs};
 
@@ -117,14 +137,15 @@ pub enum Network {
 /// An extra mount for the step (`RUN --mount=...`, secrets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mount {
-    /// Bind a host file or directory (directories recursively).
+    /// Bind a file or directory tree (directories recursively).
     Bind {
-        /// Host path; must exist.
-        source: PathBuf,
-        /// Absolute path in the container; created (as a stub) when missing.
+        /// Where the tree comes from.
+        source: BindSource,
+        /// Absolute path in the container, resolved inside the container's root; created
+        /// (as a stub) when missing.
         target: String,
-        /// Mount it read-only.
-        read_only: bool,
+        /// What the step may do to it.
+        access: Access,
     },
     /// A fresh, empty tmpfs.
     Tmpfs {
@@ -133,6 +154,38 @@ pub enum Mount {
         /// Size limit in bytes (tmpfs's default, half of RAM, when `None`).
         size: Option<u64>,
     },
+}
+
+/// Where a bind mount's tree comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindSource {
+    /// A path the caller made itself and trusts (a cache-mount directory, a secret file):
+    /// mounted as it is.
+    Host(PathBuf),
+    /// `path` resolved inside the directory `root` as if `root` were `/`: a symlink to `/`
+    /// means `root`, an absolute symlink `/etc` means `root/etc`, `..` stops at `root`.
+    /// This is how a path a recipe names is mounted (the build context, a stage or image
+    /// rootfs): the sandbox process resolves it itself and mounts the very file descriptor
+    /// it resolved, so nothing can be swapped in between.
+    InRoot {
+        /// The directory that is `/` for `path`.
+        root: PathBuf,
+        /// The path inside it (absolute or relative; `""` or `/` is `root` itself).
+        path: String,
+    },
+}
+
+/// What a step may do to a bind mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read-only.
+    ReadOnly,
+    /// Writes go to the source (a cache-mount directory the caller keeps).
+    ReadWrite,
+    /// The step may write, but its writes are thrown away after it and never reach the
+    /// source: a directory is seen through an overlay whose upperdir lives in the step's
+    /// scratch space, a file through a copy (`RUN --mount=type=bind,rw` as BuildKit does it).
+    Discard,
 }
 
 /// Everything needed to run one step.
@@ -385,33 +438,104 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     move |source| SandboxError::Io { action, path: path.to_path_buf(), source }
 }
 
-/// The flags of `path`'s mount that a read-only bind remount must repeat: in a user
-/// namespace nosuid/nodev/noexec and the atime mode are locked and may not be dropped.
-fn locked_mount_flags(path: &Path) -> Result<libc::c_ulong, SandboxError> {
-    use rustix::fs::StatVfsMountFlags as St;
-    let vfs = rustix::fs::statvfs(path).map_err(|e| SandboxError::Io {
-        action: "statvfs",
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
-    let mut flags = 0;
-    for (st, ms) in [
-        (St::NOSUID, libc::MS_NOSUID),
-        (St::NODEV, libc::MS_NODEV),
-        (St::NOEXEC, libc::MS_NOEXEC),
-        (St::NOATIME, libc::MS_NOATIME),
-        (St::NODIRATIME, libc::MS_NODIRATIME),
-        (St::RELATIME, libc::MS_RELATIME),
-    ] {
-        if vfs.f_flag.contains(st) {
-            flags |= ms;
-        }
-    }
-    Ok(flags)
-}
-
 fn canonical(p: &Path) -> Result<PathBuf, SandboxError> {
     fs::canonicalize(p).map_err(io_err("resolving", p))
+}
+
+/// A bind mount's source as the child will open it. An in-root source is resolved here too
+/// (the child resolves it again and mounts what it resolved): to know whether the target
+/// is a directory or a file, to say clearly when the source does not exist, and to copy a
+/// file whose writes are to be discarded.
+fn prepare_bind(
+    scratch: &Path,
+    index: usize,
+    source: &BindSource,
+    target: &str,
+    access: Access,
+) -> Result<PreparedMount, SandboxError> {
+    let read_only = access == Access::ReadOnly;
+    let (source, is_dir) = match source {
+        BindSource::Host(path) => {
+            let path = canonical(path)?;
+            let meta = fs::metadata(&path).map_err(io_err("reading", &path))?;
+            (PreparedSource::Host(path), meta.is_dir())
+        }
+        BindSource::InRoot { root, path } => {
+            let root = canonical(root)?;
+            let fd = open_in_root(&root, path).map_err(|source| SandboxError::MountSource {
+                root: root.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            let meta = fs::File::from(fd).metadata().map_err(io_err("reading", &root))?;
+            let is_dir = meta.is_dir();
+            match access {
+                Access::Discard if is_dir => {
+                    let dir = scratch.join(format!("bind-{index}"));
+                    let (upper, work) = (dir.join("upper"), dir.join("work"));
+                    for d in [&dir, &upper, &work] {
+                        fs::create_dir(d).map_err(io_err("creating", d))?;
+                    }
+                    let (upper, work) = (canonical(&upper)?, canonical(&work)?);
+                    (PreparedSource::Discarded { root, path: path.clone(), upper, work }, true)
+                }
+                Access::Discard => {
+                    // A file: the step gets a copy of what was resolved.
+                    let copy = scratch.join(format!("bind-{index}"));
+                    let mut from = fs::File::from(open_in_root_for_reading(&root, path)?);
+                    let mut to = fs::File::create(&copy).map_err(io_err("creating", &copy))?;
+                    io::copy(&mut from, &mut to).map_err(io_err("copying to", &copy))?;
+                    to.set_permissions(meta.permissions()).map_err(io_err("chmod", &copy))?;
+                    (PreparedSource::Host(canonical(&copy)?), false)
+                }
+                _ => (PreparedSource::InRoot { root, path: path.clone() }, is_dir),
+            }
+        }
+    };
+    Ok(PreparedMount::Bind { source, target: target.to_string(), is_dir, read_only })
+}
+
+/// The resolution flags of every path a recipe names: inside the root, no magic links.
+fn in_root_flags() -> rustix::fs::ResolveFlags {
+    rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS
+}
+
+/// An `O_PATH` fd of `path` resolved inside `root`.
+fn open_in_root(root: &Path, path: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let dir =
+        rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let path = if path.is_empty() { "." } else { path };
+    Ok(rustix::fs::openat2(
+        &dir,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        in_root_flags(),
+    )?)
+}
+
+fn open_in_root_for_reading(root: &Path, path: &str) -> Result<std::os::fd::OwnedFd, SandboxError> {
+    use rustix::fs::{Mode, OFlags};
+    let dir =
+        rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| SandboxError::Io {
+            action: "opening",
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
+    rustix::fs::openat2(
+        &dir,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        in_root_flags(),
+    )
+    .map_err(|e| SandboxError::MountSource {
+        root: root.to_path_buf(),
+        path: path.to_string(),
+        source: e.into(),
+    })
 }
 
 /// Overlay's limit on the whole option string (one page, NUL included).
@@ -506,19 +630,10 @@ fn prepare(
         .collect();
 
     let mut mounts = Vec::new();
-    for m in &req.mounts {
+    for (i, m) in req.mounts.iter().enumerate() {
         mounts.push(match m {
-            Mount::Bind { source, target, read_only } => {
-                let source = canonical(source)?;
-                let meta = fs::metadata(&source).map_err(io_err("reading", &source))?;
-                let locked = locked_mount_flags(&source)?;
-                PreparedMount::Bind {
-                    source,
-                    target: target.clone(),
-                    is_dir: meta.is_dir(),
-                    read_only: *read_only,
-                    locked_flags: locked,
-                }
+            Mount::Bind { source, target, access } => {
+                prepare_bind(scratch, i, source, target, *access)?
             }
             Mount::Tmpfs { target, size } => {
                 PreparedMount::Tmpfs { target: target.clone(), size: *size }
@@ -526,9 +641,7 @@ fn prepare(
         });
     }
 
-    let sys_flags = locked_mount_flags(Path::new("/sys")).unwrap_or(0);
     let prepared = plan::Prepared {
-        sys_flags,
         userns: id_map,
         hostname: hostname.to_string(),
         new_net: req.network == Network::None,
@@ -685,7 +798,7 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
         data: Some(plan::cstring("overlay options", &options)?),
         optional: false,
     });
-    ops.push(sys::Op::CreateFile { path: c(&d.join("merged/new"))?, stub: false });
+    ops.push(sys::Op::CreateFile { path: c(&d.join("merged/new"))?, stub: false, optional: false });
     ops.push(sys::Op::Unlink { path: c(&d.join("merged/gone"))? });
     let probe = plan::Plan { ops, stub_paths: Vec::new() };
     let mut flags = libc::CLONE_NEWNS;

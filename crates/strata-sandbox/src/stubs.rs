@@ -9,11 +9,11 @@
 //! (A command that only touched such a directory's mtime loses that change; nothing else can.)
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
-use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 
 /// The rootfs whose stubs are to be removed.
 pub(crate) enum StubRoot {
@@ -27,6 +27,40 @@ fn rel(container_path: &str) -> &str {
     container_path.trim_start_matches('/')
 }
 
+/// The directory `rel` below `root`, opened without following any symlink or leaving
+/// `root`'s mount: the step may have replaced a stub's parent with a symlink to anywhere
+/// (BuildKit's CVE-2024-23652 was a cleaner that followed one), and nothing here may act on
+/// what such a link names.
+pub(crate) fn open_dir_beneath(root: &Path, rel: &str) -> Option<OwnedFd> {
+    let dir =
+        rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .ok()?;
+    let rel = rel.trim_matches('/');
+    if rel.is_empty() {
+        return Some(dir);
+    }
+    rustix::fs::openat2(
+        &dir,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+    )
+    .ok()
+}
+
+/// The parent directory of `rel` below `root` (see [`open_dir_beneath`]) and the last name.
+fn parent_and_name<'a>(root: &Path, rel: &'a str) -> Option<(OwnedFd, &'a OsStr)> {
+    let p = Path::new(rel.trim_matches('/'));
+    let name = p.file_name()?;
+    let parent = p.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    Some((open_dir_beneath(root, &parent)?, name))
+}
+
+fn lstat_at(dir: &OwnedFd, name: &OsStr) -> Option<Stat> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+}
+
 /// Removes the `stubs` (container paths, parents before children) that are still empty.
 /// Best effort: whatever cannot be removed stays.
 pub(crate) fn remove_stubs(root: &StubRoot, stubs: &[String]) {
@@ -36,10 +70,17 @@ pub(crate) fn remove_stubs(root: &StubRoot, stubs: &[String]) {
     };
     let mut parents: BTreeSet<String> = BTreeSet::new();
     for stub in stubs.iter().rev() {
-        let p = base.join(rel(stub));
-        let removed = match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => fs::remove_dir(&p).is_ok(),
-            Ok(m) if m.is_file() && m.len() == 0 => fs::remove_file(&p).is_ok(),
+        let Some((dir, name)) = parent_and_name(base, rel(stub)) else { continue };
+        let removed = match lstat_at(&dir, name) {
+            Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).is_ok()
+            }
+            Some(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && st.st_size == 0 =>
+            {
+                rustix::fs::unlinkat(&dir, name, AtFlags::empty()).is_ok()
+            }
             _ => false,
         };
         if removed {
@@ -59,8 +100,9 @@ pub(crate) fn remove_stubs(root: &StubRoot, stubs: &[String]) {
         if stubs.contains(&dir) {
             continue;
         }
-        if only_copied_up(upper, lowers_top_first, &dir)
-            && fs::remove_dir(upper.join(rel(&dir))).is_ok()
+        let Some((pfd, name)) = parent_and_name(upper, rel(&dir)) else { continue };
+        if only_copied_up(&pfd, name, lowers_top_first, &dir)
+            && rustix::fs::unlinkat(&pfd, name, AtFlags::REMOVEDIR).is_ok()
         {
             if let Some(parent) = parent_of(&dir) {
                 parents.insert(parent);
@@ -71,20 +113,23 @@ pub(crate) fn remove_stubs(root: &StubRoot, stubs: &[String]) {
 
 /// Modification times of the directories that may receive stubs (the parents of
 /// `candidates`, container paths), taken before a step on a plain-directory rootfs.
-pub(crate) struct DirTimes(Vec<(String, libc::timespec)>);
+pub(crate) struct DirTimes(Vec<(String, rustix::fs::Timespec)>);
 
 impl DirTimes {
     /// Records the mtimes of the existing, non-symlink parent directories of `candidates`.
     pub(crate) fn record(dir: &Path, candidates: &[String]) -> DirTimes {
-        let mut out: Vec<(String, libc::timespec)> = Vec::new();
+        let mut out: Vec<(String, rustix::fs::Timespec)> = Vec::new();
         for c in candidates {
             let parent = parent_of(c).unwrap_or_else(|| "/".to_string());
             if out.iter().any(|(p, _)| *p == parent) {
                 continue;
             }
-            if let Ok(m) = fs::symlink_metadata(dir.join(rel(&parent))) {
-                if m.is_dir() {
-                    let ts = libc::timespec { tv_sec: m.mtime(), tv_nsec: m.mtime_nsec() };
+            if let Some(fd) = open_dir_beneath(dir, rel(&parent)) {
+                if let Ok(st) = rustix::fs::fstat(&fd) {
+                    let ts = rustix::fs::Timespec {
+                        tv_sec: st.st_mtime as _,
+                        tv_nsec: st.st_mtime_nsec as _,
+                    };
                     out.push((parent, ts));
                 }
             }
@@ -98,24 +143,17 @@ impl DirTimes {
         for (parent, ts) in &self.0 {
             let touched = stubs.iter().any(|s| {
                 parent_of(s).unwrap_or_else(|| "/".to_string()) == *parent
-                    && fs::symlink_metadata(dir.join(rel(s))).is_err()
+                    && parent_and_name(dir, rel(s)).is_some_and(|(d, n)| lstat_at(&d, n).is_none())
             });
             if !touched {
                 continue;
             }
-            let Ok(p) = CString::new(dir.join(rel(parent)).as_os_str().as_bytes()) else {
-                continue;
+            let Some(fd) = open_dir_beneath(dir, rel(parent)) else { continue };
+            let times = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+                last_modification: *ts,
             };
-            let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, *ts];
-            // SAFETY: valid C string and a two-element timespec array.
-            unsafe {
-                libc::utimensat(
-                    libc::AT_FDCWD,
-                    p.as_ptr(),
-                    times.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            };
+            let _ = rustix::fs::utimensat(&fd, "", &times, AtFlags::EMPTY_PATH);
         }
     }
 }
@@ -125,10 +163,22 @@ fn parent_of(container_path: &str) -> Option<String> {
     (parent != Path::new("/")).then(|| parent.to_string_lossy().into_owned())
 }
 
-fn only_copied_up(upper: &Path, lowers_top_first: &[PathBuf], dir: &str) -> bool {
-    let up = upper.join(rel(dir));
-    let Ok(meta) = fs::symlink_metadata(&up) else { return false };
-    if !meta.is_dir() || fs::read_dir(&up).map_or(true, |mut d| d.next().is_some()) {
+/// Whether the upper directory `name` in `parent` (container path `dir`) exists only because
+/// a stub was put in it: empty, no opaque or redirect marker, and like its lower copy.
+fn only_copied_up(parent: &OwnedFd, name: &OsStr, lowers_top_first: &[PathBuf], dir: &str) -> bool {
+    let Ok(up) = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let Ok(meta) = rustix::fs::fstat(&up) else { return false };
+    let empty = rustix::fs::Dir::read_from(&up).is_ok_and(|d| {
+        d.filter_map(Result::ok).all(|e| matches!(e.file_name().to_bytes(), b"." | b".."))
+    });
+    if !empty {
         return false;
     }
     let markers = [
@@ -137,29 +187,31 @@ fn only_copied_up(upper: &Path, lowers_top_first: &[PathBuf], dir: &str) -> bool
         "trusted.overlay.redirect",
         "user.overlay.redirect",
     ];
-    if markers.iter().any(|name| has_xattr(&up, name)) {
+    if markers.iter().any(|m| rustix::fs::fgetxattr(up.as_fd(), *m, &mut [0u8; 0][..]).is_ok()) {
         return false;
     }
-    let lower = lowers_top_first.iter().find_map(|l| fs::symlink_metadata(l.join(rel(dir))).ok());
+    let lower = lowers_top_first.iter().find_map(|l| {
+        let (d, n) = parent_and_name(l, rel(dir))?;
+        lstat_at(&d, n)
+    });
     match lower {
         Some(l) => {
-            l.is_dir() && l.mode() == meta.mode() && l.uid() == meta.uid() && l.gid() == meta.gid()
+            FileType::from_raw_mode(l.st_mode) == FileType::Directory
+                && l.st_mode == meta.st_mode
+                && l.st_uid == meta.st_uid
+                && l.st_gid == meta.st_gid
         }
         None => false,
     }
 }
 
-fn has_xattr(path: &Path, name: &str) -> bool {
-    let (Ok(p), Ok(n)) = (CString::new(path.as_os_str().as_bytes()), CString::new(name)) else {
-        return false;
-    };
-    // SAFETY: valid C strings; a NULL buffer of size 0 only asks for the value's size.
-    unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn dir_stubs_removed_when_empty_kept_when_used() {

@@ -11,7 +11,17 @@ use std::ffi::{c_char, CStr, CString};
 
 use rustix::io::Errno;
 
+/// The fd the status pipe is moved to in the child; every fd above it is closed before the
+/// plan runs, so nothing the parent (or whoever started it) left open reaches the step.
+pub(crate) const STATUS_FD: i32 = 3;
+
+/// The first fd number the plan's slots use (see [`Op::Resolve`]).
+pub(crate) const SLOT_BASE: i32 = 10;
+
 /// One step of the child's setup. Paths are C strings prepared by the parent.
+///
+/// Detached mounts are kept in *slots*, fixed fd numbers from [`SLOT_BASE`] on chosen by the
+/// plan, so that a later op can name them (and a mount option can say `/proc/self/fd/N`).
 #[derive(Debug)]
 pub(crate) enum Op {
     /// `mount(2)`. `optional`: a missing target (ENOENT, ENOTDIR) is skipped.
@@ -26,17 +36,41 @@ pub(crate) enum Op {
     /// The new mount API: `fsopen(fstype)`, `fsconfig` for each `(key, value)` (a flag when
     /// `None`), create, `fsmount`, `move_mount` onto `target`.
     MountFsConfig { fstype: CString, params: Vec<(CString, Option<CString>)>, target: CString },
+    /// An `O_PATH` fd at `slot`: of `root` itself (a path strata made), or of `path` resolved
+    /// inside the directory `root` as if it were `/` (`openat2` with `RESOLVE_IN_ROOT |
+    /// RESOLVE_NO_MAGICLINKS`): symlinks, absolute or `..`, never leave it.
+    Resolve { root: CString, path: Option<CString>, slot: i32 },
+    /// `open_tree(OPEN_TREE_CLONE)` of the fd at `from`: a detached copy of the mount tree at
+    /// what it names (with the mounts below it when `recursive`), at `slot`.
+    CloneTree { from: i32, recursive: bool, slot: i32 },
+    /// A new detached mount: `fsopen(fstype)`, `fsconfig` per param, `fsmount` with the
+    /// `MOUNT_ATTR_*` bits `attrs`, at `slot`.
+    NewMount { fstype: CString, params: Vec<(CString, Option<CString>)>, attrs: u64, slot: i32 },
+    /// `mount_setattr` on the detached tree at `slot`: sets the `MOUNT_ATTR_*` bits `set`
+    /// and clears none, so flags a user namespace locks stay as they are.
+    SetAttrs { slot: i32, set: u64, recursive: bool },
+    /// Attaches the detached mount at `slot` (`move_mount`) on `target`, a path resolved inside
+    /// the current root (`RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`). `optional`: a target that
+    /// does not resolve (ENOENT, ENOTDIR, ELOOP) is skipped.
+    Attach { slot: i32, target: CString, optional: bool },
+    /// Closes every slot.
+    CloseSlots,
     /// `umount2(target, MNT_DETACH)`.
     UmountDetach { target: CString },
     /// `pivot_root(new_root, put_old)`.
     PivotRoot { new_root: CString, put_old: CString },
     /// `chdir(2)`.
     Chdir { path: CString },
+    /// `fchdir` to `path` resolved inside the root without magic links (the working
+    /// directory: `/proc/self/fd/N` and the like never lead out).
+    ChdirInRoot { path: CString },
     /// `mkdir(path, mode)`, an existing entry is fine. `stub` = created only as a mountpoint:
-    /// reported to the parent (by op index) when it was actually created.
-    Mkdir { path: CString, mode: u32, stub: bool },
-    /// Create an empty regular file if missing (a mountpoint for a file bind).
-    CreateFile { path: CString, stub: bool },
+    /// reported to the parent (by op index) when it was actually created. `optional`: any
+    /// other failure is skipped.
+    Mkdir { path: CString, mode: u32, stub: bool, optional: bool },
+    /// Create an empty regular file if missing (a mountpoint for a file bind); `stub` and
+    /// `optional` as for [`Op::Mkdir`].
+    CreateFile { path: CString, stub: bool, optional: bool },
     /// `symlink(target, link)`; an existing entry is fine.
     Symlink { target: CString, link: CString },
     /// `mkdir -p` of a working directory: each prefix is created if missing and then chowned.
@@ -45,8 +79,6 @@ pub(crate) enum Op {
     WriteFile { path: CString, data: Vec<u8> },
     /// `unlink(2)` (used by the overlay probe).
     Unlink { path: CString },
-    /// `rmdir(2)`.
-    Rmdir { path: CString },
     /// `sethostname(2)`.
     Hostname { name: Vec<u8> },
     /// Bring the loopback interface up (`SIOCSIFFLAGS` on a socket).
@@ -107,6 +139,26 @@ pub(crate) trait Syscalls {
         params: &[(CString, Option<CString>)],
         target: &CStr,
     ) -> Result<(), Errno>;
+    /// [`Op::Resolve`]: the fd goes to `slot`.
+    fn resolve(&mut self, root: &CStr, path: Option<&CStr>, slot: i32) -> Result<(), Errno>;
+    /// [`Op::CloneTree`].
+    fn clone_tree(&mut self, from: i32, recursive: bool, slot: i32) -> Result<(), Errno>;
+    /// [`Op::NewMount`].
+    fn new_mount(
+        &mut self,
+        fstype: &CStr,
+        params: &[(CString, Option<CString>)],
+        attrs: u64,
+        slot: i32,
+    ) -> Result<(), Errno>;
+    /// [`Op::SetAttrs`].
+    fn set_attrs(&mut self, slot: i32, set: u64, recursive: bool) -> Result<(), Errno>;
+    /// [`Op::Attach`] (never optional here).
+    fn attach(&mut self, slot: i32, target: &CStr) -> Result<(), Errno>;
+    /// Closes every fd from `first` on.
+    fn close_from(&mut self, first: i32);
+    /// [`Op::ChdirInRoot`].
+    fn chdir_in_root(&mut self, path: &CStr) -> Result<(), Errno>;
     fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno>;
     fn pivot_root(&mut self, new_root: &CStr, put_old: &CStr) -> Result<(), Errno>;
     fn chdir(&mut self, path: &CStr) -> Result<(), Errno>;
@@ -118,7 +170,6 @@ pub(crate) trait Syscalls {
     fn chown(&mut self, path: &CStr, uid: u32, gid: u32) -> Result<(), Errno>;
     fn write_file(&mut self, path: &CStr, data: &[u8]) -> Result<(), Errno>;
     fn unlink(&mut self, path: &CStr) -> Result<(), Errno>;
-    fn rmdir(&mut self, path: &CStr) -> Result<(), Errno>;
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno>;
     fn loopback_up(&mut self) -> Result<(), Errno>;
     fn drop_caps(&mut self, keep: u64) -> Result<(), Errno>;
@@ -151,21 +202,43 @@ pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failur
             Op::MountFsConfig { fstype, params, target } => {
                 sys.mount_fsconfig(fstype, params, target).map_err(fail)?
             }
+            Op::Resolve { root, path, slot } => {
+                sys.resolve(root, path.as_deref(), *slot).map_err(fail)?
+            }
+            Op::CloneTree { from, recursive, slot } => {
+                sys.clone_tree(*from, *recursive, *slot).map_err(fail)?
+            }
+            Op::NewMount { fstype, params, attrs, slot } => {
+                sys.new_mount(fstype, params, *attrs, *slot).map_err(fail)?
+            }
+            Op::SetAttrs { slot, set, recursive } => {
+                sys.set_attrs(*slot, *set, *recursive).map_err(fail)?
+            }
+            Op::Attach { slot, target, optional } => match sys.attach(*slot, target) {
+                Err(e)
+                    if *optional
+                        && (e == Errno::NOENT || e == Errno::NOTDIR || e == Errno::LOOP) => {}
+                r => r.map_err(fail)?,
+            },
+            Op::CloseSlots => sys.close_from(SLOT_BASE),
+            Op::ChdirInRoot { path } => sys.chdir_in_root(path).map_err(fail)?,
             Op::UmountDetach { target } => sys.umount_detach(target).map_err(fail)?,
             Op::PivotRoot { new_root, put_old } => {
                 sys.pivot_root(new_root, put_old).map_err(fail)?
             }
             Op::Chdir { path } => sys.chdir(path).map_err(fail)?,
-            Op::Mkdir { path, mode, stub } => {
-                if sys.mkdir(path, *mode).map_err(fail)? && *stub {
-                    sys.report_stub(index);
-                }
-            }
-            Op::CreateFile { path, stub } => {
-                if sys.create_file(path).map_err(fail)? && *stub {
-                    sys.report_stub(index);
-                }
-            }
+            Op::Mkdir { path, mode, stub, optional } => match sys.mkdir(path, *mode) {
+                Ok(created) if created && *stub => sys.report_stub(index),
+                Ok(_) => {}
+                Err(_) if *optional => {}
+                Err(e) => return Err(fail(e)),
+            },
+            Op::CreateFile { path, stub, optional } => match sys.create_file(path) {
+                Ok(created) if created && *stub => sys.report_stub(index),
+                Ok(_) => {}
+                Err(_) if *optional => {}
+                Err(e) => return Err(fail(e)),
+            },
             Op::Symlink { target, link } => sys.symlink(target, link).map_err(fail)?,
             Op::MkdirAllOwned { prefixes, uid, gid } => {
                 for p in prefixes {
@@ -176,7 +249,6 @@ pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failur
             }
             Op::WriteFile { path, data } => sys.write_file(path, data).map_err(fail)?,
             Op::Unlink { path } => sys.unlink(path).map_err(fail)?,
-            Op::Rmdir { path } => sys.rmdir(path).map_err(fail)?,
             Op::Hostname { name } => sys.sethostname(name).map_err(fail)?,
             Op::LoopbackUp => sys.loopback_up().map_err(fail)?,
             Op::DropCaps { keep } => sys.drop_caps(*keep).map_err(fail)?,
@@ -224,6 +296,144 @@ fn opt_ptr(s: Option<&CStr>) -> *const c_char {
     s.map_or(std::ptr::null(), CStr::as_ptr)
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// `struct mount_attr` (`MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `struct open_how`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(dir, path, flags)` resolving inside `dir` as if it were `/`, without magic
+/// links; -1 with errno set on failure.
+///
+/// # Safety
+/// `dir` must be an open fd.
+unsafe fn openat2_in_root(dir: libc::c_int, path: &CStr, flags: libc::c_int) -> libc::c_int {
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: a correctly sized open_how and a valid C string.
+    unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        ) as libc::c_int
+    }
+}
+
+/// Moves `fd` to the fixed number `slot` (close-on-exec).
+///
+/// # Safety
+/// `fd` must be an fd this process owns; whatever was at `slot` is closed.
+unsafe fn place(fd: libc::c_int, slot: libc::c_int) -> Result<(), Errno> {
+    if fd == slot {
+        return Ok(());
+    }
+    // SAFETY: dup3/close on fds we own.
+    unsafe {
+        let r = libc::dup3(fd, slot, libc::O_CLOEXEC);
+        let e = last_errno();
+        libc::close(fd);
+        if r == -1 {
+            return Err(Errno::from_raw_os_error(e));
+        }
+    }
+    Ok(())
+}
+
+/// Closes every fd from `first` on (`close_range`, or one by one where it is missing).
+pub(crate) fn close_from(first: libc::c_int) {
+    // SAFETY: closing fds; nothing refers to them afterwards.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) == 0 {
+            return;
+        }
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 20) as libc::c_int
+        } else {
+            65536
+        };
+        for fd in first..max {
+            libc::close(fd);
+        }
+    }
+}
+
+/// A new detached mount: `fsopen`, `fsconfig` per param (a flag when the value is `None`),
+/// create, `fsmount(attrs)`; returns the mount fd.
+///
+/// # Safety
+/// Raw syscalls; only async-signal-safe calls are made.
+unsafe fn fs_mount(
+    fstype: &CStr,
+    params: &[(CString, Option<CString>)],
+    attrs: u64,
+) -> Result<libc::c_int, Errno> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: raw syscalls with valid C strings; the fs fd is closed on every path.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) as libc::c_int;
+        check(fs)?;
+        let configure = || -> Result<libc::c_int, Errno> {
+            for (key, value) in params {
+                let r = match value {
+                    Some(v) => libc::syscall(
+                        libc::SYS_fsconfig,
+                        fs,
+                        FSCONFIG_SET_STRING,
+                        key.as_ptr(),
+                        v.as_ptr(),
+                        0,
+                    ),
+                    None => libc::syscall(
+                        libc::SYS_fsconfig,
+                        fs,
+                        FSCONFIG_SET_FLAG,
+                        key.as_ptr(),
+                        std::ptr::null::<c_char>(),
+                        0,
+                    ),
+                };
+                check(r as libc::c_int)?;
+            }
+            let null = std::ptr::null::<c_char>();
+            check(libc::syscall(libc::SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, null, null, 0)
+                as libc::c_int)?;
+            let mnt = libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs as libc::c_uint)
+                as libc::c_int;
+            check(mnt)?;
+            Ok(mnt)
+        };
+        let result = configure();
+        libc::close(fs);
+        result
+    }
+}
+
 /// A status-pipe record: kind, op index, errno (native endian, 12 bytes, atomic on a pipe).
 pub(crate) const RECORD_LEN: usize = 12;
 /// Record kind: the op created a stub.
@@ -269,60 +479,139 @@ impl Syscalls for RealSyscalls {
         params: &[(CString, Option<CString>)],
         target: &CStr,
     ) -> Result<(), Errno> {
-        const FSOPEN_CLOEXEC: libc::c_uint = 1;
-        const FSCONFIG_SET_FLAG: libc::c_uint = 0;
-        const FSCONFIG_SET_STRING: libc::c_uint = 1;
-        const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-        const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-        // SAFETY: raw syscalls with valid C strings; both fds are closed on every path.
+        // SAFETY: see fs_mount; the mount fd is closed on every path.
         unsafe {
-            let fs =
-                libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) as libc::c_int;
-            check(fs)?;
-            let configure = || -> Result<libc::c_int, Errno> {
-                for (key, value) in params {
-                    let r = match value {
-                        Some(v) => libc::syscall(
-                            libc::SYS_fsconfig,
-                            fs,
-                            FSCONFIG_SET_STRING,
-                            key.as_ptr(),
-                            v.as_ptr(),
-                            0,
-                        ),
-                        None => libc::syscall(
-                            libc::SYS_fsconfig,
-                            fs,
-                            FSCONFIG_SET_FLAG,
-                            key.as_ptr(),
-                            std::ptr::null::<c_char>(),
-                            0,
-                        ),
-                    };
-                    check(r as libc::c_int)?;
-                }
-                let null = std::ptr::null::<c_char>();
-                check(libc::syscall(libc::SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, null, null, 0)
-                    as libc::c_int)?;
-                let mnt = libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, 0) as libc::c_int;
-                check(mnt)?;
-                Ok(mnt)
-            };
-            let result = configure();
-            libc::close(fs);
-            let mnt = result?;
-            let empty = c"";
+            let mnt = fs_mount(fstype, params, 0)?;
             let r = libc::syscall(
                 libc::SYS_move_mount,
                 mnt,
-                empty.as_ptr(),
+                c"".as_ptr(),
                 libc::AT_FDCWD,
                 target.as_ptr(),
                 MOVE_MOUNT_F_EMPTY_PATH,
             ) as libc::c_int;
             let e = last_errno();
             libc::close(mnt);
+            if r == -1 {
+                return Err(Errno::from_raw_os_error(e));
+            }
+        }
+        Ok(())
+    }
+    fn resolve(&mut self, root: &CStr, path: Option<&CStr>, slot: i32) -> Result<(), Errno> {
+        // SAFETY: valid C strings; every fd opened here is closed or placed.
+        unsafe {
+            let fd = match path {
+                None => libc::open(root.as_ptr(), libc::O_PATH | libc::O_CLOEXEC),
+                Some(path) => {
+                    let dir = libc::open(
+                        root.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    );
+                    if dir == -1 {
+                        return Err(Errno::from_raw_os_error(last_errno()));
+                    }
+                    let fd = openat2_in_root(dir, path, libc::O_PATH | libc::O_CLOEXEC);
+                    let e = last_errno();
+                    libc::close(dir);
+                    if fd == -1 {
+                        return Err(Errno::from_raw_os_error(e));
+                    }
+                    fd
+                }
+            };
+            place(fd, slot)
+        }
+    }
+    fn clone_tree(&mut self, from: i32, recursive: bool, slot: i32) -> Result<(), Errno> {
+        let mut flags =
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+        if recursive {
+            flags |= libc::AT_RECURSIVE as libc::c_uint;
+        }
+        // SAFETY: open_tree on an fd we own with an empty path.
+        let fd = unsafe { libc::syscall(libc::SYS_open_tree, from, c"".as_ptr(), flags) } as i32;
+        check(fd)?;
+        // SAFETY: fd was just returned by the kernel.
+        unsafe { place(fd, slot) }
+    }
+    fn new_mount(
+        &mut self,
+        fstype: &CStr,
+        params: &[(CString, Option<CString>)],
+        attrs: u64,
+        slot: i32,
+    ) -> Result<(), Errno> {
+        // SAFETY: see fs_mount.
+        let mnt = unsafe { fs_mount(fstype, params, attrs)? };
+        // SAFETY: mnt was just returned by the kernel.
+        unsafe { place(mnt, slot) }
+    }
+    fn set_attrs(&mut self, slot: i32, set: u64, recursive: bool) -> Result<(), Errno> {
+        let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+        if recursive {
+            flags |= libc::AT_RECURSIVE as libc::c_uint;
+        }
+        // SAFETY: mount_setattr with a correctly sized struct on an fd we own.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                slot,
+                c"".as_ptr(),
+                flags,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        check(r as libc::c_int)
+    }
+    fn attach(&mut self, slot: i32, target: &CStr) -> Result<(), Errno> {
+        // SAFETY: fds opened here are closed on every path; strings are valid.
+        unsafe {
+            let root =
+                libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            check(root)?;
+            let t = openat2_in_root(root, target, libc::O_PATH | libc::O_CLOEXEC);
+            let e = last_errno();
+            libc::close(root);
+            if t == -1 {
+                return Err(Errno::from_raw_os_error(e));
+            }
+            let r = libc::syscall(
+                libc::SYS_move_mount,
+                slot,
+                c"".as_ptr(),
+                t,
+                c"".as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            ) as libc::c_int;
+            let e = last_errno();
+            libc::close(t);
+            if r == -1 {
+                return Err(Errno::from_raw_os_error(e));
+            }
+        }
+        Ok(())
+    }
+    fn close_from(&mut self, first: i32) {
+        close_from(first);
+    }
+    fn chdir_in_root(&mut self, path: &CStr) -> Result<(), Errno> {
+        // SAFETY: fds opened here are closed on every path; strings are valid.
+        unsafe {
+            let root =
+                libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            check(root)?;
+            let d = openat2_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+            let e = last_errno();
+            libc::close(root);
+            if d == -1 {
+                return Err(Errno::from_raw_os_error(e));
+            }
+            let r = libc::fchdir(d);
+            let e = last_errno();
+            libc::close(d);
             if r == -1 {
                 return Err(Errno::from_raw_os_error(e));
             }
@@ -397,10 +686,6 @@ impl Syscalls for RealSyscalls {
     fn unlink(&mut self, path: &CStr) -> Result<(), Errno> {
         // SAFETY: valid C string.
         check(unsafe { libc::unlink(path.as_ptr()) })
-    }
-    fn rmdir(&mut self, path: &CStr) -> Result<(), Errno> {
-        // SAFETY: valid C string.
-        check(unsafe { libc::rmdir(path.as_ptr()) })
     }
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno> {
         // SAFETY: pointer and length of a live slice.
@@ -568,6 +853,48 @@ impl Syscalls for RecordingSyscalls {
             .collect();
         self.record(format!("fsmount {} {} {}", s(fstype), s(target), shown.join(",")))
     }
+    fn resolve(&mut self, root: &CStr, path: Option<&CStr>, slot: i32) -> Result<(), Errno> {
+        let path = path.map_or(String::new(), |p| format!(" in-root {}", s(p)));
+        self.record(format!("resolve {}{path} -> fd {slot}", s(root)))
+    }
+    fn clone_tree(&mut self, from: i32, recursive: bool, slot: i32) -> Result<(), Errno> {
+        let rec = if recursive { " recursive" } else { "" };
+        self.record(format!("clone_tree fd {from}{rec} -> fd {slot}"))
+    }
+    fn new_mount(
+        &mut self,
+        fstype: &CStr,
+        params: &[(CString, Option<CString>)],
+        attrs: u64,
+        slot: i32,
+    ) -> Result<(), Errno> {
+        let shown: Vec<String> = params
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{}={}", s(k), s(v)),
+                None => s(k),
+            })
+            .collect();
+        self.record(format!(
+            "new_mount {} {} {} -> fd {slot}",
+            s(fstype),
+            if shown.is_empty() { "-".to_string() } else { shown.join(",") },
+            crate::plan::attrs_to_string(attrs)
+        ))
+    }
+    fn set_attrs(&mut self, slot: i32, set: u64, recursive: bool) -> Result<(), Errno> {
+        let rec = if recursive { " recursive" } else { "" };
+        self.record(format!("set_attrs fd {slot} {}{rec}", crate::plan::attrs_to_string(set)))
+    }
+    fn attach(&mut self, slot: i32, target: &CStr) -> Result<(), Errno> {
+        self.record(format!("attach fd {slot} {}", s(target)))
+    }
+    fn close_from(&mut self, first: i32) {
+        self.calls.push(format!("close_from {first}"));
+    }
+    fn chdir_in_root(&mut self, path: &CStr) -> Result<(), Errno> {
+        self.record(format!("chdir_in_root {}", s(path)))
+    }
     fn umount_detach(&mut self, target: &CStr) -> Result<(), Errno> {
         self.record(format!("umount2 {} MNT_DETACH", s(target)))
     }
@@ -598,9 +925,6 @@ impl Syscalls for RecordingSyscalls {
     }
     fn unlink(&mut self, path: &CStr) -> Result<(), Errno> {
         self.record(format!("unlink {}", s(path)))
-    }
-    fn rmdir(&mut self, path: &CStr) -> Result<(), Errno> {
-        self.record(format!("rmdir {}", s(path)))
     }
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno> {
         self.record(format!("sethostname {}", String::from_utf8_lossy(name)))

@@ -6,9 +6,6 @@
 //! groups are those in `/etc/group` listing the user by name, and only when no group was
 //! given explicitly. Malformed lines are skipped, as libc does.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::SandboxError;
@@ -31,10 +28,9 @@ pub(crate) fn resolve_user_layered(
     layers_top_first: &[PathBuf],
     user: &str,
 ) -> Result<Ids, SandboxError> {
-    let passwd_path = find_in_layers(layers_top_first, "etc/passwd");
-    let group_path = find_in_layers(layers_top_first, "etc/group");
-    let passwd = read_optional(passwd_path.as_deref())?;
-    let group = read_optional(group_path.as_deref())?;
+    let (passwd_path, passwd) = read_in_layers(layers_top_first, "etc/passwd")?.unzip();
+    let (group_path, group) = read_in_layers(layers_top_first, "etc/group")?.unzip();
+    let (passwd, group) = (passwd.unwrap_or_default(), group.unwrap_or_default());
     let shown = |p: Option<PathBuf>| {
         p.unwrap_or_else(|| {
             layers_top_first
@@ -55,29 +51,58 @@ pub(crate) fn resolve_user_layered(
     })
 }
 
-/// Host path of `rel` in a layer stack (top first), honouring whiteouts; only regular files count.
-pub(crate) fn find_in_layers(layers_top_first: &[PathBuf], rel: &str) -> Option<PathBuf> {
+/// The content of `rel` in a layer stack (top first) and the host path it was read from,
+/// honouring whiteouts; only regular files count. Nothing is followed out of a layer: a
+/// single directory (a plain rootfs) resolves `rel` inside itself as if it were `/`; in a
+/// stack, where a symlink would have to be resolved against the merged tree, a symlink on
+/// the way ends the search.
+fn read_in_layers(
+    layers_top_first: &[PathBuf],
+    rel: &str,
+) -> Result<Option<(PathBuf, String)>, SandboxError> {
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+    let flags = match layers_top_first {
+        [_] => ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        _ => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    };
     for dir in layers_top_first {
-        let p = dir.join(rel);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_char_device() && m.rdev() == 0 => return None,
-            Ok(m) if m.is_file() => return Some(p),
-            Ok(_) => return None,
-            Err(_) => continue,
+        let shown = dir.join(rel);
+        let io = |e: rustix::io::Errno| SandboxError::Io {
+            action: "reading",
+            path: shown.clone(),
+            source: e.into(),
+        };
+        let root = match rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(root) => root,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let open = |oflags: OFlags| {
+            rustix::fs::openat2(&root, rel, oflags | OFlags::CLOEXEC, Mode::empty(), flags)
+        };
+        let fd = match open(OFlags::PATH | OFlags::NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(_) => return Ok(None),
+        };
+        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(io)?.st_mode);
+        if kind != FileType::RegularFile {
+            return Ok(None); // a whiteout (char 0/0) or anything else hides lower copies
         }
+        let mut file = std::fs::File::from(open(OFlags::RDONLY | OFlags::NOFOLLOW).map_err(io)?);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|source| SandboxError::Io {
+            action: "reading",
+            path: shown.clone(),
+            source,
+        })?;
+        return Ok(Some((shown, String::from_utf8_lossy(&bytes).into_owned())));
     }
-    None
-}
-
-fn read_optional(path: Option<&Path>) -> Result<String, SandboxError> {
-    let Some(path) = path else { return Ok(String::new()) };
-    match fs::read(path) {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-        Err(source) => {
-            Err(SandboxError::Io { action: "reading", path: path.to_path_buf(), source })
-        }
-    }
+    Ok(None)
 }
 
 #[derive(Debug, PartialEq)]
@@ -184,6 +209,7 @@ fn resolve_in(passwd: &str, group: &str, spec: &str) -> Result<Ids, Unresolved> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
         # comment\n\

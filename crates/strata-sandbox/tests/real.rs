@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use strata_sandbox::{
-    overlay_supported, run, run_cancellable, CancelToken, Mount, Network, RootFs, RunOutcome,
-    RunRequest, SandboxError, Stream,
+    overlay_supported, run, run_cancellable, Access, BindSource, CancelToken, Mount, Network,
+    RootFs, RunOutcome, RunRequest, SandboxError, Stream,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -307,9 +307,21 @@ fn bind_mounts_read_only_and_read_write_and_tmpfs() {
          cat /run/secrets/token; echo t > /scratch/tmp; cat /scratch/tmp; cat /proc/mounts | grep -c ' /scratch tmpfs'",
     );
     req.mounts = vec![
-        Mount::Bind { source: ro.clone(), target: "/ro".into(), read_only: true },
-        Mount::Bind { source: rw.clone(), target: "/cache/rw".into(), read_only: false },
-        Mount::Bind { source: secret, target: "/run/secrets/token".into(), read_only: true },
+        Mount::Bind {
+            source: BindSource::Host(ro.clone()),
+            target: "/ro".into(),
+            access: Access::ReadOnly,
+        },
+        Mount::Bind {
+            source: BindSource::Host(rw.clone()),
+            target: "/cache/rw".into(),
+            access: Access::ReadWrite,
+        },
+        Mount::Bind {
+            source: BindSource::Host(secret),
+            target: "/run/secrets/token".into(),
+            access: Access::ReadOnly,
+        },
         Mount::Tmpfs { target: "/scratch".into(), size: Some(1 << 20) },
     ];
     let (outcome, lines) = run_collect(&req);
@@ -327,6 +339,58 @@ fn bind_mounts_read_only_and_read_write_and_tmpfs() {
     {
         assert!(outcome.stubs.iter().any(|s| s == stub), "{stub} in {:?}", outcome.stubs);
     }
+}
+
+#[test]
+fn in_root_sources_resolve_inside_their_root_and_discarded_writes_never_land() {
+    if !can_run() {
+        return;
+    }
+    let img = image();
+    let host = tempfile::tempdir().unwrap();
+    let outside = host.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret"), "host secret\n").unwrap();
+    let root = host.path().join("root");
+    fs::create_dir_all(root.join("data")).unwrap();
+    fs::write(root.join("data/file"), "in root\n").unwrap();
+    fs::write(root.join("single"), "one file\n").unwrap();
+    std::os::unix::fs::symlink("/", root.join("toroot")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../..", root.join("up")).unwrap();
+    let in_root = |path: &str| BindSource::InRoot { root: root.clone(), path: path.into() };
+    let mut req = img.req(
+        "ls /a; ls /b; cat /c/file; echo changed > /c/file; rm /c/file; touch /c/new; \
+         echo more >> /d; cat /d",
+    );
+    req.mounts = vec![
+        Mount::Bind { source: in_root("toroot"), target: "/a".into(), access: Access::ReadOnly },
+        Mount::Bind { source: in_root("up/data"), target: "/b".into(), access: Access::ReadOnly },
+        Mount::Bind {
+            source: in_root("/toroot/data"),
+            target: "/c".into(),
+            access: Access::Discard,
+        },
+        Mount::Bind { source: in_root("single"), target: "/d".into(), access: Access::Discard },
+    ];
+    let (outcome, lines) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    assert_eq!(
+        stdout_of(&lines),
+        ["data", "out", "single", "toroot", "up", "file", "in root", "one file", "more"]
+    );
+    assert_eq!(fs::read_to_string(root.join("data/file")).unwrap(), "in root\n");
+    assert!(!root.join("data/new").exists());
+    assert_eq!(fs::read_to_string(root.join("single")).unwrap(), "one file\n");
+
+    // A link out of the root names a path inside it: here, one that does not exist.
+    req.mounts = vec![Mount::Bind {
+        source: in_root("out/secret"),
+        target: "/s".into(),
+        access: Access::ReadOnly,
+    }];
+    let err = strata_sandbox::run(&req, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, SandboxError::MountSource { .. }), "{err}");
 }
 
 #[test]
