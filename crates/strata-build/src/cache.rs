@@ -33,7 +33,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 use crate::image::LayerRef;
 

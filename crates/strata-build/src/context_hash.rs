@@ -34,7 +34,8 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 use strata_recipe::DockerIgnore;
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 use crate::error::{BuildError, Result};
 

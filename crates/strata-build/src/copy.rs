@@ -29,7 +29,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::Digest as _;
 use strata_recipe::{CopySpec, DockerIgnore, Source};
-use strata_store::Digest;
+use strata_types::Digest;
 
 use crate::context_hash::{hash_file, ContextHashes, SourceWalk};
 use crate::error::{BuildError, Result};

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use strata_layer::LayerError;
 use strata_recipe::ParseError;
-use strata_store::{Digest, StoreError};
+use strata_store::StoreError;
+use strata_types::Digest;
 
 /// Everything that can stop a build. Errors raised while executing a step are wrapped in
 /// [`BuildError::Step`], which names the stage, the recipe line and the instruction.
@@ -50,6 +51,9 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An image name in FROM or `--from` is not a valid location.
+    #[error(transparent)]
+    Location(#[from] strata_types::LocationError),
     /// Scanning, writing or applying a layer failed.
     #[error(transparent)]
     Layer(#[from] LayerError),

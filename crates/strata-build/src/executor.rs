@@ -21,7 +21,8 @@ use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{
     Base, Command, CopySpec, DockerIgnore, Instruction, Plan, Recipe, Scope, Source, Step,
 };
-use strata_store::{Digest, ImageLocation, Store, StoreError};
+use strata_store::{Store, StoreError};
+use strata_types::{Digest, ImageLocation};
 
 use crate::cache;
 use crate::context_hash::ContextHashes;
@@ -140,7 +141,7 @@ impl<'a> Builder<'a> {
             base,
         });
         if let Some(platform) = stage.platform.as_deref().filter(|p| !p.is_empty()) {
-            let host = strata_recipe::Platform::host().to_spec();
+            let host = strata_types::Platform::host().to_string();
             if platform != host && !host.starts_with(&format!("{platform}/")) {
                 self.warn(format!(
                     "line {}: FROM --platform={platform} is not supported; building for {host}",
@@ -564,8 +565,8 @@ impl<'a> Builder<'a> {
 }
 
 /// A store name that starts with a registry host (`127.0.0.1:5000/app:v1`), as a reference.
-fn registry_name(name: &str) -> Option<strata_store::Reference> {
-    name.parse::<strata_store::Reference>().ok().filter(|r| r.domain().is_some())
+fn registry_name(name: &str) -> Option<strata_types::Reference> {
+    name.parse::<strata_types::Reference>().ok().filter(|r| r.domain().is_some())
 }
 
 fn stage_from(stage: &strata_recipe::Stage) -> String {

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 use strata_layer::transport::format_created;
 use strata_store::oci_spec::image::{Descriptor, ImageConfiguration};
-use strata_store::{Digest, Image, Store};
+use strata_store::{Image, Store};
+use strata_types::Digest;
 
 use crate::error::{BuildError, Result};
 
@@ -178,7 +179,7 @@ impl ImageState {
 
     /// The OCI image config of this state.
     pub fn to_config(&self, timestamp: i64) -> Result<ImageConfiguration> {
-        let (os, arch, _) = strata_store::host_platform();
+        let strata_types::Platform { os, architecture: arch, .. } = strata_types::Platform::host();
         let mut c = Map::new();
         if !self.user.is_empty() {
             c.insert("User".into(), json!(self.user));

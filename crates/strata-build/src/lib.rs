@@ -84,7 +84,7 @@ pub fn build(
 ) -> Result<BuildOutput> {
     // Bad tag names fail before any work, not after.
     for tag in &opts.tags {
-        let r: strata_store::Reference = tag.parse().map_err(strata_store::StoreError::from)?;
+        let r: strata_types::Reference = tag.parse().map_err(strata_store::StoreError::from)?;
         if r.digest().is_some() {
             return Err(
                 strata_store::StoreError::UnexpectedDigest { reference: tag.clone() }.into()

@@ -6,7 +6,8 @@ use serde::Serialize;
 use strata_layer::Compression;
 use strata_recipe::BuildArgs;
 use strata_store::oci_spec::image::Descriptor;
-use strata_store::{Digest, Image};
+use strata_store::Image;
+use strata_types::Digest;
 
 use crate::error::{BuildError, Result};
 

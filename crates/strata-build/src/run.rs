@@ -31,7 +31,7 @@ use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{Command, Heredoc, Scope, Step};
 use strata_sandbox::{Access, BindSource, Mount, RootFs, RunRequest, Stream};
-use strata_store::Digest;
+use strata_types::Digest;
 
 use crate::cache;
 use crate::context_hash::SourceWalk;

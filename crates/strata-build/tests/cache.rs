@@ -447,7 +447,7 @@ fn add_urls_are_keyed_by_checksum_or_fetched_bytes() {
     let url = format!("http://127.0.0.1:{port}/f/tool.txt");
 
     // With --checksum, the checksum is the key: a hit does not download.
-    let sum = strata_store::Digest::of_bytes(b"one\n");
+    let sum = strata_types::Digest::of_bytes(b"one\n");
     let ctx = e.context(
         "url-sum",
         &[("Dockerfile", &format!("FROM base:1\nADD --checksum={sum} {url} /opt/\n"))],

@@ -158,7 +158,7 @@ fn onbuild_triggers_of_the_base_run_after_from() {
     let e = env();
     // A Docker-format config with OnBuild (the OCI types drop it, so write the blob ourselves).
     let base = e.store.load_image("base:1").unwrap();
-    let config_digest: strata_store::Digest = base.manifest.config().digest().try_into().unwrap();
+    let config_digest: strata_types::Digest = base.manifest.config().digest().try_into().unwrap();
     let mut raw: Value =
         serde_json::from_slice(&e.store.read_blob(&config_digest).unwrap()).unwrap();
     raw["config"]["OnBuild"] = json!(["RUN echo triggered > /onbuild", "ENV FROM_TRIGGER=1"]);

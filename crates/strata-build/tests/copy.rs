@@ -285,7 +285,7 @@ fn add_url_verifies_checksum_before_use() {
     let e = env();
     const BODY: &[u8] = b"downloaded content\n";
     let port = serve(BODY, 2);
-    let sum = strata_store::Digest::of_bytes(BODY);
+    let sum = strata_types::Digest::of_bytes(BODY);
     let good =
         format!("FROM base:1\nADD --checksum={sum} http://127.0.0.1:{port}/files/tool.txt /opt/\n");
     let ctx = e.context("good", &[("Dockerfile", &good)]);
@@ -295,7 +295,7 @@ fn add_url_verifies_checksum_before_use() {
     assert_eq!(fs::read(&p).unwrap(), BODY);
     assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
 
-    let wrong = strata_store::Digest::of_bytes(b"other");
+    let wrong = strata_types::Digest::of_bytes(b"other");
     let bad = format!(
         "FROM base:1\nADD --checksum={wrong} http://127.0.0.1:{port}/files/tool.txt /opt/\n"
     );
@@ -714,7 +714,7 @@ fn adopted_copy_snapshot_equals_the_unpacked_layer() {
     };
     let diff_ids = common::config_json(&out)["rootfs"]["diff_ids"].clone();
     for diff_id in diff_ids.as_array().unwrap().iter().skip(1) {
-        let digest: strata_store::Digest = diff_id.as_str().unwrap().parse().unwrap();
+        let digest: strata_types::Digest = diff_id.as_str().unwrap().parse().unwrap();
         let snap = e.store.snapshot_dir(&digest);
         let adopted = listing(&snap);
         assert!(!adopted.is_empty());

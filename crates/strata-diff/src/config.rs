@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use strata_store::{Digest, Image, Store, StoreError};
+use strata_store::{Image, Store, StoreError};
+use strata_types::Digest;
 
 use crate::error::DiffError;
 use crate::report::ConfigChange;

@@ -52,7 +52,7 @@ fn bytes_of(
             // The first, verified read recorded the digest; the bytes must match it.
             let ok = bytes
                 .as_ref()
-                .is_some_and(|b| Some(strata_store::Digest::of_bytes(b)) == side.digest);
+                .is_some_and(|b| Some(strata_types::Digest::of_bytes(b)) == side.digest);
             if !ok {
                 let digest = img.digest(*layer)?;
                 return Err(DiffError::LayerRead {

@@ -2,7 +2,8 @@
 
 use std::io;
 
-use strata_store::{Digest, StoreError};
+use strata_store::StoreError;
+use strata_types::Digest;
 
 /// Everything that can go wrong while comparing or listing images, with the layer, blob or
 /// path at fault.

@@ -61,7 +61,8 @@ mod view;
 use std::collections::HashSet;
 
 use strata_layer::transport::SourceImage;
-use strata_store::{Digest, Image, Store, StoreError};
+use strata_store::{Image, Store, StoreError};
+use strata_types::Digest;
 
 pub use error::DiffError;
 pub use inventory::{efficiency, history, ls, LsOptions};

@@ -16,7 +16,8 @@ use sha2::{Digest as _, Sha256};
 use strata_layer::tarread::TarReader;
 use strata_layer::{decompress, OPAQUE_WHITEOUT, WHITEOUT_PREFIX};
 use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Digest, Image, Store, StoreError, VerifyingReader};
+use strata_store::{Image, Store, StoreError, VerifyingReader};
+use strata_types::Digest;
 
 use crate::error::DiffError;
 use crate::report::FileKind;

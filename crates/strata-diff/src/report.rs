@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use strata_store::Digest;
+use strata_types::Digest;
 
 use crate::read::Node;
 

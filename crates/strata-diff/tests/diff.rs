@@ -187,7 +187,7 @@ fn hardlinks_share_their_target_content() {
     let meta = tool2.b.unwrap();
     assert_eq!(meta.hardlink.as_deref(), Some("bin/tool"));
     assert_eq!(meta.mode, "0755", "a hardlink has its target's inode");
-    assert_eq!(meta.digest, Some(strata_store::Digest::of_bytes(b"#!/bin/sh\necho tool\n")));
+    assert_eq!(meta.digest, Some(strata_types::Digest::of_bytes(b"#!/bin/sh\necho tool\n")));
     let y = one(&d, "opt/y").b.unwrap();
     assert_eq!((y.hardlink.as_deref(), y.size), (Some("opt/x"), 3));
     // Hardlinked bytes are counted once.
@@ -322,7 +322,7 @@ fn corrupt_blob_and_diff_id_mismatch_are_errors() {
     let b = put_image(&f.store, &[base.clone(), top.clone()], &[], T0);
     // A config whose diffID for the top layer is wrong.
     let mut wrong = top.clone();
-    wrong.diff_id = strata_store::Digest::of_bytes(b"not the tar");
+    wrong.diff_id = strata_types::Digest::of_bytes(b"not the tar");
     let c = put_image(&f.store, &[base, wrong], &[], T0);
     let err = diff(
         StoredImage::new(&f.store, &a),
@@ -333,7 +333,7 @@ fn corrupt_blob_and_diff_id_mismatch_are_errors() {
     assert!(matches!(err, DiffError::DiffIdMismatch { layer: 1, .. }), "{err}");
     assert!(err.to_string().contains("diffID mismatch"));
     // Flip a byte of the stored blob.
-    let digest = strata_store::Digest::try_from(top.desc.digest()).unwrap();
+    let digest = strata_types::Digest::try_from(top.desc.digest()).unwrap();
     let path = f.store.blob_path(&digest);
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();

@@ -11,7 +11,8 @@ use common::*;
 use strata_diff::{diff, ls, Attribute, ChangeKind, DiffOptions, LsOptions, StoredImage};
 use strata_layer::transport::{flatten, open_source};
 use strata_layer::{scan_with_digests, EntryKind};
-use strata_store::{Image, ImageLocation, Store};
+use strata_store::{Image, Store};
+use strata_types::ImageLocation;
 
 /// path -> (kind, mode, uid, gid, size, digest, link target, mtime) of the flattened image.
 type Tree = BTreeMap<String, String>;

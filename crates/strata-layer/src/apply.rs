@@ -39,7 +39,8 @@ use std::sync::{mpsc, Arc};
 use rustix::process::{Gid, Uid};
 use sha2::Digest as _;
 
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 use crate::error::{LayerError, Result, UnsafeReason};
 use crate::tarread::{RawEntry, TarReader};

@@ -70,9 +70,9 @@ pub enum LayerError {
     #[error("layer blob digest mismatch: writer computed {expected}, store computed {found}")]
     DigestMismatch {
         /// Digest computed while writing the layer.
-        expected: strata_store::Digest,
+        expected: strata_types::Digest,
         /// Digest the store computed for the committed blob.
-        found: strata_store::Digest,
+        found: strata_types::Digest,
     },
     /// An image location this operation cannot read or write (e.g. a registry for export).
     #[error("{location}: not supported here")]
@@ -110,9 +110,9 @@ pub enum LayerError {
         /// Zero-based layer index.
         layer: usize,
         /// The config's `rootfs.diff_ids` entry.
-        expected: strata_store::Digest,
+        expected: strata_types::Digest,
         /// The digest of the uncompressed layer.
-        found: strata_store::Digest,
+        found: strata_types::Digest,
     },
     /// An export to `dir:` was given a directory that is not empty.
     #[error("{path}: destination directory is not empty")]

@@ -42,7 +42,7 @@ pub use apply::{apply, decompress, ApplyOptions, ApplyReport};
 pub use changeset::{changeset_from_overlay_upper, diff, Change, Changeset};
 pub use error::{LayerError, Result, UnsafeReason};
 pub use snapshot::{hash_file, scan, scan_with_digests, Entry, EntryKind, Snapshot, Timestamp};
-pub use strata_store::Digest;
+pub use strata_types::Digest;
 pub use writer::{
     layer_from_dir, write_layer, Compression, LayerDescriptor, LayerWriter, OPAQUE_WHITEOUT,
     WHITEOUT_PREFIX, ZSTD_DEFAULT_PARAMS,

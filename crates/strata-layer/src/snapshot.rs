@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-use strata_store::Digest;
+use strata_types::Digest;
 
 use crate::error::{LayerError, Result};
 

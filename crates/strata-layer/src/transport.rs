@@ -27,7 +27,8 @@ use strata_store::oci_spec::image::{
     ConfigBuilder, Descriptor, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
     MediaType, RootFsBuilder,
 };
-use strata_store::{Digest, Image, ImageLocation, Store, StoreError};
+use strata_store::{Image, Store, StoreError};
+use strata_types::{Digest, ImageLocation};
 
 use crate::apply::{apply, decompress, ApplyOptions};
 use crate::error::{LayerError, Result};
@@ -87,7 +88,7 @@ fn build_err(what: &'static str, e: impl std::fmt::Display) -> LayerError {
 
 /// A one-layer image config for `diff_id`, as `docker import` makes it.
 fn import_config(diff_id: &Digest, epoch: i64, created_by: &str) -> Result<ImageConfiguration> {
-    let (os, arch, _) = strata_store::host_platform();
+    let strata_types::Platform { os, architecture: arch, .. } = strata_types::Platform::host();
     let created = format_created(epoch);
     let history = HistoryBuilder::default()
         .created(created.clone())
@@ -106,8 +107,8 @@ fn import_config(diff_id: &Digest, epoch: i64, created_by: &str) -> Result<Image
         .map_err(|e| build_err("image config", e))?;
     ImageConfigurationBuilder::default()
         .created(created)
-        .architecture(arch)
-        .os(os)
+        .architecture(arch.as_str())
+        .os(os.as_str())
         .config(config)
         .rootfs(rootfs)
         .history(vec![history])

@@ -61,7 +61,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::changeset::{Change, Changeset};
 use crate::error::{LayerError, Result};
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 use crate::snapshot::{scan, Entry, EntryKind};
 

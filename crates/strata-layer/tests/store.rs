@@ -37,7 +37,7 @@ fn write_layer_stores_the_blob_and_apply_blob_restores_it() {
 fn apply_blob_of_a_missing_blob_is_a_store_error() {
     let t = tempfile::tempdir().unwrap();
     let store = Store::init(t.path().join("store")).unwrap();
-    let missing = strata_store::Digest::of_bytes(b"nope");
+    let missing = strata_types::Digest::of_bytes(b"nope");
     let err = apply_blob(&store, &missing, t.path(), &ApplyOptions::default()).unwrap_err();
     assert!(matches!(err, LayerError::Store(_)), "{err:?}");
 }

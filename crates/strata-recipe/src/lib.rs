@@ -21,9 +21,7 @@ pub use ast::{Ast, Directive, Heredoc, Node};
 pub use dockerignore::DockerIgnore;
 pub use error::{ParseError, ParseErrorKind, Span};
 pub use instruction::{Command, CopySpec, Instruction, KeyValue, Mount, MountType, Source};
-pub use stage::{
-    parse, Base, BuildArgs, ExpandedStage, Plan, Platform, Recipe, Scope, Stage, Step,
-};
+pub use stage::{parse, Base, BuildArgs, ExpandedStage, Plan, Recipe, Scope, Stage, Step};
 
 /// Splits recipe text into its syntax tree (first layer only: no variable expansion, no
 /// semantic checks beyond what BuildKit's parser itself rejects).

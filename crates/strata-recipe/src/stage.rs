@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
+use strata_types::Platform;
 
 use crate::ast::{Ast, Directive};
 use crate::error::{ParseError, ParseErrorKind, Span};
@@ -58,60 +59,17 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for BuildArgs {
     }
 }
 
-/// The platform builtin args (`TARGETPLATFORM`, `BUILDARCH`, ...) describe; strata builds for
-/// the host, `linux/<arch>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// OCI architecture name (`amd64`, `arm64`, ...).
-    pub architecture: String,
-    /// Variant (`v8`), often empty.
-    pub variant: String,
-}
-
-impl Platform {
-    /// The platform of the machine this code runs on. The same mapping as
-    /// `strata_store::host_platform` (this crate depends on no other strata crate, so it keeps
-    /// its own copy; keep the two in step).
-    pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", ""),
-            "x86" => ("386", ""),
-            "aarch64" => ("arm64", "v8"),
-            "arm" => ("arm", "v7"),
-            "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", ""),
-            "powerpc64" => ("ppc64", ""),
-            "loongarch64" => ("loong64", ""),
-            other => (other, ""),
-        };
-        Platform {
-            os: std::env::consts::OS.into(),
-            architecture: architecture.into(),
-            variant: variant.into(),
-        }
+/// The builtin args BuildKit defines for `platform` as both target and build platform
+/// (`TARGETPLATFORM`, `BUILDARCH`, ...); strata builds for the host.
+fn builtin_args(platform: &Platform) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for prefix in ["TARGET", "BUILD"] {
+        out.push((format!("{prefix}PLATFORM"), platform.to_string()));
+        out.push((format!("{prefix}OS"), platform.os.clone()));
+        out.push((format!("{prefix}ARCH"), platform.architecture.clone()));
+        out.push((format!("{prefix}VARIANT"), platform.variant_or_empty().to_string()));
     }
-
-    /// `os/arch[/variant]`.
-    pub fn to_spec(&self) -> String {
-        if self.variant.is_empty() {
-            format!("{}/{}", self.os, self.architecture)
-        } else {
-            format!("{}/{}/{}", self.os, self.architecture, self.variant)
-        }
-    }
-
-    /// The builtin args BuildKit defines for this platform as both target and build platform.
-    fn builtin_args(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for prefix in ["TARGET", "BUILD"] {
-            out.push((format!("{prefix}PLATFORM"), self.to_spec()));
-            out.push((format!("{prefix}OS"), self.os.clone()));
-            out.push((format!("{prefix}ARCH"), self.architecture.clone()));
-            out.push((format!("{prefix}VARIANT"), self.variant.clone()));
-        }
-        out
-    }
+    out
 }
 
 /// One instruction of the recipe with where it came from.
@@ -287,7 +245,7 @@ impl Stage {
         for (k, v) in base_env {
             scope.set_env(k, v.clone());
         }
-        let builtins = Platform::host().builtin_args();
+        let builtins = builtin_args(&Platform::host());
         let mut out = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
             let instruction = step.instruction.expand(&lexer, &scope, step.span)?;
@@ -597,7 +555,7 @@ impl Recipe {
 /// Global args as a lookup scope for `FROM` lines (builtin platform args included, overridable).
 fn globals_scope(globals: &[(String, Option<String>)]) -> Scope {
     let mut scope = Scope::default();
-    for (k, v) in Platform::host().builtin_args() {
+    for (k, v) in builtin_args(&Platform::host()) {
         scope.set_arg(&k, v);
     }
     for (k, v) in globals {

@@ -14,18 +14,20 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 use crate::client::{Client, Endpoint};
 use crate::error::RegistryError;
 use crate::index::{blobs_of, fetch_children, Doc};
-use crate::manifest::{self, BlobRef, Platform};
+use crate::manifest::{self, BlobRef};
 use crate::pull::{fetch_blob, image_manifest, start_pull};
 use crate::push::{push_blob_from, push_target, put_manifest, BlobSource, PushBlob};
 use crate::{
     run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, PushOptions, Reference,
     TransferEvent, TransferReport, TransferSink,
 };
+use strata_types::Platform;
 
 /// The result of [`copy`].
 #[derive(Debug, Clone)]

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use strata_store::{Digest, StoreError};
+use strata_store::StoreError;
+use strata_types::Digest;
 
 /// Everything that can go wrong talking to a registry, each naming the registry, repository,
 /// digest or file at fault.

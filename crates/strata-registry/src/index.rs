@@ -20,7 +20,8 @@
 use std::collections::BTreeSet;
 
 use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Digest, Store, StoreError};
+use strata_store::{Store, StoreError};
+use strata_types::Digest;
 
 use crate::client::{Client, Endpoint};
 use crate::error::RegistryError;

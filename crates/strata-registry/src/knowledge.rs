@@ -11,7 +11,8 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 /// Versioned directory under the store's metadata dir.
 const DIR: &str = "registry-v1/blobs";

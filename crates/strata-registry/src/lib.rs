@@ -49,14 +49,13 @@ mod pull;
 mod push;
 
 use serde::Serialize;
-use strata_store::Digest;
-pub use strata_store::Reference;
+use strata_types::Digest;
+pub use strata_types::Reference;
 
 pub use client::{Client, ClientOptions};
 pub use copy::{copy, copy_all, Copied};
 pub use error::RegistryError;
 pub use index::{pull_all, push_index, PulledIndex};
-pub use manifest::{Platform, PlatformParseError};
 pub use pull::{pull, pull_platform, Pulled};
 pub use push::push;
 

@@ -8,21 +8,18 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use strata_store::{
-    canonical_json, Digest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP,
-    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
+use strata_store::canonical_json;
+use strata_types::Platform;
+use strata_types::{
+    Digest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
+    MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
 };
 
 use crate::client::Endpoint;
 use crate::error::RegistryError;
 
-/// Docker schema2 image manifest.
-pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list.
-pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+use strata_types::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR};
+pub(crate) use strata_types::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST as DOCKER_LIST};
 
 /// The `Accept` header of a manifest GET: every type this client can use.
 pub(crate) fn accept() -> String {
@@ -80,89 +77,6 @@ struct RawManifest {
     layers: Option<Vec<RawDescriptor>>,
     manifests: Option<Vec<RawDescriptor>>,
     annotations: Option<Value>,
-}
-
-/// An operating system and CPU architecture, as image indexes name them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Platform {
-    /// `linux`, `windows`, ...
-    pub os: String,
-    /// `amd64`, `arm64`, ... (Go's GOARCH names).
-    pub architecture: String,
-    /// `v7`, `v8`, ... when it matters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform this program runs on, in OCI terms.
-    pub fn host() -> Platform {
-        let (os, architecture, variant) = strata_store::host_platform();
-        Platform {
-            os: os.to_owned(),
-            architecture: architecture.to_owned(),
-            variant: variant.map(str::to_owned),
-        }
-    }
-}
-
-/// A `--platform` value that is not `OS/ARCH[/VARIANT]`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid platform {input:?}: {reason} (write OS/ARCH[/VARIANT], e.g. linux/arm64)")]
-pub struct PlatformParseError {
-    /// What was given.
-    pub input: String,
-    /// What is wrong with it.
-    pub reason: &'static str,
-}
-
-/// Parses `OS/ARCH[/VARIANT]` as `docker pull --platform` does, normalized the way indexes
-/// spell platforms (containerd's `platforms.Normalize`): lower case; `x86_64`/`x86-64` ->
-/// `amd64`, `aarch64` -> `arm64` (whose `v8` variant is the default and dropped), `armhf` ->
-/// `arm/v7`, `armel` -> `arm/v6`, `i386` -> `386`; a bare `arm` means `arm/v7`.
-impl std::str::FromStr for Platform {
-    type Err = PlatformParseError;
-
-    fn from_str(input: &str) -> Result<Platform, PlatformParseError> {
-        let bad = |reason| PlatformParseError { input: input.to_owned(), reason };
-        let lower = input.trim().to_ascii_lowercase();
-        let parts: Vec<&str> = lower.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(bad("empty part"));
-        }
-        let (os, arch, variant) = match parts.as_slice() {
-            [os, arch] => (*os, *arch, None),
-            [os, arch, variant] => (*os, *arch, Some(*variant)),
-            [_] => return Err(bad("no architecture")),
-            _ => return Err(bad("too many parts")),
-        };
-        let (architecture, variant) = match (arch, variant) {
-            ("x86_64" | "x86-64", v) => ("amd64", v),
-            ("i386", v) => ("386", v),
-            ("aarch64" | "arm64", None | Some("v8" | "8")) => ("arm64", None),
-            ("aarch64", v) => ("arm64", v),
-            ("armhf", None) => ("arm", Some("v7")),
-            ("armel", None) => ("arm", Some("v6")),
-            ("arm", None) => ("arm", Some("v7")),
-            (a, v) => (a, v),
-        };
-        // `arm/7` is `arm/v7`.
-        let variant = variant.map(|v| match architecture {
-            "arm" | "arm64" if !v.starts_with('v') => format!("v{v}"),
-            _ => v.to_owned(),
-        });
-        Ok(Platform { os: os.to_owned(), architecture: architecture.to_owned(), variant })
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
 }
 
 /// A parsed image manifest, in OCI form.
@@ -449,24 +363,6 @@ mod tests {
             base: "http://r:1".into(),
             repository: "app".into(),
             unverified_tls: false,
-        }
-    }
-
-    #[test]
-    fn platforms_parse_and_normalize_like_docker() {
-        let p = |s: &str| s.parse::<Platform>().map(|p| p.to_string());
-        assert_eq!(p("linux/amd64").unwrap(), "linux/amd64");
-        assert_eq!(p("Linux/X86_64").unwrap(), "linux/amd64");
-        assert_eq!(p("linux/aarch64").unwrap(), "linux/arm64");
-        assert_eq!(p("linux/arm64/v8").unwrap(), "linux/arm64");
-        assert_eq!(p("linux/arm").unwrap(), "linux/arm/v7");
-        assert_eq!(p("linux/arm/6").unwrap(), "linux/arm/v6");
-        assert_eq!(p("linux/armhf").unwrap(), "linux/arm/v7");
-        assert_eq!(p("linux/i386").unwrap(), "linux/386");
-        assert_eq!(p("windows/amd64").unwrap(), "windows/amd64");
-        for bad in ["linux", "", "linux/", "/amd64", "linux/arm/v7/x"] {
-            let err = bad.parse::<Platform>().unwrap_err();
-            assert!(err.to_string().contains("OS/ARCH"), "{bad:?}: {err}");
         }
     }
 

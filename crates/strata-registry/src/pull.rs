@@ -8,15 +8,17 @@
 use std::io::{Read, Write};
 
 use strata_store::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
-use strata_store::{Digest, Image, Store, StoreError};
+use strata_store::{Image, Store, StoreError};
+use strata_types::Digest;
 
 use crate::client::{header, Client, Endpoint, Req};
 use crate::error::RegistryError;
-use crate::manifest::{self, BlobRef, Platform};
+use crate::manifest::{self, BlobRef};
 use crate::{
     knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, Reference, Throttle,
     TransferEvent, TransferReport, TransferSink,
 };
+use strata_types::Platform;
 
 /// Manifests larger than this are refused (a hostile registry cannot exhaust memory).
 pub(crate) const MAX_MANIFEST: u64 = 4 << 20;
@@ -225,7 +227,7 @@ pub(crate) fn start_pull(
     let wanted = match (reference.digest(), reference.tag()) {
         (Some(d), _) => d.to_string(),
         (None, Some(t)) => t.to_owned(),
-        (None, None) => strata_store::DEFAULT_TAG.to_owned(),
+        (None, None) => strata_types::DEFAULT_TAG.to_owned(),
     };
     let top = fetch_manifest(client, &ep, &scopes, &wanted, reference.digest())?;
     Ok((ep, scopes, top))

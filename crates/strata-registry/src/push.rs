@@ -15,7 +15,8 @@
 
 use std::fs::File;
 
-use strata_store::{Digest, Image, Store, StoreError};
+use strata_store::{Image, Store, StoreError};
+use strata_types::Digest;
 
 use crate::client::{header, Client, Endpoint, Payload, Req};
 use crate::error::RegistryError;

@@ -8,10 +8,11 @@ use common::registry::{registry_available, Registry, RegistryOptions};
 use common::{client, have_tool, make_image, random_bytes, reference, skopeo_ok, skopeo_stdout};
 use common::{put_image_for, tar_layer, Recorder};
 use strata_registry::{
-    copy, copy_all, push_index, BlobOutcome, NoProgress, Platform, PullOptions, PushOptions,
-    TransferEvent,
+    copy, copy_all, push_index, BlobOutcome, NoProgress, PullOptions, PushOptions, TransferEvent,
 };
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
+use strata_types::Platform;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -156,7 +157,7 @@ fn copy_keeps_a_docker_schema2_manifest_byte_for_byte() {
     let ours = format!("docker://{}/docker/app:v1", b.host());
     let raw_b = skopeo_stdout(&["inspect", "--raw", "--tls-verify=false", &ours]);
     assert_eq!(raw_b, raw_a, "the manifest changed on the way");
-    assert_eq!(copied.manifest, strata_store::Digest::of_bytes(&raw_a));
+    assert_eq!(copied.manifest, strata_types::Digest::of_bytes(&raw_a));
     // skopeo reads the copy whole (config and layers verified by its own digests).
     let layout = dir.path().join("check");
     skopeo_ok(&["copy", "--src-tls-verify=false", &ours, &format!("oci:{}:x", layout.display())]);

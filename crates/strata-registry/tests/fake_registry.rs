@@ -9,10 +9,12 @@ use std::time::Duration;
 use common::fake::{Fake, FakeAuth};
 use common::{make_image, random_bytes, small_image, tar_layer};
 use strata_registry::{
-    pull, pull_platform, push, Client, ClientOptions, NoProgress, Platform, PullOptions,
-    PushOptions, Reference, RegistryError,
+    pull, pull_platform, push, Client, ClientOptions, NoProgress, PullOptions, PushOptions,
+    Reference, RegistryError,
 };
-use strata_store::{Image, Store, MEDIA_TYPE_MANIFEST};
+use strata_store::{Image, Store};
+use strata_types::Platform;
+use strata_types::MEDIA_TYPE_MANIFEST;
 
 fn client_with(auth_file: Option<&Path>, retries: u32) -> Client {
     Client::new(ClientOptions {
@@ -184,7 +186,7 @@ fn chunked_uploads_honour_the_minimum_chunk_length_and_manifest_comes_last() {
     );
     assert!(patches.iter().all(|r| r.header("content-type") == Some("application/octet-stream")));
     // The closing PUT carries the digest and no body; the config went monolithically.
-    let layer_digest = strata_store::Digest::of_bytes(&layer);
+    let layer_digest = strata_types::Digest::of_bytes(&layer);
     let puts: Vec<_> =
         seen.iter().filter(|r| r.method == "PUT" && r.target.contains("/blobs/uploads/")).collect();
     assert_eq!(puts.len(), 2);
@@ -242,7 +244,7 @@ fn a_broken_chunked_upload_resumes_from_the_registrys_range() {
     // 0-49999, so the next chunk starts at 50000.
     assert_eq!(ranges, ["0-99999", "50000-149999", "150000-249999", "250000-349999"]);
     assert_eq!(fake.count("GET", "/blobs/uploads/"), 1);
-    let d = strata_store::Digest::of_bytes(&layer);
+    let d = strata_types::Digest::of_bytes(&layer);
     assert_eq!(fake.with(|st| st.blobs.get(&d.to_string()).cloned()), Some(layer));
     // A session the registry forgot (404 on the status GET) starts over.
     let fake2 = Fake::start(FakeAuth::None);
@@ -679,7 +681,7 @@ fn chunk_boundaries_are_exact_for_every_size() {
     let client = client().with_chunking(0, 100_000);
     push_image(&client, &s, &image, &at(&fake, "app:v1"));
     for layer in &layers {
-        let d = strata_store::Digest::of_bytes(layer);
+        let d = strata_types::Digest::of_bytes(layer);
         assert_eq!(fake.with(|st| st.blobs.get(&d.to_string()).cloned()).as_ref(), Some(layer));
     }
     let patches: Vec<usize> =

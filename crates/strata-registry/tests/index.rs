@@ -7,11 +7,12 @@ use common::{
     client, put_image_for, random_bytes, reference, skopeo_stdout, started_registry, tar_layer,
 };
 use strata_registry::{
-    pull, pull_all, push_index, NoProgress, Platform, PullOptions, PushOptions, Reference,
-    RegistryError,
+    pull, pull_all, push_index, NoProgress, PullOptions, PushOptions, Reference, RegistryError,
 };
 use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Digest, Store, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use strata_store::Store;
+use strata_types::Platform;
+use strata_types::{Digest, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 
 /// A linux image for `arch` with a layer shared by every platform and one of its own.
 fn platform_image(store: &Store, arch: &str, seed: u64) -> Descriptor {

@@ -198,7 +198,7 @@ fn a_registry_killed_mid_push_then_restarted_takes_the_next_push() {
 
     // Kill the registry from inside the upload, on the first progress of the big layer: the
     // request in flight cannot complete.
-    struct KillOnProgress<'a>(&'a Registry, strata_store::Digest);
+    struct KillOnProgress<'a>(&'a Registry, strata_types::Digest);
     impl strata_registry::TransferSink for KillOnProgress<'_> {
         fn event(&self, event: &TransferEvent) {
             if let TransferEvent::BlobProgress { digest, done } = event {

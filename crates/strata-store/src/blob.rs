@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{flock, FlockOperation};
 use tempfile::NamedTempFile;
 
-use crate::digest::{Digest, Hasher};
 use crate::error::StoreError;
+use strata_types::{Digest, Hasher};
 
 /// Result of storing a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

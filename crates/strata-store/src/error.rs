@@ -3,8 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::digest::{Digest, DigestParseError};
-use crate::reference::ReferenceError;
+use strata_types::ReferenceError;
+use strata_types::{Digest, DigestParseError};
 
 /// Everything that can go wrong in the store, each with the path, digest or name at fault.
 #[derive(Debug, thiserror::Error)]

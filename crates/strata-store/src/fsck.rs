@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use crate::blob::remove_file_if_exists;
-use crate::digest::{Digest, Hasher};
 use crate::error::StoreError;
 use crate::gc::{children_of, is_manifest_like};
 use crate::store::Store;
+use strata_types::{Digest, Hasher};
 
 /// Where a reference checked by fsck came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

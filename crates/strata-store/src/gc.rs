@@ -31,10 +31,11 @@ use std::time::{Duration, SystemTime};
 use rustix::fs::{flock, FlockOperation};
 
 use crate::blob::{remove_file_if_exists, write_atomic};
-use crate::digest::{Digest, DigestParseError};
 use crate::error::StoreError;
-use crate::image::{descriptor_digest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::image::descriptor_digest;
 use crate::store::Store;
+use strata_types::{Digest, DigestParseError};
+use strata_types::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 
 /// Temp entries younger than this are never removed (a writer may not have locked them yet).
 const TEMP_GRACE: Duration = Duration::from_secs(60);

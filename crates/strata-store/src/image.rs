@@ -20,30 +20,19 @@ use oci_spec::image::{
     Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType, SCHEMA_VERSION,
 };
 
-use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::index::REF_NAME_ANNOTATION;
-use crate::reference::Reference;
 use crate::store::Store;
+use strata_types::Digest;
+use strata_types::Reference;
 
-/// `application/vnd.oci.image.manifest.v1+json`
-pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// `application/vnd.oci.image.index.v1+json`
-pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// `application/vnd.oci.image.config.v1+json`
-pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// `application/vnd.oci.image.layer.v1.tar`
-pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// `application/vnd.oci.image.layer.v1.tar+gzip`
-pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// `application/vnd.oci.image.layer.v1.tar+zstd`
-pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+use strata_types::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 
 const LAYER_TYPES: &str = "an OCI layer type (tar, tar+gzip or tar+zstd)";
 
 /// Whether `mt` is one of the layer media types this store reads and writes.
-pub fn is_supported_layer(mt: &MediaType) -> bool {
-    matches!(mt, MediaType::ImageLayer | MediaType::ImageLayerGzip | MediaType::ImageLayerZstd)
+fn is_supported_layer(mt: &MediaType) -> bool {
+    strata_types::is_supported_layer(mt.as_ref())
 }
 
 /// An image read from the store: its manifest, config, and the descriptor that named it.

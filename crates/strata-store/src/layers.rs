@@ -14,10 +14,10 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::blob::write_atomic;
-use crate::digest::Digest;
 use crate::error::StoreError;
 use crate::gc::read_dir_if_exists;
 use crate::store::Store;
+use strata_types::Digest;
 
 /// A stored blob holding a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

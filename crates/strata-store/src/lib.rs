@@ -41,32 +41,21 @@
 #![deny(missing_docs)]
 
 mod blob;
-mod digest;
 mod error;
 mod fsck;
 mod gc;
 mod image;
 mod index;
 mod layers;
-mod location;
-mod platform;
-mod reference;
 mod store;
 
 pub use blob::{BlobWriter, PutBlob, VerifyingReader};
-pub use digest::{Digest, DigestParseError, DigestParseErrorKind, Hasher, SHA256};
 pub use error::{NotAStoreProblem, StoreError};
 pub use fsck::{FsckProblem, FsckReport, Referrer};
 pub use gc::GcReport;
-pub use image::{
-    is_supported_layer, Image, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP,
-    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
-};
+pub use image::Image;
 pub use index::REF_NAME_ANNOTATION;
 pub use layers::KnownLayer;
-pub use location::ImageLocation;
-pub use platform::host_platform;
-pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
 pub use store::{canonical_json, Store};
 
 /// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this

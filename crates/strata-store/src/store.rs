@@ -9,8 +9,8 @@ use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{write_atomic, write_new, BlobWriter, PutBlob, VerifyingReader};
-use crate::digest::Digest;
 use crate::error::{NotAStoreProblem, StoreError};
+use strata_types::Digest;
 
 /// Opens (creating if needed) a file used only for its `flock`.
 pub(crate) fn open_lock_file(path: &Path) -> Result<File, StoreError> {

@@ -3,7 +3,8 @@
 use std::fs;
 use std::io::{Read, Write};
 
-use strata_store::{Digest, NotAStoreProblem, Store, StoreError};
+use strata_store::{NotAStoreProblem, Store, StoreError};
+use strata_types::Digest;
 
 fn blob_files(store: &Store) -> usize {
     fs::read_dir(store.blob_dir()).unwrap().count()

@@ -6,7 +6,8 @@ use std::fs;
 
 use common::{config, make_image, put_layer};
 use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Digest, Store, StoreError, REF_NAME_ANNOTATION};
+use strata_store::{Store, StoreError, REF_NAME_ANNOTATION};
+use strata_types::Digest;
 
 fn digest_of(d: &Descriptor) -> Digest {
     Digest::try_from(d.digest()).unwrap()

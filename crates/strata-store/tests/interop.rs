@@ -6,7 +6,8 @@ use std::process::Command;
 
 use common::{config, have_tool, make_image, real_tar, run};
 use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;

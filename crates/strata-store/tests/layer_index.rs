@@ -3,7 +3,8 @@
 mod common;
 
 use common::{config, put_layer};
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 #[test]
 fn layer_index_records_finds_and_is_swept_by_gc() {

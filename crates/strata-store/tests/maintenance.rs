@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use common::make_image;
 use strata_store::oci_spec::image::Descriptor;
-use strata_store::{Digest, FsckProblem, NotAStoreProblem, Referrer, Store, StoreError};
+use strata_store::{FsckProblem, NotAStoreProblem, Referrer, Store, StoreError};
+use strata_types::Digest;
 
 fn digest_of(d: &Descriptor) -> Digest {
     Digest::try_from(d.digest()).unwrap()

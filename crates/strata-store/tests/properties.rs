@@ -3,7 +3,8 @@
 use std::io::Write;
 
 use proptest::prelude::*;
-use strata_store::{Digest, Reference, Store};
+use strata_store::Store;
+use strata_types::{Digest, Reference};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]

@@ -1,7 +1,8 @@
 //! strata: the embedding API.
 //!
 //! One dependency for programs that embed strata: each module re-exports the crate that owns
-//! that part of the job (see DESIGN.md): [`recipe`] parses Dockerfiles into stages and steps,
+//! that part of the job (see DESIGN.md): [`types`] is the vocabulary (digests, references,
+//! image locations, platforms, media types), [`recipe`] parses Dockerfiles into stages and steps,
 //! [`store`] is the content-addressed OCI-layout store, [`layer`] turns trees into layers and
 //! back and moves images in and out of the store, [`build`] executes a recipe into an image,
 //! [`registry`] pushes and pulls through OCI registries. [`transfer::copy`] is the one entry
@@ -17,6 +18,7 @@ pub use strata_layer as layer;
 pub use strata_recipe as recipe;
 pub use strata_registry as registry;
 pub use strata_store as store;
+pub use strata_types as types;
 
 pub mod transfer;
 

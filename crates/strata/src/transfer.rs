@@ -15,7 +15,8 @@
 //!
 //! ```no_run
 //! use strata::registry::{Client, ClientOptions, NoProgress};
-//! use strata::store::{ImageLocation, Store};
+//! use strata::store::Store;
+//! use strata::types::ImageLocation;
 //! use strata::transfer::{copy, CopyOptions};
 //!
 //! let store = Store::init("/tmp/strata-store")?;
@@ -34,11 +35,12 @@ use std::path::PathBuf;
 use strata_layer::transport::{self, SourceImage};
 use strata_layer::LayerError;
 use strata_registry::{
-    pull_all, push_index, Client, Platform, PullOptions, PushOptions, RegistryError,
-    TransferReport, TransferSink,
+    pull_all, push_index, Client, PullOptions, PushOptions, RegistryError, TransferReport,
+    TransferSink,
 };
 use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Digest, Image, ImageLocation, Reference, Store, StoreError};
+use strata_store::{Image, Store, StoreError};
+use strata_types::{Digest, ImageLocation, Platform, Reference};
 
 /// How to copy.
 #[derive(Debug, Clone)]
@@ -345,7 +347,7 @@ fn copy_all(
         (ImageLocation::Registry(from), ImageLocation::Oci { dir, reference }) => {
             let name = reference
                 .clone()
-                .unwrap_or_else(|| from.tag().unwrap_or(strata_store::DEFAULT_TAG).to_owned());
+                .unwrap_or_else(|| from.tag().unwrap_or(strata_types::DEFAULT_TAG).to_owned());
             // A dry run writes nothing, not even an empty layout.
             let (_scratch, layout) = match (options.dry_run, Store::open(dir)) {
                 (true, Ok(existing)) => (None, existing),
@@ -530,7 +532,7 @@ fn write_local(
         }
         ImageLocation::Oci { dir, reference: None } if pulled_from.is_some() => {
             let reference =
-                pulled_from.and_then(|r| r.tag()).unwrap_or(strata_store::DEFAULT_TAG).to_string();
+                pulled_from.and_then(|r| r.tag()).unwrap_or(strata_types::DEFAULT_TAG).to_string();
             let dst = ImageLocation::Oci { dir: dir.clone(), reference: Some(reference) };
             let report = transport::export(source, &dst, None)?;
             Ok(LocalCopy { written: report.items, skipped: 0, bytes: report.bytes })

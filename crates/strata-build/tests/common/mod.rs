@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use strata_build::{build, BuildError, BuildEvent, BuildOptions, BuildOutput};
 use strata_layer::transport::{import_tree, ImportOptions};
 use strata_layer::{apply_blob, ApplyOptions};
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 pub fn strict() -> bool {
     std::env::var("STRATA_TEST_STRICT").is_ok_and(|v| v == "1")

@@ -15,7 +15,7 @@ use strata::build::{
 };
 use strata::layer::transport;
 use strata::recipe::BuildArgs;
-use strata::store::ImageLocation;
+use strata::types::ImageLocation;
 
 use super::store::{human, init_store, CompressionArg};
 
@@ -112,7 +112,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         bail!("--output must be oci:DIR[:TAG], docker-archive:FILE[:TAG] or dir:PATH");
     }
     for t in &args.tags {
-        let r: strata::store::Reference =
+        let r: strata::types::Reference =
             t.parse().with_context(|| format!("invalid tag {t:?}"))?;
         if r.digest().is_some() {
             bail!("invalid tag {t:?}: a tag cannot have a digest");

@@ -13,8 +13,8 @@ use strata::diff::{
 };
 use strata::layer::transport;
 use strata::registry::{Client, NoProgress};
-use strata::store::ImageLocation;
 use strata::transfer::{self, OpenedImage};
+use strata::types::ImageLocation;
 
 use super::registry::{registry_reference, RegistryArgs};
 use super::store::{human, open_store};

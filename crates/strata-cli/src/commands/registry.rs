@@ -14,11 +14,10 @@ use std::sync::Mutex;
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use strata::registry::{
-    credentials, BlobKind, BlobOutcome, Client, ClientOptions, Platform, TransferEvent,
-    TransferSink,
+    credentials, BlobKind, BlobOutcome, Client, ClientOptions, TransferEvent, TransferSink,
 };
-use strata::store::{ImageLocation, Reference};
 use strata::transfer::{self, CopyOptions, CopyOutcome};
+use strata::types::{ImageLocation, Platform, Reference};
 
 use super::store::{human, init_store};
 

@@ -8,7 +8,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use strata::layer::transport::{self, ImportOptions};
 use strata::layer::Compression;
-use strata::store::{ImageLocation, Store};
+use strata::store::Store;
+use strata::types::ImageLocation;
 
 /// Opens the store for reading; a missing store is an error, not an empty list.
 pub fn open_store(root: Option<&Path>) -> anyhow::Result<Store> {
@@ -86,7 +87,7 @@ impl From<CompressionArg> for Compression {
 
 pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode> {
     // Validate the name before doing any work.
-    let name: strata::store::Reference =
+    let name: strata::types::Reference =
         args.name.parse().with_context(|| format!("invalid image name {:?}", args.name))?;
     if name.digest().is_some() {
         bail!("cannot tag with a digest: {}", args.name);
@@ -294,7 +295,7 @@ pub struct TagArgs {
 pub fn tag(store: Option<&Path>, args: TagArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(store)?;
     let desc = store.resolve(&args.source)?;
-    let target: strata::store::Reference = args.target.parse()?;
+    let target: strata::types::Reference = args.target.parse()?;
     store.tag(&target.tag_key(), &desc)?;
     Ok(ExitCode::SUCCESS)
 }

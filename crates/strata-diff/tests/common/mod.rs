@@ -8,7 +8,8 @@ use std::io::Write;
 use strata_store::oci_spec::image::{
     ConfigBuilder, Descriptor, HistoryBuilder, ImageConfigurationBuilder, MediaType, RootFsBuilder,
 };
-use strata_store::{Digest, Image, Store};
+use strata_store::{Image, Store};
+use strata_types::Digest;
 
 /// One tar entry.
 #[derive(Clone)]

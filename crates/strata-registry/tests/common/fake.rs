@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use strata_store::Digest;
+use strata_types::Digest;
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]

@@ -8,7 +8,8 @@ use strata_store::oci_spec::image::{
     ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, MediaType,
     RootFsBuilder,
 };
-use strata_store::{Digest, Store};
+use strata_store::Store;
+use strata_types::Digest;
 
 /// Whether an external tool is usable; when not, tests skip (or panic under
 /// STRATA_TEST_STRICT=1).

@@ -12,14 +12,30 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::error::StoreError;
-use crate::reference::Reference;
+use crate::reference::{Reference, ReferenceError};
+
+/// An image location that cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocationError {
+    /// The location is malformed.
+    #[error("invalid image location {input:?}: {reason}")]
+    Invalid {
+        /// The location as given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The reference of a `docker://` location is malformed.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+}
 
 /// A parsed image location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageLocation {
     /// An image in the local store: `name[:tag]`, `name@sha256:...`, a digest or a unique
-    /// digest prefix (resolved by [`crate::Store::resolve`]).
+    /// digest prefix (resolved by the store).
     Store(String),
     /// An image in an OCI image layout directory, optionally by reference (`app:v1`).
     Oci {
@@ -54,26 +70,26 @@ impl ImageLocation {
     }
 }
 
-fn split_path_and_ref(input: &str, rest: &str) -> Result<(PathBuf, Option<String>), StoreError> {
+fn split_path_and_ref(input: &str, rest: &str) -> Result<(PathBuf, Option<String>), LocationError> {
     let (path, reference) = match rest.split_once(':') {
         Some((p, r)) => (p, Some(r)),
         None => (rest, None),
     };
     if path.is_empty() {
-        return Err(StoreError::InvalidLocation { input: input.to_string(), reason: "empty path" });
+        return Err(LocationError::Invalid { input: input.to_string(), reason: "empty path" });
     }
     match reference {
         Some("") => {
-            Err(StoreError::InvalidLocation { input: input.to_string(), reason: "empty reference" })
+            Err(LocationError::Invalid { input: input.to_string(), reason: "empty reference" })
         }
         r => Ok((PathBuf::from(path), r.map(str::to_string))),
     }
 }
 
 impl FromStr for ImageLocation {
-    type Err = StoreError;
+    type Err = LocationError;
 
-    fn from_str(s: &str) -> Result<Self, StoreError> {
+    fn from_str(s: &str) -> Result<Self, LocationError> {
         if let Some(rest) = s.strip_prefix("oci:") {
             let (dir, reference) = split_path_and_ref(s, rest)?;
             return Ok(ImageLocation::Oci { dir, reference });
@@ -87,7 +103,7 @@ impl FromStr for ImageLocation {
         }
         if let Some(rest) = s.strip_prefix("dir:") {
             if rest.is_empty() {
-                return Err(StoreError::InvalidLocation { input: s.into(), reason: "empty path" });
+                return Err(LocationError::Invalid { input: s.into(), reason: "empty path" });
             }
             return Ok(ImageLocation::Dir(PathBuf::from(rest)));
         }
@@ -96,14 +112,14 @@ impl FromStr for ImageLocation {
         }
         for transport in ["docker-daemon:", "containers-storage:", "oci-archive:", "sif:"] {
             if s.starts_with(transport) {
-                return Err(StoreError::InvalidLocation {
+                return Err(LocationError::Invalid {
                     input: s.to_string(),
                     reason: "transport not supported by strata",
                 });
             }
         }
         if s.is_empty() {
-            return Err(StoreError::InvalidLocation { input: s.into(), reason: "empty name" });
+            return Err(LocationError::Invalid { input: s.into(), reason: "empty name" });
         }
         Ok(ImageLocation::Store(s.to_string()))
     }
