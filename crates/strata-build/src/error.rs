@@ -51,6 +51,9 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading an image from a layout or an archive failed.
+    #[error(transparent)]
+    Image(#[from] strata_image::ImageError),
     /// An image name in FROM or `--from` is not a valid location.
     #[error(transparent)]
     Location(#[from] strata_types::LocationError),

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-use strata_layer::transport::layer_descriptor;
 use strata_layer::{scan, write_layer, Changeset, LayerWriter};
 use strata_recipe::instruction::ArgDecl;
 use strata_recipe::stage::resolve_stage_ref;
@@ -115,7 +114,7 @@ impl<'a> Builder<'a> {
             ImageLocation::Registry(r) => {
                 self.pulls.image(self.store, self.opts, self.progress, r, reference)?
             }
-            _ => strata_layer::transport::load(self.store, &location)?.0,
+            _ => strata_image::load(self.store, &location)?.0,
         };
         ImageState::from_image(self.store, &image)
     }
@@ -430,7 +429,7 @@ impl<'a> Builder<'a> {
         let desc = write_layer(self.store, &self.writer, changeset, source)?;
         self.layers_written.fetch_add(1, Ordering::Relaxed);
         self.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
-        let layer = LayerRef { descriptor: layer_descriptor(&desc)?, diff_id: desc.diff_id };
+        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
         ensure_snapshot(self.store, &layer)?;
         Ok((layer, desc.size))
     }
@@ -441,7 +440,7 @@ impl<'a> Builder<'a> {
         let desc = write_layer(self.store, &self.writer, changeset, tree)?;
         self.layers_written.fetch_add(1, Ordering::Relaxed);
         self.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
-        let layer = LayerRef { descriptor: layer_descriptor(&desc)?, diff_id: desc.diff_id };
+        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
         adopt_snapshot(self.store, &layer, tree, self.opts.timestamp)?;
         Ok((layer, desc.size))
     }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
-use strata_layer::transport::format_created;
+use strata_image::config::format_created;
 use strata_store::oci_spec::image::{Descriptor, ImageConfiguration};
 use strata_store::{Image, Store};
 use strata_types::Digest;

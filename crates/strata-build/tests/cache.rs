@@ -170,8 +170,8 @@ fn each_part_of_a_key_misses() {
     for applet in ["sh", "echo", "cat"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
-    let opts2 = strata_layer::transport::ImportOptions::default();
-    let imported = strata_layer::transport::import_tree(&e.store, &rootfs, &opts2).unwrap();
+    let opts2 = strata_image::ImportOptions::default();
+    let imported = strata_image::import_tree(&e.store, &rootfs, &opts2).unwrap();
     e.store.tag("base:1", &imported.manifest).unwrap();
     expect(&e, &opts, "base image", &[]);
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use common::{can_run, config_json, env, history};
 use serde_json::{json, Value};
 use strata_build::BuildError;
-use strata_layer::transport::{export, open_source};
+use strata_image::{export, open_local};
 use strata_store::Store;
 
 #[test]
@@ -107,7 +107,7 @@ fn bases_from_oci_layouts_and_docker_archives() {
         return;
     }
     let e = env();
-    let source = open_source(Some(&e.store), &"base:1".parse().unwrap()).unwrap();
+    let source = open_local(Some(&e.store), &"base:1".parse().unwrap()).unwrap();
     let layout = e.dir.path().join("layout");
     let archive = e.dir.path().join("base.tar");
     export(&source, &format!("oci:{}:v1", layout.display()).parse().unwrap(), None).unwrap();

@@ -60,7 +60,7 @@ mod view;
 
 use std::collections::HashSet;
 
-use strata_layer::transport::SourceImage;
+use strata_image::OpenedImage;
 use strata_store::{Image, Store, StoreError};
 use strata_types::Digest;
 
@@ -99,8 +99,8 @@ impl<'a> StoredImage<'a> {
     }
 }
 
-impl<'a> From<&'a SourceImage> for StoredImage<'a> {
-    fn from(s: &'a SourceImage) -> StoredImage<'a> {
+impl<'a> From<&'a OpenedImage> for StoredImage<'a> {
+    fn from(s: &'a OpenedImage) -> StoredImage<'a> {
         StoredImage { store: &s.store, image: &s.image, name: s.name.as_deref() }
     }
 }

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use common::*;
 use strata_diff::{diff, ls, Attribute, ChangeKind, DiffOptions, LsOptions, StoredImage};
-use strata_layer::transport::{flatten, open_source};
+use strata_image::{flatten, open_local};
 use strata_layer::{scan_with_digests, EntryKind};
 use strata_store::{Image, Store};
 use strata_types::ImageLocation;
@@ -23,7 +23,7 @@ fn owners_restored() -> bool {
 
 fn flat(store: &Store, image: &Image, tag: &str, dir: &std::path::Path) -> Tree {
     store.tag(tag, &image.manifest_descriptor).unwrap();
-    let source = open_source(Some(store), &ImageLocation::Store(tag.into())).unwrap();
+    let source = open_local(Some(store), &ImageLocation::Store(tag.into())).unwrap();
     let out = dir.join(tag.replace(':', "-"));
     flatten(&source, &out).unwrap();
     let snap = scan_with_digests(&out).unwrap();

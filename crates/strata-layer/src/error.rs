@@ -74,52 +74,6 @@ pub enum LayerError {
         /// Digest the store computed for the committed blob.
         found: strata_types::Digest,
     },
-    /// An image location this operation cannot read or write (e.g. a registry for export).
-    #[error("{location}: not supported here")]
-    UnsupportedLocation {
-        /// The location as given.
-        location: String,
-    },
-    /// No reference was given and the source holds more (or fewer) than one image.
-    #[error("{location} holds {images} images: name one (e.g. {location}:NAME:TAG)")]
-    AmbiguousSource {
-        /// The location as given.
-        location: String,
-        /// How many images it holds.
-        images: usize,
-    },
-    /// A `docker-archive` lacks a member its manifest names (or the image asked for).
-    #[error("{archive}: no {member} in the archive")]
-    ArchiveMissing {
-        /// The archive file.
-        archive: PathBuf,
-        /// The missing member.
-        member: String,
-    },
-    /// A `docker-archive` is malformed.
-    #[error("{archive}: {problem}")]
-    ArchiveFormat {
-        /// The archive file.
-        archive: PathBuf,
-        /// What is wrong.
-        problem: &'static str,
-    },
-    /// A layer's uncompressed digest differs from the diffID its image config lists.
-    #[error("layer {layer}: diffID mismatch: config says {expected}, layer content is {found}")]
-    DiffIdMismatch {
-        /// Zero-based layer index.
-        layer: usize,
-        /// The config's `rootfs.diff_ids` entry.
-        expected: strata_types::Digest,
-        /// The digest of the uncompressed layer.
-        found: strata_types::Digest,
-    },
-    /// An export to `dir:` was given a directory that is not empty.
-    #[error("{path}: destination directory is not empty")]
-    DestinationNotEmpty {
-        /// The directory.
-        path: PathBuf,
-    },
     /// An archive entry has a type or header field this crate does not support.
     #[error("unsupported archive entry {path:?}: {what}")]
     Unsupported {

@@ -34,7 +34,6 @@ mod changeset;
 mod error;
 mod snapshot;
 pub mod tarread;
-pub mod transport;
 mod writer;
 
 pub use apply::apply_blob;

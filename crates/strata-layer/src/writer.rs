@@ -85,6 +85,15 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// A short name: `tar`, `gzip` or `zstd` (the store's layer index keys use it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
     /// The OCI media type of a layer with this compression.
     pub fn media_type(self) -> &'static str {
         match self {
@@ -108,6 +117,14 @@ pub struct LayerDescriptor {
     pub uncompressed_size: u64,
     /// OCI media type of the blob.
     pub media_type: &'static str,
+}
+
+impl LayerDescriptor {
+    /// The OCI descriptor of the blob (media type, size, digest) a manifest lists.
+    pub fn descriptor(&self) -> strata_store::oci_spec::image::Descriptor {
+        use strata_store::oci_spec::image::{Descriptor, MediaType};
+        Descriptor::new(MediaType::from(self.media_type), self.size, self.digest)
+    }
 }
 
 /// zstd parameters of a [`LayerWriter`] with no level set, as `zstd --zstd=` spells them,
@@ -265,6 +282,15 @@ impl LayerWriter {
             flushed.map_err(end)?;
             Ok(RawLayer { diff_id, size, uncompressed_size })
         })
+    }
+
+    /// Compresses an uncompressed layer stream `from` into `to` with this writer's settings
+    /// (a layer recompressed for a destination that wants another compression).
+    pub fn compress_stream<R: io::Read, W: Write>(&self, mut from: R, to: W) -> io::Result<()> {
+        let mut enc = self.compressor(to)?;
+        io::copy(&mut from, &mut enc)?;
+        enc.finish()?;
+        Ok(())
     }
 
     pub(crate) fn compressor<W: Write>(&self, sink: W) -> io::Result<Compressor<W>> {

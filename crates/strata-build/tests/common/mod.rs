@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use strata_build::{build, BuildError, BuildEvent, BuildOptions, BuildOutput};
-use strata_layer::transport::{import_tree, ImportOptions};
+use strata_image::{import_tree, ImportOptions};
 use strata_layer::{apply_blob, ApplyOptions};
 use strata_store::Store;
 use strata_types::Digest;

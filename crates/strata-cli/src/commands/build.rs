@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use strata::build::{
     self, BuildEvent, BuildOptions, Network, ProgressSink, PullPolicy, SecretSource, SecretSpec,
 };
-use strata::layer::transport;
+use strata::image;
 use strata::recipe::BuildArgs;
 use strata::types::ImageLocation;
 
@@ -161,11 +161,11 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     };
     let out = result.with_context(|| format!("build of {} failed", args.context.display()))?;
     if let Some(dest) = &output {
-        let source = transport::open_source(
+        let source = image::open_local(
             Some(&store),
             &ImageLocation::Store(out.manifest.digest().to_string()),
         )?;
-        transport::export(&source, dest, None).with_context(|| format!("cannot write {dest}"))?;
+        image::export(&source, dest, None).with_context(|| format!("cannot write {dest}"))?;
     }
     if mode != "json" {
         let mut err = std::io::stderr().lock();

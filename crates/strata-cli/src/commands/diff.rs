@@ -11,9 +11,8 @@ use strata::diff::{
     Attribute, ChangeKind, ContentDiff, DiffOptions, FileChange, FileKind, FileMeta, ImageDiff,
     LsOptions, Sections, StoredImage,
 };
-use strata::layer::transport;
+use strata::image::{self, OpenedImage};
 use strata::registry::{Client, NoProgress};
-use strata::transfer::{self, OpenedImage};
 use strata::types::ImageLocation;
 
 use super::registry::{registry_reference, RegistryArgs};
@@ -21,7 +20,7 @@ use super::store::{human, open_store};
 
 /// Opens an image by any name strata accepts. A `docker://HOST/REPO:TAG` operand, or a plain
 /// `HOST/REPO:TAG` the local store has no image for, is pulled into a scratch OCI layout in
-/// the temp directory ([`transfer::open`]); blobs the local store already has are copied from
+/// the temp directory ([`image::open`]); blobs the local store already has are copied from
 /// it, not downloaded. The local store is only read (the registry client may record where
 /// downloaded blobs live, as every pull does).
 pub fn open_image(
@@ -50,16 +49,16 @@ pub fn open_image(
     };
     let ImageLocation::Registry(reference) = &location else {
         // Local images need no registry client (which loads the system's CA roots).
-        let source = transport::open_source(local.as_ref(), &location)
+        let source = image::open_local(local.as_ref(), &location)
             .with_context(|| format!("cannot read image {name}"))?;
-        return Ok(OpenedImage::from(source));
+        return Ok(source);
     };
     let mut client = Client::new(registry.client_options(reference.domain()))
         .context("cannot set up the registry client")?;
     if let Some(local) = &local {
         client = client.with_blob_hints(local.clone());
     }
-    let (opened, _) = transfer::open(&client, local.as_ref(), &location, &NoProgress)
+    let (opened, _) = image::open(&client, local.as_ref(), &location, &NoProgress)
         .with_context(|| format!("cannot pull {name}"))?;
     Ok(opened)
 }
@@ -116,8 +115,8 @@ pub fn diff(store: Option<&Path>, args: DiffArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = &args.file {
         opts = opts.file(f.clone());
     }
-    let sa = StoredImage::from(&a.source).named(&args.a);
-    let sb = StoredImage::from(&b.source).named(&args.b);
+    let sa = StoredImage::from(&a).named(&args.a);
+    let sb = StoredImage::from(&b).named(&args.b);
     let report = strata::diff::diff(sa, sb, &opts)
         .with_context(|| format!("cannot compare {} and {}", args.a, args.b))?;
     if let (Some(path), Some(c)) = (&args.file, &report.file_content) {
@@ -363,14 +362,14 @@ pub struct HistoryArgs {
 
 pub fn history(store: Option<&Path>, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let image = open_image(store, &args.image, &args.registry)?;
-    let rows = strata::diff::history(StoredImage::from(&image.source))
+    let rows = strata::diff::history(StoredImage::from(&image))
         .with_context(|| format!("cannot read the history of {}", args.image))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let doc = serde_json::json!({
             "version": strata::diff::FORMAT_VERSION,
             "image": args.image,
-            "digest": image.source.image.manifest_descriptor.digest().to_string(),
+            "digest": image.image.manifest_descriptor.digest().to_string(),
             "history": rows,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -459,7 +458,7 @@ pub fn ls(store: Option<&Path>, args: LsArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.layer {
         opts = opts.layer(n);
     }
-    let entries = strata::diff::ls(StoredImage::from(&image.source), &opts)
+    let entries = strata::diff::ls(StoredImage::from(&image), &opts)
         .with_context(|| format!("cannot list {}", args.image))?;
     let mut out = std::io::stdout().lock();
     if args.json {

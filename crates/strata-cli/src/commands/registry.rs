@@ -1,6 +1,6 @@
 //! Registry commands: `push`, `pull`, `copy`, `login`, `logout`.
 //!
-//! The work is [`strata::transfer::copy`]; this module parses locations and flags, renders the
+//! The work is [`strata::image::copy`]; this module parses locations and flags, renders the
 //! registry crate's per-blob events (one progress bar per blob on a terminal, one line per
 //! blob otherwise) and prints the report: blobs skipped because the other side had them,
 //! mounted from another repository, uploaded or downloaded, and the bytes that moved.
@@ -13,10 +13,10 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use strata::image::{self, CopyOptions, CopyOutcome};
 use strata::registry::{
     credentials, BlobKind, BlobOutcome, Client, ClientOptions, TransferEvent, TransferSink,
 };
-use strata::transfer::{self, CopyOptions, CopyOutcome};
 use strata::types::{ImageLocation, Platform, Reference};
 
 use super::store::{human, init_store};
@@ -221,11 +221,11 @@ fn run_copy(
     };
     let outcome = if std::io::stderr().is_terminal() {
         let bars = BarProgress::new();
-        let r = transfer::copy(&client, &store, &src, &dst, &copy_options, &bars);
+        let r = image::copy(&client, &store, &src, &dst, &copy_options, &bars);
         bars.clear();
         r
     } else {
-        transfer::copy(&client, &store, &src, &dst, &copy_options, &LineProgress::new(verb))
+        image::copy(&client, &store, &src, &dst, &copy_options, &LineProgress::new(verb))
     }
     .with_context(|| format!("{verb} {src} -> {dst} failed"))?;
     let mut out = std::io::stdout().lock();

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use strata::layer::transport::{self, ImportOptions};
+use strata::image::{self, ImportOptions};
 use strata::layer::Compression;
 use strata::store::Store;
 use strata::types::ImageLocation;
@@ -100,7 +100,7 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
     let mut out = std::io::stdout().lock();
     let manifest = match location {
         Some(location) => {
-            let (image, report) = transport::load(&store, &location)
+            let (image, report) = image::load(&store, &location)
                 .with_context(|| format!("cannot import {location}"))?;
             writeln!(
                 out,
@@ -120,7 +120,7 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
                 compression: args.compression.into(),
                 epoch: args.timestamp.unwrap_or(0),
             };
-            let imported = transport::import_tree(&store, path, &opts)
+            let imported = image::import_tree(&store, path, &opts)
                 .with_context(|| format!("cannot import {}", path.display()))?;
             let state = if imported.layer_written { "written" } else { "already stored" };
             writeln!(
@@ -203,7 +203,7 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
         ImageLocation::Store(_) => Some(open_store(store)?),
         _ => None,
     };
-    let source = transport::open_source(local.as_ref(), &location)
+    let source = image::open_local(local.as_ref(), &location)
         .with_context(|| format!("cannot read image {location}"))?;
     let image = &source.image;
     // Wasted space: bytes a layer ships that a later layer overwrites or deletes.
@@ -337,9 +337,9 @@ pub fn export(store: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode
     }
     let store = open_store(store)?;
     let location: ImageLocation = args.image.parse()?;
-    let source = transport::open_source(Some(&store), &location)
+    let source = image::open_local(Some(&store), &location)
         .with_context(|| format!("cannot read image {location}"))?;
-    let report = transport::export(&source, &dest, args.compression.map(Into::into))
+    let report = image::export(&source, &dest, args.compression.map(Into::into))
         .with_context(|| format!("cannot export to {dest}"))?;
     writeln!(
         std::io::stdout().lock(),

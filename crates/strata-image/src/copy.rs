@@ -5,19 +5,19 @@
 //! This module is routing, not logic: each leg is done by the crate that owns it. A registry
 //! source is pulled by [`strata_registry::pull`] (into the local store, or into a scratch
 //! layout when the destination is a file or directory, which is then written by
-//! [`transport::export`]); a registry destination is pushed by [`strata_registry::push`] from
-//! wherever the image lives ([`transport::open_source`] reads a layout or an archive without
-//! copying it into the store first); local-to-local copies are [`transport::load`] and
-//! [`transport::export`]. What crossed the network is the registry crate's
+//! [`crate::export()`]); a registry destination is pushed by [`strata_registry::push`] from
+//! wherever the image lives ([`crate::open_local`] reads a layout or an archive without
+//! copying it into the store first); local-to-local copies are [`crate::load`] and
+//! [`crate::export()`]. What crossed the network is the registry crate's
 //! [`TransferReport`]; what was written locally is a [`LocalCopy`]. A dry run contacts the
 //! registry only to decide (HEAD requests, the manifest) and writes nothing anywhere. With
 //! [`CopyOptions::all`], image indexes are copied whole, with every digest kept.
 //!
 //! ```no_run
-//! use strata::registry::{Client, ClientOptions, NoProgress};
-//! use strata::store::Store;
-//! use strata::types::ImageLocation;
-//! use strata::transfer::{copy, CopyOptions};
+//! use strata_image::{copy, CopyOptions};
+//! use strata_registry::{Client, ClientOptions, NoProgress};
+//! use strata_store::Store;
+//! use strata_types::ImageLocation;
 //!
 //! let store = Store::init("/tmp/strata-store")?;
 //! let client = Client::new(ClientOptions::default())?.with_blob_hints(store.clone());
@@ -29,17 +29,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::io;
-use std::path::PathBuf;
-
-use strata_layer::transport::{self, SourceImage};
-use strata_layer::LayerError;
+use crate::desc_digest;
+use crate::error::ImageError;
+use crate::open::{open_local, open_pulled, pull_to_scratch, scratch_layout, OpenedImage};
+use crate::{export, layout};
 use strata_registry::{
     pull_all, push_index, Client, PullOptions, PushOptions, RegistryError, TransferReport,
     TransferSink,
 };
-use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::{Image, Store, StoreError};
+use strata_store::oci_spec::image::MediaType;
+use strata_store::{Image, Store};
 use strata_types::{Digest, ImageLocation, Platform, Reference};
 
 /// How to copy.
@@ -78,7 +77,7 @@ impl CopyOptions {
     }
 
     /// The same options resolving registry indexes to `platform` (see
-    /// [`CopyOptions::platform`]).
+    /// [`CopyOptions::platform`](CopyOptions#structfield.platform)).
     pub fn with_platform(self, platform: Option<Platform>) -> CopyOptions {
         CopyOptions { platform, ..self }
     }
@@ -121,51 +120,6 @@ pub struct CopyOutcome {
     pub dry_run: bool,
 }
 
-/// Why a copy failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TransferError {
-    /// The registry leg failed.
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    /// Reading or writing a layout or an archive failed.
-    #[error(transparent)]
-    Layer(#[from] LayerError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A local destination name that cannot be a tag (`strata copy docker://h/a:1 sha256:...`).
-    #[error("cannot tag the copy as {name:?}: a destination in the store must be NAME[:TAG]")]
-    InvalidDestinationName {
-        /// The name as given.
-        name: String,
-    },
-    /// The pair of locations cannot be copied (`dir:` as a source, a registry reference
-    /// without a tag or digest).
-    #[error("cannot copy {source_location} to {destination}: {reason}")]
-    Unsupported {
-        /// The source as written.
-        source_location: String,
-        /// The destination as written.
-        destination: String,
-        /// Why.
-        reason: &'static str,
-    },
-    /// The scratch layout for a registry-to-file copy could not be made.
-    #[error("creating a scratch layout in {path}: {source}")]
-    Scratch {
-        /// Where.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn manifest_digest(d: &Descriptor) -> Result<Digest, TransferError> {
-    Ok(Digest::try_from(d.digest()).map_err(StoreError::from)?)
-}
-
 /// Copies the image at `src` to `dst`. `store` is the local store: the source or destination
 /// when either is `name:tag`, and where a registry image is pulled to when the destination is
 /// the store. `client` is used only when one side is a registry; `events` receives its
@@ -194,8 +148,8 @@ pub fn copy(
     dst: &ImageLocation,
     options: &CopyOptions,
     events: &dyn TransferSink,
-) -> Result<CopyOutcome, TransferError> {
-    let unsupported = |reason| TransferError::Unsupported {
+) -> Result<CopyOutcome, ImageError> {
+    let unsupported = |reason| ImageError::Unsupported {
         source_location: src.to_string(),
         destination: dst.to_string(),
         reason,
@@ -224,7 +178,7 @@ pub fn copy(
                 &pull_options,
                 events,
             )?;
-            let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
+            let manifest = desc_digest(&pulled.image.manifest_descriptor)?;
             if let Some(tag) = extra.filter(|_| !options.dry_run) {
                 store.tag(&tag, &pulled.image.manifest_descriptor)?;
             }
@@ -262,7 +216,7 @@ pub fn copy(
             // A file or directory is written from a scratch layout.
             let (dir, scratch, pulled) =
                 pull_to_scratch(client, from, &options.platform(), &pull_options, events)?;
-            let manifest = manifest_digest(&pulled.image.manifest_descriptor)?;
+            let manifest = desc_digest(&pulled.image.manifest_descriptor)?;
             if options.dry_run {
                 // Nothing was downloaded, so there is nothing to write or push from.
                 return Ok(CopyOutcome {
@@ -273,7 +227,7 @@ pub fn copy(
                 });
             }
             let opened = open_pulled(dir, &scratch, &pulled.image, from)?;
-            let (source, pulled_report) = (&opened.source, pulled.report);
+            let (source, pulled_report) = (&opened, pulled.report);
             let local = write_local(store, source, dst, Some(from))?;
             Ok(CopyOutcome {
                 manifest,
@@ -284,18 +238,18 @@ pub fn copy(
         }
         (_, ImageLocation::Registry(to)) => {
             check_pushable(to).map_err(unsupported)?;
-            let source = transport::open_source(Some(store), src)?;
+            let source = open_local(Some(store), src)?;
             let report = push_source(client, &source, to, &push_options, events)?;
             Ok(CopyOutcome {
-                manifest: manifest_digest(&source.image.manifest_descriptor)?,
+                manifest: desc_digest(&source.image.manifest_descriptor)?,
                 transfer: Some(report),
                 local: None,
                 dry_run: options.dry_run,
             })
         }
         (_, _) => {
-            let source = transport::open_source(Some(store), src)?;
-            let manifest = manifest_digest(&source.image.manifest_descriptor)?;
+            let source = open_local(Some(store), src)?;
+            let manifest = desc_digest(&source.image.manifest_descriptor)?;
             let local = if options.dry_run {
                 plan_local(store, &source.image, &source.store, dst)?
             } else {
@@ -321,8 +275,8 @@ fn copy_all(
     dst: &ImageLocation,
     options: &CopyOptions,
     events: &dyn TransferSink,
-) -> Result<Option<CopyOutcome>, TransferError> {
-    let unsupported = |reason| TransferError::Unsupported {
+) -> Result<Option<CopyOutcome>, ImageError> {
+    let unsupported = |reason| ImageError::Unsupported {
         source_location: src.to_string(),
         destination: dst.to_string(),
         reason,
@@ -358,7 +312,7 @@ fn copy_all(
                 (false, _) => (None, Store::init(dir)?),
             };
             let pulled = pull_all(client, &layout, from, Some(&name), &pull_options, events)?;
-            Ok(Some(outcome(manifest_digest(&pulled.descriptor)?, pulled.report)))
+            Ok(Some(outcome(desc_digest(&pulled.descriptor)?, pulled.report)))
         }
         (ImageLocation::Registry(from), ImageLocation::Store(name)) => {
             let extra = match name == &from.to_string() {
@@ -369,7 +323,7 @@ fn copy_all(
             if let Some(tag) = extra.filter(|_| !options.dry_run) {
                 store.tag(&tag, &pulled.descriptor)?;
             }
-            Ok(Some(outcome(manifest_digest(&pulled.descriptor)?, pulled.report)))
+            Ok(Some(outcome(desc_digest(&pulled.descriptor)?, pulled.report)))
         }
         (ImageLocation::Oci { .. } | ImageLocation::Store(_), ImageLocation::Registry(to)) => {
             check_pushable(to).map_err(unsupported)?;
@@ -392,7 +346,7 @@ fn copy_all(
             if descriptor.media_type() != &MediaType::ImageIndex {
                 return Ok(None);
             }
-            let index = manifest_digest(&descriptor)?;
+            let index = desc_digest(&descriptor)?;
             let pushed = push_index(client, &layout, &index, to, &push_options, events)?;
             Ok(Some(outcome(index, pushed)))
         }
@@ -414,7 +368,7 @@ fn check_pushable(to: &Reference) -> Result<(), &'static str> {
 /// Pushes `source` (a store, a layout or an archive) to the registry reference `to`.
 fn push_source(
     client: &Client,
-    source: &SourceImage,
+    source: &OpenedImage,
     to: &Reference,
     options: &PushOptions,
     events: &dyn TransferSink,
@@ -423,8 +377,8 @@ fn push_source(
 }
 
 /// The tag key a `name[:tag]` destination in the store is written under.
-fn destination_tag(name: &str) -> Result<String, TransferError> {
-    let invalid = || TransferError::InvalidDestinationName { name: name.to_string() };
+fn destination_tag(name: &str) -> Result<String, ImageError> {
+    let invalid = || ImageError::InvalidDestinationName { name: name.to_string() };
     let reference: Reference = name.parse().map_err(|_| invalid())?;
     if reference.digest().is_some() {
         return Err(invalid());
@@ -432,97 +386,19 @@ fn destination_tag(name: &str) -> Result<String, TransferError> {
     Ok(reference.tag_key())
 }
 
-/// An image opened for reading by [`open`]; a registry image lives in a scratch layout that is
-/// removed when this is dropped.
-#[derive(Debug)]
-pub struct OpenedImage {
-    /// The image and the store (or layout) holding its blobs.
-    pub source: SourceImage,
-    // Declared after `source`, so dropped after it.
-    _scratch: Option<tempfile::TempDir>,
-}
-
-impl From<SourceImage> for OpenedImage {
-    /// An image that needs no scratch layout (in the store, an `oci:` layout or an archive).
-    fn from(source: SourceImage) -> OpenedImage {
-        OpenedImage { source, _scratch: None }
-    }
-}
-
-/// Opens the image at `location` for reading, wherever it lives. `local` is the local store
-/// (needed for `name:tag`). A registry image is pulled with `client` into a scratch OCI layout
-/// in the temp directory, so the local store is only read (give `client` the local store as
-/// blob hints, [`Client::with_blob_hints`], so that blobs it has are copied, not downloaded);
-/// the returned [`TransferReport`] says what crossed the network (`None` for local images).
-pub fn open(
-    client: &Client,
-    local: Option<&Store>,
-    location: &ImageLocation,
-    events: &dyn TransferSink,
-) -> Result<(OpenedImage, Option<TransferReport>), TransferError> {
-    if let ImageLocation::Registry(reference) = location {
-        let (dir, scratch, pulled) =
-            pull_to_scratch(client, reference, &Platform::host(), &PullOptions::default(), events)?;
-        let opened = open_pulled(dir, &scratch, &pulled.image, reference)?;
-        return Ok((opened, Some(pulled.report)));
-    }
-    Ok((OpenedImage::from(transport::open_source(local, location)?), None))
-}
-
-/// Pulls `from` into a fresh scratch layout (removed when the returned directory is dropped).
-fn pull_to_scratch(
-    client: &Client,
-    from: &Reference,
-    platform: &Platform,
-    options: &PullOptions,
-    events: &dyn TransferSink,
-) -> Result<(tempfile::TempDir, Store, strata_registry::Pulled), TransferError> {
-    let (dir, scratch) = scratch_layout()?;
-    let pulled = strata_registry::pull_platform(client, &scratch, from, platform, options, events)?;
-    Ok((dir, scratch, pulled))
-}
-
-/// Opens an image pulled by [`pull_to_scratch`] (by manifest digest, whatever tag the pull
-/// gave it), named by the reference it came from; the scratch directory lives as long as it.
-fn open_pulled(
-    dir: tempfile::TempDir,
-    scratch: &Store,
-    image: &Image,
-    from: &Reference,
-) -> Result<OpenedImage, TransferError> {
-    let digest = manifest_digest(&image.manifest_descriptor)?;
-    let mut source =
-        transport::open_source(Some(scratch), &ImageLocation::Store(digest.to_string()))?;
-    source.name = Some(from.to_string());
-    Ok(OpenedImage { source, _scratch: Some(dir) })
-}
-
-/// A temporary OCI layout in the system's temp directory (not under the store, whose `gc`
-/// removes temporary entries).
-fn scratch_layout() -> Result<(tempfile::TempDir, Store), TransferError> {
-    let parent = std::env::temp_dir();
-    let dir = tempfile::Builder::new()
-        .prefix("strata-transfer-")
-        .tempdir_in(&parent)
-        .map_err(|source| TransferError::Scratch { path: parent.clone(), source })?;
-    let layout = Store::init(dir.path())?;
-    Ok((dir, layout))
-}
-
 /// Writes `source` to a local destination: into the store (verified, tagged when named) or
 /// out to a layout, an archive or a directory. `pulled_from` names the registry reference a
 /// scratch image came from, so that an `oci:DIR` without a ref is tagged with its tag.
 fn write_local(
     store: &Store,
-    source: &SourceImage,
+    source: &OpenedImage,
     dst: &ImageLocation,
     pulled_from: Option<&Reference>,
-) -> Result<LocalCopy, TransferError> {
+) -> Result<LocalCopy, ImageError> {
     match dst {
         ImageLocation::Store(name) => {
             let tag = destination_tag(name)?;
-            let (manifest, report) =
-                transport::copy_image(&source.store, &source.image, store, None)?;
+            let (manifest, report) = layout::copy_image(&source.store, &source.image, store, None)?;
             store.tag(&tag, &manifest)?;
             Ok(LocalCopy {
                 written: report.copied as u64,
@@ -534,11 +410,11 @@ fn write_local(
             let reference =
                 pulled_from.and_then(|r| r.tag()).unwrap_or(strata_types::DEFAULT_TAG).to_string();
             let dst = ImageLocation::Oci { dir: dir.clone(), reference: Some(reference) };
-            let report = transport::export(source, &dst, None)?;
+            let report = export::export(source, &dst, None)?;
             Ok(LocalCopy { written: report.items, skipped: 0, bytes: report.bytes })
         }
         _ => {
-            let report = transport::export(source, dst, None)?;
+            let report = export::export(source, dst, None)?;
             Ok(LocalCopy { written: report.items, skipped: 0, bytes: report.bytes })
         }
     }
@@ -551,7 +427,7 @@ fn plan_local(
     image: &Image,
     from: &Store,
     dst: &ImageLocation,
-) -> Result<LocalCopy, TransferError> {
+) -> Result<LocalCopy, ImageError> {
     let target = match dst {
         ImageLocation::Store(name) => {
             destination_tag(name)?;
@@ -568,7 +444,7 @@ fn plan_local(
         .chain(std::iter::once(image.manifest.config()))
         .chain(std::iter::once(&image.manifest_descriptor));
     for desc in blobs {
-        let digest = manifest_digest(desc)?;
+        let digest = desc_digest(desc)?;
         if target.as_ref().is_some_and(|t| t.has_blob(&digest)) {
             plan.skipped += 1;
         } else {
@@ -582,7 +458,7 @@ fn plan_local(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_layer::transport::{import_tree, ImportOptions};
+    use crate::import::{import_tree, ImportOptions};
     use strata_registry::{ClientOptions, NoProgress};
 
     /// A store holding `app:v1`, a one-layer image of a small tree.
@@ -593,15 +469,10 @@ mod tests {
         let store = Store::init(dir.join("store")).unwrap();
         let imported = import_tree(&store, &tree, &ImportOptions::default()).unwrap();
         store.tag("app:v1", &imported.manifest).unwrap();
-        (store, manifest_digest(&imported.manifest).unwrap())
+        (store, desc_digest(&imported.manifest).unwrap())
     }
 
-    fn run(
-        store: &Store,
-        src: &str,
-        dst: &str,
-        dry_run: bool,
-    ) -> Result<CopyOutcome, TransferError> {
+    fn run(store: &Store, src: &str, dst: &str, dry_run: bool) -> Result<CopyOutcome, ImageError> {
         let client = Client::new(ClientOptions::default()).unwrap();
         let options = CopyOptions::new(2, dry_run);
         copy(&client, store, &src.parse().unwrap(), &dst.parse().unwrap(), &options, &NoProgress)
@@ -626,7 +497,7 @@ mod tests {
         // Back into the store under another name: every blob already there, one more tag.
         let back = run(&store, &oci, "copy:v2", false).unwrap();
         assert_eq!(back.local.map(|l| (l.written, l.skipped)), Some((0, 3)));
-        assert_eq!(manifest_digest(&store.resolve("copy:v2").unwrap()).unwrap(), digest);
+        assert_eq!(desc_digest(&store.resolve("copy:v2").unwrap()).unwrap(), digest);
     }
 
     #[test]
@@ -634,7 +505,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (store, _) = store_with_image(tmp.path());
         let err = run(&store, "dir:/tmp/x", "app:v2", false).unwrap_err();
-        assert!(matches!(err, TransferError::Unsupported { .. }), "{err}");
+        assert!(matches!(err, ImageError::Unsupported { .. }), "{err}");
         // A registry destination needs a tag; nothing is contacted to find that out.
         let err = run(&store, "app:v1", "docker://127.0.0.1:9/app", false).unwrap_err();
         assert!(err.to_string().contains("needs a tag"), "{err}");
@@ -646,6 +517,6 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert!(matches!(err, TransferError::InvalidDestinationName { .. }), "{err}");
+        assert!(matches!(err, ImageError::InvalidDestinationName { .. }), "{err}");
     }
 }

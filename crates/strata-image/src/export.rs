@@ -1,0 +1,91 @@
+//! `export`: a stored image written as an OCI layout, a docker-archive, or `dir:`, the
+//! flattened root filesystem made by applying every layer in order.
+
+use std::io;
+use std::path::Path;
+
+use strata_layer::Compression;
+use strata_layer::{apply, ApplyOptions};
+use strata_store::Store;
+use strata_types::{Digest, ImageLocation};
+
+use crate::archive::write_docker_archive;
+use crate::desc_digest;
+use crate::error::{ImageError, Result};
+use crate::layout::copy_image;
+use crate::open::OpenedImage;
+
+/// What [`export`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportReport {
+    /// Blobs written (or files, for `dir:`).
+    pub items: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Writes `source` to `dest`: `oci:DIR[:REF]` (blobs copied, tagged `REF` or the source name
+/// or `latest`; layers recompressed when `compression` asks for it), `docker-archive:FILE[:REF]`
+/// (loadable by `docker load`; layers always uncompressed), or `dir:PATH` (the flattened root
+/// filesystem; PATH must be absent or empty).
+pub fn export(
+    source: &OpenedImage,
+    dest: &ImageLocation,
+    compression: Option<Compression>,
+) -> Result<ExportReport> {
+    match dest {
+        ImageLocation::Oci { dir, reference } => {
+            let out = Store::init(dir)?;
+            let (manifest, copied) = copy_image(&source.store, &source.image, &out, compression)?;
+            let tag = reference
+                .clone()
+                .or_else(|| source.name.clone())
+                .unwrap_or_else(|| "latest".into());
+            // The ref exactly as given: OCI tools match `oci:DIR:REF` verbatim.
+            out.set_ref_name(&tag, &manifest)?;
+            Ok(ExportReport {
+                items: (copied.copied + copied.recompressed) as u64,
+                bytes: copied.bytes,
+            })
+        }
+        ImageLocation::DockerArchive { path, reference } => {
+            let tag = reference.clone().or_else(|| source.name.clone());
+            write_docker_archive(source, path, tag.as_deref())
+        }
+        ImageLocation::Dir(path) => flatten(source, path),
+        ImageLocation::Store(_) | ImageLocation::Registry(_) => {
+            Err(ImageError::UnsupportedLocation { location: dest.to_string() })
+        }
+    }
+}
+
+/// Applies every layer in order onto `path`, checking each layer's diffID against the config.
+pub fn flatten(source: &OpenedImage, path: &Path) -> Result<ExportReport> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(ImageError::DestinationNotEmpty { path: path.to_path_buf() });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|e| ImageError::io("mkdir", path, e))?
+        }
+        Err(e) => return Err(ImageError::io("read", path, e)),
+    }
+    let diff_ids = source.image.config.rootfs().diff_ids();
+    let mut report = ExportReport::default();
+    for (i, layer) in source.image.manifest.layers().iter().enumerate() {
+        let digest = desc_digest(layer)?;
+        let blob = source.store.open_blob_verified(&digest)?;
+        let applied = apply(blob, path, &ApplyOptions::default())?;
+        let expected: Option<Digest> = diff_ids.get(i).and_then(|d| d.parse().ok());
+        if let (Some(expected), Some(found)) = (expected, applied.diff_id) {
+            if expected != found {
+                return Err(ImageError::DiffIdMismatch { layer: i, expected, found });
+            }
+        }
+        report.items += applied.entries;
+        report.bytes += applied.bytes;
+    }
+    Ok(report)
+}

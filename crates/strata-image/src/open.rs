@@ -1,0 +1,155 @@
+//! Opening an image wherever it lives, without copying it into the store first.
+//!
+//! The store is an OCI image layout, so another layout (`oci:DIR`) is opened as a [`Store`]
+//! and read in place; a `docker-archive` tarball is unpacked into a scratch layout (its
+//! layers verified against the config's diffIDs); a registry image is pulled into a scratch
+//! layout ([`crate::open`]).
+
+use strata_store::oci_spec::image::Descriptor;
+use strata_store::{Image, Store};
+use strata_types::ImageLocation;
+
+use crate::archive::read_docker_archive;
+use crate::desc_digest;
+use crate::error::{ImageError, Result};
+use strata_registry::{Client, PullOptions, TransferReport, TransferSink};
+use strata_types::{Platform, Reference};
+
+/// An image opened for reading, and the store (or layout) holding its blobs. An image that
+/// needed a scratch layout (a `docker-archive`, a registry image) keeps it until dropped.
+#[derive(Debug)]
+pub struct OpenedImage {
+    /// The store (the local one, or an opened `oci:` layout, or a scratch layout holding a
+    /// `docker-archive`'s blobs).
+    pub store: Store,
+    /// The image.
+    pub image: Image,
+    /// The name it was found under, if any (`app:v1`).
+    pub name: Option<String>,
+    /// Keeps a scratch layout alive as long as the image is used.
+    pub(crate) _scratch: Option<tempfile::TempDir>,
+}
+
+/// Opens the image at a local `location` for reading: the store (`local`, needed for
+/// `name:tag` locations only), an `oci:` layout (read in place) or a `docker-archive`
+/// (unpacked into a scratch layout first, its layers verified against the config's
+/// diffIDs). A registry location needs [`open`].
+pub fn open_local(local: Option<&Store>, location: &ImageLocation) -> Result<OpenedImage> {
+    match location {
+        ImageLocation::Store(reference) => {
+            let local = local.ok_or_else(|| ImageError::UnsupportedLocation {
+                location: format!("{location} (no local store)"),
+            })?;
+            let image = local.load_image(reference)?;
+            Ok(OpenedImage {
+                store: local.clone(),
+                image,
+                name: Some(reference.clone()),
+                _scratch: None,
+            })
+        }
+        ImageLocation::Oci { dir, reference } => {
+            let store = Store::open(dir)?;
+            let (descriptor, name) = select_in_layout(&store, reference.as_deref(), location)?;
+            let image = store.image(&descriptor)?;
+            Ok(OpenedImage { store, image, name, _scratch: None })
+        }
+        ImageLocation::DockerArchive { path, reference } => {
+            let scratch = tempfile::Builder::new()
+                .prefix("strata-archive-")
+                .tempdir()
+                .map_err(|e| ImageError::io("mkdir", std::env::temp_dir(), e))?;
+            let store = Store::init(scratch.path())?;
+            let (image, name) = read_docker_archive(path, reference.as_deref(), &store)?;
+            Ok(OpenedImage { store, image, name, _scratch: Some(scratch) })
+        }
+        ImageLocation::Registry(_) | ImageLocation::Dir(_) => {
+            Err(ImageError::UnsupportedLocation { location: location.to_string() })
+        }
+    }
+}
+
+/// Picks the image a reference names in a layout, or the only image when none is given.
+fn select_in_layout(
+    store: &Store,
+    reference: Option<&str>,
+    location: &ImageLocation,
+) -> Result<(Descriptor, Option<String>)> {
+    if let Some(r) = reference {
+        return Ok((store.resolve(r)?, Some(r.to_string())));
+    }
+    let index = store.read_index()?;
+    match index.manifests().as_slice() {
+        [one] => {
+            let name = one
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(strata_store::REF_NAME_ANNOTATION))
+                .cloned();
+            Ok((one.clone(), name))
+        }
+        many => {
+            Err(ImageError::AmbiguousSource { location: location.to_string(), images: many.len() })
+        }
+    }
+}
+
+/// Opens the image at `location` for reading, wherever it lives. `local` is the local store
+/// (needed for `name:tag`). A registry image is pulled with `client` into a scratch OCI layout
+/// in the temp directory, so the local store is only read (give `client` the local store as
+/// blob hints, [`Client::with_blob_hints`], so that blobs it has are copied, not downloaded);
+/// the returned [`TransferReport`] says what crossed the network (`None` for local images).
+pub fn open(
+    client: &Client,
+    local: Option<&Store>,
+    location: &ImageLocation,
+    events: &dyn TransferSink,
+) -> Result<(OpenedImage, Option<TransferReport>), ImageError> {
+    if let ImageLocation::Registry(reference) = location {
+        let (dir, scratch, pulled) =
+            pull_to_scratch(client, reference, &Platform::host(), &PullOptions::default(), events)?;
+        let opened = open_pulled(dir, &scratch, &pulled.image, reference)?;
+        return Ok((opened, Some(pulled.report)));
+    }
+    Ok((open_local(local, location)?, None))
+}
+
+/// Pulls `from` into a fresh scratch layout (removed when the returned directory is dropped).
+pub(crate) fn pull_to_scratch(
+    client: &Client,
+    from: &Reference,
+    platform: &Platform,
+    options: &PullOptions,
+    events: &dyn TransferSink,
+) -> Result<(tempfile::TempDir, Store, strata_registry::Pulled), ImageError> {
+    let (dir, scratch) = scratch_layout()?;
+    let pulled = strata_registry::pull_platform(client, &scratch, from, platform, options, events)?;
+    Ok((dir, scratch, pulled))
+}
+
+/// Opens an image pulled by [`pull_to_scratch`] (by manifest digest, whatever tag the pull
+/// gave it), named by the reference it came from; the scratch directory lives as long as it.
+pub(crate) fn open_pulled(
+    dir: tempfile::TempDir,
+    scratch: &Store,
+    image: &Image,
+    from: &Reference,
+) -> Result<OpenedImage, ImageError> {
+    let digest = desc_digest(&image.manifest_descriptor)?;
+    let mut opened = open_local(Some(scratch), &ImageLocation::Store(digest.to_string()))?;
+    opened.name = Some(from.to_string());
+    opened._scratch = Some(dir);
+    Ok(opened)
+}
+
+/// A temporary OCI layout in the system's temp directory (not under the store, whose `gc`
+/// removes temporary entries).
+pub(crate) fn scratch_layout() -> Result<(tempfile::TempDir, Store), ImageError> {
+    let parent = std::env::temp_dir();
+    let dir = tempfile::Builder::new()
+        .prefix("strata-transfer-")
+        .tempdir_in(&parent)
+        .map_err(|source| ImageError::Scratch { path: parent.clone(), source })?;
+    let layout = Store::init(dir.path())?;
+    Ok((dir, layout))
+}
