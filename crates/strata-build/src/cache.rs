@@ -21,55 +21,20 @@
 //!   heredocs: their content;
 //! - WORKDIR that creates its directory: the path and the USER owning it.
 //!
-//! Entries live in `<store>/strata/v1/cache-v1/<kind>/<key>` as small JSON files naming the
-//! layer blob; an entry whose blob is gone (gc) is a miss and `Store::gc` removes it. Entries
-//! are written atomically (temp file and rename) and a failure to write one never fails a
-//! build. A change of the key format must bump [`KEY_PREFIX`] (and the directory), so an old
-//! entry can never be a wrong hit.
+//! Entries live in the store's build-cache index (`Store::cache_get`/`cache_put`), which
+//! names the layer blob; an entry whose blob is gone (gc) is a miss. A failure to write one
+//! never fails a build. A change of the key format must bump [`KEY_PREFIX`], so an old entry
+//! can never be a wrong hit.
 
-use std::fs;
-use std::io::Write;
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
-use strata_store::oci_spec::image::{Descriptor, MediaType};
-use strata_store::Store;
+use strata_store::{CacheEntry, CacheKey, Store};
 use strata_types::Digest;
+
+pub(crate) use strata_store::CacheKind as Kind;
 
 use crate::image::LayerRef;
 
-#[derive(Serialize, Deserialize)]
-struct Entry {
-    digest: Digest,
-    diff_id: Digest,
-    size: u64,
-    media_type: String,
-}
-
 /// Hashed in front of every key document; bump it with any change of the key format.
 pub(crate) const KEY_PREFIX: &str = "cache-v1";
-
-/// The kinds of cached steps (subdirectories of `cache-v1/`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Kind {
-    Run,
-    Copy,
-    Workdir,
-}
-
-impl Kind {
-    fn dir(self) -> &'static str {
-        match self {
-            Kind::Run => "run",
-            Kind::Copy => "copy",
-            Kind::Workdir => "workdir",
-        }
-    }
-}
-
-fn entry_path(store: &Store, kind: Kind, key: &Digest) -> PathBuf {
-    store.meta_dir().join(KEY_PREFIX).join(kind.dir()).join(key.hex())
-}
 
 /// The key of a document: the prefix, a NUL, then canonical JSON (field order cannot matter).
 pub(crate) fn key_of(doc: &serde_json::Value) -> Option<Digest> {
@@ -83,32 +48,13 @@ pub(crate) fn key_of(doc: &serde_json::Value) -> Option<Digest> {
 
 /// The cached layer for `key`, if its blob is still in the store.
 pub(crate) fn lookup(store: &Store, kind: Kind, key: &Digest) -> Option<(LayerRef, u64)> {
-    let bytes = fs::read(entry_path(store, kind, key)).ok()?;
-    let e: Entry = serde_json::from_slice(&bytes).ok()?;
-    if store.blob_size(&e.digest).ok()? != e.size {
-        return None;
-    }
-    let descriptor = Descriptor::new(MediaType::from(e.media_type.as_str()), e.size, e.digest);
-    Some((LayerRef { descriptor, diff_id: e.diff_id }, e.size))
+    let e = store.cache_get(&CacheKey { kind, digest: *key })?;
+    let size = e.layer.size();
+    Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id }, size))
 }
 
-/// Remembers `layer` as the result of `key` (best effort).
-pub(crate) fn record(store: &Store, kind: Kind, key: &Digest, layer: &LayerRef, size: u64) {
-    let Ok(digest) = layer.digest() else { return };
-    let entry = Entry {
-        digest,
-        diff_id: layer.diff_id,
-        size,
-        media_type: layer.descriptor.media_type().to_string(),
-    };
-    let path = entry_path(store, kind, key);
-    let Some(dir) = path.parent() else { return };
-    if fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    let Ok(bytes) = serde_json::to_vec(&entry) else { return };
-    let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) else { return };
-    if tmp.write_all(&bytes).is_ok() {
-        let _ = tmp.persist(&path);
-    }
+/// Remembers `layer` as the result of `key` (best effort: a failure costs a rebuild later).
+pub(crate) fn record(store: &Store, kind: Kind, key: &Digest, layer: &LayerRef) {
+    let entry = CacheEntry { layer: layer.descriptor.clone(), diff_id: layer.diff_id };
+    let _ = store.cache_put(&CacheKey { kind, digest: *key }, &entry);
 }

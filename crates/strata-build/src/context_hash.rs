@@ -68,7 +68,9 @@ impl Stamp {
 
 /// The digest cache of one context root (see the module docs).
 pub(crate) struct ContextHashes {
-    file: PathBuf,
+    /// Where the cache is saved: the store's context-cache table, under `key`.
+    store: Store,
+    key: Digest,
     /// The context as given; entries are keyed by paths below it.
     root: PathBuf,
     entries: Mutex<HashMap<PathBuf, (Stamp, [u8; 32])>>,
@@ -83,11 +85,11 @@ impl ContextHashes {
     /// The cache of `context` in `store` (empty when missing or unreadable).
     pub fn load(store: &Store, context: &Path) -> ContextHashes {
         let canonical = fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
-        let name = Digest::of_bytes(canonical.as_os_str().as_bytes());
-        let file = hashes_dir(store).join(name.hex());
-        let entries = fs::read(&file).ok().and_then(|b| parse(&b)).unwrap_or_default();
+        let key = Digest::of_bytes(canonical.as_os_str().as_bytes());
+        let entries = store.context_cache(&key).and_then(|b| parse(&b)).unwrap_or_default();
         ContextHashes {
-            file,
+            store: store.clone(),
+            key,
             root: context.to_path_buf(),
             entries: Mutex::new(entries),
             dirty: Mutex::new(false),
@@ -184,24 +186,12 @@ impl ContextHashes {
             }
             text.push(b'\n');
         }
-        let Some(dir) = self.file.parent() else { return };
-        if fs::create_dir_all(dir).is_err() {
-            return;
-        }
-        let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) else { return };
-        if tmp.write_all(&text).is_ok() {
-            let _ = tmp.persist(&self.file);
-        }
+        let _ = self.store.put_context_cache(&self.key, &text);
     }
 }
 
 fn internal() -> BuildError {
     BuildError::io("hash", "context", std::io::Error::other("digest missing"))
-}
-
-/// `<store>/strata/v1/hashes-v1`.
-pub(crate) fn hashes_dir(store: &Store) -> PathBuf {
-    store.meta_dir().join("hashes-v1")
 }
 
 fn now_ns() -> i64 {
@@ -436,8 +426,11 @@ mod tests {
         let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: -5 };
         m.insert(PathBuf::from("a b\\c\nd"), (stamp, [7u8; 32]));
         let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path().join("store")).unwrap();
+        let key = Digest::of_bytes(b"x");
         let h = ContextHashes {
-            file: dir.path().join("x"),
+            store: store.clone(),
+            key,
             root: PathBuf::new(),
             entries: Mutex::new(m.clone()),
             dirty: Mutex::new(true),
@@ -445,7 +438,7 @@ mod tests {
             hashed: Mutex::new(0),
         };
         h.save();
-        let back = parse(&fs::read(dir.path().join("x")).unwrap()).unwrap();
+        let back = parse(&store.context_cache(&key).unwrap()).unwrap();
         assert_eq!(back, m);
         assert!(parse(b"strata-hashes-v1\n1 2 3\n").is_none());
         assert!(parse(b"garbage").is_none());
@@ -459,8 +452,11 @@ mod tests {
         let mut m = HashMap::new();
         m.insert(PathBuf::from("kept"), (stamp, [1u8; 32]));
         m.insert(PathBuf::from("gone"), (stamp, [2u8; 32]));
+        let store = Store::init(dir.path().join("store")).unwrap();
+        let key = Digest::of_bytes(b"cache");
         let h = ContextHashes {
-            file: dir.path().join("cache"),
+            store: store.clone(),
+            key,
             root: dir.path().to_path_buf(),
             entries: Mutex::new(m),
             dirty: Mutex::new(false),
@@ -468,7 +464,7 @@ mod tests {
             hashed: Mutex::new(0),
         };
         h.save();
-        let back = parse(&fs::read(dir.path().join("cache")).unwrap()).unwrap();
+        let back = parse(&store.context_cache(&key).unwrap()).unwrap();
         assert_eq!(back.keys().collect::<Vec<_>>(), [&PathBuf::from("kept")]);
     }
 }

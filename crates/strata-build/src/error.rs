@@ -51,6 +51,15 @@ pub enum BuildError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading a stored layer blob failed.
+    #[error("reading layer {digest}")]
+    ReadLayer {
+        /// The layer blob.
+        digest: Digest,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading an image from a layout or an archive failed.
     #[error(transparent)]
     Image(#[from] strata_image::ImageError),

@@ -31,7 +31,8 @@ use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerR
 use crate::options::{BuildOptions, StepReport};
 use crate::progress::{BuildEvent, ProgressSink};
 use crate::pull::Pulls;
-use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, MergedView, WorkDir};
+use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, MergedView};
+use strata_store::WorkDir;
 
 pub(crate) struct Builder<'a> {
     pub store: &'a Store,
@@ -376,7 +377,7 @@ impl<'a> Builder<'a> {
 
     /// A locked work directory in the store's tmp.
     pub fn staging(&self) -> Result<WorkDir> {
-        WorkDir::new(self.store, "step-")
+        Ok(self.store.work_dir("step-")?)
     }
 
     /// Whether steps of `stage` may take their result from the cache (`--no-cache`,
@@ -475,7 +476,7 @@ impl<'a> Builder<'a> {
         let cs = Changeset::from_snapshot(scan(staging.path())?);
         let (layer, size) = self.commit(&cs, staging.path())?;
         if let Some(key) = &key {
-            cache::record(self.store, cache::Kind::Workdir, key, &layer, size);
+            cache::record(self.store, cache::Kind::Workdir, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }
@@ -557,7 +558,7 @@ impl<'a> Builder<'a> {
         let cs = Changeset::from_snapshot(scan(&root)?);
         let (layer, size) = self.commit_staged(&cs, &root)?;
         if let Some(key) = &key {
-            cache::record(self.store, cache::Kind::Copy, key, &layer, size);
+            cache::record(self.store, cache::Kind::Copy, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }

@@ -1,6 +1,6 @@
 //! Root filesystems without copying: unpacked layer snapshots and a merged read view.
 //!
-//! Every layer of a chain is unpacked once into `store.snapshot_dir(diff_id)` in overlayfs's
+//! Every layer of a chain is unpacked once into its snapshot (`Store::snapshots`) in overlayfs's
 //! own format (a deletion is a character device 0/0, an opaque directory carries
 //! `trusted.overlay.opaque=y`), so the snapshot dirs of a chain can be handed to an overlay
 //! mount as lowerdirs as they are (DESIGN.md decision 4). A snapshot is built in a temp dir
@@ -25,44 +25,31 @@ use crate::image::LayerRef;
 
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
-/// Makes sure the snapshot of `layer` exists and returns its directory.
+/// Makes sure the snapshot of `layer` exists and returns its directory: unpacked from its
+/// blob (checked against its diffID), with OCI whiteouts turned into overlay ones.
 pub(crate) fn ensure_snapshot(store: &Store, layer: &LayerRef) -> Result<PathBuf> {
-    let dir = store.snapshot_dir(&layer.diff_id);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let parent = store.snapshots_dir();
-    fs::create_dir_all(&parent).map_err(|e| BuildError::io("mkdir", &parent, e))?;
-    let tmp = WorkDir::new(store, "snapshot-")?;
-    let digest = layer.digest()?;
-    let report = apply_blob(store, &digest, tmp.path(), &ApplyOptions::default())?;
-    if let Some(found) = report.diff_id {
-        if found != layer.diff_id {
-            return Err(BuildError::DiffIdMismatch {
-                layer: digest,
-                expected: layer.diff_id,
-                found,
-            });
+    store.snapshots().ensure(&layer.diff_id, |dir| {
+        let digest = layer.digest()?;
+        let report = apply_blob(store, &digest, dir, &ApplyOptions::default())?;
+        if let Some(found) = report.diff_id {
+            if found != layer.diff_id {
+                return Err(BuildError::DiffIdMismatch {
+                    layer: digest,
+                    expected: layer.diff_id,
+                    found,
+                });
+            }
         }
-    }
-    overlay_whiteouts(store, layer, tmp.path())?;
-    set_mode(tmp.path(), 0o755)?;
-    let kept = tmp.dir.keep();
-    if let Err(e) = fs::rename(&kept, &dir) {
-        let _ = fs::remove_dir_all(&kept);
-        if !dir.is_dir() {
-            return Err(BuildError::io("rename", &dir, e));
-        }
-    }
-    Ok(dir)
+        overlay_whiteouts(store, layer, dir)
+    })
 }
 
 /// Makes `tree` the snapshot of `layer` by renaming it into place, when `tree` holds exactly
 /// that layer's files: a COPY/ADD staging tree, which has no whiteouts. Its mtimes are first
 /// clamped the way the layer writer clamps them (whole seconds, at most `epoch`), so the result
 /// cannot be told from a snapshot unpacked from the blob, whichever a later step sees. This
-/// saves unpacking, i.e. writing the layer's bytes a second time. `tree` must be on the
-/// store's file system (under its `tmp/`). An existing snapshot wins; `tree` is then left alone.
+/// saves unpacking, i.e. writing the layer's bytes a second time. `tree` must be inside a work
+/// directory of the store. An existing snapshot wins; `tree` is then left alone.
 pub(crate) fn adopt_snapshot(
     store: &Store,
     layer: &LayerRef,
@@ -70,12 +57,9 @@ pub(crate) fn adopt_snapshot(
     epoch: i64,
 ) -> Result<PathBuf> {
     use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
-    let dir = store.snapshot_dir(&layer.diff_id);
-    if dir.is_dir() {
+    if let Some(dir) = store.snapshots().get(&layer.diff_id) {
         return Ok(dir);
     }
-    let parent = store.snapshots_dir();
-    fs::create_dir_all(&parent).map_err(|e| BuildError::io("mkdir", &parent, e))?;
     // Children before their directory: setting a child's time would not touch the parent's,
     // but creating nothing more below it keeps the order simple to reason about.
     for entry in walkdir::WalkDir::new(tree).min_depth(1).contents_first(true) {
@@ -96,41 +80,7 @@ pub(crate) fn adopt_snapshot(
         )
         .map_err(|e| BuildError::io("utimensat", entry.path(), e.into()))?;
     }
-    set_mode(tree, 0o755)?;
-    if let Err(e) = fs::rename(tree, &dir) {
-        if !dir.is_dir() {
-            return Err(BuildError::io("rename", &dir, e));
-        }
-    }
-    Ok(dir)
-}
-
-/// A temp directory under the store's `tmp/`, `flock`ed for as long as it lives so that a
-/// concurrent `strata gc` leaves it alone; removed on drop.
-#[derive(Debug)]
-pub(crate) struct WorkDir {
-    // Field order matters: the lock is released after the directory is removed.
-    dir: tempfile::TempDir,
-    _lock: fs::File,
-}
-
-impl WorkDir {
-    pub fn new(store: &Store, prefix: &str) -> Result<WorkDir> {
-        let root = store.tmp_dir();
-        fs::create_dir_all(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(&root)
-            .map_err(|e| BuildError::io("mkdir", &root, e))?;
-        let lock = fs::File::open(dir.path()).map_err(|e| BuildError::io("open", dir.path(), e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| BuildError::io("flock", dir.path(), e.into()))?;
-        Ok(WorkDir { dir, _lock: lock })
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
+    Ok(store.snapshots().adopt(&layer.diff_id, tree)?)
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -143,13 +93,13 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
 fn overlay_whiteouts(store: &Store, layer: &LayerRef, dir: &Path) -> Result<()> {
     let digest = layer.digest()?;
     let blob = store.open_blob(&digest)?;
-    let path = store.blob_path(&digest);
-    let reader = decompress(blob).map_err(|e| BuildError::io("read", &path, e))?;
+    let read_err = |source| BuildError::ReadLayer { digest, source };
+    let reader = decompress(blob).map_err(read_err)?;
     let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|e| BuildError::io("read", &path, e))?;
+    let entries = archive.entries().map_err(read_err)?;
     for entry in entries {
-        let entry = entry.map_err(|e| BuildError::io("read", &path, e))?;
-        let name = entry.path().map_err(|e| BuildError::io("read", &path, e))?.into_owned();
+        let entry = entry.map_err(read_err)?;
+        let name = entry.path().map_err(read_err)?.into_owned();
         let Some(file) = name.file_name() else { continue };
         let file = file.as_bytes();
         if !file.starts_with(WHITEOUT_PREFIX.as_bytes()) {

@@ -11,7 +11,7 @@
 //! starts with `#!`, as an executable file mounted read-only under `/dev/pipes/`; any other
 //! heredoc use (`RUN python3 <<EOF`) is handed to the shell as a heredoc. The environment is
 //! the config's `Env` plus the ARGs in scope (never stored in the image). `--mount` types:
-//! `cache` (a directory per id under `<store>/strata/v1/cache-mounts/`, kept between builds,
+//! `cache` (a directory per id in the store's cache-mount table, kept between builds,
 //! never in a layer), `bind` (context, stage or image; `source` resolved inside that root as
 //! BuildKit does, a symlink to `/` meaning the root itself; read-only unless `rw`, and then
 //! seen through an overlay whose writes are thrown away), `tmpfs`, `secret` (a file mounted
@@ -40,7 +40,8 @@ use crate::executor::{Builder, StepResult};
 use crate::image::{ImageState, LayerRef, DEFAULT_PATH};
 use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
-use crate::rootfs::{set_mode, MergedView, WorkDir};
+use crate::rootfs::{set_mode, MergedView};
+use strata_store::WorkDir;
 
 /// Is `cmd` exactly one heredoc opener (`<<EOF`, `<<-"EOF"`) naming `h`?
 fn is_lone_heredoc(cmd: &str, h: &Heredoc) -> bool {
@@ -208,7 +209,7 @@ impl Builder<'_> {
         };
         let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
         if let Some(key) = &key {
-            cache::record(self.store, cache::Kind::Run, key, &layer, size);
+            cache::record(self.store, cache::Kind::Run, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }
@@ -308,9 +309,8 @@ impl Builder<'_> {
             MountType::Cache => {
                 let target = m.target.clone().unwrap_or_default();
                 let id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| target.clone());
-                let dir = self.store.meta_dir().join("cache-mounts").join(cache_dir_name(&id));
-                if !dir.is_dir() {
-                    fs::create_dir_all(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
+                let (dir, created) = self.store.cache_mount_dir(&id)?;
+                if created {
                     set_mode(&dir, m.mode.unwrap_or(0o755))?;
                     rustix::fs::chown(
                         &dir,
@@ -523,19 +523,6 @@ fn restore_stub_parents(before: &Snapshot, root: &Path, stubs: &[String]) -> Res
     Ok(())
 }
 
-/// A file name for a cache id: the id itself when it is a plain name, else its hex.
-fn cache_dir_name(id: &str) -> String {
-    let plain = !id.is_empty()
-        && id.len() <= 100
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !id.starts_with('.');
-    if plain {
-        id.to_string()
-    } else {
-        format!("x-{}", hex::encode(id.as_bytes()))
-    }
-}
-
 /// A bind mount's `source` checked inside `root` the way the sandbox resolves it (a symlink
 /// to `/` is `root`, `/etc` is `root/etc`): the path as written, where it is on the host,
 /// and where it is relative to `root`. A source that is not there is an error naming it, and
@@ -573,11 +560,5 @@ mod tests {
         assert!(is_lone_heredoc("<<EOF", &h));
         assert!(is_lone_heredoc("<<-'EOF'", &h));
         assert!(!is_lone_heredoc("python3 <<EOF", &h));
-    }
-
-    #[test]
-    fn cache_ids_become_safe_names() {
-        assert_eq!(cache_dir_name("/root/.cache"), "x-2f726f6f742f2e6361636865");
-        assert_eq!(cache_dir_name("pip"), "pip");
     }
 }

@@ -236,10 +236,10 @@ fn unchanged_files_are_not_read_again_and_ctime_changes_are() {
     assert_eq!(fs::read_to_string(root.path().join("app/a.txt")).unwrap(), "ALPHA\n");
 
     // A corrupt cache file is a miss, not an error.
-    let dir = e.store.meta_dir().join("hashes-v1");
-    for f in fs::read_dir(&dir).unwrap() {
-        fs::write(f.unwrap().path(), "strata-hashes-v1\n1 2 x\n\u{0}garbage").unwrap();
-    }
+    let canonical = fs::canonicalize(&ctx).unwrap();
+    let key = strata_types::Digest::of_bytes(canonical.as_os_str().as_encoded_bytes());
+    assert!(e.store.context_cache(&key).is_some());
+    e.store.put_context_cache(&key, b"strata-hashes-v1\n1 2 x\n\0garbage").unwrap();
     let (again, cached) = build(&e, &opts);
     assert_eq!(cached, ALL);
     assert_eq!(again.context_files_hashed, first.context_files_hashed);

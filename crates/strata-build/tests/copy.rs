@@ -715,7 +715,7 @@ fn adopted_copy_snapshot_equals_the_unpacked_layer() {
     let diff_ids = common::config_json(&out)["rootfs"]["diff_ids"].clone();
     for diff_id in diff_ids.as_array().unwrap().iter().skip(1) {
         let digest: strata_types::Digest = diff_id.as_str().unwrap().parse().unwrap();
-        let snap = e.store.snapshot_dir(&digest);
+        let snap = e.store.snapshots().get(&digest).unwrap();
         let adopted = listing(&snap);
         assert!(!adopted.is_empty());
         fs::remove_dir_all(&snap).unwrap();

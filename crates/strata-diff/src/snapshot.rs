@@ -34,8 +34,7 @@ pub(crate) fn snapshot_of(img: &ImageLayers<'_>, i: usize) -> Option<PathBuf> {
     if !rustix::process::geteuid().is_root() {
         return None;
     }
-    let dir = img.store.snapshot_dir(&img.diff_ids[i]);
-    dir.is_dir().then_some(dir)
+    img.store.snapshots().get(&img.diff_ids[i])
 }
 
 fn is_whiteout(md: &std::fs::Metadata) -> bool {

@@ -334,7 +334,7 @@ fn corrupt_blob_and_diff_id_mismatch_are_errors() {
     assert!(err.to_string().contains("diffID mismatch"));
     // Flip a byte of the stored blob.
     let digest = strata_types::Digest::try_from(top.desc.digest()).unwrap();
-    let path = f.store.blob_path(&digest);
+    let path = f.store.root().join("blobs/sha256").join(digest.hex());
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
     bytes[n - 10] ^= 0xff;

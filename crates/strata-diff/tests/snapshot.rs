@@ -21,14 +21,22 @@ fn root() -> bool {
 
 /// Unpacks `layer` as a build would: the tar applied, whiteouts as char 0/0, opaque xattr.
 fn make_snapshot(store: &Store, layer: &Layer, entries: &[Ent]) {
-    let dir = store.snapshot_dir(&layer.diff_id);
-    std::fs::create_dir_all(&dir).unwrap();
+    store
+        .snapshots()
+        .ensure(&layer.diff_id, |dir| {
+            fill_snapshot(dir, entries);
+            Ok::<(), strata_store::StoreError>(())
+        })
+        .unwrap();
+}
+
+fn fill_snapshot(dir: &std::path::Path, entries: &[Ent]) {
     let plain: Vec<Ent> = entries
         .iter()
         .filter(|e| !e.path.rsplit('/').next().unwrap().starts_with(".wh."))
         .cloned()
         .collect();
-    strata_layer::apply(tar_bytes(&plain).as_slice(), &dir, &Default::default()).unwrap();
+    strata_layer::apply(tar_bytes(&plain).as_slice(), dir, &Default::default()).unwrap();
     for e in entries {
         let (parent, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
         if name == ".wh..wh..opq" {

@@ -139,7 +139,7 @@ pub fn read_docker_archive(
         let n = store
             .open_blob(&put.digest)?
             .read(&mut head)
-            .map_err(|e| ImageError::io("read", store.blob_path(&put.digest), e))?;
+            .map_err(|source| ImageError::ReadBlob { digest: put.digest, source })?;
         let media_type = match &head[..n] {
             [0x1f, 0x8b, ..] => MediaType::ImageLayerGzip,
             [0x28, 0xb5, 0x2f, 0xfd] => MediaType::ImageLayerZstd,
@@ -220,11 +220,11 @@ pub(crate) fn write_docker_archive(
         let mut scratch =
             tempfile::tempfile_in(parent).map_err(|e| ImageError::io("create", parent, e))?;
         let blob = source.store.open_blob_verified(&digest)?;
-        let mut reader = decompress(blob)
-            .map_err(|e| ImageError::io("read", source.store.blob_path(&digest), e))?;
+        let mut reader =
+            decompress(blob).map_err(|source| ImageError::ReadBlob { digest, source })?;
         let mut tee = TeeHash { inner: &mut scratch, hasher: Sha256::new(), len: 0 };
         io::copy(&mut reader, &mut tee)
-            .map_err(|e| ImageError::io("read", source.store.blob_path(&digest), e))?;
+            .map_err(|source| ImageError::ReadBlob { digest, source })?;
         let (diff_id, size) = (Digest::from_sha256(tee.hasher.finalize().into()), tee.len);
         if let Some(expected) = diff_ids.get(i).and_then(|d| d.parse::<Digest>().ok()) {
             if expected != diff_id {

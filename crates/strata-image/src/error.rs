@@ -23,6 +23,15 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    /// Reading (or decompressing) a stored blob failed.
+    #[error("reading blob {digest}")]
+    ReadBlob {
+        /// The blob.
+        digest: Digest,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// Reading, writing or applying a layer failed.
     #[error(transparent)]
     Layer(#[from] LayerError),

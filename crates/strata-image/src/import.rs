@@ -71,12 +71,7 @@ pub fn import_tree(store: &Store, source: &Path, opts: &ImportOptions) -> Result
     let tree: &Path = if meta.is_dir() {
         source
     } else {
-        std::fs::create_dir_all(store.tmp_dir())
-            .map_err(|e| ImageError::io("mkdir", store.tmp_dir(), e))?;
-        scratch = tempfile::Builder::new()
-            .prefix("import-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(|e| ImageError::io("mkdir", store.tmp_dir(), e))?;
+        scratch = store.work_dir("import-")?;
         let file = File::open(source).map_err(|e| ImageError::io("open", source, e))?;
         apply(file, scratch.path(), &ApplyOptions::default())?;
         scratch.path()

@@ -92,13 +92,12 @@ fn recompress_layer(
     target: Compression,
 ) -> Result<Descriptor> {
     let digest = desc_digest(layer)?;
-    let path = from.blob_path(&digest);
     let mut reader = decompress(from.open_blob_verified(&digest)?)
-        .map_err(|e| ImageError::io("read", &path, e))?;
+        .map_err(|source| ImageError::ReadBlob { digest, source })?;
     let mut blob = to.blob_writer()?;
     LayerWriter::new(target)
         .compress_stream(&mut reader, &mut blob)
-        .map_err(|e| ImageError::io("recompress", &path, e))?;
+        .map_err(|source| ImageError::ReadBlob { digest, source })?;
     let put = blob.commit()?;
     Ok(Descriptor::new(MediaType::from(target.media_type()), put.size, put.digest))
 }

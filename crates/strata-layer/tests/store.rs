@@ -20,7 +20,10 @@ fn write_layer_stores_the_blob_and_apply_blob_restores_it() {
     let w = LayerWriter::default().epoch(i64::MAX);
     let d = write_layer(&store, &w, &Changeset::from_snapshot(snap.clone()), &src).unwrap();
     assert!(store.has_blob(&d.digest));
-    assert_eq!(fs::metadata(store.blob_path(&d.digest)).unwrap().len(), d.size);
+    assert_eq!(
+        fs::metadata(store.root().join("blobs/sha256").join(d.digest.hex())).unwrap().len(),
+        d.size
+    );
     assert_eq!(d.media_type, "application/vnd.oci.image.layer.v1.tar+zstd");
     // Writing the same layer again deduplicates to the same digest.
     let again = write_layer(&store, &w, &Changeset::from_snapshot(snap.clone()), &src).unwrap();

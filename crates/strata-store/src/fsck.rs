@@ -127,6 +127,10 @@ pub struct FsckReport {
     pub problems: Vec<FsckProblem>,
     /// Corrupt blobs deleted (only with `repair`).
     pub removed: Vec<Digest>,
+    /// Side-table entries that named a blob the store no longer holds (build cache, layer
+    /// index, blob locations) and were dropped (only with `repair`). They are hints, never
+    /// problems: a lookup checks the blob anyway.
+    pub table_entries_dropped: usize,
 }
 
 impl FsckReport {
@@ -226,6 +230,13 @@ impl Store {
                     .problems
                     .push(FsckProblem::InvalidManifest { digest, reason: e.to_string() }),
             }
+        }
+        if repair {
+            // Every side table that names blobs: entries whose blob a repair (or anything
+            // else) removed go, as gc would drop them.
+            report.table_entries_dropped = crate::tables::sweep_build_cache(self)?
+                + crate::tables::sweep_blob_locations(self)?
+                + self.sweep_layer_index()?;
         }
         Ok(report)
     }

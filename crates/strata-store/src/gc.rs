@@ -233,61 +233,9 @@ impl Store {
         report.snapshots_removed = self.sweep_snapshots(&snapshot_keys)?;
         report.temp_entries_removed = self.sweep_temp()?;
         report.layer_index_removed = self.sweep_layer_index()?;
-        report.build_cache_removed = self.sweep_build_cache()?;
-        report.blob_locations_removed = self.sweep_blob_locations()?;
+        report.build_cache_removed = crate::tables::sweep_build_cache(self)?;
+        report.blob_locations_removed = crate::tables::sweep_blob_locations(self)?;
         Ok(report)
-    }
-
-    /// Removes strata-registry's records of where a blob was seen (one file per blob, named by
-    /// its hex digest) for blobs this store no longer holds, so the records do not outgrow the
-    /// store. Files with other names are left alone.
-    fn sweep_blob_locations(&self) -> Result<usize, StoreError> {
-        let dir = self.meta_dir().join("registry-v1").join("blobs");
-        let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(0) };
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io(&dir))?;
-            let Some(digest) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok())
-            else {
-                continue;
-            };
-            if !self.has_blob(&digest) && remove_file_if_exists(&entry.path())? {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Removes build cache entries whose layer blob is gone: the cache lives as long as what
-    /// it points at is reachable, and is never a gc root itself. An entry is a JSON object
-    /// with a `digest` field (strata-build's format); anything else is removed too.
-    fn sweep_build_cache(&self) -> Result<usize, StoreError> {
-        let root = self.meta_dir().join("cache-v1");
-        let kinds = match fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StoreError::Io { path: root, source: e }),
-        };
-        let mut removed = 0;
-        for kind in kinds {
-            let kind = kind.map_err(StoreError::io(&root))?.path();
-            let Ok(entries) = fs::read_dir(&kind) else { continue };
-            for entry in entries {
-                let path = entry.map_err(StoreError::io(&kind))?.path();
-                if !path.is_file() {
-                    continue;
-                }
-                let keep = fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| v.get("digest")?.as_str()?.parse::<Digest>().ok())
-                    .is_some_and(|d| self.has_blob(&d));
-                if !keep && remove_file_if_exists(&path)? {
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
     }
 
     /// Whether a blob starts with `{` (after whitespace): worth parsing as a manifest.

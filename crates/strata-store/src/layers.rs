@@ -34,7 +34,7 @@ fn valid_key(key: &str) -> bool {
 
 impl Store {
     /// `<root>/strata/v1/layers`.
-    pub fn layers_dir(&self) -> PathBuf {
+    pub(crate) fn layers_dir(&self) -> PathBuf {
         self.meta_dir().join("layers")
     }
 

@@ -10,11 +10,19 @@
 //! <root>/blobs/sha256/<hex>      every blob, named by the SHA-256 of its bytes
 //! <root>/strata/v1/lock          flock serializing index.json updates
 //! <root>/strata/v1/gc.lock       writers' shared flock (their lease), gc's exclusive one
-//! <root>/strata/v1/tmp/          temp files of writers in progress (same file system)
-//! <root>/strata/v1/roots/*       extra gc roots, one digest per line (e.g. the build cache)
-//! <root>/strata/v1/snapshots/<hex>  unpacked layers, removed by gc when unreachable
-//! <root>/strata/v1/layers/<diffid>.<compression>  which blob holds a diffID (a hint)
+//! <root>/strata/v1/tmp/          blob writers' temp files and work dirs (Store::work_dir)
+//! <root>/strata/v1/roots/<name>  extra gc roots, one digest per line (Store::set_gc_roots)
+//! <root>/strata/v1/snapshots/<diffid-hex>    unpacked layers (Store::snapshots)
+//! <root>/strata/v1/layers/<diffid-hex>.<c>   which blob holds a diffID (Store::find_layer)
+//! <root>/strata/v1/cache-v1/<kind>/<key>     build cache index (Store::cache_get)
+//! <root>/strata/v1/hashes-v1/<key>           context stat-hash caches (Store::context_cache)
+//! <root>/strata/v1/registry-v1/blobs/<hex>   where blobs were seen (Store::blob_locations)
+//! <root>/strata/v1/cache-mounts/<id>         RUN --mount=type=cache dirs (Store::cache_mount_dir)
 //! ```
+//!
+//! The store is closed: no other crate builds a path inside the root. Everything beside the
+//! OCI layout is a typed side table with its own methods (the `tables` module), so
+//! [`Store::gc`] and [`Store::fsck`] know every one of them.
 //!
 //! The model is "write once, name by content". A blob is streamed into a temp file while being
 //! hashed and renamed into `blobs/sha256/` under the digest that was computed, so a blob whose
@@ -48,6 +56,7 @@ mod image;
 mod index;
 mod layers;
 mod store;
+mod tables;
 
 pub use blob::{BlobWriter, PutBlob, VerifyingReader};
 pub use error::{NotAStoreProblem, StoreError};
@@ -57,6 +66,7 @@ pub use image::Image;
 pub use index::REF_NAME_ANNOTATION;
 pub use layers::KnownLayer;
 pub use store::{canonical_json, Store};
+pub use tables::{CacheEntry, CacheKey, CacheKind, Snapshots, WorkDir};
 
 /// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this
 /// API speaks, so callers use the same version.

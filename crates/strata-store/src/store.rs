@@ -145,45 +145,38 @@ impl Store {
     }
 
     /// `<root>/blobs/sha256`, where every blob lives under its hex digest.
-    pub fn blob_dir(&self) -> PathBuf {
+    pub(crate) fn blob_dir(&self) -> PathBuf {
         self.root.join("blobs/sha256")
     }
 
     /// `<root>/index.json`.
-    pub fn index_path(&self) -> PathBuf {
+    pub(crate) fn index_path(&self) -> PathBuf {
         self.root.join(INDEX_FILE)
     }
 
     /// `<root>/strata/v1`: strata's own metadata, beside the OCI layout.
-    pub fn meta_dir(&self) -> PathBuf {
+    pub(crate) fn meta_dir(&self) -> PathBuf {
         self.root.join(META_DIR)
     }
 
-    /// `<root>/strata/v1/tmp`: scratch space on the store's file system. Blob writers put their
-    /// temporary files here; other crates may create work files or directories here too (hold an
-    /// `flock` on them while in use: [`Store::gc`] removes unlocked entries older than a minute).
-    pub fn tmp_dir(&self) -> PathBuf {
+    /// `<root>/strata/v1/tmp`: scratch space on the store's file system: blob writers' temp
+    /// files and [`Store::work_dir`]s.
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.meta_dir().join("tmp")
     }
 
     /// `<root>/strata/v1/roots`: files listing extra gc roots, one digest per line.
-    pub fn roots_dir(&self) -> PathBuf {
+    pub(crate) fn roots_dir(&self) -> PathBuf {
         self.meta_dir().join("roots")
     }
 
     /// `<root>/strata/v1/snapshots`: unpacked layers, one directory per layer digest (or diffID).
-    pub fn snapshots_dir(&self) -> PathBuf {
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
         self.meta_dir().join("snapshots")
     }
 
-    /// `<root>/strata/v1/snapshots/<hex>`: where the unpacked content of the layer named by `d`
-    /// (its blob digest or diffID) belongs. [`Store::gc`] removes it once `d` is unreachable.
-    pub fn snapshot_dir(&self, d: &Digest) -> PathBuf {
-        self.snapshots_dir().join(d.hex())
-    }
-
     /// `<root>/strata/v1/lock`: the file whose exclusive `flock` serializes `index.json` updates.
-    pub fn lock_path(&self) -> PathBuf {
+    pub(crate) fn lock_path(&self) -> PathBuf {
         self.meta_dir().join("lock")
     }
 
@@ -203,7 +196,7 @@ impl Store {
     }
 
     /// `<root>/strata/v1/gc.lock`: writers hold a shared `flock` on it, gc an exclusive one.
-    pub fn gc_lock_path(&self) -> PathBuf {
+    pub(crate) fn gc_lock_path(&self) -> PathBuf {
         self.meta_dir().join("gc.lock")
     }
 
@@ -213,7 +206,7 @@ impl Store {
     /// A blob is unreferenced between its write and the tag, manifest or cache entry that will
     /// name it, and a build relies on untagged snapshots and cache entries throughout; a
     /// concurrent [`Store::gc`] would delete them. So every writer holds a shared `flock` on
-    /// [`Store::gc_lock_path`], and gc needs the exclusive one: gc refuses to run
+    /// `strata/v1/gc.lock`, and gc needs the exclusive one: gc refuses to run
     /// ([`StoreError::InUse`]) while another handle holds a lease, and a writer waits for a
     /// running gc to finish. [`Store::blob_writer`] takes the lease itself; a build or pull
     /// calls this at its start so that even a fully cached run is protected.
@@ -269,7 +262,7 @@ impl Store {
     }
 
     /// `<root>/blobs/sha256/<hex>`; the file may not exist.
-    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
         self.blob_dir().join(d.hex())
     }
 

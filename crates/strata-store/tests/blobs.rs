@@ -1,5 +1,7 @@
 //! Blob round trips, dedup, verification and store opening.
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
 
@@ -7,11 +9,11 @@ use strata_store::{NotAStoreProblem, Store, StoreError};
 use strata_types::Digest;
 
 fn blob_files(store: &Store) -> usize {
-    fs::read_dir(store.blob_dir()).unwrap().count()
+    fs::read_dir(common::layout::blob_dir(store)).unwrap().count()
 }
 
 fn tmp_files(store: &Store) -> usize {
-    fs::read_dir(store.tmp_dir()).unwrap().count()
+    fs::read_dir(common::layout::tmp_dir(store)).unwrap().count()
 }
 
 #[test]
@@ -26,7 +28,7 @@ fn blob_round_trip() {
     assert!(store.has_blob(&put.digest));
     assert_eq!(store.blob_size(&put.digest).unwrap(), data.len() as u64);
     assert_eq!(
-        store.blob_path(&put.digest),
+        common::layout::blob_path(&store, &put.digest),
         store.root().join("blobs/sha256").join(put.digest.hex())
     );
     assert_eq!(store.read_blob(&put.digest).unwrap(), data);
@@ -100,7 +102,7 @@ fn corrupted_blob_is_caught_by_verified_reads() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(dir.path()).unwrap();
     let put = store.put_blob(&b"precious bytes"[..]).unwrap();
-    fs::write(store.blob_path(&put.digest), b"precious byteZ").unwrap();
+    fs::write(common::layout::blob_path(&store, &put.digest), b"precious byteZ").unwrap();
     // The fast path does not notice...
     let mut raw = String::new();
     store.open_blob(&put.digest).unwrap().read_to_string(&mut raw).unwrap();
@@ -114,7 +116,7 @@ fn corrupted_blob_is_caught_by_verified_reads() {
     assert!(msg.contains(&Digest::of_bytes(b"precious byteZ").to_string()), "{msg}");
     assert!(matches!(store.read_blob(&put.digest), Err(StoreError::DigestMismatch { .. })));
     // Truncation too.
-    fs::write(store.blob_path(&put.digest), b"precious").unwrap();
+    fs::write(common::layout::blob_path(&store, &put.digest), b"precious").unwrap();
     assert!(store.open_blob_verified(&put.digest).unwrap().read_to_end(&mut Vec::new()).is_err());
 }
 
@@ -168,7 +170,8 @@ fn verifying_reader_finish_checks_unread_tail() {
     assert!(!r.is_verified());
     r.finish().unwrap();
     // Corrupt the tail only: a consumer stopping early would never notice, finish does.
-    fs::write(store.blob_path(&put.digest), b"head and a tail nobody readZ").unwrap();
+    fs::write(common::layout::blob_path(&store, &put.digest), b"head and a tail nobody readZ")
+        .unwrap();
     let mut r = store.open_blob_verified(&put.digest).unwrap();
     r.read_exact(&mut head).unwrap();
     assert!(

@@ -89,6 +89,6 @@ fn processes_write_the_same_store_at_once() {
         .ends_with(&format!("-{}", ROUNDS - 1)));
     // Every temp file was cleaned up; dedup kept one copy of the shared blobs:
     // per child and round: one layer, one config, one manifest; plus shared + common layer.
-    assert_eq!(common::count(&store.tmp_dir()), 0);
+    assert_eq!(common::count(&common::layout::tmp_dir(&store)), 0);
     assert_eq!(store.list_blobs().unwrap().len(), CHILDREN * ROUNDS * 3 + 2);
 }

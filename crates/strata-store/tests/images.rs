@@ -98,7 +98,7 @@ fn tag_untag_list_resolve() {
     assert_eq!(names, ["app:latest", "app:v2", "registry.example:5000/team/app:v2"]);
     // The annotation holds name:tag.
     let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(store.index_path()).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(common::layout::index_path(&store)).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["annotations"][REF_NAME_ANNOTATION], "app:latest");
 
     assert_eq!(store.resolve("app").unwrap().digest(), a.digest());
@@ -210,10 +210,10 @@ fn invalid_names_are_clear_errors() {
     assert!(matches!(store.resolve("Bad Name"), Err(StoreError::InvalidReference(_))));
     assert!(matches!(store.resolve("sha256:xyz"), Err(StoreError::InvalidDigest(_))));
     // Tagging something that is not in the store fails and leaves index.json alone.
-    let before = fs::read(store.index_path()).unwrap();
+    let before = fs::read(common::layout::index_path(&store)).unwrap();
     let ghost = Descriptor::new(MediaType::ImageManifest, 10, Digest::of_bytes(b"ghost"));
     assert!(matches!(store.tag("ghost", &ghost), Err(StoreError::BlobNotFound { .. })));
-    assert_eq!(fs::read(store.index_path()).unwrap(), before);
+    assert_eq!(fs::read(common::layout::index_path(&store)).unwrap(), before);
     assert!(store.tags().unwrap().is_empty());
 }
 

@@ -44,27 +44,27 @@ fn gc_frees_unreachable_and_keeps_reachable() {
         store.image(&kept).unwrap().config.rootfs().diff_ids()[0].parse().unwrap();
     let dropped_layer = store.image(&dropped).unwrap().layer_digests().unwrap()[0];
     for d in [kept_layer, kept_diff_id, dropped_layer] {
-        fs::create_dir_all(store.snapshot_dir(&d).join("etc")).unwrap();
-        fs::write(store.snapshot_dir(&d).join("etc/file"), "x").unwrap();
+        fs::create_dir_all(common::layout::snapshot_dir(&store, &d).join("etc")).unwrap();
+        fs::write(common::layout::snapshot_dir(&store, &d).join("etc/file"), "x").unwrap();
     }
     use std::os::unix::fs::PermissionsExt;
-    let ro = store.snapshot_dir(&dropped_layer).join("etc");
+    let ro = common::layout::snapshot_dir(&store, &dropped_layer).join("etc");
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
-    fs::create_dir_all(store.snapshots_dir().join("not-a-digest")).unwrap();
+    fs::create_dir_all(common::layout::snapshots_dir(&store).join("not-a-digest")).unwrap();
 
     // Temp entries: a stale one, a fresh one, an old one held by a live writer.
-    let stale = store.tmp_dir().join("blob-stale");
+    let stale = common::layout::tmp_dir(&store).join("blob-stale");
     fs::write(&stale, "half a blob").unwrap();
     let old = SystemTime::now() - Duration::from_secs(3600);
     fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
-    let fresh = store.tmp_dir().join("blob-fresh");
+    let fresh = common::layout::tmp_dir(&store).join("blob-fresh");
     fs::write(&fresh, "just started").unwrap();
     let mut live = store.blob_writer().unwrap();
     std::io::Write::write_all(&mut live, b"in progress").unwrap();
     fs::File::options().write(true).open(live.temp_path()).unwrap().set_modified(old).unwrap();
 
     // Registry blob-location records (strata-registry's mount hints): one per blob.
-    let locations = store.meta_dir().join("registry-v1/blobs");
+    let locations = common::layout::meta_dir(&store).join("registry-v1/blobs");
     fs::create_dir_all(&locations).unwrap();
     for d in [kept_layer, dropped_layer] {
         fs::write(locations.join(d.hex()), "127.0.0.1:5000/team/app\n").unwrap();
@@ -91,10 +91,10 @@ fn gc_frees_unreachable_and_keeps_reachable() {
         assert!(!store.has_blob(d));
     }
     assert_eq!(report.blobs_kept, store.list_blobs().unwrap().len());
-    assert!(store.snapshot_dir(&kept_layer).join("etc/file").exists());
-    assert!(store.snapshot_dir(&kept_diff_id).exists());
-    assert!(!store.snapshot_dir(&dropped_layer).exists());
-    assert!(store.snapshots_dir().join("not-a-digest").exists());
+    assert!(common::layout::snapshot_dir(&store, &kept_layer).join("etc/file").exists());
+    assert!(common::layout::snapshot_dir(&store, &kept_diff_id).exists());
+    assert!(!common::layout::snapshot_dir(&store, &dropped_layer).exists());
+    assert!(common::layout::snapshots_dir(&store).join("not-a-digest").exists());
     assert!(!stale.exists() && fresh.exists() && live.temp_path().exists());
     assert_eq!(report.blob_locations_removed, 1);
     assert!(locations.join(kept_layer.hex()).exists());
@@ -116,13 +116,14 @@ fn gc_refuses_bad_roots_file_and_corrupt_manifest() {
     let m = make_image(&store, &[("a", "a")], "a");
     store.tag("a", &m).unwrap();
     let junk = store.put_blob(&b"junk"[..]).unwrap();
-    fs::write(store.roots_dir().join("bad"), "# comment\n\nsha256:nothex\n").unwrap();
+    fs::write(common::layout::roots_dir(&store).join("bad"), "# comment\n\nsha256:nothex\n")
+        .unwrap();
     let err = store.gc(&[]).unwrap_err();
     assert!(matches!(&err, StoreError::InvalidRootsLine { line: 3, .. }), "{err:?}");
     assert!(err.to_string().contains("bad:3"), "{err}");
-    fs::remove_file(store.roots_dir().join("bad")).unwrap();
+    fs::remove_file(common::layout::roots_dir(&store).join("bad")).unwrap();
     // A corrupt reachable manifest: its references are unknown, so nothing may be deleted.
-    let manifest_path = store.blob_path(&digest_of(&m));
+    let manifest_path = common::layout::blob_path(&store, &digest_of(&m));
     let mut bytes = fs::read(&manifest_path).unwrap();
     bytes[10] ^= 1;
     fs::write(&manifest_path, &bytes).unwrap();
@@ -145,10 +146,10 @@ fn fsck_finds_corruption_and_repair_removes_it() {
     assert_eq!(clean.blobs_checked, 3);
 
     let layer = store.image(&m).unwrap().layer_digests().unwrap()[0];
-    let path = store.blob_path(&layer);
+    let path = common::layout::blob_path(&store, &layer);
     let full = fs::read(&path).unwrap();
     fs::write(&path, &full[..full.len() / 2]).unwrap(); // truncated
-    fs::write(store.blob_dir().join("stray.txt"), "?").unwrap();
+    fs::write(common::layout::blob_dir(&store).join("stray.txt"), "?").unwrap();
 
     let report = store.fsck(false).unwrap();
     assert!(!report.is_clean());
@@ -176,7 +177,7 @@ fn fsck_finds_corruption_and_repair_removes_it() {
     }));
     // Restoring the bytes makes the store clean again (apart from the stray file).
     store.put_blob(full.as_slice()).unwrap();
-    fs::remove_file(store.blob_dir().join("stray.txt")).unwrap();
+    fs::remove_file(common::layout::blob_dir(&store).join("stray.txt")).unwrap();
     assert!(store.fsck(false).unwrap().is_clean());
 }
 
@@ -186,7 +187,7 @@ fn fsck_reports_dangling_tags() {
     let store = Store::init(dir.path()).unwrap();
     let m = make_image(&store, &[("f", "x")], "x");
     store.tag("app", &m).unwrap();
-    fs::remove_file(store.blob_path(&digest_of(&m))).unwrap();
+    fs::remove_file(common::layout::blob_path(&store, &digest_of(&m))).unwrap();
     let report = store.fsck(false).unwrap();
     assert_eq!(
         report.problems,
@@ -238,7 +239,7 @@ fn broken_stores_are_clear_errors_and_left_alone() {
     let store = Store::init(&root).unwrap();
     let m = make_image(&store, &[("f", "x")], "x");
     store.tag("app", &m).unwrap();
-    fs::write(store.index_path(), "{ not json").unwrap();
+    fs::write(common::layout::index_path(&store), "{ not json").unwrap();
     let before = tree(&root);
     let err = Store::open(&root).unwrap_err();
     assert!(matches!(&err, StoreError::CorruptFile { path, .. } if path.ends_with("index.json")));
@@ -304,7 +305,7 @@ fn gc_refuses_while_another_process_writes() {
     // `cat` exits when its stdin closes, and flock(1) then releases the lock.
     let mut holder = std::process::Command::new("flock")
         .arg("--shared")
-        .arg(store.gc_lock_path())
+        .arg(common::layout::gc_lock_path(&store))
         .arg("cat")
         .stdin(std::process::Stdio::piped())
         .spawn()

@@ -89,3 +89,43 @@ pub fn run(cmd: &mut Command) -> String {
 pub fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
+
+/// Where the store keeps things, as its module docs map them: tests that damage or inspect
+/// the layout reach the files directly (no other crate may).
+pub mod layout {
+    use std::path::PathBuf;
+
+    use strata_store::Store;
+    use strata_types::Digest;
+
+    pub fn blob_dir(s: &Store) -> PathBuf {
+        s.root().join("blobs/sha256")
+    }
+    pub fn blob_path(s: &Store, d: &Digest) -> PathBuf {
+        blob_dir(s).join(d.hex())
+    }
+    pub fn index_path(s: &Store) -> PathBuf {
+        s.root().join("index.json")
+    }
+    pub fn meta_dir(s: &Store) -> PathBuf {
+        s.root().join("strata/v1")
+    }
+    pub fn tmp_dir(s: &Store) -> PathBuf {
+        meta_dir(s).join("tmp")
+    }
+    pub fn roots_dir(s: &Store) -> PathBuf {
+        meta_dir(s).join("roots")
+    }
+    pub fn snapshots_dir(s: &Store) -> PathBuf {
+        meta_dir(s).join("snapshots")
+    }
+    pub fn snapshot_dir(s: &Store, d: &Digest) -> PathBuf {
+        snapshots_dir(s).join(d.hex())
+    }
+    pub fn gc_lock_path(s: &Store) -> PathBuf {
+        meta_dir(s).join("gc.lock")
+    }
+    pub fn layers_dir(s: &Store) -> PathBuf {
+        meta_dir(s).join("layers")
+    }
+}

@@ -1,0 +1,27 @@
+//! The store's side tables: everything strata keeps beside the OCI layout, each with its own
+//! typed API, so no other crate builds a path inside the store root (DESIGN.md) and `gc` and
+//! `fsck` know every table.
+//!
+//! | table | directory under `strata/v1/` | kept until |
+//! | --- | --- | --- |
+//! | [`Store::cache_get`], build cache index | `cache-v1/<kind>/<key-hex>` | its layer blob is gone |
+//! | [`Store::context_cache`], context stat-hash cache | `hashes-v1/<context-key-hex>` | replaced by the next build of that context |
+//! | [`Store::blob_locations`], where blobs were seen | `registry-v1/blobs/<blob-hex>` | the blob is gone |
+//! | [`Store::snapshots`], unpacked layers | `snapshots/<diffid-hex>` | its layer is unreachable |
+//! | [`Store::cache_mount_dir`], `RUN --mount=type=cache` dirs | `cache-mounts/<id>` | removed by hand |
+//! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
+//! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |
+//! | [`Store::set_gc_roots`], extra gc roots | `roots/<name>` | replaced by its writer |
+
+mod cache_index;
+mod hints;
+mod mounts;
+mod snapshots;
+mod workdir;
+
+pub use cache_index::{CacheEntry, CacheKey, CacheKind};
+pub use snapshots::Snapshots;
+pub use workdir::WorkDir;
+
+pub(crate) use cache_index::sweep_build_cache;
+pub(crate) use hints::sweep_blob_locations;
