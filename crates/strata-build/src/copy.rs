@@ -33,7 +33,8 @@ use strata_types::Digest;
 
 use crate::context_hash::{hash_file, ContextHashes, SourceWalk};
 use crate::error::{BuildError, Result};
-use crate::rootfs::{normalize, resolve_owner, set_mode, MergedView};
+use crate::rootfs::{resolve_owner, set_mode};
+use strata_layer::overlay::{normalize, MergedView};
 
 /// Where COPY sources are read from.
 pub(crate) struct SourceTree {
@@ -650,7 +651,7 @@ impl ArchiveKind {
     }
 
     /// The decompressed bytes of `file`.
-    fn reader(self, file: fs::File) -> std::io::Result<Box<dyn Read>> {
+    fn reader(self, file: fs::File) -> std::io::Result<Box<dyn Read + Send>> {
         let buffered = std::io::BufReader::new(file);
         Ok(match self {
             ArchiveKind::Tar => Box::new(buffered),
@@ -716,9 +717,12 @@ fn archive_kind(path: &Path) -> Result<Option<ArchiveKind>> {
     }
 }
 
-/// Extracts the archive at `path` into `dest` with the owners, modes and times it records;
-/// with `owner` (`--chown`), every extracted entry, the destination's `./` included, is owned
-/// by it instead.
+/// Extracts the archive at `path` into `dest` with the owners, modes, times and xattrs it
+/// records; with `owner` (`--chown`), every extracted entry, the destination's `./` included,
+/// is owned by it instead. The archive goes through strata-layer's apply, the one tar reader
+/// and path-safety policy of every tar strata reads: entries resolve inside `dest` (a symlink
+/// the archive planted is followed inside it, never out), and an entry it refuses (`..`, an
+/// absolute name, a hardlink out of the archive) fails the step naming that entry.
 fn extract_archive(
     path: &Path,
     kind: ArchiveKind,
@@ -726,53 +730,19 @@ fn extract_archive(
     written: &str,
     owner: Option<(u32, u32)>,
 ) -> Result<()> {
-    let err = |source| BuildError::Extract { path: written.to_string(), source };
+    let err = |source: strata_layer::LayerError| BuildError::Extract {
+        path: written.to_string(),
+        source: Box::new(source),
+    };
     let f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
-    let mut archive = tar::Archive::new(kind.reader(f).map_err(err)?);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    // Directory mtimes are set last: extracting their children changes them.
-    let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
-    for entry in archive.entries().map_err(err)? {
-        let mut entry = entry.map_err(err)?;
-        let rel = normalize(&entry.path().map_err(err)?);
-        let header = entry.header();
-        let mtime = header.mtime().unwrap_or(0);
-        if rel.as_os_str().is_empty() {
-            // The archive's root entry (`./`) describes the destination directory itself, as
-            // Docker and buildah apply it.
-            if header.entry_type().is_dir() {
-                let (uid, gid) = match owner {
-                    Some(o) => o,
-                    None => (header.uid().map_err(err)? as u32, header.gid().map_err(err)? as u32),
-                };
-                let mode = header.mode().map_err(err)? & 0o7777;
-                apply_meta(dest, uid, gid, mode, None)?;
-                dir_times.push((dest.to_path_buf(), mtime));
-            }
-            continue;
-        }
-        let entry_type = header.entry_type();
-        let mode = header.mode().map_err(err)? & 0o7777;
-        if entry_type.is_dir() {
-            dir_times.push((dest.join(&rel), mtime));
-        }
-        let unpacked = entry.unpack_in(dest).map_err(err)?;
-        // A hardlink's inode was chowned with its first name (chown again would clear its
-        // setuid bit); chown clears setuid/setgid, so the mode is set again after it.
-        if let (true, Some((uid, gid)), false) = (unpacked, owner, entry_type.is_hard_link()) {
-            let target = dest.join(&rel);
-            apply_meta(&target, uid, gid, mode, None)?;
-        }
+    let reader = kind
+        .reader(f)
+        .map_err(|e| err(strata_layer::LayerError::ReadArchive { index: 0, source: e }))?;
+    let mut opts = strata_layer::ApplyOptions::default();
+    if let Some((uid, gid)) = owner {
+        opts = opts.owner(uid, gid);
     }
-    for (dir, secs) in dir_times.into_iter().rev() {
-        let t = rustix::fs::Timespec { tv_sec: secs as i64, tv_nsec: 0 };
-        let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
-        // Best effort: a directory the archive later replaced may be gone.
-        let _ = rustix::fs::utimensat(rustix::fs::CWD, &dir, &times, rustix::fs::AtFlags::empty());
-    }
+    strata_layer::apply(reader, dest, &opts).map_err(err)?;
     Ok(())
 }
 

@@ -176,14 +176,15 @@ pub enum BuildError {
         #[source]
         source: Box<ureq::Error>,
     },
-    /// Extracting a local archive failed.
-    #[error("extracting {path}: {source}")]
+    /// Extracting a local archive failed (an unreadable archive, or an entry the one tar
+    /// policy refuses: `..`, a link out of the destination, ...).
+    #[error("extracting {path}")]
     Extract {
-        /// The archive.
+        /// The archive as the recipe names it.
         path: String,
-        /// The underlying error.
+        /// What went wrong, naming the entry.
         #[source]
-        source: io::Error,
+        source: Box<strata_layer::LayerError>,
     },
     /// A RUN command exited with a non-zero status.
     #[error("command {command} exited with status {exit_code}{}", tail_text(.tail))]

@@ -20,31 +20,61 @@ use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{
     Base, Command, CopySpec, DockerIgnore, Instruction, Plan, Recipe, Scope, Source, Step,
 };
-use strata_store::{Store, StoreError};
-use strata_types::{Digest, ImageLocation};
+use strata_store::Store;
+use strata_types::Digest;
 
 use crate::cache;
 use crate::context_hash::ContextHashes;
 use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, SourceTree};
+use crate::engine::{ImageSource, StepRunner};
 use crate::error::{BuildError, Result};
 use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerRef};
 use crate::options::{BuildOptions, StepReport};
 use crate::progress::{BuildEvent, ProgressSink};
-use crate::pull::Pulls;
-use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, MergedView};
+use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, view_of_chain};
+use strata_layer::overlay::MergedView;
 use strata_store::WorkDir;
 
+/// One build in progress, by job: where it reads and writes and its two side effects
+/// ([`Io`]), what it builds ([`Stages`]), what its cache keys depend on ([`StepCache`]), and
+/// what is finished ([`Done`]).
 pub(crate) struct Builder<'a> {
+    pub io: Io<'a>,
+    pub stages: Stages<'a>,
+    pub cache: StepCache,
+    pub done: Done,
+}
+
+/// The store, the options, where progress goes, and the side effects.
+pub(crate) struct Io<'a> {
     pub store: &'a Store,
     pub opts: &'a BuildOptions,
     pub progress: &'a dyn ProgressSink,
+    /// Runs RUN steps.
+    pub runner: &'a dyn StepRunner,
+    /// Finds FROM and `--from` images.
+    pub images: &'a dyn ImageSource,
+}
+
+/// The recipe and what to build of it.
+pub(crate) struct Stages<'a> {
     pub recipe: &'a Recipe,
     pub plan: &'a Plan,
     pub ignore: DockerIgnore,
     /// Stages `--no-cache-filter` names (resolved to indices).
     pub no_cache_stages: std::collections::BTreeSet<usize>,
-    /// Registry bases resolved so far (each pulled at most once per build).
-    pub pulls: Pulls,
+}
+
+/// The step cache's own inputs.
+pub(crate) struct StepCache {
+    /// The layer writer (its settings are part of every key).
+    pub writer: LayerWriter,
+    /// Digests of context files, remembered between builds.
+    pub hashes: ContextHashes,
+}
+
+/// Finished work.
+pub(crate) struct Done {
     /// Finished stages. A stage reads only stages it depends on, which finished before it
     /// started, so the lock is never contended for long.
     pub results: RwLock<HashMap<usize, ImageState>>,
@@ -53,9 +83,6 @@ pub(crate) struct Builder<'a> {
     pub layers_written: AtomicUsize,
     pub layers_reused: AtomicUsize,
     pub bytes_written: AtomicU64,
-    pub writer: LayerWriter,
-    /// Digests of context files, remembered between builds.
-    pub hashes: ContextHashes,
 }
 
 /// What one step did to the filesystem.
@@ -81,47 +108,24 @@ impl StepResult {
 impl<'a> Builder<'a> {
     /// The result of a finished stage.
     pub fn result(&self, index: usize) -> Option<ImageState> {
-        self.results.read().unwrap_or_else(|p| p.into_inner()).get(&index).cloned()
+        self.done.results.read().unwrap_or_else(|p| p.into_inner()).get(&index).cloned()
     }
 
     fn stage_label(&self, index: usize) -> String {
-        match &self.plan.stages[index].name {
+        match &self.stages.plan.stages[index].name {
             Some(n) => n.clone(),
             None => index.to_string(),
         }
     }
 
-    /// Loads an image named in FROM or `--from` into the store and returns its state.
+    /// The state of the image a FROM or `--from` names (its blobs in the store).
     pub fn image_state(&self, reference: &str) -> Result<ImageState> {
-        let location: ImageLocation = reference.parse()?;
-        let image = match &location {
-            ImageLocation::Store(r) => match registry_name(r) {
-                // `host/repo:tag` in FROM names a registry (DESIGN.md decision 8); the store's
-                // copy is tagged with exactly that name.
-                Some(named) => {
-                    self.pulls.image(self.store, self.opts, self.progress, &named, reference)?
-                }
-                None => match self.store.load_image(r) {
-                    Ok(i) => i,
-                    Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
-                        return Err(BuildError::ImageNotInStore {
-                            reference: reference.to_string(),
-                            why: "it names no registry to pull it from: write HOST/REPO:TAG",
-                        })
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-            },
-            ImageLocation::Registry(r) => {
-                self.pulls.image(self.store, self.opts, self.progress, r, reference)?
-            }
-            _ => strata_image::load(self.store, &location)?.0,
-        };
-        ImageState::from_image(self.store, &image)
+        let image = self.io.images.image(self.io.store, reference, self.io.progress)?;
+        ImageState::from_image(self.io.store, &image)
     }
 
     pub fn build_stage(&self, index: usize) -> Result<ImageState> {
-        let stage = &self.plan.stages[index];
+        let stage = &self.stages.plan.stages[index];
         let (mut state, base) = match &stage.base {
             Base::Scratch => (ImageState::scratch(), "scratch".to_string()),
             Base::Image(r) => {
@@ -135,7 +139,7 @@ impl<'a> Builder<'a> {
                 (s, format!("stage {}", self.stage_label(*j)))
             }
         };
-        self.progress.event(&BuildEvent::StageStart {
+        self.io.progress.event(&BuildEvent::StageStart {
             stage: index,
             name: stage.name.clone(),
             base,
@@ -158,13 +162,13 @@ impl<'a> Builder<'a> {
                 source: Box::new(source),
             };
             let sub = strata_recipe::parse(&text).map_err(parse_err)?;
-            let stages = sub.stages(&self.opts.build_args).map_err(parse_err)?;
+            let stages = sub.stages(&self.io.opts.build_args).map_err(parse_err)?;
             let Some(first) = stages.into_iter().next() else { continue };
             let mut steps = Vec::new();
             first
                 .expand_with(
                     &state.env_pairs(),
-                    &self.opts.build_args,
+                    &self.io.opts.build_args,
                     sub.escape(),
                     &mut |s, sc| steps.push((s.clone(), sc.clone())),
                 )
@@ -179,12 +183,12 @@ impl<'a> Builder<'a> {
         stage
             .expand_with(
                 &state.env_pairs(),
-                &self.opts.build_args,
-                self.recipe.escape(),
+                &self.io.opts.build_args,
+                self.stages.recipe.escape(),
                 &mut |s, sc| steps.push((s.clone(), sc.clone())),
             )
             .map_err(|source| BuildError::Parse {
-                path: self.opts.recipe_path.clone(),
+                path: self.io.opts.recipe_path.clone(),
                 source: Box::new(source),
             })?;
         for (step, scope) in steps {
@@ -212,7 +216,7 @@ impl<'a> Builder<'a> {
         scope: &Scope,
     ) -> Result<()> {
         let line = step.span.line;
-        self.progress.event(&BuildEvent::StepStart {
+        self.io.progress.event(&BuildEvent::StepStart {
             stage,
             step: step_index,
             line,
@@ -224,8 +228,8 @@ impl<'a> Builder<'a> {
             .map_err(|e| self.wrap(stage, line, &step.original, e))?;
         let empty = result.layer.is_none();
         if result.cached {
-            self.layers_reused.fetch_add(1, Ordering::Relaxed);
-            self.progress.event(&BuildEvent::StepCached { stage, step: step_index });
+            self.done.layers_reused.fetch_add(1, Ordering::Relaxed);
+            self.io.progress.event(&BuildEvent::StepCached { stage, step: step_index });
         }
         let layer_digest = match &result.layer {
             Some(l) => Some(l.digest()?),
@@ -234,9 +238,9 @@ impl<'a> Builder<'a> {
         if let Some(l) = result.layer {
             state.layers.push(l);
         }
-        state.push_history(result.created_by.clone(), empty, self.opts.timestamp);
+        state.push_history(result.created_by.clone(), empty, self.io.opts.timestamp);
         let duration_ms = started.elapsed().as_millis() as u64;
-        self.progress.event(&BuildEvent::StepDone {
+        self.io.progress.event(&BuildEvent::StepDone {
             stage,
             step: step_index,
             duration_ms,
@@ -244,7 +248,7 @@ impl<'a> Builder<'a> {
             layer_size: result.layer_size,
             empty_layer: empty,
         });
-        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reports = self.done.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports.entry(stage).or_default().push(StepReport {
             stage,
             line,
@@ -257,7 +261,7 @@ impl<'a> Builder<'a> {
     }
 
     fn warn(&self, message: String) {
-        self.progress.event(&BuildEvent::Warning { message });
+        self.io.progress.event(&BuildEvent::Warning { message });
     }
 
     fn dispatch(
@@ -329,7 +333,13 @@ impl<'a> Builder<'a> {
                 let shown: Vec<String> = decls
                     .iter()
                     .map(|ArgDecl { name, default }| {
-                        match self.opts.build_args.get(name).map(str::to_string).or(default.clone())
+                        match self
+                            .io
+                            .opts
+                            .build_args
+                            .get(name)
+                            .map(str::to_string)
+                            .or(default.clone())
                         {
                             Some(v) => format!("{name}={v}"),
                             None => name.clone(),
@@ -372,18 +382,18 @@ impl<'a> Builder<'a> {
     }
 
     pub fn view(&self, state: &ImageState) -> Result<MergedView> {
-        MergedView::of_chain(self.store, &state.layers)
+        view_of_chain(self.io.store, &state.layers)
     }
 
     /// A locked work directory in the store's tmp.
     pub fn staging(&self) -> Result<WorkDir> {
-        Ok(self.store.work_dir("step-")?)
+        Ok(self.io.store.work_dir("step-")?)
     }
 
     /// Whether steps of `stage` may take their result from the cache (`--no-cache`,
     /// `--no-cache-filter` by name or index).
     pub fn cache_enabled(&self, stage: usize) -> bool {
-        !self.opts.no_cache && !self.no_cache_stages.contains(&stage)
+        !self.io.opts.no_cache && !self.stages.no_cache_stages.contains(&stage)
     }
 
     /// The cached result of `key`, when allowed for `stage` and its blob is still stored:
@@ -396,8 +406,8 @@ impl<'a> Builder<'a> {
         created_by: &str,
     ) -> Result<Option<StepResult>> {
         let Some(key) = key.filter(|_| self.cache_enabled(stage)) else { return Ok(None) };
-        let Some((layer, size)) = cache::lookup(self.store, kind, key) else { return Ok(None) };
-        ensure_snapshot(self.store, &layer)?;
+        let Some((layer, size)) = cache::lookup(self.io.store, kind, key) else { return Ok(None) };
+        ensure_snapshot(self.io.store, &layer)?;
         Ok(Some(StepResult {
             created_by: created_by.to_string(),
             layer: Some(layer),
@@ -418,31 +428,31 @@ impl<'a> Builder<'a> {
             "parent".into(),
             state.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>().into(),
         );
-        m.insert("timestamp".into(), self.opts.timestamp.into());
+        m.insert("timestamp".into(), self.io.opts.timestamp.into());
         // The compression and its parameters, not only the media type: a layer compressed
         // with other parameters has other bytes, so it must not be reused as this build's.
-        m.insert("compression".into(), self.writer.compression_id().into());
+        m.insert("compression".into(), self.cache.writer.compression_id().into());
         m
     }
 
     /// Writes `changeset` (bytes from `source`) as a layer and unpacks its snapshot.
     pub fn commit(&self, changeset: &Changeset, source: &Path) -> Result<(LayerRef, u64)> {
-        let desc = write_layer(self.store, &self.writer, changeset, source)?;
-        self.layers_written.fetch_add(1, Ordering::Relaxed);
-        self.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
+        let desc = write_layer(self.io.store, &self.cache.writer, changeset, source)?;
+        self.done.layers_written.fetch_add(1, Ordering::Relaxed);
+        self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
         let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
-        ensure_snapshot(self.store, &layer)?;
+        ensure_snapshot(self.io.store, &layer)?;
         Ok((layer, desc.size))
     }
 
     /// Like [`Builder::commit`] for a staging tree that holds exactly the layer's files: the
     /// tree itself becomes the snapshot instead of unpacking the blob again.
     pub fn commit_staged(&self, changeset: &Changeset, tree: &Path) -> Result<(LayerRef, u64)> {
-        let desc = write_layer(self.store, &self.writer, changeset, tree)?;
-        self.layers_written.fetch_add(1, Ordering::Relaxed);
-        self.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
+        let desc = write_layer(self.io.store, &self.cache.writer, changeset, tree)?;
+        self.done.layers_written.fetch_add(1, Ordering::Relaxed);
+        self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
         let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
-        adopt_snapshot(self.store, &layer, tree, self.opts.timestamp)?;
+        adopt_snapshot(self.io.store, &layer, tree, self.io.opts.timestamp)?;
         Ok((layer, desc.size))
     }
 
@@ -476,7 +486,7 @@ impl<'a> Builder<'a> {
         let cs = Changeset::from_snapshot(scan(staging.path())?);
         let (layer, size) = self.commit(&cs, staging.path())?;
         if let Some(key) = &key {
-            cache::record(self.store, cache::Kind::Workdir, key, &layer);
+            cache::record(self.io.store, cache::Kind::Workdir, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }
@@ -502,19 +512,18 @@ impl<'a> Builder<'a> {
         let mut from_chain: Option<Vec<String>> = None;
         let tree = match &spec.from {
             None => SourceTree {
-                view: MergedView::new(vec![self.opts.context.clone()]),
-                ignore: Some(self.ignore.clone()),
+                view: MergedView::new(vec![self.io.opts.context.clone()]),
+                ignore: Some(self.stages.ignore.clone()),
                 label: "the build context".to_string(),
                 keep_owner: false,
             },
             Some(from) => {
                 let (chain, label) =
-                    match resolve_stage_ref(&self.plan.stages, from, stage, step.span).map_err(
-                        |source| BuildError::Parse {
-                            path: self.opts.recipe_path.clone(),
+                    match resolve_stage_ref(&self.stages.plan.stages, from, stage, step.span)
+                        .map_err(|source| BuildError::Parse {
+                            path: self.io.opts.recipe_path.clone(),
                             source: Box::new(source),
-                        },
-                    )? {
+                        })? {
                         Some(j) => {
                             let s = self.result(j).unwrap_or_else(ImageState::scratch);
                             (s.layers, format!("stage {from}"))
@@ -523,7 +532,7 @@ impl<'a> Builder<'a> {
                     };
                 from_chain = Some(chain.iter().map(|l| l.diff_id.to_string()).collect());
                 SourceTree {
-                    view: MergedView::of_chain(self.store, &chain)?,
+                    view: view_of_chain(self.io.store, &chain)?,
                     ignore: None,
                     label,
                     keep_owner: true,
@@ -538,8 +547,14 @@ impl<'a> Builder<'a> {
         let env =
             CopyEnv { image: &image, workdir: &state.working_dir, is_add, scratch: scratch.path() };
         let mut fetched = Fetched::default();
-        let inputs =
-            source_inputs(&env, spec, &tree, &self.hashes, self.opts.timestamp, &mut fetched)?;
+        let inputs = source_inputs(
+            &env,
+            spec,
+            &tree,
+            &self.cache.hashes,
+            self.io.opts.timestamp,
+            &mut fetched,
+        )?;
         let mut doc = self.key_base(if is_add { "add" } else { "copy" }, state);
         doc.insert("sources".into(), inputs);
         doc.insert("from".into(), from_chain.into());
@@ -558,15 +573,10 @@ impl<'a> Builder<'a> {
         let cs = Changeset::from_snapshot(scan(&root)?);
         let (layer, size) = self.commit_staged(&cs, &root)?;
         if let Some(key) = &key {
-            cache::record(self.store, cache::Kind::Copy, key, &layer);
+            cache::record(self.io.store, cache::Kind::Copy, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }
-}
-
-/// A store name that starts with a registry host (`127.0.0.1:5000/app:v1`), as a reference.
-fn registry_name(name: &str) -> Option<strata_types::Reference> {
-    name.parse::<strata_types::Reference>().ok().filter(|r| r.domain().is_some())
 }
 
 fn stage_from(stage: &strata_recipe::Stage) -> String {

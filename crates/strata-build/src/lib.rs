@@ -49,6 +49,7 @@
 mod cache;
 mod context_hash;
 mod copy;
+mod engine;
 mod error;
 mod executor;
 mod image;
@@ -66,6 +67,7 @@ use strata_layer::LayerWriter;
 use strata_recipe::DockerIgnore;
 use strata_store::Store;
 
+pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
 pub use options::{
     default_recipe_path, BuildOptions, BuildOutput, Network, PullPolicy, RunRootfs, SecretSource,
@@ -74,6 +76,8 @@ pub use options::{
 pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
 pub use strata_layer::Compression;
 pub use strata_recipe::BuildArgs;
+/// strata-sandbox, whose request and outcome types a [`StepRunner`] speaks.
+pub use strata_sandbox as sandbox;
 
 /// Builds the recipe of `opts` into `store`, tags the result with every `opts.tags` entry, and
 /// returns it. On error nothing is tagged (blobs already written stay until `gc`).
@@ -81,6 +85,19 @@ pub fn build(
     store: &Store,
     opts: &BuildOptions,
     progress: &dyn ProgressSink,
+) -> Result<BuildOutput> {
+    build_with(store, opts, progress, &SandboxRunner, &StoreImages::new(opts))
+}
+
+/// [`build`] with the two side effects supplied: `runner` executes RUN steps and `images`
+/// finds FROM and `--from` images (see [`engine`](crate::StepRunner)); tests and embedders
+/// replace them, production uses [`SandboxRunner`] and [`StoreImages`].
+pub fn build_with(
+    store: &Store,
+    opts: &BuildOptions,
+    progress: &dyn ProgressSink,
+    runner: &dyn StepRunner,
+    images: &dyn ImageSource,
 ) -> Result<BuildOutput> {
     // Bad tag names fail before any work, not after.
     for tag in &opts.tags {
@@ -104,25 +121,23 @@ pub fn build(
     let no_cache_stages = resolve_stage_filter(&plan, &opts.no_cache_filter)?;
     let ignore = load_dockerignore(opts)?;
     let builder = executor::Builder {
-        store,
-        opts,
-        progress,
-        recipe: &recipe,
-        plan: &plan,
-        ignore,
-        no_cache_stages,
-        pulls: pull::Pulls::default(),
-        results: RwLock::new(HashMap::new()),
-        reports: Mutex::new(BTreeMap::new()),
-        layers_written: AtomicUsize::new(0),
-        layers_reused: AtomicUsize::new(0),
-        bytes_written: AtomicU64::new(0),
-        writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
-        hashes: context_hash::ContextHashes::load(store, &opts.context),
+        io: executor::Io { store, opts, progress, runner, images },
+        stages: executor::Stages { recipe: &recipe, plan: &plan, ignore, no_cache_stages },
+        cache: executor::StepCache {
+            writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
+            hashes: context_hash::ContextHashes::load(store, &opts.context),
+        },
+        done: executor::Done {
+            results: RwLock::new(HashMap::new()),
+            reports: Mutex::new(BTreeMap::new()),
+            layers_written: AtomicUsize::new(0),
+            layers_reused: AtomicUsize::new(0),
+            bytes_written: AtomicU64::new(0),
+        },
     };
     let built = build_stages(&builder, &plan);
     // Digests learnt are valid whether or not the build succeeded.
-    builder.hashes.save();
+    builder.cache.hashes.save();
     built?;
     let state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
     let config = state.to_config(opts.timestamp)?;
@@ -133,20 +148,20 @@ pub fn build(
     let image = store.image(&manifest)?;
     progress.event(&BuildEvent::BuildDone {
         digest: manifest.digest().to_string(),
-        layers_reused: builder.layers_reused.load(std::sync::atomic::Ordering::Relaxed),
-        layers_written: builder.layers_written.load(std::sync::atomic::Ordering::Relaxed),
-        bytes_written: builder.bytes_written.load(std::sync::atomic::Ordering::Relaxed),
+        layers_reused: builder.done.layers_reused.load(std::sync::atomic::Ordering::Relaxed),
+        layers_written: builder.done.layers_written.load(std::sync::atomic::Ordering::Relaxed),
+        bytes_written: builder.done.bytes_written.load(std::sync::atomic::Ordering::Relaxed),
     });
-    let mut by_stage = builder.reports.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut by_stage = builder.done.reports.into_inner().unwrap_or_else(|p| p.into_inner());
     let steps = plan.order.iter().flat_map(|i| by_stage.remove(i).unwrap_or_default()).collect();
     Ok(BuildOutput {
         manifest,
         image,
         steps,
-        layers_written: builder.layers_written.into_inner(),
-        layers_reused: builder.layers_reused.into_inner(),
-        context_files_hashed: builder.hashes.files_hashed(),
-        bytes_written: builder.bytes_written.into_inner(),
+        layers_written: builder.done.layers_written.into_inner(),
+        layers_reused: builder.done.layers_reused.into_inner(),
+        context_files_hashed: builder.cache.hashes.files_hashed(),
+        bytes_written: builder.done.bytes_written.into_inner(),
     })
 }
 
@@ -213,7 +228,7 @@ fn build_stages(builder: &executor::Builder<'_>, plan: &strata_recipe::Plan) -> 
         };
         for (i, outcome) in outcomes {
             let state = outcome?;
-            builder.results.write().unwrap_or_else(|p| p.into_inner()).insert(i, state);
+            builder.done.results.write().unwrap_or_else(|p| p.into_inner()).insert(i, state);
             done.insert(i);
         }
         remaining = rest;

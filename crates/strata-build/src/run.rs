@@ -23,10 +23,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use strata_layer::{
-    apply_blob, changeset_from_overlay_upper, diff, scan, ApplyOptions, Change, Changeset,
-    EntryKind, Snapshot,
-};
+use strata_layer::{apply_blob, diff, scan, ApplyOptions, Change, Changeset, EntryKind, Snapshot};
 use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{Command, Heredoc, Scope, Step};
@@ -40,7 +37,8 @@ use crate::executor::{Builder, StepResult};
 use crate::image::{ImageState, LayerRef, DEFAULT_PATH};
 use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
-use crate::rootfs::{set_mode, MergedView};
+use crate::rootfs::set_mode;
+use strata_layer::overlay::{self, MergedView};
 use strata_store::WorkDir;
 
 /// Is `cmd` exactly one heredoc opener (`<<EOF`, `<<-"EOF"`) naming `h`?
@@ -118,7 +116,7 @@ impl Builder<'_> {
         let network = match run.network {
             Some(NetworkMode::None) => strata_sandbox::Network::None,
             Some(NetworkMode::Host) => strata_sandbox::Network::Host,
-            Some(NetworkMode::Default) | None => match self.opts.network {
+            Some(NetworkMode::Default) | None => match self.io.opts.network {
                 Network::None => strata_sandbox::Network::None,
                 _ => strata_sandbox::Network::Host,
             },
@@ -130,27 +128,20 @@ impl Builder<'_> {
         created_by.push_str(&argv.join(" "));
         created_by.push_str(" # buildkit");
 
-        let key = self.run_cache_key(stage, step, state, run, &argv, &env, &cwd, network)?;
+        let at = StepAt { stage, step };
+        let process = Process { argv: &argv, env: &env, cwd: &cwd, network };
+        let key = self.run_cache_key(&at, state, run, &process)?;
         if let Some(hit) = self.cached(stage, cache::Kind::Run, key.as_ref(), &created_by)? {
             return Ok(hit);
         }
         let view = self.view(state)?;
-        let mut keep_alive = Vec::new();
+        let mut extra = RunMounts { mounts, env, keep_alive: Vec::new() };
         for m in &run.mounts {
-            self.add_mount(
-                stage,
-                step,
-                m,
-                &cwd,
-                scratch.path(),
-                &mut mounts,
-                &mut env,
-                &mut keep_alive,
-                &view,
-            )?;
+            self.add_mount(&at, m, &cwd, scratch.path(), &view, &mut extra)?;
         }
-        let overlay = self.opts.run_rootfs == RunRootfs::Overlay
-            && strata_sandbox::overlay_supported(scratch.path());
+        let RunMounts { mounts, env, keep_alive } = extra;
+        let overlay = self.io.opts.run_rootfs == RunRootfs::Overlay
+            && self.io.runner.overlay_supported(scratch.path());
         let (rootfs, upper_or_root) = if overlay {
             let upper = scratch.path().join("upper");
             let work = scratch.path().join("work");
@@ -163,22 +154,30 @@ impl Builder<'_> {
             fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
             set_mode(&root, 0o755)?;
             for l in &state.layers {
-                apply_blob(self.store, &l.digest()?, &root, &ApplyOptions::default())?;
+                apply_blob(self.io.store, &l.digest()?, &root, &ApplyOptions::default())?;
             }
             (RootFs::Dir(root.clone()), root)
         };
         let before = if overlay { None } else { Some(scan(&upper_or_root)?) };
+        // USER through the image's own passwd and group, read through the layers.
+        let read =
+            |f: &str| view.read(Path::new(f)).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let ids = strata_sandbox::resolve_user_in(
+            &read("etc/passwd").unwrap_or_default(),
+            &read("etc/group").unwrap_or_default(),
+            &state.user,
+        )?;
         let req = RunRequest {
             rootfs,
             argv: argv.clone(),
             env,
             cwd,
-            user: state.user.clone(),
+            user: ids.into(),
             network,
             mounts,
             hostname: "buildkitsandbox".to_string(),
         };
-        let progress = self.progress;
+        let progress = self.io.progress;
         let mut on_line = |stream: Stream, line: &str| {
             let stream = match stream {
                 Stream::Stdout => OutputStream::Stdout,
@@ -191,7 +190,7 @@ impl Builder<'_> {
                 line: line.to_string(),
             });
         };
-        let outcome = strata_sandbox::run(&req, &mut on_line)?;
+        let outcome = self.io.runner.run(&req, &mut on_line)?;
         drop(keep_alive);
         if outcome.exit_code != 0 {
             return Err(BuildError::RunFailed {
@@ -201,7 +200,10 @@ impl Builder<'_> {
             });
         }
         let changeset = match before {
-            None => explicit_whiteouts(changeset_from_overlay_upper(&upper_or_root)?, &view)?,
+            None => {
+                overlay::drop_copy_ups(&upper_or_root, &view, &outcome.stubs);
+                explicit_whiteouts(overlay::changeset_from_upper(&upper_or_root)?, &view)?
+            }
             Some(before) => {
                 restore_stub_parents(&before, &upper_or_root, &outcome.stubs)?;
                 diff(&before, &scan(&upper_or_root)?)?
@@ -209,24 +211,21 @@ impl Builder<'_> {
         };
         let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
         if let Some(key) = &key {
-            cache::record(self.store, cache::Kind::Run, key, &layer);
+            cache::record(self.io.store, cache::Kind::Run, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }
 
     /// The cache key of a RUN (see [`crate::cache`]); `None` when the step cannot be cached.
-    #[allow(clippy::too_many_arguments)]
     fn run_cache_key(
         &self,
-        stage: usize,
-        step: &Step,
+        at: &StepAt<'_>,
         state: &ImageState,
         run: &RunSpec,
-        argv: &[String],
-        env: &[String],
-        cwd: &str,
-        network: strata_sandbox::Network,
+        process: &Process<'_>,
     ) -> Result<Option<Digest>> {
+        let StepAt { stage, step } = *at;
+        let Process { argv, env, cwd, network } = *process;
         let mut bind_inputs = Vec::new();
         for m in &run.mounts {
             if m.kind != MountType::Bind {
@@ -237,12 +236,11 @@ impl Builder<'_> {
                     .push(serde_json::Value::String(self.context_bind_digest(m)?.to_string()));
                 continue;
             };
-            let chain = match resolve_stage_ref(&self.plan.stages, from, stage, step.span).map_err(
-                |source| BuildError::Parse {
-                    path: self.opts.recipe_path.clone(),
+            let chain = match resolve_stage_ref(&self.stages.plan.stages, from, stage, step.span)
+                .map_err(|source| BuildError::Parse {
+                    path: self.io.opts.recipe_path.clone(),
                     source: Box::new(source),
-                },
-            )? {
+                })? {
                 Some(j) => self.result(j).map(|s| s.layers).unwrap_or_default(),
                 None => self.image_state(from)?.layers,
             };
@@ -269,7 +267,7 @@ impl Builder<'_> {
     /// The digest of what a bind mount of the context shows the command: every entry below
     /// the source (the mount is not filtered by `.dockerignore`), with owners, never mtimes.
     fn context_bind_digest(&self, m: &strata_recipe::Mount) -> Result<Digest> {
-        let (_, real, rel) = bind_source(&self.opts.context, m, "the build context")?;
+        let (_, real, rel) = bind_source(&self.io.opts.context, m, "the build context")?;
         let walk = SourceWalk {
             ignore: None,
             exclude: None,
@@ -277,22 +275,20 @@ impl Builder<'_> {
             mtime_clamp: None,
             root_meta: true,
         };
-        walk.digest(&self.hashes, &real, &rel)
+        walk.digest(&self.cache.hashes, &real, &rel)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn add_mount(
         &self,
-        stage: usize,
-        step: &Step,
+        at: &StepAt<'_>,
         m: &strata_recipe::Mount,
         cwd: &str,
         scratch: &Path,
-        mounts: &mut Vec<Mount>,
-        env: &mut Vec<String>,
-        keep_alive: &mut Vec<WorkDir>,
         view: &MergedView,
+        out: &mut RunMounts,
     ) -> Result<()> {
+        let StepAt { stage, step } = *at;
+        let RunMounts { mounts, env, keep_alive } = out;
         // A target is resolved in the image the way runc resolves it inside the rootfs
         // (symlinks followed, never out of it), so that missing directories are created
         // where a link leads; the sandbox then mounts on it resolving inside the root again.
@@ -309,7 +305,7 @@ impl Builder<'_> {
             MountType::Cache => {
                 let target = m.target.clone().unwrap_or_default();
                 let id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| target.clone());
-                let (dir, created) = self.store.cache_mount_dir(&id)?;
+                let (dir, created) = self.io.store.cache_mount_dir(&id)?;
                 if created {
                     set_mode(&dir, m.mode.unwrap_or(0o755))?;
                     rustix::fs::chown(
@@ -333,24 +329,28 @@ impl Builder<'_> {
             MountType::Bind => {
                 let target = m.target.clone().unwrap_or_default();
                 let (root, location) = match &m.from {
-                    None => (self.opts.context.clone(), "the build context".to_string()),
+                    None => (self.io.opts.context.clone(), "the build context".to_string()),
                     Some(from) => {
-                        let (chain, location) =
-                            match resolve_stage_ref(&self.plan.stages, from, stage, step.span)
-                                .map_err(|source| BuildError::Parse {
-                                    path: self.opts.recipe_path.clone(),
-                                    source: Box::new(source),
-                                })? {
-                                Some(j) => (
-                                    self.result(j).map(|s| s.layers).unwrap_or_default(),
-                                    format!("stage {from}"),
-                                ),
-                                None => (self.image_state(from)?.layers, format!("image {from}")),
-                            };
+                        let (chain, location) = match resolve_stage_ref(
+                            &self.stages.plan.stages,
+                            from,
+                            stage,
+                            step.span,
+                        )
+                        .map_err(|source| BuildError::Parse {
+                            path: self.io.opts.recipe_path.clone(),
+                            source: Box::new(source),
+                        })? {
+                            Some(j) => (
+                                self.result(j).map(|s| s.layers).unwrap_or_default(),
+                                format!("stage {from}"),
+                            ),
+                            None => (self.image_state(from)?.layers, format!("image {from}")),
+                        };
                         let dir = self.staging()?;
                         for l in &chain {
                             apply_blob(
-                                self.store,
+                                self.io.store,
                                 &l.digest()?,
                                 dir.path(),
                                 &ApplyOptions::default(),
@@ -383,7 +383,7 @@ impl Builder<'_> {
                                 .map(|n| n.to_string_lossy().to_string())
                         })
                         .unwrap_or_default();
-                let Some(spec) = self.opts.secrets.iter().find(|s| s.id == id) else {
+                let Some(spec) = self.io.opts.secrets.iter().find(|s| s.id == id) else {
                     if m.required {
                         return Err(BuildError::MissingSecret { id });
                     }
@@ -434,6 +434,30 @@ impl Builder<'_> {
         }
         Ok(())
     }
+}
+
+/// Where a step is: its stage index and the recipe step.
+#[derive(Clone, Copy)]
+struct StepAt<'s> {
+    stage: usize,
+    step: &'s Step,
+}
+
+/// The process a RUN starts, as its cache key sees it.
+#[derive(Clone, Copy)]
+struct Process<'s> {
+    argv: &'s [String],
+    env: &'s [String],
+    cwd: &'s str,
+    network: strata_sandbox::Network,
+}
+
+/// What a RUN's `--mount`s add: the mounts, environment (secrets as `env=`), and the work
+/// directories that must outlive the step.
+struct RunMounts {
+    mounts: Vec<Mount>,
+    env: Vec<String>,
+    keep_alive: Vec<WorkDir>,
 }
 
 /// Rewrites overlay's opaque directories as explicit whiteouts of the lower entries they hide

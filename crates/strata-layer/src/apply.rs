@@ -55,18 +55,40 @@ pub struct ApplyOptions {
     /// [`ApplyReport::ownership_skipped`]), device nodes are refused, and xattrs outside
     /// `user.*` are skipped (counted in [`ApplyReport::xattrs_skipped`]).
     pub privileged: bool,
+    /// Record whiteouts the way overlayfs does instead of applying them (see
+    /// [`ApplyOptions::overlay_whiteouts`]).
+    pub overlay_whiteouts: bool,
+    /// Give every entry this owner (uid, gid) instead of the archive's (`ADD --chown`).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions { privileged: rustix::process::geteuid().is_root() }
+        ApplyOptions {
+            privileged: rustix::process::geteuid().is_root(),
+            overlay_whiteouts: false,
+            owner: None,
+        }
     }
 }
 
 impl ApplyOptions {
     /// Options for an unprivileged apply, whoever runs it.
     pub fn unprivileged() -> Self {
-        ApplyOptions { privileged: false }
+        ApplyOptions { privileged: false, ..ApplyOptions::default() }
+    }
+
+    /// The same options unpacking a layer as an overlay snapshot ([`crate::overlay`]): a
+    /// `.wh.NAME` entry becomes a character device 0/0 named `NAME` (when nothing of this
+    /// layer is there), `.wh..wh..opq` marks its directory `trusted.overlay.opaque=y`, and
+    /// nothing below is removed. Meant for an empty directory; needs root (`mknod`).
+    pub fn overlay_whiteouts(self) -> Self {
+        ApplyOptions { overlay_whiteouts: true, ..self }
+    }
+
+    /// The same options giving every entry (the archive root `./` included) `owner`.
+    pub fn owner(self, uid: u32, gid: u32) -> Self {
+        ApplyOptions { owner: Some((uid, gid)), ..self }
     }
 }
 
@@ -143,6 +165,7 @@ pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Resul
         created: HashSet::new(),
         dirs: Vec::new(),
         chain: DirChain::default(),
+        opaque_dirs: Vec::new(),
         report: ApplyReport::default(),
         buf: vec![0u8; CHUNK],
     };
@@ -171,6 +194,7 @@ pub fn apply<R: Read + Send>(layer: R, dir: &Path, opts: &ApplyOptions) -> Resul
                 index += 1;
             }
             ap.finish_dirs()?;
+            ap.mark_opaque_dirs()?;
             // Read to the end so the diffID covers the end-of-archive padding too.
             io::copy(&mut tar, &mut io::sink())
                 .and_then(|_| io::copy(tar.inner_mut(), &mut io::sink()))
@@ -290,6 +314,8 @@ struct Applier {
     dirs: Vec<(PathBuf, Meta)>,
     /// The directories of the last entry's parent, open. Cleared on any removal.
     chain: DirChain,
+    /// Directories to mark opaque at the end (overlay whiteouts).
+    opaque_dirs: Vec<PathBuf>,
     report: ApplyReport,
     buf: Vec<u8>,
 }
@@ -705,6 +731,17 @@ impl Applier {
     }
 
     fn whiteout(&mut self, parent: &[OsString], victim: &OsStr, raw: &[u8]) -> Result<()> {
+        if self.opts.overlay_whiteouts {
+            let (pfd, preal) = self.parent(parent, true, raw)?;
+            let real = preal.join(victim);
+            if stat_type(&pfd, victim).map_err(|e| io_err("lstat", &self.abs(&real), e))?.is_none()
+            {
+                rustix::fs::mknodat(&*pfd, victim, FileType::CharacterDevice, Mode::empty(), 0)
+                    .map_err(|e| io_err("mknod", &self.abs(&real), e))?;
+                self.report.whiteouts += 1;
+            }
+            return Ok(());
+        }
         let Some((pfd, preal)) = self.resolve(parent, false, raw)? else {
             return Ok(());
         };
@@ -722,6 +759,14 @@ impl Applier {
     }
 
     fn opaque(&mut self, dir: &[OsString], raw: &[u8]) -> Result<()> {
+        if self.opts.overlay_whiteouts {
+            // Marked once every entry and directory's metadata is in place (the directory's
+            // own entry replaces its xattrs).
+            let (_, real) = self.parent(dir, true, raw)?;
+            self.opaque_dirs.push(real);
+            self.report.opaque_dirs += 1;
+            return Ok(());
+        }
         let Some((_, real)) = self.resolve(dir, false, raw)? else {
             return Ok(());
         };
@@ -783,10 +828,11 @@ impl Applier {
     }
 
     fn chown_ids(&mut self, meta: &Meta) -> Option<(Uid, Gid)> {
+        let (uid, gid) = self.opts.owner.unwrap_or((meta.uid, meta.gid));
         if self.opts.privileged {
-            Some((Uid::from_raw_unchecked(meta.uid), Gid::from_raw_unchecked(meta.gid)))
+            Some((Uid::from_raw_unchecked(uid), Gid::from_raw_unchecked(gid)))
         } else {
-            if meta.uid != self.euid || meta.gid != self.egid {
+            if uid != self.euid || gid != self.egid {
                 self.report.ownership_skipped += 1;
             }
             None
@@ -859,6 +905,21 @@ impl Applier {
         }
         rustix::fs::utimensat(pfd, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io_err("utimens", &abs, e))
+    }
+
+    /// Sets the overlay opaque xattr on the directories [`Self::opaque`] recorded.
+    fn mark_opaque_dirs(&mut self) -> Result<()> {
+        for real in std::mem::take(&mut self.opaque_dirs) {
+            let fd = self.open_real(&real, OFlags::RDONLY)?;
+            rustix::fs::fsetxattr(
+                &fd,
+                crate::overlay::OPAQUE_XATTR,
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(|e| io_err("setxattr", &self.abs(&real), e))?;
+        }
+        Ok(())
     }
 
     /// Applies directory metadata, deepest first, once all entries exist.

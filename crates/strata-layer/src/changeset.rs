@@ -14,17 +14,16 @@
 //! parallel) and compared by content. Other entry types compare all their metadata,
 //! mtime included. A deleted directory yields one deletion, not one per descendant, and
 //! explicit whiteouts are preferred over opaque directories as `layer.md` recommends.
-//! [`changeset_from_overlay_upper`] reads an overlayfs upperdir instead: the upperdir *is*
-//! the change, with overlay's own whiteout conventions translated.
+//! [`crate::overlay::changeset_from_upper`] reads an overlayfs upperdir instead: the
+//! upperdir *is* the change, with overlay's own whiteout conventions translated.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::snapshot::{path_cmp, scan, Entry, EntryKind, Snapshot};
+use crate::snapshot::{path_cmp, Entry, EntryKind, Snapshot};
 
 /// One change of a [`Changeset`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,39 +182,5 @@ pub fn diff(lower: &Snapshot, upper: &Snapshot) -> Result<Changeset> {
         })
         .collect::<Result<_>>()?;
     changes.extend(decided.into_iter().flatten());
-    Ok(Changeset::from_changes(changes))
-}
-
-const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
-
-fn is_overlay_xattr(name: &OsStr) -> bool {
-    let b = name.as_encoded_bytes();
-    b.starts_with(b"trusted.overlay.") || b.starts_with(b"user.overlay.")
-}
-
-/// Reads an overlayfs upperdir as a changeset.
-///
-/// Overlay's conventions become OCI ones: a character device 0/0 is a deletion (whiteout),
-/// a directory with xattr `trusted.overlay.opaque=y` (or `user.overlay.opaque=y` for
-/// `userxattr` mounts) is [`Change::Opaque`], and every other `trusted.overlay.*` /
-/// `user.overlay.*` xattr is dropped. Everything else is reported as [`Change::Added`]: an
-/// upperdir cannot tell an addition from a modification (a copied-up parent directory shows
-/// up too, which is what a layer needs anyway). The overlay must be mounted with
-/// `redirect_dir=off,metacopy=off` so that upper files are complete.
-pub fn changeset_from_overlay_upper(upperdir: &Path) -> Result<Changeset> {
-    let snap = scan(upperdir)?;
-    let mut changes = Vec::with_capacity(snap.entries().len());
-    for mut e in snap.into_entries() {
-        if e.kind == EntryKind::CharDevice && e.rdev == 0 {
-            changes.push(Change::Deleted(e.path));
-            continue;
-        }
-        let opaque = e.kind == EntryKind::Dir
-            && OPAQUE_XATTRS
-                .iter()
-                .any(|k| e.xattrs.get(OsStr::new(k)).is_some_and(|v| v.as_slice() == b"y"));
-        e.xattrs.retain(|k, _| !is_overlay_xattr(k));
-        changes.push(if opaque { Change::Opaque(e) } else { Change::Added(e) });
-    }
     Ok(Changeset::from_changes(changes))
 }

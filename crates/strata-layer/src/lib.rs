@@ -4,7 +4,8 @@
 //! (OCI image-spec `layer.md`). This crate has the four steps of that life cycle, each in its
 //! own module: [`scan`] a tree into a [`Snapshot`] (metadata only, sorted, parallel), compute a
 //! [`Changeset`] between two snapshots ([`diff`]) or read one from an overlayfs upperdir
-//! ([`changeset_from_overlay_upper`]), serialize it with a [`LayerWriter`] into a tar whose
+//! ([`overlay::changeset_from_upper`]; the [`overlay`] module is the one model of how
+//! overlayfs stores layers), serialize it with a [`LayerWriter`] into a tar whose
 //! bytes depend only on the changeset, the source bytes and the writer settings
 //! (DESIGN.md decision 3), and [`apply`] a layer onto a directory without ever writing
 //! outside it. The streaming tar reader under apply is public as [`tarread`], so other crates
@@ -32,13 +33,14 @@
 mod apply;
 mod changeset;
 mod error;
+pub mod overlay;
 mod snapshot;
 pub mod tarread;
 mod writer;
 
 pub use apply::apply_blob;
 pub use apply::{apply, decompress, ApplyOptions, ApplyReport};
-pub use changeset::{changeset_from_overlay_upper, diff, Change, Changeset};
+pub use changeset::{diff, Change, Changeset};
 pub use error::{LayerError, Result, UnsafeReason};
 pub use snapshot::{hash_file, scan, scan_with_digests, Entry, EntryKind, Snapshot, Timestamp};
 pub use strata_types::Digest;

@@ -7,8 +7,7 @@ use std::process::Command;
 
 use common::{assert_same, is_root, normalize, write_file};
 use strata_layer::{
-    apply, changeset_from_overlay_upper, layer_from_dir, scan, ApplyOptions, Change, Compression,
-    EntryKind, LayerWriter,
+    apply, layer_from_dir, scan, ApplyOptions, Change, Compression, EntryKind, LayerWriter,
 };
 
 fn whiteout(p: &Path) {
@@ -38,7 +37,7 @@ fn synthetic_upperdir_translates_to_oci_changes() {
     write_file(&up.join("mod"), b"m");
     xattr::set(up.join("mod"), "trusted.overlay.origin", b"\0\xfb").unwrap();
     xattr::set(up.join("mod"), "user.keep", b"k").unwrap();
-    let cs = changeset_from_overlay_upper(up).unwrap();
+    let cs = strata_layer::overlay::changeset_from_upper(up).unwrap();
     let kinds: Vec<(String, &str)> = cs
         .changes()
         .iter()
@@ -129,7 +128,7 @@ fn real_overlay_mount_round_trips_through_a_layer() {
     let st = Command::new("umount").arg(&merged).status().unwrap();
     assert!(st.success());
 
-    let cs = changeset_from_overlay_upper(&upper).unwrap();
+    let cs = strata_layer::overlay::changeset_from_upper(&upper).unwrap();
     assert!(cs
         .changes()
         .iter()

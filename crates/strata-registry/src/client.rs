@@ -740,3 +740,27 @@ mod tests {
         assert_eq!(ep.resolve_location("https://s3/x").unwrap(), "https://s3/x");
     }
 }
+
+/// One repository of one registry as a transfer talks to it: the client, the endpoint, the
+/// token scopes its requests need, whether this is a dry run (decide, move nothing), and
+/// where per-blob progress goes. What every blob operation of a push, pull or copy shares.
+#[derive(Clone, Copy)]
+pub(crate) struct Session<'a> {
+    pub client: &'a Client,
+    pub ep: &'a Endpoint,
+    pub scopes: &'a [String],
+    pub dry_run: bool,
+    pub events: &'a dyn crate::TransferSink,
+}
+
+impl<'a> Session<'a> {
+    pub(crate) fn new(
+        client: &'a Client,
+        ep: &'a Endpoint,
+        scopes: &'a [String],
+        dry_run: bool,
+        events: &'a dyn crate::TransferSink,
+    ) -> Session<'a> {
+        Session { client, ep, scopes, dry_run, events }
+    }
+}

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use strata_store::Store;
 use strata_types::Digest;
 
-use crate::client::{Client, Endpoint};
+use crate::client::{Client, Endpoint, Session};
 use crate::error::RegistryError;
 use crate::index::{blobs_of, fetch_children, Doc};
 use crate::manifest::{self, BlobRef};
@@ -169,16 +169,20 @@ impl<'a> Legs<'a> {
         let outcomes = run_parallel(blobs, self.options.jobs, |(blob, kind)| {
             let push = PushBlob { digest: blob.digest, size: blob.size, kind: *kind };
             let fetch = || {
-                let got =
-                    fetch_blob(client, src, &self.src_scopes, scratch, blob, *kind, false, events)?;
+                let got = fetch_blob(
+                    &Session::new(client, src, &self.src_scopes, false, events),
+                    scratch,
+                    blob,
+                    *kind,
+                )?;
                 if got == BlobOutcome::Downloaded {
                     count_download(blob.size);
                 }
                 Ok(())
             };
             let source = BlobSource { mount_from, fetch: Some(&fetch) };
-            let outcome =
-                push_blob_from(client, dest, scopes, scratch, &push, dry_run, events, &source)?;
+            let session = Session::new(client, dest, scopes, dry_run, events);
+            let outcome = push_blob_from(&session, scratch, &push, &source)?;
             if dry_run && outcome == BlobOutcome::Uploaded && !hints.has_blob(&blob.digest) {
                 // It would have to be downloaded first.
                 count_download(blob.size);

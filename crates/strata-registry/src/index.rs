@@ -23,7 +23,7 @@ use strata_store::oci_spec::image::{Descriptor, MediaType};
 use strata_store::{Store, StoreError};
 use strata_types::Digest;
 
-use crate::client::{Client, Endpoint};
+use crate::client::{Client, Endpoint, Session};
 use crate::error::RegistryError;
 use crate::manifest::{self, BlobRef, Kind};
 use crate::pull::{fetch_blobs, fetch_manifest, start_pull, Fetched};
@@ -167,7 +167,7 @@ pub fn push_index(
     }
     client.prepare(&ep, &scopes)?;
     let outcomes = run_parallel(&blobs, options.jobs, |blob| {
-        push_blob(client, &ep, &scopes, store, blob, options.dry_run, events)
+        push_blob(&Session::new(client, &ep, &scopes, options.dry_run, events), store, blob)
     })?;
     let mut report =
         TransferReport { manifest: Some(*top), dry_run: options.dry_run, ..Default::default() };
@@ -221,7 +221,8 @@ pub fn pull_all(
     let children = fetch_children(client, &ep, &scopes, &top, top_kind, events)?;
     let top_doc = Doc { digest: top.digest, kind: top_kind, bytes: top.bytes };
     let blobs = blobs_of(&ep, &top_doc, &children)?;
-    let mut report = fetch_blobs(client, &ep, &scopes, store, &blobs, options, events)?;
+    let session = Session::new(client, &ep, &scopes, options.dry_run, events);
+    let mut report = fetch_blobs(&session, store, &blobs, options.jobs)?;
     report.manifest = Some(top.digest);
     let descriptor = Descriptor::new(media_type, top_doc.bytes.len() as u64, top.digest);
     let manifests = children.iter().map(|c| c.digest).collect();

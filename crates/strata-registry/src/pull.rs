@@ -11,7 +11,7 @@ use strata_store::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifes
 use strata_store::{Image, Store, StoreError};
 use strata_types::Digest;
 
-use crate::client::{header, Client, Endpoint, Req};
+use crate::client::{header, Client, Endpoint, Req, Session};
 use crate::error::RegistryError;
 use crate::manifest::{self, BlobRef};
 use crate::{
@@ -74,7 +74,8 @@ pub fn pull_platform(
 
     let mut blobs: Vec<(BlobRef, BlobKind)> = vec![(image.config.clone(), BlobKind::Config)];
     blobs.extend(image.layers.iter().map(|l| (l.clone(), BlobKind::Layer)));
-    let mut report = fetch_blobs(client, &ep, &scopes, store, &blobs, options, events)?;
+    let session = Session::new(client, &ep, &scopes, options.dry_run, events);
+    let mut report = fetch_blobs(&session, store, &blobs, options.jobs)?;
     report.manifest = Some(image.digest);
 
     let size = image.bytes.len() as u64;
@@ -136,17 +137,13 @@ pub(crate) fn image_manifest(
 
 /// Brings one blob into `store`: present already, copied from the client's hints store
 /// (verified), or downloaded (verified). A dry run only decides.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn fetch_blob(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
+    s: &Session<'_>,
     store: &Store,
     blob: &BlobRef,
     kind: BlobKind,
-    dry_run: bool,
-    events: &dyn TransferSink,
 ) -> Result<BlobOutcome, RegistryError> {
+    let Session { client, ep, scopes, dry_run, events } = *s;
     let hints = client.hints(store);
     let local = !std::ptr::eq(hints, store) && hints.has_blob(&blob.digest);
     if store.has_blob(&blob.digest) || (local && dry_run) {
@@ -182,18 +179,13 @@ pub(crate) fn fetch_blob(
 /// [`fetch_blob`] for each of `blobs`, `options.jobs` at a time, reported in their order (the
 /// report's `manifest` is left for the caller).
 pub(crate) fn fetch_blobs(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
+    s: &Session<'_>,
     store: &Store,
     blobs: &[(BlobRef, BlobKind)],
-    options: &PullOptions,
-    events: &dyn TransferSink,
+    jobs: usize,
 ) -> Result<TransferReport, RegistryError> {
-    let outcomes = run_parallel(blobs, options.jobs, |(blob, kind)| {
-        fetch_blob(client, ep, scopes, store, blob, *kind, options.dry_run, events)
-    })?;
-    let mut report = TransferReport { dry_run: options.dry_run, ..TransferReport::default() };
+    let outcomes = run_parallel(blobs, jobs, |(blob, kind)| fetch_blob(s, store, blob, *kind))?;
+    let mut report = TransferReport { dry_run: s.dry_run, ..TransferReport::default() };
     for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
         report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });
     }

@@ -18,7 +18,7 @@ use std::fs::File;
 use strata_store::{Image, Store, StoreError};
 use strata_types::Digest;
 
-use crate::client::{header, Client, Endpoint, Payload, Req};
+use crate::client::{header, Client, Endpoint, Payload, Req, Session};
 use crate::error::RegistryError;
 use crate::{
     knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PushOptions, Reference, Throttle,
@@ -81,7 +81,7 @@ pub fn push(
     }
 
     let outcomes = run_parallel(&blobs, options.jobs, |blob| {
-        push_blob(client, &ep, &scopes, store, blob, options.dry_run, events)
+        push_blob(&Session::new(client, &ep, &scopes, options.dry_run, events), store, blob)
     })?;
     let mut report = TransferReport {
         manifest: Some(manifest_digest),
@@ -160,15 +160,11 @@ pub(crate) fn put_manifest(
 }
 
 pub(crate) fn push_blob(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
+    s: &Session<'_>,
     store: &Store,
     blob: &PushBlob,
-    dry_run: bool,
-    events: &dyn TransferSink,
 ) -> Result<BlobOutcome, RegistryError> {
-    push_blob_from(client, ep, scopes, store, blob, dry_run, events, &BlobSource::default())
+    push_blob_from(s, store, blob, &BlobSource::default())
 }
 
 /// Where a blob [`push_blob_from`] sends may come from besides `store`.
@@ -184,17 +180,13 @@ pub(crate) struct BlobSource<'a> {
 
 /// [`push_blob`] for a blob that may be mounted from a known repository, or that `store`
 /// may not hold yet (see [`BlobSource`]).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn push_blob_from(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
+    s: &Session<'_>,
     store: &Store,
     blob: &PushBlob,
-    dry_run: bool,
-    events: &dyn TransferSink,
     source: &BlobSource<'_>,
 ) -> Result<BlobOutcome, RegistryError> {
+    let Session { client, ep, scopes, dry_run, events } = *s;
     let done = |outcome: BlobOutcome| {
         if !dry_run {
             knowledge::record(client.hints(store), &blob.digest, &ep.location());
@@ -203,7 +195,7 @@ pub(crate) fn push_blob_from(
         }
         Ok(outcome)
     };
-    if blob_exists(client, ep, scopes, &blob.digest)? {
+    if blob_exists(s, &blob.digest)? {
         return done(BlobOutcome::Present);
     }
     let mount_from = source.mount_from.map(str::to_owned).or_else(|| {
@@ -220,7 +212,7 @@ pub(crate) fn push_blob_from(
         size: blob.size,
         kind: blob.kind,
     });
-    let mut session = None;
+    let mut pending = None;
     if let Some(from) = mount_from {
         let mut mount_scopes = scopes.to_vec();
         mount_scopes.push(format!("repository:{from}:pull"));
@@ -229,24 +221,20 @@ pub(crate) fn push_blob_from(
         let resp = client.send(ep, &mount_scopes, &req)?;
         match resp.status().as_u16() {
             201 => return done(BlobOutcome::Mounted { from }),
-            202 => session = Some(Session::from_response(ep, &resp)?),
+            202 => pending = Some(Upload::from_response(ep, &resp)?),
             _ => return Err(client.status_error(ep, &req, resp)),
         }
     }
     if let Some(fetch) = source.fetch {
         fetch()?;
     }
-    upload(client, ep, scopes, store, blob, session, events)?;
+    upload(s, store, blob, pending)?;
     done(BlobOutcome::Uploaded)
 }
 
 /// HEAD `/v2/<name>/blobs/<digest>` (spec.md "Checking if content exists in the registry").
-fn blob_exists(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
-    digest: &Digest,
-) -> Result<bool, RegistryError> {
+fn blob_exists(s: &Session<'_>, digest: &Digest) -> Result<bool, RegistryError> {
+    let Session { client, ep, scopes, .. } = *s;
     let req = Req::new("HEAD", ep.url(&format!("blobs/{digest}")));
     let resp = client.send(ep, scopes, &req)?;
     match resp.status().as_u16() {
@@ -256,22 +244,23 @@ fn blob_exists(
     }
 }
 
-/// An upload session: its current URL and the registry's minimum chunk length.
-struct Session {
+/// An upload session (spec.md "Pushing blobs"): its current URL and the registry's minimum
+/// chunk length.
+struct Upload {
     url: String,
     min_chunk: u64,
 }
 
-impl Session {
+impl Upload {
     fn from_response(
         ep: &Endpoint,
         resp: &ureq::http::Response<ureq::Body>,
-    ) -> Result<Session, RegistryError> {
+    ) -> Result<Upload, RegistryError> {
         let location = header(resp, "Location").unwrap_or_default();
         let url = ep.resolve_location(location)?;
         let min_chunk =
             header(resp, "OCI-Chunk-Min-Length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        Ok(Session { url, min_chunk })
+        Ok(Upload { url, min_chunk })
     }
 
     /// Follows a new `Location`, if the response has one.
@@ -295,20 +284,18 @@ impl Session {
 
 /// Uploads a blob, resuming a broken transfer up to the client's retry count.
 fn upload(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
+    s: &Session<'_>,
     store: &Store,
     blob: &PushBlob,
-    mut session: Option<Session>,
-    events: &dyn TransferSink,
+    mut upload: Option<Upload>,
 ) -> Result<(), RegistryError> {
+    let Session { client, ep, scopes, events, .. } = *s;
     let file = store.open_blob(&blob.digest)?;
     let throttle = Throttle::new(events, blob.digest);
     let mut attempt = 0;
     let mut fresh = true;
     let failed = loop {
-        match upload_attempt(client, ep, scopes, &file, blob, &mut session, fresh, &throttle) {
+        match upload_attempt(s, &file, blob, &mut upload, fresh, &throttle) {
             Ok(()) => {
                 throttle.report(blob.size, true);
                 return Ok(());
@@ -332,8 +319,8 @@ fn upload(
     };
     // Best effort: tell the registry to drop what it holds of this upload (spec.md "Canceling
     // an upload", DELETE on the session URL) instead of leaving it to its purge timer.
-    if let Some(s) = session {
-        let req = Req::new("DELETE", s.url).not_idempotent();
+    if let Some(up) = upload {
+        let req = Req::new("DELETE", up.url).not_idempotent();
         let _ = client.send(ep, scopes, &req);
     }
     Err(failed)
@@ -354,39 +341,37 @@ fn resumable(e: &RegistryError) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn upload_attempt(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
+    session: &Session<'_>,
     file: &File,
     blob: &PushBlob,
-    session: &mut Option<Session>,
+    upload: &mut Option<Upload>,
     fresh: bool,
     throttle: &Throttle<'_>,
 ) -> Result<(), RegistryError> {
+    let Session { client, ep, scopes, .. } = *session;
     let mut offset = 0;
-    let known = match session.take() {
-        Some(s) if fresh => Some(s),
-        Some(mut s) => match upload_status(client, ep, scopes, &mut s)? {
+    let known = match upload.take() {
+        Some(up) if fresh => Some(up),
+        Some(mut up) => match upload_status(session, &mut up)? {
             Some(at) => {
                 offset = at;
-                Some(s)
+                Some(up)
             }
             None => None,
         },
         None => None,
     };
     let s = match known {
-        Some(s) => session.insert(s),
+        Some(up) => upload.insert(up),
         None => {
             offset = 0;
-            session.insert(start_upload(client, ep, scopes)?)
+            upload.insert(start_upload(session)?)
         }
     };
     if offset > blob.size {
         // The registry claims more than the blob has: start over next attempt.
-        *session = None;
+        *upload = None;
         return Err(RegistryError::InvalidHeader {
             registry: ep.registry.clone(),
             header: "Range",
@@ -436,34 +421,27 @@ fn upload_attempt(
 }
 
 /// POST `/v2/<name>/blobs/uploads/`: a new session.
-fn start_upload(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
-) -> Result<Session, RegistryError> {
+fn start_upload(s: &Session<'_>) -> Result<Upload, RegistryError> {
+    let Session { client, ep, scopes, .. } = *s;
     let req = Req::new("POST", ep.url("blobs/uploads/"));
     let resp = client.send(ep, scopes, &req)?;
     if resp.status().as_u16() != 202 {
         return Err(client.status_error(ep, &req, resp));
     }
-    Session::from_response(ep, &resp)
+    Upload::from_response(ep, &resp)
 }
 
 /// GET `<location>`, the session's status (spec.md "Pushing a blob in chunks"; endpoint end-13,
 /// `GET /v2/<name>/blobs/uploads/<reference>` -> `204` with `Range: 0-<last>`): how many bytes
 /// the registry holds. `None` when the session is gone (404, or 400 for a state the registry no
 /// longer accepts, as distribution answers after a chunk that broke half-way).
-fn upload_status(
-    client: &Client,
-    ep: &Endpoint,
-    scopes: &[String],
-    s: &mut Session,
-) -> Result<Option<u64>, RegistryError> {
-    let req = Req::new("GET", s.url.clone());
+fn upload_status(session: &Session<'_>, up: &mut Upload) -> Result<Option<u64>, RegistryError> {
+    let Session { client, ep, scopes, .. } = *session;
+    let req = Req::new("GET", up.url.clone());
     let resp = client.send(ep, scopes, &req)?;
     match resp.status().as_u16() {
         204 | 200 => {
-            s.update(ep, &resp)?;
+            up.update(ep, &resp)?;
             Ok(Some(header(&resp, "Range").and_then(range_end).unwrap_or(0)))
         }
         400 | 404 => Ok(None),

@@ -47,6 +47,12 @@ pub enum SandboxError {
         /// The group file consulted (host path).
         group_file: PathBuf,
     },
+    /// A user given by name for an overlay rootfs: the caller resolves it through the layers.
+    #[error("user {user:?} must be resolved to ids for an overlay rootfs (resolve_user_in)")]
+    UserNeedsIds {
+        /// The user spec as given.
+        user: String,
+    },
     /// The `user` string is not `""`, `user`, or `user:group`.
     #[error("malformed user spec {user:?}")]
     BadUserSpec {

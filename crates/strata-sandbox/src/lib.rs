@@ -59,8 +59,10 @@
 //! Mountpoints missing from the image (`/proc`, `/dev`, `/sys`, `/etc/hosts`,
 //! `/etc/resolv.conf`, targets of extra mounts) have to be created in the rootfs, which puts
 //! them in the upperdir. [`run`] removes such stubs again after the step when they are still
-//! empty (and an overlay directory copied up only to hold one), and lists them in
-//! [`RunOutcome::stubs`], so that a changeset does not contain them, as with BuildKit.
+//! empty and lists them in [`RunOutcome::stubs`], so that a changeset does not contain them,
+//! as with BuildKit. An overlay directory copied up only to hold a stub stays in the upperdir
+//! for the caller to drop: telling it apart needs the layers' view (strata-layer's overlay
+//! model, `overlay::drop_copy_ups`).
 //!
 //! ```no_run
 //! use strata_sandbox::{run, Network, RootFs, RunRequest};
@@ -69,7 +71,7 @@
 //!     argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
 //!     env: vec!["PATH=/usr/bin:/bin".into()],
 //!     cwd: "/".into(),
-//!     user: String::new(),
+//!     user: "".into(),
 //!     network: Network::None,
 //!     mounts: vec![],
 //!     hostname: "build".into(),
@@ -98,7 +100,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub use error::SandboxError;
-pub use user::resolve_user;
+pub use user::{resolve_user, resolve_user_in};
 
 use plan::PreparedSource;
 
@@ -201,9 +203,8 @@ pub struct RunRequest {
     /// Absolute working directory in the container; created (`mkdir -p`, owned by the
     /// user) when missing.
     pub cwd: String,
-    /// `""` (root), `name`, `uid`, `name:group` or `uid:gid`, resolved with the rootfs's
-    /// own `/etc/passwd` and `/etc/group` (see [`resolve_user`]).
-    pub user: String,
+    /// Who runs the command.
+    pub user: User,
     /// Host network or an isolated one.
     pub network: Network,
     /// Extra mounts, applied in order after the standard ones.
@@ -211,6 +212,45 @@ pub struct RunRequest {
     /// Hostname in the step's uts namespace (also in the generated `/etc/hosts`);
     /// `"sandbox"` when empty.
     pub hostname: String,
+}
+
+/// Who runs a step's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum User {
+    /// `""` (root), `name`, `uid`, `name:group` or `uid:gid`, resolved with the rootfs's own
+    /// `/etc/passwd` and `/etc/group` (see [`resolve_user`]). Only for a [`RootFs::Dir`]:
+    /// what an overlay's lower layers hold is the caller's to read (it knows the layer model).
+    Spec(String),
+    /// Numeric ids, already resolved (e.g. with [`resolve_user_in`]).
+    Ids {
+        /// The uid.
+        uid: u32,
+        /// The primary gid.
+        gid: u32,
+        /// Supplementary gids.
+        groups: Vec<u32>,
+    },
+}
+
+impl From<&str> for User {
+    fn from(spec: &str) -> User {
+        User::Spec(spec.to_string())
+    }
+}
+
+impl From<(u32, u32, Vec<u32>)> for User {
+    fn from((uid, gid, groups): (u32, u32, Vec<u32>)) -> User {
+        User::Ids { uid, gid, groups }
+    }
+}
+
+impl std::fmt::Display for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            User::Spec(s) => f.write_str(s),
+            User::Ids { uid, gid, .. } => write!(f, "{uid}:{gid}"),
+        }
+    }
 }
 
 /// Which pipe a line came from.
@@ -230,9 +270,9 @@ pub struct RunOutcome {
     /// The last [`TAIL_LINES`] output lines (both streams, in arrival order).
     pub tail: Vec<String>,
     /// Container paths created only as mountpoints (parents before children). [`run`] has
-    /// already removed those still empty from the rootfs (for an overlay, from the upperdir,
-    /// with directories copied up only to hold them); any still present were written to by
-    /// the command.
+    /// already removed those still empty from the rootfs (for an overlay, from the upperdir;
+    /// their copied-up parents are the caller's to drop); any still present were written to
+    /// by the command.
     pub stubs: Vec<String>,
 }
 
@@ -318,7 +358,7 @@ pub fn run_cancellable(
                 // the helpers refused: only the caller can be mapped
                 prepared.userns =
                     Some(IdMap::Single { uid: euid, gid: egid, why: failure.to_string() });
-                check_mapped(&prepared, &req.user)?;
+                check_mapped(&prepared, &req.user.to_string())?;
                 plan = plan::build(&prepared)?;
             }
         }
@@ -335,10 +375,7 @@ pub fn run_cancellable(
     };
     drop(child); // kills and reaps it if still running (an error above)
     let stub_root = match &req.rootfs {
-        RootFs::Overlay { upper, lowers, .. } => stubs::StubRoot::Overlay {
-            upper: upper.clone(),
-            lowers_top_first: lowers.iter().rev().cloned().collect(),
-        },
+        RootFs::Overlay { upper, .. } => stubs::StubRoot::Overlay { upper: upper.clone() },
         RootFs::Dir(dir) => stubs::StubRoot::Dir(dir.clone()),
     };
     stubs::remove_stubs(&stub_root, &stubs);
@@ -577,7 +614,7 @@ fn prepare(
     fs::create_dir(&root_mountpoint).map_err(io_err("creating", &root_mountpoint))?;
     let root_mountpoint = canonical(&root_mountpoint)?;
 
-    let (rootfs, layers_top_first) = match &req.rootfs {
+    let rootfs = match &req.rootfs {
         RootFs::Overlay { lowers, upper, work } => {
             let mut top_first: Vec<PathBuf> =
                 lowers.iter().rev().map(|l| canonical(l)).collect::<Result<_, _>>()?;
@@ -588,18 +625,18 @@ fn prepare(
             }
             let upper = canonical(upper)?;
             let work = canonical(work)?;
-            let rootfs = overlay_rootfs(&top_first, &upper, &work, rootless)?;
-            let mut layers = vec![upper];
-            layers.extend(top_first);
-            (rootfs, layers)
+            overlay_rootfs(&top_first, &upper, &work, rootless)?
         }
-        RootFs::Dir(dir) => {
-            let dir = canonical(dir)?;
-            (PreparedRootfs::Bind(dir.clone()), vec![dir])
-        }
+        RootFs::Dir(dir) => PreparedRootfs::Bind(canonical(dir)?),
     };
 
-    let (uid, gid, groups) = user::resolve_user_layered(&layers_top_first, &req.user)?;
+    let (uid, gid, groups) = match (&req.user, &req.rootfs) {
+        (User::Ids { uid, gid, groups }, _) => (*uid, *gid, groups.clone()),
+        (User::Spec(spec), RootFs::Dir(dir)) => resolve_user(dir, spec)?,
+        (User::Spec(spec), RootFs::Overlay { .. }) => {
+            return Err(SandboxError::UserNeedsIds { user: spec.clone() })
+        }
+    };
 
     let hostname = if req.hostname.is_empty() { "sandbox" } else { &req.hostname };
     let hosts_file = scratch.join("hosts");
@@ -658,7 +695,7 @@ fn prepare(
         argv: req.argv.clone(),
         env: req.env.clone(),
     };
-    check_mapped(&prepared, &req.user)?;
+    check_mapped(&prepared, &req.user.to_string())?;
     Ok(prepared)
 }
 
@@ -904,7 +941,7 @@ mod tests {
             argv: vec![],
             env: vec![],
             cwd: "/".into(),
-            user: String::new(),
+            user: "".into(),
             network: Network::None,
             mounts: vec![],
             hostname: String::new(),

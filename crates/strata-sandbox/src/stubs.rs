@@ -3,22 +3,20 @@
 //! A mountpoint the image lacks must be created before mounting on it, and in an overlay
 //! that creation lands in the upperdir (copying up the parent directory too). After the step
 //! such a stub is removed when it is still what we created (an empty directory or an empty
-//! file). For an overlay, a parent directory that is now empty in the upperdir, carries no
-//! opaque/redirect marker, and matches its lower copy in mode and owner was only copied up to
-//! hold the stub, so it goes too: the upperdir then holds only the command's changes.
-//! (A command that only touched such a directory's mtime loses that change; nothing else can.)
+//! file). A parent directory copied up only to hold a stub is the caller's to drop: telling
+//! it from one the command changed needs the lower layers' view, which is strata-layer's
+//! overlay model (`overlay::drop_copy_ups`), not this crate's.
 
-use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 
 /// The rootfs whose stubs are to be removed.
 pub(crate) enum StubRoot {
-    /// An overlay: stubs are in `upper`; `lowers_top_first` tell copied-up parents apart.
-    Overlay { upper: PathBuf, lowers_top_first: Vec<PathBuf> },
+    /// An overlay: stubs are in `upper`.
+    Overlay { upper: PathBuf },
     /// A plain directory.
     Dir(PathBuf),
 }
@@ -68,10 +66,9 @@ pub(crate) fn remove_stubs(root: &StubRoot, stubs: &[String]) {
         StubRoot::Overlay { upper, .. } => upper,
         StubRoot::Dir(d) => d,
     };
-    let mut parents: BTreeSet<String> = BTreeSet::new();
     for stub in stubs.iter().rev() {
         let Some((dir, name)) = parent_and_name(base, rel(stub)) else { continue };
-        let removed = match lstat_at(&dir, name) {
+        match lstat_at(&dir, name) {
             Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                 rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).is_ok()
             }
@@ -83,31 +80,6 @@ pub(crate) fn remove_stubs(root: &StubRoot, stubs: &[String]) {
             }
             _ => false,
         };
-        if removed {
-            if let Some(parent) = parent_of(stub) {
-                parents.insert(parent);
-            }
-        }
-    }
-    let StubRoot::Overlay { upper, lowers_top_first } = root else {
-        return;
-    };
-    // deepest first, so that a removed directory can free its own parent
-    while let Some(dir) =
-        parents.iter().max_by_key(|p| (p.matches('/').count(), (*p).clone())).cloned()
-    {
-        parents.remove(&dir);
-        if stubs.contains(&dir) {
-            continue;
-        }
-        let Some((pfd, name)) = parent_and_name(upper, rel(&dir)) else { continue };
-        if only_copied_up(&pfd, name, lowers_top_first, &dir)
-            && rustix::fs::unlinkat(&pfd, name, AtFlags::REMOVEDIR).is_ok()
-        {
-            if let Some(parent) = parent_of(&dir) {
-                parents.insert(parent);
-            }
-        }
     }
 }
 
@@ -163,48 +135,6 @@ fn parent_of(container_path: &str) -> Option<String> {
     (parent != Path::new("/")).then(|| parent.to_string_lossy().into_owned())
 }
 
-/// Whether the upper directory `name` in `parent` (container path `dir`) exists only because
-/// a stub was put in it: empty, no opaque or redirect marker, and like its lower copy.
-fn only_copied_up(parent: &OwnedFd, name: &OsStr, lowers_top_first: &[PathBuf], dir: &str) -> bool {
-    let Ok(up) = rustix::fs::openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return false;
-    };
-    let Ok(meta) = rustix::fs::fstat(&up) else { return false };
-    let empty = rustix::fs::Dir::read_from(&up).is_ok_and(|d| {
-        d.filter_map(Result::ok).all(|e| matches!(e.file_name().to_bytes(), b"." | b".."))
-    });
-    if !empty {
-        return false;
-    }
-    let markers = [
-        "trusted.overlay.opaque",
-        "user.overlay.opaque",
-        "trusted.overlay.redirect",
-        "user.overlay.redirect",
-    ];
-    if markers.iter().any(|m| rustix::fs::fgetxattr(up.as_fd(), *m, &mut [0u8; 0][..]).is_ok()) {
-        return false;
-    }
-    let lower = lowers_top_first.iter().find_map(|l| {
-        let (d, n) = parent_and_name(l, rel(dir))?;
-        lstat_at(&d, n)
-    });
-    match lower {
-        Some(l) => {
-            FileType::from_raw_mode(l.st_mode) == FileType::Directory
-                && l.st_mode == meta.st_mode
-                && l.st_uid == meta.st_uid
-                && l.st_gid == meta.st_gid
-        }
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,32 +186,5 @@ mod tests {
             let m = fs::metadata(&d).unwrap();
             assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000, 123), "{}", d.display());
         }
-    }
-
-    #[test]
-    fn copied_up_parent_removed_only_when_unchanged() {
-        let lower = tempfile::tempdir().unwrap();
-        let upper = tempfile::tempdir().unwrap();
-        fs::create_dir_all(lower.path().join("etc")).unwrap();
-        fs::create_dir_all(lower.path().join("root")).unwrap();
-        fs::create_dir_all(upper.path().join("etc")).unwrap();
-        fs::write(upper.path().join("etc/resolv.conf"), b"").unwrap();
-        fs::create_dir_all(upper.path().join("root/.cache")).unwrap();
-        fs::write(upper.path().join("root/keep"), b"x").unwrap();
-        // a dir present only in upper (the command created it) is not a copy-up
-        fs::create_dir_all(upper.path().join("new/stub")).unwrap();
-        let root = StubRoot::Overlay {
-            upper: upper.path().to_path_buf(),
-            lowers_top_first: vec![lower.path().to_path_buf()],
-        };
-        let stubs: Vec<String> = ["/etc/resolv.conf", "/root/.cache", "/new/stub"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        remove_stubs(&root, &stubs);
-        assert!(!upper.path().join("etc").exists(), "copy-up for the stub only");
-        assert!(upper.path().join("root/keep").exists());
-        assert!(!upper.path().join("root/.cache").exists());
-        assert!(upper.path().join("new").is_dir(), "no lower copy: the command's");
     }
 }

@@ -6,7 +6,7 @@
 //! groups are those in `/etc/group` listing the user by name, and only when no group was
 //! given explicitly. Malformed lines are skipped, as libc does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::SandboxError;
 
@@ -14,95 +14,73 @@ use crate::SandboxError;
 pub(crate) type Ids = (u32, u32, Vec<u32>);
 
 /// Resolves `user` (`""`, `name`, `uid`, `name:group`, `uid:gid`, mixed) with the passwd
-/// and group files of the root filesystem at `rootfs_dir`.
+/// and group files of the root filesystem at `rootfs_dir` (read inside it: a symlink in it
+/// never leads out).
 ///
 /// `""` means root: uid 0, gid 0 and root's supplementary groups from `/etc/group` (as
 /// `docker run` shows them). Missing passwd/group files are treated as empty.
 pub fn resolve_user(rootfs_dir: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), SandboxError> {
-    resolve_user_layered(&[rootfs_dir.to_path_buf()], user)
+    let passwd = read_in_root(rootfs_dir, "etc/passwd")?;
+    let group = read_in_root(rootfs_dir, "etc/group")?;
+    resolve_user_in(&passwd, &group, user).map_err(|e| match e {
+        SandboxError::UnknownUser { user, .. } => {
+            SandboxError::UnknownUser { user, passwd: rootfs_dir.join("etc/passwd") }
+        }
+        SandboxError::UnknownGroup { group, .. } => {
+            SandboxError::UnknownGroup { group, group_file: rootfs_dir.join("etc/group") }
+        }
+        other => other,
+    })
 }
 
-/// Like [`resolve_user`], for a stack of layer directories given TOP first: a file is taken
-/// from the highest layer that has it, and a whiteout (char device 0/0) hides lower copies.
-pub(crate) fn resolve_user_layered(
-    layers_top_first: &[PathBuf],
-    user: &str,
-) -> Result<Ids, SandboxError> {
-    let (passwd_path, passwd) = read_in_layers(layers_top_first, "etc/passwd")?.unzip();
-    let (group_path, group) = read_in_layers(layers_top_first, "etc/group")?.unzip();
-    let (passwd, group) = (passwd.unwrap_or_default(), group.unwrap_or_default());
-    let shown = |p: Option<PathBuf>| {
-        p.unwrap_or_else(|| {
-            layers_top_first
-                .first()
-                .map(|d| d.join("etc/passwd"))
-                .unwrap_or_else(|| PathBuf::from("/etc/passwd"))
-        })
-    };
-    resolve_in(&passwd, &group, user).map_err(|e| match e {
-        Unresolved::User(u) => {
-            SandboxError::UnknownUser { user: u, passwd: shown(passwd_path.clone()) }
+/// Resolves `user` with the contents of an image's `/etc/passwd` and `/etc/group` (empty
+/// when the image has none), by Docker's rules (module docs). For an image that is a stack
+/// of layers, read the two files through the stack (strata-layer's overlay model) and pass
+/// the result as [`User::Ids`](crate::User::Ids).
+pub fn resolve_user_in(passwd: &str, group: &str, user: &str) -> Result<Ids, SandboxError> {
+    resolve_in(passwd, group, user).map_err(|e| match e {
+        Unresolved::User(u) => SandboxError::UnknownUser { user: u, passwd: "/etc/passwd".into() },
+        Unresolved::Group(g) => {
+            SandboxError::UnknownGroup { group: g, group_file: "/etc/group".into() }
         }
-        Unresolved::Group(g) => SandboxError::UnknownGroup {
-            group: g,
-            group_file: group_path.clone().unwrap_or_else(|| shown(None).with_file_name("group")),
-        },
         Unresolved::Spec => SandboxError::BadUserSpec { user: user.to_string() },
     })
 }
 
-/// The content of `rel` in a layer stack (top first) and the host path it was read from,
-/// honouring whiteouts; only regular files count. Nothing is followed out of a layer: a
-/// single directory (a plain rootfs) resolves `rel` inside itself as if it were `/`; in a
-/// stack, where a symlink would have to be resolved against the merged tree, a symlink on
-/// the way ends the search.
-fn read_in_layers(
-    layers_top_first: &[PathBuf],
-    rel: &str,
-) -> Result<Option<(PathBuf, String)>, SandboxError> {
+/// The content of `rel` inside `root` (resolved as if `root` were `/`), or `""` when there is
+/// no such regular file.
+fn read_in_root(root: &Path, rel: &str) -> Result<String, SandboxError> {
     use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
-    let flags = match layers_top_first {
-        [_] => ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        _ => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    let shown = root.join(rel);
+    let io = |e: rustix::io::Errno| SandboxError::Io {
+        action: "reading",
+        path: shown.clone(),
+        source: e.into(),
     };
-    for dir in layers_top_first {
-        let shown = dir.join(rel);
-        let io = |e: rustix::io::Errno| SandboxError::Io {
-            action: "reading",
-            path: shown.clone(),
-            source: e.into(),
-        };
-        let root = match rustix::fs::open(
-            dir,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(root) => root,
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(io(e)),
-        };
-        let open = |oflags: OFlags| {
-            rustix::fs::openat2(&root, rel, oflags | OFlags::CLOEXEC, Mode::empty(), flags)
-        };
-        let fd = match open(OFlags::PATH | OFlags::NOFOLLOW) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(_) => return Ok(None),
-        };
-        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(io)?.st_mode);
-        if kind != FileType::RegularFile {
-            return Ok(None); // a whiteout (char 0/0) or anything else hides lower copies
-        }
-        let mut file = std::fs::File::from(open(OFlags::RDONLY | OFlags::NOFOLLOW).map_err(io)?);
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|source| SandboxError::Io {
-            action: "reading",
-            path: shown.clone(),
-            source,
-        })?;
-        return Ok(Some((shown, String::from_utf8_lossy(&bytes).into_owned())));
+    let dir =
+        rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(io)?;
+    let flags = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let open = |oflags: OFlags| {
+        rustix::fs::openat2(&dir, rel, oflags | OFlags::CLOEXEC, Mode::empty(), flags)
+    };
+    let fd = match open(OFlags::PATH) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(String::new()),
+        Err(e) => return Err(io(e)),
+    };
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(io)?.st_mode) != FileType::RegularFile
+    {
+        return Ok(String::new());
     }
-    Ok(None)
+    let mut file = std::fs::File::from(open(OFlags::RDONLY).map_err(io)?);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|source| SandboxError::Io {
+        action: "reading",
+        path: shown.clone(),
+        source,
+    })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[derive(Debug, PartialEq)]
@@ -261,30 +239,6 @@ mod tests {
         assert_eq!(r("app:"), Err(Unresolved::Spec));
         assert_eq!(r(":app"), Err(Unresolved::Spec));
         assert_eq!(r("a:b:c"), Err(Unresolved::Spec));
-    }
-
-    #[test]
-    fn layered_lookup_honours_top_layer_and_whiteouts() {
-        let top = tempfile::tempdir().unwrap();
-        let bottom = tempfile::tempdir().unwrap();
-        fs::create_dir_all(bottom.path().join("etc")).unwrap();
-        fs::create_dir_all(top.path().join("etc")).unwrap();
-        fs::write(bottom.path().join("etc/passwd"), "app:x:1:1::/:/bin/sh\n").unwrap();
-        let layers = [top.path().to_path_buf(), bottom.path().to_path_buf()];
-        assert_eq!(resolve_user_layered(&layers, "app").unwrap(), (1, 1, vec![1]));
-        fs::write(top.path().join("etc/passwd"), "app:x:7:7::/:/bin/sh\n").unwrap();
-        assert_eq!(resolve_user_layered(&layers, "app").unwrap(), (7, 7, vec![7]));
-        fs::remove_file(top.path().join("etc/passwd")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            top.path().join("etc/passwd"),
-            rustix::fs::FileType::CharacterDevice,
-            rustix::fs::Mode::empty(),
-            0,
-        )
-        .unwrap();
-        let err = resolve_user_layered(&layers, "app").unwrap_err();
-        assert!(matches!(err, SandboxError::UnknownUser { .. }), "{err}");
     }
 
     #[test]

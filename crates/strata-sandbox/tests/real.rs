@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use strata_sandbox::{
-    overlay_supported, run, run_cancellable, Access, BindSource, CancelToken, Mount, Network,
-    RootFs, RunOutcome, RunRequest, SandboxError, Stream,
+    overlay_supported, resolve_user, run, run_cancellable, Access, BindSource, CancelToken, Mount,
+    Network, RootFs, RunOutcome, RunRequest, SandboxError, Stream, User,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -80,11 +80,26 @@ impl Image {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
-            user: String::new(),
+            user: self.user(""),
             network: Network::None,
             mounts: vec![],
             hostname: "stepbox".into(),
         }
+    }
+    /// A user resolved with the image's passwd and group, as a builder does for an overlay.
+    fn user(&self, spec: &str) -> User {
+        resolve_user(&self.lower, spec).unwrap().into()
+    }
+    /// What the step left in the upperdir besides `/etc`, which overlay copied up to hold the
+    /// `/etc/hosts` and `/etc/resolv.conf` stubs and which the sandbox leaves, empty, for
+    /// the caller to drop (it knows the lower layers).
+    fn upper_changes(&self) -> Vec<String> {
+        let etc = self.upper.join("etc");
+        let mut out = self.upper_entries();
+        if fs::read_dir(&etc).is_ok_and(|mut d| d.next().is_none()) {
+            out.retain(|e| e != "etc");
+        }
+        out
     }
     fn upper_entries(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -205,16 +220,19 @@ fn user_by_name_uid_and_group_with_supplementary_groups() {
     for (user, want) in cases {
         let img = image();
         let mut req = img.req("echo $(id -u) $(id -g) $(id -G)");
-        req.user = user.into();
+        req.user = img.user(user);
         let (outcome, lines) = run_collect(&req);
         assert_eq!(outcome.exit_code, 0, "{user}: {lines:?}");
         assert_eq!(stdout_of(&lines), [want], "user {user:?}");
     }
     let img = image();
-    let mut req = img.req("true");
-    req.user = "ghost".into();
-    let err = run(&req, &mut |_, _| {}).unwrap_err();
+    let err = resolve_user(&img.lower, "ghost").unwrap_err();
     assert!(matches!(err, SandboxError::UnknownUser { .. }), "{err}");
+    // An overlay's users are the caller's to resolve (it knows the layers).
+    let mut req = img.req("true");
+    req.user = "app".into();
+    let err = run(&req, &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, SandboxError::UserNeedsIds { .. }), "{err}");
 }
 
 #[test]
@@ -225,7 +243,7 @@ fn missing_cwd_is_created_and_owned_by_the_user() {
     let img = image();
     let mut req = img.req("pwd; stat -c %u:%g . ; touch mine");
     req.cwd = "/srv/deep/dir".into();
-    req.user = "app".into();
+    req.user = img.user("app");
     let (outcome, lines) = run_collect(&req);
     assert_eq!(outcome.exit_code, 0, "{lines:?}");
     assert_eq!(stdout_of(&lines), ["/srv/deep/dir", "1000:1000"]);
@@ -252,7 +270,7 @@ fn environment_is_exactly_the_request_env_and_path_is_searched_inside() {
     let err = run(&req, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, SandboxError::Exec { .. }), "{err}");
     assert!(err.to_string().contains("no-such-tool"), "{err}");
-    assert_eq!(img.upper_entries(), Vec::<String>::new(), "stubs removed after a failed setup too");
+    assert_eq!(img.upper_changes(), Vec::<String>::new(), "stubs removed after a failed setup too");
 }
 
 #[test]
@@ -285,7 +303,7 @@ fn hosts_and_resolv_conf_are_present_inside_but_not_left_in_upper() {
     let out = stdout_of(&lines);
     assert!(out.iter().any(|l| l.starts_with("127.0.0.1") && l.contains("stepbox")), "{out:?}");
     assert!(out.iter().any(|l| l == "resolv-ok"), "{out:?}");
-    assert_eq!(img.upper_entries(), Vec::<String>::new());
+    assert_eq!(img.upper_changes(), Vec::<String>::new());
 }
 
 #[test]
@@ -330,7 +348,7 @@ fn bind_mounts_read_only_and_read_write_and_tmpfs() {
     assert_eq!(fs::read_to_string(ro.join("data")).unwrap(), "from host\n");
     assert_eq!(fs::read_to_string(rw.join("out")).unwrap(), "w\n");
     assert_eq!(
-        img.upper_entries(),
+        img.upper_changes(),
         Vec::<String>::new(),
         "stubs and tmpfs contents stay out of upper"
     );
@@ -419,7 +437,7 @@ fn plain_directory_rootfs_and_host_network() {
     assert_ne!(outcome.exit_code, 0, "app may not write to /");
     assert!(!root.join("made").exists());
     let mut req = req;
-    req.user = String::new();
+    req.user = "".into();
     let (outcome, lines) = run_collect(&req);
     assert_eq!(outcome.exit_code, 0, "{lines:?}");
     assert_eq!(fs::read_to_string(root.join("made")).unwrap(), "made\n");
@@ -569,7 +587,7 @@ fn root_step_has_dockers_capabilities_and_proc_is_guarded() {
     assert_eq!(out[2..], ["sys-refused", "0"]);
 
     let mut req = img.req("grep -E '^CapEff' /proc/self/status");
-    req.user = "app".into();
+    req.user = img.user("app");
     let (_, lines) = run_collect(&req);
     assert_eq!(stdout_of(&lines), ["CapEff:\t0000000000000000"]);
 }
@@ -589,7 +607,7 @@ fn dangling_resolv_conf_symlink_in_the_image_is_left_alone() {
     assert_eq!(outcome.exit_code, 0, "{lines:?}");
     assert_eq!(stdout_of(&lines), ["ok"]);
     assert!(!outcome.stubs.iter().any(|s| s == "/etc/resolv.conf"), "{:?}", outcome.stubs);
-    assert_eq!(img.upper_entries(), Vec::<String>::new());
+    assert_eq!(img.upper_changes(), Vec::<String>::new());
 }
 
 /// The rootless path, run by `rootless_step_runs_in_a_user_namespace` as uid 65534.
@@ -612,7 +630,7 @@ fn helper_rootless_step() {
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "whiteout 0/0");
     assert_eq!(img.upper_entries(), ["etc", "etc/motd", "new.txt"]);
 
-    req.user = "app".into();
+    req.user = img.user("app");
     let err = run(&req, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, SandboxError::UnmappedUser { uid: 1000, .. }), "{err}");
     assert!(err.to_string().contains("subordinate ids are not used"), "{err}");
@@ -636,7 +654,7 @@ fn helper_subordinate_step() {
         assert_eq!(outcome.exit_code, 0, "{lines:?}");
         assert_eq!(stdout_of(&lines), ["0"]);
         let mut req = img.req("true");
-        req.user = "app".into();
+        req.user = img.user("app");
         let err = run(&req, &mut |_, _| {}).unwrap_err();
         assert!(matches!(err, SandboxError::UnmappedUser { uid: 1000, .. }), "{err}");
         assert!(
@@ -646,7 +664,7 @@ fn helper_subordinate_step() {
         return;
     }
     let mut req = img.req("id -u; id -g; id -G; touch mine; stat -c %u:%g mine");
-    req.user = "app".into();
+    req.user = img.user("app");
     req.cwd = "/work".into();
     let (outcome, lines) = run_collect(&req);
     assert_eq!(outcome.exit_code, 0, "{lines:?}");
@@ -662,7 +680,7 @@ fn helper_subordinate_step() {
     let mut req = img.req(
         "chown 1000:1000 /etc/motd && touch /new && chown 5:7 /new && stat -c %u:%g /etc/motd /new",
     );
-    req.user = String::new();
+    req.user = img.user("");
     let (outcome, lines) = run_collect(&req);
     assert_eq!(outcome.exit_code, 0, "{lines:?}");
     assert_eq!(stdout_of(&lines), ["1000:1000", "5:7"]);
@@ -670,11 +688,11 @@ fn helper_subordinate_step() {
     assert_eq!(host("new"), (SUB_UIDS.0 + 4, SUB_GIDS.0 + 6));
     let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
     let mut req = img.req("touch /mine-as-root");
-    req.user = "0:0".into();
+    req.user = img.user("0:0");
     assert_eq!(run_collect(&req).0.exit_code, 0);
     assert_eq!(host("mine-as-root"), me, "container root is the caller");
 
-    req.user = "70000".into();
+    req.user = img.user("70000");
     let err = run(&req, &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, SandboxError::UnmappedUser { uid: 70000, .. }), "{err}");
     assert!(err.to_string().contains("uids 0-65536 and gids 0-65536"), "{err}");

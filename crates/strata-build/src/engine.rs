@@ -1,0 +1,108 @@
+//! The two side effects a build reaches through traits: running a RUN step, and finding the
+//! image a FROM or `--from` names.
+//!
+//! Everything else the engine does itself, on the store: planning stages, computing cache
+//! keys, staging COPY and ADD, writing layers, assembling the config. Running a process needs
+//! namespaces and root, and a base image may need a registry; behind [`StepRunner`] and
+//! [`ImageSource`] they can be replaced, so the planning, caching and stage logic are tested
+//! without either (with fakes that record what they were asked), while production uses
+//! [`SandboxRunner`] (strata-sandbox) and [`StoreImages`] (the store, OCI layouts, archives
+//! and registries, as the build's options say).
+
+use std::path::Path;
+
+use strata_sandbox::{RunOutcome, RunRequest, SandboxError, Stream};
+use strata_store::{Image, Store, StoreError};
+use strata_types::ImageLocation;
+
+use crate::error::{BuildError, Result};
+use crate::options::BuildOptions;
+use crate::progress::ProgressSink;
+use crate::pull::Pulls;
+
+/// Runs a RUN step's command on a prepared root filesystem.
+pub trait StepRunner: Sync {
+    /// Whether an overlay root filesystem can be mounted for steps whose scratch space is on
+    /// the file system of `scratch` (else the engine unpacks the chain into a directory and
+    /// compares before and after).
+    fn overlay_supported(&self, scratch: &Path) -> bool;
+
+    /// Runs `req`, handing each output line to `on_line`; a non-zero exit is in the outcome,
+    /// not an error.
+    fn run(
+        &self,
+        req: &RunRequest,
+        on_line: &mut dyn FnMut(Stream, &str),
+    ) -> std::result::Result<RunOutcome, SandboxError>;
+}
+
+/// The real runner: strata-sandbox's namespaces and mounts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SandboxRunner;
+
+impl StepRunner for SandboxRunner {
+    fn overlay_supported(&self, scratch: &Path) -> bool {
+        strata_sandbox::overlay_supported(scratch)
+    }
+
+    fn run(
+        &self,
+        req: &RunRequest,
+        on_line: &mut dyn FnMut(Stream, &str),
+    ) -> std::result::Result<RunOutcome, SandboxError> {
+        strata_sandbox::run(req, on_line)
+    }
+}
+
+/// Finds the image a FROM or `--from` names and makes sure its blobs are in the store.
+pub trait ImageSource: Sync {
+    /// The image `reference` (as the recipe wrote it, after expansion) names, in `store`.
+    fn image(&self, store: &Store, reference: &str, progress: &dyn ProgressSink) -> Result<Image>;
+}
+
+/// The real source: a plain `name:tag` is the store's; `host/repo:tag` and `docker://...`
+/// are registry images, pulled as `--pull` says and kept in the store under their full name
+/// (once per reference per build); `oci:` and `docker-archive:` images are loaded into the
+/// store.
+pub struct StoreImages<'a> {
+    opts: &'a BuildOptions,
+    pulls: Pulls,
+}
+
+impl<'a> StoreImages<'a> {
+    /// The source a build with `opts` uses (its pull policy and registry settings).
+    pub fn new(opts: &'a BuildOptions) -> StoreImages<'a> {
+        StoreImages { opts, pulls: Pulls::default() }
+    }
+}
+
+impl ImageSource for StoreImages<'_> {
+    fn image(&self, store: &Store, reference: &str, progress: &dyn ProgressSink) -> Result<Image> {
+        let location: ImageLocation = reference.parse()?;
+        match &location {
+            ImageLocation::Store(r) => match registry_name(r) {
+                // `host/repo:tag` in FROM names a registry (DESIGN.md decision 8); the store's
+                // copy is tagged with exactly that name.
+                Some(named) => self.pulls.image(store, self.opts, progress, &named, reference),
+                None => match store.load_image(r) {
+                    Ok(i) => Ok(i),
+                    Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
+                        Err(BuildError::ImageNotInStore {
+                            reference: reference.to_string(),
+                            why: "it names no registry to pull it from: write HOST/REPO:TAG",
+                        })
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            },
+            ImageLocation::Registry(r) => {
+                self.pulls.image(store, self.opts, progress, r, reference)
+            }
+            _ => Ok(strata_image::load(store, &location)?.0),
+        }
+    }
+}
+
+fn registry_name(name: &str) -> Option<strata_types::Reference> {
+    name.parse::<strata_types::Reference>().ok().filter(|r| r.domain().is_some())
+}
