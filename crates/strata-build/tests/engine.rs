@@ -1,0 +1,273 @@
+//! The build engine without root: stage planning, the step cache and ONBUILD, driven through
+//! a fake [`StepRunner`] that records each RUN and writes what a script says into the step's
+//! root filesystem, and a fake [`ImageSource`] that serves images made in the test store.
+//! These run as any user; the real sandbox is tested as root elsewhere.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Mutex;
+
+use strata_build::sandbox::{RootFs, RunOutcome, RunRequest, SandboxError, Stream, User};
+use strata_build::{
+    build_with, BuildArgs, BuildError, BuildOptions, ImageSource, ProgressSink, StepRunner,
+};
+use strata_image::{import_tree, ImportOptions};
+use strata_store::oci_spec::image::{Descriptor, MediaType};
+use strata_store::{Image, Store};
+use strata_types::Digest;
+
+/// A RUN as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ran {
+    script: String,
+    cwd: String,
+    uid: u32,
+    env: Vec<String>,
+}
+
+/// Runs nothing: records the request, writes `effects[script]` (path, content) into the
+/// rootfs, and exits with `exits[script]` (0 by default).
+#[derive(Default)]
+struct FakeRunner {
+    effects: BTreeMap<String, Vec<(String, String)>>,
+    exits: BTreeMap<String, i32>,
+    ran: Mutex<Vec<Ran>>,
+}
+
+impl FakeRunner {
+    fn effect(mut self, script: &str, files: &[(&str, &str)]) -> FakeRunner {
+        let files = files.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
+        self.effects.insert(script.to_string(), files);
+        self
+    }
+    fn scripts(&self) -> Vec<String> {
+        self.ran.lock().unwrap().iter().map(|r| r.script.clone()).collect()
+    }
+    fn clear(&self) {
+        self.ran.lock().unwrap().clear();
+    }
+}
+
+impl StepRunner for FakeRunner {
+    fn overlay_supported(&self, _scratch: &Path) -> bool {
+        false
+    }
+
+    fn run(
+        &self,
+        req: &RunRequest,
+        on_line: &mut dyn FnMut(Stream, &str),
+    ) -> Result<RunOutcome, SandboxError> {
+        let script = req.argv.last().cloned().unwrap_or_default();
+        let RootFs::Dir(root) = &req.rootfs else { panic!("the fake asks for a plain rootfs") };
+        let User::Ids { uid, .. } = req.user else { panic!("the engine resolves users") };
+        for (path, content) in self.effects.get(&script).into_iter().flatten() {
+            let p = root.join(path.trim_start_matches('/'));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+        on_line(Stream::Stdout, &format!("ran {script}"));
+        self.ran.lock().unwrap().push(Ran {
+            script: script.clone(),
+            cwd: req.cwd.clone(),
+            uid,
+            env: req.env.clone(),
+        });
+        let exit_code = self.exits.get(&script).copied().unwrap_or(0);
+        Ok(RunOutcome { exit_code, tail: vec![format!("ran {script}")], stubs: vec![] })
+    }
+}
+
+/// Serves the images it holds by name, and records what it was asked for.
+#[derive(Default)]
+struct FakeImages {
+    images: BTreeMap<String, Descriptor>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl ImageSource for FakeImages {
+    fn image(
+        &self,
+        store: &Store,
+        reference: &str,
+        _progress: &dyn ProgressSink,
+    ) -> strata_build::Result<Image> {
+        self.asked.lock().unwrap().push(reference.to_string());
+        let d = self.images.get(reference).ok_or_else(|| BuildError::ImageNotInStore {
+            reference: reference.to_string(),
+            why: "the fake does not have it",
+        })?;
+        Ok(store.image(d)?)
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    store: Store,
+    images: FakeImages,
+}
+
+/// A store with `base`: a tree with /etc/passwd (root and app 1000) and /etc/motd.
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path().join("store")).unwrap();
+    let tree = dir.path().join("base");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n")
+        .unwrap();
+    fs::write(tree.join("etc/motd"), "base\n").unwrap();
+    let imported = import_tree(&store, &tree, &ImportOptions::default()).unwrap();
+    let mut images = FakeImages::default();
+    images.images.insert("base".into(), imported.manifest);
+    Env { dir, store, images }
+}
+
+impl Env {
+    fn build(
+        &self,
+        recipe: &str,
+        runner: &FakeRunner,
+        tune: impl FnOnce(&mut BuildOptions),
+    ) -> strata_build::Result<strata_build::BuildOutput> {
+        let ctx = self.dir.path().join("ctx");
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("Dockerfile"), recipe).unwrap();
+        let mut opts = BuildOptions::new(&ctx);
+        tune(&mut opts);
+        build_with(&self.store, &opts, &strata_build::NoProgress, runner, &self.images)
+    }
+
+    /// An image in the store whose config carries Docker's `OnBuild` triggers.
+    fn onbuild_base(&mut self, name: &str, triggers: &[&str]) {
+        let base = self.store.image(&self.images.images["base"]).unwrap();
+        let mut config = serde_json::to_value(&base.config).unwrap();
+        config["config"]["OnBuild"] = serde_json::json!(triggers);
+        let put = self.store.put_json(&config).unwrap();
+        let manifest = self
+            .store
+            .put_image_with_config(&put.digest, put.size, base.manifest.layers())
+            .unwrap();
+        self.images.images.insert(name.into(), manifest);
+    }
+}
+
+fn file_in(store: &Store, image: &Image, path: &str) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    for layer in image.layer_digests().unwrap() {
+        strata_layer::apply_blob(
+            store,
+            &layer,
+            dir.path(),
+            &strata_layer::ApplyOptions::unprivileged(),
+        )
+        .unwrap();
+    }
+    fs::read_to_string(dir.path().join(path)).ok()
+}
+
+#[test]
+fn only_the_stages_the_target_needs_run_in_dependency_order() {
+    let e = env();
+    let runner = FakeRunner::default()
+        .effect("make a", &[("/a", "A")])
+        .effect("make b", &[("/b", "B")])
+        .effect("make c", &[("/c", "C")]);
+    let recipe = "FROM base AS a\nRUN make a\n\
+                  FROM base AS c\nRUN make c\n\
+                  FROM a AS b\nRUN make b\n\
+                  FROM base\nCOPY --from=b /b /b\n";
+    let out = e.build(recipe, &runner, |o| o.target = Some("b".into())).unwrap();
+    assert_eq!(runner.scripts(), ["make a", "make b"], "stage c is not needed for b");
+    assert_eq!(file_in(&e.store, &out.image, "a").as_deref(), Some("A"));
+    assert_eq!(file_in(&e.store, &out.image, "b").as_deref(), Some("B"));
+    assert_eq!(file_in(&e.store, &out.image, "c"), None);
+    assert_eq!(e.images.asked.lock().unwrap().as_slice(), ["base"]);
+}
+
+#[test]
+fn unchanged_steps_come_from_the_cache_and_a_changed_arg_misses() {
+    let e = env();
+    let runner = FakeRunner::default()
+        .effect("echo one", &[("/one", "1")])
+        .effect("echo two", &[("/two", "2")]);
+    let recipe = "FROM base\nRUN echo one\nARG V=1\nRUN echo two\n";
+    let first = e.build(recipe, &runner, |_| {}).unwrap();
+    assert_eq!(runner.scripts(), ["echo one", "echo two"]);
+    assert_eq!((first.layers_written, first.layers_reused), (2, 0));
+
+    runner.clear();
+    let again = e.build(recipe, &runner, |_| {}).unwrap();
+    assert!(runner.scripts().is_empty(), "{:?}", runner.scripts());
+    assert_eq!((again.layers_written, again.layers_reused), (0, 2));
+    assert_eq!(again.manifest.digest(), first.manifest.digest());
+
+    // The ARG is in scope of the second RUN only: the first still hits.
+    runner.clear();
+    let other = e
+        .build(recipe, &runner, |o| {
+            o.build_args = BuildArgs::from_iter([("V", "2")]);
+        })
+        .unwrap();
+    assert_eq!(runner.scripts(), ["echo two"]);
+    assert_eq!((other.layers_written, other.layers_reused), (1, 1));
+    let ran = runner.ran.lock().unwrap().clone();
+    assert!(ran[0].env.contains(&"V=2".to_string()), "{:?}", ran[0].env);
+
+    // --no-cache runs everything again, giving the same image.
+    runner.clear();
+    let forced = e.build(recipe, &runner, |o| o.no_cache = true).unwrap();
+    assert_eq!(runner.scripts(), ["echo one", "echo two"]);
+    assert_eq!(forced.manifest.digest(), first.manifest.digest());
+}
+
+#[test]
+fn user_and_workdir_reach_the_runner_resolved() {
+    let e = env();
+    let runner = FakeRunner::default();
+    // WORKDIR of an existing directory: creating one as app would need root to chown.
+    e.build("FROM base\nUSER app\nWORKDIR /etc\nRUN whoami\n", &runner, |_| {}).unwrap();
+    let ran = runner.ran.lock().unwrap().clone();
+    assert_eq!((ran[0].uid, ran[0].cwd.as_str()), (1000, "/etc"));
+}
+
+#[test]
+fn onbuild_triggers_run_once_in_the_child_only() {
+    let mut e = env();
+    e.onbuild_base("parent", &["RUN echo from-parent"]);
+    let runner = FakeRunner::default()
+        .effect("echo from-parent", &[("/triggered", "yes")])
+        .effect("echo child", &[("/child", "c")]);
+    let child = e.build("FROM parent\nRUN echo child\n", &runner, |_| {}).unwrap();
+    assert_eq!(runner.scripts(), ["echo from-parent", "echo child"]);
+    assert_eq!(file_in(&e.store, &child.image, "triggered").as_deref(), Some("yes"));
+    // A grandchild does not inherit the trigger.
+    let d: Digest = child.manifest.digest().to_string().parse().unwrap();
+    e.images.images.insert(
+        "child".into(),
+        Descriptor::new(MediaType::ImageManifest, child.manifest.size(), d),
+    );
+    runner.clear();
+    e.build("FROM child\nRUN echo child\n", &runner, |o| o.no_cache = true).unwrap();
+    assert_eq!(runner.scripts(), ["echo child"]);
+}
+
+#[test]
+fn a_failing_run_tags_nothing_and_names_the_step() {
+    let e = env();
+    let mut runner = FakeRunner::default();
+    runner.exits.insert("exit 3".into(), 3);
+    let err = e
+        .build("FROM base\nRUN exit 3\n", &runner, |o| o.tags = vec!["broken:1".into()])
+        .unwrap_err();
+    assert!(matches!(err.root_cause(), BuildError::RunFailed { exit_code: 3, .. }), "{err}");
+    assert!(e.store.load_image("broken:1").is_err());
+}
+
+#[test]
+fn a_base_the_source_lacks_is_an_error_naming_it() {
+    let e = env();
+    let err = e.build("FROM nowhere:1\nRUN true\n", &FakeRunner::default(), |_| {}).unwrap_err();
+    let text = format!("{err}");
+    assert!(text.contains("nowhere:1"), "{text}");
+}
