@@ -151,30 +151,30 @@ pub fn build(
 }
 
 /// The stage indices `--no-cache-filter` values name: a stage name (case-insensitive, as
-/// `--target`) or index. A value naming no stage is an error, not a filter that never matches.
+/// `--target`; every stage of that name when several share it) or index. A value naming no
+/// stage is an error, not a filter that never matches.
 fn resolve_stage_filter(plan: &strata_recipe::Plan, filter: &[String]) -> Result<BTreeSet<usize>> {
     let mut out = BTreeSet::new();
     for f in filter {
         let lower = f.to_ascii_lowercase();
-        let index = plan
+        let mut indices: Vec<usize> = plan
             .stages
             .iter()
-            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+            .filter(|s| s.name.as_deref() == Some(lower.as_str()))
             .map(|s| s.index)
-            .or_else(|| f.parse::<usize>().ok().filter(|i| *i < plan.stages.len()));
-        match index {
-            Some(i) => {
-                out.insert(i);
-            }
-            None => {
-                let stages = plan
-                    .stages
-                    .iter()
-                    .map(|s| s.name.clone().unwrap_or_else(|| s.index.to_string()))
-                    .collect();
-                return Err(BuildError::UnknownStageFilter { name: f.clone(), stages });
-            }
+            .collect();
+        if indices.is_empty() {
+            indices.extend(f.parse::<usize>().ok().filter(|i| *i < plan.stages.len()));
         }
+        if indices.is_empty() {
+            let stages = plan
+                .stages
+                .iter()
+                .map(|s| s.name.clone().unwrap_or_else(|| s.index.to_string()))
+                .collect();
+            return Err(BuildError::UnknownStageFilter { name: f.clone(), stages });
+        }
+        out.extend(indices);
     }
     Ok(out)
 }

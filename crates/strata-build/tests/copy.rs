@@ -195,6 +195,32 @@ COPY --from=base:1 /etc/motd /motd-from-image
     );
 }
 
+/// Issue #19 point 7: two stages with one name are BuildKit's `DuplicateStageName` warning,
+/// not an error, and the later stage is the one `--from` copies from; a stage name only
+/// buildah accepts (`1files`) builds too.
+#[test]
+fn duplicate_stage_name_copies_from_the_later_stage() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM scratch AS files
+COPY a.txt /x
+FROM scratch AS Files
+COPY b.txt /x
+FROM scratch AS 1files
+COPY a.txt /y
+FROM scratch
+COPY --from=files /x /got
+COPY --from=1FILES /y /got-y
+";
+    let ctx = e.context("ctx", &[("a.txt", "A"), ("b.txt", "B"), ("Dockerfile", recipe)]);
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("got")).unwrap(), "B");
+    assert_eq!(fs::read_to_string(root.path().join("got-y")).unwrap(), "A");
+}
+
 fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     {

@@ -109,14 +109,16 @@ pub enum ParseErrorKind {
         /// The instruction, upper case.
         instruction: String,
     },
-    /// Two stages share a name.
-    DuplicateStage {
-        /// The repeated name.
+    /// A stage name is all digits: `--from=N` and `--target N` would read it as an index.
+    /// (Names BuildKit refuses but buildah accepts are allowed; see [`crate::check`].)
+    InvalidStageName {
+        /// The name, lower-cased.
         name: String,
     },
-    /// A stage name is not valid (must match `[a-z][a-z0-9-_.]*`).
-    InvalidStageName {
-        /// The name as written.
+    /// `--from` (or a mount's `from=`) names a stage that is defined only after the stage
+    /// using it, as BuildKit refuses it.
+    StageDefinedLater {
+        /// The name as given.
         name: String,
     },
     /// `--target` or `--from` names a stage that does not exist.
@@ -171,11 +173,13 @@ impl fmt::Display for ParseErrorKind {
             InstructionBeforeFrom { instruction } => {
                 write!(f, "{instruction} before the first FROM: only ARG may come first")
             }
-            DuplicateStage { name } => write!(f, "duplicate stage name `{name}`"),
             InvalidStageName { name } => write!(
                 f,
-                "invalid stage name `{name}`: it must start with a letter and contain only \
-                 letters, digits, `-`, `_` and `.`"
+                "invalid stage name `{name}`: a name of digits only would be read as a stage index"
+            ),
+            StageDefinedLater { name } => write!(
+                f,
+                "cannot copy from stage `{name}`: it needs to be defined before the current stage"
             ),
             UnknownStage { name } => write!(f, "unknown stage `{name}`"),
             InvalidIgnorePattern { pattern, reason } => {

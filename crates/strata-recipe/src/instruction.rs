@@ -653,8 +653,11 @@ impl NodeCtx<'_> {
         let name = match args {
             [_] => None,
             [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
+                // BuildKit refuses names outside `[a-z][a-z0-9-_.]*`, buildah takes any word;
+                // such a name is accepted (the check `NonPortableStageName` warns) unless it
+                // is all digits, which `--from=N` would read as a stage index.
                 let name = name.to_ascii_lowercase();
-                if !valid_stage_name(&name) {
+                if name.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(self.err(ParseErrorKind::InvalidStageName { name }));
                 }
                 Some(name)
@@ -954,7 +957,9 @@ fn onbuild_expression(node: &Node) -> String {
     rest.trim().to_string()
 }
 
-/// Stage names follow BuildKit: `^[a-z][a-z0-9-_.]*$` after lower-casing.
+/// Whether BuildKit accepts `name` as a stage name: `^[a-z][a-z0-9-_.]*$` after lower-casing.
+/// strata also accepts the names buildah does (any word that is not all digits); the check
+/// `NonPortableStageName` ([`crate::check`]) reports the others.
 pub fn valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
