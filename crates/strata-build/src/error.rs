@@ -133,12 +133,6 @@ pub enum BuildError {
         /// `passwd` or `group`.
         file: &'static str,
     },
-    /// A `--chmod` value is not an octal mode.
-    #[error("invalid --chmod value {value}: only octal modes are supported")]
-    InvalidChmod {
-        /// The value.
-        value: String,
-    },
     /// A `--checksum` value is not `sha256:<64 hex>`.
     #[error("invalid --checksum value {value}: expected sha256:<64 hex digits>")]
     InvalidChecksum {

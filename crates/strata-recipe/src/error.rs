@@ -126,6 +126,14 @@ pub enum ParseErrorKind {
         /// The name or index as given.
         name: String,
     },
+    /// A COPY/ADD `--chmod` value is neither an octal mode up to `07777` nor a symbolic mode
+    /// (see [`crate::chmod`]); the error's span is the instruction's.
+    InvalidChmod {
+        /// The value as given (after expansion).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A `.dockerignore` line is not a valid pattern (bad `[...]` class, trailing `\`, a lone
     /// `!`); the line number is in the error's span.
     InvalidIgnorePattern {
@@ -182,6 +190,9 @@ impl fmt::Display for ParseErrorKind {
                 "cannot copy from stage `{name}`: it needs to be defined before the current stage"
             ),
             UnknownStage { name } => write!(f, "unknown stage `{name}`"),
+            InvalidChmod { value, reason } => {
+                write!(f, "invalid --chmod value '{value}': {reason}")
+            }
             InvalidIgnorePattern { pattern, reason } => {
                 write!(f, "invalid .dockerignore pattern `{pattern}`: {reason}")
             }

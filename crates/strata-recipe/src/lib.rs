@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod ast;
+pub mod chmod;
 pub mod dockerignore;
 pub mod error;
 pub mod instruction;
@@ -18,6 +19,7 @@ pub mod shell;
 pub mod stage;
 
 pub use ast::{Ast, Directive, Heredoc, Node};
+pub use chmod::{Chmod, ChmodFlag};
 pub use dockerignore::DockerIgnore;
 pub use error::{ParseError, ParseErrorKind, Span};
 pub use instruction::{Command, CopySpec, Instruction, KeyValue, Mount, MountType, Source};

@@ -125,6 +125,37 @@ fn onbuild_rejects_forbidden_triggers() {
     );
 }
 
+/// `--chmod` is parsed once, into a typed mode: literal values when the recipe is parsed,
+/// values naming variables when the stage is expanded; either way a bad value is an error
+/// naming the line.
+#[test]
+fn chmod_is_parsed_into_a_mode() {
+    let Instruction::Copy(c) = single("FROM a\nCOPY --chmod=u=rwX,go=rX a /b\n") else { panic!() };
+    let m = c.chmod.as_ref().and_then(|f| f.mode()).expect("parsed");
+    assert_eq!((m.apply(0o600, false), m.apply(0o700, true)), (0o644, 0o755));
+    let Instruction::Add(c) = single("FROM a\nADD --chmod=0750 a /b\n") else { panic!() };
+    assert_eq!(c.chmod.as_ref().and_then(|f| f.mode()).and_then(|m| m.octal()), Some(0o750));
+    let Instruction::Copy(c) = single("FROM a\nCOPY --chmod= a /b\n") else { panic!() };
+    assert_eq!(c.chmod, None, "an empty --chmod is none, as in BuildKit");
+
+    let e = parse("FROM a\nRUN true\nCOPY --chmod=64a a /b\n").unwrap_err();
+    assert!(matches!(&e.kind, ParseErrorKind::InvalidChmod { value, .. } if value == "64a"));
+    assert_eq!(e.span.line, 3);
+
+    let args = BuildArgs::new();
+    let recipe = parse("FROM a\nARG M=go-w\nCOPY --chmod=$M a /b\n").unwrap();
+    let plan = recipe.plan(&args, None).unwrap();
+    let steps = plan.expand_all(&args, '\\', &|_| Vec::new()).unwrap().remove(0).steps;
+    let Instruction::Copy(c) = &steps[1].instruction else { panic!() };
+    assert_eq!(c.chmod.as_ref().map(|f| f.to_string()).as_deref(), Some("go-w"));
+    assert!(c.chmod.as_ref().and_then(|f| f.mode()).is_some());
+
+    let recipe = parse("FROM a\nARG M=8\nCOPY --chmod=${M} a /b\n").unwrap();
+    let e = recipe.plan(&args, None).unwrap_err();
+    assert!(matches!(&e.kind, ParseErrorKind::InvalidChmod { value, .. } if value == "8"));
+    assert_eq!(e.span.line, 3);
+}
+
 #[test]
 fn healthcheck_options() {
     let Instruction::Healthcheck(Healthcheck::Cmd { interval, retries, .. }) =
