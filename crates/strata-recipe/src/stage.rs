@@ -61,7 +61,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for BuildArgs {
 
 /// The builtin args BuildKit defines for `platform` as both target and build platform
 /// (`TARGETPLATFORM`, `BUILDARCH`, ...); strata builds for the host.
-fn builtin_args(platform: &Platform) -> Vec<(String, String)> {
+pub(crate) fn builtin_args(platform: &Platform) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for prefix in ["TARGET", "BUILD"] {
         out.push((format!("{prefix}PLATFORM"), platform.to_string()));

@@ -242,6 +242,7 @@ proptest! {
     #[test]
     fn pipeline_never_panics(src in "(FROM|ARG|ENV|RUN|COPY|ADD|ONBUILD|HEALTHCHECK|LABEL|EXPOSE|WORKDIR|USER|SHELL|VOLUME|\\$|\\{|\\}|:|-|\\?|=|#|/|%|\"|'|\\\\|\\[|\\]|<<|EOF|--mount=|--from=|type=|,| |\n|a|b|0){0,60}") {
         if let Ok(recipe) = parse(&src) {
+            let _ = strata_recipe::check::run(&recipe, &strata_recipe::CheckOptions::default());
             let args: BuildArgs = [("a", "x")].into_iter().collect();
             if let Ok(plan) = recipe.plan(&args, None) {
                 let _ = plan.expand_all(&args, recipe.escape(), &|_| Vec::new());
