@@ -133,6 +133,13 @@ pub enum BuildError {
         /// `passwd` or `group`.
         file: &'static str,
     },
+    /// The recipe says `# check=error=true` (or `BUILDKIT_DOCKERFILE_CHECK` does) and the
+    /// build checks found something; the warnings were reported as events.
+    #[error("lint violation found for rules: {}", rules.join(", "))]
+    CheckFailed {
+        /// The rules that found something, in rule order.
+        rules: Vec<String>,
+    },
     /// A `--checksum` value is not `sha256:<64 hex>`.
     #[error("invalid --checksum value {value}: expected sha256:<64 hex digits>")]
     InvalidChecksum {
