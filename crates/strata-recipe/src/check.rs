@@ -327,11 +327,14 @@ impl CheckConfig {
 }
 
 impl FromStr for CheckConfig {
-    type Err = String;
+    type Err = ParseErrorKind;
 
     /// Parses `skip=A,B;error=true;experimental=C` as BuildKit's `ParseLintOptions` does
-    /// (at most three `;`-separated options); the error says which option is bad.
-    fn from_str(text: &str) -> Result<CheckConfig, String> {
+    /// (at most three `;`-separated options); the error, a
+    /// [`ParseErrorKind::InvalidDirective`] for `check`, says which option is bad.
+    fn from_str(text: &str) -> Result<CheckConfig, ParseErrorKind> {
+        let invalid =
+            |reason: String| ParseErrorKind::InvalidDirective { name: "check".into(), reason };
         let mut config = CheckConfig::default();
         let text = text.trim();
         if text.is_empty() {
@@ -345,16 +348,16 @@ impl FromStr for CheckConfig {
         };
         for part in text.splitn(3, ';') {
             let Some((key, value)) = part.split_once('=') else {
-                return Err(format!("invalid check option {part:?}"));
+                return Err(invalid(format!("invalid check option {part:?}")));
             };
             match key.trim() {
                 "skip" => (config.skip_all, config.skip) = names(value),
                 "experimental" => (config.experimental_all, config.experimental) = names(value),
                 "error" => {
                     config.error = go_parse_bool(value.trim())
-                        .ok_or_else(|| format!("failed to parse check option {part:?}"))?
+                        .ok_or_else(|| invalid(format!("failed to parse check option {part:?}")))?
                 }
-                other => return Err(format!("invalid check option {other:?}")),
+                other => return Err(invalid(format!("invalid check option {other:?}"))),
             }
         }
         Ok(config)
@@ -471,8 +474,15 @@ pub fn run(recipe: &Recipe, opts: &CheckOptions<'_>) -> Result<CheckReport, Pars
     lint.warnings.iter_mut().for_each(|w| w.1 = false);
     let mut walked: Vec<Walked> = Vec::with_capacity(stages.len());
     for stage in &stages {
-        let w = walk_stage(&mut lint, recipe, opts, stage, &walked, &stage_nodes[stage.index])?;
-        if !reachable.contains(&stage.index) {
+        let needed = reachable.contains(&stage.index);
+        let w = match walk_stage(&mut lint, recipe, opts, stage, &walked, &stage_nodes[stage.index])
+        {
+            Ok(w) => w,
+            // A build would not expand a stage it does not need, so neither does it fail.
+            Err(_) if !needed => Walked::default(),
+            Err(e) => return Err(e),
+        };
+        if !needed {
             lint.warnings.retain(|w| !w.1);
         }
         lint.warnings.iter_mut().for_each(|w| w.1 = false);
@@ -495,21 +505,19 @@ pub fn run(recipe: &Recipe, opts: &CheckOptions<'_>) -> Result<CheckReport, Pars
 /// directive.
 fn file_config(recipe: &Recipe, args: &BuildArgs) -> Result<CheckConfig, ParseError> {
     if let Some(v) = args.get(CHECK_BUILD_ARG) {
-        return v.parse().map_err(|reason| {
-            ParseError::new(
-                ParseErrorKind::InvalidDirective { name: CHECK_BUILD_ARG.to_string(), reason },
-                Span::default(),
-            )
+        return v.parse().map_err(|kind| {
+            let kind = match kind {
+                ParseErrorKind::InvalidDirective { reason, .. } => {
+                    ParseErrorKind::InvalidDirective { name: CHECK_BUILD_ARG.to_string(), reason }
+                }
+                other => other,
+            };
+            ParseError::new(kind, Span::default())
         });
     }
     match recipe.directives().iter().find(|d| d.name == "check") {
         None => Ok(CheckConfig::default()),
-        Some(d) => d.value.parse().map_err(|reason| {
-            ParseError::new(
-                ParseErrorKind::InvalidDirective { name: "check".into(), reason },
-                d.span,
-            )
-        }),
+        Some(d) => d.value.parse().map_err(|kind| ParseError::new(kind, d.span)),
     }
 }
 

@@ -474,6 +474,13 @@ fn malformed_check_directive_is_an_error_naming_the_line() {
         );
         assert_eq!(e.span.line, 1);
     }
+    let args: BuildArgs = [("BUILDKIT_DOCKERFILE_CHECK", "error=sometimes")].into_iter().collect();
+    let opts = CheckOptions { build_args: args, ..CheckOptions::default() };
+    let e = check::run(&parse("FROM alpine\n").unwrap(), &opts).unwrap_err();
+    assert!(
+        matches!(&e.kind, ParseErrorKind::InvalidDirective { name, .. } if name == "BUILDKIT_DOCKERFILE_CHECK"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -505,6 +512,16 @@ fn target_limits_the_dispatch_rules_to_the_stages_it_needs() {
         [("JSONArgsRecommended", 2), ("StageNameCasing", 3)],
         "file-wide rules still see every stage"
     );
+}
+
+/// A stage the target does not need cannot fail the checks, as it cannot fail the build.
+#[test]
+fn an_unneeded_stage_that_does_not_expand_is_not_an_error() {
+    let src = "FROM scratch AS unused\nCOPY ${X:?required} /\nFROM scratch\nCOPY a /a\n";
+    let r = report_with(src, &CheckOptions { target: Some("1".into()), ..CheckOptions::default() });
+    assert!(r.warnings.is_empty());
+    let e = check::run(&parse(src).unwrap(), &CheckOptions::default()).unwrap_err();
+    assert!(matches!(e.kind, ParseErrorKind::RequiredVariable { .. }), "all stages: {e}");
 }
 
 #[test]
