@@ -9,6 +9,9 @@
 //! already exist in the image are staged with the image's mode, owner and mtime, so the layer
 //! does not clobber them (`/tmp` stays 1777); missing ones are created 0755, owned by the
 //! `--chown` user. The staging tree is then one [`Changeset::from_snapshot`] away from a layer.
+//! `--chmod` ([`strata_recipe::Chmod`], octal or symbolic) is applied to each copied entry's
+//! own mode (0644 for a heredoc, 0600 for a download), directories below the source included,
+//! so a symbolic `X` tells directories and executables from plain files, as BuildKit does.
 //!
 //! Within one source, files that are hardlinks of each other stay hardlinks (BuildKit and
 //! buildah both keep them; two sources never share an inode in the result). Fifos and device
@@ -28,7 +31,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use sha2::Digest as _;
-use strata_recipe::{CopySpec, DockerIgnore, Source};
+use strata_recipe::{Chmod, CopySpec, DockerIgnore, Source};
 use strata_types::Digest;
 
 use crate::context_hash::{hash_file, ContextHashes, SourceWalk};
@@ -171,12 +174,9 @@ pub(crate) fn stage_copy(
         _ => None,
     };
     let chmod = match &spec.chmod {
-        Some(m) => Some(
-            u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|v| *v <= 0o7777)
-                .ok_or_else(|| BuildError::InvalidChmod { value: m.clone() })?,
-        ),
+        Some(flag) => Some(flag.mode().ok_or_else(|| BuildError::Unsupported {
+            what: format!("--chmod={flag} before its variables are expanded"),
+        })?),
         None => None,
     };
     let exclude = parse_exclude(spec)?;
@@ -276,7 +276,7 @@ type Hardlinks = HashMap<(u64, u64), PathBuf>;
 
 struct CopyOpts<'a> {
     owner: Option<(u32, u32)>,
-    chmod: Option<u32>,
+    chmod: Option<&'a Chmod>,
     exclude: Option<&'a DockerIgnore>,
     keep_owner: bool,
 }
@@ -507,14 +507,17 @@ fn apply_meta(
     Ok(())
 }
 
-/// Owner and mode of a copied entry.
+/// Owner and mode of a copied entry: `--chmod` applied to the mode it would have without
+/// it (the fixed mode of a heredoc or URL source, else the source's own), as a symbolic
+/// mode's `X` depends on that mode and on whether the entry is a directory.
 fn meta_for(md: &fs::Metadata, opts: &CopyOpts<'_>, fixed_mode: Option<u32>) -> (u32, u32, u32) {
     let (uid, gid) = match opts.owner {
         Some(o) => o,
         None if opts.keep_owner => (md.uid(), md.gid()),
         None => (0, 0),
     };
-    let mode = opts.chmod.or(fixed_mode).unwrap_or(md.mode() & 0o7777);
+    let mode = fixed_mode.unwrap_or(md.mode() & 0o7777);
+    let mode = opts.chmod.map_or(mode, |c| c.apply(mode, md.is_dir()));
     (uid, gid, mode)
 }
 

@@ -145,11 +145,12 @@ pub enum BuildError {
         /// `passwd` or `group`.
         file: &'static str,
     },
-    /// A `--chmod` value is not an octal mode.
-    #[error("invalid --chmod value {value}: only octal modes are supported")]
-    InvalidChmod {
-        /// The value.
-        value: String,
+    /// The recipe says `# check=error=true` (or `BUILDKIT_DOCKERFILE_CHECK` does) and the
+    /// build checks found something; the warnings were reported as events.
+    #[error("lint violation found for rules: {}", rules.join(", "))]
+    CheckFailed {
+        /// The rules that found something, in rule order.
+        rules: Vec<String>,
     },
     /// A `--checksum` value is not `sha256:<64 hex>`.
     #[error("invalid --checksum value {value}: expected sha256:<64 hex digits>")]

@@ -22,6 +22,12 @@
 //! mtime and ctime in ns) under `<store>/strata/v1/hashes-v1/`, so a no-op rebuild costs a
 //! metadata walk of the context, not a read of it.
 //!
+//! Before any step, the build runs the recipe's build checks (BuildKit's lint rules and
+//! strata's, see [`check`]) on the stages it builds and reports each warning as a
+//! [`BuildEvent::CheckWarning`]; with `# check=error=true` a warning fails the build
+//! ([`BuildError::CheckFailed`]) before anything is written. [`check`] alone is
+//! `docker build --check`.
+//!
 //! Decisions where BuildKit and buildah differ, or where neither is obvious:
 //! - WORKDIR writes a layer only when it has to create the directory (owned by the current
 //!   USER, as BuildKit does); an existing directory gives an `empty_layer` history entry.
@@ -47,6 +53,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod check;
 mod context_hash;
 mod copy;
 mod engine;
@@ -67,6 +74,7 @@ use strata_layer::LayerWriter;
 use strata_recipe::DockerIgnore;
 use strata_store::Store;
 
+pub use check::check;
 pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
 pub use options::{
@@ -76,6 +84,7 @@ pub use options::{
 pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
 pub use strata_layer::Compression;
 pub use strata_recipe::BuildArgs;
+pub use strata_recipe::CheckReport;
 /// strata-sandbox, whose request and outcome types a [`StepRunner`] speaks.
 pub use strata_sandbox as sandbox;
 
@@ -120,6 +129,21 @@ pub fn build_with(
     let plan = recipe.plan(&opts.build_args, opts.target.as_deref()).map_err(parse_err)?;
     let no_cache_stages = resolve_stage_filter(&plan, &opts.no_cache_filter)?;
     let ignore = load_dockerignore(opts)?;
+    // BuildKit lints the stages it builds on every build; `# check=error=true` stops it here.
+    let checks =
+        check::check_recipe(Some(store), opts, &recipe, &ignore, Some(plan.target.to_string()))?;
+    for w in &checks.warnings {
+        progress.event(&BuildEvent::CheckWarning {
+            rule: w.rule.to_string(),
+            message: w.message.clone(),
+            line: w.span.line,
+            url: w.url.map(str::to_string),
+        });
+    }
+    if checks.fails_build() {
+        let rules = checks.rules_violated().into_iter().map(str::to_string).collect();
+        return Err(BuildError::CheckFailed { rules });
+    }
     let builder = executor::Builder {
         io: executor::Io { store, opts, progress, runner, images },
         stages: executor::Stages { recipe: &recipe, plan: &plan, ignore, no_cache_stages },
@@ -166,30 +190,30 @@ pub fn build_with(
 }
 
 /// The stage indices `--no-cache-filter` values name: a stage name (case-insensitive, as
-/// `--target`) or index. A value naming no stage is an error, not a filter that never matches.
+/// `--target`; every stage of that name when several share it) or index. A value naming no
+/// stage is an error, not a filter that never matches.
 fn resolve_stage_filter(plan: &strata_recipe::Plan, filter: &[String]) -> Result<BTreeSet<usize>> {
     let mut out = BTreeSet::new();
     for f in filter {
         let lower = f.to_ascii_lowercase();
-        let index = plan
+        let mut indices: Vec<usize> = plan
             .stages
             .iter()
-            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+            .filter(|s| s.name.as_deref() == Some(lower.as_str()))
             .map(|s| s.index)
-            .or_else(|| f.parse::<usize>().ok().filter(|i| *i < plan.stages.len()));
-        match index {
-            Some(i) => {
-                out.insert(i);
-            }
-            None => {
-                let stages = plan
-                    .stages
-                    .iter()
-                    .map(|s| s.name.clone().unwrap_or_else(|| s.index.to_string()))
-                    .collect();
-                return Err(BuildError::UnknownStageFilter { name: f.clone(), stages });
-            }
+            .collect();
+        if indices.is_empty() {
+            indices.extend(f.parse::<usize>().ok().filter(|i| *i < plan.stages.len()));
         }
+        if indices.is_empty() {
+            let stages = plan
+                .stages
+                .iter()
+                .map(|s| s.name.clone().unwrap_or_else(|| s.index.to_string()))
+                .collect();
+            return Err(BuildError::UnknownStageFilter { name: f.clone(), stages });
+        }
+        out.extend(indices);
     }
     Ok(out)
 }
@@ -237,7 +261,7 @@ fn build_stages(builder: &executor::Builder<'_>, plan: &strata_recipe::Plan) -> 
 }
 
 /// `<recipe>.dockerignore` next to the recipe, else `CONTEXT/.dockerignore`.
-fn load_dockerignore(opts: &BuildOptions) -> Result<DockerIgnore> {
+pub(crate) fn load_dockerignore(opts: &BuildOptions) -> Result<DockerIgnore> {
     let name = opts.recipe_path.file_name().map(|n| n.to_string_lossy().to_string());
     let candidates = DockerIgnore::candidate_files(name.as_deref().unwrap_or("Dockerfile"));
     let recipe_dir = opts.recipe_path.parent().unwrap_or(&opts.context);

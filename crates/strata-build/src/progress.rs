@@ -95,6 +95,18 @@ pub enum BuildEvent {
         /// Bytes downloaded.
         bytes: u64,
     },
+    /// A build check found something in the recipe (reported before any step runs, as
+    /// BuildKit reports its lint warnings; see [`crate::check`]).
+    CheckWarning {
+        /// The rule's name (`JSONArgsRecommended`, ...).
+        rule: String,
+        /// What is wrong, in the rule's words.
+        message: String,
+        /// Recipe line.
+        line: usize,
+        /// The rule's documentation page, for BuildKit's rules.
+        url: Option<String>,
+    },
     /// Something the user should know that does not stop the build.
     Warning {
         /// The message, one sentence.

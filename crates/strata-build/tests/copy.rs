@@ -195,6 +195,98 @@ COPY --from=base:1 /etc/motd /motd-from-image
     );
 }
 
+/// Issue #19 point 7: two stages with one name are BuildKit's `DuplicateStageName` warning,
+/// not an error, and the later stage is the one `--from` copies from; a stage name only
+/// buildah accepts (`1files`) builds too.
+#[test]
+fn duplicate_stage_name_copies_from_the_later_stage() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM scratch AS files
+COPY a.txt /x
+FROM scratch AS Files
+COPY b.txt /x
+FROM scratch AS 1files
+COPY a.txt /y
+FROM scratch
+COPY --from=files /x /got
+COPY --from=1FILES /y /got-y
+";
+    let ctx = e.context("ctx", &[("a.txt", "A"), ("b.txt", "B"), ("Dockerfile", recipe)]);
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("got")).unwrap(), "B");
+    assert_eq!(fs::read_to_string(root.path().join("got-y")).unwrap(), "A");
+}
+
+/// Issue #19 point 5: symbolic `--chmod` (Dockerfile 1.14) is applied per entry to its own
+/// mode: `X` makes directories and already-executable files executable, not plain files;
+/// `g=u` copies bits; heredoc sources start from 0644; octal still replaces every bit.
+#[test]
+fn symbolic_chmod_applies_per_entry() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM scratch
+COPY --chmod=u=rwX,go=rX tree/ /app/
+COPY --chmod=+x tree/data.txt /plus-x
+COPY --chmod=g=u,o= tree/run.sh /g-eq-u
+COPY --chmod=a+X <<EOF /heredoc
+echo hi
+EOF
+COPY --chmod=0640 tree/run.sh /octal
+";
+    let ctx = e.context(
+        "ctx",
+        &[
+            ("tree/run.sh", "#!/bin/sh\n"),
+            ("tree/data.txt", "data"),
+            ("tree/sub/deep.txt", "deep"),
+            ("Dockerfile", recipe),
+        ],
+    );
+    let set = |p: &str, mode: u32| {
+        fs::set_permissions(ctx.join(p), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set("tree/run.sh", 0o750);
+    set("tree/data.txt", 0o600);
+    set("tree/sub/deep.txt", 0o640);
+    set("tree/sub", 0o700);
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    let mode = |p: &str| fs::symlink_metadata(root.path().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("app/run.sh"), 0o755, "already executable: X applies");
+    assert_eq!(mode("app/data.txt"), 0o644, "plain file: X does not apply");
+    assert_eq!(mode("app/sub"), 0o755, "directory: X applies");
+    assert_eq!(mode("app/sub/deep.txt"), 0o644);
+    assert_eq!(mode("plus-x"), 0o711);
+    assert_eq!(mode("g-eq-u"), 0o770);
+    assert_eq!(mode("heredoc"), 0o644, "a heredoc file starts 0644, not executable");
+    assert_eq!(mode("octal"), 0o640);
+}
+
+/// A `--chmod` that is neither octal nor symbolic fails the parse, naming the line, before
+/// anything is built.
+#[test]
+fn invalid_chmod_is_a_parse_error_naming_the_line() {
+    let e = env();
+    let ctx =
+        e.context("ctx", &[("a", "a"), ("Dockerfile", "FROM scratch\nCOPY --chmod=u+q a /a\n")]);
+    let before = e.store.list_blobs().unwrap();
+    let err = e.build(&ctx, &[]).unwrap_err();
+    match &err {
+        BuildError::Parse { source, .. } => {
+            assert_eq!(source.span.line, 2);
+            assert!(source.to_string().contains("invalid --chmod value 'u+q'"), "{source}");
+        }
+        other => panic!("expected a parse error, got {other}"),
+    }
+    assert_eq!(e.store.list_blobs().unwrap(), before, "nothing written");
+}
+
 fn tar_gz(files: &[(&str, &str)]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     {

@@ -109,20 +109,30 @@ pub enum ParseErrorKind {
         /// The instruction, upper case.
         instruction: String,
     },
-    /// Two stages share a name.
-    DuplicateStage {
-        /// The repeated name.
+    /// A stage name is all digits: `--from=N` and `--target N` would read it as an index.
+    /// (Names BuildKit refuses but buildah accepts are allowed; see [`crate::check`].)
+    InvalidStageName {
+        /// The name, lower-cased.
         name: String,
     },
-    /// A stage name is not valid (must match `[a-z][a-z0-9-_.]*`).
-    InvalidStageName {
-        /// The name as written.
+    /// `--from` (or a mount's `from=`) names a stage that is defined only after the stage
+    /// using it, as BuildKit refuses it.
+    StageDefinedLater {
+        /// The name as given.
         name: String,
     },
     /// `--target` or `--from` names a stage that does not exist.
     UnknownStage {
         /// The name or index as given.
         name: String,
+    },
+    /// A COPY/ADD `--chmod` value is neither an octal mode up to `07777` nor a symbolic mode
+    /// (see [`crate::chmod`]); the error's span is the instruction's.
+    InvalidChmod {
+        /// The value as given (after expansion).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A `.dockerignore` line is not a valid pattern (bad `[...]` class, trailing `\`, a lone
     /// `!`); the line number is in the error's span.
@@ -171,13 +181,18 @@ impl fmt::Display for ParseErrorKind {
             InstructionBeforeFrom { instruction } => {
                 write!(f, "{instruction} before the first FROM: only ARG may come first")
             }
-            DuplicateStage { name } => write!(f, "duplicate stage name `{name}`"),
             InvalidStageName { name } => write!(
                 f,
-                "invalid stage name `{name}`: it must start with a letter and contain only \
-                 letters, digits, `-`, `_` and `.`"
+                "invalid stage name `{name}`: a name of digits only would be read as a stage index"
+            ),
+            StageDefinedLater { name } => write!(
+                f,
+                "cannot copy from stage `{name}`: it needs to be defined before the current stage"
             ),
             UnknownStage { name } => write!(f, "unknown stage `{name}`"),
+            InvalidChmod { value, reason } => {
+                write!(f, "invalid --chmod value '{value}': {reason}")
+            }
             InvalidIgnorePattern { pattern, reason } => {
                 write!(f, "invalid .dockerignore pattern `{pattern}`: {reason}")
             }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ast::{Heredoc, Node};
+use crate::chmod::{Chmod, ChmodFlag};
 use crate::error::{ParseError, ParseErrorKind, Span};
 use crate::shell::{Lookup, ShellLexer};
 
@@ -86,8 +87,9 @@ pub struct CopySpec {
     pub from: Option<String>,
     /// `--chown=user[:group]`.
     pub chown: Option<String>,
-    /// `--chmod=mode` (octal or symbolic).
-    pub chmod: Option<String>,
+    /// `--chmod=mode`, octal or symbolic, parsed ([`crate::chmod`]); an empty value is no
+    /// `--chmod`, as in BuildKit.
+    pub chmod: Option<ChmodFlag>,
     /// `--link`.
     pub link: bool,
     /// `--exclude=pattern`, repeatable.
@@ -418,10 +420,28 @@ fn expand_copy(
     out.dest = word(&spec.dest)?;
     out.from = opt(&spec.from)?;
     out.chown = opt(&spec.chown)?;
-    out.chmod = opt(&spec.chmod)?;
+    if let Some(ChmodFlag::Unexpanded(w)) = &spec.chmod {
+        out.chmod = parse_chmod(&word(w)?).map_err(|kind| ParseError::new(kind, span))?;
+    }
     out.checksum = opt(&spec.checksum)?;
     out.exclude = spec.exclude.iter().map(|w| word(w)).collect::<Result<_, _>>()?;
     Ok(out)
+}
+
+/// A `--chmod` value as written: no flag when empty (BuildKit ignores `--chmod=`), left for
+/// [`Instruction::expand`] when it names a variable, else parsed now.
+fn chmod_flag(value: &str) -> Result<Option<ChmodFlag>, ParseErrorKind> {
+    if value.contains('$') {
+        return Ok(Some(ChmodFlag::Unexpanded(value.to_string())));
+    }
+    parse_chmod(value)
+}
+
+fn parse_chmod(value: &str) -> Result<Option<ChmodFlag>, ParseErrorKind> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse::<Chmod>().map(|m| Some(ChmodFlag::Mode(m)))
 }
 
 /// Expands `$var` in a heredoc body the way BuildKit does for COPY: quotes in the body are
@@ -653,8 +673,11 @@ impl NodeCtx<'_> {
         let name = match args {
             [_] => None,
             [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
+                // BuildKit refuses names outside `[a-z][a-z0-9-_.]*`, buildah takes any word;
+                // such a name is accepted (the check `NonPortableStageName` warns) unless it
+                // is all digits, which `--from=N` would read as a stage index.
                 let name = name.to_ascii_lowercase();
-                if !valid_stage_name(&name) {
+                if name.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(self.err(ParseErrorKind::InvalidStageName { name }));
                 }
                 Some(name)
@@ -869,7 +892,10 @@ impl NodeCtx<'_> {
             dest,
             from: flags.str("from"),
             chown: flags.str("chown"),
-            chmod: flags.str("chmod"),
+            chmod: match flags.str("chmod") {
+                Some(v) => chmod_flag(&v).map_err(|k| self.err(k))?,
+                None => None,
+            },
             link: flags.bool("link"),
             exclude: flags.list("exclude"),
             parents: flags.bool("parents"),
@@ -954,7 +980,9 @@ fn onbuild_expression(node: &Node) -> String {
     rest.trim().to_string()
 }
 
-/// Stage names follow BuildKit: `^[a-z][a-z0-9-_.]*$` after lower-casing.
+/// Whether BuildKit accepts `name` as a stage name: `^[a-z][a-z0-9-_.]*$` after lower-casing.
+/// strata also accepts the names buildah does (any word that is not all digits); the check
+/// `NonPortableStageName` ([`crate::check`]) reports the others.
 pub fn valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())

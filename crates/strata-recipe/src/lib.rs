@@ -6,10 +6,14 @@
 //! shell-word language used inside instructions (`$var`, `${var:-default}`, quoting); then
 //! [`instruction`] gives each node its typed meaning and [`stage`] forms build stages, scoping
 //! `ARG`s and expanding variables with the build arguments supplied. [`dockerignore`] implements
-//! the context exclusion patterns. Nothing here does I/O: callers hand in text.
+//! the context exclusion patterns, [`chmod`] the `COPY --chmod` modes, and [`check`] the build
+//! checks (BuildKit's lint rules and strata's own) over a parsed recipe. Nothing here does I/O:
+//! callers hand in text.
 #![deny(missing_docs)]
 
 pub mod ast;
+pub mod check;
+pub mod chmod;
 pub mod dockerignore;
 pub mod error;
 pub mod instruction;
@@ -18,6 +22,8 @@ pub mod shell;
 pub mod stage;
 
 pub use ast::{Ast, Directive, Heredoc, Node};
+pub use check::{CheckConfig, CheckOptions, CheckReport, CheckWarning, Rule, RULES};
+pub use chmod::{Chmod, ChmodFlag};
 pub use dockerignore::DockerIgnore;
 pub use error::{ParseError, ParseErrorKind, Span};
 pub use instruction::{Command, CopySpec, Instruction, KeyValue, Mount, MountType, Source};

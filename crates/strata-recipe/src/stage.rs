@@ -61,7 +61,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for BuildArgs {
 
 /// The builtin args BuildKit defines for `platform` as both target and build platform
 /// (`TARGETPLATFORM`, `BUILDARCH`, ...); strata builds for the host.
-fn builtin_args(platform: &Platform) -> Vec<(String, String)> {
+pub(crate) fn builtin_args(platform: &Platform) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for prefix in ["TARGET", "BUILD"] {
         out.push((format!("{prefix}PLATFORM"), platform.to_string()));
@@ -313,9 +313,11 @@ impl Stage {
     }
 }
 
-/// Resolves a `--from` value: a stage name or index before `current` gives `Some(index)`;
-/// anything else is an image reference (`None`). An index that is not an earlier stage is an
-/// error, as in BuildKit.
+/// Resolves a `--from` value as BuildKit does: an index of an earlier stage gives
+/// `Some(index)`; a name gives the *last* stage of the recipe with that name (names may repeat:
+/// the later definition wins), which must come before `current`; anything else is an image
+/// reference (`None`). An index that is not an earlier stage, or a name only a later stage
+/// has, is an error.
 pub fn resolve_stage_ref(
     stages: &[Stage],
     reference: &str,
@@ -331,11 +333,20 @@ pub fn resolve_stage_ref(
             span,
         ));
     }
-    let lower = reference.to_ascii_lowercase();
-    Ok(stages[..current.min(stages.len())]
-        .iter()
-        .find(|s| s.name.as_deref() == Some(lower.as_str()))
-        .map(|s| s.index))
+    match find_stage(stages, reference) {
+        Some(i) if i < current => Ok(Some(i)),
+        Some(_) => Err(ParseError::new(
+            ParseErrorKind::StageDefinedLater { name: reference.to_string() },
+            span,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The last of `stages` named `name` (case-insensitive), as BuildKit's by-name lookup.
+fn find_stage(stages: &[Stage], name: &str) -> Option<usize> {
+    let lower = name.to_ascii_lowercase();
+    stages.iter().rev().find(|s| s.name.as_deref() == Some(lower.as_str())).map(|s| s.index)
 }
 
 /// The stages a build needs, in the order to build them.
@@ -428,8 +439,9 @@ impl Recipe {
     }
 
     /// Forms the build stages with `args`. Fails on a recipe with no `FROM`, an instruction
-    /// other than `ARG` before the first `FROM`, a duplicate stage name, or a variable required
-    /// by `${v:?}` in a `FROM` line that is unset.
+    /// other than `ARG` before the first `FROM`, or a variable required by `${v:?}` in a `FROM`
+    /// line that is unset. Two stages may share a name (BuildKit's `DuplicateStageName` check
+    /// warns): a `FROM name` refers to the latest stage of that name defined before it.
     pub fn stages(&self, args: &BuildArgs) -> Result<Vec<Stage>, ParseError> {
         let lexer = ShellLexer::new(self.escape());
         let globals = self.global_args(args)?;
@@ -443,21 +455,10 @@ impl Recipe {
                     else {
                         continue;
                     };
-                    if let Some(n) = &name {
-                        if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
-                            return Err(ParseError::new(
-                                ParseErrorKind::DuplicateStage { name: n.clone() },
-                                step.span,
-                            ));
-                        }
-                    }
-                    let lower = image.to_ascii_lowercase();
-                    let base = if lower == "scratch" {
+                    let base = if image.eq_ignore_ascii_case("scratch") {
                         Base::Scratch
-                    } else if let Some(s) =
-                        stages.iter().find(|s| s.name.as_deref() == Some(&lower))
-                    {
-                        Base::Stage(s.index)
+                    } else if let Some(i) = find_stage(&stages, &image) {
+                        Base::Stage(i)
                     } else {
                         if image.is_empty() {
                             return Err(ParseError::new(
@@ -501,26 +502,21 @@ impl Recipe {
         Ok(stages)
     }
 
-    /// Forms the stages and picks those needed for `target` (a stage name or index; the last
-    /// stage when `None`), dependencies first.
+    /// Forms the stages and picks those needed for `target` (a stage name, the last stage of
+    /// that name when several share it, or an index; the last stage when `None`),
+    /// dependencies first.
     pub fn plan(&self, args: &BuildArgs, target: Option<&str>) -> Result<Plan, ParseError> {
         let stages = self.stages(args)?;
         let target_index = match target {
             None => stages.len() - 1,
-            Some(t) => {
-                let lower = t.to_ascii_lowercase();
-                stages
-                    .iter()
-                    .find(|s| s.name.as_deref() == Some(lower.as_str()))
-                    .map(|s| s.index)
-                    .or_else(|| t.parse::<usize>().ok().filter(|i| *i < stages.len()))
-                    .ok_or_else(|| {
-                        ParseError::new(
-                            ParseErrorKind::UnknownStage { name: t.to_string() },
-                            Span::default(),
-                        )
-                    })?
-            }
+            Some(t) => find_stage(&stages, t)
+                .or_else(|| t.parse::<usize>().ok().filter(|i| *i < stages.len()))
+                .ok_or_else(|| {
+                    ParseError::new(
+                        ParseErrorKind::UnknownStage { name: t.to_string() },
+                        Span::default(),
+                    )
+                })?,
         };
         let mut dependencies = BTreeMap::new();
         let mut order = Vec::new();

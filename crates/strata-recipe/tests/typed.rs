@@ -88,7 +88,7 @@ fn argument_shapes_are_checked() {
     assert!(matches!(kind_of("FROM a\nSHELL /bin/sh -c\n"), ParseErrorKind::InvalidJson { .. }));
     assert!(matches!(kind_of("FROM a\nCOPY onlyone\n"), ParseErrorKind::MissingArguments { .. }));
     assert!(matches!(kind_of("FROM a b\n"), ParseErrorKind::InvalidArgument { .. }));
-    assert!(matches!(kind_of("FROM a AS 1x\n"), ParseErrorKind::InvalidStageName { .. }));
+    assert!(matches!(kind_of("FROM a AS 12\n"), ParseErrorKind::InvalidStageName { .. }));
     assert!(matches!(
         kind_of("FROM a\nADD --checksum=sha256:00 local.tar /\n"),
         ParseErrorKind::InvalidFlag { .. }
@@ -125,6 +125,37 @@ fn onbuild_rejects_forbidden_triggers() {
     );
 }
 
+/// `--chmod` is parsed once, into a typed mode: literal values when the recipe is parsed,
+/// values naming variables when the stage is expanded; either way a bad value is an error
+/// naming the line.
+#[test]
+fn chmod_is_parsed_into_a_mode() {
+    let Instruction::Copy(c) = single("FROM a\nCOPY --chmod=u=rwX,go=rX a /b\n") else { panic!() };
+    let m = c.chmod.as_ref().and_then(|f| f.mode()).expect("parsed");
+    assert_eq!((m.apply(0o600, false), m.apply(0o700, true)), (0o644, 0o755));
+    let Instruction::Add(c) = single("FROM a\nADD --chmod=0750 a /b\n") else { panic!() };
+    assert_eq!(c.chmod.as_ref().and_then(|f| f.mode()).and_then(|m| m.octal()), Some(0o750));
+    let Instruction::Copy(c) = single("FROM a\nCOPY --chmod= a /b\n") else { panic!() };
+    assert_eq!(c.chmod, None, "an empty --chmod is none, as in BuildKit");
+
+    let e = parse("FROM a\nRUN true\nCOPY --chmod=64a a /b\n").unwrap_err();
+    assert!(matches!(&e.kind, ParseErrorKind::InvalidChmod { value, .. } if value == "64a"));
+    assert_eq!(e.span.line, 3);
+
+    let args = BuildArgs::new();
+    let recipe = parse("FROM a\nARG M=go-w\nCOPY --chmod=$M a /b\n").unwrap();
+    let plan = recipe.plan(&args, None).unwrap();
+    let steps = plan.expand_all(&args, '\\', &|_| Vec::new()).unwrap().remove(0).steps;
+    let Instruction::Copy(c) = &steps[1].instruction else { panic!() };
+    assert_eq!(c.chmod.as_ref().map(|f| f.to_string()).as_deref(), Some("go-w"));
+    assert!(c.chmod.as_ref().and_then(|f| f.mode()).is_some());
+
+    let recipe = parse("FROM a\nARG M=8\nCOPY --chmod=${M} a /b\n").unwrap();
+    let e = recipe.plan(&args, None).unwrap_err();
+    assert!(matches!(&e.kind, ParseErrorKind::InvalidChmod { value, .. } if value == "8"));
+    assert_eq!(e.span.line, 3);
+}
+
 #[test]
 fn healthcheck_options() {
     let Instruction::Healthcheck(Healthcheck::Cmd { interval, retries, .. }) =
@@ -142,7 +173,6 @@ fn stage_formation_errors() {
     assert_eq!(kind_of("ARG a=1\n"), ParseErrorKind::NoStages);
     assert_eq!(kind_of(""), ParseErrorKind::NoStages);
     assert!(matches!(kind_of("RUN x\nFROM a\n"), ParseErrorKind::InstructionBeforeFrom { .. }));
-    assert!(matches!(kind_of("FROM a AS x\nFROM b AS X\n"), ParseErrorKind::DuplicateStage { .. }));
     assert!(matches!(
         kind_of("FROM a\nCOPY --from=3 /x /y\n"),
         ParseErrorKind::UnknownStage { name } if name == "3"
@@ -154,6 +184,39 @@ fn stage_formation_errors() {
     ));
     assert_eq!(r.plan(&BuildArgs::new(), Some("0")).unwrap().order, vec![0]);
     assert_eq!(r.plan(&BuildArgs::new(), None).unwrap().order, vec![0, 1]);
+}
+
+/// BuildKit's rule for repeated names (its `DuplicateStageName` check only warns): `FROM name`
+/// means the latest stage of that name defined before it, `--from=name` and `--target` the
+/// last one in the recipe, which must come before the stage copying from it.
+#[test]
+fn duplicate_stage_names_the_later_one_wins() {
+    let src = "FROM a AS x\nFROM b AS X\nFROM x\nCOPY --from=x /a /b\nFROM c AS y\n";
+    let plan = parse(src).unwrap().plan(&BuildArgs::new(), Some("2")).unwrap();
+    assert_eq!(plan.stages[1].name.as_deref(), Some("x"));
+    assert_eq!(plan.stages[2].base, strata_recipe::Base::Stage(1));
+    assert_eq!(plan.dependencies[&2].iter().copied().collect::<Vec<_>>(), vec![1]);
+    let target = parse(src).unwrap().plan(&BuildArgs::new(), Some("X")).unwrap();
+    assert_eq!((target.target, target.order.clone()), (1, vec![1]));
+
+    // A later stage of the same name shadows the earlier one for --from: BuildKit refuses to
+    // copy from a stage that is not yet defined.
+    let later = "FROM a AS x\nFROM b\nCOPY --from=x /a /b\nFROM c AS x\n";
+    let e = parse(later).unwrap().plan(&BuildArgs::new(), Some("1")).unwrap_err();
+    assert_eq!(e.kind, ParseErrorKind::StageDefinedLater { name: "x".into() });
+    assert_eq!(e.span.line, 3);
+}
+
+/// Names BuildKit refuses (`[a-z][a-z0-9-_.]*` only) but buildah accepts form stages that
+/// FROM and --from find; only an all-digit name, which would read as an index, is refused.
+#[test]
+fn buildah_stage_names_are_accepted() {
+    let src = "FROM a AS 1st:Build\nFROM b\nCOPY --from=1st:build /a /b\nFROM 1ST:BUILD\n";
+    let plan = parse(src).unwrap().plan(&BuildArgs::new(), Some("1")).unwrap();
+    assert_eq!(plan.stages[0].name.as_deref(), Some("1st:build"));
+    assert_eq!(plan.dependencies[&1].iter().copied().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(plan.stages[2].base, strata_recipe::Base::Stage(0));
+    assert_eq!(kind_of("FROM a AS 007\n"), ParseErrorKind::InvalidStageName { name: "007".into() });
 }
 
 #[test]
@@ -179,6 +242,7 @@ proptest! {
     #[test]
     fn pipeline_never_panics(src in "(FROM|ARG|ENV|RUN|COPY|ADD|ONBUILD|HEALTHCHECK|LABEL|EXPOSE|WORKDIR|USER|SHELL|VOLUME|\\$|\\{|\\}|:|-|\\?|=|#|/|%|\"|'|\\\\|\\[|\\]|<<|EOF|--mount=|--from=|type=|,| |\n|a|b|0){0,60}") {
         if let Ok(recipe) = parse(&src) {
+            let _ = strata_recipe::check::run(&recipe, &strata_recipe::CheckOptions::default());
             let args: BuildArgs = [("a", "x")].into_iter().collect();
             if let Ok(plan) = recipe.plan(&args, None) {
                 let _ = plan.expand_all(&args, recipe.escape(), &|_| Vec::new());

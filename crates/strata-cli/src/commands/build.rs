@@ -68,6 +68,10 @@ pub struct Args {
     pub pull: PullArg,
     #[command(flatten)]
     pub registry: super::registry::RegistryArgs,
+    /// Run the build checks and stop, as `docker build --check`: the warnings of the stages
+    /// `--target` needs (all stages without it); exit 1 when a rule finds something.
+    #[arg(long)]
+    pub check: bool,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -132,6 +136,9 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     };
     opts.build_args = build_args;
     opts.target = args.target.clone();
+    if args.check {
+        return super::check::report(store, &opts, false);
+    }
     opts.secrets = args.secrets.iter().map(|s| parse_secret(s)).collect::<Result<_, _>>()?;
     opts.network = network;
     opts.compression = args.compression.into();
@@ -266,6 +273,9 @@ impl ProgressSink for PlainProgress {
                     _ => writeln!(err, "#{n} DONE {secs:.1}s"),
                 }
             }
+            BuildEvent::CheckWarning { rule, message, line, .. } => {
+                writeln!(err, "WARNING: {rule}: {message} (line {line})")
+            }
             BuildEvent::Warning { message } => writeln!(err, "WARNING: {message}"),
             BuildEvent::PullStart { reference } => writeln!(err, "=> pulling {reference}"),
             BuildEvent::PullDone { .. } => writeln!(err, "=> {}", pull_summary(e)),
@@ -341,6 +351,9 @@ impl ProgressSink for TtyProgress {
                 if let Some((_, label)) = bars.get_mut(&(*stage, *step)) {
                     *label = format!("CACHED {label}");
                 }
+            }
+            BuildEvent::CheckWarning { rule, message, line, .. } => {
+                let _ = self.multi.println(format!("WARNING: {rule}: {message} (line {line})"));
             }
             BuildEvent::Warning { message } => {
                 let _ = self.multi.println(format!("WARNING: {message}"));

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
 
 mod build;
+mod check;
 mod diff;
 mod parse;
 mod registry;
@@ -31,6 +32,9 @@ pub enum Command {
     Build(build::Args),
     /// Parse a Dockerfile/Containerfile and print its stages and steps.
     Parse(parse::Args),
+    /// Run the build checks (BuildKit's lint rules and strata's) without building: exit 1
+    /// when a rule finds something.
+    Check(check::Args),
     /// Import a directory or root-filesystem tar as a one-layer image (or copy an image from
     /// oci:DIR / docker-archive:FILE into the store).
     Import(store::ImportArgs),
@@ -72,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build::run(root, args),
         Command::Parse(args) => parse::run(args),
+        Command::Check(args) => check::run(root, args),
         Command::Import(args) => store::import(root, args),
         Command::Images(args) => store::images(root, args),
         Command::Inspect(args) => store::inspect(root, args),

@@ -23,6 +23,11 @@ pub fn init_store(root: Option<&Path>) -> anyhow::Result<Store> {
     Store::init(&root).with_context(|| format!("cannot create store {}", root.display()))
 }
 
+/// The store at `root` (or the default location) if one exists there; never creates one.
+pub fn open_store_if_present(root: Option<&Path>) -> Option<Store> {
+    Store::open(store_root(root).ok()?).ok()
+}
+
 fn store_root(root: Option<&Path>) -> anyhow::Result<PathBuf> {
     match root {
         Some(r) => Ok(r.to_path_buf()),
