@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use strata_image::{ImageError, Resolved};
 use strata_sandbox::{RunOutcome, RunRequest, SandboxError, Stream};
 use strata_store::{Image, Store, StoreError};
 use strata_types::ImageLocation;
@@ -79,30 +80,24 @@ impl<'a> StoreImages<'a> {
 impl ImageSource for StoreImages<'_> {
     fn image(&self, store: &Store, reference: &str, progress: &dyn ProgressSink) -> Result<Image> {
         let location: ImageLocation = reference.parse()?;
-        match &location {
-            ImageLocation::Store(r) => match registry_name(r) {
-                // `host/repo:tag` in FROM names a registry (DESIGN.md decision 8); the store's
-                // copy is tagged with exactly that name.
-                Some(named) => self.pulls.image(store, self.opts, progress, &named, reference),
-                None => match store.load_image(r) {
-                    Ok(i) => Ok(i),
-                    Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
-                        Err(BuildError::ImageNotInStore {
-                            reference: reference.to_string(),
-                            why: "it names no registry to pull it from: write HOST/REPO:TAG",
-                        })
-                    }
-                    Err(e) => Err(e.into()),
-                },
+        match strata_image::resolve(Some(store), &location, self.opts.pull) {
+            Ok(Resolved::Local(ImageLocation::Store(name))) => match store.load_image(&name) {
+                Ok(i) => Ok(i),
+                Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
+                    Err(BuildError::ImageNotInStore {
+                        reference: reference.to_string(),
+                        why: "it names no registry to pull it from: write HOST/REPO:TAG",
+                    })
+                }
+                Err(e) => Err(e.into()),
             },
-            ImageLocation::Registry(r) => {
-                self.pulls.image(store, self.opts, progress, r, reference)
-            }
-            _ => Ok(strata_image::load(store, &location)?.0),
+            Ok(Resolved::Local(other)) => Ok(strata_image::load(store, &other)?.0),
+            Ok(Resolved::Registry(r)) => self.pulls.image(store, self.opts, progress, &r),
+            Err(ImageError::NotInStore { .. }) => Err(BuildError::ImageNotInStore {
+                reference: reference.to_string(),
+                why: "--pull=never forbids pulling it",
+            }),
+            Err(e) => Err(e.into()),
         }
     }
-}
-
-fn registry_name(name: &str) -> Option<strata_types::Reference> {
-    name.parse::<strata_types::Reference>().ok().filter(|r| r.domain().is_some())
 }

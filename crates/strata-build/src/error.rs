@@ -239,6 +239,26 @@ pub enum BuildError {
         #[source]
         source: serde_json::Error,
     },
+    /// A `--secret` value that is not `id=ID,src=FILE` or `id=ID,env=VAR`.
+    #[error("invalid --secret {spec:?}: {why}")]
+    InvalidSecretSpec {
+        /// The value given.
+        spec: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A `SOURCE_DATE_EPOCH` that is not a number of seconds.
+    #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since the epoch")]
+    InvalidTimestamp {
+        /// The value given.
+        value: String,
+    },
+    /// An `--output` that is not a file or directory destination.
+    #[error("--output {output}: must be oci:DIR[:TAG], docker-archive:FILE[:TAG] or dir:PATH")]
+    InvalidOutput {
+        /// The value given.
+        output: String,
+    },
     /// A step failed; `source` says why.
     #[error("stage {stage}, line {line}: {instruction}: {source}")]
     Step {

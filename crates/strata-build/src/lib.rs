@@ -108,15 +108,8 @@ pub fn build_with(
     runner: &dyn StepRunner,
     images: &dyn ImageSource,
 ) -> Result<BuildOutput> {
-    // Bad tag names fail before any work, not after.
-    for tag in &opts.tags {
-        let r: strata_types::Reference = tag.parse().map_err(strata_store::StoreError::from)?;
-        if r.digest().is_some() {
-            return Err(
-                strata_store::StoreError::UnexpectedDigest { reference: tag.clone() }.into()
-            );
-        }
-    }
+    // Bad tags and outputs fail before any work, not after.
+    opts.validate()?;
     // Held until the caller drops the store: a concurrent `gc` cannot sweep the untagged
     // layers, snapshots and cache entries this build writes or relies on.
     store.lease()?;
@@ -170,6 +163,14 @@ pub fn build_with(
         store.tag(tag, &manifest)?;
     }
     let image = store.image(&manifest)?;
+    let exported = match &opts.output {
+        Some(dest) => {
+            let local = strata_types::ImageLocation::Store(manifest.digest().to_string());
+            let opened = strata_image::open_local(Some(store), &local)?;
+            Some(strata_image::export(&opened, dest, None)?)
+        }
+        None => None,
+    };
     progress.event(&BuildEvent::BuildDone {
         digest: manifest.digest().to_string(),
         layers_reused: builder.done.layers_reused.load(std::sync::atomic::Ordering::Relaxed),
@@ -186,6 +187,7 @@ pub fn build_with(
         layers_reused: builder.done.layers_reused.into_inner(),
         context_files_hashed: builder.cache.hashes.files_hashed(),
         bytes_written: builder.done.bytes_written.into_inner(),
+        exported,
     })
 }
 

@@ -31,6 +31,30 @@ pub struct SecretSpec {
     pub source: SecretSource,
 }
 
+/// `id=ID,src=FILE`, `id=ID,env=VAR` or `id=ID` (the value from the environment variable
+/// named like the id), as `docker build --secret` writes it (`type=file|env` accepted).
+impl std::str::FromStr for SecretSpec {
+    type Err = BuildError;
+
+    fn from_str(spec: &str) -> Result<SecretSpec> {
+        let bad = |why: &'static str| BuildError::InvalidSecretSpec { spec: spec.to_string(), why };
+        let mut id = None;
+        let mut source = None;
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("id", v)) if !v.is_empty() => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => source = Some(SecretSource::File(PathBuf::from(v))),
+                Some(("env", v)) => source = Some(SecretSource::Env(v.to_string())),
+                Some(("type", "file" | "env")) => {}
+                _ => return Err(bad("expected id=ID,src=FILE or id=ID,env=VAR")),
+            }
+        }
+        let id = id.ok_or_else(|| bad("missing id="))?;
+        let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
+        Ok(SecretSpec { id, source })
+    }
+}
+
 /// The network RUN steps get unless they say `--network=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -40,6 +64,21 @@ pub enum Network {
     Host,
     /// Loopback only.
     None,
+}
+
+/// `default` or `host` (the host's network), `none` (loopback only), as `--network`.
+impl std::str::FromStr for Network {
+    type Err = BuildError;
+
+    fn from_str(s: &str) -> Result<Network> {
+        match s {
+            "default" | "host" => Ok(Network::Host),
+            "none" => Ok(Network::None),
+            other => Err(BuildError::Unsupported {
+                what: format!("--network {other} (use default, host or none)"),
+            }),
+        }
+    }
 }
 
 /// How RUN steps get their root filesystem.
@@ -55,35 +94,9 @@ pub enum RunRootfs {
     Copy,
 }
 
-/// When a registry base (`FROM host/repo:tag`, `FROM docker://...`) is pulled (`--pull=`).
-/// The store keeps a pulled image tagged with its full reference, which is what
-/// [`PullPolicy::Missing`] and [`PullPolicy::Never`] look for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum PullPolicy {
-    /// Use the store's copy when it has one; pull otherwise (the default, as BuildKit).
-    #[default]
-    Missing,
-    /// Pull every time, once per build and reference (a manifest check when nothing changed).
-    Always,
-    /// Never contact a registry: a base that is not in the store is an error.
-    Never,
-}
-
-impl std::str::FromStr for PullPolicy {
-    type Err = BuildError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "missing" => Ok(PullPolicy::Missing),
-            "always" => Ok(PullPolicy::Always),
-            "never" => Ok(PullPolicy::Never),
-            other => Err(BuildError::Unsupported {
-                what: format!("--pull={other} (use missing, always or never)"),
-            }),
-        }
-    }
-}
+/// When a registry base (`FROM host/repo:tag`, `FROM docker://...`) is pulled (`--pull=`):
+/// strata-image's one name-resolution rule.
+pub use strata_image::PullPolicy;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -123,6 +136,9 @@ pub struct BuildOptions {
     /// When false, every registry a base names is reached over plain HTTP (skopeo's
     /// `--tls-verify=false`), as if listed in `registry.insecure`.
     pub tls_verify: bool,
+    /// Also write the result here once built and tagged (`--output`): `oci:DIR[:REF]`,
+    /// `docker-archive:FILE[:REF]` or `dir:PATH`.
+    pub output: Option<strata_types::ImageLocation>,
 }
 
 impl BuildOptions {
@@ -146,7 +162,43 @@ impl BuildOptions {
             pull: PullPolicy::Missing,
             registry: strata_registry::ClientOptions::default(),
             tls_verify: true,
+            output: None,
         }
+    }
+
+    /// Sets [`BuildOptions::timestamp`] by BuildKit's rule: `explicit` (`--timestamp`, or
+    /// `SOURCE_DATE_EPOCH` from the environment) when given, else a `SOURCE_DATE_EPOCH` build
+    /// argument, else 0. Set the build args first.
+    pub fn with_source_date_epoch(mut self, explicit: Option<i64>) -> Result<BuildOptions> {
+        self.timestamp = match (explicit, self.build_args.get("SOURCE_DATE_EPOCH")) {
+            (Some(t), _) => t,
+            (None, Some(v)) => v
+                .trim()
+                .parse()
+                .map_err(|_| BuildError::InvalidTimestamp { value: v.to_string() })?,
+            (None, None) => 0,
+        };
+        Ok(self)
+    }
+
+    /// Checks what can be checked before any work: the tags are `NAME[:TAG]` and the output
+    /// is a place an image can be written to.
+    pub fn validate(&self) -> Result<()> {
+        for tag in &self.tags {
+            let r: strata_types::Reference = tag.parse().map_err(strata_store::StoreError::from)?;
+            if r.digest().is_some() {
+                return Err(
+                    strata_store::StoreError::UnexpectedDigest { reference: tag.clone() }.into()
+                );
+            }
+        }
+        if let Some(out) = &self.output {
+            use strata_types::ImageLocation;
+            if matches!(out, ImageLocation::Store(_) | ImageLocation::Registry(_)) {
+                return Err(BuildError::InvalidOutput { output: out.to_string() });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -212,4 +264,6 @@ pub struct BuildOutput {
     /// Context files whose content had to be read to compute cache keys (0 on a rebuild
     /// where no file changed: the content-hash cache knew them all).
     pub context_files_hashed: u64,
+    /// What was written to [`BuildOptions::output`], when set.
+    pub exported: Option<strata_image::ExportReport>,
 }

@@ -1,10 +1,10 @@
-//! Registry bases on demand: `FROM host/repo:tag` and `FROM docker://host/repo:tag`.
+//! Registry bases on demand: `FROM host/repo:tag` and `FROM docker://host/repo:tag`, once
+//! strata-image's `resolve` has decided (by the pull policy) that the registry is asked.
 //!
 //! A pulled image is kept in the store tagged with its full reference (`host/repo:tag`), so
-//! the next build finds it without the network ([`PullPolicy::Missing`], the default, and
-//! [`PullPolicy::Never`]); [`PullPolicy::Always`] asks the registry every build, which costs a
-//! manifest request when nothing changed because the store already has every blob. A
-//! reference is decided once per build: stages that start (in parallel) from the same base
+//! the next build finds it without the network; `--pull=always` asks the registry every
+//! build, which costs a manifest request when nothing changed because the store already has
+//! every blob. A reference is pulled once per build: stages that start (in parallel) from the same base
 //! wait on one entry, so one of them pulls and the others reuse its result. A registry's
 //! client is made on its first pull only, so a build that pulls nothing never reads
 //! credentials.
@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use strata_registry::{Client, PullOptions, Reference};
 use strata_store::oci_spec::image::Descriptor;
-use strata_store::{Image, Store, StoreError};
+use strata_store::{Image, Store};
 
 use crate::error::{BuildError, Result};
-use crate::options::{BuildOptions, PullPolicy};
+use crate::options::BuildOptions;
 use crate::progress::{BuildEvent, ProgressSink};
 
 /// The registry references a build has resolved, and the clients it pulls with.
@@ -30,43 +30,25 @@ pub(crate) struct Pulls {
 }
 
 impl Pulls {
-    /// The image `reference` names, from the store or the registry as `opts.pull` says.
-    /// `written` is the reference as the recipe wrote it (for errors).
+    /// `reference` pulled from its registry into the store, once per build: stages that
+    /// ask for the same reference at the same time share one pull.
     pub fn image(
         &self,
         store: &Store,
         opts: &BuildOptions,
         progress: &dyn ProgressSink,
         reference: &Reference,
-        written: &str,
     ) -> Result<Image> {
         let key = reference.to_string();
         let slot = {
             let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(resolved.entry(key.clone()).or_default())
+            Arc::clone(resolved.entry(key).or_default())
         };
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(descriptor) = slot.as_ref() {
             return Ok(store.image(descriptor)?);
         }
-        let local = match store.load_image(&key) {
-            Ok(image) => Some(image),
-            Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        let image = match (opts.pull, local) {
-            (PullPolicy::Missing, Some(image)) => image,
-            (PullPolicy::Never, Some(image)) => image,
-            (PullPolicy::Never, None) => {
-                return Err(BuildError::ImageNotInStore {
-                    reference: written.to_string(),
-                    why: "--pull=never forbids pulling it",
-                })
-            }
-            (PullPolicy::Missing | PullPolicy::Always, _) => {
-                self.pull(store, opts, progress, reference)?
-            }
-        };
+        let image = self.pull(store, opts, progress, reference)?;
         *slot = Some(image.manifest_descriptor.clone());
         Ok(image)
     }

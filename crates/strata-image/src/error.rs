@@ -107,6 +107,18 @@ pub enum ImageError {
         /// Why.
         reason: &'static str,
     },
+    /// `--pull=never` and the store has no copy of a registry image.
+    #[error("image {reference} is not in the store and pulling is off (--pull=never)")]
+    NotInStore {
+        /// The registry reference.
+        reference: String,
+    },
+    /// A pull policy that is not `missing`, `always` or `never`.
+    #[error("invalid pull policy {value:?}: use missing, always or never")]
+    InvalidPullPolicy {
+        /// The value given.
+        value: String,
+    },
     /// The scratch layout for a registry-to-file copy could not be made.
     #[error("creating a scratch layout in {path}")]
     Scratch {

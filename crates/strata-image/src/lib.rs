@@ -6,6 +6,8 @@
 //! archive (`docker-archive:FILE[:REF]`), a registry (`docker://HOST/REPO:TAG`), or, as a
 //! destination only, a directory holding the flattened filesystem (`dir:PATH`).
 //!
+//! - [`resolve`] is the one rule for what a name means (the store, a file, or a registry
+//!   image the store may hold a copy of, as the pull policy says);
 //! - [`open`] reads an image wherever it is without copying it into the store first
 //!   ([`open_local`] for the places that need no registry client);
 //! - [`copy`] moves one between any two locations, as `skopeo copy` does, moving only what
@@ -25,6 +27,7 @@ pub mod export;
 pub mod import;
 pub mod layout;
 mod open;
+mod resolve;
 
 use strata_store::oci_spec::image::Descriptor;
 use strata_store::StoreError;
@@ -38,6 +41,7 @@ pub use export::{export, flatten, ExportReport};
 pub use import::{import_tree, ImportOptions, Imported};
 pub use layout::{copy_image, load, CopyReport};
 pub use open::{open, open_local, OpenedImage};
+pub use resolve::{registry_name, resolve, PullPolicy, Resolved};
 
 fn desc_digest(d: &Descriptor) -> Result<Digest> {
     Ok(Digest::try_from(d.digest()).map_err(StoreError::from)?)

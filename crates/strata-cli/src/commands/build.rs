@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use strata::build::{
-    self, BuildEvent, BuildOptions, Network, ProgressSink, PullPolicy, SecretSource, SecretSpec,
+    self, BuildEvent, BuildOptions, Network, ProgressSink, PullPolicy, SecretSpec,
 };
-use strata::image;
-use strata::recipe::BuildArgs;
 use strata::types::ImageLocation;
 
 use super::store::{human, init_store, CompressionArg};
@@ -36,16 +34,16 @@ pub struct Args {
     pub target: Option<String>,
     /// Secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
-    pub secrets: Vec<String>,
+    pub secrets: Vec<SecretSpec>,
     /// Network for RUN steps: `default`/`host` (the host's) or `none` (loopback only).
     #[arg(long, default_value = "default")]
-    pub network: String,
+    pub network: Network,
     /// Layer compression.
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: CompressionArg,
     /// Also write the image to `oci:DIR[:TAG]`, `docker-archive:FILE[:TAG]` or `dir:PATH`.
     #[arg(long, value_name = "DEST")]
-    pub output: Option<String>,
+    pub output: Option<ImageLocation>,
     /// Progress display: `auto` (tty on a terminal, else plain), `plain`, `tty`, `json`
     /// (one JSON event per line on stdout).
     #[arg(long, default_value = "auto")]
@@ -63,9 +61,9 @@ pub struct Args {
     /// When to pull registry bases (`FROM host/repo:tag`): `missing` (use the store's copy if
     /// there is one), `always` (ask the registry every build), `never` (the store only).
     /// `--pull` alone means `always`.
-    #[arg(long, value_enum, value_name = "POLICY", default_value = "missing", num_args = 0..=1,
+    #[arg(long, value_name = "POLICY", default_value = "missing", num_args = 0..=1,
           require_equals = true, default_missing_value = "always")]
-    pub pull: PullArg,
+    pub pull: PullPolicy,
     #[command(flatten)]
     pub registry: super::registry::RegistryArgs,
     /// Run the build checks and stop, as `docker build --check`: the warnings of the stages
@@ -76,82 +74,28 @@ pub struct Args {
     pub context: PathBuf,
 }
 
-/// `--pull`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum PullArg {
-    /// Pull when the store has no copy.
-    Missing,
-    /// Pull every build.
-    Always,
-    /// Never pull.
-    Never,
-}
-
-fn parse_secret(spec: &str) -> anyhow::Result<SecretSpec> {
-    let mut id = None;
-    let mut source = None;
-    for field in spec.split(',') {
-        match field.split_once('=') {
-            Some(("id", v)) => id = Some(v.to_string()),
-            Some(("src" | "source", v)) => source = Some(SecretSource::File(PathBuf::from(v))),
-            Some(("env", v)) => source = Some(SecretSource::Env(v.to_string())),
-            Some(("type", "file" | "env")) => {}
-            _ => bail!("invalid --secret {spec:?}: expected id=ID,src=FILE or id=ID,env=VAR"),
-        }
-    }
-    let id = id.with_context(|| format!("invalid --secret {spec:?}: missing id="))?;
-    // Without src= or env=, the value comes from the environment variable named like the id.
-    let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
-    Ok(SecretSpec { id, source })
-}
-
 pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCode> {
-    let network = match args.network.as_str() {
-        "default" | "host" => Network::Host,
-        "none" => Network::None,
-        other => bail!("unsupported --network {other:?}: use default, host or none"),
-    };
-    let output: Option<ImageLocation> = args.output.as_deref().map(str::parse).transpose()?;
-    if let Some(ImageLocation::Store(_) | ImageLocation::Registry(_)) = &output {
-        bail!("--output must be oci:DIR[:TAG], docker-archive:FILE[:TAG] or dir:PATH");
-    }
-    for t in &args.tags {
-        let r: strata::types::Reference =
-            t.parse().with_context(|| format!("invalid tag {t:?}"))?;
-        if r.digest().is_some() {
-            bail!("invalid tag {t:?}: a tag cannot have a digest");
-        }
-    }
     let mut opts = BuildOptions::new(&args.context);
     if let Some(f) = &args.file {
         opts.recipe_path = f.clone();
     }
     opts.tags = args.tags.clone();
-    let build_args: BuildArgs = super::parse_key_values(&args.build_args).into_iter().collect();
-    // SOURCE_DATE_EPOCH may also come as a build arg, as BuildKit accepts it.
-    let timestamp = match (args.timestamp, build_args.get("SOURCE_DATE_EPOCH")) {
-        (Some(t), _) => t,
-        (None, Some(v)) => v.parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?}"))?,
-        (None, None) => 0,
-    };
-    opts.build_args = build_args;
+    opts.build_args = super::parse_key_values(&args.build_args).into_iter().collect();
     opts.target = args.target.clone();
     if args.check {
         return super::check::report(store, &opts, false);
     }
-    opts.secrets = args.secrets.iter().map(|s| parse_secret(s)).collect::<Result<_, _>>()?;
-    opts.network = network;
+    opts.secrets = args.secrets.clone();
+    opts.network = args.network;
     opts.compression = args.compression.into();
-    opts.timestamp = timestamp;
     opts.no_cache = args.no_cache;
     opts.no_cache_filter = args.no_cache_filter.clone();
-    opts.pull = match args.pull {
-        PullArg::Missing => PullPolicy::Missing,
-        PullArg::Always => PullPolicy::Always,
-        PullArg::Never => PullPolicy::Never,
-    };
+    opts.pull = args.pull;
     opts.registry = args.registry.client_options([]);
     opts.tls_verify = args.registry.tls_verify;
+    opts.output = args.output.clone();
+    let opts = opts.with_source_date_epoch(args.timestamp)?;
+    opts.validate()?;
 
     let store = init_store(store)?;
     let mode = match args.progress.as_str() {
@@ -167,13 +111,6 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         _ => build::build(&store, &opts, &PlainProgress::new()),
     };
     let out = result.with_context(|| format!("build of {} failed", args.context.display()))?;
-    if let Some(dest) = &output {
-        let source = image::open_local(
-            Some(&store),
-            &ImageLocation::Store(out.manifest.digest().to_string()),
-        )?;
-        image::export(&source, dest, None).with_context(|| format!("cannot write {dest}"))?;
-    }
     if mode != "json" {
         let mut err = std::io::stderr().lock();
         write_report(&mut err, &out)?;
@@ -191,7 +128,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         for t in &opts.tags {
             writeln!(err, "tagged {t}")?;
         }
-        if let Some(dest) = &output {
+        if let Some(dest) = &opts.output {
             writeln!(err, "wrote {dest}")?;
         }
     }

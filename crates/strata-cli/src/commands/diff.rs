@@ -15,50 +15,50 @@ use strata::image::{self, OpenedImage};
 use strata::registry::{Client, NoProgress};
 use strata::types::ImageLocation;
 
-use super::registry::{registry_reference, RegistryArgs};
+use super::registry::RegistryArgs;
 use super::store::{human, open_store};
 
-/// Opens an image by any name strata accepts. A `docker://HOST/REPO:TAG` operand, or a plain
-/// `HOST/REPO:TAG` the local store has no image for, is pulled into a scratch OCI layout in
-/// the temp directory ([`image::open`]); blobs the local store already has are copied from
-/// it, not downloaded. The local store is only read (the registry client may record where
-/// downloaded blobs live, as every pull does).
+/// Opens an image by any name strata accepts, resolved by strata-image's one rule
+/// (`image::resolve`, `--pull=missing`): a registry image (`docker://HOST/REPO:TAG` or a
+/// plain `HOST/REPO:TAG`) the local store holds a copy of is read from the store, else
+/// pulled into a scratch OCI layout in the temp directory ([`image::open`]), with blobs the
+/// local store already has copied from it, not downloaded. The local store is only read (the
+/// registry client may record where downloaded blobs live, as every pull does).
 pub fn open_image(
     store: Option<&Path>,
     name: &str,
     registry: &RegistryArgs,
 ) -> anyhow::Result<OpenedImage> {
-    let mut location: ImageLocation =
+    let location: ImageLocation =
         name.parse().with_context(|| format!("invalid image name {name:?}"))?;
+    if let ImageLocation::Dir(_) = location {
+        bail!("{name}: dir: is an export destination, not an image");
+    }
     let local = match &location {
-        ImageLocation::Dir(_) => bail!("{name}: dir: is an export destination, not an image"),
-        ImageLocation::Registry(_) => open_store(store).ok(),
-        ImageLocation::Store(plain) => {
-            let local = open_store(store);
-            if let Ok(reference) = registry_reference(plain) {
-                if !local.as_ref().is_ok_and(|s| s.load_image(plain).is_ok()) {
-                    location = ImageLocation::Registry(reference);
-                }
-            }
-            match location {
-                ImageLocation::Registry(_) => local.ok(),
-                _ => Some(local?),
-            }
-        }
-        _ => None,
+        ImageLocation::Oci { .. } | ImageLocation::DockerArchive { .. } => None,
+        _ => Some(open_store(store)),
     };
-    let ImageLocation::Registry(reference) = &location else {
-        // Local images need no registry client (which loads the system's CA roots).
-        let source = image::open_local(local.as_ref(), &location)
-            .with_context(|| format!("cannot read image {name}"))?;
-        return Ok(source);
+    let held = local.as_ref().and_then(|l| l.as_ref().ok());
+    let resolved = image::resolve(held, &location, image::PullPolicy::Missing)
+        .with_context(|| format!("cannot read image {name}"))?;
+    let reference = match resolved {
+        image::Resolved::Local(location) => {
+            // Local images need no registry client (which loads the system's CA roots).
+            let store = match (&location, local) {
+                (ImageLocation::Store(_), Some(local)) => Some(local?),
+                _ => None,
+            };
+            return image::open_local(store.as_ref(), &location)
+                .with_context(|| format!("cannot read image {name}"));
+        }
+        image::Resolved::Registry(reference) => reference,
     };
     let mut client = Client::new(registry.client_options(reference.domain()))
         .context("cannot set up the registry client")?;
-    if let Some(local) = &local {
+    if let Some(local) = held {
         client = client.with_blob_hints(local.clone());
     }
-    let (opened, _) = image::open(&client, local.as_ref(), &location, &NoProgress)
+    let (opened, _) = image::open(&client, held, &ImageLocation::Registry(reference), &NoProgress)
         .with_context(|| format!("cannot pull {name}"))?;
     Ok(opened)
 }
