@@ -8,7 +8,7 @@
 //! directory), and it is copied there with its final owner and mode. Parent directories that
 //! already exist in the image are staged with the image's mode, owner and mtime, so the layer
 //! does not clobber them (`/tmp` stays 1777); missing ones are created 0755, owned by the
-//! `--chown` user. The staging tree is then one [`Changeset::from_snapshot`] away from a layer.
+//! `--chown` user. The staging tree is then one [`Changeset::from_scan`] away from a layer.
 //! `--chmod` ([`strata_recipe::Chmod`], octal or symbolic) is applied to each copied entry's
 //! own mode (0644 for a heredoc, 0600 for a download), directories below the source included,
 //! so a symbolic `X` tells directories and executables from plain files, as BuildKit does.
@@ -21,7 +21,7 @@
 //! (decompressed) start is a valid tar header; anything else is copied as a file. `--chown`
 //! applies to everything extracted (BuildKit's rule; buildah 1.28 keeps the archive's owners).
 //!
-//! [`Changeset::from_snapshot`]: strata_layer::Changeset::from_snapshot
+//! [`Changeset::from_scan`]: strata_layer::Changeset::from_scan
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -16,10 +16,10 @@ use strata_sandbox::{RunOutcome, RunRequest, SandboxError, Stream};
 use strata_store::{Image, Store, StoreError};
 use strata_types::ImageLocation;
 
+use crate::bases::RegistryBases;
 use crate::error::{BuildError, Result};
 use crate::options::BuildOptions;
 use crate::progress::ProgressSink;
-use crate::pull::Pulls;
 
 /// Runs a RUN step's command on a prepared root filesystem.
 pub trait StepRunner: Sync {
@@ -67,13 +67,13 @@ pub trait ImageSource: Sync {
 /// store.
 pub struct StoreImages<'a> {
     opts: &'a BuildOptions,
-    pulls: Pulls,
+    bases: RegistryBases,
 }
 
 impl<'a> StoreImages<'a> {
     /// The source a build with `opts` uses (its pull policy and registry settings).
     pub fn new(opts: &'a BuildOptions) -> StoreImages<'a> {
-        StoreImages { opts, pulls: Pulls::default() }
+        StoreImages { opts, bases: RegistryBases::default() }
     }
 }
 
@@ -92,7 +92,7 @@ impl ImageSource for StoreImages<'_> {
                 Err(e) => Err(e.into()),
             },
             Ok(Resolved::Local(other)) => Ok(strata_image::load(store, &other)?.0),
-            Ok(Resolved::Registry(r)) => self.pulls.image(store, self.opts, progress, &r),
+            Ok(Resolved::Registry(r)) => self.bases.image(store, self.opts, progress, &r),
             Err(ImageError::NotInStore { .. }) => Err(BuildError::ImageNotInStore {
                 reference: reference.to_string(),
                 why: "--pull=never forbids pulling it",

@@ -483,7 +483,7 @@ impl<'a> Builder<'a> {
         }
         let staging = self.staging()?;
         ensure_dir(&view, staging.path(), &rel, owner)?;
-        let cs = Changeset::from_snapshot(scan(staging.path())?);
+        let cs = Changeset::from_scan(scan(staging.path())?);
         let (layer, size) = self.commit(&cs, staging.path())?;
         if let Some(key) = &key {
             cache::record(self.io.store, cache::Kind::Workdir, key, &layer);
@@ -570,7 +570,7 @@ impl<'a> Builder<'a> {
             return Ok(hit);
         }
         stage_copy(&env, spec, &tree, &root, &mut fetched)?;
-        let cs = Changeset::from_snapshot(scan(&root)?);
+        let cs = Changeset::from_scan(scan(&root)?);
         let (layer, size) = self.commit_staged(&cs, &root)?;
         if let Some(key) = &key {
             cache::record(self.io.store, cache::Kind::Copy, key, &layer);

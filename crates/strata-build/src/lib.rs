@@ -50,8 +50,10 @@
 //! Not stored, as buildah does for OCI images: HEALTHCHECK, SHELL and ONBUILD have no place in
 //! the OCI config (a [`BuildEvent::Warning`] says so); ONBUILD triggers of a *base* image are
 //! read from its raw config and do run.
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod bases;
 mod cache;
 mod check;
 mod context_hash;
@@ -62,7 +64,6 @@ mod executor;
 mod image;
 mod options;
 mod progress;
-mod pull;
 mod rootfs;
 mod run;
 

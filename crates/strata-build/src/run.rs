@@ -23,7 +23,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use strata_layer::{apply_blob, diff, scan, ApplyOptions, Change, Changeset, EntryKind, Snapshot};
+use strata_layer::{apply_blob, diff, scan, ApplyOptions, Change, Changeset, EntryKind, Scan};
 use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{Command, Heredoc, Scope, Step};
@@ -516,7 +516,7 @@ fn hide_lower(
 /// The sandbox removes the mountpoint stubs it created, but their parent directories keep
 /// a new mtime; put the old one back so the copy fallback does not see a change that the
 /// command did not make (overlay drops such copied-up parents itself).
-fn restore_stub_parents(before: &Snapshot, root: &Path, stubs: &[String]) -> Result<()> {
+fn restore_stub_parents(before: &Scan, root: &Path, stubs: &[String]) -> Result<()> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     let root_fd =
         rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())

@@ -346,12 +346,9 @@ fn leaked_dir_fd(path: &Path) -> i32 {
     static FD: OnceLock<i32> = OnceLock::new();
     *FD.get_or_init(|| {
         let f = fs::File::open(path).unwrap();
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-        let flags = rustix::io::FdFlags::empty();
-        // SAFETY: the fd was just opened by this process and is never closed.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        rustix::io::fcntl_setfd(borrowed, flags).unwrap();
-        fd
+        rustix::io::fcntl_setfd(&f, rustix::io::FdFlags::empty()).unwrap();
+        // Never closed: it stays open, inheritable, for the life of the test process.
+        std::os::fd::IntoRawFd::into_raw_fd(f)
     })
 }
 

@@ -1,5 +1,6 @@
 //! The `strata` command: parses arguments, calls the library, renders results, maps errors to
 //! exit codes. Logic a library user would want lives in the library crates, not here.
+#![forbid(unsafe_code)]
 
 mod commands;
 

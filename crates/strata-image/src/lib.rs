@@ -17,6 +17,7 @@
 //!
 //! Each transport is a module: [`layout`] (OCI layouts, blob by blob), [`archive`]
 //! (`docker-archive`), [`mod@export`] (`dir:` and the writers), [`import`] and [`config`].
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod archive;

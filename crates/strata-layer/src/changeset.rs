@@ -6,7 +6,7 @@
 //! directory plus `.wh..wh..opq`), following the "Change Types", "Whiteouts" and "Opaque
 //! Whiteout" sections of the OCI image-spec `layer.md`.
 //!
-//! There are two sources. [`diff`] merge-joins two [`Snapshot`]s in one pass. Its rule for
+//! There are two sources. [`diff`] merge-joins two [`Scan`]s in one pass. Its rule for
 //! regular files, so that a huge unchanged tree costs no reads: a file whose size, mtime
 //! (to the nanosecond), mode, owner and xattrs are all equal is *unchanged* without looking
 //! at its bytes; a differing size, mode, owner or xattr set makes it *modified* without
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::snapshot::{path_cmp, Entry, EntryKind, Snapshot};
+use crate::scan::{path_cmp, Entry, EntryKind, Scan};
 
 /// One change of a [`Changeset`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,9 +71,9 @@ impl Changeset {
         Changeset { changes }
     }
 
-    /// Every entry of `snapshot` as an addition: the changeset of a whole tree.
-    pub fn from_snapshot(snapshot: Snapshot) -> Changeset {
-        Changeset { changes: snapshot.into_entries().into_iter().map(Change::Added).collect() }
+    /// Every entry of `scan` as an addition: the changeset of a whole tree.
+    pub fn from_scan(scan: Scan) -> Changeset {
+        Changeset { changes: scan.into_entries().into_iter().map(Change::Added).collect() }
     }
 
     /// The changes, sorted bytewise by path.
@@ -130,7 +130,7 @@ fn compare(lower: &Entry, upper: &Entry) -> Verdict {
 ///
 /// Reads file bytes only for regular files whose metadata match except for the mtime; those
 /// are hashed from `lower.root()` and `upper.root()` in parallel.
-pub fn diff(lower: &Snapshot, upper: &Snapshot) -> Result<Changeset> {
+pub fn diff(lower: &Scan, upper: &Scan) -> Result<Changeset> {
     let (l, u) = (lower.entries(), upper.entries());
     let mut changes = Vec::new();
     let mut undecided: Vec<(&Entry, &Entry)> = Vec::new();

@@ -39,7 +39,7 @@ pub enum LayerError {
         #[source]
         source: io::Error,
     },
-    /// A path in the snapshot or changeset is not usable for the requested operation.
+    /// A path in the scan or changeset is not usable for the requested operation.
     #[error("{path}: path is not relative and normalized (no `.`/`..`/absolute components)")]
     BadPath {
         /// The offending path.
@@ -50,7 +50,7 @@ pub enum LayerError {
     SizeChanged {
         /// The file.
         path: PathBuf,
-        /// Size recorded by the snapshot.
+        /// Size recorded by the scan.
         expected: u64,
         /// Bytes actually available.
         found: u64,

@@ -1,9 +1,9 @@
-//! Filesystem snapshots, changesets, deterministic OCI layer tars, and safe apply.
+//! Filesystem scans, changesets, deterministic OCI layer tars, safe apply, and the overlay model.
 //!
 //! A layer is the difference between two filesystem trees, serialized as a tar archive
 //! (OCI image-spec `layer.md`). This crate has the four steps of that life cycle, each in its
-//! own module: [`scan`] a tree into a [`Snapshot`] (metadata only, sorted, parallel), compute a
-//! [`Changeset`] between two snapshots ([`diff`]) or read one from an overlayfs upperdir
+//! own module: [`scan`] a tree into a [`Scan`] (metadata only, sorted, parallel), compute a
+//! [`Changeset`] between two scans ([`diff`]) or read one from an overlayfs upperdir
 //! ([`overlay::changeset_from_upper`]; the [`overlay`] module is the one model of how
 //! overlayfs stores layers), serialize it with a [`LayerWriter`] into a tar whose
 //! bytes depend only on the changeset, the source bytes and the writer settings
@@ -28,13 +28,14 @@
 //! assert_eq!(report.diff_id, Some(layer.diff_id));
 //! # Ok(()) }
 //! ```
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod apply;
 mod changeset;
 mod error;
 pub mod overlay;
-mod snapshot;
+mod scan;
 pub mod tarread;
 mod writer;
 
@@ -42,7 +43,7 @@ pub use apply::apply_blob;
 pub use apply::{apply, decompress, ApplyOptions, ApplyReport};
 pub use changeset::{diff, Change, Changeset};
 pub use error::{LayerError, Result, UnsafeReason};
-pub use snapshot::{hash_file, scan, scan_with_digests, Entry, EntryKind, Snapshot, Timestamp};
+pub use scan::{hash_file, scan, scan_with_digests, Entry, EntryKind, Scan, Timestamp};
 pub use strata_types::Digest;
 pub use writer::{
     layer_from_dir, write_layer, Compression, LayerDescriptor, LayerWriter, OPAQUE_WHITEOUT,

@@ -27,7 +27,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::changeset::{Change, Changeset};
 use crate::error::{LayerError, Result};
-use crate::snapshot::{scan, EntryKind};
+use crate::scan::{scan, EntryKind};
 
 /// The xattr overlayfs marks an opaque directory with (as root).
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";

@@ -64,7 +64,7 @@ use crate::error::{LayerError, Result};
 use strata_store::Store;
 use strata_types::Digest;
 
-use crate::snapshot::{scan, Entry, EntryKind};
+use crate::scan::{scan, Entry, EntryKind};
 
 /// Name prefix of a whiteout entry (`layer.md` § Whiteouts).
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -316,7 +316,7 @@ impl LayerWriter {
 
     /// Writes the whole tree under `dir` (not `dir` itself) as one layer.
     pub fn write_dir<W: Write + Send>(&self, dir: &Path, out: W) -> Result<LayerDescriptor> {
-        let cs = Changeset::from_snapshot(scan(dir)?);
+        let cs = Changeset::from_scan(scan(dir)?);
         self.write(&cs, dir, out)
     }
 }
@@ -755,7 +755,7 @@ fn write_item<W: TarSink>(
 }
 
 /// Copies exactly `size` bytes of `abs` and the block padding; a file that shrank or grew
-/// since the snapshot is an error (the layer would not match its changeset).
+/// since the scan is an error (the layer would not match its changeset).
 fn copy_file<W: TarSink>(
     tar: &mut W,
     abs: &Path,

@@ -206,7 +206,7 @@ fn umoci_unpacks_our_two_layer_image_with_whiteouts() {
     let w = LayerWriter::new(Compression::Gzip).epoch(i64::MAX);
     let (ls, us) = (scan(&lower).unwrap(), scan(&upper).unwrap());
     let mut l1 = Vec::new();
-    let d1 = w.write(&strata_layer::Changeset::from_snapshot(ls.clone()), &lower, &mut l1).unwrap();
+    let d1 = w.write(&strata_layer::Changeset::from_scan(ls.clone()), &lower, &mut l1).unwrap();
     let mut l2 = Vec::new();
     let d2 = w.write(&diff(&ls, &us).unwrap(), &upper, &mut l2).unwrap();
     let layout = t.path().join("layout");

@@ -144,7 +144,7 @@ fn roundtrip(specs: &[Spec], compression: Compression, epoch: i64) {
     let mut layer = Vec::new();
     let summary = LayerWriter::new(compression)
         .epoch(epoch)
-        .write(&Changeset::from_snapshot(before.clone()), &src, &mut layer)
+        .write(&Changeset::from_scan(before.clone()), &src, &mut layer)
         .unwrap();
     assert_eq!(summary.size, layer.len() as u64);
     let report = apply(&layer[..], &dst, &ApplyOptions::default()).unwrap();

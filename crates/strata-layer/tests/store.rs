@@ -18,7 +18,7 @@ fn write_layer_stores_the_blob_and_apply_blob_restores_it() {
     write_file(&src.join("c"), &vec![3u8; 100_000]);
     let snap = scan(&src).unwrap();
     let w = LayerWriter::default().epoch(i64::MAX);
-    let d = write_layer(&store, &w, &Changeset::from_snapshot(snap.clone()), &src).unwrap();
+    let d = write_layer(&store, &w, &Changeset::from_scan(snap.clone()), &src).unwrap();
     assert!(store.has_blob(&d.digest));
     assert_eq!(
         fs::metadata(store.root().join("blobs/sha256").join(d.digest.hex())).unwrap().len(),
@@ -26,7 +26,7 @@ fn write_layer_stores_the_blob_and_apply_blob_restores_it() {
     );
     assert_eq!(d.media_type, "application/vnd.oci.image.layer.v1.tar+zstd");
     // Writing the same layer again deduplicates to the same digest.
-    let again = write_layer(&store, &w, &Changeset::from_snapshot(snap.clone()), &src).unwrap();
+    let again = write_layer(&store, &w, &Changeset::from_scan(snap.clone()), &src).unwrap();
     assert_eq!(again, d);
 
     let dst = t.path().join("dst");

@@ -9,6 +9,7 @@
 //! the context exclusion patterns, [`chmod`] the `COPY --chmod` modes, and [`check`] the build
 //! checks (BuildKit's lint rules and strata's own) over a parsed recipe. Nothing here does I/O:
 //! callers hand in text.
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod ast;

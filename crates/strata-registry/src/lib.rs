@@ -35,6 +35,7 @@
 //!
 //! Libraries report, callers render: progress is a stream of [`TransferEvent`]s sent to a
 //! [`TransferSink`], and each operation returns a [`TransferReport`].
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod auth;

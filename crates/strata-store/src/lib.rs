@@ -46,6 +46,7 @@
 //! Blob reads come in two speeds: [`Store::open_blob`] trusts the file system (what was renamed
 //! in was verified); [`Store::open_blob_verified`] and [`Store::read_blob`] re-hash, for content
 //! whose integrity matters more than the cost; [`Store::fsck`] re-hashes everything.
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod blob;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use strata_layer::{Digest, EntryKind, Snapshot};
+use strata_layer::{Digest, EntryKind, Scan};
 
 /// A snapshot entry reduced to what must survive a layer round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Norm {
 }
 
 /// Normalizes a snapshot (digests computed, mtimes clamped to `epoch` and truncated to seconds).
-pub fn normalize(snap: &Snapshot, epoch: i64) -> BTreeMap<Vec<u8>, Norm> {
+pub fn normalize(snap: &Scan, epoch: i64) -> BTreeMap<Vec<u8>, Norm> {
     let mut snap = snap.clone();
     snap.compute_digests().expect("digests");
     let mut leader: HashMap<(u64, u64), PathBuf> = HashMap::new();

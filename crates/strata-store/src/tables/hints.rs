@@ -33,7 +33,7 @@ impl Store {
     }
 
     /// Records that `digest` lives at `location` (`registry/repository`), keeping the newest
-    /// [`MAX_LOCATIONS`] of each blob.
+    /// 32 of each blob.
     pub fn record_blob_location(&self, digest: &Digest, location: &str) -> Result<(), StoreError> {
         let mut known = self.blob_locations(digest);
         if known.last().is_some_and(|l| l == location) {

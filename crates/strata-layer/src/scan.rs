@@ -1,14 +1,14 @@
-//! Snapshots: what a directory tree looks like, entry by entry, without its bytes.
+//! Scans: what a directory tree looks like, entry by entry, without its bytes.
 //!
-//! A [`Snapshot`] is the `lstat` of every entry under a root (the root itself excluded), with
+//! A [`Scan`] is the `lstat` of every entry under a root (the root itself excluded), with
 //! the metadata a layer can carry (type, permission bits including setuid/setgid/sticky,
 //! numeric owner, size, mtime, xattrs, symlink target, device numbers) plus what change
 //! detection and hardlink grouping need (`dev`, `ino`, `nlink`). Entries are sorted bytewise by
-//! their relative path, so two snapshots can be merge-joined in one linear pass
+//! their relative path, so two scans can be merge-joined in one linear pass
 //! ([`diff`](crate::diff)). Content digests are *not* computed by [`scan`]: hashing is the
 //! expensive part and change detection only needs it for the rare file whose size and mtime
 //! are equal but whose other evidence is inconclusive, so it is done on demand
-//! ([`Snapshot::digest_of`]) or for everything at once, in parallel ([`scan_with_digests`]).
+//! ([`Scan::digest_of`]) or for everything at once, in parallel ([`scan_with_digests`]).
 //! The walk itself is parallel: each directory's entries are stat'ed and its subdirectories
 //! descended on the rayon pool.
 
@@ -29,7 +29,7 @@ use crate::error::{LayerError, Result};
 
 /// The type of a filesystem entry.
 ///
-/// Shared by snapshots, layer tar entries ([`RawEntry::kind`](crate::tarread::RawEntry::kind))
+/// Shared by scans, layer tar entries ([`RawEntry::kind`](crate::tarread::RawEntry::kind))
 /// and strata-diff's reports (as `FileKind`), where it serializes in snake case (`"file"`,
 /// `"char_device"`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -76,10 +76,10 @@ pub struct Timestamp {
     pub nanos: u32,
 }
 
-/// One entry of a [`Snapshot`].
+/// One entry of a [`Scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// Path relative to the snapshot root, normalized: no leading `/` or `./`, no trailing `/`.
+    /// Path relative to the scan root, normalized: no leading `/` or `./`, no trailing `/`.
     pub path: PathBuf,
     /// What kind of entry this is.
     pub kind: EntryKind,
@@ -200,19 +200,19 @@ fn is_unsupported(e: &io::Error) -> bool {
 
 /// The metadata of every entry under a root directory, sorted bytewise by path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct Scan {
     root: PathBuf,
     entries: Vec<Entry>,
 }
 
-impl Snapshot {
-    /// Builds a snapshot from entries (sorted here) that describe files under `root`.
-    pub fn from_entries(root: impl Into<PathBuf>, mut entries: Vec<Entry>) -> Snapshot {
+impl Scan {
+    /// Builds a scan from entries (sorted here) that describe files under `root`.
+    pub fn from_entries(root: impl Into<PathBuf>, mut entries: Vec<Entry>) -> Scan {
         entries.par_sort_unstable_by(|a, b| path_cmp(&a.path, &b.path));
-        Snapshot { root: root.into(), entries }
+        Scan { root: root.into(), entries }
     }
 
-    /// The directory this snapshot was taken of (bytes are read from here on demand).
+    /// The directory this scan was taken of (bytes are read from here on demand).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -222,7 +222,7 @@ impl Snapshot {
         &self.entries
     }
 
-    /// Consumes the snapshot, returning its entries.
+    /// Consumes the scan, returning its entries.
     pub fn into_entries(self) -> Vec<Entry> {
         self.entries
     }
@@ -280,13 +280,13 @@ pub fn hash_file(path: &Path) -> Result<Digest> {
 ///
 /// Directories are read and entries `lstat`ed in parallel; symlinks are never followed;
 /// mount points are descended like any directory.
-pub fn scan(dir: &Path) -> Result<Snapshot> {
+pub fn scan(dir: &Path) -> Result<Scan> {
     let entries = scan_dir(dir, Path::new(""))?;
-    Ok(Snapshot::from_entries(dir, entries))
+    Ok(Scan::from_entries(dir, entries))
 }
 
 /// Like [`scan`], then computes every regular file's digest in parallel.
-pub fn scan_with_digests(dir: &Path) -> Result<Snapshot> {
+pub fn scan_with_digests(dir: &Path) -> Result<Scan> {
     let mut s = scan(dir)?;
     s.compute_digests()?;
     Ok(s)

@@ -22,14 +22,14 @@ use crate::progress::{BuildEvent, ProgressSink};
 
 /// The registry references a build has resolved, and the clients it pulls with.
 #[derive(Default)]
-pub(crate) struct Pulls {
+pub(crate) struct RegistryBases {
     /// One client per registry host, made on its first pull.
     clients: Mutex<HashMap<String, Arc<Client>>>,
     /// One slot per reference; its lock is held while the reference is being decided.
     resolved: Mutex<HashMap<String, Arc<Mutex<Option<Descriptor>>>>>,
 }
 
-impl Pulls {
+impl RegistryBases {
     /// `reference` pulled from its registry into the store, once per build: stages that
     /// ask for the same reference at the same time share one pull.
     pub fn image(
