@@ -28,7 +28,10 @@ use crate::context_hash::ContextHashes;
 use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, SourceTree};
 use crate::engine::{ImageSource, StepRunner};
 use crate::error::{BuildError, Result};
-use crate::image::{expose_ports, go_quote_list, join_workdir, ImageState, LayerRef};
+use crate::image::{
+    expose_ports, go_quote_list, healthcheck, healthcheck_history, join_workdir, ImageState,
+    LayerRef,
+};
 use crate::options::{BuildOptions, StepReport};
 use crate::progress::{BuildEvent, ProgressSink};
 use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, view_of_chain};
@@ -284,7 +287,7 @@ impl<'a> Builder<'a> {
             Instruction::Label(kvs) => {
                 let mut msg = String::from("LABEL");
                 for kv in kvs {
-                    state.labels.insert(kv.key.clone(), kv.value.clone());
+                    state.run.labels.insert(kv.key.clone(), kv.value.clone());
                     msg.push_str(&format!(" {}={}", kv.key, kv.value));
                 }
                 StepResult::meta(msg)
@@ -297,36 +300,36 @@ impl<'a> Builder<'a> {
                 let mut ports = expose_ports(words);
                 ports.sort();
                 ports.dedup();
-                state.exposed_ports.extend(ports.iter().cloned());
+                state.run.exposed_ports.extend(ports.iter().cloned());
                 let shown: Vec<String> = ports.iter().map(|p| format!("{p}:{{}}")).collect();
                 StepResult::meta(format!("EXPOSE map[{}]", shown.join(" ")))
             }
             Instruction::Cmd(c) => {
                 let cmd = self.command(state, c);
                 let msg = format!("CMD {}", go_quote_list(&cmd));
-                state.cmd = Some(cmd);
+                state.run.cmd = Some(cmd);
                 state.cmd_set = true;
                 StepResult::meta(msg)
             }
             Instruction::Entrypoint(c) => {
                 let ep = self.command(state, c);
                 let msg = format!("ENTRYPOINT {}", go_quote_list(&ep));
-                state.entrypoint = Some(ep);
+                state.run.entrypoint = Some(ep);
                 if !state.cmd_set {
-                    state.cmd = None;
+                    state.run.cmd = None;
                 }
                 StepResult::meta(msg)
             }
             Instruction::Volume(v) => {
-                state.volumes.extend(v.iter().cloned());
+                state.run.volumes.extend(v.iter().cloned());
                 StepResult::meta(format!("VOLUME [{}]", v.join(" ")))
             }
             Instruction::User(u) => {
-                state.user = u.clone();
+                state.run.user = u.clone();
                 StepResult::meta(format!("USER {u}"))
             }
             Instruction::Stopsignal(s) => {
-                state.stop_signal = Some(s.clone());
+                state.run.stop_signal = Some(s.clone());
                 StepResult::meta(format!("STOPSIGNAL {s}"))
             }
             Instruction::Arg(decls) => {
@@ -348,22 +351,16 @@ impl<'a> Builder<'a> {
                     .collect();
                 StepResult::meta(format!("ARG {}", shown.join(" ")))
             }
-            Instruction::Healthcheck(_) => {
-                self.warn(format!(
-                    "line {}: HEALTHCHECK is not part of the OCI image format and is not stored",
-                    step.span.line
-                ));
-                StepResult::meta(step.original.clone())
+            Instruction::Healthcheck(h) => {
+                state.run.healthcheck = Some(healthcheck(h));
+                StepResult::meta(healthcheck_history(h))
             }
             Instruction::Shell(sh) => {
-                state.shell = sh.clone();
+                state.run.shell = Some(sh.clone());
                 StepResult::meta(format!("SHELL {}", go_quote_list(sh)))
             }
             Instruction::Onbuild { expression, .. } => {
-                self.warn(format!(
-                    "line {}: ONBUILD is not part of the OCI image format and is not stored",
-                    step.span.line
-                ));
+                state.run.on_build.push(expression.clone());
                 StepResult::meta(format!("ONBUILD {expression}"))
             }
             Instruction::Workdir(p) => self.workdir(stage, state, p)?,
@@ -457,8 +454,8 @@ impl<'a> Builder<'a> {
     }
 
     fn workdir(&self, stage: usize, state: &mut ImageState, path: &str) -> Result<StepResult> {
-        let wd = join_workdir(&state.working_dir, path);
-        state.working_dir = wd.clone();
+        let wd = join_workdir(&state.run.working_dir, path);
+        state.run.working_dir = wd.clone();
         let created_by = format!("WORKDIR {wd}");
         if wd == "/" {
             return Ok(StepResult::meta(created_by));
@@ -469,10 +466,10 @@ impl<'a> Builder<'a> {
             return Ok(StepResult::meta(created_by));
         }
         // BuildKit creates a missing WORKDIR owned by the current USER.
-        let owner = if state.user.is_empty() {
+        let owner = if state.run.user.is_empty() {
             (0, 0)
         } else {
-            resolve_owner(&view, &state.user).unwrap_or((0, 0))
+            resolve_owner(&view, &state.run.user).unwrap_or((0, 0))
         };
         let mut doc = self.key_base("workdir", state);
         doc.insert("path".into(), wd.clone().into());
@@ -544,8 +541,12 @@ impl<'a> Builder<'a> {
         let scratch = self.staging()?;
         let root = staging.path().join("rootfs");
         std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
-        let env =
-            CopyEnv { image: &image, workdir: &state.working_dir, is_add, scratch: scratch.path() };
+        let env = CopyEnv {
+            image: &image,
+            workdir: &state.run.working_dir,
+            is_add,
+            scratch: scratch.path(),
+        };
         let mut fetched = Fetched::default();
         let inputs = source_inputs(
             &env,
@@ -559,7 +560,7 @@ impl<'a> Builder<'a> {
         doc.insert("sources".into(), inputs);
         doc.insert("from".into(), from_chain.into());
         if !spec.dest.starts_with('/') {
-            doc.insert("workdir".into(), state.working_dir.clone().into());
+            doc.insert("workdir".into(), state.run.working_dir.clone().into());
         }
         // A spec that cannot be serialized is not cached (never a key without it).
         let key = serde_json::to_value(spec).ok().and_then(|v| {

@@ -7,15 +7,14 @@
 //! stage set CMD itself, shell-form commands are wrapped in the stage's SHELL, WORKDIR is
 //! resolved against the previous one. History entries use BuildKit's `created_by` text
 //! (`RUN /bin/sh -c echo hi # buildkit`, `ENV a=b`, `CMD ["x" "y"]`) so `docker history`
-//! reads the same. The OCI config has no place for HEALTHCHECK, SHELL or ONBUILD (buildah
-//! drops them from OCI images with a warning too); a base image's `OnBuild` triggers are read
-//! from its raw config blob so they can still run.
-
-use std::collections::{BTreeMap, BTreeSet};
+//! reads the same. HEALTHCHECK, SHELL and ONBUILD are kept where Docker and BuildKit keep them,
+//! in the config's `Healthcheck`, `Shell` and `OnBuild` fields; a base image's `OnBuild`
+//! triggers run in the child and are not passed on.
 
 use serde_json::{json, Map, Value};
-use strata_image::config::format_created;
-use strata_store::oci_spec::image::{Descriptor, ImageConfiguration};
+use strata_image::config::{format_created, ImageConfig, RunConfig};
+use strata_recipe::instruction::{Command, Healthcheck};
+use strata_store::oci_spec::image::Descriptor;
 use strata_store::{Image, Store};
 use strata_types::Digest;
 
@@ -45,19 +44,11 @@ impl LayerRef {
 /// The mutable image of a stage.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ImageState {
-    pub env: Vec<String>,
-    pub user: String,
-    pub exposed_ports: BTreeSet<String>,
-    pub entrypoint: Option<Vec<String>>,
-    pub cmd: Option<Vec<String>>,
-    pub volumes: BTreeSet<String>,
-    pub working_dir: String,
-    pub labels: BTreeMap<String, String>,
-    pub stop_signal: Option<String>,
+    /// The `config` object: what a container of the image runs, Docker's extensions included.
+    pub run: RunConfig,
     pub author: Option<String>,
     pub history: Vec<Value>,
     pub layers: Vec<LayerRef>,
-    pub shell: Vec<String>,
     /// ONBUILD triggers of the base image, to run right after FROM.
     pub base_onbuild: Vec<String>,
     /// Whether this stage set CMD (ENTRYPOINT keeps it then).
@@ -69,17 +60,12 @@ fn strings(v: Option<&Value>) -> Option<Vec<String>> {
         .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
 }
 
-fn keys(v: Option<&Value>) -> BTreeSet<String> {
-    v.and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default()
-}
-
 impl ImageState {
     /// `FROM scratch`: empty, with the default `PATH` in `Env` (BuildKit and buildah both
     /// put it there).
     pub fn scratch() -> ImageState {
         ImageState {
-            shell: default_shell(),
-            env: vec![format!("PATH={DEFAULT_PATH}")],
+            run: RunConfig { env: vec![format!("PATH={DEFAULT_PATH}")], ..RunConfig::default() },
             ..ImageState::default()
         }
     }
@@ -104,41 +90,31 @@ impl ImageState {
             .zip(diff_ids)
             .map(|(d, diff_id)| LayerRef { descriptor: d.clone(), diff_id })
             .collect();
+        let mut run = RunConfig::from_json(&c);
+        // Docker and BuildKit run a base's triggers in the child and do not pass them on.
+        let base_onbuild = std::mem::take(&mut run.on_build);
         Ok(ImageState {
-            env: strings(c.get("Env")).unwrap_or_default(),
-            user: c.get("User").and_then(Value::as_str).unwrap_or_default().to_string(),
-            exposed_ports: keys(c.get("ExposedPorts")),
-            entrypoint: strings(c.get("Entrypoint")),
-            cmd: strings(c.get("Cmd")),
-            volumes: keys(c.get("Volumes")),
-            working_dir: c.get("WorkingDir").and_then(Value::as_str).unwrap_or_default().into(),
-            labels: c
-                .get("Labels")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            stop_signal: c.get("StopSignal").and_then(Value::as_str).map(str::to_string),
+            run,
             author: raw.get("author").and_then(Value::as_str).map(str::to_string),
             history: raw.get("history").and_then(Value::as_array).cloned().unwrap_or_default(),
             layers,
-            shell: strings(c.get("Shell")).filter(|s| !s.is_empty()).unwrap_or_else(default_shell),
-            base_onbuild: strings(c.get("OnBuild")).unwrap_or_default(),
+            base_onbuild,
             cmd_set: false,
         })
     }
 
     /// The state a stage built `FROM` this one starts with.
+    /// Its ONBUILD triggers run in that stage, as they would in a child image.
     pub fn for_child(&self) -> ImageState {
-        ImageState { cmd_set: false, base_onbuild: Vec::new(), ..self.clone() }
+        let mut child = ImageState { cmd_set: false, ..self.clone() };
+        child.base_onbuild = std::mem::take(&mut child.run.on_build);
+        child
     }
 
     /// `Env` split into pairs, for variable expansion.
     pub fn env_pairs(&self) -> Vec<(String, String)> {
-        self.env
+        self.run
+            .env
             .iter()
             .map(|kv| match kv.split_once('=') {
                 Some((k, v)) => (k.to_string(), v.to_string()),
@@ -149,19 +125,19 @@ impl ImageState {
 
     pub fn set_env(&mut self, key: &str, value: &str) {
         let entry = format!("{key}={value}");
-        match self.env.iter_mut().find(|kv| kv.split('=').next() == Some(key)) {
+        match self.run.env.iter_mut().find(|kv| kv.split('=').next() == Some(key)) {
             Some(kv) => *kv = entry,
-            None => self.env.push(entry),
+            None => self.run.env.push(entry),
         }
     }
 
     pub fn get_env(&self, key: &str) -> Option<&str> {
-        self.env.iter().find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        self.run.env.iter().find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
     }
 
     /// A shell-form command through the stage's SHELL.
     pub fn with_shell(&self, command: &str) -> Vec<String> {
-        let mut v = self.shell.clone();
+        let mut v = self.run.shell.clone().unwrap_or_else(default_shell);
         v.push(command.to_string());
         v
     }
@@ -177,41 +153,10 @@ impl ImageState {
         self.history.push(Value::Object(h));
     }
 
-    /// The OCI image config of this state.
-    pub fn to_config(&self, timestamp: i64) -> Result<ImageConfiguration> {
+    /// The image config of this state: the OCI config, with Docker's `Healthcheck`, `Shell`
+    /// and `OnBuild` when the stage has them (see [`strata_image::config`]).
+    pub fn to_config(&self, timestamp: i64) -> Result<ImageConfig> {
         let strata_types::Platform { os, architecture: arch, .. } = strata_types::Platform::host();
-        let mut c = Map::new();
-        if !self.user.is_empty() {
-            c.insert("User".into(), json!(self.user));
-        }
-        if !self.exposed_ports.is_empty() {
-            let m: Map<String, Value> =
-                self.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect();
-            c.insert("ExposedPorts".into(), Value::Object(m));
-        }
-        if !self.env.is_empty() {
-            c.insert("Env".into(), json!(self.env));
-        }
-        if let Some(e) = &self.entrypoint {
-            c.insert("Entrypoint".into(), json!(e));
-        }
-        if let Some(cmd) = &self.cmd {
-            c.insert("Cmd".into(), json!(cmd));
-        }
-        if !self.volumes.is_empty() {
-            let m: Map<String, Value> =
-                self.volumes.iter().map(|p| (p.clone(), json!({}))).collect();
-            c.insert("Volumes".into(), Value::Object(m));
-        }
-        if !self.working_dir.is_empty() {
-            c.insert("WorkingDir".into(), json!(self.working_dir));
-        }
-        if !self.labels.is_empty() {
-            c.insert("Labels".into(), json!(self.labels));
-        }
-        if let Some(s) = &self.stop_signal {
-            c.insert("StopSignal".into(), json!(s));
-        }
         let diff_ids: Vec<String> = self.layers.iter().map(|l| l.diff_id.to_string()).collect();
         let mut root = Map::new();
         root.insert("created".into(), json!(format_created(timestamp)));
@@ -220,10 +165,10 @@ impl ImageState {
         }
         root.insert("architecture".into(), json!(arch));
         root.insert("os".into(), json!(os));
-        root.insert("config".into(), Value::Object(c));
+        root.insert("config".into(), self.run.to_json());
         root.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
         root.insert("history".into(), Value::Array(self.history.clone()));
-        serde_json::from_value(Value::Object(root)).map_err(|source| BuildError::Config { source })
+        ImageConfig::from_json(Value::Object(root)).map_err(|source| BuildError::Config { source })
     }
 
     pub fn layer_descriptors(&self) -> Vec<Descriptor> {
@@ -261,6 +206,94 @@ fn go_quote(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The config's `Healthcheck` for a HEALTHCHECK instruction, as Docker writes it: `NONE`
+/// becomes `["NONE"]`, a shell-form command `["CMD-SHELL", command]` (run at container start
+/// with the runtime's shell, not the build's SHELL), an exec form `["CMD", args...]`; an
+/// option not given is 0, which means "the default" to the runtime.
+pub(crate) fn healthcheck(h: &Healthcheck) -> strata_image::config::Healthcheck {
+    let ns = |d: &Option<std::time::Duration>| d.map_or(0, |d| d.as_nanos() as u64);
+    match h {
+        Healthcheck::None => {
+            strata_image::config::Healthcheck { test: vec!["NONE".into()], ..Default::default() }
+        }
+        Healthcheck::Cmd { command, interval, timeout, start_period, start_interval, retries } => {
+            let test = match command {
+                Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                Command::Exec(v) => std::iter::once("CMD".to_string()).chain(v.clone()).collect(),
+            };
+            strata_image::config::Healthcheck {
+                test,
+                interval: ns(interval),
+                timeout: ns(timeout),
+                start_period: ns(start_period),
+                start_interval: ns(start_interval),
+                retries: retries.unwrap_or(0),
+            }
+        }
+    }
+}
+
+/// BuildKit's history text for HEALTHCHECK: Go's `%q` of the `HealthConfig` pointer,
+/// `HEALTHCHECK &{["CMD-SHELL" "curl -f localhost"] "30s" "0s" "0s" "0s" '\x03'}` (the
+/// durations print as Go durations, the retry count as a quoted rune).
+pub(crate) fn healthcheck_history(h: &Healthcheck) -> String {
+    let c = healthcheck(h);
+    let d = |ns: u64| go_quote(&go_duration(ns));
+    format!(
+        "HEALTHCHECK &{{{} {} {} {} {} {}}}",
+        go_quote_list(&c.test),
+        d(c.interval),
+        d(c.timeout),
+        d(c.start_period),
+        d(c.start_interval),
+        go_quote_rune(c.retries)
+    )
+}
+
+/// Go's `time.Duration.String`: `0s`, `1.5s`, `5m0s`, `1h0m0s`, `500ms`, `1.5µs`, `7ns`.
+pub(crate) fn go_duration(ns: u64) -> String {
+    fn frac(whole: u64, rest: u64, digits: usize) -> String {
+        let f = format!("{rest:0digits$}");
+        let f = f.trim_end_matches('0');
+        if f.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{f}")
+        }
+    }
+    match ns {
+        0 => "0s".into(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", frac(n / 1_000, n % 1_000, 3)),
+        n if n < 1_000_000_000 => format!("{}ms", frac(n / 1_000_000, n % 1_000_000, 6)),
+        n => {
+            let secs = frac((n / 1_000_000_000) % 60, n % 1_000_000_000, 9);
+            let mins = n / 60_000_000_000;
+            match (mins / 60, mins % 60) {
+                (0, 0) => format!("{secs}s"),
+                (0, m) => format!("{m}m{secs}s"),
+                (h, m) => format!("{h}h{m}m{secs}s"),
+            }
+        }
+    }
+}
+
+/// Go's `%q` of an integer: the quoted rune (`'\x00'`, `'A'`).
+fn go_quote_rune(n: u32) -> String {
+    match char::from_u32(n) {
+        Some('\'') => "'\\''".into(),
+        Some('\\') => "'\\\\'".into(),
+        Some('\n') => "'\\n'".into(),
+        Some('\t') => "'\\t'".into(),
+        Some('\r') => "'\\r'".into(),
+        Some(c) if (' '..='~').contains(&c) => format!("'{c}'"),
+        Some(c) if (c as u32) < 0x80 => format!("'\\x{:02x}'", c as u32),
+        Some(c) if !c.is_control() => format!("'{c}'"),
+        _ if n <= 0xffff => format!("'\\u{n:04x}'"),
+        _ => format!("'\\U{n:08x}'"),
+    }
 }
 
 /// Normalizes `EXPOSE` words the way Docker's `nat.ParsePortSpecs` does: `80` -> `80/tcp`,
@@ -321,6 +354,29 @@ mod tests {
     }
 
     #[test]
+    fn healthcheck_history_reads_like_buildkit() {
+        let h = Healthcheck::Cmd {
+            command: Command::Shell("curl -f localhost".into()),
+            interval: Some(std::time::Duration::from_secs(300)),
+            timeout: Some(std::time::Duration::from_secs(3)),
+            start_period: None,
+            start_interval: None,
+            retries: Some(3),
+        };
+        assert_eq!(
+            healthcheck_history(&h),
+            r#"HEALTHCHECK &{["CMD-SHELL" "curl -f localhost"] "5m0s" "3s" "0s" "0s" '\x03'}"#
+        );
+        let c = healthcheck(&h);
+        assert_eq!((c.interval, c.retries), (300_000_000_000, 3));
+        assert_eq!(healthcheck(&Healthcheck::None).test, ["NONE"]);
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(1_500_000), "1.5ms");
+        assert_eq!(go_quote_rune(65), "'A'");
+    }
+
+    #[test]
     fn ports_normalize_like_docker() {
         let w = vec!["80".to_string(), "53/UDP".into(), "8000-8002".into()];
         assert_eq!(expose_ports(&w), ["80/tcp", "53/udp", "8000/tcp", "8001/tcp", "8002/tcp"]);
@@ -339,7 +395,7 @@ mod tests {
         s.set_env("A", "1");
         s.set_env("AB", "2");
         s.set_env("A", "3");
-        assert_eq!(s.env, ["A=3", "AB=2"]);
+        assert_eq!(s.run.env, ["A=3", "AB=2"]);
         assert_eq!(s.get_env("AB"), Some("2"));
     }
 }

@@ -47,9 +47,10 @@
 //! - Hardlinks within one COPY/ADD source stay hardlinks, fifos stay fifos (both).
 //! - `--no-cache-filter` naming no stage of the recipe is an error, like `--target`.
 //!
-//! Not stored, as buildah does for OCI images: HEALTHCHECK, SHELL and ONBUILD have no place in
-//! the OCI config (a [`BuildEvent::Warning`] says so); ONBUILD triggers of a *base* image are
-//! read from its raw config and do run.
+//! - HEALTHCHECK, SHELL and ONBUILD go where Docker and BuildKit put them, in the config's
+//!   `Healthcheck`, `Shell` and `OnBuild` fields, for OCI images too (buildah drops them from
+//!   OCI images with a warning). A base's ONBUILD triggers run right after FROM, also when the
+//!   base is an earlier stage, and are not passed on to the child.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -159,7 +160,7 @@ pub fn build_with(
     built?;
     let state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
     let config = state.to_config(opts.timestamp)?;
-    let manifest = store.put_image(&config, &state.layer_descriptors())?;
+    let manifest = config.put(store, &state.layer_descriptors())?;
     for tag in &opts.tags {
         store.tag(tag, &manifest)?;
     }

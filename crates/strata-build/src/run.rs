@@ -99,7 +99,7 @@ impl Builder<'_> {
             },
         };
         // Environment: config Env, then ARGs not shadowed by it (BuildKit's rule).
-        let mut env = state.env.clone();
+        let mut env = state.run.env.clone();
         let mut shown_args = Vec::new();
         for (k, v) in scope.args() {
             let value = state.get_env(k).map(str::to_string).unwrap_or_else(|| v.clone());
@@ -111,8 +111,11 @@ impl Builder<'_> {
         if state.get_env("PATH").is_none() {
             env.push(format!("PATH={DEFAULT_PATH}"));
         }
-        let cwd =
-            if state.working_dir.is_empty() { "/".to_string() } else { state.working_dir.clone() };
+        let cwd = if state.run.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            state.run.working_dir.clone()
+        };
         let network = match run.network {
             Some(NetworkMode::None) => strata_sandbox::Network::None,
             Some(NetworkMode::Host) => strata_sandbox::Network::Host,
@@ -165,7 +168,7 @@ impl Builder<'_> {
         let ids = strata_sandbox::resolve_user_in(
             &read("etc/passwd").unwrap_or_default(),
             &read("etc/group").unwrap_or_default(),
-            &state.user,
+            &state.run.user,
         )?;
         let req = RunRequest {
             rootfs,
@@ -252,7 +255,7 @@ impl Builder<'_> {
             "argv": argv,
             "heredocs": run.heredocs,
             "env": env,
-            "user": state.user,
+            "user": state.run.user,
             "cwd": cwd,
             "network": matches!(network, strata_sandbox::Network::None),
             "mounts": run.mounts,

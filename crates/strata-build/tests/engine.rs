@@ -20,6 +20,7 @@ use strata_types::Digest;
 /// A RUN as the fake saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Ran {
+    argv: Vec<String>,
     script: String,
     cwd: String,
     uid: u32,
@@ -69,6 +70,7 @@ impl StepRunner for FakeRunner {
         }
         on_line(Stream::Stdout, &format!("ran {script}"));
         self.ran.lock().unwrap().push(Ran {
+            argv: req.argv.clone(),
             script: script.clone(),
             cwd: req.cwd.clone(),
             uid,
@@ -250,6 +252,62 @@ fn onbuild_triggers_run_once_in_the_child_only() {
     runner.clear();
     e.build("FROM child\nRUN echo child\n", &runner, |o| o.no_cache = true).unwrap();
     assert_eq!(runner.scripts(), ["echo child"]);
+}
+
+/// The raw config blob of a built image (Docker's fields are not in the OCI types).
+fn raw_config(e: &Env, out: &strata_build::BuildOutput) -> serde_json::Value {
+    let d: Digest = out.image.manifest.config().digest().to_string().parse().unwrap();
+    serde_json::from_slice(&e.store.read_blob(&d).unwrap()).unwrap()
+}
+
+#[test]
+fn healthcheck_shell_and_onbuild_are_stored_where_docker_keeps_them() {
+    let e = env();
+    let recipe = r#"FROM base AS parent
+ONBUILD RUN echo trig
+HEALTHCHECK --interval=30s --retries=3 CMD curl -f localhost
+SHELL ["/bin/bash", "-c"]
+RUN echo parent
+FROM parent
+RUN echo child
+"#;
+    let runner = FakeRunner::default();
+    let parent = e.build(recipe, &runner, |o| o.target = Some("parent".into())).unwrap();
+    let c = raw_config(&e, &parent);
+    assert_eq!(c["config"]["OnBuild"], serde_json::json!(["RUN echo trig"]));
+    assert_eq!(c["config"]["Shell"], serde_json::json!(["/bin/bash", "-c"]));
+    assert_eq!(
+        c["config"]["Healthcheck"],
+        serde_json::json!({"Test": ["CMD-SHELL", "curl -f localhost"], "Interval": 30_000_000_000u64, "Retries": 3})
+    );
+    let history: Vec<&str> =
+        c["history"].as_array().unwrap().iter().filter_map(|h| h["created_by"].as_str()).collect();
+    assert!(history.contains(&"ONBUILD RUN echo trig"), "{history:?}");
+    assert!(history.contains(&"SHELL [\"/bin/bash\" \"-c\"]"), "{history:?}");
+    assert!(
+        history.contains(
+            &"HEALTHCHECK &{[\"CMD-SHELL\" \"curl -f localhost\"] \"30s\" \"0s\" \"0s\" \"0s\" '\\x03'}"
+        ),
+        "{history:?}"
+    );
+    assert_eq!(runner.ran.lock().unwrap()[0].argv, ["/bin/bash", "-c", "echo parent"]);
+
+    // A stage FROM that stage runs the trigger first, once, and does not pass it on; the
+    // healthcheck and shell are inherited.
+    runner.clear();
+    let child = e.build(recipe, &runner, |o| o.no_cache = true).unwrap();
+    assert_eq!(runner.scripts(), ["echo parent", "echo trig", "echo child"]);
+    let c = raw_config(&e, &child);
+    assert!(c["config"].get("OnBuild").is_none(), "{c}");
+    assert_eq!(c["config"]["Shell"], serde_json::json!(["/bin/bash", "-c"]));
+    assert_eq!(c["config"]["Healthcheck"]["Retries"], 3);
+
+    // HEALTHCHECK NONE disables an inherited check.
+    let none = e.build("FROM base\nHEALTHCHECK NONE\n", &runner, |_| {}).unwrap();
+    assert_eq!(
+        raw_config(&e, &none)["config"]["Healthcheck"],
+        serde_json::json!({"Test": ["NONE"]})
+    );
 }
 
 #[test]

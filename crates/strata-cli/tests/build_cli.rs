@@ -294,3 +294,29 @@ fn a_step_running_the_builder_binary_cannot_rewrite_it() {
     assert_eq!(std::fs::read(env!("CARGO_BIN_EXE_strata")).unwrap(), exe, "the binary changed");
     drop(dir);
 }
+
+#[test]
+fn healthcheck_shell_and_onbuild_show_in_inspect() {
+    // Metadata only: no RUN, so no root needed.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nHEALTHCHECK --timeout=3s CMD [\"/probe\", \"-q\"]\nSHELL [\"/bin/ash\", \"-c\"]\nONBUILD COPY . /src\n",
+    )
+    .unwrap();
+    ok(&store, &["build", "-t", "meta:1", ctx.to_str().unwrap()]);
+    let text = ok(&store, &["inspect", "meta:1"]);
+    assert!(
+        text.contains(r#"Healthcheck:  {"Test":["CMD","/probe","-q"],"Timeout":3000000000}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"Shell:        ["/bin/ash","-c"]"#), "{text}");
+    assert!(text.contains("OnBuild:      COPY . /src"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["inspect", "--json", "meta:1"])).unwrap();
+    assert_eq!(v["config"]["config"]["OnBuild"], serde_json::json!(["COPY . /src"]));
+    assert_eq!(v["config"]["config"]["Healthcheck"]["Test"][0], "CMD");
+}

@@ -30,6 +30,23 @@ pub struct OpenedImage {
     pub(crate) _scratch: Option<tempfile::TempDir>,
 }
 
+impl OpenedImage {
+    /// The image's config as stored, as JSON: with the fields the OCI types drop, such as
+    /// Docker's `Healthcheck`, `Shell` and `OnBuild` (read them with
+    /// [`RunConfig::from_json`](crate::config::RunConfig::from_json)).
+    pub fn raw_config(&self) -> Result<serde_json::Value> {
+        let digest = desc_digest(self.image.manifest.config())?;
+        let bytes = self.store.read_blob(&digest)?;
+        serde_json::from_slice(&bytes).map_err(|source| {
+            ImageError::Store(strata_store::StoreError::InvalidBlobJson {
+                digest,
+                what: "image config",
+                source,
+            })
+        })
+    }
+}
+
 /// Opens the image at a local `location` for reading: the store (`local`, needed for
 /// `name:tag` locations only), an `oci:` layout (read in place) or a `docker-archive`
 /// (unpacked into a scratch layout first, its layers verified against the config's

@@ -216,6 +216,9 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
         strata::diff::efficiency(strata::diff::StoredImage::from(&source), args.worst)
             .with_context(|| format!("cannot read the layers of {location}"))
     });
+    // As stored: Docker's Healthcheck, Shell and OnBuild are in it.
+    let raw_config =
+        source.raw_config().with_context(|| format!("cannot read the config of {location}"))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let efficiency = efficiency.transpose()?;
@@ -223,7 +226,7 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
             "name": source.name,
             "digest": image.manifest_descriptor.digest().to_string(),
             "manifest": image.manifest,
-            "config": image.config,
+            "config": raw_config,
             "efficiency": efficiency,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -250,6 +253,16 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
         if let Some(u) = cfg.user() {
             writeln!(out, "User:         {u}")?;
         }
+    }
+    let run = image::config::RunConfig::from_json(&raw_config["config"]);
+    if let Some(h) = &run.healthcheck {
+        writeln!(out, "Healthcheck:  {}", serde_json::to_string(h)?)?;
+    }
+    if let Some(sh) = &run.shell {
+        writeln!(out, "Shell:        {}", serde_json::to_string(sh)?)?;
+    }
+    for trigger in &run.on_build {
+        writeln!(out, "OnBuild:      {trigger}")?;
     }
     let layers = image.manifest.layers();
     let total: u64 = layers.iter().map(|l| l.size()).sum();
