@@ -7,13 +7,13 @@
 # (~500 MB in ~20,000 files) is taken from /usr/share and /usr/lib; the recipe COPYs the context
 # and runs three RUN steps. Both builders start from an empty cache each run (the base image
 # already imported), like a CI machine's first build. Prints hyperfine's table and the ratio of
-# medians. STRATA defaults to target/release/strata (built here if missing).
+# medians. STRATA defaults to cargo's release build (built here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${RUNS:-5}
 work=${BENCH_DIR:-/var/tmp/strata-bench-build}
 source benches/lib.sh  # the script has cd-ed to the repository root
-bench_setup build.sh
+bench_setup build.sh buildah skopeo hyperfine
 bench_base_files
 bench_context_files "$work/ctx/app/share" "$work/ctx/app/lib"
 cat > "$work/ctx/Dockerfile" <<'RECIPE'

@@ -15,16 +15,44 @@ for p in sys.stdin.buffer.read().split(b"\0"):
 ' "$3" | tar --null -T - -cf - | tar -C "$2" -xf -)
 }
 
-# Common start: a release strata in $STRATA (built here unless given), the anchor tools present,
-# an empty $work directory.
-bench_setup() { # script-name
-  if [ -z "${STRATA:-}" ]; then
-    cargo build --release -q -p strata-cli
-    STRATA=$PWD/target/release/strata
-  fi
-  for tool in buildah skopeo hyperfine; do
-    command -v "$tool" >/dev/null || { echo "benches/$1: $tool is required" >&2; exit 2; }
+# Cleanup run when the script exits (normally, on error, or on INT/TERM), last registered first.
+bench_cleanup=()
+bench_on_exit() { # shell-command
+  bench_cleanup+=("$1")
+  trap bench_run_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+bench_run_cleanup() {
+  local i
+  for ((i = ${#bench_cleanup[@]} - 1; i >= 0; i--)); do eval "${bench_cleanup[i]}" || true; done
+}
+
+bench_umount_under() { # dir: what a killed earlier run left mounted there (buildah, dockerd)
+  local m
+  for m in $(awk -v w="$1/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r); do
+    umount "$m" || umount -l "$m" || true
   done
+}
+
+# Common start: a release strata in $STRATA (built here unless given), the anchor tools
+# present, an empty $work directory (after unmounting what a killed earlier run left mounted).
+bench_setup() { # script-name required-tool...
+  local name=$1 tool
+  shift
+  if [ -z "${STRATA:-}" ]; then
+    # Wherever cargo puts it (CARGO_TARGET_DIR, .cargo/config.toml): ask cargo.
+    STRATA=$(cargo build --release -q -p strata-cli --message-format=json-render-diagnostics |
+      python3 -c '
+import json, sys
+exe = [m["executable"] for m in map(json.loads, sys.stdin)
+       if m.get("reason") == "compiler-artifact" and m.get("executable")]
+print(exe[-1])')
+  fi
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "benches/$name: $tool is required" >&2; exit 2; }
+  done
+  bench_umount_under "$work"
   rm -rf "$work" && mkdir -p "$work"
 }
 

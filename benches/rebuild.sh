@@ -13,13 +13,13 @@
 #   3. strata's no-op rebuild of the same context with 2x the files vs 2x the bytes, to show
 #      that a no-op rebuild costs a metadata walk (grows with files), not a read (bytes).
 # Prints hyperfine's tables, the medians and the ratios. STRATA defaults to
-# target/release/strata (built here if missing).
+# cargo's release build (built here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${RUNS:-5}
 work=${BENCH_DIR:-/var/tmp/strata-bench-rebuild}
 source benches/lib.sh  # the script has cd-ed to the repository root
-bench_setup rebuild.sh
+bench_setup rebuild.sh buildah skopeo hyperfine
 bench_base_files
 ctx=$work/ctx
 mkdir -p "$ctx/app"
