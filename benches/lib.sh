@@ -77,8 +77,9 @@ bench_context_files() { # share-dest lib-dest: the build benches' ~500 MB / ~20,
 # A private dockerd for this run only: its own data root, exec root, socket, pid file, config
 # file and key file under $work/docker, no iptables, bridge, IP forwarding or masquerading
 # changes, started in its own session and stopped on exit. A system daemon, if any, is never
-# touched. The client is chosen by a probe build: a docker CLI of 23 or newer without the buildx
-# plugin refuses DOCKER_BUILDKIT=1 builds, so the one that comes with dockerd is tried too.
+# touched; the one trace outside $work, an empty /run/docker/plugins, is removed again. The
+# client is chosen by a probe build: a docker CLI of 23 or newer without the buildx plugin
+# refuses DOCKER_BUILDKIT=1 builds, so the one that comes with dockerd is tried too.
 # On success: $docker_cli is the client, DOCKER_HOST, DOCKER_CONFIG and DOCKER_BUILDKIT=1 are
 # exported, $buildkit_storage names the storage driver. Otherwise it returns 1 with the reason in
 # $buildkit_skipped (BENCH_BUILDKIT=0 skips on purpose). BENCH_DOCKER_STORAGE lists the drivers
@@ -91,6 +92,8 @@ bench_docker_start() {
     { buildkit_skipped="no dockerd (apt-get install docker.io)"; return 1; }
   command -v curl >/dev/null || { buildkit_skipped="no curl to wait for dockerd"; return 1; }
   local dir=$work/docker driver up="" c
+  # dockerd 20.10 always creates /run/docker/plugins; remove it again if it was not there.
+  [ -e /run/docker ] || bench_on_exit 'rmdir /run/docker/plugins /run/docker 2>/dev/null'
   bench_on_exit bench_docker_stop
   for driver in ${BENCH_DOCKER_STORAGE:-overlay2 vfs}; do
     bench_docker_stop
