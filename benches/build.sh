@@ -9,13 +9,15 @@
 # and runs three RUN steps. Every builder starts from an empty cache each run (the base image
 # already imported), like a CI machine's first build: strata from a copy of the base store,
 # buildah from fresh storage with the base copied in, BuildKit after removing the image and
-# `docker builder prune -af`. The base is built by strata and handed over byte for byte (skopeo
-# to buildah, `docker load` to dockerd); the bench checks all three hold the same config digest.
+# `docker builder prune -af`; then the page cache is dropped and the context read back (below).
+# The base is built by strata and handed over byte for byte (skopeo to buildah, `docker load`
+# to dockerd); the bench checks all three hold the same config digest.
 # BuildKit runs in a private dockerd started for the run (benches/lib.sh; its column is skipped,
 # with the reason, when docker is missing; BENCH_BUILDKIT=0 skips it on purpose) with
 # `DOCKER_BUILDKIT=1 docker build --network host`. Runs alternate (strata, buildah, BuildKit,
 # strata, ...) so a noisy machine hits all alike; prints each run, the medians and the ratios
-# of medians. STRATA defaults to cargo's release build (built here); RUNS (default 5), BENCH_DIR.
+# of medians. STRATA defaults to cargo's release build (built here); RUNS (default 5), BENCH_DIR,
+# BENCH_DROP_CACHES.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${RUNS:-5}
@@ -46,14 +48,24 @@ bah=(buildah --root "$work/bah-root" --runroot "$work/bah-run" --storage-driver 
 reset_buildah="${bah[*]} rm --all >/dev/null 2>&1; ${bah[*]} rmi --all --force >/dev/null 2>&1; rm -rf $work/bah-root $work/bah-run; skopeo copy -q oci:$work/base-oci:bench-base containers-storage:[overlay@$work/bah-root+$work/bah-run]localhost/bench-base:1 >/dev/null; sync"
 reset_strata="rm -rf $work/store && cp -a $work/base-store $work/store && sync"
 eval "$reset_buildah"
+# Every run starts from the same memory state: each reset deletes tens of thousands of files,
+# and on this kind of machine (ext4 without a journal) creating files while the inode-table
+# blocks of freshly deleted ones sit in the buffer cache costs the next build seconds of kernel
+# time (__ext4_new_inode -> recently_deleted); strata's cold build went 5 s -> 15 s -> 19 s
+# run after run. So caches are dropped (BENCH_DROP_CACHES=0 keeps them), then the context is
+# read back, as a fresh checkout would be in the page cache. (tar skips reading when it writes
+# to /dev/null itself, hence the cat.)
+settle="sync"
+[ "${BENCH_DROP_CACHES:-1}" = 0 ] || settle="sync; echo 3 > /proc/sys/vm/drop_caches"
+settle="$settle; tar -C $work/ctx -cf - . | cat > /dev/null"
 
-tools=(strata "$reset_strata"
+tools=(strata "$reset_strata; $settle"
   "$STRATA --store $work/store build --progress plain --build-arg BASE=bench-base:1 -t out:1 $work/ctx"
-  buildah "$reset_buildah"
+  buildah "$reset_buildah; $settle"
   "${bah[*]} bud --layers --isolation chroot --build-arg BASE=localhost/bench-base:1 -t localhost/out:1 $work/ctx")
 if bench_docker_start; then
   bench_docker_load_base bench-base:1 "${bah[@]}"
-  tools+=(buildkit "$docker_cli rmi -f out:1 >/dev/null 2>&1; $docker_cli builder prune -af >/dev/null; sync"
+  tools+=(buildkit "$docker_cli rmi -f out:1 >/dev/null 2>&1; $docker_cli builder prune -af >/dev/null; $settle"
     "$docker_cli build --network host --build-arg BASE=bench-base:1 -t out:1 $work/ctx")
 else
   echo "BuildKit column skipped: $buildkit_skipped"
