@@ -13,13 +13,14 @@
 #   a path only the new layer names is looked up in the base layers' tars
 #   umoci unpack both + diff -r   (after `strata export --compression gzip`, untimed, as
 #                                 Debian's umoci cannot read zstd)
-# Prints hyperfine's table and the ratios of medians. STRATA defaults to target/release/strata.
+# Prints hyperfine's table and the ratios of medians. STRATA defaults to cargo's
+# release build (built here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${RUNS:-5}
 work=${BENCH_DIR:-/var/tmp/strata-bench-diff}
 source benches/lib.sh  # the script has cd-ed to the repository root
-bench_setup diff.sh
+bench_setup diff.sh skopeo hyperfine
 command -v umoci >/dev/null || { echo "benches/diff.sh: umoci is required" >&2; exit 2; }
 store="$work/store"
 S=("$STRATA" --store "$store")

@@ -14,16 +14,14 @@
 # incremental run. skopeo copies the OCI layout strata exported (blobs as they are); buildah
 # pushes from its containers-storage (where the same layout was copied once), recompressing
 # as it does. Prints hyperfine's tables and the ratios of medians. STRATA defaults to
-# target/release/strata (built here if missing); RUNS (default 5), BENCH_DIR.
+# cargo's release build (built here); RUNS (default 5), BENCH_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${RUNS:-5}
 work=${BENCH_DIR:-/var/tmp/strata-bench-push}
 source benches/lib.sh  # the script has cd-ed to the repository root
 command -v docker-registry >/dev/null || { echo "benches/push.sh: docker-registry is required" >&2; exit 2; }
-# A killed earlier run can leave buildah's overlay mounted inside $work.
-for m in $(awk -v w="$work/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r); do umount "$m" || true; done
-bench_setup push.sh
+bench_setup push.sh buildah skopeo hyperfine
 bench_base_files
 port=${REGISTRY_PORT:-5055}
 host=127.0.0.1:$port
@@ -97,7 +95,7 @@ done
 echo "registry did not start" >&2; exit 1
 SCRIPT
 chmod +x "$work/reset-registry.sh"
-trap '[ -f "$work/registry.pid" ] && kill "$(cat "$work/registry.pid")" 2>/dev/null || true' EXIT
+bench_on_exit '[ -f "$work/registry.pid" ] && kill "$(cat "$work/registry.pid")" 2>/dev/null || true'
 "$work/reset-registry.sh"
 sync
 

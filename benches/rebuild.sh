@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# Incremental rebuilds: strata vs `buildah bud --layers`, both warm, same recipe, same context,
-# same base, in one run.
+# Incremental rebuilds: strata vs `buildah bud --layers` vs BuildKit (`docker build`), all warm,
+# same recipe, same context, same base, in one run.
 #
-#   bash benches/rebuild.sh          # needs root, buildah, skopeo, hyperfine; ~15 minutes
+#   bash benches/rebuild.sh          # needs root, buildah, skopeo; dockerd for BuildKit; ~20 minutes
 #
 # The base image (~200 MB) is a busybox root filesystem plus files from /usr/lib; the context
 # (~500 MB in ~20,000 files, from /usr/share and /usr/lib, as in benches/build.sh) is laid out
 # like the LAMP example: two big COPYs each followed by a RUN, then a small `COPY app/` of PHP
-# files. Both builders build it once (warm cache), then hyperfine measures:
-#   1. a no-op rebuild (nothing changed);
+# files. Every builder builds it once (warm cache), then runs alternate (strata, buildah,
+# BuildKit, ..., strata, ...) for:
+#   1. a no-op rebuild (nothing changed), beside the stat floor: `find CONTEXT -printf '%s %T@
+#      %C@ %i\n'`, one single-threaded stat per file of the same context (#17: a no-op rebuild
+#      should cost within 1.5x of it);
 #   2. a PHP change (a prepare step edits one file in app/): only the last COPY re-runs;
 #   3. strata's no-op rebuild of the same context with 2x the files vs 2x the bytes, to show
 #      that a no-op rebuild costs a metadata walk (grows with files), not a read (bytes).
-# Prints hyperfine's tables, the medians and the ratios. STRATA defaults to
-# target/release/strata (built here if missing).
+# BuildKit runs in a private dockerd started for the run (benches/lib.sh; its column is skipped,
+# with the reason, when docker is missing; BENCH_BUILDKIT=0 skips it on purpose) with
+# `DOCKER_BUILDKIT=1 docker build --network host`, from the same base image (checked by config
+# digest). Prints each run, the medians and the ratios of medians. STRATA defaults to
+# cargo's release build (built here); RUNS (default 5), BENCH_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${RUNS:-5}
 work=${BENCH_DIR:-/var/tmp/strata-bench-rebuild}
 source benches/lib.sh  # the script has cd-ed to the repository root
-bench_setup rebuild.sh
+bench_setup rebuild.sh buildah skopeo
 bench_base_files
 ctx=$work/ctx
 mkdir -p "$ctx/app"
@@ -66,9 +72,19 @@ cp -a "$work/base-store" "$work/store"
 strata_build="$STRATA --store $work/store build --progress plain --build-arg BASE=bench-base:1 -t out:1"
 buildah_build="${bah[*]} bud --layers --isolation chroot --build-arg BASE=localhost/bench-base:1 -t localhost/out:1 $ctx"
 
-echo "== warming both caches"
+tools=(strata "" "$strata_build $ctx" buildah "" "$buildah_build")
+if bench_docker_start; then
+  bench_docker_load_base bench-base:1 "${bah[@]}"
+  buildkit_build="$docker_cli build --network host --build-arg BASE=bench-base:1 -t out:1 $ctx"
+  tools+=(buildkit "" "$buildkit_build")
+else
+  echo "BuildKit column skipped: $buildkit_skipped"
+fi
+
+echo "== warming the caches"
 $strata_build "$ctx" >/dev/null 2>"$work/warm-strata.log"
 $buildah_build >/dev/null 2>"$work/warm-buildah.log"
+[ -z "$docker_cli" ] || $buildkit_build >/dev/null 2>"$work/warm-buildkit.log"
 for c in ctx-files ctx-bytes; do $strata_build "$work/$c" >/dev/null 2>>"$work/warm-strata.log"; done
 # The stat cache keeps no entry for a file changed in the last 2 s; let the files age.
 sleep 3
@@ -76,30 +92,38 @@ $strata_build "$ctx" >/dev/null 2>>"$work/warm-strata.log"
 for c in ctx-files ctx-bytes; do $strata_build "$work/$c" >/dev/null 2>>"$work/warm-strata.log"; done
 sync
 
-echo "== no-op rebuild"
-hyperfine --runs "$runs" --warmup 1 --export-json "$work/noop.json" \
-  -n strata "$strata_build $ctx" -n buildah "$buildah_build"
+echo "== no-op rebuild, beside the stat floor ($runs alternating runs)"
+bench_alternate noop "$runs" 1 "${tools[@]}" stat-walk "" "find $ctx -printf '%s %T@ %C@ %i\n'"
 
-echo "== PHP change rebuild (one file in app/ edited before each run)"
+echo "== PHP change rebuild, one file in app/ edited before each run ($runs alternating runs)"
 edit="sed -i \"s/version [0-9]*/version \$(date +%s%N)/\" $ctx/app/index.php"
-hyperfine --runs "$runs" --warmup 1 --export-json "$work/php.json" \
-  --prepare "$edit" -n strata "$strata_build $ctx" \
-  --prepare "$edit" -n buildah "$buildah_build"
+php=()
+for ((i = 0; i < ${#tools[@]}; i += 3)); do php+=("${tools[i]}" "$edit" "${tools[i + 2]}"); done
+bench_alternate php "$runs" 1 "${php[@]}"
 
-echo "== strata no-op rebuild: 1x, 2x the files, 2x the bytes"
-hyperfine --runs "$runs" --warmup 1 --export-json "$work/scale.json" \
-  -n 1x "$strata_build $ctx" -n 2x-files "$strata_build $work/ctx-files" \
-  -n 2x-bytes "$strata_build $work/ctx-bytes"
+echo "== strata no-op rebuild: 1x, 2x the files, 2x the bytes ($runs alternating runs)"
+bench_alternate scale "$runs" 1 1x "" "$strata_build $ctx" \
+  2x-files "" "$strata_build $work/ctx-files" 2x-bytes "" "$strata_build $work/ctx-bytes"
 
-python3 - "$work" <<'PY'
+python3 - "$work" "${buildkit_skipped:-}" <<'PY'
 import json, sys
-w = sys.argv[1]
+w, skipped = sys.argv[1], sys.argv[2]
 def med(name):
     return {x["command"]: x["median"] for x in json.load(open(f"{w}/{name}.json"))["results"]}
+runs = len(json.load(open(f"{w}/noop.json"))["results"][0]["times"])
 n, p, s = med("noop"), med("php"), med("scale")
-print(f"no-op rebuild, median of runs: strata {n['strata']:.3f} s, buildah {n['buildah']:.3f} s, buildah/strata = {n['buildah']/n['strata']:.1f}x (target >= 10x)")
-print(f"PHP change rebuild, median: strata {p['strata']:.3f} s, buildah {p['buildah']:.3f} s, buildah/strata = {p['buildah']/p['strata']:.1f}x (target >= 5x)")
-print(f"strata no-op, median: 1x {s['1x']:.3f} s, 2x files {s['2x-files']:.3f} s ({s['2x-files']/s['1x']:.2f}x), 2x bytes {s['2x-bytes']:.3f} s ({s['2x-bytes']/s['1x']:.2f}x)")
+def anchors(m, buildah_target, buildkit_target):
+    out = f"buildah {m['buildah']:.3f} s ({m['buildah']/m['strata']:.1f}x strata; target >= {buildah_target}x)"
+    if "buildkit" in m:
+        out += f", BuildKit {m['buildkit']:.3f} s ({m['buildkit']/m['strata']:.1f}x strata; target >= {buildkit_target}x)"
+    else:
+        out += f", BuildKit skipped ({skipped})"
+    return out
+print(f"medians of {runs} alternating runs each:")
+print(f"no-op rebuild: strata {n['strata']:.3f} s, {anchors(n, 10, 10)}")
+print(f"no-op rebuild vs stat floor: stat walk {n['stat-walk']:.3f} s, strata/stat walk = {n['strata']/n['stat-walk']:.2f}x (target <= 1.5x)")
+print(f"PHP change rebuild: strata {p['strata']:.3f} s, {anchors(p, 5, 10)}")
+print(f"strata no-op: 1x {s['1x']:.3f} s, 2x files {s['2x-files']:.3f} s ({s['2x-files']/s['1x']:.2f}x), 2x bytes {s['2x-bytes']:.3f} s ({s['2x-bytes']/s['1x']:.2f}x)")
 PY
 "${bah[@]}" rm --all >/dev/null 2>&1 || true
 "${bah[@]}" rmi --all --force >/dev/null 2>&1 || true
