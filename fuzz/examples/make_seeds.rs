@@ -2,7 +2,8 @@
 //! layer tars made by strata's own `LayerWriter` (plus a few hostile ones made by hand, like
 //! `crates/strata-layer/tests/malicious.rs` does), manifests, indexes and configs, and registry
 //! header values. Run it from `fuzz/` with `cargo run --example make_seeds` (stable Rust is
-//! enough) after changing what it writes; the output is deterministic.
+//! enough) after changing what it writes. The writer's tars follow the tree's timestamps, so a
+//! rerun may change them slightly.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -114,9 +115,20 @@ fn layers() {
             ]),
         ),
     ];
+    // GNU base-256 size 2^64 - 1 followed by a header a short skip would read
+    // (regression_tarread_base256_size_near_u64_max).
+    let mut huge = hostile(&[(b"big", b'0', b"", b""), (b"smuggled", b'0', b"", b"")]);
+    huge[124..136]
+        .copy_from_slice(&[0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    huge[148..156].copy_from_slice(b"        ");
+    let sum: u32 = huge[..512].iter().map(|&b| u32::from(b)).sum();
+    huge[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut evil = evil;
+    evil.push(("base256-size-near-u64-max", huge));
     for target in ["tarread", "apply"] {
-        // apply's first byte picks options: 0 = unprivileged, 1 = privileged.
-        let prefix: &[u8] = if target == "apply" { b"\x01" } else { b"" };
+        // The first byte is a control byte: for both, 1 fixes checksums (tarread) or means
+        // privileged (apply); 8 fixes checksums for apply.
+        let prefix: &[u8] = if target == "apply" { b"\x09" } else { b"\x01" };
         let with = |b: &[u8]| [prefix, b].concat();
         write(target, "writer-full.tar", &with(&full));
         write(target, "writer-delta-whiteouts.tar", &with(&delta));

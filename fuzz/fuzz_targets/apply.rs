@@ -1,8 +1,9 @@
 //! Layer apply (`strata_layer::apply`) onto a fresh directory, asserting nothing escapes it.
 //!
 //! Input: one options byte, then the layer (plain tar; gzip and zstd are detected as in
-//! production). Bits of the options byte pick `privileged`, `overlay_whiteouts` and an
-//! `owner`. Each run applies into `base/outer/inner`, where `base` also holds a canary file
+//! production). Bits of the options byte pick `privileged`, `overlay_whiteouts`, an `owner`,
+//! and (8) whether every header-shaped block of a plain tar gets a valid checksum first, so
+//! mutations reach the fields behind the checksum test. Each run applies into `base/outer/inner`, where `base` also holds a canary file
 //! and `outer` nothing but `inner`; afterwards `outer` must still hold only `inner`, `base` only
 //! `outer` and the canary, and the metadata (mode, owner, size, link count, mtime, ctime) of
 //! `base`, the canary and `outer` must be unchanged: no write, link, chmod or utime reached
@@ -17,6 +18,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use strata_layer::{apply, ApplyOptions};
+
+#[path = "tar_checksums.rs"]
+mod tar_checksums;
 
 /// Metadata that any touch changes.
 fn stamp(p: &Path) -> (u32, u32, u32, u64, u64, i64, i64, i64, i64) {
@@ -70,7 +74,13 @@ fuzz_target!(|data: &[u8]| {
     if flags & 4 != 0 {
         opts = opts.owner(1000, 1000);
     }
-    let _ = apply(layer, &inner, &opts);
+    let mut layer = layer.to_vec();
+    let compressed =
+        layer.starts_with(&[0x1f, 0x8b]) || layer.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    if flags & 8 != 0 && !compressed {
+        tar_checksums::fix_checksums(&mut layer);
+    }
+    let _ = apply(&layer[..], &inner, &opts);
 
     assert_eq!(names(&outer), ["inner"], "apply wrote beside its target");
     assert_eq!(names(base), ["canary", "outer"], "apply wrote outside its target");
