@@ -225,7 +225,9 @@ impl<R: Read> TarReader<R> {
     /// `InvalidData` for a malformed header, `UnexpectedEof` for a truncated stream, or the
     /// underlying reader's error.
     pub fn next_entry(&mut self) -> io::Result<Option<RawEntry>> {
-        self.skip(self.left + self.pad)?;
+        // Saturating: a size near 2^64 leaves no room for padding, and must not wrap to a
+        // short skip that would read the entry's data as the next header.
+        self.skip(self.left.saturating_add(self.pad))?;
         self.left = 0;
         self.pad = 0;
         if self.done {

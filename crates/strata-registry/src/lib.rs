@@ -43,6 +43,8 @@ mod client;
 mod copy;
 pub mod credentials;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod knowledge;
 mod manifest;

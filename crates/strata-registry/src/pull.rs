@@ -466,7 +466,7 @@ fn fetch_blob_to_memory(
 }
 
 /// `bytes 100-199/200` -> 100.
-fn parse_content_range_start(v: &str) -> Option<u64> {
+pub(crate) fn parse_content_range_start(v: &str) -> Option<u64> {
     let v = v.trim();
     let v = v.strip_prefix("bytes").map(str::trim_start).unwrap_or(v);
     v.split('-').next()?.trim().parse().ok()

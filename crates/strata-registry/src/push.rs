@@ -451,7 +451,7 @@ fn upload_status(session: &Session<'_>, up: &mut Upload) -> Result<Option<u64>, 
 
 /// `0-<last>` -> `last + 1`, the next offset (`0--1`, as distribution writes for an empty
 /// upload, -> 0). Accepts a `bytes=` prefix.
-fn range_end(v: &str) -> Option<u64> {
+pub(crate) fn range_end(v: &str) -> Option<u64> {
     let v = v.trim();
     let v = v.strip_prefix("bytes=").unwrap_or(v);
     let (_, last) = v.split_once('-')?;
