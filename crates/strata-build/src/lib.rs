@@ -46,6 +46,9 @@
 //!   without `--chown`), as buildah and Docker's classic builder do; recent BuildKit skips it.
 //! - Hardlinks within one COPY/ADD source stay hardlinks, fifos stay fifos (both).
 //! - `--no-cache-filter` naming no stage of the recipe is an error, like `--target`.
+//! - `RUN --mount=type=bind` without `target` mounts on the working directory (BuildKit);
+//!   buildah's mount options are read too: `z`, `Z` and `relabel=` (nothing to relabel
+//!   without SELinux) and `U` on cache mounts (the directory is handed to the step's user).
 //!
 //! - HEALTHCHECK, SHELL and ONBUILD go where Docker and BuildKit put them, in the config's
 //!   `Healthcheck`, `Shell` and `OnBuild` fields, for OCI images too (buildah drops them from

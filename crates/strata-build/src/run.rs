@@ -131,13 +131,22 @@ impl Builder<'_> {
         created_by.push_str(&argv.join(" "));
         created_by.push_str(" # buildkit");
 
-        let at = StepAt { stage, step };
+        let at = StepAt { stage, step, owner: (0, 0) };
         let process = Process { argv: &argv, env: &env, cwd: &cwd, network };
         let key = self.run_cache_key(&at, state, run, &process)?;
         if let Some(hit) = self.cached(stage, cache::Kind::Run, key.as_ref(), &created_by)? {
             return Ok(hit);
         }
         let view = self.view(state)?;
+        // USER through the image's own passwd and group, read through the layers.
+        let read =
+            |f: &str| view.read(Path::new(f)).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let ids = strata_sandbox::resolve_user_in(
+            &read("etc/passwd").unwrap_or_default(),
+            &read("etc/group").unwrap_or_default(),
+            &state.run.user,
+        )?;
+        let at = StepAt { owner: (ids.0, ids.1), ..at };
         let mut extra = RunMounts { mounts, env, keep_alive: Vec::new() };
         for m in &run.mounts {
             self.add_mount(&at, m, &cwd, scratch.path(), &view, &mut extra)?;
@@ -162,14 +171,6 @@ impl Builder<'_> {
             (RootFs::Dir(root.clone()), root)
         };
         let before = if overlay { None } else { Some(scan(&upper_or_root)?) };
-        // USER through the image's own passwd and group, read through the layers.
-        let read =
-            |f: &str| view.read(Path::new(f)).map(|b| String::from_utf8_lossy(&b).into_owned());
-        let ids = strata_sandbox::resolve_user_in(
-            &read("etc/passwd").unwrap_or_default(),
-            &read("etc/group").unwrap_or_default(),
-            &state.run.user,
-        )?;
         let req = RunRequest {
             rootfs,
             argv: argv.clone(),
@@ -227,7 +228,7 @@ impl Builder<'_> {
         run: &RunSpec,
         process: &Process<'_>,
     ) -> Result<Option<Digest>> {
-        let StepAt { stage, step } = *at;
+        let StepAt { stage, step, .. } = *at;
         let Process { argv, env, cwd, network } = *process;
         let mut bind_inputs = Vec::new();
         for m in &run.mounts {
@@ -290,7 +291,7 @@ impl Builder<'_> {
         view: &MergedView,
         out: &mut RunMounts,
     ) -> Result<()> {
-        let StepAt { stage, step } = *at;
+        let StepAt { stage, step, owner } = *at;
         let RunMounts { mounts, env, keep_alive } = out;
         // A target is resolved in the image the way runc resolves it inside the rootfs
         // (symlinks followed, never out of it), so that missing directories are created
@@ -317,6 +318,9 @@ impl Builder<'_> {
                         Some(rustix::fs::Gid::from_raw(m.gid.unwrap_or(0))),
                     )
                     .map_err(|e| BuildError::io("chown", &dir, e.into()))?;
+                }
+                if m.chown_to_user {
+                    chown_tree(&dir, owner)?;
                 }
                 let access = if m.read_only { Access::ReadOnly } else { Access::ReadWrite };
                 mounts.push(Mount::Bind {
@@ -444,6 +448,8 @@ impl Builder<'_> {
 struct StepAt<'s> {
     stage: usize,
     step: &'s Step,
+    /// The uid and gid the step runs as (buildah's `U` mount option gives them the mount).
+    owner: (u32, u32),
 }
 
 /// The process a RUN starts, as its cache key sees it.
@@ -588,4 +594,25 @@ mod tests {
         assert!(is_lone_heredoc("<<-'EOF'", &h));
         assert!(!is_lone_heredoc("python3 <<EOF", &h));
     }
+}
+
+/// buildah's `U` mount option: everything in `dir` (a cache-mount directory the store keeps,
+/// never a path the recipe names) comes to belong to the step's user. Symlinks are changed
+/// themselves, never followed.
+fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
+    for entry in walkdir::WalkDir::new(dir) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            BuildError::io("walk", &path, e.into())
+        })?;
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            entry.path(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| BuildError::io("chown", entry.path(), e.into()))?;
+    }
+    Ok(())
 }

@@ -389,3 +389,31 @@ fn insecure_run_is_refused_naming_the_line_and_granting_nothing() {
         "the command never ran"
     );
 }
+
+#[test]
+fn a_bind_mount_without_target_is_the_workdir_and_u_gives_a_cache_to_the_user() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    // BuildKit mounts a bind without `target` on the working directory; buildah's `U` hands
+    // a cache mount to the step's user, who could not write the root-owned directory otherwise.
+    let recipe = "FROM base:1
+WORKDIR /src
+RUN --mount=type=bind,source=sub cat data.txt > /copy
+USER app
+RUN --mount=type=cache,id=u-test,target=/c,U touch /c/mine && stat -c %u:%g /c/mine > /tmp/owner
+";
+    let ctx = e.context("ctx", &[("sub/data.txt", "from sub\n"), ("Dockerfile", recipe)]);
+    let (out, _) = e.build_with(&BuildOptions::new(&ctx));
+    let root = e.flatten(&out.unwrap());
+    assert_eq!(fs::read_to_string(root.path().join("copy")).unwrap(), "from sub\n");
+    assert_eq!(fs::read_to_string(root.path().join("tmp/owner")).unwrap(), "1000:1001\n");
+    assert!(!root.path().join("src/data.txt").exists(), "the mount leaked into the image");
+
+    // Without `U` the same step cannot write there.
+    let recipe = "FROM base:1\nUSER app\nRUN --mount=type=cache,id=plain,target=/c touch /c/mine\n";
+    let ctx = e.context("ctx2", &[("Dockerfile", recipe)]);
+    let (out, _) = e.build_with(&BuildOptions::new(&ctx));
+    assert!(out.is_err(), "a root-owned cache dir is not writable by app");
+}

@@ -161,6 +161,9 @@ pub struct Mount {
     pub size: Option<u64>,
     /// `env=`: expose a secret as this environment variable instead of a file.
     pub env: Option<String>,
+    /// buildah's `U`: the mount's source is owned by the step's user (cache mounts).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub chown_to_user: bool,
 }
 
 /// RUN `--network=`.
@@ -752,6 +755,7 @@ impl NodeCtx<'_> {
             required: false,
             size: None,
             env: None,
+            chown_to_user: false,
         };
         for f in &fields {
             let (key, value) = match f.split_once('=') {
@@ -795,7 +799,10 @@ impl NodeCtx<'_> {
                     m.size = Some(parse_size(&v).ok_or_else(|| bad(format!("invalid size `{v}`")))?)
                 }
                 "env" => m.env = Some(need(value)?),
-                "relabel" => {}
+                // buildah's SELinux labels (`z` shared, `Z` private, `relabel=`): nothing to
+                // relabel without SELinux, which is how buildah itself treats them then.
+                "relabel" | "z" => {}
+                "u" if value.is_none() => m.chown_to_user = true,
                 _ => return Err(bad(format!("unexpected key `{key}`"))),
             }
         }
@@ -808,6 +815,7 @@ impl NodeCtx<'_> {
         allowed_for(MountType::Cache, "sharing", m.sharing.is_some())?;
         allowed_for(MountType::Tmpfs, "size", m.size.is_some())?;
         allowed_for(MountType::Secret, "env", m.env.is_some())?;
+        allowed_for(MountType::Cache, "U", m.chown_to_user)?;
         match m.kind {
             MountType::Secret => {
                 if m.target.is_none() && m.env.is_none() && m.id.is_none() {
@@ -816,7 +824,10 @@ impl NodeCtx<'_> {
                 m.read_only = true;
             }
             MountType::Ssh => m.read_only = true,
-            _ => {
+            // BuildKit's frontend resolves a bind target against the working directory, so
+            // none at all mounts the source on the working directory itself.
+            MountType::Bind => {}
+            MountType::Cache | MountType::Tmpfs => {
                 if m.target.is_none() {
                     return Err(bad("`target` is required".into()));
                 }

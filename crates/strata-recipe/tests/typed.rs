@@ -70,6 +70,9 @@ fn run_mounts_parse_with_their_rules() {
         "type=cache,target=/x,mode=9z",
         "type=bind,target=/x,bogus=1",
         "type=bind,target=/x,ro=perhaps",
+        "type=tmpfs",
+        "type=bind,target=/x,U",
+        "type=cache,target=/x,U=1",
     ] {
         let kind = kind_of(&format!("FROM a\nRUN --mount={bad} true\n"));
         assert!(
@@ -81,6 +84,24 @@ fn run_mounts_parse_with_their_rules() {
         kind_of("FROM a\nRUN --network=bridge true\n"),
         ParseErrorKind::InvalidFlag { .. }
     ));
+}
+
+#[test]
+fn bind_mounts_default_to_the_workdir_and_buildah_options_are_accepted() {
+    // BuildKit: a bind mount with no target goes on the working directory.
+    let Instruction::Run(r) = single("FROM a\nRUN --mount=type=bind,source=src make\n") else {
+        panic!()
+    };
+    assert_eq!((r.mounts[0].target.as_deref(), r.mounts[0].source.as_deref()), (None, Some("src")));
+    // buildah's SELinux labels and its chown-to-user option.
+    let Instruction::Run(r) = single(
+        "FROM a\nRUN --mount=type=bind,target=/s,z --mount=type=bind,target=/t,Z,relabel=private \
+         --mount=type=cache,target=/c,U true\n",
+    ) else {
+        panic!()
+    };
+    assert!(!r.mounts[0].chown_to_user && !r.mounts[1].chown_to_user);
+    assert!(r.mounts[2].chown_to_user);
 }
 
 #[test]
