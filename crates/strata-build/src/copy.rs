@@ -132,6 +132,7 @@ pub(crate) fn source_inputs(
         mtime_clamp: Some(epoch),
         root_meta: false,
     };
+    no_match(spec, tree, env)?;
     let mut out = Vec::new();
     for (i, src) in spec.sources.iter().enumerate() {
         match src {
@@ -180,6 +181,7 @@ pub(crate) fn stage_copy(
         None => None,
     };
     let exclude = parse_exclude(spec)?;
+    no_match(spec, tree, env)?;
     let mut items = Vec::new();
     for (i, src) in spec.sources.iter().enumerate() {
         match src {
@@ -300,6 +302,30 @@ fn clean_source(tree: &SourceTree, path: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// BuildKit's empty-wildcard rule: a wildcard source that matches nothing is skipped when
+/// another source of the instruction gives something, and is an error ("not found", naming
+/// the first such pattern) only when no source gives anything at all.
+fn no_match(spec: &CopySpec, tree: &SourceTree, env: &CopyEnv<'_>) -> Result<()> {
+    let mut first_empty = None;
+    for src in &spec.sources {
+        match src {
+            Source::Path { path }
+                if has_meta(path) && expand_path(tree, path, spec, env)?.is_empty() =>
+            {
+                first_empty.get_or_insert(path);
+            }
+            // A plain path either exists (and counts) or is an error of its own later.
+            _ => return Ok(()),
+        }
+    }
+    match first_empty {
+        Some(path) => {
+            Err(BuildError::SourceNotFound { path: path.clone(), location: tree.label.clone() })
+        }
+        None => Ok(()),
+    }
+}
+
 fn expand_path(
     tree: &SourceTree,
     path: &str,
@@ -317,11 +343,8 @@ fn expand_path(
     let pivot = path.find("/./").map(|i| normalize(Path::new(&path[..i])));
     let matches: Vec<PathBuf> = if has_meta(path) {
         let pattern = clean_source(tree, path)?;
-        let found = glob(tree, &pattern)?;
-        if found.is_empty() {
-            return Err(not_found());
-        }
-        found
+        // An empty match is not an error here: see `no_match`.
+        glob(tree, &pattern)?
     } else {
         vec![clean_source(tree, path)?]
     };
@@ -586,11 +609,16 @@ fn copy_dir_root(
     // --chown owner), not with the source directory's mode; an existing one is kept.
     ensure_dir(env.image, staging, target, new_owner)?;
     let mut links = Hardlinks::new();
-    copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts, &mut links)
+    copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts, &mut links)?;
+    Ok(())
 }
 
 /// Recursively copies the directory `rel` of the tree into `dest`; `inner` is the path below
-/// the copied source root (what `--exclude` patterns see).
+/// the copied source root (what `--exclude` patterns see). Whether anything was copied.
+///
+/// An excluded directory is walked when an exception pattern may match below it, and kept
+/// only when something below it was copied (fsutil's rule, so `!*/sub1*` does not leave
+/// every other directory behind empty).
 fn copy_tree(
     tree: &SourceTree,
     rel: &Path,
@@ -598,7 +626,8 @@ fn copy_tree(
     dest: &Path,
     opts: &CopyOpts<'_>,
     links: &mut Hardlinks,
-) -> Result<()> {
+) -> Result<bool> {
+    let mut copied = false;
     for (name, real) in tree.view.list(rel)? {
         let child = rel.join(&name);
         let child_inner = inner.join(&name);
@@ -610,18 +639,27 @@ fn copy_tree(
         }
         let target = dest.join(&name);
         if md.is_dir() {
+            let mut created = false;
             if !fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
                 let _ = fs::remove_file(&target);
                 fs::create_dir(&target).map_err(|e| BuildError::io("mkdir", &target, e))?;
+                created = true;
             }
-            copy_tree(tree, &child, &child_inner, &target, opts, links)?;
+            let below = copy_tree(tree, &child, &child_inner, &target, opts, links)?;
+            if hidden && !below {
+                if created {
+                    fs::remove_dir(&target).map_err(|e| BuildError::io("rmdir", &target, e))?;
+                }
+                continue;
+            }
             let (uid, gid, mode) = meta_for(&md, opts, None);
             apply_meta(&target, uid, gid, mode, Some(&md))?;
         } else {
             copy_entry(&real, &target, opts, None, links)?;
         }
+        copied = true;
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// How an archive ADD extracts is compressed, recognized by its first bytes.

@@ -582,20 +582,6 @@ fn bind_source(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lone_heredoc_detection() {
-        let h =
-            Heredoc { name: "EOF".into(), content: "echo\n".into(), expand: true, chomp: false };
-        assert!(is_lone_heredoc("<<EOF", &h));
-        assert!(is_lone_heredoc("<<-'EOF'", &h));
-        assert!(!is_lone_heredoc("python3 <<EOF", &h));
-    }
-}
-
 /// buildah's `U` mount option: everything in `dir` (a cache-mount directory the store keeps,
 /// never a path the recipe names) comes to belong to the step's user. Symlinks are changed
 /// themselves, never followed.
@@ -615,4 +601,18 @@ fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
         .map_err(|e| BuildError::io("chown", entry.path(), e.into()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_heredoc_detection() {
+        let h =
+            Heredoc { name: "EOF".into(), content: "echo\n".into(), expand: true, chomp: false };
+        assert!(is_lone_heredoc("<<EOF", &h));
+        assert!(is_lone_heredoc("<<-'EOF'", &h));
+        assert!(!is_lone_heredoc("python3 <<EOF", &h));
+    }
 }

@@ -135,6 +135,22 @@ fn missing_source_names_file_and_line() {
     let err = e.build(&ctx_ok, &["Bad Name"]).unwrap_err();
     assert!(matches!(err, BuildError::Store(_)), "{err}");
 
+    // BuildKit's empty-wildcard rule: a wildcard matching nothing is skipped beside a source
+    // that gives something, and "not found" only when nothing is found at all.
+    let recipe = "FROM base:1\nCOPY none*.txt one.txt /got/\nCOPY one.txt other*.md /got2/\n";
+    let ctx = e.context("wild", &[("Dockerfile", recipe), ("one.txt", "1")]);
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("got/one.txt")).unwrap(), "1");
+    assert_eq!(fs::read_to_string(root.path().join("got2/one.txt")).unwrap(), "1");
+    let recipe = "FROM base:1\nCOPY none*.txt nada?.md /got/\n";
+    let ctx = e.context("wild2", &[("Dockerfile", recipe), ("one.txt", "1")]);
+    let err = e.build(&ctx, &[]).unwrap_err();
+    assert!(
+        matches!(err.root_cause(), BuildError::SourceNotFound { path, .. } if path == "none*.txt"),
+        "{err}"
+    );
+
     let ctx = e.context("ctx2", &[("Dockerfile", "FROM base:1\nCOPY ../x /\n")]);
     let err = e.build(&ctx, &[]).unwrap_err();
     assert!(matches!(err.root_cause(), BuildError::SourceOutsideContext { .. }), "{err}");
@@ -815,5 +831,33 @@ fn adopted_copy_snapshot_equals_the_unpacked_layer() {
         let again = e.build_with(&opts).0.unwrap();
         assert_eq!(again.manifest.digest(), out.manifest.digest());
         assert_eq!(listing(&snap), adopted, "snapshot of {digest}");
+    }
+}
+
+#[test]
+fn an_excluded_directory_appears_only_when_something_below_it_is_included() {
+    if !can_run() {
+        return;
+    }
+    // fsutil (BuildKit) walks into an excluded directory when an exception might match below
+    // it, but emits the directory only once something below it is included.
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM base:1\nCOPY . /ctx/\n"),
+            (".dockerignore", "*\n!*/sub1*\n"),
+            ("dir1/sub1/f", "f"),
+            ("dir1/sub2/g", "g"),
+            ("dir2/other/h", "h"),
+            ("top.txt", "t"),
+        ],
+    );
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    let r = root.path().join("ctx");
+    assert_eq!(fs::read_to_string(r.join("dir1/sub1/f")).unwrap(), "f");
+    for gone in ["dir1/sub2", "dir2", "top.txt", "Dockerfile"] {
+        assert!(!r.join(gone).exists(), "{gone} is excluded and holds nothing included");
     }
 }
