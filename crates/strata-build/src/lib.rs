@@ -49,6 +49,8 @@
 //! - `RUN --mount=type=bind` without `target` mounts on the working directory (BuildKit);
 //!   buildah's mount options are read too: `z`, `Z` and `relabel=` (nothing to relabel
 //!   without SELinux) and `U` on cache mounts (the directory is handed to the step's user).
+//! - A cache mount's `from=` (a stage or an image) with `source=` seeds the cache directory
+//!   when it is created (BuildKit); later builds see what the cache holds.
 //!
 //! - HEALTHCHECK, SHELL and ONBUILD go where Docker and BuildKit put them, in the config's
 //!   `Healthcheck`, `Shell` and `OnBuild` fields, for OCI images too (buildah drops them from

@@ -282,6 +282,34 @@ impl Builder<'_> {
         walk.digest(&self.cache.hashes, &real, &rel)
     }
 
+    /// The root filesystem a mount's `from=` names (a stage of the recipe or an image),
+    /// unpacked into a staging directory kept alive for the step; and how to name it.
+    fn mount_from(
+        &self,
+        from: &str,
+        at: &StepAt<'_>,
+        keep_alive: &mut Vec<WorkDir>,
+    ) -> Result<(PathBuf, String)> {
+        let (chain, location) =
+            match resolve_stage_ref(&self.stages.plan.stages, from, at.stage, at.step.span)
+                .map_err(|source| BuildError::Parse {
+                    path: self.io.opts.recipe_path.clone(),
+                    source: Box::new(source),
+                })? {
+                Some(j) => {
+                    (self.result(j).map(|s| s.layers).unwrap_or_default(), format!("stage {from}"))
+                }
+                None => (self.image_state(from)?.layers, format!("image {from}")),
+            };
+        let dir = self.staging()?;
+        for l in &chain {
+            apply_blob(self.io.store, &l.digest()?, dir.path(), &ApplyOptions::default())?;
+        }
+        let p = dir.path().to_path_buf();
+        keep_alive.push(dir);
+        Ok((p, location))
+    }
+
     fn add_mount(
         &self,
         at: &StepAt<'_>,
@@ -291,7 +319,7 @@ impl Builder<'_> {
         view: &MergedView,
         out: &mut RunMounts,
     ) -> Result<()> {
-        let StepAt { stage, step, owner } = *at;
+        let owner = at.owner;
         let RunMounts { mounts, env, keep_alive } = out;
         // A target is resolved in the image the way runc resolves it inside the rootfs
         // (symlinks followed, never out of it), so that missing directories are created
@@ -319,6 +347,12 @@ impl Builder<'_> {
                     )
                     .map_err(|e| BuildError::io("chown", &dir, e.into()))?;
                 }
+                // `from=` (with `source=`) seeds a new cache directory, as BuildKit does.
+                if let (true, Some(from)) = (created, &m.from) {
+                    let (root, location) = self.mount_from(from, at, keep_alive)?;
+                    let (_, real, _) = bind_source(&root, m, &location)?;
+                    seed_tree(&real, &dir)?;
+                }
                 if m.chown_to_user {
                     chown_tree(&dir, owner)?;
                 }
@@ -337,36 +371,7 @@ impl Builder<'_> {
                 let target = m.target.clone().unwrap_or_default();
                 let (root, location) = match &m.from {
                     None => (self.io.opts.context.clone(), "the build context".to_string()),
-                    Some(from) => {
-                        let (chain, location) = match resolve_stage_ref(
-                            &self.stages.plan.stages,
-                            from,
-                            stage,
-                            step.span,
-                        )
-                        .map_err(|source| BuildError::Parse {
-                            path: self.io.opts.recipe_path.clone(),
-                            source: Box::new(source),
-                        })? {
-                            Some(j) => (
-                                self.result(j).map(|s| s.layers).unwrap_or_default(),
-                                format!("stage {from}"),
-                            ),
-                            None => (self.image_state(from)?.layers, format!("image {from}")),
-                        };
-                        let dir = self.staging()?;
-                        for l in &chain {
-                            apply_blob(
-                                self.io.store,
-                                &l.digest()?,
-                                dir.path(),
-                                &ApplyOptions::default(),
-                            )?;
-                        }
-                        let p = dir.path().to_path_buf();
-                        keep_alive.push(dir);
-                        (p, location)
-                    }
+                    Some(from) => self.mount_from(from, at, keep_alive)?,
                 };
                 // Checked here for a clear error; the sandbox resolves it again, inside the
                 // same root, and mounts exactly what it resolved.
@@ -580,6 +585,47 @@ fn bind_source(
             None => BuildError::SourceNotFound { path: written, location: location.to_string() },
         }),
     }
+}
+
+/// Copies the tree `src` (a staging directory strata unpacked) into `dst`, an existing
+/// directory: files, directories and symlinks with their modes and owners; links are copied
+/// as links, never followed.
+fn seed_tree(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for entry in walkdir::WalkDir::new(src).min_depth(1) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(src).to_path_buf();
+            BuildError::io("walk", &path, e.into())
+        })?;
+        let from = entry.path();
+        let to = dst.join(from.strip_prefix(src).unwrap_or(from));
+        let md = fs::symlink_metadata(from).map_err(|e| BuildError::io("lstat", from, e))?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&to).map_err(|e| BuildError::io("mkdir", &to, e))?;
+        } else if ft.is_file() {
+            fs::copy(from, &to).map_err(|e| BuildError::io("copy", &to, e))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(from).map_err(|e| BuildError::io("readlink", from, e))?;
+            std::os::unix::fs::symlink(&target, &to)
+                .map_err(|e| BuildError::io("symlink", &to, e))?;
+        } else {
+            continue;
+        }
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &to,
+            Some(rustix::fs::Uid::from_raw(md.uid())),
+            Some(rustix::fs::Gid::from_raw(md.gid())),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| BuildError::io("chown", &to, e.into()))?;
+        if !ft.is_symlink() {
+            fs::set_permissions(&to, fs::Permissions::from_mode(md.mode() & 0o7777))
+                .map_err(|e| BuildError::io("chmod", &to, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// buildah's `U` mount option: everything in `dir` (a cache-mount directory the store keeps,

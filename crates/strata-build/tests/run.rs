@@ -417,3 +417,25 @@ RUN --mount=type=cache,id=u-test,target=/c,U touch /c/mine && stat -c %u:%g /c/m
     let (out, _) = e.build_with(&BuildOptions::new(&ctx));
     assert!(out.is_err(), "a root-owned cache dir is not writable by app");
 }
+
+#[test]
+fn a_cache_mount_from_a_stage_starts_with_its_content() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    // BuildKit: `from=` (and `source=`) is the base of a new cache mount; later builds see
+    // what the cache holds, not the stage again.
+    let recipe = "FROM base:1 AS seed
+RUN mkdir -p /deps/sub && echo seeded > /deps/sub/pkg && ln -s sub/pkg /deps/link
+FROM base:1
+RUN --mount=type=cache,id=seeded,target=/cache,from=seed,source=/deps cat /cache/sub/pkg /cache/link > /got && echo more > /cache/extra
+RUN --mount=type=cache,id=seeded,target=/cache ls /cache > /listing
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let (out, _) = e.build_with(&BuildOptions::new(&ctx));
+    let root = e.flatten(&out.unwrap());
+    assert_eq!(fs::read_to_string(root.path().join("got")).unwrap(), "seeded\nseeded\n");
+    assert_eq!(fs::read_to_string(root.path().join("listing")).unwrap(), "extra\nlink\nsub\n");
+    assert!(!root.path().join("cache/sub").exists(), "the cache stays out of the image");
+}
