@@ -247,6 +247,14 @@ pub enum BuildError {
         /// What is wrong.
         why: &'static str,
     },
+    /// An `--add-host` value that is not `NAME:ADDRESS`.
+    #[error("--add-host {value:?}: {why}")]
+    InvalidExtraHost {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A `SOURCE_DATE_EPOCH` that is not a number of seconds.
     #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since the epoch")]
     InvalidTimestamp {

@@ -85,8 +85,8 @@ pub use check::check;
 pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
 pub use options::{
-    default_recipe_path, BuildOptions, BuildOutput, Network, PullPolicy, RunRootfs, SecretSource,
-    SecretSpec, StepReport,
+    default_recipe_path, BuildOptions, BuildOutput, ExtraHost, Network, PullPolicy, RunRootfs,
+    SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
 pub use strata_layer::Compression;
@@ -163,7 +163,8 @@ pub fn build_with(
     // Digests learnt are valid whether or not the build succeeded.
     builder.cache.hashes.save();
     built?;
-    let state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
+    let mut state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
+    state.run.labels.extend(opts.labels.clone());
     let config = state.to_config(opts.timestamp)?;
     let manifest = config.put(store, &state.layer_descriptors())?;
     for tag in &opts.tags {

@@ -139,6 +139,43 @@ pub struct BuildOptions {
     /// Also write the result here once built and tagged (`--output`): `oci:DIR[:REF]`,
     /// `docker-archive:FILE[:REF]` or `dir:PATH`.
     pub output: Option<strata_types::ImageLocation>,
+    /// Labels set on the built image over the recipe's own (`--label`).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `/etc/hosts` entries of every RUN step (`--add-host`).
+    pub extra_hosts: Vec<ExtraHost>,
+}
+
+/// An `--add-host NAME:ADDRESS` entry (Docker's spelling; `NAME=ADDRESS` is taken too, as
+/// buildx does). The address is an IPv4 or IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExtraHost {
+    /// The host name.
+    pub name: String,
+    /// Its address.
+    pub address: std::net::IpAddr,
+}
+
+impl std::str::FromStr for ExtraHost {
+    type Err = BuildError;
+
+    fn from_str(s: &str) -> Result<ExtraHost> {
+        let bad =
+            |why: &str| BuildError::InvalidExtraHost { value: s.to_string(), why: why.into() };
+        let (name, address) = s
+            .split_once('=')
+            .or_else(|| s.split_once(':'))
+            .ok_or_else(|| bad("expected NAME:ADDRESS"))?;
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(bad("the host name is empty or has spaces"));
+        }
+        if address == "host-gateway" {
+            return Err(bad("host-gateway names a bridge's gateway, and strata runs RUN steps on the host network or none"));
+        }
+        // `[::1]` as Docker writes an IPv6 address beside a port.
+        let address = address.trim_start_matches('[').trim_end_matches(']');
+        let address = address.parse().map_err(|_| bad("the address is not an IP address"))?;
+        Ok(ExtraHost { name: name.to_string(), address })
+    }
 }
 
 impl BuildOptions {
@@ -163,6 +200,8 @@ impl BuildOptions {
             registry: strata_registry::ClientOptions::default(),
             tls_verify: true,
             output: None,
+            labels: Default::default(),
+            extra_hosts: Vec::new(),
         }
     }
 

@@ -180,6 +180,13 @@ impl Builder<'_> {
             network,
             mounts,
             hostname: "buildkitsandbox".to_string(),
+            extra_hosts: self
+                .io
+                .opts
+                .extra_hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.address.to_string()))
+                .collect(),
         };
         let progress = self.io.progress;
         let mut on_line = |stream: Stream, line: &str| {
@@ -262,6 +269,10 @@ impl Builder<'_> {
             "mounts": run.mounts,
             "bind_inputs": bind_inputs,
         });
+        let hosts = &self.io.opts.extra_hosts;
+        if !hosts.is_empty() {
+            doc.insert("extra_hosts".into(), serde_json::json!(hosts));
+        }
         if let serde_json::Value::Object(f) = fields {
             doc.extend(f);
         }

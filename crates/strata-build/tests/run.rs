@@ -439,3 +439,28 @@ RUN --mount=type=cache,id=seeded,target=/cache ls /cache > /listing
     assert_eq!(fs::read_to_string(root.path().join("listing")).unwrap(), "extra\nlink\nsub\n");
     assert!(!root.path().join("cache/sub").exists(), "the cache stays out of the image");
 }
+
+#[test]
+fn add_host_reaches_run_steps_and_the_cache_key() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nRUN grep db.internal /etc/hosts > /hosts\n";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let mut opts = BuildOptions::new(&ctx);
+    opts.extra_hosts = vec!["db.internal:10.1.2.3".parse().unwrap()];
+    let (out, _) = e.build_with(&opts);
+    let out = out.unwrap();
+    let root = e.flatten(&out);
+    assert_eq!(fs::read_to_string(root.path().join("hosts")).unwrap(), "10.1.2.3\tdb.internal\n");
+    // Another address is another RUN: no stale hit.
+    opts.extra_hosts = vec!["db.internal=fd00::7".parse().unwrap()];
+    let (again, _) = e.build_with(&opts);
+    let root = e.flatten(&again.unwrap());
+    assert_eq!(fs::read_to_string(root.path().join("hosts")).unwrap(), "fd00::7\tdb.internal\n");
+    for bad in ["nocolon", ":1.2.3.4", "db:not-an-ip", "db:host-gateway"] {
+        let err = bad.parse::<strata_build::ExtraHost>().unwrap_err();
+        assert!(err.to_string().starts_with("--add-host"), "{bad}: {err}");
+    }
+}

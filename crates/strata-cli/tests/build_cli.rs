@@ -320,3 +320,41 @@ fn healthcheck_shell_and_onbuild_show_in_inspect() {
     assert_eq!(v["config"]["config"]["OnBuild"], serde_json::json!(["COPY . /src"]));
     assert_eq!(v["config"]["config"]["Healthcheck"]["Test"][0], "CMD");
 }
+
+#[test]
+fn label_and_iidfile_as_docker_build_has_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nLABEL a=recipe b=kept\n").unwrap();
+    let iid = tmp.path().join("iid");
+    let stdout = ok(
+        &store,
+        &[
+            "build",
+            "--label",
+            "a=flag",
+            "--label",
+            "empty",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "-t",
+            "labelled:1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let id = std::fs::read_to_string(&iid).unwrap();
+    assert_eq!(stdout.trim(), id, "the iidfile holds the ID printed on stdout");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["inspect", "--json", "labelled:1"])).unwrap();
+    assert_eq!(v["digest"], id.as_str());
+    assert_eq!(
+        v["config"]["config"]["Labels"],
+        serde_json::json!({"a": "flag", "b": "kept", "empty": ""})
+    );
+    let out = strata(&store, &["build", "--add-host", "db:nowhere", ctx.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--add-host") && err.contains("not an IP address"), "{err}");
+}

@@ -75,6 +75,7 @@
 //!     network: Network::None,
 //!     mounts: vec![],
 //!     hostname: "build".into(),
+//!     extra_hosts: vec![],
 //! };
 //! let outcome = run(&req, &mut |_stream, line| println!("{line}"))?;
 //! assert_eq!(outcome.exit_code, 0);
@@ -214,6 +215,8 @@ pub struct RunRequest {
     /// Hostname in the step's uts namespace (also in the generated `/etc/hosts`);
     /// `"sandbox"` when empty.
     pub hostname: String,
+    /// More `/etc/hosts` lines, `(name, address)` (`docker build --add-host`).
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 /// Who runs a step's command.
@@ -642,8 +645,11 @@ fn prepare(
 
     let hostname = if req.hostname.is_empty() { "sandbox" } else { &req.hostname };
     let hosts_file = scratch.join("hosts");
-    let hosts =
+    let mut hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, address) in &req.extra_hosts {
+        hosts.push_str(&format!("{address}\t{name}\n"));
+    }
     fs::write(&hosts_file, hosts).map_err(io_err("writing", &hosts_file))?;
     let resolv_file = scratch.join("resolv.conf");
     let resolv = match fs::read("/etc/resolv.conf") {
@@ -947,6 +953,7 @@ mod tests {
             network: Network::None,
             mounts: vec![],
             hostname: String::new(),
+            extra_hosts: vec![],
         };
         assert!(matches!(run(&req, &mut |_, _| {}), Err(SandboxError::EmptyArgv)));
         let req = RunRequest { argv: vec!["true".into()], cwd: "rel".into(), ..req };

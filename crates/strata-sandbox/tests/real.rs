@@ -84,6 +84,7 @@ impl Image {
             network: Network::None,
             mounts: vec![],
             hostname: "stepbox".into(),
+            extra_hosts: vec![],
         }
     }
     /// A user resolved with the image's passwd and group, as a builder does for an overlay.
@@ -297,11 +298,13 @@ fn hosts_and_resolv_conf_are_present_inside_but_not_left_in_upper() {
         return;
     }
     let img = image();
-    let (outcome, lines) =
-        run_collect(&img.req("cat /etc/hosts; test -f /etc/resolv.conf && echo resolv-ok"));
+    let mut req = img.req("cat /etc/hosts; test -f /etc/resolv.conf && echo resolv-ok");
+    req.extra_hosts = vec![("db.internal".into(), "10.1.2.3".into())];
+    let (outcome, lines) = run_collect(&req);
     assert_eq!(outcome.exit_code, 0, "{lines:?}");
     let out = stdout_of(&lines);
     assert!(out.iter().any(|l| l.starts_with("127.0.0.1") && l.contains("stepbox")), "{out:?}");
+    assert!(out.iter().any(|l| l == "10.1.2.3\tdb.internal"), "--add-host: {out:?}");
     assert!(out.iter().any(|l| l == "resolv-ok"), "{out:?}");
     assert_eq!(img.upper_changes(), Vec::<String>::new());
 }
@@ -432,6 +435,7 @@ fn plain_directory_rootfs_and_host_network() {
         network: Network::Host,
         mounts: vec![],
         hostname: String::new(),
+        extra_hosts: vec![],
     };
     let (outcome, _) = run_collect(&req);
     assert_ne!(outcome.exit_code, 0, "app may not write to /");

@@ -70,6 +70,15 @@ pub struct Args {
     /// `--target` needs (all stages without it); exit 1 when a rule finds something.
     #[arg(long)]
     pub check: bool,
+    /// Set a label on the image, over the recipe's LABEL of the same key (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Add an /etc/hosts line for RUN steps, as `docker build --add-host` (repeatable).
+    #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
+    pub add_hosts: Vec<build::ExtraHost>,
+    /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
     /// The build context directory.
     pub context: PathBuf,
 }
@@ -94,6 +103,14 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.registry = args.registry.client_options([]);
     opts.tls_verify = args.registry.tls_verify;
     opts.output = args.output.clone();
+    // As docker build: `--label KEY` alone is a label with an empty value.
+    opts.labels = args
+        .labels
+        .iter()
+        .map(|l| l.split_once('=').unwrap_or((l, "")))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    opts.extra_hosts = args.add_hosts.clone();
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 
@@ -131,6 +148,10 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         if let Some(dest) = &opts.output {
             writeln!(err, "wrote {dest}")?;
         }
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, out.manifest.digest().to_string())
+            .with_context(|| format!("cannot write --iidfile {}", path.display()))?;
     }
     if mode != "json" {
         // The digest on stdout, for scripts (`id=$(strata build -q ...)`); JSON has it in
