@@ -97,3 +97,20 @@ fn check_reads_the_dockerignore_of_the_context() {
     let report = strata_build::check(None, &BuildOptions::new(ctx.path())).unwrap();
     assert_eq!(report.rules_violated(), ["CopyIgnoredFile"]);
 }
+
+/// Issue 15 point 5: a `--build-arg PASSWORD=...` for `ARG PASSWORD` ends up in the image's
+/// history (as in BuildKit); the build says so before it runs (BuildKit's rule).
+#[test]
+fn a_secret_looking_build_arg_is_warned_about() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nARG DB_PASSWORD\nRUN test -n \"$DB_PASSWORD\"\n";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let mut opts = BuildOptions::new(&ctx);
+    opts.build_args = [("DB_PASSWORD", "hunter2")].into_iter().collect();
+    let (r, events) = e.build_with(&opts);
+    r.unwrap();
+    assert_eq!(check_events(&events), [("SecretsUsedInArgOrEnv".to_string(), 2)]);
+}

@@ -122,9 +122,24 @@ RUN --mount=type=secret,id=tok,target=/etc/tok cat /etc/tok > /dev/null
     let mut opts = BuildOptions::new(&ctx);
     opts.tags = vec!["sec:1".into()];
     opts.secrets = vec![SecretSpec { id: "tok".into(), source: SecretSource::File(file) }];
-    let out = e.build_with(&opts).0.unwrap();
+    let (out, events) = e.build_with(&opts);
+    let out = out.unwrap();
     let root = e.flatten(&out);
     assert!(root.path().join("ok").exists() && root.path().join("ok2").exists());
+    // Not in any event (the log), nor in any file of the store: blobs, index, cache index
+    // and every side table (cache keys are digests of what they name, and of no secret).
+    assert!(!format!("{events:?}").contains(secret), "a progress event holds the secret");
+    for entry in walkdir::WalkDir::new(e.dir.path().join("store")) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let bytes = fs::read(entry.path()).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the secret",
+                entry.path().display()
+            );
+        }
+    }
     assert!(!root.path().join("run/secrets/tok").exists());
     assert!(!root.path().join("etc/tok").exists());
     for blob in e.all_blob_bytes() {
