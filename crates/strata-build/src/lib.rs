@@ -175,7 +175,7 @@ pub fn build_with(
         Some(dest) => {
             let local = strata_types::ImageLocation::Store(manifest.digest().to_string());
             let opened = strata_image::open_local(Some(store), &local)?;
-            Some(strata_image::export(&opened, dest, None)?)
+            Some(strata_image::export(&opened, dest, &Default::default())?)
         }
         None => None,
     };

@@ -110,9 +110,14 @@ fn bases_from_oci_layouts_and_docker_archives() {
     let source = open_local(Some(&e.store), &"base:1".parse().unwrap()).unwrap();
     let layout = e.dir.path().join("layout");
     let archive = e.dir.path().join("base.tar");
-    export(&source, &format!("oci:{}:v1", layout.display()).parse().unwrap(), None).unwrap();
-    export(&source, &format!("docker-archive:{}:base:1", archive.display()).parse().unwrap(), None)
-        .unwrap();
+    let opts = strata_image::ExportOptions::default();
+    export(&source, &format!("oci:{}:v1", layout.display()).parse().unwrap(), &opts).unwrap();
+    export(
+        &source,
+        &format!("docker-archive:{}:base:1", archive.display()).parse().unwrap(),
+        &opts,
+    )
+    .unwrap();
     let other = tempfile::tempdir().unwrap();
     let store = Store::init(other.path()).unwrap();
     for from in

@@ -309,3 +309,49 @@ fn import_of_a_tar_archive_matches_import_of_the_tree() {
         from_tar.lines().last().unwrap().split(' ').nth(1)
     );
 }
+
+#[test]
+fn export_dir_creates_device_nodes_only_when_asked() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let env = Env::new();
+    // An image whose /dev holds a character device (1:3) and a block device (8:0): on a host
+    // those are real devices, so `export dir:` leaves them out unless --devices.
+    let tarball = env.path("devs.tar");
+    run(Command::new("python3").arg("-c").arg(format!(
+        r##"
+import tarfile, io
+with tarfile.open("{}", "w") as t:
+    d = tarfile.TarInfo("dev"); d.type = tarfile.DIRTYPE; d.mode = 0o755; t.addfile(d)
+    for name, kind, major, minor in [("dev/null", tarfile.CHRTYPE, 1, 3), ("dev/sda", tarfile.BLKTYPE, 8, 0)]:
+        n = tarfile.TarInfo(name); n.type = kind; n.devmajor = major; n.devminor = minor; n.mode = 0o666; t.addfile(n)
+    f = tarfile.TarInfo("bin-su"); f.mode = 0o4755; data = b"#!/bin/sh\n"; f.size = len(data); t.addfile(f, io.BytesIO(data))
+"##,
+        tarball.display()
+    )));
+    env.ok(&["import", tarball.to_str().unwrap(), "devs:1"]);
+    let flat = env.path("flat");
+    let out = env.strata(&["export", "devs:1", &format!("dir:{}", flat.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("skipped 2 device node(s)") && err.contains("--devices"), "{err}");
+    assert!(flat.join("dev").is_dir());
+    assert!(std::fs::symlink_metadata(flat.join("dev/null")).is_err());
+    assert!(std::fs::symlink_metadata(flat.join("dev/sda")).is_err());
+    if common::needs_root() {
+        // Root keeps setuid bits, as `tar -x` as root does; --devices creates the nodes.
+        let m = std::fs::metadata(flat.join("bin-su")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o4755);
+        let flat2 = env.path("flat2");
+        env.ok(&["export", "--devices", "devs:1", &format!("dir:{}", flat2.display())]);
+        let sda = std::fs::symlink_metadata(flat2.join("dev/sda")).unwrap();
+        assert!(sda.file_type().is_block_device());
+        assert_eq!(sda.rdev(), rustix_free_makedev(8, 0));
+    }
+}
+
+fn rustix_free_makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xfffff000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffffff00) << 12)
+        | (minor & 0xff)
+}

@@ -25,7 +25,7 @@ fn flat(store: &Store, image: &Image, tag: &str, dir: &std::path::Path) -> Tree 
     store.tag(tag, &image.manifest_descriptor).unwrap();
     let source = open_local(Some(store), &ImageLocation::Store(tag.into())).unwrap();
     let out = dir.join(tag.replace(':', "-"));
-    flatten(&source, &out).unwrap();
+    flatten(&source, &out, &strata_image::ExportOptions::default().devices(true)).unwrap();
     let snap = scan_with_digests(&out).unwrap();
     snap.entries()
         .iter()

@@ -410,11 +410,11 @@ fn write_local(
             let reference =
                 pulled_from.and_then(|r| r.tag()).unwrap_or(strata_types::DEFAULT_TAG).to_string();
             let dst = ImageLocation::Oci { dir: dir.clone(), reference: Some(reference) };
-            let report = export::export(source, &dst, None)?;
+            let report = export::export(source, &dst, &export::ExportOptions::default())?;
             Ok(LocalCopy { written: report.items, skipped: 0, bytes: report.bytes })
         }
         _ => {
-            let report = export::export(source, dst, None)?;
+            let report = export::export(source, dst, &export::ExportOptions::default())?;
             Ok(LocalCopy { written: report.items, skipped: 0, bytes: report.bytes })
         }
     }

@@ -22,17 +22,44 @@ pub struct ExportReport {
     pub items: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Device nodes of the image not created (`dir:` without [`ExportOptions::devices`]).
+    pub devices_skipped: u64,
+}
+
+/// How [`export`] writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExportOptions {
+    /// For `oci:`, recompress layers to this (e.g. gzip for tools without zstd).
+    pub compression: Option<Compression>,
+    /// For `dir:`, create the image's device nodes on the host (root only). Without it
+    /// they are skipped and counted: a `/dev/sda` of an image is a real disk on the host.
+    /// Setuid and setgid bits are kept only when the caller is root either way.
+    pub devices: bool,
+}
+
+impl ExportOptions {
+    /// The same options recompressing `oci:` layers.
+    pub fn compression(self, compression: Option<Compression>) -> Self {
+        ExportOptions { compression, ..self }
+    }
+
+    /// The same options creating device nodes in `dir:`.
+    pub fn devices(self, devices: bool) -> Self {
+        ExportOptions { devices, ..self }
+    }
 }
 
 /// Writes `source` to `dest`: `oci:DIR[:REF]` (blobs copied, tagged `REF` or the source name
 /// or `latest`; layers recompressed when `compression` asks for it), `docker-archive:FILE[:REF]`
 /// (loadable by `docker load`; layers always uncompressed), or `dir:PATH` (the flattened root
-/// filesystem; PATH must be absent or empty).
+/// filesystem; PATH must be absent or empty; see [`flatten`]).
 pub fn export(
     source: &OpenedImage,
     dest: &ImageLocation,
-    compression: Option<Compression>,
+    opts: &ExportOptions,
 ) -> Result<ExportReport> {
+    let compression = opts.compression;
     match dest {
         ImageLocation::Oci { dir, reference } => {
             let out = Store::init(dir)?;
@@ -46,13 +73,14 @@ pub fn export(
             Ok(ExportReport {
                 items: (copied.copied + copied.recompressed) as u64,
                 bytes: copied.bytes,
+                devices_skipped: 0,
             })
         }
         ImageLocation::DockerArchive { path, reference } => {
             let tag = reference.clone().or_else(|| source.name.clone());
             write_docker_archive(source, path, tag.as_deref())
         }
-        ImageLocation::Dir(path) => flatten(source, path),
+        ImageLocation::Dir(path) => flatten(source, path, opts),
         ImageLocation::Store(_) | ImageLocation::Registry(_) => {
             Err(ImageError::UnsupportedLocation { location: dest.to_string() })
         }
@@ -60,7 +88,9 @@ pub fn export(
 }
 
 /// Applies every layer in order onto `path`, checking each layer's diffID against the config.
-pub fn flatten(source: &OpenedImage, path: &Path) -> Result<ExportReport> {
+/// This writes onto the host: device nodes only with [`ExportOptions::devices`], setuid and
+/// setgid bits only for root.
+pub fn flatten(source: &OpenedImage, path: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     match std::fs::read_dir(path) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -77,7 +107,7 @@ pub fn flatten(source: &OpenedImage, path: &Path) -> Result<ExportReport> {
     for (i, layer) in source.image.manifest.layers().iter().enumerate() {
         let digest = desc_digest(layer)?;
         let blob = source.store.open_blob_verified(&digest)?;
-        let applied = apply(blob, path, &ApplyOptions::default())?;
+        let applied = apply(blob, path, &ApplyOptions::default().host_tree(opts.devices))?;
         let expected: Option<Digest> = diff_ids.get(i).and_then(|d| d.parse().ok());
         if let (Some(expected), Some(found)) = (expected, applied.diff_id) {
             if expected != found {
@@ -86,6 +116,7 @@ pub fn flatten(source: &OpenedImage, path: &Path) -> Result<ExportReport> {
         }
         report.items += applied.entries;
         report.bytes += applied.bytes;
+        report.devices_skipped += applied.devices_skipped;
     }
     Ok(report)
 }

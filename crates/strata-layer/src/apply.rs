@@ -60,6 +60,12 @@ pub struct ApplyOptions {
     pub overlay_whiteouts: bool,
     /// Give every entry this owner (uid, gid) instead of the archive's (`ADD --chown`).
     pub owner: Option<(u32, u32)>,
+    /// Skip character and block devices (counted in [`ApplyReport::devices_skipped`])
+    /// instead of creating them (or refusing them, unprivileged): what an image's `/dev`
+    /// holds means nothing outside a container and is dangerous on a host.
+    pub skip_devices: bool,
+    /// Clear setuid and setgid bits (for a tree a caller other than root will own).
+    pub strip_setid: bool,
 }
 
 impl Default for ApplyOptions {
@@ -68,6 +74,8 @@ impl Default for ApplyOptions {
             privileged: rustix::process::geteuid().is_root(),
             overlay_whiteouts: false,
             owner: None,
+            skip_devices: false,
+            strip_setid: false,
         }
     }
 }
@@ -84,6 +92,13 @@ impl ApplyOptions {
     /// nothing below is removed. Meant for an empty directory; needs root (`mknod`).
     pub fn overlay_whiteouts(self) -> Self {
         ApplyOptions { overlay_whiteouts: true, ..self }
+    }
+
+    /// The same options for writing a tree onto a host (`export dir:`): device nodes are
+    /// skipped unless `devices`, and setuid/setgid bits cleared unless the caller is root.
+    pub fn host_tree(self, devices: bool) -> Self {
+        let root = rustix::process::geteuid().is_root();
+        ApplyOptions { skip_devices: !devices, strip_setid: !root, ..self }
     }
 
     /// The same options giving every entry (the archive root `./` included) `owner`.
@@ -108,6 +123,8 @@ pub struct ApplyReport {
     pub ownership_skipped: u64,
     /// Xattrs not set (unprivileged namespace, or unsupported by the filesystem).
     pub xattrs_skipped: u64,
+    /// Device nodes not created ([`ApplyOptions::skip_devices`]).
+    pub devices_skipped: u64,
     /// sha256 of the uncompressed tar stream (the layer's diffID), to check against the
     /// image config.
     pub diff_id: Option<Digest>,
@@ -455,7 +472,14 @@ impl Applier {
         let raw = entry.name.clone();
         let etype = entry.typeflag;
         let comps = components(&raw)?;
-        let meta = Meta::from(entry);
+        let mut meta = Meta::from(entry);
+        if self.opts.strip_setid {
+            meta.mode &= !0o6000;
+        }
+        if self.opts.skip_devices && matches!(etype, b'3' | b'4') {
+            self.report.devices_skipped += 1;
+            return Ok(());
+        }
         let Some((name, parent)) = comps.split_last() else {
             // The archive root (`./`): only its directory metadata matters.
             if etype == b'5' {

@@ -221,3 +221,26 @@ fn unprivileged_apply_skips_owners_and_privileged_xattrs_but_keeps_modes() {
         assert!(xattr::get(j.root.join("f"), "trusted.no").unwrap().is_none());
     }
 }
+
+/// `export dir:` writes onto a host: device nodes are skipped (and counted) and setuid or
+/// setgid bits cleared when asked, whoever runs it.
+#[test]
+fn a_host_tree_gets_no_devices_and_no_setid_bits_when_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    let tar = raw_tar(&[
+        dir("dev"),
+        Raw { name: b"dev/sda", typeflag: b'4', link: b"", data: b"", mode: 0o666, dev: (8, 0) },
+        Raw { name: b"dev/mem", typeflag: b'3', link: b"", data: b"", mode: 0o666, dev: (1, 1) },
+        Raw { mode: 0o6755, ..file("su", b"x") },
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = ApplyOptions::unprivileged();
+    opts.skip_devices = true;
+    opts.strip_setid = true;
+    let report = apply(&tar[..], out.path(), &opts).unwrap();
+    assert_eq!(report.devices_skipped, 2);
+    assert!(fs::symlink_metadata(out.path().join("dev/sda")).is_err());
+    assert!(fs::symlink_metadata(out.path().join("dev/mem")).is_err());
+    let mode = fs::metadata(out.path().join("su")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o755);
+}

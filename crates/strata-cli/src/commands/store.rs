@@ -346,6 +346,9 @@ pub struct ExportArgs {
     /// For oci: destinations, recompress layers (e.g. gzip for tools without zstd support).
     #[arg(long, value_enum)]
     pub compression: Option<CompressionArg>,
+    /// For dir: destinations, create the image's device nodes (root only); skipped otherwise.
+    #[arg(long)]
+    pub devices: bool,
 }
 
 pub fn export(store: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -357,8 +360,18 @@ pub fn export(store: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode
     let location: ImageLocation = args.image.parse()?;
     let source = image::open_local(Some(&store), &location)
         .with_context(|| format!("cannot read image {location}"))?;
-    let report = image::export(&source, &dest, args.compression.map(Into::into))
-        .with_context(|| format!("cannot export to {dest}"))?;
+    let opts = image::ExportOptions::default()
+        .compression(args.compression.map(Into::into))
+        .devices(args.devices);
+    let report =
+        image::export(&source, &dest, &opts).with_context(|| format!("cannot export to {dest}"))?;
+    if report.devices_skipped > 0 {
+        writeln!(
+            std::io::stderr().lock(),
+            "skipped {} device node(s) of the image: pass --devices to create them",
+            report.devices_skipped
+        )?;
+    }
     writeln!(
         std::io::stdout().lock(),
         "exported {} to {dest}: {} items, {}",
