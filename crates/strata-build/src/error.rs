@@ -14,7 +14,7 @@ use strata_types::Digest;
 #[non_exhaustive]
 pub enum BuildError {
     /// The recipe file could not be read.
-    #[error("reading recipe {path}: {source}")]
+    #[error("reading recipe {path}")]
     ReadRecipe {
         /// The recipe path.
         path: PathBuf,
@@ -29,7 +29,7 @@ pub enum BuildError {
         context: PathBuf,
     },
     /// The recipe (or a `.dockerignore`, or an ONBUILD trigger) does not parse.
-    #[error("{path}:{}:{}: {source}", source.span.line, source.span.column)]
+    #[error("{path}:{}:{}", source.span.line, source.span.column)]
     Parse {
         /// The file being parsed.
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum BuildError {
         source: Box<ParseError>,
     },
     /// A filesystem operation failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done.
         op: &'static str,
@@ -92,7 +92,7 @@ pub enum BuildError {
         why: &'static str,
     },
     /// Pulling a registry base failed.
-    #[error("pulling {reference}: {source}")]
+    #[error("pulling {reference}")]
     Pull {
         /// The reference pulled.
         reference: String,
@@ -169,7 +169,7 @@ pub enum BuildError {
         found: Digest,
     },
     /// Fetching a URL failed.
-    #[error("fetching {url}: {source}")]
+    #[error("fetching {url}")]
     Fetch {
         /// The URL.
         url: String,
@@ -204,7 +204,7 @@ pub enum BuildError {
         id: String,
     },
     /// A secret's source could not be read.
-    #[error("reading secret {id}: {source}")]
+    #[error("reading secret {id}")]
     ReadSecret {
         /// The secret id.
         id: String,
@@ -233,7 +233,7 @@ pub enum BuildError {
         what: String,
     },
     /// Serializing the image config failed.
-    #[error("serializing the image config: {source}")]
+    #[error("serializing the image config")]
     Config {
         /// The underlying error.
         #[source]
@@ -268,7 +268,7 @@ pub enum BuildError {
         output: String,
     },
     /// A step failed; `source` says why.
-    #[error("stage {stage}, line {line}: {instruction}: {source}")]
+    #[error("stage {stage}, line {line}: {instruction}")]
     Step {
         /// The stage (name, or index when unnamed).
         stage: String,

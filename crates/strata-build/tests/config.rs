@@ -148,11 +148,11 @@ fn registry_base_not_in_store_is_a_clear_error() {
         matches!(err.root_cause(), BuildError::ImageNotInStore { reference, .. } if reference == "docker.io/library/alpine:3.20"),
         "{err}"
     );
-    assert!(err.to_string().contains("--pull=never forbids pulling it"), "{err}");
+    assert!(strata_types::chain(&err).contains("--pull=never forbids pulling it"), "{err}");
     // A name without a registry host is looked up in the store only.
     let ctx = e.context("ctx2", &[("Dockerfile", "FROM alpine:3.20\nRUN true\n")]);
     let err = e.build(&ctx, &[]).unwrap_err();
-    assert!(err.to_string().contains("names no registry"), "{err}");
+    assert!(strata_types::chain(&err).contains("names no registry"), "{err}");
 }
 
 #[test]

@@ -71,7 +71,7 @@ fn failing_run_reports_exit_code_and_output_and_tags_nothing() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let text = err.to_string();
+    let text = strata_types::chain(&err);
     assert!(text.contains("line 3") && text.contains("status 3"), "{text}");
     assert!(e.store.resolve("broken:1").is_err());
 }
@@ -396,7 +396,7 @@ fn insecure_run_is_refused_naming_the_line_and_granting_nothing() {
     let (r, events) = e.build_with(&BuildOptions::new(&ctx));
     let err = r.unwrap_err();
     assert!(matches!(err.root_cause(), BuildError::InsecureRun), "{err:?}");
-    let text = err.to_string();
+    let text = strata_types::chain(&err);
     assert!(text.contains("line 3"), "{text}");
     assert!(text.contains("never grants a step extra privileges"), "{text}");
     assert!(

@@ -163,6 +163,11 @@ fn a_failing_run_exits_1_with_its_output_and_tags_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("about to fail"), "{err}");
     assert!(err.contains('7'), "{err}");
+    // The error once (issue 16 point 1): one `strata: error:` line, each cause in it once.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("strata: error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert_eq!(errors[0].matches("status 7").count(), 1, "{err}");
+    assert_eq!(errors[0].matches("line 2").count(), 1, "{err}");
     assert!(!ok(&store, &["images"]).contains("bad"));
     assert!(ok(&store, &["fsck"]).contains("clean"));
 }
@@ -293,6 +298,31 @@ fn a_step_running_the_builder_binary_cannot_rewrite_it() {
     let _ = strata(&store, &["build", "--progress", "plain", ctx.to_str().unwrap()]);
     assert_eq!(std::fs::read(env!("CARGO_BIN_EXE_strata")).unwrap(), exe, "the binary changed");
     drop(dir);
+}
+
+#[test]
+fn an_error_names_each_cause_once() {
+    // No root needed: these fail before any RUN.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        ("FROM scratch\nCOPY nope /x\n", vec![], "nope: not found"),
+        ("FROM nobase:1\nRUN true\n", vec![], "nobase:1 is not in the store"),
+        ("FROM scratch\n", vec!["-f", "/nonexistent/Dockerfile"], "No such file"),
+    ];
+    for (recipe, flags, cause) in cases {
+        std::fs::write(ctx.join("Dockerfile"), recipe).unwrap();
+        let mut args = vec!["build"];
+        args.extend(flags);
+        args.push(ctx.to_str().unwrap());
+        let out = strata(&store, &args);
+        assert_ne!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().find(|l| l.starts_with("strata: error:")).unwrap();
+        assert_eq!(line.matches(cause).count(), 1, "{cause} once in: {line}");
+    }
 }
 
 #[test]

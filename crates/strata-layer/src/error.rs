@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum LayerError {
     /// A filesystem operation on `path` failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What was being done (`lstat`, `open`, `read`, `mkdir`, ...).
         op: &'static str,
@@ -22,7 +22,7 @@ pub enum LayerError {
         source: io::Error,
     },
     /// Writing the layer stream (tar, compressor or output sink) failed.
-    #[error("writing layer stream at {path}: {source}")]
+    #[error("writing layer stream at {path}")]
     Write {
         /// The entry being written when the sink failed.
         path: PathBuf,
@@ -31,7 +31,7 @@ pub enum LayerError {
         source: io::Error,
     },
     /// Reading the layer stream failed or it is not a valid tar archive.
-    #[error("reading layer archive (entry #{index}): {source}")]
+    #[error("reading layer archive (entry #{index})")]
     ReadArchive {
         /// Zero-based index of the tar entry being read.
         index: u64,

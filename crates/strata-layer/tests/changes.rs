@@ -245,6 +245,6 @@ fn a_file_that_changed_size_or_a_failing_sink_is_an_error_not_a_bad_layer() {
     }
     for c in [Compression::None, Compression::Zstd] {
         let err = LayerWriter::new(c).write_dir(t.path(), Broken).unwrap_err();
-        assert!(err.to_string().contains("disk full"), "{c:?}: {err}");
+        assert!(strata_types::chain(&err).contains("disk full"), "{c:?}: {err}");
     }
 }

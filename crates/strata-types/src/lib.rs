@@ -17,9 +17,11 @@ mod location;
 mod media;
 mod platform;
 mod reference;
+mod report;
 
 pub use digest::{Digest, DigestParseError, DigestParseErrorKind, Hasher, SHA256};
 pub use location::{ImageLocation, LocationError};
 pub use media::*;
 pub use platform::{Platform, PlatformParseError};
 pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
+pub use report::chain;
