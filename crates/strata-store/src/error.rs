@@ -53,6 +53,30 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A metadata file the store keeps (`index.json`, the format file) is missing or does not
+    /// parse. Nothing was modified; [`Store::fsck`](crate::Store::fsck) with `repair` rebuilds
+    /// it (`index.json` from the tag records).
+    #[error("{path} is damaged ({problem}); run `strata fsck --repair` to rebuild it")]
+    DamagedFile {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: FileDamage,
+    },
+    /// The store was written by a newer strata, in a format this code does not know; it was
+    /// not touched.
+    #[error(
+        "{path}: store format {found} is newer than this strata understands (format \
+         {supported}); use a newer strata"
+    )]
+    NewerFormat {
+        /// The format file.
+        path: PathBuf,
+        /// The format version found in it.
+        found: u32,
+        /// The newest format version this code reads and writes.
+        supported: u32,
+    },
     /// The `oci-layout` file names a layout version this code does not understand.
     #[error("{path}: unsupported imageLayoutVersion {found:?} (expected \"1.0.0\")")]
     UnsupportedLayoutVersion {
@@ -182,6 +206,18 @@ fn list_digests(ds: &[Digest]) -> String {
     ds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// What is wrong with a damaged metadata file ([`StoreError::DamagedFile`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileDamage {
+    /// The file is absent although the layout around it exists.
+    #[error("missing")]
+    Missing,
+    /// The file does not parse (truncated, or garbage); the parser's message has line and column.
+    #[error("does not parse: {0}")]
+    Unparseable(serde_json::Error),
+}
+
 /// Why a directory was refused as a store root.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -195,9 +231,6 @@ pub enum NotAStoreProblem {
     /// The `oci-layout` marker file is absent.
     #[error("no oci-layout file")]
     NoLayoutFile,
-    /// `index.json` is absent.
-    #[error("no index.json")]
-    NoIndex,
     /// `blobs/sha256` is absent.
     #[error("no blobs/sha256 directory")]
     NoBlobDir,
