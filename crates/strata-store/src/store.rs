@@ -127,25 +127,30 @@ impl Store {
         let root = absolute(root.as_ref())?;
         fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
         let layout_path = root.join(OCI_LAYOUT_FILE);
-        if !layout_path.exists() {
-            // Only what a half-finished `init` (ours or a racing one) leaves is tolerated.
-            let entries = fs::read_dir(&root).map_err(StoreError::io(&root))?;
-            for entry in entries {
-                let entry = entry.map_err(StoreError::io(&root))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if ![OCI_LAYOUT_FILE, INDEX_FILE, "blobs", "strata"].contains(&name.as_str()) {
-                    return Err(StoreError::NotAStore {
-                        root,
-                        problem: NotAStoreProblem::NotEmpty { entry: name },
-                    });
-                }
+        if layout_path.exists() {
+            // A complete layout: opened as it is, damaged or of a newer format included (a
+            // missing index.json is for fsck to rebuild, never to be replaced by an empty one).
+            return Store::open(&root);
+        }
+        // Only what a half-finished `init` (ours or a racing one) leaves is tolerated.
+        let entries = fs::read_dir(&root).map_err(StoreError::io(&root))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(&root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ![OCI_LAYOUT_FILE, INDEX_FILE, "blobs", "strata"].contains(&name.as_str()) {
+                return Err(StoreError::NotAStore {
+                    root,
+                    problem: NotAStoreProblem::NotEmpty { entry: name },
+                });
             }
         }
         let store = Store { root, lease: Arc::default() };
         for dir in [store.blob_dir(), store.tmp_dir(), store.roots_dir(), store.snapshots_dir()] {
             fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         }
-        // index.json before oci-layout: once the marker exists, the layout is complete.
+        // index.json and the format file before oci-layout: once the marker exists, the layout
+        // is complete. (A racing init may have written the marker meanwhile: then these
+        // no-clobber writes change nothing.)
         let empty_index = crate::index::empty_index_bytes()?;
         write_new(&store.tmp_dir(), &store.index_path(), &empty_index)?;
         write_new(&store.tmp_dir(), &store.format_path(), &format_file_bytes()?)?;

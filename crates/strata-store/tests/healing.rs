@@ -77,6 +77,10 @@ fn truncated_garbage_or_deleted_index_json_is_rebuilt_by_fsck_repair() {
             "{message}"
         );
         assert!(matches!(store.tags(), Err(StoreError::DamagedFile { .. })), "{what}");
+        // init (what import and build call) neither: it must not replace a lost index.json
+        // with an empty one, which the next tag would then make the records follow.
+        let err = Store::init(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::DamagedFile { .. }), "{what}: {err:?}");
 
         // fsck without repair reports it, checks the tags the records hold, writes nothing.
         let repairable = Store::open_for_repair(dir.path()).unwrap();
