@@ -128,10 +128,11 @@ impl Store {
                 changed += 1;
             }
         }
-        if !wanted.is_empty() {
+        if !wanted.is_empty() && !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
-            self.ensure_meta_dirs()?;
+            crate::blob::sync_dir(&self.meta_dir())?;
         }
+        self.ensure_meta_dirs()?;
         for (path, bytes) in &wanted {
             if have.get(path) != Some(bytes) {
                 write_atomic(&self.tmp_dir(), path, bytes)?;
