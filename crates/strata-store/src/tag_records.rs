@@ -18,7 +18,9 @@
 //! (format 1) gets them on its first update or repair. When `index.json` is missing or does not
 //! parse, [`Store::fsck`] with `repair` writes a new one from the records. Entries of
 //! `index.json` without a `ref.name` (roots another tool may add) are not tags and have no
-//! record. gc treats every record's target as a root, so a record never names a swept blob.
+//! record. A tag another tool writes into `index.json` directly (`skopeo copy` to
+//! `oci:$STORE:name`) gets its record at strata's next update or repair. gc treats every
+//! record's target as a root, so a record never names a swept blob.
 
 use std::collections::BTreeMap;
 use std::fs;
