@@ -127,10 +127,15 @@ impl Store {
         let root = absolute(root.as_ref())?;
         fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
         let layout_path = root.join(OCI_LAYOUT_FILE);
+        let blobs = root.join("blobs/sha256");
         if layout_path.exists() {
-            // A complete layout: opened as it is, damaged or of a newer format included (a
-            // missing index.json is for fsck to rebuild, never to be replaced by an empty one).
-            return Store::open(&root);
+            // A complete layout: opened as it is, and refused when damaged or of a newer
+            // format (a missing index.json is for fsck to rebuild, never to be replaced by an
+            // empty one); only directories are added (an empty `blobs/` some tools omit).
+            fs::create_dir_all(&blobs).map_err(StoreError::io(&blobs))?;
+            let store = Store::open(&root)?;
+            store.create_meta_dirs()?;
+            return Ok(store);
         }
         // Only what a half-finished `init` (ours or a racing one) leaves is tolerated.
         let entries = fs::read_dir(&root).map_err(StoreError::io(&root))?;
@@ -144,10 +149,9 @@ impl Store {
                 });
             }
         }
+        fs::create_dir_all(&blobs).map_err(StoreError::io(&blobs))?;
         let store = Store { root, lease: Arc::default() };
-        for dir in [store.blob_dir(), store.tmp_dir(), store.roots_dir(), store.snapshots_dir()] {
-            fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
-        }
+        store.create_meta_dirs()?;
         // index.json and the format file before oci-layout: once the marker exists, the layout
         // is complete. (A racing init may have written the marker meanwhile: then these
         // no-clobber writes change nothing.)
@@ -159,6 +163,14 @@ impl Store {
             .map_err(|source| StoreError::Serialize { what: "oci-layout", source })?;
         write_new(&store.tmp_dir(), &layout_path, &layout_bytes)?;
         Store::open(&store.root)
+    }
+
+    /// Creates strata's directories beside the layout (`tmp`, `roots`, `snapshots`).
+    fn create_meta_dirs(&self) -> Result<(), StoreError> {
+        for dir in [self.tmp_dir(), self.roots_dir(), self.snapshots_dir()] {
+            fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        }
+        Ok(())
     }
 
     /// The default store root: `$STRATA_STORE`, else `$XDG_DATA_HOME/strata`, else
