@@ -313,6 +313,11 @@ fn a_damaged_index_json_is_one_clear_error_and_fsck_repair_rebuilds_it() {
         let out = env.strata(&["fsck", "--repair"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("rebuilt index.json from 2 tag records"), "{stdout}");
+        assert_eq!(
+            stdout.contains("kept the damaged index.json as "),
+            damage.is_some(),
+            "{stdout}"
+        );
         assert_eq!(env.ok(&["images"]), listed);
         assert!(env.ok(&["fsck"]).contains("clean"));
     }

@@ -169,6 +169,10 @@ pub struct FsckReport {
     /// With `repair`, when `index.json` was missing or unparseable: the number of tags it was
     /// rebuilt with, from the tag records.
     pub index_rebuilt: Option<usize>,
+    /// With `repair`, where the bytes of the damaged `index.json` were kept before it was
+    /// rebuilt (`None` when it was missing): nothing is thrown away, in case it held more
+    /// than the records.
+    pub damaged_index_kept: Option<PathBuf>,
     /// Tag records written or deleted to match `index.json` (only with `repair`).
     pub tag_records_written: usize,
 }
@@ -330,6 +334,7 @@ impl Store {
             Err(StoreError::DamagedFile { .. }) => {
                 let (index, _) = self.index_from_records()?;
                 report.index_rebuilt = Some(index.manifests().len());
+                report.damaged_index_kept = self.keep_damaged_index()?;
                 (index, true)
             }
             Err(e) => return Err(e),
@@ -363,6 +368,27 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Moves a damaged `index.json` to `strata/v1/damaged/index.json.<unix seconds>` (the
+    /// caller holds the store lock); `None` if there is none.
+    fn keep_damaged_index(&self) -> Result<Option<PathBuf>, StoreError> {
+        let index = self.index_path();
+        if !index.exists() {
+            return Ok(None);
+        }
+        let dir = self.meta_dir().join("damaged");
+        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        let mut kept = dir.join(format!("index.json.{}", crate::lost_found::now_secs()));
+        let mut n = 1;
+        while kept.exists() {
+            kept = dir.join(format!("index.json.{}.{n}", crate::lost_found::now_secs()));
+            n += 1;
+        }
+        fs::rename(&index, &kept).map_err(StoreError::io(&index))?;
+        crate::blob::sync_dir(&dir)?;
+        crate::blob::sync_dir(self.root())?;
+        Ok(Some(kept))
     }
 
     /// Streams a blob through SHA-256; returns (hash, size).

@@ -12,6 +12,7 @@
 //! <root>/strata/v1/tags-v1/<tag> a copy of each tag's index.json entry, which
 //!                                `fsck --repair` rebuilds a lost index.json from
 //! <root>/strata/v1/lost+found.json  images fsck --repair untagged: blobs were gone
+//! <root>/strata/v1/damaged/index.json.<secs>  a damaged index.json fsck --repair replaced
 //! <root>/strata/v1/lock          flock serializing index.json updates
 //! <root>/strata/v1/gc.lock       writers' shared flock (their lease), gc's exclusive one
 //! <root>/strata/v1/tmp/          blob writers' temp files and work dirs (Store::work_dir)

@@ -92,8 +92,12 @@ fn truncated_garbage_or_deleted_index_json_is_rebuilt_by_fsck_repair() {
         assert_eq!(report.index_rebuilt, None);
         assert!(Store::open(dir.path()).is_err(), "{what}: fsck without repair wrote");
 
+        let damaged_bytes = fs::read(&index).ok();
         let report = repairable.fsck(true).unwrap();
         assert_eq!(report.index_rebuilt, Some(3), "{what}");
+        // The damaged bytes are kept aside, not thrown away.
+        let kept = report.damaged_index_kept.as_ref().map(|p| fs::read(p).unwrap());
+        assert_eq!(kept, damaged_bytes, "{what}");
         assert!(report.damaged_images.is_empty(), "{what}");
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(tag_list(&reopened), tags, "{what}: tags after repair");

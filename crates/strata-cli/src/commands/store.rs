@@ -436,6 +436,9 @@ pub fn fsck(store: Option<&Path>, args: FsckArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = report.index_rebuilt {
         writeln!(out, "rebuilt index.json from {n} tag records")?;
     }
+    if let Some(kept) = &report.damaged_index_kept {
+        writeln!(out, "kept the damaged index.json as {}", kept.display())?;
+    }
     if report.tag_records_written > 0 {
         writeln!(out, "wrote {} tag records to match index.json", report.tag_records_written)?;
     }

@@ -16,7 +16,9 @@
 //! Two more files beside the layout are not hints but the store's own state, each in its own
 //! module: the tag records (`tags-v1/<tag>`, a copy of each `index.json` tag that
 //! [`Store::fsck`] rebuilds a lost `index.json` from; gc roots) and lost+found
-//! (`lost+found.json`, the images [`Store::fsck`] untagged because blobs were gone).
+//! (`lost+found.json`, the images [`Store::fsck`] untagged because blobs were gone). A damaged
+//! `index.json` that a repair replaced is kept as `damaged/index.json.<secs>`. gc deletes none
+//! of them: they are removed by hand.
 
 mod cache_index;
 mod hints;
