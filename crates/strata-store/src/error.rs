@@ -44,7 +44,8 @@ pub enum StoreError {
         /// What is missing or unexpected.
         problem: NotAStoreProblem,
     },
-    /// A JSON file of the layout (`oci-layout`, `index.json`, a roots file) does not parse.
+    /// The `oci-layout` file does not parse (a damaged `index.json` is
+    /// [`StoreError::DamagedFile`]).
     #[error("{path} is corrupt")]
     CorruptFile {
         /// The file that does not parse.

@@ -40,7 +40,7 @@ pub(crate) fn empty_index_bytes() -> Result<Vec<u8>, StoreError> {
     index_bytes(&empty_index()?)
 }
 
-pub(crate) fn index_bytes(index: &ImageIndex) -> Result<Vec<u8>, StoreError> {
+fn index_bytes(index: &ImageIndex) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(index).map_err(|source| StoreError::Serialize { what: "index.json", source })
 }
 
