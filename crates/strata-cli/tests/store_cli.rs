@@ -253,15 +253,139 @@ fn corruption_is_caught_by_fsck_and_repaired() {
     // A verified read refuses it too.
     let out = env.strata(&["export", "app:v1", &format!("dir:{}", env.path("x").display())]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    // Repair removes the corrupt blob; the image that needed it stays broken (exit 1) until it
-    // is removed or imported again.
+    // Repair removes the corrupt blob (exit 1: problems were found) and untags the image that
+    // needed it into lost+found, so the store is consistent again.
     let out = env.strata(&["fsck", "--repair"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed corrupt blob"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("removed corrupt blob"), "{stdout}");
+    assert!(stdout.contains("untagged into lost+found: app:v1"), "{stdout}");
     assert!(!blob.exists());
-    env.ok(&["rmi", "app:v1"]);
+    assert!(!env.ok(&["images"]).contains("app"));
     env.ok(&["gc"]);
-    assert!(env.ok(&["fsck"]).contains("clean"));
+    let out = env.ok(&["fsck"]);
+    assert!(out.contains("clean") && out.contains("lost+found (1 images):"), "{out}");
+}
+
+/// Writes `bytes` over the store's index.json (or deletes it for `None`).
+fn damage_index(env: &Env, bytes: Option<&[u8]>) {
+    let index = env.store.join("index.json");
+    match bytes {
+        Some(b) => std::fs::write(index, b).unwrap(),
+        None => std::fs::remove_file(index).unwrap(),
+    }
+}
+
+#[test]
+fn a_damaged_index_json_is_one_clear_error_and_fsck_repair_rebuilds_it() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    env.ok(&["tag", "app:v1", "team/app:v2"]);
+    let listed = env.ok(&["images"]);
+    let whole = std::fs::read(env.store.join("index.json")).unwrap();
+    for damage in [Some(&whole[..whole.len() / 2]), Some(&b"garbage"[..]), None] {
+        damage_index(&env, damage);
+        for args in [
+            vec!["images"],
+            vec!["inspect", "app:v1"],
+            vec!["tag", "app:v1", "x"],
+            vec!["gc"],
+            vec!["import", tree.to_str().unwrap(), "app:v3"],
+        ] {
+            let out = env.strata(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+            assert!(
+                stderr.contains("index.json is damaged")
+                    && stderr.contains("run `strata fsck --repair`"),
+                "{args:?}: {stderr}"
+            );
+        }
+        // fsck without repair says what is wrong and changes nothing.
+        let out = env.strata(&["fsck"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("index.json is damaged"));
+        assert_eq!(env.strata(&["images"]).status.code(), Some(3));
+
+        let out = env.strata(&["fsck", "--repair"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("rebuilt index.json from 2 tag records"), "{stdout}");
+        assert_eq!(
+            stdout.contains("kept the damaged index.json as "),
+            damage.is_some(),
+            "{stdout}"
+        );
+        assert_eq!(env.ok(&["images"]), listed);
+        assert!(env.ok(&["fsck"]).contains("clean"));
+    }
+}
+
+#[test]
+fn images_marks_damaged_images_and_fsck_repair_moves_them_to_lost_found() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("file"), "other image\n").unwrap();
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    env.ok(&["import", other.to_str().unwrap(), "other:v1"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "--json", "--no-efficiency", "app:v1"])).unwrap();
+    let layer = inspect["manifest"]["layers"][0]["digest"].as_str().unwrap().to_string();
+    std::fs::remove_file(env.store.join("blobs/sha256").join(&layer["sha256:".len()..])).unwrap();
+
+    let text = env.ok(&["images"]);
+    let app = text.lines().find(|l| l.starts_with("app ")).unwrap();
+    assert!(app.contains("DAMAGED: 1 blob missing, run `strata fsck --repair`"), "{text}");
+    let fine = text.lines().find(|l| l.starts_with("other ")).unwrap();
+    assert!(!fine.contains("DAMAGED"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["images", "--json"])).unwrap();
+    let rows = json.as_array().unwrap();
+    let app = rows.iter().find(|r| r["name"] == "app").unwrap();
+    assert_eq!(app["missing"], serde_json::json!([layer]));
+    let fine = rows.iter().find(|r| r["name"] == "other").unwrap();
+    assert_eq!(fine["missing"], serde_json::json!([]));
+
+    let out = env.strata(&["fsck"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "damaged: app:v1 ({}): missing {layer}",
+            inspect["digest"].as_str().unwrap()
+        )),
+        "{stdout}"
+    );
+
+    let out = env.strata(&["fsck", "--repair"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("untagged into lost+found: app:v1"), "{stdout}");
+    assert!(stdout.contains("lost+found (1 images):"), "{stdout}");
+    let text = env.ok(&["images"]);
+    assert!(!text.contains("app") && text.contains("other"), "{text}");
+    // Kept for the user to see: every later fsck lists it.
+    let out = env.ok(&["fsck"]);
+    assert!(out.contains("clean") && out.contains("  app:v1 sha256:"), "{out}");
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    std::fs::write(env.store.join("strata/format"), r#"{"storeFormat":7}"#).unwrap();
+    for args in [vec!["images"], vec!["fsck", "--repair"]] {
+        let out = env.strata(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("store format 7") && stderr.contains("format 2"), "{stderr}");
+    }
 }
 
 #[test]

@@ -44,7 +44,8 @@ pub enum StoreError {
         /// What is missing or unexpected.
         problem: NotAStoreProblem,
     },
-    /// A JSON file of the layout (`oci-layout`, `index.json`, a roots file) does not parse.
+    /// The `oci-layout` file does not parse (a damaged `index.json` is
+    /// [`StoreError::DamagedFile`]).
     #[error("{path} is corrupt")]
     CorruptFile {
         /// The file that does not parse.
@@ -52,6 +53,30 @@ pub enum StoreError {
         /// The parse error, with line and column.
         #[source]
         source: serde_json::Error,
+    },
+    /// A metadata file the store keeps (`index.json`, the format file) is missing or does not
+    /// parse. Nothing was modified; [`Store::fsck`](crate::Store::fsck) with `repair` rebuilds
+    /// it (`index.json` from the tag records).
+    #[error("{path} is damaged ({problem}); run `strata fsck --repair` to rebuild it")]
+    DamagedFile {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: FileDamage,
+    },
+    /// The store was written by a newer strata, in a format this code does not know; it was
+    /// not touched.
+    #[error(
+        "{path}: store format {found} is newer than this strata understands (format \
+         {supported}); use a newer strata"
+    )]
+    NewerFormat {
+        /// The format file.
+        path: PathBuf,
+        /// The format version found in it.
+        found: u32,
+        /// The newest format version this code reads and writes.
+        supported: u32,
     },
     /// The `oci-layout` file names a layout version this code does not understand.
     #[error("{path}: unsupported imageLayoutVersion {found:?} (expected \"1.0.0\")")]
@@ -182,6 +207,18 @@ fn list_digests(ds: &[Digest]) -> String {
     ds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// What is wrong with a damaged metadata file ([`StoreError::DamagedFile`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileDamage {
+    /// The file is absent although the layout around it exists.
+    #[error("missing")]
+    Missing,
+    /// The file does not parse (truncated, or garbage); the parser's message has line and column.
+    #[error("does not parse: {0}")]
+    Unparseable(serde_json::Error),
+}
+
 /// Why a directory was refused as a store root.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -195,9 +232,6 @@ pub enum NotAStoreProblem {
     /// The `oci-layout` marker file is absent.
     #[error("no oci-layout file")]
     NoLayoutFile,
-    /// `index.json` is absent.
-    #[error("no index.json")]
-    NoIndex,
     /// `blobs/sha256` is absent.
     #[error("no blobs/sha256 directory")]
     NoBlobDir,

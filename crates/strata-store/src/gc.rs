@@ -1,6 +1,8 @@
 //! Garbage collection: mark from the roots, sweep the rest.
 //!
-//! Roots are every entry of `index.json` (tagged or not), every digest listed in the files under
+//! Roots are every entry of `index.json` (tagged or not), the target of every tag record
+//! (`<root>/strata/v1/tags-v1/`, the copy of the tags that rebuilds a lost `index.json`), every
+//! digest listed in the files under
 //! `<root>/strata/v1/roots/` (one per line; `#` starts a comment; a build in progress or a
 //! tool that wants blobs kept untagged lists them there), and the digests the caller passes. Marking follows descriptors inside
 //! manifests and indexes (`config`, `layers`, `manifests`, `subject`, `blobs`), OCI and Docker
@@ -13,7 +15,8 @@
 //! and index entries that name a deleted blob: the layer index, the build cache
 //! (`<root>/strata/v1/cache-v1/`), which is not a root, so it lives exactly as long as the
 //! layers it points at are reachable, and strata-registry's records of where a blob was seen
-//! (`<root>/strata/v1/registry-v1/blobs/<hex>`).
+//! (`<root>/strata/v1/registry-v1/blobs/<hex>`). The lost+found list is not a root: it
+//! records what was lost, it does not keep what survived.
 //!
 //! gc holds the store lock, so tags cannot change under it, and the exclusive `flock` on
 //! `strata/v1/gc.lock`, which every writer (a blob writer, a build, a pull) holds shared for as
@@ -184,6 +187,13 @@ impl Store {
         let mut pending: Vec<(Digest, Option<String>)> = Vec::new();
         for m in index.manifests() {
             pending.push((descriptor_digest(m)?, Some(m.media_type().to_string())));
+        }
+        // Tag records name the same targets as index.json unless a crash came between the two
+        // writes; either way their targets stay, so a rebuilt index.json names only blobs.
+        for r in self.read_tag_records()?.records {
+            if let Ok(d) = descriptor_digest(&r.descriptor) {
+                pending.push((d, Some(r.descriptor.media_type().to_string())));
+            }
         }
         for d in self.gc_roots()?.into_iter().chain(extra_roots.iter().copied()) {
             pending.push((d, None));

@@ -8,11 +8,12 @@
 //! the old or the new file.
 
 use std::fs::{self, File};
+use std::io;
 
 use oci_spec::image::{ImageIndex, ImageIndexBuilder, MediaType, SCHEMA_VERSION};
 use rustix::fs::{flock, FlockOperation};
 
-use crate::error::StoreError;
+use crate::error::{FileDamage, StoreError};
 use crate::store::Store;
 
 /// Annotation key naming a tag in `index.json` (annotations.md).
@@ -50,11 +51,20 @@ pub(crate) struct StoreLock {
 }
 
 impl Store {
-    /// Reads and parses `index.json`.
+    /// Reads and parses `index.json`; a missing or unparseable one is
+    /// [`StoreError::DamagedFile`] ([`Store::fsck`] with `repair` rebuilds it from the tag
+    /// records).
     pub fn read_index(&self) -> Result<ImageIndex, StoreError> {
         let path = self.index_path();
-        let bytes = fs::read(&path).map_err(StoreError::io(&path))?;
-        serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptFile { path, source })
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::DamagedFile { path, problem: FileDamage::Missing })
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::DamagedFile { path, problem: FileDamage::Unparseable(e) })
     }
 
     /// Takes the exclusive store lock (blocking until other updaters are done).
@@ -68,15 +78,30 @@ impl Store {
     }
 
     /// Read-modify-write of `index.json` under the store lock. `f` may fail, in which case
-    /// nothing is written.
+    /// nothing is written. The tag records follow `index.json` (see the `tag_records` module).
     pub(crate) fn update_index<T>(
         &self,
         f: impl FnOnce(&mut ImageIndex) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         let mut index = self.read_index()?;
         let out = f(&mut index)?;
-        self.write_file_atomic(&self.index_path(), &index_bytes(&index)?)?;
+        self.write_index_locked(&lock, &index)?;
         Ok(out)
+    }
+
+    /// Replaces `index.json` atomically, then brings the tag records in step with it and
+    /// marks the store as being in the current format. The caller holds the store lock.
+    pub(crate) fn write_index_locked(
+        &self,
+        _lock: &StoreLock,
+        index: &ImageIndex,
+    ) -> Result<usize, StoreError> {
+        self.write_file_atomic(&self.index_path(), &index_bytes(index)?)?;
+        let changed = self.sync_tag_records(index)?;
+        if self.read_format().ok() != Some(crate::store::STORE_FORMAT) {
+            self.write_format()?;
+        }
+        Ok(changed)
     }
 }

@@ -8,6 +8,11 @@
 //! <root>/index.json              image index; tags are entries annotated with
 //!                                org.opencontainers.image.ref.name = "name:tag"
 //! <root>/blobs/sha256/<hex>      every blob, named by the SHA-256 of its bytes
+//! <root>/strata/format          {"storeFormat":2}; a newer number is refused on open
+//! <root>/strata/v1/tags-v1/<tag> a copy of each tag's index.json entry, which
+//!                                `fsck --repair` rebuilds a lost index.json from
+//! <root>/strata/v1/lost+found.json  images fsck --repair untagged: blobs were gone
+//! <root>/strata/v1/damaged/index.json.<secs>  a damaged index.json fsck --repair replaced
 //! <root>/strata/v1/lock          flock serializing index.json updates
 //! <root>/strata/v1/gc.lock       writers' shared flock (their lease), gc's exclusive one
 //! <root>/strata/v1/tmp/          blob writers' temp files and work dirs (Store::work_dir)
@@ -29,7 +34,15 @@
 //! name does not match its bytes cannot be created through this API, and concurrent writers of
 //! the same content race harmlessly without locks. Mutable state is only `index.json` (the
 //! tags), updated under an exclusive file lock by atomic rename, so readers never see a
-//! half-written file. Everything else is derived: [`Store::gc`] deletes what no tag, gc root
+//! half-written file, and followed by the tag records (the `tag_records` module), so that no
+//! single damaged file loses a tag: a command that finds `index.json` missing or unparseable
+//! stops with [`StoreError::DamagedFile`], and [`Store::fsck`] with `repair` rebuilds it. Every
+//! metadata file (`index.json`, tag records, side tables, the format file, lost+found) is
+//! written the same way: temp file on the store's file system, `fsync`, rename, `fsync` of the
+//! directory, so a process killed mid-write leaves the old or the new file. The store format
+//! (`strata/format`; none means format 1, from before tag records) is checked on open, and a
+//! store written by a newer strata is refused ([`StoreError::NewerFormat`]) rather than
+//! half-understood. Everything else is derived: [`Store::gc`] deletes what no tag, gc root
 //! or caller-given digest reaches; [`Store::fsck`] re-hashes every blob and checks every
 //! reference.
 //!
@@ -56,16 +69,19 @@ mod gc;
 mod image;
 mod index;
 mod layers;
+mod lost_found;
 mod store;
 mod tables;
+mod tag_records;
 
 pub use blob::{BlobWriter, PutBlob, VerifyingReader};
-pub use error::{NotAStoreProblem, StoreError};
+pub use error::{FileDamage, NotAStoreProblem, StoreError};
 pub use fsck::{FsckProblem, FsckReport, Referrer};
 pub use gc::GcReport;
 pub use image::Image;
 pub use index::REF_NAME_ANNOTATION;
 pub use layers::KnownLayer;
+pub use lost_found::LostImage;
 pub use store::{canonical_json, Store};
 pub use tables::{CacheEntry, CacheKey, CacheKind, Snapshots, WorkDir};
 

@@ -9,7 +9,7 @@ use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{write_atomic, write_new, BlobWriter, PutBlob, VerifyingReader};
-use crate::error::{NotAStoreProblem, StoreError};
+use crate::error::{FileDamage, NotAStoreProblem, StoreError};
 use strata_types::Digest;
 
 /// Opens (creating if needed) a file used only for its `flock`.
@@ -30,6 +30,24 @@ pub(crate) const INDEX_FILE: &str = "index.json";
 pub(crate) const LAYOUT_VERSION: &str = "1.0.0";
 /// strata's own metadata, versioned so a future format can live beside this one.
 pub(crate) const META_DIR: &str = "strata/v1";
+/// The store format file, outside `strata/v1` so that every version finds it.
+pub(crate) const FORMAT_FILE: &str = "strata/format";
+/// The store format this code reads and writes. 1: no format file, tags only in `index.json`;
+/// 2: a tag record per tag under `strata/v1/tags-v1/`, kept in step with `index.json`.
+pub(crate) const STORE_FORMAT: u32 = 2;
+
+/// The store format file's content.
+#[derive(Serialize, Deserialize)]
+struct FormatFile {
+    #[serde(rename = "storeFormat")]
+    store_format: u32,
+}
+
+fn format_file_bytes() -> Result<Vec<u8>, StoreError> {
+    let format = FormatFile { store_format: STORE_FORMAT };
+    serde_json::to_vec(&format)
+        .map_err(|source| StoreError::Serialize { what: "store format", source })
+}
 
 #[derive(Serialize, Deserialize)]
 struct OciLayoutFile {
@@ -51,9 +69,22 @@ pub struct Store {
 
 impl Store {
     /// Opens an existing store. The directory must be an OCI image layout: an `oci-layout` file
-    /// with version 1.0.0, a parseable `index.json`, and `blobs/sha256/`. Nothing is modified;
-    /// strata's metadata directories are created later, when first needed.
+    /// with version 1.0.0, a parseable `index.json`, and `blobs/sha256/`, in a store format no
+    /// newer than this code's ([`StoreError::NewerFormat`]). A missing or unparseable
+    /// `index.json` is [`StoreError::DamagedFile`]: [`Store::open_for_repair`] and
+    /// [`Store::fsck`] rebuild it. Nothing is modified; strata's metadata directories are
+    /// created later, when first needed.
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let store = Store::open_for_repair(root)?;
+        store.read_format()?;
+        store.read_index()?;
+        Ok(store)
+    }
+
+    /// Opens a store whose `index.json` or format file may be damaged, for [`Store::fsck`] to
+    /// check and repair. Everything else [`Store::open`] checks is still checked, and a store
+    /// of a newer format is still refused.
+    pub fn open_for_repair(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = absolute(root.as_ref())?;
         let not_a_store = |problem| StoreError::NotAStore { root: root.clone(), problem };
         match fs::metadata(&root) {
@@ -83,12 +114,11 @@ impl Store {
         if !root.join("blobs/sha256").is_dir() {
             return Err(not_a_store(NotAStoreProblem::NoBlobDir));
         }
-        if !root.join(INDEX_FILE).is_file() {
-            return Err(not_a_store(NotAStoreProblem::NoIndex));
-        }
         let store = Store { root, lease: Arc::default() };
-        store.read_index()?;
-        Ok(store)
+        match store.read_format() {
+            Err(e @ StoreError::NewerFormat { .. }) => Err(e),
+            _ => Ok(store),
+        }
     }
 
     /// Creates a store at `root` if there is none (idempotent, safe to race with other `init`s),
@@ -97,32 +127,50 @@ impl Store {
         let root = absolute(root.as_ref())?;
         fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
         let layout_path = root.join(OCI_LAYOUT_FILE);
-        if !layout_path.exists() {
-            // Only what a half-finished `init` (ours or a racing one) leaves is tolerated.
-            let entries = fs::read_dir(&root).map_err(StoreError::io(&root))?;
-            for entry in entries {
-                let entry = entry.map_err(StoreError::io(&root))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if ![OCI_LAYOUT_FILE, INDEX_FILE, "blobs", "strata"].contains(&name.as_str()) {
-                    return Err(StoreError::NotAStore {
-                        root,
-                        problem: NotAStoreProblem::NotEmpty { entry: name },
-                    });
-                }
+        let blobs = root.join("blobs/sha256");
+        if layout_path.exists() {
+            // A complete layout: opened as it is, and refused when damaged or of a newer
+            // format (a missing index.json is for fsck to rebuild, never to be replaced by an
+            // empty one); only directories are added (an empty `blobs/` some tools omit).
+            fs::create_dir_all(&blobs).map_err(StoreError::io(&blobs))?;
+            let store = Store::open(&root)?;
+            store.create_meta_dirs()?;
+            return Ok(store);
+        }
+        // Only what a half-finished `init` (ours or a racing one) leaves is tolerated.
+        let entries = fs::read_dir(&root).map_err(StoreError::io(&root))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io(&root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ![OCI_LAYOUT_FILE, INDEX_FILE, "blobs", "strata"].contains(&name.as_str()) {
+                return Err(StoreError::NotAStore {
+                    root,
+                    problem: NotAStoreProblem::NotEmpty { entry: name },
+                });
             }
         }
+        fs::create_dir_all(&blobs).map_err(StoreError::io(&blobs))?;
         let store = Store { root, lease: Arc::default() };
-        for dir in [store.blob_dir(), store.tmp_dir(), store.roots_dir(), store.snapshots_dir()] {
-            fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
-        }
-        // index.json before oci-layout: once the marker exists, the layout is complete.
+        store.create_meta_dirs()?;
+        // index.json and the format file before oci-layout: once the marker exists, the layout
+        // is complete. (A racing init may have written the marker meanwhile: then these
+        // no-clobber writes change nothing.)
         let empty_index = crate::index::empty_index_bytes()?;
         write_new(&store.tmp_dir(), &store.index_path(), &empty_index)?;
+        write_new(&store.tmp_dir(), &store.format_path(), &format_file_bytes()?)?;
         let layout = OciLayoutFile { image_layout_version: LAYOUT_VERSION.to_owned() };
         let layout_bytes = serde_json::to_vec(&layout)
             .map_err(|source| StoreError::Serialize { what: "oci-layout", source })?;
         write_new(&store.tmp_dir(), &layout_path, &layout_bytes)?;
         Store::open(&store.root)
+    }
+
+    /// Creates strata's directories beside the layout (`tmp`, `roots`, `snapshots`).
+    fn create_meta_dirs(&self) -> Result<(), StoreError> {
+        for dir in [self.tmp_dir(), self.roots_dir(), self.snapshots_dir()] {
+            fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        }
+        Ok(())
     }
 
     /// The default store root: `$STRATA_STORE`, else `$XDG_DATA_HOME/strata`, else
@@ -152,6 +200,39 @@ impl Store {
     /// `<root>/index.json`.
     pub(crate) fn index_path(&self) -> PathBuf {
         self.root.join(INDEX_FILE)
+    }
+
+    /// `<root>/strata/format`: the store format version.
+    pub(crate) fn format_path(&self) -> PathBuf {
+        self.root.join(FORMAT_FILE)
+    }
+
+    /// The store's format version: 1 when there is no format file (a store made before it
+    /// existed, or by another tool), else what the file says, refusing a newer one.
+    pub(crate) fn read_format(&self) -> Result<u32, StoreError> {
+        let path = self.format_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(1),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let format: FormatFile = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::DamagedFile { path: path.clone(), problem: FileDamage::Unparseable(e) }
+        })?;
+        if format.store_format > STORE_FORMAT {
+            return Err(StoreError::NewerFormat {
+                path,
+                found: format.store_format,
+                supported: STORE_FORMAT,
+            });
+        }
+        Ok(format.store_format)
+    }
+
+    /// Records this code's format version; called once the store is in it (its tag records
+    /// were just brought in step with `index.json`).
+    pub(crate) fn write_format(&self) -> Result<(), StoreError> {
+        self.write_file_atomic(&self.format_path(), &format_file_bytes()?)
     }
 
     /// `<root>/strata/v1`: strata's own metadata, beside the OCI layout.

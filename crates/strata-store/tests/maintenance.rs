@@ -169,16 +169,20 @@ fn fsck_finds_corruption_and_repair_removes_it() {
     let repaired = store.fsck(true).unwrap();
     assert_eq!(repaired.removed, vec![layer]);
     assert!(!store.has_blob(&layer));
-    // Now the layer is missing, and fsck says who needs it.
-    let after = store.fsck(false).unwrap();
-    assert!(after.problems.contains(&FsckProblem::MissingBlob {
-        digest: layer,
-        referenced_by: Referrer::Blob(digest_of(&m)),
-    }));
-    // Restoring the bytes makes the store clean again (apart from the stray file).
+    // The image that needs it is untagged into lost+found, saying what it lacks.
+    assert_eq!(repaired.damaged_images.len(), 1);
+    assert_eq!(repaired.damaged_images[0].name.as_deref(), Some("app:v1"));
+    assert_eq!(repaired.damaged_images[0].missing, vec![layer]);
+    assert!(store.tags().unwrap().is_empty());
+    let lost = store.lost_and_found().unwrap();
+    assert_eq!(lost, repaired.damaged_images);
+    // Restoring the bytes and tagging the lost manifest again makes the store clean (apart
+    // from the stray file) and the image whole.
     store.put_blob(full.as_slice()).unwrap();
+    store.tag("app:v1", &lost[0].descriptor).unwrap();
     fs::remove_file(common::layout::blob_dir(&store).join("stray.txt")).unwrap();
     assert!(store.fsck(false).unwrap().is_clean());
+    assert!(store.missing_blobs(&m).unwrap().is_empty());
 }
 
 #[test]
@@ -242,11 +246,16 @@ fn broken_stores_are_clear_errors_and_left_alone() {
     fs::write(common::layout::index_path(&store), "{ not json").unwrap();
     let before = tree(&root);
     let err = Store::open(&root).unwrap_err();
-    assert!(matches!(&err, StoreError::CorruptFile { path, .. } if path.ends_with("index.json")));
-    assert!(matches!(store.tag("app:v2", &m), Err(StoreError::CorruptFile { .. })));
-    assert!(matches!(store.gc(&[]), Err(StoreError::CorruptFile { .. })));
-    assert!(matches!(store.fsck(true), Err(StoreError::CorruptFile { .. })));
-    assert!(matches!(Store::init(&root), Err(StoreError::CorruptFile { .. })));
+    assert!(matches!(&err, StoreError::DamagedFile { path, .. } if path.ends_with("index.json")));
+    assert!(err.to_string().contains("strata fsck --repair"), "{err}");
+    assert!(matches!(store.tag("app:v2", &m), Err(StoreError::DamagedFile { .. })));
+    assert!(matches!(store.gc(&[]), Err(StoreError::DamagedFile { .. })));
+    assert!(matches!(Store::init(&root), Err(StoreError::DamagedFile { .. })));
+    // A check without repair reports it and writes nothing either (repair: tests/healing.rs).
+    let report = store.fsck(false).unwrap();
+    assert!(
+        matches!(&report.problems[0], FsckProblem::DamagedFile { path, .. } if path.ends_with("index.json"))
+    );
     assert_eq!(tree(&root), before);
 
     // Wrong layout version, and a garbage oci-layout.

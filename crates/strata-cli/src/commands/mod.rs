@@ -97,9 +97,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Exit code for an error that reached `main`: 1 for a recipe that does not parse or a build
-/// that fails (as `docker build`), 2 for everything else (bad arguments, I/O, a corrupt store).
+/// that fails (as `docker build`), 3 for store damage that `strata fsck --repair` mends (a
+/// missing or unparseable `index.json`), 2 for everything else (bad arguments, I/O).
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     if err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<strata::store::StoreError>(),
+            Some(strata::store::StoreError::DamagedFile { .. })
+        )
+    }) {
+        3
+    } else if err.chain().any(|e| {
         e.downcast_ref::<strata::recipe::ParseError>().is_some()
             || e.downcast_ref::<strata::build::BuildError>().is_some()
     }) {

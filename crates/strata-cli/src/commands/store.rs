@@ -20,7 +20,7 @@ pub fn open_store(root: Option<&Path>) -> anyhow::Result<Store> {
 /// Opens the store for writing, creating it if needed.
 pub fn init_store(root: Option<&Path>) -> anyhow::Result<Store> {
     let root = store_root(root)?;
-    Store::init(&root).with_context(|| format!("cannot create store {}", root.display()))
+    Store::init(&root).with_context(|| format!("cannot open or create store {}", root.display()))
 }
 
 /// The store at `root` (or the default location) if one exists there; never creates one.
@@ -145,7 +145,8 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
 /// `strata images`.
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
-    /// Print JSON: `[{name, tag, digest, size}]`.
+    /// Print JSON: `[{name, tag, digest, size, missing}]`; `missing` lists the blobs a damaged
+    /// image lacks (empty when whole).
     #[arg(long)]
     pub json: bool,
 }
@@ -156,6 +157,8 @@ struct ImageRow {
     tag: String,
     digest: String,
     size: u64,
+    /// Blobs the image reaches that are gone from the store (empty when whole).
+    missing: Vec<String>,
 }
 
 pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode> {
@@ -166,10 +169,17 @@ pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode
             Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
             _ => (tag_key.clone(), String::new()),
         };
-        let image = store.image(&desc).with_context(|| format!("image {tag_key}"))?;
-        let size = image.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
-            + image.manifest.config().size();
-        rows.push(ImageRow { name, tag, digest: desc.digest().to_string(), size });
+        let missing = store.missing_blobs(&desc)?;
+        // A damaged image is listed, marked, not read: its manifest may be the missing blob.
+        let size = if missing.is_empty() {
+            let image = store.image(&desc).with_context(|| format!("image {tag_key}"))?;
+            image.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
+                + image.manifest.config().size()
+        } else {
+            0
+        };
+        let missing = missing.iter().map(ToString::to_string).collect();
+        rows.push(ImageRow { name, tag, digest: desc.digest().to_string(), size, missing });
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -179,7 +189,20 @@ pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode
     writeln!(out, "{:<40} {:<16} {:<14} {:>10}", "REPOSITORY", "TAG", "IMAGE ID", "SIZE")?;
     for r in rows {
         let id = r.digest.strip_prefix("sha256:").unwrap_or(&r.digest);
-        writeln!(out, "{:<40} {:<16} {:<14} {:>10}", r.name, r.tag, &id[..12], human(r.size))?;
+        if r.missing.is_empty() {
+            writeln!(out, "{:<40} {:<16} {:<14} {:>10}", r.name, r.tag, &id[..12], human(r.size))?;
+        } else {
+            let n = r.missing.len();
+            writeln!(
+                out,
+                "{:<40} {:<16} {:<14} {:>10}  DAMAGED: {n} blob{} missing, run `strata fsck --repair`",
+                r.name,
+                r.tag,
+                &id[..12],
+                "?",
+                if n == 1 { "" } else { "s" }
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -404,13 +427,17 @@ pub fn gc(store: Option<&Path>, _args: GcArgs) -> anyhow::Result<ExitCode> {
 /// `strata fsck`.
 #[derive(Debug, clap::Args)]
 pub struct FsckArgs {
-    /// Remove corrupt blobs (their images stay broken until re-imported or re-pulled).
+    /// Repair: remove corrupt blobs, untag images whose blobs are gone (into lost+found),
+    /// rebuild a damaged index.json from the tag records.
     #[arg(long)]
     pub repair: bool,
 }
 
 pub fn fsck(store: Option<&Path>, args: FsckArgs) -> anyhow::Result<ExitCode> {
-    let store = open_store(store)?;
+    let root = store_root(store)?;
+    // fsck is what mends a damaged index.json, so it must open a store that `open` refuses.
+    let store = Store::open_for_repair(&root)
+        .with_context(|| format!("cannot open store {}", root.display()))?;
     let report = store.fsck(args.repair)?;
     let mut out = std::io::stdout().lock();
     for p in &report.problems {
@@ -418,6 +445,40 @@ pub fn fsck(store: Option<&Path>, args: FsckArgs) -> anyhow::Result<ExitCode> {
     }
     for d in &report.removed {
         writeln!(out, "removed corrupt blob {d}")?;
+    }
+    if let Some(n) = report.index_rebuilt {
+        writeln!(out, "rebuilt index.json from {n} tag records")?;
+    }
+    if let Some(kept) = &report.damaged_index_kept {
+        writeln!(out, "kept the damaged index.json as {}", kept.display())?;
+    }
+    if report.tag_records_written > 0 {
+        writeln!(out, "wrote {} tag records to match index.json", report.tag_records_written)?;
+    }
+    for lost in &report.damaged_images {
+        let name = lost.name.as_deref().unwrap_or("<untagged>");
+        let missing: Vec<String> = lost.missing.iter().map(ToString::to_string).collect();
+        let verb = if args.repair { "untagged into lost+found" } else { "damaged" };
+        writeln!(
+            out,
+            "{verb}: {name} ({}): missing {}",
+            lost.descriptor.digest(),
+            missing.join(", ")
+        )?;
+    }
+    // What earlier repairs untagged stays listed until removed by hand.
+    let earlier = store.lost_and_found().unwrap_or_default();
+    if !earlier.is_empty() {
+        writeln!(out, "lost+found ({} images):", earlier.len())?;
+        for lost in &earlier {
+            writeln!(
+                out,
+                "  {} {} ({} blobs missing)",
+                lost.name.as_deref().unwrap_or("<untagged>"),
+                lost.descriptor.digest(),
+                lost.missing.len()
+            )?;
+        }
     }
     writeln!(
         out,

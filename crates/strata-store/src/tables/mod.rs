@@ -12,6 +12,13 @@
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
 //! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |
 //! | [`Store::set_gc_roots`], extra gc roots | `roots/<name>` | replaced by its writer |
+//!
+//! Two more files beside the layout are not hints but the store's own state, each in its own
+//! module: the tag records (`tags-v1/<tag>`, a copy of each `index.json` tag that
+//! [`Store::fsck`] rebuilds a lost `index.json` from; gc roots) and lost+found
+//! (`lost+found.json`, the images [`Store::fsck`] untagged because blobs were gone). A damaged
+//! `index.json` that a repair replaced is kept as `damaged/index.json.<secs>`. gc deletes none
+//! of them: they are removed by hand.
 
 mod cache_index;
 mod hints;
