@@ -91,7 +91,7 @@ pub enum Command {
     Login(registry::LoginArgs),
     /// Remove a registry's saved credentials.
     Logout(registry::LogoutArgs),
-    /// Print a shell completion script: `strata completion bash > /etc/bash_completion.d/strata`.
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(docs::CompletionArgs),
     /// Write man pages (strata.1 and one per command) into a directory.
     Man(docs::ManArgs),
