@@ -170,6 +170,12 @@ pub fn build_with(
     for tag in &opts.tags {
         store.tag(tag, &manifest)?;
     }
+    if opts.tags.is_empty() {
+        // As `docker build` without `-t`: a `<none>` image, kept until pruned.
+        let digest = strata_types::Digest::try_from(manifest.digest())
+            .map_err(strata_store::StoreError::from)?;
+        store.keep_dangling(&digest)?;
+    }
     let image = store.image(&manifest)?;
     let exported = match &opts.output {
         Some(dest) => {

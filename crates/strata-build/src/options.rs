@@ -205,16 +205,22 @@ impl BuildOptions {
         }
     }
 
-    /// Sets [`BuildOptions::timestamp`] by BuildKit's rule: `explicit` (`--timestamp`, or
-    /// `SOURCE_DATE_EPOCH` from the environment) when given, else a `SOURCE_DATE_EPOCH` build
-    /// argument, else 0. Set the build args first.
+    /// Sets [`BuildOptions::timestamp`] by BuildKit's rule: `explicit` (`--timestamp`) when
+    /// given, else `$SOURCE_DATE_EPOCH` from the environment, else a `SOURCE_DATE_EPOCH` build
+    /// argument, else 0. An empty variable or build argument counts as unset, as in BuildKit.
+    /// Set the build args first.
     pub fn with_source_date_epoch(mut self, explicit: Option<i64>) -> Result<BuildOptions> {
-        self.timestamp = match (explicit, self.build_args.get("SOURCE_DATE_EPOCH")) {
+        let explicit = match explicit {
+            Some(t) => Some(t),
+            None => strata_image::source_date_epoch()?,
+        };
+        let arg =
+            self.build_args.get("SOURCE_DATE_EPOCH").map(|v| v.trim()).filter(|v| !v.is_empty());
+        self.timestamp = match (explicit, arg) {
             (Some(t), _) => t,
-            (None, Some(v)) => v
-                .trim()
-                .parse()
-                .map_err(|_| BuildError::InvalidTimestamp { value: v.to_string() })?,
+            (None, Some(v)) => {
+                v.parse().map_err(|_| BuildError::InvalidTimestamp { value: v.to_string() })?
+            }
             (None, None) => 0,
         };
         Ok(self)

@@ -247,16 +247,17 @@ fn corruption_is_caught_by_fsck_and_repaired() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
+    // Exit 3: store damage (`strata --help`, exit codes).
     let out = env.strata(&["fsck"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&layer));
     // A verified read refuses it too.
     let out = env.strata(&["export", "app:v1", &format!("dir:{}", env.path("x").display())]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    // Repair removes the corrupt blob (exit 1: problems were found) and untags the image that
+    // Repair removes the corrupt blob (exit 3: damage was found) and untags the image that
     // needed it into lost+found, so the store is consistent again.
     let out = env.strata(&["fsck", "--repair"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("removed corrupt blob"), "{stdout}");
     assert!(stdout.contains("untagged into lost+found: app:v1"), "{stdout}");
@@ -410,12 +411,16 @@ fn bad_input_is_refused_and_leaves_the_store_alone() {
     }
     assert_eq!(std::fs::read(env.store.join("index.json")).unwrap(), index);
     assert!(env.ok(&["fsck"]).contains("clean"));
-    // A directory that is not a store is an error, not an empty list.
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["--store", env.path("nostore").to_str().unwrap(), "images"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    // No store yet is an empty list (a fresh machine); a directory that is not a store is an
+    // error, not an empty list.
+    let images = |store: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["--store", store.to_str().unwrap(), "images"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(images(&env.path("nostore")).status.code(), Some(0));
+    assert_eq!(images(&tree).status.code(), Some(2));
 }
 
 #[test]

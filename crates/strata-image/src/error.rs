@@ -113,6 +113,12 @@ pub enum ImageError {
         /// The registry reference.
         reference: String,
     },
+    /// A non-empty `SOURCE_DATE_EPOCH` that is not a number of seconds.
+    #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since the epoch")]
+    InvalidSourceDateEpoch {
+        /// The variable's value.
+        value: String,
+    },
     /// A pull policy that is not `missing`, `always` or `never`.
     #[error("invalid pull policy {value:?}: use missing, always or never")]
     InvalidPullPolicy {

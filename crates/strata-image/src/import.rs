@@ -34,6 +34,22 @@ impl Default for ImportOptions {
     }
 }
 
+/// `$SOURCE_DATE_EPOCH` as seconds since the epoch: `None` when unset or empty (as
+/// BuildKit and `docker buildx` treat an empty one), an error when it is not a number.
+/// The default timestamp of imports and builds (DESIGN.md decision 7).
+pub fn source_date_epoch() -> Result<Option<i64>> {
+    let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") else { return Ok(None) };
+    let value = value.to_string_lossy();
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| ImageError::InvalidSourceDateEpoch { value: value.to_string() })
+}
+
 /// What [`import_tree`] did.
 #[derive(Debug, Clone)]
 pub struct Imported {

@@ -39,7 +39,7 @@ use strata_types::ImageLocation;
 pub use copy::{copy, CopyOptions, CopyOutcome, LocalCopy};
 pub use error::{ImageError, Result};
 pub use export::{export, flatten, ExportOptions, ExportReport};
-pub use import::{import_tree, ImportOptions, Imported};
+pub use import::{import_tree, source_date_epoch, ImportOptions, Imported};
 pub use layout::{copy_image, load, CopyReport};
 pub use open::{open, open_local, OpenedImage};
 pub use resolve::{registry_name, resolve, PullPolicy, Resolved};

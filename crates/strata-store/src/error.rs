@@ -201,6 +201,35 @@ pub enum StoreError {
         /// Every matching manifest digest.
         candidates: Vec<Digest>,
     },
+    /// An image named by its ID has several tags, and removing it was not forced.
+    #[error(
+        "image {digest} has several tags ({}): name the tag to remove, or force removal of all",
+        tags.join(", ")
+    )]
+    ImageHasTags {
+        /// The image's manifest digest.
+        digest: Digest,
+        /// Its tags (`name:tag`), sorted.
+        tags: Vec<String>,
+    },
+}
+
+impl StoreError {
+    /// Whether the error means the store's content is damaged (a blob or metadata file that
+    /// does not match what refers to it, or is missing), as opposed to a bad request or an
+    /// environment problem. `strata fsck` tells what exactly; the CLI exits 3 for these.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CorruptFile { .. }
+                | StoreError::DamagedFile { .. }
+                | StoreError::InvalidRootsLine { .. }
+                | StoreError::DigestMismatch { .. }
+                | StoreError::SizeMismatch { .. }
+                | StoreError::InvalidBlobJson { .. }
+                | StoreError::BlobNotFound { .. }
+        )
+    }
 }
 
 fn list_digests(ds: &[Digest]) -> String {

@@ -240,7 +240,8 @@ impl Store {
     ///   entry whose `ref.name` is exactly the string given, as other tools may write);
     /// - `name@sha256:<hex>` or `sha256:<hex>`: that manifest, if in `index.json` or in `blobs/`;
     /// - a hex prefix of at least 4 characters, optionally after `sha256:`, of a manifest
-    ///   digest in `index.json` (a tag of the same name wins). Several matches are an
+    ///   digest in `index.json` or of a dangling image ([`Store::keep_dangling`]; a tag of
+    ///   the same name wins). Several matches are an
     ///   [`StoreError::AmbiguousReference`] listing them.
     pub fn resolve(&self, reference: &str) -> Result<Descriptor, StoreError> {
         if let Some(hex) = reference.strip_prefix("sha256:") {
@@ -272,14 +273,19 @@ impl Store {
                 return Ok(m.clone());
             }
         }
-        // Not tagged: accept a manifest or index blob that is present, typed by its own
-        // `mediaType` field (required for both since image-spec 1.1).
-        let bytes = match self.read_blob(digest) {
+        match self.untagged_descriptor(digest) {
             Err(StoreError::BlobNotFound { .. }) => {
-                return Err(StoreError::ImageNotFound { reference: reference.to_owned() })
+                Err(StoreError::ImageNotFound { reference: reference.to_owned() })
             }
-            other => other?,
-        };
+            other => other,
+        }
+    }
+
+    /// The descriptor of a manifest or index blob that is present but not (necessarily) in
+    /// `index.json`, typed by its own `mediaType` field (required for both since image-spec
+    /// 1.1).
+    pub(crate) fn untagged_descriptor(&self, digest: &Digest) -> Result<Descriptor, StoreError> {
+        let bytes = self.read_blob(digest)?;
         #[derive(serde::Deserialize)]
         struct Typed {
             #[serde(rename = "mediaType")]
@@ -304,18 +310,25 @@ impl Store {
 
     fn resolve_prefix(&self, hex: &str, reference: &str) -> Result<Descriptor, StoreError> {
         let index = self.read_index()?;
-        let mut found: Vec<(Digest, &Descriptor)> = Vec::new();
+        let mut found: Vec<(Digest, Option<&Descriptor>)> = Vec::new();
         let mut seen = BTreeSet::new();
         for m in index.manifests() {
             if let Ok(d) = descriptor_digest(m) {
                 if d.hex().starts_with(hex) && seen.insert(d) {
-                    found.push((d, m));
+                    found.push((d, Some(m)));
                 }
+            }
+        }
+        // Dangling images (built without a tag) are named by their ID too, as in Docker.
+        for d in self.dangling_list()? {
+            if d.hex().starts_with(hex) && seen.insert(d) && self.has_blob(&d) {
+                found.push((d, None));
             }
         }
         match found.as_slice() {
             [] => Err(StoreError::ImageNotFound { reference: reference.to_owned() }),
-            [(_, m)] => Ok((*m).clone()),
+            [(_, Some(m))] => Ok((*m).clone()),
+            [(d, None)] => self.untagged_descriptor(d),
             many => Err(StoreError::AmbiguousReference {
                 reference: reference.to_owned(),
                 candidates: many.iter().map(|(d, _)| *d).collect(),

@@ -1,7 +1,7 @@
 //! strata's content-addressed store, laid out on disk as an OCI image layout.
 //!
-//! A [`Store`] is a directory that any OCI tool can read directly (`skopeo inspect
-//! oci:$STORE:app:v1`, `umoci unpack --image $STORE:app:v1`):
+//! A [`Store`] is a directory that OCI tools which read zstd layers can read directly
+//! (`skopeo inspect oci:$STORE:app:v1`; umoci 0.4 predates zstd and needs a gzip export):
 //!
 //! ```text
 //! <root>/oci-layout              {"imageLayoutVersion":"1.0.0"}
@@ -17,6 +17,7 @@
 //! <root>/strata/v1/gc.lock       writers' shared flock (their lease), gc's exclusive one
 //! <root>/strata/v1/tmp/          blob writers' temp files and work dirs (Store::work_dir)
 //! <root>/strata/v1/roots/<name>  extra gc roots, one digest per line (Store::set_gc_roots)
+//! <root>/strata/v1/roots/dangling  untagged images kept until pruned (Store::keep_dangling)
 //! <root>/strata/v1/snapshots/<diffid-hex>    unpacked layers (Store::snapshots)
 //! <root>/strata/v1/layers/<diffid-hex>.<c>   which blob holds a diffID (Store::find_layer)
 //! <root>/strata/v1/cache-v1/<kind>/<key>     build cache index (Store::cache_get)
@@ -63,6 +64,7 @@
 #![deny(missing_docs)]
 
 mod blob;
+mod dangling;
 mod error;
 mod fsck;
 mod gc;
@@ -75,6 +77,7 @@ mod tables;
 mod tag_records;
 
 pub use blob::{BlobWriter, PutBlob, VerifyingReader};
+pub use dangling::{RemovedImage, DANGLING_ROOTS};
 pub use error::{FileDamage, NotAStoreProblem, StoreError};
 pub use fsck::{FsckProblem, FsckReport, Referrer};
 pub use gc::GcReport;

@@ -17,6 +17,13 @@ use strata::types::ImageLocation;
 
 use super::store::{human, init_store, CompressionArg};
 
+/// `strata build --help` examples.
+pub const EXAMPLES: &str = "\
+Examples:
+  strata build -t app:v1 .                        Dockerfile in ., tagged app:v1
+  strata build -f Containerfile --target test .   one stage of another recipe
+  SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) strata build -t app:v1 --output oci:out:v1 .";
+
 /// Arguments of `strata build`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -49,8 +56,8 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     pub progress: String,
     /// Timestamp for `created`, history and the layer mtime clamp (seconds since the epoch);
-    /// default $SOURCE_DATE_EPOCH, else 0.
-    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    /// default $SOURCE_DATE_EPOCH (unless empty), else 0.
+    #[arg(long)]
     pub timestamp: Option<i64>,
     /// Run every step even when the cache has its result.
     #[arg(long)]

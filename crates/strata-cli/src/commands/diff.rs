@@ -74,6 +74,13 @@ pub enum OnlyArg {
     Files,
 }
 
+/// `strata diff --help` examples.
+pub const DIFF_EXAMPLES: &str = "\
+Examples:
+  strata diff app:v1 app:v2                   config, layers, files and push cost
+  strata diff --semantic --only files app:v1 app:v2
+  strata diff --file etc/app.conf app:v1 app:v2 && echo same";
+
 /// `strata diff A B`.
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {

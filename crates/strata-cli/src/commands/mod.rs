@@ -3,6 +3,7 @@
 mod build;
 mod check;
 mod diff;
+mod docs;
 mod parse;
 mod registry;
 mod store;
@@ -12,13 +13,27 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The exit codes of every command, shown by `strata --help` (and in README.md).
+pub const EXIT_CODES: &str = "\
+Exit codes (every command):
+  0  success
+  1  the thing failed: a build step, a recipe that does not parse, a check that found
+     something, a diff that found differences
+  2  usage or environment: bad arguments, a missing file or image, no store, a registry
+     that refuses or cannot be reached
+  3  store damage: a blob or metadata file that does not match what refers to it
+     (run `strata fsck`)";
+
 /// strata: a content-addressed container image builder and layer store.
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about, long_about = None, propagate_version = true)]
+#[command(name = "strata", version, about, long_about = None, propagate_version = true,
+          after_help = EXIT_CODES)]
 pub struct Cli {
     /// Root of the image store (an OCI image layout). Default: $STRATA_STORE, else
-    /// $XDG_DATA_HOME/strata, else ~/.local/share/strata.
-    #[arg(long, global = true, env = "STRATA_STORE", value_name = "DIR")]
+    /// $XDG_DATA_HOME/strata, else ~/.local/share/strata (an empty variable counts as unset).
+    // Not clap's `env`: it takes an empty STRATA_STORE= for an empty --store; the library's
+    // `Store::default_root` reads the variable and ignores it when empty.
+    #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -29,6 +44,7 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 pub enum Command {
     /// Build an image from a Dockerfile/Containerfile and a context directory.
+    #[command(after_help = build::EXAMPLES)]
     Build(build::Args),
     /// Parse a Dockerfile/Containerfile and print its stages and steps.
     Parse(parse::Args),
@@ -38,11 +54,16 @@ pub enum Command {
     /// Import a directory or root-filesystem tar as a one-layer image (or copy an image from
     /// oci:DIR / docker-archive:FILE into the store).
     Import(store::ImportArgs),
-    /// List tagged images.
+    /// List images: tagged ones, and untagged (dangling) builds as `<none>`.
+    #[command(after_help = store::IMAGES_EXAMPLES)]
     Images(store::ImagesArgs),
+    /// Manage images (`strata image ls`, `strata image prune`).
+    #[command(subcommand)]
+    Image(store::ImageCommand),
     /// Show an image's manifest and config.
     Inspect(store::InspectArgs),
     /// Compare two images: config, layers, files, transfer cost (exit 0 same, 1 different).
+    #[command(after_help = diff::DIFF_EXAMPLES)]
     Diff(diff::DiffArgs),
     /// Show an image's layers with the history lines that made them.
     History(diff::HistoryArgs),
@@ -50,15 +71,17 @@ pub enum Command {
     Ls(diff::LsArgs),
     /// Give an image another name.
     Tag(store::TagArgs),
-    /// Remove image tags.
+    /// Remove images by tag or ID (`-f` for an image with several tags).
     Rmi(store::RmiArgs),
     /// Write an image to oci:DIR, docker-archive:FILE or dir:PATH.
     Export(store::ExportArgs),
-    /// Delete blobs no tag or cache entry reaches.
+    /// Delete blobs no tag, dangling image or cache entry reaches (`--dangling`: prune
+    /// untagged images first).
     Gc(store::GcArgs),
     /// Verify every blob and reference in the store.
     Fsck(store::FsckArgs),
     /// Send an image to a registry; only the layers it lacks are uploaded.
+    #[command(after_help = registry::PUSH_EXAMPLES)]
     Push(registry::PushArgs),
     /// Fetch an image from a registry into the store; only the layers the store lacks move.
     Pull(registry::PullArgs),
@@ -68,6 +91,10 @@ pub enum Command {
     Login(registry::LoginArgs),
     /// Remove a registry's saved credentials.
     Logout(registry::LogoutArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(docs::CompletionArgs),
+    /// Write man pages (strata.1 and one per command) into a directory.
+    Man(docs::ManArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -79,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(root, args),
         Command::Import(args) => store::import(root, args),
         Command::Images(args) => store::images(root, args),
+        Command::Image(cmd) => store::image_command(root, cmd),
         Command::Inspect(args) => store::inspect(root, args),
         Command::Diff(args) => diff::diff(root, args),
         Command::History(args) => diff::history(root, args),
@@ -93,27 +121,104 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Copy(args) => registry::copy(root, args),
         Command::Login(args) => registry::login(args),
         Command::Logout(args) => registry::logout(args),
+        Command::Completion(args) => docs::completion(args),
+        Command::Man(args) => docs::man(args),
     }
 }
 
-/// Exit code for an error that reached `main`: 1 for a recipe that does not parse or a build
-/// that fails (as `docker build`), 3 for store damage that `strata fsck --repair` mends (a
-/// missing or unparseable `index.json`), 2 for everything else (bad arguments, I/O).
+/// Exit code for an error that reached `main`, by [`EXIT_CODES`]: 3 when the store is damaged,
+/// 2 for a request the user can fix (an option, a name, a file), 1 when a build or parse
+/// failed, 2 for everything else (I/O, registries).
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|e| {
-        matches!(
-            e.downcast_ref::<strata::store::StoreError>(),
-            Some(strata::store::StoreError::DamagedFile { .. })
-        )
-    }) {
-        3
-    } else if err.chain().any(|e| {
-        e.downcast_ref::<strata::recipe::ParseError>().is_some()
-            || e.downcast_ref::<strata::build::BuildError>().is_some()
-    }) {
+    use strata::build::BuildError;
+    use strata::image::ImageError;
+    use strata::store::StoreError;
+    if err.chain().any(|e| store_error(e).is_some_and(StoreError::is_damage)) {
+        return 3;
+    }
+    let usage = err.chain().any(|e| {
+        e.is::<strata::types::ReferenceError>()
+            || e.is::<strata::types::LocationError>()
+            || matches!(
+                store_error(e),
+                Some(StoreError::InvalidReference(_) | StoreError::UnexpectedDigest { .. })
+            )
+            || matches!(
+                image_error(e),
+                Some(
+                    ImageError::InvalidSourceDateEpoch { .. }
+                        | ImageError::InvalidPullPolicy { .. }
+                )
+            )
+            || matches!(
+                e.downcast_ref::<BuildError>(),
+                Some(
+                    BuildError::NoRecipe { .. }
+                        | BuildError::ReadRecipe { .. }
+                        | BuildError::InvalidTimestamp { .. }
+                        | BuildError::InvalidOutput { .. }
+                        | BuildError::InvalidSecretSpec { .. }
+                        | BuildError::UnknownStageFilter { .. }
+                )
+            )
+    });
+    if usage {
+        return 2;
+    }
+    if err.chain().any(|e| e.is::<strata::recipe::ParseError>() || e.is::<BuildError>()) {
         1
     } else {
         2
+    }
+}
+
+/// The store error `e` is or wraps transparently (`#[error(transparent)]` variants hide it
+/// from the source chain).
+fn store_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a strata::store::StoreError> {
+    use strata::build::BuildError;
+    if let Some(s) = e.downcast_ref::<strata::store::StoreError>() {
+        return Some(s);
+    }
+    let layer = |l: &'a strata::layer::LayerError| match l {
+        strata::layer::LayerError::Store(s) => Some(s),
+        _ => None,
+    };
+    let image = |i: &'a strata::image::ImageError| match i {
+        strata::image::ImageError::Store(s) => Some(s),
+        _ => None,
+    };
+    if let Some(b) = e.downcast_ref::<BuildError>() {
+        return match b {
+            BuildError::Store(s) => Some(s),
+            BuildError::Image(i) => image(i),
+            BuildError::Layer(l) => layer(l),
+            _ => None,
+        };
+    }
+    if let Some(i) = e.downcast_ref::<strata::image::ImageError>() {
+        return image(i);
+    }
+    if let Some(l) = e.downcast_ref::<strata::layer::LayerError>() {
+        return layer(l);
+    }
+    if let Some(strata::registry::RegistryError::Store(s)) = e.downcast_ref() {
+        return Some(s);
+    }
+    if let Some(strata::diff::DiffError::Store(s)) = e.downcast_ref() {
+        return Some(s);
+    }
+    None
+}
+
+/// The image error `e` is or wraps transparently.
+fn image_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a strata::image::ImageError> {
+    match e.downcast_ref::<strata::build::BuildError>() {
+        Some(strata::build::BuildError::Image(i)) => Some(i),
+        _ => e.downcast_ref(),
     }
 }
 

@@ -78,6 +78,13 @@ pub struct TransferArgs {
     pub registry: RegistryArgs,
 }
 
+/// `strata push --help` examples.
+pub const PUSH_EXAMPLES: &str = "\
+Examples:
+  strata push app:v1 docker://registry.example/team/app:v1
+  strata push --dry-run app:v2 registry.example/team/app:v2   what would be uploaded
+  strata push --tls-verify=false app:v1 127.0.0.1:5000/app:v1";
+
 /// `strata push IMAGE [DEST]`.
 #[derive(Debug, clap::Args)]
 pub struct PushArgs {

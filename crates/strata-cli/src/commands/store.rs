@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use strata::image::{self, ImportOptions};
 use strata::layer::Compression;
-use strata::store::Store;
+use strata::store::{NotAStoreProblem, Store, StoreError};
 use strata::types::ImageLocation;
 
 /// Opens the store for reading; a missing store is an error, not an empty list.
@@ -21,6 +21,17 @@ pub fn open_store(root: Option<&Path>) -> anyhow::Result<Store> {
 pub fn init_store(root: Option<&Path>) -> anyhow::Result<Store> {
     let root = store_root(root)?;
     Store::init(&root).with_context(|| format!("cannot open or create store {}", root.display()))
+}
+
+/// The store for a listing command: `None` when there is no store yet (a fresh machine has
+/// no images, which is not an error); a directory that is not a store still is one.
+pub fn open_store_to_list(root: Option<&Path>) -> anyhow::Result<Option<Store>> {
+    let root = store_root(root)?;
+    match Store::open(&root) {
+        Ok(store) => Ok(Some(store)),
+        Err(StoreError::NotAStore { problem: NotAStoreProblem::Missing, .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open store {}", root.display())),
+    }
 }
 
 /// The store at `root` (or the default location) if one exists there; never creates one.
@@ -64,8 +75,8 @@ pub struct ImportArgs {
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: CompressionArg,
     /// Timestamp for `created` and the mtime clamp (seconds since the epoch); default
-    /// $SOURCE_DATE_EPOCH, else 0.
-    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    /// $SOURCE_DATE_EPOCH (unless empty), else 0.
+    #[arg(long)]
     pub timestamp: Option<i64>,
 }
 
@@ -123,7 +134,10 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
             }
             let opts = ImportOptions {
                 compression: args.compression.into(),
-                epoch: args.timestamp.unwrap_or(0),
+                epoch: match args.timestamp {
+                    Some(t) => t,
+                    None => image::source_date_epoch()?.unwrap_or(0),
+                },
             };
             let imported = image::import_tree(&store, path, &opts)
                 .with_context(|| format!("cannot import {}", path.display()))?;
@@ -142,11 +156,23 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// `strata images --help` examples.
+pub const IMAGES_EXAMPLES: &str = "\
+Examples:
+  strata images                    tagged images, and untagged builds as <none>
+  strata images --json | jq -r '.[].digest'
+  strata rmi 3f2a9c1b7d4e          remove an image by the IMAGE ID listed";
+
 /// `strata images`.
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
-    /// Print JSON: `[{name, tag, digest, size, missing}]`; `missing` lists the blobs a damaged
-    /// image lacks (empty when whole).
+    /// Show all images. Untagged (dangling) builds are always listed, as `<none>`, as
+    /// `docker images` does; strata keeps no intermediate images, so `-a` adds nothing and is
+    /// accepted for Docker habits.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Print JSON: `[{name, tag, digest, size, missing}]` (`<none>` for an untagged image's
+    /// name and tag); `missing` lists the blobs a damaged image lacks (empty when whole).
     #[arg(long)]
     pub json: bool,
 }
@@ -161,25 +187,42 @@ struct ImageRow {
     missing: Vec<String>,
 }
 
+/// One row of `images`. A damaged image is listed, marked, not read: its manifest may be the
+/// missing blob.
+fn image_row(
+    store: &Store,
+    name: String,
+    tag: String,
+    desc: &strata::store::oci_spec::image::Descriptor,
+    what: &str,
+) -> anyhow::Result<ImageRow> {
+    let missing = store.missing_blobs(desc)?;
+    let size = if missing.is_empty() {
+        let image = store.image(desc).with_context(|| format!("image {what}"))?;
+        image.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
+            + image.manifest.config().size()
+    } else {
+        0
+    };
+    let missing = missing.iter().map(ToString::to_string).collect();
+    Ok(ImageRow { name, tag, digest: desc.digest().to_string(), size, missing })
+}
+
 pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode> {
-    let store = open_store(store)?;
+    let _ = args.all;
     let mut rows = Vec::new();
-    for (tag_key, desc) in store.tags()? {
-        let (name, tag) = match tag_key.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
-            _ => (tag_key.clone(), String::new()),
-        };
-        let missing = store.missing_blobs(&desc)?;
-        // A damaged image is listed, marked, not read: its manifest may be the missing blob.
-        let size = if missing.is_empty() {
-            let image = store.image(&desc).with_context(|| format!("image {tag_key}"))?;
-            image.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
-                + image.manifest.config().size()
-        } else {
-            0
-        };
-        let missing = missing.iter().map(ToString::to_string).collect();
-        rows.push(ImageRow { name, tag, digest: desc.digest().to_string(), size, missing });
+    if let Some(store) = open_store_to_list(store)? {
+        for (tag_key, desc) in store.tags()? {
+            let (name, tag) = match tag_key.rsplit_once(':') {
+                Some((n, t)) if !t.contains('/') => (n.to_string(), t.to_string()),
+                _ => (tag_key.clone(), String::new()),
+            };
+            rows.push(image_row(&store, name, tag, &desc, &tag_key)?);
+        }
+        for desc in store.dangling_images()? {
+            let digest = desc.digest().to_string();
+            rows.push(image_row(&store, "<none>".into(), "<none>".into(), &desc, &digest)?);
+        }
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -205,6 +248,34 @@ pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `strata image ...`: Docker's image management commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// List images (as `strata images`).
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Remove dangling images (untagged builds), then free their blobs.
+    Prune(PruneArgs),
+}
+
+/// `strata image prune`.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Do not prompt (strata never prompts; accepted for Docker habits).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+pub fn image_command(store: Option<&Path>, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ImageCommand::Ls(args) => images(store, args),
+        ImageCommand::Prune(args) => {
+            let _ = args.force;
+            gc(store, GcArgs { dangling: true })
+        }
+    }
 }
 
 /// `strata inspect IMAGE`.
@@ -276,6 +347,27 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
         if let Some(u) = cfg.user() {
             writeln!(out, "User:         {u}")?;
         }
+        if let Some(ports) = cfg.exposed_ports().as_ref().filter(|p| !p.is_empty()) {
+            let mut ports = ports.clone();
+            ports.sort();
+            writeln!(out, "ExposedPorts: {}", ports.join(" "))?;
+        }
+        if let Some(volumes) = cfg.volumes().as_ref().filter(|v| !v.is_empty()) {
+            let mut volumes = volumes.clone();
+            volumes.sort();
+            writeln!(out, "Volumes:      {}", volumes.join(" "))?;
+        }
+        if let Some(s) = cfg.stop_signal() {
+            writeln!(out, "StopSignal:   {s}")?;
+        }
+        if let Some(labels) = cfg.labels().as_ref().filter(|l| !l.is_empty()) {
+            let mut labels: Vec<_> = labels.iter().collect();
+            labels.sort();
+            writeln!(out, "Labels:")?;
+            for (k, v) in labels {
+                writeln!(out, "  {k}={v}")?;
+            }
+        }
     }
     let run = image::config::RunConfig::from_json(&raw_config["config"]);
     if let Some(h) = &run.healthcheck {
@@ -344,17 +436,29 @@ pub fn tag(store: Option<&Path>, args: TagArgs) -> anyhow::Result<ExitCode> {
 /// `strata rmi IMAGE...`.
 #[derive(Debug, clap::Args)]
 pub struct RmiArgs {
-    /// Tags to remove (`name[:tag]`). Blobs are freed by `strata gc`.
+    /// Images to remove: a tag (`name[:tag]`) removes that tag; an ID (the `IMAGE ID` of
+    /// `strata images`, any unique prefix, or `sha256:...`) removes the image. Blobs are freed
+    /// by `strata gc`.
     #[arg(required = true)]
     pub images: Vec<String>,
+    /// Remove an image given by ID even when several tags name it (all of them go).
+    #[arg(short = 'f', long)]
+    pub force: bool,
 }
 
 pub fn rmi(store: Option<&Path>, args: RmiArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(store)?;
     let mut out = std::io::stdout().lock();
     for image in &args.images {
-        let desc = store.untag(image).with_context(|| format!("cannot remove {image}"))?;
-        writeln!(out, "Untagged: {image} ({})", desc.digest())?;
+        let removed = store
+            .remove_image(image, args.force)
+            .with_context(|| format!("cannot remove {image}"))?;
+        for tag in &removed.untagged {
+            writeln!(out, "Untagged: {tag}")?;
+        }
+        if removed.deleted {
+            writeln!(out, "Deleted: {}", removed.digest)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -407,13 +511,27 @@ pub fn export(store: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode
 
 /// `strata gc`.
 #[derive(Debug, clap::Args)]
-pub struct GcArgs {}
+pub struct GcArgs {
+    /// First remove dangling images (untagged builds, listed as `<none>`), as
+    /// `strata image prune`; without it they are kept, as Docker keeps them until a prune.
+    #[arg(long)]
+    pub dangling: bool,
+}
 
-pub fn gc(store: Option<&Path>, _args: GcArgs) -> anyhow::Result<ExitCode> {
+pub fn gc(store: Option<&Path>, args: GcArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(store)?;
+    let mut out = std::io::stdout().lock();
+    if args.dangling {
+        let pruned = store.prune_dangling()?;
+        for d in &pruned {
+            writeln!(out, "Deleted: {d}")?;
+        }
+        let s = if pruned.len() == 1 { "" } else { "s" };
+        writeln!(out, "removed {} dangling image{s}", pruned.len())?;
+    }
     let report = store.gc(&[])?;
     writeln!(
-        std::io::stdout().lock(),
+        out,
         "removed {} blobs ({}), {} snapshots, {} temp entries; kept {} blobs",
         report.removed.len(),
         human(report.bytes_freed),
@@ -491,7 +609,8 @@ pub fn fsck(store: Option<&Path>, args: FsckArgs) -> anyhow::Result<ExitCode> {
             format!("{} problems", report.problems.len())
         }
     )?;
-    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    // Exit 3, store damage (super::EXIT_CODES).
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 #[cfg(test)]
