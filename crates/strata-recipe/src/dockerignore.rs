@@ -128,7 +128,9 @@ impl DockerIgnore {
             };
             check_glob_syntax(body).map_err(|r| err(&r))?;
             let matcher = Matcher::compile(body).map_err(|r| err(&r))?;
-            let components = if exclusion {
+            let components = if exclusion && may_cross_slash(body) {
+                vec![Component::AnyDepth]
+            } else if exclusion {
                 body.split('/').map(Component::compile).collect()
             } else {
                 Vec::new()
@@ -221,6 +223,23 @@ impl DockerIgnore {
             true
         })
     }
+}
+
+/// Whether a pattern may match a `/` with something other than a `/` of its own, so that its
+/// `/`-separated parts say nothing about a path's components. moby's matcher turns the
+/// pattern into a regular expression and keeps `\X` and `[...]` as they are, so `\D` (any
+/// non-digit), `\S`, `\W` and a bracket such as `[^x]` or `[!-0]` match a `/` too (found by
+/// the dockerignore fuzz target: `!*\Do*` re-includes `a/otke`).
+fn may_cross_slash(pattern: &str) -> bool {
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '[' => return true,
+            '\\' if chars.next().is_some_and(|n| n.is_ascii_alphanumeric()) => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// How an exception's path component is compared with a directory name.

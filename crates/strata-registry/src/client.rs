@@ -108,7 +108,9 @@ impl Endpoint {
 
     /// Resolves a `Location` header (absolute, or relative to the registry) to a URL.
     pub fn resolve_location(&self, location: &str) -> Result<String, RegistryError> {
-        if location.starts_with("http://") || location.starts_with("https://") {
+        // RFC 3986 section 3.1: a scheme is case-insensitive (`HTTPS://` is absolute too).
+        let scheme = location.get(..8).unwrap_or(location).to_ascii_lowercase();
+        if scheme.starts_with("http://") || scheme.starts_with("https://") {
             Ok(location.to_owned())
         } else if location.starts_with('/') {
             Ok(format!("{}{}", self.base, location))
