@@ -307,7 +307,7 @@ fn a_damaged_index_json_is_one_clear_error_and_fsck_repair_rebuilds_it() {
         }
         // fsck without repair says what is wrong and changes nothing.
         let out = env.strata(&["fsck"]);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(3));
         assert!(String::from_utf8_lossy(&out.stdout).contains("index.json is damaged"));
         assert_eq!(env.strata(&["images"]).status.code(), Some(3));
 
@@ -352,7 +352,7 @@ fn images_marks_damaged_images_and_fsck_repair_moves_them_to_lost_found() {
     assert_eq!(fine["missing"], serde_json::json!([]));
 
     let out = env.strata(&["fsck"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
@@ -363,7 +363,7 @@ fn images_marks_damaged_images_and_fsck_repair_moves_them_to_lost_found() {
     );
 
     let out = env.strata(&["fsck", "--repair"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("untagged into lost+found: app:v1"), "{stdout}");
     assert!(stdout.contains("lost+found (1 images):"), "{stdout}");
