@@ -160,6 +160,12 @@ pub(crate) fn select_platform(
 ) -> Result<(Digest, Kind), RegistryError> {
     let raw = parse(ep, digest, bytes)?;
     let manifests = raw.manifests.ok_or_else(|| invalid(ep, digest, "index without manifests"))?;
+    // Every descriptor's digest MUST be valid (image-spec descriptor.md): an index with one
+    // malformed entry is refused whole, whichever entry the platform picks, as copying the
+    // index (`index_children`) refuses it.
+    for m in &manifests {
+        descriptor_digest(ep, digest, m)?;
+    }
     let mut best: Option<(u8, &RawDescriptor)> = None;
     for m in &manifests {
         let Some(p) = &m.platform else { continue };
