@@ -456,7 +456,8 @@ pub(crate) fn range_end(v: &str) -> Option<u64> {
     let v = v.strip_prefix("bytes=").unwrap_or(v);
     let (_, last) = v.split_once('-')?;
     let last: i64 = last.trim().parse().ok()?;
-    Some(u64::try_from(last + 1).unwrap_or(0))
+    // A registry claiming a last byte of i64::MAX is lying; the header is not a range then.
+    Some(u64::try_from(last.checked_add(1)?).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -28,3 +28,13 @@ fn regression_fuzz_manifest_index_with_a_bad_entry() {
     let err = strata_registry::fuzzing::select_platform(doc, &amd64).unwrap_err();
     assert!(strata_types::chain(&err).contains("sha256configf18a"), "{err}");
 }
+
+/// An upload's `Range: 0-9223372036854775807` (i64::MAX) overflowed computing the next offset
+/// (a panic with debug assertions). Such a header is no range: the upload status is unknown.
+#[test]
+fn regression_fuzz_registry_range_end_at_i64_max() {
+    use strata_registry::fuzzing::upload_range_end;
+    assert_eq!(upload_range_end("0-9223372036854775807"), None);
+    assert_eq!(upload_range_end("0-9223372036854775806"), Some(9_223_372_036_854_775_807));
+    assert_eq!(upload_range_end("0--1"), Some(0));
+}
