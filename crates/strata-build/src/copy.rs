@@ -866,3 +866,53 @@ mod tests {
         assert!(go_match("*", ""));
     }
 }
+
+/// A build context that came as one stream (`strata build -`, as `docker build -`): a tar
+/// archive (plain, gzip, bzip2, xz or zstd) unpacked into a directory of its own, or, when the
+/// stream is not an archive, a recipe with an empty context.
+#[derive(Debug)]
+pub struct StreamContext {
+    dir: tempfile::TempDir,
+    recipe: Option<String>,
+}
+
+impl StreamContext {
+    /// Reads `stream` to its end and unpacks it (into the system temp dir), through the same
+    /// tar reader and path-safety policy as ADD: an entry that would land outside the context
+    /// is an error naming it.
+    pub fn read(mut stream: impl std::io::Read) -> Result<StreamContext> {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-context-")
+            .tempdir()
+            .map_err(|e| BuildError::io("mkdir", std::env::temp_dir(), e))?;
+        let spool = dir.path().join("stream");
+        let mut f = fs::File::create(&spool).map_err(|e| BuildError::io("create", &spool, e))?;
+        std::io::copy(&mut stream, &mut f)
+            .map_err(|e| BuildError::io("read", Path::new("-"), e))?;
+        drop(f);
+        let ctx = dir.path().join("context");
+        fs::create_dir(&ctx).map_err(|e| BuildError::io("mkdir", &ctx, e))?;
+        let recipe = match archive_kind(&spool)? {
+            Some(kind) => {
+                extract_archive(&spool, kind, &ctx, "the context on stdin", None)?;
+                None
+            }
+            None => Some(
+                String::from_utf8(fs::read(&spool).map_err(|e| BuildError::io("read", &spool, e))?)
+                    .map_err(|_| BuildError::StdinNotContext)?,
+            ),
+        };
+        fs::remove_file(&spool).map_err(|e| BuildError::io("remove", &spool, e))?;
+        Ok(StreamContext { dir, recipe })
+    }
+
+    /// The context directory (empty when the stream was a recipe).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("context")
+    }
+
+    /// The recipe, when the stream was one rather than an archive.
+    pub fn recipe(&self) -> Option<&str> {
+        self.recipe.as_deref()
+    }
+}

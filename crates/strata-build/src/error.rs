@@ -247,6 +247,9 @@ pub enum BuildError {
         /// What is wrong.
         why: &'static str,
     },
+    /// `strata build -` read something that is neither a tar archive nor a UTF-8 recipe.
+    #[error("the context on stdin is neither a tar archive nor a recipe (not UTF-8 text)")]
+    StdinNotContext,
     /// An `--add-host` value that is not `NAME:ADDRESS`.
     #[error("--add-host {value:?}: {why}")]
     InvalidExtraHost {

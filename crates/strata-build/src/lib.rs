@@ -82,6 +82,7 @@ use strata_recipe::DockerIgnore;
 use strata_store::Store;
 
 pub use check::check;
+pub use copy::StreamContext;
 pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
 pub use options::{
@@ -281,7 +282,11 @@ pub(crate) fn load_dockerignore(opts: &BuildOptions) -> Result<DockerIgnore> {
     let name = opts.recipe_path.file_name().map(|n| n.to_string_lossy().to_string());
     let candidates = DockerIgnore::candidate_files(name.as_deref().unwrap_or("Dockerfile"));
     let recipe_dir = opts.recipe_path.parent().unwrap_or(&opts.context);
-    let paths = [recipe_dir.join(&candidates[0]), opts.context.join(&candidates[1])];
+    let mut paths = vec![recipe_dir.join(&candidates[0]), opts.context.join(&candidates[1])];
+    if opts.recipe.is_some() {
+        // A recipe from no file has no `<recipe>.dockerignore` beside it.
+        paths.remove(0);
+    }
     for path in paths {
         match std::fs::read_to_string(&path) {
             Ok(text) => {

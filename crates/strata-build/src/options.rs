@@ -106,6 +106,10 @@ pub struct BuildOptions {
     pub context: PathBuf,
     /// The recipe file (see [`default_recipe_path`]).
     pub recipe_path: PathBuf,
+    /// The recipe's text when it does not come from a file (`-f -`, a recipe on stdin):
+    /// [`BuildOptions::recipe_path`] then only names it in messages, and the only
+    /// `.dockerignore` is the context's.
+    pub recipe: Option<String>,
     /// Names to tag the result with (`app:v1`).
     pub tags: Vec<String>,
     /// `--build-arg` values.
@@ -186,6 +190,7 @@ impl BuildOptions {
         BuildOptions {
             context,
             recipe_path,
+            recipe: None,
             tags: Vec::new(),
             build_args: BuildArgs::new(),
             target: None,
@@ -262,6 +267,9 @@ pub fn default_recipe_path(context: &Path) -> PathBuf {
 }
 
 pub(crate) fn read_recipe(opts: &BuildOptions) -> Result<String> {
+    if let Some(text) = &opts.recipe {
+        return Ok(text.clone());
+    }
     match std::fs::read_to_string(&opts.recipe_path) {
         Ok(s) => Ok(s),
         Err(e)

@@ -388,3 +388,85 @@ fn label_and_iidfile_as_docker_build_has_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--add-host") && err.contains("not an IP address"), "{err}");
 }
+
+/// `strata` with stdin fed from `input`.
+fn strata_stdin(store: &Path, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_context_or_a_recipe_on_stdin_as_docker_build_takes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY hello.txt /\n").unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hi from the tar\n").unwrap();
+    let tarball = tmp.path().join("ctx.tar.gz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&ctx)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let flat = |tag: &str, name: &str| {
+        let dir = tmp.path().join(format!("flat-{name}"));
+        ok(&store, &["export", tag, &format!("dir:{}", dir.display())]);
+        dir
+    };
+
+    // `strata build -`: a (gzipped) tar is the context, its Dockerfile the recipe.
+    let out =
+        strata_stdin(&store, &["build", "-t", "fromtar:1", "-"], &std::fs::read(&tarball).unwrap());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = flat("fromtar:1", "tar");
+    assert_eq!(std::fs::read_to_string(dir.join("hello.txt")).unwrap(), "hi from the tar\n");
+
+    // `strata build -` with a recipe: an empty context.
+    let out =
+        strata_stdin(&store, &["build", "-t", "lone:1", "-"], b"FROM scratch\nLABEL from=stdin\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["inspect", "--json", "lone:1"])).unwrap();
+    assert_eq!(v["config"]["config"]["Labels"]["from"], "stdin");
+
+    // `-f -`: the recipe from stdin, the context a directory.
+    let out = strata_stdin(
+        &store,
+        &["build", "-f", "-", "-t", "piped:1", ctx.to_str().unwrap()],
+        b"FROM scratch\nCOPY hello.txt /copied.txt\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = flat("piped:1", "piped");
+    assert_eq!(std::fs::read_to_string(dir.join("copied.txt")).unwrap(), "hi from the tar\n");
+
+    // Both from stdin: a usage error. A tar entry escaping the context: an error naming it.
+    let out = strata_stdin(&store, &["build", "-f", "-", "-"], b"FROM scratch\n");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let evil = tmp.path().join("evil.tar");
+    let script = format!(
+        "import tarfile, io\nwith tarfile.open('{}', 'w') as t:\n    i = tarfile.TarInfo('../escape'); i.size = 1; t.addfile(i, io.BytesIO(b'x'))\n",
+        evil.display()
+    );
+    assert!(Command::new("python3").arg("-c").arg(script).status().unwrap().success());
+    let out = strata_stdin(&store, &["build", "-"], &std::fs::read(&evil).unwrap());
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("../escape"), "{err}");
+    assert!(!tmp.path().join("escape").exists());
+}

@@ -27,7 +27,8 @@ Examples:
 /// Arguments of `strata build`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The recipe (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile).
+    /// The recipe (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile); `-` reads it from
+    /// stdin.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Name (and tag) of the image; repeatable.
@@ -86,14 +87,36 @@ pub struct Args {
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
-    /// The build context directory.
+    /// The build context directory; `-` reads a tar archive of it (plain or compressed) from
+    /// stdin, or a recipe with an empty context, as `docker build -`.
     pub context: PathBuf,
 }
 
 pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCode> {
-    let mut opts = BuildOptions::new(&args.context);
-    if let Some(f) = &args.file {
+    // `-` as the context is a tar archive (or a lone recipe) on stdin, `-f -` the recipe, as
+    // with docker build; stdin can be only one of them.
+    let stdin_recipe = args.file.as_deref() == Some(std::path::Path::new("-"));
+    let stdin_context = if args.context.as_os_str() == "-" {
+        if stdin_recipe {
+            bail!("the context and the recipe cannot both come from stdin (`-` and `-f -`)");
+        }
+        Some(build::StreamContext::read(std::io::stdin().lock())?)
+    } else {
+        None
+    };
+    let context = stdin_context.as_ref().map_or(args.context.clone(), |c| c.path());
+    let mut opts = BuildOptions::new(&context);
+    if stdin_recipe {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .context("cannot read the recipe from stdin (`-f -`)")?;
+        opts.recipe = Some(text);
+        opts.recipe_path = PathBuf::from("<stdin>");
+    } else if let Some(f) = &args.file {
         opts.recipe_path = f.clone();
+    } else if let Some(text) = stdin_context.as_ref().and_then(|c| c.recipe()) {
+        opts.recipe = Some(text.to_string());
+        opts.recipe_path = PathBuf::from("<stdin>");
     }
     opts.tags = args.tags.clone();
     opts.build_args = super::parse_key_values(&args.build_args).into_iter().collect();
