@@ -48,7 +48,9 @@
 //! - `--no-cache-filter` naming no stage of the recipe is an error, like `--target`.
 //! - `RUN --mount=type=bind` without `target` mounts on the working directory (BuildKit);
 //!   buildah's mount options are read too: `z`, `Z` and `relabel=` (nothing to relabel
-//!   without SELinux) and `U` on cache mounts (the directory is handed to the step's user).
+//!   without SELinux), `U` on cache mounts (the directory is handed to the step's user) and
+//!   `tmpcopyup`/`notmpcopyup` on tmpfs mounts (with `tmpcopyup` the step sees a throwaway
+//!   copy of what the image holds at the target, without a size limit).
 //! - A cache mount's `from=` (a stage or an image) with `source=` seeds the cache directory
 //!   when it is created (BuildKit); later builds see what the cache holds.
 //!

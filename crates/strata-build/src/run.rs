@@ -361,8 +361,8 @@ impl Builder<'_> {
                 // `from=` (with `source=`) seeds a new cache directory, as BuildKit does.
                 if let (true, Some(from)) = (created, &m.from) {
                     let (root, location) = self.mount_from(from, at, keep_alive)?;
-                    let (_, real, _) = bind_source(&root, m, &location)?;
-                    seed_tree(&real, &dir)?;
+                    let (_, _, rel) = bind_source(&root, m, &location)?;
+                    copy_view_tree(&MergedView::new(vec![root]), &rel, &dir)?;
                 }
                 if m.chown_to_user {
                     chown_tree(&dir, owner)?;
@@ -372,6 +372,23 @@ impl Builder<'_> {
                     source: BindSource::Host(dir),
                     target: abs(&target)?,
                     access,
+                });
+            }
+            MountType::Tmpfs if m.tmpcopyup => {
+                // buildah's `tmpcopyup`: the tmpfs starts with what the image holds at the
+                // target. A copy in the step's scratch space, mounted read-write and thrown
+                // away with it, is that tmpfs (without its size limit).
+                let target = abs(&m.target.clone().unwrap_or_default())?;
+                let copy = scratch.join(format!("tmpcopyup-{}", mounts.len()));
+                fs::create_dir(&copy).map_err(|e| BuildError::io("mkdir", &copy, e))?;
+                let rel = Path::new(target.trim_start_matches('/'));
+                if view.metadata(rel).is_some_and(|md| md.is_dir()) {
+                    copy_view_tree(view, rel, &copy)?;
+                }
+                mounts.push(Mount::Bind {
+                    source: BindSource::Host(copy),
+                    target,
+                    access: Access::ReadWrite,
                 });
             }
             MountType::Tmpfs => {
@@ -598,26 +615,23 @@ fn bind_source(
     }
 }
 
-/// Copies the tree `src` (a staging directory strata unpacked) into `dst`, an existing
-/// directory: files, directories and symlinks with their modes and owners; links are copied
-/// as links, never followed.
-fn seed_tree(src: &Path, dst: &Path) -> Result<()> {
+/// Copies the directory `rel` of `view` (an image's layers, or one directory strata
+/// unpacked) into `dst`, an existing directory: files, directories and symlinks with their
+/// modes and owners, the upper layer's entry where layers overlap; links are copied as links,
+/// never followed.
+fn copy_view_tree(view: &MergedView, rel: &Path, dst: &Path) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    for entry in walkdir::WalkDir::new(src).min_depth(1) {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(src).to_path_buf();
-            BuildError::io("walk", &path, e.into())
-        })?;
-        let from = entry.path();
-        let to = dst.join(from.strip_prefix(src).unwrap_or(from));
-        let md = fs::symlink_metadata(from).map_err(|e| BuildError::io("lstat", from, e))?;
+    for (name, real) in view.list(rel)? {
+        let to = dst.join(&name);
+        let md = fs::symlink_metadata(&real).map_err(|e| BuildError::io("lstat", &real, e))?;
         let ft = md.file_type();
         if ft.is_dir() {
             fs::create_dir(&to).map_err(|e| BuildError::io("mkdir", &to, e))?;
+            copy_view_tree(view, &rel.join(&name), &to)?;
         } else if ft.is_file() {
-            fs::copy(from, &to).map_err(|e| BuildError::io("copy", &to, e))?;
+            fs::copy(&real, &to).map_err(|e| BuildError::io("copy", &to, e))?;
         } else if ft.is_symlink() {
-            let target = fs::read_link(from).map_err(|e| BuildError::io("readlink", from, e))?;
+            let target = fs::read_link(&real).map_err(|e| BuildError::io("readlink", &real, e))?;
             std::os::unix::fs::symlink(&target, &to)
                 .map_err(|e| BuildError::io("symlink", &to, e))?;
         } else {

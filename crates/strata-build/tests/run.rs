@@ -479,3 +479,23 @@ fn add_host_reaches_run_steps_and_the_cache_key() {
         assert!(err.to_string().starts_with("--add-host"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn tmpcopyup_starts_a_tmpfs_with_the_image_content_and_keeps_none_of_the_writes() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    // buildah's tmpcopyup: the tmpfs over /etc starts with the image's /etc; what the step
+    // writes there is gone after it. Without it (notmpcopyup, the default) /etc is empty.
+    let recipe = "FROM base:1
+RUN --mount=type=tmpfs,target=/etc,tmpcopyup cat /etc/motd > /tmp/seen && echo changed > /etc/motd
+RUN --mount=type=tmpfs,target=/etc,notmpcopyup ls -A /etc > /tmp/empty
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let (out, _) = e.build_with(&BuildOptions::new(&ctx));
+    let root = e.flatten(&out.unwrap());
+    assert_eq!(fs::read_to_string(root.path().join("tmp/seen")).unwrap(), "hello from base\n");
+    assert_eq!(fs::read_to_string(root.path().join("etc/motd")).unwrap(), "hello from base\n");
+    assert_eq!(fs::read_to_string(root.path().join("tmp/empty")).unwrap(), "");
+}

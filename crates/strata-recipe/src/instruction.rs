@@ -164,6 +164,10 @@ pub struct Mount {
     /// buildah's `U`: the mount's source is owned by the step's user (cache mounts).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub chown_to_user: bool,
+    /// buildah's `tmpcopyup` (tmpfs): the tmpfs starts with what the image holds at the
+    /// target; `notmpcopyup`, the default, starts it empty.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tmpcopyup: bool,
 }
 
 /// RUN `--network=`.
@@ -756,6 +760,7 @@ impl NodeCtx<'_> {
             size: None,
             env: None,
             chown_to_user: false,
+            tmpcopyup: false,
         };
         for f in &fields {
             let (key, value) = match f.split_once('=') {
@@ -803,6 +808,8 @@ impl NodeCtx<'_> {
                 // relabel without SELinux, which is how buildah itself treats them then.
                 "relabel" | "z" => {}
                 "u" if value.is_none() => m.chown_to_user = true,
+                "tmpcopyup" if value.is_none() => m.tmpcopyup = true,
+                "notmpcopyup" if value.is_none() => m.tmpcopyup = false,
                 _ => return Err(bad(format!("unexpected key `{key}`"))),
             }
         }
@@ -816,6 +823,7 @@ impl NodeCtx<'_> {
         allowed_for(MountType::Tmpfs, "size", m.size.is_some())?;
         allowed_for(MountType::Secret, "env", m.env.is_some())?;
         allowed_for(MountType::Cache, "U", m.chown_to_user)?;
+        allowed_for(MountType::Tmpfs, "tmpcopyup", m.tmpcopyup)?;
         match m.kind {
             MountType::Secret => {
                 if m.target.is_none() && m.env.is_none() && m.id.is_none() {

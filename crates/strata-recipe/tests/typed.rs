@@ -73,6 +73,7 @@ fn run_mounts_parse_with_their_rules() {
         "type=tmpfs",
         "type=bind,target=/x,U",
         "type=cache,target=/x,U=1",
+        "type=bind,target=/x,tmpcopyup",
     ] {
         let kind = kind_of(&format!("FROM a\nRUN --mount={bad} true\n"));
         assert!(
@@ -102,6 +103,12 @@ fn bind_mounts_default_to_the_workdir_and_buildah_options_are_accepted() {
     };
     assert!(!r.mounts[0].chown_to_user && !r.mounts[1].chown_to_user);
     assert!(r.mounts[2].chown_to_user);
+    let Instruction::Run(r) = single(
+        "FROM a\nRUN --mount=type=tmpfs,target=/a,tmpcopyup --mount=type=tmpfs,target=/b,notmpcopyup true\n",
+    ) else {
+        panic!()
+    };
+    assert!(r.mounts[0].tmpcopyup && !r.mounts[1].tmpcopyup);
 }
 
 #[test]
