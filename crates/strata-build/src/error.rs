@@ -247,6 +247,14 @@ pub enum BuildError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A `--build-context` value strata cannot use.
+    #[error("--build-context {value:?}: {why}")]
+    InvalidBuildContext {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// `strata build -` read something that is neither a tar archive nor a UTF-8 recipe.
     #[error("the context on stdin is neither a tar archive nor a recipe (not UTF-8 text)")]
     StdinNotContext,

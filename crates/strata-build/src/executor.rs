@@ -32,7 +32,7 @@ use crate::image::{
     expose_ports, go_quote_list, healthcheck, healthcheck_history, join_workdir, ImageState,
     LayerRef,
 };
-use crate::options::{BuildOptions, StepReport};
+use crate::options::{BuildOptions, NamedContext, StepReport};
 use crate::progress::{BuildEvent, ProgressSink};
 use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, view_of_chain};
 use strata_layer::overlay::MergedView;
@@ -123,7 +123,25 @@ impl<'a> Builder<'a> {
 
     /// The state of the image a FROM or `--from` names (its blobs in the store).
     pub fn image_state(&self, reference: &str) -> Result<ImageState> {
-        let image = self.io.images.image(self.io.store, reference, self.io.progress)?;
+        let image = match self.io.opts.named_contexts.get(&reference.to_ascii_lowercase()) {
+            None => self.io.images.image(self.io.store, reference, self.io.progress)?,
+            Some(NamedContext::Image(other)) => {
+                self.io.images.image(self.io.store, other, self.io.progress)?
+            }
+            Some(NamedContext::OciLayout(location)) => {
+                strata_image::load(self.io.store, location)?.0
+            }
+            Some(NamedContext::Dir(dir)) => {
+                // A directory is read as a one-layer image of it, made the way `strata import`
+                // makes one (deterministic: the same files give the same layer and cache keys).
+                let opts = strata_image::ImportOptions {
+                    compression: self.io.opts.compression,
+                    ..Default::default()
+                };
+                let imported = strata_image::import_tree(self.io.store, dir, &opts)?;
+                self.io.store.image(&imported.manifest)?
+            }
+        };
         ImageState::from_image(self.io.store, &image)
     }
 

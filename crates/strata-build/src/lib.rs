@@ -88,8 +88,8 @@ pub use copy::StreamContext;
 pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
 pub use options::{
-    default_recipe_path, BuildOptions, BuildOutput, ExtraHost, Network, PullPolicy, RunRootfs,
-    SecretSource, SecretSpec, StepReport,
+    default_recipe_path, BuildOptions, BuildOutput, ExtraHost, NamedContext, Network, PullPolicy,
+    RunRootfs, SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
 pub use strata_layer::Compression;
@@ -129,7 +129,10 @@ pub fn build_with(
         source: Box::new(source),
     };
     let recipe = strata_recipe::parse(&text).map_err(parse_err)?;
-    let plan = recipe.plan(&opts.build_args, opts.target.as_deref()).map_err(parse_err)?;
+    let overridden = opts.named_contexts.keys().cloned().collect();
+    let plan = recipe
+        .plan_overridden(&opts.build_args, opts.target.as_deref(), &overridden)
+        .map_err(parse_err)?;
     let no_cache_stages = resolve_stage_filter(&plan, &opts.no_cache_filter)?;
     let ignore = load_dockerignore(opts)?;
     // BuildKit lints the stages it builds on every build; `# check=error=true` stops it here.

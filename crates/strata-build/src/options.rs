@@ -147,6 +147,54 @@ pub struct BuildOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `/etc/hosts` entries of every RUN step (`--add-host`).
     pub extra_hosts: Vec<ExtraHost>,
+    /// BuildKit's named contexts (`--build-context NAME=VALUE`), by lower-case name: `FROM
+    /// NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` read them instead of a stage or
+    /// image of that name.
+    pub named_contexts: std::collections::BTreeMap<String, NamedContext>,
+}
+
+/// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory (`NAME=./dir`): its files, as a one-layer image (owners and modes
+    /// as on disk, mtimes clamped like an import).
+    Dir(PathBuf),
+    /// An image (`NAME=docker-image://REF`): found or pulled as `FROM REF` would be.
+    Image(String),
+    /// An image in an OCI layout (`NAME=oci-layout://DIR[:TAG]`, or `@sha256:...`).
+    OciLayout(strata_types::ImageLocation),
+}
+
+impl NamedContext {
+    /// Parses `NAME=VALUE`: the lower-cased name and the context.
+    pub fn parse_flag(flag: &str) -> Result<(String, NamedContext)> {
+        let bad = |why: &str| BuildError::InvalidBuildContext {
+            value: flag.to_string(),
+            why: why.to_string(),
+        };
+        let (name, value) = flag.split_once('=').ok_or_else(|| bad("expected NAME=VALUE"))?;
+        if name.is_empty() || value.is_empty() {
+            return Err(bad("expected NAME=VALUE"));
+        }
+        let context = if let Some(reference) = value.strip_prefix("docker-image://") {
+            NamedContext::Image(reference.to_string())
+        } else if let Some(layout) = value.strip_prefix("oci-layout://") {
+            // BuildKit writes `DIR@sha256:...` or `DIR:TAG`; strata's oci: location takes both.
+            let location = format!("oci:{}", layout.replacen('@', ":", 1));
+            NamedContext::OciLayout(location.parse().map_err(|_| bad("not an OCI layout"))?)
+        } else if value.contains("://") || value.starts_with("target:") {
+            return Err(bad(
+                "only a directory, docker-image://REF and oci-layout://DIR[:TAG] are supported",
+            ));
+        } else {
+            let dir = PathBuf::from(value);
+            if !dir.is_dir() {
+                return Err(bad("not a directory"));
+            }
+            NamedContext::Dir(dir)
+        };
+        Ok((name.to_ascii_lowercase(), context))
+    }
 }
 
 /// An `--add-host NAME:ADDRESS` entry (Docker's spelling; `NAME=ADDRESS` is taken too, as
@@ -207,6 +255,7 @@ impl BuildOptions {
             output: None,
             labels: Default::default(),
             extra_hosts: Vec::new(),
+            named_contexts: Default::default(),
         }
     }
 

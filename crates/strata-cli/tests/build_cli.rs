@@ -470,3 +470,52 @@ fn a_context_or_a_recipe_on_stdin_as_docker_build_takes_them() {
     assert!(err.contains("../escape"), "{err}");
     assert!(!tmp.path().join("escape").exists());
 }
+
+#[test]
+fn named_build_contexts_replace_stages_and_images_of_their_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let w = |p: &str, text: &str| {
+        let p = tmp.path().join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("ctx/from-stage.txt", "stage\n");
+    w("ctx/Dockerfile", "FROM scratch AS src\nCOPY from-stage.txt /\nFROM base2\nCOPY --from=src . /got/\nCOPY --from=other /o.txt /\n");
+    w("named/named.txt", "named dir\n");
+    w("img/i.txt", "image\n");
+    w("lay/o.txt", "layout\n");
+    let p = |s: &str| tmp.path().join(s).to_str().unwrap().to_string();
+    ok(&store, &["import", &p("img"), "img:1"]);
+    ok(&store, &["import", &p("lay"), "lay:1"]);
+    ok(&store, &["export", "lay:1", &format!("oci:{}:v1", p("layout"))]);
+    ok(&store, &["rmi", "lay:1"]);
+    ok(
+        &store,
+        &[
+            "build",
+            "-t",
+            "named:1",
+            "--build-context",
+            &format!("src={}", p("named")),
+            "--build-context",
+            "base2=docker-image://img:1",
+            "--build-context",
+            &format!("other=oci-layout://{}:v1", p("layout")),
+            &p("ctx"),
+        ],
+    );
+    let flat = tmp.path().join("flat");
+    ok(&store, &["export", "named:1", &format!("dir:{}", flat.display())]);
+    assert_eq!(std::fs::read_to_string(flat.join("i.txt")).unwrap(), "image\n", "FROM base2");
+    assert_eq!(std::fs::read_to_string(flat.join("got/named.txt")).unwrap(), "named dir\n");
+    assert!(!flat.join("got/from-stage.txt").exists(), "the context replaces the stage");
+    assert_eq!(std::fs::read_to_string(flat.join("o.txt")).unwrap(), "layout\n");
+
+    for bad in ["x=git://example.invalid/r.git", "x=/nonexistent/dir", "novalue"] {
+        let out = strata(&store, &["build", "--build-context", bad, &p("ctx")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--build-context"), "{bad}: {err}");
+    }
+}

@@ -443,6 +443,17 @@ impl Recipe {
     /// line that is unset. Two stages may share a name (BuildKit's `DuplicateStageName` check
     /// warns): a `FROM name` refers to the latest stage of that name defined before it.
     pub fn stages(&self, args: &BuildArgs) -> Result<Vec<Stage>, ParseError> {
+        self.stages_overridden(args, &BTreeSet::new())
+    }
+
+    /// [`Recipe::stages`] with the stage names in `overridden` taken away: BuildKit's named
+    /// contexts (`--build-context NAME=...`) replace a stage of the same name, so `FROM NAME`
+    /// and `--from=NAME` then name an image (the context), and the stage keeps no name.
+    pub fn stages_overridden(
+        &self,
+        args: &BuildArgs,
+        overridden: &BTreeSet<String>,
+    ) -> Result<Vec<Stage>, ParseError> {
         let lexer = ShellLexer::new(self.escape());
         let globals = self.global_args(args)?;
         let scope = globals_scope(&globals);
@@ -472,6 +483,7 @@ impl Recipe {
                         }
                         Base::Image(image)
                     };
+                    let name = name.filter(|n| !overridden.contains(n));
                     stages.push(Stage {
                         index: stages.len(),
                         name,
@@ -506,7 +518,18 @@ impl Recipe {
     /// that name when several share it, or an index; the last stage when `None`),
     /// dependencies first.
     pub fn plan(&self, args: &BuildArgs, target: Option<&str>) -> Result<Plan, ParseError> {
-        let stages = self.stages(args)?;
+        self.plan_overridden(args, target, &BTreeSet::new())
+    }
+
+    /// [`Recipe::plan`] with the stage names in `overridden` replaced by named contexts (see
+    /// [`Recipe::stages_overridden`]).
+    pub fn plan_overridden(
+        &self,
+        args: &BuildArgs,
+        target: Option<&str>,
+        overridden: &BTreeSet<String>,
+    ) -> Result<Plan, ParseError> {
+        let stages = self.stages_overridden(args, overridden)?;
         let target_index = match target {
             None => stages.len() - 1,
             Some(t) => find_stage(&stages, t)

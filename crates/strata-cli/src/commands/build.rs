@@ -84,12 +84,21 @@ pub struct Args {
     /// Add an /etc/hosts line for RUN steps, as `docker build --add-host` (repeatable).
     #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
     pub add_hosts: Vec<build::ExtraHost>,
+    /// A named context, as BuildKit's: `NAME=DIR`, `NAME=docker-image://REF` or
+    /// `NAME=oci-layout://DIR[:TAG]`; `FROM NAME` and `--from=NAME` read it, over a stage or
+    /// image of that name (repeatable).
+    #[arg(long = "build-context", value_name = "NAME=VALUE", value_parser = parse_build_context)]
+    pub build_contexts: Vec<(String, build::NamedContext)>,
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
     /// The build context directory; `-` reads a tar archive of it (plain or compressed) from
     /// stdin, or a recipe with an empty context, as `docker build -`.
     pub context: PathBuf,
+}
+
+fn parse_build_context(flag: &str) -> Result<(String, build::NamedContext), String> {
+    build::NamedContext::parse_flag(flag).map_err(|e| e.to_string())
 }
 
 pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCode> {
@@ -141,6 +150,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     opts.extra_hosts = args.add_hosts.clone();
+    opts.named_contexts = args.build_contexts.iter().cloned().collect();
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 
