@@ -247,6 +247,20 @@ pub enum BuildError {
         /// What is wrong.
         why: &'static str,
     },
+    /// An `--ssh` value strata cannot use.
+    #[error("--ssh {spec}: {why}")]
+    InvalidSsh {
+        /// The value (or id) given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A `RUN --mount=type=ssh,required` whose id no `--ssh` gives.
+    #[error("ssh agent {id:?} was not forwarded: pass `strata build --ssh {id}` (or {id}=SOCKET|KEYFILE)")]
+    MissingSsh {
+        /// The mount's id.
+        id: String,
+    },
     /// A `--build-context` value strata cannot use.
     #[error("--build-context {value:?}: {why}")]
     InvalidBuildContext {

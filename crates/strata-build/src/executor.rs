@@ -57,6 +57,8 @@ pub(crate) struct Io<'a> {
     pub runner: &'a dyn StepRunner,
     /// Finds FROM and `--from` images.
     pub images: &'a dyn ImageSource,
+    /// The SSH agents `--ssh` forwards.
+    pub ssh: &'a crate::ssh::Agents,
 }
 
 /// The recipe and what to build of it.
@@ -281,7 +283,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn warn(&self, message: String) {
+    pub(crate) fn warn(&self, message: String) {
         self.io.progress.event(&BuildEvent::Warning { message });
     }
 

@@ -51,6 +51,8 @@
 //!   without SELinux), `U` on cache mounts (the directory is handed to the step's user) and
 //!   `tmpcopyup`/`notmpcopyup` on tmpfs mounts (with `tmpcopyup` the step sees a throwaway
 //!   copy of what the image holds at the target, without a size limit).
+//! - `RUN --mount=type=ssh` reaches the agent `--ssh` forwards ([`SshSpec`]) at
+//!   `/run/buildkit/ssh_agent.N`, `SSH_AUTH_SOCK` set, as BuildKit does.
 //! - A cache mount's `from=` (a stage or an image) with `source=` seeds the cache directory
 //!   when it is created (BuildKit); later builds see what the cache holds.
 //!
@@ -74,6 +76,7 @@ mod options;
 mod progress;
 mod rootfs;
 mod run;
+mod ssh;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -92,6 +95,7 @@ pub use options::{
     RunRootfs, SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
+pub use ssh::{SshSource, SshSpec};
 pub use strata_layer::Compression;
 pub use strata_recipe::BuildArgs;
 pub use strata_recipe::CheckReport;
@@ -150,8 +154,10 @@ pub fn build_with(
         let rules = checks.rules_violated().into_iter().map(str::to_string).collect();
         return Err(BuildError::CheckFailed { rules });
     }
+    // Agents live as long as the build (a private one is stopped when it ends).
+    let ssh = ssh::Agents::start(&opts.ssh)?;
     let builder = executor::Builder {
-        io: executor::Io { store, opts, progress, runner, images },
+        io: executor::Io { store, opts, progress, runner, images, ssh: &ssh },
         stages: executor::Stages { recipe: &recipe, plan: &plan, ignore, no_cache_stages },
         cache: executor::StepCache {
             writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),

@@ -151,6 +151,8 @@ pub struct BuildOptions {
     /// NAME`, `COPY --from=NAME` and `RUN --mount=from=NAME` read them instead of a stage or
     /// image of that name.
     pub named_contexts: std::collections::BTreeMap<String, NamedContext>,
+    /// SSH agents RUN steps may reach with `--mount=type=ssh` (`--ssh`).
+    pub ssh: Vec<crate::SshSpec>,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -256,6 +258,7 @@ impl BuildOptions {
             labels: Default::default(),
             extra_hosts: Vec::new(),
             named_contexts: Default::default(),
+            ssh: Vec::new(),
         }
     }
 

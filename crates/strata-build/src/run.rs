@@ -469,7 +469,44 @@ impl Builder<'_> {
                 });
             }
             MountType::Ssh => {
-                return Err(BuildError::Unsupported { what: "RUN --mount=type=ssh".to_string() })
+                let id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| "default".into());
+                let Some(socket) = self.io.ssh.socket(&id) else {
+                    if m.required {
+                        return Err(BuildError::MissingSsh { id });
+                    }
+                    // BuildKit skips an optional ssh mount nobody forwards; say so.
+                    self.warn(format!(
+                        "line {}: RUN --mount=type=ssh,id={id}: no --ssh {id} given, the step runs without an agent",
+                        at.step.span.line
+                    ));
+                    return Ok(());
+                };
+                // The agent's socket is bound as it is: its owner and mode stay the agent's.
+                if m.uid.is_some_and(|u| u != 0)
+                    || m.gid.is_some_and(|g| g != 0)
+                    || m.mode.is_some_and(|md| md != 0o600)
+                {
+                    return Err(BuildError::Unsupported {
+                        what: "uid=, gid= or mode= on an ssh mount (the forwarded socket keeps the agent's owner and mode)".into(),
+                    });
+                }
+                let n = mounts
+                    .iter()
+                    .filter(|x| {
+                        matches!(x, Mount::Bind { target, .. } if target.starts_with("/run/buildkit/ssh_agent."))
+                    })
+                    .count();
+                let target =
+                    m.target.clone().unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}"));
+                let target = abs(&target)?;
+                if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    env.push(format!("SSH_AUTH_SOCK={target}"));
+                }
+                mounts.push(Mount::Bind {
+                    source: BindSource::Host(socket.to_path_buf()),
+                    target,
+                    access: Access::ReadOnly,
+                });
             }
         }
         Ok(())

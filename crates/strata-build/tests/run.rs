@@ -499,3 +499,98 @@ RUN --mount=type=tmpfs,target=/etc,notmpcopyup ls -A /etc > /tmp/empty
     assert_eq!(fs::read_to_string(root.path().join("etc/motd")).unwrap(), "hello from base\n");
     assert_eq!(fs::read_to_string(root.path().join("tmp/empty")).unwrap(), "");
 }
+
+/// The host's `ssh-add` with the libraries `ldd` names, as context files (so a busybox
+/// image can run it); `None` (after a skip message) without OpenSSH.
+fn ssh_add_files() -> Option<Vec<(String, Vec<u8>)>> {
+    let ldd = std::process::Command::new("ldd").arg("/usr/bin/ssh-add").output().ok()?;
+    if !ldd.status.success() || !common::have_tool("ssh-agent") {
+        return None;
+    }
+    let mut files = vec![("usr/bin/ssh-add".to_string(), fs::read("/usr/bin/ssh-add").ok()?)];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else { continue };
+        let real = fs::canonicalize(path).ok()?;
+        files.push((path.trim_start_matches('/').to_string(), fs::read(real).ok()?));
+    }
+    Some(files)
+}
+
+#[test]
+fn ssh_mounts_reach_a_forwarded_agent_and_an_agent_of_key_files() {
+    if !can_run() {
+        return;
+    }
+    let Some(files) = ssh_add_files() else {
+        assert!(!common::strict(), "STRATA_TEST_STRICT=1 but ssh-add cannot be copied");
+        return;
+    };
+    let e = env();
+    let keydir = e.dir.path().join("keys");
+    fs::create_dir_all(&keydir).unwrap();
+    let key = keydir.join("id_test");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "strata-ssh-test-key", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // An agent of the test's own, holding the key: what `--ssh default` forwards.
+    let sock = keydir.join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !sock.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let st = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let ctx = e.context("ctx", &[("Dockerfile", "FROM base:1\nCOPY tools/ /\nRUN --mount=type=ssh ssh-add -l > /keys && test \"$SSH_AUTH_SOCK\" = /run/buildkit/ssh_agent.0\nRUN --mount=type=ssh,id=deploy,required ssh-add -l > /deploy-keys\n")]);
+    for (path, bytes) in &files {
+        let p = ctx.join("tools").join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut opts = BuildOptions::new(&ctx);
+    opts.ssh = vec![
+        strata_build::SshSpec {
+            id: "default".into(),
+            source: strata_build::SshSource::Socket(sock.clone()),
+        },
+        format!("deploy={}", key.display()).parse().unwrap(),
+    ];
+    let (out, _) = e.build_with(&opts);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let out = out.unwrap();
+    let root = e.flatten(&out);
+    let keys = fs::read_to_string(root.path().join("keys")).unwrap();
+    assert!(keys.contains("strata-ssh-test-key"), "{keys}");
+    let deploy = fs::read_to_string(root.path().join("deploy-keys")).unwrap();
+    assert!(deploy.contains("strata-ssh-test-key"), "the agent strata started: {deploy}");
+    assert!(!root.path().join("run/buildkit/ssh_agent.0").exists());
+    // The private key is in no blob.
+    let private = fs::read(&key).unwrap();
+    let marker = &private[40..80];
+    for blob in e.all_blob_bytes() {
+        assert!(!blob.windows(marker.len()).any(|w| w == marker), "the private key leaked");
+    }
+
+    // A required agent nobody forwards: an error naming the id and the flag.
+    let ctx =
+        e.context("ctx2", &[("Dockerfile", "FROM base:1\nRUN --mount=type=ssh,required true\n")]);
+    let err = e.build(&ctx, &[]).unwrap_err();
+    assert!(matches!(err.root_cause(), BuildError::MissingSsh { id } if id == "default"), "{err}");
+    assert!(strata_types::chain(&err).contains("--ssh default"), "{err}");
+}

@@ -193,3 +193,19 @@ pub fn history(out: &BuildOutput) -> Vec<(String, bool)> {
 pub fn config_json(out: &BuildOutput) -> serde_json::Value {
     serde_json::to_value(&out.image.config).unwrap()
 }
+
+/// Whether `tool` is on PATH; a skip message when not, a panic under STRATA_TEST_STRICT=1.
+pub fn have_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        if strict() {
+            panic!("STRATA_TEST_STRICT=1 but {tool} is not installed");
+        }
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipping: {tool} is not installed");
+        }
+    }
+    found
+}

@@ -89,6 +89,10 @@ pub struct Args {
     /// image of that name (repeatable).
     #[arg(long = "build-context", value_name = "NAME=VALUE", value_parser = parse_build_context)]
     pub build_contexts: Vec<(String, build::NamedContext)>,
+    /// Forward an SSH agent to `RUN --mount=type=ssh` steps, as `docker build --ssh`:
+    /// `default` ($SSH_AUTH_SOCK), `ID=SOCKET` or `ID=KEYFILE[,KEYFILE]` (repeatable).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEYFILE]")]
+    pub ssh: Vec<build::SshSpec>,
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -151,6 +155,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         .collect();
     opts.extra_hosts = args.add_hosts.clone();
     opts.named_contexts = args.build_contexts.iter().cloned().collect();
+    opts.ssh = args.ssh.clone();
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 
