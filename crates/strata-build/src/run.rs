@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use strata_layer::{apply_blob, diff, scan, ApplyOptions, Change, Changeset, EntryKind, Scan};
-use strata_recipe::instruction::{MountType, NetworkMode, RunSpec, SecurityMode};
+use strata_recipe::instruction::{CacheSharing, MountType, NetworkMode, RunSpec, SecurityMode};
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{Command, Heredoc, Scope, Step};
 use strata_sandbox::{Access, BindSource, Mount, RootFs, RunRequest, Stream};
@@ -147,11 +147,11 @@ impl Builder<'_> {
             &state.run.user,
         )?;
         let at = StepAt { owner: (ids.0, ids.1), ..at };
-        let mut extra = RunMounts { mounts, env, keep_alive: Vec::new() };
+        let mut extra = RunMounts { mounts, env, keep_alive: Vec::new(), cache_mounts: Vec::new() };
         for m in &run.mounts {
             self.add_mount(&at, m, &cwd, scratch.path(), &view, &mut extra)?;
         }
-        let RunMounts { mounts, env, keep_alive } = extra;
+        let RunMounts { mounts, env, keep_alive, cache_mounts } = extra;
         let overlay = self.io.opts.run_rootfs == RunRootfs::Overlay
             && self.io.runner.overlay_supported(scratch.path());
         let (rootfs, upper_or_root) = if overlay {
@@ -203,6 +203,7 @@ impl Builder<'_> {
         };
         let outcome = self.io.runner.run(&req, &mut on_line)?;
         drop(keep_alive);
+        drop(cache_mounts);
         if outcome.exit_code != 0 {
             return Err(BuildError::RunFailed {
                 command: argv.join(" "),
@@ -331,7 +332,7 @@ impl Builder<'_> {
         out: &mut RunMounts,
     ) -> Result<()> {
         let owner = at.owner;
-        let RunMounts { mounts, env, keep_alive } = out;
+        let RunMounts { mounts, env, keep_alive, cache_mounts } = out;
         // A target is resolved in the image the way runc resolves it inside the rootfs
         // (symlinks followed, never out of it), so that missing directories are created
         // where a link leads; the sandbox then mounts on it resolving inside the root again.
@@ -348,7 +349,15 @@ impl Builder<'_> {
             MountType::Cache => {
                 let target = m.target.clone().unwrap_or_default();
                 let id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(|| target.clone());
-                let (dir, created) = self.io.store.cache_mount_dir(&id)?;
+                // BuildKit's sharing modes, across concurrent stages and builds alike.
+                let sharing = match m.sharing.unwrap_or(CacheSharing::Shared) {
+                    CacheSharing::Shared => strata_store::Sharing::Shared,
+                    CacheSharing::Locked => strata_store::Sharing::Locked,
+                    CacheSharing::Private => strata_store::Sharing::Private,
+                };
+                let lease = self.io.store.cache_mount(&id, sharing)?;
+                let (dir, created) = (lease.path.clone(), lease.created);
+                cache_mounts.push(lease);
                 if created {
                     set_mode(&dir, m.mode.unwrap_or(0o755))?;
                     rustix::fs::chown(
@@ -537,6 +546,8 @@ struct RunMounts {
     mounts: Vec<Mount>,
     env: Vec<String>,
     keep_alive: Vec<WorkDir>,
+    /// Cache mounts in use by the step (their `sharing=` locks), held until it ends.
+    cache_mounts: Vec<strata_store::CacheMount>,
 }
 
 /// Rewrites overlay's opaque directories as explicit whiteouts of the lower entries they hide

@@ -594,3 +594,45 @@ fn ssh_mounts_reach_a_forwarded_agent_and_an_agent_of_key_files() {
     assert!(matches!(err.root_cause(), BuildError::MissingSsh { id } if id == "default"), "{err}");
     assert!(strata_types::chain(&err).contains("--ssh default"), "{err}");
 }
+
+#[test]
+fn cache_mount_sharing_modes_hold_across_parallel_stages() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    // Two independent stages run at once; each marks the cache mount busy for a second and
+    // notes whether it found the other's mark.
+    let step = |mode: &str, name: &str| {
+        format!(
+            "FROM base:1 AS {name}\nRUN --mount=type=cache,id={mode}-test,target=/c,sharing={mode} \
+             if [ -e /c/busy ]; then echo overlap > /seen; else echo alone > /seen; fi; \
+             touch /c/busy /c/{name}; sleep 1; rm -f /c/busy; ls /c > /listing\n"
+        )
+    };
+    let seen = |mode: &str| -> (String, String) {
+        let recipe = format!(
+            "{}{}FROM base:1\nCOPY --from=a /seen /a\nCOPY --from=b /seen /b\nCOPY --from=b /listing /b-listing\n",
+            step(mode, "a"),
+            step(mode, "b")
+        );
+        let ctx = e.context(&format!("ctx-{mode}"), &[("Dockerfile", &recipe)]);
+        let (out, _) = e.build_with(&BuildOptions::new(&ctx));
+        let root = e.flatten(&out.unwrap());
+        let a = fs::read_to_string(root.path().join("a")).unwrap();
+        let b = fs::read_to_string(root.path().join("b")).unwrap();
+        (a + &b, fs::read_to_string(root.path().join("b-listing")).unwrap())
+    };
+    // shared: both at once in one directory (this is what proves the stages overlap).
+    let (shared, _) = seen("shared");
+    assert!(shared.contains("overlap"), "{shared}");
+    // locked: one after the other in one directory.
+    let (locked, listing) = seen("locked");
+    assert_eq!(locked, "alone\nalone\n");
+    assert!(listing.contains('a') || listing.contains('b'));
+    // private: at once, each in an instance of its own.
+    let (private, _) = seen("private");
+    assert_eq!(private, "alone\nalone\n");
+    let mounts = e.dir.path().join("store/strata/v1/cache-mounts");
+    assert!(mounts.join("private-test").is_dir() && mounts.join("private-test@1").is_dir());
+}

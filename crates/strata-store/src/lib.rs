@@ -23,7 +23,7 @@
 //! <root>/strata/v1/cache-v1/<kind>/<key>     build cache index (Store::cache_get)
 //! <root>/strata/v1/hashes-v1/<key>           context stat-hash caches (Store::context_cache)
 //! <root>/strata/v1/registry-v1/blobs/<hex>   where blobs were seen (Store::blob_locations)
-//! <root>/strata/v1/cache-mounts/<id>         RUN --mount=type=cache dirs (Store::cache_mount_dir)
+//! <root>/strata/v1/cache-mounts/<id>[@N]     RUN --mount=type=cache dirs (Store::cache_mount)
 //! ```
 //!
 //! The store is closed: no other crate builds a path inside the root. Everything beside the
@@ -86,7 +86,7 @@ pub use index::REF_NAME_ANNOTATION;
 pub use layers::KnownLayer;
 pub use lost_found::LostImage;
 pub use store::{canonical_json, Store};
-pub use tables::{CacheEntry, CacheKey, CacheKind, Snapshots, WorkDir};
+pub use tables::{CacheEntry, CacheKey, CacheKind, CacheMount, Sharing, Snapshots, WorkDir};
 
 /// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this
 /// API speaks, so callers use the same version.

@@ -8,7 +8,7 @@
 //! | [`Store::context_cache`], context stat-hash cache | `hashes-v1/<context-key-hex>` | replaced by the next build of that context |
 //! | [`Store::blob_locations`], where blobs were seen | `registry-v1/blobs/<blob-hex>` | the blob is gone |
 //! | [`Store::snapshots`], unpacked layers | `snapshots/<diffid-hex>` | its layer is unreachable |
-//! | [`Store::cache_mount_dir`], `RUN --mount=type=cache` dirs | `cache-mounts/<id>` | removed by hand |
+//! | [`Store::cache_mount`] ([`Store::cache_mount_dir`]), `RUN --mount=type=cache` dirs | `cache-mounts/<id>`, more instances `<id>@N` | removed by hand |
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
 //! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |
 //! | [`Store::set_gc_roots`], extra gc roots | `roots/<name>` | replaced by its writer |
@@ -27,6 +27,7 @@ mod snapshots;
 mod workdir;
 
 pub use cache_index::{CacheEntry, CacheKey, CacheKind};
+pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;
 pub use workdir::WorkDir;
 

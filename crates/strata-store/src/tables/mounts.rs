@@ -4,12 +4,67 @@
 use std::fs;
 use std::path::PathBuf;
 
+use rustix::fs::{flock, FlockOperation};
+
 use crate::error::StoreError;
 use crate::store::Store;
 
 const DIR: &str = "cache-mounts";
 
+/// How steps that run at the same time share a cache mount (`sharing=` of
+/// `RUN --mount=type=cache`, BuildKit's three modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Every step uses the one directory at once (BuildKit's default).
+    Shared,
+    /// One step at a time: the others wait for it.
+    Locked,
+    /// A step that finds the directory in use gets another instance of its own (created
+    /// empty when every instance is busy); instances are reused by later steps.
+    Private,
+}
+
+/// A cache-mount directory in use by one step: while held, `Locked` and `Private` users
+/// of the same instance wait or go elsewhere (an `flock` on the directory).
+#[derive(Debug)]
+pub struct CacheMount {
+    /// The directory.
+    pub path: PathBuf,
+    /// Whether it was created for this use (so the caller sets its mode and owner once).
+    pub created: bool,
+    _lock: fs::File,
+}
+
 impl Store {
+    /// Cache mount `id` for one step, shared as `sharing` says (see [`Sharing`]); held
+    /// until dropped. Instances beyond the first live beside it as `<id>@N`.
+    pub fn cache_mount(&self, id: &str, sharing: Sharing) -> Result<CacheMount, StoreError> {
+        let base = self.meta_dir().join(DIR).join(dir_name(id));
+        for n in 0.. {
+            let path = if n == 0 {
+                base.clone()
+            } else {
+                PathBuf::from(format!("{}@{n}", base.display()))
+            };
+            let created = !path.is_dir();
+            if created {
+                fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
+            }
+            let dir = fs::File::open(&path).map_err(StoreError::io(&path))?;
+            let op = match sharing {
+                Sharing::Shared => FlockOperation::LockShared,
+                Sharing::Locked => FlockOperation::LockExclusive,
+                Sharing::Private => FlockOperation::NonBlockingLockExclusive,
+            };
+            match flock(&dir, op) {
+                Ok(()) => return Ok(CacheMount { path, created, _lock: dir }),
+                Err(rustix::io::Errno::WOULDBLOCK) if sharing == Sharing::Private => continue,
+                Err(e) => return Err(StoreError::io(&path)(e.into())),
+            }
+        }
+        unreachable!("0.. never ends")
+    }
+
     /// The directory of cache mount `id` (created when missing), and whether it was created
     /// by this call (so the caller sets its mode and owner once).
     pub fn cache_mount_dir(&self, id: &str) -> Result<(PathBuf, bool), StoreError> {
@@ -39,6 +94,37 @@ fn dir_name(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_users_get_their_own_instance_and_locked_ones_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path()).unwrap();
+        let a = store.cache_mount("go", Sharing::Private).unwrap();
+        let b = store.cache_mount("go", Sharing::Private).unwrap();
+        assert_ne!(a.path, b.path, "the second private user gets another instance");
+        assert!(a.created && b.created);
+        drop(b);
+        let c = store.cache_mount("go", Sharing::Private).unwrap();
+        assert!(!c.created, "a free instance is reused");
+        drop((a, c));
+        // Locked: a second user waits until the first lets go.
+        let first = store.cache_mount("apt", Sharing::Locked).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let second = store.cache_mount("apt", Sharing::Locked).unwrap();
+                tx.send(second.path.clone()).unwrap();
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(rx.try_recv().is_err(), "the second locked user did not wait");
+            drop(first);
+            assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
+        });
+        // Shared users do not wait for each other.
+        let x = store.cache_mount("npm", Sharing::Shared).unwrap();
+        let y = store.cache_mount("npm", Sharing::Shared).unwrap();
+        assert_eq!(x.path, y.path);
+    }
 
     #[test]
     fn cache_ids_become_safe_names() {
