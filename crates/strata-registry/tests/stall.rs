@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{make_image, random_bytes, Recorder};
 use strata_registry::{
-    pull, Client, ClientOptions, PullOptions, Reference, RegistryError, TransferEvent,
+    pull, push, Client, ClientOptions, PullOptions, PushOptions, Reference, RegistryError,
+    TransferEvent,
 };
 use strata_store::{Image, Store};
 use strata_types::Digest;
@@ -30,6 +31,9 @@ enum Mode {
     HalfThenStall,
     /// Serves everything, the layer blob's body one byte a second.
     Trickle,
+    /// Takes pushes: has no blob (HEAD 404), opens upload sessions, and never answers the
+    /// `PUT` that completes one.
+    UploadStall,
 }
 
 /// The server: its `host:port` and how many connections it accepted.
@@ -89,6 +93,7 @@ fn serve(
     if mode == Mode::Silent {
         return hold();
     }
+    let method = request_line.split(' ').next().unwrap_or_default().to_owned();
     let path = request_line.split(' ').nth(1).unwrap_or_default().to_owned();
     let head = |status: &str, content_type: &str, len: usize| {
         format!(
@@ -100,7 +105,17 @@ fn serve(
         let _ = conn.write_all(bytes);
         let _ = conn.flush();
     };
-    if path == "/v2/" {
+    if mode == Mode::UploadStall && path != "/v2/" {
+        match method.as_str() {
+            "HEAD" => send(head("404 Not Found", "text/plain", 0).as_bytes()),
+            "POST" => {
+                let mut h = head("202 Accepted", "text/plain", 0);
+                h.insert_str(h.len() - 2, "Location: /v2/app/blobs/uploads/1\r\n");
+                send(h.as_bytes());
+            }
+            _ => hold(),
+        }
+    } else if path == "/v2/" {
         send(head("200 OK", "application/json", 2).as_bytes());
         send(b"{}");
     } else if path == "/v2/app/manifests/v1" {
@@ -235,4 +250,34 @@ fn a_body_trickling_a_byte_a_second_is_progress_not_a_stall() {
     assert_eq!(pulled.report.downloaded, 2);
     assert_eq!(store.read_blob(&layer).unwrap(), b"slow");
     assert!(store.fsck(false).unwrap().is_clean());
+}
+
+#[test]
+fn an_upload_the_registry_never_acknowledges_fails_after_the_timeout_without_a_second_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, image) = image_with_layer(dir.path(), random_bytes(3, 8192));
+    let config = Digest::try_from(image.manifest.config().digest()).unwrap();
+    let server = hostile(Mode::UploadStall, &source, &image);
+    let dest: Reference = format!("{}/app:v1", server.host).parse().unwrap();
+    let events = Recorder::default();
+    let options = PushOptions { jobs: 1, ..Default::default() };
+    let started = Instant::now();
+    let err = push(&client(), &source, &image, &dest, &options, &events).unwrap_err();
+    bounded(started.elapsed());
+    assert!(matches!(err, RegistryError::Stalled { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "registry {}: PUT /v2/app/blobs/uploads/1?digest={config} stalled: no data for 2 s",
+            server.host
+        )
+    );
+    // /v2/, HEAD, POST, PUT: neither a retry nor a DELETE that would wait again.
+    assert_eq!(server.connections.load(Ordering::SeqCst), 4);
+    assert!(events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, TransferEvent::Stalled { digest, .. } if *digest == config)));
 }
