@@ -72,3 +72,28 @@ fn a_timeout_that_is_not_a_duration_is_a_usage_error() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout"), "{bad}");
     }
 }
+
+#[test]
+fn a_build_whose_base_registry_never_answers_fails_after_the_timeout() {
+    let dir = TempRoot::new();
+    std::fs::create_dir_all(dir.path("home")).unwrap();
+    std::fs::create_dir_all(dir.path("ctx")).unwrap();
+    let host = silent_server();
+    std::fs::write(dir.path("ctx/Dockerfile"), format!("FROM {host}/base:1\n")).unwrap();
+    let ctx = dir.path("ctx");
+    let started = Instant::now();
+    let out = strata(
+        &dir,
+        &["build", "--progress", "plain", "--timeout", "2", "-t", "out:1", ctx.to_str().unwrap()],
+    );
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!("registry {host}: GET /v2/ stalled: no data for 2 s")),
+        "{stderr}"
+    );
+    let images = strata(&dir, &["images"]);
+    assert!(!String::from_utf8_lossy(&images.stdout).contains("out"), "nothing tagged");
+}
