@@ -135,7 +135,8 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     /// When registry bases are pulled.
     pub pull: PullPolicy,
-    /// How to reach registries for those pulls (plain-HTTP hosts, credentials file).
+    /// How to reach registries for those pulls (plain-HTTP hosts, credentials file, stall
+    /// timeout).
     pub registry: strata_registry::ClientOptions,
     /// When false, every registry a base names is reached over plain HTTP (skopeo's
     /// `--tls-verify=false`), as if listed in `registry.insecure`.

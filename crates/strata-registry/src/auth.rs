@@ -314,6 +314,11 @@ fn fetch_token(
                 client.pause(attempt);
             }
             Ok(resp) => break resp,
+            Err(e) if crate::client::is_stall(&e) => {
+                let (method, url) =
+                    if refresh.is_some() { ("POST", realm) } else { ("GET", &*url) };
+                return Err(client.stalled(ep, method, url));
+            }
             Err(_) if attempt <= client.retries() => client.pause(attempt),
             Err(e) => return Err(token_error(e.to_string())),
         }

@@ -6,6 +6,13 @@
 //! for, and retries 5xx responses and broken connections a bounded number of times with
 //! exponential back-off when the request is safe to repeat. Status codes are returned to the
 //! caller, which knows what they mean at that point of the protocol.
+//!
+//! Time limits are about progress, not duration: a transfer may take an hour as long as bytes
+//! keep moving, but once no byte has been received or sent for the stall timeout
+//! ([`ClientOptions::stall_timeout`]) the request fails with [`RegistryError::Stalled`] and is
+//! not retried. A retry would start the wait again, and a registry that went quiet once
+//! usually does again: the silence a user sits through stays bounded by one stall timeout
+//! instead of one per attempt.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -38,8 +45,8 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 const MAX_RETRY_AFTER: u64 = 10;
 /// Longest wait for the TLS probe of an insecure registry.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default connect and per-read timeout.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default stall timeout (see [`ClientOptions::stall_timeout`]).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a [`Client`] reaches registries.
 #[derive(Debug, Clone, Default)]
@@ -54,8 +61,13 @@ pub struct ClientOptions {
     /// (`$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`).
     pub auth_file: Option<PathBuf>,
     /// Retries for 5xx responses and broken connections, per request and per blob upload or
-    /// download; 0 means the default, 3.
+    /// download; 0 means the default, 3. A stall is never retried.
     pub retries: u32,
+    /// How long a request may go without a byte received or sent before it is declared
+    /// stalled and fails with [`RegistryError::Stalled`] (the CLI's `--timeout`). Progress,
+    /// not duration, is what counts: a slow download that keeps moving never stalls. Also
+    /// bounds connecting. `None` (or zero) means [`DEFAULT_STALL_TIMEOUT`], 30 s.
+    pub stall_timeout: Option<Duration>,
 }
 
 /// A registry client: an HTTP agent (connection pool, rustls), credentials and a token cache.
@@ -173,14 +185,16 @@ impl Client {
     /// `$SSL_CERT_FILE` and the usual distribution paths that exists), else uses the WebPKI roots.
     pub fn new(options: ClientOptions) -> Result<Client, RegistryError> {
         let roots = system_roots()?;
-        let agent = build_agent(roots.clone(), DEFAULT_TIMEOUT, false);
-        let unverified_agent = build_agent(roots.clone(), DEFAULT_TIMEOUT, true);
+        let timeout =
+            options.stall_timeout.filter(|t| !t.is_zero()).unwrap_or(DEFAULT_STALL_TIMEOUT);
+        let agent = build_agent(roots.clone(), timeout, false);
+        let unverified_agent = build_agent(roots.clone(), timeout, true);
         let retries = if options.retries == 0 { DEFAULT_RETRIES } else { options.retries };
         Ok(Client {
             agent,
             unverified_agent,
             schemes: std::sync::Mutex::new(std::collections::HashMap::new()),
-            timeout: DEFAULT_TIMEOUT,
+            timeout,
             options,
             retries,
             backoff: Duration::from_millis(200),
@@ -191,10 +205,13 @@ impl Client {
         })
     }
 
-    /// Replaces the connect and per-read timeout (default 30 s): a registry that accepts no
-    /// connection or stops sending for this long fails the attempt instead of hanging.
+    /// Replaces the stall timeout ([`ClientOptions::stall_timeout`], default 30 s): a
+    /// registry that accepts no connection, or sends and reads nothing for this long, fails
+    /// the request instead of hanging. Zero means the default.
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        let timeout = if timeout.is_zero() { DEFAULT_STALL_TIMEOUT } else { timeout };
         self.timeout = timeout;
+        self.options.stall_timeout = Some(timeout);
         self.agent = build_agent(self.auth.roots.clone(), timeout, false);
         self.unverified_agent = build_agent(self.auth.roots.clone(), timeout, true);
         self
@@ -259,6 +276,22 @@ impl Client {
     /// Retries allowed per request or blob.
     pub(crate) fn retries(&self) -> u32 {
         self.retries
+    }
+
+    /// How long nothing may move before a request is declared stalled.
+    pub(crate) fn stall_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The error for `method url` on `ep`'s registry having moved no byte for the stall
+    /// timeout.
+    pub(crate) fn stalled(&self, ep: &Endpoint, method: &str, url: &str) -> RegistryError {
+        RegistryError::Stalled {
+            registry: ep.registry.clone(),
+            method: method.to_owned(),
+            url: url.to_owned(),
+            timeout: self.timeout,
+        }
     }
 
     /// Sleeps before retry number `attempt` (1-based).
@@ -417,6 +450,9 @@ impl Client {
                         self.pause(attempt);
                         continue;
                     }
+                    if is_stall(&e) {
+                        return Err(self.stalled(ep, req.method, &req.url));
+                    }
                     return Err(transport_error(ep, req, attempt, e));
                 }
                 Ok(resp) => {
@@ -535,10 +571,11 @@ fn build_agent(roots: RootCerts, timeout: Duration, unverified: bool) -> Agent {
         // on the registry's host.)
         .redirect_auth_headers(ureq::config::RedirectAuthHeaders::Never)
         .max_redirects(10)
+        // No byte for `timeout` in any one read or write is a stall (see the module doc);
+        // there is deliberately no limit on a whole response that keeps moving.
         .timeout_connect(Some(timeout))
         .timeout_per_read(Some(timeout))
         .timeout_per_write(Some(timeout))
-        .timeout_recv_response(Some(timeout.saturating_mul(4)))
         .build()
         .new_agent()
 }
@@ -614,14 +651,33 @@ fn is_tls_failure(e: &ureq::Error) -> bool {
     }
 }
 
+/// Whether `e` says nothing moved for the stall timeout once connected (a connect or
+/// resolve timeout means unreachable instead).
+pub(crate) fn is_stall(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(t) => !matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        ureq::Error::Io(io) => is_stall_io(io),
+        _ => false,
+    }
+}
+
+/// [`is_stall`] for the I/O error a response body's reader returns (ureq wraps its own
+/// error in it).
+pub(crate) fn is_stall_io(e: &io::Error) -> bool {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<ureq::Error>()) {
+        Some(inner) => is_stall(inner),
+        None => matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock),
+    }
+}
+
+/// Broken connections are retried; timeouts are not: a stall has already cost the whole
+/// stall timeout, and an unreachable registry would cost it once per attempt.
 fn is_retryable(e: &ureq::Error) -> bool {
     !is_tls_failure(e)
+        && !is_stall(e)
         && matches!(
             e,
-            ureq::Error::Io(_)
-                | ureq::Error::Timeout(_)
-                | ureq::Error::ConnectionFailed
-                | ureq::Error::Protocol(_)
+            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::Protocol(_)
         )
 }
 

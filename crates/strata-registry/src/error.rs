@@ -53,6 +53,23 @@ pub enum RegistryError {
         #[source]
         source: Box<ureq::Error>,
     },
+    /// No byte moved for the client's stall timeout ([`ClientOptions::stall_timeout`],
+    /// `--timeout`): the registry accepted the request but stopped answering, sending or
+    /// reading. Not retried, so a stalled registry costs that long and no more.
+    ///
+    /// [`ClientOptions::stall_timeout`]: crate::ClientOptions::stall_timeout
+    #[error("registry {registry}: {method} {} stalled: no data for {}", url_path(url),
+        seconds_text(*timeout))]
+    Stalled {
+        /// `host[:port]`.
+        registry: String,
+        /// HTTP method.
+        method: String,
+        /// The URL requested.
+        url: String,
+        /// How long nothing moved.
+        timeout: std::time::Duration,
+    },
     /// Reading a response body failed mid-stream and retries ran out.
     #[error("reading {what} from registry {registry}, repository {repository} failed")]
     BodyRead {
@@ -334,5 +351,20 @@ fn body_text(body: &str) -> String {
         String::new()
     } else {
         format!(": {body}")
+    }
+}
+
+/// `https://host/v2/app/blobs/x?y` -> `/v2/app/blobs/x?y` (the registry is named apart).
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
+/// `30 s`, `1.5 s`.
+pub(crate) fn seconds_text(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }

@@ -55,7 +55,7 @@ use serde::Serialize;
 use strata_types::Digest;
 pub use strata_types::Reference;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, DEFAULT_STALL_TIMEOUT};
 pub use copy::{copy, copy_all, Copied};
 pub use error::RegistryError;
 pub use index::{pull_all, push_index, PulledIndex};
@@ -132,6 +132,17 @@ pub enum TransferEvent {
         digest: Digest,
         /// How it got to the other side.
         outcome: BlobOutcome,
+    },
+    /// Nothing has moved for that blob for a while: sent once a second while the stall lasts,
+    /// from a few seconds in (5 s, or half the stall timeout if that is shorter), `seconds`
+    /// counting from the last byte (so it starts again low when a new stall begins). Once
+    /// `seconds` reaches [`ClientOptions::stall_timeout`] the transfer fails with
+    /// [`RegistryError::Stalled`].
+    Stalled {
+        /// The blob.
+        digest: Digest,
+        /// Whole seconds since the last byte moved.
+        seconds: u64,
     },
     /// The manifest was written (push) or read (pull).
     Manifest {
@@ -260,11 +271,15 @@ pub(crate) fn run_parallel<T: Sync, R: Send>(
     Ok(results.into_inner().unwrap_or_else(PoisonError::into_inner).into_iter().flatten().collect())
 }
 
-/// Emits `BlobProgress` at most every `PROGRESS_STEP` bytes.
+/// Emits `BlobProgress` at most every `PROGRESS_STEP` bytes, and `Stalled` while
+/// [`Throttle::watch`]ing a transfer in which nothing moves.
 pub(crate) struct Throttle<'a> {
     sink: &'a dyn TransferSink,
     digest: Digest,
     last: std::sync::atomic::AtomicU64,
+    /// When the throttle was made, and milliseconds from then to the last report (progress).
+    started: std::time::Instant,
+    moved_at: std::sync::atomic::AtomicU64,
 }
 
 /// Bytes between two progress events of one blob.
@@ -272,18 +287,90 @@ const PROGRESS_STEP: u64 = 1 << 20;
 
 impl<'a> Throttle<'a> {
     pub(crate) fn new(sink: &'a dyn TransferSink, digest: Digest) -> Throttle<'a> {
-        Throttle { sink, digest, last: std::sync::atomic::AtomicU64::new(0) }
+        Throttle {
+            sink,
+            digest,
+            last: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            moved_at: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
-    /// Reports `done` if it moved far enough since the last report (or `force`).
+    /// Reports `done` if it moved far enough since the last report (or `force`). Every call
+    /// counts as progress for [`Throttle::watch`].
     pub(crate) fn report(&self, done: u64, force: bool) {
         use std::sync::atomic::Ordering;
+        self.moved_at.store(millis(self.started.elapsed()), Ordering::Relaxed);
         let last = self.last.load(Ordering::Relaxed);
         if force || done < last || done >= last + PROGRESS_STEP {
             self.last.store(done, Ordering::Relaxed);
             self.sink.event(&TransferEvent::BlobProgress { digest: self.digest, done });
         }
     }
+}
+
+impl Throttle<'_> {
+    /// Runs `transfer` while a watcher thread sends [`TransferEvent::Stalled`] once a second
+    /// after nothing was [`report`](Throttle::report)ed for `notice_after` (the thread blocked
+    /// in a read cannot tell anyone; the watcher can).
+    pub(crate) fn watch<R>(
+        &self,
+        notice_after: std::time::Duration,
+        transfer: impl FnOnce() -> R,
+    ) -> R {
+        use std::sync::atomic::Ordering;
+        use std::sync::{Condvar, Mutex, PoisonError};
+        use std::time::Duration;
+        /// Tells the watcher to stop, also when `transfer` panics.
+        struct Finished<'f>(&'f (Mutex<bool>, Condvar));
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                *self.0 .0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                self.0 .1.notify_all();
+            }
+        }
+        let finished = (Mutex::new(false), Condvar::new());
+        self.moved_at.store(millis(self.started.elapsed()), Ordering::Relaxed);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let (lock, wake) = &finished;
+                let mut done = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut told = 0;
+                while !*done {
+                    done = wake
+                        .wait_timeout(done, Duration::from_millis(200))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    let now = millis(self.started.elapsed());
+                    let idle = Duration::from_millis(
+                        now.saturating_sub(self.moved_at.load(Ordering::Relaxed)),
+                    );
+                    if *done || idle < notice_after {
+                        told = 0;
+                        continue;
+                    }
+                    if idle.as_secs() != told {
+                        told = idle.as_secs();
+                        self.sink
+                            .event(&TransferEvent::Stalled { digest: self.digest, seconds: told });
+                    }
+                }
+            });
+            let _finished = Finished(&finished);
+            transfer()
+        })
+    }
+}
+
+/// When a stall is first shown: after 5 s without progress, or half the stall timeout if that
+/// is shorter (at least a second).
+pub(crate) fn stall_notice_after(stall_timeout: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    (stall_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -11,12 +11,12 @@ use strata_store::oci_spec::image::{Descriptor, ImageConfiguration, ImageManifes
 use strata_store::{Image, Store, StoreError};
 use strata_types::Digest;
 
-use crate::client::{header, Client, Endpoint, Req, Session};
+use crate::client::{header, is_stall_io, Client, Endpoint, Req, Session};
 use crate::error::RegistryError;
 use crate::manifest::{self, BlobRef};
 use crate::{
-    knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, Reference, Throttle,
-    TransferEvent, TransferReport, TransferSink,
+    knowledge, run_parallel, stall_notice_after, BlobKind, BlobOutcome, BlobReport, PullOptions,
+    Reference, Throttle, TransferEvent, TransferReport, TransferSink,
 };
 use strata_types::Platform;
 
@@ -268,6 +268,7 @@ pub(crate) fn fetch_manifest(
         match read {
             Ok(_) if bytes.len() as u64 > MAX_MANIFEST => return Err(too_large()),
             Ok(_) => break (bytes, content_type, announced),
+            Err(e) if is_stall_io(&e) => return Err(client.stalled(ep, req.method, &req.url)),
             Err(_) if attempt <= client.retries() => client.pause(attempt),
             Err(source) => {
                 return Err(RegistryError::BodyRead {
@@ -333,7 +334,8 @@ fn blob_error(ep: &Endpoint, digest: &Digest, e: StoreError) -> RegistryError {
 
 /// GET `/v2/<name>/blobs/<digest>` into a [`strata_store::BlobWriter`]; a broken transfer
 /// resumes with `Range: bytes=<have>-` (a registry answering 200 instead of 206 restarts it).
-/// The blob is committed only if it has the descriptor's size and digest.
+/// The blob is committed only if it has the descriptor's size and digest. A stall is not
+/// resumed (see the client's module doc); while one lasts, `Stalled` events say so.
 fn download_blob(
     client: &Client,
     ep: &Endpoint,
@@ -341,6 +343,20 @@ fn download_blob(
     store: &Store,
     blob: &BlobRef,
     events: &dyn TransferSink,
+) -> Result<(), RegistryError> {
+    let throttle = Throttle::new(events, blob.digest);
+    throttle.watch(stall_notice_after(client.stall_timeout()), || {
+        download_blob_reporting(client, ep, scopes, store, blob, &throttle)
+    })
+}
+
+fn download_blob_reporting(
+    client: &Client,
+    ep: &Endpoint,
+    scopes: &[String],
+    store: &Store,
+    blob: &BlobRef,
+    throttle: &Throttle<'_>,
 ) -> Result<(), RegistryError> {
     let size_error = |found: u64, what: &'static str| RegistryError::SizeMismatch {
         registry: ep.registry.clone(),
@@ -350,7 +366,6 @@ fn download_blob(
         found,
         what,
     };
-    let throttle = Throttle::new(events, blob.digest);
     let mut writer = store.blob_writer()?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut attempt = 0;
@@ -408,6 +423,7 @@ fn download_blob(
         match broken {
             None if writer.written() == blob.size => break,
             None => return Err(size_error(writer.written(), "sent")),
+            Some(e) if is_stall_io(&e) => return Err(client.stalled(ep, req.method, &req.url)),
             Some(source) => {
                 attempt += 1;
                 if attempt > client.retries() {
@@ -446,6 +462,9 @@ fn fetch_blob_to_memory(
     let limit = blob.size.min(MAX_CONFIG);
     let mut bytes = Vec::new();
     resp.into_body().into_reader().take(limit + 1).read_to_end(&mut bytes).map_err(|source| {
+        if is_stall_io(&source) {
+            return client.stalled(ep, req.method, &req.url);
+        }
         RegistryError::BodyRead {
             registry: ep.registry.clone(),
             repository: ep.repository.clone(),

@@ -21,8 +21,8 @@ use strata_types::Digest;
 use crate::client::{header, Client, Endpoint, Payload, Req, Session};
 use crate::error::RegistryError;
 use crate::{
-    knowledge, run_parallel, BlobKind, BlobOutcome, BlobReport, PushOptions, Reference, Throttle,
-    TransferEvent, TransferReport, TransferSink,
+    knowledge, run_parallel, stall_notice_after, BlobKind, BlobOutcome, BlobReport, PushOptions,
+    Reference, Throttle, TransferEvent, TransferReport, TransferSink,
 };
 
 /// A blob of the image to push.
@@ -282,20 +282,33 @@ impl Upload {
     }
 }
 
-/// Uploads a blob, resuming a broken transfer up to the client's retry count.
+/// Uploads a blob, resuming a broken transfer up to the client's retry count (a stall is not
+/// resumed: see the client's module doc); while a stall lasts, `Stalled` events say so.
 fn upload(
     s: &Session<'_>,
     store: &Store,
     blob: &PushBlob,
-    mut upload: Option<Upload>,
+    upload: Option<Upload>,
 ) -> Result<(), RegistryError> {
-    let Session { client, ep, scopes, events, .. } = *s;
+    let throttle = Throttle::new(s.events, blob.digest);
+    throttle.watch(stall_notice_after(s.client.stall_timeout()), || {
+        upload_reporting(s, store, blob, upload, &throttle)
+    })
+}
+
+fn upload_reporting(
+    s: &Session<'_>,
+    store: &Store,
+    blob: &PushBlob,
+    mut upload: Option<Upload>,
+    throttle: &Throttle<'_>,
+) -> Result<(), RegistryError> {
+    let Session { client, ep, scopes, .. } = *s;
     let file = store.open_blob(&blob.digest)?;
-    let throttle = Throttle::new(events, blob.digest);
     let mut attempt = 0;
     let mut fresh = true;
     let failed = loop {
-        match upload_attempt(s, &file, blob, &mut upload, fresh, &throttle) {
+        match upload_attempt(s, &file, blob, &mut upload, fresh, throttle) {
             Ok(()) => {
                 throttle.report(blob.size, true);
                 return Ok(());
@@ -318,8 +331,10 @@ fn upload(
         }
     };
     // Best effort: tell the registry to drop what it holds of this upload (spec.md "Canceling
-    // an upload", DELETE on the session URL) instead of leaving it to its purge timer.
-    if let Some(up) = upload {
+    // an upload", DELETE on the session URL) instead of leaving it to its purge timer. Not to
+    // a registry that just stalled: that would be a second wait.
+    let stalled = matches!(failed, RegistryError::Stalled { .. });
+    if let (Some(up), false) = (upload, stalled) {
         let req = Req::new("DELETE", up.url).not_idempotent();
         let _ = client.send(ep, scopes, &req);
     }

@@ -10,6 +10,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -45,6 +46,30 @@ pub struct RegistryArgs {
     /// $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
     #[arg(long, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
+    /// Give up on a registry request once no byte has moved for this long (`30s`, `2m`,
+    /// `500ms`, or plain seconds). A slow transfer that keeps moving is never cut short.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `30s`, `2m`, `1h`, `500ms`, `1.5s` or plain seconds (`45`); more than zero.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{text:?}: write a number with s, m, h or ms (e.g. 30s, 2m)")),
+    };
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 2m)"))?;
+    Duration::try_from_secs_f64(value * scale)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?}: the timeout must be more than zero"))
 }
 
 impl RegistryArgs {
@@ -57,7 +82,12 @@ impl RegistryArgs {
         if !self.tls_verify {
             insecure.extend(registries.into_iter().map(str::to_string));
         }
-        ClientOptions { insecure, auth_file: self.authfile.clone(), ..Default::default() }
+        ClientOptions {
+            insecure,
+            auth_file: self.authfile.clone(),
+            stall_timeout: Some(self.timeout),
+            ..Default::default()
+        }
     }
 }
 
@@ -341,15 +371,21 @@ fn outcome_text(outcome: &BlobOutcome) -> String {
     }
 }
 
-/// One line per blob decision, for logs (stderr is not a terminal).
+/// One line per blob decision, for logs (stderr is not a terminal), and one per stall.
 struct LineProgress {
     verb: &'static str,
     started: Mutex<HashMap<String, (BlobKind, u64)>>,
+    /// Per blob, the `seconds` of its last `Stalled` event: a smaller one starts a new stall.
+    stalls: Mutex<HashMap<String, u64>>,
 }
 
 impl LineProgress {
     fn new(verb: &'static str) -> Self {
-        LineProgress { verb, started: Mutex::new(HashMap::new()) }
+        LineProgress {
+            verb,
+            started: Mutex::new(HashMap::new()),
+            stalls: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -378,9 +414,26 @@ impl TransferSink for LineProgress {
                 }
             }
             TransferEvent::Manifest { digest } => writeln!(err, "manifest {digest}"),
+            TransferEvent::Stalled { digest, seconds } => {
+                let d = digest.to_string();
+                let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
+                let new_stall = starts_a_stall(&mut stalls, &d, *seconds);
+                let kind = started.get(&d).map_or("blob", |(kind, _)| kind_name(*kind));
+                if new_stall {
+                    writeln!(err, "{kind} {}: stalled, no data for {seconds}s", short(&d))
+                } else {
+                    Ok(())
+                }
+            }
             _ => Ok(()),
         };
     }
+}
+
+/// Whether a `Stalled` event for `digest` begins a new stall (the first for the blob, or
+/// `seconds` not above the last one's: the count restarts after progress), remembering it.
+fn starts_a_stall(last: &mut HashMap<String, u64>, digest: &str, seconds: u64) -> bool {
+    last.insert(digest.to_owned(), seconds).is_none_or(|prev| seconds <= prev)
 }
 
 /// One progress bar per blob that moves; blobs that need not move get a finished line.
@@ -514,10 +567,35 @@ mod tests {
             tls_verify: false,
             insecure_registries: vec!["r.example:443".into()],
             authfile: None,
+            timeout: Duration::from_secs(30),
         };
         let o = args.client_options(["h.example:5000"]);
         assert_eq!(o.insecure, ["r.example:443", "h.example:5000"]);
         let args = RegistryArgs { tls_verify: true, ..args };
         assert_eq!(args.client_options(["h.example:5000"]).insecure, ["r.example:443"]);
+    }
+
+    #[test]
+    fn plain_progress_tells_each_stall_once() {
+        let mut last = HashMap::new();
+        let told: Vec<bool> = [("a", 5), ("a", 6), ("b", 5), ("a", 7), ("a", 5), ("a", 6)]
+            .into_iter()
+            .map(|(digest, seconds)| starts_a_stall(&mut last, digest, seconds))
+            .collect();
+        assert_eq!(told, [true, false, true, false, true, false]);
+    }
+
+    #[test]
+    fn timeouts_take_units_or_plain_seconds() {
+        let ok = |t: &str| parse_duration(t).unwrap();
+        assert_eq!(ok("30s"), Duration::from_secs(30));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("45"), Duration::from_secs(45));
+        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("1h"), Duration::from_secs(3600));
+        for bad in ["0", "0s", "", "s", "2x", "-1s", "1e3"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }
