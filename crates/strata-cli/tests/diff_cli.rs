@@ -186,6 +186,16 @@ fn history_ls_and_efficiency() {
 
     let history = env.code(&["history", "app:v2"], 0);
     assert!(history.contains("(empty)") && history.contains("LABEL version=2"), "{history}");
+    // One name per layer everywhere (issue 16 point 10): the blob digest that build,
+    // inspect and push print, not the diffID.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.code(&["inspect", "--json", "--no-efficiency", "app:v2"], 0))
+            .unwrap();
+    for l in inspect["manifest"]["layers"].as_array().unwrap() {
+        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        assert!(history.contains(&hex[..12]), "{hex} in {history}");
+    }
+    assert!(history.contains("DIGEST"), "{history}");
     assert!(history.contains("COPY app/ /app/"), "{history}");
     let json: serde_json::Value =
         serde_json::from_str(&env.code(&["history", "--json", "app:v2"], 0)).unwrap();

@@ -210,7 +210,7 @@ fn render(out: &mut impl Write, r: &ImageDiff, file_mode: bool) -> anyhow::Resul
                     out,
                     "  {sign} {:>3} {} {:>9} ({unc})  {}",
                     info.index,
-                    short(&info.diff_id),
+                    short(&info.digest),
                     human(info.size),
                     info.created_by.as_deref().unwrap_or("")
                 )?;
@@ -385,7 +385,7 @@ pub fn history(store: Option<&Path>, args: HistoryArgs) -> anyhow::Result<ExitCo
     writeln!(
         out,
         "{:>5}  {:<12}  {:>10}  {:>10}  CREATED BY",
-        "LAYER", "DIFF ID", "SIZE", "UNPACKED"
+        "LAYER", "DIGEST", "SIZE", "UNPACKED"
     )?;
     for h in &rows {
         let by = h.created_by.as_deref().unwrap_or("").trim();
@@ -394,7 +394,7 @@ pub fn history(store: Option<&Path>, args: HistoryArgs) -> anyhow::Result<ExitCo
                 out,
                 "{:>5}  {:<12}  {:>10}  {:>10}  {}",
                 l.index,
-                short(&l.diff_id),
+                short(&l.digest),
                 human(l.size),
                 l.uncompressed_size.map_or("?".into(), human),
                 truncate(by, 80)
