@@ -86,7 +86,7 @@ impl RegistryBases {
             store,
             reference,
             &PullOptions::default(),
-            &strata_registry::NoProgress,
+            &strata_registry::NoTransferProgress,
         )
         .map_err(err)?;
         progress.event(&BuildEvent::PullDone {

@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! use strata_image::{copy, CopyOptions};
-//! use strata_registry::{Client, ClientOptions, NoProgress};
+//! use strata_registry::{Client, ClientOptions, NoTransferProgress};
 //! use strata_store::Store;
 //! use strata_types::ImageLocation;
 //!
@@ -23,7 +23,7 @@
 //! let client = Client::new(ClientOptions::default())?.with_blob_hints(store.clone());
 //! let src: ImageLocation = "app:v2".parse()?;
 //! let dst: ImageLocation = "docker://127.0.0.1:5000/app:v2".parse()?;
-//! let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoProgress)?;
+//! let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoTransferProgress)?;
 //! let pushed = outcome.transfer.expect("a registry leg");
 //! assert_eq!(pushed.uploaded + pushed.present + pushed.mounted, pushed.blobs.len());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -459,7 +459,7 @@ fn plan_local(
 mod tests {
     use super::*;
     use crate::import::{import_tree, ImportOptions};
-    use strata_registry::{ClientOptions, NoProgress};
+    use strata_registry::{ClientOptions, NoTransferProgress};
 
     /// A store holding `app:v1`, a one-layer image of a small tree.
     fn store_with_image(dir: &std::path::Path) -> (Store, Digest) {
@@ -475,7 +475,14 @@ mod tests {
     fn run(store: &Store, src: &str, dst: &str, dry_run: bool) -> Result<CopyOutcome, ImageError> {
         let client = Client::new(ClientOptions::default()).unwrap();
         let options = CopyOptions::new(2, dry_run);
-        copy(&client, store, &src.parse().unwrap(), &dst.parse().unwrap(), &options, &NoProgress)
+        copy(
+            &client,
+            store,
+            &src.parse().unwrap(),
+            &dst.parse().unwrap(),
+            &options,
+            &NoTransferProgress,
+        )
     }
 
     #[test]

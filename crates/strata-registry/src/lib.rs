@@ -100,9 +100,9 @@ pub trait TransferSink: Sync {
 
 /// A sink that drops every event.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoProgress;
+pub struct NoTransferProgress;
 
-impl TransferSink for NoProgress {
+impl TransferSink for NoTransferProgress {
     fn event(&self, _event: &TransferEvent) {}
 }
 

@@ -8,7 +8,8 @@ use common::registry::{registry_available, Registry, RegistryOptions};
 use common::{client, have_tool, make_image, random_bytes, reference, skopeo_ok, skopeo_stdout};
 use common::{put_image_for, tar_layer, Recorder};
 use strata_registry::{
-    copy, copy_all, push_index, BlobOutcome, NoProgress, PullOptions, PushOptions, TransferEvent,
+    copy, copy_all, push_index, BlobOutcome, NoTransferProgress, PullOptions, PushOptions,
+    TransferEvent,
 };
 use strata_store::Store;
 use strata_types::Digest;
@@ -39,7 +40,7 @@ fn copy_between_registries_moves_only_what_the_destination_lacks() {
             image,
             &reference(&a, tag),
             &PushOptions::default(),
-            &NoProgress,
+            &NoTransferProgress,
         )
         .unwrap();
     }
@@ -50,7 +51,7 @@ fn copy_between_registries_moves_only_what_the_destination_lacks() {
         let options = PushOptions { dry_run: dry, ..Default::default() };
         let host = Platform::host();
         let (src, dst) = (reference(&a, from), reference(to.0, to.1));
-        copy(&client, &scratch(name), &src, &dst, &host, &options, &NoProgress).unwrap()
+        copy(&client, &scratch(name), &src, &dst, &host, &options, &NoTransferProgress).unwrap()
     };
 
     // Dry run: the destination is asked, nothing is written or downloaded.
@@ -118,7 +119,7 @@ fn copy_between_registries_moves_only_what_the_destination_lacks() {
             &fresh,
             &reference(reg, tag),
             &PullOptions::default(),
-            &NoProgress,
+            &NoTransferProgress,
         )
         .unwrap();
         assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap(), "{tag}");
@@ -150,7 +151,7 @@ fn copy_keeps_a_docker_schema2_manifest_byte_for_byte() {
         &reference(&b, "docker/app:v1"),
         &Platform::host(),
         &PushOptions::default(),
-        &NoProgress,
+        &NoTransferProgress,
     )
     .unwrap();
     assert_eq!(copied.media_type, "application/vnd.docker.distribution.manifest.v2+json");
@@ -203,7 +204,7 @@ fn copy_all_moves_a_docker_manifest_list_keeping_every_digest() {
     let list = docker_list(&store);
     let client = client();
     let src = reference(&a, "multi/app:v1");
-    push_index(&client, &store, &list, &src, &PushOptions::default(), &NoProgress).unwrap();
+    push_index(&client, &store, &list, &src, &PushOptions::default(), &NoTransferProgress).unwrap();
     let raw = |r: &Registry, repo: &str| {
         skopeo_stdout(&[
             "inspect",
@@ -217,9 +218,15 @@ fn copy_all_moves_a_docker_manifest_list_keeping_every_digest() {
 
     let scratch = Store::init(dir.path().join("scratch")).unwrap();
     let dry = PushOptions { dry_run: true, ..Default::default() };
-    let plan =
-        copy_all(&client, &scratch, &src, &reference(&b, "mirror/app:v1"), &dry, &NoProgress)
-            .unwrap();
+    let plan = copy_all(
+        &client,
+        &scratch,
+        &src,
+        &reference(&b, "mirror/app:v1"),
+        &dry,
+        &NoTransferProgress,
+    )
+    .unwrap();
     // 2 configs, 2 own layers, 1 shared layer: each once.
     assert_eq!((plan.report.uploaded, plan.report.downloaded), (5, 5), "{:?}", plan.report);
     assert!(b.uploads("mirror/app").is_empty());
@@ -230,7 +237,7 @@ fn copy_all_moves_a_docker_manifest_list_keeping_every_digest() {
         &src,
         &reference(&b, "mirror/app:v1"),
         &PushOptions::default(),
-        &NoProgress,
+        &NoTransferProgress,
     )
     .unwrap();
     assert_eq!((copied.manifest, copied.media_type), (list, DOCKER_LIST));
@@ -254,7 +261,7 @@ fn copy_all_moves_a_docker_manifest_list_keeping_every_digest() {
         &src,
         &reference(&a, "elsewhere/app:v1"),
         &PushOptions::default(),
-        &NoProgress,
+        &NoTransferProgress,
     )
     .unwrap();
     assert_eq!((copied.report.mounted, copied.report.downloaded), (5, 0), "{:?}", copied.report);

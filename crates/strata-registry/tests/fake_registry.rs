@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::fake::{Fake, FakeAuth};
 use common::{make_image, random_bytes, small_image, tar_layer};
 use strata_registry::{
-    pull, pull_platform, push, Client, ClientOptions, NoProgress, PullOptions, PushOptions,
+    pull, pull_platform, push, Client, ClientOptions, NoTransferProgress, PullOptions, PushOptions,
     Reference, RegistryError,
 };
 use strata_store::{Image, Store};
@@ -47,7 +47,7 @@ fn store(dir: &Path, name: &str) -> Store {
 }
 
 fn push_image(client: &Client, store: &Store, image: &Image, dest: &Reference) {
-    push(client, store, image, dest, &PushOptions::default(), &NoProgress).unwrap();
+    push(client, store, image, dest, &PushOptions::default(), &NoTransferProgress).unwrap();
 }
 
 /// The store holds no blob, no tag, and is consistent.
@@ -89,7 +89,7 @@ fn bearer_tokens_are_fetched_with_scope_and_credentials_then_refetched() {
         &fresh,
         &at(&fake, "team/app:v1"),
         &PullOptions { jobs: 1, ..Default::default() },
-        &NoProgress,
+        &NoTransferProgress,
     )
     .unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
@@ -126,14 +126,20 @@ fn refused_credentials_say_whether_any_were_sent() {
     let s = store(dir.path(), "a");
     let reference = at(&fake, "app:v1");
 
-    let err = pull(&client(), &s, &reference, &PullOptions::default(), &NoProgress).unwrap_err();
+    let err =
+        pull(&client(), &s, &reference, &PullOptions::default(), &NoTransferProgress).unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: false, .. }), "{err:?}");
     assert!(err.to_string().contains(&fake.host()) && err.to_string().contains("app"), "{err}");
 
     let wrong = auth_file(dir.path(), &fake.host(), "bob", "wrong");
-    let err =
-        pull(&client_with(Some(&wrong), 3), &s, &reference, &PullOptions::default(), &NoProgress)
-            .unwrap_err();
+    let err = pull(
+        &client_with(Some(&wrong), 3),
+        &s,
+        &reference,
+        &PullOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: true, .. }), "{err:?}");
     assert!(err.to_string().contains("credentials were sent"), "{err}");
     assert_untouched(&s);
@@ -159,7 +165,7 @@ fn refused_credentials_say_whether_any_were_sent() {
         &image,
         &at(&bearer, "app:v1"),
         &PushOptions::default(),
-        &NoProgress,
+        &NoTransferProgress,
     )
     .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: true, .. }), "{err:?}");
@@ -216,8 +222,9 @@ fn server_errors_are_retried_a_bounded_number_of_times() {
     let before = fake.seen().len();
     fake.with(|st| st.faults.unavailable = 1000);
     let fresh = store(dir.path(), "b");
-    let err = pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap_err();
     assert!(matches!(err, RegistryError::UnexpectedStatus { status: 503, .. }), "{err:?}");
     assert_eq!(fake.seen().len() - before, 4);
     assert_untouched(&fresh);
@@ -285,7 +292,7 @@ fn a_broken_download_resumes_with_range() {
     fake.with(|st| st.faults.break_blob_get_at = Some(123_456));
     let fresh = store(dir.path(), "b");
     let opts = PullOptions { jobs: 1, ..Default::default() };
-    let pulled = pull(&client(), &fresh, &at(&fake, "app:v1"), &opts, &NoProgress).unwrap();
+    let pulled = pull(&client(), &fresh, &at(&fake, "app:v1"), &opts, &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     let ranged: Vec<_> = fake.seen().into_iter().filter(|r| r.header("range").is_some()).collect();
     assert_eq!(ranged.len(), 1, "{ranged:#?}");
@@ -298,7 +305,7 @@ fn a_broken_download_resumes_with_range() {
         st.faults.ignore_range = true;
     });
     let third = store(dir.path(), "c");
-    let pulled = pull(&client(), &third, &at(&fake, "app:v1"), &opts, &NoProgress).unwrap();
+    let pulled = pull(&client(), &third, &at(&fake, "app:v1"), &opts, &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert!(third.fsck(false).unwrap().is_clean());
 }
@@ -314,8 +321,9 @@ fn a_lying_registry_is_refused_and_nothing_is_stored() {
     // Wrong bytes for every blob.
     fake.with(|st| st.faults.corrupt_blobs = true);
     let fresh = store(dir.path(), "b");
-    let err = pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap_err();
     let RegistryError::DigestMismatch { expected, .. } = &err else { panic!("{err:?}") };
     assert!(err.to_string().contains(&expected.to_string()), "{err}");
     assert_untouched(&fresh);
@@ -325,8 +333,9 @@ fn a_lying_registry_is_refused_and_nothing_is_stored() {
         st.faults.corrupt_blobs = false;
         st.faults.wrong_blob_length = Some(10);
     });
-    let err = pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        pull(&client(), &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap_err();
     assert!(matches!(err, RegistryError::SizeMismatch { found: 10, .. }), "{err:?}");
     assert_untouched(&fresh);
 
@@ -339,8 +348,8 @@ fn a_lying_registry_is_refused_and_nothing_is_stored() {
             .insert(("app".into(), digest.to_string()), (MEDIA_TYPE_MANIFEST.into(), other));
     });
     let by_digest: Reference = format!("{}/app@{digest}", fake.host()).parse().unwrap();
-    let err =
-        pull(&client(), &fresh, &by_digest, &PullOptions::default(), &NoProgress).unwrap_err();
+    let err = pull(&client(), &fresh, &by_digest, &PullOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(
         matches!(err, RegistryError::DigestMismatch { expected, .. } if expected == digest),
         "{err:?}"
@@ -354,19 +363,27 @@ fn malformed_missing_and_oversized_manifests_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), "a");
     fake.put_manifest("app", "bad", MEDIA_TYPE_MANIFEST, b"{\"schemaVersion\":2, \"config\": ");
-    let err = pull(&client(), &s, &at(&fake, "app:bad"), &PullOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        pull(&client(), &s, &at(&fake, "app:bad"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap_err();
     assert!(matches!(err, RegistryError::InvalidManifest { .. }), "{err:?}");
 
-    let err = pull(&client(), &s, &at(&fake, "app:missing"), &PullOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err = pull(
+        &client(),
+        &s,
+        &at(&fake, "app:missing"),
+        &PullOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
     assert!(matches!(err, RegistryError::ManifestNotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("missing"), "{err}");
 
     let huge = format!("{{\"schemaVersion\":2,\"x\":\"{}\"}}", "a".repeat(5 << 20));
     fake.put_manifest("app", "huge", MEDIA_TYPE_MANIFEST, huge.as_bytes());
-    let err = pull(&client(), &s, &at(&fake, "app:huge"), &PullOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        pull(&client(), &s, &at(&fake, "app:huge"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap_err();
     assert!(matches!(err, RegistryError::ManifestTooLarge { .. }), "{err:?}");
     assert_untouched(&s);
 }
@@ -405,9 +422,15 @@ fn docker_manifest_lists_resolve_to_the_platform_and_convert_to_oci() {
     let arm =
         Platform { os: "linux".into(), architecture: "arm64".into(), variant: Some("v8".into()) };
     let reference = at(&fake, "lib/app:multi");
-    let pulled =
-        pull_platform(&client(), &s, &reference, &arm, &PullOptions::default(), &NoProgress)
-            .unwrap();
+    let pulled = pull_platform(
+        &client(),
+        &s,
+        &reference,
+        &arm,
+        &PullOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap();
     assert_eq!(pulled.source_digest, list_digest);
     assert_ne!(pulled.image.digest().unwrap(), m, "converted manifest has its own digest");
     assert_eq!(pulled.image.manifest.config().digest().to_string(), cfg.to_string());
@@ -421,9 +444,15 @@ fn docker_manifest_lists_resolve_to_the_platform_and_convert_to_oci() {
 
     let mips = Platform { os: "linux".into(), architecture: "mips64".into(), variant: None };
     let other = store(dir.path(), "b");
-    let err =
-        pull_platform(&client(), &other, &reference, &mips, &PullOptions::default(), &NoProgress)
-            .unwrap_err();
+    let err = pull_platform(
+        &client(),
+        &other,
+        &reference,
+        &mips,
+        &PullOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
 }
 
@@ -448,7 +477,8 @@ fn redirected_blob_downloads_never_carry_credentials() {
     });
     let fresh = store(dir.path(), "b");
     let pulled =
-        pull(&client, &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress).unwrap();
+        pull(&client, &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     let at_storage = storage.seen();
     assert_eq!(at_storage.len(), 3, "config and two layers came from storage");
@@ -462,7 +492,8 @@ fn dry_runs_move_nothing() {
     let s = store(dir.path(), "a");
     let image = small_image(&s, 12, 2);
     let dry = PushOptions { dry_run: true, ..Default::default() };
-    let report = push(&client(), &s, &image, &at(&fake, "app:v1"), &dry, &NoProgress).unwrap();
+    let report =
+        push(&client(), &s, &image, &at(&fake, "app:v1"), &dry, &NoTransferProgress).unwrap();
     assert!(report.dry_run);
     assert_eq!((report.uploaded, report.present), (3, 0));
     assert_eq!(report.bytes, report.blobs.iter().map(|b| b.size).sum::<u64>());
@@ -476,7 +507,7 @@ fn dry_runs_move_nothing() {
     push_image(&client(), &s, &image, &at(&fake, "app:v1"));
     let fresh = store(dir.path(), "b");
     let opts = PullOptions { dry_run: true, ..Default::default() };
-    let pulled = pull(&client(), &fresh, &at(&fake, "app:v1"), &opts, &NoProgress).unwrap();
+    let pulled = pull(&client(), &fresh, &at(&fake, "app:v1"), &opts, &NoTransferProgress).unwrap();
     assert_eq!(pulled.report.downloaded, 3);
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert_untouched(&fresh);
@@ -489,13 +520,13 @@ fn push_destination_needs_a_tag_or_the_images_digest() {
     let s = store(dir.path(), "a");
     let image = make_image(&s, &[tar_layer(&[("a", b"a".to_vec())])], "x");
     let untagged: Reference = format!("{}/app", fake.host()).parse().unwrap();
-    let err =
-        push(&client(), &s, &image, &untagged, &PushOptions::default(), &NoProgress).unwrap_err();
+    let err = push(&client(), &s, &image, &untagged, &PushOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(matches!(err, RegistryError::InvalidDestination { .. }), "{err:?}");
     let wrong: Reference =
         format!("{}/app@sha256:{}", fake.host(), "2".repeat(64)).parse().unwrap();
-    let err =
-        push(&client(), &s, &image, &wrong, &PushOptions::default(), &NoProgress).unwrap_err();
+    let err = push(&client(), &s, &image, &wrong, &PushOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(matches!(err, RegistryError::InvalidDestination { .. }), "{err:?}");
     assert!(fake.seen().is_empty());
     let by_digest: Reference =
@@ -513,8 +544,8 @@ fn a_registry_that_stops_answering_times_out_instead_of_hanging() {
     let client = client_with(Some(&dir.path().join("none.json")), 1)
         .with_timeout(Duration::from_millis(300));
     let started = std::time::Instant::now();
-    let err =
-        pull(&client, &s, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress).unwrap_err();
+    let err = pull(&client, &s, &at(&fake, "app:v1"), &PullOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(matches!(err, RegistryError::Stalled { .. }), "{err:?}");
     assert!(err.to_string().contains(&fake.host()), "{err}");
@@ -531,9 +562,15 @@ fn a_declined_mount_falls_back_to_uploading_in_the_session_it_opened() {
     push_image(&client(), &s, &image, &at(&fake, "first:v1"));
     // The registry loses the blobs of "first": it declines mounts from there (202).
     fake.with(|st| st.repo_blobs.retain(|(repo, _)| repo != "first"));
-    let report =
-        push(&client(), &s, &image, &at(&fake, "second:v1"), &PushOptions::default(), &NoProgress)
-            .unwrap();
+    let report = push(
+        &client(),
+        &s,
+        &image,
+        &at(&fake, "second:v1"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap();
     assert_eq!((report.uploaded, report.mounted), (2, 0), "{report:?}");
     let seen = fake.seen();
     let posts: Vec<_> = seen
@@ -547,9 +584,15 @@ fn a_declined_mount_falls_back_to_uploading_in_the_session_it_opened() {
     assert_eq!(fake.count("PUT", "/v2/second/blobs/uploads/"), 2);
 
     // Now "second" has them: a third repository mounts from the newest place seen.
-    let report =
-        push(&client(), &s, &image, &at(&fake, "third:v1"), &PushOptions::default(), &NoProgress)
-            .unwrap();
+    let report = push(
+        &client(),
+        &s,
+        &image,
+        &at(&fake, "third:v1"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap();
     assert_eq!(report.mounted, 2, "{report:?}");
     assert!(report
         .blobs
@@ -566,9 +609,15 @@ fn mounts_ask_for_pull_access_to_the_source_repository() {
     let image = small_image(&s, 14, 1);
     let client = client();
     push_image(&client, &s, &image, &at(&fake, "src/app:v1"));
-    let report =
-        push(&client, &s, &image, &at(&fake, "dst/app:v1"), &PushOptions::default(), &NoProgress)
-            .unwrap();
+    let report = push(
+        &client,
+        &s,
+        &image,
+        &at(&fake, "dst/app:v1"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap();
     assert_eq!(report.mounted, 2);
     let tokens = fake.with(|st| st.token_requests.clone());
     assert!(
@@ -590,9 +639,15 @@ fn a_digest_the_registry_rejects_is_not_uploaded_again_and_again() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let err =
-        push(&client(), &s, &image, &at(&fake, "app:v1"), &PushOptions::default(), &NoProgress)
-            .unwrap_err();
+    let err = push(
+        &client(),
+        &s,
+        &image,
+        &at(&fake, "app:v1"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("DIGEST_INVALID"), "{err}");
     assert_eq!(fake.count("PUT", "/blobs/uploads/"), 2, "config and one try of the layer");
     assert!(fake.with(|st| st.manifests.is_empty()), "no manifest without its blobs");
@@ -630,8 +685,15 @@ fn an_upload_that_keeps_breaking_gives_up_and_cancels_its_session() {
     let image = make_image(&s, &[random_bytes(17, 300_000)], "x");
     let client =
         client_with(Some(&dir.path().join("none.json")), 2).with_chunking(100_000, 100_000);
-    let err = push(&client, &s, &image, &at(&fake, "app:v1"), &PushOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err = push(
+        &client,
+        &s,
+        &image,
+        &at(&fake, "app:v1"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
     let layer = image.layer_digests().unwrap()[0];
     assert!(
         matches!(&err, RegistryError::UploadFailed { attempts: 3, digest, .. } if *digest == layer),
@@ -656,7 +718,7 @@ fn a_forbidden_push_names_the_repository_and_stops() {
         &image,
         &at(&fake, "team/locked:v1"),
         &PushOptions { jobs: 1, ..Default::default() },
-        &NoProgress,
+        &NoTransferProgress,
     )
     .unwrap_err();
     assert!(matches!(err, RegistryError::Denied { credentials_sent: false, .. }), "{err:?}");
@@ -691,7 +753,8 @@ fn chunk_boundaries_are_exact_for_every_size() {
     assert!(patches.iter().all(|n| *n > 0 && *n <= 100_000));
     let fresh = store(dir.path(), "b");
     let pulled =
-        pull(&client, &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress).unwrap();
+        pull(&client, &fresh, &at(&fake, "app:v1"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert!(fresh.fsck(false).unwrap().is_clean());
 }
@@ -744,7 +807,7 @@ fn blob_hints_live_in_the_main_store_and_feed_scratch_pulls() {
     let scratch = store(dir.path(), "scratch");
     let gets_before = fake.count("GET", "/blobs/sha256:");
     let pulled =
-        pull(&client, &scratch, &at(&fake, "app:v1"), &PullOptions::default(), &NoProgress)
+        pull(&client, &scratch, &at(&fake, "app:v1"), &PullOptions::default(), &NoTransferProgress)
             .unwrap();
     assert_eq!((pulled.report.present, pulled.report.downloaded), (3, 0), "{:?}", pulled.report);
     assert_eq!(fake.count("GET", "/blobs/sha256:"), gets_before);
@@ -758,7 +821,7 @@ fn blob_hints_live_in_the_main_store_and_feed_scratch_pulls() {
         &pulled.image,
         &at(&fake, "other:v1"),
         &PushOptions::default(),
-        &NoProgress,
+        &NoTransferProgress,
     )
     .unwrap();
     assert_eq!(report.mounted, 3, "{report:?}");

@@ -7,7 +7,8 @@ use common::{
     client, put_image_for, random_bytes, reference, skopeo_stdout, started_registry, tar_layer,
 };
 use strata_registry::{
-    pull, pull_all, push_index, NoProgress, PullOptions, PushOptions, Reference, RegistryError,
+    pull, pull_all, push_index, NoTransferProgress, PullOptions, PushOptions, Reference,
+    RegistryError,
 };
 use strata_store::oci_spec::image::{Descriptor, MediaType};
 use strata_store::Store;
@@ -55,7 +56,8 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
 
     // Two configs, two own layers, one shared layer: five blobs, each uploaded once.
     let report =
-        push_index(&client, &store, &index, &dest, &PushOptions::default(), &NoProgress).unwrap();
+        push_index(&client, &store, &index, &dest, &PushOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!((report.uploaded, report.present, report.mounted), (5, 0, 0), "{report:?}");
     assert_eq!(report.manifest, Some(index));
     assert_eq!(reg.uploads("multi/app").len(), 5, "{}", reg.log());
@@ -71,7 +73,8 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
     }
     // Again: everything is there (the manifests are re-put, which is idempotent).
     let again =
-        push_index(&client, &store, &index, &dest, &PushOptions::default(), &NoProgress).unwrap();
+        push_index(&client, &store, &index, &dest, &PushOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!((again.uploaded, again.present), (0, 5), "{again:?}");
 
     if common::have_tool("skopeo") {
@@ -89,7 +92,8 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
     // pull_all into a fresh store: same index digest, both children, every blob, fsck clean.
     let fresh = Store::init(dir.path().join("b")).unwrap();
     let pulled =
-        pull_all(&client, &fresh, &dest, None, &PullOptions::default(), &NoProgress).unwrap();
+        pull_all(&client, &fresh, &dest, None, &PullOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!(Digest::try_from(pulled.descriptor.digest()).unwrap(), index);
     assert_eq!(pulled.descriptor.media_type(), &MediaType::ImageIndex);
     let want: Vec<Digest> = children.iter().map(|(_, d)| *d).collect();
@@ -108,14 +112,16 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
     assert!(fsck.is_clean(), "{fsck:?}");
     // Again: nothing moves.
     let twice =
-        pull_all(&client, &fresh, &dest, None, &PullOptions::default(), &NoProgress).unwrap();
+        pull_all(&client, &fresh, &dest, None, &PullOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!((twice.report.present, twice.report.downloaded), (5, 0));
 
     // The ordinary pull of the same tag still resolves the index to the host's platform.
     let host = Platform::host();
     if let Some((_, want)) = children.iter().find(|(arch, _)| *arch == host.architecture) {
         let single = Store::init(dir.path().join("c")).unwrap();
-        let one = pull(&client, &single, &dest, &PullOptions::default(), &NoProgress).unwrap();
+        let one =
+            pull(&client, &single, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
         assert_eq!(one.image.digest().unwrap(), *want);
         assert_eq!(one.source_digest, index);
         assert_eq!(one.image.config.architecture().to_string(), host.architecture);
@@ -127,11 +133,13 @@ fn pushed_index_keeps_its_digest_and_pull_all_brings_every_platform_back() {
     // To another repository of the same registry: blobs are mounted, the digest is kept.
     let other = reference(&reg, "mirror:v1");
     let mounted =
-        push_index(&client, &fresh, &index, &other, &PushOptions::default(), &NoProgress).unwrap();
+        push_index(&client, &fresh, &index, &other, &PushOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!((mounted.mounted, mounted.uploaded), (5, 0), "{mounted:?}");
     let back = Store::init(dir.path().join("d")).unwrap();
     let named =
-        pull_all(&client, &back, &other, Some("v1"), &PullOptions::default(), &NoProgress).unwrap();
+        pull_all(&client, &back, &other, Some("v1"), &PullOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!(Digest::try_from(named.descriptor.digest()).unwrap(), index);
     assert_eq!(Digest::try_from(back.resolve("v1").unwrap().digest()).unwrap(), index);
 }
@@ -144,26 +152,29 @@ fn index_push_checks_the_destination_and_dry_runs_write_nothing() {
 
     let wrong: Reference =
         format!("{}/app@{}", reg.host(), Digest::of_bytes(b"other")).parse().unwrap();
-    let err = push_index(&client, &store, &index, &wrong, &PushOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        push_index(&client, &store, &index, &wrong, &PushOptions::default(), &NoTransferProgress)
+            .unwrap_err();
     assert!(matches!(err, RegistryError::InvalidDestination { .. }), "{err}");
 
     let dest = reference(&reg, "app:v1");
     let dry = PushOptions { dry_run: true, ..Default::default() };
-    let plan = push_index(&client, &store, &index, &dest, &dry, &NoProgress).unwrap();
+    let plan = push_index(&client, &store, &index, &dest, &dry, &NoTransferProgress).unwrap();
     assert!(plan.dry_run);
     assert_eq!((plan.uploaded, plan.bytes > 0), (5, true), "{plan:?}");
     assert!(reg.uploads("app").is_empty());
-    let err =
-        pull_all(&client, &store, &dest, None, &PullOptions::default(), &NoProgress).unwrap_err();
+    let err = pull_all(&client, &store, &dest, None, &PullOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(matches!(err, RegistryError::ManifestNotFound { .. }), "{err}");
 
     // By digest, the index lands and a by-digest pull_all finds it.
     let by_digest: Reference = format!("{}/app@{index}", reg.host()).parse().unwrap();
-    push_index(&client, &store, &index, &by_digest, &PushOptions::default(), &NoProgress).unwrap();
+    push_index(&client, &store, &index, &by_digest, &PushOptions::default(), &NoTransferProgress)
+        .unwrap();
     let fresh = Store::init(dir.path().join("b")).unwrap();
     let pulled =
-        pull_all(&client, &fresh, &by_digest, None, &PullOptions::default(), &NoProgress).unwrap();
+        pull_all(&client, &fresh, &by_digest, None, &PullOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!(pulled.manifests.len(), 2);
     assert!(fresh.fsck(false).unwrap().is_clean());
 }

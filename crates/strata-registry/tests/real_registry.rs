@@ -8,7 +8,7 @@ use common::{
     tar_layer, Recorder,
 };
 use strata_registry::{
-    pull, push, BlobOutcome, Client, ClientOptions, NoProgress, PullOptions, PushOptions,
+    pull, push, BlobOutcome, Client, ClientOptions, NoTransferProgress, PullOptions, PushOptions,
     Reference, RegistryError, TransferEvent,
 };
 use strata_store::Store;
@@ -21,20 +21,21 @@ fn push_pull_round_trip_skips_present_and_mounts_across_repositories() {
     let dest = reference(&reg, "team/app:v1");
 
     let report =
-        push(&client, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+        push(&client, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!((report.uploaded, report.present, report.mounted), (4, 0, 0), "{report:?}");
     assert_eq!(report.manifest, Some(image.digest().unwrap()));
     assert_eq!(reg.uploads("team/app").len(), 4, "{}", reg.log());
 
     // Second push: everything is there.
-    let again = push(&client, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    let again =
+        push(&client, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!((again.uploaded, again.present, again.bytes), (0, 4, 0), "{again:?}");
     assert_eq!(reg.uploads("team/app").len(), 4);
 
     // Dry run to another repository predicts mounts and writes nothing.
     let other = reference(&reg, "other:v1");
     let dry = PushOptions { dry_run: true, ..Default::default() };
-    let predicted = push(&client, &store, &image, &other, &dry, &NoProgress).unwrap();
+    let predicted = push(&client, &store, &image, &other, &dry, &NoTransferProgress).unwrap();
     assert!(predicted.dry_run);
     assert_eq!(predicted.mounted, 4, "{predicted:?}");
     assert!(reg.mounts("other").is_empty());
@@ -53,7 +54,8 @@ fn push_pull_round_trip_skips_present_and_mounts_across_repositories() {
 
     // Pull into a fresh store: same manifest digest, tagged with the full reference, fsck clean.
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let pulled = pull(&client, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled =
+        pull(&client, &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert_eq!(pulled.source_digest, image.digest().unwrap());
     assert_eq!(pulled.report.downloaded, 4);
@@ -63,13 +65,13 @@ fn push_pull_round_trip_skips_present_and_mounts_across_repositories() {
     );
     assert!(fresh.fsck(false).unwrap().is_clean());
     // Pull again: nothing moves.
-    let twice = pull(&client, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    let twice = pull(&client, &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!((twice.report.present, twice.report.downloaded), (4, 0));
     // By digest, too.
     let by_digest: Reference =
         format!("{}/team/app@{}", reg.host(), image.digest().unwrap()).parse().unwrap();
     let third = Store::init(dir.path().join("c")).unwrap();
-    pull(&client, &third, &by_digest, &PullOptions::default(), &NoProgress).unwrap();
+    pull(&client, &third, &by_digest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert!(third.load_image(&by_digest.to_string()).is_ok());
 }
 
@@ -82,11 +84,12 @@ fn chunked_push_of_a_large_layer_round_trips() {
     let client = client().with_chunking(1 << 20, 1 << 20);
     let dest = reference(&reg, "big:v1");
     let report =
-        push(&client, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+        push(&client, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(report.uploaded, 2);
     assert_eq!(reg.patches("big").len(), 4, "{}", reg.log());
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let pulled = pull(&client, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled =
+        pull(&client, &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert!(fresh.fsck(false).unwrap().is_clean());
 }
@@ -100,15 +103,21 @@ fn missing_manifest_and_unreachable_registry_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(dir.path()).unwrap();
     let client = client();
-    let err =
-        pull(&client, &store, &reference(&reg, "nope:v1"), &PullOptions::default(), &NoProgress)
-            .unwrap_err();
+    let err = pull(
+        &client,
+        &store,
+        &reference(&reg, "nope:v1"),
+        &PullOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
     assert!(matches!(err, RegistryError::ManifestNotFound { .. }), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
     let host = reg.host();
     drop(reg);
     let gone: Reference = format!("{host}/app:v1").parse().unwrap();
-    let err = pull(&client, &store, &gone, &PullOptions::default(), &NoProgress).unwrap_err();
+    let err =
+        pull(&client, &store, &gone, &PullOptions::default(), &NoTransferProgress).unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
     assert!(err.to_string().contains(&host), "{err}");
     assert!(store.tags().unwrap().is_empty());
@@ -137,27 +146,35 @@ fn htpasswd_basic_auth_good_and_bad_passwords() {
     })
     .unwrap();
 
-    let err =
-        push(&anonymous, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap_err();
+    let err = push(&anonymous, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: false, .. }), "{err}");
-    let err =
-        push(&with("tester", "bad"), &store, &image, &dest, &PushOptions::default(), &NoProgress)
-            .unwrap_err();
+    let err = push(
+        &with("tester", "bad"),
+        &store,
+        &image,
+        &dest,
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { credentials_sent: true, .. }), "{err}");
     assert!(err.to_string().contains(&reg.host()) && err.to_string().contains("private"), "{err}");
     assert!(anonymous.check_login(&reg.host(), "tester", "bad").is_err());
     anonymous.check_login(&reg.host(), "tester", "good pw").unwrap();
 
     let good = with("tester", "good pw");
-    let report = push(&good, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    let report =
+        push(&good, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(report.uploaded, 3);
 
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let err = pull(&with("tester", "bad"), &fresh, &dest, &PullOptions::default(), &NoProgress)
-        .unwrap_err();
+    let err =
+        pull(&with("tester", "bad"), &fresh, &dest, &PullOptions::default(), &NoTransferProgress)
+            .unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err}");
     assert!(fresh.tags().unwrap().is_empty() && fresh.list_blobs().unwrap().is_empty());
-    let pulled = pull(&good, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled = pull(&good, &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
 }
 
@@ -166,7 +183,7 @@ fn a_blob_corrupted_on_the_registrys_disk_is_refused_on_pull() {
     let Some((reg, dir, store)) = started_registry() else { return };
     let image = small_image(&store, 31, 2);
     let dest = reference(&reg, "app:v1");
-    push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    push(&client(), &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
 
     let victim = image.layer_digests().unwrap()[1];
     let path = reg.blob_data_path(&victim.to_string());
@@ -176,7 +193,8 @@ fn a_blob_corrupted_on_the_registrys_disk_is_refused_on_pull() {
     std::fs::write(&path, bytes).unwrap();
 
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let err = pull(&client(), &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap_err();
+    let err =
+        pull(&client(), &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap_err();
     assert!(
         matches!(err, RegistryError::DigestMismatch { expected, .. } if expected == victim),
         "{err:?}"
@@ -231,14 +249,15 @@ fn a_registry_killed_mid_push_then_restarted_takes_the_next_push() {
 
     reg.restart();
     let report =
-        push(&client, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+        push(&client, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(report.manifest, Some(image.digest().unwrap()));
     assert!(report
         .blobs
         .iter()
         .any(|b| b.digest == big_digest && b.outcome == BlobOutcome::Uploaded));
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let pulled = pull(&client, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled =
+        pull(&client, &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert!(fresh.fsck(false).unwrap().is_clean());
 }
@@ -254,7 +273,7 @@ fn skopeo_reads_what_we_push_and_we_pull_what_skopeo_pushes() {
     let image = small_image(&store, 51, 2);
     let digest = image.digest().unwrap();
     let dest = reference(&reg, "ours:v1");
-    push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    push(&client(), &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
 
     let docker_ref = format!("docker://{dest}");
     let inspected = skopeo_ok(&["inspect", "--tls-verify=false", &docker_ref]);
@@ -277,7 +296,8 @@ fn skopeo_reads_what_we_push_and_we_pull_what_skopeo_pushes() {
     let src = format!("oci:{}:sk:v1", store.root().display());
     skopeo_ok(&["copy", "--dest-tls-verify=false", &src, &format!("docker://{theirs}")]);
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let pulled = pull(&client(), &fresh, &theirs, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled =
+        pull(&client(), &fresh, &theirs, &PullOptions::default(), &NoTransferProgress).unwrap();
     let manifest_bytes = fresh.read_blob(&pulled.image.digest().unwrap()).unwrap();
     assert!(!manifest_bytes.is_empty());
     assert_eq!(pulled.image.layer_digests().unwrap(), image.layer_digests().unwrap());
@@ -310,8 +330,8 @@ fn non_loopback_registries_get_https_unless_listed_as_insecure() {
 
     // Not listed: the client speaks TLS to a plain-HTTP server and fails, quickly and clearly.
     let started = std::time::Instant::now();
-    let err =
-        push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap_err();
+    let err = push(&client(), &store, &image, &dest, &PushOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
     assert!(err.to_string().contains("insecure"), "the error says what to do: {err}");
     let text = format!("{err}");
@@ -327,16 +347,17 @@ fn non_loopback_registries_get_https_unless_listed_as_insecure() {
         ..Default::default()
     })
     .unwrap();
-    push(&insecure, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+    push(&insecure, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress).unwrap();
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let pulled = pull(&insecure, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled =
+        pull(&insecure, &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
 
     // `*` lists every registry.
     let everything =
         Client::new(ClientOptions { insecure: vec!["*".into()], ..Default::default() }).unwrap();
     let again = Store::init(dir.path().join("c")).unwrap();
-    pull(&everything, &again, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    pull(&everything, &again, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
 }
 
 #[test]
@@ -355,8 +376,8 @@ fn https_registries_are_verified_against_trusted_roots() {
     let dest = reference(&reg, "secure:v1");
 
     // The test CA is not trusted by default: a TLS error naming the registry, not retried.
-    let err =
-        push(&client(), &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap_err();
+    let err = push(&client(), &store, &image, &dest, &PushOptions::default(), &NoTransferProgress)
+        .unwrap_err();
     assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
     assert!(err.to_string().contains(&reg.host()), "{err}");
     let chain = format!("{:?}", std::error::Error::source(&err));
@@ -365,10 +386,12 @@ fn https_registries_are_verified_against_trusted_roots() {
     // Trusting it: push and pull over HTTPS.
     let trusting = client().with_ca_file(&reg.ca_path()).unwrap();
     let report =
-        push(&trusting, &store, &image, &dest, &PushOptions::default(), &NoProgress).unwrap();
+        push(&trusting, &store, &image, &dest, &PushOptions::default(), &NoTransferProgress)
+            .unwrap();
     assert_eq!(report.uploaded, 3);
     let fresh = Store::init(dir.path().join("b")).unwrap();
-    let pulled = pull(&trusting, &fresh, &dest, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled =
+        pull(&trusting, &fresh, &dest, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
     assert_eq!(reg.uploads("secure").len(), 3, "{}", reg.log());
 
@@ -378,9 +401,10 @@ fn https_registries_are_verified_against_trusted_roots() {
         Client::new(ClientOptions { insecure: vec![reg.host()], retries: 1, ..Default::default() })
             .unwrap();
     let other = reference(&reg, "unverified:v1");
-    push(&insecure, &store, &image, &other, &PushOptions::default(), &NoProgress).unwrap();
+    push(&insecure, &store, &image, &other, &PushOptions::default(), &NoTransferProgress).unwrap();
     let third = Store::init(dir.path().join("c")).unwrap();
-    let pulled = pull(&insecure, &third, &other, &PullOptions::default(), &NoProgress).unwrap();
+    let pulled =
+        pull(&insecure, &third, &other, &PullOptions::default(), &NoTransferProgress).unwrap();
     assert_eq!(pulled.image.digest().unwrap(), image.digest().unwrap());
 
     // A file without certificates is refused with its path.

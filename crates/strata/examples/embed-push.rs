@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use strata::image::{copy, CopyOptions};
-use strata::registry::{Client, ClientOptions, NoProgress};
+use strata::registry::{Client, ClientOptions, NoTransferProgress};
 use strata::store::Store;
 use strata::types::ImageLocation;
 
@@ -35,7 +35,7 @@ fn run(store: &str, image: &str, dest: &str) -> Result<(), Box<dyn std::error::E
     // The store as blob hints: where blobs were seen is remembered, so later pushes to
     // another repository of the same registry mount instead of uploading.
     let client = Client::new(ClientOptions::default())?.with_blob_hints(store.clone());
-    let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoProgress)?;
+    let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoTransferProgress)?;
     let report = outcome.transfer.ok_or("not a registry destination")?;
     println!("manifest {}", outcome.manifest);
     println!(

@@ -59,7 +59,7 @@
 //!
 //! ```no_run
 //! use strata::image::{copy, CopyOptions};
-//! use strata::registry::{Client, ClientOptions, NoProgress};
+//! use strata::registry::{Client, ClientOptions, NoTransferProgress};
 //! use strata::store::Store;
 //! use strata::types::ImageLocation;
 //!
@@ -67,7 +67,7 @@
 //! let client = Client::new(ClientOptions::default())?.with_blob_hints(store.clone());
 //! let src: ImageLocation = "app:v2".parse()?;
 //! let dst: ImageLocation = "docker://registry.example/team/app:v2".parse()?;
-//! let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoProgress)?;
+//! let outcome = copy(&client, &store, &src, &dst, &CopyOptions::default(), &NoTransferProgress)?;
 //! println!("{} blobs uploaded", outcome.transfer.map_or(0, |t| t.uploaded));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -12,7 +12,7 @@ use strata::diff::{
     LsOptions, Sections, StoredImage,
 };
 use strata::image::{self, OpenedImage};
-use strata::registry::{Client, NoProgress};
+use strata::registry::{Client, NoTransferProgress};
 use strata::types::ImageLocation;
 
 use super::registry::RegistryArgs;
@@ -58,8 +58,9 @@ pub fn open_image(
     if let Some(local) = held {
         client = client.with_blob_hints(local.clone());
     }
-    let (opened, _) = image::open(&client, held, &ImageLocation::Registry(reference), &NoProgress)
-        .with_context(|| format!("cannot pull {name}"))?;
+    let (opened, _) =
+        image::open(&client, held, &ImageLocation::Registry(reference), &NoTransferProgress)
+            .with_context(|| format!("cannot pull {name}"))?;
     Ok(opened)
 }
 
