@@ -225,7 +225,8 @@ impl<'a> Builder<'a> {
         BuildError::Step {
             stage: self.stage_label(stage),
             line,
-            instruction: text.to_string(),
+            // A 1 MB line is named, not echoed.
+            instruction: strata_types::elide(text, 200).into_owned(),
             source: Box::new(e),
         }
     }

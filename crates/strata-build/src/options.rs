@@ -323,8 +323,11 @@ pub(crate) fn read_recipe(opts: &BuildOptions) -> Result<String> {
     if let Some(text) = &opts.recipe {
         return Ok(text.clone());
     }
-    match std::fs::read_to_string(&opts.recipe_path) {
-        Ok(s) => Ok(s),
+    match std::fs::read(&opts.recipe_path) {
+        Ok(bytes) => strata_recipe::decode(bytes).map_err(|source| BuildError::Parse {
+            path: opts.recipe_path.clone(),
+            source: Box::new(source),
+        }),
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
                 && opts.recipe_path == default_recipe_path(&opts.context) =>

@@ -87,3 +87,24 @@ fn required_variable_unset_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("REQUIRED: must be set"));
 }
+
+#[test]
+fn encoding_errors_have_a_line_and_column_and_long_lines_are_elided() {
+    // Issue 15 point 9: a non-UTF-8 recipe names where; a 100 kB offending line is not echoed.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), b"FROM scratch\nLABEL a=\xff\xfe\n").unwrap();
+    for cmd in [&["parse"][..], &["build", "--store", "s"][..]] {
+        let mut args = cmd.to_vec();
+        args.push(".");
+        let out = strata(&args, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not UTF-8") && err.contains("Dockerfile:2:9"), "{args:?}: {err}");
+    }
+    let long = format!("FROM scratch\nCOPY --bogus={} a b\n", "x".repeat(100_000));
+    std::fs::write(dir.path().join("Dockerfile"), long).unwrap();
+    let out = strata(&["parse", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.len() < 1_000, "{} bytes of error", out.stderr.len());
+    assert!(String::from_utf8_lossy(&out.stderr).contains('…'));
+}

@@ -104,6 +104,11 @@ pub enum ParseErrorKind {
     },
     /// The recipe has no `FROM`, or an instruction other than `ARG` comes before the first `FROM`.
     NoStages,
+    /// The recipe is not UTF-8 text; the span is the first byte that is not.
+    InvalidUtf8 {
+        /// That byte.
+        byte: u8,
+    },
     /// An instruction other than `ARG` appears before the first `FROM`.
     InstructionBeforeFrom {
         /// The instruction, upper case.
@@ -178,6 +183,9 @@ impl fmt::Display for ParseErrorKind {
                 write!(f, "{trigger} isn't allowed as an ONBUILD trigger")
             }
             NoStages => write!(f, "the recipe has no build stage: it needs a FROM instruction"),
+            InvalidUtf8 { byte } => {
+                write!(f, "the recipe is not UTF-8 text: byte 0x{byte:02x} is not valid here")
+            }
             InstructionBeforeFrom { instruction } => {
                 write!(f, "{instruction} before the first FROM: only ARG may come first")
             }
@@ -257,9 +265,12 @@ impl ParseError {
     }
 }
 
+/// How much of the offending input an error shows (the rest is elided, issue 15 point 9).
+const SHOWN: usize = 200;
+
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
+        write!(f, "{}", strata_types::elide(&self.kind.to_string(), SHOWN))?;
         let file = self.file().unwrap_or("Dockerfile");
         if self.span.line == 0 {
             return write!(f, "\n --> {file}");
@@ -268,12 +279,30 @@ impl fmt::Display for ParseError {
         if let Some(text) = self.line_text() {
             let num = self.span.line.to_string();
             let pad = " ".repeat(num.len());
-            let lead: String = text
-                .chars()
-                .take(self.span.column.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
+            // A long line shows a window of SHOWN characters around the column.
+            let chars: Vec<char> = text.chars().collect();
+            let col = self.span.column.saturating_sub(1).min(chars.len());
+            let start = col.saturating_sub(SHOWN / 2).min(chars.len().saturating_sub(SHOWN));
+            let end = (start + SHOWN).min(chars.len());
+            let (open, close) =
+                (if start > 0 { "…" } else { "" }, if end < chars.len() { "…" } else { "" });
+            let shown: String = chars[start..end].iter().collect();
+            let lead: String = std::iter::once(open)
+                .map(|o| " ".repeat(o.chars().count()))
+                .chain(chars[start..col].iter().map(|c| {
+                    if *c == '\t' {
+                        "\t".to_string()
+                    } else {
+                        " ".to_string()
+                    }
+                }))
                 .collect();
-            write!(f, "\n{pad} |\n{num} | {text}\n{pad} | {lead}{}", "^".repeat(self.len))?;
+            let carets = self.len.min(SHOWN);
+            write!(
+                f,
+                "\n{pad} |\n{num} | {open}{shown}{close}\n{pad} | {lead}{}",
+                "^".repeat(carets)
+            )?;
         }
         Ok(())
     }

@@ -30,6 +30,19 @@ pub use error::{ParseError, ParseErrorKind, Span};
 pub use instruction::{Command, CopySpec, Instruction, KeyValue, Mount, MountType, Source};
 pub use stage::{parse, Base, BuildArgs, ExpandedStage, Plan, Recipe, Scope, Stage, Step};
 
+/// A recipe file's bytes as text: UTF-8 (a leading byte-order mark is the parser's to skip),
+/// or an error at the line and column of the first byte that is not.
+pub fn decode(bytes: Vec<u8>) -> Result<String, ParseError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let valid = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+        let line = valid.matches('\n').count() + 1;
+        let column = valid.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        ParseError::new(ParseErrorKind::InvalidUtf8 { byte: bytes[at] }, Span { line, column })
+    })
+}
+
 /// Splits recipe text into its syntax tree (first layer only: no variable expansion, no
 /// semantic checks beyond what BuildKit's parser itself rejects).
 pub fn parse_ast(src: &str) -> Result<Ast, ParseError> {

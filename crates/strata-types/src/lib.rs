@@ -24,4 +24,4 @@ pub use location::{ImageLocation, LocationError};
 pub use media::*;
 pub use platform::{Platform, PlatformParseError};
 pub use reference::{Reference, ReferenceError, ReferenceErrorKind, DEFAULT_TAG};
-pub use report::chain;
+pub use report::{chain, elide};

@@ -77,9 +77,10 @@ pub fn locate_recipe(file: Option<&Path>, context: &Path) -> anyhow::Result<Path
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = locate_recipe(args.file.as_deref(), &args.context)?;
-    let src = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read recipe {}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("cannot read recipe {}", path.display()))?;
     let name = path.display().to_string();
+    let src = recipe::decode(bytes).map_err(|e| e.with_source(name.clone(), ""))?;
     let build_args: BuildArgs = super::parse_key_values(&args.build_args).into_iter().collect();
     let located = |e: ParseError| e.with_source(name.clone(), &src);
     let parsed = recipe::parse(&src).map_err(located)?;
