@@ -88,12 +88,16 @@ pub use options::{
     default_recipe_path, BuildOptions, BuildOutput, ExtraHost, Network, PullPolicy, RunRootfs,
     SecretSource, SecretSpec, StepReport,
 };
-pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
+pub use progress::{
+    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, EVENT_VERSION,
+};
 pub use strata_layer::Compression;
 pub use strata_recipe::BuildArgs;
 pub use strata_recipe::CheckReport;
 /// strata-sandbox, whose request and outcome types a [`StepRunner`] speaks.
 pub use strata_sandbox as sandbox;
+/// Cancels a build ([`BuildOptions::cancel`]) or a single sandboxed run.
+pub use strata_sandbox::CancelToken;
 
 /// Builds the recipe of `opts` into `store`, tags the result with every `opts.tags` entry, and
 /// returns it. On error nothing is tagged (blobs already written stay until `gc`).
@@ -144,6 +148,10 @@ pub fn build_with(
         let rules = checks.rules_violated().into_iter().map(str::to_string).collect();
         return Err(BuildError::CheckFailed { rules });
     }
+    progress.event(&BuildEvent::BuildStart {
+        stages: plan.order.len(),
+        steps: plan.order.iter().map(|&i| plan.stages[i].steps.len()).sum(),
+    });
     let builder = executor::Builder {
         io: executor::Io { store, opts, progress, runner, images },
         stages: executor::Stages { recipe: &recipe, plan: &plan, ignore, no_cache_stages },
@@ -163,6 +171,10 @@ pub fn build_with(
     // Digests learnt are valid whether or not the build succeeded.
     builder.cache.hashes.save();
     built?;
+    // A cancel that came while the last step finished still tags nothing.
+    if opts.cancel.is_cancelled() {
+        return Err(BuildError::Cancelled);
+    }
     let mut state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
     state.run.labels.extend(opts.labels.clone());
     let config = state.to_config(opts.timestamp)?;

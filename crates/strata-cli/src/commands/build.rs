@@ -211,7 +211,7 @@ impl ProgressSink for PlainProgress {
         let mut err = std::io::stderr().lock();
         let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
         let _ = match e {
-            BuildEvent::StageStart { stage, name, base } => {
+            BuildEvent::StageStart { stage, name, base, .. } => {
                 let name = name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
                 writeln!(err, "=> stage {stage}{name} FROM {base}")
             }
