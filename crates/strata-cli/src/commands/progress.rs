@@ -558,7 +558,7 @@ mod tests {
     fn step_lines_fit_the_width_and_keep_the_counters() {
         let view = TtyProgress {
             start: Instant::now(),
-            width: 40,
+            width: 60,
             height: 10,
             state: Mutex::new(TtyState::default()),
             stop: AtomicBool::new(true),
@@ -568,6 +568,13 @@ mod tests {
         let long = "COPY ".to_string() + &"x".repeat(100) + " /dst/";
         for e in [
             BuildEvent::BuildStart { stages: 1, steps: 2 },
+            BuildEvent::StageStart {
+                stage: 0,
+                name: Some("build".into()),
+                base: "scratch".into(),
+                steps: 2,
+                onbuild_steps: 0,
+            },
             BuildEvent::StepStart { stage: 0, step: 0, line: 2, text: long },
             BuildEvent::CopyStaged { stage: 0, step: 0, files: 3, bytes: 1200 },
         ] {
@@ -576,7 +583,8 @@ mod tests {
         let frame = view.frame(&state);
         assert!(frame[0].starts_with("[+] Building "), "{frame:?}");
         assert!(frame[0].ends_with("(0/2)"), "{frame:?}");
-        assert_eq!(frame[1].chars().count(), 40, "{frame:?}");
-        assert!(frame[1].contains("3 files, 1.2kB"), "{frame:?}");
+        assert_eq!(frame[1].chars().count(), 60, "{frame:?}");
+        assert!(frame[1].starts_with(" => [build 1/2] COPY xxx"), "{frame:?}");
+        assert!(frame[1].ends_with("3 files, 1.200kB  0.0s"), "{frame:?}");
     }
 }
