@@ -62,6 +62,11 @@ fn tty_view_shows_header_and_counters_within_the_pane_width() {
         "one summary line per stage, with the COPY counters: {screen}"
     );
     assert!(!screen.contains("build report"), "no step report in tty mode: {screen}");
+    let built = screen.lines().find(|l| l.starts_with("built sha256:")).expect(&screen);
+    assert!(
+        built.contains("2 written (") && built.ends_with("B)"),
+        "the closing counts fit the pane: {screen}"
+    );
     for line in screen.lines() {
         assert!(line.chars().count() <= 100, "line wider than the pane: {line:?}\n{screen}");
     }

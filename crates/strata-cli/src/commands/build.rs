@@ -150,16 +150,19 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     };
     display.finish(Finish::Built(&out))?;
     if mode != "json" {
-        display.line(&format!(
-            "built {} in {:.1}s: {} steps, {} layers reused, {} written, {} bytes written ({})",
-            out.manifest.digest(),
-            started.elapsed().as_secs_f64(),
-            out.steps.len(),
-            out.layers_reused,
-            out.layers_written,
-            out.bytes_written,
-            human(out.bytes_written)
-        ))?;
+        let digest = out.manifest.digest().to_string();
+        let secs = started.elapsed().as_secs_f64();
+        let (steps, reused, written) = (out.steps.len(), out.layers_reused, out.layers_written);
+        let size = human(out.bytes_written);
+        display.line(&if mode == "tty" {
+            // Cut to the terminal: the image ID as `images` shows it keeps the counts on
+            // screen (the full digest is on stdout).
+            let id = &digest[..digest.len().min(19)];
+            format!("built {id} in {secs:.1}s: {steps} steps, {reused} layers reused, {written} written ({size})")
+        } else {
+            let bytes = out.bytes_written;
+            format!("built {digest} in {secs:.1}s: {steps} steps, {reused} layers reused, {written} written, {bytes} bytes written ({size})")
+        })?;
         for t in &opts.tags {
             display.line(&format!("tagged {t}"))?;
         }
