@@ -12,6 +12,12 @@
 //! [`Store::put_image`](strata_store::Store::put_image) and tagged only once every step has
 //! succeeded. Progress is reported as typed events to a [`ProgressSink`]; nothing is printed.
 //!
+//! A build can be stopped from another thread through [`BuildOptions::cancel`] (the CLI's
+//! Ctrl-C handler does this): it is checked before every step and once more before tagging,
+//! and a running RUN is killed with its whole pid namespace, so the build ends promptly with
+//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or a
+//! layer write in progress finishes its step first.
+//!
 //! Rebuilds are incremental: every RUN, COPY, ADD and directory-creating WORKDIR has a cache
 //! key computed from content (the parent chain's diffIDs, the expanded instruction, what it can
 //! see, and for context sources a digest of their paths, modes, link targets and bytes; see
