@@ -249,3 +249,50 @@ fn a_build_stopped_by_sigterm_tags_nothing() {
     let listed = String::from_utf8_lossy(&images.stdout);
     assert!(!listed.contains("cancel"), "{listed}");
 }
+
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    // A COPY of a 16 GB sparse file: reading it for the cache key takes far longer than this
+    // test waits, and a COPY finishes its step before a first Ctrl-C takes effect.
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::File::create(ctx.join("big")).unwrap().set_len(16 << 30).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY big /big\n").unwrap();
+    let mut child = Command::new(STRATA)
+        .arg("--store")
+        .arg(tmp.path().join("store"))
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("COPY big /big") {
+        assert!(stderr.read_line(&mut log).unwrap() > 0, "build ended early:\n{log}");
+    }
+    let pid = child.id().to_string();
+    let interrupt =
+        || assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    interrupt();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the COPY should still be running:\n{log}");
+    let second = Instant::now();
+    interrupt();
+    let deadline = second + Duration::from_secs(10);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second Ctrl-C did not exit at once:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+    assert_eq!(code, Some(130), "{log}");
+    assert_eq!(log.matches("cancelled").count(), 1, "{log}");
+}
