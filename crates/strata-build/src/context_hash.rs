@@ -255,6 +255,13 @@ pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
+/// Regular files and their bytes, as counted for progress events.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FileCount {
+    pub files: u64,
+    pub bytes: u64,
+}
+
 /// How to digest one source tree.
 pub(crate) struct SourceWalk<'a> {
     /// `.dockerignore` (context-relative paths); `None` sees everything.
@@ -279,7 +286,14 @@ struct Record {
 
 impl SourceWalk<'_> {
     /// The digest of the tree at `real` (context-relative path `rel`, for `.dockerignore`).
-    pub fn digest(&self, hashes: &ContextHashes, real: &Path, rel: &Path) -> Result<Digest> {
+    /// The regular files walked are added to `count`.
+    pub fn digest(
+        &self,
+        hashes: &ContextHashes,
+        real: &Path,
+        rel: &Path,
+        count: &mut FileCount,
+    ) -> Result<Digest> {
         let md = fs::symlink_metadata(real).map_err(|e| BuildError::io("lstat", real, e))?;
         let mut records = Vec::new();
         let mut files = Vec::new();
@@ -289,6 +303,8 @@ impl SourceWalk<'_> {
             self.walk(real, rel, Path::new(""), &mut records, &mut files)?;
         }
         let digests = hashes.digests(&files)?;
+        count.files += files.len() as u64;
+        count.bytes += files.iter().map(|(_, md)| md.size()).sum::<u64>();
         let mut h = Sha256::new();
         h.update(b"source-v1\0");
         // First path of each multiply-linked inode, in walk order (as the copy stages them).

@@ -34,7 +34,7 @@ use sha2::Digest as _;
 use strata_recipe::{Chmod, CopySpec, DockerIgnore, Source};
 use strata_types::Digest;
 
-use crate::context_hash::{hash_file, ContextHashes, SourceWalk};
+use crate::context_hash::{hash_file, ContextHashes, FileCount, SourceWalk};
 use crate::error::{BuildError, Result};
 use crate::rootfs::{resolve_owner, set_mode};
 use strata_layer::overlay::{normalize, MergedView};
@@ -123,6 +123,7 @@ pub(crate) fn source_inputs(
     hashes: &ContextHashes,
     epoch: i64,
     fetched: &mut Fetched,
+    count: &mut FileCount,
 ) -> Result<serde_json::Value> {
     let exclude = parse_exclude(spec)?;
     let walk = SourceWalk {
@@ -139,7 +140,7 @@ pub(crate) fn source_inputs(
             Source::Path { path } if tree.ignore.is_some() => {
                 let mut matches = Vec::new();
                 for item in expand_path(tree, path, spec, env)? {
-                    let digest = walk.digest(hashes, &item.real, &item.rel)?;
+                    let digest = walk.digest(hashes, &item.real, &item.rel, count)?;
                     matches.push(serde_json::json!({
                         "rel": item.rel.to_string_lossy(),
                         "name": item.name.to_string_lossy(),

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use strata_image::{ImageError, Resolved};
-use strata_sandbox::{RunOutcome, RunRequest, SandboxError, Stream};
+use strata_sandbox::{CancelToken, RunOutcome, RunRequest, SandboxError, Stream};
 use strata_store::{Image, Store, StoreError};
 use strata_types::ImageLocation;
 
@@ -29,10 +29,12 @@ pub trait StepRunner: Sync {
     fn overlay_supported(&self, scratch: &Path) -> bool;
 
     /// Runs `req`, handing each output line to `on_line`; a non-zero exit is in the outcome,
-    /// not an error.
+    /// not an error. Once `cancel` is cancelled the runner stops the command and everything
+    /// it started, and returns [`SandboxError::Cancelled`].
     fn run(
         &self,
         req: &RunRequest,
+        cancel: &CancelToken,
         on_line: &mut dyn FnMut(Stream, &str),
     ) -> std::result::Result<RunOutcome, SandboxError>;
 }
@@ -49,9 +51,10 @@ impl StepRunner for SandboxRunner {
     fn run(
         &self,
         req: &RunRequest,
+        cancel: &CancelToken,
         on_line: &mut dyn FnMut(Stream, &str),
     ) -> std::result::Result<RunOutcome, SandboxError> {
-        strata_sandbox::run(req, on_line)
+        strata_sandbox::run_cancellable(req, on_line, cancel)
     }
 }
 

@@ -292,6 +292,10 @@ pub enum BuildError {
         /// The value given.
         output: String,
     },
+    /// The build was cancelled through [`BuildOptions::cancel`](crate::BuildOptions::cancel):
+    /// a running RUN's processes were killed, its scratch space removed, nothing tagged.
+    #[error("build cancelled")]
+    Cancelled,
     /// A step failed; `source` says why.
     #[error("stage {stage}, line {line}: {instruction}")]
     Step {

@@ -24,7 +24,7 @@ use strata_store::Store;
 use strata_types::Digest;
 
 use crate::cache;
-use crate::context_hash::ContextHashes;
+use crate::context_hash::{ContextHashes, FileCount};
 use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, SourceTree};
 use crate::engine::{ImageSource, StepRunner};
 use crate::error::{BuildError, Result};
@@ -162,10 +162,13 @@ impl<'a> Builder<'a> {
                 (s, format!("stage {}", self.stage_label(*j)))
             }
         };
+        let onbuild_steps = state.base_onbuild.len();
         self.io.progress.event(&BuildEvent::StageStart {
             stage: index,
             name: stage.name.clone(),
             base,
+            steps: stage.steps.len() + onbuild_steps,
+            onbuild_steps,
         });
         if let Some(platform) = stage.platform.as_deref().filter(|p| !p.is_empty()) {
             let host = strata_types::Platform::host().to_string();
@@ -240,6 +243,11 @@ impl<'a> Builder<'a> {
         scope: &Scope,
     ) -> Result<()> {
         let line = step.span.line;
+        // Between steps is where a cancelled build stops (a running RUN is killed by the
+        // sandbox; COPY and layer writes finish their step first).
+        if self.io.opts.cancel.is_cancelled() {
+            return Err(BuildError::Cancelled);
+        }
         self.io.progress.event(&BuildEvent::StepStart {
             stage,
             step: step_index,
@@ -247,9 +255,10 @@ impl<'a> Builder<'a> {
             text: step.original.clone(),
         });
         let started = Instant::now();
-        let result = self
-            .dispatch(stage, step_index, state, step, scope)
-            .map_err(|e| self.wrap(stage, line, &step.original, e))?;
+        let result = self.dispatch(stage, step_index, state, step, scope).map_err(|e| match e {
+            BuildError::Cancelled => e,
+            e => self.wrap(stage, line, &step.original, e),
+        })?;
         let empty = result.layer.is_none();
         if result.cached {
             self.done.layers_reused.fetch_add(1, Ordering::Relaxed);
@@ -385,8 +394,8 @@ impl<'a> Builder<'a> {
                 StepResult::meta(format!("ONBUILD {expression}"))
             }
             Instruction::Workdir(p) => self.workdir(stage, state, p)?,
-            Instruction::Copy(spec) => self.copy(stage, state, spec, false, step)?,
-            Instruction::Add(spec) => self.copy(stage, state, spec, true, step)?,
+            Instruction::Copy(spec) => self.copy((stage, step_index), state, spec, false, step)?,
+            Instruction::Add(spec) => self.copy((stage, step_index), state, spec, true, step)?,
             Instruction::Run(run) => self.run(stage, step_index, state, run, scope, step)?,
             Instruction::From { .. } => StepResult::meta(step.original.clone()),
         })
@@ -511,7 +520,7 @@ impl<'a> Builder<'a> {
 
     fn copy(
         &self,
-        stage: usize,
+        (stage, step_index): (usize, usize),
         state: &mut ImageState,
         spec: &CopySpec,
         is_add: bool,
@@ -569,6 +578,7 @@ impl<'a> Builder<'a> {
             scratch: scratch.path(),
         };
         let mut fetched = Fetched::default();
+        let mut scanned = FileCount::default();
         let inputs = source_inputs(
             &env,
             spec,
@@ -576,7 +586,16 @@ impl<'a> Builder<'a> {
             &self.cache.hashes,
             self.io.opts.timestamp,
             &mut fetched,
+            &mut scanned,
         )?;
+        if spec.from.is_none() {
+            self.io.progress.event(&BuildEvent::ContextScanned {
+                stage,
+                step: step_index,
+                files: scanned.files,
+                bytes: scanned.bytes,
+            });
+        }
         let mut doc = self.key_base(if is_add { "add" } else { "copy" }, state);
         doc.insert("sources".into(), inputs);
         doc.insert("from".into(), from_chain.into());
@@ -592,7 +611,11 @@ impl<'a> Builder<'a> {
             return Ok(hit);
         }
         stage_copy(&env, spec, &tree, &root, &mut fetched)?;
-        let cs = Changeset::from_scan(scan(&root)?);
+        let staged = scan(&root)?;
+        let files = staged.entries().iter().filter(|e| e.kind == strata_layer::EntryKind::File);
+        let (files, bytes) = files.fold((0, 0), |(n, b), e| (n + 1, b + e.size));
+        self.io.progress.event(&BuildEvent::CopyStaged { stage, step: step_index, files, bytes });
+        let cs = Changeset::from_scan(staged);
         let (layer, size) = self.commit_staged(&cs, &root)?;
         if let Some(key) = &key {
             cache::record(self.io.store, cache::Kind::Copy, key, &layer);

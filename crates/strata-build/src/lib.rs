@@ -12,6 +12,12 @@
 //! [`Store::put_image`](strata_store::Store::put_image) and tagged only once every step has
 //! succeeded. Progress is reported as typed events to a [`ProgressSink`]; nothing is printed.
 //!
+//! A build can be stopped from another thread through [`BuildOptions::cancel`] (the CLI's
+//! Ctrl-C handler does this): it is checked before every step and once more before tagging,
+//! and a running RUN is killed with its whole pid namespace, so the build ends promptly with
+//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or a
+//! layer write in progress finishes its step first.
+//!
 //! Rebuilds are incremental: every RUN, COPY, ADD and directory-creating WORKDIR has a cache
 //! key computed from content (the parent chain's diffIDs, the expanded instruction, what it can
 //! see, and for context sources a digest of their paths, modes, link targets and bytes; see
@@ -94,13 +100,17 @@ pub use options::{
     default_recipe_path, BuildOptions, BuildOutput, ExtraHost, NamedContext, Network, PullPolicy,
     RunRootfs, SecretSource, SecretSpec, StepReport,
 };
-pub use progress::{BuildEvent, NoProgress, OutputStream, ProgressSink};
+pub use progress::{
+    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, EVENT_VERSION,
+};
 pub use ssh::{SshSource, SshSpec};
 pub use strata_layer::Compression;
 pub use strata_recipe::BuildArgs;
 pub use strata_recipe::CheckReport;
 /// strata-sandbox, whose request and outcome types a [`StepRunner`] speaks.
 pub use strata_sandbox as sandbox;
+/// Cancels a build ([`BuildOptions::cancel`]) or a single sandboxed run.
+pub use strata_sandbox::CancelToken;
 
 /// Builds the recipe of `opts` into `store`, tags the result with every `opts.tags` entry, and
 /// returns it. On error nothing is tagged (blobs already written stay until `gc`).
@@ -156,6 +166,10 @@ pub fn build_with(
     }
     // Agents live as long as the build (a private one is stopped when it ends).
     let ssh = ssh::Agents::start(&opts.ssh)?;
+    progress.event(&BuildEvent::BuildStart {
+        stages: plan.order.len(),
+        steps: plan.order.iter().map(|&i| plan.stages[i].steps.len()).sum(),
+    });
     let builder = executor::Builder {
         io: executor::Io { store, opts, progress, runner, images, ssh: &ssh },
         stages: executor::Stages { recipe: &recipe, plan: &plan, ignore, no_cache_stages },
@@ -175,6 +189,10 @@ pub fn build_with(
     // Digests learnt are valid whether or not the build succeeded.
     builder.cache.hashes.save();
     built?;
+    // A cancel that came while the last step finished still tags nothing.
+    if opts.cancel.is_cancelled() {
+        return Err(BuildError::Cancelled);
+    }
     let mut state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
     state.run.labels.extend(opts.labels.clone());
     let config = state.to_config(opts.timestamp)?;

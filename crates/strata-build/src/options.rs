@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use strata_layer::Compression;
 use strata_recipe::BuildArgs;
+use strata_sandbox::CancelToken;
 use strata_store::oci_spec::image::Descriptor;
 use strata_store::Image;
 use strata_types::Digest;
@@ -127,6 +128,10 @@ pub struct BuildOptions {
     pub timestamp: i64,
     /// How RUN steps get their root filesystem.
     pub run_rootfs: RunRootfs,
+    /// Stops the build from another thread (a Ctrl-C handler): the build checks it before
+    /// each step and a running RUN is killed with its whole pid namespace; the build then
+    /// fails with [`BuildError::Cancelled`] and tags nothing. Clones share the flag.
+    pub cancel: CancelToken,
     /// Run every step even when the cache has its result (`--no-cache`); results are still
     /// recorded for later builds.
     pub no_cache: bool,
@@ -250,6 +255,7 @@ impl BuildOptions {
             compression: Compression::Zstd,
             timestamp: 0,
             run_rootfs: RunRootfs::Overlay,
+            cancel: CancelToken::new(),
             no_cache: false,
             no_cache_filter: Vec::new(),
             pull: PullPolicy::Missing,

@@ -5,8 +5,33 @@
 //! library never prints (DESIGN.md decision 10): the CLI renders events as a terminal display,
 //! a CI log or JSON lines (every event serializes with `serde`). Sinks are called from the
 //! build's threads, so they must be `Send + Sync`; a closure `Fn(&BuildEvent)` is a sink.
+//!
+//! The JSON shape is a contract for tools (`strata build --progress json`): one
+//! [`EventRecord`] per line, an object with `"version"` ([`EVENT_VERSION`]), `"event"` (the
+//! variant in snake_case) and the variant's fields. Within a version, fields and events are
+//! only ever added; a field renamed or removed, or a meaning changed, bumps the version.
 
 use serde::Serialize;
+
+/// The version of the JSON event shape ([`EventRecord::version`]).
+pub const EVENT_VERSION: u32 = 1;
+
+/// A [`BuildEvent`] as written for tools: `{"version":1,"event":"step_done",...}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EventRecord<'a> {
+    /// [`EVENT_VERSION`].
+    pub version: u32,
+    /// The event; its `event` tag and fields sit beside `version`.
+    #[serde(flatten)]
+    pub event: &'a BuildEvent,
+}
+
+impl<'a> EventRecord<'a> {
+    /// The record of `event` in the current version.
+    pub fn new(event: &'a BuildEvent) -> EventRecord<'a> {
+        EventRecord { version: EVENT_VERSION, event }
+    }
+}
 
 /// Which output stream a line of RUN output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,6 +48,15 @@ pub enum OutputStream {
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BuildEvent {
+    /// The recipe is planned and checked; steps are about to run (the first event after any
+    /// [`BuildEvent::CheckWarning`]s).
+    BuildStart {
+        /// Stages the target needs.
+        stages: usize,
+        /// Steps of those stages, FROM lines not counted. A base's ONBUILD triggers are not
+        /// known yet; they add [`BuildEvent::StageStart::onbuild_steps`] when their stage starts.
+        steps: usize,
+    },
     /// A stage starts building.
     StageStart {
         /// Stage index in the recipe.
@@ -31,6 +65,10 @@ pub enum BuildEvent {
         name: Option<String>,
         /// What it builds on: `scratch`, an image reference, or `stage N`.
         base: String,
+        /// Steps this stage runs, its base's ONBUILD triggers included.
+        steps: usize,
+        /// Of those, the base's ONBUILD triggers (run first, not in [`BuildEvent::BuildStart`]).
+        onbuild_steps: usize,
     },
     /// A step starts.
     StepStart {
@@ -50,6 +88,29 @@ pub enum BuildEvent {
         stage: usize,
         /// Step index.
         step: usize,
+    },
+    /// A COPY or ADD from the build context has looked at its sources (to compute its cache
+    /// key): what of the context it reads, after `.dockerignore` and `--exclude`.
+    ContextScanned {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+        /// Regular files matched.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// A COPY or ADD (not cached) has staged its files for the layer.
+    CopyStaged {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+        /// Regular files staged.
+        files: u64,
+        /// Their bytes.
+        bytes: u64,
     },
     /// A line printed by a RUN command.
     StepOutput {

@@ -31,7 +31,7 @@ use strata_sandbox::{Access, BindSource, Mount, RootFs, RunRequest, Stream};
 use strata_types::Digest;
 
 use crate::cache;
-use crate::context_hash::SourceWalk;
+use crate::context_hash::{FileCount, SourceWalk};
 use crate::error::{BuildError, Result};
 use crate::executor::{Builder, StepResult};
 use crate::image::{ImageState, LayerRef, DEFAULT_PATH};
@@ -201,7 +201,10 @@ impl Builder<'_> {
                 line: line.to_string(),
             });
         };
-        let outcome = self.io.runner.run(&req, &mut on_line)?;
+        let outcome = match self.io.runner.run(&req, &self.io.opts.cancel, &mut on_line) {
+            Err(strata_sandbox::SandboxError::Cancelled) => return Err(BuildError::Cancelled),
+            other => other?,
+        };
         drop(keep_alive);
         drop(cache_mounts);
         if outcome.exit_code != 0 {
@@ -291,7 +294,7 @@ impl Builder<'_> {
             mtime_clamp: None,
             root_meta: true,
         };
-        walk.digest(&self.cache.hashes, &real, &rel)
+        walk.digest(&self.cache.hashes, &real, &rel, &mut FileCount::default())
     }
 
     /// The root filesystem a mount's `from=` names (a stage of the recipe or an image),

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use strata_build::sandbox::{RootFs, RunOutcome, RunRequest, SandboxError, Stream, User};
 use strata_build::{
-    build_with, BuildArgs, BuildError, BuildOptions, ImageSource, ProgressSink, StepRunner,
+    build_with, BuildArgs, BuildError, BuildEvent, BuildOptions, CancelToken, ImageSource,
+    ProgressSink, StepRunner,
 };
 use strata_image::{import_tree, ImportOptions};
 use strata_store::oci_spec::image::{Descriptor, MediaType};
@@ -33,6 +34,8 @@ struct Ran {
 struct FakeRunner {
     effects: BTreeMap<String, Vec<(String, String)>>,
     exits: BTreeMap<String, i32>,
+    /// A script during which the build is cancelled (as by Ctrl-C while it runs).
+    cancel_during: Option<String>,
     ran: Mutex<Vec<Ran>>,
 }
 
@@ -58,9 +61,14 @@ impl StepRunner for FakeRunner {
     fn run(
         &self,
         req: &RunRequest,
+        cancel: &CancelToken,
         on_line: &mut dyn FnMut(Stream, &str),
     ) -> Result<RunOutcome, SandboxError> {
         let script = req.argv.last().cloned().unwrap_or_default();
+        if self.cancel_during.as_deref() == Some(script.as_str()) {
+            cancel.cancel();
+            return Err(SandboxError::Cancelled);
+        }
         let RootFs::Dir(root) = &req.rootfs else { panic!("the fake asks for a plain rootfs") };
         let User::Ids { uid, .. } = req.user else { panic!("the engine resolves users") };
         for (path, content) in self.effects.get(&script).into_iter().flatten() {
@@ -328,4 +336,52 @@ fn a_base_the_source_lacks_is_an_error_naming_it() {
     let err = e.build("FROM nowhere:1\nRUN true\n", &FakeRunner::default(), |_| {}).unwrap_err();
     let text = format!("{err}");
     assert!(text.contains("nowhere:1"), "{text}");
+}
+
+#[test]
+fn a_cancelled_build_stops_at_the_running_step_and_tags_nothing() {
+    let e = env();
+    let runner = FakeRunner { cancel_during: Some("long".into()), ..Default::default() };
+    let recipe = "FROM base\nRUN first\nRUN long\nRUN never\n";
+    let cancel = CancelToken::new();
+    let err = e
+        .build(recipe, &runner, |o| {
+            o.tags = vec!["app:v1".into()];
+            o.cancel = cancel.clone();
+        })
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Cancelled), "not wrapped as a step failure: {err:?}");
+    assert_eq!(runner.scripts(), ["first"], "no step starts after the cancel");
+    assert!(e.store.load_image("app:v1").is_err(), "a cancelled build tags nothing");
+
+    // Cancelled before it starts: no step runs at all.
+    let runner = FakeRunner::default();
+    let err = e.build(recipe, &runner, |o| o.cancel.cancel()).unwrap_err();
+    assert!(matches!(err, BuildError::Cancelled));
+    assert!(runner.scripts().is_empty());
+}
+
+#[test]
+fn events_count_steps_and_copied_files() {
+    let e = env();
+    let ctx = e.dir.path().join("ctx");
+    fs::create_dir_all(ctx.join("src")).unwrap();
+    fs::write(ctx.join("src/a"), "12345").unwrap();
+    fs::write(ctx.join("src/b"), "678").unwrap();
+    let events = Mutex::new(Vec::new());
+    let sink = |ev: &BuildEvent| events.lock().unwrap().push(ev.clone());
+    fs::write(ctx.join("Dockerfile"), "FROM base AS one\nENV A=1\nFROM base\nCOPY src /dst/\n")
+        .unwrap();
+    let opts = BuildOptions::new(&ctx);
+    build_with(&e.store, &opts, &sink, &FakeRunner::default(), &e.images).unwrap();
+    let events = events.into_inner().unwrap();
+    let start = events.iter().find(|e| matches!(e, BuildEvent::BuildStart { .. })).unwrap();
+    assert_eq!(*start, BuildEvent::BuildStart { stages: 1, steps: 1 }, "only the target stage");
+    assert!(events.contains(&BuildEvent::ContextScanned { stage: 1, step: 0, files: 2, bytes: 8 }));
+    assert!(events.contains(&BuildEvent::CopyStaged { stage: 1, step: 0, files: 2, bytes: 8 }));
+    let json = serde_json::to_value(strata_build::EventRecord::new(start)).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"version": 1, "event": "build_start", "stages": 1, "steps": 1})
+    );
 }

@@ -183,7 +183,9 @@ fn json_progress_is_one_event_per_line() {
     let out = ok(&store, &["build", "--progress", "json", dir.to_str().unwrap()]);
     let events: Vec<serde_json::Value> =
         out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(events.first().unwrap()["event"], "stage_start");
+    assert_eq!(events[0]["event"], "build_start");
+    assert_eq!(events[1]["event"], "stage_start");
+    assert!(events.iter().all(|e| e["version"] == 1));
     assert!(events.iter().any(|e| e["event"] == "step_done" && e["layer"].is_string()));
     assert_eq!(events.iter().filter(|e| e["event"] == "build_done").count(), 1);
 }

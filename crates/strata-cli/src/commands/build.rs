@@ -1,20 +1,18 @@
 //! `strata build`: a recipe and a context into an image, with progress rendered for a
 //! terminal (`tty`), a log (`plain`, like BuildKit's `--progress=plain`) or tools (`json`).
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use strata::build::{
-    self, BuildEvent, BuildOptions, Network, ProgressSink, PullPolicy, SecretSpec,
-};
+use strata::build::{self, BuildOptions, Network, PullPolicy, SecretSpec};
 use strata::types::ImageLocation;
 
+use super::interrupt::{Interrupts, CANCELLED_EXIT};
+use super::progress::{Display, Finish};
 use super::store::{human, init_store, CompressionArg};
 
 /// `strata build --help` examples.
@@ -167,31 +165,47 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         other => bail!("unsupported --progress {other:?}: use auto, plain, tty or json"),
     };
     let started = Instant::now();
-    let result = match mode {
-        "json" => build::build(&store, &opts, &JsonProgress),
-        "tty" => build::build(&store, &opts, &TtyProgress::new()),
-        _ => build::build(&store, &opts, &PlainProgress::new()),
+    let display = Arc::new(Display::new(mode));
+    // Ctrl-C cancels through the library, which kills a running RUN and cleans up.
+    let on_first = {
+        let display = Arc::clone(&display);
+        move || display.notice("cancelled")
     };
-    let out = result.with_context(|| format!("build of {} failed", args.context.display()))?;
+    let interrupts = Interrupts::install(opts.cancel.clone(), on_first)
+        .context("cannot install the Ctrl-C handler")?;
+    let result = build::build(&store, &opts, display.sink());
+    drop(interrupts);
+    let out = match result {
+        Ok(out) => out,
+        Err(e) if matches!(e.root_cause(), build::BuildError::Cancelled) => {
+            display.finish(Finish::Cancelled)?;
+            return Ok(ExitCode::from(CANCELLED_EXIT));
+        }
+        Err(e) => {
+            display.finish(Finish::Failed)?;
+            return Err(e).with_context(|| format!("build of {} failed", args.context.display()));
+        }
+    };
+    display.finish(Finish::Built(&out))?;
     if mode != "json" {
-        let mut err = std::io::stderr().lock();
-        write_report(&mut err, &out)?;
-        writeln!(
-            err,
-            "built {} in {:.1}s: {} steps, {} layers reused, {} written, {} bytes written ({})",
-            out.manifest.digest(),
-            started.elapsed().as_secs_f64(),
-            out.steps.len(),
-            out.layers_reused,
-            out.layers_written,
-            out.bytes_written,
-            human(out.bytes_written)
-        )?;
+        let digest = out.manifest.digest().to_string();
+        let secs = started.elapsed().as_secs_f64();
+        let (steps, reused, written) = (out.steps.len(), out.layers_reused, out.layers_written);
+        let size = human(out.bytes_written);
+        display.line(&if mode == "tty" {
+            // Cut to the terminal: the image ID as `images` shows it keeps the counts on
+            // screen (the full digest is on stdout).
+            let id = &digest[..digest.len().min(19)];
+            format!("built {id} in {secs:.1}s: {steps} steps, {reused} layers reused, {written} written ({size})")
+        } else {
+            let bytes = out.bytes_written;
+            format!("built {digest} in {secs:.1}s: {steps} steps, {reused} layers reused, {written} written, {bytes} bytes written ({size})")
+        })?;
         for t in &opts.tags {
-            writeln!(err, "tagged {t}")?;
+            display.line(&format!("tagged {t}"))?;
         }
         if let Some(dest) = &opts.output {
-            writeln!(err, "wrote {dest}")?;
+            display.line(&format!("wrote {dest}"))?;
         }
     }
     if let Some(path) = &args.iidfile {
@@ -204,170 +218,4 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         writeln!(std::io::stdout().lock(), "{}", out.manifest.digest())?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The build report: one line per step, `CACHED` or its time.
-fn write_report(err: &mut impl Write, out: &build::BuildOutput) -> std::io::Result<()> {
-    writeln!(err, "build report:")?;
-    for s in &out.steps {
-        let status = if s.cached {
-            "CACHED".to_string()
-        } else {
-            format!("{:.1}s", s.duration_ms as f64 / 1000.0)
-        };
-        writeln!(err, "  {status:>7}  [stage {}, line {}] {}", s.stage, s.line, s.created_by)?;
-    }
-    Ok(())
-}
-
-/// One JSON object per event on stdout.
-struct JsonProgress;
-
-impl ProgressSink for JsonProgress {
-    fn event(&self, e: &BuildEvent) {
-        if let Ok(line) = serde_json::to_string(e) {
-            let _ = writeln!(std::io::stdout().lock(), "{line}");
-        }
-    }
-}
-
-/// BuildKit's `--progress=plain` shape: `#N [stage] INSTRUCTION`, output lines as `#N 0.123 text`,
-/// `#N DONE 1.2s`.
-struct PlainProgress {
-    start: Instant,
-    steps: Mutex<HashMap<(usize, usize), (usize, Instant)>>,
-}
-
-impl PlainProgress {
-    fn new() -> Self {
-        PlainProgress { start: Instant::now(), steps: Mutex::new(HashMap::new()) }
-    }
-}
-
-impl ProgressSink for PlainProgress {
-    fn event(&self, e: &BuildEvent) {
-        let mut err = std::io::stderr().lock();
-        let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = match e {
-            BuildEvent::StageStart { stage, name, base } => {
-                let name = name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
-                writeln!(err, "=> stage {stage}{name} FROM {base}")
-            }
-            BuildEvent::StepStart { stage, step, line, text } => {
-                let n = steps.len() + 1;
-                steps.insert((*stage, *step), (n, Instant::now()));
-                writeln!(err, "#{n} [stage {stage}, line {line}] {text}")
-            }
-            BuildEvent::StepOutput { stage, step, line, .. } => {
-                let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
-                writeln!(err, "#{n} {:.3} {line}", self.start.elapsed().as_secs_f64())
-            }
-            BuildEvent::StepCached { stage, step } => {
-                let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
-                writeln!(err, "#{n} CACHED")
-            }
-            BuildEvent::StepDone { stage, step, duration_ms, layer, layer_size, .. } => {
-                let n = steps.get(&(*stage, *step)).map(|s| s.0).unwrap_or(0);
-                let secs = *duration_ms as f64 / 1000.0;
-                match (layer, layer_size) {
-                    (Some(l), Some(sz)) => {
-                        writeln!(err, "#{n} DONE {secs:.1}s layer {} ({})", short(l), human(*sz))
-                    }
-                    _ => writeln!(err, "#{n} DONE {secs:.1}s"),
-                }
-            }
-            BuildEvent::CheckWarning { rule, message, line, .. } => {
-                writeln!(err, "WARNING: {rule}: {message} (line {line})")
-            }
-            BuildEvent::Warning { message } => writeln!(err, "WARNING: {message}"),
-            BuildEvent::PullStart { reference } => writeln!(err, "=> pulling {reference}"),
-            BuildEvent::PullDone { .. } => writeln!(err, "=> {}", pull_summary(e)),
-            BuildEvent::BuildDone { .. } => Ok(()),
-            _ => Ok(()),
-        };
-    }
-}
-
-/// `pulled host/repo:tag (sha256:...): 3 blobs downloaded (12MB), 1 present`.
-fn pull_summary(e: &BuildEvent) -> String {
-    match e {
-        BuildEvent::PullDone { reference, digest, blobs_downloaded, blobs_present, bytes } => {
-            format!(
-                "pulled {reference} ({}): {blobs_downloaded} blobs downloaded ({}), {blobs_present} already present",
-                short(digest),
-                human(*bytes)
-            )
-        }
-        _ => String::new(),
-    }
-}
-
-fn short(digest: &str) -> &str {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
-}
-
-/// A live view: one spinner per running step with its elapsed time; RUN output scrolls above.
-struct TtyProgress {
-    multi: MultiProgress,
-    bars: Mutex<HashMap<(usize, usize), (ProgressBar, String)>>,
-}
-
-impl TtyProgress {
-    fn new() -> Self {
-        TtyProgress { multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()) }
-    }
-}
-
-impl ProgressSink for TtyProgress {
-    fn event(&self, e: &BuildEvent) {
-        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
-        match e {
-            BuildEvent::StepStart { stage, step, text, .. } => {
-                let bar = self.multi.add(ProgressBar::new_spinner());
-                bar.set_style(
-                    ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                let label = format!("[{stage}] {text}");
-                bar.set_message(label.clone());
-                bar.enable_steady_tick(Duration::from_millis(120));
-                bars.insert((*stage, *step), (bar, label));
-            }
-            BuildEvent::StepOutput { line, .. } => {
-                let _ = self.multi.println(format!("  {line}"));
-            }
-            BuildEvent::StepDone { stage, step, duration_ms, layer_size, .. } => {
-                if let Some((bar, label)) = bars.remove(&(*stage, *step)) {
-                    let size = layer_size.map(|s| format!(" ({})", human(s))).unwrap_or_default();
-                    bar.set_style(
-                        ProgressStyle::with_template("{msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    bar.finish_with_message(format!(
-                        "✔ {:>5.1}s {label}{size}",
-                        *duration_ms as f64 / 1000.0
-                    ));
-                }
-            }
-            BuildEvent::StepCached { stage, step } => {
-                if let Some((_, label)) = bars.get_mut(&(*stage, *step)) {
-                    *label = format!("CACHED {label}");
-                }
-            }
-            BuildEvent::CheckWarning { rule, message, line, .. } => {
-                let _ = self.multi.println(format!("WARNING: {rule}: {message} (line {line})"));
-            }
-            BuildEvent::Warning { message } => {
-                let _ = self.multi.println(format!("WARNING: {message}"));
-            }
-            BuildEvent::PullStart { reference } => {
-                let _ = self.multi.println(format!("pulling {reference}"));
-            }
-            BuildEvent::PullDone { .. } => {
-                let _ = self.multi.println(pull_summary(e));
-            }
-            _ => {}
-        }
-    }
 }

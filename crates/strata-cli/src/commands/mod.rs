@@ -4,7 +4,9 @@ mod build;
 mod check;
 mod diff;
 mod docs;
+mod interrupt;
 mod parse;
+mod progress;
 mod registry;
 mod store;
 
