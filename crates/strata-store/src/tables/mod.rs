@@ -26,7 +26,10 @@ mod mounts;
 mod snapshots;
 mod workdir;
 
-pub use cache_index::{CacheEntry, CacheKey, CacheKind};
+pub use cache_index::{
+    CacheEntry, CacheIndex, CacheKey, CacheKind, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE,
+    CACHE_INDEX_VERSION,
+};
 pub use snapshots::Snapshots;
 pub use workdir::WorkDir;
 
