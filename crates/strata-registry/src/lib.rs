@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod cache;
 mod client;
 mod copy;
 pub mod credentials;
@@ -55,6 +56,7 @@ use serde::Serialize;
 use strata_types::Digest;
 pub use strata_types::Reference;
 
+pub use cache::{pull_cache, push_cache, RemoteCache};
 pub use client::{Client, ClientOptions};
 pub use copy::{copy, copy_all, Copied};
 pub use error::RegistryError;

@@ -430,7 +430,7 @@ fn download_blob(
 }
 
 /// A small blob (a config in a dry run) into memory, verified.
-fn fetch_blob_to_memory(
+pub(crate) fn fetch_blob_to_memory(
     client: &Client,
     ep: &Endpoint,
     scopes: &[String],
