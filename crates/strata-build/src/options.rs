@@ -143,6 +143,12 @@ pub struct BuildOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     /// `/etc/hosts` entries of every RUN step (`--add-host`).
     pub extra_hosts: Vec<ExtraHost>,
+    /// Caches to import before building (`--cache-from`), in priority order.
+    pub cache_from: Vec<crate::CacheSpec>,
+    /// Where to export the build cache once built (`--cache-to`).
+    pub cache_to: Vec<crate::CacheSpec>,
+    /// Push the result to every tag (each `HOST/REPO:TAG`) once built (`--push`).
+    pub push: bool,
 }
 
 /// An `--add-host NAME:ADDRESS` entry (Docker's spelling; `NAME=ADDRESS` is taken too, as
@@ -202,6 +208,9 @@ impl BuildOptions {
             output: None,
             labels: Default::default(),
             extra_hosts: Vec::new(),
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
+            push: false,
         }
     }
 
@@ -236,10 +245,13 @@ impl BuildOptions {
                     strata_store::StoreError::UnexpectedDigest { reference: tag.clone() }.into()
                 );
             }
+            if self.push && r.domain().is_none() {
+                return Err(BuildError::PushWithoutRegistry { tag: tag.clone() });
+            }
         }
         if let Some(out) = &self.output {
             use strata_types::ImageLocation;
-            if matches!(out, ImageLocation::Store(_) | ImageLocation::Registry(_)) {
+            if matches!(out, ImageLocation::Store(_)) {
                 return Err(BuildError::InvalidOutput { output: out.to_string() });
             }
         }
@@ -311,4 +323,8 @@ pub struct BuildOutput {
     pub context_files_hashed: u64,
     /// What was written to [`BuildOptions::output`], when set.
     pub exported: Option<strata_image::ExportReport>,
+    /// With [`BuildOptions::push`]: each tag pushed and what moved.
+    pub pushed: Vec<(String, strata_registry::TransferReport)>,
+    /// Entries exported to each [`BuildOptions::cache_to`] destination.
+    pub cache_exported: Vec<(String, usize)>,
 }

@@ -41,42 +41,21 @@ pub fn push_cache(
     store.lease()?;
     let index_bytes = index.to_json()?;
     let index_digest = store.put_blob(index_bytes.as_slice())?.digest;
-    let mut layers: Vec<serde_json::Value> = Vec::new();
     let mut blobs = vec![PushBlob {
         digest: index_digest,
         size: index_bytes.len() as u64,
         kind: BlobKind::Config,
     }];
-    for entry in index.entries.values() {
-        let digest = Digest::try_from(entry.layer.digest()).map_err(StoreError::from)?;
-        if blobs.iter().any(|b| b.digest == digest) {
-            continue;
-        }
+    for layer in index.layers() {
+        let digest = Digest::try_from(layer.digest()).map_err(StoreError::from)?;
         let found = store.blob_size(&digest)?;
-        if found != entry.layer.size() {
-            let expected = entry.layer.size();
+        if found != layer.size() {
+            let expected = layer.size();
             return Err(StoreError::SizeMismatch { digest, expected, found }.into());
         }
         blobs.push(PushBlob { digest, size: found, kind: BlobKind::Layer });
-        layers.push(serde_json::json!({
-            "mediaType": entry.layer.media_type().to_string(),
-            "digest": digest.to_string(),
-            "size": found,
-        }));
     }
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": CACHE_ARTIFACT_TYPE,
-        "config": {
-            "mediaType": CACHE_INDEX_MEDIA_TYPE,
-            "digest": index_digest.to_string(),
-            "size": index_bytes.len(),
-        },
-        "layers": layers,
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest)
-        .map_err(|source| StoreError::Serialize { what: "cache manifest", source })?;
+    let manifest_bytes = index.artifact_manifest(&index_digest, index_bytes.len() as u64)?;
     let manifest_digest = Digest::of_bytes(&manifest_bytes);
     let target = push_target(dest, &manifest_digest, "a cache is pushed to a tag, not a digest")?;
     let ep = client.endpoint(dest);

@@ -208,6 +208,41 @@ impl CacheIndex {
             .map_err(|source| StoreError::Serialize { what: "cache index", source })
     }
 
+    /// The layer descriptors the entries name, each once, in key order.
+    pub fn layers(&self) -> Vec<&Descriptor> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.entries
+            .values()
+            .map(|e| &e.layer)
+            .filter(|l| seen.insert(l.digest().to_string()))
+            .collect()
+    }
+
+    /// The cache artifact's manifest for this index, whose JSON ([`CacheIndex::to_json`])
+    /// is the blob `index_digest` of `index_size` bytes: an OCI image manifest with
+    /// `artifactType` [`CACHE_ARTIFACT_TYPE`], the index as its config and the layers as its
+    /// layers (image-spec manifest.md "Guidelines for Artifact Usage", case 3: a config of our
+    /// own media type, so no tool mistakes it for an image config).
+    pub fn artifact_manifest(
+        &self,
+        index_digest: &Digest,
+        index_size: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": CACHE_ARTIFACT_TYPE,
+            "config": {
+                "mediaType": CACHE_INDEX_MEDIA_TYPE,
+                "digest": index_digest.to_string(),
+                "size": index_size,
+            },
+            "layers": self.layers(),
+        });
+        serde_json::to_vec(&manifest)
+            .map_err(|source| StoreError::Serialize { what: "cache manifest", source })
+    }
+
     /// Parses a document [`CacheIndex::to_json`] wrote. Another version is
     /// [`StoreError::CacheIndexVersion`], anything else unreadable
     /// [`StoreError::InvalidCacheIndex`]: never a partial index.
