@@ -149,7 +149,7 @@ pub(crate) fn client_for(
 
 /// One readable `--cache-from` source.
 enum Source {
-    Registry { client: Client, cache: RemoteCache },
+    Registry { client: Box<Client>, cache: Box<RemoteCache> },
     Local { dir: PathBuf },
 }
 
@@ -171,7 +171,9 @@ impl Imported {
                 CacheLocation::Registry(r) => client_for(opts, r)
                     .and_then(|client| {
                         let cache = strata_registry::pull_cache(&client, r)?;
-                        Ok((cache.index.clone(), Source::Registry { client, cache }))
+                        let index = cache.index.clone();
+                        let (client, cache) = (Box::new(client), Box::new(cache));
+                        Ok((index, Source::Registry { client, cache }))
                     })
                     .map_err(|e| chain(&e)),
                 CacheLocation::Local(dir) => read_layout_index(dir)
