@@ -241,3 +241,63 @@ fn a_local_cache_round_trips_through_an_oci_layout() {
         serde_json::from_slice(&std::fs::read(format!("{dir}/index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["artifactType"], CACHE_ARTIFACT_TYPE);
 }
+
+/// Rewrites the cache index of the layout at `dir` to `bytes`, keeping the layout consistent
+/// (new index blob, new manifest naming it, `index.json` naming that).
+fn replace_layout_index(dir: &str, edit: impl Fn(&str) -> String) {
+    let read = |p: String| std::fs::read_to_string(p).unwrap();
+    let blob = |d: &str| format!("{dir}/blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    let put = |text: &str| -> String {
+        use sha2_digest::hex_sha256;
+        let d = format!("sha256:{}", hex_sha256(text.as_bytes()));
+        std::fs::write(blob(&d), text).unwrap();
+        d
+    };
+    let top: serde_json::Value = serde_json::from_str(&read(format!("{dir}/index.json"))).unwrap();
+    let manifest_digest = top["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&read(blob(&manifest_digest))).unwrap();
+    let old = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let new_index = edit(&read(blob(&old)));
+    manifest["config"]["digest"] = put(&new_index).into();
+    manifest["config"]["size"] = new_index.len().into();
+    let manifest_text = manifest.to_string();
+    let mut top = top;
+    top["manifests"][0]["digest"] = put(&manifest_text).into();
+    top["manifests"][0]["size"] = manifest_text.len().into();
+    std::fs::write(format!("{dir}/index.json"), top.to_string()).unwrap();
+}
+
+/// SHA-256 by `sha256sum` (the test crate has no hash dependency).
+mod sha2_digest {
+    pub fn hex_sha256(bytes: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap().split(' ').next().unwrap().to_string()
+    }
+}
+
+#[test]
+fn a_cache_of_another_format_version_or_a_corrupt_index_is_a_warning_and_a_full_build() {
+    let Some(e) = Env::new() else { return };
+    let dir = e.path("cache-dir");
+    let dir = dir.to_str().unwrap();
+    e.build("a", &["--cache-to", &format!("type=local,dest={dir}")]);
+    let from = format!("type=local,src={dir}");
+
+    replace_layout_index(dir, |text| text.replace("\"version\":1", "\"version\":2"));
+    let out = e.build("b", &["--cache-from", &from]);
+    assert!(out.contains("WARNING") && out.contains("format version 2"), "{out}");
+    assert!(cached(&out).is_empty(), "{out}");
+
+    replace_layout_index(dir, |_| "{\"version\":1,\"entries\":[{\"kind\":\"run\"}]}".into());
+    let out = e.build("c", &["--cache-from", &from]);
+    assert!(out.contains("WARNING") && out.contains("malformed"), "{out}");
+    assert!(cached(&out).is_empty(), "{out}");
+}
