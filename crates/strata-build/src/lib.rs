@@ -22,6 +22,12 @@
 //! mtime and ctime in ns) under `<store>/strata/v1/hashes-v1/`, so a no-op rebuild costs a
 //! metadata walk of the context, not a read of it.
 //!
+//! The cache can travel between stores ([`BuildOptions::cache_from`], [`BuildOptions::cache_to`],
+//! [`CacheSpec`]): as an OCI artifact in a registry or an OCI layout, imported entry by entry
+//! when a step's key matches and its layer has been fetched and verified, exported after the
+//! build; [`BuildOptions::push`] pushes the result to its tags first. See the `remote_cache`
+//! module.
+//!
 //! Before any step, the build runs the recipe's build checks (BuildKit's lint rules and
 //! strata's, see [`check`]) on the stages it builds and reports each warning as a
 //! [`BuildEvent::CheckWarning`]; with `# check=error=true` a warning fails the build

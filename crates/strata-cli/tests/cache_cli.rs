@@ -213,6 +213,11 @@ fn a_missing_cache_or_a_missing_blob_is_a_warning_and_a_rebuild() {
     assert!(!copy.contains("CACHED"), "{out}");
     assert!(cached(&out).len() >= 2, "the steps before it hit: {out}");
 
+    // A bare ref without a tag is `type=registry` at `:latest`, as in BuildKit.
+    e.build("a", &["--cache-to", &format!("{host}/cache/notag")]);
+    let artifact = e.raw_manifest(&format!("{host}/cache/notag:latest"));
+    assert_eq!(artifact["artifactType"], CACHE_ARTIFACT_TYPE);
+
     // Something that is not a cache (an image) is refused as such.
     let out = e.build("c", &["--cache-from", &format!("{host}/base:1")]);
     assert!(out.contains("is not a strata build cache"), "{out}");

@@ -57,7 +57,11 @@ pub fn push_cache(
     }
     let manifest_bytes = index.artifact_manifest(&index_digest, index_bytes.len() as u64)?;
     let manifest_digest = Digest::of_bytes(&manifest_bytes);
-    let target = push_target(dest, &manifest_digest, "a cache is pushed to a tag, not a digest")?;
+    // A cache ref without a tag is `:latest`, as BuildKit reads it.
+    let target = match (dest.tag(), dest.digest()) {
+        (None, None) => strata_types::DEFAULT_TAG.to_owned(),
+        _ => push_target(dest, &manifest_digest, "a cache is pushed to a tag, not a digest")?,
+    };
     let ep = client.endpoint(dest);
     let scopes = [format!("repository:{}:pull,push", ep.repository)];
     client.prepare(&ep, &scopes)?;
