@@ -229,8 +229,12 @@ fn a_local_cache_round_trips_through_an_oci_layout() {
     let dir = e.path("cache-dir");
     let dir = dir.to_str().unwrap();
     let a = e.build("a", &["--cache-to", &format!("type=local,dest={dir},mode=max")]);
-    let b = e.build("b", &["--cache-from", &format!("type=local,src={dir}")]);
+    let out = format!("docker://{}/out:1", e.host());
+    let b = e.build("b", &["--cache-from", &format!("type=local,src={dir}"), "--output", &out]);
     assert_eq!(cached(&b).len(), 5, "{b}");
+    // `--output docker://...` pushes, as --push does for the tags.
+    assert!(b.contains(&format!("pushed {}/out:1", e.host())), "{b}");
+    assert!(!b.contains("wrote docker://"), "{b}");
     // The same image: every layer reused, configs equal.
     let digest = |s: &str| {
         s.lines()
