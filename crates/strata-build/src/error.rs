@@ -239,6 +239,56 @@ pub enum BuildError {
         #[source]
         source: serde_json::Error,
     },
+    /// A `--cache-from`/`--cache-to` value that cannot be read.
+    #[error("invalid cache spec {spec:?}: {why}")]
+    InvalidCacheSpec {
+        /// The value given.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A `type=local` cache directory is not an OCI layout holding a strata cache.
+    #[error("{dir}: not a strata cache layout: {why}")]
+    InvalidCacheLayout {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A blob of a `type=local` cache does not hash to its name.
+    #[error("{path}: expected {expected}, found {found}")]
+    CacheBlobMismatch {
+        /// The blob file.
+        path: PathBuf,
+        /// Its name.
+        expected: Digest,
+        /// The digest of its bytes.
+        found: Digest,
+    },
+    /// Exporting the build cache to a registry failed.
+    #[error("exporting the build cache to {cache}")]
+    CacheExport {
+        /// The `--cache-to` destination.
+        cache: String,
+        /// What went wrong.
+        #[source]
+        source: Box<strata_registry::RegistryError>,
+    },
+    /// Pushing the built image (`--push`) failed.
+    #[error("pushing {reference}")]
+    Push {
+        /// The reference pushed to.
+        reference: String,
+        /// What went wrong.
+        #[source]
+        source: Box<strata_registry::RegistryError>,
+    },
+    /// `--push` with a tag that names no registry.
+    #[error("--push: {tag:?} names no registry to push to (write HOST/REPO:TAG)")]
+    PushWithoutRegistry {
+        /// The tag.
+        tag: String,
+    },
     /// A `--secret` value that is not `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[error("invalid --secret {spec:?}: {why}")]
     InvalidSecretSpec {
@@ -287,7 +337,9 @@ pub enum BuildError {
         value: String,
     },
     /// An `--output` that is not a file or directory destination.
-    #[error("--output {output}: must be oci:DIR[:TAG], docker-archive:FILE[:TAG] or dir:PATH")]
+    #[error(
+        "--output {output}: must be oci:DIR[:TAG], docker-archive:FILE[:TAG], dir:PATH or docker://HOST/REPO:TAG"
+    )]
     InvalidOutput {
         /// The value given.
         output: String,

@@ -20,7 +20,7 @@ use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{
     Base, Command, CopySpec, DockerIgnore, Instruction, Plan, Recipe, Scope, Source, Step,
 };
-use strata_store::Store;
+use strata_store::{CacheEntry, CacheKey, Store};
 use strata_types::Digest;
 
 use crate::cache;
@@ -76,6 +76,8 @@ pub(crate) struct StepCache {
     pub writer: LayerWriter,
     /// Digests of context files, remembered between builds.
     pub hashes: ContextHashes,
+    /// What `--cache-from` imported.
+    pub imported: crate::remote_cache::Imported,
 }
 
 /// Finished work.
@@ -88,6 +90,8 @@ pub(crate) struct Done {
     pub layers_written: AtomicUsize,
     pub layers_reused: AtomicUsize,
     pub bytes_written: AtomicU64,
+    /// Every cache entry a step used or recorded, by stage (what `--cache-to` exports).
+    pub entries: Mutex<Vec<(usize, CacheKey, CacheEntry)>>,
 }
 
 /// What one step did to the filesystem.
@@ -433,14 +437,35 @@ impl<'a> Builder<'a> {
         created_by: &str,
     ) -> Result<Option<StepResult>> {
         let Some(key) = key.filter(|_| self.cache_enabled(stage)) else { return Ok(None) };
-        let Some((layer, size)) = cache::lookup(self.io.store, kind, key) else { return Ok(None) };
+        let found = cache::lookup(self.io.store, kind, key).or_else(|| {
+            let key = CacheKey { kind, digest: *key };
+            let e = self.cache.imported.take(self.io.store, &key, self.io.progress)?;
+            let size = e.layer.size();
+            Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id }, size))
+        });
+        let Some((layer, size)) = found else { return Ok(None) };
         ensure_snapshot(self.io.store, &layer)?;
+        self.used(stage, kind, key, &layer);
         Ok(Some(StepResult {
             created_by: created_by.to_string(),
             layer: Some(layer),
             layer_size: Some(size),
             cached: true,
         }))
+    }
+
+    /// Records that `stage` used `layer` as the result of `key` (for `--cache-to`).
+    fn used(&self, stage: usize, kind: cache::Kind, key: &Digest, layer: &LayerRef) {
+        let entry = CacheEntry { layer: layer.descriptor.clone(), diff_id: layer.diff_id };
+        let mut entries = self.done.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.push((stage, CacheKey { kind, digest: *key }, entry));
+    }
+
+    /// Remembers `layer` as the result of `key` in the store's cache (best effort) and as
+    /// used by `stage`.
+    pub fn record(&self, stage: usize, kind: cache::Kind, key: &Digest, layer: &LayerRef) {
+        cache::record(self.io.store, kind, key, layer);
+        self.used(stage, kind, key, layer);
     }
 
     /// The key fields every step shares: kind, parent chain, writer settings.
@@ -513,7 +538,7 @@ impl<'a> Builder<'a> {
         let cs = Changeset::from_scan(scan(staging.path())?);
         let (layer, size) = self.commit(&cs, staging.path())?;
         if let Some(key) = &key {
-            cache::record(self.io.store, cache::Kind::Workdir, key, &layer);
+            self.record(stage, cache::Kind::Workdir, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }
@@ -618,7 +643,7 @@ impl<'a> Builder<'a> {
         let cs = Changeset::from_scan(staged);
         let (layer, size) = self.commit_staged(&cs, &root)?;
         if let Some(key) = &key {
-            cache::record(self.io.store, cache::Kind::Copy, key, &layer);
+            self.record(stage, cache::Kind::Copy, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }

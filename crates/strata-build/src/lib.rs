@@ -28,6 +28,12 @@
 //! mtime and ctime in ns) under `<store>/strata/v1/hashes-v1/`, so a no-op rebuild costs a
 //! metadata walk of the context, not a read of it.
 //!
+//! The cache can travel between stores ([`BuildOptions::cache_from`], [`BuildOptions::cache_to`],
+//! [`CacheSpec`]): as an OCI artifact in a registry or an OCI layout, imported entry by entry
+//! when a step's key matches and its layer has been fetched and verified, exported after the
+//! build; [`BuildOptions::push`] pushes the result to its tags first. See the `remote_cache`
+//! module.
+//!
 //! Before any step, the build runs the recipe's build checks (BuildKit's lint rules and
 //! strata's, see [`check`]) on the stages it builds and reports each warning as a
 //! [`BuildEvent::CheckWarning`]; with `# check=error=true` a warning fails the build
@@ -80,6 +86,7 @@ mod executor;
 mod image;
 mod options;
 mod progress;
+mod remote_cache;
 mod rootfs;
 mod run;
 mod ssh;
@@ -103,6 +110,7 @@ pub use options::{
 pub use progress::{
     BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, EVENT_VERSION,
 };
+pub use remote_cache::{CacheLocation, CacheMode, CacheSpec};
 pub use ssh::{SshSource, SshSpec};
 pub use strata_layer::Compression;
 pub use strata_recipe::BuildArgs;
@@ -176,6 +184,7 @@ pub fn build_with(
         cache: executor::StepCache {
             writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
             hashes: context_hash::ContextHashes::load(store, &opts.context),
+            imported: remote_cache::Imported::load(opts, progress),
         },
         done: executor::Done {
             results: RwLock::new(HashMap::new()),
@@ -183,6 +192,7 @@ pub fn build_with(
             layers_written: AtomicUsize::new(0),
             layers_reused: AtomicUsize::new(0),
             bytes_written: AtomicU64::new(0),
+            entries: Mutex::new(Vec::new()),
         },
     };
     let built = build_stages(&builder, &plan);
@@ -208,6 +218,8 @@ pub fn build_with(
     }
     let image = store.image(&manifest)?;
     let exported = match &opts.output {
+        // `docker://...` is a push (below), not an export.
+        Some(strata_types::ImageLocation::Registry(_)) => None,
         Some(dest) => {
             let local = strata_types::ImageLocation::Store(manifest.digest().to_string());
             let opened = strata_image::open_local(Some(store), &local)?;
@@ -215,6 +227,8 @@ pub fn build_with(
         }
         None => None,
     };
+    let pushed = push_result(store, opts, &image)?;
+    let cache_exported = export_cache(store, opts, &plan, &builder, progress)?;
     progress.event(&BuildEvent::BuildDone {
         digest: manifest.digest().to_string(),
         layers_reused: builder.done.layers_reused.load(std::sync::atomic::Ordering::Relaxed),
@@ -232,7 +246,81 @@ pub fn build_with(
         context_files_hashed: builder.cache.hashes.files_hashed(),
         bytes_written: builder.done.bytes_written.into_inner(),
         exported,
+        pushed,
+        cache_exported,
     })
+}
+
+/// `--push`: the image to every tag, then `--output docker://...`; blobs the registry has are
+/// not sent again (strata-registry's push: HEAD, else mount, else upload).
+fn push_result(
+    store: &Store,
+    opts: &BuildOptions,
+    image: &strata_store::Image,
+) -> Result<Vec<(String, strata_registry::TransferReport)>> {
+    let mut targets: Vec<strata_types::Reference> = Vec::new();
+    if opts.push {
+        for tag in &opts.tags {
+            targets.push(tag.parse().map_err(strata_store::StoreError::from)?);
+        }
+    }
+    if let Some(strata_types::ImageLocation::Registry(r)) = &opts.output {
+        targets.push(r.clone());
+    }
+    let mut pushed = Vec::new();
+    for r in targets {
+        let err = |e| BuildError::Push { reference: r.to_string(), source: Box::new(e) };
+        let client = remote_cache::client_for(opts, &r).map_err(err)?;
+        let report = strata_registry::push(
+            &client,
+            store,
+            image,
+            &r,
+            &Default::default(),
+            &strata_registry::NoTransferProgress,
+        )
+        .map_err(err)?;
+        pushed.push((r.to_string(), report));
+    }
+    Ok(pushed)
+}
+
+/// `--cache-to`: the entries the build used, by each destination's mode. `mode=min` keeps
+/// the stages the final image is made of: the target and the stages it is `FROM`.
+fn export_cache(
+    store: &Store,
+    opts: &BuildOptions,
+    plan: &strata_recipe::Plan,
+    builder: &executor::Builder<'_>,
+    progress: &dyn ProgressSink,
+) -> Result<Vec<(String, usize)>> {
+    let mut chain = BTreeSet::from([plan.target]);
+    let mut at = plan.target;
+    while let strata_recipe::Base::Stage(j) = &plan.stages[at].base {
+        if !chain.insert(*j) {
+            break;
+        }
+        at = *j;
+    }
+    let entries = builder.done.entries.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut exported = Vec::new();
+    for spec in &opts.cache_to {
+        let index = strata_store::CacheIndex {
+            entries: entries
+                .iter()
+                .filter(|(stage, ..)| spec.mode == CacheMode::Max || chain.contains(stage))
+                .map(|(_, k, e)| (*k, e.clone()))
+                .collect(),
+        };
+        match remote_cache::export(store, opts, &index, spec) {
+            Ok(()) => exported.push((spec.to_string(), index.entries.len())),
+            Err(e) if spec.ignore_error => progress.event(&BuildEvent::Warning {
+                message: format!("cache {spec} not exported (ignore-error=true): {e}"),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(exported)
 }
 
 /// The stage indices `--no-cache-filter` values name: a stage name (case-insensitive, as

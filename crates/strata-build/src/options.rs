@@ -159,6 +159,12 @@ pub struct BuildOptions {
     pub named_contexts: std::collections::BTreeMap<String, NamedContext>,
     /// SSH agents RUN steps may reach with `--mount=type=ssh` (`--ssh`).
     pub ssh: Vec<crate::SshSpec>,
+    /// Caches to import before building (`--cache-from`), in priority order.
+    pub cache_from: Vec<crate::CacheSpec>,
+    /// Where to export the build cache once built (`--cache-to`).
+    pub cache_to: Vec<crate::CacheSpec>,
+    /// Push the result to every tag (each `HOST/REPO:TAG`) once built (`--push`).
+    pub push: bool,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -266,6 +272,9 @@ impl BuildOptions {
             extra_hosts: Vec::new(),
             named_contexts: Default::default(),
             ssh: Vec::new(),
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
+            push: false,
         }
     }
 
@@ -300,10 +309,13 @@ impl BuildOptions {
                     strata_store::StoreError::UnexpectedDigest { reference: tag.clone() }.into()
                 );
             }
+            if self.push && r.domain().is_none() {
+                return Err(BuildError::PushWithoutRegistry { tag: tag.clone() });
+            }
         }
         if let Some(out) = &self.output {
             use strata_types::ImageLocation;
-            if matches!(out, ImageLocation::Store(_) | ImageLocation::Registry(_)) {
+            if matches!(out, ImageLocation::Store(_)) {
                 return Err(BuildError::InvalidOutput { output: out.to_string() });
             }
         }
@@ -381,4 +393,8 @@ pub struct BuildOutput {
     pub context_files_hashed: u64,
     /// What was written to [`BuildOptions::output`], when set.
     pub exported: Option<strata_image::ExportReport>,
+    /// With [`BuildOptions::push`]: each tag pushed and what moved.
+    pub pushed: Vec<(String, strata_registry::TransferReport)>,
+    /// Entries exported to each [`BuildOptions::cache_to`] destination.
+    pub cache_exported: Vec<(String, usize)>,
 }

@@ -226,7 +226,7 @@ impl Builder<'_> {
         };
         let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
         if let Some(key) = &key {
-            cache::record(self.io.store, cache::Kind::Run, key, &layer);
+            self.record(stage, cache::Kind::Run, key, &layer);
         }
         Ok(StepResult::written(created_by, layer, size))
     }

@@ -285,6 +285,14 @@ pub enum RegistryError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A build-cache reference names a manifest that is not a strata cache artifact.
+    #[error("{reference} is not a strata build cache (artifact type {found:?})")]
+    NotACache {
+        /// The cache reference.
+        reference: String,
+        /// Its artifactType, else its config media type, when the manifest had them.
+        found: Option<String>,
+    },
     /// The local store failed (missing blob, I/O, or a verification failure it detected).
     #[error(transparent)]
     Store(#[from] StoreError),

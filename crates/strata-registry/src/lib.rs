@@ -20,6 +20,10 @@
 //! one) asking the destination first, so a blob it has is never downloaded and a blob of the
 //! same registry is mounted; its manifest is kept byte for byte too.
 //!
+//! A build cache travels as an OCI artifact ([`push_cache`], [`pull_cache`]): a manifest with
+//! strata's `artifactType` whose config is the cache index and whose layers are the very blobs
+//! of the images built, so exporting it after pushing an image only mounts or finds them.
+//!
 //! Knowledge of where blobs live ("`sha256:...` is in `host/repo`") is recorded in the store's
 //! metadata under `strata/v1/registry-v1/` whenever a blob is pushed or pulled; it is a hint,
 //! checked by the registry itself when a mount is attempted.
@@ -39,6 +43,7 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod cache;
 mod client;
 mod copy;
 pub mod credentials;
@@ -55,6 +60,7 @@ use serde::Serialize;
 use strata_types::Digest;
 pub use strata_types::Reference;
 
+pub use cache::{pull_cache, push_cache, RemoteCache};
 pub use client::{Client, ClientOptions, DEFAULT_STALL_TIMEOUT};
 pub use copy::{copy, copy_all, Copied};
 pub use error::RegistryError;

@@ -446,7 +446,7 @@ fn download_blob_reporting(
 }
 
 /// A small blob (a config in a dry run) into memory, verified.
-fn fetch_blob_to_memory(
+pub(crate) fn fetch_blob_to_memory(
     client: &Client,
     ep: &Endpoint,
     scopes: &[String],

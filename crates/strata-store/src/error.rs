@@ -141,6 +141,23 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A build-cache index document is not JSON of the index format.
+    #[error("the build cache index is malformed")]
+    InvalidCacheIndex {
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A build-cache index document has a format version this strata does not read.
+    #[error(
+        "the build cache index has format version {found}; this strata reads version {supported}"
+    )]
+    CacheIndexVersion {
+        /// The version found.
+        found: u64,
+        /// The version supported.
+        supported: u64,
+    },
     /// A value could not be serialized to JSON for storing.
     #[error("cannot serialize {what} to JSON")]
     Serialize {

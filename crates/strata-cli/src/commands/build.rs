@@ -47,7 +47,8 @@ pub struct Args {
     /// Layer compression.
     #[arg(long, value_enum, default_value = "zstd")]
     pub compression: CompressionArg,
-    /// Also write the image to `oci:DIR[:TAG]`, `docker-archive:FILE[:TAG]` or `dir:PATH`.
+    /// Also write the image to `oci:DIR[:TAG]`, `docker-archive:FILE[:TAG]` or `dir:PATH`,
+    /// or push it to `docker://HOST/REPO:TAG`.
     #[arg(long, value_name = "DEST")]
     pub output: Option<ImageLocation>,
     /// Progress display: `auto` (tty on a terminal, else plain), `plain`, `tty`, `json`
@@ -91,6 +92,20 @@ pub struct Args {
     /// `default` ($SSH_AUTH_SOCK), `ID=SOCKET` or `ID=KEYFILE[,KEYFILE]` (repeatable).
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEYFILE]")]
     pub ssh: Vec<build::SshSpec>,
+    /// Import a build cache before building (repeatable, first wins):
+    /// `type=registry,ref=HOST/REPO:TAG`, `type=local,src=DIR` or `HOST/REPO:TAG`. A cache
+    /// that cannot be read is a warning.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<build::CacheSpec>,
+    /// Export the build cache once built (repeatable):
+    /// `type=registry,ref=HOST/REPO:TAG[,mode=min|max]`, `type=local,dest=DIR[,mode=...]`
+    /// or `HOST/REPO:TAG`; `mode=min` (default) the final image's steps, `max` every stage's.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<build::CacheSpec>,
+    /// Push the image to every `-t HOST/REPO:TAG` once built (blobs the registry has are
+    /// not sent again).
+    #[arg(long)]
+    pub push: bool,
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -154,6 +169,9 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.extra_hosts = args.add_hosts.clone();
     opts.named_contexts = args.build_contexts.iter().cloned().collect();
     opts.ssh = args.ssh.clone();
+    opts.cache_from = args.cache_from.clone();
+    opts.cache_to = args.cache_to.clone();
+    opts.push = args.push;
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 
@@ -204,8 +222,20 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         for t in &opts.tags {
             display.line(&format!("tagged {t}"))?;
         }
-        if let Some(dest) = &opts.output {
+        if let Some(dest) = out.exported.as_ref().and(opts.output.as_ref()) {
             display.line(&format!("wrote {dest}"))?;
+        }
+        for (reference, r) in &out.pushed {
+            display.line(&format!(
+                "pushed {reference}: {} uploaded, {} mounted, {} present ({})",
+                r.uploaded,
+                r.mounted,
+                r.present,
+                human(r.bytes)
+            ))?;
+        }
+        for (cache, entries) in &out.cache_exported {
+            display.line(&format!("exported cache {cache}: {entries} entries"))?;
         }
     }
     if let Some(path) = &args.iidfile {

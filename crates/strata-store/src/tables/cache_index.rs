@@ -7,6 +7,7 @@
 //! is gone is a miss, never an error. A change of this entry format needs a new directory
 //! version.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 
@@ -23,7 +24,8 @@ use crate::store::Store;
 const DIR: &str = "cache-v1";
 
 /// The kind of step an entry is for (a subdirectory of the index).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum CacheKind {
     /// `RUN`.
@@ -48,7 +50,7 @@ impl CacheKind {
 }
 
 /// A step's cache key: its kind and the digest strata-build computed for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey {
     /// What kind of step.
     pub kind: CacheKind,
@@ -134,6 +136,141 @@ impl Store {
     }
 }
 
+/// The `artifactType` of a build-cache artifact in a registry or an OCI layout (image-spec
+/// manifest.md "Guidelines for Artifact Usage": an artifact that is not an image sets
+/// `artifactType`, which registries and `skopeo inspect --raw` show as is).
+pub const CACHE_ARTIFACT_TYPE: &str = "application/vnd.strata.cache.v1+json";
+
+/// The media type of the cache index blob, the artifact's config.
+pub const CACHE_INDEX_MEDIA_TYPE: &str = "application/vnd.strata.cache.index.v1+json";
+
+/// The cache index format version [`CacheIndex::to_json`] writes and the only one
+/// [`CacheIndex::from_json`] reads.
+pub const CACHE_INDEX_VERSION: u64 = 1;
+
+/// The portable form of (part of) the build cache: the entries a build used, by key, as they
+/// travel in a cache artifact. Each entry is what a local entry holds, the layer descriptor
+/// and its diffID: a hit's config change and history are recomputed from the recipe, so the
+/// layer is all a step's result needs. The JSON document:
+///
+/// ```json
+/// {"version": 1,
+///  "entries": [{"kind": "run", "key": "sha256:...",
+///               "layer": {"mediaType": "...", "digest": "sha256:...", "size": 123},
+///               "diffID": "sha256:..."}]}
+/// ```
+///
+/// Entries are sorted by kind and key, so one set of entries has one serialization.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheIndex {
+    /// The entries, by key.
+    pub entries: BTreeMap<CacheKey, CacheEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexFile {
+    version: u64,
+    entries: Vec<IndexFileEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexFileEntry {
+    kind: CacheKind,
+    key: Digest,
+    layer: Descriptor,
+    #[serde(rename = "diffID")]
+    diff_id: Digest,
+}
+
+/// Only the version, read first so a future format is named as such, not as malformed.
+#[derive(Deserialize)]
+struct IndexVersion {
+    version: u64,
+}
+
+impl CacheIndex {
+    /// The index as its versioned JSON document.
+    pub fn to_json(&self) -> Result<Vec<u8>, StoreError> {
+        let file = IndexFile {
+            version: CACHE_INDEX_VERSION,
+            entries: self
+                .entries
+                .iter()
+                .map(|(k, e)| IndexFileEntry {
+                    kind: k.kind,
+                    key: k.digest,
+                    layer: e.layer.clone(),
+                    diff_id: e.diff_id,
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&file)
+            .map_err(|source| StoreError::Serialize { what: "cache index", source })
+    }
+
+    /// The layer descriptors the entries name, each once, in key order.
+    pub fn layers(&self) -> Vec<&Descriptor> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.entries
+            .values()
+            .map(|e| &e.layer)
+            .filter(|l| seen.insert(l.digest().to_string()))
+            .collect()
+    }
+
+    /// The cache artifact's manifest for this index, whose JSON ([`CacheIndex::to_json`])
+    /// is the blob `index_digest` of `index_size` bytes: an OCI image manifest with
+    /// `artifactType` [`CACHE_ARTIFACT_TYPE`], the index as its config and the layers as its
+    /// layers (image-spec manifest.md "Guidelines for Artifact Usage", case 3: a config of our
+    /// own media type, so no tool mistakes it for an image config).
+    pub fn artifact_manifest(
+        &self,
+        index_digest: &Digest,
+        index_size: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": CACHE_ARTIFACT_TYPE,
+            "config": {
+                "mediaType": CACHE_INDEX_MEDIA_TYPE,
+                "digest": index_digest.to_string(),
+                "size": index_size,
+            },
+            "layers": self.layers(),
+        });
+        serde_json::to_vec(&manifest)
+            .map_err(|source| StoreError::Serialize { what: "cache manifest", source })
+    }
+
+    /// Parses a document [`CacheIndex::to_json`] wrote. Another version is
+    /// [`StoreError::CacheIndexVersion`], anything else unreadable
+    /// [`StoreError::InvalidCacheIndex`]: never a partial index.
+    pub fn from_json(bytes: &[u8]) -> Result<CacheIndex, StoreError> {
+        let v: IndexVersion = serde_json::from_slice(bytes)
+            .map_err(|source| StoreError::InvalidCacheIndex { source })?;
+        if v.version != CACHE_INDEX_VERSION {
+            return Err(StoreError::CacheIndexVersion {
+                found: v.version,
+                supported: CACHE_INDEX_VERSION,
+            });
+        }
+        let file: IndexFile = serde_json::from_slice(bytes)
+            .map_err(|source| StoreError::InvalidCacheIndex { source })?;
+        let mut entries = BTreeMap::new();
+        for e in file.entries {
+            // A descriptor whose digest does not parse as ours cannot be fetched: refuse the
+            // whole index rather than guess.
+            Digest::try_from(e.layer.digest())?;
+            entries.insert(
+                CacheKey { kind: e.kind, digest: e.key },
+                CacheEntry { layer: e.layer, diff_id: e.diff_id },
+            );
+        }
+        Ok(CacheIndex { entries })
+    }
+}
+
 /// Removes entries whose layer blob is gone (and anything in the index that is not an entry).
 pub(crate) fn sweep_build_cache(store: &Store) -> Result<usize, StoreError> {
     let root = store.meta_dir().join(DIR);
@@ -157,4 +294,44 @@ pub(crate) fn sweep_build_cache(store: &Store) -> Result<usize, StoreError> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index() -> CacheIndex {
+        let layer_digest = Digest::of_bytes(b"layer");
+        let layer = Descriptor::new(MediaType::ImageLayerZstd, 5, layer_digest);
+        let mut entries = BTreeMap::new();
+        entries.insert(
+            CacheKey { kind: CacheKind::Run, digest: Digest::of_bytes(b"key") },
+            CacheEntry { layer, diff_id: Digest::of_bytes(b"diff") },
+        );
+        CacheIndex { entries }
+    }
+
+    #[test]
+    fn cache_index_round_trips_through_its_json() {
+        let i = index();
+        assert_eq!(CacheIndex::from_json(&i.to_json().unwrap()).unwrap(), i);
+    }
+
+    #[test]
+    fn cache_index_of_another_version_is_refused_by_name() {
+        let json = String::from_utf8(index().to_json().unwrap()).unwrap();
+        let v2 = json.replace("\"version\":1", "\"version\":2");
+        assert!(matches!(
+            CacheIndex::from_json(v2.as_bytes()),
+            Err(StoreError::CacheIndexVersion { found: 2, .. })
+        ));
+        assert!(matches!(
+            CacheIndex::from_json(b"{\"version\":1,\"entries\":[{}]}"),
+            Err(StoreError::InvalidCacheIndex { .. })
+        ));
+        assert!(matches!(
+            CacheIndex::from_json(b"not json"),
+            Err(StoreError::InvalidCacheIndex { .. })
+        ));
+    }
 }

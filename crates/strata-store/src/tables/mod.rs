@@ -13,6 +13,10 @@
 //! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |
 //! | [`Store::set_gc_roots`], extra gc roots | `roots/<name>` | replaced by its writer |
 //!
+//! The build cache index also has a portable form, [`CacheIndex`] (a versioned JSON document,
+//! the config of the cache artifact strata-registry pushes), which is not stored here: its
+//! entries enter the table above one by one, when a build takes them.
+//!
 //! Two more files beside the layout are not hints but the store's own state, each in its own
 //! module: the tag records (`tags-v1/<tag>`, a copy of each `index.json` tag that
 //! [`Store::fsck`] rebuilds a lost `index.json` from; gc roots) and lost+found
@@ -26,7 +30,10 @@ mod mounts;
 mod snapshots;
 mod workdir;
 
-pub use cache_index::{CacheEntry, CacheKey, CacheKind};
+pub use cache_index::{
+    CacheEntry, CacheIndex, CacheKey, CacheKind, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE,
+    CACHE_INDEX_VERSION,
+};
 pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;
 pub use workdir::WorkDir;

@@ -1,0 +1,380 @@
+//! The build cache beyond one store: `--cache-from` imports, `--cache-to` exports, `--push`.
+//!
+//! A cache travels as an OCI artifact (strata-store's [`CacheIndex`] and its
+//! `artifact_manifest`): in a registry (`type=registry`, strata-registry's `push_cache` and
+//! `pull_cache`) or in an OCI layout directory (`type=local`). Import reads only the index of
+//! each source at the start of the build; entries are merged into the store's cache table one
+//! at a time, when a step's key is found in an index and its layer blob has been fetched
+//! (verified) into the store. So a layer is downloaded only for a step that hits, but then
+//! always, even when no later step reads its files (lazy layers are not done yet). A source
+//! that cannot be read (404, not a cache, another format version, a malformed index) is one
+//! warning and no entries; an entry whose blob is gone is a warning and a miss: never an
+//! error, never a wrong layer.
+//!
+//! Export happens after the image is built (and pushed): `mode=min` takes the entries of the
+//! steps of the target stage and of the stages it is based on (`FROM <stage>`), i.e. the
+//! layers of the final image; `mode=max` those of every stage built.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use strata_registry::{Client, RemoteCache};
+use strata_store::{CacheEntry, CacheIndex, CacheKey, Store, CACHE_ARTIFACT_TYPE};
+use strata_types::{Digest, Reference};
+
+use crate::error::{BuildError, Result};
+use crate::options::BuildOptions;
+use crate::progress::{BuildEvent, ProgressSink};
+
+/// Which steps `--cache-to` exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CacheMode {
+    /// The steps whose layers are in the final image (BuildKit's default).
+    #[default]
+    Min,
+    /// Every step of every stage built.
+    Max,
+}
+
+/// Where a cache is: a registry artifact or an OCI layout directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheLocation {
+    /// `type=registry,ref=HOST/REPO:TAG` (or just `HOST/REPO:TAG`).
+    Registry(Reference),
+    /// `type=local,src=DIR` / `dest=DIR`.
+    Local(PathBuf),
+}
+
+/// A `--cache-from` or `--cache-to` value, in BuildKit's spelling:
+/// `type=registry,ref=HOST/REPO:TAG[,mode=min|max][,ignore-error=true]`,
+/// `type=local,dest=DIR` / `type=local,src=DIR`, or a bare `HOST/REPO:TAG`. BuildKit's
+/// `oci-mediatypes=true` and `image-manifest=true` are accepted: strata always writes an OCI
+/// image manifest. `mode` matters only for export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Where.
+    pub location: CacheLocation,
+    /// Which steps an export takes.
+    pub mode: CacheMode,
+    /// An export that fails is a warning instead of a failed build.
+    pub ignore_error: bool,
+}
+
+impl std::fmt::Display for CacheSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.location {
+            CacheLocation::Registry(r) => write!(f, "type=registry,ref={r}"),
+            CacheLocation::Local(d) => write!(f, "type=local,dir={}", d.display()),
+        }
+    }
+}
+
+impl FromStr for CacheSpec {
+    type Err = BuildError;
+
+    fn from_str(spec: &str) -> Result<CacheSpec> {
+        let bad = |why: String| BuildError::InvalidCacheSpec { spec: spec.to_string(), why };
+        let reference = |r: &str| -> Result<Reference> {
+            let parsed: Reference =
+                r.parse().map_err(|e| bad(format!("{r:?} is not an image reference: {e}")))?;
+            if parsed.domain().is_none() {
+                return Err(bad(format!("{r:?} names no registry: write HOST/REPO:TAG")));
+            }
+            Ok(parsed)
+        };
+        if !spec.contains('=') {
+            let location = CacheLocation::Registry(reference(spec)?);
+            return Ok(CacheSpec { location, mode: CacheMode::Min, ignore_error: false });
+        }
+        let (mut kind, mut reference_text, mut dir) = (None, None, None);
+        let (mut mode, mut ignore_error) = (CacheMode::Min, false);
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("type", v)) => kind = Some(v),
+                Some(("ref", v)) => reference_text = Some(v),
+                Some(("src" | "dest", v)) if !v.is_empty() => dir = Some(PathBuf::from(v)),
+                Some(("mode", "min")) => mode = CacheMode::Min,
+                Some(("mode", "max")) => mode = CacheMode::Max,
+                Some(("ignore-error", v)) => {
+                    ignore_error = v.parse().map_err(|_| bad(format!("ignore-error={v}")))?
+                }
+                Some(("oci-mediatypes" | "image-manifest", "true")) => {}
+                _ => return Err(bad(format!("unknown or invalid field {field:?}"))),
+            }
+        }
+        let location = match (kind, reference_text, dir) {
+            (Some("registry") | None, Some(r), None) => CacheLocation::Registry(reference(r)?),
+            (Some("local"), None, Some(d)) => CacheLocation::Local(d),
+            (Some("registry") | None, _, _) => {
+                return Err(bad("type=registry needs ref=HOST/REPO:TAG and no src/dest".into()))
+            }
+            (Some("local"), _, _) => {
+                return Err(bad("type=local needs src=DIR or dest=DIR and no ref".into()))
+            }
+            (Some(other), _, _) => {
+                return Err(bad(format!("type={other} (strata knows registry and local)")))
+            }
+        };
+        Ok(CacheSpec { location, mode, ignore_error })
+    }
+}
+
+/// The error and its causes on one line, as the CLI would print them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A client for `reference`'s registry, with the build's registry settings.
+pub(crate) fn client_for(
+    opts: &BuildOptions,
+    reference: &Reference,
+) -> std::result::Result<Client, strata_registry::RegistryError> {
+    let mut options = opts.registry.clone();
+    if !opts.tls_verify {
+        options.insecure.push(reference.domain().unwrap_or_default().to_string());
+    }
+    Client::new(options)
+}
+
+/// One readable `--cache-from` source.
+enum Source {
+    Registry { client: Box<Client>, cache: Box<RemoteCache> },
+    Local { dir: PathBuf },
+}
+
+/// What `--cache-from` brought: every readable source's entries (the first source naming a
+/// key wins), fetched and merged into the store on first use.
+#[derive(Default)]
+pub(crate) struct Imported {
+    sources: Vec<(String, Source)>,
+    entries: BTreeMap<CacheKey, (usize, CacheEntry)>,
+}
+
+impl Imported {
+    /// Reads the index of every source of `opts.cache_from`; one that cannot be read is a
+    /// warning.
+    pub fn load(opts: &BuildOptions, progress: &dyn ProgressSink) -> Imported {
+        let mut imported = Imported::default();
+        for spec in &opts.cache_from {
+            let read = match &spec.location {
+                CacheLocation::Registry(r) => client_for(opts, r)
+                    .and_then(|client| {
+                        let cache = strata_registry::pull_cache(&client, r)?;
+                        let index = cache.index.clone();
+                        let (client, cache) = (Box::new(client), Box::new(cache));
+                        Ok((index, Source::Registry { client, cache }))
+                    })
+                    .map_err(|e| chain(&e)),
+                CacheLocation::Local(dir) => read_layout_index(dir)
+                    .map(|index| (index, Source::Local { dir: dir.clone() }))
+                    .map_err(|e| chain(&e)),
+            };
+            match read {
+                Ok((index, source)) => {
+                    let n = imported.sources.len();
+                    for (k, e) in index.entries {
+                        imported.entries.entry(k).or_insert((n, e));
+                    }
+                    imported.sources.push((spec.to_string(), source));
+                }
+                Err(why) => progress.event(&BuildEvent::Warning {
+                    message: format!("cache {spec} not imported, building without it: {why}"),
+                }),
+            }
+        }
+        imported
+    }
+
+    /// The imported entry for `key` with its layer now in `store` and the entry in the
+    /// store's cache table; `None` when no source has it or its blob cannot be fetched (a
+    /// warning then).
+    pub fn take(
+        &self,
+        store: &Store,
+        key: &CacheKey,
+        progress: &dyn ProgressSink,
+    ) -> Option<CacheEntry> {
+        let (n, entry) = self.entries.get(key)?;
+        let (name, source) = &self.sources[*n];
+        let fetched = match source {
+            Source::Registry { client, cache } => cache
+                .fetch_layer(client, store, entry, &strata_registry::NoTransferProgress)
+                .map_err(|e| chain(&e)),
+            Source::Local { dir } => fetch_layout_blob(store, dir, entry).map_err(|e| chain(&e)),
+        };
+        if let Err(why) = fetched {
+            progress.event(&BuildEvent::Warning {
+                message: format!(
+                    "cache {name}: layer {} not available, rebuilding the step: {why}",
+                    entry.layer.digest()
+                ),
+            });
+            return None;
+        }
+        // Best effort, as any cache write: the hit stands for this build either way.
+        let _ = store.cache_put(key, entry);
+        Some(entry.clone())
+    }
+}
+
+/// Exports `index` to `spec`'s location.
+pub(crate) fn export(
+    store: &Store,
+    opts: &BuildOptions,
+    index: &CacheIndex,
+    spec: &CacheSpec,
+) -> Result<()> {
+    match &spec.location {
+        CacheLocation::Registry(r) => {
+            let err = |e| BuildError::CacheExport { cache: spec.to_string(), source: Box::new(e) };
+            let client = client_for(opts, r).map_err(err)?;
+            strata_registry::push_cache(
+                &client,
+                store,
+                index,
+                r,
+                &Default::default(),
+                &strata_registry::NoTransferProgress,
+            )
+            .map_err(err)?;
+            Ok(())
+        }
+        CacheLocation::Local(dir) => write_layout(store, dir, index),
+    }
+}
+
+fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join("blobs").join("sha256").join(digest.hex())
+}
+
+/// Reads a blob of the layout at `dir`, verified against `digest`.
+fn read_layout_blob(dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
+    let path = blob_path(dir, digest);
+    let bytes = fs::read(&path).map_err(|e| BuildError::io("read", &path, e))?;
+    let found = Digest::of_bytes(&bytes);
+    if found != *digest {
+        return Err(BuildError::CacheBlobMismatch { path, expected: *digest, found });
+    }
+    Ok(bytes)
+}
+
+/// The cache index of the OCI layout at `dir`: its `index.json`'s manifest whose
+/// `artifactType` is ours, that manifest's config.
+fn read_layout_index(dir: &Path) -> Result<CacheIndex> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        manifests: Vec<Desc>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Desc {
+        digest: Digest,
+        #[serde(rename = "artifactType")]
+        artifact_type: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        config: Desc,
+    }
+    let path = dir.join("index.json");
+    let bytes = fs::read(&path).map_err(|e| BuildError::io("read", &path, e))?;
+    let invalid = |why: String| BuildError::InvalidCacheLayout { dir: dir.to_path_buf(), why };
+    let index: Index = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let desc = index
+        .manifests
+        .iter()
+        .find(|d| d.artifact_type.as_deref() == Some(CACHE_ARTIFACT_TYPE))
+        .ok_or_else(|| invalid(format!("index.json lists no {CACHE_ARTIFACT_TYPE} manifest")))?;
+    let manifest: Manifest = serde_json::from_slice(&read_layout_blob(dir, &desc.digest)?)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(CacheIndex::from_json(&read_layout_blob(dir, &manifest.config.digest)?)?)
+}
+
+/// Copies the layer of `entry` from the layout at `dir` into `store`, verified.
+fn fetch_layout_blob(store: &Store, dir: &Path, entry: &CacheEntry) -> Result<()> {
+    let digest = Digest::try_from(entry.layer.digest()).map_err(strata_store::StoreError::from)?;
+    if store.has_blob(&digest) {
+        return Ok(());
+    }
+    let path = blob_path(dir, &digest);
+    let file = fs::File::open(&path).map_err(|e| BuildError::io("open", &path, e))?;
+    store.put_blob_verified(file, &digest, Some(entry.layer.size()))?;
+    Ok(())
+}
+
+/// Writes `index` as a cache artifact into the OCI layout at `dir` (created if missing):
+/// the blobs it lacks, then `index.json` naming the artifact's manifest, replacing the one
+/// there (image-spec image-layout.md: `index.json` is the layout's entry point).
+fn write_layout(store: &Store, dir: &Path, index: &CacheIndex) -> Result<()> {
+    let blobs = dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blobs).map_err(|e| BuildError::io("mkdir", &blobs, e))?;
+    let put = |bytes: &[u8]| -> Result<Digest> {
+        let digest = Digest::of_bytes(bytes);
+        let path = blob_path(dir, &digest);
+        fs::write(&path, bytes).map_err(|e| BuildError::io("write", &path, e))?;
+        Ok(digest)
+    };
+    for layer in index.layers() {
+        let digest = Digest::try_from(layer.digest()).map_err(strata_store::StoreError::from)?;
+        let path = blob_path(dir, &digest);
+        if path.is_file() {
+            continue;
+        }
+        let tmp = dir.join(format!(".{}.tmp", digest.hex()));
+        let mut from = store.open_blob_verified(&digest)?;
+        let mut to = fs::File::create(&tmp).map_err(|e| BuildError::io("create", &tmp, e))?;
+        std::io::copy(&mut from, &mut to).map_err(|e| BuildError::io("write", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| BuildError::io("rename", &path, e))?;
+    }
+    let index_json = index.to_json()?;
+    let index_digest = put(&index_json)?;
+    let manifest = index.artifact_manifest(&index_digest, index_json.len() as u64)?;
+    let manifest_digest = put(&manifest)?;
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": CACHE_ARTIFACT_TYPE,
+            "digest": manifest_digest.to_string(),
+            "size": manifest.len(),
+        }],
+    });
+    let layout = dir.join("oci-layout");
+    fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| BuildError::io("write", &layout, e))?;
+    let path = dir.join("index.json");
+    let tmp = dir.join(".index.json.tmp");
+    fs::write(&tmp, top.to_string()).map_err(|e| BuildError::io("write", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| BuildError::io("rename", &path, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_specs_in_buildkit_spelling() {
+        let s: CacheSpec = "type=registry,ref=127.0.0.1:5000/app:cache,mode=max".parse().unwrap();
+        assert!(matches!(s.location, CacheLocation::Registry(_)));
+        assert_eq!(s.mode, CacheMode::Max);
+        let s: CacheSpec = "127.0.0.1:5000/app:cache".parse().unwrap();
+        assert_eq!(s.mode, CacheMode::Min);
+        let s: CacheSpec = "type=local,dest=/tmp/c".parse().unwrap();
+        assert_eq!(s.location, CacheLocation::Local("/tmp/c".into()));
+        for bad in ["app:cache", "type=gha", "type=local", "type=registry,ref=r.io/a,mode=all"] {
+            assert!(bad.parse::<CacheSpec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! `strata build --cache-to/--cache-from/--push` against a real registry (the Debian
+//! `docker-registry` on 127.0.0.1): two stores stand for two CI runners, the second one
+//! empty, and the registry's access log says what crossed the wire.
+
+#[path = "../../strata-registry/tests/common/registry.rs"]
+mod registry;
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use common::{have, needs_root, TempRoot};
+use registry::{Registry, RegistryOptions};
+
+const CACHE_ARTIFACT_TYPE: &str = "application/vnd.strata.cache.v1+json";
+
+struct Env {
+    dir: TempRoot,
+    reg: Registry,
+}
+
+impl Env {
+    /// A registry holding `HOST/base:1` (busybox, pushed from store `seed`) and a LAMP-like
+    /// context in `ctx`; `None` when root or docker-registry is missing (skip).
+    fn new() -> Option<Env> {
+        if !needs_root() || !registry::registry_available() {
+            return None;
+        }
+        let env = Env { dir: TempRoot::new(), reg: Registry::start(RegistryOptions::default()) };
+        std::fs::create_dir_all(env.path("home")).unwrap();
+        let root = env.path("base-rootfs");
+        for d in ["bin", "etc", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for applet in ["sh", "mkdir", "echo", "cat"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        env.ok("seed", &["import", root.to_str().unwrap(), "base:1"]);
+        env.ok("seed", &["push", "base:1", &format!("docker://{}/base:1", env.host())]);
+        let ctx = env.path("ctx");
+        for d in ["conf", "www"] {
+            std::fs::create_dir_all(ctx.join(d)).unwrap();
+        }
+        let recipe = format!(
+            "FROM {}/base:1\n\
+             RUN mkdir -p /var/www && echo 'Listen 80' > /etc/httpd.conf\n\
+             ENV APP=lamp\n\
+             WORKDIR /srv/app\n\
+             COPY conf/ /etc/app/\n\
+             RUN echo 'extension=mysqli' > /etc/php.ini\n\
+             COPY www/ /var/www/html/\n",
+            env.host()
+        );
+        std::fs::write(ctx.join("Dockerfile"), recipe).unwrap();
+        std::fs::write(ctx.join("conf/app.conf"), "db=mysql\n").unwrap();
+        std::fs::write(ctx.join("www/index.php"), "<?php echo 'v1';\n").unwrap();
+        std::fs::write(ctx.join("www/about.php"), "<?php echo 'about';\n").unwrap();
+        Some(env)
+    }
+
+    fn host(&self) -> String {
+        self.reg.host()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path(name)
+    }
+
+    fn ctx(&self) -> String {
+        self.path("ctx").to_str().unwrap().to_string()
+    }
+
+    fn run(&self, store: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .arg("--store")
+            .arg(self.path(store))
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG")
+            .env("HOME", self.path("home"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs strata, asserts success, returns stderr.
+    fn ok(&self, store: &str, args: &[&str]) -> String {
+        let out = self.run(store, args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "strata {args:?} failed: {err}");
+        err
+    }
+
+    /// `strata build --progress plain ARGS CTX` in `store`; stderr.
+    fn build(&self, store: &str, args: &[&str]) -> String {
+        let mut all = vec!["build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        let ctx = self.ctx();
+        all.push(&ctx);
+        self.ok(store, &all)
+    }
+
+    /// The raw manifest of `reference` (HOST/REPO:TAG), as skopeo reads it.
+    fn raw_manifest(&self, reference: &str) -> serde_json::Value {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// The build report's lines (`  CACHED  [stage 0, line 2] RUN ...`).
+fn report(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .skip_while(|l| *l != "build report:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect()
+}
+
+fn cached(stderr: &str) -> Vec<&str> {
+    report(stderr).into_iter().filter(|l| l.trim_start().starts_with("CACHED")).collect()
+}
+
+fn layer_digests(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_cold_runner_reuses_the_registry_cache_and_pushes_only_the_new_layer() {
+    let Some(e) = Env::new() else { return };
+    if !have("skopeo") {
+        return;
+    }
+    let host = e.host();
+    let cache = format!("type=registry,ref={host}/cache/lamp:buildcache");
+    let v1 = format!("{host}/lamp:v1");
+    let a = e.build("a", &["--cache-to", &cache, "--push", "-t", &v1]);
+    assert!(a.contains(&format!("pushed {v1}")) && a.contains("exported cache"), "{a}");
+    assert!(cached(&a).is_empty(), "{a}");
+
+    // The cache is an artifact of ours, listing the very layer blobs of the image.
+    let artifact = e.raw_manifest(&format!("{host}/cache/lamp:buildcache"));
+    assert_eq!(artifact["artifactType"], CACHE_ARTIFACT_TYPE, "{artifact:#}");
+    assert_eq!(artifact["config"]["mediaType"], "application/vnd.strata.cache.index.v1+json");
+    let image_a = e.raw_manifest(&v1);
+    let layers_a = layer_digests(&image_a);
+    // base + RUN + WORKDIR + COPY + RUN + COPY; the cache has all but the base.
+    assert_eq!(layers_a.len(), 6, "{image_a:#}");
+    let mut in_cache = layer_digests(&artifact);
+    in_cache.sort();
+    let mut built = layers_a[1..].to_vec();
+    built.sort();
+    assert_eq!(in_cache, built, "{artifact:#}");
+    // Exporting the cache moved no layer twice: each was mounted from the image's repo.
+    assert!(e.reg.uploads("cache/lamp").len() == 1, "only the index is uploaded");
+    assert_eq!(e.reg.mounts("cache/lamp").len(), 5);
+
+    // Runner B: empty store, one PHP file changed.
+    std::fs::write(e.path("ctx/www/index.php"), "<?php echo 'v2';\n").unwrap();
+    let uploads_before = e.reg.uploads("lamp").len();
+    let v2 = format!("{host}/lamp:v2");
+    let b = e.build("b", &["--cache-from", &cache, "--cache-to", &cache, "--push", "-t", &v2]);
+    let hits = cached(&b);
+    assert_eq!(hits.len(), 4, "{b}");
+    let last = *report(&b).last().unwrap();
+    assert!(last.contains("COPY www/") && !last.contains("CACHED"), "{b}");
+    assert!(!b.contains("WARNING"), "{b}");
+
+    // B's image differs from A's in the last layer only, and only it (and the config) was
+    // uploaded to the image's repository.
+    let layers_b = layer_digests(&e.raw_manifest(&v2));
+    assert_eq!(layers_b.len(), 6);
+    assert_eq!(layers_b[..5], layers_a[..5]);
+    assert_ne!(layers_b[5], layers_a[5]);
+    assert_eq!(e.reg.uploads("lamp").len() - uploads_before, 2, "{}", e.reg.log());
+}
+
+#[test]
+fn a_missing_cache_or_a_missing_blob_is_a_warning_and_a_rebuild() {
+    let Some(e) = Env::new() else { return };
+    if !have("skopeo") {
+        return;
+    }
+    let host = e.host();
+    // A cache ref the registry does not have: one warning, a full build.
+    let out = e.build("a", &["--cache-from", &format!("{host}/cache/none:nothing")]);
+    assert!(out.contains("WARNING: cache type=registry") && out.contains("not imported"), "{out}");
+    assert!(cached(&out).is_empty(), "{out}");
+
+    let cache = format!("{host}/cache/lamp:buildcache");
+    e.build("a", &["-t", "lamp:1", "--cache-to", &format!("type=registry,ref={cache},mode=max")]);
+    // The blob of `COPY conf/` (the image's fourth layer: base, RUN, WORKDIR, COPY) is gone
+    // from the registry: that step is a miss; the build still succeeds.
+    e.ok("a", &["push", "lamp:1", &format!("docker://{host}/cache/lamp:image")]);
+    let gone = layer_digests(&e.raw_manifest(&format!("{host}/cache/lamp:image")))[3].clone();
+    std::fs::remove_file(e.reg.blob_data_path(&gone)).unwrap();
+    let out = e.build("b", &["--cache-from", &cache]);
+    assert!(out.contains("not available, rebuilding the step"), "{out}");
+    let copy = report(&out).into_iter().find(|l| l.contains("COPY conf/")).unwrap();
+    assert!(!copy.contains("CACHED"), "{out}");
+    assert!(cached(&out).len() >= 2, "the steps before it hit: {out}");
+
+    // A bare ref without a tag is `type=registry` at `:latest`, as in BuildKit.
+    e.build("a", &["--cache-to", &format!("{host}/cache/notag")]);
+    let artifact = e.raw_manifest(&format!("{host}/cache/notag:latest"));
+    assert_eq!(artifact["artifactType"], CACHE_ARTIFACT_TYPE);
+
+    // Something that is not a cache (an image) is refused as such.
+    let out = e.build("c", &["--cache-from", &format!("{host}/base:1")]);
+    assert!(out.contains("is not a strata build cache"), "{out}");
+}
+
+#[test]
+fn a_local_cache_round_trips_through_an_oci_layout() {
+    let Some(e) = Env::new() else { return };
+    let dir = e.path("cache-dir");
+    let dir = dir.to_str().unwrap();
+    let a = e.build("a", &["--cache-to", &format!("type=local,dest={dir},mode=max")]);
+    let out = format!("docker://{}/out:1", e.host());
+    let b = e.build("b", &["--cache-from", &format!("type=local,src={dir}"), "--output", &out]);
+    assert_eq!(cached(&b).len(), 5, "{b}");
+    // `--output docker://...` pushes, as --push does for the tags.
+    assert!(b.contains(&format!("pushed {}/out:1", e.host())), "{b}");
+    assert!(!b.contains("wrote docker://"), "{b}");
+    // The same image: every layer reused, configs equal.
+    let digest = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("built "))
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(digest(&a), digest(&b), "{a}\n{b}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{dir}/index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["artifactType"], CACHE_ARTIFACT_TYPE);
+}
+
+/// Rewrites the cache index of the layout at `dir` to `bytes`, keeping the layout consistent
+/// (new index blob, new manifest naming it, `index.json` naming that).
+fn replace_layout_index(dir: &str, edit: impl Fn(&str) -> String) {
+    let read = |p: String| std::fs::read_to_string(p).unwrap();
+    let blob = |d: &str| format!("{dir}/blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    let put = |text: &str| -> String {
+        use sha2_digest::hex_sha256;
+        let d = format!("sha256:{}", hex_sha256(text.as_bytes()));
+        std::fs::write(blob(&d), text).unwrap();
+        d
+    };
+    let top: serde_json::Value = serde_json::from_str(&read(format!("{dir}/index.json"))).unwrap();
+    let manifest_digest = top["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&read(blob(&manifest_digest))).unwrap();
+    let old = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let new_index = edit(&read(blob(&old)));
+    manifest["config"]["digest"] = put(&new_index).into();
+    manifest["config"]["size"] = new_index.len().into();
+    let manifest_text = manifest.to_string();
+    let mut top = top;
+    top["manifests"][0]["digest"] = put(&manifest_text).into();
+    top["manifests"][0]["size"] = manifest_text.len().into();
+    std::fs::write(format!("{dir}/index.json"), top.to_string()).unwrap();
+}
+
+/// SHA-256 by `sha256sum` (the test crate has no hash dependency).
+mod sha2_digest {
+    pub fn hex_sha256(bytes: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap().split(' ').next().unwrap().to_string()
+    }
+}
+
+#[test]
+fn a_cache_of_another_format_version_or_a_corrupt_index_is_a_warning_and_a_full_build() {
+    let Some(e) = Env::new() else { return };
+    let dir = e.path("cache-dir");
+    let dir = dir.to_str().unwrap();
+    e.build("a", &["--cache-to", &format!("type=local,dest={dir}")]);
+    let from = format!("type=local,src={dir}");
+
+    replace_layout_index(dir, |text| text.replace("\"version\":1", "\"version\":2"));
+    let out = e.build("b", &["--cache-from", &from]);
+    assert!(out.contains("WARNING") && out.contains("format version 2"), "{out}");
+    assert!(cached(&out).is_empty(), "{out}");
+
+    replace_layout_index(dir, |_| "{\"version\":1,\"entries\":[{\"kind\":\"run\"}]}".into());
+    let out = e.build("c", &["--cache-from", &from]);
+    assert!(out.contains("WARNING") && out.contains("malformed"), "{out}");
+    assert!(cached(&out).is_empty(), "{out}");
+}

@@ -1,0 +1,158 @@
+//! The build cache as a registry artifact: export with [`push_cache`], import with
+//! [`pull_cache`], and the layer of a hit fetched with [`RemoteCache::fetch_layer`].
+//!
+//! The artifact is an OCI image manifest (image-spec manifest.md "Guidelines for Artifact
+//! Usage") whose `artifactType` is [`CACHE_ARTIFACT_TYPE`], whose config is the cache index
+//! document ([`CacheIndex`], media type [`CACHE_INDEX_MEDIA_TYPE`]) and whose `layers` are the
+//! layer blobs the index names. Listing them is what keeps them alive in the registry (its gc
+//! follows manifests) and what lets the push be "HEAD, else mount, else upload" blob by blob,
+//! exactly as for an image: a layer the image push just sent is present (same repository) or
+//! mounted (distribution-spec "Mounting a blob from another repository"), never uploaded twice.
+//! The config is not an image config, so registries and tools that only understand images
+//! leave the artifact alone; `skopeo inspect --raw` shows the manifest as is.
+
+use serde::Deserialize;
+use strata_store::CACHE_INDEX_MEDIA_TYPE;
+use strata_store::{CacheEntry, CacheIndex, Store, StoreError, CACHE_ARTIFACT_TYPE};
+use strata_types::Digest;
+
+use crate::client::{Client, Endpoint, Session};
+use crate::error::RegistryError;
+use crate::manifest::BlobRef;
+use crate::pull::{fetch_blob, fetch_blob_to_memory, fetch_manifest};
+use crate::push::{push_blob, push_target, put_manifest, PushBlob};
+use crate::{
+    run_parallel, BlobKind, BlobReport, PushOptions, Reference, TransferEvent, TransferReport,
+    TransferSink,
+};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Pushes `index` as a cache artifact to `dest` (a tag): the index blob, every layer it names
+/// (each in `store`; HEAD, else mount, else upload), then the manifest.
+pub fn push_cache(
+    client: &Client,
+    store: &Store,
+    index: &CacheIndex,
+    dest: &Reference,
+    options: &PushOptions,
+    events: &dyn TransferSink,
+) -> Result<TransferReport, RegistryError> {
+    store.lease()?;
+    let index_bytes = index.to_json()?;
+    let index_digest = store.put_blob(index_bytes.as_slice())?.digest;
+    let mut blobs = vec![PushBlob {
+        digest: index_digest,
+        size: index_bytes.len() as u64,
+        kind: BlobKind::Config,
+    }];
+    for layer in index.layers() {
+        let digest = Digest::try_from(layer.digest()).map_err(StoreError::from)?;
+        let found = store.blob_size(&digest)?;
+        if found != layer.size() {
+            let expected = layer.size();
+            return Err(StoreError::SizeMismatch { digest, expected, found }.into());
+        }
+        blobs.push(PushBlob { digest, size: found, kind: BlobKind::Layer });
+    }
+    let manifest_bytes = index.artifact_manifest(&index_digest, index_bytes.len() as u64)?;
+    let manifest_digest = Digest::of_bytes(&manifest_bytes);
+    // A cache ref without a tag is `:latest`, as BuildKit reads it.
+    let target = match (dest.tag(), dest.digest()) {
+        (None, None) => strata_types::DEFAULT_TAG.to_owned(),
+        _ => push_target(dest, &manifest_digest, "a cache is pushed to a tag, not a digest")?,
+    };
+    let ep = client.endpoint(dest);
+    let scopes = [format!("repository:{}:pull,push", ep.repository)];
+    client.prepare(&ep, &scopes)?;
+    let outcomes = run_parallel(&blobs, options.jobs, |blob| {
+        push_blob(&Session::new(client, &ep, &scopes, false, events), store, blob)
+    })?;
+    let mut report = TransferReport { manifest: Some(manifest_digest), ..Default::default() };
+    for (b, outcome) in blobs.iter().zip(outcomes) {
+        report.add(BlobReport { digest: b.digest, size: b.size, kind: b.kind, outcome });
+    }
+    // spec.md "Pushing Manifests": only once every blob it references is in place.
+    put_manifest(client, &ep, &scopes, &target, OCI_MANIFEST, &manifest_bytes, &manifest_digest)?;
+    events.event(&TransferEvent::Manifest { digest: manifest_digest });
+    Ok(report)
+}
+
+/// A cache artifact read from a registry: its index, and where to fetch the layers it names.
+#[derive(Debug)]
+pub struct RemoteCache {
+    /// The cache's reference.
+    pub reference: Reference,
+    /// The entries.
+    pub index: CacheIndex,
+    ep: Endpoint,
+    scopes: [String; 1],
+}
+
+/// The fields of the artifact manifest an import looks at.
+#[derive(Deserialize)]
+struct CacheManifest {
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
+    config: ManifestConfig,
+}
+
+#[derive(Deserialize)]
+struct ManifestConfig {
+    #[serde(rename = "mediaType")]
+    media_type: String,
+    digest: Digest,
+    size: u64,
+}
+
+/// Reads the cache artifact `reference` names: the manifest (verified), then its index blob
+/// (verified). A manifest that is not a strata cache of a known version is
+/// [`RegistryError::NotACache`]; an unknown index version or a malformed index is the store's
+/// error. No layer is fetched.
+pub fn pull_cache(client: &Client, reference: &Reference) -> Result<RemoteCache, RegistryError> {
+    let ep = client.endpoint(reference);
+    let scopes = [format!("repository:{}:pull", ep.repository)];
+    client.prepare(&ep, &scopes)?;
+    let wanted = match (reference.digest(), reference.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_owned(),
+        (None, None) => strata_types::DEFAULT_TAG.to_owned(),
+    };
+    let doc = fetch_manifest(client, &ep, &scopes, &wanted, reference.digest())?;
+    let not_a_cache = |found: Option<String>| RegistryError::NotACache {
+        reference: reference.to_string(),
+        found,
+    };
+    let manifest: CacheManifest =
+        serde_json::from_slice(&doc.bytes).map_err(|_| not_a_cache(None))?;
+    // The artifactType names the format; the config media type (the way artifacts were typed
+    // before image-spec 1.1 added artifactType) must agree, so a registry that drops unknown
+    // fields still leaves a recognisable cache.
+    if manifest.config.media_type != CACHE_INDEX_MEDIA_TYPE
+        || manifest.artifact_type.as_deref().is_some_and(|t| t != CACHE_ARTIFACT_TYPE)
+    {
+        return Err(not_a_cache(manifest.artifact_type.or(Some(manifest.config.media_type))));
+    }
+    let blob = BlobRef { digest: manifest.config.digest, size: manifest.config.size };
+    let bytes = fetch_blob_to_memory(client, &ep, &scopes, &blob)?;
+    let index = CacheIndex::from_json(&bytes)?;
+    Ok(RemoteCache { reference: reference.clone(), index, ep, scopes })
+}
+
+impl RemoteCache {
+    /// Brings the layer of `entry` into `store`, verified (nothing if it is there already). A
+    /// blob the registry no longer has is [`RegistryError::BlobNotFound`].
+    pub fn fetch_layer(
+        &self,
+        client: &Client,
+        store: &Store,
+        entry: &CacheEntry,
+        events: &dyn TransferSink,
+    ) -> Result<(), RegistryError> {
+        let digest = Digest::try_from(entry.layer.digest()).map_err(StoreError::from)?;
+        let blob = BlobRef { digest, size: entry.layer.size() };
+        let session = Session::new(client, &self.ep, &self.scopes, false, events);
+        fetch_blob(&session, store, &blob, BlobKind::Layer)?;
+        Ok(())
+    }
+}
