@@ -283,12 +283,32 @@ impl io::Write for HashWrite<'_> {
 }
 
 fn parse_stream<R: Read>(blob: R) -> io::Result<(LayerFiles, Digest)> {
+    use std::os::unix::ffi::OsStrExt;
     let hashing = Hashing { inner: decompress(blob)?, hasher: Sha256::new(), bytes: 0 };
     let mut tar = TarReader::new(hashing);
     let mut files = LayerFiles::default();
+    let mut symlinks: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut buf = vec![0u8; 256 * 1024];
     while let Some(h) = tar.next_entry()? {
+        // The one path policy of every tar strata reads (issue 15 point 3): an entry apply,
+        // import or ADD would refuse is refused here too, naming it.
+        let link = (h.typeflag == b'1').then_some(h.link.as_slice());
+        strata_layer::check_entry_name(&h.name, link).map_err(io::Error::other)?;
         let Some(path) = normalize(&h.name) else { continue };
+        // An entry written through a symlink of this layer that leads out of the root is
+        // refused as apply refuses it (apply also sees lower layers' links; this reader
+        // records paths as named, so it checks the links it has read).
+        if let Some(link) = escaping_ancestor(&symlinks, &path) {
+            return Err(io::Error::other(strata_layer::LayerError::Unsafe {
+                path: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&h.name)),
+                reason: strata_layer::UnsafeReason::SymlinkEscape {
+                    symlink: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&link)),
+                },
+            }));
+        }
+        if h.typeflag == b'2' {
+            symlinks.insert(path.clone(), h.link.clone());
+        }
         let (dir, base) = match path.iter().rposition(|&b| b == b'/') {
             Some(p) => (&path[..p], &path[p + 1..]),
             None => (&path[..0], &path[..]),
@@ -375,4 +395,34 @@ pub(crate) fn cheap_uncompressed_size(store: &Store, d: &Descriptor) -> Option<u
         }
         _ => None,
     }
+}
+
+/// The first ancestor of `path` that is a symlink in `symlinks` whose relative target climbs
+/// above the root (an absolute target is rooted at the root, so it stays inside).
+fn escaping_ancestor(symlinks: &BTreeMap<Vec<u8>, Vec<u8>>, path: &[u8]) -> Option<Vec<u8>> {
+    if symlinks.is_empty() {
+        return None;
+    }
+    let parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    for end in 1..parts.len() {
+        let ancestor = parts[..end].join(&b'/');
+        let Some(target) = symlinks.get(&ancestor) else { continue };
+        if target.first() == Some(&b'/') {
+            continue;
+        }
+        let mut depth = end as i64 - 1;
+        for c in target.split(|&b| b == b'/') {
+            match c {
+                b"" | b"." => {}
+                b".." => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return Some(ancestor);
+                    }
+                }
+                _ => depth += 1,
+            }
+        }
+    }
+    None
 }

@@ -381,6 +381,22 @@ fn refuse(name: &[u8], reason: UnsafeReason) -> LayerError {
     LayerError::Unsafe { path: PathBuf::from(OsStr::from_bytes(name)), reason }
 }
 
+/// The path policy of every archive strata reads, for readers that do not apply (strata-diff's
+/// layer reader): `name` (and, for a hardlink, its `link` target) must be relative and free of
+/// `..`; the refusal names the entry as [`apply`] names it.
+pub fn check_entry_name(name: &[u8], hardlink_target: Option<&[u8]>) -> Result<()> {
+    components(name)?;
+    if let Some(target) = hardlink_target {
+        if !matches!(components(target), Ok(c) if !c.is_empty()) {
+            return Err(refuse(
+                name,
+                UnsafeReason::HardlinkOutside { target: PathBuf::from(OsStr::from_bytes(target)) },
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Splits an archive name into normal components, refusing `..` and absolute names.
 fn components(name: &[u8]) -> Result<Vec<OsString>> {
     if name.first() == Some(&b'/') {

@@ -40,7 +40,7 @@ pub mod tarread;
 mod writer;
 
 pub use apply::apply_blob;
-pub use apply::{apply, decompress, ApplyOptions, ApplyReport};
+pub use apply::{apply, check_entry_name, decompress, ApplyOptions, ApplyReport};
 pub use changeset::{diff, Change, Changeset};
 pub use error::{LayerError, Result, UnsafeReason};
 pub use scan::{hash_file, scan, scan_with_digests, Entry, EntryKind, Scan, Timestamp};
