@@ -255,16 +255,6 @@ pub enum BuildError {
         /// What is wrong.
         why: String,
     },
-    /// A blob of a `type=local` cache does not hash to its name.
-    #[error("{path}: expected {expected}, found {found}")]
-    CacheBlobMismatch {
-        /// The blob file.
-        path: PathBuf,
-        /// Its name.
-        expected: Digest,
-        /// The digest of its bytes.
-        found: Digest,
-    },
     /// Exporting the build cache to a registry failed.
     #[error("exporting the build cache to {cache}")]
     CacheExport {

@@ -16,7 +16,6 @@
 //! layers of the final image; `mode=max` those of every stage built.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -123,18 +122,6 @@ impl FromStr for CacheSpec {
     }
 }
 
-/// The error and its causes on one line, as the CLI would print them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// A client for `reference`'s registry, with the build's registry settings.
 pub(crate) fn client_for(
     opts: &BuildOptions,
@@ -175,10 +162,10 @@ impl Imported {
                         let (client, cache) = (Box::new(client), Box::new(cache));
                         Ok((index, Source::Registry { client, cache }))
                     })
-                    .map_err(|e| chain(&e)),
+                    .map_err(|e| strata_types::chain(&e)),
                 CacheLocation::Local(dir) => read_layout_index(dir)
                     .map(|index| (index, Source::Local { dir: dir.clone() }))
-                    .map_err(|e| chain(&e)),
+                    .map_err(|e| strata_types::chain(&e)),
             };
             match read {
                 Ok((index, source)) => {
@@ -210,8 +197,10 @@ impl Imported {
         let fetched = match source {
             Source::Registry { client, cache } => cache
                 .fetch_layer(client, store, entry, &strata_registry::NoTransferProgress)
-                .map_err(|e| chain(&e)),
-            Source::Local { dir } => fetch_layout_blob(store, dir, entry).map_err(|e| chain(&e)),
+                .map_err(|e| strata_types::chain(&e)),
+            Source::Local { dir } => {
+                fetch_layout_blob(store, dir, entry).map_err(|e| strata_types::chain(&e))
+            }
         };
         if let Err(why) = fetched {
             progress.event(&BuildEvent::Warning {
@@ -254,50 +243,29 @@ pub(crate) fn export(
     }
 }
 
-fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs").join("sha256").join(digest.hex())
-}
+/// The ref name the cache artifact has in a `type=local` layout's `index.json`.
+const LAYOUT_REF: &str = "cache";
 
-/// Reads a blob of the layout at `dir`, verified against `digest`.
-fn read_layout_blob(dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
-    let path = blob_path(dir, digest);
-    let bytes = fs::read(&path).map_err(|e| BuildError::io("read", &path, e))?;
-    let found = Digest::of_bytes(&bytes);
-    if found != *digest {
-        return Err(BuildError::CacheBlobMismatch { path, expected: *digest, found });
-    }
-    Ok(bytes)
-}
-
-/// The cache index of the OCI layout at `dir`: its `index.json`'s manifest whose
-/// `artifactType` is ours, that manifest's config.
+/// The cache index of the OCI layout at `dir` (opened as a store: the store is an OCI
+/// layout): its `index.json`'s manifest whose `artifactType` is ours, that manifest's config.
 fn read_layout_index(dir: &Path) -> Result<CacheIndex> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        manifests: Vec<Desc>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Desc {
-        digest: Digest,
-        #[serde(rename = "artifactType")]
-        artifact_type: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        config: Desc,
-    }
-    let path = dir.join("index.json");
-    let bytes = fs::read(&path).map_err(|e| BuildError::io("read", &path, e))?;
     let invalid = |why: String| BuildError::InvalidCacheLayout { dir: dir.to_path_buf(), why };
-    let index: Index = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let layout = Store::open(dir)?;
+    let index = layout.read_index()?;
     let desc = index
-        .manifests
+        .manifests()
         .iter()
-        .find(|d| d.artifact_type.as_deref() == Some(CACHE_ARTIFACT_TYPE))
+        .find(|d| {
+            d.artifact_type().as_ref().map(ToString::to_string).as_deref()
+                == Some(CACHE_ARTIFACT_TYPE)
+        })
         .ok_or_else(|| invalid(format!("index.json lists no {CACHE_ARTIFACT_TYPE} manifest")))?;
-    let manifest: Manifest = serde_json::from_slice(&read_layout_blob(dir, &desc.digest)?)
-        .map_err(|e| invalid(e.to_string()))?;
-    Ok(CacheIndex::from_json(&read_layout_blob(dir, &manifest.config.digest)?)?)
+    let digest = Digest::try_from(desc.digest()).map_err(strata_store::StoreError::from)?;
+    let manifest: strata_store::oci_spec::image::ImageManifest =
+        serde_json::from_slice(&layout.read_blob(&digest)?).map_err(|e| invalid(e.to_string()))?;
+    let config =
+        Digest::try_from(manifest.config().digest()).map_err(strata_store::StoreError::from)?;
+    Ok(CacheIndex::from_json(&layout.read_blob(&config)?)?)
 }
 
 /// Copies the layer of `entry` from the layout at `dir` into `store`, verified.
@@ -306,57 +274,31 @@ fn fetch_layout_blob(store: &Store, dir: &Path, entry: &CacheEntry) -> Result<()
     if store.has_blob(&digest) {
         return Ok(());
     }
-    let path = blob_path(dir, &digest);
-    let file = fs::File::open(&path).map_err(|e| BuildError::io("open", &path, e))?;
-    store.put_blob_verified(file, &digest, Some(entry.layer.size()))?;
+    let layout = Store::open(dir)?;
+    store.put_blob_verified(layout.open_blob(&digest)?, &digest, Some(entry.layer.size()))?;
     Ok(())
 }
 
-/// Writes `index` as a cache artifact into the OCI layout at `dir` (created if missing):
-/// the blobs it lacks, then `index.json` naming the artifact's manifest, replacing the one
-/// there (image-spec image-layout.md: `index.json` is the layout's entry point).
+/// Writes `index` as a cache artifact into the OCI layout at `dir` (created if missing,
+/// through the store, which is an OCI layout): the layer blobs it lacks, the index, the
+/// artifact's manifest, and `index.json` naming it as [`LAYOUT_REF`] with our
+/// `artifactType` (image-spec image-layout.md: `index.json` is the layout's entry point).
 fn write_layout(store: &Store, dir: &Path, index: &CacheIndex) -> Result<()> {
-    let blobs = dir.join("blobs").join("sha256");
-    fs::create_dir_all(&blobs).map_err(|e| BuildError::io("mkdir", &blobs, e))?;
-    let put = |bytes: &[u8]| -> Result<Digest> {
-        let digest = Digest::of_bytes(bytes);
-        let path = blob_path(dir, &digest);
-        fs::write(&path, bytes).map_err(|e| BuildError::io("write", &path, e))?;
-        Ok(digest)
-    };
+    use strata_store::oci_spec::image::{Descriptor, MediaType};
+    let layout = Store::init(dir)?;
     for layer in index.layers() {
         let digest = Digest::try_from(layer.digest()).map_err(strata_store::StoreError::from)?;
-        let path = blob_path(dir, &digest);
-        if path.is_file() {
-            continue;
+        if !layout.has_blob(&digest) {
+            layout.put_blob_verified(store.open_blob(&digest)?, &digest, Some(layer.size()))?;
         }
-        let tmp = dir.join(format!(".{}.tmp", digest.hex()));
-        let mut from = store.open_blob_verified(&digest)?;
-        let mut to = fs::File::create(&tmp).map_err(|e| BuildError::io("create", &tmp, e))?;
-        std::io::copy(&mut from, &mut to).map_err(|e| BuildError::io("write", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| BuildError::io("rename", &path, e))?;
     }
     let index_json = index.to_json()?;
-    let index_digest = put(&index_json)?;
-    let manifest = index.artifact_manifest(&index_digest, index_json.len() as u64)?;
-    let manifest_digest = put(&manifest)?;
-    let top = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "artifactType": CACHE_ARTIFACT_TYPE,
-            "digest": manifest_digest.to_string(),
-            "size": manifest.len(),
-        }],
-    });
-    let layout = dir.join("oci-layout");
-    fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(|e| BuildError::io("write", &layout, e))?;
-    let path = dir.join("index.json");
-    let tmp = dir.join(".index.json.tmp");
-    fs::write(&tmp, top.to_string()).map_err(|e| BuildError::io("write", &tmp, e))?;
-    fs::rename(&tmp, &path).map_err(|e| BuildError::io("rename", &path, e))?;
+    let index_blob = layout.put_blob(index_json.as_slice())?;
+    let manifest = index.artifact_manifest(&index_blob.digest, index_blob.size)?;
+    let put = layout.put_blob(manifest.as_slice())?;
+    let mut desc = Descriptor::new(MediaType::ImageManifest, put.size, put.digest);
+    desc.set_artifact_type(Some(MediaType::Other(CACHE_ARTIFACT_TYPE.to_string())));
+    layout.set_ref_name(LAYOUT_REF, &desc)?;
     Ok(())
 }
 
