@@ -78,6 +78,9 @@ pub(crate) struct StepCache {
     pub hashes: ContextHashes,
     /// What `--cache-from` imported.
     pub imported: crate::remote_cache::Imported,
+    /// Directory named contexts already made into images, by name: each is imported once
+    /// per build however many steps read it.
+    pub named_dirs: Mutex<HashMap<String, strata_store::oci_spec::image::Descriptor>>,
 }
 
 /// Finished work.
@@ -140,12 +143,20 @@ impl<'a> Builder<'a> {
             Some(NamedContext::Dir(dir)) => {
                 // A directory is read as a one-layer image of it, made the way `strata import`
                 // makes one (deterministic: the same files give the same layer and cache keys).
-                let opts = strata_image::ImportOptions {
-                    compression: self.io.opts.compression,
-                    ..Default::default()
+                let mut made = self.cache.named_dirs.lock().unwrap_or_else(|p| p.into_inner());
+                let manifest = match made.get(reference) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let opts = strata_image::ImportOptions {
+                            compression: self.io.opts.compression,
+                            ..Default::default()
+                        };
+                        let m = strata_image::import_tree(self.io.store, dir, &opts)?.manifest;
+                        made.insert(reference.to_string(), m.clone());
+                        m
+                    }
                 };
-                let imported = strata_image::import_tree(self.io.store, dir, &opts)?;
-                self.io.store.image(&imported.manifest)?
+                self.io.store.image(&manifest)?
             }
         };
         ImageState::from_image(self.io.store, &image)

@@ -185,6 +185,7 @@ pub fn build_with(
             writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
             hashes: context_hash::ContextHashes::load(store, &opts.context),
             imported: remote_cache::Imported::load(opts, progress),
+            named_dirs: Default::default(),
         },
         done: executor::Done {
             results: RwLock::new(HashMap::new()),

@@ -1,21 +1,11 @@
 //! `strata build` end to end on the LAMP example (as root: RUN needs namespaces and overlay).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-fn strata(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .unwrap()
-}
+use common::{lamp, strata};
 
 fn ok(store: &Path, args: &[&str]) -> String {
     let out = strata(store, args);
@@ -39,25 +29,6 @@ fn is_root() -> bool {
 fn rustix_free_geteuid() -> u32 {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-/// A copy of examples/lamp in a temp dir, with its base imported into `store`.
-fn lamp(tmp: &Path, store: &Path) -> PathBuf {
-    let dir = tmp.join("lamp");
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(workspace().join("examples/lamp"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = Command::new(dir.join("make-base.sh"))
-        .env("STRATA", env!("CARGO_BIN_EXE_strata"))
-        .env("STRATA_STORE", store)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "make-base.sh: {}", String::from_utf8_lossy(&out.stderr));
-    dir
 }
 
 fn layers(store: &Path, image: &str) -> Vec<String> {

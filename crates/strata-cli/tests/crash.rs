@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{needs_root, workspace, TempRoot};
+use common::{needs_root, TempRoot};
 use registry::{Registry, RegistryOptions};
 
 struct Env {
@@ -116,20 +116,7 @@ fn moment(span: Duration, i: u64, salt: u64) -> Duration {
 /// The LAMP example's recipe and base (busybox, from `make-base.sh`), with a RUN that
 /// outlives a quick kill (a marker in its command line shows it is gone afterwards).
 fn lamp(env: &Env) -> PathBuf {
-    let dir = env.dir.path("lamp");
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(workspace().join("examples/lamp"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = Command::new(dir.join("make-base.sh"))
-        .env("STRATA", env!("CARGO_BIN_EXE_strata"))
-        .env("STRATA_STORE", &env.store)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "make-base.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = common::lamp(&env.dir.path(""), &env.store);
     let recipe = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
     std::fs::write(
         dir.join("Dockerfile"),

@@ -7,17 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{needs_root, TempRoot};
-
-fn strata(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .unwrap()
-}
+use common::{needs_root, strata, TempRoot};
 
 /// Writes the hostile tars (python's tarfile writes exactly what it is told) and, for each, an
 /// OCI layout `<name>-layout` holding a one-layer image `v1` of it; the entry each must name.

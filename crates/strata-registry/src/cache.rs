@@ -19,7 +19,7 @@ use strata_types::Digest;
 use crate::client::{Client, Endpoint, Session};
 use crate::error::RegistryError;
 use crate::manifest::BlobRef;
-use crate::pull::{fetch_blob, fetch_blob_to_memory, fetch_manifest};
+use crate::pull::{fetch_blob, fetch_blob_to_memory, fetch_named_manifest};
 use crate::push::{push_blob, push_target, put_manifest, PushBlob};
 use crate::{
     run_parallel, BlobKind, BlobReport, PushOptions, Reference, TransferEvent, TransferReport,
@@ -110,15 +110,7 @@ struct ManifestConfig {
 /// [`RegistryError::NotACache`]; an unknown index version or a malformed index is the store's
 /// error. No layer is fetched.
 pub fn pull_cache(client: &Client, reference: &Reference) -> Result<RemoteCache, RegistryError> {
-    let ep = client.endpoint(reference);
-    let scopes = [format!("repository:{}:pull", ep.repository)];
-    client.prepare(&ep, &scopes)?;
-    let wanted = match (reference.digest(), reference.tag()) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(t)) => t.to_owned(),
-        (None, None) => strata_types::DEFAULT_TAG.to_owned(),
-    };
-    let doc = fetch_manifest(client, &ep, &scopes, &wanted, reference.digest())?;
+    let (ep, scopes, doc) = fetch_named_manifest(client, reference)?;
     let not_a_cache = |found: Option<String>| RegistryError::NotACache {
         reference: reference.to_string(),
         found,

@@ -213,6 +213,15 @@ pub(crate) fn start_pull(
     if !options.dry_run {
         store.lease()?;
     }
+    fetch_named_manifest(client, reference)
+}
+
+/// The endpoint of `reference` with its pull scope prepared, and the manifest it names (its
+/// digest, else its tag, else the default tag), fetched and verified.
+pub(crate) fn fetch_named_manifest(
+    client: &Client,
+    reference: &Reference,
+) -> Result<(Endpoint, [String; 1], Fetched), RegistryError> {
     let ep = client.endpoint(reference);
     let scopes = [format!("repository:{}:pull", ep.repository)];
     client.prepare(&ep, &scopes)?;

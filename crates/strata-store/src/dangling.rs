@@ -131,20 +131,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
-        let mut out = BTreeSet::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let d = line.parse().map_err(|source| StoreError::InvalidRootsLine {
-                path: path.clone(),
-                line: i + 1,
-                source,
-            })?;
-            out.insert(d);
-        }
-        Ok(out)
+        Ok(crate::gc::parse_roots(&path, &text)?.into_iter().collect())
     }
 
     /// Replaces the list; the caller holds the store lock.

@@ -27,7 +27,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -153,20 +153,8 @@ impl Store {
             if !entry.file_type().map_err(StoreError::io(&path))?.is_file() {
                 continue;
             }
-            let file = File::open(&path).map_err(StoreError::io(&path))?;
-            for (i, line) in BufReader::new(file).lines().enumerate() {
-                let line = line.map_err(StoreError::io(&path))?;
-                let line = line.split('#').next().unwrap_or_default().trim();
-                if line.is_empty() {
-                    continue;
-                }
-                let d = line.parse().map_err(|source| StoreError::InvalidRootsLine {
-                    path: path.clone(),
-                    line: i + 1,
-                    source,
-                })?;
-                out.push(d);
-            }
+            let text = fs::read_to_string(&path).map_err(StoreError::io(&path))?;
+            out.extend(parse_roots(&path, &text)?);
         }
         Ok(out)
     }
@@ -402,4 +390,23 @@ pub(crate) fn read_dir_if_exists(dir: &std::path::Path) -> Result<Option<fs::Rea
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::Io { path: dir.to_path_buf(), source: e }),
     }
+}
+
+/// The digests of a roots file's `text`, one per line, `#` starting a comment; an error
+/// names `path` and the line of a bad one.
+pub(crate) fn parse_roots(path: &Path, text: &str) -> Result<Vec<Digest>, StoreError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let d = line.parse().map_err(|source| StoreError::InvalidRootsLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            source,
+        })?;
+        out.push(d);
+    }
+    Ok(out)
 }

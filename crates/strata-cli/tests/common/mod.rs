@@ -138,3 +138,34 @@ pub fn run(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A copy of examples/lamp in `tmp/lamp`, with its base imported into `store` by the
+/// example's own `make-base.sh`.
+pub fn lamp(tmp: &Path, store: &Path) -> PathBuf {
+    let dir = tmp.join("lamp");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(workspace().join("examples/lamp"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new(dir.join("make-base.sh"))
+        .env("STRATA", env!("CARGO_BIN_EXE_strata"))
+        .env("STRATA_STORE", store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make-base.sh: {}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+/// `strata --store STORE ARGS...`, without the caller's `SOURCE_DATE_EPOCH`.
+pub fn strata(store: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap()
+}
