@@ -125,6 +125,23 @@ pub enum ImageError {
         /// The value given.
         value: String,
     },
+    /// A multi-platform image (or a single image for another platform) has no image for
+    /// the platform asked for.
+    #[error("{image} has no image for {platform} (it has: {})", available.join(", "))]
+    NoSuchPlatform {
+        /// How the image was named.
+        image: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms it has.
+        available: Vec<String>,
+    },
+    /// An index was to list the same platform twice.
+    #[error("two images for {platform}: an image index lists each platform once")]
+    DuplicatePlatform {
+        /// The platform.
+        platform: String,
+    },
     /// The scratch layout for a registry-to-file copy could not be made.
     #[error("creating a scratch layout in {path}")]
     Scratch {

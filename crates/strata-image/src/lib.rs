@@ -28,6 +28,7 @@ pub mod export;
 pub mod import;
 pub mod layout;
 mod open;
+pub mod platforms;
 mod resolve;
 
 use strata_store::oci_spec::image::Descriptor;
@@ -41,7 +42,8 @@ pub use error::{ImageError, Result};
 pub use export::{export, flatten, ExportOptions, ExportReport};
 pub use import::{import_tree, source_date_epoch, ImportOptions, Imported};
 pub use layout::{copy_image, load, CopyReport};
-pub use open::{open, open_local, OpenedImage};
+pub use open::{open, open_local, open_local_platform, open_platform, OpenedImage};
+pub use platforms::{image_for_platform, load_for_platform, put_index, PlatformImage};
 pub use resolve::{registry_name, resolve, PullPolicy, Resolved};
 
 fn desc_digest(d: &Descriptor) -> Result<Digest> {

@@ -12,6 +12,7 @@ use strata_types::ImageLocation;
 use crate::archive::read_docker_archive;
 use crate::desc_digest;
 use crate::error::{ImageError, Result};
+use crate::platforms::{image_for_platform, load_for_platform};
 use strata_registry::{Client, PullOptions, TransferReport, TransferSink};
 use strata_types::{Platform, Reference};
 
@@ -51,13 +52,28 @@ impl OpenedImage {
 /// `name:tag` locations only), an `oci:` layout (read in place) or a `docker-archive`
 /// (unpacked into a scratch layout first, its layers verified against the config's
 /// diffIDs). A registry location needs [`open`].
+///
+/// A multi-platform image (an index) opens as the host's image; [`open_local_platform`]
+/// picks another.
 pub fn open_local(local: Option<&Store>, location: &ImageLocation) -> Result<OpenedImage> {
+    open_local_platform(local, location, None)
+}
+
+/// [`open_local`] for `platform`: an index resolves to that platform's image, a single image
+/// must be for it (see [`image_for_platform`]); `None` is the host's from an index and any
+/// single image.
+pub fn open_local_platform(
+    local: Option<&Store>,
+    location: &ImageLocation,
+    platform: Option<&Platform>,
+) -> Result<OpenedImage> {
+    let named = location.to_string();
     match location {
         ImageLocation::Store(reference) => {
             let local = local.ok_or_else(|| ImageError::UnsupportedLocation {
                 location: format!("{location} (no local store)"),
             })?;
-            let image = local.load_image(reference)?;
+            let image = load_for_platform(local, reference, platform)?;
             Ok(OpenedImage {
                 store: local.clone(),
                 image,
@@ -68,7 +84,7 @@ pub fn open_local(local: Option<&Store>, location: &ImageLocation) -> Result<Ope
         ImageLocation::Oci { dir, reference } => {
             let store = Store::open(dir)?;
             let (descriptor, name) = select_in_layout(&store, reference.as_deref(), location)?;
-            let image = store.image(&descriptor)?;
+            let image = image_for_platform(&store, &descriptor, platform, &named)?;
             Ok(OpenedImage { store, image, name, _scratch: None })
         }
         ImageLocation::DockerArchive { path, reference } => {
@@ -78,6 +94,8 @@ pub fn open_local(local: Option<&Store>, location: &ImageLocation) -> Result<Ope
                 .map_err(|e| ImageError::io("mkdir", std::env::temp_dir(), e))?;
             let store = Store::init(scratch.path())?;
             let (image, name) = read_docker_archive(path, reference.as_deref(), &store)?;
+            // An archive holds single images; one for another platform is refused.
+            let image = image_for_platform(&store, &image.manifest_descriptor, platform, &named)?;
             Ok(OpenedImage { store, image, name, _scratch: Some(scratch) })
         }
         ImageLocation::Registry(_) | ImageLocation::Dir(_) => {
@@ -122,13 +140,26 @@ pub fn open(
     location: &ImageLocation,
     events: &dyn TransferSink,
 ) -> Result<(OpenedImage, Option<TransferReport>), ImageError> {
+    open_platform(client, local, location, None, events)
+}
+
+/// [`open`] for `platform` (the host's when `None`): a registry index resolves to that
+/// platform's image, local images as [`open_local_platform`] says.
+pub fn open_platform(
+    client: &Client,
+    local: Option<&Store>,
+    location: &ImageLocation,
+    platform: Option<&Platform>,
+    events: &dyn TransferSink,
+) -> Result<(OpenedImage, Option<TransferReport>), ImageError> {
     if let ImageLocation::Registry(reference) = location {
+        let wanted = platform.cloned().unwrap_or_else(Platform::host);
         let (dir, scratch, pulled) =
-            pull_to_scratch(client, reference, &Platform::host(), &PullOptions::default(), events)?;
+            pull_to_scratch(client, reference, &wanted, &PullOptions::default(), events)?;
         let opened = open_pulled(dir, &scratch, &pulled.image, reference)?;
         return Ok((opened, Some(pulled.report)));
     }
-    Ok((open_local(local, location)?, None))
+    Ok((open_local_platform(local, location, platform)?, None))
 }
 
 /// Pulls `from` into a fresh scratch layout (removed when the returned directory is dropped).
