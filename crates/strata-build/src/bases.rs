@@ -12,9 +12,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use strata_image::PlatformImage;
 use strata_registry::{Client, PullOptions, Reference};
 use strata_store::oci_spec::image::Descriptor;
 use strata_store::{Image, Store};
+use strata_types::Platform;
 
 use crate::error::{BuildError, Result};
 use crate::options::BuildOptions;
@@ -38,8 +40,9 @@ impl RegistryBases {
         opts: &BuildOptions,
         progress: &dyn ProgressSink,
         reference: &Reference,
+        platform: &Platform,
     ) -> Result<Image> {
-        let key = reference.to_string();
+        let key = format!("{reference} {platform}");
         let slot = {
             let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(resolved.entry(key).or_default())
@@ -48,7 +51,7 @@ impl RegistryBases {
         if let Some(descriptor) = slot.as_ref() {
             return Ok(store.image(descriptor)?);
         }
-        let image = self.pull(store, opts, progress, reference)?;
+        let image = self.pull(store, opts, progress, reference, platform)?;
         *slot = Some(image.manifest_descriptor.clone());
         Ok(image)
     }
@@ -59,6 +62,7 @@ impl RegistryBases {
         opts: &BuildOptions,
         progress: &dyn ProgressSink,
         reference: &Reference,
+        platform: &Platform,
     ) -> Result<Image> {
         let err = |source| BuildError::Pull {
             reference: reference.to_string(),
@@ -81,14 +85,18 @@ impl RegistryBases {
             }
         };
         progress.event(&BuildEvent::PullStart { reference: reference.to_string() });
-        let pulled = strata_registry::pull(
+        // What the tag held before: the pull re-points it at this platform's image.
+        let before = store.resolve(&reference.to_string()).ok();
+        let pulled = strata_registry::pull_platform(
             &client,
             store,
             reference,
+            platform,
             &PullOptions::default(),
             &strata_registry::NoTransferProgress,
         )
         .map_err(err)?;
+        keep_other_platforms(store, reference, before, &pulled.image, platform)?;
         progress.event(&BuildEvent::PullDone {
             reference: reference.to_string(),
             digest: pulled.image.manifest_descriptor.digest().to_string(),
@@ -98,4 +106,36 @@ impl RegistryBases {
         });
         Ok(pulled.image)
     }
+}
+
+/// After a pull for `platform` re-pointed the tag of `reference`, keeps the images the tag
+/// held for other platforms: the tag then names a local index of all of them, so a build for
+/// amd64 and arm64 from the same base does not pull one over the other on every build.
+fn keep_other_platforms(
+    store: &Store,
+    reference: &Reference,
+    before: Option<Descriptor>,
+    pulled: &Image,
+    platform: &Platform,
+) -> Result<()> {
+    let Some(before) = before.filter(|b| *b != pulled.manifest_descriptor) else {
+        return Ok(());
+    };
+    // Only what is whole is kept: a platform whose blobs are gone is dropped.
+    let Ok(held) = strata_image::platforms::platforms(store, &before) else { return Ok(()) };
+    let mut images: Vec<PlatformImage> = held
+        .into_iter()
+        .filter(|p| !p.platform.satisfies(platform) && !platform.satisfies(&p.platform))
+        .filter(|p| store.missing_blobs(&p.manifest).is_ok_and(|m| m.is_empty()))
+        .collect();
+    if images.is_empty() {
+        return Ok(());
+    }
+    images.push(PlatformImage {
+        platform: platform.clone(),
+        manifest: pulled.manifest_descriptor.clone(),
+    });
+    let index = strata_image::put_index(store, &images)?;
+    store.tag(&reference.to_string(), &index)?;
+    Ok(())
 }

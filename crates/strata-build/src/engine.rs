@@ -14,7 +14,7 @@ use std::path::Path;
 use strata_image::{ImageError, Resolved};
 use strata_sandbox::{CancelToken, RunOutcome, RunRequest, SandboxError, Stream};
 use strata_store::{Image, Store, StoreError};
-use strata_types::ImageLocation;
+use strata_types::{ImageLocation, Platform};
 
 use crate::bases::RegistryBases;
 use crate::error::{BuildError, Result};
@@ -60,8 +60,17 @@ impl StepRunner for SandboxRunner {
 
 /// Finds the image a FROM or `--from` names and makes sure its blobs are in the store.
 pub trait ImageSource: Sync {
-    /// The image `reference` (as the recipe wrote it, after expansion) names, in `store`.
-    fn image(&self, store: &Store, reference: &str, progress: &dyn ProgressSink) -> Result<Image>;
+    /// The image `reference` (as the recipe wrote it, after expansion) names, in `store`, for
+    /// `platform`: a multi-platform image resolves to that platform's image and a single
+    /// image must be for it. `None` (a build that names no platform) takes the host's image
+    /// from an index and a local single image as it is.
+    fn image(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: Option<&Platform>,
+        progress: &dyn ProgressSink,
+    ) -> Result<Image>;
 }
 
 /// The real source: a plain `name:tag` is the store's; `host/repo:tag` and `docker://...`
@@ -81,21 +90,54 @@ impl<'a> StoreImages<'a> {
 }
 
 impl ImageSource for StoreImages<'_> {
-    fn image(&self, store: &Store, reference: &str, progress: &dyn ProgressSink) -> Result<Image> {
+    fn image(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: Option<&Platform>,
+        progress: &dyn ProgressSink,
+    ) -> Result<Image> {
         let location: ImageLocation = reference.parse()?;
         match strata_image::resolve(Some(store), &location, self.opts.pull) {
-            Ok(Resolved::Local(ImageLocation::Store(name))) => match store.load_image(&name) {
-                Ok(i) => Ok(i),
-                Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_)) => {
-                    Err(BuildError::ImageNotInStore {
+            Ok(Resolved::Local(ImageLocation::Store(name))) => {
+                // A registry image kept in the store: one pulled for another platform is not
+                // this one, so the registry is asked again (unless --pull=never).
+                let registry = match strata_image::registry_name(&name) {
+                    Some(r) if self.opts.pull != strata_image::PullPolicy::Never => Some(r),
+                    _ => None,
+                };
+                let wanted = match (&registry, platform) {
+                    (Some(_), None) => Some(Platform::host()),
+                    (_, p) => p.cloned(),
+                };
+                match (strata_image::load_for_platform(store, &name, wanted.as_ref()), registry) {
+                    (Ok(i), _) => Ok(i),
+                    (Err(ImageError::NoSuchPlatform { .. }), Some(r)) => {
+                        let p = wanted.unwrap_or_else(Platform::host);
+                        self.bases.image(store, self.opts, progress, &r, &p)
+                    }
+                    (
+                        Err(ImageError::Store(
+                            StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_),
+                        )),
+                        _,
+                    ) => Err(BuildError::ImageNotInStore {
                         reference: reference.to_string(),
                         why: "it names no registry to pull it from: write HOST/REPO:TAG",
-                    })
+                    }),
+                    (Err(e), _) => Err(e.into()),
                 }
-                Err(e) => Err(e.into()),
-            },
-            Ok(Resolved::Local(other)) => Ok(strata_image::load(store, &other)?.0),
-            Ok(Resolved::Registry(r)) => self.bases.image(store, self.opts, progress, &r),
+            }
+            Ok(Resolved::Local(other)) => {
+                let opened = strata_image::open_local_platform(None, &other, platform)?;
+                let (manifest, _) =
+                    strata_image::copy_image(&opened.store, &opened.image, store, None)?;
+                Ok(store.image(&manifest)?)
+            }
+            Ok(Resolved::Registry(r)) => {
+                let wanted = platform.cloned().unwrap_or_else(Platform::host);
+                self.bases.image(store, self.opts, progress, &r, &wanted)
+            }
             Err(ImageError::NotInStore { .. }) => Err(BuildError::ImageNotInStore {
                 reference: reference.to_string(),
                 why: "--pull=never forbids pulling it",

@@ -351,6 +351,29 @@ pub enum BuildError {
         #[source]
         source: Box<BuildError>,
     },
+    /// `--output` to a single-image destination (`docker-archive:`, `dir:`) of a build for
+    /// several platforms.
+    #[error("--output {output} holds one image, and the build is for {}: build one platform with --platform, or write oci:DIR", platforms.join(", "))]
+    OutputNeedsOnePlatform {
+        /// The destination.
+        output: String,
+        /// The platforms asked for.
+        platforms: Vec<String>,
+    },
+    /// The same platform twice in `--platform`.
+    #[error("--platform lists {platform} twice")]
+    DuplicatePlatform {
+        /// The platform.
+        platform: String,
+    },
+    /// A `FROM --platform=` value that is not a platform.
+    #[error(
+        "FROM --platform={value:?} is not a platform (write OS/ARCH[/VARIANT], e.g. linux/arm64)"
+    )]
+    InvalidStagePlatform {
+        /// The expanded value.
+        value: String,
+    },
 }
 
 fn tail_text(tail: &[String]) -> String {

@@ -11,17 +11,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use strata_layer::{scan, write_layer, Changeset, LayerWriter};
 use strata_recipe::instruction::ArgDecl;
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{
-    Base, Command, CopySpec, DockerIgnore, Instruction, Plan, Recipe, Scope, Source, Step,
+    Base, BuildArgs, Command, CopySpec, DockerIgnore, Instruction, Plan, Recipe, Scope, Source,
+    Step,
 };
 use strata_store::{CacheEntry, CacheKey, Store};
-use strata_types::Digest;
+use strata_types::{Digest, Platform};
 
 use crate::cache;
 use crate::context_hash::{ContextHashes, FileCount};
@@ -44,9 +45,46 @@ use strata_store::WorkDir;
 pub(crate) struct Builder<'a> {
     pub io: Io<'a>,
     pub stages: Stages<'a>,
-    pub cache: StepCache,
+    /// Shared by the builders of every platform.
+    pub cache: &'a StepCache,
     pub done: Done,
+    pub platform: ForPlatform<'a>,
 }
+
+/// The platform one builder builds for, and the stages builders of several platforms share.
+pub(crate) struct ForPlatform<'a> {
+    /// The build's target platform (`TARGETPLATFORM`).
+    pub target: Platform,
+    /// Whether `--platform` asked for it: a build that names no platform takes a local
+    /// single-platform base as it is.
+    pub explicit: bool,
+    /// `--build-arg` values, with the builtin platform args for this target.
+    pub args: BuildArgs,
+    /// Finished stages by [`ForPlatform::stage_key`], across platforms: a stage whose
+    /// platform and inputs are the same for two targets (a `FROM --platform=$BUILDPLATFORM`
+    /// stage that does not read `TARGET*`) is built once.
+    pub shared: &'a SharedStages,
+    /// The key of each stage this builder has started, for its dependents' keys.
+    pub keys: Mutex<HashMap<usize, String>>,
+}
+
+/// Stage results shared between the builders of a multi-platform build.
+#[derive(Default)]
+pub(crate) struct SharedStages {
+    /// One slot per stage key; its lock is held while that stage is being built.
+    slots: Mutex<HashMap<String, Arc<Mutex<Option<ImageState>>>>>,
+}
+
+impl SharedStages {
+    fn slot(&self, key: &str) -> Arc<Mutex<Option<ImageState>>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(slots.entry(key.to_string()).or_default())
+    }
+}
+
+/// The builtin args that name the target platform: a stage that declares one builds
+/// differently for each target.
+const TARGET_ARGS: [&str; 4] = ["TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT"];
 
 /// The store, the options, where progress goes, and the side effects.
 pub(crate) struct Io<'a> {
@@ -84,6 +122,7 @@ pub(crate) struct StepCache {
 }
 
 /// Finished work.
+#[derive(Default)]
 pub(crate) struct Done {
     /// Finished stages. A stage reads only stages it depends on, which finished before it
     /// started, so the lock is never contended for long.
@@ -130,15 +169,20 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The state of the image a FROM or `--from` names (its blobs in the store).
-    pub fn image_state(&self, reference: &str) -> Result<ImageState> {
+    /// The state of the image a FROM or `--from` names (its blobs in the store), for
+    /// `platform` (see [`ImageSource::image`]).
+    pub fn image_state(&self, reference: &str, platform: Option<&Platform>) -> Result<ImageState> {
+        let (store, progress) = (self.io.store, self.io.progress);
         let image = match self.io.opts.named_contexts.get(&reference.to_ascii_lowercase()) {
-            None => self.io.images.image(self.io.store, reference, self.io.progress)?,
+            None => self.io.images.image(store, reference, platform, progress)?,
             Some(NamedContext::Image(other)) => {
-                self.io.images.image(self.io.store, other, self.io.progress)?
+                self.io.images.image(store, other, platform, progress)?
             }
             Some(NamedContext::OciLayout(location)) => {
-                strata_image::load(self.io.store, location)?.0
+                let opened = strata_image::open_local_platform(None, location, platform)?;
+                let (manifest, _) =
+                    strata_image::copy_image(&opened.store, &opened.image, store, None)?;
+                store.image(&manifest)?
             }
             Some(NamedContext::Dir(dir)) => {
                 // A directory is read as a one-layer image of it, made the way `strata import`
@@ -162,13 +206,84 @@ impl<'a> Builder<'a> {
         ImageState::from_image(self.io.store, &image)
     }
 
+    /// Builds stage `index` for this builder's platform, or takes the result another
+    /// platform's builder made of the same stage (see [`ForPlatform::shared`]).
     pub fn build_stage(&self, index: usize) -> Result<ImageState> {
+        let stage = &self.stages.plan.stages[index];
+        let from_err = |e| self.wrap(index, stage.span.line, &stage_from(stage), e);
+        let platform = self.stage_platform(stage).map_err(from_err)?;
+        let key = self.stage_key(index, stage, platform.as_ref());
+        self.platform.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(index, key.clone());
+        let slot = self.platform.shared.slot(&key);
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = slot.as_ref() {
+            let shown = platform.clone().unwrap_or_else(Platform::host);
+            self.io.progress.event(&BuildEvent::StageStart {
+                stage: index,
+                name: stage.name.clone(),
+                base: format!("the same stage built for {shown}"),
+                steps: 0,
+                onbuild_steps: 0,
+                platform: Some(self.platform.target.to_string()),
+            });
+            return Ok(done.clone());
+        }
+        let state = self.build_stage_for(index, platform)?;
+        *slot = Some(state.clone());
+        Ok(state)
+    }
+
+    /// The platform stage `stage` builds for, when one is asked for: its `FROM --platform`
+    /// (expanded), else the build's `--platform`; `None` in a build that names neither.
+    fn stage_platform(&self, stage: &strata_recipe::Stage) -> Result<Option<Platform>> {
+        match stage.platform.as_deref().filter(|p| !p.is_empty()) {
+            Some(p) => p
+                .parse()
+                .map(Some)
+                .map_err(|_| BuildError::InvalidStagePlatform { value: p.to_string() }),
+            None if self.platform.explicit => Ok(Some(self.platform.target.clone())),
+            None => Ok(None),
+        }
+    }
+
+    /// What decides a stage's result besides the options every platform shares: its
+    /// index, platform, base, the target platform when the stage reads a `TARGET*` arg or
+    /// builds for the target, and the keys of the stages it reads.
+    fn stage_key(
+        &self,
+        index: usize,
+        stage: &strata_recipe::Stage,
+        platform: Option<&Platform>,
+    ) -> String {
+        let reads_target = stage.platform.as_deref().is_none_or(str::is_empty)
+            || stage.steps.iter().any(|s| match &s.instruction {
+                Instruction::Arg(decls) => {
+                    decls.iter().any(|d| TARGET_ARGS.contains(&d.name.as_str()))
+                }
+                _ => false,
+            });
+        let mut key = format!(
+            "{index}|{}|{:?}",
+            platform.map(ToString::to_string).unwrap_or_default(),
+            stage.base
+        );
+        if reads_target {
+            key.push_str(&format!("|target={}", self.platform.target));
+        }
+        let keys = self.platform.keys.lock().unwrap_or_else(|p| p.into_inner());
+        for d in self.stages.plan.dependencies.get(&index).into_iter().flatten() {
+            key.push_str(&format!("|{d}:{}", keys.get(d).map(String::as_str).unwrap_or("")));
+        }
+        key
+    }
+
+    fn build_stage_for(&self, index: usize, platform: Option<Platform>) -> Result<ImageState> {
         let stage = &self.stages.plan.stages[index];
         let (mut state, base) = match &stage.base {
             Base::Scratch => (ImageState::scratch(), "scratch".to_string()),
             Base::Image(r) => {
                 let s = self
-                    .image_state(r)
+                    .image_state(r, platform.as_ref())
                     .map_err(|e| self.wrap(index, stage.span.line, &stage_from(stage), e))?;
                 (s, r.clone())
             }
@@ -177,6 +292,7 @@ impl<'a> Builder<'a> {
                 (s, format!("stage {}", self.stage_label(*j)))
             }
         };
+        state.platform = platform;
         let onbuild_steps = state.base_onbuild.len();
         self.io.progress.event(&BuildEvent::StageStart {
             stage: index,
@@ -184,16 +300,8 @@ impl<'a> Builder<'a> {
             base,
             steps: stage.steps.len() + onbuild_steps,
             onbuild_steps,
+            platform: state.platform.as_ref().map(ToString::to_string),
         });
-        if let Some(platform) = stage.platform.as_deref().filter(|p| !p.is_empty()) {
-            let host = strata_types::Platform::host().to_string();
-            if platform != host && !host.starts_with(&format!("{platform}/")) {
-                self.warn(format!(
-                    "line {}: FROM --platform={platform} is not supported; building for {host}",
-                    stage.span.line
-                ));
-            }
-        }
         let mut step_index = 0;
         // ONBUILD triggers of the base run first, as if written right after FROM.
         for trigger in std::mem::take(&mut state.base_onbuild) {
@@ -203,16 +311,13 @@ impl<'a> Builder<'a> {
                 source: Box::new(source),
             };
             let sub = strata_recipe::parse(&text).map_err(parse_err)?;
-            let stages = sub.stages(&self.io.opts.build_args).map_err(parse_err)?;
+            let stages = sub.stages(&self.platform.args).map_err(parse_err)?;
             let Some(first) = stages.into_iter().next() else { continue };
             let mut steps = Vec::new();
             first
-                .expand_with(
-                    &state.env_pairs(),
-                    &self.io.opts.build_args,
-                    sub.escape(),
-                    &mut |s, sc| steps.push((s.clone(), sc.clone())),
-                )
+                .expand_with(&state.env_pairs(), &self.platform.args, sub.escape(), &mut |s, sc| {
+                    steps.push((s.clone(), sc.clone()))
+                })
                 .map_err(parse_err)?;
             for (mut step, scope) in steps {
                 step.span = stage.span;
@@ -224,7 +329,7 @@ impl<'a> Builder<'a> {
         stage
             .expand_with(
                 &state.env_pairs(),
-                &self.io.opts.build_args,
+                &self.platform.args,
                 self.stages.recipe.escape(),
                 &mut |s, sc| steps.push((s.clone(), sc.clone())),
             )
@@ -492,6 +597,9 @@ impl<'a> Builder<'a> {
             state.layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>().into(),
         );
         m.insert("timestamp".into(), self.io.opts.timestamp.into());
+        // The same inputs run for another platform give another result (an emulated RUN).
+        let platform = state.platform.clone().unwrap_or_else(Platform::host);
+        m.insert("platform".into(), platform.to_string().into());
         // The compression and its parameters, not only the media type: a layer compressed
         // with other parameters has other bytes, so it must not be reused as this build's.
         m.insert("compression".into(), self.cache.writer.compression_id().into());
@@ -591,7 +699,10 @@ impl<'a> Builder<'a> {
                             let s = self.result(j).unwrap_or_else(ImageState::scratch);
                             (s.layers, format!("stage {from}"))
                         }
-                        None => (self.image_state(from)?.layers, format!("image {from}")),
+                        None => (
+                            self.image_state(from, state.platform.as_ref())?.layers,
+                            format!("image {from}"),
+                        ),
                     };
                 from_chain = Some(chain.iter().map(|l| l.diff_id.to_string()).collect());
                 SourceTree {

@@ -53,6 +53,9 @@ pub(crate) struct ImageState {
     pub base_onbuild: Vec<String>,
     /// Whether this stage set CMD (ENTRYPOINT keeps it then).
     pub cmd_set: bool,
+    /// The platform the stage builds for (its `FROM --platform`, else the build's target);
+    /// the host's when `None`. It goes into the config and every cache key.
+    pub platform: Option<strata_types::Platform>,
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
@@ -100,6 +103,7 @@ impl ImageState {
             layers,
             base_onbuild,
             cmd_set: false,
+            platform: None,
         })
     }
 
@@ -156,7 +160,8 @@ impl ImageState {
     /// The image config of this state: the OCI config, with Docker's `Healthcheck`, `Shell`
     /// and `OnBuild` when the stage has them (see [`strata_image::config`]).
     pub fn to_config(&self, timestamp: i64) -> Result<ImageConfig> {
-        let strata_types::Platform { os, architecture: arch, .. } = strata_types::Platform::host();
+        let strata_types::Platform { os, architecture: arch, variant } =
+            self.platform.clone().unwrap_or_else(strata_types::Platform::host);
         let diff_ids: Vec<String> = self.layers.iter().map(|l| l.diff_id.to_string()).collect();
         let mut root = Map::new();
         root.insert("created".into(), json!(format_created(timestamp)));
@@ -165,6 +170,9 @@ impl ImageState {
         }
         root.insert("architecture".into(), json!(arch));
         root.insert("os".into(), json!(os));
+        if let Some(v) = variant {
+            root.insert("variant".into(), json!(v));
+        }
         root.insert("config".into(), self.run.to_json());
         root.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
         root.insert("history".into(), Value::Array(self.history.clone()));

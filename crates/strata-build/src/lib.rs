@@ -91,13 +91,13 @@ mod rootfs;
 mod run;
 mod ssh;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Mutex, RwLock};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 use strata_layer::LayerWriter;
 use strata_recipe::DockerIgnore;
 use strata_store::Store;
+use strata_types::Platform;
 
 pub use check::check;
 pub use copy::StreamContext;
@@ -151,15 +151,31 @@ pub fn build_with(
         source: Box::new(source),
     };
     let recipe = strata_recipe::parse(&text).map_err(parse_err)?;
-    let overridden = opts.named_contexts.keys().cloned().collect();
-    let plan = recipe
-        .plan_overridden(&opts.build_args, opts.target.as_deref(), &overridden)
-        .map_err(parse_err)?;
-    let no_cache_stages = resolve_stage_filter(&plan, &opts.no_cache_filter)?;
+    let overridden: BTreeSet<String> = opts.named_contexts.keys().cloned().collect();
+    // One plan per target platform: the builtin TARGET* args differ, and so may what the
+    // FROM lines expand to.
+    let explicit = !opts.platforms.is_empty();
+    let mut plans = Vec::new();
+    for target in opts.target_platforms() {
+        let args = match explicit {
+            true => opts.build_args.for_platforms(Platform::host(), target.clone()),
+            false => opts.build_args.clone(),
+        };
+        let plan = recipe
+            .plan_overridden(&args, opts.target.as_deref(), &overridden)
+            .map_err(parse_err)?;
+        plans.push((target, args, plan));
+    }
+    let no_cache_stages = resolve_stage_filter(&plans[0].2, &opts.no_cache_filter)?;
     let ignore = load_dockerignore(opts)?;
     // BuildKit lints the stages it builds on every build; `# check=error=true` stops it here.
-    let checks =
-        check::check_recipe(Some(store), opts, &recipe, &ignore, Some(plan.target.to_string()))?;
+    let checks = check::check_recipe(
+        Some(store),
+        opts,
+        &recipe,
+        &ignore,
+        Some(plans[0].2.target.to_string()),
+    )?;
     for w in &checks.warnings {
         progress.event(&BuildEvent::CheckWarning {
             rule: w.rule.to_string(),
@@ -175,39 +191,89 @@ pub fn build_with(
     // Agents live as long as the build (a private one is stopped when it ends).
     let ssh = ssh::Agents::start(&opts.ssh)?;
     progress.event(&BuildEvent::BuildStart {
-        stages: plan.order.len(),
-        steps: plan.order.iter().map(|&i| plan.stages[i].steps.len()).sum(),
+        stages: plans.iter().map(|(.., plan)| plan.order.len()).sum(),
+        steps: plans
+            .iter()
+            .flat_map(|(.., plan)| plan.order.iter().map(|&i| plan.stages[i].steps.len()))
+            .sum(),
     });
-    let builder = executor::Builder {
-        io: executor::Io { store, opts, progress, runner, images, ssh: &ssh },
-        stages: executor::Stages { recipe: &recipe, plan: &plan, ignore, no_cache_stages },
-        cache: executor::StepCache {
-            writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
-            hashes: context_hash::ContextHashes::load(store, &opts.context),
-            imported: remote_cache::Imported::load(opts, progress),
-            named_dirs: Default::default(),
-        },
-        done: executor::Done {
-            results: RwLock::new(HashMap::new()),
-            reports: Mutex::new(BTreeMap::new()),
-            layers_written: AtomicUsize::new(0),
-            layers_reused: AtomicUsize::new(0),
-            bytes_written: AtomicU64::new(0),
-            entries: Mutex::new(Vec::new()),
-        },
+    let cache = executor::StepCache {
+        writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
+        hashes: context_hash::ContextHashes::load(store, &opts.context),
+        imported: remote_cache::Imported::load(opts, progress),
+        named_dirs: Default::default(),
     };
-    let built = build_stages(&builder, &plan);
+    let shared = executor::SharedStages::default();
+    let n_stages = recipe_stage_count(&plans);
+    // In a build for several platforms, each platform's stage numbers count on from the
+    // last platform's (progress events stay unique per stage and step).
+    let sinks: Vec<progress::StageOffset<'_>> = (0..plans.len())
+        .map(|k| progress::StageOffset { inner: progress, offset: k * n_stages })
+        .collect();
+    let builders: Vec<executor::Builder<'_>> = plans
+        .iter()
+        .zip(&sinks)
+        .map(|((target, args, plan), sink)| executor::Builder {
+            io: executor::Io { store, opts, progress: sink, runner, images, ssh: &ssh },
+            stages: executor::Stages {
+                recipe: &recipe,
+                plan,
+                ignore: ignore.clone(),
+                no_cache_stages: no_cache_stages.clone(),
+            },
+            cache: &cache,
+            done: executor::Done::default(),
+            platform: executor::ForPlatform {
+                target: target.clone(),
+                explicit,
+                args: args.clone(),
+                shared: &shared,
+                keys: Default::default(),
+            },
+        })
+        .collect();
+    // Platforms build side by side; their stages share the cache and, where identical, the
+    // stage itself.
+    let built: Vec<Result<()>> = if builders.len() == 1 {
+        vec![build_stages(&builders[0], builders[0].stages.plan)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = builders
+                .iter()
+                .map(|b| scope.spawn(move || build_stages(b, b.stages.plan)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    };
     // Digests learnt are valid whether or not the build succeeded.
-    builder.cache.hashes.save();
-    built?;
+    cache.hashes.save();
+    built.into_iter().collect::<Result<Vec<()>>>()?;
     // A cancel that came while the last step finished still tags nothing.
     if opts.cancel.is_cancelled() {
         return Err(BuildError::Cancelled);
     }
-    let mut state = builder.result(plan.target).unwrap_or_else(image::ImageState::scratch);
-    state.run.labels.extend(opts.labels.clone());
-    let config = state.to_config(opts.timestamp)?;
-    let manifest = config.put(store, &state.layer_descriptors())?;
+    let mut images = Vec::new();
+    for b in &builders {
+        let plan = b.stages.plan;
+        let mut state = b.result(plan.target).unwrap_or_else(image::ImageState::scratch);
+        state.run.labels.extend(opts.labels.clone());
+        if explicit {
+            // The image is for the build's platform even when its last stage was built
+            // elsewhere (`FROM --platform=$BUILDPLATFORM` as the target): BuildKit's rule.
+            state.platform = Some(b.platform.target.clone());
+        }
+        let config = state.to_config(opts.timestamp)?;
+        let manifest = config.put(store, &state.layer_descriptors())?;
+        images.push(strata_image::PlatformImage { platform: b.platform.target.clone(), manifest });
+    }
+    // Several platforms make an index (image-index.md), one its image.
+    let manifest = match images.as_slice() {
+        [one] => one.manifest.clone(),
+        _ => strata_image::put_index(store, &images)?,
+    };
     for tag in &opts.tags {
         store.tag(tag, &manifest)?;
     }
@@ -217,46 +283,80 @@ pub fn build_with(
             .map_err(strata_store::StoreError::from)?;
         store.keep_dangling(&digest)?;
     }
-    let image = store.image(&manifest)?;
+    // The image of the host's platform when built, else the first.
+    let host = Platform::host();
+    let main = images.iter().find(|p| p.platform.satisfies(&host)).unwrap_or(&images[0]);
+    let image = store.image(&main.manifest)?;
     let exported = match &opts.output {
         // `docker://...` is a push (below), not an export.
         Some(strata_types::ImageLocation::Registry(_)) => None,
         Some(dest) => {
             let local = strata_types::ImageLocation::Store(manifest.digest().to_string());
-            let opened = strata_image::open_local(Some(store), &local)?;
-            Some(strata_image::export(&opened, dest, &Default::default())?)
+            Some(export_result(store, &local, &manifest, dest)?)
         }
         None => None,
     };
-    let pushed = push_result(store, opts, &image)?;
-    let cache_exported = export_cache(store, opts, &plan, &builder, progress)?;
+    let pushed = push_result(store, opts, &manifest, &image)?;
+    let cache_exported = export_cache(store, opts, &builders, progress)?;
+    let sum = |f: &dyn Fn(&executor::Done) -> u64| builders.iter().map(|b| f(&b.done)).sum::<u64>();
+    let layers_reused = sum(&|d| d.layers_reused.load(Ordering::Relaxed) as u64) as usize;
+    let layers_written = sum(&|d| d.layers_written.load(Ordering::Relaxed) as u64) as usize;
+    let bytes_written = sum(&|d| d.bytes_written.load(Ordering::Relaxed));
     progress.event(&BuildEvent::BuildDone {
         digest: manifest.digest().to_string(),
-        layers_reused: builder.done.layers_reused.load(std::sync::atomic::Ordering::Relaxed),
-        layers_written: builder.done.layers_written.load(std::sync::atomic::Ordering::Relaxed),
-        bytes_written: builder.done.bytes_written.load(std::sync::atomic::Ordering::Relaxed),
+        layers_reused,
+        layers_written,
+        bytes_written,
     });
-    let mut by_stage = builder.done.reports.into_inner().unwrap_or_else(|p| p.into_inner());
-    let steps = plan.order.iter().flat_map(|i| by_stage.remove(i).unwrap_or_default()).collect();
+    let mut steps = Vec::new();
+    for b in builders {
+        let plan = b.stages.plan;
+        let mut by_stage = b.done.reports.into_inner().unwrap_or_else(|p| p.into_inner());
+        steps.extend(plan.order.iter().flat_map(|i| by_stage.remove(i).unwrap_or_default()));
+    }
+    let platforms = match images.len() {
+        1 => Vec::new(),
+        _ => images,
+    };
     Ok(BuildOutput {
         manifest,
         image,
+        platforms,
         steps,
-        layers_written: builder.done.layers_written.into_inner(),
-        layers_reused: builder.done.layers_reused.into_inner(),
-        context_files_hashed: builder.cache.hashes.files_hashed(),
-        bytes_written: builder.done.bytes_written.into_inner(),
+        layers_written,
+        layers_reused,
+        context_files_hashed: cache.hashes.files_hashed(),
+        bytes_written,
         exported,
         pushed,
         cache_exported,
     })
 }
 
-/// `--push`: the image to every tag, then `--output docker://...`; blobs the registry has are
-/// not sent again (strata-registry's push: HEAD, else mount, else upload).
+/// The number of stages the recipe has (the same in every platform's plan).
+fn recipe_stage_count(plans: &[(Platform, BuildArgs, strata_recipe::Plan)]) -> usize {
+    plans.iter().map(|(.., p)| p.stages.len()).max().unwrap_or(0)
+}
+
+/// `--output`: the built image (an index: every platform's) written to `dest`.
+fn export_result(
+    store: &Store,
+    local: &strata_types::ImageLocation,
+    manifest: &strata_store::oci_spec::image::Descriptor,
+    dest: &strata_types::ImageLocation,
+) -> Result<strata_image::ExportReport> {
+    let _ = manifest;
+    let opened = strata_image::open_local(Some(store), local)?;
+    Ok(strata_image::export(&opened, dest, &Default::default())?)
+}
+
+/// `--push`: the image (or index, children first) to every tag, then `--output
+/// docker://...`; blobs the registry has are not sent again (strata-registry's push: HEAD,
+/// else mount, else upload).
 fn push_result(
     store: &Store,
     opts: &BuildOptions,
+    manifest: &strata_store::oci_spec::image::Descriptor,
     image: &strata_store::Image,
 ) -> Result<Vec<(String, strata_registry::TransferReport)>> {
     let mut targets: Vec<strata_types::Reference> = Vec::new();
@@ -272,44 +372,49 @@ fn push_result(
     for r in targets {
         let err = |e| BuildError::Push { reference: r.to_string(), source: Box::new(e) };
         let client = remote_cache::client_for(opts, &r).map_err(err)?;
-        let report = strata_registry::push(
-            &client,
-            store,
-            image,
-            &r,
-            &Default::default(),
-            &strata_registry::NoTransferProgress,
-        )
+        let events = &strata_registry::NoTransferProgress;
+        let report = if strata_image::platforms::is_index(manifest) {
+            let index = strata_types::Digest::try_from(manifest.digest())
+                .map_err(strata_store::StoreError::from)?;
+            strata_registry::push_index(&client, store, &index, &r, &Default::default(), events)
+        } else {
+            strata_registry::push(&client, store, image, &r, &Default::default(), events)
+        }
         .map_err(err)?;
         pushed.push((r.to_string(), report));
     }
     Ok(pushed)
 }
 
-/// `--cache-to`: the entries the build used, by each destination's mode. `mode=min` keeps
-/// the stages the final image is made of: the target and the stages it is `FROM`.
+/// `--cache-to`: the entries the build used, by each destination's mode, every platform's
+/// in one cache. `mode=min` keeps the stages the final image is made of: the target and the
+/// stages it is `FROM`.
 fn export_cache(
     store: &Store,
     opts: &BuildOptions,
-    plan: &strata_recipe::Plan,
-    builder: &executor::Builder<'_>,
+    builders: &[executor::Builder<'_>],
     progress: &dyn ProgressSink,
 ) -> Result<Vec<(String, usize)>> {
-    let mut chain = BTreeSet::from([plan.target]);
-    let mut at = plan.target;
-    while let strata_recipe::Base::Stage(j) = &plan.stages[at].base {
-        if !chain.insert(*j) {
-            break;
+    let mut all = Vec::new();
+    for b in builders {
+        let plan = b.stages.plan;
+        let mut chain = BTreeSet::from([plan.target]);
+        let mut at = plan.target;
+        while let strata_recipe::Base::Stage(j) = &plan.stages[at].base {
+            if !chain.insert(*j) {
+                break;
+            }
+            at = *j;
         }
-        at = *j;
+        let entries = b.done.entries.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        all.extend(entries.into_iter().map(|(stage, k, e)| (chain.contains(&stage), k, e)));
     }
-    let entries = builder.done.entries.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut exported = Vec::new();
     for spec in &opts.cache_to {
         let index = strata_store::CacheIndex {
-            entries: entries
+            entries: all
                 .iter()
-                .filter(|(stage, ..)| spec.mode == CacheMode::Max || chain.contains(stage))
+                .filter(|(in_chain, ..)| spec.mode == CacheMode::Max || *in_chain)
                 .map(|(_, k, e)| (*k, e.clone()))
                 .collect(),
         };

@@ -165,6 +165,12 @@ pub struct BuildOptions {
     pub cache_to: Vec<crate::CacheSpec>,
     /// Push the result to every tag (each `HOST/REPO:TAG`) once built (`--push`).
     pub push: bool,
+    /// The platforms to build for (`--platform linux/amd64,linux/arm64`). Empty: the host's,
+    /// with the result a single image as before. One: an image for that platform. Several: the
+    /// recipe is built once per platform (in parallel) and the result is an OCI image index
+    /// listing each platform's image, in this order. A step of a platform other than the
+    /// host's runs through qemu user emulation registered in binfmt_misc.
+    pub platforms: Vec<strata_types::Platform>,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -275,6 +281,15 @@ impl BuildOptions {
             cache_from: Vec::new(),
             cache_to: Vec::new(),
             push: false,
+            platforms: Vec::new(),
+        }
+    }
+
+    /// The platforms a build makes images for: [`BuildOptions::platforms`], or the host's.
+    pub fn target_platforms(&self) -> Vec<strata_types::Platform> {
+        match self.platforms.is_empty() {
+            true => vec![strata_types::Platform::host()],
+            false => self.platforms.clone(),
         }
     }
 
@@ -317,6 +332,20 @@ impl BuildOptions {
             use strata_types::ImageLocation;
             if matches!(out, ImageLocation::Store(_)) {
                 return Err(BuildError::InvalidOutput { output: out.to_string() });
+            }
+            // An archive and a directory hold one image (`docker load` knows no index).
+            if self.platforms.len() > 1
+                && matches!(out, ImageLocation::DockerArchive { .. } | ImageLocation::Dir(_))
+            {
+                return Err(BuildError::OutputNeedsOnePlatform {
+                    output: out.to_string(),
+                    platforms: self.platforms.iter().map(ToString::to_string).collect(),
+                });
+            }
+        }
+        for (i, p) in self.platforms.iter().enumerate() {
+            if self.platforms[..i].iter().any(|q| q.satisfies(p) || p.satisfies(q)) {
+                return Err(BuildError::DuplicatePlatform { platform: p.to_string() });
             }
         }
         Ok(())
@@ -376,11 +405,16 @@ pub struct StepReport {
 /// The result of [`crate::build`].
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
-    /// The image manifest's descriptor (tagged with every `BuildOptions::tags` entry).
+    /// What was tagged with every `BuildOptions::tags` entry: the image manifest's
+    /// descriptor, or the image index's in a build for several platforms.
     pub manifest: Descriptor,
-    /// The image as stored.
+    /// The image as stored (in a build for several platforms: the host platform's image
+    /// when it was built, else the first platform's).
     pub image: Image,
-    /// Every step executed, in order.
+    /// Each platform's image, in `--platform` order, in a build for several platforms
+    /// (empty otherwise).
+    pub platforms: Vec<strata_image::PlatformImage>,
+    /// Every step executed, in order (platform after platform).
     pub steps: Vec<StepReport>,
     /// Layers this build created (including ones the store already had).
     pub layers_written: usize,

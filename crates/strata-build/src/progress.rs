@@ -69,6 +69,12 @@ pub enum BuildEvent {
         steps: usize,
         /// Of those, the base's ONBUILD triggers (run first, not in [`BuildEvent::BuildStart`]).
         onbuild_steps: usize,
+        /// The platform it builds for, in a build that names one (`--platform`, `FROM
+        /// --platform`). In a build for several platforms, stage numbers count on across
+        /// platforms: the second platform's stage 0 is stage N, where N is the recipe's
+        /// number of stages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
     },
     /// A step starts.
     StepStart {
@@ -230,5 +236,32 @@ mod tests {
             line: "x".into(),
         };
         assert_eq!(serde_json::to_value(&o).unwrap()["stream"], "stderr");
+    }
+}
+
+/// A sink that numbers stages on from `offset` (one platform's builder in a build for
+/// several; see [`BuildEvent::StageStart::platform`]).
+pub(crate) struct StageOffset<'a> {
+    pub inner: &'a dyn ProgressSink,
+    pub offset: usize,
+}
+
+impl ProgressSink for StageOffset<'_> {
+    fn event(&self, event: &BuildEvent) {
+        if self.offset == 0 {
+            return self.inner.event(event);
+        }
+        let mut e = event.clone();
+        match &mut e {
+            BuildEvent::StageStart { stage, .. }
+            | BuildEvent::StepStart { stage, .. }
+            | BuildEvent::StepCached { stage, .. }
+            | BuildEvent::ContextScanned { stage, .. }
+            | BuildEvent::CopyStaged { stage, .. }
+            | BuildEvent::StepOutput { stage, .. }
+            | BuildEvent::StepDone { stage, .. } => *stage += self.offset,
+            _ => {}
+        }
+        self.inner.event(&e)
     }
 }

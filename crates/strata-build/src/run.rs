@@ -131,7 +131,8 @@ impl Builder<'_> {
         created_by.push_str(&argv.join(" "));
         created_by.push_str(" # buildkit");
 
-        let at = StepAt { stage, step, owner: (0, 0) };
+        let platform = state.platform.clone();
+        let at = StepAt { stage, step, owner: (0, 0), platform: platform.as_ref() };
         let process = Process { argv: &argv, env: &env, cwd: &cwd, network };
         let key = self.run_cache_key(&at, state, run, &process)?;
         if let Some(hit) = self.cached(stage, cache::Kind::Run, key.as_ref(), &created_by)? {
@@ -257,7 +258,7 @@ impl Builder<'_> {
                     source: Box::new(source),
                 })? {
                 Some(j) => self.result(j).map(|s| s.layers).unwrap_or_default(),
-                None => self.image_state(from)?.layers,
+                None => self.image_state(from, state.platform.as_ref())?.layers,
             };
             bind_inputs
                 .push(chain.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>().into());
@@ -314,7 +315,7 @@ impl Builder<'_> {
                 Some(j) => {
                     (self.result(j).map(|s| s.layers).unwrap_or_default(), format!("stage {from}"))
                 }
-                None => (self.image_state(from)?.layers, format!("image {from}")),
+                None => (self.image_state(from, at.platform)?.layers, format!("image {from}")),
             };
         let dir = self.staging()?;
         for l in &chain {
@@ -532,6 +533,9 @@ struct StepAt<'s> {
     step: &'s Step,
     /// The uid and gid the step runs as (buildah's `U` mount option gives them the mount).
     owner: (u32, u32),
+    /// The platform the stage builds for, when one was asked for (`from=` images resolve
+    /// to it).
+    platform: Option<&'s strata_types::Platform>,
 }
 
 /// The process a RUN starts, as its cache key sees it.

@@ -94,6 +94,8 @@ impl StepRunner for FakeRunner {
 struct FakeImages {
     images: BTreeMap<String, Descriptor>,
     asked: Mutex<Vec<String>>,
+    /// The platform each request named (`-` for none).
+    platforms: Mutex<Vec<String>>,
 }
 
 impl ImageSource for FakeImages {
@@ -101,9 +103,12 @@ impl ImageSource for FakeImages {
         &self,
         store: &Store,
         reference: &str,
+        platform: Option<&strata_types::Platform>,
         _progress: &dyn ProgressSink,
     ) -> strata_build::Result<Image> {
         self.asked.lock().unwrap().push(reference.to_string());
+        let shown = platform.map_or("-".to_string(), ToString::to_string);
+        self.platforms.lock().unwrap().push(shown);
         let d = self.images.get(reference).ok_or_else(|| BuildError::ImageNotInStore {
             reference: reference.to_string(),
             why: "the fake does not have it",

@@ -700,7 +700,7 @@ fn from_scope(
     recipe: &Recipe,
     args: Option<&BuildArgs>,
 ) -> Result<Vec<(String, String)>, ParseError> {
-    let mut scope: Vec<(String, String)> = builtin_args(&Platform::host());
+    let mut scope: Vec<(String, String)> = builtin_args(args.unwrap_or(&BuildArgs::default()));
     let lexer = ShellLexer::new(recipe.escape());
     for step in recipe.steps() {
         match &step.instruction {

@@ -20,10 +20,15 @@ use crate::error::{ParseError, ParseErrorKind, Span};
 use crate::instruction::{ArgDecl, Instruction};
 use crate::shell::{Lookup, ShellLexer};
 
-/// Build arguments given on the command line (`--build-arg K=V`).
+/// Build arguments given on the command line (`--build-arg K=V`), and the platforms the
+/// builtin `BUILD*` and `TARGET*` args describe.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BuildArgs {
     values: BTreeMap<String, String>,
+    /// The platform the build runs on (`BUILDPLATFORM`); the host's when `None`.
+    build_platform: Option<Platform>,
+    /// The platform the build is for (`TARGETPLATFORM`); the host's when `None`.
+    target_platform: Option<Platform>,
 }
 
 impl BuildArgs {
@@ -47,6 +52,27 @@ impl BuildArgs {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
+
+    /// The same values for a build that runs on `build` and targets `target`: the builtin
+    /// `BUILDPLATFORM`, `BUILDOS`, ... and `TARGETPLATFORM`, `TARGETARCH`, ... describe them
+    /// (a `--build-arg` of the same name still wins, as in BuildKit).
+    pub fn for_platforms(&self, build: Platform, target: Platform) -> BuildArgs {
+        BuildArgs {
+            values: self.values.clone(),
+            build_platform: Some(build),
+            target_platform: Some(target),
+        }
+    }
+
+    /// The platform the build runs on (the host's unless set by [`BuildArgs::for_platforms`]).
+    pub fn build_platform(&self) -> Platform {
+        self.build_platform.clone().unwrap_or_else(Platform::host)
+    }
+
+    /// The platform the build is for (the host's unless set by [`BuildArgs::for_platforms`]).
+    pub fn target_platform(&self) -> Platform {
+        self.target_platform.clone().unwrap_or_else(Platform::host)
+    }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for BuildArgs {
@@ -59,11 +85,12 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for BuildArgs {
     }
 }
 
-/// The builtin args BuildKit defines for `platform` as both target and build platform
-/// (`TARGETPLATFORM`, `BUILDARCH`, ...); strata builds for the host.
-pub(crate) fn builtin_args(platform: &Platform) -> Vec<(String, String)> {
+/// The builtin args BuildKit defines (`TARGETPLATFORM`, `BUILDARCH`, ...) for the platforms
+/// of `args` (the host's unless a multi-platform build set them).
+pub(crate) fn builtin_args(args: &BuildArgs) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for prefix in ["TARGET", "BUILD"] {
+    for (prefix, platform) in [("TARGET", args.target_platform()), ("BUILD", args.build_platform())]
+    {
         out.push((format!("{prefix}PLATFORM"), platform.to_string()));
         out.push((format!("{prefix}OS"), platform.os.clone()));
         out.push((format!("{prefix}ARCH"), platform.architecture.clone()));
@@ -245,7 +272,7 @@ impl Stage {
         for (k, v) in base_env {
             scope.set_env(k, v.clone());
         }
-        let builtins = builtin_args(&Platform::host());
+        let builtins = builtin_args(args);
         let mut out = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
             let instruction = step.instruction.expand(&lexer, &scope, step.span)?;
@@ -419,7 +446,7 @@ impl Recipe {
         for step in &self.steps {
             match &step.instruction {
                 Instruction::Arg(decls) => {
-                    let scope = globals_scope(&globals);
+                    let scope = globals_scope(&globals, args);
                     let Instruction::Arg(decls2) =
                         Instruction::Arg(decls.clone()).expand(&lexer, &scope, step.span)?
                     else {
@@ -456,7 +483,7 @@ impl Recipe {
     ) -> Result<Vec<Stage>, ParseError> {
         let lexer = ShellLexer::new(self.escape());
         let globals = self.global_args(args)?;
-        let scope = globals_scope(&globals);
+        let scope = globals_scope(&globals, args);
         let mut stages: Vec<Stage> = Vec::new();
         for step in &self.steps {
             match &step.instruction {
@@ -572,9 +599,9 @@ impl Recipe {
 }
 
 /// Global args as a lookup scope for `FROM` lines (builtin platform args included, overridable).
-fn globals_scope(globals: &[(String, Option<String>)]) -> Scope {
+fn globals_scope(globals: &[(String, Option<String>)], args: &BuildArgs) -> Scope {
     let mut scope = Scope::default();
-    for (k, v) in builtin_args(&Platform::host()) {
+    for (k, v) in builtin_args(args) {
         scope.set_arg(&k, v);
     }
     for (k, v) in globals {

@@ -106,6 +106,12 @@ pub struct Args {
     /// not sent again).
     #[arg(long)]
     pub push: bool,
+    /// Build for these platforms (`OS/ARCH[/VARIANT]`, comma-separated or repeated), as
+    /// `docker buildx build --platform`: one platform gives that platform's image, several an
+    /// image index with one image each (built in parallel). Steps of a foreign platform run
+    /// through qemu user emulation (Debian's qemu-user-static, registered in binfmt_misc).
+    #[arg(long = "platform", value_name = "PLATFORMS", value_delimiter = ',')]
+    pub platforms: Vec<strata::types::Platform>,
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -172,6 +178,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.cache_from = args.cache_from.clone();
     opts.cache_to = args.cache_to.clone();
     opts.push = args.push;
+    opts.platforms = args.platforms.clone();
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 
@@ -219,6 +226,9 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
             let bytes = out.bytes_written;
             format!("built {digest} in {secs:.1}s: {steps} steps, {reused} layers reused, {written} written, {bytes} bytes written ({size})")
         })?;
+        for p in &out.platforms {
+            display.line(&format!("{}: {}", p.platform, p.manifest.digest()))?;
+        }
         for t in &opts.tags {
             display.line(&format!("tagged {t}"))?;
         }

@@ -135,9 +135,10 @@ impl ProgressSink for PlainProgress {
             steps.get(&(stage, step)).map(|s| s.0).unwrap_or(0)
         };
         let _ = match e {
-            BuildEvent::StageStart { stage, name, base, .. } => {
+            BuildEvent::StageStart { stage, name, base, platform, .. } => {
                 let name = name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
-                writeln!(err, "=> stage {stage}{name} FROM {base}")
+                let platform = platform.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default();
+                writeln!(err, "=> stage {stage}{name}{platform} FROM {base}")
             }
             BuildEvent::StepStart { stage, step, line, text } => {
                 let n = steps.len() + 1;
@@ -437,9 +438,12 @@ impl TtyProgress {
         let mut above = Vec::new();
         match e {
             BuildEvent::BuildStart { steps, .. } => state.total += steps,
-            BuildEvent::StageStart { stage, name, steps, onbuild_steps, .. } => {
+            BuildEvent::StageStart { stage, name, steps, onbuild_steps, platform, .. } => {
                 state.total += onbuild_steps;
-                let label = name.clone().unwrap_or_else(|| format!("stage-{stage}"));
+                let mut label = name.clone().unwrap_or_else(|| format!("stage-{stage}"));
+                if let Some(p) = platform {
+                    label = format!("{p} {label}");
+                }
                 let view = state.stages.entry(*stage).or_default();
                 view.label = label;
                 view.steps = *steps;
@@ -574,6 +578,7 @@ mod tests {
                 base: "scratch".into(),
                 steps: 2,
                 onbuild_steps: 0,
+                platform: None,
             },
             BuildEvent::StepStart { stage: 0, step: 0, line: 2, text: long },
             BuildEvent::CopyStaged { stage: 0, step: 0, files: 3, bytes: 1200 },
