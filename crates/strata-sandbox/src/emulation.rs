@@ -18,7 +18,7 @@
 //! its configuration, which a check here could not vouch for).
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use strata_types::Platform;
@@ -61,6 +61,7 @@ const CONF_DIRS: [&str; 3] = ["/etc/binfmt.d", "/run/binfmt.d", "/usr/lib/binfmt
 /// without a known ELF machine; [`SandboxError::NoEmulation`] when no handler matches and
 /// none can be registered (not root, no `qemu-user-static`, binfmt_misc disabled);
 /// [`SandboxError::EmulationWithoutFixBinary`] when the matching handler lacks `F`;
+/// [`SandboxError::DynamicEmulator`] when its interpreter is dynamically linked;
 /// [`SandboxError::EmulationSetup`] when mounting, reading or registering fails.
 pub fn ensure_emulation(platform: &Platform) -> Result<Emulation, SandboxError> {
     let host = Host {
@@ -322,6 +323,39 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether `path` is an ELF program with a `PT_INTERP` header (dynamically linked). Anything
+/// unreadable or not ELF is given the benefit of the doubt.
+fn needs_loader(path: &Path) -> bool {
+    // Program headers follow the ELF header; 64 KiB holds them, not the whole emulator.
+    let mut bytes = Vec::new();
+    let Ok(file) = fs::File::open(path) else { return false };
+    if file.take(64 * 1024).read_to_end(&mut bytes).is_err() {
+        return false;
+    }
+    let Some(b"\x7fELF") = bytes.get(..4) else { return false };
+    let big = bytes.get(5) == Some(&2);
+    let num = |at: usize, len: usize| -> Option<u64> {
+        let raw = bytes.get(at..at + len)?;
+        Some(raw.iter().enumerate().fold(0u64, |acc, (i, b)| {
+            let shift = if big { 8 * (len - 1 - i) } else { 8 * i };
+            acc | (u64::from(*b) << shift)
+        }))
+    };
+    // (e_phoff, its size, e_phentsize, e_phnum) for ELFCLASS32 and ELFCLASS64.
+    let (phoff, phentsize, phnum) = match bytes.get(4) {
+        Some(1) => (num(28, 4), num(42, 2), num(44, 2)),
+        Some(2) => (num(32, 8), num(54, 2), num(56, 2)),
+        _ => return false,
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (phoff, phentsize, phnum) else {
+        return false;
+    };
+    (0..phnum).any(|i| {
+        let at = phoff.saturating_add(i * phentsize);
+        usize::try_from(at).ok().and_then(|at| num(at, 4)) == Some(3) // PT_INTERP
+    })
+}
+
 /// A `qemu-<arch>.conf` found in the binfmt.d directories.
 struct Conf {
     path: PathBuf,
@@ -457,6 +491,19 @@ fn ensure_in(
                     "as root: echo -1 > {} && {}",
                     dir.join(&e.name).display(),
                     register_command(dir, &line)
+                ),
+            });
+        }
+        // With F the kernel loads the interpreter from the host, but a dynamic one's own
+        // loader and libraries would still be looked up inside the step's root.
+        if let Some(e) = matching.iter().find(|e| needs_loader(&e.interpreter)) {
+            return Err(SandboxError::DynamicEmulator {
+                platform: name.clone(),
+                handler: e.name.clone(),
+                interpreter: e.interpreter.clone(),
+                fix: format!(
+                    "{install}, then as root: echo -1 > {} && run strata as root once",
+                    dir.join(&e.name).display()
                 ),
             });
         }
@@ -727,6 +774,36 @@ mod tests {
         assert!(fix.contains(&format!("echo -1 > {}", entry.display())), "{fix}");
         assert!(fix.contains(&AARCH64_LINE.replace(":OPF", ":OCF")), "{fix}");
         assert!(ops.lines.is_empty(), "never replaces someone else's handler");
+    }
+
+    /// A 64-bit little-endian ELF file with one program header of type `p_type`.
+    fn elf_with_program_header(p_type: u32) -> Vec<u8> {
+        let mut f = vec![0u8; 64 + 56];
+        f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&1u16.to_le_bytes());
+        f[64..68].copy_from_slice(&p_type.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn a_dynamically_linked_emulator_is_refused() {
+        let fake = Fake::new(true, true);
+        let dynamic = fake.host.binfmt.parent().unwrap().join("qemu-aarch64");
+        fs::write(&dynamic, elf_with_program_header(3)).unwrap();
+        let line = AARCH64_LINE
+            .replace("/usr/libexec/qemu-binfmt/aarch64-binfmt-P", dynamic.to_str().unwrap());
+        fake.entry(&line, true);
+        let err = fake.ensure("linux/arm64", &mut Recorder::default()).unwrap_err();
+        let SandboxError::DynamicEmulator { handler, fix, .. } = &err else { panic!("{err}") };
+        assert_eq!(handler, "qemu-aarch64");
+        assert!(fix.starts_with("apt-get install qemu-user-static"), "{fix}");
+        // PT_LOAD only: static, accepted.
+        fs::write(&dynamic, elf_with_program_header(1)).unwrap();
+        let got = fake.ensure("linux/arm64", &mut Recorder::default()).unwrap();
+        assert_eq!(got, Emulation::Qemu { handler: "qemu-aarch64".into(), interpreter: dynamic });
+        assert!(!needs_loader(Path::new("/nonexistent")));
     }
 
     #[test]

@@ -182,6 +182,20 @@ pub enum SandboxError {
         /// The commands that re-register it with `F`.
         fix: String,
     },
+    /// The binfmt_misc handler's interpreter is dynamically linked: even opened on the host
+    /// (`F`), it would need its loader and libraries inside the step's root. Debian's
+    /// `qemu-user-static` interpreters are static.
+    #[error("cannot run {platform} steps: binfmt_misc handler {handler} runs {interpreter}, which is dynamically linked and would need its libraries inside the image; fix: {fix}")]
+    DynamicEmulator {
+        /// The platform as `os/arch[/variant]`.
+        platform: String,
+        /// The handler's name in `/proc/sys/fs/binfmt_misc`.
+        handler: String,
+        /// Its interpreter.
+        interpreter: PathBuf,
+        /// What to install and run instead.
+        fix: String,
+    },
     /// Mounting binfmt_misc, reading it or registering a handler failed.
     #[error("setting up emulation for {platform}: {step}")]
     EmulationSetup {
