@@ -148,6 +148,65 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    /// The platform cannot run here at all: not linux, or an architecture strata knows no
+    /// ELF machine (and so no emulator) for.
+    #[error("cannot run {platform} steps: {reason}")]
+    UnsupportedPlatform {
+        /// The platform as `os/arch[/variant]`.
+        platform: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// No binfmt_misc handler runs the platform's programs, and strata could not register
+    /// one (not root, `qemu-user-static` missing, binfmt_misc not mounted or disabled).
+    #[error("cannot run {platform} steps: {reason}; fix: {fix}")]
+    NoEmulation {
+        /// The platform as `os/arch[/variant]`.
+        platform: String,
+        /// What is missing.
+        reason: String,
+        /// What to install or run, as exact commands.
+        fix: String,
+    },
+    /// A binfmt_misc handler runs the platform's programs but was registered without the `F`
+    /// flag, so the kernel would look for its interpreter inside the step's root: the
+    /// emulator would have to be copied into the image.
+    #[error("cannot run {platform} steps: binfmt_misc handler {handler} ({interpreter}) lacks the F flag, so the emulator would have to be inside the image; fix: {fix}")]
+    EmulationWithoutFixBinary {
+        /// The platform as `os/arch[/variant]`.
+        platform: String,
+        /// The handler's name in `/proc/sys/fs/binfmt_misc`.
+        handler: String,
+        /// Its interpreter.
+        interpreter: PathBuf,
+        /// The commands that re-register it with `F`.
+        fix: String,
+    },
+    /// The binfmt_misc handler's interpreter is dynamically linked: even opened on the host
+    /// (`F`), it would need its loader and libraries inside the step's root. Debian's
+    /// `qemu-user-static` interpreters are static.
+    #[error("cannot run {platform} steps: binfmt_misc handler {handler} runs {interpreter}, which is dynamically linked and would need its libraries inside the image; fix: {fix}")]
+    DynamicEmulator {
+        /// The platform as `os/arch[/variant]`.
+        platform: String,
+        /// The handler's name in `/proc/sys/fs/binfmt_misc`.
+        handler: String,
+        /// Its interpreter.
+        interpreter: PathBuf,
+        /// What to install and run instead.
+        fix: String,
+    },
+    /// Mounting binfmt_misc, reading it or registering a handler failed.
+    #[error("setting up emulation for {platform}: {step}")]
+    EmulationSetup {
+        /// The platform as `os/arch[/variant]`.
+        platform: String,
+        /// What was being done (the equivalent shell command where there is one).
+        step: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// The run was cancelled through its [`CancelToken`](crate::CancelToken); the process tree was killed.
     #[error("run cancelled; the step's processes were killed")]
     Cancelled,

@@ -86,6 +86,7 @@
 #![allow(unsafe_code)]
 
 mod child;
+mod emulation;
 mod error;
 mod idmap;
 mod plan;
@@ -102,6 +103,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+pub use emulation::{ensure_emulation, Emulation};
 pub use error::SandboxError;
 pub use user::{resolve_user, resolve_user_in};
 
