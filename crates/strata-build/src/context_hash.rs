@@ -10,11 +10,18 @@
 //! less than [`RACY_NS`] old are not kept (the file may still be changing within one clock
 //! tick, git's "racy clean" problem), so they are re-hashed next time.
 //!
-//! The cache is one small text file per context root, `<store>/strata/v1/hashes-v1/<hex>`
-//! where `<hex>` is the SHA-256 of the canonical context path: a header line, then one line
-//! per file `dev ino size mtime_ns ctime_ns sha256hex path` (the path last, `\` and newline
-//! escaped). It is written atomically (temp file and rename) at the end of a build; a file that
-//! does not parse is treated as empty, never as an error. Misses are hashed in parallel.
+//! The cache is one binary file per context root, `<store>/strata/v1/hashes-v1/<hex>` where
+//! `<hex>` is the SHA-256 of the canonical context path (the directory name is the table's;
+//! the file names its own format in its first bytes). Format v2, loaded with one read and
+//! searched in place: the magic `strata-hashes-v2\n`, the record count (u64 LE), then per
+//! file, sorted bytewise by path with no duplicates, `dev ino size mtime_ns ctime_ns` (u64/i64
+//! LE), the 32-byte SHA-256, the path length (u32 LE) and the path below the context. A
+//! lookup is a binary search over byte slices: no per-file allocation or path hashing, which
+//! the text format v1 (`dev ino size mtime_ns ctime_ns sha256hex path` lines) cost on every
+//! build. A v1 file is still read (and rewritten as v2), so an upgrade hashes nothing again.
+//! The file is written atomically (temp file and rename) at the end of a build, only when an
+//! entry was added or dropped; a file that does not parse is treated as empty, never as an
+//! error. Misses are hashed in parallel.
 //!
 //! [`SourceWalk`] turns a source tree into one digest over what the step will see: each
 //! entry's path below the source, type, mode, owner (when it reaches the result), link target,
@@ -22,16 +29,22 @@
 //! so constant under the default timestamp 0), never atime or raw mtimes. Fifos and devices
 //! (with their device number) have their own type, and a file that is a hardlink of an
 //! earlier entry of the same tree records that entry's path, because the copy keeps the link.
+//! The walk reads each directory once (`getdents64`) and stats its entries relative to the
+//! directory's descriptor, subdirectories in parallel; the records are put back in walk order
+//! (parents first, names in bytewise order), so the digest does not depend on the schedule.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::ffi::{CStr, OsStr};
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 use strata_recipe::DockerIgnore;
 use strata_store::Store;
@@ -39,10 +52,67 @@ use strata_types::Digest;
 
 use crate::error::{BuildError, Result};
 
-const HEADER: &str = "strata-hashes-v1";
+/// The first bytes of a v2 cache file.
+const MAGIC_V2: &[u8] = b"strata-hashes-v2\n";
+/// The header line of a v1 (text) cache file, still read.
+const HEADER_V1: &str = "strata-hashes-v1";
+/// Bytes of a v2 record before its path: five u64/i64 stamp fields, the digest, the length.
+const FIXED: usize = 5 * 8 + 32 + 4;
 
 /// Entries younger than this (by ctime) are not written to the cache file.
 pub(crate) const RACY_NS: i64 = 2_000_000_000;
+
+/// What the walk keeps of one `lstat`.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u64,
+    dev: u64,
+    ino: u64,
+    rdev: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Meta {
+    // The field types of `struct stat` differ by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(st: &rustix::fs::Stat) -> Meta {
+        Meta {
+            mode: st.st_mode as u32,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            nlink: st.st_nlink as u64,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            rdev: st.st_rdev as u64,
+            size: st.st_size as u64,
+            mtime: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as i64,
+            ctime: st.st_ctime as i64,
+            ctime_nsec: st.st_ctime_nsec as i64,
+        }
+    }
+
+    fn file_type(&self) -> FileType {
+        FileType::from_raw_mode(self.mode)
+    }
+
+    fn is_dir(&self) -> bool {
+        self.file_type() == FileType::Directory
+    }
+}
+
+fn lstat(path: &Path) -> Result<Meta> {
+    rustix::fs::lstat(path)
+        .map(|st| Meta::of(&st))
+        .map_err(|e| BuildError::io("lstat", path, e.into()))
+}
 
 /// What identifies an unchanged file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,165 +125,128 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(md: &fs::Metadata) -> Stamp {
+    fn of(md: &Meta) -> Stamp {
         Stamp {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.size(),
-            mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
-            ctime_ns: md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec()),
+            dev: md.dev,
+            ino: md.ino,
+            size: md.size,
+            mtime_ns: md.mtime.saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec),
+            ctime_ns: md.ctime.saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec),
         }
     }
 }
 
-/// The digest cache of one context root (see the module docs).
-pub(crate) struct ContextHashes {
-    /// Where the cache is saved: the store's context-cache table, under `key`.
-    store: Store,
-    key: Digest,
-    /// The context as given; entries are keyed by paths below it.
-    root: PathBuf,
-    entries: Mutex<HashMap<PathBuf, (Stamp, [u8; 32])>>,
-    dirty: Mutex<bool>,
-    /// Entries this build looked up; others are dropped on save when their file is gone.
-    seen: Mutex<HashSet<PathBuf>>,
-    /// Files hashed (read) by this build, for tests and reports.
-    hashed: Mutex<u64>,
+/// A loaded v2 cache file: its bytes and the offset of each record, in path order.
+#[derive(Debug, Default)]
+struct Table {
+    bytes: Vec<u8>,
+    records: Vec<usize>,
 }
 
-impl ContextHashes {
-    /// The cache of `context` in `store` (empty when missing or unreadable).
-    pub fn load(store: &Store, context: &Path) -> ContextHashes {
-        let canonical = fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
-        let key = Digest::of_bytes(canonical.as_os_str().as_bytes());
-        let entries = store.context_cache(&key).and_then(|b| parse(&b)).unwrap_or_default();
-        ContextHashes {
-            store: store.clone(),
-            key,
-            root: context.to_path_buf(),
-            entries: Mutex::new(entries),
-            dirty: Mutex::new(false),
-            seen: Mutex::new(HashSet::new()),
-            hashed: Mutex::new(0),
-        }
-    }
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
 
-    /// How many files this cache had to read so far.
-    pub fn files_hashed(&self) -> u64 {
-        *self.hashed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The SHA-256 of each file's bytes, from the cache when its stamp is unchanged.
-    fn digests(&self, files: &[(PathBuf, fs::Metadata)]) -> Result<Vec<[u8; 32]>> {
-        let mut out: Vec<Option<[u8; 32]>> = vec![None; files.len()];
-        let mut misses = Vec::new();
-        let key = |p: &Path| p.strip_prefix(&self.root).unwrap_or(p).to_path_buf();
-        {
-            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.extend(files.iter().map(|(p, _)| key(p)));
-            for (i, (path, md)) in files.iter().enumerate() {
-                match entries.get(&key(path)) {
-                    Some((stamp, digest)) if *stamp == Stamp::of(md) => out[i] = Some(*digest),
-                    _ => misses.push(i),
-                }
+impl Table {
+    /// Checks a v2 file: every record complete, paths strictly increasing, nothing after.
+    fn parse(bytes: Vec<u8>) -> Option<Table> {
+        let body = bytes.strip_prefix(MAGIC_V2)?;
+        let count = usize::try_from(u64_at(body.get(..8)?, 0)).ok()?;
+        let mut at = MAGIC_V2.len() + 8;
+        // Each record is at least FIXED bytes: a count beyond that is a lie, not an allocation.
+        let mut records = Vec::with_capacity(count.min((bytes.len() - at) / FIXED));
+        let mut last: Option<&[u8]> = None;
+        for _ in 0..count {
+            let len_at = at.checked_add(FIXED - 4)?;
+            let len = bytes.get(len_at..len_at + 4)?;
+            let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+            let path = bytes.get(at + FIXED..(at + FIXED).checked_add(len)?)?;
+            if last.is_some_and(|l| l >= path) {
+                return None;
             }
+            last = Some(path);
+            records.push(at);
+            at += FIXED + len;
         }
-        if misses.is_empty() {
-            return out.into_iter().map(|d| d.ok_or_else(internal)).collect();
+        if at != bytes.len() {
+            return None;
         }
-        let hashed: Vec<(usize, [u8; 32])> = misses
-            .par_iter()
-            .map(|&i| hash_file(&files[i].0).map(|d| (i, d)))
-            .collect::<Result<_>>()?;
-        let now = now_ns();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut dirty = false;
-        for (i, digest) in hashed {
-            out[i] = Some(digest);
-            let (path, md) = &files[i];
-            // Stat again: the stamp kept must describe the bytes hashed.
-            let Ok(after) = fs::symlink_metadata(path) else { continue };
-            let stamp = Stamp::of(&after);
-            if stamp == Stamp::of(md) && now.saturating_sub(stamp.ctime_ns) >= RACY_NS {
-                entries.insert(key(path), (stamp, digest));
-                dirty = true;
-            }
-        }
-        *self.hashed.lock().unwrap_or_else(|p| p.into_inner()) += misses.len() as u64;
-        if dirty {
-            *self.dirty.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        }
-        out.into_iter().map(|d| d.ok_or_else(internal)).collect()
+        Some(Table { bytes, records })
     }
 
-    /// Writes the cache file if anything was added or an entry's file is gone (best effort:
-    /// a failure costs a re-hash).
-    pub fn save(&self) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let before = entries.len();
-        {
-            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            entries
-                .retain(|p, _| seen.contains(p) || fs::symlink_metadata(self.root.join(p)).is_ok());
-        }
-        let dirty = *self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        if !dirty && entries.len() == before {
-            return;
-        }
-        let mut text = Vec::with_capacity(entries.len() * 120);
-        text.extend_from_slice(HEADER.as_bytes());
-        text.push(b'\n');
-        let mut sorted: Vec<_> = entries.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        for (path, (s, d)) in sorted {
-            let _ = write!(
-                text,
-                "{} {} {} {} {} {} ",
-                s.dev,
-                s.ino,
-                s.size,
-                s.mtime_ns,
-                s.ctime_ns,
-                hex::encode(d)
-            );
-            for &b in path.as_os_str().as_bytes() {
-                match b {
-                    b'\\' => text.extend_from_slice(b"\\\\"),
-                    b'\n' => text.extend_from_slice(b"\\n"),
-                    b => text.push(b),
-                }
-            }
-            text.push(b'\n');
-        }
-        let _ = self.store.put_context_cache(&self.key, &text);
+    fn path(&self, i: usize) -> &[u8] {
+        let at = self.records[i];
+        let len = u32::from_le_bytes([
+            self.bytes[at + FIXED - 4],
+            self.bytes[at + FIXED - 3],
+            self.bytes[at + FIXED - 2],
+            self.bytes[at + FIXED - 1],
+        ]) as usize;
+        &self.bytes[at + FIXED..at + FIXED + len]
+    }
+
+    fn entry(&self, i: usize) -> (Stamp, [u8; 32]) {
+        let (b, at) = (&self.bytes, self.records[i]);
+        let stamp = Stamp {
+            dev: u64_at(b, at),
+            ino: u64_at(b, at + 8),
+            size: u64_at(b, at + 16),
+            mtime_ns: u64_at(b, at + 24) as i64,
+            ctime_ns: u64_at(b, at + 32) as i64,
+        };
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&b[at + 40..at + 72]);
+        (stamp, digest)
+    }
+
+    fn find(&self, path: &[u8]) -> Option<usize> {
+        self.records
+            .binary_search_by(|&at| {
+                let len = u32::from_le_bytes(
+                    self.bytes[at + FIXED - 4..at + FIXED].try_into().unwrap_or_default(),
+                ) as usize;
+                self.bytes[at + FIXED..at + FIXED + len].cmp(path)
+            })
+            .ok()
     }
 }
 
-fn internal() -> BuildError {
-    BuildError::io("hash", "context", std::io::Error::other("digest missing"))
+/// A v2 file of `entries`, which must be sorted by path without duplicates.
+fn encode<'a>(count: usize, entries: impl Iterator<Item = (&'a [u8], Stamp, [u8; 32])>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC_V2.len() + 8 + count * (FIXED + 64));
+    out.extend_from_slice(MAGIC_V2);
+    out.extend_from_slice(&(count as u64).to_le_bytes());
+    for (path, s, d) in entries {
+        out.extend_from_slice(&s.dev.to_le_bytes());
+        out.extend_from_slice(&s.ino.to_le_bytes());
+        out.extend_from_slice(&s.size.to_le_bytes());
+        out.extend_from_slice(&s.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&d);
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path);
+    }
+    out
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-fn parse(bytes: &[u8]) -> Option<HashMap<PathBuf, (Stamp, [u8; 32])>> {
+/// A v1 text file as a table (`None` when it does not parse).
+fn upgrade_v1(bytes: &[u8]) -> Option<Table> {
     let mut lines = bytes.split(|b| *b == b'\n');
-    if lines.next()? != HEADER.as_bytes() {
+    if lines.next()? != HEADER_V1.as_bytes() {
         return None;
     }
-    let mut out = HashMap::new();
+    let mut out = std::collections::BTreeMap::new();
     for line in lines {
         if line.is_empty() {
             continue;
         }
         let mut fields = line.splitn(7, |b| *b == b' ');
         let mut num = || -> Option<&[u8]> { fields.next() };
-        let text = |f: Option<&[u8]>| std::str::from_utf8(f?).ok().map(str::to_string);
+        fn text(f: Option<&[u8]>) -> Option<&str> {
+            std::str::from_utf8(f?).ok()
+        }
         let dev = text(num())?.parse().ok()?;
         let ino = text(num())?.parse().ok()?;
         let size = text(num())?.parse().ok()?;
@@ -234,10 +267,156 @@ fn parse(bytes: &[u8]) -> Option<HashMap<PathBuf, (Stamp, [u8; 32])>> {
                 path.push(b);
             }
         }
-        let path = PathBuf::from(std::ffi::OsString::from_vec(path));
         out.insert(path, (Stamp { dev, ino, size, mtime_ns, ctime_ns }, digest));
     }
-    Some(out)
+    let bytes = encode(out.len(), out.iter().map(|(p, (s, d))| (p.as_slice(), *s, *d)));
+    Table::parse(bytes)
+}
+
+/// A cache entry: the stamp and the digest of the bytes it describes.
+type Entry = (Stamp, [u8; 32]);
+
+/// Names read from a directory: the NUL-terminated bytes, and each name's (start, length).
+type Names = (Vec<u8>, Vec<(usize, usize)>);
+
+/// The digest cache of one context root (see the module docs).
+pub(crate) struct ContextHashes {
+    /// Where the cache is saved: the store's context-cache table, under `key`.
+    store: Store,
+    key: Digest,
+    /// The context as given; entries are keyed by paths below it.
+    root: PathBuf,
+    /// The entries loaded, read-only during the build.
+    table: Table,
+    /// Per loaded entry: whether this build looked it up (others are dropped on save when
+    /// their file is gone).
+    seen: Vec<AtomicBool>,
+    /// Entries this build hashed and may keep, by path below the root.
+    added: Mutex<HashMap<Vec<u8>, Entry>>,
+    /// Whether the loaded file must be rewritten even without changes (it was v1).
+    upgraded: bool,
+    /// Files hashed (read) by this build, for tests and reports.
+    hashed: AtomicU64,
+}
+
+impl ContextHashes {
+    /// The cache of `context` in `store` (empty when missing or unreadable).
+    pub fn load(store: &Store, context: &Path) -> ContextHashes {
+        let canonical = fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
+        let key = Digest::of_bytes(canonical.as_os_str().as_bytes());
+        let (table, upgraded) = match store.context_cache(&key) {
+            Some(b) if b.starts_with(MAGIC_V2) => (Table::parse(b).unwrap_or_default(), false),
+            Some(b) => match upgrade_v1(&b) {
+                Some(t) => (t, true),
+                None => (Table::default(), false),
+            },
+            None => (Table::default(), false),
+        };
+        ContextHashes::with_table(store, key, context.to_path_buf(), table, upgraded)
+    }
+
+    fn with_table(
+        store: &Store,
+        key: Digest,
+        root: PathBuf,
+        table: Table,
+        upgraded: bool,
+    ) -> ContextHashes {
+        let seen = (0..table.records.len()).map(|_| AtomicBool::new(false)).collect();
+        ContextHashes {
+            store: store.clone(),
+            key,
+            root,
+            table,
+            seen,
+            added: Mutex::new(HashMap::new()),
+            upgraded,
+            hashed: AtomicU64::new(0),
+        }
+    }
+
+    /// How many files this cache had to read so far.
+    pub fn files_hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// The cached digest of the file at `key` (below the root) when its stamp is unchanged.
+    fn lookup(&self, key: &[u8], md: &Meta) -> Option<[u8; 32]> {
+        let stamp = Stamp::of(md);
+        if let Some(i) = self.table.find(key) {
+            self.seen[i].store(true, Ordering::Relaxed);
+            let (s, d) = self.table.entry(i);
+            if s == stamp {
+                return Some(d);
+            }
+        }
+        // A file an earlier step of this build hashed.
+        let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
+        added.get(key).filter(|(s, _)| *s == stamp).map(|(_, d)| *d)
+    }
+
+    /// Hashes the files the cache had no answer for, keeping each stamp that still
+    /// describes the bytes read and is old enough.
+    fn hash_misses(
+        &self,
+        misses: Vec<(usize, PathBuf, Vec<u8>, Meta)>,
+    ) -> Result<Vec<(usize, [u8; 32])>> {
+        if misses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hashed: Vec<(usize, [u8; 32])> = misses
+            .par_iter()
+            .map(|(i, path, _, _)| hash_file(path).map(|d| (*i, d)))
+            .collect::<Result<_>>()?;
+        self.hashed.fetch_add(misses.len() as u64, Ordering::Relaxed);
+        let now = now_ns();
+        let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
+        for ((_, path, key, md), (_, digest)) in misses.into_iter().zip(&hashed) {
+            // Stat again: the stamp kept must describe the bytes hashed.
+            let Ok(after) = rustix::fs::lstat(&path) else { continue };
+            let stamp = Stamp::of(&Meta::of(&after));
+            if stamp == Stamp::of(&md) && now.saturating_sub(stamp.ctime_ns) >= RACY_NS {
+                added.insert(key, (stamp, *digest));
+            }
+        }
+        Ok(hashed)
+    }
+
+    /// Writes the cache file if anything was added or an entry's file is gone (best effort:
+    /// a failure costs a re-hash).
+    pub fn save(&self) {
+        let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = Vec::with_capacity(self.table.records.len());
+        let mut dropped = false;
+        for i in 0..self.table.records.len() {
+            let path = self.table.path(i);
+            if added.contains_key(path) {
+                continue;
+            }
+            if self.seen[i].load(Ordering::Relaxed)
+                || fs::symlink_metadata(self.root.join(OsStr::from_bytes(path))).is_ok()
+            {
+                let (s, d) = self.table.entry(i);
+                kept.push((path, s, d));
+            } else {
+                dropped = true;
+            }
+        }
+        if added.is_empty() && !dropped && !self.upgraded {
+            return;
+        }
+        kept.extend(added.iter().map(|(p, (s, d))| (p.as_slice(), *s, *d)));
+        kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let bytes = encode(kept.len(), kept.into_iter());
+        let _ = self.store.put_context_cache(&self.key, &bytes);
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
@@ -277,11 +456,180 @@ pub(crate) struct SourceWalk<'a> {
     pub root_meta: bool,
 }
 
+/// One entry of the walked tree.
 struct Record {
-    inner: PathBuf,
-    md: fs::Metadata,
-    link: Option<PathBuf>,
-    file: Option<usize>,
+    /// Its path below the source root.
+    inner: Vec<u8>,
+    md: Meta,
+    link: Option<Vec<u8>>,
+    /// Regular files: the content digest, `None` until a miss is hashed.
+    digest: Option<[u8; 32]>,
+    /// Regular files the cache had no answer for: where to read it, and its cache key.
+    miss: Option<Box<(PathBuf, Vec<u8>)>>,
+}
+
+/// What the walk found in one directory: its entries in name order, and the same for each
+/// subdirectory, by the index of the subdirectory's own record.
+struct Listing {
+    records: Vec<Record>,
+    subdirs: Vec<(usize, Listing)>,
+}
+
+impl Listing {
+    /// Appends the records in walk order (each directory followed by what is below it).
+    fn flatten_into(self, out: &mut Vec<Record>) {
+        let mut subdirs = self.subdirs.into_iter().peekable();
+        for (i, r) in self.records.into_iter().enumerate() {
+            out.push(r);
+            if let Some((_, below)) = subdirs.next_if(|(j, _)| *j == i) {
+                below.flatten_into(out);
+            }
+        }
+    }
+}
+
+/// `a/b`, or `b` when `a` is empty (as `Path::join` on relative paths).
+fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len() + 1 + b.len());
+    out.extend_from_slice(a);
+    if !a.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(b);
+    out
+}
+
+/// The names in the directory open as `fd` (`.` and `..` left out), NUL-terminated, in
+/// bytewise order.
+fn read_names(fd: &OwnedFd, real: &Path) -> Result<Names> {
+    let mut buf = Vec::with_capacity(32 * 1024);
+    let mut raw = rustix::fs::RawDir::new(fd.as_fd(), buf.spare_capacity_mut());
+    let mut arena = Vec::new();
+    let mut names = Vec::new();
+    while let Some(entry) = raw.next() {
+        let entry = entry.map_err(|e| BuildError::io("read dir", real, e.into()))?;
+        let name = entry.file_name().to_bytes_with_nul();
+        if name == b".\0" || name == b"..\0" {
+            continue;
+        }
+        names.push((arena.len(), name.len()));
+        arena.extend_from_slice(name);
+    }
+    // With the NUL, which sorts before every byte a name may hold: still bytewise order.
+    names.sort_unstable_by(|a, b| arena[a.0..a.0 + a.1].cmp(&arena[b.0..b.0 + b.1]));
+    Ok((arena, names))
+}
+
+/// One walk: its settings and the cache it looks files up in.
+struct Walker<'w, 'a> {
+    walk: &'w SourceWalk<'a>,
+    hashes: &'w ContextHashes,
+}
+
+impl Walker<'_, '_> {
+    /// The record of an entry with metadata `md`: its link target read by `readlink`, its
+    /// digest looked up under `key`.
+    fn record(
+        &self,
+        md: Meta,
+        inner: Vec<u8>,
+        key: Vec<u8>,
+        real: impl Fn() -> PathBuf,
+        readlink: impl FnOnce() -> rustix::io::Result<std::ffi::CString>,
+    ) -> Result<Record> {
+        let (mut link, mut digest, mut miss) = (None, None, None);
+        match md.file_type() {
+            FileType::Symlink => {
+                let target =
+                    readlink().map_err(|e| BuildError::io("readlink", real(), e.into()))?;
+                link = Some(target.into_bytes());
+            }
+            FileType::RegularFile => {
+                digest = self.hashes.lookup(&key, &md);
+                if digest.is_none() {
+                    miss = Some(Box::new((real(), key)));
+                }
+            }
+            _ => {}
+        }
+        Ok(Record { inner, md, link, digest, miss })
+    }
+
+    /// Whether the step does not see the child `name` of the directory at `rel` (context
+    /// path) / `inner` (below the source): the same rule as COPY's tree copy, hidden unless
+    /// a directory that may have inclusions.
+    fn hidden(&self, rel: &Path, inner: &[u8], name: &[u8], md: &Meta) -> bool {
+        let ignore = self.walk.ignore.filter(|i| !i.is_empty());
+        if ignore.is_none() && self.walk.exclude.is_none() {
+            return false;
+        }
+        let child = rel.join(OsStr::from_bytes(name));
+        let child_inner = join(inner, name);
+        let child_inner = Path::new(OsStr::from_bytes(&child_inner));
+        let ignored = ignore.is_some_and(|i| i.is_excluded(&child.to_string_lossy()));
+        let excluded =
+            self.walk.exclude.is_some_and(|x| x.is_excluded(&child_inner.to_string_lossy()));
+        if ignored || excluded {
+            let may_include = self
+                .walk
+                .ignore
+                .is_some_and(|i| i.dir_may_have_inclusions(&child.to_string_lossy()));
+            return !(md.is_dir() && may_include);
+        }
+        false
+    }
+
+    /// Walks the directory open as `fd` (at `real`; `rel` in the context, `inner` below the
+    /// source root, `key` in the cache), its subdirectories in parallel.
+    fn dir(
+        &self,
+        fd: OwnedFd,
+        real: &Path,
+        rel: &Path,
+        inner: &[u8],
+        key: &[u8],
+    ) -> Result<Listing> {
+        let (arena, names) = read_names(&fd, real)?;
+        let mut records = Vec::with_capacity(names.len());
+        let mut subdirs = Vec::new();
+        for &(at, len) in &names {
+            let cname = CStr::from_bytes_with_nul(&arena[at..at + len])
+                .map_err(|e| BuildError::io("read dir", real, std::io::Error::other(e)))?;
+            let name = cname.to_bytes();
+            let child_real = || real.join(OsStr::from_bytes(name));
+            let st = rustix::fs::statat(&fd, cname, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| BuildError::io("lstat", child_real(), e.into()))?;
+            let md = Meta::of(&st);
+            if self.hidden(rel, inner, name, &md) {
+                continue;
+            }
+            let child_key = join(key, name);
+            if md.is_dir() {
+                subdirs.push((records.len(), cname, child_key.clone()));
+            }
+            let readlink = || rustix::fs::readlinkat(&fd, cname, Vec::new());
+            records.push(self.record(md, join(inner, name), child_key, child_real, readlink)?);
+        }
+        let subdirs = subdirs
+            .into_par_iter()
+            .map(|(i, cname, child_key)| {
+                let name = OsStr::from_bytes(cname.to_bytes());
+                let child_real = real.join(name);
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let child_fd = rustix::fs::openat(&fd, cname, flags, Mode::empty())
+                    .map_err(|e| BuildError::io("read dir", &child_real, e.into()))?;
+                let below = self.dir(
+                    child_fd,
+                    &child_real,
+                    &rel.join(name),
+                    &records[i].inner,
+                    &child_key,
+                )?;
+                Ok((i, below))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Listing { records, subdirs })
+    }
 }
 
 impl SourceWalk<'_> {
@@ -294,136 +642,91 @@ impl SourceWalk<'_> {
         rel: &Path,
         count: &mut FileCount,
     ) -> Result<Digest> {
-        let md = fs::symlink_metadata(real).map_err(|e| BuildError::io("lstat", real, e))?;
-        let mut records = Vec::new();
-        let mut files = Vec::new();
-        let is_dir = md.is_dir();
-        self.push(real, PathBuf::new(), md, &mut records, &mut files)?;
-        if is_dir {
-            self.walk(real, rel, Path::new(""), &mut records, &mut files)?;
+        let records = self.records(hashes, real, rel)?;
+        for r in records.iter().filter(|r| r.md.file_type() == FileType::RegularFile) {
+            count.files += 1;
+            count.bytes += r.md.size;
         }
-        let digests = hashes.digests(&files)?;
-        count.files += files.len() as u64;
-        count.bytes += files.iter().map(|(_, md)| md.size()).sum::<u64>();
         let mut h = Sha256::new();
         h.update(b"source-v1\0");
         // First path of each multiply-linked inode, in walk order (as the copy stages them).
-        let mut first_link: HashMap<(u64, u64), &Path> = HashMap::new();
+        let mut first_link: HashMap<(u64, u64), &[u8]> = HashMap::new();
         for r in &records {
-            if r.inner.as_os_str().is_empty() && r.md.is_dir() && !self.root_meta {
+            if r.inner.is_empty() && r.md.is_dir() && !self.root_meta {
                 continue;
             }
             let ft = r.md.file_type();
-            let kind: &[u8] = if ft.is_dir() {
-                b"d"
-            } else if ft.is_symlink() {
-                b"l"
-            } else if ft.is_file() {
-                b"f"
-            } else if ft.is_fifo() {
-                b"p"
-            } else if ft.is_char_device() {
-                b"c"
-            } else if ft.is_block_device() {
-                b"b"
-            } else {
-                b"o"
+            let kind: &[u8] = match ft {
+                FileType::Directory => b"d",
+                FileType::Symlink => b"l",
+                FileType::RegularFile => b"f",
+                FileType::Fifo => b"p",
+                FileType::CharacterDevice => b"c",
+                FileType::BlockDevice => b"b",
+                _ => b"o",
             };
-            frame(&mut h, r.inner.as_os_str().as_bytes());
+            frame(&mut h, &r.inner);
             h.update(kind);
-            h.update((r.md.mode() & 0o7777).to_le_bytes());
+            h.update((r.md.mode & 0o7777).to_le_bytes());
             if self.owners {
-                h.update(r.md.uid().to_le_bytes());
-                h.update(r.md.gid().to_le_bytes());
+                h.update(r.md.uid.to_le_bytes());
+                h.update(r.md.gid.to_le_bytes());
             }
             if let Some(epoch) = self.mtime_clamp {
-                h.update(r.md.mtime().clamp(0, epoch.max(0)).to_le_bytes());
+                h.update(r.md.mtime.clamp(0, epoch.max(0)).to_le_bytes());
             }
             if let Some(l) = &r.link {
-                frame(&mut h, l.as_os_str().as_bytes());
+                frame(&mut h, l);
             }
-            if let Some(i) = r.file {
-                h.update(r.md.size().to_le_bytes());
-                h.update(digests[i]);
-                if r.md.nlink() > 1 {
-                    let first = *first_link.entry((r.md.dev(), r.md.ino())).or_insert(&r.inner);
-                    if first != r.inner {
+            if ft == FileType::RegularFile {
+                h.update(r.md.size.to_le_bytes());
+                h.update(r.digest.ok_or_else(internal)?);
+                if r.md.nlink > 1 {
+                    let first = *first_link.entry((r.md.dev, r.md.ino)).or_insert(&r.inner);
+                    if first != r.inner.as_slice() {
                         h.update(b"=");
-                        frame(&mut h, first.as_os_str().as_bytes());
+                        frame(&mut h, first);
                     }
                 }
             }
-            if ft.is_char_device() || ft.is_block_device() {
-                h.update(r.md.rdev().to_le_bytes());
+            if matches!(ft, FileType::CharacterDevice | FileType::BlockDevice) {
+                h.update(r.md.rdev.to_le_bytes());
             }
         }
         Ok(Digest::from_sha256(h.finalize().into()))
     }
 
-    fn push(
-        &self,
-        real: &Path,
-        inner: PathBuf,
-        md: fs::Metadata,
-        records: &mut Vec<Record>,
-        files: &mut Vec<(PathBuf, fs::Metadata)>,
-    ) -> Result<()> {
-        let ft = md.file_type();
-        let link = if ft.is_symlink() {
-            Some(fs::read_link(real).map_err(|e| BuildError::io("readlink", real, e))?)
-        } else {
-            None
-        };
-        let file = if ft.is_file() {
-            files.push((real.to_path_buf(), md.clone()));
-            Some(files.len() - 1)
-        } else {
-            None
-        };
-        records.push(Record { inner, md, link, file });
-        Ok(())
-    }
-
-    /// Children of `dir` in bytewise name order, skipping what the step would not see (the
-    /// same rule as COPY's tree copy: hidden unless a directory that may have inclusions).
-    fn walk(
-        &self,
-        dir: &Path,
-        rel: &Path,
-        inner: &Path,
-        records: &mut Vec<Record>,
-        files: &mut Vec<(PathBuf, fs::Metadata)>,
-    ) -> Result<()> {
-        let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
-            .map_err(|e| BuildError::io("read dir", dir, e))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| BuildError::io("read dir", dir, e))?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            let real = dir.join(&name);
-            let child = rel.join(&name);
-            let child_inner = inner.join(&name);
-            let md = fs::symlink_metadata(&real).map_err(|e| BuildError::io("lstat", &real, e))?;
-            let ignored = self.ignore.is_some_and(|i| i.is_excluded(&child.to_string_lossy()));
-            let excluded =
-                self.exclude.is_some_and(|x| x.is_excluded(&child_inner.to_string_lossy()));
-            if ignored || excluded {
-                let may_include = self
-                    .ignore
-                    .is_some_and(|i| i.dir_may_have_inclusions(&child.to_string_lossy()));
-                if !(md.is_dir() && may_include) {
-                    continue;
-                }
-            }
-            let is_dir = md.is_dir();
-            self.push(&real, child_inner.clone(), md, records, files)?;
-            if is_dir {
-                self.walk(&real, &child, &child_inner, records, files)?;
-            }
+    /// Every entry the step sees, in walk order, with the digest of every regular file.
+    fn records(&self, hashes: &ContextHashes, real: &Path, rel: &Path) -> Result<Vec<Record>> {
+        let walker = Walker { walk: self, hashes };
+        let md = lstat(real)?;
+        let key = real.strip_prefix(&hashes.root).unwrap_or(real).as_os_str().as_bytes();
+        let readlink = || rustix::fs::readlink(real, Vec::new());
+        let root = walker.record(md, Vec::new(), key.to_vec(), || real.to_path_buf(), readlink)?;
+        let mut records = vec![root];
+        if md.is_dir() {
+            let fd = rustix::fs::open(
+                real,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| BuildError::io("read dir", real, e.into()))?;
+            walker.dir(fd, real, rel, b"", key)?.flatten_into(&mut records);
         }
-        Ok(())
+        let misses: Vec<_> = records
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, r)| r.miss.take().map(|m| (i, m.0, m.1, r.md)))
+            .collect();
+        for (i, digest) in hashes.hash_misses(misses)? {
+            records[i].digest = Some(digest);
+        }
+        Ok(records)
     }
+}
+
+fn internal() -> BuildError {
+    BuildError::io("hash", "context", std::io::Error::other("digest missing"))
 }
 
 /// Length-prefixed, so `a` + `bc` and `ab` + `c` differ.
@@ -435,52 +738,149 @@ fn frame(h: &mut Sha256, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn stamp(n: u64) -> Stamp {
+        Stamp { dev: 1, ino: n, size: 3, mtime_ns: 4, ctime_ns: -5 }
+    }
+
+    fn table_of(entries: &[(&[u8], Stamp, [u8; 32])]) -> Table {
+        Table::parse(encode(entries.len(), entries.iter().copied())).unwrap()
+    }
+
+    /// The path of the cache file of `key` below `dir` (the store's layout is its own).
+    fn cache_file(dir: &Path, key: &Digest) -> PathBuf {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().as_bytes() == key.hex().as_bytes())
+            .unwrap()
+            .into_path()
+    }
 
     #[test]
     fn cache_file_round_trips_and_rejects_garbage() {
-        let mut m = HashMap::new();
-        let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: -5 };
-        m.insert(PathBuf::from("a b\\c\nd"), (stamp, [7u8; 32]));
+        let weird: &[u8] = b"a b\\c\nd\xff";
+        let entries: &[(&[u8], Stamp, [u8; 32])] =
+            &[(b"a", stamp(1), [1; 32]), (weird, stamp(2), [7; 32]), (b"z/y", stamp(3), [9; 32])];
+        let bytes = encode(entries.len(), entries.iter().copied());
+        let t = Table::parse(bytes.clone()).unwrap();
+        for (i, (p, s, d)) in entries.iter().enumerate() {
+            assert_eq!(t.find(p), Some(i));
+            assert_eq!(t.path(i), *p);
+            assert_eq!(t.entry(i), (*s, *d));
+        }
+        assert_eq!(t.find(b"b"), None);
+        assert_eq!(t.find(b""), None);
+        // Truncated anywhere, extended, or out of order: not a table.
+        for n in 0..bytes.len() {
+            assert!(Table::parse(bytes[..n].to_vec()).is_none(), "truncated at {n}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Table::parse(longer).is_none());
+        let unsorted: &[(&[u8], Stamp, [u8; 32])] =
+            &[(b"b", stamp(1), [1; 32]), (b"a", stamp(2), [2; 32])];
+        assert!(Table::parse(encode(2, unsorted.iter().copied())).is_none());
+        let twice: &[(&[u8], Stamp, [u8; 32])] =
+            &[(b"a", stamp(1), [1; 32]), (b"a", stamp(2), [2; 32])];
+        assert!(Table::parse(encode(2, twice.iter().copied())).is_none());
+        let mut huge = MAGIC_V2.to_vec();
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Table::parse(huge).is_none());
+        assert!(Table::parse(b"garbage".to_vec()).is_none());
+    }
+
+    #[test]
+    fn a_v1_file_is_read_and_rewritten_as_v2() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::init(dir.path().join("store")).unwrap();
-        let key = Digest::of_bytes(b"x");
-        let h = ContextHashes {
-            store: store.clone(),
-            key,
-            root: PathBuf::new(),
-            entries: Mutex::new(m.clone()),
-            dirty: Mutex::new(true),
-            seen: Mutex::new(m.keys().cloned().collect()),
-            hashed: Mutex::new(0),
-        };
+        let ctx = dir.path().join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        let canonical = fs::canonicalize(&ctx).unwrap();
+        let key = Digest::of_bytes(canonical.as_os_str().as_bytes());
+        let hex7 = hex::encode([7u8; 32]);
+        let v1 = format!("strata-hashes-v1\n1 2 3 4 -5 {hex7} a b\\\\c\\nd\n9 8 7 6 5 {hex7} x\n");
+        store.put_context_cache(&key, v1.as_bytes()).unwrap();
+        let h = ContextHashes::load(&store, &ctx);
+        let s = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: -5 };
+        assert_eq!(h.table.find(b"a b\\c\nd").map(|i| h.table.entry(i)), Some((s, [7; 32])));
+        assert_eq!(h.table.records.len(), 2);
+        // Seen entries are kept, the unseen one whose file is gone is dropped; v2 on disk.
+        h.seen[h.table.find(b"a b\\c\nd").unwrap()].store(true, Ordering::Relaxed);
         h.save();
-        let back = parse(&store.context_cache(&key).unwrap()).unwrap();
-        assert_eq!(back, m);
-        assert!(parse(b"strata-hashes-v1\n1 2 3\n").is_none());
-        assert!(parse(b"garbage").is_none());
+        let back = Table::parse(store.context_cache(&key).unwrap()).unwrap();
+        assert_eq!(back.records.len(), 1);
+        assert_eq!(back.entry(0), (s, [7; 32]));
+        assert!(upgrade_v1(b"strata-hashes-v1\n1 2 3\n").is_none());
+        assert!(upgrade_v1(b"garbage").is_none());
     }
 
     #[test]
     fn save_drops_entries_whose_file_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("kept"), "x").unwrap();
-        let stamp = Stamp { dev: 1, ino: 2, size: 3, mtime_ns: 4, ctime_ns: 5 };
-        let mut m = HashMap::new();
-        m.insert(PathBuf::from("kept"), (stamp, [1u8; 32]));
-        m.insert(PathBuf::from("gone"), (stamp, [2u8; 32]));
         let store = Store::init(dir.path().join("store")).unwrap();
         let key = Digest::of_bytes(b"cache");
-        let h = ContextHashes {
-            store: store.clone(),
-            key,
-            root: dir.path().to_path_buf(),
-            entries: Mutex::new(m),
-            dirty: Mutex::new(false),
-            seen: Mutex::new(HashSet::new()),
-            hashed: Mutex::new(0),
-        };
+        let table = table_of(&[(b"gone", stamp(1), [2; 32]), (b"kept", stamp(2), [1; 32])]);
+        let h = ContextHashes::with_table(&store, key, dir.path().to_path_buf(), table, false);
         h.save();
-        let back = parse(&store.context_cache(&key).unwrap()).unwrap();
-        assert_eq!(back.keys().collect::<Vec<_>>(), [&PathBuf::from("kept")]);
+        let back = Table::parse(store.context_cache(&key).unwrap()).unwrap();
+        assert_eq!(back.records.len(), 1);
+        assert_eq!(back.path(0), b"kept");
+    }
+
+    #[test]
+    fn an_unchanged_cache_is_not_rewritten_and_a_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        fs::create_dir_all(ctx.join("sub/deeper")).unwrap();
+        fs::write(ctx.join("sub/a"), "alpha").unwrap();
+        fs::write(ctx.join("sub/deeper/b"), "beta").unwrap();
+        fs::write(ctx.join("top"), "top").unwrap();
+        let store = Store::init(dir.path().join("store")).unwrap();
+        let walk = SourceWalk {
+            ignore: None,
+            exclude: None,
+            owners: false,
+            mtime_clamp: Some(0),
+            root_meta: false,
+        };
+        let digest = |h: &ContextHashes| {
+            walk.digest(h, &ctx, Path::new(""), &mut FileCount::default()).unwrap()
+        };
+        let h = ContextHashes::load(&store, &ctx);
+        let first = digest(&h);
+        assert_eq!(h.files_hashed(), 3);
+        // Entries younger than RACY_NS are not kept; keep these as if they were old.
+        {
+            let mut added = h.added.lock().unwrap();
+            for (path, real) in
+                [("sub/a", "sub/a"), ("sub/deeper/b", "sub/deeper/b"), ("top", "top")]
+            {
+                let md = lstat(&ctx.join(real)).unwrap();
+                added.insert(
+                    path.as_bytes().to_vec(),
+                    (Stamp::of(&md), hash_file(&ctx.join(real)).unwrap()),
+                );
+            }
+        }
+        h.save();
+        let canonical = fs::canonicalize(&ctx).unwrap();
+        let key = Digest::of_bytes(canonical.as_os_str().as_bytes());
+        let file = cache_file(dir.path(), &key);
+        let ino = fs::metadata(&file).unwrap().ino();
+
+        let again = ContextHashes::load(&store, &ctx);
+        assert_eq!(digest(&again), first);
+        assert_eq!(again.files_hashed(), 0);
+        again.save();
+        assert_eq!(fs::metadata(&file).unwrap().ino(), ino, "an unchanged cache was rewritten");
+
+        // A changed file is read again and changes the digest.
+        fs::write(ctx.join("sub/deeper/b"), "BETA!").unwrap();
+        let changed = ContextHashes::load(&store, &ctx);
+        assert_ne!(digest(&changed), first);
+        assert_eq!(changed.files_hashed(), 1);
     }
 }
