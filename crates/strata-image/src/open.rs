@@ -156,6 +156,7 @@ impl OpenedIndex {
 
 /// What a location names: one image, or a multi-platform image (an index) kept whole.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per command, never in a collection
 pub enum Opened {
     /// A single image.
     Image(OpenedImage),
