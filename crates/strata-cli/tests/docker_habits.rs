@@ -102,7 +102,9 @@ fn untagged_build_is_listed_found_by_short_id_and_kept_until_pruned() {
     let id = short_id(&digest);
     // Listed as Docker lists a dangling image, with or without -a.
     let rows = image_rows(&env);
-    assert_eq!(rows, vec![vec!["<none>", "<none>", id, &rows[0][3]]], "{rows:?}");
+    // SIZE, then PLATFORMS: the build's own (the host's).
+    assert_eq!(rows, vec![vec!["<none>", "<none>", id, &rows[0][3], &rows[0][4]]], "{rows:?}");
+    assert!(rows[0][4].starts_with("linux/"), "{rows:?}");
     assert!(env.ok(&["images", "-a"]).contains(id));
     let json: serde_json::Value = serde_json::from_str(&env.ok(&["images", "--json"])).unwrap();
     assert_eq!(json[0]["digest"], digest.as_str());

@@ -31,14 +31,17 @@
 
 use crate::desc_digest;
 use crate::error::ImageError;
-use crate::open::{open_local, open_pulled, pull_to_scratch, scratch_layout, OpenedImage};
+use crate::open::{
+    open_local_any, open_local_platform, open_pulled, pull_to_scratch, scratch_layout, Opened,
+    OpenedImage, OpenedIndex,
+};
 use crate::{export, layout};
 use strata_registry::{
     pull_all, push_index, Client, PullOptions, PushOptions, RegistryError, TransferReport,
     TransferSink,
 };
-use strata_store::oci_spec::image::MediaType;
-use strata_store::{Image, Store};
+use strata_store::oci_spec::image::{Descriptor, MediaType};
+use strata_store::Store;
 use strata_types::{Digest, ImageLocation, Platform, Reference};
 
 /// How to copy.
@@ -54,8 +57,11 @@ pub struct CopyOptions {
     /// from an `oci:` layout or the store whose entry is an index to a registry. Other pairs,
     /// and sources that are a single image, copy as without it.
     pub all: bool,
-    /// The platform whose image a registry source that is an index resolves to (`docker pull
-    /// --platform`); the host's when `None`. Local sources are single images and ignore it.
+    /// The platform to copy the image of (`docker pull --platform`). A registry source that
+    /// is an index resolves to it (the host's when `None`); a store or `oci:` source that is
+    /// an index resolves to it, and is copied whole when `None` (to a registry, an `oci:`
+    /// layout or the store; an archive or a directory then needs one, see
+    /// [`ImageError::MultiPlatform`]); a single image must be for it.
     pub platform: Option<Platform>,
 }
 
@@ -141,6 +147,12 @@ pub struct CopyOutcome {
 /// under its ref, else the source's tag) or the store, or copied to a registry destination by
 /// [`strata_registry::copy_all`] (a Docker manifest list too); an `oci:` or store
 /// source whose entry is an index is pushed with `push_index`.
+///
+/// A store or `oci:` source that is an index moves whole without [`CopyOptions::all`] too,
+/// unless [`CopyOptions::platform`](CopyOptions#structfield.platform) picks one platform: to a
+/// registry by `push_index` (every child manifest before the index), to a layout or the store
+/// with the same index digest ([`crate::copy_index`]); an archive or a directory cannot hold
+/// it ([`ImageError::MultiPlatform`]).
 pub fn copy(
     client: &Client,
     store: &Store,
@@ -163,6 +175,13 @@ pub fn copy(
             return Ok(outcome);
         }
     }
+    let local_source = matches!(src, ImageLocation::Store(_) | ImageLocation::Oci { .. });
+    if local_source && options.platform.is_none() {
+        if let Opened::Index(index) = open_local_any(Some(store), src)? {
+            return copy_index_from(client, store, &index, dst, options, events);
+        }
+    }
+    let platform = options.platform.as_ref();
     match (src, dst) {
         (ImageLocation::Registry(from), ImageLocation::Store(name)) => {
             // The pull tags the image with its full reference; another name is a second tag.
@@ -238,7 +257,7 @@ pub fn copy(
         }
         (_, ImageLocation::Registry(to)) => {
             check_pushable(to).map_err(unsupported)?;
-            let source = open_local(Some(store), src)?;
+            let source = open_local_platform(Some(store), src, platform)?;
             let report = push_source(client, &source, to, &push_options, events)?;
             Ok(CopyOutcome {
                 manifest: desc_digest(&source.image.manifest_descriptor)?,
@@ -248,10 +267,18 @@ pub fn copy(
             })
         }
         (_, _) => {
-            let source = open_local(Some(store), src)?;
+            let source = open_local_platform(Some(store), src, platform)?;
             let manifest = desc_digest(&source.image.manifest_descriptor)?;
             let local = if options.dry_run {
-                plan_local(store, &source.image, &source.store, dst)?
+                let image = &source.image;
+                let blobs: Vec<_> = image
+                    .manifest
+                    .layers()
+                    .iter()
+                    .chain([image.manifest.config(), &image.manifest_descriptor])
+                    .cloned()
+                    .collect();
+                plan_local(store, &blobs, &source.store, dst)?
             } else {
                 write_local(store, &source, dst, None)?
             };
@@ -261,6 +288,55 @@ pub fn copy(
                 local: Some(local),
                 dry_run: options.dry_run,
             })
+        }
+    }
+}
+
+/// A store or `oci:` index copied whole (no platform chosen): pushed with `push_index`
+/// (children first), or written to the store or an `oci:` layout with every platform, the
+/// index digest kept. An archive or a directory holds one image: [`ImageError::MultiPlatform`].
+fn copy_index_from(
+    client: &Client,
+    store: &Store,
+    index: &OpenedIndex,
+    dst: &ImageLocation,
+    options: &CopyOptions,
+    events: &dyn TransferSink,
+) -> Result<CopyOutcome, ImageError> {
+    let manifest = desc_digest(&index.descriptor)?;
+    let outcome =
+        |transfer, local| CopyOutcome { manifest, transfer, local, dry_run: options.dry_run };
+    match dst {
+        ImageLocation::Registry(to) => {
+            check_pushable(to).map_err(|reason| ImageError::Unsupported {
+                source_location: index.display_name(),
+                destination: dst.to_string(),
+                reason,
+            })?;
+            let (push_options, _) = options.registry_options();
+            let report = push_index(client, &index.store, &manifest, to, &push_options, events)?;
+            Ok(outcome(Some(report), None))
+        }
+        ImageLocation::Store(_) | ImageLocation::Oci { .. } if options.dry_run => {
+            let blobs = layout::index_blobs(&index.store, &index.descriptor)?;
+            Ok(outcome(None, Some(plan_local(store, &blobs, &index.store, dst)?)))
+        }
+        ImageLocation::Store(name) => {
+            let tag = destination_tag(name)?;
+            let (descriptor, report) =
+                layout::copy_index(&index.store, &index.descriptor, store, None)?;
+            store.tag(&tag, &descriptor)?;
+            let local = LocalCopy {
+                written: report.copied as u64,
+                skipped: report.skipped as u64,
+                bytes: report.bytes,
+            };
+            Ok(outcome(None, Some(local)))
+        }
+        _ => {
+            let report = export::export_index(index, dst, &export::ExportOptions::default())?;
+            let local = LocalCopy { written: report.items, skipped: 0, bytes: report.bytes };
+            Ok(outcome(None, Some(local)))
         }
     }
 }
@@ -420,11 +496,11 @@ fn write_local(
     }
 }
 
-/// What [`write_local`] would write, without writing: blobs the destination store or layout
-/// lacks, or every blob for an archive or a directory.
+/// What [`write_local`] would write, without writing: of `blobs` (in `from`), those the
+/// destination store or layout lacks, or every one for an archive or a directory.
 fn plan_local(
     store: &Store,
-    image: &Image,
+    blobs: &[Descriptor],
     from: &Store,
     dst: &ImageLocation,
 ) -> Result<LocalCopy, ImageError> {
@@ -437,12 +513,6 @@ fn plan_local(
         _ => None,
     };
     let mut plan = LocalCopy::default();
-    let blobs = image
-        .manifest
-        .layers()
-        .iter()
-        .chain(std::iter::once(image.manifest.config()))
-        .chain(std::iter::once(&image.manifest_descriptor));
     for desc in blobs {
         let digest = desc_digest(desc)?;
         if target.as_ref().is_some_and(|t| t.has_blob(&digest)) {

@@ -136,6 +136,15 @@ pub enum ImageError {
         /// The platforms it has.
         available: Vec<String>,
     },
+    /// A multi-platform image given where one image is needed (a `docker-archive`, a
+    /// directory) without a platform chosen.
+    #[error("{image} is a multi-platform image ({}): choose one with --platform", platforms.join(", "))]
+    MultiPlatform {
+        /// How the image was named.
+        image: String,
+        /// The platforms it has.
+        platforms: Vec<String>,
+    },
     /// An index was to list the same platform twice.
     #[error("two images for {platform}: an image index lists each platform once")]
     DuplicatePlatform {

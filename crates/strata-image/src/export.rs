@@ -12,8 +12,8 @@ use strata_types::{Digest, ImageLocation};
 use crate::archive::write_docker_archive;
 use crate::desc_digest;
 use crate::error::{ImageError, Result};
-use crate::layout::copy_image;
-use crate::open::OpenedImage;
+use crate::layout::{copy_image, copy_index};
+use crate::open::{Opened, OpenedImage, OpenedIndex};
 
 /// What [`export`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -84,6 +84,56 @@ pub fn export(
         ImageLocation::Store(_) | ImageLocation::Registry(_) => {
             Err(ImageError::UnsupportedLocation { location: dest.to_string() })
         }
+    }
+}
+
+/// [`export`] of a multi-platform image kept whole: to `oci:DIR[:REF]` the index with every
+/// platform's manifest, config and layers (children first, the index last, then the ref in
+/// DIR's `index.json`; see [`copy_index`]). An archive or a directory holds one image, so
+/// those destinations are [`ImageError::MultiPlatform`]: pick one with
+/// [`OpenedIndex::image`] and [`export`] it.
+pub fn export_index(
+    source: &OpenedIndex,
+    dest: &ImageLocation,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
+    match dest {
+        ImageLocation::Oci { dir, reference } => {
+            let out = Store::init(dir)?;
+            let (index, copied) =
+                copy_index(&source.store, &source.descriptor, &out, opts.compression)?;
+            let tag = reference
+                .clone()
+                .or_else(|| source.name.clone())
+                .unwrap_or_else(|| "latest".into());
+            out.set_ref_name(&tag, &index)?;
+            Ok(ExportReport {
+                items: (copied.copied + copied.recompressed) as u64,
+                bytes: copied.bytes,
+                devices_skipped: 0,
+            })
+        }
+        ImageLocation::DockerArchive { .. } | ImageLocation::Dir(_) => {
+            Err(ImageError::MultiPlatform {
+                image: source.display_name(),
+                platforms: source.platform_names(),
+            })
+        }
+        ImageLocation::Store(_) | ImageLocation::Registry(_) => {
+            Err(ImageError::UnsupportedLocation { location: dest.to_string() })
+        }
+    }
+}
+
+/// [`export`] or [`export_index`], as `source` is.
+pub fn export_opened(
+    source: &Opened,
+    dest: &ImageLocation,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
+    match source {
+        Opened::Image(image) => export(image, dest, opts),
+        Opened::Index(index) => export_index(index, dest, opts),
     }
 }
 

@@ -39,11 +39,14 @@ use strata_types::ImageLocation;
 
 pub use copy::{copy, CopyOptions, CopyOutcome, LocalCopy};
 pub use error::{ImageError, Result};
-pub use export::{export, flatten, ExportOptions, ExportReport};
+pub use export::{export, export_index, export_opened, flatten, ExportOptions, ExportReport};
 pub use import::{import_tree, source_date_epoch, ImportOptions, Imported};
-pub use layout::{copy_image, load, CopyReport};
-pub use open::{open, open_local, open_local_platform, open_platform, OpenedImage};
-pub use platforms::{image_for_platform, load_for_platform, put_index, PlatformImage};
+pub use layout::{copy_image, copy_index, load, load_platform, CopyReport};
+pub use open::{
+    open, open_local, open_local_any, open_local_platform, open_platform, Opened, OpenedImage,
+    OpenedIndex,
+};
+pub use platforms::{image_for_platform, image_size, load_for_platform, put_index, PlatformImage};
 pub use resolve::{registry_name, resolve, PullPolicy, Resolved};
 
 fn desc_digest(d: &Descriptor) -> Result<Digest> {

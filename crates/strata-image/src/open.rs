@@ -12,8 +12,12 @@ use strata_types::ImageLocation;
 use crate::archive::read_docker_archive;
 use crate::desc_digest;
 use crate::error::{ImageError, Result};
-use crate::platforms::{image_for_platform, load_for_platform};
+use crate::platforms::{
+    find_platform, image_for_platform, is_index, load_for_platform, platforms, read_index,
+    PlatformImage,
+};
 use strata_registry::{Client, PullOptions, TransferReport, TransferSink};
+use strata_store::oci_spec::image::ImageIndex;
 use strata_types::{Platform, Reference};
 
 /// An image opened for reading, and the store (or layout) holding its blobs. An image that
@@ -102,6 +106,89 @@ pub fn open_local_platform(
             Err(ImageError::UnsupportedLocation { location: location.to_string() })
         }
     }
+}
+
+/// A multi-platform image (an OCI image index) opened for reading, in the store or layout
+/// holding it and its platforms' blobs.
+#[derive(Debug)]
+pub struct OpenedIndex {
+    /// The store or layout holding the index and its images.
+    pub store: Store,
+    /// The index's descriptor.
+    pub descriptor: Descriptor,
+    /// The index document.
+    pub index: ImageIndex,
+    /// The platforms it lists, in its order.
+    pub platforms: Vec<PlatformImage>,
+    /// The name it was found under, if any (`app:v1`).
+    pub name: Option<String>,
+}
+
+impl OpenedIndex {
+    /// The image for `platform` (the host's when `None`), or [`ImageError::NoSuchPlatform`]
+    /// listing the platforms the index has.
+    pub fn image(&self, platform: Option<&Platform>) -> Result<OpenedImage> {
+        let name = self.name.clone().unwrap_or_else(|| self.descriptor.digest().to_string());
+        let image = image_for_platform(&self.store, &self.descriptor, platform, &name)?;
+        Ok(OpenedImage {
+            store: self.store.clone(),
+            image,
+            name: self.name.clone(),
+            _scratch: None,
+        })
+    }
+
+    /// The entry for `platform` if the index lists one (the same choice as [`Self::image`]).
+    pub fn find(&self, platform: &Platform) -> Option<&PlatformImage> {
+        find_platform(&self.platforms, platform)
+    }
+
+    /// The platforms as `OS/ARCH[/VARIANT]` strings, in the index's order.
+    pub fn platform_names(&self) -> Vec<String> {
+        self.platforms.iter().map(|p| p.platform.to_string()).collect()
+    }
+
+    /// How the index is named in messages: its name, else its digest.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.descriptor.digest().to_string())
+    }
+}
+
+/// What a location names: one image, or a multi-platform image (an index) kept whole.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per command, never in a collection
+pub enum Opened {
+    /// A single image.
+    Image(OpenedImage),
+    /// An image index.
+    Index(OpenedIndex),
+}
+
+/// Opens what a local `location` names without choosing a platform: an index in the store or
+/// an `oci:` layout is [`Opened::Index`] (for commands that keep it whole, such as an export
+/// to `oci:` or `inspect`); anything else opens as [`open_local`] does.
+pub fn open_local_any(local: Option<&Store>, location: &ImageLocation) -> Result<Opened> {
+    let (store, descriptor, name) = match location {
+        ImageLocation::Store(reference) => {
+            let local = local.ok_or_else(|| ImageError::UnsupportedLocation {
+                location: format!("{location} (no local store)"),
+            })?;
+            (local.clone(), local.resolve(reference)?, Some(reference.clone()))
+        }
+        ImageLocation::Oci { dir, reference } => {
+            let store = Store::open(dir)?;
+            let (descriptor, name) = select_in_layout(&store, reference.as_deref(), location)?;
+            (store, descriptor, name)
+        }
+        _ => return Ok(Opened::Image(open_local(local, location)?)),
+    };
+    if is_index(&descriptor) {
+        let index = read_index(&store, &descriptor)?;
+        let platforms = platforms(&store, &descriptor)?;
+        return Ok(Opened::Index(OpenedIndex { store, descriptor, index, platforms, name }));
+    }
+    let image = store.image(&descriptor)?;
+    Ok(Opened::Image(OpenedImage { store, image, name, _scratch: None }))
 }
 
 /// Picks the image a reference names in a layout, or the only image when none is given.

@@ -106,8 +106,33 @@ pub fn load_for_platform(
     image_for_platform(store, &descriptor, platform, reference)
 }
 
-/// The best entry for `wanted`: same OS and architecture; the same variant (or the
-/// architecture's default) over no variant over another one.
+/// The entry of `listed` an image for `wanted` is read from: same OS and architecture; the
+/// same variant (or the architecture's default) over no variant over another one.
+pub fn find_platform<'a>(
+    listed: &'a [PlatformImage],
+    wanted: &Platform,
+) -> Option<&'a PlatformImage> {
+    pick(listed, wanted)
+}
+
+/// The bytes an image's blobs take, as `docker images` counts them: config and layers, and for
+/// an index those of every platform it lists, a blob that several share counted once
+/// (manifests and the index itself are not counted).
+pub fn image_size(store: &Store, descriptor: &Descriptor) -> Result<u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut size = 0;
+    for p in platforms(store, descriptor)? {
+        let image = store.image(&p.manifest)?;
+        let blobs = image.manifest.layers().iter().chain(std::iter::once(image.manifest.config()));
+        for blob in blobs {
+            if seen.insert(blob.digest().to_string()) {
+                size += blob.size();
+            }
+        }
+    }
+    Ok(size)
+}
+
 fn pick<'a>(listed: &'a [PlatformImage], wanted: &Platform) -> Option<&'a PlatformImage> {
     let mut best: Option<(u8, &PlatformImage)> = None;
     for p in listed {
@@ -164,7 +189,8 @@ pub fn config_platform(image: &Image) -> Platform {
     Platform::new(&c.os().to_string(), &c.architecture().to_string(), variant)
 }
 
-fn read_index(store: &Store, descriptor: &Descriptor) -> Result<ImageIndex> {
+/// The image index `descriptor` names, read and checked against its size.
+pub fn read_index(store: &Store, descriptor: &Descriptor) -> Result<ImageIndex> {
     let digest = Digest::try_from(descriptor.digest()).map_err(StoreError::from)?;
     let bytes = store.read_blob(&digest)?;
     if bytes.len() as u64 != descriptor.size() {

@@ -89,12 +89,21 @@ pub fn resolve(
         }
     };
     let key = reference.to_string();
-    let held = match store.map(|s| s.load_image(&key)) {
-        Some(Ok(_)) => true,
-        Some(Err(StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_))) | None => {
-            false
+    // An index the store holds counts as held: the platform is chosen when it is opened.
+    let read = |s: &Store| {
+        let descriptor = s.resolve(&key)?;
+        match crate::platforms::is_index(&descriptor) {
+            true => crate::platforms::read_index(s, &descriptor).map(drop),
+            false => s.image(&descriptor).map(drop).map_err(ImageError::from),
         }
-        Some(Err(e)) => return Err(e.into()),
+    };
+    let held = match store.map(read) {
+        Some(Ok(_)) => true,
+        Some(Err(ImageError::Store(
+            StoreError::ImageNotFound { .. } | StoreError::InvalidReference(_),
+        )))
+        | None => false,
+        Some(Err(e)) => return Err(e),
     };
     match (policy, held) {
         (PullPolicy::Missing | PullPolicy::Never, true) => {

@@ -13,7 +13,7 @@ use strata::diff::{
 };
 use strata::image::{self, OpenedImage};
 use strata::registry::{Client, NoTransferProgress};
-use strata::types::ImageLocation;
+use strata::types::{ImageLocation, Platform};
 
 use super::registry::RegistryArgs;
 use super::store::{human, open_store};
@@ -23,10 +23,12 @@ use super::store::{human, open_store};
 /// plain `HOST/REPO:TAG`) the local store holds a copy of is read from the store, else
 /// pulled into a scratch OCI layout in the temp directory ([`image::open`]), with blobs the
 /// local store already has copied from it, not downloaded. The local store is only read (the
-/// registry client may record where downloaded blobs live, as every pull does).
+/// registry client may record where downloaded blobs live, as every pull does). A
+/// multi-platform image resolves to `platform`'s image, the host's when `None`.
 pub fn open_image(
     store: Option<&Path>,
     name: &str,
+    platform: Option<&Platform>,
     registry: &RegistryArgs,
 ) -> anyhow::Result<OpenedImage> {
     let location: ImageLocation =
@@ -48,7 +50,7 @@ pub fn open_image(
                 (ImageLocation::Store(_), Some(local)) => Some(local?),
                 _ => None,
             };
-            return image::open_local(store.as_ref(), &location)
+            return image::open_local_platform(store.as_ref(), &location, platform)
                 .with_context(|| format!("cannot read image {name}"));
         }
         image::Resolved::Registry(reference) => reference,
@@ -58,9 +60,9 @@ pub fn open_image(
     if let Some(local) = held {
         client = client.with_blob_hints(local.clone());
     }
-    let (opened, _) =
-        image::open(&client, held, &ImageLocation::Registry(reference), &NoTransferProgress)
-            .with_context(|| format!("cannot pull {name}"))?;
+    let location = ImageLocation::Registry(reference);
+    let (opened, _) = image::open_platform(&client, held, &location, platform, &NoTransferProgress)
+        .with_context(|| format!("cannot pull {name}"))?;
     Ok(opened)
 }
 
@@ -102,14 +104,18 @@ pub struct DiffArgs {
     /// Compute and show one section only.
     #[arg(long, value_enum)]
     pub only: Option<OnlyArg>,
+    /// Compare this platform's images of multi-platform images, on both sides
+    /// (`OS/ARCH[/VARIANT]`); the host's by default.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
 /// Exit status 0 when the images are the same, 1 when they differ (2 on errors, from `main`).
 pub fn diff(store: Option<&Path>, args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let a = open_image(store, &args.a, &args.registry)?;
-    let b = open_image(store, &args.b, &args.registry)?;
+    let a = open_image(store, &args.a, args.platform.as_ref(), &args.registry)?;
+    let b = open_image(store, &args.b, args.platform.as_ref(), &args.registry)?;
     let sections = match (args.only, &args.file) {
         (Some(only), _) => Sections {
             config: only == OnlyArg::Config,
@@ -364,12 +370,16 @@ pub struct HistoryArgs {
     /// Print JSON: `{"version": 1, "image": ..., "history": [...]}`.
     #[arg(long)]
     pub json: bool,
+    /// The platform's image of a multi-platform image (`OS/ARCH[/VARIANT]`); the host's by
+    /// default.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
 pub fn history(store: Option<&Path>, args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let image = open_image(store, &args.image, &args.registry)?;
+    let image = open_image(store, &args.image, args.platform.as_ref(), &args.registry)?;
     let rows = strata::diff::history(StoredImage::from(&image))
         .with_context(|| format!("cannot read the history of {}", args.image))?;
     let mut out = std::io::stdout().lock();
@@ -428,6 +438,10 @@ pub struct LsArgs {
     /// Print JSON: `{"version": 1, "layer": N|null, "entries": [{path, meta, layer}]}`.
     #[arg(long)]
     pub json: bool,
+    /// The platform's image of a multi-platform image (`OS/ARCH[/VARIANT]`); the host's by
+    /// default.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -458,7 +472,7 @@ fn mode_string(m: &FileMeta) -> String {
 }
 
 pub fn ls(store: Option<&Path>, args: LsArgs) -> anyhow::Result<ExitCode> {
-    let image = open_image(store, &args.image, &args.registry)?;
+    let image = open_image(store, &args.image, args.platform.as_ref(), &args.registry)?;
     let mut opts = LsOptions::default();
     if let Some(p) = &args.path {
         opts = opts.path(p.clone());

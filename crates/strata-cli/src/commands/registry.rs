@@ -123,6 +123,10 @@ pub struct PushArgs {
     /// `docker://HOST/REPO:TAG` (or `HOST/REPO:TAG`). Default: IMAGE itself when it names a
     /// registry (`127.0.0.1:5000/app:v1`).
     pub dest: Option<String>,
+    /// Push only this platform's image of a multi-platform image (`OS/ARCH[/VARIANT]`);
+    /// without it an index is pushed whole, every platform's manifest before the index.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }
@@ -152,8 +156,9 @@ pub struct CopyArgs {
     /// keeping its digest, instead of the host platform's image (as `skopeo copy --all`).
     #[arg(long)]
     pub all: bool,
-    /// The platform to pick when a registry source is a multi-platform image (an index),
-    /// `OS/ARCH[/VARIANT]`; the host's by default.
+    /// The platform to pick when the source is a multi-platform image (an index),
+    /// `OS/ARCH[/VARIANT]`. Default: a registry source's host image; a store or oci: index
+    /// is copied whole (to a registry, oci: or the store; docker-archive: and dir: need one).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "all")]
     pub platform: Option<Platform>,
     #[command(flatten)]
@@ -210,7 +215,7 @@ pub fn push(store: Option<&Path>, args: PushArgs) -> anyhow::Result<ExitCode> {
         })?,
         (None, _) => bail!("no destination: give DEST (docker://HOST/REPO:TAG)"),
     };
-    run_copy(store, src, ImageLocation::Registry(dest), &args.transfer, false, None)
+    run_copy(store, src, ImageLocation::Registry(dest), &args.transfer, false, args.platform)
 }
 
 pub fn pull(store: Option<&Path>, args: PullArgs) -> anyhow::Result<ExitCode> {

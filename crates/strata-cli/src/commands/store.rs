@@ -9,7 +9,7 @@ use serde::Serialize;
 use strata::image::{self, ImportOptions};
 use strata::layer::Compression;
 use strata::store::{NotAStoreProblem, Store, StoreError};
-use strata::types::ImageLocation;
+use strata::types::{ImageLocation, Platform};
 
 /// Opens the store for reading; a missing store is an error, not an empty list.
 pub fn open_store(root: Option<&Path>) -> anyhow::Result<Store> {
@@ -78,6 +78,10 @@ pub struct ImportArgs {
     /// $SOURCE_DATE_EPOCH (unless empty), else 0.
     #[arg(long)]
     pub timestamp: Option<i64>,
+    /// For an `oci:` multi-platform image (an index), import only this platform's image
+    /// (`OS/ARCH[/VARIANT]`); without it the whole index is imported.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
 }
 
 /// `--compression`.
@@ -116,8 +120,9 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
     let mut out = std::io::stdout().lock();
     let manifest = match location {
         Some(location) => {
-            let (image, report) = image::load(&store, &location)
-                .with_context(|| format!("cannot import {location}"))?;
+            let (manifest, report) =
+                image::load_platform(&store, &location, args.platform.as_ref())
+                    .with_context(|| format!("cannot import {location}"))?;
             writeln!(
                 out,
                 "copied {} blobs ({}), {} already present",
@@ -125,9 +130,12 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
                 human(report.bytes),
                 report.skipped
             )?;
-            image.manifest_descriptor
+            manifest
         }
         None => {
+            if args.platform.is_some() {
+                bail!("--platform picks an image of oci:DIR or docker-archive:FILE, not of a directory or tar");
+            }
             let path = Path::new(&args.source);
             if !path.exists() {
                 bail!("{}: no such file or directory", path.display());
@@ -171,8 +179,10 @@ pub struct ImagesArgs {
     /// accepted for Docker habits.
     #[arg(short = 'a', long)]
     pub all: bool,
-    /// Print JSON: `[{name, tag, digest, size, missing}]` (`<none>` for an untagged image's
-    /// name and tag); `missing` lists the blobs a damaged image lacks (empty when whole).
+    /// Print JSON: `[{name, tag, digest, size, platforms, missing}]` (`<none>` for an
+    /// untagged image's name and tag); `platforms` lists a multi-platform image's platforms
+    /// (`OS/ARCH[/VARIANT]`), or a single image's own; `missing` lists the blobs a damaged
+    /// image lacks (empty when whole).
     #[arg(long)]
     pub json: bool,
 }
@@ -182,7 +192,10 @@ struct ImageRow {
     name: String,
     tag: String,
     digest: String,
+    /// Config and layers, of every platform for an index (a shared blob once).
     size: u64,
+    /// The platforms of an index, or the single image's config platform.
+    platforms: Vec<String>,
     /// Blobs the image reaches that are gone from the store (empty when whole).
     missing: Vec<String>,
 }
@@ -197,15 +210,19 @@ fn image_row(
     what: &str,
 ) -> anyhow::Result<ImageRow> {
     let missing = store.missing_blobs(desc)?;
-    let size = if missing.is_empty() {
-        let image = store.image(desc).with_context(|| format!("image {what}"))?;
-        image.manifest.layers().iter().map(|l| l.size()).sum::<u64>()
-            + image.manifest.config().size()
+    let listed = |store: &Store| -> anyhow::Result<Vec<String>> {
+        let listed = image::platforms::platforms(store, desc)?;
+        Ok(listed.iter().map(|p| p.platform.to_string()).collect())
+    };
+    let (size, platforms) = if missing.is_empty() {
+        let size = image::image_size(store, desc).with_context(|| format!("image {what}"))?;
+        (size, listed(store).with_context(|| format!("image {what}"))?)
     } else {
-        0
+        // What can still be read of a damaged image (an index whose child is gone).
+        (0, listed(store).unwrap_or_default())
     };
     let missing = missing.iter().map(ToString::to_string).collect();
-    Ok(ImageRow { name, tag, digest: desc.digest().to_string(), size, missing })
+    Ok(ImageRow { name, tag, digest: desc.digest().to_string(), size, platforms, missing })
 }
 
 pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode> {
@@ -229,11 +246,23 @@ pub fn images(store: Option<&Path>, args: ImagesArgs) -> anyhow::Result<ExitCode
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "{:<40} {:<16} {:<14} {:>10}", "REPOSITORY", "TAG", "IMAGE ID", "SIZE")?;
+    writeln!(
+        out,
+        "{:<40} {:<16} {:<14} {:>10}  PLATFORMS",
+        "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
+    )?;
     for r in rows {
         let id = r.digest.strip_prefix("sha256:").unwrap_or(&r.digest);
         if r.missing.is_empty() {
-            writeln!(out, "{:<40} {:<16} {:<14} {:>10}", r.name, r.tag, &id[..12], human(r.size))?;
+            writeln!(
+                out,
+                "{:<40} {:<16} {:<14} {:>10}  {}",
+                r.name,
+                r.tag,
+                &id[..12],
+                human(r.size),
+                r.platforms.join(",")
+            )?;
         } else {
             let n = r.missing.len();
             writeln!(
@@ -284,9 +313,15 @@ pub struct InspectArgs {
     /// An image: `name[:tag]`, a digest or prefix, `oci:DIR[:REF]`, `docker-archive:FILE`.
     pub image: String,
     /// Print JSON: `{name, digest, manifest, config, efficiency}` with the OCI documents as
-    /// stored.
+    /// stored; for a multi-platform image also `index` (its digest and document) and
+    /// `platforms`, the image fields then being the chosen platform's (null when the index
+    /// has none for the host and no --platform was given).
     #[arg(long)]
     pub json: bool,
+    /// The platform's image of a multi-platform image (`OS/ARCH[/VARIANT]`); without it, an
+    /// index is shown with its platforms and the host's image (if it has one).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
     /// Skip the efficiency line (it reads every layer).
     #[arg(long)]
     pub no_efficiency: bool,
@@ -302,8 +337,69 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
         ImageLocation::Store(_) => Some(open_store(store)?),
         _ => None,
     };
-    let source = image::open_local(local.as_ref(), &location)
-        .with_context(|| format!("cannot read image {location}"))?;
+    let opened = match &args.platform {
+        Some(p) => {
+            image::open_local_platform(local.as_ref(), &location, Some(p)).map(image::Opened::Image)
+        }
+        None => image::open_local_any(local.as_ref(), &location),
+    }
+    .with_context(|| format!("cannot read image {location}"))?;
+    let (index, source) = match opened {
+        image::Opened::Image(source) => (None, Some(source)),
+        image::Opened::Index(index) => {
+            // The host's image when the index has one, as `docker image inspect` does.
+            let host = index.find(&Platform::host()).is_some();
+            let source = match host {
+                true => Some(
+                    index.image(None).with_context(|| format!("cannot read image {location}"))?,
+                ),
+                false => None,
+            };
+            (Some(index), source)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some(index) = &index {
+        let platforms = index_platforms(index)
+            .with_context(|| format!("cannot read the images of {location}"))?;
+        if args.json && source.is_none() {
+            let doc = serde_json::json!({
+                "name": index.name,
+                "index": {"digest": index.descriptor.digest().to_string(), "document": index.index},
+                "platforms": platforms,
+                "digest": null,
+                "manifest": null,
+                "config": null,
+                "efficiency": null,
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !args.json {
+            writeln!(out, "Image:        {}", location)?;
+            writeln!(out, "Index:        {}", index.descriptor.digest())?;
+            writeln!(out, "Platforms:")?;
+            for p in &platforms {
+                writeln!(out, "  {:<16} {}  {:>10}", p.platform, p.manifest, human(p.size))?;
+            }
+            match &source {
+                Some(_) => writeln!(
+                    out,
+                    "Showing:      {} (choose another with --platform)",
+                    Platform::host()
+                )?,
+                None => {
+                    writeln!(
+                        out,
+                        "(no image for this host, {}: choose one with --platform)",
+                        Platform::host()
+                    )?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+    }
+    let Some(source) = source else { return Ok(ExitCode::SUCCESS) };
     let image = &source.image;
     // Wasted space: bytes a layer ships that a later layer overwrites or deletes.
     let efficiency = (!args.no_efficiency).then(|| {
@@ -313,21 +409,29 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
     // As stored: Docker's Healthcheck, Shell and OnBuild are in it.
     let raw_config =
         source.raw_config().with_context(|| format!("cannot read the config of {location}"))?;
-    let mut out = std::io::stdout().lock();
     if args.json {
         let efficiency = efficiency.transpose()?;
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "name": source.name,
             "digest": image.manifest_descriptor.digest().to_string(),
             "manifest": image.manifest,
             "config": raw_config,
             "efficiency": efficiency,
         });
+        if let Some(index) = &index {
+            doc["index"] = serde_json::json!({
+                "digest": index.descriptor.digest().to_string(),
+                "document": index.index,
+            });
+            doc["platforms"] = serde_json::to_value(index_platforms(index)?)?;
+        }
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let c = &image.config;
-    writeln!(out, "Image:        {}", location)?;
+    if index.is_none() {
+        writeln!(out, "Image:        {}", location)?;
+    }
     writeln!(out, "Digest:       {}", image.manifest_descriptor.digest())?;
     writeln!(out, "Created:      {}", c.created().as_deref().unwrap_or("-"))?;
     writeln!(out, "Platform:     {}/{}", c.os(), c.architecture())?;
@@ -416,6 +520,29 @@ pub fn inspect(store: Option<&Path>, args: InspectArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// One platform of an index as `inspect` shows it.
+#[derive(Serialize)]
+struct PlatformRow {
+    platform: String,
+    manifest: String,
+    /// Config and layers.
+    size: u64,
+}
+
+fn index_platforms(index: &image::OpenedIndex) -> anyhow::Result<Vec<PlatformRow>> {
+    index
+        .platforms
+        .iter()
+        .map(|p| {
+            Ok(PlatformRow {
+                platform: p.platform.to_string(),
+                manifest: p.manifest.digest().to_string(),
+                size: image::image_size(&index.store, &p.manifest)?,
+            })
+        })
+        .collect()
+}
+
 /// `strata tag SRC DST`.
 #[derive(Debug, clap::Args)]
 pub struct TagArgs {
@@ -476,6 +603,11 @@ pub struct ExportArgs {
     /// For dir: destinations, create the image's device nodes (root only); skipped otherwise.
     #[arg(long)]
     pub devices: bool,
+    /// Export this platform's image of a multi-platform image (`OS/ARCH[/VARIANT]`). Without
+    /// it an index goes to oci: whole (every platform) and cannot go to docker-archive: or
+    /// dir:.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<Platform>,
 }
 
 pub fn export(store: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -485,13 +617,18 @@ pub fn export(store: Option<&Path>, args: ExportArgs) -> anyhow::Result<ExitCode
     }
     let store = open_store(store)?;
     let location: ImageLocation = args.image.parse()?;
-    let source = image::open_local(Some(&store), &location)
-        .with_context(|| format!("cannot read image {location}"))?;
+    let source = match &args.platform {
+        Some(p) => {
+            image::open_local_platform(Some(&store), &location, Some(p)).map(image::Opened::Image)
+        }
+        None => image::open_local_any(Some(&store), &location),
+    }
+    .with_context(|| format!("cannot read image {location}"))?;
     let opts = image::ExportOptions::default()
         .compression(args.compression.map(Into::into))
         .devices(args.devices);
-    let report =
-        image::export(&source, &dest, &opts).with_context(|| format!("cannot export to {dest}"))?;
+    let report = image::export_opened(&source, &dest, &opts)
+        .with_context(|| format!("cannot export to {dest}"))?;
     if report.devices_skipped > 0 {
         writeln!(
             std::io::stderr().lock(),
