@@ -28,6 +28,12 @@ pub trait StepRunner: Sync {
     /// compares before and after).
     fn overlay_supported(&self, scratch: &Path) -> bool;
 
+    /// Makes sure commands built for `platform` can run here: natively, or through an
+    /// emulator (the real runner registers qemu in binfmt_misc, see
+    /// [`strata_sandbox::ensure_emulation`]). Called before the first RUN of a stage that
+    /// names a platform; an error says what is missing and how to fix it.
+    fn prepare_platform(&self, platform: &Platform) -> std::result::Result<(), SandboxError>;
+
     /// Runs `req`, handing each output line to `on_line`; a non-zero exit is in the outcome,
     /// not an error. Once `cancel` is cancelled the runner stops the command and everything
     /// it started, and returns [`SandboxError::Cancelled`].
@@ -46,6 +52,10 @@ pub struct SandboxRunner;
 impl StepRunner for SandboxRunner {
     fn overlay_supported(&self, scratch: &Path) -> bool {
         strata_sandbox::overlay_supported(scratch)
+    }
+
+    fn prepare_platform(&self, platform: &Platform) -> std::result::Result<(), SandboxError> {
+        strata_sandbox::ensure_emulation(platform).map(|_| ())
     }
 
     fn run(

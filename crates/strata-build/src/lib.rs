@@ -291,8 +291,10 @@ pub fn build_with(
         // `docker://...` is a push (below), not an export.
         Some(strata_types::ImageLocation::Registry(_)) => None,
         Some(dest) => {
+            // An index is written whole (every platform's image), an image as it is.
             let local = strata_types::ImageLocation::Store(manifest.digest().to_string());
-            Some(export_result(store, &local, &manifest, dest)?)
+            let opened = strata_image::open_local_any(Some(store), &local)?;
+            Some(strata_image::export_opened(&opened, dest, &Default::default())?)
         }
         None => None,
     };
@@ -336,18 +338,6 @@ pub fn build_with(
 /// The number of stages the recipe has (the same in every platform's plan).
 fn recipe_stage_count(plans: &[(Platform, BuildArgs, strata_recipe::Plan)]) -> usize {
     plans.iter().map(|(.., p)| p.stages.len()).max().unwrap_or(0)
-}
-
-/// `--output`: the built image (an index: every platform's) written to `dest`.
-fn export_result(
-    store: &Store,
-    local: &strata_types::ImageLocation,
-    manifest: &strata_store::oci_spec::image::Descriptor,
-    dest: &strata_types::ImageLocation,
-) -> Result<strata_image::ExportReport> {
-    let _ = manifest;
-    let opened = strata_image::open_local(Some(store), local)?;
-    Ok(strata_image::export(&opened, dest, &Default::default())?)
 }
 
 /// `--push`: the image (or index, children first) to every tag, then `--output

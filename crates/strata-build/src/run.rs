@@ -138,6 +138,10 @@ impl Builder<'_> {
         if let Some(hit) = self.cached(stage, cache::Kind::Run, key.as_ref(), &created_by)? {
             return Ok(hit);
         }
+        // A foreign platform's command runs through an emulator, which must be there first.
+        if let Some(p) = &state.platform {
+            self.io.runner.prepare_platform(p)?;
+        }
         let view = self.view(state)?;
         // USER through the image's own passwd and group, read through the layers.
         let read =

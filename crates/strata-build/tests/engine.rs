@@ -37,6 +37,10 @@ struct FakeRunner {
     /// A script during which the build is cancelled (as by Ctrl-C while it runs).
     cancel_during: Option<String>,
     ran: Mutex<Vec<Ran>>,
+    /// The platforms `prepare_platform` was asked for.
+    prepared: Mutex<Vec<String>>,
+    /// Platforms it cannot run (as a machine without qemu).
+    no_emulation: Vec<String>,
 }
 
 impl FakeRunner {
@@ -56,6 +60,18 @@ impl FakeRunner {
 impl StepRunner for FakeRunner {
     fn overlay_supported(&self, _scratch: &Path) -> bool {
         false
+    }
+
+    fn prepare_platform(&self, platform: &strata_types::Platform) -> Result<(), SandboxError> {
+        self.prepared.lock().unwrap().push(platform.to_string());
+        if self.no_emulation.contains(&platform.to_string()) {
+            return Err(SandboxError::NoEmulation {
+                platform: platform.to_string(),
+                reason: "no binfmt_misc handler".into(),
+                fix: "apt-get install qemu-user-static".into(),
+            });
+        }
+        Ok(())
     }
 
     fn run(
@@ -389,4 +405,62 @@ fn events_count_steps_and_copied_files() {
         json,
         serde_json::json!({"version": 1, "event": "build_start", "stages": 1, "steps": 1})
     );
+}
+
+#[test]
+fn each_platform_asks_for_its_base_and_emulation_and_gets_its_own_image() {
+    let e = env();
+    let runner = FakeRunner::default().effect("true", &[("/ran", "yes")]);
+    let out = e
+        .build("FROM base\nARG TARGETARCH\nRUN true\nLABEL arch=$TARGETARCH\n", &runner, |o| {
+            o.tags = vec!["multi:1".into()];
+            o.platforms = vec!["linux/arm64".parse().unwrap(), "linux/amd64".parse().unwrap()];
+        })
+        .unwrap();
+    let mut asked = e.images.platforms.lock().unwrap().clone();
+    asked.sort();
+    assert_eq!(asked, ["linux/amd64", "linux/arm64"]);
+    let mut prepared = runner.prepared.lock().unwrap().clone();
+    prepared.sort();
+    assert_eq!(prepared, ["linux/amd64", "linux/arm64"]);
+    // An index in --platform order, each image's config for its platform, TARGETARCH its own.
+    let listed: Vec<String> = out.platforms.iter().map(|p| p.platform.to_string()).collect();
+    assert_eq!(listed, ["linux/arm64", "linux/amd64"]);
+    assert_eq!(e.store.resolve("multi:1").unwrap().digest(), out.manifest.digest());
+    for p in &out.platforms {
+        let image = e.store.image(&p.manifest).unwrap();
+        assert_eq!(image.config.architecture().to_string(), p.platform.architecture);
+        let labels = image.config.config().as_ref().unwrap().labels().clone().unwrap();
+        assert_eq!(labels["arch"], p.platform.architecture);
+    }
+    // The same RUN for two platforms has two cache keys: nothing was shared.
+    assert_eq!(runner.scripts(), ["true", "true"]);
+}
+
+#[test]
+fn a_build_naming_no_platform_asks_for_none() {
+    let e = env();
+    let runner = FakeRunner::default();
+    e.build("FROM base\nRUN true\n", &runner, |_| {}).unwrap();
+    assert_eq!(*e.images.platforms.lock().unwrap(), ["-"]);
+    assert!(runner.prepared.lock().unwrap().is_empty());
+}
+
+#[test]
+fn without_emulation_the_step_fails_naming_the_platform_and_the_fix() {
+    let e = env();
+    let runner = FakeRunner { no_emulation: vec!["linux/riscv64".into()], ..Default::default() };
+    let err = e
+        .build("FROM base\nRUN true\n", &runner, |o| {
+            o.tags = vec!["never:1".into()];
+            o.platforms = vec!["linux/amd64".parse().unwrap(), "linux/riscv64".parse().unwrap()];
+        })
+        .unwrap_err();
+    let text = strata_types::chain(&err);
+    assert!(text.contains("line 2: RUN true"), "{text}");
+    assert!(
+        text.contains("cannot run linux/riscv64 steps") && text.contains("qemu-user-static"),
+        "{text}"
+    );
+    assert!(e.store.load_image("never:1").is_err());
 }
