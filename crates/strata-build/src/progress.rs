@@ -212,33 +212,6 @@ impl ProgressSink for NoProgress {
     fn event(&self, _e: &BuildEvent) {}
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_serialize_as_tagged_json() {
-        let e = BuildEvent::StepDone {
-            stage: 1,
-            step: 2,
-            duration_ms: 3,
-            layer: Some("sha256:ab".into()),
-            layer_size: Some(9),
-            empty_layer: false,
-        };
-        let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["event"], "step_done");
-        assert_eq!(v["layer_size"], 9);
-        let o = BuildEvent::StepOutput {
-            stage: 0,
-            step: 0,
-            stream: OutputStream::Stderr,
-            line: "x".into(),
-        };
-        assert_eq!(serde_json::to_value(&o).unwrap()["stream"], "stderr");
-    }
-}
-
 /// A sink that numbers stages on from `offset` (one platform's builder in a build for
 /// several; see [`BuildEvent::StageStart::platform`]).
 pub(crate) struct StageOffset<'a> {
@@ -263,5 +236,32 @@ impl ProgressSink for StageOffset<'_> {
             _ => {}
         }
         self.inner.event(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_as_tagged_json() {
+        let e = BuildEvent::StepDone {
+            stage: 1,
+            step: 2,
+            duration_ms: 3,
+            layer: Some("sha256:ab".into()),
+            layer_size: Some(9),
+            empty_layer: false,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event"], "step_done");
+        assert_eq!(v["layer_size"], 9);
+        let o = BuildEvent::StepOutput {
+            stage: 0,
+            step: 0,
+            stream: OutputStream::Stderr,
+            line: "x".into(),
+        };
+        assert_eq!(serde_json::to_value(&o).unwrap()["stream"], "stderr");
     }
 }
