@@ -138,12 +138,7 @@ impl ImageSource for StoreImages<'_> {
                     (Err(e), _) => Err(e.into()),
                 }
             }
-            Ok(Resolved::Local(other)) => {
-                let opened = strata_image::open_local_platform(None, &other, platform)?;
-                let (manifest, _) =
-                    strata_image::copy_image(&opened.store, &opened.image, store, None)?;
-                Ok(store.image(&manifest)?)
-            }
+            Ok(Resolved::Local(other)) => load_for(store, &other, platform),
             Ok(Resolved::Registry(r)) => {
                 let wanted = platform.cloned().unwrap_or_else(Platform::host);
                 self.bases.image(store, self.opts, progress, &r, &wanted)
@@ -155,4 +150,16 @@ impl ImageSource for StoreImages<'_> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The image an `oci:` layout or a `docker-archive` holds for `platform` (see
+/// [`ImageSource::image`]), copied into `store`.
+pub(crate) fn load_for(
+    store: &Store,
+    location: &ImageLocation,
+    platform: Option<&Platform>,
+) -> Result<Image> {
+    let opened = strata_image::open_local_platform(None, location, platform)?;
+    let (manifest, _) = strata_image::copy_image(&opened.store, &opened.image, store, None)?;
+    Ok(store.image(&manifest)?)
 }

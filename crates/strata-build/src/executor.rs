@@ -179,10 +179,7 @@ impl<'a> Builder<'a> {
                 self.io.images.image(store, other, platform, progress)?
             }
             Some(NamedContext::OciLayout(location)) => {
-                let opened = strata_image::open_local_platform(None, location, platform)?;
-                let (manifest, _) =
-                    strata_image::copy_image(&opened.store, &opened.image, store, None)?;
-                store.image(&manifest)?
+                crate::engine::load_for(store, location, platform)?
             }
             Some(NamedContext::Dir(dir)) => {
                 // A directory is read as a one-layer image of it, made the way `strata import`

@@ -14,7 +14,7 @@
 //! [`put_index`] writes the index a multi-platform build tags: one entry per platform, in
 //! the order given, each with its `platform` (the variant only where it matters).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use strata_store::oci_spec::image::{
     Arch, Descriptor, ImageIndex, ImageIndexBuilder, MediaType, Os, Platform as OciPlatform,
@@ -157,15 +157,14 @@ fn pick<'a>(listed: &'a [PlatformImage], wanted: &Platform) -> Option<&'a Platfo
 /// platforms, in the order given, and returns its descriptor. Two entries for the same
 /// platform are refused: a pull could not tell them apart.
 pub fn put_index(store: &Store, images: &[PlatformImage]) -> Result<Descriptor> {
-    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut seen = HashSet::new();
     let mut manifests = Vec::with_capacity(images.len());
     for p in images {
-        if seen.insert(p.platform.to_string(), ()).is_some() {
+        if !seen.insert(p.platform.to_string()) {
             return Err(ImageError::DuplicatePlatform { platform: p.platform.to_string() });
         }
-        let mut d = Descriptor::new(MediaType::ImageManifest, p.manifest.size(), {
-            Digest::try_from(p.manifest.digest()).map_err(StoreError::from)?
-        });
+        let digest = Digest::try_from(p.manifest.digest()).map_err(StoreError::from)?;
+        let mut d = Descriptor::new(MediaType::ImageManifest, p.manifest.size(), digest);
         d.set_platform(Some(to_oci(&p.platform)?));
         manifests.push(d);
     }
