@@ -68,14 +68,47 @@ pub(crate) struct ForPlatform<'a> {
     pub keys: Mutex<HashMap<usize, String>>,
 }
 
-/// Stage results shared between the builders of a multi-platform build.
-#[derive(Default)]
+/// Stage results shared between the builders of a multi-platform build, and the jobs their
+/// stages take turns on.
 pub(crate) struct SharedStages {
     /// One slot per stage key; its lock is held while that stage is being built.
     slots: Mutex<HashMap<String, Arc<Mutex<Option<ImageState>>>>>,
+    /// Stages building now, and how many may (`--jobs`; `None`: no bound).
+    jobs: (Mutex<usize>, std::sync::Condvar, Option<usize>),
+}
+
+/// A job held by one stage while it builds; dropping it lets a waiting stage start.
+struct Job<'a>(&'a SharedStages);
+
+impl Drop for Job<'_> {
+    fn drop(&mut self) {
+        let (running, freed, _) = &self.0.jobs;
+        *running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        freed.notify_one();
+    }
 }
 
 impl SharedStages {
+    pub fn new(jobs: Option<std::num::NonZeroUsize>) -> SharedStages {
+        SharedStages {
+            slots: Mutex::default(),
+            jobs: (Mutex::new(0), std::sync::Condvar::new(), jobs.map(usize::from)),
+        }
+    }
+
+    /// Waits for a free job. Only a stage that is about to build takes one, after it owns
+    /// its slot: a stage waiting for another platform's identical stage holds no job, so
+    /// the builder of that stage can always get one (no deadlock at `--jobs 1`).
+    fn job(&self) -> Job<'_> {
+        let (running, freed, bound) = &self.jobs;
+        let mut n = running.lock().unwrap_or_else(|p| p.into_inner());
+        while bound.is_some_and(|b| *n >= b) {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Job(self)
+    }
+
     fn slot(&self, key: &str) -> Arc<Mutex<Option<ImageState>>> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(slots.entry(key.to_string()).or_default())
@@ -225,7 +258,10 @@ impl<'a> Builder<'a> {
             });
             return Ok(done.clone());
         }
-        let state = self.build_stage_for(index, platform)?;
+        let job = self.platform.shared.job();
+        let state = self.build_stage_for(index, platform);
+        drop(job);
+        let state = state?;
         *slot = Some(state.clone());
         Ok(state)
     }

@@ -203,7 +203,7 @@ pub fn build_with(
         imported: remote_cache::Imported::load(opts, progress),
         named_dirs: Default::default(),
     };
-    let shared = executor::SharedStages::default();
+    let shared = executor::SharedStages::new(opts.jobs);
     let n_stages = recipe_stage_count(&plans);
     // In a build for several platforms, each platform's stage numbers count on from the
     // last platform's (progress events stay unique per stage and step).
@@ -232,8 +232,8 @@ pub fn build_with(
             },
         })
         .collect();
-    // Platforms build side by side; their stages share the cache and, where identical, the
-    // stage itself.
+    // Platforms build side by side, at most `--jobs` stages at once; their stages share the
+    // cache and, where identical, the stage itself.
     let built: Vec<Result<()>> = if builders.len() == 1 {
         vec![build_stages(&builders[0], builders[0].stages.plan)]
     } else {

@@ -171,6 +171,10 @@ pub struct BuildOptions {
     /// listing each platform's image, in this order. A step of a platform other than the
     /// host's runs through qemu user emulation registered in binfmt_misc.
     pub platforms: Vec<strata_types::Platform>,
+    /// How many stages build at once, across all platforms (`--jobs`, buildah's flag); `None`
+    /// for no bound (BuildKit's default). Stages wait for a free job before their first
+    /// step; a stage that another platform's builder already made takes none.
+    pub jobs: Option<std::num::NonZeroUsize>,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -282,6 +286,7 @@ impl BuildOptions {
             cache_to: Vec::new(),
             push: false,
             platforms: Vec::new(),
+            jobs: None,
         }
     }
 

@@ -41,6 +41,10 @@ struct FakeRunner {
     prepared: Mutex<Vec<String>>,
     /// Platforms it cannot run (as a machine without qemu).
     no_emulation: Vec<String>,
+    /// Each RUN waits up to this long for a second RUN to be running beside it.
+    linger: Option<std::time::Duration>,
+    /// RUNs running now, and the most that ever ran at once.
+    running: Mutex<(usize, usize)>,
 }
 
 impl FakeRunner {
@@ -91,6 +95,17 @@ impl StepRunner for FakeRunner {
             let p = root.join(path.trim_start_matches('/'));
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, content).unwrap();
+        }
+        if let Some(linger) = self.linger {
+            let started = std::time::Instant::now();
+            let mut running = self.running.lock().unwrap();
+            running.0 += 1;
+            running.1 = running.1.max(running.0);
+            drop(running);
+            while started.elapsed() < linger && self.running.lock().unwrap().1 < 2 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            self.running.lock().unwrap().0 -= 1;
         }
         on_line(Stream::Stdout, &format!("ran {script}"));
         self.ran.lock().unwrap().push(Ran {
@@ -435,6 +450,59 @@ fn each_platform_asks_for_its_base_and_emulation_and_gets_its_own_image() {
     }
     // The same RUN for two platforms has two cache keys: nothing was shared.
     assert_eq!(runner.scripts(), ["true", "true"]);
+}
+
+/// The most RUNs that ran at once in a two-platform build whose RUNs each wait up to
+/// `linger` for a peer, with `--jobs` at `jobs`.
+fn most_at_once(jobs: usize, linger_ms: u64) -> usize {
+    let e = env();
+    let runner = FakeRunner {
+        linger: Some(std::time::Duration::from_millis(linger_ms)),
+        ..Default::default()
+    };
+    e.build("FROM base\nARG TARGETARCH\nRUN echo $TARGETARCH\n", &runner, |o| {
+        o.platforms = vec!["linux/arm64".parse().unwrap(), "linux/amd64".parse().unwrap()];
+        o.jobs = std::num::NonZeroUsize::new(jobs);
+    })
+    .unwrap();
+    assert_eq!(runner.scripts().len(), 2);
+    let most = runner.running.lock().unwrap().1;
+    most
+}
+
+#[test]
+fn platforms_build_side_by_side_without_a_jobs_bound() {
+    // Each RUN waits up to 10 s for the other: they overlap unless something serializes them.
+    assert_eq!(most_at_once(0, 10_000), 2);
+}
+
+#[test]
+fn jobs_bounds_the_stages_building_at_once_across_platforms() {
+    // With one job, the second platform's RUN starts only after the first's stage is done,
+    // however long the first waits for a peer.
+    assert_eq!(most_at_once(1, 300), 1);
+    assert_eq!(most_at_once(2, 10_000), 2);
+}
+
+#[test]
+fn one_job_still_shares_the_build_platform_stage_without_deadlock() {
+    // The arm64 builder waits for the amd64 builder's identical `$BUILDPLATFORM` stage while
+    // holding no job, so one job is enough for both targets.
+    let e = env();
+    let runner = FakeRunner::default().effect("make", &[("/out/app", "built")]);
+    let recipe = "FROM --platform=$BUILDPLATFORM base AS build\nRUN make\n\
+                  FROM base\nCOPY --from=build /out/app /app\n";
+    let out = e
+        .build(recipe, &runner, |o| {
+            o.platforms = vec!["linux/amd64".parse().unwrap(), "linux/arm64".parse().unwrap()];
+            o.jobs = std::num::NonZeroUsize::new(1);
+        })
+        .unwrap();
+    assert_eq!(runner.scripts(), ["make"], "the build-platform stage ran once");
+    for p in &out.platforms {
+        let image = e.store.image(&p.manifest).unwrap();
+        assert_eq!(file_in(&e.store, &image, "app").as_deref(), Some("built"));
+    }
 }
 
 #[test]

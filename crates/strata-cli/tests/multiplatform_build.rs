@@ -335,6 +335,58 @@ fn push_sends_the_index_and_skopeo_reads_it_back_whole() {
     assert_eq!(format!("sha256:{}", sha256_hex(copied.as_bytes())), digest);
 }
 
+#[test]
+fn the_registry_cache_carries_both_platforms_to_a_cold_runner() {
+    let Some((dir, ctx)) = setup() else { return };
+    if !registry::registry_available() {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::default());
+    fs::write(ctx.join("Dockerfile"), UNAME).unwrap();
+    fs::write(ctx.join("app.php"), "<?php echo 1;\n").unwrap();
+    let c = ctx.to_str().unwrap();
+    let cache = format!("type=registry,ref={}/mp/cache:main,mode=max", reg.host());
+    let both = "linux/amd64,linux/arm64";
+    // Runner A builds both platforms and exports one cache for them.
+    let a =
+        ok(&dir, &["build", "--progress", "plain", "--platform", both, "--cache-to", &cache, c]);
+    assert_eq!(counts(&a), (0, 6), "{a}");
+    assert!(a.contains("exported cache"), "{a}");
+
+    // Runner B starts empty, with the PHP file changed and one job: every step of both
+    // platforms but the PHP COPY comes from the cache (the arm64 RUN is not emulated again).
+    fs::write(ctx.join("app.php"), "<?php echo 2;\n").unwrap();
+    let b_store = dir.path("store-b");
+    let b_args = [
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        both,
+        "--jobs",
+        "1",
+        "--cache-from",
+        &cache,
+        "-t",
+        "app:v2",
+        c,
+    ];
+    let out = common::strata(&b_store, &b_args);
+    let b =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{b}");
+    assert_eq!(counts(&b), (4, 2), "{b}");
+    assert!(!b.contains("WARNING"), "{b}");
+    for (platform, arch) in [("linux/amd64", "x86_64"), ("linux/arm64", "aarch64")] {
+        let to = dir.path(&format!("b-{}", platform.replace('/', "-")));
+        let target = format!("dir:{}", to.display());
+        let out = common::strata(&b_store, &["export", "--platform", platform, "app:v2", &target]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(fs::read_to_string(to.join("arch")).unwrap().trim(), arch);
+        assert_eq!(fs::read_to_string(to.join("app.php")).unwrap(), "<?php echo 2;\n");
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     strata::types::Digest::of_bytes(bytes).hex().to_string()
 }

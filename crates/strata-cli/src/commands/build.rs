@@ -112,6 +112,10 @@ pub struct Args {
     /// through qemu user emulation (Debian's qemu-user-static, registered in binfmt_misc).
     #[arg(long = "platform", value_name = "PLATFORMS", value_delimiter = ',')]
     pub platforms: Vec<strata::types::Platform>,
+    /// How many stages build at once, across all platforms (buildah's `--jobs`); 0 for no
+    /// bound, the default (as BuildKit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub jobs: usize,
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -179,6 +183,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.cache_to = args.cache_to.clone();
     opts.push = args.push;
     opts.platforms = args.platforms.clone();
+    opts.jobs = std::num::NonZeroUsize::new(args.jobs);
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 
