@@ -291,6 +291,10 @@ pub(crate) struct ContextHashes {
     /// Per loaded entry: whether this build looked it up (others are dropped on save when
     /// their file is gone).
     seen: Vec<AtomicBool>,
+    /// Per loaded entry: whether its file was found with another stamp. Such an entry can
+    /// never hit again and is dropped on save; kept, it would make a file hashed too young
+    /// to be remembered look changed once more at the next build.
+    stale: Vec<AtomicBool>,
     /// Entries this build hashed and may keep, by path below the root.
     added: Mutex<HashMap<Vec<u8>, Entry>>,
     /// Whether the loaded file must be rewritten even without changes (it was v1).
@@ -323,12 +327,14 @@ impl ContextHashes {
         upgraded: bool,
     ) -> ContextHashes {
         let seen = (0..table.records.len()).map(|_| AtomicBool::new(false)).collect();
+        let stale = (0..table.records.len()).map(|_| AtomicBool::new(false)).collect();
         ContextHashes {
             store: store.clone(),
             key,
             root,
             table,
             seen,
+            stale,
             added: Mutex::new(HashMap::new()),
             upgraded,
             hashed: AtomicU64::new(0),
@@ -349,6 +355,7 @@ impl ContextHashes {
             if s == stamp {
                 return Some(d);
             }
+            self.stale[i].store(true, Ordering::Relaxed);
         }
         // A file an earlier step of this build hashed.
         let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
@@ -393,6 +400,10 @@ impl ContextHashes {
             if added.contains_key(path) {
                 continue;
             }
+            if self.stale[i].load(Ordering::Relaxed) {
+                dropped = true;
+                continue;
+            }
             if self.seen[i].load(Ordering::Relaxed)
                 || fs::symlink_metadata(self.root.join(OsStr::from_bytes(path))).is_ok()
             {
@@ -434,11 +445,23 @@ pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
-/// Regular files and their bytes, as counted for progress events.
-#[derive(Debug, Default, Clone, Copy)]
+/// Regular files and their bytes, as counted for progress events, and the files whose
+/// content differs from what the cache knew of them (to explain a miss).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct FileCount {
     pub files: u64,
     pub bytes: u64,
+    /// The first [`FileCount::CHANGES_KEPT`] files re-read with other content than the
+    /// cache had for them (context paths, in walk order). Files the cache did not know are
+    /// not listed: a file too young to be cached last time looks new without being so.
+    pub changed: Vec<String>,
+    /// How many there were in all.
+    pub changed_total: u64,
+}
+
+impl FileCount {
+    /// How many changed paths [`FileCount::changed`] keeps.
+    pub const CHANGES_KEPT: usize = 5;
 }
 
 /// How to digest one source tree.
@@ -642,11 +665,14 @@ impl SourceWalk<'_> {
         rel: &Path,
         count: &mut FileCount,
     ) -> Result<Digest> {
-        let records = self.records(hashes, real, rel)?;
+        let (records, changes) = self.records(hashes, real, rel)?;
         for r in records.iter().filter(|r| r.md.file_type() == FileType::RegularFile) {
             count.files += 1;
             count.bytes += r.md.size;
         }
+        count.changed_total += changes.len() as u64;
+        let room = FileCount::CHANGES_KEPT.saturating_sub(count.changed.len());
+        count.changed.extend(changes.into_iter().take(room));
         let mut h = Sha256::new();
         h.update(b"source-v1\0");
         // First path of each multiply-linked inode, in walk order (as the copy stages them).
@@ -697,7 +723,14 @@ impl SourceWalk<'_> {
     }
 
     /// Every entry the step sees, in walk order, with the digest of every regular file.
-    fn records(&self, hashes: &ContextHashes, real: &Path, rel: &Path) -> Result<Vec<Record>> {
+    /// Also the files whose digest the cache had for another stamp and that now differs
+    /// (context paths): what changed since the cache last saw them.
+    fn records(
+        &self,
+        hashes: &ContextHashes,
+        real: &Path,
+        rel: &Path,
+    ) -> Result<(Vec<Record>, Vec<String>)> {
         let walker = Walker { walk: self, hashes };
         let md = lstat(real)?;
         let key = real.strip_prefix(&hashes.root).unwrap_or(real).as_os_str().as_bytes();
@@ -718,10 +751,21 @@ impl SourceWalk<'_> {
             .enumerate()
             .filter_map(|(i, r)| r.miss.take().map(|m| (i, m.0, m.1, r.md)))
             .collect();
+        let before: Vec<(usize, Vec<u8>, Option<[u8; 32]>)> = misses
+            .iter()
+            .map(|(i, _, key, _)| {
+                (*i, key.clone(), hashes.table.find(key).map(|j| hashes.table.entry(j).1))
+            })
+            .collect();
         for (i, digest) in hashes.hash_misses(misses)? {
             records[i].digest = Some(digest);
         }
-        Ok(records)
+        let changes = before
+            .into_iter()
+            .filter(|(i, _, old)| old.is_some() && *old != records[*i].digest)
+            .map(|(_, key, _)| String::from_utf8_lossy(&key).into_owned())
+            .collect();
+        Ok((records, changes))
     }
 }
 

@@ -95,6 +95,17 @@ pub enum BuildEvent {
         /// Step index.
         step: usize,
     },
+    /// A cacheable step's result is not in the cache, so it runs: why, against the result
+    /// the same step (context, recipe, platform, stage, step) made last time, e.g. "source
+    /// files changed: app/index.php" or "an earlier step changed (the layers below differ)".
+    CacheMiss {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+        /// One line saying which inputs changed.
+        reason: String,
+    },
     /// A COPY or ADD from the build context has looked at its sources (to compute its cache
     /// key): what of the context it reads, after `.dockerignore` and `--exclude`.
     ContextScanned {

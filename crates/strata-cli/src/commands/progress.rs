@@ -160,6 +160,9 @@ impl ProgressSink for PlainProgress {
             BuildEvent::StepCached { stage, step } => {
                 writeln!(err, "#{} CACHED", n_of(&steps, *stage, *step))
             }
+            BuildEvent::CacheMiss { stage, step, reason } => {
+                writeln!(err, "#{} cache miss: {reason}", n_of(&steps, *stage, *step))
+            }
             BuildEvent::StepDone { stage, step, duration_ms, layer, layer_size, .. } => {
                 let n = n_of(&steps, *stage, *step);
                 let secs = *duration_ms as f64 / 1000.0;

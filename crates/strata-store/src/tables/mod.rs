@@ -31,8 +31,8 @@ mod snapshots;
 mod workdir;
 
 pub use cache_index::{
-    CacheEntry, CacheIndex, CacheKey, CacheKind, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE,
-    CACHE_INDEX_VERSION,
+    CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CACHE_ARTIFACT_TYPE,
+    CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
 };
 pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;
