@@ -26,16 +26,6 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    /// gc was asked to run while another process or handle is writing to the store (a build,
-    /// pull, import or copy holds a writer lease); nothing was deleted.
-    #[error(
-        "store {root} is in use by another strata process (a build, pull, import or copy); \
-         nothing was deleted: run gc again when it is done"
-    )]
-    InUse {
-        /// The store root.
-        root: PathBuf,
-    },
     /// `root` exists but is not an OCI image layout (no `oci-layout` file), so it was not touched.
     #[error("{root} is not a strata store: {problem}")]
     NotAStore {
