@@ -50,7 +50,7 @@ pub(crate) fn key_of(doc: &serde_json::Value) -> Option<Digest> {
 pub(crate) fn lookup(store: &Store, kind: Kind, key: &Digest) -> Option<(LayerRef, u64)> {
     let e = store.cache_get(&CacheKey { kind, digest: *key })?;
     let size = e.layer.size();
-    Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id }, size))
+    Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id, image: None }, size))
 }
 
 /// Remembers `layer` as the result of `key` (best effort: a failure costs a rebuild later).

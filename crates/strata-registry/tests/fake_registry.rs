@@ -628,7 +628,7 @@ fn mounts_ask_for_pull_access_to_the_source_repository() {
 }
 
 #[test]
-fn a_digest_the_registry_rejects_is_not_uploaded_again_and_again() {
+fn a_rotten_blob_is_refused_before_a_byte_of_it_is_sent() {
     let fake = Fake::start(FakeAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), "a");
@@ -648,8 +648,20 @@ fn a_digest_the_registry_rejects_is_not_uploaded_again_and_again() {
         &NoTransferProgress,
     )
     .unwrap_err();
-    assert!(err.to_string().contains("DIGEST_INVALID"), "{err}");
-    assert_eq!(fake.count("PUT", "/blobs/uploads/"), 2, "config and one try of the layer");
+    // Verified before the upload (the registry would answer DIGEST_INVALID only after the
+    // whole upload): no upload of the layer is even started.
+    assert!(
+        matches!(
+            err,
+            strata_registry::RegistryError::Store(strata_store::StoreError::DigestMismatch {
+                expected,
+                ..
+            }) if expected == layer
+        ),
+        "{err}"
+    );
+    assert_eq!(fake.count("PUT", "/blobs/uploads/"), 1, "the config only");
+    assert!(!fake.with(|st| st.blobs.contains_key(&layer.to_string())));
     assert!(fake.with(|st| st.manifests.is_empty()), "no manifest without its blobs");
 }
 

@@ -62,7 +62,10 @@
 //!
 //! Blob reads come in two speeds: [`Store::open_blob`] trusts the file system (what was renamed
 //! in was verified); [`Store::open_blob_verified`] and [`Store::read_blob`] re-hash, for content
-//! whose integrity matters more than the cost; [`Store::fsck`] re-hashes everything.
+//! whose integrity matters more than the cost; [`Store::verify_blob`] re-hashes one before it
+//! is sent anywhere, or after a streaming read of it failed; a mismatch found for a command
+//! is reported against the image ([`StoreError::CorruptBlob`]); [`Store::fsck`] re-hashes
+//! everything.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -341,6 +341,29 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Re-hashes the blob `d`: [`StoreError::DigestMismatch`] unless its bytes hash to `d`.
+    /// Commands call this before sending a blob anywhere (a registry would get the bytes
+    /// before a streaming check could object), and after a streaming read of one failed, to
+    /// tell a corrupt blob (whatever the decompressor made of it) from other failures.
+    pub fn verify_blob(&self, d: &Digest) -> Result<(), StoreError> {
+        let mut r = self.open_blob_verified(d)?;
+        match std::io::copy(&mut r, &mut std::io::sink()) {
+            Ok(_) => Ok(()),
+            Err(e) => match source_error(e) {
+                StoreError::SourceRead { source } => {
+                    Err(StoreError::Io { path: self.blob_path(d), source })
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// [`Store::verify_blob`] of a blob of `image` (as the user named it): a mismatch is
+    /// [`StoreError::CorruptBlob`].
+    pub fn verify_blob_of(&self, d: &Digest, image: &str) -> Result<(), StoreError> {
+        self.verify_blob(d).map_err(|e| e.of_image(image))
+    }
+
     /// The size of a blob in bytes (from the file system).
     pub fn blob_size(&self, d: &Digest) -> Result<u64, StoreError> {
         let path = self.blob_path(d);
