@@ -185,7 +185,7 @@ const FIELD_ORDER: [&str; 20] = [
 pub(crate) fn lookup(store: &Store, kind: Kind, key: &Digest) -> Option<(LayerRef, u64)> {
     let e = store.cache_get(&CacheKey { kind, digest: *key })?;
     let size = e.layer.size();
-    Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id }, size))
+    Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id, image: None }, size))
 }
 
 /// Remembers `layer` as the result of `key` with what went into it, and that the step at

@@ -233,7 +233,7 @@ impl<'a> Builder<'a> {
                 self.io.store.image(&manifest)?
             }
         };
-        ImageState::from_image(self.io.store, &image)
+        ImageState::from_image(self.io.store, &image, reference)
     }
 
     /// Builds stage `index` for this builder's platform, or takes the result another
@@ -617,7 +617,7 @@ impl<'a> Builder<'a> {
             let key = CacheKey { kind, digest };
             let e = self.cache.imported.take(self.io.store, &key, self.io.progress)?;
             let size = e.layer.size();
-            Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id }, size))
+            Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id, image: None }, size))
         });
         let Some((layer, size)) = found else {
             return miss(cache::explain_miss(self.io.store, &locator, key, kind, changed));
@@ -688,7 +688,7 @@ impl<'a> Builder<'a> {
         let desc = write_layer(self.io.store, &self.cache.writer, changeset, source)?;
         self.done.layers_written.fetch_add(1, Ordering::Relaxed);
         self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
-        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
+        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id, image: None };
         ensure_snapshot(self.io.store, &layer)?;
         Ok((layer, desc.size))
     }
@@ -699,7 +699,7 @@ impl<'a> Builder<'a> {
         let desc = write_layer(self.io.store, &self.cache.writer, changeset, tree)?;
         self.done.layers_written.fetch_add(1, Ordering::Relaxed);
         self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
-        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
+        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id, image: None };
         adopt_snapshot(self.io.store, &layer, tree, self.io.opts.timestamp)?;
         Ok((layer, desc.size))
     }

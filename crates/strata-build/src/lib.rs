@@ -143,8 +143,11 @@ pub fn build_with(
     // Bad tags and outputs fail before any work, not after.
     opts.validate()?;
     // Held until the caller drops the store: a concurrent `gc` cannot sweep the untagged
-    // layers, snapshots and cache entries this build writes or relies on.
+    // layers, snapshots and cache entries this build writes or relies on, or the base it
+    // reads (taking it also sweeps dead processes' leftovers from the store's tmp).
     store.lease()?;
+    // And the RUN scratch directories of killed builds (locked while their run lives).
+    strata_sandbox::sweep_scratch_dirs();
     let text = options::read_recipe(opts)?;
     let parse_err = |source: strata_recipe::ParseError| BuildError::Parse {
         path: opts.recipe_path.clone(),

@@ -17,7 +17,15 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
+            // A corrupt blob is the one thing to say, however deep the reader that met it.
+            match commands::corrupt_blob(&err) {
+                Some(corrupt) => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {corrupt}");
+                }
+                None => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
+                }
+            }
             ExitCode::from(commands::exit_code_for(&err))
         }
     }

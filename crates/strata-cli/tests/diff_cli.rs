@@ -172,8 +172,10 @@ fn other_transports_and_bad_input() {
     let last = bytes.len() - 5;
     bytes[last] ^= 0x55;
     std::fs::write(&blob, bytes).unwrap();
-    let err = env.stderr(&["diff", "app:v1", "app:v2"], 2);
-    assert!(err.contains("corrupt") && err.contains(&digest), "{err}");
+    // Store damage: exit 3, the blob and the image named (issue 15 point 1).
+    let err = env.stderr(&["diff", "app:v1", "app:v2"], 3);
+    let line = format!("blob {digest} of image app:v2 is corrupt; run `strata fsck --repair`");
+    assert!(err.contains(&line), "{err}");
 }
 
 #[test]

@@ -251,9 +251,11 @@ fn corruption_is_caught_by_fsck_and_repaired() {
     let out = env.strata(&["fsck"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&layer));
-    // A verified read refuses it too.
+    // A verified read refuses it too, as store damage (exit 3) naming blob and image.
     let out = env.strata(&["export", "app:v1", &format!("dir:{}", env.path("x").display())]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("blob {layer} of image app:v1 is corrupt")), "{stderr}");
     // Repair removes the corrupt blob (exit 3: damage was found) and untags the image that
     // needed it into lost+found, so the store is consistent again.
     let out = env.strata(&["fsck", "--repair"]);

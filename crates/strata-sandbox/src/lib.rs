@@ -90,6 +90,7 @@ mod emulation;
 mod error;
 mod idmap;
 mod plan;
+mod scratch;
 mod stubs;
 mod sys;
 mod user;
@@ -105,6 +106,7 @@ use std::time::Duration;
 
 pub use emulation::{ensure_emulation, Emulation};
 pub use error::SandboxError;
+pub use scratch::sweep_scratch_dirs;
 pub use user::{resolve_user, resolve_user_in};
 
 use plan::PreparedSource;
@@ -332,14 +334,7 @@ pub fn run_cancellable(
     on_line: &mut dyn FnMut(Stream, &str),
     cancel: &CancelToken,
 ) -> Result<RunOutcome, SandboxError> {
-    let scratch =
-        tempfile::Builder::new().prefix("strata-sandbox-").tempdir().map_err(|source| {
-            SandboxError::Io {
-                action: "creating a temp dir in",
-                path: std::env::temp_dir(),
-                source,
-            }
-        })?;
+    let scratch = scratch::Scratch::new()?;
     let euid = rustix::process::geteuid().as_raw();
     let egid = rustix::process::getegid().as_raw();
     let id_map = (euid != 0).then(|| idmap::detect(euid, egid));

@@ -135,7 +135,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     use strata::build::BuildError;
     use strata::image::ImageError;
     use strata::store::StoreError;
-    if err.chain().any(|e| store_error(e).is_some_and(StoreError::is_damage)) {
+    if err.chain().any(|e| store_error(e).is_some_and(StoreError::is_damage))
+        || corrupt_blob(err).is_some()
+    {
         return 3;
     }
     let usage = err.chain().any(|e| {
@@ -174,6 +176,25 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// The [`StoreError::CorruptBlob`] anywhere in `err`'s chain (also inside transparent
+/// wrappers and I/O errors): a corrupt blob stops a command with that one line, whatever was
+/// reading it.
+pub fn corrupt_blob(err: &anyhow::Error) -> Option<&strata::store::StoreError> {
+    use strata::build::BuildError;
+    use strata::store::StoreError;
+    err.chain().find_map(|e| {
+        // A failed step boxes its cause; look at the root of it.
+        let step = e
+            .downcast_ref::<BuildError>()
+            .or_else(|| e.downcast_ref::<Box<BuildError>>().map(|b| &**b))
+            .map(|b| b.root_cause() as &(dyn std::error::Error + 'static));
+        [Some(e), step].into_iter().flatten().find_map(|e| match store_error(e) {
+            Some(s @ StoreError::CorruptBlob { .. }) => Some(s),
+            _ => StoreError::corrupt_blob_in(e),
+        })
+    })
+}
+
 /// The store error `e` is or wraps transparently (`#[error(transparent)]` variants hide it
 /// from the source chain).
 fn store_error<'a>(
@@ -189,6 +210,7 @@ fn store_error<'a>(
     };
     let image = |i: &'a strata::image::ImageError| match i {
         strata::image::ImageError::Store(s) => Some(s),
+        strata::image::ImageError::Registry(strata::registry::RegistryError::Store(s)) => Some(s),
         _ => None,
     };
     if let Some(b) = e.downcast_ref::<BuildError>() {

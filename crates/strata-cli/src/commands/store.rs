@@ -669,12 +669,15 @@ pub fn gc(store: Option<&Path>, args: GcArgs) -> anyhow::Result<ExitCode> {
     let report = store.gc(&[])?;
     writeln!(
         out,
-        "removed {} blobs ({}), {} snapshots, {} temp entries; kept {} blobs",
+        "removed {} blobs ({}), {} snapshots, {} temp entries, {} dead leases; kept {} blobs \
+         ({} live leases)",
         report.removed.len(),
         human(report.bytes_freed),
         report.snapshots_removed,
         report.temp_entries_removed,
-        report.blobs_kept
+        report.leases_removed,
+        report.blobs_kept,
+        report.leases_live
     )?;
     Ok(ExitCode::SUCCESS)
 }

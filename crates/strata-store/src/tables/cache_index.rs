@@ -116,9 +116,11 @@ impl Store {
     pub fn cache_get(&self, key: &CacheKey) -> Option<CacheEntry> {
         let bytes = fs::read(self.cache_entry_path(key)).ok()?;
         let e: EntryFile = serde_json::from_slice(&bytes).ok()?;
-        if self.blob_size(&e.digest).ok()? != e.size {
-            return None;
-        }
+        // Pinned (when leased) before the check, so gc cannot take the layer after it.
+        let present = self.pinned_lookup(&[e.digest, e.diff_id], || {
+            (self.blob_size(&e.digest).ok()? == e.size).then_some(())
+        });
+        present?;
         let layer = Descriptor::new(MediaType::from(e.media_type.as_str()), e.size, e.digest);
         Some(CacheEntry { layer, diff_id: e.diff_id })
     }
