@@ -17,7 +17,14 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
+            match commands::damage_hint(&err) {
+                Some(hint) => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {err:#}; {hint}");
+                }
+                None => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
+                }
+            }
             ExitCode::from(commands::exit_code_for(&err))
         }
     }

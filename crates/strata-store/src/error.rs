@@ -130,6 +130,16 @@ pub enum StoreError {
         /// The missing blob.
         digest: Digest,
     },
+    /// A blob in the store does not hash to its name, found while reading it (decoding a
+    /// layer that would not decompress or parse showed why): the store is damaged, and
+    /// [`Store::fsck`](crate::Store::fsck) lists (and with `repair` removes) such blobs.
+    #[error("stored blob {digest} is corrupt: its bytes hash to {found}")]
+    CorruptBlob {
+        /// The blob's name.
+        digest: Digest,
+        /// What its bytes hash to.
+        found: Digest,
+    },
     /// A blob that should hold JSON (manifest, config, index) does not parse as the expected type.
     #[error("blob {digest} is not a valid {what}")]
     InvalidBlobJson {
@@ -239,6 +249,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::CorruptFile { .. }
+                | StoreError::CorruptBlob { .. }
                 | StoreError::DamagedFile { .. }
                 | StoreError::InvalidRootsLine { .. }
                 | StoreError::DigestMismatch { .. }
