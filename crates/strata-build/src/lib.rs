@@ -275,7 +275,8 @@ pub fn build_with(
         _ => strata_image::put_index(store, &images)?,
     };
     for tag in &opts.tags {
-        store.tag(tag, &manifest)?;
+        // Docker's rule: the image a tag moves away from stays, as `<none>`, until pruned.
+        store.retag(tag, &manifest)?;
     }
     if opts.tags.is_empty() {
         // As `docker build` without `-t`: a `<none>` image, kept until pruned.
