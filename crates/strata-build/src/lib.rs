@@ -15,8 +15,9 @@
 //! A build can be stopped from another thread through [`BuildOptions::cancel`] (the CLI's
 //! Ctrl-C handler does this): it is checked before every step and once more before tagging,
 //! and a running RUN is killed with its whole pid namespace, so the build ends promptly with
-//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or a
-//! layer write in progress finishes its step first.
+//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or
+//! ADD stops too, between files and between chunks of a big file, whether it is hashing
+//! the context, staging its files or writing the layer (whose unfinished blob is dropped).
 //!
 //! Rebuilds are incremental: every RUN, COPY, ADD and directory-creating WORKDIR has a cache
 //! key computed from content (the parent chain's diffIDs, the expanded instruction, what it can
@@ -198,7 +199,9 @@ pub fn build_with(
             .sum(),
     });
     let cache = executor::StepCache {
-        writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
+        writer: LayerWriter::new(opts.compression)
+            .epoch(opts.timestamp)
+            .cancel_on(opts.cancel.clone()),
         hashes: context_hash::ContextHashes::load(store, &opts.context),
         imported: remote_cache::Imported::load(opts, progress),
         named_dirs: Default::default(),

@@ -169,3 +169,22 @@ pub fn strata(store: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A server on 127.0.0.1 that accepts, reads, and never answers (a registry that hangs);
+/// its `host:port`.
+pub fn silent_server() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            // Read whatever comes; hold the connection open until the client gives up.
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while conn.read(&mut sink).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    host
+}
