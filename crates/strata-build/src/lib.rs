@@ -109,7 +109,8 @@ pub use options::{
     RunRootfs, SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{
-    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, EVENT_VERSION,
+    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, PullBlobKind, PullBlobOutcome,
+    EVENT_VERSION,
 };
 pub use remote_cache::{CacheLocation, CacheMode, CacheSpec};
 pub use ssh::{SshSource, SshSpec};
