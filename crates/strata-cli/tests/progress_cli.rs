@@ -33,27 +33,21 @@ fn tty_view_shows_header_and_counters_within_the_pane_width() {
     let ctx = tmp.path().join("ctx");
     copy_context(&ctx);
     let store = tmp.path().join("store");
-    // A private tmux server: nothing of the machine's sessions is touched.
-    let socket = format!("strata-progress-{}", std::process::id());
-    let tmux = |args: &[&str]| Command::new("tmux").arg("-L").arg(&socket).args(args).output();
     let script = format!(
         "'{STRATA}' --store '{}' build --progress tty '{}'; echo EXIT=$?; sleep 60",
         store.display(),
         ctx.display()
     );
-    let out = tmux(&["new-session", "-d", "-x", "100", "-y", "30", "-s", "t", &script]).unwrap();
-    assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+    let tmux = common::Tmux::start("progress", 100, 30, &script);
     let deadline = Instant::now() + Duration::from_secs(60);
     let screen = loop {
-        // -J joins wrapped lines, so a line that wrapped shows as one longer than the pane.
-        let out = tmux(&["capture-pane", "-p", "-J", "-t", "t"]).unwrap();
-        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        let screen = tmux.screen();
         if screen.contains("EXIT=") || Instant::now() > deadline {
             break screen;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = tmux(&["kill-server"]);
+    drop(tmux);
     assert!(screen.contains("EXIT=0"), "{screen}");
     let header = screen.lines().find(|l| l.starts_with("[+] Building ")).expect(&screen);
     assert!(header.contains("(2/2) FINISHED"), "done/total steps: {screen}");
