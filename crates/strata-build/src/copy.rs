@@ -257,7 +257,14 @@ pub(crate) fn stage_copy(
         if extract {
             if let Some(kind) = archive_kind(&item.real)? {
                 ensure_dir(env.image, staging, &base, new_owner)?;
-                extract_archive(&item.real, kind, &staging.join(&base), &item.written, owner)?;
+                extract_archive(
+                    &item.real,
+                    kind,
+                    &staging.join(&base),
+                    &item.written,
+                    owner,
+                    Some(env.cancel),
+                )?;
                 continue;
             }
         }
@@ -810,10 +817,12 @@ fn extract_archive(
     dest: &Path,
     written: &str,
     owner: Option<(u32, u32)>,
+    cancel: Option<&CancelToken>,
 ) -> Result<()> {
-    let err = |source: strata_layer::LayerError| BuildError::Extract {
-        path: written.to_string(),
-        source: Box::new(source),
+    let err = |source: strata_layer::LayerError| match cancel {
+        // The reader below failed because the build was cancelled.
+        Some(c) if c.is_cancelled() => BuildError::Cancelled,
+        _ => BuildError::Extract { path: written.to_string(), source: Box::new(source) },
     };
     let f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
     let reader = kind
@@ -823,8 +832,25 @@ fn extract_archive(
     if let Some((uid, gid)) = owner {
         opts = opts.owner(uid, gid);
     }
+    let reader = CancelRead { inner: reader, cancel: cancel.cloned() };
     strata_layer::apply(reader, dest, &opts).map_err(err)?;
     Ok(())
+}
+
+/// A reader that fails once `cancel` is cancelled, so an archive being extracted stops
+/// between reads.
+struct CancelRead<R> {
+    inner: R,
+    cancel: Option<CancelToken>,
+}
+
+impl<R: Read> Read for CancelRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            return Err(std::io::Error::other("build cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Downloads `url` into the scratch dir, verifying `checksum` before the file is used.
@@ -934,7 +960,7 @@ impl StreamContext {
         fs::create_dir(&ctx).map_err(|e| BuildError::io("mkdir", &ctx, e))?;
         let recipe = match archive_kind(&spool)? {
             Some(kind) => {
-                extract_archive(&spool, kind, &ctx, "the context on stdin", None)?;
+                extract_archive(&spool, kind, &ctx, "the context on stdin", None, None)?;
                 None
             }
             None => Some(

@@ -368,8 +368,9 @@ fn assert_nothing_left(store: &Path, log: &str) {
 
 /// Regression (issue 16): Ctrl-C during a COPY waited for the step to finish (minutes for a
 /// big file). It stops the COPY between files and chunks: while hashing a 16 GB (sparse)
-/// file for the cache key, and while staging 20,000 files, exit 130 well within a few
-/// seconds, "cancelled", nothing written, tagged or left behind.
+/// file for the cache key, while staging 20,000 files and while an ADD extracts a tar of
+/// them, exit 130 well within a few seconds, "cancelled", nothing written, tagged or left
+/// behind.
 #[test]
 fn ctrl_c_during_a_copy_stops_it_at_once_and_leaves_nothing() {
     // Hashing: the context scan of one big file.
@@ -402,5 +403,27 @@ fn ctrl_c_during_a_copy_stops_it_at_once_and_leaves_nothing() {
     assert!(log.lines().any(|l| l == "cancelled"), "{log}");
     assert!(took < Duration::from_secs(5), "took {took:?} to stop staging:\n{log}");
     assert!(!log.contains("copied") && !log.contains("DONE"), "the COPY finished: {log}");
+    assert_nothing_left(&tmp.path().join("store"), &log);
+
+    // Extracting: an ADD of a tar of those 20,000 files, interrupted after the scan.
+    let files = tmp.path().join("ctx");
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(ctx.join("files.tar"))
+        .arg("-C")
+        .arg(&files)
+        .arg("files")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nADD files.tar /x/\n").unwrap();
+    let (code, log, took) = interrupt_build_at(tmp.path(), &ctx, "#1 context: 1 file");
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.lines().any(|l| l == "cancelled"), "{log}");
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop extracting:\n{log}");
+    assert!(!log.contains("copied") && !log.contains("DONE"), "the ADD finished: {log}");
     assert_nothing_left(&tmp.path().join("store"), &log);
 }
