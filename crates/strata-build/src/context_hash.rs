@@ -48,7 +48,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 use strata_recipe::DockerIgnore;
 use strata_store::Store;
-use strata_types::Digest;
+use strata_types::{CancelToken, Digest};
 
 use crate::error::{BuildError, Result};
 
@@ -367,13 +367,14 @@ impl ContextHashes {
     fn hash_misses(
         &self,
         misses: Vec<(usize, PathBuf, Vec<u8>, Meta)>,
+        cancel: Option<&CancelToken>,
     ) -> Result<Vec<(usize, [u8; 32])>> {
         if misses.is_empty() {
             return Ok(Vec::new());
         }
         let hashed: Vec<(usize, [u8; 32])> = misses
             .par_iter()
-            .map(|(i, path, _, _)| hash_file(path).map(|d| (*i, d)))
+            .map(|(i, path, _, _)| hash_file(path, cancel).map(|d| (*i, d)))
             .collect::<Result<_>>()?;
         self.hashed.fetch_add(misses.len() as u64, Ordering::Relaxed);
         let now = now_ns();
@@ -430,11 +431,16 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
+/// The SHA-256 of the file at `path`; stops with [`BuildError::Cancelled`] between 256 KiB
+/// reads once `cancel` is cancelled.
+pub(crate) fn hash_file(path: &Path, cancel: Option<&CancelToken>) -> Result<[u8; 32]> {
     let mut f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(BuildError::Cancelled);
+        }
         match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => hasher.update(&buf[..n]),
@@ -477,6 +483,8 @@ pub(crate) struct SourceWalk<'a> {
     /// Whether the source root's own metadata matters (a bind mount's root; not a COPY'd
     /// directory, whose destination is created like any missing parent).
     pub root_meta: bool,
+    /// The build's Ctrl-C: looked at per directory walked and per chunk of a file hashed.
+    pub cancel: Option<&'a CancelToken>,
 }
 
 /// One entry of the walked tree.
@@ -612,6 +620,9 @@ impl Walker<'_, '_> {
         inner: &[u8],
         key: &[u8],
     ) -> Result<Listing> {
+        if self.walk.cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(BuildError::Cancelled);
+        }
         let (arena, names) = read_names(&fd, real)?;
         let mut records = Vec::with_capacity(names.len());
         let mut subdirs = Vec::new();
@@ -757,7 +768,7 @@ impl SourceWalk<'_> {
                 (*i, key.clone(), hashes.table.find(key).map(|j| hashes.table.entry(j).1))
             })
             .collect();
-        for (i, digest) in hashes.hash_misses(misses)? {
+        for (i, digest) in hashes.hash_misses(misses, self.cancel)? {
             records[i].digest = Some(digest);
         }
         let changes = before
@@ -889,6 +900,7 @@ mod tests {
             owners: false,
             mtime_clamp: Some(0),
             root_meta: false,
+            cancel: None,
         };
         let digest = |h: &ContextHashes| {
             walk.digest(h, &ctx, Path::new(""), &mut FileCount::default()).unwrap()
@@ -905,7 +917,7 @@ mod tests {
                 let md = lstat(&ctx.join(real)).unwrap();
                 added.insert(
                     path.as_bytes().to_vec(),
-                    (Stamp::of(&md), hash_file(&ctx.join(real)).unwrap()),
+                    (Stamp::of(&md), hash_file(&ctx.join(real), None).unwrap()),
                 );
             }
         }

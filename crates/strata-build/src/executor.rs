@@ -396,8 +396,9 @@ impl<'a> Builder<'a> {
         scope: &Scope,
     ) -> Result<()> {
         let line = step.span.line;
-        // Between steps is where a cancelled build stops (a running RUN is killed by the
-        // sandbox; COPY and layer writes finish their step first).
+        // Between steps is where a cancelled build stops; within one, a running RUN is killed
+        // by the sandbox and a COPY stops between files (and chunks of a big one), as does
+        // the layer write.
         if self.io.opts.cancel.is_cancelled() {
             return Err(BuildError::Cancelled);
         }
@@ -408,9 +409,12 @@ impl<'a> Builder<'a> {
             text: step.original.clone(),
         });
         let started = Instant::now();
-        let result = self.dispatch(stage, step_index, state, step, scope).map_err(|e| match e {
-            BuildError::Cancelled => e,
-            e => self.wrap(stage, line, &step.original, e),
+        let result = self.dispatch(stage, step_index, state, step, scope).map_err(|e| {
+            if e.is_cancel() {
+                BuildError::Cancelled
+            } else {
+                self.wrap(stage, line, &step.original, e)
+            }
         })?;
         let empty = result.layer.is_none();
         if result.cached {
@@ -805,6 +809,7 @@ impl<'a> Builder<'a> {
             workdir: &state.run.working_dir,
             is_add,
             scratch: scratch.path(),
+            cancel: &self.io.opts.cancel,
         };
         let mut fetched = Fetched::default();
         let mut scanned = FileCount::default();

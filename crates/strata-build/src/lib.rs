@@ -15,8 +15,9 @@
 //! A build can be stopped from another thread through [`BuildOptions::cancel`] (the CLI's
 //! Ctrl-C handler does this): it is checked before every step and once more before tagging,
 //! and a running RUN is killed with its whole pid namespace, so the build ends promptly with
-//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or a
-//! layer write in progress finishes its step first.
+//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or
+//! ADD stops too, between files and between chunks of a big file, whether it is hashing
+//! the context, staging its files or writing the layer (whose unfinished blob is dropped).
 //!
 //! Rebuilds are incremental: every RUN, COPY, ADD and directory-creating WORKDIR has a cache
 //! key computed from content (the parent chain's diffIDs, the expanded instruction, what it can
@@ -108,7 +109,8 @@ pub use options::{
     RunRootfs, SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{
-    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, EVENT_VERSION,
+    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, PullBlobKind, PullBlobOutcome,
+    EVENT_VERSION,
 };
 pub use remote_cache::{CacheLocation, CacheMode, CacheSpec};
 pub use ssh::{SshSource, SshSpec};
@@ -201,7 +203,9 @@ pub fn build_with(
             .sum(),
     });
     let cache = executor::StepCache {
-        writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
+        writer: LayerWriter::new(opts.compression)
+            .epoch(opts.timestamp)
+            .cancel_on(opts.cancel.clone()),
         hashes: context_hash::ContextHashes::load(store, &opts.context),
         imported: remote_cache::Imported::load(opts, progress),
         named_dirs: Default::default(),
@@ -278,7 +282,8 @@ pub fn build_with(
         _ => strata_image::put_index(store, &images)?,
     };
     for tag in &opts.tags {
-        store.tag(tag, &manifest)?;
+        // Docker's rule: the image a tag moves away from stays, as `<none>`, until pruned.
+        store.retag(tag, &manifest)?;
     }
     if opts.tags.is_empty() {
         // As `docker build` without `-t`: a `<none>` image, kept until pruned.

@@ -300,6 +300,7 @@ impl Builder<'_> {
             owners: true,
             mtime_clamp: None,
             root_meta: true,
+            cancel: Some(&self.io.opts.cancel),
         };
         walk.digest(&self.cache.hashes, &real, &rel, &mut FileCount::default())
     }

@@ -17,12 +17,16 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            // A corrupt blob is the one thing to say, however deep the reader that met it.
-            match commands::corrupt_blob(&err) {
-                Some(corrupt) => {
+            // A corrupt blob is the one thing to say, however deep the reader that met it;
+            // other damage gets the fsck hint.
+            match (commands::corrupt_blob(&err), commands::damage_hint(&err)) {
+                (Some(corrupt), _) => {
                     let _ = writeln!(std::io::stderr(), "strata: error: {corrupt}");
                 }
-                None => {
+                (None, Some(hint)) => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {err:#}; {hint}");
+                }
+                (None, None) => {
                     let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
                 }
             }

@@ -162,7 +162,8 @@ fn other_transports_and_bad_input() {
     assert!(err.contains("app:nope") && err.contains("not found"), "{err}");
     let err = env.stderr(&["diff", "app:v1", "dir:/tmp/x"], 2);
     assert!(err.contains("not an image"), "{err}");
-    // Corrupt v2's own layer: the diff must read it, and says which blob is bad.
+    // Corrupt v2's own layer: the diff must read it, and says which blob is bad, as store
+    // damage (exit 3, pointing at fsck).
     let json: serde_json::Value =
         serde_json::from_str(&env.code(&["inspect", "--json", "--no-efficiency", "app:v2"], 0))
             .unwrap();

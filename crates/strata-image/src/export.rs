@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 
 use strata_layer::Compression;
-use strata_layer::{apply, ApplyOptions};
+use strata_layer::{apply_blob, ApplyOptions};
 use strata_store::Store;
 use strata_types::{Digest, ImageLocation};
 
@@ -194,8 +194,12 @@ pub fn flatten(source: &OpenedImage, path: &Path, opts: &ExportOptions) -> Resul
     let mut report = ExportReport::default();
     for (i, layer) in source.image.manifest.layers().iter().enumerate() {
         let digest = desc_digest(layer)?;
-        let blob = source.store.open_blob_verified(&digest)?;
-        let applied = apply(blob, path, &ApplyOptions::default().host_tree(opts.devices))?;
+        let applied = apply_blob(
+            &source.store,
+            &digest,
+            path,
+            &ApplyOptions::default().host_tree(opts.devices),
+        )?;
         let expected: Option<Digest> = diff_ids.get(i).and_then(|d| d.parse().ok());
         if let (Some(expected), Some(found)) = (expected, applied.diff_id) {
             if expected != found {

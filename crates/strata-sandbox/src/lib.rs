@@ -100,8 +100,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 pub use emulation::{ensure_emulation, Emulation};
@@ -299,23 +298,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 
 /// Lets another thread stop a running step: [`CancelToken::cancel`] makes
 /// [`run_cancellable`] kill the step's process tree and return [`SandboxError::Cancelled`].
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    /// A token not yet cancelled.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Requests cancellation (idempotent).
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    /// Whether [`cancel`](Self::cancel) was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use strata_types::CancelToken;
 
 /// Runs the step and waits for it, calling `on_line` for every output line (without its
 /// newline; invalid UTF-8 replaced) on the calling thread.

@@ -242,10 +242,10 @@ impl StoreError {
         matches!(
             self,
             StoreError::CorruptFile { .. }
+                | StoreError::CorruptBlob { .. }
                 | StoreError::DamagedFile { .. }
                 | StoreError::InvalidRootsLine { .. }
                 | StoreError::DigestMismatch { .. }
-                | StoreError::CorruptBlob { .. }
                 | StoreError::SizeMismatch { .. }
                 | StoreError::InvalidBlobJson { .. }
                 | StoreError::BlobNotFound { .. }

@@ -401,7 +401,7 @@ fn valid_ref_name(r: &str) -> bool {
     })
 }
 
-fn tag_key(name: &str) -> Result<String, StoreError> {
+pub(crate) fn tag_key(name: &str) -> Result<String, StoreError> {
     let parsed: Reference = name.parse()?;
     if parsed.digest().is_some() {
         return Err(StoreError::UnexpectedDigest { reference: name.to_owned() });

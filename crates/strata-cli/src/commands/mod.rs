@@ -135,9 +135,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     use strata::build::BuildError;
     use strata::image::ImageError;
     use strata::store::StoreError;
-    if err.chain().any(|e| store_error(e).is_some_and(StoreError::is_damage))
-        || corrupt_blob(err).is_some()
-    {
+    if is_damage(err) || corrupt_blob(err).is_some() {
         return 3;
     }
     let usage = err.chain().any(|e| {
@@ -195,6 +193,23 @@ pub fn corrupt_blob(err: &anyhow::Error) -> Option<&strata::store::StoreError> {
     })
 }
 
+/// Whether `err` says the store is damaged (exit 3).
+fn is_damage(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        store_error(e).is_some_and(strata::store::StoreError::is_damage)
+            || e.downcast_ref::<strata::diff::DiffError>().is_some_and(|d| d.is_damage())
+    })
+}
+
+/// What to add to the error line of a damaged store: run `strata fsck` (unless the error
+/// already names the repair, as a damaged metadata file does).
+pub fn damage_hint(err: &anyhow::Error) -> Option<&'static str> {
+    let names_repair = err
+        .chain()
+        .any(|e| matches!(store_error(e), Some(strata::store::StoreError::DamagedFile { .. })));
+    (is_damage(err) && !names_repair).then_some("run `strata fsck` to check the store")
+}
+
 /// The store error `e` is or wraps transparently (`#[error(transparent)]` variants hide it
 /// from the source chain).
 fn store_error<'a>(
@@ -211,6 +226,7 @@ fn store_error<'a>(
     let image = |i: &'a strata::image::ImageError| match i {
         strata::image::ImageError::Store(s) => Some(s),
         strata::image::ImageError::Registry(strata::registry::RegistryError::Store(s)) => Some(s),
+        strata::image::ImageError::Layer(l) => layer(l),
         _ => None,
     };
     if let Some(b) = e.downcast_ref::<BuildError>() {
