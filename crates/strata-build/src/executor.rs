@@ -633,6 +633,8 @@ impl<'a> Builder<'a> {
         if self.io.store.cache_step(&locator) != Some(hit) {
             let _ = self.io.store.cache_note_step(&locator, &hit);
         }
+        // Last use, for `strata cache ls` and pruning by age and size.
+        self.io.store.cache_touch(&hit);
         let key = &digest;
         self.used(stage, kind, key, &layer);
         Ok(Some(StepResult {

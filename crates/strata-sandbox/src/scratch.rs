@@ -37,7 +37,12 @@ impl Scratch {
         let tmp = std::env::temp_dir();
         loop {
             let dir = tempfile::Builder::new().prefix(PREFIX).tempdir().map_err(io(&tmp))?;
-            let lock = File::open(dir.path()).map_err(io(dir.path()))?;
+            let lock = match File::open(dir.path()) {
+                Ok(lock) => lock,
+                // A sweep took the fresh, still unlocked directory away: make another.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(dir.path())(e)),
+            };
             flock(&lock, FlockOperation::LockExclusive).map_err(|e| SandboxError::Io {
                 action: "locking",
                 path: dir.path().to_path_buf(),

@@ -199,8 +199,35 @@ impl Store {
         let leases = self.read_leases()?;
         report.leases_removed = leases.dead;
         report.leases_live = leases.live;
+        let mut pending = self.image_roots()?;
+        pending
+            .extend(leases.roots.into_iter().chain(extra_roots.iter().copied()).map(|d| (d, None)));
+        let (marked, mut snapshot_keys) = self.mark(pending)?;
+        for digest in self.list_blobs()? {
+            if marked.contains(&digest) {
+                report.blobs_kept += 1;
+                continue;
+            }
+            let path = self.blob_path(&digest);
+            let size = fs::metadata(&path).map(|m| m.len()).unwrap_or_default();
+            if remove_file_if_exists(&path)? {
+                report.removed.push(digest);
+                report.bytes_freed += size;
+            }
+        }
+        snapshot_keys.extend(marked.iter().copied());
+        report.snapshots_removed = self.sweep_snapshots(&snapshot_keys)?;
+        report.temp_entries_removed = self.sweep_dead_temp()?;
+        report.layer_index_removed = self.sweep_layer_index()?;
+        report.build_cache_removed = crate::tables::sweep_build_cache(self)?;
+        report.blob_locations_removed = crate::tables::sweep_blob_locations(self)?;
+        Ok(report)
+    }
+
+    /// What tagged and rooted images start from: every manifest `index.json` and the tag
+    /// records name (with their media types) and every digest of the roots files.
+    fn image_roots(&self) -> Result<Vec<(Digest, Option<String>)>, StoreError> {
         let index = self.read_index()?;
-        // (digest, media type if known)
         let mut pending: Vec<(Digest, Option<String>)> = Vec::new();
         for m in index.manifests() {
             pending.push((descriptor_digest(m)?, Some(m.media_type().to_string())));
@@ -212,10 +239,16 @@ impl Store {
                 pending.push((d, Some(r.descriptor.media_type().to_string())));
             }
         }
-        let roots = self.gc_roots()?.into_iter().chain(leases.roots);
-        for d in roots.chain(extra_roots.iter().copied()) {
-            pending.push((d, None));
-        }
+        pending.extend(self.gc_roots()?.into_iter().map(|d| (d, None)));
+        Ok(pending)
+    }
+
+    /// Every stored blob reachable from `pending` (digest, media type if known), and the
+    /// diffIDs of the configs reached (their snapshots stay too).
+    fn mark(
+        &self,
+        mut pending: Vec<(Digest, Option<String>)>,
+    ) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>), StoreError> {
         let mut marked = BTreeSet::new();
         let mut snapshot_keys = BTreeSet::new();
         while let Some((digest, media_type)) = pending.pop() {
@@ -244,25 +277,13 @@ impl Store {
                 }
             }
         }
-        for digest in self.list_blobs()? {
-            if marked.contains(&digest) {
-                report.blobs_kept += 1;
-                continue;
-            }
-            let path = self.blob_path(&digest);
-            let size = fs::metadata(&path).map(|m| m.len()).unwrap_or_default();
-            if remove_file_if_exists(&path)? {
-                report.removed.push(digest);
-                report.bytes_freed += size;
-            }
-        }
-        snapshot_keys.extend(marked.iter().copied());
-        report.snapshots_removed = self.sweep_snapshots(&snapshot_keys)?;
-        report.temp_entries_removed = self.sweep_dead_temp()?;
-        report.layer_index_removed = self.sweep_layer_index()?;
-        report.build_cache_removed = crate::tables::sweep_build_cache(self)?;
-        report.blob_locations_removed = crate::tables::sweep_blob_locations(self)?;
-        Ok(report)
+        Ok((marked, snapshot_keys))
+    }
+
+    /// Every blob reachable from tagged, untagged-kept (`<none>`) and rooted images: what gc
+    /// keeps whatever else runs.
+    pub(crate) fn image_blobs(&self) -> Result<BTreeSet<Digest>, StoreError> {
+        Ok(self.mark(self.image_roots()?)?.0)
     }
 
     /// Whether a blob starts with `{` (after whitespace): worth parsing as a manifest.

@@ -94,8 +94,9 @@ pub use layers::KnownLayer;
 pub use lost_found::LostImage;
 pub use store::{canonical_json, Store};
 pub use tables::{
-    CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CacheMount, Sharing, Snapshots,
-    WorkDir, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
+    CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CacheMount, CachePrune,
+    CachePruneReport, CacheUsage, Sharing, Snapshots, WorkDir, CACHE_ARTIFACT_TYPE,
+    CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
 };
 
 /// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes an `Args` struct and a `run` function.
 
 mod build;
+mod cache;
 mod check;
 mod diff;
 mod docs;
@@ -77,9 +78,12 @@ pub enum Command {
     Rmi(store::RmiArgs),
     /// Write an image to oci:DIR, docker-archive:FILE or dir:PATH.
     Export(store::ExportArgs),
-    /// Delete blobs no tag, dangling image or cache entry reaches (`--dangling`: prune
-    /// untagged images first).
+    /// Delete blobs no tag, dangling image or running build reaches, cache-only layers
+    /// included unless `--keep-storage` (`--dangling`: prune untagged images first).
     Gc(store::GcArgs),
+    /// The local build cache (`strata cache ls`, `strata cache prune`).
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Verify every blob and reference in the store.
     Fsck(store::FsckArgs),
     /// Send an image to a registry; only the layers it lacks are uploaded.
@@ -117,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rmi(args) => store::rmi(root, args),
         Command::Export(args) => store::export(root, args),
         Command::Gc(args) => store::gc(root, args),
+        Command::Cache(cmd) => cache::run(root, cmd),
         Command::Fsck(args) => store::fsck(root, args),
         Command::Push(args) => registry::push(root, args),
         Command::Pull(args) => registry::pull(root, args),

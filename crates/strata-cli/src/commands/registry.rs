@@ -52,7 +52,7 @@ pub struct RegistryArgs {
     pub timeout: Duration,
 }
 
-/// `30s`, `2m`, `1h`, `500ms`, `1.5s` or plain seconds (`45`); more than zero.
+/// `30s`, `2m`, `1h`, `7d`, `500ms`, `1.5s` or plain seconds (`45`); more than zero.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -62,14 +62,15 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("{text:?}: write a number with s, m, h or ms (e.g. 30s, 2m)")),
+        "d" => 86400.0,
+        _ => return Err(format!("{text:?}: write a number with s, m, h, d or ms (e.g. 30s, 2m)")),
     };
     let value: f64 =
         number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 2m)"))?;
     Duration::try_from_secs_f64(value * scale)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?}: the timeout must be more than zero"))
+        .ok_or_else(|| format!("{text:?}: the duration must be more than zero"))
 }
 
 impl RegistryArgs {

@@ -302,7 +302,7 @@ pub fn image_command(store: Option<&Path>, cmd: ImageCommand) -> anyhow::Result<
         ImageCommand::Ls(args) => images(store, args),
         ImageCommand::Prune(args) => {
             let _ = args.force;
-            gc(store, GcArgs { dangling: true })
+            gc(store, GcArgs { dangling: true, keep_storage: None })
         }
     }
 }
@@ -653,6 +653,10 @@ pub struct GcArgs {
     /// `strata image prune`; without it they are kept, as Docker keeps them until a prune.
     #[arg(long)]
     pub dangling: bool,
+    /// Keep the most recently used layers only the build cache holds, up to SIZE (`5GB`,
+    /// `500MB`; units of 1024); without it gc frees them all. Never more than SIZE is kept.
+    #[arg(long = "keep-storage", value_name = "SIZE", value_parser = super::cache::parse_size)]
+    pub keep_storage: Option<u64>,
 }
 
 pub fn gc(store: Option<&Path>, args: GcArgs) -> anyhow::Result<ExitCode> {
@@ -666,7 +670,10 @@ pub fn gc(store: Option<&Path>, args: GcArgs) -> anyhow::Result<ExitCode> {
         let s = if pruned.len() == 1 { "" } else { "s" };
         writeln!(out, "removed {} dangling image{s}", pruned.len())?;
     }
-    let report = store.gc(&[])?;
+    let report = match args.keep_storage {
+        Some(bytes) => store.gc_keep_cache(bytes)?,
+        None => store.gc(&[])?,
+    };
     writeln!(
         out,
         "removed {} blobs ({}), {} snapshots, {} temp entries, {} dead leases; kept {} blobs \

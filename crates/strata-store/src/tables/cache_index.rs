@@ -214,6 +214,155 @@ impl Store {
     }
 }
 
+/// One entry of the local build cache as `strata cache ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Kind and key.
+    pub key: CacheKey,
+    /// The layer it names.
+    pub entry: CacheEntry,
+    /// When a build last made or reused it.
+    pub last_used: std::time::SystemTime,
+    /// Whether an image (tagged, `<none>` or rooted) holds its layer too: removing the
+    /// entry then frees no space.
+    pub in_image: bool,
+}
+
+/// What [`Store::cache_prune`] removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CachePrune {
+    /// Also entries whose layers images hold (`--all`): those entries go, the layers stay
+    /// with their images.
+    pub all: bool,
+    /// Only entries unused for at least this long (`--filter until=24h`).
+    pub unused_for: Option<std::time::Duration>,
+    /// Keep the most recently used cache-only layers up to this many (compressed) bytes
+    /// (`--keep-storage`); `None` keeps none of those the other rules select.
+    pub keep_bytes: Option<u64>,
+}
+
+impl CachePrune {
+    /// Sets [`CachePrune::all`].
+    pub fn with_all(mut self, all: bool) -> CachePrune {
+        self.all = all;
+        self
+    }
+
+    /// Sets [`CachePrune::unused_for`].
+    pub fn with_unused_for(mut self, age: Option<std::time::Duration>) -> CachePrune {
+        self.unused_for = age;
+        self
+    }
+
+    /// Sets [`CachePrune::keep_bytes`].
+    pub fn with_keep_bytes(mut self, bytes: Option<u64>) -> CachePrune {
+        self.keep_bytes = bytes;
+        self
+    }
+}
+
+/// What [`Store::cache_prune`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CachePruneReport {
+    /// Entries removed.
+    pub entries_removed: usize,
+    /// Entries kept.
+    pub entries_kept: usize,
+    /// Bytes of cache-only layers kept after the prune.
+    pub cache_only_bytes: u64,
+    /// The collection that freed the layers (blobs and bytes freed).
+    pub gc: crate::GcReport,
+}
+
+impl Store {
+    /// Marks the entry of `key` as used now (for `strata cache ls` and pruning by age and
+    /// size; best effort).
+    pub fn cache_touch(&self, key: &CacheKey) {
+        let now = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+            last_modification: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+        };
+        let _ = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            self.cache_entry_path(key),
+            &now,
+            rustix::fs::AtFlags::empty(),
+        );
+    }
+
+    /// Every entry whose layer is stored, most recently used first.
+    pub fn cache_usage(&self) -> Result<Vec<CacheUsage>, StoreError> {
+        let in_images = self.image_blobs()?;
+        let mut out = Vec::new();
+        for (key, entry) in self.cache_entries()? {
+            let Ok(md) = fs::metadata(self.cache_entry_path(&key)) else { continue };
+            let last_used = md.modified().map_err(StoreError::io(self.cache_entry_path(&key)))?;
+            let digest = Digest::try_from(entry.layer.digest())?;
+            out.push(CacheUsage { key, entry, last_used, in_image: in_images.contains(&digest) });
+        }
+        out.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.key.cmp(&b.key)));
+        Ok(out)
+    }
+
+    /// Removes build-cache entries as `opts` says, then collects (see [`Store::gc`]) with
+    /// the layers of the kept cache-only entries as extra roots, so exactly the removed
+    /// entries' layers that nothing else holds are freed, and at most `keep_bytes` of
+    /// cache-only layers remain (the cap is exact: kept layers are counted once each, most
+    /// recently used first, and one that would pass the cap goes with all older ones). With
+    /// `unused_for` too, entries used more recently stay whatever their size and the cap
+    /// applies to the older ones.
+    pub fn cache_prune(&self, opts: &CachePrune) -> Result<CachePruneReport, StoreError> {
+        let now = std::time::SystemTime::now();
+        let old_enough = |u: &CacheUsage| match opts.unused_for {
+            None => true,
+            Some(age) => now.duration_since(u.last_used).unwrap_or_default() >= age,
+        };
+        let mut report = CachePruneReport::default();
+        let mut kept_layers: std::collections::BTreeSet<Digest> = Default::default();
+        let mut budget_left = opts.keep_bytes.unwrap_or(0);
+        let mut over = false;
+        for u in self.cache_usage()? {
+            let digest = Digest::try_from(u.entry.layer.digest())?;
+            let remove = if u.in_image {
+                opts.all && old_enough(&u)
+            } else if !old_enough(&u) {
+                // Too recently used to go: kept whatever the cap.
+                false
+            } else if kept_layers.contains(&digest) {
+                false
+            } else if !over && opts.keep_bytes.is_some() && u.entry.layer.size() <= budget_left {
+                budget_left -= u.entry.layer.size();
+                false
+            } else {
+                over = true;
+                true
+            };
+            if remove {
+                if remove_file_if_exists(&self.cache_entry_path(&u.key))? {
+                    report.entries_removed += 1;
+                }
+            } else {
+                report.entries_kept += 1;
+                if !u.in_image && kept_layers.insert(digest) {
+                    report.cache_only_bytes += u.entry.layer.size();
+                }
+            }
+        }
+        let roots: Vec<Digest> = kept_layers.into_iter().collect();
+        report.gc = self.gc(&roots)?;
+        Ok(report)
+    }
+
+    /// [`Store::gc`] that keeps the most recently used cache-only layers up to `keep_bytes`
+    /// (`strata gc --keep-storage`); plain `gc` keeps none.
+    pub fn gc_keep_cache(&self, keep_bytes: u64) -> Result<crate::GcReport, StoreError> {
+        let opts = CachePrune { all: false, unused_for: None, keep_bytes: Some(keep_bytes) };
+        Ok(self.cache_prune(&opts)?.gc)
+    }
+}
+
 /// The `artifactType` of a build-cache artifact in a registry or an OCI layout (image-spec
 /// manifest.md "Guidelines for Artifact Usage": an artifact that is not an image sets
 /// `artifactType`, which registries and `skopeo inspect --raw` show as is).

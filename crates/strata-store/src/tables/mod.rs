@@ -32,8 +32,8 @@ mod snapshots;
 mod workdir;
 
 pub use cache_index::{
-    CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CACHE_ARTIFACT_TYPE,
-    CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
+    CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CachePrune, CachePruneReport,
+    CacheUsage, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
 };
 pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;
