@@ -36,6 +36,7 @@ use strata_types::Digest;
 
 use crate::context_hash::{hash_file, ContextHashes, FileCount, SourceWalk};
 use crate::error::{BuildError, Result};
+use crate::git::GitUrl;
 use crate::rootfs::{resolve_owner, set_mode};
 use strata_layer::overlay::{normalize, MergedView};
 
@@ -95,11 +96,17 @@ struct Item {
     may_extract: bool,
     /// As written, for messages.
     written: String,
+    /// The tree a directory item is read from when it is not the step's (a git checkout).
+    tree: Option<Box<SourceTree>>,
 }
 
-/// URL sources already downloaded (to compute a cache key), by source index.
+/// URL sources already downloaded and git sources already resolved (to compute a cache key),
+/// by source index.
 #[derive(Default)]
-pub(crate) struct Fetched(HashMap<usize, Item>);
+pub(crate) struct Fetched {
+    urls: HashMap<usize, Item>,
+    commits: HashMap<usize, crate::git::Resolved>,
+}
 
 fn parse_exclude(spec: &CopySpec) -> Result<Option<DockerIgnore>> {
     if spec.exclude.is_empty() {
@@ -151,11 +158,26 @@ pub(crate) fn source_inputs(
                 }
                 out.push(serde_json::Value::Array(matches));
             }
+            Source::Url { url } if env.is_add && GitUrl::parse(url).is_some() => {
+                // The commit, not the ref: a moved branch is a miss, an unchanged one a hit
+                // without a clone.
+                let git_url = GitUrl::parse(url).unwrap_or_else(|| unreachable!());
+                let resolved = crate::git::resolve(&git_url)?;
+                if let Some(sum) = &spec.checksum {
+                    crate::git::check_checksum(&git_url, &resolved, sum)?;
+                }
+                out.push(serde_json::json!({
+                    "git": resolved.commit,
+                    "subdir": git_url.subdir(),
+                    "keep_git_dir": spec.keep_git_dir,
+                }));
+                fetched.commits.insert(i, resolved);
+            }
             Source::Url { url } if env.is_add && spec.checksum.is_none() => {
                 let item = fetch_url(url, None, env.scratch, i)?;
                 let digest = Digest::from_sha256(hash_file(&item.real)?);
                 out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
-                fetched.0.insert(i, item);
+                fetched.urls.insert(i, item);
             }
             _ => out.push(serde_json::Value::Null),
         }
@@ -201,6 +223,7 @@ pub(crate) fn stage_copy(
                     mode: Some(0o644),
                     may_extract: false,
                     written: format!("<<{name}"),
+                    tree: None,
                 });
             }
             Source::Url { url } => {
@@ -209,7 +232,11 @@ pub(crate) fn stage_copy(
                         what: format!("COPY from a URL ({url})"),
                     });
                 }
-                match fetched.0.remove(&i) {
+                if let Some(git_url) = GitUrl::parse(url) {
+                    items.push(git_item(env, spec, &git_url, fetched.commits.remove(&i), i)?);
+                    continue;
+                }
+                match fetched.urls.remove(&i) {
                     Some(item) => items.push(item),
                     None => items.push(fetch_url(url, spec.checksum.as_deref(), env.scratch, i)?),
                 }
@@ -375,6 +402,7 @@ fn expand_path(
             mode: None,
             may_extract: env.is_add && md.is_file(),
             written: path.to_string(),
+            tree: None,
         });
     }
     Ok(out)
@@ -610,6 +638,7 @@ fn copy_dir_root(
     // --chown owner), not with the source directory's mode; an existing one is kept.
     ensure_dir(env.image, staging, target, new_owner)?;
     let mut links = Hardlinks::new();
+    let tree = item.tree.as_deref().unwrap_or(tree);
     copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts, &mut links)?;
     Ok(())
 }
@@ -788,6 +817,46 @@ fn extract_archive(
     Ok(())
 }
 
+/// A git source checked out into the scratch dir: a directory whose contents go into the
+/// destination (BuildKit copies the checkout's `/` there), read as a tree of its own whose
+/// owners are reset to 0:0 like the context's.
+fn git_item(
+    env: &CopyEnv<'_>,
+    spec: &CopySpec,
+    url: &GitUrl,
+    resolved: Option<crate::git::Resolved>,
+    i: usize,
+) -> Result<Item> {
+    let resolved = match resolved {
+        Some(r) => r,
+        None => {
+            let r = crate::git::resolve(url)?;
+            if let Some(sum) = &spec.checksum {
+                crate::git::check_checksum(url, &r, sum)?;
+            }
+            r
+        }
+    };
+    let dir = env.scratch.join(format!("git-{i}"));
+    let root = crate::git::checkout(url, &resolved, &dir, spec.keep_git_dir)?;
+    Ok(Item {
+        real: root.clone(),
+        rel: PathBuf::new(),
+        name: OsString::new(),
+        is_dir: true,
+        keep_path: None,
+        mode: None,
+        may_extract: false,
+        written: url.to_string(),
+        tree: Some(Box::new(SourceTree {
+            view: MergedView::new(vec![root]),
+            ignore: None,
+            label: format!("git {url}"),
+            keep_owner: false,
+        })),
+    })
+}
+
 /// Downloads `url` into the scratch dir, verifying `checksum` before the file is used.
 fn fetch_url(url: &str, checksum: Option<&str>, scratch: &Path, i: usize) -> Result<Item> {
     let expected = match checksum {
@@ -847,6 +916,7 @@ fn fetch_url(url: &str, checksum: Option<&str>, scratch: &Path, i: usize) -> Res
         mode: Some(0o600),
         may_extract: false,
         written: url.to_string(),
+        tree: None,
     })
 }
 

@@ -177,6 +177,54 @@ pub enum BuildError {
         #[source]
         source: Box<ureq::Error>,
     },
+    /// A git command for a git source failed (the repository unreachable, a fetch or
+    /// checkout refused); `detail` is git's own message, credentials redacted.
+    #[error("git {action} of {url} (ref {reference}) failed: {detail}")]
+    Git {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The ref as written (`HEAD` for the default branch).
+        reference: String,
+        /// The git command (`ls-remote`, `fetch`, `checkout`, ...).
+        action: &'static str,
+        /// What git said.
+        detail: String,
+    },
+    /// A git source's ref names nothing in the repository.
+    #[error("git repository {url} has no branch, tag or ref {reference}")]
+    GitUnknownRef {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The ref as written.
+        reference: String,
+    },
+    /// A git source's subdirectory is not a directory of the tree at that ref.
+    #[error("git repository {url} has no directory {subdir} at ref {reference}")]
+    GitNoSubdir {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The ref as written (`HEAD` for the default branch).
+        reference: String,
+        /// The subdirectory.
+        subdir: String,
+    },
+    /// `--checksum` of a git source is not a prefix of the commit (or annotated tag) id.
+    #[error("expected checksum to match {expected}, got {found} for {url}")]
+    GitChecksumMismatch {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The `--checksum` value.
+        expected: String,
+        /// The commit id the ref resolved to.
+        found: String,
+    },
+    /// The `git` program could not be started.
+    #[error("cannot run git (a git source needs the git CLI)")]
+    GitNotRunnable {
+        /// Why not.
+        #[source]
+        source: io::Error,
+    },
     /// Extracting a local archive failed (an unreadable archive, or an entry the one tar
     /// policy refuses: `..`, a link out of the destination, ...).
     #[error("extracting {path}")]

@@ -72,6 +72,9 @@
 //!   `Healthcheck`, `Shell` and `OnBuild` fields, for OCI images too (buildah drops them from
 //!   OCI images with a warning). A base's ONBUILD triggers run right after FROM, also when the
 //!   base is an earlier stage, and are not passed on to the child.
+//! - ADD of a git URL (and a git URL as the context, [`GitContext`]) gives every file the
+//!   commit's time as its mtime, BuildKit's `git.mtime=commit`: BuildKit's default, the
+//!   checkout time, would make no two builds alike. The step is keyed on the resolved commit.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -83,6 +86,7 @@ mod copy;
 mod engine;
 mod error;
 mod executor;
+mod git;
 mod image;
 mod options;
 mod progress;
@@ -103,6 +107,7 @@ pub use check::check;
 pub use copy::StreamContext;
 pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
+pub use git::{GitContext, GitUrl};
 pub use options::{
     default_recipe_path, BuildOptions, BuildOutput, ExtraHost, NamedContext, Network, PullPolicy,
     RunRootfs, SecretSource, SecretSpec, StepReport,
