@@ -120,7 +120,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
     /// The build context directory; `-` reads a tar archive of it (plain or compressed) from
-    /// stdin, or a recipe with an empty context, as `docker build -`.
+    /// stdin, or a recipe with an empty context, as `docker build -`; a git URL
+    /// (`https://host/repo.git#REF:DIR`, `git://...`, `git@host:repo#REF`) is checked out.
     pub context: PathBuf,
 }
 
@@ -140,7 +141,22 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     } else {
         None
     };
-    let context = stdin_context.as_ref().map_or(args.context.clone(), |c| c.path());
+    // A git URL is checked out (shallow, no `.git`) and built as a directory, as docker build.
+    let git_url = args.context.to_str().and_then(build::GitUrl::parse);
+    let git_context = match &git_url {
+        Some(url) => Some(build::GitContext::fetch(url)?),
+        None => None,
+    };
+    let context = match (&stdin_context, &git_context) {
+        (Some(c), _) => c.path(),
+        (_, Some(g)) => g.path().to_path_buf(),
+        _ => args.context.clone(),
+    };
+    // Names the context in messages, a URL's password redacted.
+    let context_name = match &git_url {
+        Some(url) => url.to_string(),
+        None => args.context.display().to_string(),
+    };
     let mut opts = BuildOptions::new(&context);
     if stdin_recipe {
         let mut text = String::new();
@@ -149,7 +165,11 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         opts.recipe = Some(text);
         opts.recipe_path = PathBuf::from("<stdin>");
     } else if let Some(f) = &args.file {
-        opts.recipe_path = f.clone();
+        // In a git context, a relative `-f` names a file of the repository (BuildKit).
+        opts.recipe_path = match &git_context {
+            Some(g) if f.is_relative() => g.path().join(f),
+            _ => f.clone(),
+        };
     } else if let Some(text) = stdin_context.as_ref().and_then(|c| c.recipe()) {
         opts.recipe = Some(text.to_string());
         opts.recipe_path = PathBuf::from("<stdin>");
@@ -213,7 +233,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         }
         Err(e) => {
             display.finish(Finish::Failed)?;
-            return Err(e).with_context(|| format!("build of {} failed", args.context.display()));
+            return Err(e).with_context(|| format!("build of {context_name} failed"));
         }
     };
     display.finish(Finish::Built(&out))?;
