@@ -192,6 +192,8 @@ impl Builder<'_> {
                 .iter()
                 .map(|h| (h.name.clone(), h.address.to_string()))
                 .collect(),
+            resources: Default::default(),
+            insecure: false,
         };
         let progress = self.io.progress;
         let mut on_line = |stream: Stream, line: &str| {
