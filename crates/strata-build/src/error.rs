@@ -260,11 +260,9 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
-    /// `RUN --security=insecure`: strata runs every step in the same unprivileged sandbox and
-    /// never grants one more (no extra capabilities, devices or unconfined profiles).
-    #[error(
-        "RUN --security=insecure is not supported: strata never grants a step extra privileges"
-    )]
+    /// `RUN --security=insecure` in a build not started with `--allow security.insecure`
+    /// (BuildKit's entitlement): the step is refused, never run with fewer privileges.
+    #[error("RUN --security=insecure needs the build's --allow security.insecure")]
     InsecureRun,
     /// `--no-cache-filter` names a stage the recipe does not have.
     #[error("--no-cache-filter {name}: no stage is named or numbered {name} (stages: {})", .stages.join(", "))]

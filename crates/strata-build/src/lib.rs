@@ -72,6 +72,8 @@
 //!   `Healthcheck`, `Shell` and `OnBuild` fields, for OCI images too (buildah drops them from
 //!   OCI images with a warning). A base's ONBUILD triggers run right after FROM, also when the
 //!   base is an earlier stage, and are not passed on to the child.
+//! - `RUN --security=insecure` needs [`BuildOptions::allow_insecure`] (BuildKit's
+//!   `security.insecure` entitlement) and then keeps every capability of the sandbox's root.
 //! - ADD of a git URL (and a git URL as the context, [`GitContext`]) gives every file the
 //!   commit's time as its mtime, BuildKit's `git.mtime=commit`: BuildKit's default, the
 //!   checkout time, would make no two builds alike. The step is keyed on the resolved commit.

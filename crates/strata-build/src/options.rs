@@ -175,6 +175,12 @@ pub struct BuildOptions {
     /// for no bound (BuildKit's default). Stages wait for a free job before their first
     /// step; a stage that another platform's builder already made takes none.
     pub jobs: Option<std::num::NonZeroUsize>,
+    /// Resource limits of every RUN step (`--ulimit`) and the size of its `/dev/shm`
+    /// (`--shm-size`); part of a RUN's cache key when set.
+    pub run_resources: strata_sandbox::Resources,
+    /// `--allow security.insecure`: `RUN --security=insecure` steps run with every
+    /// capability; without it such a step is refused.
+    pub allow_insecure: bool,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -287,6 +293,8 @@ impl BuildOptions {
             push: false,
             platforms: Vec::new(),
             jobs: None,
+            run_resources: Default::default(),
+            allow_insecure: false,
         }
     }
 

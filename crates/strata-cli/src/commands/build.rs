@@ -83,6 +83,18 @@ pub struct Args {
     /// Add an /etc/hosts line for RUN steps, as `docker build --add-host` (repeatable).
     #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
     pub add_hosts: Vec<build::ExtraHost>,
+    /// A resource limit for RUN steps, as `docker build --ulimit`: `TYPE=SOFT[:HARD]` with
+    /// TYPE `nofile`, `nproc`, `core`, ... and `-1` for unlimited (repeatable).
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimits: Vec<build::sandbox::Ulimit>,
+    /// The size of /dev/shm in RUN steps, as `docker build --shm-size` (`64m`, `1g`; bytes
+    /// without a unit); 64m by default.
+    #[arg(long = "shm-size", value_name = "SIZE", value_parser = parse_shm_size)]
+    pub shm_size: Option<u64>,
+    /// Grant an entitlement, as `docker buildx build --allow`: `security.insecure` lets
+    /// `RUN --security=insecure` steps run with every capability (repeatable).
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["security.insecure"])]
+    pub allow: Vec<String>,
     /// A named context, as BuildKit's: `NAME=DIR`, `NAME=docker-image://REF` or
     /// `NAME=oci-layout://DIR[:TAG]`; `FROM NAME` and `--from=NAME` read it, over a stage or
     /// image of that name (repeatable).
@@ -123,6 +135,10 @@ pub struct Args {
     /// stdin, or a recipe with an empty context, as `docker build -`; a git URL
     /// (`https://host/repo.git#REF:DIR`, `git://...`, `git@host:repo#REF`) is checked out.
     pub context: PathBuf,
+}
+
+fn parse_shm_size(value: &str) -> Result<u64, String> {
+    build::sandbox::parse_size(value).map_err(|e| e.to_string())
 }
 
 fn parse_build_context(flag: &str) -> Result<(String, build::NamedContext), String> {
@@ -197,6 +213,9 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     opts.extra_hosts = args.add_hosts.clone();
+    opts.run_resources.ulimits = args.ulimits.clone();
+    opts.run_resources.shm_size = args.shm_size;
+    opts.allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
     opts.named_contexts = args.build_contexts.iter().cloned().collect();
     opts.ssh = args.ssh.clone();
     opts.cache_from = args.cache_from.clone();
