@@ -366,6 +366,14 @@ pub enum BuildError {
         /// What is wrong with it.
         why: String,
     },
+    /// An `--annotation` value that is not `[TYPE[\[PLATFORM\]]:]KEY=VALUE`.
+    #[error("--annotation {value:?}: {why}")]
+    InvalidAnnotation {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A `SOURCE_DATE_EPOCH` that is not a number of seconds.
     #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since the epoch")]
     InvalidTimestamp {

@@ -111,8 +111,8 @@ pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
 pub use git::{GitContext, GitUrl};
 pub use options::{
-    default_recipe_path, BuildOptions, BuildOutput, ExtraHost, NamedContext, Network, PullPolicy,
-    RunRootfs, SecretSource, SecretSpec, StepReport,
+    default_recipe_path, Annotation, AnnotationTarget, BuildOptions, BuildOutput, ExtraHost,
+    NamedContext, Network, PullPolicy, RunRootfs, SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{
     BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, EVENT_VERSION,
@@ -274,12 +274,30 @@ pub fn build_with(
         }
         let config = state.to_config(opts.timestamp)?;
         let manifest = config.put(store, &state.layer_descriptors())?;
+        let manifest = strata_image::annotate(
+            store,
+            &manifest,
+            &annotations_of(opts, AnnotationTarget::Manifest, Some(&b.platform.target)),
+        )?;
         images.push(strata_image::PlatformImage { platform: b.platform.target.clone(), manifest });
     }
     // Several platforms make an index (image-index.md), one its image.
+    let index_annotations = annotations_of(opts, AnnotationTarget::Index, None);
     let manifest = match images.as_slice() {
-        [one] => one.manifest.clone(),
-        _ => strata_image::put_index(store, &images)?,
+        [one] => {
+            if !index_annotations.is_empty() {
+                progress.event(&BuildEvent::Warning {
+                    message:
+                        "index annotations are ignored: a build for one platform makes no index"
+                            .to_string(),
+                });
+            }
+            one.manifest.clone()
+        }
+        _ => {
+            let index = strata_image::put_index(store, &images)?;
+            strata_image::annotate(store, &index, &index_annotations)?
+        }
     };
     for tag in &opts.tags {
         store.tag(tag, &manifest)?;
@@ -340,6 +358,24 @@ pub fn build_with(
         pushed,
         cache_exported,
     })
+}
+
+/// The `--annotation`s for `target` (of `platform`'s manifest), later ones winning.
+fn annotations_of(
+    opts: &BuildOptions,
+    target: AnnotationTarget,
+    platform: Option<&Platform>,
+) -> std::collections::BTreeMap<String, String> {
+    opts.annotations
+        .iter()
+        .filter(|a| a.target == target)
+        .filter(|a| match (&a.platform, platform) {
+            (Some(want), Some(p)) => p.satisfies(want),
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect()
 }
 
 /// The number of stages the recipe has (the same in every platform's plan).

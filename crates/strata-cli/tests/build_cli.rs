@@ -545,3 +545,55 @@ fn ulimit_shm_size_and_allow_security_insecure_as_docker_build_has_them() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(flag));
     }
 }
+
+#[test]
+fn annotations_go_on_manifests_and_the_index_as_buildx_puts_them() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let inspect = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["inspect", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&ok(&store, &all)).unwrap()
+    };
+    let one = ["build", "-t", "ann:1", "--annotation", "org.opencontainers.image.title=t"];
+    ok(&store, &[&one[..], &["--annotation", "manifest:a=b", ctx]].concat());
+    assert_eq!(
+        inspect(&["ann:1"])["manifest"]["annotations"],
+        serde_json::json!({"org.opencontainers.image.title": "t", "a": "b"})
+    );
+    // Two platforms: plain keys on every manifest, `manifest[PLATFORM]:` on one, `index:` on
+    // the index.
+    let args = [
+        "build",
+        "-t",
+        "ann:2",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--annotation",
+        "k=v",
+        "--annotation",
+        "manifest[linux/arm64]:only=arm",
+        "--annotation",
+        "index:i=j",
+        ctx,
+    ];
+    ok(&store, &args);
+    let arm = inspect(&["--platform", "linux/arm64", "ann:2"]);
+    assert_eq!(arm["manifest"]["annotations"], serde_json::json!({"k": "v", "only": "arm"}));
+    let index = inspect(&["ann:2"]);
+    assert_eq!(index["index"]["document"]["annotations"], serde_json::json!({"i": "j"}));
+    let amd = inspect(&["--platform", "linux/amd64", "ann:2"]);
+    assert_eq!(amd["manifest"]["annotations"], serde_json::json!({"k": "v"}));
+    for bad in ["novalue", "foo:k=v", "manifest-descriptor:k=v", "index[linux/amd64]:k=v"] {
+        let out = strata(&store, &["build", "--annotation", bad, ctx]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--annotation"), "{bad}");
+    }
+}

@@ -83,6 +83,11 @@ pub struct Args {
     /// Add an /etc/hosts line for RUN steps, as `docker build --add-host` (repeatable).
     #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
     pub add_hosts: Vec<build::ExtraHost>,
+    /// Annotate the result, as `docker buildx build --annotation`: `KEY=VALUE` on the image
+    /// manifest(s), `manifest[PLATFORM]:KEY=VALUE` on one platform's, `index:KEY=VALUE` on the
+    /// index of a multi-platform build (repeatable).
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    pub annotations: Vec<build::Annotation>,
     /// A resource limit for RUN steps, as `docker build --ulimit`: `TYPE=SOFT[:HARD]` with
     /// TYPE `nofile`, `nproc`, `core`, ... and `-1` for unlimited (repeatable).
     #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
@@ -213,6 +218,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     opts.extra_hosts = args.add_hosts.clone();
+    opts.annotations = args.annotations.clone();
     opts.run_resources.ulimits = args.ulimits.clone();
     opts.run_resources.shm_size = args.shm_size;
     opts.allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
