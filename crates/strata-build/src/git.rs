@@ -11,9 +11,10 @@
 //! `--keep-git-dir`: a rebuild against an unchanged ref is a cache hit without a clone, and a
 //! new commit on a branch runs the step again. Only on a miss is the commit fetched (`git fetch
 //! --depth 1` of exactly that commit, a full fetch where the server refuses that) and checked
-//! out. The result has no `.git` unless `--keep-git-dir` asks for it (and no subdirectory is
-//! taken, BuildKit's rule), is owned 0:0 (or by `--chown`), and every file, directory and
-//! symlink has the commit's committer time as its mtime: BuildKit's `git.mtime=commit`, the
+//! out, its submodules too. The result has no `.git` (nor a submodule's) unless
+//! `--keep-git-dir` asks for it (and no subdirectory is taken, BuildKit's rule), is owned 0:0
+//! (or by `--chown`), and every file, directory and symlink has the commit's committer time
+//! as its mtime: BuildKit's `git.mtime=commit`, the
 //! deterministic choice (its default is the checkout time); the layer writer then clamps it to
 //! the build's timestamp like any mtime. `--checksum=HEX` is BuildKit's commit check: a prefix
 //! of the commit id (or of an annotated tag's object id).
@@ -180,10 +181,11 @@ fn is_commit_id(s: &str) -> bool {
 /// `git` with no prompt that could hang a build and no input.
 fn git() -> Command {
     let mut c = Command::new("git");
-    c.env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
+    c.env("GIT_TERMINAL_PROMPT", "0").env("LC_ALL", "C").stdin(Stdio::null());
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        // ssh must not ask for a password or a host key either.
+        c.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
     c
 }
 
@@ -281,6 +283,13 @@ pub(crate) fn checkout(
     let mut co = git();
     at(&mut co);
     run(url, "checkout", co.args(["-c", "advice.detachedHead=false", "checkout", "-q", commit]))?;
+    if dir.join(".gitmodules").is_file() {
+        // Submodules too, shallow, as BuildKit; never from the builder's own filesystem.
+        let mut sub = git();
+        at(&mut sub);
+        sub.args(["-c", "protocol.file.allow=never", "submodule", "update", "--init"]);
+        run(url, "submodule update", sub.args(["--recursive", "--depth=1"]))?;
+    }
     let mut show = git();
     at(&mut show);
     let time = run(url, "show", show.args(["show", "-s", "--format=%ct", commit]))?;
@@ -319,10 +328,35 @@ pub(crate) fn checkout(
         )?;
         let _ = std::fs::remove_file(git_dir.join("FETCH_HEAD"));
     } else {
-        std::fs::remove_dir_all(&git_dir).map_err(|e| BuildError::io("remove", &git_dir, e))?;
+        // The repository's `.git` and every submodule's (a file naming the first).
+        remove_git_entries(dir)?;
     }
     set_mtimes(&root, time)?;
     Ok(root)
+}
+
+/// Removes every `.git` below `dir` (git never tracks a path of that name).
+fn remove_git_entries(dir: &Path) -> Result<()> {
+    let mut found = Vec::new();
+    let mut walk = walkdir::WalkDir::new(dir).into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(dir).to_path_buf();
+            BuildError::io("walk", path, e.into())
+        })?;
+        if entry.file_name() == ".git" {
+            if entry.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            found.push((entry.path().to_path_buf(), entry.file_type().is_dir()));
+        }
+    }
+    for (path, is_dir) in found {
+        let removed =
+            if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|e| BuildError::io("remove", &path, e))?;
+    }
+    Ok(())
 }
 
 /// Sets the mtime (and atime) of `root` and everything below it, symlinks themselves

@@ -295,3 +295,42 @@ fn git_errors_name_the_url_and_the_ref_and_never_a_password() {
     assert!(all.contains("user:xxxxx@127.0.0.1"), "{all}");
     assert!(!all.contains("s3cret"), "{all}");
 }
+
+#[test]
+fn add_checks_out_submodules_without_their_git_files() {
+    if !common::have_all("git sources", &["git"]) {
+        return;
+    }
+    let tmp = TempRoot::new();
+    let (store, base, ctx) = (tmp.path("store"), tmp.path("git"), tmp.path("ctx"));
+    let lib = base.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    git(&lib, FIRST, &["init", "-q", "-b", "main"]);
+    write(&lib.join("lib.txt"), "from the submodule\n");
+    git(&lib, FIRST, &["add", "-A"]);
+    git(&lib, FIRST, &["commit", "-q", "-m", "lib"]);
+    let app = base.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    git(&app, FIRST, &["init", "-q", "-b", "main"]);
+    write(&app.join("app.txt"), "app\n");
+    // `../lib` resolves against the remote the build clones from: the daemon's `lib`.
+    git(
+        &app,
+        FIRST,
+        &["-c", "protocol.file.allow=always", "submodule", "add", "-q", "../lib", "vendor/lib"],
+    );
+    git(&app, FIRST, &["commit", "-q", "-m", "app"]);
+    let daemon = GitDaemon::start(&base);
+    let recipe = format!(
+        "FROM scratch\nADD {app}#main /app\nADD --keep-git-dir=true {app}#main /kept\n",
+        app = daemon.url("app")
+    );
+    ok(build(&store, &ctx, &recipe, &["-t", "sub:1"]));
+    let root = export(&store, "sub:1", &tmp.path("out"));
+    assert_eq!(read(root.join("app/vendor/lib/lib.txt")), "from the submodule\n");
+    assert!(!root.join("app/.git").exists() && !root.join("app/vendor/lib/.git").exists());
+    // Kept, the submodule's `.git` file still leads to its repository.
+    assert!(root.join("kept/vendor/lib/.git").is_file());
+    let kept = root.join("kept/vendor/lib");
+    assert_eq!(git(&kept, FIRST, &["rev-parse", "HEAD"]), git(&lib, FIRST, &["rev-parse", "HEAD"]));
+}
