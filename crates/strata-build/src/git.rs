@@ -379,7 +379,8 @@ fn set_mtimes(root: &Path, time: i64) -> Result<()> {
 
 /// A build context fetched from a git URL (`strata build https://host/repo.git#REF:DIR`, as
 /// `docker build` takes one): the commit the ref names, checked out (shallow) into a
-/// directory of its own, without `.git`, the subdirectory's contents when the URL names one.
+/// directory of its own, the subdirectory's contents when the URL names one, without `.git`
+/// unless the build arg `BUILDKIT_CONTEXT_KEEP_GIT_DIR` is true (BuildKit's switch).
 #[derive(Debug)]
 pub struct GitContext {
     _dir: tempfile::TempDir,
@@ -388,15 +389,21 @@ pub struct GitContext {
 }
 
 impl GitContext {
-    /// Resolves and checks out `url` (into the system temp dir, removed on drop).
-    pub fn fetch(url: &GitUrl) -> Result<GitContext> {
+    /// Resolves and checks out `url` (into the system temp dir, removed on drop), keeping
+    /// `.git` when `build_args` set `BUILDKIT_CONTEXT_KEEP_GIT_DIR` to a true value (Go's
+    /// `ParseBool`: `1`, `t`, `true`, ...).
+    pub fn fetch(url: &GitUrl, build_args: &strata_recipe::BuildArgs) -> Result<GitContext> {
+        let keep_git_dir = matches!(
+            build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR"),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        );
         let dir = tempfile::Builder::new()
             .prefix("strata-git-context-")
             .tempdir()
             .map_err(|e| BuildError::io("mkdir", std::env::temp_dir(), e))?;
         let resolved = resolve(url)?;
         let checkout_dir = dir.path().join("checkout");
-        let root = checkout(url, &resolved, &checkout_dir, false)?;
+        let root = checkout(url, &resolved, &checkout_dir, keep_git_dir)?;
         Ok(GitContext { _dir: dir, root, commit: resolved.commit })
     }
 

@@ -219,6 +219,14 @@ fn a_git_url_is_a_build_context() {
     assert_eq!(read(root.join("c/f.txt")), "from git\n");
     assert!(root.join("c/Dockerfile").is_file());
     assert!(!root.join("c/.git").exists() && !root.join("c/a.txt").exists());
+    // BuildKit's BUILDKIT_CONTEXT_KEEP_GIT_DIR keeps the repository in the context; a
+    // relative -f names a file of the checkout.
+    let whole = format!("{}#main", daemon.url("repo"));
+    let keep = ["build", "-t", "ctx:kept", "--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1"];
+    ok(strata(&store, &[&keep[..], &["-f", "ctx/Dockerfile", &whole]].concat()));
+    let kept = export(&store, "ctx:kept", &tmp.path("kept"));
+    assert!(kept.join("c/.git").is_dir() && kept.join("c/ctx/f.txt").is_file());
+
     // A context that names nothing fails before any build, naming the URL and the ref.
     let bad = format!("{}#nope", daemon.url("repo"));
     let out = strata(&store, &["build", "-t", "ctx:2", &bad]);

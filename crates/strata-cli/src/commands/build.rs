@@ -164,8 +164,10 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     };
     // A git URL is checked out (shallow, no `.git`) and built as a directory, as docker build.
     let git_url = args.context.to_str().and_then(build::GitUrl::parse);
+    let build_args: build::BuildArgs =
+        super::parse_key_values(&args.build_args).into_iter().collect();
     let git_context = match &git_url {
-        Some(url) => Some(build::GitContext::fetch(url)?),
+        Some(url) => Some(build::GitContext::fetch(url, &build_args)?),
         None => None,
     };
     let context = match (&stdin_context, &git_context) {
@@ -196,7 +198,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         opts.recipe_path = PathBuf::from("<stdin>");
     }
     opts.tags = args.tags.clone();
-    opts.build_args = super::parse_key_values(&args.build_args).into_iter().collect();
+    opts.build_args = build_args;
     opts.target = args.target.clone();
     if args.check {
         return super::check::report(store, &opts, false);
