@@ -342,3 +342,78 @@ fn add_checks_out_submodules_without_their_git_files() {
     let kept = root.join("kept/vendor/lib");
     assert_eq!(git(&kept, FIRST, &["rev-parse", "HEAD"]), git(&lib, FIRST, &["rev-parse", "HEAD"]));
 }
+
+/// busybox httpd running git-http-backend as a CGI over `base`, killed on drop.
+struct GitHttp {
+    child: Child,
+    port: u16,
+}
+
+impl GitHttp {
+    fn start(base: &Path, www: &Path) -> GitHttp {
+        let exec_path = common::run(Command::new("git").arg("--exec-path")).trim().to_string();
+        let cgi = www.join("cgi-bin/git");
+        write(
+            &cgi,
+            &format!(
+                "#!/bin/sh\nexport GIT_PROJECT_ROOT={} GIT_HTTP_EXPORT_ALL=1\nexec {exec_path}/git-http-backend\n",
+                base.display()
+            ),
+        );
+        std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = common::free_port();
+        let child = Command::new("busybox")
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut server = GitHttp { child, port };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            assert!(server.child.try_wait().unwrap().is_none(), "busybox httpd exited");
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("busybox httpd did not listen on port {port}");
+    }
+}
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http_git_urls_go_through_git_http_backend_and_keep_no_password() {
+    if !common::have_all("git over http", &["git", "busybox"]) {
+        return;
+    }
+    let tmp = TempRoot::new();
+    let (store, base, ctx) = (tmp.path("store"), tmp.path("git"), tmp.path("ctx"));
+    fixture(&base);
+    git(&base, FIRST, &["clone", "-q", "--bare", "repo", "repo.git"]);
+    let server = GitHttp::start(&base, &tmp.path("www"));
+    let url = format!("http://127.0.0.1:{}/cgi-bin/git/repo.git", server.port);
+    // The server asks for no credentials, so git never sends these; they must show nowhere.
+    let with_password = url.replacen("http://", "http://builder:s3cretpw@", 1);
+    let redacted = url.replacen("http://", "http://builder:xxxxx@", 1);
+    let recipe = format!(
+        "FROM scratch\nADD {url}#v1:sub /sub\nADD --keep-git-dir=true {with_password}#main /kept\n"
+    );
+    let json = ok(build(&store, &ctx, &recipe, &["-t", "http:1"]));
+    assert!(!json.contains("s3cretpw"), "{json}");
+    let root = export(&store, "http:1", &tmp.path("out"));
+    assert_eq!(read(root.join("sub/b.txt")), "bee\n");
+    assert_eq!(read(root.join("kept/a.txt")), "two\n");
+    let kept = root.join("kept");
+    assert_eq!(git(&kept, FIRST, &["remote", "get-url", "origin"]), redacted);
+    let grep = Command::new("grep").args(["-r", "-l", "s3cretpw"]).arg(&kept).output().unwrap();
+    assert_eq!(grep.status.code(), Some(1), "{}", String::from_utf8_lossy(&grep.stdout));
+    let history = ok(strata(&store, &["inspect", "--json", "http:1"]));
+    assert!(history.contains(&redacted) && !history.contains("s3cretpw"), "{history}");
+}
