@@ -158,27 +158,30 @@ pub(crate) fn source_inputs(
                 }
                 out.push(serde_json::Value::Array(matches));
             }
-            Source::Url { url } if env.is_add && GitUrl::parse(url).is_some() => {
-                // The commit, not the ref: a moved branch is a miss, an unchanged one a hit
-                // without a clone.
-                let git_url = GitUrl::parse(url).unwrap_or_else(|| unreachable!());
-                let resolved = crate::git::resolve(&git_url)?;
-                if let Some(sum) = &spec.checksum {
-                    crate::git::check_checksum(&git_url, &resolved, sum)?;
+            Source::Url { url } if env.is_add => match GitUrl::parse(url) {
+                Some(git_url) => {
+                    // The commit, not the ref: a moved branch is a miss, an unchanged one a
+                    // hit without a clone.
+                    let resolved = crate::git::resolve(&git_url)?;
+                    if let Some(sum) = &spec.checksum {
+                        crate::git::check_checksum(&git_url, &resolved, sum)?;
+                    }
+                    out.push(serde_json::json!({
+                        "git": resolved.commit,
+                        "subdir": git_url.subdir(),
+                        "keep_git_dir": spec.keep_git_dir,
+                    }));
+                    fetched.commits.insert(i, resolved);
                 }
-                out.push(serde_json::json!({
-                    "git": resolved.commit,
-                    "subdir": git_url.subdir(),
-                    "keep_git_dir": spec.keep_git_dir,
-                }));
-                fetched.commits.insert(i, resolved);
-            }
-            Source::Url { url } if env.is_add && spec.checksum.is_none() => {
-                let item = fetch_url(url, None, env.scratch, i)?;
-                let digest = Digest::from_sha256(hash_file(&item.real)?);
-                out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
-                fetched.urls.insert(i, item);
-            }
+                None if spec.checksum.is_none() => {
+                    let item = fetch_url(url, None, env.scratch, i)?;
+                    let digest = Digest::from_sha256(hash_file(&item.real)?);
+                    out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
+                    fetched.urls.insert(i, item);
+                }
+                // With --checksum the digest is known: the spec covers it.
+                None => out.push(serde_json::Value::Null),
+            },
             _ => out.push(serde_json::Value::Null),
         }
     }

@@ -1,7 +1,8 @@
 //! Git sources end to end (issue 19 point 4): `ADD <git URL>` of a branch, a tag, a commit and a
 //! subdirectory, `--keep-git-dir`, `--checksum`, a git URL as the build context, the cache
-//! keyed on the commit, and the errors, against a real `git daemon` on 127.0.0.1 that each test
-//! starts on a free port and kills.
+//! keyed on the commit, submodules, and the errors, against a real `git daemon` (and, for
+//! http URLs, git-http-backend under busybox httpd) on 127.0.0.1 that each test starts on a
+//! free port and kills.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
