@@ -13,14 +13,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use strata_image::PlatformImage;
-use strata_registry::{Client, PullOptions, Reference};
+use strata_registry::{
+    BlobKind, BlobOutcome, Client, PullOptions, Reference, TransferEvent, TransferSink,
+};
 use strata_store::oci_spec::image::Descriptor;
 use strata_store::{Image, Store};
 use strata_types::Platform;
 
 use crate::error::{BuildError, Result};
 use crate::options::BuildOptions;
-use crate::progress::{BuildEvent, ProgressSink};
+use crate::progress::{BuildEvent, ProgressSink, PullBlobKind, PullBlobOutcome};
 
 /// The registry references a build has resolved, and the clients it pulls with.
 #[derive(Default)]
@@ -93,7 +95,7 @@ impl RegistryBases {
             reference,
             platform,
             &PullOptions::default(),
-            &strata_registry::NoTransferProgress,
+            &PullEvents::new(reference, progress),
         )
         .map_err(err)?;
         keep_other_platforms(store, reference, before, &pulled.image, platform)?;
@@ -138,4 +140,57 @@ fn keep_other_platforms(
     let index = strata_image::put_index(store, &images)?;
     store.tag(&reference.to_string(), &index)?;
     Ok(())
+}
+
+/// The registry's transfer events of one base's pull, as [`BuildEvent`]s for the build's
+/// sink: the per-blob progress `strata pull` shows, inside a build.
+struct PullEvents<'a> {
+    reference: String,
+    sink: &'a dyn ProgressSink,
+    /// Sizes of the blobs started, for the progress events.
+    sizes: Mutex<HashMap<String, u64>>,
+}
+
+impl<'a> PullEvents<'a> {
+    fn new(reference: &Reference, sink: &'a dyn ProgressSink) -> PullEvents<'a> {
+        PullEvents { reference: reference.to_string(), sink, sizes: Mutex::default() }
+    }
+}
+
+impl TransferSink for PullEvents<'_> {
+    fn event(&self, event: &TransferEvent) {
+        let reference = self.reference.clone();
+        let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        let e = match event {
+            TransferEvent::BlobStart { digest, size, kind } => {
+                sizes.insert(digest.to_string(), *size);
+                let kind = match kind {
+                    BlobKind::Layer => PullBlobKind::Layer,
+                    BlobKind::Config => PullBlobKind::Config,
+                    BlobKind::Manifest => PullBlobKind::Manifest,
+                };
+                BuildEvent::PullBlobStart {
+                    reference,
+                    digest: digest.to_string(),
+                    kind,
+                    size: *size,
+                }
+            }
+            TransferEvent::BlobProgress { digest, done } => {
+                let digest = digest.to_string();
+                let size = sizes.get(&digest).copied().unwrap_or(*done);
+                BuildEvent::PullBlobProgress { reference, digest, done: *done, size }
+            }
+            TransferEvent::BlobDone { digest, outcome } => {
+                let outcome = match outcome {
+                    BlobOutcome::Downloaded => PullBlobOutcome::Downloaded,
+                    _ => PullBlobOutcome::Present,
+                };
+                BuildEvent::PullBlobDone { reference, digest: digest.to_string(), outcome }
+            }
+            _ => return,
+        };
+        drop(sizes);
+        self.sink.event(&e);
+    }
 }

@@ -48,7 +48,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 use strata_recipe::DockerIgnore;
 use strata_store::Store;
-use strata_types::Digest;
+use strata_types::{CancelToken, Digest};
 
 use crate::error::{BuildError, Result};
 
@@ -291,6 +291,10 @@ pub(crate) struct ContextHashes {
     /// Per loaded entry: whether this build looked it up (others are dropped on save when
     /// their file is gone).
     seen: Vec<AtomicBool>,
+    /// Per loaded entry: whether its file was found with another stamp. Such an entry can
+    /// never hit again and is dropped on save; kept, it would make a file hashed too young
+    /// to be remembered look changed once more at the next build.
+    stale: Vec<AtomicBool>,
     /// Entries this build hashed and may keep, by path below the root.
     added: Mutex<HashMap<Vec<u8>, Entry>>,
     /// Whether the loaded file must be rewritten even without changes (it was v1).
@@ -323,12 +327,14 @@ impl ContextHashes {
         upgraded: bool,
     ) -> ContextHashes {
         let seen = (0..table.records.len()).map(|_| AtomicBool::new(false)).collect();
+        let stale = (0..table.records.len()).map(|_| AtomicBool::new(false)).collect();
         ContextHashes {
             store: store.clone(),
             key,
             root,
             table,
             seen,
+            stale,
             added: Mutex::new(HashMap::new()),
             upgraded,
             hashed: AtomicU64::new(0),
@@ -349,6 +355,7 @@ impl ContextHashes {
             if s == stamp {
                 return Some(d);
             }
+            self.stale[i].store(true, Ordering::Relaxed);
         }
         // A file an earlier step of this build hashed.
         let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,13 +367,14 @@ impl ContextHashes {
     fn hash_misses(
         &self,
         misses: Vec<(usize, PathBuf, Vec<u8>, Meta)>,
+        cancel: Option<&CancelToken>,
     ) -> Result<Vec<(usize, [u8; 32])>> {
         if misses.is_empty() {
             return Ok(Vec::new());
         }
         let hashed: Vec<(usize, [u8; 32])> = misses
             .par_iter()
-            .map(|(i, path, _, _)| hash_file(path).map(|d| (*i, d)))
+            .map(|(i, path, _, _)| hash_file(path, cancel).map(|d| (*i, d)))
             .collect::<Result<_>>()?;
         self.hashed.fetch_add(misses.len() as u64, Ordering::Relaxed);
         let now = now_ns();
@@ -391,6 +399,10 @@ impl ContextHashes {
         for i in 0..self.table.records.len() {
             let path = self.table.path(i);
             if added.contains_key(path) {
+                continue;
+            }
+            if self.stale[i].load(Ordering::Relaxed) {
+                dropped = true;
                 continue;
             }
             if self.seen[i].load(Ordering::Relaxed)
@@ -419,11 +431,16 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
+/// The SHA-256 of the file at `path`; stops with [`BuildError::Cancelled`] between 256 KiB
+/// reads once `cancel` is cancelled.
+pub(crate) fn hash_file(path: &Path, cancel: Option<&CancelToken>) -> Result<[u8; 32]> {
     let mut f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(BuildError::Cancelled);
+        }
         match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => hasher.update(&buf[..n]),
@@ -434,11 +451,23 @@ pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
-/// Regular files and their bytes, as counted for progress events.
-#[derive(Debug, Default, Clone, Copy)]
+/// Regular files and their bytes, as counted for progress events, and the files whose
+/// content differs from what the cache knew of them (to explain a miss).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct FileCount {
     pub files: u64,
     pub bytes: u64,
+    /// The first [`FileCount::CHANGES_KEPT`] files re-read with other content than the
+    /// cache had for them (context paths, in walk order). Files the cache did not know are
+    /// not listed: a file too young to be cached last time looks new without being so.
+    pub changed: Vec<String>,
+    /// How many there were in all.
+    pub changed_total: u64,
+}
+
+impl FileCount {
+    /// How many changed paths [`FileCount::changed`] keeps.
+    pub const CHANGES_KEPT: usize = 5;
 }
 
 /// How to digest one source tree.
@@ -454,6 +483,8 @@ pub(crate) struct SourceWalk<'a> {
     /// Whether the source root's own metadata matters (a bind mount's root; not a COPY'd
     /// directory, whose destination is created like any missing parent).
     pub root_meta: bool,
+    /// The build's Ctrl-C: looked at per directory walked and per chunk of a file hashed.
+    pub cancel: Option<&'a CancelToken>,
 }
 
 /// One entry of the walked tree.
@@ -589,6 +620,9 @@ impl Walker<'_, '_> {
         inner: &[u8],
         key: &[u8],
     ) -> Result<Listing> {
+        if self.walk.cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(BuildError::Cancelled);
+        }
         let (arena, names) = read_names(&fd, real)?;
         let mut records = Vec::with_capacity(names.len());
         let mut subdirs = Vec::new();
@@ -642,11 +676,14 @@ impl SourceWalk<'_> {
         rel: &Path,
         count: &mut FileCount,
     ) -> Result<Digest> {
-        let records = self.records(hashes, real, rel)?;
+        let (records, changes) = self.records(hashes, real, rel)?;
         for r in records.iter().filter(|r| r.md.file_type() == FileType::RegularFile) {
             count.files += 1;
             count.bytes += r.md.size;
         }
+        count.changed_total += changes.len() as u64;
+        let room = FileCount::CHANGES_KEPT.saturating_sub(count.changed.len());
+        count.changed.extend(changes.into_iter().take(room));
         let mut h = Sha256::new();
         h.update(b"source-v1\0");
         // First path of each multiply-linked inode, in walk order (as the copy stages them).
@@ -697,7 +734,14 @@ impl SourceWalk<'_> {
     }
 
     /// Every entry the step sees, in walk order, with the digest of every regular file.
-    fn records(&self, hashes: &ContextHashes, real: &Path, rel: &Path) -> Result<Vec<Record>> {
+    /// Also the files whose digest the cache had for another stamp and that now differs
+    /// (context paths): what changed since the cache last saw them.
+    fn records(
+        &self,
+        hashes: &ContextHashes,
+        real: &Path,
+        rel: &Path,
+    ) -> Result<(Vec<Record>, Vec<String>)> {
         let walker = Walker { walk: self, hashes };
         let md = lstat(real)?;
         let key = real.strip_prefix(&hashes.root).unwrap_or(real).as_os_str().as_bytes();
@@ -718,10 +762,21 @@ impl SourceWalk<'_> {
             .enumerate()
             .filter_map(|(i, r)| r.miss.take().map(|m| (i, m.0, m.1, r.md)))
             .collect();
-        for (i, digest) in hashes.hash_misses(misses)? {
+        let before: Vec<(usize, Vec<u8>, Option<[u8; 32]>)> = misses
+            .iter()
+            .map(|(i, _, key, _)| {
+                (*i, key.clone(), hashes.table.find(key).map(|j| hashes.table.entry(j).1))
+            })
+            .collect();
+        for (i, digest) in hashes.hash_misses(misses, self.cancel)? {
             records[i].digest = Some(digest);
         }
-        Ok(records)
+        let changes = before
+            .into_iter()
+            .filter(|(i, _, old)| old.is_some() && *old != records[*i].digest)
+            .map(|(_, key, _)| String::from_utf8_lossy(&key).into_owned())
+            .collect();
+        Ok((records, changes))
     }
 }
 
@@ -845,6 +900,7 @@ mod tests {
             owners: false,
             mtime_clamp: Some(0),
             root_meta: false,
+            cancel: None,
         };
         let digest = |h: &ContextHashes| {
             walk.digest(h, &ctx, Path::new(""), &mut FileCount::default()).unwrap()
@@ -861,7 +917,7 @@ mod tests {
                 let md = lstat(&ctx.join(real)).unwrap();
                 added.insert(
                     path.as_bytes().to_vec(),
-                    (Stamp::of(&md), hash_file(&ctx.join(real)).unwrap()),
+                    (Stamp::of(&md), hash_file(&ctx.join(real), None).unwrap()),
                 );
             }
         }

@@ -32,7 +32,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::Digest as _;
 use strata_recipe::{Chmod, CopySpec, DockerIgnore, Source};
-use strata_types::Digest;
+use strata_types::{CancelToken, Digest};
 
 use crate::context_hash::{hash_file, ContextHashes, FileCount, SourceWalk};
 use crate::error::{BuildError, Result};
@@ -77,6 +77,8 @@ pub(crate) struct CopyEnv<'a> {
     pub is_add: bool,
     /// Scratch space for heredoc and URL sources.
     pub scratch: &'a Path,
+    /// The build's Ctrl-C, looked at between files and between chunks of a big one.
+    pub cancel: &'a CancelToken,
 }
 
 /// One expanded source.
@@ -139,6 +141,7 @@ pub(crate) fn source_inputs(
         owners: tree.keep_owner,
         mtime_clamp: Some(epoch),
         root_meta: false,
+        cancel: Some(env.cancel),
     };
     no_match(spec, tree, env)?;
     let mut out = Vec::new();
@@ -175,7 +178,7 @@ pub(crate) fn source_inputs(
                 }
                 None if spec.checksum.is_none() => {
                     let item = fetch_url(url, None, env.scratch, i)?;
-                    let digest = Digest::from_sha256(hash_file(&item.real)?);
+                    let digest = Digest::from_sha256(hash_file(&item.real, Some(env.cancel))?);
                     out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
                     fetched.urls.insert(i, item);
                 }
@@ -260,8 +263,15 @@ pub(crate) fn stage_copy(
         return Err(BuildError::DestinationNotDirectory { dest: spec.dest.clone() });
     }
     let new_owner = owner.unwrap_or((0, 0));
-    let opts = CopyOpts { owner, chmod, exclude: exclude.as_ref(), keep_owner: tree.keep_owner };
+    let opts = CopyOpts {
+        owner,
+        chmod,
+        exclude: exclude.as_ref(),
+        keep_owner: tree.keep_owner,
+        cancel: env.cancel,
+    };
     for item in &items {
+        cancelled(env.cancel)?;
         let base = match &item.keep_path {
             Some(k) => {
                 let d = dest_dir.join(k);
@@ -277,7 +287,14 @@ pub(crate) fn stage_copy(
         if extract {
             if let Some(kind) = archive_kind(&item.real)? {
                 ensure_dir(env.image, staging, &base, new_owner)?;
-                extract_archive(&item.real, kind, &staging.join(&base), &item.written, owner)?;
+                extract_archive(
+                    &item.real,
+                    kind,
+                    &staging.join(&base),
+                    &item.written,
+                    owner,
+                    Some(env.cancel),
+                )?;
                 continue;
             }
         }
@@ -312,6 +329,34 @@ struct CopyOpts<'a> {
     chmod: Option<&'a Chmod>,
     exclude: Option<&'a DockerIgnore>,
     keep_owner: bool,
+    cancel: &'a CancelToken,
+}
+
+/// [`BuildError::Cancelled`] once the build is.
+fn cancelled(cancel: &CancelToken) -> Result<()> {
+    if cancel.is_cancelled() {
+        return Err(BuildError::Cancelled);
+    }
+    Ok(())
+}
+
+/// Bytes copied between two looks at the cancel token (a chunk takes well under a second).
+const COPY_CHUNK: u64 = 64 << 20;
+
+/// Copies the bytes of the file `real` to a new file `target`, in [`COPY_CHUNK`]s (each by
+/// `copy_file_range` where the kernel can, as `fs::copy`), stopping between chunks once the
+/// build is cancelled.
+fn copy_bytes(real: &Path, target: &Path, cancel: &CancelToken) -> Result<()> {
+    let src = fs::File::open(real).map_err(|e| BuildError::io("open", real, e))?;
+    let dst = fs::File::create(target).map_err(|e| BuildError::io("create", target, e))?;
+    loop {
+        cancelled(cancel)?;
+        let copied = std::io::copy(&mut (&src).take(COPY_CHUNK), &mut (&dst))
+            .map_err(|e| BuildError::io("copy", real, e))?;
+        if copied == 0 {
+            return Ok(());
+        }
+    }
 }
 
 fn has_meta(s: &str) -> bool {
@@ -606,7 +651,7 @@ fn copy_entry(
             }
             links.insert(inode, target.to_path_buf());
         }
-        fs::copy(real, target).map_err(|e| BuildError::io("copy", real, e))?;
+        copy_bytes(real, target, opts.cancel)?;
     } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
         use rustix::fs::{FileType, Mode};
         let kind = if ft.is_fifo() {
@@ -662,6 +707,7 @@ fn copy_tree(
 ) -> Result<bool> {
     let mut copied = false;
     for (name, real) in tree.view.list(rel)? {
+        cancelled(opts.cancel)?;
         let child = rel.join(&name);
         let child_inner = inner.join(&name);
         let md = fs::symlink_metadata(&real).map_err(|e| BuildError::io("lstat", &real, e))?;
@@ -803,10 +849,12 @@ fn extract_archive(
     dest: &Path,
     written: &str,
     owner: Option<(u32, u32)>,
+    cancel: Option<&CancelToken>,
 ) -> Result<()> {
-    let err = |source: strata_layer::LayerError| BuildError::Extract {
-        path: written.to_string(),
-        source: Box::new(source),
+    let err = |source: strata_layer::LayerError| match cancel {
+        // The reader below failed because the build was cancelled.
+        Some(c) if c.is_cancelled() => BuildError::Cancelled,
+        _ => BuildError::Extract { path: written.to_string(), source: Box::new(source) },
     };
     let f = fs::File::open(path).map_err(|e| BuildError::io("open", path, e))?;
     let reader = kind
@@ -816,6 +864,7 @@ fn extract_archive(
     if let Some((uid, gid)) = owner {
         opts = opts.owner(uid, gid);
     }
+    let reader = CancelRead { inner: reader, cancel: cancel.cloned() };
     strata_layer::apply(reader, dest, &opts).map_err(err)?;
     Ok(())
 }
@@ -858,6 +907,22 @@ fn git_item(
             keep_owner: false,
         })),
     })
+}
+
+/// A reader that fails once `cancel` is cancelled, so an archive being extracted stops
+/// between reads.
+struct CancelRead<R> {
+    inner: R,
+    cancel: Option<CancelToken>,
+}
+
+impl<R: Read> Read for CancelRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            return Err(std::io::Error::other("build cancelled"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Downloads `url` into the scratch dir, verifying `checksum` before the file is used.
@@ -968,7 +1033,7 @@ impl StreamContext {
         fs::create_dir(&ctx).map_err(|e| BuildError::io("mkdir", &ctx, e))?;
         let recipe = match archive_kind(&spool)? {
             Some(kind) => {
-                extract_archive(&spool, kind, &ctx, "the context on stdin", None)?;
+                extract_archive(&spool, kind, &ctx, "the context on stdin", None, None)?;
                 None
             }
             None => Some(

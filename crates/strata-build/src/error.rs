@@ -443,6 +443,12 @@ impl BuildError {
         BuildError::Io { op, path: path.into(), source }
     }
 
+    /// Whether this is the build's cancel: [`BuildError::Cancelled`], or a layer write
+    /// stopped by the same token.
+    pub(crate) fn is_cancel(&self) -> bool {
+        matches!(self, BuildError::Cancelled | BuildError::Layer(LayerError::Cancelled))
+    }
+
     /// The innermost error (below any [`BuildError::Step`] wrappers).
     pub fn root_cause(&self) -> &BuildError {
         match self {

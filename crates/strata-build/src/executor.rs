@@ -233,7 +233,7 @@ impl<'a> Builder<'a> {
                 self.io.store.image(&manifest)?
             }
         };
-        ImageState::from_image(self.io.store, &image)
+        ImageState::from_image(self.io.store, &image, reference)
     }
 
     /// Builds stage `index` for this builder's platform, or takes the result another
@@ -396,8 +396,9 @@ impl<'a> Builder<'a> {
         scope: &Scope,
     ) -> Result<()> {
         let line = step.span.line;
-        // Between steps is where a cancelled build stops (a running RUN is killed by the
-        // sandbox; COPY and layer writes finish their step first).
+        // Between steps is where a cancelled build stops; within one, a running RUN is killed
+        // by the sandbox and a COPY stops between files (and chunks of a big one), as does
+        // the layer write.
         if self.io.opts.cancel.is_cancelled() {
             return Err(BuildError::Cancelled);
         }
@@ -409,9 +410,12 @@ impl<'a> Builder<'a> {
             text: crate::git::redact_text(&step.original),
         });
         let started = Instant::now();
-        let result = self.dispatch(stage, step_index, state, step, scope).map_err(|e| match e {
-            BuildError::Cancelled => e,
-            e => self.wrap(stage, line, &step.original, e),
+        let result = self.dispatch(stage, step_index, state, step, scope).map_err(|e| {
+            if e.is_cancel() {
+                BuildError::Cancelled
+            } else {
+                self.wrap(stage, line, &step.original, e)
+            }
         })?;
         let empty = result.layer.is_none();
         if result.cached {
@@ -547,7 +551,7 @@ impl<'a> Builder<'a> {
                 state.run.on_build.push(expression.clone());
                 StepResult::meta(format!("ONBUILD {expression}"))
             }
-            Instruction::Workdir(p) => self.workdir(stage, state, p)?,
+            Instruction::Workdir(p) => self.workdir((stage, step_index), state, p)?,
             Instruction::Copy(spec) => self.copy((stage, step_index), state, spec, false, step)?,
             Instruction::Add(spec) => self.copy((stage, step_index), state, spec, true, step)?,
             Instruction::Run(run) => self.run(stage, step_index, state, run, scope, step)?,
@@ -577,24 +581,60 @@ impl<'a> Builder<'a> {
         !self.io.opts.no_cache && !self.stages.no_cache_stages.contains(&stage)
     }
 
+    /// Where step `step` of `stage` is, for the cache's step pointers (see
+    /// [`cache::locator`]).
+    pub fn locator(&self, (stage, step): (usize, usize), state: &ImageState) -> Digest {
+        let platform = state.platform.clone().unwrap_or_else(Platform::host);
+        let at = format!("{platform}\0{stage}\0{step}");
+        cache::locator(&self.io.opts.context, &self.io.opts.recipe_path, &at)
+    }
+
     /// The cached result of `key`, when allowed for `stage` and its blob is still stored:
-    /// the snapshot is made sure of and nothing else happens.
+    /// the snapshot is made sure of and nothing else happens. A miss is explained in a
+    /// [`BuildEvent::CacheMiss`] (`changed`: the context files the step's sources saw
+    /// change).
     pub fn cached(
         &self,
-        stage: usize,
+        at: (usize, usize),
+        state: &ImageState,
         kind: cache::Kind,
-        key: Option<&Digest>,
+        key: &cache::StepKey,
         created_by: &str,
+        changed: &FileCount,
     ) -> Result<Option<StepResult>> {
-        let Some(key) = key.filter(|_| self.cache_enabled(stage)) else { return Ok(None) };
-        let found = cache::lookup(self.io.store, kind, key).or_else(|| {
-            let key = CacheKey { kind, digest: *key };
+        let (stage, step) = at;
+        let miss = |reason: String| {
+            self.io.progress.event(&BuildEvent::CacheMiss { stage, step, reason });
+            Ok(None)
+        };
+        if !self.cache_enabled(stage) {
+            return miss(if self.io.opts.no_cache {
+                "--no-cache".into()
+            } else {
+                "--no-cache-filter names this stage".into()
+            });
+        }
+        let locator = self.locator(at, state);
+        let Some(digest) = key.digest else {
+            return miss(cache::explain_miss(self.io.store, &locator, key, kind, changed));
+        };
+        let found = cache::lookup(self.io.store, kind, &digest).or_else(|| {
+            let key = CacheKey { kind, digest };
             let e = self.cache.imported.take(self.io.store, &key, self.io.progress)?;
             let size = e.layer.size();
-            Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id }, size))
+            Some((LayerRef { descriptor: e.layer, diff_id: e.diff_id, image: None }, size))
         });
-        let Some((layer, size)) = found else { return Ok(None) };
+        let Some((layer, size)) = found else {
+            return miss(cache::explain_miss(self.io.store, &locator, key, kind, changed));
+        };
         ensure_snapshot(self.io.store, &layer)?;
+        // The step's pointer follows what it last used (only written when it moves, so a
+        // no-op rebuild writes nothing).
+        let hit = CacheKey { kind, digest };
+        if self.io.store.cache_step(&locator) != Some(hit) {
+            let _ = self.io.store.cache_note_step(&locator, &hit);
+        }
+        let key = &digest;
         self.used(stage, kind, key, &layer);
         Ok(Some(StepResult {
             created_by: created_by.to_string(),
@@ -611,11 +651,19 @@ impl<'a> Builder<'a> {
         entries.push((stage, CacheKey { kind, digest: *key }, entry));
     }
 
-    /// Remembers `layer` as the result of `key` in the store's cache (best effort) and as
-    /// used by `stage`.
-    pub fn record(&self, stage: usize, kind: cache::Kind, key: &Digest, layer: &LayerRef) {
-        cache::record(self.io.store, kind, key, layer);
-        self.used(stage, kind, key, layer);
+    /// Remembers `layer` as the result of `key` in the store's cache (best effort), with
+    /// the step at `at` as its maker, and as used by its stage.
+    pub fn record(
+        &self,
+        at: (usize, usize),
+        state: &ImageState,
+        kind: cache::Kind,
+        key: &cache::StepKey,
+        layer: &LayerRef,
+    ) {
+        let Some(digest) = key.digest else { return };
+        cache::record(self.io.store, kind, key, &self.locator(at, state), layer);
+        self.used(at.0, kind, &digest, layer);
     }
 
     /// The key fields every step shares: kind, parent chain, writer settings.
@@ -645,7 +693,7 @@ impl<'a> Builder<'a> {
         let desc = write_layer(self.io.store, &self.cache.writer, changeset, source)?;
         self.done.layers_written.fetch_add(1, Ordering::Relaxed);
         self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
-        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
+        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id, image: None };
         ensure_snapshot(self.io.store, &layer)?;
         Ok((layer, desc.size))
     }
@@ -656,12 +704,17 @@ impl<'a> Builder<'a> {
         let desc = write_layer(self.io.store, &self.cache.writer, changeset, tree)?;
         self.done.layers_written.fetch_add(1, Ordering::Relaxed);
         self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
-        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id };
+        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id, image: None };
         adopt_snapshot(self.io.store, &layer, tree, self.io.opts.timestamp)?;
         Ok((layer, desc.size))
     }
 
-    fn workdir(&self, stage: usize, state: &mut ImageState, path: &str) -> Result<StepResult> {
+    fn workdir(
+        &self,
+        at: (usize, usize),
+        state: &mut ImageState,
+        path: &str,
+    ) -> Result<StepResult> {
         let wd = join_workdir(&state.run.working_dir, path);
         state.run.working_dir = wd.clone();
         let created_by = format!("WORKDIR {wd}");
@@ -682,17 +735,17 @@ impl<'a> Builder<'a> {
         let mut doc = self.key_base("workdir", state);
         doc.insert("path".into(), wd.clone().into());
         doc.insert("owner".into(), vec![owner.0, owner.1].into());
-        let key = cache::key_of(&serde_json::Value::Object(doc));
-        if let Some(hit) = self.cached(stage, cache::Kind::Workdir, key.as_ref(), &created_by)? {
+        let key = cache::StepKey::of(doc);
+        let none = FileCount::default();
+        let kind = cache::Kind::Workdir;
+        if let Some(hit) = self.cached(at, state, kind, &key, &created_by, &none)? {
             return Ok(hit);
         }
         let staging = self.staging()?;
         ensure_dir(&view, staging.path(), &rel, owner)?;
         let cs = Changeset::from_scan(scan(staging.path())?);
         let (layer, size) = self.commit(&cs, staging.path())?;
-        if let Some(key) = &key {
-            self.record(stage, cache::Kind::Workdir, key, &layer);
-        }
+        self.record(at, state, kind, &key, &layer);
         Ok(StepResult::written(created_by, layer, size))
     }
 
@@ -758,6 +811,7 @@ impl<'a> Builder<'a> {
             workdir: &state.run.working_dir,
             is_add,
             scratch: scratch.path(),
+            cancel: &self.io.opts.cancel,
         };
         let mut fetched = Fetched::default();
         let mut scanned = FileCount::default();
@@ -785,11 +839,16 @@ impl<'a> Builder<'a> {
             doc.insert("workdir".into(), state.run.working_dir.clone().into());
         }
         // A spec that cannot be serialized is not cached (never a key without it).
-        let key = serde_json::to_value(spec).ok().and_then(|v| {
-            doc.insert("spec".into(), v);
-            cache::key_of(&serde_json::Value::Object(doc))
-        });
-        if let Some(hit) = self.cached(stage, cache::Kind::Copy, key.as_ref(), &created_by)? {
+        let key = match serde_json::to_value(spec) {
+            Ok(v) => {
+                doc.insert("spec".into(), v);
+                cache::StepKey::of(doc)
+            }
+            Err(_) => cache::StepKey { digest: None, inputs: Default::default() },
+        };
+        let at = (stage, step_index);
+        let kind = cache::Kind::Copy;
+        if let Some(hit) = self.cached(at, state, kind, &key, &created_by, &scanned)? {
             return Ok(hit);
         }
         stage_copy(&env, spec, &tree, &root, &mut fetched)?;
@@ -799,9 +858,7 @@ impl<'a> Builder<'a> {
         self.io.progress.event(&BuildEvent::CopyStaged { stage, step: step_index, files, bytes });
         let cs = Changeset::from_scan(staged);
         let (layer, size) = self.commit_staged(&cs, &root)?;
-        if let Some(key) = &key {
-            self.record(stage, cache::Kind::Copy, key, &layer);
-        }
+        self.record(at, state, kind, &key, &layer);
         Ok(StepResult::written(created_by, layer, size))
     }
 }

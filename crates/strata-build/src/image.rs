@@ -28,11 +28,20 @@ pub(crate) const DEFAULT_PATH: &str =
 /// The comment BuildKit's Dockerfile frontend writes in every history entry.
 pub(crate) const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 
-/// One layer of the chain: its blob descriptor and its diffID.
-#[derive(Debug, Clone, PartialEq)]
+/// One layer of the chain: its blob descriptor and its diffID, and for a base image's layer
+/// the image's name (what a corrupt blob is reported against).
+#[derive(Debug, Clone)]
 pub(crate) struct LayerRef {
     pub descriptor: Descriptor,
     pub diff_id: Digest,
+    pub image: Option<std::sync::Arc<str>>,
+}
+
+/// The same layer, wherever it was found.
+impl PartialEq for LayerRef {
+    fn eq(&self, other: &LayerRef) -> bool {
+        self.descriptor == other.descriptor && self.diff_id == other.diff_id
+    }
 }
 
 impl LayerRef {
@@ -75,7 +84,9 @@ impl ImageState {
 
     /// The state of a stored image, read from its raw config blob (so fields the OCI types do
     /// not model, like Docker's `OnBuild`, are seen).
-    pub fn from_image(store: &Store, image: &Image) -> Result<ImageState> {
+    /// `name` is how the user named the image (for error messages).
+    pub fn from_image(store: &Store, image: &Image, name: &str) -> Result<ImageState> {
+        let name: std::sync::Arc<str> = name.into();
         let config_digest = Digest::try_from(image.manifest.config().digest())
             .map_err(strata_store::StoreError::from)?;
         let raw: Value = serde_json::from_slice(&store.read_blob(&config_digest)?)
@@ -91,7 +102,11 @@ impl ImageState {
             .layers()
             .iter()
             .zip(diff_ids)
-            .map(|(d, diff_id)| LayerRef { descriptor: d.clone(), diff_id })
+            .map(|(d, diff_id)| LayerRef {
+                descriptor: d.clone(),
+                diff_id,
+                image: Some(name.clone()),
+            })
             .collect();
         let mut run = RunConfig::from_json(&c);
         // Docker and BuildKit run a base's triggers in the child and do not pass them on.

@@ -15,8 +15,9 @@
 //! A build can be stopped from another thread through [`BuildOptions::cancel`] (the CLI's
 //! Ctrl-C handler does this): it is checked before every step and once more before tagging,
 //! and a running RUN is killed with its whole pid namespace, so the build ends promptly with
-//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or a
-//! layer write in progress finishes its step first.
+//! [`BuildError::Cancelled`], its scratch directories dropped and nothing tagged. A COPY or
+//! ADD stops too, between files and between chunks of a big file, whether it is hashing
+//! the context, staging its files or writing the layer (whose unfinished blob is dropped).
 //!
 //! Rebuilds are incremental: every RUN, COPY, ADD and directory-creating WORKDIR has a cache
 //! key computed from content (the parent chain's diffIDs, the expanded instruction, what it can
@@ -115,7 +116,8 @@ pub use options::{
     NamedContext, Network, PullPolicy, RunRootfs, SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{
-    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, EVENT_VERSION,
+    BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, PullBlobKind, PullBlobOutcome,
+    EVENT_VERSION,
 };
 pub use remote_cache::{CacheLocation, CacheMode, CacheSpec};
 pub use ssh::{SshSource, SshSpec};
@@ -150,8 +152,11 @@ pub fn build_with(
     // Bad tags and outputs fail before any work, not after.
     opts.validate()?;
     // Held until the caller drops the store: a concurrent `gc` cannot sweep the untagged
-    // layers, snapshots and cache entries this build writes or relies on.
+    // layers, snapshots and cache entries this build writes or relies on, or the base it
+    // reads (taking it also sweeps dead processes' leftovers from the store's tmp).
     store.lease()?;
+    // And the RUN scratch directories of killed builds (locked while their run lives).
+    strata_sandbox::sweep_scratch_dirs();
     let text = options::read_recipe(opts)?;
     let parse_err = |source: strata_recipe::ParseError| BuildError::Parse {
         path: opts.recipe_path.clone(),
@@ -205,7 +210,9 @@ pub fn build_with(
             .sum(),
     });
     let cache = executor::StepCache {
-        writer: LayerWriter::new(opts.compression).epoch(opts.timestamp),
+        writer: LayerWriter::new(opts.compression)
+            .epoch(opts.timestamp)
+            .cancel_on(opts.cancel.clone()),
         hashes: context_hash::ContextHashes::load(store, &opts.context),
         imported: remote_cache::Imported::load(opts, progress),
         named_dirs: Default::default(),
@@ -300,7 +307,8 @@ pub fn build_with(
         }
     };
     for tag in &opts.tags {
-        store.tag(tag, &manifest)?;
+        // Docker's rule: the image a tag moves away from stays, as `<none>`, until pruned.
+        store.retag(tag, &manifest)?;
     }
     if opts.tags.is_empty() {
         // As `docker build` without `-t`: a `<none>` image, kept until pruned.

@@ -95,6 +95,17 @@ pub enum BuildEvent {
         /// Step index.
         step: usize,
     },
+    /// A cacheable step's result is not in the cache, so it runs: why, against the result
+    /// the same step (context, recipe, platform, stage, step) made last time, e.g. "source
+    /// files changed: app/index.php" or "an earlier step changed (the layers below differ)".
+    CacheMiss {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+        /// One line saying which inputs changed.
+        reason: String,
+    },
     /// A COPY or ADD from the build context has looked at its sources (to compute its cache
     /// key): what of the context it reads, after `.dockerignore` and `--exclude`.
     ContextScanned {
@@ -149,6 +160,38 @@ pub enum BuildEvent {
         /// The reference, `host/repo:tag`.
         reference: String,
     },
+    /// A blob of the base being pulled starts downloading (the store lacks it).
+    PullBlobStart {
+        /// The reference being pulled.
+        reference: String,
+        /// The blob's digest.
+        digest: String,
+        /// What the blob is.
+        kind: PullBlobKind,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// Bytes of that blob downloaded so far (about one event per MiB).
+    PullBlobProgress {
+        /// The reference being pulled.
+        reference: String,
+        /// The blob's digest.
+        digest: String,
+        /// Bytes downloaded so far.
+        done: u64,
+        /// The blob's size ([`BuildEvent::PullBlobStart::size`]).
+        size: u64,
+    },
+    /// A blob of the base is in the store: downloaded, or already there (then without a
+    /// [`BuildEvent::PullBlobStart`] before it).
+    PullBlobDone {
+        /// The reference being pulled.
+        reference: String,
+        /// The blob's digest.
+        digest: String,
+        /// How it got there.
+        outcome: PullBlobOutcome,
+    },
     /// The pull finished; the image is in the store, tagged with its reference.
     PullDone {
         /// The reference, `host/repo:tag`.
@@ -190,6 +233,30 @@ pub enum BuildEvent {
         /// Compressed bytes of the layers written.
         bytes_written: u64,
     },
+}
+
+/// What a blob of a pulled base is ([`BuildEvent::PullBlobStart`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PullBlobKind {
+    /// A layer.
+    Layer,
+    /// The image config.
+    Config,
+    /// A manifest or index.
+    Manifest,
+}
+
+/// How a blob of a pulled base reached the store ([`BuildEvent::PullBlobDone`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PullBlobOutcome {
+    /// Downloaded from the registry.
+    Downloaded,
+    /// The store had it; nothing moved.
+    Present,
 }
 
 /// Receives [`BuildEvent`]s.

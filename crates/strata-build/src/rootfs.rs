@@ -23,7 +23,14 @@ pub(crate) fn ensure_snapshot(store: &Store, layer: &LayerRef) -> Result<PathBuf
     store.snapshots().ensure(&layer.diff_id, |dir| {
         let digest = layer.digest()?;
         let opts = ApplyOptions::default().overlay_whiteouts();
-        let report = apply_blob(store, &digest, dir, &opts)?;
+        let report = apply_blob(store, &digest, dir, &opts).map_err(|e| {
+            // A corrupt base blob is reported as such, whatever the tar reader or the
+            // decompressor made of its bytes (nothing was published: `dir` is dropped).
+            match layer.image.as_deref().map(|image| store.verify_blob_of(&digest, image)) {
+                Some(Err(corrupt @ strata_store::StoreError::CorruptBlob { .. })) => corrupt.into(),
+                _ => BuildError::from(e),
+            }
+        })?;
         if let Some(found) = report.diff_id {
             if found != layer.diff_id {
                 return Err(BuildError::DiffIdMismatch {

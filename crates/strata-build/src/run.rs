@@ -136,7 +136,11 @@ impl Builder<'_> {
         let at = StepAt { stage, step, owner: (0, 0), platform: platform.as_ref() };
         let process = Process { argv: &argv, env: &env, cwd: &cwd, network };
         let key = self.run_cache_key(&at, state, run, &process)?;
-        if let Some(hit) = self.cached(stage, cache::Kind::Run, key.as_ref(), &created_by)? {
+        let none = FileCount::default();
+        let step_at = (stage, step_index);
+        if let Some(hit) =
+            self.cached(step_at, state, cache::Kind::Run, &key, &created_by, &none)?
+        {
             return Ok(hit);
         }
         // A foreign platform's command runs through an emulator, which must be there first.
@@ -233,9 +237,7 @@ impl Builder<'_> {
             }
         };
         let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
-        if let Some(key) = &key {
-            self.record(stage, cache::Kind::Run, key, &layer);
-        }
+        self.record(step_at, state, cache::Kind::Run, &key, &layer);
         Ok(StepResult::written(created_by, layer, size))
     }
 
@@ -246,7 +248,7 @@ impl Builder<'_> {
         state: &ImageState,
         run: &RunSpec,
         process: &Process<'_>,
-    ) -> Result<Option<Digest>> {
+    ) -> Result<cache::StepKey> {
         let StepAt { stage, step, .. } = *at;
         let Process { argv, env, cwd, network } = *process;
         let mut bind_inputs = Vec::new();
@@ -301,7 +303,7 @@ impl Builder<'_> {
         if let serde_json::Value::Object(f) = fields {
             doc.extend(f);
         }
-        Ok(cache::key_of(&serde_json::Value::Object(doc)))
+        Ok(cache::StepKey::of(doc))
     }
 
     /// The digest of what a bind mount of the context shows the command: every entry below
@@ -314,6 +316,7 @@ impl Builder<'_> {
             owners: true,
             mtime_clamp: None,
             root_meta: true,
+            cancel: Some(&self.io.opts.cancel),
         };
         walk.digest(&self.cache.hashes, &real, &rel, &mut FileCount::default())
     }

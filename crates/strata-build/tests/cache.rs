@@ -471,3 +471,89 @@ fn add_urls_are_keyed_by_checksum_or_fetched_bytes() {
     let root = e.flatten(&out);
     assert_eq!(fs::read_to_string(root.path().join("opt/tool.txt")).unwrap(), "two\n");
 }
+
+/// `(step text, reason)` of every cache miss, in order.
+fn misses(events: &[BuildEvent]) -> Vec<(String, String)> {
+    let mut texts = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for e in events {
+        match e {
+            BuildEvent::StepStart { stage, step, text, .. } => {
+                texts.insert((*stage, *step), text.clone());
+            }
+            BuildEvent::CacheMiss { stage, step, reason } => {
+                out.push((texts[&(*stage, *step)].clone(), reason.clone()))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn each_miss_says_which_input_changed() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let ctx = context(&e);
+    let mut opts = BuildOptions::new(&ctx);
+    // Files younger than the racy window are not remembered; let them age so the stat-hash
+    // cache knows their content.
+    std::thread::sleep(Duration::from_millis(2100));
+    let run = |opts: &BuildOptions| {
+        let (r, events) = e.build_with(opts);
+        r.unwrap();
+        misses(&events)
+    };
+    let first = run(&opts);
+    assert_eq!(first.len(), 3, "{first:?}");
+    for (_, why) in &first {
+        assert_eq!(why, "not built from this context and recipe before");
+    }
+    assert_eq!(run(&opts), vec![], "a no-op rebuild misses nothing");
+
+    // A source file's content: the COPY names it, the steps after it name their parent.
+    fs::write(ctx.join("src/sub/c.txt"), "GAMMA\n").unwrap();
+    let later = "an earlier step changed (the layers below differ)";
+    let expected = vec![
+        (ALL[0].to_string(), "source files changed: src/sub/c.txt".to_string()),
+        (ALL[1].to_string(), later.to_string()),
+        (ALL[2].to_string(), later.to_string()),
+    ];
+    assert_eq!(run(&opts), expected);
+
+    // A build arg the RUN sees.
+    opts.build_args.set("V", "2");
+    let got = run(&opts);
+    assert_eq!(got[0], (ALL[1].to_string(), "the environment or build args changed".into()));
+    assert_eq!(got[1], (ALL[2].to_string(), later.to_string()));
+
+    // A new file, which the stat-hash cache never saw: the sources changed, unnamed.
+    fs::write(ctx.join("src/new.txt"), "new\n").unwrap();
+    let got = run(&opts);
+    assert_eq!(
+        got[0],
+        (
+            ALL[0].to_string(),
+            "its sources changed (new, removed or renamed files, or modes)".into()
+        )
+    );
+
+    // The instruction; then the layers of the last result gone (rmi + gc).
+    let recipe = RECIPE.replace("COPY later.txt /later.txt", "COPY later.txt /later2.txt");
+    fs::write(ctx.join("Dockerfile"), recipe).unwrap();
+    let got = run(&opts);
+    assert_eq!(got, vec![("COPY later.txt /later2.txt".into(), "the instruction changed".into())]);
+    // The untagged results pruned and collected: every step says its layer is gone.
+    e.store.prune_dangling().unwrap();
+    e.store.gc(&[]).unwrap();
+    let got = run(&opts);
+    let gone = "its cached layer is gone (gc, prune or rmi removed it)";
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|(_, why)| why == gone), "{got:?}");
+    opts.no_cache = true;
+    let got = run(&opts);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|(_, why)| why == "--no-cache"), "{got:?}");
+}

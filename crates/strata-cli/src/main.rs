@@ -17,7 +17,19 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
+            // A corrupt blob is the one thing to say, however deep the reader that met it;
+            // other damage gets the fsck hint.
+            match (commands::corrupt_blob(&err), commands::damage_hint(&err)) {
+                (Some(corrupt), _) => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {corrupt}");
+                }
+                (None, Some(hint)) => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {err:#}; {hint}");
+                }
+                (None, None) => {
+                    let _ = writeln!(std::io::stderr(), "strata: error: {err:#}");
+                }
+            }
             ExitCode::from(commands::exit_code_for(&err))
         }
     }

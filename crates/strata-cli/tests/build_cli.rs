@@ -196,7 +196,9 @@ fn a_php_change_reruns_only_the_app_copy_and_after() {
     assert_eq!(done["layers_written"], 5);
     assert_eq!(done["layers_reused"], 0);
 
-    // A no-op rebuild: every layer step cached, the report says so.
+    // A no-op rebuild: every layer step cached, the report says so. (After the racy window,
+    // so the stat-hash cache remembers the files' content from here on.)
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let out = strata(&store, &["build", "--progress", "plain", "-t", "lamp:v1", ctx]);
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
@@ -207,7 +209,16 @@ fn a_php_change_reruns_only_the_app_copy_and_after() {
     let php = dir.join("app/index.php");
     let text = std::fs::read_to_string(&php).unwrap().replace("version 1", "version 2");
     std::fs::write(&php, text).unwrap();
-    let (cached, done) = cached_steps(&ok(&store, &["build", "--progress", "json", ctx]));
+    let json = ok(&store, &["build", "--progress", "json", ctx]);
+    // The miss says why: the PHP file's content.
+    let miss = serde_json::json!({"version": 1, "event": "cache_miss", "stage": 0, "step": 4,
+        "reason": "source files changed: app/index.php"});
+    assert!(
+        json.lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l).ok() == Some(miss.clone())),
+        "{json}"
+    );
+    let (cached, done) = cached_steps(&json);
     assert_eq!(
         cached,
         [
@@ -221,6 +232,9 @@ fn a_php_change_reruns_only_the_app_copy_and_after() {
     assert_eq!(done["layers_written"], 1);
 
     // --no-cache runs everything; --no-cache-filter only the named stage (here the only one).
+    let out = strata(&store, &["build", "--progress", "plain", "--no-cache", ctx]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("cache miss: --no-cache").count(), 5, "{log}");
     let (cached, done) =
         cached_steps(&ok(&store, &["build", "--progress", "json", "--no-cache", ctx]));
     assert!(cached.is_empty());

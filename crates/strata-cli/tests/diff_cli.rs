@@ -162,7 +162,8 @@ fn other_transports_and_bad_input() {
     assert!(err.contains("app:nope") && err.contains("not found"), "{err}");
     let err = env.stderr(&["diff", "app:v1", "dir:/tmp/x"], 2);
     assert!(err.contains("not an image"), "{err}");
-    // Corrupt v2's own layer: the diff must read it, and says which blob is bad.
+    // Corrupt v2's own layer: the diff must read it, and says which blob is bad, as store
+    // damage (exit 3, pointing at fsck).
     let json: serde_json::Value =
         serde_json::from_str(&env.code(&["inspect", "--json", "--no-efficiency", "app:v2"], 0))
             .unwrap();
@@ -172,8 +173,10 @@ fn other_transports_and_bad_input() {
     let last = bytes.len() - 5;
     bytes[last] ^= 0x55;
     std::fs::write(&blob, bytes).unwrap();
-    let err = env.stderr(&["diff", "app:v1", "app:v2"], 2);
-    assert!(err.contains("corrupt") && err.contains(&digest), "{err}");
+    // Store damage: exit 3, the blob and the image named (issue 15 point 1).
+    let err = env.stderr(&["diff", "app:v1", "app:v2"], 3);
+    let line = format!("blob {digest} of image app:v2 is corrupt; run `strata fsck --repair`");
+    assert!(err.contains(&line), "{err}");
 }
 
 #[test]

@@ -154,6 +154,44 @@ fn untagged_build_is_listed_found_by_short_id_and_kept_until_pruned() {
     assert_eq!(image_rows(&env).len(), 1);
 }
 
+/// Docker's retag rule: the image a tag moves away from stays listed as `<none>` (plain gc
+/// keeps it) until a prune; before, the next gc freed it silently.
+#[test]
+fn an_image_whose_tag_moved_to_a_new_build_is_dangling_until_pruned() {
+    let env = Env::new();
+    let ctx = env.context("ctx", "one\n");
+    let v1 = env.build(&ctx, &["-t", "app:x"]);
+    std::fs::write(Path::new(&ctx).join("a"), "two\n").unwrap();
+    let v2 = env.build(&ctx, &["-t", "app:x"]);
+    assert_ne!(v1, v2);
+    let rows = image_rows(&env);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][..3], ["app", "x", short_id(&v2)], "{rows:?}");
+    assert_eq!(rows[1][..3], ["<none>", "<none>", short_id(&v1)], "{rows:?}");
+    env.ok(&["gc"]);
+    assert!(env.ok(&["inspect", "--no-efficiency", short_id(&v1)]).contains(&v1));
+    assert_eq!(image_rows(&env).len(), 2);
+    assert!(env.ok(&["fsck"]).contains("clean"));
+
+    // `strata tag` moving a tag does the same; an image that keeps another tag is not dangling.
+    env.ok(&["tag", "app:x", "app:keep"]);
+    env.ok(&["tag", short_id(&v1), "app:x"]);
+    let rows = image_rows(&env);
+    assert_eq!(rows.len(), 2, "v2 keeps app:keep, v1 is tagged again: {rows:?}");
+    assert!(rows.iter().all(|r| r[0] == "app"), "{rows:?}");
+    env.ok(&["rmi", "app:keep"]);
+    env.ok(&["tag", &v2, "app:x"]);
+    let rows = image_rows(&env);
+    assert_eq!(rows[1][..3], ["<none>", "<none>", short_id(&v1)], "{rows:?}");
+
+    let pruned = env.ok(&["image", "prune"]);
+    assert!(pruned.contains("removed 1 dangling image\n") && pruned.contains(&v1), "{pruned}");
+    let err = env.fails(&["inspect", short_id(&v1)], 2);
+    assert!(err.contains("not found"), "{err}");
+    assert_eq!(image_rows(&env), vec![vec!["app", "x", short_id(&v2), &rows[0][3], &rows[0][4]]]);
+    assert!(env.ok(&["fsck"]).contains("clean"));
+}
+
 #[test]
 fn rmi_takes_the_id_images_prints_and_force_for_several_tags() {
     let env = Env::new();

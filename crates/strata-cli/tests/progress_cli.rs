@@ -33,27 +33,21 @@ fn tty_view_shows_header_and_counters_within_the_pane_width() {
     let ctx = tmp.path().join("ctx");
     copy_context(&ctx);
     let store = tmp.path().join("store");
-    // A private tmux server: nothing of the machine's sessions is touched.
-    let socket = format!("strata-progress-{}", std::process::id());
-    let tmux = |args: &[&str]| Command::new("tmux").arg("-L").arg(&socket).args(args).output();
     let script = format!(
         "'{STRATA}' --store '{}' build --progress tty '{}'; echo EXIT=$?; sleep 60",
         store.display(),
         ctx.display()
     );
-    let out = tmux(&["new-session", "-d", "-x", "100", "-y", "30", "-s", "t", &script]).unwrap();
-    assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+    let tmux = common::Tmux::start("progress", 100, 30, &script);
     let deadline = Instant::now() + Duration::from_secs(60);
     let screen = loop {
-        // -J joins wrapped lines, so a line that wrapped shows as one longer than the pane.
-        let out = tmux(&["capture-pane", "-p", "-J", "-t", "t"]).unwrap();
-        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        let screen = tmux.screen();
         if screen.contains("EXIT=") || Instant::now() > deadline {
             break screen;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = tmux(&["kill-server"]);
+    drop(tmux);
     assert!(screen.contains("EXIT=0"), "{screen}");
     let header = screen.lines().find(|l| l.starts_with("[+] Building ")).expect(&screen);
     assert!(header.contains("(2/2) FINISHED"), "done/total steps: {screen}");
@@ -252,25 +246,30 @@ fn a_build_stopped_by_sigterm_tags_nothing() {
 
 #[test]
 fn a_second_ctrl_c_exits_at_once() {
-    // A COPY of a 16 GB sparse file: reading it for the cache key takes far longer than this
-    // test waits, and a COPY finishes its step before a first Ctrl-C takes effect.
+    // A base from a registry that accepts and never answers: the pull waits for its stall
+    // timeout (minutes by default) whatever the first Ctrl-C says, so only the second stops it.
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::File::create(ctx.join("big")).unwrap().set_len(16 << 30).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY big /big\n").unwrap();
+    std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+    let host = common::silent_server();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {host}/base:1\nCOPY Dockerfile /\n"))
+        .unwrap();
     let mut child = Command::new(STRATA)
         .arg("--store")
         .arg(tmp.path().join("store"))
         .args(["build", "--progress", "plain"])
         .arg(&ctx)
+        .env("HOME", tmp.path().join("home"))
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut log = String::new();
-    while !log.contains("COPY big /big") {
+    while !log.contains("pulling") {
         assert!(stderr.read_line(&mut log).unwrap() > 0, "build ended early:\n{log}");
     }
     let pid = child.id().to_string();
@@ -278,7 +277,7 @@ fn a_second_ctrl_c_exits_at_once() {
         || assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     interrupt();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "the COPY should still be running:\n{log}");
+    assert!(child.try_wait().unwrap().is_none(), "the pull should still be waiting:\n{log}");
     let second = Instant::now();
     interrupt();
     let deadline = second + Duration::from_secs(10);
@@ -295,4 +294,136 @@ fn a_second_ctrl_c_exits_at_once() {
     let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
     assert_eq!(code, Some(130), "{log}");
     assert_eq!(log.matches("cancelled").count(), 1, "{log}");
+}
+
+/// Runs `strata build --progress plain -t copy:x CTX` (TMPDIR private), sends SIGINT once
+/// stderr has a line containing `at`, and returns (exit code, stderr, time from the signal
+/// to the exit). Panics if the build does not stop within 60 s of the signal.
+fn interrupt_build_at(tmp: &Path, ctx: &Path, at: &str) -> (Option<i32>, String, Duration) {
+    let private_tmp = tmp.join("tmp");
+    std::fs::create_dir_all(&private_tmp).unwrap();
+    let mut child = Command::new(STRATA)
+        .arg("--store")
+        .arg(tmp.join("store"))
+        .args(["build", "--progress", "plain", "-t", "copy:x"])
+        .arg(ctx)
+        .env("TMPDIR", &private_tmp)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "build ended early:\n{log}");
+        log.push_str(&line);
+        if line.contains(at) {
+            break;
+        }
+    }
+    let signalled = Instant::now();
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if signalled.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the build did not stop within 60 s of Ctrl-C:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    log.push_str(&reader.join().unwrap());
+    let left: Vec<_> = std::fs::read_dir(&private_tmp).unwrap().collect();
+    assert!(left.is_empty(), "temp dirs left in TMPDIR: {left:?}\n{log}");
+    (code, log, took)
+}
+
+/// After a cancelled build: nothing of it is left in the store (no step dirs, no temp
+/// blobs, no layer blob, no tag), no mount names it, and fsck is clean.
+fn assert_nothing_left(store: &Path, log: &str) {
+    assert_eq!(store_leftovers(store), Vec::<String>::new(), "step dirs left: {log}");
+    let tmp = store.join("strata/v1/tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp).into_iter().flatten().collect();
+    assert!(left.is_empty(), "store temp files left: {left:?}\n{log}");
+    let blobs: Vec<_> =
+        std::fs::read_dir(store.join("blobs/sha256")).into_iter().flatten().collect();
+    assert!(blobs.is_empty(), "the COPY's layer was written: {blobs:?}\n{log}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&*store.to_string_lossy()), "mounts left:\n{mounts}");
+    let inspect =
+        Command::new(STRATA).arg("--store").arg(store).args(["inspect", "copy:x"]).output();
+    assert!(!inspect.unwrap().status.success(), "tagged after a cancel: {log}");
+    let fsck = Command::new(STRATA).arg("--store").arg(store).arg("fsck").output().unwrap();
+    assert!(fsck.status.success(), "fsck: {}", String::from_utf8_lossy(&fsck.stderr));
+}
+
+/// Regression (issue 16): Ctrl-C during a COPY waited for the step to finish (minutes for a
+/// big file). It stops the COPY between files and chunks: while hashing a 16 GB (sparse)
+/// file for the cache key, while staging 20,000 files and while an ADD extracts a tar of
+/// them, exit 130 well within a few seconds, "cancelled", nothing written, tagged or left
+/// behind.
+#[test]
+fn ctrl_c_during_a_copy_stops_it_at_once_and_leaves_nothing() {
+    // Hashing: the context scan of one big file.
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::File::create(ctx.join("big")).unwrap().set_len(16 << 30).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY big /big\n").unwrap();
+    let (code, log, took) = interrupt_build_at(tmp.path(), &ctx, "COPY big /big");
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.lines().any(|l| l == "cancelled"), "{log}");
+    assert!(!log.contains("error"), "a cancel is not reported as a failure: {log}");
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop hashing:\n{log}");
+    assert!(!log.contains("context:"), "the scan finished: {log}");
+    assert_nothing_left(&tmp.path().join("store"), &log);
+
+    // Staging: 20,000 small files, interrupted once the context scan is done.
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    for d in 0..100 {
+        let dir = ctx.join(format!("files/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n").repeat(200)).unwrap();
+        }
+    }
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY files/ /files/\n").unwrap();
+    let (code, log, took) = interrupt_build_at(tmp.path(), &ctx, "#1 context: 20000 files");
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.lines().any(|l| l == "cancelled"), "{log}");
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop staging:\n{log}");
+    assert!(!log.contains("copied") && !log.contains("DONE"), "the COPY finished: {log}");
+    assert_nothing_left(&tmp.path().join("store"), &log);
+
+    // Extracting: an ADD of a tar of those 20,000 files, interrupted after the scan.
+    let files = tmp.path().join("ctx");
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(ctx.join("files.tar"))
+        .arg("-C")
+        .arg(&files)
+        .arg("files")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nADD files.tar /x/\n").unwrap();
+    let (code, log, took) = interrupt_build_at(tmp.path(), &ctx, "#1 context: 1 file");
+    assert_eq!(code, Some(130), "{log}");
+    assert!(log.lines().any(|l| l == "cancelled"), "{log}");
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop extracting:\n{log}");
+    assert!(!log.contains("copied") && !log.contains("DONE"), "the ADD finished: {log}");
+    assert_nothing_left(&tmp.path().join("store"), &log);
 }

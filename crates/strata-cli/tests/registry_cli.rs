@@ -488,6 +488,116 @@ fn build_pulls_a_registry_base_on_demand() {
     e.ok("b", &["build", "--progress", "plain", "--pull=never", ctx]);
 }
 
+/// Issue 16: a build that pulls its base shows each layer's download as `strata pull` does:
+/// a bar with bytes done/total in the tty view (watched in tmux through a slow link to a real
+/// registry), one line per blob in plain mode, `pull_blob_*` events in JSON.
+#[test]
+fn build_shows_per_layer_pull_progress_in_every_display() {
+    if !needs_root() || !have("tmux") {
+        return;
+    }
+    let e = Env::new();
+    let Some(reg) = start_registry(None) else { return };
+    let tree = e.path("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    // 3 MB that zstd cannot shrink: a layer big enough for several progress events.
+    let mut noise = Vec::with_capacity(3 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(tree.join("noise"), &noise).unwrap();
+    e.ok("a", &["import", tree.to_str().unwrap(), "base:1"]);
+    let (_, layers, _) = e.inspect("a", "base:1");
+    let layer_hex = &layers[0]["sha256:".len()..][..12];
+    e.ok("a", &["push", "base:1", &format!("docker://{}/base:1", reg.host())]);
+    let ctx = e.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f.txt"), "f\n").unwrap();
+    let recipe = |host: &str| format!("FROM {host}/base:1\nCOPY f.txt /f.txt\n");
+
+    // tty, through a link of 512 kB/s: the bar is on screen while the layer downloads.
+    let slow = common::throttled_proxy(&reg.host(), 512 * 1024);
+    std::fs::write(ctx.join("Dockerfile"), recipe(&slow)).unwrap();
+    let script = format!(
+        "HOME='{}' '{}' --store '{}' build --progress tty '{}'; echo EXIT=$?; sleep 60",
+        e.path("home").display(),
+        env!("CARGO_BIN_EXE_strata"),
+        e.path("tty").display(),
+        ctx.display()
+    );
+    let tmux = common::Tmux::start("pull-progress", 120, 30, &script);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut bars = Vec::new();
+    let screen = loop {
+        let screen = tmux.screen();
+        bars.extend(
+            screen
+                .lines()
+                .filter(|l| l.starts_with(&format!(" => => layer {layer_hex} [")))
+                .map(str::to_string),
+        );
+        if screen.contains("EXIT=") || Instant::now() > deadline {
+            break screen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(tmux);
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    // Bytes done / total, part way: `[=======>            ] 1.049MB / 3.1MB`.
+    let partial = bars.iter().find(|l| {
+        let (done, total) = l.rsplit_once("] ").unwrap().1.split_once(" / ").unwrap();
+        done != total && !done.starts_with("0B")
+    });
+    assert!(partial.is_some(), "no bar part way through the download: {bars:?}\n{screen}");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.starts_with(&format!("layer {layer_hex} ")) && l.ends_with(" downloaded")),
+        "the finished layer's line stays above the view: {screen}"
+    );
+    for line in screen.lines() {
+        assert!(line.chars().count() <= 120, "line wider than the pane: {line:?}\n{screen}");
+    }
+
+    // plain and json, straight from the registry.
+    std::fs::write(ctx.join("Dockerfile"), recipe(&reg.host())).unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let out = e.run("plain", &["build", "--progress", "plain", ctx]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("=> layer {layer_hex} downloading (")), "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!("=> layer {layer_hex} ")) && l.ends_with(" downloaded")),
+        "{err}"
+    );
+    let out = e.run("json", &["build", "--progress", "json", ctx]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["event"] == kind && e["digest"] == layers[0].as_str()).collect()
+    };
+    let start = of("pull_blob_start");
+    assert_eq!(start.len(), 1, "{events:?}");
+    assert_eq!(start[0]["kind"], "layer");
+    assert_eq!(start[0]["reference"], format!("{}/base:1", reg.host()));
+    let size = start[0]["size"].as_u64().unwrap();
+    let progress = of("pull_blob_progress");
+    assert!(!progress.is_empty(), "{events:?}");
+    assert!(progress.iter().all(|p| p["size"] == size && p["done"].as_u64().unwrap() <= size));
+    let done = of("pull_blob_done");
+    assert_eq!(done.len(), 1, "{events:?}");
+    assert_eq!(done[0]["outcome"], "downloaded");
+    assert!(events.iter().all(|e| e["version"] == 1));
+}
+
 #[test]
 fn login_and_logout_with_htpasswd() {
     let e = Env::new();

@@ -251,9 +251,11 @@ fn corruption_is_caught_by_fsck_and_repaired() {
     let out = env.strata(&["fsck"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&layer));
-    // A verified read refuses it too.
+    // A verified read refuses it too, as store damage (exit 3) naming blob and image.
     let out = env.strata(&["export", "app:v1", &format!("dir:{}", env.path("x").display())]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("blob {layer} of image app:v1 is corrupt")), "{stderr}");
     // Repair removes the corrupt blob (exit 3: damage was found) and untags the image that
     // needed it into lost+found, so the store is consistent again.
     let out = env.strata(&["fsck", "--repair"]);
@@ -266,6 +268,62 @@ fn corruption_is_caught_by_fsck_and_repaired() {
     env.ok(&["gc"]);
     let out = env.ok(&["fsck"]);
     assert!(out.contains("clean") && out.contains("lost+found (1 images):"), "{out}");
+}
+
+/// Regression (issue 16): a stored layer blob damaged so that decoding it fails (a zstd
+/// error early in the stream, or a digest mismatch at its end) exited 2 like a bad request.
+/// It is store damage: exit 3, one line naming the blob and pointing at `strata fsck`, from
+/// every command that decodes the layer.
+#[test]
+fn a_layer_blob_damaged_inside_exits_3_naming_it_from_every_reader() {
+    let env = Env::new();
+    let tree = env.path("tree");
+    make_tree(&tree);
+    // Enough incompressible bytes that a flip in the middle lands inside compressed data.
+    let noise: Vec<u8> =
+        (0u64..64 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(tree.join("noise"), noise).unwrap();
+    env.ok(&["import", tree.to_str().unwrap(), "app:v1"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "--json", "app:v1"])).unwrap();
+    let layer = inspect["manifest"]["layers"][0]["digest"].as_str().unwrap().to_string();
+    let blob = env.store.join("blobs/sha256").join(layer.strip_prefix("sha256:").unwrap());
+    let whole = std::fs::read(&blob).unwrap();
+    // Byte 30: inside the first zstd block's header/data (decoding fails early); the middle:
+    // inside the data (decoding may get through to a digest mismatch at the end).
+    for at in [30, whole.len() / 2] {
+        let mut bytes = whole.clone();
+        bytes[at] ^= 0xff;
+        std::fs::write(&blob, &bytes).unwrap();
+        let out_dir = env.path(&format!("out-{at}"));
+        let archive = env.path(&format!("archive-{at}.tar"));
+        let layout = env.path(&format!("layout-{at}"));
+        for args in [
+            vec!["ls".to_string(), "app:v1".to_string()],
+            vec!["export".into(), "app:v1".into(), format!("dir:{}", out_dir.display())],
+            vec!["export".into(), "app:v1".into(), format!("docker-archive:{}", archive.display())],
+            vec![
+                "export".into(),
+                "--compression".into(),
+                "gzip".into(),
+                "app:v1".into(),
+                format!("oci:{}", layout.display()),
+            ],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = env.strata(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "byte {at}, {args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "byte {at}, {args:?}: one line: {stderr}");
+            assert!(
+                stderr.contains(&layer) && stderr.contains("is corrupt"),
+                "byte {at}, {args:?}: names the blob: {stderr}"
+            );
+            assert!(stderr.contains("run `strata fsck`"), "byte {at}, {args:?}: {stderr}");
+        }
+    }
+    std::fs::write(&blob, &whole).unwrap();
+    assert!(env.ok(&["fsck"]).contains("clean"));
 }
 
 /// Writes `bytes` over the store's index.json (or deletes it for `None`).

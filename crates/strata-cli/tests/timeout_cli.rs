@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TempRoot;
+use common::{silent_server, TempRoot};
 
 fn strata(dir: &TempRoot, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -21,23 +19,6 @@ fn strata(dir: &TempRoot, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-/// A server on 127.0.0.1 that accepts, reads, and never answers; its `host:port`.
-fn silent_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            // Read whatever comes; hold the connection open until the client gives up.
-            std::thread::spawn(move || {
-                let mut sink = [0u8; 4096];
-                while conn.read(&mut sink).is_ok_and(|n| n > 0) {}
-            });
-        }
-    });
-    host
 }
 
 #[test]

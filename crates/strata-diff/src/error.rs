@@ -87,3 +87,15 @@ pub enum DiffError {
         target: String,
     },
 }
+
+impl DiffError {
+    /// Whether the error means the store is damaged: a layer blob whose bytes do not match
+    /// its name or size, or a store error that says so ([`StoreError::is_damage`]).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            DiffError::CorruptBlob { .. } | DiffError::BlobSize { .. } => true,
+            DiffError::Store(s) => s.is_damage(),
+            _ => false,
+        }
+    }
+}

@@ -224,9 +224,44 @@ fn compare_layers(
 ///
 /// Reads the two configs and, for the file section, the layers above the common base (plus
 /// what is needed to decide the paths they name; see the crate docs). Every layer read is
-/// verified: a blob whose bytes do not match its digest is [`DiffError::CorruptBlob`], a tar
-/// that does not match the config's diffID is [`DiffError::DiffIdMismatch`].
+/// verified: a blob whose bytes do not match its digest is
+/// [`StoreError::CorruptBlob`](strata_store::StoreError::CorruptBlob) (in [`DiffError::Store`]),
+/// naming the image by [`StoredImage::name`] (else its digest); a tar that does not match the
+/// config's diffID is [`DiffError::DiffIdMismatch`].
 pub fn diff(
+    a: StoredImage<'_>,
+    b: StoredImage<'_>,
+    opts: &DiffOptions,
+) -> Result<ImageDiff, DiffError> {
+    diff_unnamed(a, b, opts).map_err(|e| name_corrupt_blob(e, &[&a, &b]))
+}
+
+/// A corrupt blob, reported against the image (of `images`) that has it.
+fn name_corrupt_blob(e: DiffError, images: &[&StoredImage<'_>]) -> DiffError {
+    use strata_store::StoreError;
+    let (digest, found) = match &e {
+        DiffError::CorruptBlob { digest, found, .. } => (*digest, *found),
+        DiffError::Store(StoreError::DigestMismatch { expected, found }) => (*expected, *found),
+        _ => return e,
+    };
+    for img in images {
+        let m = img.image;
+        let mut blobs = vec![m.manifest_descriptor.digest(), m.manifest.config().digest()];
+        blobs.extend(m.manifest.layers().iter().map(|l| l.digest()));
+        if !blobs.iter().any(|d| Digest::try_from(*d).is_ok_and(|d| d == digest)) {
+            continue;
+        }
+        let name = match (img.name, m.digest()) {
+            (Some(name), _) => name.to_owned(),
+            (None, Ok(d)) => d.to_string(),
+            (None, Err(_)) => continue,
+        };
+        return DiffError::Store(StoreError::CorruptBlob { digest, found, image: name });
+    }
+    e
+}
+
+fn diff_unnamed(
     a: StoredImage<'_>,
     b: StoredImage<'_>,
     opts: &DiffOptions,

@@ -221,10 +221,10 @@ pub(crate) fn write_docker_archive(
             tempfile::tempfile_in(parent).map_err(|e| ImageError::io("create", parent, e))?;
         let blob = source.store.open_blob_verified(&digest)?;
         let mut reader =
-            decompress(blob).map_err(|source| ImageError::ReadBlob { digest, source })?;
+            decompress(blob).map_err(|e| ImageError::read_stored_blob(&source.store, digest, e))?;
         let mut tee = TeeHash { inner: &mut scratch, hasher: Sha256::new(), len: 0 };
         io::copy(&mut reader, &mut tee)
-            .map_err(|source| ImageError::ReadBlob { digest, source })?;
+            .map_err(|e| ImageError::read_stored_blob(&source.store, digest, e))?;
         let (diff_id, size) = (Digest::from_sha256(tee.hasher.finalize().into()), tee.len);
         if let Some(expected) = diff_ids.get(i).and_then(|d| d.parse::<Digest>().ok()) {
             if expected != diff_id {

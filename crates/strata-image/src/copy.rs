@@ -449,7 +449,20 @@ fn push_source(
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<TransferReport, RegistryError> {
-    strata_registry::push(client, &source.store, &source.image, to, options, events)
+    strata_registry::push(client, &source.store, &source.image, to, options, events).map_err(|e| {
+        // A blob the push refused to send, reported against the image by the name it was
+        // pushed as (or its digest).
+        match e {
+            RegistryError::Store(store_err @ strata_store::StoreError::DigestMismatch { .. }) => {
+                let name = source
+                    .name
+                    .clone()
+                    .or_else(|| source.image.digest().ok().map(|d| d.to_string()));
+                RegistryError::Store(store_err.of_image(name.as_deref().unwrap_or("?")))
+            }
+            e => e,
+        }
+    })
 }
 
 /// The tag key a `name[:tag]` destination in the store is written under.

@@ -166,6 +166,20 @@ impl ImageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> ImageError {
         ImageError::Io { op, path: path.into(), source }
     }
+
+    /// [`ImageError::ReadBlob`] for a failed read of the stored blob `digest`, or the blob's
+    /// damage ([`StoreError::CorruptBlob`]) when its bytes do not hash to its name: a
+    /// decompressor or tar reader tripping over a damaged blob is store damage.
+    pub(crate) fn read_stored_blob(
+        store: &strata_store::Store,
+        digest: Digest,
+        source: io::Error,
+    ) -> ImageError {
+        match store.verify_blob(&digest) {
+            Err(damage @ StoreError::DigestMismatch { .. }) => ImageError::Store(damage),
+            _ => ImageError::ReadBlob { digest, source },
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

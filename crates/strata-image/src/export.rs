@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 
 use strata_layer::Compression;
-use strata_layer::{apply, ApplyOptions};
+use strata_layer::{apply_blob, ApplyOptions};
 use strata_store::Store;
 use strata_types::{Digest, ImageLocation};
 
@@ -54,7 +54,45 @@ impl ExportOptions {
 /// or `latest`; layers recompressed when `compression` asks for it), `docker-archive:FILE[:REF]`
 /// (loadable by `docker load`; layers always uncompressed), or `dir:PATH` (the flattened root
 /// filesystem; PATH must be absent or empty; see [`flatten`]).
+///
+/// Every blob is verified as it is read; when the export fails and one of the image's blobs
+/// is corrupt, the error is that ([`strata_store::StoreError::CorruptBlob`], naming the
+/// image), whatever the reader made of its bytes, and `oci:DIR` has no ref for it.
 pub fn export(
+    source: &OpenedImage,
+    dest: &ImageLocation,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
+    export_unblamed(source, dest, opts).map_err(|e| match e {
+        ImageError::DestinationNotEmpty { .. }
+        | ImageError::UnsupportedLocation { .. }
+        | ImageError::MultiPlatform { .. } => e,
+        e => blame_corrupt_blob(source, e),
+    })
+}
+
+/// After a failed read of `source`: [`strata_store::StoreError::CorruptBlob`] for the first
+/// of its blobs (manifest, config, layers) whose bytes do not hash to their name, else `err`.
+pub(crate) fn blame_corrupt_blob(source: &OpenedImage, err: ImageError) -> ImageError {
+    let image = &source.image;
+    let name = match (&source.name, image.digest()) {
+        (Some(name), _) => name.clone(),
+        (None, Ok(d)) => d.to_string(),
+        (None, Err(_)) => return err,
+    };
+    let mut blobs = vec![image.digest().ok(), desc_digest(image.manifest.config()).ok()];
+    blobs.extend(image.manifest.layers().iter().map(|l| desc_digest(l).ok()));
+    for digest in blobs.into_iter().flatten() {
+        if let Err(e @ strata_store::StoreError::CorruptBlob { .. }) =
+            source.store.verify_blob_of(&digest, &name)
+        {
+            return e.into();
+        }
+    }
+    err
+}
+
+fn export_unblamed(
     source: &OpenedImage,
     dest: &ImageLocation,
     opts: &ExportOptions,
@@ -156,8 +194,12 @@ pub fn flatten(source: &OpenedImage, path: &Path, opts: &ExportOptions) -> Resul
     let mut report = ExportReport::default();
     for (i, layer) in source.image.manifest.layers().iter().enumerate() {
         let digest = desc_digest(layer)?;
-        let blob = source.store.open_blob_verified(&digest)?;
-        let applied = apply(blob, path, &ApplyOptions::default().host_tree(opts.devices))?;
+        let applied = apply_blob(
+            &source.store,
+            &digest,
+            path,
+            &ApplyOptions::default().host_tree(opts.devices),
+        )?;
         let expected: Option<Digest> = diff_ids.get(i).and_then(|d| d.parse().ok());
         if let (Some(expected), Some(found)) = (expected, applied.diff_id) {
             if expected != found {

@@ -193,11 +193,11 @@ fn recompress_layer(
 ) -> Result<Descriptor> {
     let digest = desc_digest(layer)?;
     let mut reader = decompress(from.open_blob_verified(&digest)?)
-        .map_err(|source| ImageError::ReadBlob { digest, source })?;
+        .map_err(|e| ImageError::read_stored_blob(from, digest, e))?;
     let mut blob = to.blob_writer()?;
     LayerWriter::new(target)
         .compress_stream(&mut reader, &mut blob)
-        .map_err(|source| ImageError::ReadBlob { digest, source })?;
+        .map_err(|e| ImageError::read_stored_blob(from, digest, e))?;
     let put = blob.commit()?;
     Ok(Descriptor::new(MediaType::from(target.media_type()), put.size, put.digest))
 }

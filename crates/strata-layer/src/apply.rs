@@ -153,7 +153,10 @@ pub fn decompress<'a, R: Read + 'a>(layer: R) -> io::Result<Box<dyn Read + 'a>> 
 }
 
 /// Applies the layer blob `digest` from `store` onto `dir`, verifying the blob's bytes as they
-/// are read (a corrupt blob fails with [`LayerError::ReadArchive`] once fully read).
+/// are read. A blob whose bytes do not hash to its name fails with
+/// [`StoreError::CorruptBlob`](strata_store::StoreError::CorruptBlob) (as
+/// [`LayerError::Store`]), whatever its decoding tripped over first (a zstd or tar error
+/// mid-stream, an entry refused): store damage, not a bad layer.
 pub fn apply_blob(
     store: &Store,
     digest: &Digest,
@@ -161,7 +164,19 @@ pub fn apply_blob(
     opts: &ApplyOptions,
 ) -> Result<ApplyReport> {
     let r = store.open_blob_verified(digest)?;
-    apply(r, dir, opts)
+    apply(r, dir, opts).map_err(|e| blame_stored_blob(store, digest, e))
+}
+
+/// `e`, a failure to decode the stored blob `digest`, or the blob's damage when its bytes do
+/// not hash to its name (the damage explains the failure).
+fn blame_stored_blob(store: &Store, digest: &Digest, e: LayerError) -> LayerError {
+    if let LayerError::Io { .. } | LayerError::Store(_) = e {
+        return e; // the host's file system, or the store already named the fault
+    }
+    match store.verify_blob(digest) {
+        Err(damage @ strata_store::StoreError::DigestMismatch { .. }) => LayerError::Store(damage),
+        _ => e,
+    }
 }
 
 /// Applies the layer read from `layer` (compression auto-detected) on top of `dir`.

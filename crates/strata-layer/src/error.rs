@@ -74,6 +74,10 @@ pub enum LayerError {
         /// Digest the store computed for the committed blob.
         found: strata_types::Digest,
     },
+    /// The write was stopped through the writer's cancel token
+    /// ([`LayerWriter::cancel_on`](crate::LayerWriter::cancel_on)).
+    #[error("layer write cancelled")]
+    Cancelled,
     /// An archive entry has a type or header field this crate does not support.
     #[error("unsupported archive entry {path:?}: {what}")]
     Unsupported {

@@ -58,6 +58,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256};
+use strata_types::CancelToken;
 
 use crate::changeset::{Change, Changeset};
 use crate::error::{LayerError, Result};
@@ -153,6 +154,8 @@ pub struct LayerWriter {
     level: Option<i32>,
     epoch: i64,
     zstd_workers: u32,
+    /// Checked between entries and between chunks of a file's bytes.
+    cancel: Option<CancelToken>,
 }
 
 impl Default for LayerWriter {
@@ -166,7 +169,13 @@ impl LayerWriter {
     /// [`ZSTD_DEFAULT_PARAMS`], gzip level 6) and epoch 0.
     pub fn new(compression: Compression) -> LayerWriter {
         let workers = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        LayerWriter { compression, level: None, epoch: 0, zstd_workers: workers.max(1) }
+        LayerWriter {
+            compression,
+            level: None,
+            epoch: 0,
+            zstd_workers: workers.max(1),
+            cancel: None,
+        }
     }
 
     /// Sets the build timestamp: every mtime above it is clamped down to it.
@@ -185,6 +194,15 @@ impl LayerWriter {
     /// Sets the number of zstd worker threads (at least 1). Does not change the output.
     pub fn zstd_workers(mut self, n: u32) -> LayerWriter {
         self.zstd_workers = n.max(1);
+        self
+    }
+
+    /// Stops a write once `token` is cancelled: the writer looks at it between entries and
+    /// between 1 MiB chunks of a file, and fails with [`LayerError::Cancelled`] (a blob
+    /// being written to the store is then dropped, never committed). Does not change the
+    /// output.
+    pub fn cancel_on(mut self, token: CancelToken) -> LayerWriter {
+        self.cancel = Some(token);
         self
     }
 
@@ -247,7 +265,7 @@ impl LayerWriter {
         let end = |e| write_err(Path::new(""), e);
         if self.compression == Compression::None {
             let mut tar = BufWriter::with_capacity(CHUNK, HashCount::new(out));
-            write_items(&mut tar, &items, source, self.epoch)?;
+            write_items(&mut tar, &items, source, self.epoch, self.cancel.as_ref())?;
             let (mut out, diff_id, size) =
                 tar.into_inner().map_err(|e| end(e.into_error()))?.finish();
             out.flush().map_err(end)?;
@@ -267,7 +285,7 @@ impl LayerWriter {
                 Ok(counted.count)
             });
             let mut tar = HashCount::new(ChunkSink::new(tx, free_rx));
-            let produced = write_items(&mut tar, &items, source, self.epoch);
+            let produced = write_items(&mut tar, &items, source, self.epoch, self.cancel.as_ref());
             let (mut sink, diff_id, uncompressed_size) = tar.finish();
             let flushed = sink.close();
             let compressed = compressor
@@ -471,10 +489,17 @@ fn plan(changeset: &Changeset, source: &Path) -> Result<Vec<Item>> {
 const BLOCK: usize = 512;
 const CHUNK: usize = 1 << 20;
 
-fn write_items<W: TarSink>(tar: &mut W, items: &[Item], source: &Path, epoch: i64) -> Result<()> {
+fn write_items<W: TarSink>(
+    tar: &mut W,
+    items: &[Item],
+    source: &Path,
+    epoch: i64,
+    cancel: Option<&CancelToken>,
+) -> Result<()> {
     let mut buf = vec![0u8; CHUNK];
     for item in items {
-        write_item(tar, item, source, epoch, &mut buf)?;
+        check(cancel)?;
+        write_item(tar, item, source, epoch, &mut buf, cancel)?;
     }
     tar.write_all(&[0u8; 1024]).map_err(|e| write_err(Path::new(""), e))
 }
@@ -686,6 +711,7 @@ fn write_item<W: TarSink>(
     source: &Path,
     epoch: i64,
     buf: &mut [u8],
+    cancel: Option<&CancelToken>,
 ) -> Result<()> {
     let mut hdr = Vec::with_capacity(BLOCK * 2);
     let path = item.path();
@@ -746,7 +772,7 @@ fn write_item<W: TarSink>(
             );
             tar.write_all(&hdr).map_err(|err| write_err(path, err))?;
             if typeflag == b'0' {
-                copy_file(tar, &source.join(&e.path), &e.path, size, buf)?;
+                copy_file(tar, &source.join(&e.path), &e.path, size, buf, cancel)?;
             }
             return Ok(());
         }
@@ -762,10 +788,12 @@ fn copy_file<W: TarSink>(
     rel: &Path,
     size: u64,
     buf: &mut [u8],
+    cancel: Option<&CancelToken>,
 ) -> Result<()> {
     let mut f = fs::File::open(abs).map_err(|e| LayerError::io("open", abs, e))?;
     let mut left = size;
     while left > 0 {
+        check(cancel)?;
         let want = usize::try_from(left).unwrap_or(usize::MAX);
         let n = match tar.fill_from(&mut f, want, buf) {
             Ok(0) => {
@@ -792,6 +820,14 @@ fn copy_file<W: TarSink>(
     }
     let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
     tar.write_all(&[0u8; BLOCK][..pad]).map_err(|e| write_err(rel, e))
+}
+
+/// [`LayerError::Cancelled`] once `cancel` is.
+fn check(cancel: Option<&CancelToken>) -> Result<()> {
+    match cancel {
+        Some(c) if c.is_cancelled() => Err(LayerError::Cancelled),
+        _ => Ok(()),
+    }
 }
 
 /// What [`LayerWriter::write_raw`] produced: everything but the compressed digest.
@@ -899,6 +935,23 @@ impl<W: Write> Write for Compressor<W> {
 mod tests {
     use super::*;
     use zstd::zstd_safe::{CParameter, Strategy};
+
+    #[test]
+    fn a_cancelled_writer_stops_with_cancelled_and_an_uncancelled_one_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("file"), vec![7u8; 3 << 20]).unwrap();
+        let token = CancelToken::new();
+        for compression in [Compression::Zstd, Compression::None] {
+            let writer = LayerWriter::new(compression).cancel_on(token.clone());
+            assert!(writer.write_dir(dir.path(), io::sink()).is_ok());
+        }
+        token.cancel();
+        for compression in [Compression::Zstd, Compression::None] {
+            let writer = LayerWriter::new(compression).cancel_on(token.clone());
+            let err = writer.write_dir(dir.path(), io::sink()).unwrap_err();
+            assert!(matches!(err, LayerError::Cancelled), "{err:?}");
+        }
+    }
 
     #[test]
     fn the_documented_zstd_parameters_are_the_ones_applied() {

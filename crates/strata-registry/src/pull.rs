@@ -146,6 +146,11 @@ pub(crate) fn fetch_blob(
     let Session { client, ep, scopes, dry_run, events } = *s;
     let hints = client.hints(store);
     let local = !std::ptr::eq(hints, store) && hints.has_blob(&blob.digest);
+    if !dry_run {
+        // Pinned in the pull's lease before the check: a concurrent gc cannot take a blob
+        // found present before the manifest that will name it is stored.
+        store.pin(&[blob.digest])?;
+    }
     if store.has_blob(&blob.digest) || (local && dry_run) {
         events
             .event(&TransferEvent::BlobDone { digest: blob.digest, outcome: BlobOutcome::Present });

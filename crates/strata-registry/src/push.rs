@@ -304,6 +304,9 @@ fn upload_reporting(
     throttle: &Throttle<'_>,
 ) -> Result<(), RegistryError> {
     let Session { client, ep, scopes, .. } = *s;
+    // Verified before the first byte leaves: a corrupt blob is never sent (the registry
+    // would only find out at the final PUT, after the whole upload).
+    store.verify_blob(&blob.digest)?;
     let file = store.open_blob(&blob.digest)?;
     let mut attempt = 0;
     let mut fresh = true;

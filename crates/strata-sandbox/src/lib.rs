@@ -93,6 +93,7 @@ mod error;
 mod idmap;
 mod limits;
 mod plan;
+mod scratch;
 mod stubs;
 mod sys;
 mod user;
@@ -102,13 +103,13 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 pub use emulation::{ensure_emulation, Emulation};
 pub use error::SandboxError;
 pub use limits::{parse_size, Ulimit};
+pub use scratch::sweep_scratch_dirs;
 pub use user::{resolve_user, resolve_user_in};
 
 use plan::PreparedSource;
@@ -315,23 +316,7 @@ pub const MAX_LINE: usize = 64 * 1024;
 
 /// Lets another thread stop a running step: [`CancelToken::cancel`] makes
 /// [`run_cancellable`] kill the step's process tree and return [`SandboxError::Cancelled`].
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    /// A token not yet cancelled.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Requests cancellation (idempotent).
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    /// Whether [`cancel`](Self::cancel) was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use strata_types::CancelToken;
 
 /// Runs the step and waits for it, calling `on_line` for every output line (without its
 /// newline; invalid UTF-8 replaced) on the calling thread.
@@ -350,14 +335,7 @@ pub fn run_cancellable(
     on_line: &mut dyn FnMut(Stream, &str),
     cancel: &CancelToken,
 ) -> Result<RunOutcome, SandboxError> {
-    let scratch =
-        tempfile::Builder::new().prefix("strata-sandbox-").tempdir().map_err(|source| {
-            SandboxError::Io {
-                action: "creating a temp dir in",
-                path: std::env::temp_dir(),
-                source,
-            }
-        })?;
+    let scratch = scratch::Scratch::new()?;
     let euid = rustix::process::geteuid().as_raw();
     let egid = rustix::process::getegid().as_raw();
     let id_map = (euid != 0).then(|| idmap::detect(euid, egid));

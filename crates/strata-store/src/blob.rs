@@ -14,12 +14,13 @@
 use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{flock, FlockOperation};
 use tempfile::NamedTempFile;
 
 use crate::error::StoreError;
+use crate::store::Store;
 use strata_types::{Digest, Hasher};
 
 /// Result of storing a blob.
@@ -38,12 +39,15 @@ pub struct PutBlob {
 /// [`commit`](BlobWriter::commit). Created by [`Store::blob_writer`](crate::Store::blob_writer).
 ///
 /// Its temporary file carries an exclusive `flock` for the writer's lifetime, which is how
-/// [`Store::gc`](crate::Store::gc) tells a live writer's file from one left by a dead process.
+/// the next writer or [`Store::gc`](crate::Store::gc) tells a live writer's file from one
+/// left by a dead process. The digest is recorded in the store handle's lease as the blob is
+/// renamed into place (see [`Store::lease`](crate::Store::lease)), so a concurrent gc keeps
+/// it until the handle is dropped.
 pub struct BlobWriter {
     file: BufWriter<NamedTempFile>,
     hasher: Hasher,
     size: u64,
-    blob_dir: PathBuf,
+    store: Store,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -56,18 +60,13 @@ impl std::fmt::Debug for BlobWriter {
 }
 
 impl BlobWriter {
-    pub(crate) fn new(tmp_dir: &Path, blob_dir: PathBuf) -> Result<BlobWriter, StoreError> {
-        let temp = tempfile::Builder::new()
-            .prefix("blob-")
-            .tempfile_in(tmp_dir)
-            .map_err(StoreError::io(tmp_dir))?;
-        flock(temp.as_file(), FlockOperation::LockExclusive)
-            .map_err(|e| StoreError::Io { path: temp.path().to_owned(), source: e.into() })?;
+    pub(crate) fn new(store: Store) -> Result<BlobWriter, StoreError> {
+        let temp = locked_temp_file(&store.tmp_dir(), "blob-")?;
         Ok(BlobWriter {
             file: BufWriter::with_capacity(128 * 1024, temp),
             hasher: Hasher::new(),
             size: 0,
-            blob_dir,
+            store,
         })
     }
 
@@ -105,7 +104,7 @@ impl BlobWriter {
     }
 
     fn finish(self, expected: Option<&Digest>, size: Option<u64>) -> Result<PutBlob, StoreError> {
-        let BlobWriter { file, hasher, size: written, blob_dir } = self;
+        let BlobWriter { file, hasher, size: written, store } = self;
         let digest = hasher.finish();
         if let Some(expected) = expected {
             if *expected != digest {
@@ -125,20 +124,26 @@ impl BlobWriter {
             let (source, file) = e.into_parts();
             StoreError::Io { path: file.get_ref().path().to_owned(), source }
         })?;
+        let blob_dir = store.blob_dir();
         let dest = blob_dir.join(digest.hex());
-        if dest.exists() {
-            // Dedup: the blob is already there. (Its bytes are trusted here; `fsck` re-hashes.)
-            return Ok(PutBlob { digest, size: written, created: false });
-        }
-        let temp_path = temp.path().to_owned();
-        let io_err = StoreError::io(&temp_path);
-        temp.as_file().set_permissions(Permissions::from_mode(0o644)).map_err(io_err)?;
-        temp.as_file().sync_all().map_err(StoreError::io(&temp_path))?;
-        // rename(2) replaces atomically; a racing writer of the same digest installs the same
-        // bytes, so whichever rename lands last is as good as the first.
-        temp.persist(&dest).map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
-        sync_dir(&blob_dir)?;
-        Ok(PutBlob { digest, size: written, created: true })
+        // Recorded in the lease, then published or found present, with no gc in between.
+        store.with_pins(&[digest], || {
+            if dest.exists() {
+                // Dedup: the blob is already there. (Its bytes are trusted here; `fsck`
+                // re-hashes.)
+                return Ok(PutBlob { digest, size: written, created: false });
+            }
+            let temp_path = temp.path().to_owned();
+            let io_err = StoreError::io(&temp_path);
+            temp.as_file().set_permissions(Permissions::from_mode(0o644)).map_err(io_err)?;
+            temp.as_file().sync_all().map_err(StoreError::io(&temp_path))?;
+            // rename(2) replaces atomically; a racing writer of the same digest installs the
+            // same bytes, so whichever rename lands last is as good as the first.
+            temp.persist(&dest)
+                .map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
+            sync_dir(&blob_dir)?;
+            Ok(PutBlob { digest, size: written, created: true })
+        })
     }
 }
 
@@ -162,10 +167,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Writes `bytes` to `dest` atomically: temp file in `tmp_dir`, `fsync`, rename, `fsync` dir.
 pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut temp = tempfile::Builder::new()
-        .prefix("file-")
-        .tempfile_in(tmp_dir)
-        .map_err(StoreError::io(tmp_dir))?;
+    let mut temp = locked_temp_file(tmp_dir, "file-")?;
     temp.write_all(bytes).map_err(StoreError::io(temp.path()))?;
     temp.as_file().set_permissions(Permissions::from_mode(0o644)).map_err(StoreError::io(dest))?;
     temp.as_file().sync_all().map_err(StoreError::io(temp.path()))?;
@@ -178,10 +180,7 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<
 
 /// Like [`write_atomic`] but never replaces an existing `dest` (returns `Ok(false)` then).
 pub(crate) fn write_new(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
-    let mut temp = tempfile::Builder::new()
-        .prefix("file-")
-        .tempfile_in(tmp_dir)
-        .map_err(StoreError::io(tmp_dir))?;
+    let mut temp = locked_temp_file(tmp_dir, "file-")?;
     temp.write_all(bytes).map_err(StoreError::io(temp.path()))?;
     temp.as_file().set_permissions(Permissions::from_mode(0o644)).map_err(StoreError::io(dest))?;
     temp.as_file().sync_all().map_err(StoreError::io(temp.path()))?;
@@ -305,4 +304,85 @@ pub(crate) fn remove_file_if_exists(path: &Path) -> Result<bool, StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(StoreError::Io { path: path.to_owned(), source: e }),
     }
+}
+
+/// A new temp file `<prefix>XXXX` in the store's tmp directory, exclusively `flock`ed for as
+/// long as it is open. Every entry of the tmp directory is made this way (or by
+/// [`locked_temp_dir`]), which is what lets [`sweep_unlocked`] remove every unlocked entry
+/// without a grace period: a sweeper that got in between creation and lock took the lock and
+/// unlinked the file, which the creator sees (the path no longer names its file) and retries.
+pub(crate) fn locked_temp_file(tmp_dir: &Path, prefix: &str) -> Result<NamedTempFile, StoreError> {
+    loop {
+        let temp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempfile_in(tmp_dir)
+            .map_err(StoreError::io(tmp_dir))?;
+        flock(temp.as_file(), FlockOperation::LockExclusive)
+            .map_err(|e| StoreError::Io { path: temp.path().to_owned(), source: e.into() })?;
+        if still_linked(temp.path(), temp.as_file()) {
+            return Ok(temp);
+        }
+    }
+}
+
+/// Like [`locked_temp_file`], a directory: the [`tempfile::TempDir`] and the open directory
+/// carrying its lock.
+pub(crate) fn locked_temp_dir(
+    tmp_dir: &Path,
+    prefix: &str,
+) -> Result<(tempfile::TempDir, File), StoreError> {
+    loop {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(tmp_dir)
+            .map_err(StoreError::io(tmp_dir))?;
+        let lock = File::open(dir.path()).map_err(StoreError::io(dir.path()))?;
+        flock(&lock, FlockOperation::LockExclusive)
+            .map_err(|e| StoreError::Io { path: dir.path().to_path_buf(), source: e.into() })?;
+        if still_linked(dir.path(), &lock) {
+            return Ok((dir, lock));
+        }
+    }
+}
+
+/// Whether `path` still names the file `file` has open.
+fn still_linked(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Removes every entry of `dir` that nobody holds an `flock` on, each while holding its lock
+/// (so a creator racing the removal sees it; see [`locked_temp_file`]). Returns how many.
+pub(crate) fn sweep_unlocked(dir: &Path) -> Result<usize, StoreError> {
+    let Some(entries) = crate::gc::read_dir_if_exists(dir)? else { return Ok(0) };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io(dir))?;
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        if meta.file_type().is_symlink() {
+            removed += usize::from(remove_file_if_exists(&path)?);
+            continue;
+        }
+        // Unreadable (not ours to judge) or gone meanwhile: left alone.
+        let Ok(file) = File::open(&path) else { continue };
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => continue,
+            Err(e) => return Err(StoreError::Io { path, source: e.into() }),
+        }
+        if !still_linked(&path, &file) {
+            continue;
+        }
+        if meta.is_dir() {
+            crate::gc::remove_tree(&path)?;
+        } else {
+            remove_file_if_exists(&path)?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
 }

@@ -6,9 +6,11 @@
 //! in the gc roots file `strata/v1/roots/dangling` ([`Store::keep_dangling`]), so plain
 //! [`Store::gc`] keeps it, [`Store::resolve`] finds it by ID prefix, and
 //! [`Store::prune_dangling`] forgets the listed images that no tag names, for a gc to free.
-//! An image that is later tagged stops being dangling; an image whose last tag is removed is
-//! not kept (there is nothing to list it by), which is where strata differs from Docker: an
-//! image whose tag moved to a newer build is freed by the next gc, not kept as `<none>`.
+//! An image that is later tagged stops being dangling. Docker's retag rule holds too: when
+//! [`Store::retag`] (`strata tag`, `strata build -t`, `strata import`) moves a tag away from
+//! an image that then has no tag left, that image becomes dangling, listed as `<none>` until
+//! pruned, rather than silently freed by the next gc. An image whose last tag is removed
+//! (`rmi`) is not kept: removing was asked for.
 //!
 //! [`Store::remove_image`] is `docker rmi`: by tag it removes that tag; by ID it removes the
 //! image's only tag or its dangling entry, and refuses an image with several tags unless forced.
@@ -49,6 +51,26 @@ impl Store {
             self.write_dangling_list(&listed)?;
         }
         Ok(())
+    }
+
+    /// Tags `manifest` as `name` (as [`Store::tag`]) by Docker's retag rule: if the tag named
+    /// another image before and no other tag names that one now, it is kept as dangling
+    /// ([`Store::keep_dangling`]) and its digest returned. For commands that give a user's
+    /// image a name (tag, build, import); [`Store::tag`] alone is for names the store keeps
+    /// for itself (a pulled base's reference), whose old images need no listing.
+    pub fn retag(&self, name: &str, manifest: &Descriptor) -> Result<Option<Digest>, StoreError> {
+        let key = crate::image::tag_key(name)?;
+        let before = self.tags()?.into_iter().find(|(t, _)| *t == key).map(|(_, d)| d);
+        self.tag(name, manifest)?;
+        let Some(before) = before.filter(|b| b.digest() != manifest.digest()) else {
+            return Ok(None);
+        };
+        let old = descriptor_digest(&before)?;
+        if self.tagged_digests()?.contains(&old) || !self.has_blob(&old) {
+            return Ok(None);
+        }
+        self.keep_dangling(&old)?;
+        Ok(Some(old))
     }
 
     /// The dangling images: listed by [`Store::keep_dangling`], still present, and named by no

@@ -26,16 +26,6 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    /// gc was asked to run while another process or handle is writing to the store (a build,
-    /// pull, import or copy holds a writer lease); nothing was deleted.
-    #[error(
-        "store {root} is in use by another strata process (a build, pull, import or copy); \
-         nothing was deleted: run gc again when it is done"
-    )]
-    InUse {
-        /// The store root.
-        root: PathBuf,
-    },
     /// `root` exists but is not an OCI image layout (no `oci-layout` file), so it was not touched.
     #[error("{root} is not a strata store: {problem}")]
     NotAStore {
@@ -113,6 +103,19 @@ pub enum StoreError {
         expected: Digest,
         /// The digest of the bytes actually read or written.
         found: Digest,
+    },
+    /// A stored blob that an image needs does not hash to its name (bit rot, a bad disk, a
+    /// hand edit), found while reading it for a command; the command stopped before tagging
+    /// or sending anything. [`Store::fsck`](crate::Store::fsck) with `repair` removes the blob
+    /// and untags the image.
+    #[error("blob {digest} of image {image} is corrupt; run `strata fsck --repair`")]
+    CorruptBlob {
+        /// The blob's name (what its bytes should hash to).
+        digest: Digest,
+        /// What its bytes hash to.
+        found: Digest,
+        /// The image being read, as the user named it.
+        image: String,
     },
     /// Content has a different length than its descriptor says.
     #[error("size mismatch for {digest}: expected {expected} bytes, found {found}")]
@@ -239,6 +242,7 @@ impl StoreError {
         matches!(
             self,
             StoreError::CorruptFile { .. }
+                | StoreError::CorruptBlob { .. }
                 | StoreError::DamagedFile { .. }
                 | StoreError::InvalidRootsLine { .. }
                 | StoreError::DigestMismatch { .. }
@@ -246,6 +250,38 @@ impl StoreError {
                 | StoreError::InvalidBlobJson { .. }
                 | StoreError::BlobNotFound { .. }
         )
+    }
+}
+
+impl StoreError {
+    /// A [`StoreError::DigestMismatch`] of a stored blob, as the [`StoreError::CorruptBlob`]
+    /// of `image` (the name the user gave it); any other error unchanged.
+    pub fn of_image(self, image: &str) -> StoreError {
+        match self {
+            StoreError::DigestMismatch { expected, found } => {
+                StoreError::CorruptBlob { digest: expected, found, image: image.to_owned() }
+            }
+            other => other,
+        }
+    }
+
+    /// The [`StoreError::CorruptBlob`] that `err` is or carries: found anywhere in its
+    /// `source()` chain, also inside an [`io::Error`] (as a [`crate::VerifyingReader`]
+    /// reports it, which `io::Error::source` does not show).
+    pub fn corrupt_blob_in<'a>(
+        err: &'a (dyn std::error::Error + 'static),
+    ) -> Option<&'a StoreError> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            let store = e
+                .downcast_ref::<StoreError>()
+                .or_else(|| e.downcast_ref::<io::Error>()?.get_ref()?.downcast_ref::<StoreError>());
+            if let Some(found @ StoreError::CorruptBlob { .. }) = store {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
     }
 }
 

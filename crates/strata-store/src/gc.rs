@@ -18,18 +18,38 @@
 //! (`<root>/strata/v1/registry-v1/blobs/<hex>`). The lost+found list is not a root: it
 //! records what was lost, it does not keep what survived.
 //!
-//! gc holds the store lock, so tags cannot change under it, and the exclusive `flock` on
-//! `strata/v1/gc.lock`, which every writer (a blob writer, a build, a pull) holds shared for as
-//! long as its [`Store`] handle lives (see [`Store::lease`]): a blob written but not yet tagged
-//! can therefore never be swept. gc does not wait for writers; it fails with
-//! [`StoreError::InUse`] and deletes nothing while another handle holds a lease. Writers wait
-//! for a running gc.
+//! gc runs while builds, pulls and imports run. Every writer holds a lease (the `lease`
+//! module: `<root>/strata/v1/leases/<name>`, one per live [`Store`] handle that wrote,
+//! listing the digests it has written or pinned), and the digests of every live lease are
+//! roots too, followed like the others: a build's untagged layers, the manifest of its base
+//! image, the snapshots (by diffID) and cache entries it uses. A lease whose file nobody
+//! holds an `flock` on belongs to a dead process: gc deletes it, and what only it named is
+//! swept in the same run.
+//!
+//! The protocol that keeps a blob written but not yet tagged from being swept:
+//!
+//! 1. gc takes the index lock (`strata/v1/lock`), so tags cannot change under it, then
+//!    `strata/v1/gc.lock` exclusively, and holds both to the end of the run.
+//! 2. A writer takes `gc.lock` shared around "append the digest to my lease, then rename the
+//!    blob into place (or find it already there)"; the same for a pin of something that
+//!    exists (a snapshot, a cache entry's layer, a base image's manifest): record, then check.
+//! 3. gc reads the leases only once it holds `gc.lock`, lists and deletes blobs after that.
+//!
+//! So every blob present when gc lists `blobs/` is either named by a lease gc has read, or
+//! reachable from a tag, or garbage; and a writer whose record comes after the sweep finds a
+//! deleted blob missing (a blob writer then renames its own copy in; a lookup reports a
+//! miss). Writers never hold `gc.lock` while taking the index lock, so the two cannot
+//! deadlock. A writer waits at most one gc run, and only at those points.
+//!
+//! Temp entries are swept without a grace period: every entry of `<root>/strata/v1/tmp/` is
+//! `flock`ed by its creator before it is used (blob temp files, work directories, atomic
+//! writes' temp files, lease files being made, snapshots gc is deleting), so an unlocked one
+//! belongs to a dead process. A writer sweeps them too, when it takes its lease.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use rustix::fs::{flock, FlockOperation};
 
@@ -39,9 +59,6 @@ use crate::image::descriptor_digest;
 use crate::store::Store;
 use strata_types::{Digest, DigestParseError};
 use strata_types::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
-
-/// Temp entries younger than this are never removed (a writer may not have locked them yet).
-const TEMP_GRACE: Duration = Duration::from_secs(60);
 
 /// What a gc run removed and kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +80,10 @@ pub struct GcReport {
     /// Records of where a blob was seen in registries (`strata/v1/registry-v1/blobs/<hex>`,
     /// strata-registry's mount hints) dropped because the blob is gone.
     pub blob_locations_removed: usize,
+    /// Leases of dead processes deleted (`strata/v1/leases/*` nobody held a lock on).
+    pub leases_removed: usize,
+    /// Live leases whose digests were kept as roots.
+    pub leases_live: usize,
 }
 
 /// A descriptor found inside a manifest or index.
@@ -160,16 +181,24 @@ impl Store {
     }
 
     /// Deletes every blob, snapshot and stale temp entry not reachable from `index.json`, the
-    /// roots files, or `extra_roots`; see the module docs of `gc` for the rules.
+    /// roots files, a live lease of another handle, or `extra_roots`, and the leases of dead
+    /// processes; see the module docs of `gc` for the rules. Runs while other handles write:
+    /// they wait for it only where they publish a blob or pin something.
+    ///
+    /// This handle's own lease does not count: what it wrote and left untagged is garbage to
+    /// its own gc (a caller done building collects through the handle it built with). To
+    /// collect while a build runs on this handle, run gc through another handle (another
+    /// [`Store::open`] of the root, as `strata gc` is).
     ///
     /// Fails without deleting anything if a reachable manifest is corrupt (its references
-    /// cannot be known) or a roots file is malformed.
-    ///
-    /// Fails with [`StoreError::InUse`], deleting nothing, while another store handle (in this
-    /// process or another) holds a writer lease; this handle's own lease does not count.
+    /// cannot be known) or a roots file or live lease is malformed.
     pub fn gc(&self, extra_roots: &[Digest]) -> Result<GcReport, StoreError> {
         let _lock = self.lock()?;
         let _exclusive = self.exclusive_gc_lock()?;
+        let mut report = GcReport::default();
+        let leases = self.read_leases()?;
+        report.leases_removed = leases.dead;
+        report.leases_live = leases.live;
         let index = self.read_index()?;
         // (digest, media type if known)
         let mut pending: Vec<(Digest, Option<String>)> = Vec::new();
@@ -183,7 +212,8 @@ impl Store {
                 pending.push((d, Some(r.descriptor.media_type().to_string())));
             }
         }
-        for d in self.gc_roots()?.into_iter().chain(extra_roots.iter().copied()) {
+        let roots = self.gc_roots()?.into_iter().chain(leases.roots);
+        for d in roots.chain(extra_roots.iter().copied()) {
             pending.push((d, None));
         }
         let mut marked = BTreeSet::new();
@@ -214,7 +244,6 @@ impl Store {
                 }
             }
         }
-        let mut report = GcReport::default();
         for digest in self.list_blobs()? {
             if marked.contains(&digest) {
                 report.blobs_kept += 1;
@@ -229,7 +258,7 @@ impl Store {
         }
         snapshot_keys.extend(marked.iter().copied());
         report.snapshots_removed = self.sweep_snapshots(&snapshot_keys)?;
-        report.temp_entries_removed = self.sweep_temp()?;
+        report.temp_entries_removed = self.sweep_dead_temp()?;
         report.layer_index_removed = self.sweep_layer_index()?;
         report.build_cache_removed = crate::tables::sweep_build_cache(self)?;
         report.blob_locations_removed = crate::tables::sweep_blob_locations(self)?;
@@ -259,97 +288,21 @@ impl Store {
             if keep.contains(&digest) {
                 continue;
             }
-            // Move it out of sight first, so nobody sees a half-deleted snapshot.
+            // Move it out of sight first, so nobody sees a half-deleted snapshot, locked (as
+            // every tmp entry is) so that no writer's sweep deletes it under us.
             let doomed = self.tmp_dir().join(format!("gc-snapshot-{}", digest.hex()));
             let path = entry.path();
+            let lock = File::open(&path).map_err(StoreError::io(&path))?;
+            flock(&lock, FlockOperation::LockExclusive)
+                .map_err(|e| StoreError::Io { path: path.clone(), source: e.into() })?;
             remove_tree(&doomed)?;
             fs::rename(&path, &doomed).map_err(StoreError::io(&path))?;
             remove_tree(&doomed)?;
+            drop(lock);
             removed += 1;
         }
         Ok(removed)
     }
-
-    fn sweep_temp(&self) -> Result<usize, StoreError> {
-        let dir = self.tmp_dir();
-        let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(0) };
-        let now = SystemTime::now();
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io(&dir))?;
-            let path = entry.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-            let young = meta
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .is_none_or(|age| age < TEMP_GRACE);
-            if young && !entry.file_name().to_string_lossy().starts_with("gc-snapshot-") {
-                continue;
-            }
-            if !meta.file_type().is_symlink() && is_locked(&path) {
-                continue;
-            }
-            if meta.is_dir() {
-                remove_tree(&path)?;
-            } else {
-                remove_file_if_exists(&path)?;
-            }
-            removed += 1;
-        }
-        Ok(removed)
-    }
-}
-
-/// The exclusive hold on `gc.lock` for one gc run; a handle's own lease goes back to shared.
-enum GcHold<'a> {
-    /// Taken on this handle's lease file (converted from shared; back to shared on drop).
-    Converted(std::sync::MutexGuard<'a, Option<File>>),
-    /// Taken on a file opened for this run (released on drop by closing it).
-    Own(#[allow(dead_code)] File),
-}
-
-impl Drop for GcHold<'_> {
-    fn drop(&mut self) {
-        if let GcHold::Converted(guard) = self {
-            if let Some(file) = guard.as_ref() {
-                // Converting back never blocks: we hold the only lock on this file.
-                let _ = flock(file, FlockOperation::LockShared);
-            }
-        }
-    }
-}
-
-impl Store {
-    /// Takes `gc.lock` exclusively without waiting, or reports the store in use.
-    fn exclusive_gc_lock(&self) -> Result<GcHold<'_>, StoreError> {
-        let path = self.gc_lock_path();
-        let busy = |e: rustix::io::Errno| {
-            if e == rustix::io::Errno::WOULDBLOCK {
-                StoreError::InUse { root: self.root().to_path_buf() }
-            } else {
-                StoreError::Io { path: path.clone(), source: e.into() }
-            }
-        };
-        let guard = self.lease_slot();
-        if let Some(file) = guard.as_ref() {
-            flock(file, FlockOperation::NonBlockingLockExclusive).map_err(busy)?;
-            return Ok(GcHold::Converted(guard));
-        }
-        drop(guard);
-        let file = crate::store::open_lock_file(&path)?;
-        flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(busy)?;
-        Ok(GcHold::Own(file))
-    }
-}
-
-/// Whether another open file description holds an `flock` on `path`.
-fn is_locked(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else { return false };
-    matches!(
-        flock(&file, FlockOperation::NonBlockingLockShared),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK
-    )
 }
 
 /// `remove_dir_all` that also copes with directories lacking write or search permission, as

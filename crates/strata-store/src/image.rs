@@ -339,8 +339,13 @@ impl Store {
     /// Reads and checks an image: the manifest must be an OCI image manifest whose config and
     /// layers have supported media types; manifest and config are verified against their digests
     /// and sizes. Layer blobs are not read (use [`Store::open_blob_verified`]).
+    ///
+    /// A handle holding a lease ([`Store::lease`]) pins the manifest first, so a concurrent
+    /// gc keeps the image whole (manifest, config, layers) while the handle lives, even if
+    /// its tag goes meanwhile: a build's base stays while the build runs.
     pub fn image(&self, manifest: &Descriptor) -> Result<Image, StoreError> {
         let manifest_digest = descriptor_digest(manifest)?;
+        self.with_pins(&[manifest_digest], || Ok(()))?;
         let unsupported = |digest, found: &MediaType, expected| StoreError::UnsupportedMediaType {
             digest,
             found: found.to_string(),
@@ -396,7 +401,7 @@ fn valid_ref_name(r: &str) -> bool {
     })
 }
 
-fn tag_key(name: &str) -> Result<String, StoreError> {
+pub(crate) fn tag_key(name: &str) -> Result<String, StoreError> {
     let parsed: Reference = name.parse()?;
     if parsed.digest().is_some() {
         return Err(StoreError::UnexpectedDigest { reference: name.to_owned() });

@@ -83,10 +83,11 @@ impl Store {
         else {
             return Ok(None);
         };
-        match self.blob_size(&digest) {
+        // Pinned (when leased) before the check, so gc cannot take the blob after it.
+        self.with_pins(&[digest, *diff_id], || match self.blob_size(&digest) {
             Ok(found) if found == size => Ok(Some(KnownLayer { digest, size })),
             _ => Ok(None),
-        }
+        })
     }
 
     /// Removes index entries whose blob is gone; returns how many. Called by `gc`.

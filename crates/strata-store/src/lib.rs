@@ -14,8 +14,9 @@
 //! <root>/strata/v1/lost+found.json  images fsck --repair untagged: blobs were gone
 //! <root>/strata/v1/damaged/index.json.<secs>  a damaged index.json fsck --repair replaced
 //! <root>/strata/v1/lock          flock serializing index.json updates
-//! <root>/strata/v1/gc.lock       writers' shared flock (their lease), gc's exclusive one
-//! <root>/strata/v1/tmp/          blob writers' temp files and work dirs (Store::work_dir)
+//! <root>/strata/v1/gc.lock       held shared by a writer recording in its lease, by gc exclusively
+//! <root>/strata/v1/leases/<name> a live writer's lease: owner, then digests it wrote or pinned
+//! <root>/strata/v1/tmp/          flock'd temp files and work dirs (Store::work_dir)
 //! <root>/strata/v1/roots/<name>  extra gc roots, one digest per line (Store::set_gc_roots)
 //! <root>/strata/v1/roots/dangling  untagged images kept until pruned (Store::keep_dangling)
 //! <root>/strata/v1/snapshots/<diffid-hex>    unpacked layers (Store::snapshots)
@@ -49,9 +50,11 @@
 //!
 //! Concurrency: any number of threads and processes may use one store at once. Blob writes need
 //! no lock (identical content renames onto identical content); `index.json` updates (`tag`,
-//! `untag`) and `gc` take an exclusive `flock` on `strata/v1/lock`; writers hold a lease (a
-//! shared `flock` on `strata/v1/gc.lock`) so gc never sweeps a blob that is written but not yet
-//! tagged ([`Store::lease`]); readers take no lock and
+//! `untag`) and `gc` take an exclusive `flock` on `strata/v1/lock`; every writer holds a lease
+//! (a locked file under `strata/v1/leases/` listing what it wrote or pinned, [`Store::lease`]),
+//! which gc treats as roots, so gc runs beside builds and never sweeps a blob that is written
+//! but not yet tagged, and removes the leases (and leftovers) of dead processes; readers take
+//! no lock and
 //! see each `index.json` whole, old or new. Tools that write the layout themselves (e.g. `skopeo
 //! copy` into `oci:$STORE:name`) do not take strata's lock; do not run them while strata is
 //! tagging. Durability: blobs and `index.json` are `fsync`ed before, and their directory after,
@@ -59,7 +62,10 @@
 //!
 //! Blob reads come in two speeds: [`Store::open_blob`] trusts the file system (what was renamed
 //! in was verified); [`Store::open_blob_verified`] and [`Store::read_blob`] re-hash, for content
-//! whose integrity matters more than the cost; [`Store::fsck`] re-hashes everything.
+//! whose integrity matters more than the cost; [`Store::verify_blob`] re-hashes one before it
+//! is sent anywhere, or after a streaming read of it failed; a mismatch found for a command
+//! is reported against the image ([`StoreError::CorruptBlob`]); [`Store::fsck`] re-hashes
+//! everything.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -71,6 +77,7 @@ mod gc;
 mod image;
 mod index;
 mod layers;
+mod lease;
 mod lost_found;
 mod store;
 mod tables;
@@ -87,8 +94,8 @@ pub use layers::KnownLayer;
 pub use lost_found::LostImage;
 pub use store::{canonical_json, Store};
 pub use tables::{
-    CacheEntry, CacheIndex, CacheKey, CacheKind, CacheMount, Sharing, Snapshots, WorkDir,
-    CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
+    CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CacheMount, Sharing, Snapshots,
+    WorkDir, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
 };
 
 /// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this

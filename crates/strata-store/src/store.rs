@@ -5,11 +5,11 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{write_atomic, write_new, BlobWriter, PutBlob, VerifyingReader};
 use crate::error::{FileDamage, NotAStoreProblem, StoreError};
+use crate::lease::Lease;
 use strata_types::Digest;
 
 /// Opens (creating if needed) a file used only for its `flock`.
@@ -63,8 +63,8 @@ struct OciLayoutFile {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
-    /// The open `strata/v1/gc.lock` carrying this handle's shared `flock`, once taken.
-    lease: Arc<Mutex<Option<File>>>,
+    /// This handle's lease file, once taken (see [`Store::lease`]).
+    lease: Arc<Mutex<Option<Lease>>>,
 }
 
 impl Store {
@@ -276,44 +276,15 @@ impl Store {
         write_atomic(&self.tmp_dir(), dest, bytes)
     }
 
-    /// `<root>/strata/v1/gc.lock`: writers hold a shared `flock` on it, gc an exclusive one.
-    pub(crate) fn gc_lock_path(&self) -> PathBuf {
-        self.meta_dir().join("gc.lock")
-    }
-
-    /// Takes this handle's writer lease (once; later calls and clones share it) and keeps it
-    /// until the last clone of the handle is dropped.
-    ///
-    /// A blob is unreferenced between its write and the tag, manifest or cache entry that will
-    /// name it, and a build relies on untagged snapshots and cache entries throughout; a
-    /// concurrent [`Store::gc`] would delete them. So every writer holds a shared `flock` on
-    /// `strata/v1/gc.lock`, and gc needs the exclusive one: gc refuses to run
-    /// ([`StoreError::InUse`]) while another handle holds a lease, and a writer waits for a
-    /// running gc to finish. [`Store::blob_writer`] takes the lease itself; a build or pull
-    /// calls this at its start so that even a fully cached run is protected.
-    pub fn lease(&self) -> Result<(), StoreError> {
-        let mut held = self.lease_slot();
-        if held.is_some() {
-            return Ok(());
-        }
-        self.ensure_meta_dirs()?;
-        let path = self.gc_lock_path();
-        let file = open_lock_file(&path)?;
-        flock(&file, FlockOperation::LockShared)
-            .map_err(|e| StoreError::Io { path, source: e.into() })?;
-        *held = Some(file);
-        Ok(())
-    }
-
     /// The lease slot; a poisoned mutex still holds a valid file (or none).
-    pub(crate) fn lease_slot(&self) -> MutexGuard<'_, Option<File>> {
+    pub(crate) fn lease_slot(&self) -> MutexGuard<'_, Option<Lease>> {
         self.lease.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts writing a new blob; see [`BlobWriter`].
     pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
         self.lease()?;
-        BlobWriter::new(&self.tmp_dir(), self.blob_dir())
+        BlobWriter::new(self.clone())
     }
 
     /// Stores everything `r` yields as one blob.
@@ -368,6 +339,29 @@ impl Store {
             return Err(StoreError::DigestMismatch { expected: *d, found });
         }
         Ok(bytes)
+    }
+
+    /// Re-hashes the blob `d`: [`StoreError::DigestMismatch`] unless its bytes hash to `d`.
+    /// Commands call this before sending a blob anywhere (a registry would get the bytes
+    /// before a streaming check could object), and after a streaming read of one failed, to
+    /// tell a corrupt blob (whatever the decompressor made of it) from other failures.
+    pub fn verify_blob(&self, d: &Digest) -> Result<(), StoreError> {
+        let mut r = self.open_blob_verified(d)?;
+        match std::io::copy(&mut r, &mut std::io::sink()) {
+            Ok(_) => Ok(()),
+            Err(e) => match source_error(e) {
+                StoreError::SourceRead { source } => {
+                    Err(StoreError::Io { path: self.blob_path(d), source })
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// [`Store::verify_blob`] of a blob of `image` (as the user named it): a mismatch is
+    /// [`StoreError::CorruptBlob`].
+    pub fn verify_blob_of(&self, d: &Digest, image: &str) -> Result<(), StoreError> {
+        self.verify_blob(d).map_err(|e| e.of_image(image))
     }
 
     /// The size of a blob in bytes (from the file system).

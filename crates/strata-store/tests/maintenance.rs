@@ -36,7 +36,6 @@ fn gc_frees_unreachable_and_keeps_reachable() {
     store.tag("dropped:v1", &dropped).unwrap();
     store.untag("dropped:v1").unwrap();
     store.set_gc_roots("build-cache", &[digest_of(&by_roots_file), loose_root.digest]).unwrap();
-
     // Snapshots: one for a kept layer (by blob digest), one for a kept diffID, one unreachable
     // (with a read-only directory inside, as unpacked layers have), one foreign name.
     let kept_layer = store.image(&kept).unwrap().layer_digests().unwrap()[0];
@@ -52,14 +51,17 @@ fn gc_frees_unreachable_and_keeps_reachable() {
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
     fs::create_dir_all(common::layout::snapshots_dir(&store).join("not-a-digest")).unwrap();
 
-    // Temp entries: a stale one, a fresh one, an old one held by a live writer.
+    // Temp entries: a stale one, a fresh one (both unlocked: a dead writer's), an old one held
+    // by a live writer (leased before they appear: taking a lease sweeps them too).
+    let writer = Store::open(dir.path()).unwrap();
+    writer.lease().unwrap();
     let stale = common::layout::tmp_dir(&store).join("blob-stale");
     fs::write(&stale, "half a blob").unwrap();
     let old = SystemTime::now() - Duration::from_secs(3600);
     fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
     let fresh = common::layout::tmp_dir(&store).join("blob-fresh");
     fs::write(&fresh, "just started").unwrap();
-    let mut live = store.blob_writer().unwrap();
+    let mut live = writer.blob_writer().unwrap();
     std::io::Write::write_all(&mut live, b"in progress").unwrap();
     fs::File::options().write(true).open(live.temp_path()).unwrap().set_modified(old).unwrap();
 
@@ -80,7 +82,7 @@ fn gc_frees_unreachable_and_keeps_reachable() {
     assert_eq!(report.removed, expect_removed);
     assert_eq!(report.bytes_freed, expect_bytes);
     assert_eq!(report.snapshots_removed, 1);
-    assert_eq!(report.temp_entries_removed, 1);
+    assert_eq!(report.temp_entries_removed, 2);
     for m in [&kept, &by_roots_file, &by_arg] {
         for d in image_blobs(&store, m) {
             assert!(store.has_blob(&d), "reachable {d} was deleted");
@@ -95,7 +97,7 @@ fn gc_frees_unreachable_and_keeps_reachable() {
     assert!(common::layout::snapshot_dir(&store, &kept_diff_id).exists());
     assert!(!common::layout::snapshot_dir(&store, &dropped_layer).exists());
     assert!(common::layout::snapshots_dir(&store).join("not-a-digest").exists());
-    assert!(!stale.exists() && fresh.exists() && live.temp_path().exists());
+    assert!(!stale.exists() && !fresh.exists() && live.temp_path().exists());
     assert_eq!(report.blob_locations_removed, 1);
     assert!(locations.join(kept_layer.hex()).exists());
     assert!(!locations.join(dropped_layer.hex()).exists());
@@ -275,61 +277,148 @@ fn broken_stores_are_clear_errors_and_left_alone() {
 }
 
 #[test]
-fn gc_refuses_while_another_handle_holds_a_writer_lease() {
+fn gc_runs_while_another_handle_writes_and_keeps_what_its_lease_names() {
     let dir = tempfile::tempdir().unwrap();
-    let writer = Store::init(dir.path()).unwrap();
-    // Written, not yet tagged: exactly what a build or pull holds between blob and tag.
-    let pending = writer.put_blob(&b"layer of a build in progress"[..]).unwrap();
+    let setup = Store::init(dir.path()).unwrap();
+    let base = make_image(&setup, &[("base", "1")], "base");
+    setup.tag("base:1", &base).unwrap();
+    // Garbage: written by a handle whose lease has ended.
+    let garbage = setup.put_blob(&b"nobody wants this"[..]).unwrap();
+    drop(setup);
 
-    let other = Store::open(dir.path()).unwrap();
-    let err = other.gc(&[]).unwrap_err();
-    assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
-    assert!(err.to_string().contains("in use"), "{err}");
-    assert!(writer.has_blob(&pending.digest), "a refused gc deleted a pending blob");
+    // A build in progress: leased from the start, its base read through the store, a layer
+    // written, not tagged.
+    let writer = Store::open(dir.path()).unwrap();
+    writer.lease().unwrap();
+    let base_image = writer.image(&base).unwrap();
+    let (pending_layer, pending) = common::put_layer(&writer, &common::real_tar(&[("new", "x")]));
+    // Meanwhile the base loses its tag.
+    writer.untag("base:1").unwrap();
 
-    // A clone shares the lease: still in use while any clone lives.
-    let clone = writer.clone();
-    drop(writer);
-    assert!(matches!(other.gc(&[]), Err(StoreError::InUse { .. })));
-    // gc through the lease holder itself runs (its own lease does not count) and the lease
-    // is shared again afterwards.
-    let report = clone.gc(&[pending.digest]).unwrap();
-    assert!(report.removed.is_empty());
-    assert!(matches!(other.gc(&[]), Err(StoreError::InUse { .. })));
+    let gc = Store::open(dir.path()).unwrap();
+    let report = gc.gc(&[]).unwrap();
+    assert_eq!(report.removed, vec![garbage.digest], "{report:?}");
+    assert_eq!(report.leases_live, 1, "{report:?}");
+    assert!(gc.has_blob(&pending), "gc swept a leased, untagged blob");
+    for d in image_blobs(&gc, &base) {
+        assert!(gc.has_blob(&d), "gc swept {d} of the base the build pinned");
+    }
 
-    drop(clone);
-    let report = other.gc(&[]).unwrap();
-    assert_eq!(report.removed, vec![pending.digest]);
+    // The build finishes: an image on the pinned base plus its own layer, tagged.
+    // (Uncompressed layers: a diffID is the layer's digest.)
+    let base_layer = base_image.manifest.layers()[0].clone();
+    let diff_ids = [digest_of(&base_layer), pending];
+    let child = writer
+        .put_image(&common::config(&diff_ids, "child"), &[base_layer, pending_layer])
+        .unwrap();
+    writer.tag("child:1", &child).unwrap();
+    assert!(gc.fsck(false).unwrap().is_clean());
+
+    // Once the writer is gone, its lease goes with it: only tagged content stays, so the
+    // untagged base's manifest and config go (its layer is the child's too).
+    drop((writer, base_image));
+    let mut base_only = image_blobs(&gc, &base)[..2].to_vec();
+    base_only.sort();
+    let report = gc.gc(&[]).unwrap();
+    assert_eq!(report.leases_live, 0, "{report:?}");
+    assert_eq!(report.removed, base_only, "{report:?}");
+    assert!(gc.load_image("child:1").is_ok());
+    assert!(gc.fsck(false).unwrap().is_clean());
 }
 
 #[test]
-fn gc_refuses_while_another_process_writes() {
+fn gc_and_writers_race_without_losing_a_blob() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(dir.path()).unwrap();
-    // Another process holding the lease, as a running `strata build` does (flock(1) takes the
-    // same BSD lock our lease takes).
-    if !common::have_tool("flock") {
-        return;
+    std::thread::scope(|s| {
+        let collector = s.spawn(|| {
+            let gc = Store::open(dir.path()).unwrap();
+            let mut runs = 0;
+            for _ in 0..40 {
+                gc.gc(&[]).unwrap();
+                runs += 1;
+            }
+            runs
+        });
+        for i in 0..4 {
+            let root = dir.path().to_path_buf();
+            s.spawn(move || {
+                for round in 0..15 {
+                    // Each round a fresh handle (a fresh process, in effect): written
+                    // untagged, then tagged, with gc running throughout.
+                    let writer = Store::open(&root).unwrap();
+                    let content = format!("{i}-{round}");
+                    let m = make_image(&writer, &[("f", content.as_str())], &content);
+                    writer.tag(&format!("w{i}:r{round}"), &m).unwrap();
+                }
+            });
+        }
+        assert_eq!(collector.join().unwrap(), 40);
+    });
+    store.gc(&[]).unwrap();
+    assert!(store.fsck(false).unwrap().is_clean());
+    for i in 0..4 {
+        for round in 0..15 {
+            store.load_image(&format!("w{i}:r{round}")).unwrap();
+        }
     }
-    // `cat` exits when its stdin closes, and flock(1) then releases the lock.
-    let mut holder = std::process::Command::new("flock")
-        .arg("--shared")
-        .arg(common::layout::gc_lock_path(&store))
-        .arg("cat")
-        .stdin(std::process::Stdio::piped())
+}
+
+/// Not a test of its own: the helper process of `gc_sweeps_the_lease_of_a_killed_process`
+/// (run when `STRATA_LEASE_HELPER` names a store), which writes an untagged blob and half of
+/// another, says so, and waits to be killed.
+#[test]
+fn lease_helper_process() {
+    let Some(root) = std::env::var_os("STRATA_LEASE_HELPER") else { return };
+    let store = Store::open(&root).unwrap();
+    let put = store.put_blob(&b"written by a process about to be killed"[..]).unwrap();
+    let mut half = store.blob_writer().unwrap();
+    std::io::Write::write_all(&mut half, b"half of a blob").unwrap();
+    std::io::Write::flush(&mut half).unwrap();
+    let ready = std::path::Path::new(&root).join("..").join("helper-ready");
+    fs::write(&ready, put.digest.to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+    drop(half);
+}
+
+#[test]
+fn gc_sweeps_the_lease_of_a_killed_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = Store::init(&root).unwrap();
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "lease_helper_process", "--test-threads", "1"])
+        .env("STRATA_LEASE_HELPER", &root)
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the child holds it.
-    let mut refused = false;
-    for _ in 0..200 {
-        if matches!(store.gc(&[]), Err(StoreError::InUse { .. })) {
-            refused = true;
-            break;
-        }
+    let ready = dir.path().join("helper-ready");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "the helper never got ready");
+        assert!(helper.try_wait().unwrap().is_none(), "the helper exited early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(holder.stdin.take());
-    holder.wait().unwrap();
-    assert!(refused, "gc ran while another process held a writer lease");
-    store.gc(&[]).unwrap();
+    let written: Digest = fs::read_to_string(&ready).unwrap().parse().unwrap();
+
+    // Alive: its lease is a root, its half-written blob a live temp file.
+    let report = store.gc(&[]).unwrap();
+    assert_eq!((report.leases_live, report.leases_removed), (1, 0), "{report:?}");
+    assert!(report.removed.is_empty() && store.has_blob(&written), "{report:?}");
+    assert_eq!(report.temp_entries_removed, 0, "{report:?}");
+    assert_eq!(common::count(&common::layout::tmp_dir(&store)), 1);
+
+    helper.kill().unwrap(); // SIGKILL: no destructor runs
+    helper.wait().unwrap();
+
+    // The next writer to open the store sweeps the dead process's temp file...
+    let next = Store::open(&root).unwrap();
+    next.lease().unwrap();
+    assert_eq!(common::count(&common::layout::tmp_dir(&store)), 0, "leftover temp not swept");
+    drop(next);
+    // ... and the next gc its lease, and the blob only that lease kept.
+    let report = store.gc(&[]).unwrap();
+    assert_eq!((report.leases_live, report.leases_removed), (0, 1), "{report:?}");
+    assert_eq!(report.removed, vec![written], "{report:?}");
+    assert!(store.fsck(false).unwrap().is_clean());
 }

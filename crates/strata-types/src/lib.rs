@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cancel;
 mod digest;
 mod location;
 mod media;
@@ -19,6 +20,7 @@ mod platform;
 mod reference;
 mod report;
 
+pub use cancel::CancelToken;
 pub use digest::{Digest, DigestParseError, DigestParseErrorKind, Hasher, SHA256};
 pub use location::{ImageLocation, LocationError};
 pub use media::*;

@@ -1,8 +1,8 @@
 //! Ctrl-C (SIGINT) and SIGTERM during a build.
 //!
 //! The first signal cancels the build's [`CancelToken`]: the library stops before the next
-//! step, kills a running RUN with its whole pid namespace and removes its scratch space and
-//! mounts, and the command then exits 130. A second signal exits at once (the kernel still
+//! step, kills a running RUN with its whole pid namespace, stops a COPY/ADD between files,
+//! removes its scratch space and mounts, and the command then exits 130. A second signal exits at once (the kernel still
 //! kills a running RUN: its PID 1 has `PR_SET_PDEATHSIG`). The handler runs on a thread of
 //! signal-hook's, not in signal context, so it may lock and print.
 

@@ -135,7 +135,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     use strata::build::BuildError;
     use strata::image::ImageError;
     use strata::store::StoreError;
-    if err.chain().any(|e| store_error(e).is_some_and(StoreError::is_damage)) {
+    if is_damage(err) || corrupt_blob(err).is_some() {
         return 3;
     }
     let usage = err.chain().any(|e| {
@@ -174,6 +174,42 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// The [`StoreError::CorruptBlob`] anywhere in `err`'s chain (also inside transparent
+/// wrappers and I/O errors): a corrupt blob stops a command with that one line, whatever was
+/// reading it.
+pub fn corrupt_blob(err: &anyhow::Error) -> Option<&strata::store::StoreError> {
+    use strata::build::BuildError;
+    use strata::store::StoreError;
+    err.chain().find_map(|e| {
+        // A failed step boxes its cause; look at the root of it.
+        let step = e
+            .downcast_ref::<BuildError>()
+            .or_else(|| e.downcast_ref::<Box<BuildError>>().map(|b| &**b))
+            .map(|b| b.root_cause() as &(dyn std::error::Error + 'static));
+        [Some(e), step].into_iter().flatten().find_map(|e| match store_error(e) {
+            Some(s @ StoreError::CorruptBlob { .. }) => Some(s),
+            _ => StoreError::corrupt_blob_in(e),
+        })
+    })
+}
+
+/// Whether `err` says the store is damaged (exit 3).
+fn is_damage(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        store_error(e).is_some_and(strata::store::StoreError::is_damage)
+            || e.downcast_ref::<strata::diff::DiffError>().is_some_and(|d| d.is_damage())
+    })
+}
+
+/// What to add to the error line of a damaged store: run `strata fsck` (unless the error
+/// already names the repair, as a damaged metadata file does).
+pub fn damage_hint(err: &anyhow::Error) -> Option<&'static str> {
+    let names_repair = err
+        .chain()
+        .any(|e| matches!(store_error(e), Some(strata::store::StoreError::DamagedFile { .. })));
+    (is_damage(err) && !names_repair).then_some("run `strata fsck` to check the store")
+}
+
 /// The store error `e` is or wraps transparently (`#[error(transparent)]` variants hide it
 /// from the source chain).
 fn store_error<'a>(
@@ -189,6 +225,8 @@ fn store_error<'a>(
     };
     let image = |i: &'a strata::image::ImageError| match i {
         strata::image::ImageError::Store(s) => Some(s),
+        strata::image::ImageError::Registry(strata::registry::RegistryError::Store(s)) => Some(s),
+        strata::image::ImageError::Layer(l) => layer(l),
         _ => None,
     };
     if let Some(b) = e.downcast_ref::<BuildError>() {

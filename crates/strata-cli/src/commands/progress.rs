@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata::build::{self, BuildEvent, EventRecord, ProgressSink};
+use strata::build::{self, BuildEvent, EventRecord, ProgressSink, PullBlobKind, PullBlobOutcome};
 
 use super::store::human;
 
@@ -119,11 +119,17 @@ impl ProgressSink for JsonProgress {
 pub struct PlainProgress {
     start: Instant,
     steps: Mutex<HashMap<(usize, usize), (usize, Instant)>>,
+    /// Blobs of pulled bases being downloaded: kind and size, by digest.
+    blobs: Mutex<HashMap<String, (PullBlobKind, u64)>>,
 }
 
 impl PlainProgress {
     fn new() -> Self {
-        PlainProgress { start: Instant::now(), steps: Mutex::new(HashMap::new()) }
+        PlainProgress {
+            start: Instant::now(),
+            steps: Mutex::new(HashMap::new()),
+            blobs: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -160,6 +166,9 @@ impl ProgressSink for PlainProgress {
             BuildEvent::StepCached { stage, step } => {
                 writeln!(err, "#{} CACHED", n_of(&steps, *stage, *step))
             }
+            BuildEvent::CacheMiss { stage, step, reason } => {
+                writeln!(err, "#{} cache miss: {reason}", n_of(&steps, *stage, *step))
+            }
             BuildEvent::StepDone { stage, step, duration_ms, layer, layer_size, .. } => {
                 let n = n_of(&steps, *stage, *step);
                 let secs = *duration_ms as f64 / 1000.0;
@@ -175,10 +184,74 @@ impl ProgressSink for PlainProgress {
             }
             BuildEvent::Warning { message } => writeln!(err, "WARNING: {message}"),
             BuildEvent::PullStart { reference } => writeln!(err, "=> pulling {reference}"),
+            BuildEvent::PullBlobStart { digest, kind, size, .. } => {
+                let mut blobs = self.blobs.lock().unwrap_or_else(|p| p.into_inner());
+                blobs.insert(digest.clone(), (*kind, *size));
+                writeln!(
+                    err,
+                    "=> {} {} downloading ({})",
+                    kind_name(*kind),
+                    short(digest),
+                    human(*size)
+                )
+            }
+            BuildEvent::PullBlobDone { digest, outcome, .. } => {
+                let blobs = self.blobs.lock().unwrap_or_else(|p| p.into_inner());
+                writeln!(err, "=> {}", blob_done(digest, *outcome, blobs.get(digest).copied()))
+            }
             BuildEvent::PullDone { .. } => writeln!(err, "=> {}", pull_summary(e)),
             _ => Ok(()),
         };
     }
+}
+
+fn kind_name(kind: PullBlobKind) -> &'static str {
+    match kind {
+        PullBlobKind::Layer => "layer",
+        PullBlobKind::Config => "config",
+        PullBlobKind::Manifest => "manifest",
+        _ => "blob",
+    }
+}
+
+/// `layer 0123456789ab 3.4MB / 3.4MB downloaded`, or `blob 0123456789ab already present`.
+fn blob_done(
+    digest: &str,
+    outcome: PullBlobOutcome,
+    started: Option<(PullBlobKind, u64)>,
+) -> String {
+    match (outcome, started) {
+        (PullBlobOutcome::Downloaded, Some((kind, size))) => format!(
+            "{} {} {} / {} downloaded",
+            kind_name(kind),
+            short(digest),
+            human(size),
+            human(size)
+        ),
+        (PullBlobOutcome::Downloaded, None) => format!("blob {} downloaded", short(digest)),
+        _ => format!("blob {} already present", short(digest)),
+    }
+}
+
+/// ` => => layer 0123456789ab [=======>            ] 1.2MB / 3.4MB`.
+fn blob_bar(p: &PullView) -> String {
+    const WIDTH: usize = 20;
+    let filled =
+        (p.done.min(p.size) * WIDTH as u64).checked_div(p.size).map_or(WIDTH, |f| f as usize);
+    let bar: String = (0..WIDTH)
+        .map(|i| match i.cmp(&filled) {
+            std::cmp::Ordering::Less => '=',
+            std::cmp::Ordering::Equal => '>',
+            std::cmp::Ordering::Greater => ' ',
+        })
+        .collect();
+    format!(
+        " => => {} {} [{bar}] {} / {}",
+        kind_name(p.kind),
+        short(&p.digest),
+        human(p.done),
+        human(p.size)
+    )
 }
 
 /// `3 files, 12kB`.
@@ -242,6 +315,14 @@ struct StepView {
     staged: Option<(u64, u64)>,
 }
 
+/// A blob of a pulled base being downloaded, in the live view.
+struct PullView {
+    digest: String,
+    kind: PullBlobKind,
+    size: u64,
+    done: u64,
+}
+
 /// A stage as the summary line tells it.
 #[derive(Default)]
 struct StageView {
@@ -265,6 +346,10 @@ struct TtyState {
     steps: Vec<StepView>,
     by_key: HashMap<(usize, usize), usize>,
     stages: BTreeMap<usize, StageView>,
+    /// Blobs of pulled bases downloading now, one bar each below the steps.
+    pulls: Vec<PullView>,
+    /// Kind and size of every blob started, for its line when done.
+    pulled: HashMap<String, (PullBlobKind, u64)>,
     /// Lines of the live view on screen now (to move the cursor back over).
     drawn: usize,
     /// No more redraws: the last frame is written.
@@ -354,7 +439,8 @@ impl TtyProgress {
     /// The header and the steps that fit the terminal: every running step, then as many of
     /// the latest finished ones as there is room for.
     fn frame(&self, state: &TtyState) -> Vec<String> {
-        let room = self.height.saturating_sub(2).max(1);
+        let bars = state.pulls.len().min(self.height.saturating_sub(3));
+        let room = self.height.saturating_sub(2 + bars).max(1);
         let mut shown: Vec<usize> = (0..state.steps.len()).collect();
         if shown.len() > room {
             let running: Vec<usize> =
@@ -375,6 +461,7 @@ impl TtyProgress {
         }
         let mut lines = vec![self.header(state, "")];
         lines.extend(shown.into_iter().map(|i| self.step_line(state, &state.steps[i])));
+        lines.extend(state.pulls.iter().take(bars).map(blob_bar));
         lines
     }
 
@@ -514,6 +601,24 @@ impl TtyProgress {
             }
             BuildEvent::Warning { message } => above.push(format!("WARNING: {message}")),
             BuildEvent::PullStart { reference } => above.push(format!("pulling {reference}")),
+            BuildEvent::PullBlobStart { digest, kind, size, .. } => {
+                state.pulled.insert(digest.clone(), (*kind, *size));
+                state.pulls.push(PullView {
+                    digest: digest.clone(),
+                    kind: *kind,
+                    size: *size,
+                    done: 0,
+                });
+            }
+            BuildEvent::PullBlobProgress { digest, done, .. } => {
+                if let Some(p) = state.pulls.iter_mut().find(|p| p.digest == *digest) {
+                    p.done = *done;
+                }
+            }
+            BuildEvent::PullBlobDone { digest, outcome, .. } => {
+                state.pulls.retain(|p| p.digest != *digest);
+                above.push(blob_done(digest, *outcome, state.pulled.get(digest).copied()));
+            }
             BuildEvent::PullDone { .. } => above.push(pull_summary(e)),
             _ => {}
         }
@@ -556,6 +661,15 @@ mod tests {
         assert_eq!(cut("abcdef", 3), "abc");
         assert_eq!(cut("ab", 3), "ab");
         assert_eq!(cut("✔✔✔✔", 2), "✔✔");
+    }
+
+    #[test]
+    fn a_pull_bar_shows_bytes_done_of_total() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let p = PullView { digest, kind: PullBlobKind::Layer, size: 4_000_000, done: 1_000_000 };
+        assert_eq!(blob_bar(&p), " => => layer abababababab [=====>              ] 1MB / 4MB");
+        let empty = PullView { size: 0, done: 0, ..p };
+        assert!(blob_bar(&empty).contains("[====================] 0B / 0B"));
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub fn import(store: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode
             imported.manifest
         }
     };
-    store.tag(&name.tag_key(), &manifest)?;
+    store.retag(&name.tag_key(), &manifest)?;
     writeln!(out, "{} {}", name.tag_key(), manifest.digest())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -556,7 +556,7 @@ pub fn tag(store: Option<&Path>, args: TagArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(store)?;
     let desc = store.resolve(&args.source)?;
     let target: strata::types::Reference = args.target.parse()?;
-    store.tag(&target.tag_key(), &desc)?;
+    store.retag(&target.tag_key(), &desc)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -669,12 +669,15 @@ pub fn gc(store: Option<&Path>, args: GcArgs) -> anyhow::Result<ExitCode> {
     let report = store.gc(&[])?;
     writeln!(
         out,
-        "removed {} blobs ({}), {} snapshots, {} temp entries; kept {} blobs",
+        "removed {} blobs ({}), {} snapshots, {} temp entries, {} dead leases; kept {} blobs \
+         ({} live leases)",
         report.removed.len(),
         human(report.bytes_freed),
         report.snapshots_removed,
         report.temp_entries_removed,
-        report.blobs_kept
+        report.leases_removed,
+        report.blobs_kept,
+        report.leases_live
     )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -169,3 +169,95 @@ pub fn strata(store: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A server on 127.0.0.1 that accepts, reads, and never answers (a registry that hangs);
+/// its `host:port`.
+pub fn silent_server() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            // Read whatever comes; hold the connection open until the client gives up.
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while conn.read(&mut sink).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    host
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` (`host:port`) that passes requests on
+/// as they come and answers at most `bytes_per_sec`: a slow link to a real registry, so a
+/// download lasts long enough to be watched. Its `host:port`.
+pub fn throttled_proxy(upstream: &str, bytes_per_sec: u64) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { return };
+            let Ok(server) = TcpStream::connect(&upstream) else { continue };
+            let (Ok(mut to_server), Ok(mut from_server)) = (client.try_clone(), server.try_clone())
+            else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_client, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                const SLICE: usize = 16 * 1024;
+                let pause = std::time::Duration::from_secs_f64(SLICE as f64 / bytes_per_sec as f64);
+                let mut buf = [0u8; SLICE];
+                while let Ok(n) = from_server.read(&mut buf) {
+                    if n == 0 || to_server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+                let _ = to_server.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    host
+}
+
+/// A private tmux server (its own socket, so no session of the machine's is touched) running
+/// one session; killed on drop.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `script` (run by the shell) in a `width` x `height` pane.
+    pub fn start(name: &str, width: u16, height: u16, script: &str) -> Tmux {
+        let tmux = Tmux { socket: format!("strata-{name}-{}", std::process::id()) };
+        let (w, h) = (width.to_string(), height.to_string());
+        let out = tmux.command(&["new-session", "-d", "-x", &w, "-y", &h, "-s", "t", script]);
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        tmux
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    /// The pane as shown now; `-J` joins wrapped lines, so a line that wrapped shows as one
+    /// longer than the pane.
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.command(&["capture-pane", "-p", "-J", "-t", "t"]).stdout)
+            .into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.command(&["kill-server"]);
+    }
+}

@@ -5,7 +5,13 @@
 //! `strata/v1/cache-v1/<kind>/<key-hex>`, written atomically. The index is not a gc root: an
 //! entry lives exactly as long as its layer blob (gc drops the rest), and an entry whose blob
 //! is gone is a miss, never an error. A change of this entry format needs a new directory
-//! version.
+//! version; the optional `inputs` field (what went into the key, field by field, as digests)
+//! was added compatibly: older entries simply have none.
+//!
+//! To explain a miss, strata-build also names the entry a step position last produced
+//! ([`Store::cache_note_step`]): `strata/v1/cache-steps-v1/<locator-hex>` holds the key of
+//! that entry, where the locator is a digest strata-build makes of the context, recipe,
+//! platform, stage and step. gc drops a pointer whose entry has been gone for a week.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -67,6 +73,16 @@ pub struct CacheEntry {
     pub diff_id: Digest,
 }
 
+/// What went into a cache key, field by field: each top-level field of the key document
+/// as the digests of its canonical JSON (one per element for an array, one otherwise).
+/// Digests, never values: a build arg's value does not become readable from the store. Two
+/// inputs compare field by field to say why a step missed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheInputs {
+    /// Field name to the digests of its value.
+    pub fields: BTreeMap<String, Vec<Digest>>,
+}
+
 /// The file format of an entry.
 #[derive(Serialize, Deserialize)]
 struct EntryFile {
@@ -74,6 +90,20 @@ struct EntryFile {
     diff_id: Digest,
     size: u64,
     media_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inputs: Option<CacheInputs>,
+}
+
+/// Versioned directory of the step pointers under `strata/v1/`.
+const STEPS_DIR: &str = "cache-steps-v1";
+
+/// How long gc keeps a step pointer whose entry is gone.
+const STEP_POINTER_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+impl CacheKind {
+    fn parse_dir(name: &str) -> Option<CacheKind> {
+        CacheKind::ALL.into_iter().find(|k| k.dir() == name)
+    }
 }
 
 impl Store {
@@ -86,21 +116,34 @@ impl Store {
     pub fn cache_get(&self, key: &CacheKey) -> Option<CacheEntry> {
         let bytes = fs::read(self.cache_entry_path(key)).ok()?;
         let e: EntryFile = serde_json::from_slice(&bytes).ok()?;
-        if self.blob_size(&e.digest).ok()? != e.size {
-            return None;
-        }
+        // Pinned (when leased) before the check, so gc cannot take the layer after it.
+        let present = self.pinned_lookup(&[e.digest, e.diff_id], || {
+            (self.blob_size(&e.digest).ok()? == e.size).then_some(())
+        });
+        present?;
         let layer = Descriptor::new(MediaType::from(e.media_type.as_str()), e.size, e.digest);
         Some(CacheEntry { layer, diff_id: e.diff_id })
     }
 
     /// Records `entry` as the result of `key` (atomically; a later put replaces it).
     pub fn cache_put(&self, key: &CacheKey, entry: &CacheEntry) -> Result<(), StoreError> {
+        self.cache_put_with_inputs(key, entry, None)
+    }
+
+    /// [`Store::cache_put`], keeping what went into the key (see [`CacheInputs`]).
+    pub fn cache_put_with_inputs(
+        &self,
+        key: &CacheKey,
+        entry: &CacheEntry,
+        inputs: Option<&CacheInputs>,
+    ) -> Result<(), StoreError> {
         let digest = Digest::try_from(entry.layer.digest())?;
         let file = EntryFile {
             digest,
             diff_id: entry.diff_id,
             size: entry.layer.size(),
             media_type: entry.layer.media_type().to_string(),
+            inputs: inputs.cloned(),
         };
         let bytes = serde_json::to_vec(&file)
             .map_err(|source| StoreError::Serialize { what: "cache entry", source })?;
@@ -110,6 +153,41 @@ impl Store {
         }
         self.ensure_meta_dirs()?;
         write_atomic(&self.tmp_dir(), &path, &bytes)
+    }
+
+    /// What went into `key`, when its entry is still in the index and recorded them (its
+    /// blob may be gone).
+    pub fn cache_inputs(&self, key: &CacheKey) -> Option<CacheInputs> {
+        let bytes = fs::read(self.cache_entry_path(key)).ok()?;
+        serde_json::from_slice::<EntryFile>(&bytes).ok()?.inputs
+    }
+
+    /// Whether the index has an entry for `key` (whether or not its blob is still stored).
+    pub fn cache_entry_exists(&self, key: &CacheKey) -> bool {
+        self.cache_entry_path(key).is_file()
+    }
+
+    fn step_path(&self, locator: &Digest) -> PathBuf {
+        self.meta_dir().join(STEPS_DIR).join(locator.hex())
+    }
+
+    /// Notes that the step at `locator` last produced the entry `key` (best effort for the
+    /// caller: a lost pointer only makes a later miss less well explained).
+    pub fn cache_note_step(&self, locator: &Digest, key: &CacheKey) -> Result<(), StoreError> {
+        let path = self.step_path(locator);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+        }
+        self.ensure_meta_dirs()?;
+        let text = format!("{}/{}", key.kind.dir(), key.digest.hex());
+        write_atomic(&self.tmp_dir(), &path, text.as_bytes())
+    }
+
+    /// The key of the entry the step at `locator` last produced, if noted.
+    pub fn cache_step(&self, locator: &Digest) -> Option<CacheKey> {
+        let text = fs::read_to_string(self.step_path(locator)).ok()?;
+        let (kind, hex) = text.trim().split_once('/')?;
+        Some(CacheKey { kind: CacheKind::parse_dir(kind)?, digest: Digest::from_hex(hex).ok()? })
     }
 
     /// Every entry whose layer blob is stored, by kind and key.
@@ -291,6 +369,31 @@ pub(crate) fn sweep_build_cache(store: &Store) -> Result<usize, StoreError> {
             if !keep && remove_file_if_exists(&path)? {
                 removed += 1;
             }
+        }
+    }
+    // A step pointer whose entry is gone still explains the next miss of its step ("its
+    // cached layer is gone") for a while; after [`STEP_POINTER_GRACE`] it goes too, so
+    // pointers of contexts never built again do not pile up.
+    let steps = store.meta_dir().join(STEPS_DIR);
+    let now = std::time::SystemTime::now();
+    for pointer in read_dir_if_exists(&steps)?.into_iter().flatten() {
+        let path = pointer.map_err(StoreError::io(&steps))?.path();
+        let age = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if age < STEP_POINTER_GRACE {
+            continue;
+        }
+        let live = fs::read_to_string(&path).ok().and_then(|t| {
+            let (kind, hex) = t.trim().split_once('/')?;
+            let key =
+                CacheKey { kind: CacheKind::parse_dir(kind)?, digest: Digest::from_hex(hex).ok()? };
+            Some(store.cache_entry_path(&key).is_file())
+        });
+        if live != Some(true) {
+            remove_file_if_exists(&path)?;
         }
     }
     Ok(removed)

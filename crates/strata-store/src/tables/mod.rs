@@ -10,6 +10,7 @@
 //! | [`Store::snapshots`], unpacked layers | `snapshots/<diffid-hex>` | its layer is unreachable |
 //! | [`Store::cache_mount`] ([`Store::cache_mount_dir`]), `RUN --mount=type=cache` dirs | `cache-mounts/<id>`, more instances `<id>@N` | removed by hand |
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
+//! | [`Store::lease`], a live writer's roots | `leases/<name>` | its handle is dropped, or gc finds it unlocked |
 //! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |
 //! | [`Store::set_gc_roots`], extra gc roots | `roots/<name>` | replaced by its writer |
 //!
@@ -31,8 +32,8 @@ mod snapshots;
 mod workdir;
 
 pub use cache_index::{
-    CacheEntry, CacheIndex, CacheKey, CacheKind, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE,
-    CACHE_INDEX_VERSION,
+    CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CACHE_ARTIFACT_TYPE,
+    CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
 };
 pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;

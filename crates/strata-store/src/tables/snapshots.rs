@@ -34,15 +34,17 @@ impl Snapshots<'_> {
         self.store.snapshots_dir().join(layer.hex())
     }
 
-    /// The directory holding the snapshot of `layer` (its diffID), if there is one.
+    /// The directory holding the snapshot of `layer` (its diffID), if there is one. A handle
+    /// holding a lease pins it first, so gc leaves it while the handle lives.
     pub fn get(&self, layer: &Digest) -> Option<PathBuf> {
         let dir = self.dir_of(layer);
-        dir.is_dir().then_some(dir)
+        self.store.pinned_lookup(&[*layer], || dir.is_dir().then_some(dir))
     }
 
     /// The snapshot of `layer`, made first when missing: `fill` is given an empty directory
     /// on the store's file system to unpack into; once it succeeds the directory becomes the
-    /// snapshot (mode 0755). A failing `fill` leaves nothing behind.
+    /// snapshot (mode 0755). A failing `fill` leaves nothing behind. A handle holding a lease
+    /// pins the snapshot, as [`Snapshots::get`] does.
     pub fn ensure<E: From<StoreError>>(
         &self,
         layer: &Digest,
@@ -82,15 +84,17 @@ impl Snapshots<'_> {
         let dir = self.dir_of(layer);
         let parent = self.store.snapshots_dir();
         fs::create_dir_all(&parent).map_err(StoreError::io(&parent))?;
-        if let Err(e) = fs::rename(tree, &dir) {
-            if discard {
-                let _ = crate::gc::remove_tree(tree);
+        self.store.with_pins(&[*layer], || {
+            if let Err(e) = fs::rename(tree, &dir) {
+                if discard {
+                    let _ = crate::gc::remove_tree(tree);
+                }
+                if !dir.is_dir() {
+                    return Err(StoreError::Io { path: dir, source: e });
+                }
             }
-            if !dir.is_dir() {
-                return Err(StoreError::Io { path: dir, source: e });
-            }
-        }
-        Ok(dir)
+            Ok(dir)
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use crate::store::Store;
 /// A temp directory under the store's `strata/v1/tmp/`, on the store's file system (so what
 /// is made in it can be renamed into the store), `flock`ed for as long as it lives so that a
 /// concurrent [`Store::gc`] leaves it alone; removed on drop. A killed process's work
-/// directories are unlocked and removed by the next gc once they are a minute old.
+/// directories are unlocked and removed by the next writer's lease or gc.
 #[derive(Debug)]
 pub struct WorkDir {
     // Field order matters: the lock is released after the directory is removed.
@@ -35,13 +35,7 @@ impl Store {
     pub fn work_dir(&self, prefix: &str) -> Result<WorkDir, StoreError> {
         let root = self.tmp_dir();
         fs::create_dir_all(&root).map_err(StoreError::io(&root))?;
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(&root)
-            .map_err(StoreError::io(&root))?;
-        let lock = fs::File::open(dir.path()).map_err(StoreError::io(dir.path()))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| StoreError::Io { path: dir.path().to_path_buf(), source: e.into() })?;
+        let (dir, lock) = crate::blob::locked_temp_dir(&root, prefix)?;
         Ok(WorkDir { dir, _lock: lock })
     }
 }
