@@ -110,6 +110,15 @@ pub(crate) struct Fetched {
     commits: HashMap<usize, crate::git::Resolved>,
 }
 
+impl Fetched {
+    /// The commits the git sources resolved to, in source order.
+    pub(crate) fn git_commits(&self) -> Vec<String> {
+        let mut by_index: Vec<(&usize, &crate::git::Resolved)> = self.commits.iter().collect();
+        by_index.sort_by_key(|(i, _)| **i);
+        by_index.into_iter().map(|(_, r)| r.commit.clone()).collect()
+    }
+}
+
 fn parse_exclude(spec: &CopySpec) -> Result<Option<DockerIgnore>> {
     if spec.exclude.is_empty() {
         return Ok(None);
@@ -169,11 +178,10 @@ pub(crate) fn source_inputs(
                     if let Some(sum) = &spec.checksum {
                         crate::git::check_checksum(&git_url, &resolved, sum)?;
                     }
-                    out.push(serde_json::json!({
-                        "git": resolved.commit,
-                        "subdir": git_url.subdir(),
-                        "keep_git_dir": spec.keep_git_dir,
-                    }));
+                    // The commit is a key field of its own (`git`, from `fetched`), so a
+                    // miss can say a branch moved; ref, subdir and --keep-git-dir are in
+                    // the spec.
+                    out.push(serde_json::Value::Null);
                     fetched.commits.insert(i, resolved);
                 }
                 None if spec.checksum.is_none() => {

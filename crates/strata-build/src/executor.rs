@@ -834,6 +834,10 @@ impl<'a> Builder<'a> {
         }
         let mut doc = self.key_base(if is_add { "add" } else { "copy" }, state);
         doc.insert("sources".into(), inputs);
+        let commits = fetched.git_commits();
+        if !commits.is_empty() {
+            doc.insert("git".into(), commits.into());
+        }
         doc.insert("from".into(), from_chain.into());
         if !spec.dest.starts_with('/') {
             doc.insert("workdir".into(), state.run.working_dir.clone().into());

@@ -428,9 +428,14 @@ fn ulimits_and_shm_size_reach_run_steps_and_the_cache_key() {
     assert_eq!(fs::read_to_string(root.path().join("n")).unwrap(), "321\n654\n");
     let shm = fs::read_to_string(root.path().join("shm")).unwrap();
     assert!(shm.contains("size=16384k"), "{shm}");
-    // Other limits are another RUN: no stale hit.
+    // Other limits are another RUN: no stale hit, and the miss says why.
     opts.run_resources = Default::default();
-    let (again, _) = e.build_with(&opts);
+    let (again, events) = e.build_with(&opts);
+    let reason = events.iter().find_map(|e| match e {
+        strata_build::BuildEvent::CacheMiss { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("--ulimit changed; --shm-size changed"));
     let root = e.flatten(&again.unwrap());
     assert_ne!(fs::read_to_string(root.path().join("n")).unwrap(), "321\n654\n");
     let shm = fs::read_to_string(root.path().join("shm")).unwrap();

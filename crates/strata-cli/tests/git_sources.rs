@@ -259,6 +259,12 @@ fn a_rebuild_is_cached_until_the_branch_moves() {
     git(&repo, SECOND + 1, &["commit", "-q", "-am", "third"]);
     let moved = ok(build(&store, &ctx, &recipe, &["-t", "c:3"]));
     assert!(cached_steps(&moved).is_empty());
+    let reason = moved
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "cache_miss")
+        .map(|e| e["reason"].as_str().unwrap().to_string());
+    assert_eq!(reason.as_deref(), Some("a git source's ref names another commit"));
     let root = export(&store, "c:3", &tmp.path("out"));
     assert_eq!(read(root.join("src/a.txt")), "three\n");
 }
