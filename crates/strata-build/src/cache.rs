@@ -9,7 +9,8 @@
 //! - RUN: the argv (heredoc bodies included), the environment with the ARGs in scope, user,
 //!   working directory, network, the `--mount` specs, and for bind mounts the content of what
 //!   is mounted (a stage's or image's diffIDs; for the context, the digest of the mounted
-//!   tree: paths, types, modes, owners, link targets, bytes). Secret values and cache-mount
+//!   tree: paths, types, modes, owners, link targets, bytes), and `--add-host`, `--ulimit`,
+//!   `--shm-size` and `--security=insecure` when given. Secret values and cache-mount
 //!   contents never enter a key, as in BuildKit;
 //! - COPY/ADD: the instruction as expanded (sources, dest, every flag: chown, chmod, from,
 //!   exclude, parents, link, checksum, unpack), WORKDIR when the dest is relative (USER does
@@ -18,7 +19,8 @@
 //!   modes, link targets, bytes and the mtime the layer keeps, i.e. clamped to the timestamp,
 //!   never raw mtimes; owners are left out because they never reach the layer); `--from`: the
 //!   stage's or image's diffIDs; ADD URLs: `--checksum` if given, else the fetched bytes;
-//!   heredocs: their content;
+//!   ADD of a git URL: the commit its ref resolves to (`git`; the ref, subdirectory and
+//!   `--keep-git-dir` are in the instruction); heredocs: their content;
 //! - WORKDIR that creates its directory: the path and the USER owning it.
 //!
 //! Entries live in the store's build-cache index (`Store::cache_get`/`cache_put`), which
@@ -145,6 +147,10 @@ pub(crate) fn explain_miss(
             "path" | "owner" => "the directory or its owner changed".into(),
             "network" => "the network mode changed".into(),
             "extra_hosts" => "--add-host changed".into(),
+            "git" => "a git source's ref names another commit".into(),
+            "ulimits" => "--ulimit changed".into(),
+            "shm_size" => "--shm-size changed".into(),
+            "insecure" => "RUN --security=insecure changed".into(),
             "timestamp" => "the timestamp (SOURCE_DATE_EPOCH or --timestamp) changed".into(),
             "platform" => "the platform changed".into(),
             "compression" => "the layer compression changed".into(),
@@ -158,12 +164,13 @@ pub(crate) fn explain_miss(
 }
 
 /// The order reasons are given in: what the user edits first, the parent chain last.
-const FIELD_ORDER: [&str; 20] = [
+const FIELD_ORDER: [&str; 24] = [
     "kind",
     "spec",
     "argv",
     "heredocs",
     "sources",
+    "git",
     "from",
     "bind_inputs",
     "mounts",
@@ -175,6 +182,9 @@ const FIELD_ORDER: [&str; 20] = [
     "owner",
     "network",
     "extra_hosts",
+    "ulimits",
+    "shm_size",
+    "insecure",
     "timestamp",
     "platform",
     "compression",

@@ -36,6 +36,7 @@ use strata_types::{CancelToken, Digest};
 
 use crate::context_hash::{hash_file, ContextHashes, FileCount, SourceWalk};
 use crate::error::{BuildError, Result};
+use crate::git::GitUrl;
 use crate::rootfs::{resolve_owner, set_mode};
 use strata_layer::overlay::{normalize, MergedView};
 
@@ -97,11 +98,26 @@ struct Item {
     may_extract: bool,
     /// As written, for messages.
     written: String,
+    /// The tree a directory item is read from when it is not the step's (a git checkout).
+    tree: Option<Box<SourceTree>>,
 }
 
-/// URL sources already downloaded (to compute a cache key), by source index.
+/// URL sources already downloaded and git sources already resolved (to compute a cache key),
+/// by source index.
 #[derive(Default)]
-pub(crate) struct Fetched(HashMap<usize, Item>);
+pub(crate) struct Fetched {
+    urls: HashMap<usize, Item>,
+    commits: HashMap<usize, crate::git::Resolved>,
+}
+
+impl Fetched {
+    /// The commits the git sources resolved to, in source order.
+    pub(crate) fn git_commits(&self) -> Vec<String> {
+        let mut by_index: Vec<(&usize, &crate::git::Resolved)> = self.commits.iter().collect();
+        by_index.sort_by_key(|(i, _)| **i);
+        by_index.into_iter().map(|(_, r)| r.commit.clone()).collect()
+    }
+}
 
 fn parse_exclude(spec: &CopySpec) -> Result<Option<DockerIgnore>> {
     if spec.exclude.is_empty() {
@@ -154,12 +170,29 @@ pub(crate) fn source_inputs(
                 }
                 out.push(serde_json::Value::Array(matches));
             }
-            Source::Url { url } if env.is_add && spec.checksum.is_none() => {
-                let item = fetch_url(url, None, env.scratch, i)?;
-                let digest = Digest::from_sha256(hash_file(&item.real, Some(env.cancel))?);
-                out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
-                fetched.0.insert(i, item);
-            }
+            Source::Url { url } if env.is_add => match GitUrl::parse(url) {
+                Some(git_url) => {
+                    // The commit, not the ref: a moved branch is a miss, an unchanged one a
+                    // hit without a clone.
+                    let resolved = crate::git::resolve(&git_url)?;
+                    if let Some(sum) = &spec.checksum {
+                        crate::git::check_checksum(&git_url, &resolved, sum)?;
+                    }
+                    // The commit is a key field of its own (`git`, from `fetched`), so a
+                    // miss can say a branch moved; ref, subdir and --keep-git-dir are in
+                    // the spec.
+                    out.push(serde_json::Value::Null);
+                    fetched.commits.insert(i, resolved);
+                }
+                None if spec.checksum.is_none() => {
+                    let item = fetch_url(url, None, env.scratch, i)?;
+                    let digest = Digest::from_sha256(hash_file(&item.real, Some(env.cancel))?);
+                    out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
+                    fetched.urls.insert(i, item);
+                }
+                // With --checksum the digest is known: the spec covers it.
+                None => out.push(serde_json::Value::Null),
+            },
             _ => out.push(serde_json::Value::Null),
         }
     }
@@ -204,6 +237,7 @@ pub(crate) fn stage_copy(
                     mode: Some(0o644),
                     may_extract: false,
                     written: format!("<<{name}"),
+                    tree: None,
                 });
             }
             Source::Url { url } => {
@@ -212,7 +246,11 @@ pub(crate) fn stage_copy(
                         what: format!("COPY from a URL ({url})"),
                     });
                 }
-                match fetched.0.remove(&i) {
+                if let Some(git_url) = GitUrl::parse(url) {
+                    items.push(git_item(env, spec, &git_url, fetched.commits.remove(&i), i)?);
+                    continue;
+                }
+                match fetched.urls.remove(&i) {
                     Some(item) => items.push(item),
                     None => items.push(fetch_url(url, spec.checksum.as_deref(), env.scratch, i)?),
                 }
@@ -420,6 +458,7 @@ fn expand_path(
             mode: None,
             may_extract: env.is_add && md.is_file(),
             written: path.to_string(),
+            tree: None,
         });
     }
     Ok(out)
@@ -655,6 +694,7 @@ fn copy_dir_root(
     // --chown owner), not with the source directory's mode; an existing one is kept.
     ensure_dir(env.image, staging, target, new_owner)?;
     let mut links = Hardlinks::new();
+    let tree = item.tree.as_deref().unwrap_or(tree);
     copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts, &mut links)?;
     Ok(())
 }
@@ -837,6 +877,46 @@ fn extract_archive(
     Ok(())
 }
 
+/// A git source checked out into the scratch dir: a directory whose contents go into the
+/// destination (BuildKit copies the checkout's `/` there), read as a tree of its own whose
+/// owners are reset to 0:0 like the context's.
+fn git_item(
+    env: &CopyEnv<'_>,
+    spec: &CopySpec,
+    url: &GitUrl,
+    resolved: Option<crate::git::Resolved>,
+    i: usize,
+) -> Result<Item> {
+    let resolved = match resolved {
+        Some(r) => r,
+        None => {
+            let r = crate::git::resolve(url)?;
+            if let Some(sum) = &spec.checksum {
+                crate::git::check_checksum(url, &r, sum)?;
+            }
+            r
+        }
+    };
+    let dir = env.scratch.join(format!("git-{i}"));
+    let root = crate::git::checkout(url, &resolved, &dir, spec.keep_git_dir)?;
+    Ok(Item {
+        real: root.clone(),
+        rel: PathBuf::new(),
+        name: OsString::new(),
+        is_dir: true,
+        keep_path: None,
+        mode: None,
+        may_extract: false,
+        written: url.to_string(),
+        tree: Some(Box::new(SourceTree {
+            view: MergedView::new(vec![root]),
+            ignore: None,
+            label: format!("git {url}"),
+            keep_owner: false,
+        })),
+    })
+}
+
 /// A reader that fails once `cancel` is cancelled, so an archive being extracted stops
 /// between reads.
 struct CancelRead<R> {
@@ -912,6 +992,7 @@ fn fetch_url(url: &str, checksum: Option<&str>, scratch: &Path, i: usize) -> Res
         mode: Some(0o600),
         may_extract: false,
         written: url.to_string(),
+        tree: None,
     })
 }
 

@@ -177,6 +177,54 @@ pub enum BuildError {
         #[source]
         source: Box<ureq::Error>,
     },
+    /// A git command for a git source failed (the repository unreachable, a fetch or
+    /// checkout refused); `detail` is git's own message, credentials redacted.
+    #[error("git {action} of {url} (ref {reference}) failed: {detail}")]
+    Git {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The ref as written (`HEAD` for the default branch).
+        reference: String,
+        /// The git command (`ls-remote`, `fetch`, `checkout`, ...).
+        action: &'static str,
+        /// What git said.
+        detail: String,
+    },
+    /// A git source's ref names nothing in the repository.
+    #[error("git repository {url} has no branch, tag or ref {reference}")]
+    GitUnknownRef {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The ref as written.
+        reference: String,
+    },
+    /// A git source's subdirectory is not a directory of the tree at that ref.
+    #[error("git repository {url} has no directory {subdir} at ref {reference}")]
+    GitNoSubdir {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The ref as written (`HEAD` for the default branch).
+        reference: String,
+        /// The subdirectory.
+        subdir: String,
+    },
+    /// `--checksum` of a git source is not a prefix of the commit (or annotated tag) id.
+    #[error("expected checksum to match {expected}, got {found} for {url}")]
+    GitChecksumMismatch {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The `--checksum` value.
+        expected: String,
+        /// The commit id the ref resolved to.
+        found: String,
+    },
+    /// The `git` program could not be started.
+    #[error("cannot run git (a git source needs the git CLI)")]
+    GitNotRunnable {
+        /// Why not.
+        #[source]
+        source: io::Error,
+    },
     /// Extracting a local archive failed (an unreadable archive, or an entry the one tar
     /// policy refuses: `..`, a link out of the destination, ...).
     #[error("extracting {path}")]
@@ -212,11 +260,9 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
-    /// `RUN --security=insecure`: strata runs every step in the same unprivileged sandbox and
-    /// never grants one more (no extra capabilities, devices or unconfined profiles).
-    #[error(
-        "RUN --security=insecure is not supported: strata never grants a step extra privileges"
-    )]
+    /// `RUN --security=insecure` in a build not started with `--allow security.insecure`
+    /// (BuildKit's entitlement): the step is refused, never run with fewer privileges.
+    #[error("RUN --security=insecure needs the build's --allow security.insecure")]
     InsecureRun,
     /// `--no-cache-filter` names a stage the recipe does not have.
     #[error("--no-cache-filter {name}: no stage is named or numbered {name} (stages: {})", .stages.join(", "))]
@@ -315,6 +361,14 @@ pub enum BuildError {
     /// An `--add-host` value that is not `NAME:ADDRESS`.
     #[error("--add-host {value:?}: {why}")]
     InvalidExtraHost {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An `--annotation` value that is not `[TYPE[\[PLATFORM\]]:]KEY=VALUE`.
+    #[error("--annotation {value:?}: {why}")]
+    InvalidAnnotation {
         /// The value given.
         value: String,
         /// What is wrong with it.

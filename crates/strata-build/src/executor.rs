@@ -381,8 +381,8 @@ impl<'a> Builder<'a> {
         BuildError::Step {
             stage: self.stage_label(stage),
             line,
-            // A 1 MB line is named, not echoed.
-            instruction: strata_types::elide(text, 200).into_owned(),
+            // A 1 MB line is named, not echoed; a URL's password not at all.
+            instruction: strata_types::elide(&crate::git::redact_text(text), 200).into_owned(),
             source: Box::new(e),
         }
     }
@@ -406,7 +406,8 @@ impl<'a> Builder<'a> {
             stage,
             step: step_index,
             line,
-            text: step.original.clone(),
+            // A URL's password is not shown.
+            text: crate::git::redact_text(&step.original),
         });
         let started = Instant::now();
         let result = self.dispatch(stage, step_index, state, step, scope).map_err(|e| {
@@ -763,7 +764,8 @@ impl<'a> Builder<'a> {
             created_by.push(' ');
             match s {
                 Source::Path { path } => created_by.push_str(path),
-                Source::Url { url } => created_by.push_str(url),
+                // A URL's password never lands in the image's history.
+                Source::Url { url } => created_by.push_str(&crate::git::redact_text(url)),
                 Source::Heredoc { name, .. } => created_by.push_str(&format!("<<{name}")),
             }
         }
@@ -834,6 +836,10 @@ impl<'a> Builder<'a> {
         }
         let mut doc = self.key_base(if is_add { "add" } else { "copy" }, state);
         doc.insert("sources".into(), inputs);
+        let commits = fetched.git_commits();
+        if !commits.is_empty() {
+            doc.insert("git".into(), commits.into());
+        }
         doc.insert("from".into(), from_chain.into());
         if !spec.dest.starts_with('/') {
             doc.insert("workdir".into(), state.run.working_dir.clone().into());

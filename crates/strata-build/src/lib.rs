@@ -73,6 +73,11 @@
 //!   `Healthcheck`, `Shell` and `OnBuild` fields, for OCI images too (buildah drops them from
 //!   OCI images with a warning). A base's ONBUILD triggers run right after FROM, also when the
 //!   base is an earlier stage, and are not passed on to the child.
+//! - `RUN --security=insecure` needs [`BuildOptions::allow_insecure`] (BuildKit's
+//!   `security.insecure` entitlement) and then keeps every capability of the sandbox's root.
+//! - ADD of a git URL (and a git URL as the context, [`GitContext`]) gives every file the
+//!   commit's time as its mtime, BuildKit's `git.mtime=commit`: BuildKit's default, the
+//!   checkout time, would make no two builds alike. The step is keyed on the resolved commit.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -84,6 +89,7 @@ mod copy;
 mod engine;
 mod error;
 mod executor;
+mod git;
 mod image;
 mod options;
 mod progress;
@@ -104,9 +110,10 @@ pub use check::check;
 pub use copy::StreamContext;
 pub use engine::{ImageSource, SandboxRunner, StepRunner, StoreImages};
 pub use error::{BuildError, Result};
+pub use git::{GitContext, GitUrl};
 pub use options::{
-    default_recipe_path, BuildOptions, BuildOutput, ExtraHost, NamedContext, Network, PullPolicy,
-    RunRootfs, SecretSource, SecretSpec, StepReport,
+    default_recipe_path, Annotation, AnnotationTarget, BuildOptions, BuildOutput, ExtraHost,
+    NamedContext, Network, PullPolicy, RunRootfs, SecretSource, SecretSpec, StepReport,
 };
 pub use progress::{
     BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, PullBlobKind, PullBlobOutcome,
@@ -274,12 +281,30 @@ pub fn build_with(
         }
         let config = state.to_config(opts.timestamp)?;
         let manifest = config.put(store, &state.layer_descriptors())?;
+        let manifest = strata_image::annotate(
+            store,
+            &manifest,
+            &annotations_of(opts, AnnotationTarget::Manifest, Some(&b.platform.target)),
+        )?;
         images.push(strata_image::PlatformImage { platform: b.platform.target.clone(), manifest });
     }
     // Several platforms make an index (image-index.md), one its image.
+    let index_annotations = annotations_of(opts, AnnotationTarget::Index, None);
     let manifest = match images.as_slice() {
-        [one] => one.manifest.clone(),
-        _ => strata_image::put_index(store, &images)?,
+        [one] => {
+            if !index_annotations.is_empty() {
+                progress.event(&BuildEvent::Warning {
+                    message:
+                        "index annotations are ignored: a build for one platform makes no index"
+                            .to_string(),
+                });
+            }
+            one.manifest.clone()
+        }
+        _ => {
+            let index = strata_image::put_index(store, &images)?;
+            strata_image::annotate(store, &index, &index_annotations)?
+        }
     };
     for tag in &opts.tags {
         // Docker's rule: the image a tag moves away from stays, as `<none>`, until pruned.
@@ -341,6 +366,24 @@ pub fn build_with(
         pushed,
         cache_exported,
     })
+}
+
+/// The `--annotation`s for `target` (of `platform`'s manifest), later ones winning.
+fn annotations_of(
+    opts: &BuildOptions,
+    target: AnnotationTarget,
+    platform: Option<&Platform>,
+) -> std::collections::BTreeMap<String, String> {
+    opts.annotations
+        .iter()
+        .filter(|a| a.target == target)
+        .filter(|a| match (&a.platform, platform) {
+            (Some(want), Some(p)) => p.satisfies(want),
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect()
 }
 
 /// The number of stages the recipe has (the same in every platform's plan).

@@ -175,6 +175,14 @@ pub struct BuildOptions {
     /// for no bound (BuildKit's default). Stages wait for a free job before their first
     /// step; a stage that another platform's builder already made takes none.
     pub jobs: Option<std::num::NonZeroUsize>,
+    /// Resource limits of every RUN step (`--ulimit`) and the size of its `/dev/shm`
+    /// (`--shm-size`); part of a RUN's cache key when set.
+    pub run_resources: strata_sandbox::Resources,
+    /// `--allow security.insecure`: `RUN --security=insecure` steps run with every
+    /// capability; without it such a step is refused.
+    pub allow_insecure: bool,
+    /// Annotations of the result's manifests and index (`--annotation`), in order.
+    pub annotations: Vec<Annotation>,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -229,6 +237,77 @@ pub struct ExtraHost {
     pub name: String,
     /// Its address.
     pub address: std::net::IpAddr,
+}
+
+/// Where an [`Annotation`] goes: BuildKit's `TYPE` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnnotationTarget {
+    /// The image manifest (of each platform, or of the one the annotation names): the
+    /// default.
+    Manifest,
+    /// The image index of a multi-platform build.
+    Index,
+}
+
+/// One `--annotation [TYPE[\[PLATFORM\]]:]KEY=VALUE`, as `docker buildx build` takes it: TYPE
+/// `manifest` (the default) or `index`, PLATFORM limiting a manifest annotation to that
+/// platform's image. BuildKit's `manifest-descriptor` and `index-descriptor` are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    /// What it annotates.
+    pub target: AnnotationTarget,
+    /// Only the manifest of this platform, when given.
+    pub platform: Option<strata_types::Platform>,
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+impl std::str::FromStr for Annotation {
+    type Err = BuildError;
+
+    fn from_str(s: &str) -> Result<Annotation> {
+        let bad =
+            |why: &str| BuildError::InvalidAnnotation { value: s.to_string(), why: why.into() };
+        let (key, value) = s.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+        // BuildKit's key syntax: an optional `type[platform]:` before the key, the type
+        // lower-case letters and dashes.
+        let prefix = key.split_once(':').filter(|(t, _)| {
+            let name = t.split('[').next().unwrap_or(t);
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        });
+        let (target, platform, key) = match prefix {
+            None => (AnnotationTarget::Manifest, None, key),
+            Some((kind, key)) => {
+                let (name, platform) = match kind.split_once('[') {
+                    Some((n, p)) => {
+                        let p = p.strip_suffix(']').ok_or_else(|| bad("unclosed `[`"))?;
+                        let p = p.parse().map_err(|_| bad("not a platform in `[...]`"))?;
+                        (n, Some(p))
+                    }
+                    None => (kind, None),
+                };
+                let target = match name {
+                    "manifest" => AnnotationTarget::Manifest,
+                    "index" => AnnotationTarget::Index,
+                    "manifest-descriptor" | "index-descriptor" => {
+                        return Err(bad("descriptor annotations are not supported"))
+                    }
+                    _ => return Err(bad("the type is manifest or index")),
+                };
+                (target, platform, key)
+            }
+        };
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(bad("the key is empty or has spaces"));
+        }
+        if target == AnnotationTarget::Index && platform.is_some() {
+            return Err(bad("an index annotation has no platform"));
+        }
+        Ok(Annotation { target, platform, key: key.to_string(), value: value.to_string() })
+    }
 }
 
 impl std::str::FromStr for ExtraHost {
@@ -287,6 +366,9 @@ impl BuildOptions {
             push: false,
             platforms: Vec::new(),
             jobs: None,
+            run_resources: Default::default(),
+            allow_insecure: false,
+            annotations: Vec::new(),
         }
     }
 

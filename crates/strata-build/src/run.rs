@@ -60,7 +60,8 @@ impl Builder<'_> {
         scope: &Scope,
         step: &Step,
     ) -> Result<StepResult> {
-        if run.security == Some(SecurityMode::Insecure) {
+        let insecure = run.security == Some(SecurityMode::Insecure);
+        if insecure && !self.io.opts.allow_insecure {
             return Err(BuildError::InsecureRun);
         }
         let scratch = self.staging()?;
@@ -196,6 +197,8 @@ impl Builder<'_> {
                 .iter()
                 .map(|h| (h.name.clone(), h.address.to_string()))
                 .collect(),
+            resources: self.io.opts.run_resources.clone(),
+            insecure,
         };
         let progress = self.io.progress;
         let mut on_line = |stream: Stream, line: &str| {
@@ -283,6 +286,19 @@ impl Builder<'_> {
         let hosts = &self.io.opts.extra_hosts;
         if !hosts.is_empty() {
             doc.insert("extra_hosts".into(), serde_json::json!(hosts));
+        }
+        // Limits can change what a step does or whether it fails; keys without them stay
+        // as before.
+        let res = &self.io.opts.run_resources;
+        if !res.ulimits.is_empty() {
+            let ulimits: Vec<String> = res.ulimits.iter().map(|u| u.to_string()).collect();
+            doc.insert("ulimits".into(), serde_json::json!(ulimits));
+        }
+        if let Some(size) = res.shm_size {
+            doc.insert("shm_size".into(), serde_json::json!(size));
+        }
+        if run.security == Some(SecurityMode::Insecure) {
+            doc.insert("insecure".into(), serde_json::json!(true));
         }
         if let serde_json::Value::Object(f) = fields {
             doc.extend(f);

@@ -381,7 +381,7 @@ fn unchanged_run_steps_come_from_the_cache() {
 }
 
 #[test]
-fn insecure_run_is_refused_naming_the_line_and_granting_nothing() {
+fn insecure_run_is_refused_without_allow_and_has_every_capability_with_it() {
     if !can_run() {
         return;
     }
@@ -390,19 +390,56 @@ fn insecure_run_is_refused_naming_the_line_and_granting_nothing() {
         "ctx",
         &[(
             "Dockerfile",
-            "FROM base:1\nENV A=1\nRUN --security=insecure mount -t tmpfs none /mnt\n",
+            "FROM base:1\nENV A=1\nRUN --security=insecure mkdir -p /mnt && mount -t tmpfs none /mnt && grep CapEff /proc/self/status > /caps\n",
         )],
     );
-    let (r, events) = e.build_with(&BuildOptions::new(&ctx));
+    let mut opts = BuildOptions::new(&ctx);
+    let (r, events) = e.build_with(&opts);
     let err = r.unwrap_err();
     assert!(matches!(err.root_cause(), BuildError::InsecureRun), "{err:?}");
     let text = strata_types::chain(&err);
-    assert!(text.contains("line 3"), "{text}");
-    assert!(text.contains("never grants a step extra privileges"), "{text}");
+    assert!(text.contains("line 3") && text.contains("--allow security.insecure"), "{text}");
     assert!(
         !events.iter().any(|e| matches!(e, strata_build::BuildEvent::StepOutput { .. })),
         "the command never ran"
     );
+    // With the entitlement the step may mount (CAP_SYS_ADMIN) and sees every capability.
+    opts.allow_insecure = true;
+    let (out, _) = e.build_with(&opts);
+    let root = e.flatten(&out.unwrap());
+    let caps = fs::read_to_string(root.path().join("caps")).unwrap();
+    let eff = u64::from_str_radix(caps.trim().rsplit('\t').next().unwrap(), 16).unwrap();
+    assert!(eff & (1 << 21) != 0, "{caps}");
+}
+
+#[test]
+fn ulimits_and_shm_size_reach_run_steps_and_the_cache_key() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    let recipe = "FROM base:1\nRUN ulimit -n > /n; ulimit -Hn >> /n; grep ' /dev/shm ' /proc/mounts > /shm\n";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let mut opts = BuildOptions::new(&ctx);
+    opts.run_resources.ulimits = vec!["nofile=321:654".parse().unwrap()];
+    opts.run_resources.shm_size = Some(strata_build::sandbox::parse_size("16m").unwrap());
+    let (out, _) = e.build_with(&opts);
+    let root = e.flatten(&out.unwrap());
+    assert_eq!(fs::read_to_string(root.path().join("n")).unwrap(), "321\n654\n");
+    let shm = fs::read_to_string(root.path().join("shm")).unwrap();
+    assert!(shm.contains("size=16384k"), "{shm}");
+    // Other limits are another RUN: no stale hit, and the miss says why.
+    opts.run_resources = Default::default();
+    let (again, events) = e.build_with(&opts);
+    let reason = events.iter().find_map(|e| match e {
+        strata_build::BuildEvent::CacheMiss { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("--ulimit changed; --shm-size changed"));
+    let root = e.flatten(&again.unwrap());
+    assert_ne!(fs::read_to_string(root.path().join("n")).unwrap(), "321\n654\n");
+    let shm = fs::read_to_string(root.path().join("shm")).unwrap();
+    assert!(shm.contains("size=65536k"), "{shm}");
 }
 
 #[test]

@@ -511,3 +511,108 @@ fn named_build_contexts_replace_stages_and_images_of_their_name() {
         assert!(err.contains("--build-context"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn ulimit_shm_size_and_allow_security_insecure_as_docker_build_has_them() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    lamp(tmp.path(), &store);
+    let ctx = tmp.path().join("limits");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM lamp-base:latest\n\
+         RUN ulimit -n > /n && ulimit -Hn >> /n && cat /proc/mounts > /mounts\n\
+         RUN --security=insecure cat /proc/self/status > /status\n",
+    )
+    .unwrap();
+    let ctx = ctx.to_str().unwrap();
+    // Without the entitlement the insecure step is refused, naming the flag.
+    let out = strata(&store, &["build", "--ulimit", "nofile=111:222", ctx]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("--allow security.insecure"), "{err}");
+    let args = [
+        "build",
+        "--ulimit",
+        "nofile=111:222",
+        "--shm-size",
+        "8m",
+        "--allow",
+        "security.insecure",
+        "-t",
+        "limits:1",
+        ctx,
+    ];
+    ok(&store, &args);
+    let flat = tmp.path().join("flat");
+    ok(&store, &["export", "limits:1", &format!("dir:{}", flat.display())]);
+    assert_eq!(std::fs::read_to_string(flat.join("n")).unwrap(), "111\n222\n");
+    let mounts = std::fs::read_to_string(flat.join("mounts")).unwrap();
+    let shm = mounts.lines().find(|l| l.contains(" /dev/shm ")).unwrap();
+    assert!(shm.contains("size=8192k"), "{shm}");
+    let status = std::fs::read_to_string(flat.join("status")).unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    let eff = u64::from_str_radix(eff.rsplit('\t').next().unwrap(), 16).unwrap();
+    assert!(eff & (1 << 21) != 0, "CAP_SYS_ADMIN: {status}");
+    for (flag, value) in [("--ulimit", "nofile=9:1"), ("--shm-size", "lots")] {
+        let out = strata(&store, &["build", flag, value, ctx]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(flag));
+    }
+}
+
+#[test]
+fn annotations_go_on_manifests_and_the_index_as_buildx_puts_them() {
+    if !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let inspect = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["inspect", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&ok(&store, &all)).unwrap()
+    };
+    let one = ["build", "-t", "ann:1", "--annotation", "org.opencontainers.image.title=t"];
+    ok(&store, &[&one[..], &["--annotation", "manifest:a=b", ctx]].concat());
+    assert_eq!(
+        inspect(&["ann:1"])["manifest"]["annotations"],
+        serde_json::json!({"org.opencontainers.image.title": "t", "a": "b"})
+    );
+    // Two platforms: plain keys on every manifest, `manifest[PLATFORM]:` on one, `index:` on
+    // the index.
+    let args = [
+        "build",
+        "-t",
+        "ann:2",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--annotation",
+        "k=v",
+        "--annotation",
+        "manifest[linux/arm64]:only=arm",
+        "--annotation",
+        "index:i=j",
+        ctx,
+    ];
+    ok(&store, &args);
+    let arm = inspect(&["--platform", "linux/arm64", "ann:2"]);
+    assert_eq!(arm["manifest"]["annotations"], serde_json::json!({"k": "v", "only": "arm"}));
+    let index = inspect(&["ann:2"]);
+    assert_eq!(index["index"]["document"]["annotations"], serde_json::json!({"i": "j"}));
+    let amd = inspect(&["--platform", "linux/amd64", "ann:2"]);
+    assert_eq!(amd["manifest"]["annotations"], serde_json::json!({"k": "v"}));
+    for bad in ["novalue", "foo:k=v", "manifest-descriptor:k=v", "index[linux/amd64]:k=v"] {
+        let out = strata(&store, &["build", "--annotation", bad, ctx]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--annotation"), "{bad}");
+    }
+}

@@ -46,7 +46,9 @@ pub use open::{
     open, open_local, open_local_any, open_local_platform, open_platform, Opened, OpenedImage,
     OpenedIndex,
 };
-pub use platforms::{image_for_platform, image_size, load_for_platform, put_index, PlatformImage};
+pub use platforms::{
+    annotate, image_for_platform, image_size, load_for_platform, put_index, PlatformImage,
+};
 pub use resolve::{registry_name, resolve, PullPolicy, Resolved};
 
 fn desc_digest(d: &Descriptor) -> Result<Digest> {

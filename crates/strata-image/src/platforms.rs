@@ -181,6 +181,41 @@ pub fn put_index(store: &Store, images: &[PlatformImage]) -> Result<Descriptor> 
     Ok(Descriptor::new(MediaType::ImageIndex, put.size, put.digest))
 }
 
+/// `descriptor`'s manifest or index rewritten with `annotations` added to its own
+/// (`docker buildx build --annotation`; a key given twice takes the later value): the new
+/// blob's descriptor, of the same media type. An empty map gives `descriptor` back.
+pub fn annotate(
+    store: &Store,
+    descriptor: &Descriptor,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Descriptor> {
+    if annotations.is_empty() {
+        return Ok(descriptor.clone());
+    }
+    let merge = |own: Option<&std::collections::HashMap<String, String>>| {
+        let mut all = own.cloned().unwrap_or_default();
+        all.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Some(all)
+    };
+    let put = if is_index(descriptor) {
+        let mut index = read_index(store, descriptor)?;
+        index.set_annotations(merge(index.annotations().as_ref()));
+        store.put_json(&index)?
+    } else {
+        let digest = Digest::try_from(descriptor.digest()).map_err(StoreError::from)?;
+        let bytes = store.read_blob(&digest)?;
+        let mut manifest: strata_store::oci_spec::image::ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::InvalidBlobJson {
+                digest,
+                what: "image manifest",
+                source,
+            })?;
+        manifest.set_annotations(merge(manifest.annotations().as_ref()));
+        store.put_json(&manifest)?
+    };
+    Ok(Descriptor::new(descriptor.media_type().clone(), put.size, put.digest))
+}
+
 /// The platform an image's config says it is for.
 pub fn config_platform(image: &Image) -> Platform {
     let c = &image.config;

@@ -12,6 +12,20 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SandboxError {
+    /// A `--ulimit` value that does not parse.
+    #[error("invalid ulimit {value:?}: {reason}")]
+    BadUlimit {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A size (`--shm-size`) that does not parse.
+    #[error("invalid size {value:?}: expected a number with an optional unit b, k, m, g, t or p")]
+    BadSize {
+        /// The value as given.
+        value: String,
+    },
     /// `argv` was empty.
     #[error("nothing to run: argv is empty")]
     EmptyArgv,

@@ -76,6 +76,8 @@
 //!     mounts: vec![],
 //!     hostname: "build".into(),
 //!     extra_hosts: vec![],
+//!     resources: Default::default(),
+//!     insecure: false,
 //! };
 //! let outcome = run(&req, &mut |_stream, line| println!("{line}"))?;
 //! assert_eq!(outcome.exit_code, 0);
@@ -89,6 +91,7 @@ mod child;
 mod emulation;
 mod error;
 mod idmap;
+mod limits;
 mod plan;
 mod scratch;
 mod stubs;
@@ -105,6 +108,7 @@ use std::time::Duration;
 
 pub use emulation::{ensure_emulation, Emulation};
 pub use error::SandboxError;
+pub use limits::{parse_size, Ulimit};
 pub use scratch::sweep_scratch_dirs;
 pub use user::{resolve_user, resolve_user_in};
 
@@ -220,6 +224,20 @@ pub struct RunRequest {
     pub hostname: String,
     /// More `/etc/hosts` lines, `(name, address)` (`docker build --add-host`).
     pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits and the size of `/dev/shm`.
+    pub resources: Resources,
+    /// Run with every capability the sandbox has instead of [`DEFAULT_CAPABILITIES`]
+    /// (BuildKit's `RUN --security=insecure`).
+    pub insecure: bool,
+}
+
+/// Resource limits of a step's process (`docker build --ulimit`, `--shm-size`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// `setrlimit(2)` calls made in the sandbox before the command starts, in order.
+    pub ulimits: Vec<Ulimit>,
+    /// The size of the `/dev/shm` tmpfs in bytes; 64 MiB (Docker's default) when `None`.
+    pub shm_size: Option<u64>,
 }
 
 /// Who runs a step's command.
@@ -682,6 +700,8 @@ fn prepare(
         groups,
         argv: req.argv.clone(),
         env: req.env.clone(),
+        resources: req.resources.clone(),
+        insecure: req.insecure,
     };
     check_mapped(&prepared, &req.user.to_string())?;
     Ok(prepared)
@@ -934,6 +954,8 @@ mod tests {
             mounts: vec![],
             hostname: String::new(),
             extra_hosts: vec![],
+            resources: Default::default(),
+            insecure: false,
         };
         assert!(matches!(run(&req, &mut |_, _| {}), Err(SandboxError::EmptyArgv)));
         let req = RunRequest { argv: vec!["true".into()], cwd: "rel".into(), ..req };

@@ -114,6 +114,9 @@ pub(crate) struct Prepared {
     pub groups: Vec<u32>,
     pub argv: Vec<String>,
     pub env: Vec<String>,
+    pub resources: crate::Resources,
+    /// All capabilities kept (`RUN --security=insecure`).
+    pub insecure: bool,
 }
 
 /// The ops plus what the parent needs to interpret the child's reports.
@@ -394,9 +397,13 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
         pts_opts.push(("gid", Some("5")));
     }
     let pts = b.new_mount("devpts", &pts_opts, ATTR_NOSUID | ATTR_NOEXEC)?;
+    let shm_size = match p.resources.shm_size {
+        Some(bytes) => bytes.to_string(),
+        None => "65536k".to_string(),
+    };
     let shm = b.new_mount(
         "tmpfs",
-        &[("mode", Some("1777")), ("size", Some("65536k"))],
+        &[("mode", Some("1777")), ("size", Some(shm_size.as_str()))],
         ATTR_NOSUID | ATTR_NODEV | ATTR_NOEXEC,
     )?;
     let proc = b.new_mount("proc", &[], ATTR_NOSUID | ATTR_NODEV | ATTR_NOEXEC)?;
@@ -526,7 +533,19 @@ pub(crate) fn build(p: &Prepared) -> Result<Plan, SandboxError> {
         prefixes(&cwd_parts).iter().map(|s| cstring("cwd", s)).collect::<Result<Vec<_>, _>>()?;
     b.push(Op::MkdirAllOwned { prefixes: cwd_prefixes, uid: p.uid, gid: p.gid });
     b.push(Op::ChdirInRoot { path: cstring("cwd", &p.cwd)? });
-    b.push(Op::DropCaps { keep: crate::DEFAULT_CAPABILITIES });
+    // Limits first: raising a hard limit needs CAP_SYS_RESOURCE, gone after the next ops.
+    for u in &p.resources.ulimits {
+        b.push(Op::SetRlimit {
+            name: u.name(),
+            resource: u.resource(),
+            soft: u.soft(),
+            hard: u.hard(),
+        });
+    }
+    // An insecure step keeps every capability the sandbox's root has.
+    if !p.insecure {
+        b.push(Op::DropCaps { keep: crate::DEFAULT_CAPABILITIES });
+    }
     let groups = match p.userns {
         Some(IdMap::Single { .. }) => None,
         _ => Some(p.groups.clone()),
@@ -602,6 +621,7 @@ pub(crate) fn describe(op: &Op) -> String {
         Op::Hostname { name } => format!("sethostname {}", String::from_utf8_lossy(name)),
         Op::LoopbackUp => "bring up loopback interface lo".into(),
         Op::DropCaps { keep } => format!("limit capabilities to {keep:#x}"),
+        Op::SetRlimit { name, soft, hard, .. } => format!("set ulimit {name} to {soft}:{hard}"),
         Op::SetIds { uid, gid, groups } => format!("set uid {uid}, gid {gid}, groups {groups:?}"),
         Op::Exec { argv, .. } => format!(
             "exec {}",
@@ -706,7 +726,34 @@ mod tests {
             groups: vec![1000, 2000],
             argv: vec!["make".into(), "all".into()],
             env: vec!["PATH=/usr/bin:/bin".into(), "A=1".into()],
+            resources: Default::default(),
+            insecure: false,
         }
+    }
+
+    #[test]
+    fn ulimits_shm_size_and_insecure_change_the_plan() {
+        let sys = || RecordingSyscalls {
+            existing: ["/etc", "/root", "/app"].iter().map(|s| s.to_string()).collect(),
+            executables: vec!["/bin/make".into()],
+            ..Default::default()
+        };
+        let mut p = prepared();
+        p.resources.ulimits = vec!["nofile=100:200".parse().unwrap()];
+        p.resources.shm_size = Some(1 << 20);
+        let mut rec = sys();
+        record(&p, &mut rec).unwrap();
+        let calls = rec.calls.join("\n");
+        assert!(calls.contains("new_mount tmpfs mode=1777,size=1048576 NOSUID|NODEV|NOEXEC"));
+        let at = |prefix: &str| rec.calls.iter().position(|c| c.starts_with(prefix)).unwrap();
+        let nofile = libc::RLIMIT_NOFILE;
+        let limit = at(&format!("setrlimit {nofile} 100:200"));
+        // Before privileges go: raising a hard limit needs CAP_SYS_RESOURCE.
+        assert!(limit < at("drop_caps") && at("drop_caps") < at("set_ids"), "{calls}");
+        p.insecure = true;
+        let mut rec = sys();
+        record(&p, &mut rec).unwrap();
+        assert!(!rec.calls.iter().any(|c| c.starts_with("drop_caps")), "{:?}", rec.calls);
     }
 
     fn record(p: &Prepared, sys: &mut RecordingSyscalls) -> Result<(), crate::sys::Failure> {

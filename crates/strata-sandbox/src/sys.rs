@@ -86,6 +86,8 @@ pub(crate) enum Op {
     /// Limit capabilities to `keep` (a bit mask): bounding set, ambient set cleared,
     /// effective/permitted/inheritable.
     DropCaps { keep: u64 },
+    /// `setrlimit(2)` of `resource` (`RLIMIT_*`; `name` is Docker's, for messages).
+    SetRlimit { name: &'static str, resource: u32, soft: u64, hard: u64 },
     /// `setgroups`, `setresgid`, `setresuid`, in that order. `groups = None`: leave them
     /// (a user namespace with `setgroups` denied).
     SetIds { uid: u32, gid: u32, groups: Option<Vec<u32>> },
@@ -173,6 +175,7 @@ pub(crate) trait Syscalls {
     fn sethostname(&mut self, name: &[u8]) -> Result<(), Errno>;
     fn loopback_up(&mut self) -> Result<(), Errno>;
     fn drop_caps(&mut self, keep: u64) -> Result<(), Errno>;
+    fn setrlimit(&mut self, resource: u32, soft: u64, hard: u64) -> Result<(), Errno>;
     fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno>;
     /// Replaces the process on success, so the real implementation only returns errors;
     /// `Ok(())` means "the process was replaced" (only a fake can say that).
@@ -252,6 +255,9 @@ pub(crate) fn execute<S: Syscalls>(ops: &[Op], sys: &mut S) -> Result<(), Failur
             Op::Hostname { name } => sys.sethostname(name).map_err(fail)?,
             Op::LoopbackUp => sys.loopback_up().map_err(fail)?,
             Op::DropCaps { keep } => sys.drop_caps(*keep).map_err(fail)?,
+            Op::SetRlimit { resource, soft, hard, .. } => {
+                sys.setrlimit(*resource, *soft, *hard).map_err(fail)?
+            }
             Op::SetIds { uid, gid, groups } => {
                 sys.set_ids(*uid, *gid, groups.as_deref()).map_err(fail)?
             }
@@ -720,6 +726,11 @@ impl Syscalls for RealSyscalls {
         }
         Ok(())
     }
+    fn setrlimit(&mut self, resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+        let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+        // SAFETY: a valid rlimit for the duration of the call.
+        check(unsafe { libc::setrlimit(resource as _, &lim) })
+    }
     fn drop_caps(&mut self, keep: u64) -> Result<(), Errno> {
         #[repr(C)]
         struct CapHeader {
@@ -934,6 +945,9 @@ impl Syscalls for RecordingSyscalls {
     }
     fn drop_caps(&mut self, keep: u64) -> Result<(), Errno> {
         self.record(format!("drop_caps keep={keep:#x}"))
+    }
+    fn setrlimit(&mut self, resource: u32, soft: u64, hard: u64) -> Result<(), Errno> {
+        self.record(format!("setrlimit {resource} {soft}:{hard}"))
     }
     fn set_ids(&mut self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Result<(), Errno> {
         self.record(format!("set_ids {uid} {gid} {groups:?}"))

@@ -114,6 +114,8 @@ fn arm64_busybox_runs_through_emulation_and_no_emulator_lands_in_the_rootfs() {
         mounts: vec![],
         hostname: "arm".into(),
         extra_hosts: vec![],
+        resources: Default::default(),
+        insecure: false,
     };
     let overlay = || RootFs::Overlay {
         lowers: vec![lower.clone()],

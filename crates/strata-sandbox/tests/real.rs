@@ -85,6 +85,8 @@ impl Image {
             mounts: vec![],
             hostname: "stepbox".into(),
             extra_hosts: vec![],
+            resources: Default::default(),
+            insecure: false,
         }
     }
     /// A user resolved with the image's passwd and group, as a builder does for an overlay.
@@ -310,6 +312,33 @@ fn hosts_and_resolv_conf_are_present_inside_but_not_left_in_upper() {
 }
 
 #[test]
+fn ulimits_shm_size_and_insecure_reach_the_command() {
+    if !can_run() {
+        return;
+    }
+    let img = image();
+    let script =
+        "ulimit -n; ulimit -Hn; grep ' /dev/shm ' /proc/mounts; grep CapEff /proc/self/status";
+    let (outcome, lines) = run_collect(&img.req(script));
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    let default = stdout_of(&lines);
+    assert!(default[2].contains("size=65536k"), "Docker's 64 MiB: {default:?}");
+    assert!(default[3].ends_with("00000000a80425fb"), "{default:?}");
+    let mut req = img.req(script);
+    req.resources.ulimits = vec!["nofile=123:456".parse().unwrap()];
+    req.resources.shm_size = Some(8 << 20);
+    req.insecure = true;
+    let (outcome, lines) = run_collect(&req);
+    assert_eq!(outcome.exit_code, 0, "{lines:?}");
+    let out = stdout_of(&lines);
+    assert_eq!(out[..2], ["123", "456"], "{out:?}");
+    assert!(out[2].contains("size=8192k"), "{out:?}");
+    // Every capability: more than the default set, CAP_SYS_ADMIN (21) included.
+    let eff = u64::from_str_radix(out[3].rsplit('\t').next().unwrap(), 16).unwrap();
+    assert!(eff & (1 << 21) != 0 && eff & 0xa804_25fb == 0xa804_25fb, "{out:?}");
+}
+
+#[test]
 fn bind_mounts_read_only_and_read_write_and_tmpfs() {
     if !can_run() {
         return;
@@ -436,6 +465,8 @@ fn plain_directory_rootfs_and_host_network() {
         mounts: vec![],
         hostname: String::new(),
         extra_hosts: vec![],
+        resources: Default::default(),
+        insecure: false,
     };
     let (outcome, _) = run_collect(&req);
     assert_ne!(outcome.exit_code, 0, "app may not write to /");

@@ -83,6 +83,23 @@ pub struct Args {
     /// Add an /etc/hosts line for RUN steps, as `docker build --add-host` (repeatable).
     #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
     pub add_hosts: Vec<build::ExtraHost>,
+    /// Annotate the result, as `docker buildx build --annotation`: `KEY=VALUE` on the image
+    /// manifest(s), `manifest[PLATFORM]:KEY=VALUE` on one platform's, `index:KEY=VALUE` on the
+    /// index of a multi-platform build (repeatable).
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    pub annotations: Vec<build::Annotation>,
+    /// A resource limit for RUN steps, as `docker build --ulimit`: `TYPE=SOFT[:HARD]` with
+    /// TYPE `nofile`, `nproc`, `core`, ... and `-1` for unlimited (repeatable).
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    pub ulimits: Vec<build::sandbox::Ulimit>,
+    /// The size of /dev/shm in RUN steps, as `docker build --shm-size` (`64m`, `1g`; bytes
+    /// without a unit); 64m by default.
+    #[arg(long = "shm-size", value_name = "SIZE", value_parser = parse_shm_size)]
+    pub shm_size: Option<u64>,
+    /// Grant an entitlement, as `docker buildx build --allow`: `security.insecure` lets
+    /// `RUN --security=insecure` steps run with every capability (repeatable).
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["security.insecure"])]
+    pub allow: Vec<String>,
     /// A named context, as BuildKit's: `NAME=DIR`, `NAME=docker-image://REF` or
     /// `NAME=oci-layout://DIR[:TAG]`; `FROM NAME` and `--from=NAME` read it, over a stage or
     /// image of that name (repeatable).
@@ -120,8 +137,13 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
     /// The build context directory; `-` reads a tar archive of it (plain or compressed) from
-    /// stdin, or a recipe with an empty context, as `docker build -`.
+    /// stdin, or a recipe with an empty context, as `docker build -`; a git URL
+    /// (`https://host/repo.git#REF:DIR`, `git://...`, `git@host:repo#REF`) is checked out.
     pub context: PathBuf,
+}
+
+fn parse_shm_size(value: &str) -> Result<u64, String> {
+    build::sandbox::parse_size(value).map_err(|e| e.to_string())
 }
 
 fn parse_build_context(flag: &str) -> Result<(String, build::NamedContext), String> {
@@ -140,7 +162,24 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     } else {
         None
     };
-    let context = stdin_context.as_ref().map_or(args.context.clone(), |c| c.path());
+    // A git URL is checked out (shallow, no `.git`) and built as a directory, as docker build.
+    let git_url = args.context.to_str().and_then(build::GitUrl::parse);
+    let build_args: build::BuildArgs =
+        super::parse_key_values(&args.build_args).into_iter().collect();
+    let git_context = match &git_url {
+        Some(url) => Some(build::GitContext::fetch(url, &build_args)?),
+        None => None,
+    };
+    let context = match (&stdin_context, &git_context) {
+        (Some(c), _) => c.path(),
+        (_, Some(g)) => g.path().to_path_buf(),
+        _ => args.context.clone(),
+    };
+    // Names the context in messages, a URL's password redacted.
+    let context_name = match &git_url {
+        Some(url) => url.to_string(),
+        None => args.context.display().to_string(),
+    };
     let mut opts = BuildOptions::new(&context);
     if stdin_recipe {
         let mut text = String::new();
@@ -149,13 +188,17 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         opts.recipe = Some(text);
         opts.recipe_path = PathBuf::from("<stdin>");
     } else if let Some(f) = &args.file {
-        opts.recipe_path = f.clone();
+        // In a git context, a relative `-f` names a file of the repository (BuildKit).
+        opts.recipe_path = match &git_context {
+            Some(g) if f.is_relative() => g.path().join(f),
+            _ => f.clone(),
+        };
     } else if let Some(text) = stdin_context.as_ref().and_then(|c| c.recipe()) {
         opts.recipe = Some(text.to_string());
         opts.recipe_path = PathBuf::from("<stdin>");
     }
     opts.tags = args.tags.clone();
-    opts.build_args = super::parse_key_values(&args.build_args).into_iter().collect();
+    opts.build_args = build_args;
     opts.target = args.target.clone();
     if args.check {
         return super::check::report(store, &opts, false);
@@ -177,6 +220,10 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     opts.extra_hosts = args.add_hosts.clone();
+    opts.annotations = args.annotations.clone();
+    opts.run_resources.ulimits = args.ulimits.clone();
+    opts.run_resources.shm_size = args.shm_size;
+    opts.allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
     opts.named_contexts = args.build_contexts.iter().cloned().collect();
     opts.ssh = args.ssh.clone();
     opts.cache_from = args.cache_from.clone();
@@ -213,7 +260,7 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         }
         Err(e) => {
             display.finish(Finish::Failed)?;
-            return Err(e).with_context(|| format!("build of {} failed", args.context.display()));
+            return Err(e).with_context(|| format!("build of {context_name} failed"));
         }
     };
     display.finish(Finish::Built(&out))?;
