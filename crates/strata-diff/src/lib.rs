@@ -225,7 +225,7 @@ fn compare_layers(
 /// Reads the two configs and, for the file section, the layers above the common base (plus
 /// what is needed to decide the paths they name; see the crate docs). Every layer read is
 /// verified: a blob whose bytes do not match its digest is
-/// [`StoreError::CorruptBlob`](strata_store::StoreError::CorruptBlob) (in [`DiffError::Store`]),
+/// [`StoreError::CorruptBlob`] (in [`DiffError::Store`]),
 /// naming the image by [`StoredImage::name`] (else its digest); a tar that does not match the
 /// config's diffID is [`DiffError::DiffIdMismatch`].
 pub fn diff(
