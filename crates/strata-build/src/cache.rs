@@ -126,7 +126,7 @@ pub(crate) fn explain_miss(
         return "its cached layer is gone".into();
     }
     let only_parent = differ == ["parent"];
-    let reasons: Vec<String> = differ
+    let mut reasons: Vec<String> = differ
         .into_iter()
         .filter(|f| only_parent || *f != "parent")
         .map(|f| match f {
@@ -158,7 +158,6 @@ pub(crate) fn explain_miss(
             other => format!("{other} changed"),
         })
         .collect();
-    let mut reasons = reasons;
     reasons.dedup();
     reasons.join("; ")
 }

@@ -19,20 +19,32 @@ RUN echo $V > /v && cat /app/a.txt > /seen
 COPY later.txt /later.txt
 ";
 
-/// The texts of the steps that came from the cache, in order.
-fn cached_steps(events: &[BuildEvent]) -> Vec<String> {
+/// For each event `pick` takes (its step and a value), that step's text and the value, in
+/// order.
+fn by_step<T>(
+    events: &[BuildEvent],
+    pick: impl Fn(&BuildEvent) -> Option<((usize, usize), T)>,
+) -> Vec<(String, T)> {
     let mut texts = std::collections::HashMap::new();
     let mut out = Vec::new();
     for e in events {
-        match e {
-            BuildEvent::StepStart { stage, step, text, .. } => {
-                texts.insert((*stage, *step), text.clone());
-            }
-            BuildEvent::StepCached { stage, step } => out.push(texts[&(*stage, *step)].clone()),
-            _ => {}
+        if let BuildEvent::StepStart { stage, step, text, .. } = e {
+            texts.insert((*stage, *step), text.clone());
+        }
+        if let Some((at, value)) = pick(e) {
+            out.push((texts[&at].clone(), value));
         }
     }
     out
+}
+
+/// The texts of the steps that came from the cache, in order.
+fn cached_steps(events: &[BuildEvent]) -> Vec<String> {
+    let cached = |e: &BuildEvent| match e {
+        BuildEvent::StepCached { stage, step } => Some(((*stage, *step), ())),
+        _ => None,
+    };
+    by_step(events, cached).into_iter().map(|(text, ())| text).collect()
 }
 
 fn context(e: &Env) -> std::path::PathBuf {
@@ -474,20 +486,10 @@ fn add_urls_are_keyed_by_checksum_or_fetched_bytes() {
 
 /// `(step text, reason)` of every cache miss, in order.
 fn misses(events: &[BuildEvent]) -> Vec<(String, String)> {
-    let mut texts = std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for e in events {
-        match e {
-            BuildEvent::StepStart { stage, step, text, .. } => {
-                texts.insert((*stage, *step), text.clone());
-            }
-            BuildEvent::CacheMiss { stage, step, reason } => {
-                out.push((texts[&(*stage, *step)].clone(), reason.clone()))
-            }
-            _ => {}
-        }
-    }
-    out
+    by_step(events, |e| match e {
+        BuildEvent::CacheMiss { stage, step, reason } => Some(((*stage, *step), reason.clone())),
+        _ => None,
+    })
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{strata, TempRoot};
+use common::{counts, strata, TempRoot};
 
 fn ok(store: &Path, args: &[&str]) -> String {
     let out = strata(store, args);
@@ -34,16 +34,6 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-/// `(reused, written)` from the build's summary line.
-fn counts(output: &str) -> (usize, usize) {
-    let line = output.lines().find(|l| l.starts_with("built ")).expect(output);
-    let num = |before: &str| -> usize {
-        let head = line.split(before).next().unwrap();
-        head.rsplit(' ').find(|w| !w.is_empty()).unwrap().parse().unwrap()
-    };
-    (num(" layers reused"), num(" written"))
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -47,15 +47,7 @@ fn start_build(tmp: &TempRoot, store: &Path, tmpdir: &Path, tag: &str, recipe: &
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "build ended early:\n{log}");
-        log.push_str(&line);
-        if line.trim_end().ends_with(" started") {
-            break;
-        }
-    }
+    common::read_until_line(&mut stderr, |l| l.ends_with(" started"));
     // Keep draining, so the build never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     child

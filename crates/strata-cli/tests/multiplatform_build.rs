@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{have, have_all, strict, workspace, TempRoot};
+use common::{counts, have, have_all, strict, workspace, TempRoot};
 use registry::{Registry, RegistryOptions};
 
 /// The arm64 static busybox, or `None` after a skip message.
@@ -76,16 +76,6 @@ fn fails(dir: &TempRoot, args: &[&str]) -> String {
     let out = strata(dir, args);
     assert!(!out.status.success(), "strata {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `(reused, written)` from the build's summary line.
-fn counts(output: &str) -> (usize, usize) {
-    let line = output.lines().find(|l| l.starts_with("built ")).expect(output);
-    let num = |before: &str| -> usize {
-        let head = line.split(before).next().unwrap();
-        head.rsplit(' ').find(|w| !w.is_empty()).unwrap().parse().unwrap()
-    };
-    (num(" layers reused"), num(" written"))
 }
 
 /// The file `path` of `platform`'s image of `image`, read from a `dir:` export.

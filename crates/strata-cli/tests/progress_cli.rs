@@ -136,15 +136,7 @@ fn cancel_running_build(
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "build ended early:\n{log}");
-        log.push_str(&line);
-        if line.trim_end().ends_with(" started") {
-            break;
-        }
-    }
+    let mut log = common::read_until_line(&mut stderr, |l| l.ends_with(" started"));
     // The step printed; give sleep a moment to be exec'd by the shell.
     std::thread::sleep(Duration::from_millis(300));
     let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
@@ -313,15 +305,7 @@ fn interrupt_build_at(tmp: &Path, ctx: &Path, at: &str) -> (Option<i32>, String,
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "build ended early:\n{log}");
-        log.push_str(&line);
-        if line.contains(at) {
-            break;
-        }
-    }
+    let mut log = common::read_until_line(&mut stderr, |l| l.contains(at));
     let signalled = Instant::now();
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

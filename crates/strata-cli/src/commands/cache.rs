@@ -96,16 +96,6 @@ fn ago(t: SystemTime) -> String {
     }
 }
 
-/// Bytes of the layers only the cache holds, each layer once.
-fn cache_only_bytes(entries: &[CacheUsage]) -> u64 {
-    let mut seen = std::collections::BTreeSet::new();
-    entries
-        .iter()
-        .filter(|u| !u.in_image && seen.insert(u.entry.layer.digest().to_string()))
-        .map(|u| u.entry.layer.size())
-        .sum()
-}
-
 fn ls(store: Option<&Path>, args: LsArgs) -> anyhow::Result<ExitCode> {
     // A machine that never built has an empty cache, not an error (as `images`).
     let entries = match open_store_to_list(store)? {
@@ -134,7 +124,7 @@ fn ls(store: Option<&Path>, args: LsArgs) -> anyhow::Result<ExitCode> {
             .collect();
         let doc = serde_json::json!({
             "entries": rows,
-            "cache_only_bytes": cache_only_bytes(&entries),
+            "cache_only_bytes": CacheUsage::cache_only_bytes(&entries),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(ExitCode::SUCCESS);
@@ -164,7 +154,7 @@ fn ls(store: Option<&Path>, args: LsArgs) -> anyhow::Result<ExitCode> {
         out,
         "{} entr{s}; {} in layers only the cache holds (what `strata cache prune` frees)",
         entries.len(),
-        human(cache_only_bytes(&entries))
+        human(CacheUsage::cache_only_bytes(&entries))
     )?;
     Ok(ExitCode::SUCCESS)
 }

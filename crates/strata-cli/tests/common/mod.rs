@@ -159,6 +159,32 @@ pub fn lamp(tmp: &Path, store: &Path) -> PathBuf {
     dir
 }
 
+/// `(reused, written)` from a build's `built ...: N layers reused, M written` line.
+#[allow(dead_code)] // not every test binary builds
+pub fn counts(output: &str) -> (usize, usize) {
+    let line = output.lines().find(|l| l.starts_with("built ")).expect(output);
+    let num = |before: &str| -> usize {
+        let head = line.split(before).next().unwrap();
+        head.rsplit(' ').find(|w| !w.is_empty()).unwrap().parse().unwrap()
+    };
+    (num(" layers reused"), num(" written"))
+}
+
+/// Reads `output` line by line up to and including the first line `stop` accepts, and
+/// returns what it read (panicking with it if the output ends first: "build ended early").
+#[allow(dead_code)] // not every test binary waits for a line
+pub fn read_until_line(output: &mut impl std::io::BufRead, stop: impl Fn(&str) -> bool) -> String {
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(output.read_line(&mut line).unwrap() > 0, "build ended early:\n{log}");
+        log.push_str(&line);
+        if stop(line.trim_end()) {
+            return log;
+        }
+    }
+}
+
 /// `strata --store STORE ARGS...`, without the caller's `SOURCE_DATE_EPOCH`.
 pub fn strata(store: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_strata"))

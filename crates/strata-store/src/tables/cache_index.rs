@@ -228,6 +228,19 @@ pub struct CacheUsage {
     pub in_image: bool,
 }
 
+impl CacheUsage {
+    /// The bytes of the layers only the cache holds among `entries` (each layer once): what
+    /// pruning all of them would free.
+    pub fn cache_only_bytes(entries: &[CacheUsage]) -> u64 {
+        let mut seen = std::collections::BTreeSet::new();
+        entries
+            .iter()
+            .filter(|u| !u.in_image && seen.insert(u.entry.layer.digest().to_string()))
+            .map(|u| u.entry.layer.size())
+            .sum()
+    }
+}
+
 /// What [`Store::cache_prune`] removes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
