@@ -638,13 +638,13 @@ fn cache_mount_sharing_modes_hold_across_parallel_stages() {
         return;
     }
     let e = env();
-    // Two independent stages run at once; each marks the cache mount busy for a second and
+    // Two independent stages run at once; each marks the cache mount busy for 3 s and
     // notes whether it found the other's mark.
     let step = |mode: &str, name: &str| {
         format!(
             "FROM base:1 AS {name}\nRUN --mount=type=cache,id={mode}-test,target=/c,sharing={mode} \
              if [ -e /c/busy ]; then echo overlap > /seen; else echo alone > /seen; fi; \
-             touch /c/busy /c/{name}; sleep 1; rm -f /c/busy; ls /c > /listing\n"
+             touch /c/busy /c/{name}; sleep 3; rm -f /c/busy; ls /c > /listing\n"
         )
     };
     let seen = |mode: &str| -> (String, String) {
