@@ -310,6 +310,14 @@ pub enum BuildError {
         #[source]
         source: Box<strata_registry::RegistryError>,
     },
+    /// The contents of a cache mount could not be exported (`--cache-to ...,mounts=true`).
+    #[error("exporting the cache mounts to {cache}: {why}")]
+    CacheMountExport {
+        /// The `--cache-to` destination.
+        cache: String,
+        /// Which mount and why, one line.
+        why: String,
+    },
     /// Pushing the built image (`--push`) failed.
     #[error("pushing {reference}")]
     Push {

@@ -167,6 +167,8 @@ pub(crate) struct Done {
     pub bytes_written: AtomicU64,
     /// Every cache entry a step used or recorded, by stage (what `--cache-to` exports).
     pub entries: Mutex<Vec<(usize, CacheKey, CacheEntry)>>,
+    /// The ids of the cache mounts RUN steps used (what `--cache-to ...,mounts=true` exports).
+    pub cache_mounts: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What one step did to the filesystem.

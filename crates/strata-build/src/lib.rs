@@ -91,6 +91,7 @@ mod error;
 mod executor;
 mod git;
 mod image;
+mod mount_cache;
 mod options;
 mod progress;
 mod remote_cache;
@@ -98,7 +99,7 @@ mod rootfs;
 mod run;
 mod ssh;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use strata_layer::LayerWriter;
@@ -368,6 +369,32 @@ pub fn build_with(
     })
 }
 
+/// The chains of every cache mount the build's RUN steps used (mount_cache's export), by id;
+/// an error is one line naming the mount.
+fn export_cache_mounts(
+    store: &Store,
+    build_writer: &LayerWriter,
+    builders: &[executor::Builder<'_>],
+) -> std::result::Result<BTreeMap<String, Vec<strata_store::CacheEntry>>, String> {
+    let ids: BTreeSet<String> = builders
+        .iter()
+        .flat_map(|b| b.done.cache_mounts.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .collect();
+    let writer = mount_cache::writer(build_writer);
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let chain = (|| -> Result<_> {
+            // Shared, as a RUN of another build may use it at the same time: what is exported
+            // is the content as this scan finds it.
+            let mount = store.cache_mount(&id, strata_store::Sharing::Shared)?;
+            mount_cache::export(store, &id, &mount.path, &writer)
+        })()
+        .map_err(|e| format!("cache mount {id:?}: {}", strata_types::chain(&e)))?;
+        out.insert(id, chain);
+    }
+    Ok(out)
+}
+
 /// The `--annotation`s for `target` (of `platform`'s manifest), later ones winning.
 fn annotations_of(
     opts: &BuildOptions,
@@ -450,14 +477,36 @@ fn export_cache(
         let entries = b.done.entries.lock().unwrap_or_else(|p| p.into_inner()).clone();
         all.extend(entries.into_iter().map(|(stage, k, e)| (chain.contains(&stage), k, e)));
     }
+    // `mounts=true`: every cache mount a RUN of the build used, as its chain of layers.
+    let mounts = match opts.cache_to.iter().any(|s| s.mounts) {
+        true => export_cache_mounts(store, &builders[0].cache.writer, builders),
+        false => Ok(Default::default()),
+    };
     let mut exported = Vec::new();
     for spec in &opts.cache_to {
+        let index = match (&mounts, spec.mounts) {
+            (Err(e), true) if spec.ignore_error => {
+                progress.event(&BuildEvent::Warning {
+                    message: format!("cache {spec} not exported (ignore-error=true): {e}"),
+                });
+                continue;
+            }
+            (Err(e), true) => {
+                return Err(BuildError::CacheMountExport {
+                    cache: spec.to_string(),
+                    why: e.clone(),
+                })
+            }
+            (Ok(m), true) => m.clone(),
+            (_, false) => Default::default(),
+        };
         let index = strata_store::CacheIndex {
             entries: all
                 .iter()
                 .filter(|(in_chain, ..)| spec.mode == CacheMode::Max || *in_chain)
                 .map(|(_, k, e)| (*k, e.clone()))
                 .collect(),
+            mounts: index,
         };
         match remote_cache::export(store, opts, &index, spec) {
             Ok(()) => exported.push((spec.to_string(), index.entries.len())),

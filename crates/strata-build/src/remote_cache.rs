@@ -52,7 +52,9 @@ pub enum CacheLocation {
 /// `type=registry,ref=HOST/REPO:TAG[,mode=min|max][,ignore-error=true]`,
 /// `type=local,dest=DIR` / `type=local,src=DIR`, or a bare `HOST/REPO:TAG`. BuildKit's
 /// `oci-mediatypes=true` and `image-manifest=true` are accepted: strata always writes an OCI
-/// image manifest. `mode` matters only for export.
+/// image manifest. `mode` and ours, `mounts=true` (export the contents of the build's
+/// `RUN --mount=type=cache` directories too), matter only for export; an import seeds cache
+/// mounts from whatever the cache carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSpec {
     /// Where.
@@ -61,6 +63,8 @@ pub struct CacheSpec {
     pub mode: CacheMode,
     /// An export that fails is a warning instead of a failed build.
     pub ignore_error: bool,
+    /// Export the build's cache-mount contents too (`mounts=true`).
+    pub mounts: bool,
 }
 
 impl std::fmt::Display for CacheSpec {
@@ -87,10 +91,11 @@ impl FromStr for CacheSpec {
         };
         if !spec.contains('=') {
             let location = CacheLocation::Registry(reference(spec)?);
-            return Ok(CacheSpec { location, mode: CacheMode::Min, ignore_error: false });
+            let (mode, ignore_error, mounts) = (CacheMode::Min, false, false);
+            return Ok(CacheSpec { location, mode, ignore_error, mounts });
         }
         let (mut kind, mut reference_text, mut dir) = (None, None, None);
-        let (mut mode, mut ignore_error) = (CacheMode::Min, false);
+        let (mut mode, mut ignore_error, mut mounts) = (CacheMode::Min, false, false);
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("type", v)) => kind = Some(v),
@@ -100,6 +105,9 @@ impl FromStr for CacheSpec {
                 Some(("mode", "max")) => mode = CacheMode::Max,
                 Some(("ignore-error", v)) => {
                     ignore_error = v.parse().map_err(|_| bad(format!("ignore-error={v}")))?
+                }
+                Some(("mounts", v)) => {
+                    mounts = v.parse().map_err(|_| bad(format!("mounts={v} (true or false)")))?
                 }
                 Some(("oci-mediatypes" | "image-manifest", "true")) => {}
                 _ => return Err(bad(format!("unknown or invalid field {field:?}"))),
@@ -118,7 +126,7 @@ impl FromStr for CacheSpec {
                 return Err(bad(format!("type={other} (strata knows registry and local)")))
             }
         };
-        Ok(CacheSpec { location, mode, ignore_error })
+        Ok(CacheSpec { location, mode, ignore_error, mounts })
     }
 }
 
@@ -146,6 +154,8 @@ enum Source {
 pub(crate) struct Imported {
     sources: Vec<(String, Source)>,
     entries: BTreeMap<CacheKey, (usize, CacheEntry)>,
+    /// Cache-mount chains, by cache id (the first source naming an id wins).
+    mounts: BTreeMap<String, (usize, Vec<CacheEntry>)>,
 }
 
 impl Imported {
@@ -173,6 +183,9 @@ impl Imported {
                     for (k, e) in index.entries {
                         imported.entries.entry(k).or_insert((n, e));
                     }
+                    for (id, chain) in index.mounts {
+                        imported.mounts.entry(id).or_insert((n, chain));
+                    }
                     imported.sources.push((spec.to_string(), source));
                 }
                 Err(why) => progress.event(&BuildEvent::Warning {
@@ -193,16 +206,8 @@ impl Imported {
         progress: &dyn ProgressSink,
     ) -> Option<CacheEntry> {
         let (n, entry) = self.entries.get(key)?;
-        let (name, source) = &self.sources[*n];
-        let fetched = match source {
-            Source::Registry { client, cache } => cache
-                .fetch_layer(client, store, entry, &strata_registry::NoTransferProgress)
-                .map_err(|e| strata_types::chain(&e)),
-            Source::Local { dir } => {
-                fetch_layout_blob(store, dir, entry).map_err(|e| strata_types::chain(&e))
-            }
-        };
-        if let Err(why) = fetched {
+        let (name, _) = &self.sources[*n];
+        if let Err(why) = self.fetch(*n, store, entry) {
             progress.event(&BuildEvent::Warning {
                 message: format!(
                     "cache {name}: layer {} not available, rebuilding the step: {why}",
@@ -214,6 +219,66 @@ impl Imported {
         // Best effort, as any cache write: the hit stands for this build either way.
         let _ = store.cache_put(key, entry);
         Some(entry.clone())
+    }
+
+    /// Brings the layer of `entry` from source `n` into `store`, verified.
+    fn fetch(
+        &self,
+        n: usize,
+        store: &Store,
+        entry: &CacheEntry,
+    ) -> std::result::Result<(), String> {
+        match &self.sources[n].1 {
+            Source::Registry { client, cache } => cache
+                .fetch_layer(client, store, entry, &strata_registry::NoTransferProgress)
+                .map_err(|e| strata_types::chain(&e)),
+            Source::Local { dir } => {
+                fetch_layout_blob(store, dir, entry).map_err(|e| strata_types::chain(&e))
+            }
+        }
+    }
+
+    /// Fills the directory `dir` of cache mount `id`, just created on this runner, from the
+    /// chain an imported cache carries for `id`; whether it did. A chain that cannot be
+    /// fetched or applied is a warning and an empty mount (whatever was applied is removed),
+    /// as a cache mount may always start empty.
+    pub fn seed_mount(
+        &self,
+        store: &Store,
+        id: &str,
+        dir: &Path,
+        progress: &dyn ProgressSink,
+    ) -> bool {
+        let Some((n, chain)) = self.mounts.get(id) else { return false };
+        let seeded = chain.iter().try_for_each(|e| self.fetch(*n, store, e)).and_then(|()| {
+            crate::mount_cache::seed(store, id, dir, chain).map_err(|e| strata_types::chain(&e))
+        });
+        match seeded {
+            Ok(()) => true,
+            Err(why) => {
+                progress.event(&BuildEvent::Warning {
+                    message: format!(
+                        "cache {}: cache mount {id:?} not seeded, it starts empty: {why}",
+                        self.sources[*n].0
+                    ),
+                });
+                empty_dir(dir);
+                let _ = store.clear_cache_mount_state(id);
+                false
+            }
+        }
+    }
+}
+
+/// Removes everything below `dir`, best effort.
+fn empty_dir(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
     }
 }
 
@@ -315,7 +380,15 @@ mod tests {
         assert_eq!(s.mode, CacheMode::Min);
         let s: CacheSpec = "type=local,dest=/tmp/c".parse().unwrap();
         assert_eq!(s.location, CacheLocation::Local("/tmp/c".into()));
-        for bad in ["app:cache", "type=gha", "type=local", "type=registry,ref=r.io/a,mode=all"] {
+        let s: CacheSpec = "type=local,dest=/tmp/c,mounts=true".parse().unwrap();
+        assert!(s.mounts);
+        for bad in [
+            "app:cache",
+            "type=gha",
+            "type=local",
+            "type=registry,ref=r.io/a,mode=all",
+            "type=local,dest=/c,mounts=yes",
+        ] {
             assert!(bad.parse::<CacheSpec>().is_err(), "{bad}");
         }
     }

@@ -385,6 +385,15 @@ impl Builder<'_> {
                 let lease = self.io.store.cache_mount(&id, sharing)?;
                 let (dir, created) = (lease.path.clone(), lease.created);
                 cache_mounts.push(lease);
+                self.done.cache_mounts.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+                let mut seeded = false;
+                if created {
+                    // A directory made afresh starts from what `--cache-from` carries for its
+                    // id (and is no longer what an earlier export of it recorded).
+                    let store = self.io.store;
+                    let _ = store.clear_cache_mount_state(&id);
+                    seeded = self.cache.imported.seed_mount(store, &id, &dir, self.io.progress);
+                }
                 if created {
                     set_mode(&dir, m.mode.unwrap_or(0o755))?;
                     rustix::fs::chown(
@@ -395,7 +404,7 @@ impl Builder<'_> {
                     .map_err(|e| BuildError::io("chown", &dir, e.into()))?;
                 }
                 // `from=` (with `source=`) seeds a new cache directory, as BuildKit does.
-                if let (true, Some(from)) = (created, &m.from) {
+                if let (true, false, Some(from)) = (created, seeded, &m.from) {
                     let (root, location) = self.mount_from(from, at, keep_alive)?;
                     let (_, _, rel) = bind_source(&root, m, &location)?;
                     copy_view_tree(&MergedView::new(vec![root]), &rel, &dir)?;

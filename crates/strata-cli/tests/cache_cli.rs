@@ -310,3 +310,125 @@ fn a_cache_of_another_format_version_or_a_corrupt_index_is_a_warning_and_a_full_
     assert!(out.contains("WARNING") && out.contains("malformed"), "{out}");
     assert!(cached(&out).is_empty(), "{out}");
 }
+
+/// A context whose RUN fills a cache mount the way a package manager fills its download
+/// cache: each dependency `/src/deps.txt` names is fetched (its 256 kB of noise copied in
+/// from the context) only when the cache does not have it yet.
+fn deps_context(e: &Env, deps: &str, main: &str) -> String {
+    let ctx = e.path("deps-ctx");
+    std::fs::create_dir_all(ctx.join("src")).unwrap();
+    let recipe = format!(
+        "FROM {}/base:1\n\
+         COPY src/ /src/\n\
+         RUN --mount=type=cache,id=deps,target=/cache \
+         for d in $(cat /src/deps.txt); do \
+         if [ -f /cache/$d ]; then echo \"reused $d\"; \
+         else echo \"fetched $d\"; cat /src/$d.bin > /cache/$d; fi; \
+         done; cat /src/main.txt > /main.txt\n",
+        e.host()
+    );
+    std::fs::write(ctx.join("Dockerfile"), recipe).unwrap();
+    for (n, d) in deps.split(' ').enumerate() {
+        // Incompressible and different for each, so layer sizes count dependencies.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64 + n as u64;
+        let noise: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(ctx.join(format!("src/{d}.bin")), noise).unwrap();
+    }
+    std::fs::write(ctx.join("src/deps.txt"), format!("{deps}\n")).unwrap();
+    std::fs::write(ctx.join("src/main.txt"), main).unwrap();
+    ctx.to_str().unwrap().to_string()
+}
+
+/// The cache index of the cache artifact `reference`, read from the registry's storage.
+fn registry_cache_index(e: &Env, reference: &str) -> serde_json::Value {
+    let artifact = e.raw_manifest(reference);
+    let config = artifact["config"]["digest"].as_str().unwrap();
+    serde_json::from_slice(&std::fs::read(e.reg.blob_data_path(config)).unwrap()).unwrap()
+}
+
+fn mount_chain(index: &serde_json::Value, id: &str) -> Vec<(String, u64)> {
+    let mounts = index["mounts"].as_array().expect("the index carries mounts");
+    let m = mounts.iter().find(|m| m["id"] == id).expect("the mount is in the index");
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["layer"]["digest"].as_str().unwrap().to_string(),
+                l["layer"]["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cache_mounts_travel_with_mounts_true_and_only_their_changes_are_uploaded() {
+    let Some(e) = Env::new() else { return };
+    if !have("skopeo") {
+        return;
+    }
+    let cache = format!("{}/cache/deps:c", e.host());
+    let to = format!("type=registry,ref={cache},mode=max,mounts=true");
+    let build = |store: &str, ctx: &str, args: &[&str]| {
+        let mut all = vec!["build", "--progress", "plain"];
+        all.extend_from_slice(args);
+        all.push(ctx);
+        e.ok(store, &all)
+    };
+
+    // Runner A: fetches both dependencies into the cache mount and exports it.
+    let ctx = deps_context(&e, "dep1 dep2", "v1\n");
+    let a = build("a", &ctx, &["--cache-to", &to]);
+    assert!(a.contains("fetched dep1") && a.contains("fetched dep2"), "{a}");
+    let chain_a = mount_chain(&registry_cache_index(&e, &cache), "deps");
+    assert_eq!(chain_a.len(), 1, "{chain_a:?}");
+    assert!(chain_a[0].1 > 500 * 1024, "both dependencies are in the layer: {chain_a:?}");
+
+    // Runner B, empty store, a source edit and one more dependency: the RUN runs again, on
+    // the seeded cache, and the export adds only the new dependency to the chain.
+    let ctx = deps_context(&e, "dep1 dep2 dep3", "v2\n");
+    let uploads_before = e.reg.uploads("cache/deps");
+    let b = build(
+        "b",
+        &ctx,
+        &["--cache-from", &format!("type=registry,ref={cache}"), "--cache-to", &to],
+    );
+    assert!(b.contains("reused dep1") && b.contains("reused dep2"), "{b}");
+    assert!(b.contains("fetched dep3") && !b.contains("fetched dep1"), "{b}");
+    assert!(!b.contains("WARNING"), "{b}");
+    let chain_b = mount_chain(&registry_cache_index(&e, &cache), "deps");
+    assert_eq!(chain_b.len(), 2, "{chain_b:?}");
+    assert_eq!(chain_b[0], chain_a[0], "the chain grows on A's layer");
+    assert!(
+        chain_b[1].1 < 300 * 1024 && chain_b[1].1 > 250 * 1024,
+        "the new layer is one dependency: {chain_b:?} after {chain_a:?}"
+    );
+    let uploads = e.reg.uploads("cache/deps");
+    let new_uploads = &uploads[uploads_before.len()..];
+    assert!(
+        !new_uploads.iter().any(|l| l.contains(&chain_a[0].0)),
+        "A's mount layer is not uploaded again: {new_uploads:#?}"
+    );
+    assert!(new_uploads.iter().any(|l| l.contains(&chain_b[1].0)), "{new_uploads:#?}");
+
+    // Runner C, empty store: the whole chain seeds the mount; nothing is fetched again.
+    let ctx = deps_context(&e, "dep1 dep2 dep3", "v3\n");
+    let c = build("c", &ctx, &["--cache-from", &cache]);
+    for d in ["dep1", "dep2", "dep3"] {
+        assert!(c.contains(&format!("reused {d}")), "{c}");
+    }
+    assert!(!c.contains("fetched dep"), "{c}");
+
+    // Without mounts=true no mount is exported.
+    let plain = format!("{}/cache/deps:plain", e.host());
+    build("a", &ctx, &["--cache-to", &format!("type=registry,ref={plain},mode=max")]);
+    assert!(registry_cache_index(&e, &plain).get("mounts").is_none());
+}

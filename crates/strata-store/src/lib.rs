@@ -25,6 +25,7 @@
 //! <root>/strata/v1/hashes-v1/<key>           context stat-hash caches (Store::context_cache)
 //! <root>/strata/v1/registry-v1/blobs/<hex>   where blobs were seen (Store::blob_locations)
 //! <root>/strata/v1/cache-mounts/<id>[@N]     RUN --mount=type=cache dirs (Store::cache_mount)
+//! <root>/strata/v1/cache-mount-states-v1/<id>  a cache mount's last exported chain (Store::cache_mount_state)
 //! ```
 //!
 //! The store is closed: no other crate builds a path inside the root. Everything beside the

@@ -401,16 +401,46 @@ pub const CACHE_INDEX_VERSION: u64 = 1;
 /// ```
 ///
 /// Entries are sorted by kind and key, so one set of entries has one serialization.
+///
+/// With `--cache-to ...,mounts=true` the index also carries the contents of
+/// `RUN --mount=type=cache` directories, by cache id: each as a chain of layers, the first
+/// the whole directory, each later one a changeset on the ones before (so an export uploads
+/// only what changed since the chain it started from). Applied in order into an empty
+/// directory, a chain gives the mount's content:
+///
+/// ```json
+///  "mounts": [{"id": "go-build", "layers": [{"layer": {...}, "diffID": "sha256:..."}]}]
+/// ```
+///
+/// The field is optional, so indexes without it (and readers that do not know it) stay
+/// version 1.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheIndex {
     /// The entries, by key.
     pub entries: BTreeMap<CacheKey, CacheEntry>,
+    /// Cache-mount contents, by cache id: each a chain of layers applied in order.
+    pub mounts: BTreeMap<String, Vec<CacheEntry>>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct IndexFile {
     version: u64,
     entries: Vec<IndexFileEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mounts: Vec<IndexFileMount>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexFileMount {
+    id: String,
+    layers: Vec<IndexFileLayer>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexFileLayer {
+    layer: Descriptor,
+    #[serde(rename = "diffID")]
+    diff_id: Digest,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -443,16 +473,29 @@ impl CacheIndex {
                     diff_id: e.diff_id,
                 })
                 .collect(),
+            mounts: self
+                .mounts
+                .iter()
+                .map(|(id, chain)| IndexFileMount {
+                    id: id.clone(),
+                    layers: chain
+                        .iter()
+                        .map(|e| IndexFileLayer { layer: e.layer.clone(), diff_id: e.diff_id })
+                        .collect(),
+                })
+                .collect(),
         };
         serde_json::to_vec(&file)
             .map_err(|source| StoreError::Serialize { what: "cache index", source })
     }
 
-    /// The layer descriptors the entries name, each once, in key order.
+    /// The layer descriptors the entries name, then those of the cache mounts' chains, each
+    /// once, in key order.
     pub fn layers(&self) -> Vec<&Descriptor> {
         let mut seen = std::collections::BTreeSet::new();
         self.entries
             .values()
+            .chain(self.mounts.values().flatten())
             .map(|e| &e.layer)
             .filter(|l| seen.insert(l.digest().to_string()))
             .collect()
@@ -507,7 +550,24 @@ impl CacheIndex {
                 CacheEntry { layer: e.layer, diff_id: e.diff_id },
             );
         }
-        Ok(CacheIndex { entries })
+        let mut mounts = BTreeMap::new();
+        for m in file.mounts {
+            let mut chain = Vec::with_capacity(m.layers.len());
+            for l in m.layers {
+                Digest::try_from(l.layer.digest())?;
+                chain.push(CacheEntry { layer: l.layer, diff_id: l.diff_id });
+            }
+            if chain.is_empty() {
+                return Err(StoreError::InvalidCacheIndex {
+                    source: serde::de::Error::custom(format!(
+                        "cache mount {:?} has no layers",
+                        m.id
+                    )),
+                });
+            }
+            mounts.insert(m.id, chain);
+        }
+        Ok(CacheIndex { entries, mounts })
     }
 }
 
@@ -573,13 +633,36 @@ mod tests {
             CacheKey { kind: CacheKind::Run, digest: Digest::of_bytes(b"key") },
             CacheEntry { layer, diff_id: Digest::of_bytes(b"diff") },
         );
-        CacheIndex { entries }
+        let mut mounts = BTreeMap::new();
+        let mount_layer = Descriptor::new(MediaType::ImageLayerZstd, 7, Digest::of_bytes(b"m1"));
+        mounts.insert(
+            "go-build".to_string(),
+            vec![CacheEntry { layer: mount_layer, diff_id: Digest::of_bytes(b"m1 tar") }],
+        );
+        CacheIndex { entries, mounts }
     }
 
     #[test]
     fn cache_index_round_trips_through_its_json() {
         let i = index();
         assert_eq!(CacheIndex::from_json(&i.to_json().unwrap()).unwrap(), i);
+    }
+
+    #[test]
+    fn an_index_without_mounts_reads_as_before_and_layers_include_the_mount_chains() {
+        let json = r#"{"version":1,"entries":[]}"#;
+        let i = CacheIndex::from_json(json.as_bytes()).unwrap();
+        assert!(i.mounts.is_empty());
+        assert_eq!(String::from_utf8(i.to_json().unwrap()).unwrap(), json);
+        let i = index();
+        let layers: Vec<String> = i.layers().iter().map(|d| d.digest().to_string()).collect();
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[1], Digest::of_bytes(b"m1").to_string());
+        let empty = r#"{"version":1,"entries":[],"mounts":[{"id":"x","layers":[]}]}"#;
+        assert!(matches!(
+            CacheIndex::from_json(empty.as_bytes()),
+            Err(StoreError::InvalidCacheIndex { .. })
+        ));
     }
 
     #[test]

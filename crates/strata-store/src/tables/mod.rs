@@ -9,6 +9,7 @@
 //! | [`Store::blob_locations`], where blobs were seen | `registry-v1/blobs/<blob-hex>` | the blob is gone |
 //! | [`Store::snapshots`], unpacked layers | `snapshots/<diffid-hex>` | its layer is unreachable |
 //! | [`Store::cache_mount`] ([`Store::cache_mount_dir`]), `RUN --mount=type=cache` dirs | `cache-mounts/<id>`, more instances `<id>@N` | removed by hand |
+//! | [`Store::cache_mount_state`], the layer chain a cache mount's content was last exported or seeded as | `cache-mount-states-v1/<id>` | replaced by the next export or seed; dropped when the mount is created afresh |
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
 //! | [`Store::lease`], a live writer's roots | `leases/<name>` | its handle is dropped, or gc finds it unlocked |
 //! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |

@@ -11,6 +11,10 @@ use crate::store::Store;
 
 const DIR: &str = "cache-mounts";
 
+/// Versioned directory of the cache mounts' export states (see
+/// [`Store::cache_mount_state`]).
+const STATE_DIR: &str = "cache-mount-states-v1";
+
 /// How steps that run at the same time share a cache mount (`sharing=` of
 /// `RUN --mount=type=cache`, BuildKit's three modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,34 @@ impl Store {
         }
         fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         Ok((dir, true))
+    }
+}
+
+impl Store {
+    fn cache_mount_state_path(&self, id: &str) -> PathBuf {
+        self.meta_dir().join(STATE_DIR).join(dir_name(id))
+    }
+
+    /// What strata-build last recorded about cache mount `id`'s content for `--cache-to
+    /// ...,mounts=true`: the chain of layers that content is (as an opaque document of its
+    /// own), so the next export can be a changeset on it. `None` when nothing is recorded.
+    pub fn cache_mount_state(&self, id: &str) -> Option<Vec<u8>> {
+        fs::read(self.cache_mount_state_path(id)).ok()
+    }
+
+    /// Records `state` for cache mount `id` (atomically, replacing what was there).
+    pub fn set_cache_mount_state(&self, id: &str, state: &[u8]) -> Result<(), StoreError> {
+        let path = self.cache_mount_state_path(id);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+        }
+        self.ensure_meta_dirs()?;
+        crate::blob::write_atomic(&self.tmp_dir(), &path, state)
+    }
+
+    /// Forgets the state of cache mount `id` (its directory was created afresh).
+    pub fn clear_cache_mount_state(&self, id: &str) -> Result<(), StoreError> {
+        crate::blob::remove_file_if_exists(&self.cache_mount_state_path(id)).map(|_| ())
     }
 }
 
