@@ -34,7 +34,7 @@ use crate::image::{
     LayerRef,
 };
 use crate::options::{BuildOptions, NamedContext, StepReport};
-use crate::progress::{BuildEvent, ProgressSink};
+use crate::progress::{BuildEvent, ProgressSink, StepPhase};
 use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, view_of_chain};
 use strata_layer::overlay::MergedView;
 use strata_store::WorkDir;
@@ -178,16 +178,43 @@ pub(crate) struct StepResult {
     pub layer_size: Option<u64>,
     /// The layer came from the cache.
     pub cached: bool,
+    /// Where a step that ran spent its time.
+    pub phases: Phases,
 }
 
 impl StepResult {
     fn meta(created_by: String) -> StepResult {
-        StepResult { created_by, layer: None, layer_size: None, cached: false }
+        StepResult {
+            created_by,
+            layer: None,
+            layer_size: None,
+            cached: false,
+            phases: Phases::default(),
+        }
     }
 
-    /// A step that wrote `layer`.
-    pub fn written(created_by: String, layer: LayerRef, size: u64) -> StepResult {
-        StepResult { created_by, layer: Some(layer), layer_size: Some(size), cached: false }
+    /// A step that wrote `layer`, having spent its time as `phases` says.
+    pub fn written(created_by: String, layer: LayerRef, size: u64, phases: Phases) -> StepResult {
+        StepResult { created_by, layer: Some(layer), layer_size: Some(size), cached: false, phases }
+    }
+}
+
+/// Wall time by phase of one step ([`BuildEvent::StepPhases`]): where a build's time goes,
+/// without a profiler.
+#[derive(Default)]
+pub(crate) struct Phases(Vec<StepPhase>);
+
+impl Phases {
+    /// Runs `f`, adding its wall time to phase `name`.
+    pub fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = f();
+        let micros = started.elapsed().as_micros() as u64;
+        match self.0.iter_mut().find(|p| p.name == name) {
+            Some(p) => p.micros += micros,
+            None => self.0.push(StepPhase { name, micros }),
+        }
+        out
     }
 }
 
@@ -432,6 +459,10 @@ impl<'a> Builder<'a> {
             state.layers.push(l);
         }
         state.push_history(result.created_by.clone(), empty, self.io.opts.timestamp);
+        if !result.phases.0.is_empty() {
+            let phases = result.phases.0;
+            self.io.progress.event(&BuildEvent::StepPhases { stage, step: step_index, phases });
+        }
         let duration_ms = started.elapsed().as_millis() as u64;
         self.io.progress.event(&BuildEvent::StepDone {
             stage,
@@ -645,6 +676,7 @@ impl<'a> Builder<'a> {
             layer: Some(layer),
             layer_size: Some(size),
             cached: true,
+            phases: Phases::default(),
         }))
     }
 
@@ -693,23 +725,43 @@ impl<'a> Builder<'a> {
     }
 
     /// Writes `changeset` (bytes from `source`) as a layer and unpacks its snapshot.
-    pub fn commit(&self, changeset: &Changeset, source: &Path) -> Result<(LayerRef, u64)> {
-        let desc = write_layer(self.io.store, &self.cache.writer, changeset, source)?;
-        self.done.layers_written.fetch_add(1, Ordering::Relaxed);
-        self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
-        let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id, image: None };
-        ensure_snapshot(self.io.store, &layer)?;
-        Ok((layer, desc.size))
+    pub fn commit(
+        &self,
+        changeset: &Changeset,
+        source: &Path,
+        phases: &mut Phases,
+    ) -> Result<(LayerRef, u64)> {
+        let layer = self.write(changeset, source, phases)?;
+        phases.time("snapshot", || ensure_snapshot(self.io.store, &layer.0))?;
+        Ok(layer)
     }
 
     /// Like [`Builder::commit`] for a staging tree that holds exactly the layer's files: the
     /// tree itself becomes the snapshot instead of unpacking the blob again.
-    pub fn commit_staged(&self, changeset: &Changeset, tree: &Path) -> Result<(LayerRef, u64)> {
-        let desc = write_layer(self.io.store, &self.cache.writer, changeset, tree)?;
+    pub fn commit_staged(
+        &self,
+        changeset: &Changeset,
+        tree: &Path,
+        phases: &mut Phases,
+    ) -> Result<(LayerRef, u64)> {
+        let layer = self.write(changeset, tree, phases)?;
+        let epoch = self.io.opts.timestamp;
+        phases.time("snapshot", || adopt_snapshot(self.io.store, &layer.0, tree, epoch))?;
+        Ok(layer)
+    }
+
+    fn write(
+        &self,
+        changeset: &Changeset,
+        source: &Path,
+        phases: &mut Phases,
+    ) -> Result<(LayerRef, u64)> {
+        let writer = &self.cache.writer;
+        let desc =
+            phases.time("layer write", || write_layer(self.io.store, writer, changeset, source))?;
         self.done.layers_written.fetch_add(1, Ordering::Relaxed);
         self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
         let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id, image: None };
-        adopt_snapshot(self.io.store, &layer, tree, self.io.opts.timestamp)?;
         Ok((layer, desc.size))
     }
 
@@ -725,7 +777,8 @@ impl<'a> Builder<'a> {
         if wd == "/" {
             return Ok(StepResult::meta(created_by));
         }
-        let view = self.view(state)?;
+        let mut phases = Phases::default();
+        let view = phases.time("parent view", || self.view(state))?;
         let rel = view.resolve(Path::new(&wd), true)?;
         if view.metadata(&rel).is_some_and(|m| m.is_dir()) {
             return Ok(StepResult::meta(created_by));
@@ -748,9 +801,9 @@ impl<'a> Builder<'a> {
         let staging = self.staging()?;
         ensure_dir(&view, staging.path(), &rel, owner)?;
         let cs = Changeset::from_scan(scan(staging.path())?);
-        let (layer, size) = self.commit(&cs, staging.path())?;
+        let (layer, size) = self.commit(&cs, staging.path(), &mut phases)?;
         self.record(at, state, kind, &key, &layer);
-        Ok(StepResult::written(created_by, layer, size))
+        Ok(StepResult::written(created_by, layer, size, phases))
     }
 
     fn copy(
@@ -805,7 +858,8 @@ impl<'a> Builder<'a> {
                 }
             }
         };
-        let image = self.view(state)?;
+        let mut phases = Phases::default();
+        let image = phases.time("parent view", || self.view(state))?;
         let staging = self.staging()?;
         let scratch = self.staging()?;
         let root = staging.path().join("rootfs");
@@ -819,15 +873,17 @@ impl<'a> Builder<'a> {
         };
         let mut fetched = Fetched::default();
         let mut scanned = FileCount::default();
-        let inputs = source_inputs(
-            &env,
-            spec,
-            &tree,
-            &self.cache.hashes,
-            self.io.opts.timestamp,
-            &mut fetched,
-            &mut scanned,
-        )?;
+        let inputs = phases.time("context scan+hash", || {
+            source_inputs(
+                &env,
+                spec,
+                &tree,
+                &self.cache.hashes,
+                self.io.opts.timestamp,
+                &mut fetched,
+                &mut scanned,
+            )
+        })?;
         if spec.from.is_none() {
             self.io.progress.event(&BuildEvent::ContextScanned {
                 stage,
@@ -859,15 +915,15 @@ impl<'a> Builder<'a> {
         if let Some(hit) = self.cached(at, state, kind, &key, &created_by, &scanned)? {
             return Ok(hit);
         }
-        stage_copy(&env, spec, &tree, &root, &mut fetched)?;
-        let staged = scan(&root)?;
+        phases.time("copy to staging", || stage_copy(&env, spec, &tree, &root, &mut fetched))?;
+        let staged = phases.time("scan staging", || scan(&root))?;
         let files = staged.entries().iter().filter(|e| e.kind == strata_layer::EntryKind::File);
         let (files, bytes) = files.fold((0, 0), |(n, b), e| (n + 1, b + e.size));
         self.io.progress.event(&BuildEvent::CopyStaged { stage, step: step_index, files, bytes });
         let cs = Changeset::from_scan(staged);
-        let (layer, size) = self.commit_staged(&cs, &root)?;
+        let (layer, size) = self.commit_staged(&cs, &root, &mut phases)?;
         self.record(at, state, kind, &key, &layer);
-        Ok(StepResult::written(created_by, layer, size))
+        Ok(StepResult::written(created_by, layer, size, phases))
     }
 }
 

@@ -118,7 +118,7 @@ pub use options::{
 };
 pub use progress::{
     BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, PullBlobKind, PullBlobOutcome,
-    EVENT_VERSION,
+    StepPhase, EVENT_VERSION,
 };
 pub use remote_cache::{CacheLocation, CacheMode, CacheSpec};
 pub use ssh::{SshSource, SshSpec};

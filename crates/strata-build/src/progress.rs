@@ -33,6 +33,15 @@ impl<'a> EventRecord<'a> {
     }
 }
 
+/// The wall time of one phase of a step ([`BuildEvent::StepPhases`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepPhase {
+    /// What the step was doing.
+    pub name: &'static str,
+    /// For how long, in microseconds (summed when the phase ran more than once).
+    pub micros: u64,
+}
+
 /// Which output stream a line of RUN output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -154,6 +163,19 @@ pub enum BuildEvent {
         layer_size: Option<u64>,
         /// True for metadata-only steps (no layer).
         empty_layer: bool,
+    },
+    /// Where a step that ran (not cached) spent its wall time, phase by phase, in order
+    /// (sent just before its [`BuildEvent::StepDone`]): for a COPY e.g. `parent view`,
+    /// `context scan+hash`, `copy to staging`, `scan staging`, `layer write` (tar, compress
+    /// and store write, which run pipelined on two threads), `snapshot`; for a RUN `parent
+    /// view`, `mounts`, `run`, `changes`, `layer write`, `snapshot`.
+    StepPhases {
+        /// Stage index.
+        stage: usize,
+        /// Step index.
+        step: usize,
+        /// The phases, in the order they first ran.
+        phases: Vec<StepPhase>,
     },
     /// A registry base is being pulled (`--pull=missing` found it absent, or `--pull=always`).
     PullStart {
@@ -299,6 +321,8 @@ impl ProgressSink for StageOffset<'_> {
             | BuildEvent::ContextScanned { stage, .. }
             | BuildEvent::CopyStaged { stage, .. }
             | BuildEvent::StepOutput { stage, .. }
+            | BuildEvent::CacheMiss { stage, .. }
+            | BuildEvent::StepPhases { stage, .. }
             | BuildEvent::StepDone { stage, .. } => *stage += self.offset,
             _ => {}
         }

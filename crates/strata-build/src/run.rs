@@ -33,7 +33,7 @@ use strata_types::Digest;
 use crate::cache;
 use crate::context_hash::{FileCount, SourceWalk};
 use crate::error::{BuildError, Result};
-use crate::executor::{Builder, StepResult};
+use crate::executor::{Builder, Phases, StepResult};
 use crate::image::{ImageState, LayerRef, DEFAULT_PATH};
 use crate::options::{Network, RunRootfs, SecretSource};
 use crate::progress::{BuildEvent, OutputStream};
@@ -147,7 +147,8 @@ impl Builder<'_> {
         if let Some(p) = &state.platform {
             self.io.runner.prepare_platform(p)?;
         }
-        let view = self.view(state)?;
+        let mut phases = Phases::default();
+        let view = phases.time("parent view", || self.view(state))?;
         // USER through the image's own passwd and group, read through the layers.
         let read =
             |f: &str| view.read(Path::new(f)).map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -158,9 +159,11 @@ impl Builder<'_> {
         )?;
         let at = StepAt { owner: (ids.0, ids.1), ..at };
         let mut extra = RunMounts { mounts, env, keep_alive: Vec::new(), cache_mounts: Vec::new() };
-        for m in &run.mounts {
-            self.add_mount(&at, m, &cwd, scratch.path(), &view, &mut extra)?;
-        }
+        phases.time("mounts", || {
+            run.mounts
+                .iter()
+                .try_for_each(|m| self.add_mount(&at, m, &cwd, scratch.path(), &view, &mut extra))
+        })?;
         let RunMounts { mounts, env, keep_alive, cache_mounts } = extra;
         let overlay = self.io.opts.run_rootfs == RunRootfs::Overlay
             && self.io.runner.overlay_supported(scratch.path());
@@ -213,7 +216,9 @@ impl Builder<'_> {
                 line: line.to_string(),
             });
         };
-        let outcome = match self.io.runner.run(&req, &self.io.opts.cancel, &mut on_line) {
+        let ran =
+            phases.time("run", || self.io.runner.run(&req, &self.io.opts.cancel, &mut on_line));
+        let outcome = match ran {
             Err(strata_sandbox::SandboxError::Cancelled) => return Err(BuildError::Cancelled),
             other => other?,
         };
@@ -226,19 +231,22 @@ impl Builder<'_> {
                 tail: outcome.tail,
             });
         }
-        let changeset = match before {
-            None => {
-                overlay::drop_copy_ups(&upper_or_root, &view, &outcome.stubs);
-                explicit_whiteouts(overlay::changeset_from_upper(&upper_or_root)?, &view)?
-            }
-            Some(before) => {
-                restore_stub_parents(&before, &upper_or_root, &outcome.stubs)?;
-                diff(&before, &scan(&upper_or_root)?)?
-            }
-        };
-        let (layer, size): (LayerRef, u64) = self.commit(&changeset, &upper_or_root)?;
+        let changeset = phases.time("changes", || -> Result<_> {
+            Ok(match before {
+                None => {
+                    overlay::drop_copy_ups(&upper_or_root, &view, &outcome.stubs);
+                    explicit_whiteouts(overlay::changeset_from_upper(&upper_or_root)?, &view)?
+                }
+                Some(before) => {
+                    restore_stub_parents(&before, &upper_or_root, &outcome.stubs)?;
+                    diff(&before, &scan(&upper_or_root)?)?
+                }
+            })
+        })?;
+        let (layer, size): (LayerRef, u64) =
+            self.commit(&changeset, &upper_or_root, &mut phases)?;
         self.record(step_at, state, cache::Kind::Run, &key, &layer);
-        Ok(StepResult::written(created_by, layer, size))
+        Ok(StepResult::written(created_by, layer, size, phases))
     }
 
     /// The cache key of a RUN (see [`crate::cache`]); `None` when the step cannot be cached.

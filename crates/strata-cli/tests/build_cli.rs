@@ -55,6 +55,17 @@ fn lamp_builds_and_a_php_change_makes_one_new_layer() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("#5 [stage 0, line 17] COPY app/ /var/www/html/"), "{log}");
+    // Where each step's time went, by phase, in the order the phases ran.
+    let phases = |n: usize| -> Vec<String> {
+        let prefix = format!("#{n} phases: ");
+        let line = log.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_default();
+        line.split(", ").map(|p| p.rsplit_once(' ').map_or("", |(name, _)| name).into()).collect()
+    };
+    let copy = ["parent view", "context scan+hash", "copy to staging", "scan staging"];
+    let copy: Vec<&str> = copy.into_iter().chain(["layer write", "snapshot"]).collect();
+    assert_eq!(phases(5), copy, "{log}");
+    let run = ["parent view", "mounts", "run", "changes", "layer write", "snapshot"];
+    assert_eq!(phases(2), run, "{log}");
     assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("sha256:"));
     let v1 = layers(&store, "lamp:v1");
     assert_eq!(v1.len(), 6, "base + apache copy/run + mysql copy/run + app");
@@ -62,7 +73,13 @@ fn lamp_builds_and_a_php_change_makes_one_new_layer() {
     let php = dir.join("app/index.php");
     let text = std::fs::read_to_string(&php).unwrap().replace("version 1", "version 2");
     std::fs::write(&php, text).unwrap();
-    ok(&store, &["build", "--progress", "plain", "-t", "lamp:v2", dir.to_str().unwrap()]);
+    let out =
+        strata(&store, &["build", "--progress", "plain", "-t", "lamp:v2", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    // Only the step that ran has phases.
+    let timed: Vec<&str> = log.lines().filter(|l| l.contains(" phases: ")).collect();
+    assert!(timed.len() == 1 && timed[0].starts_with("#5 phases: parent view"), "{log}");
     let v2 = layers(&store, "lamp:v2");
     assert_eq!(v1[..5], v2[..5], "everything below the app layer is byte-identical");
     assert_ne!(v1[5], v2[5]);
@@ -158,6 +175,9 @@ fn json_progress_is_one_event_per_line() {
     assert_eq!(events[1]["event"], "stage_start");
     assert!(events.iter().all(|e| e["version"] == 1));
     assert!(events.iter().any(|e| e["event"] == "step_done" && e["layer"].is_string()));
+    let phases = events.iter().find(|e| e["event"] == "step_phases").expect("step_phases");
+    let first = &phases["phases"][0];
+    assert!(first["name"].is_string() && first["micros"].is_u64(), "{phases}");
     assert_eq!(events.iter().filter(|e| e["event"] == "build_done").count(), 1);
 }
 

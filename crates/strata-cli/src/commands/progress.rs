@@ -169,6 +169,10 @@ impl ProgressSink for PlainProgress {
             BuildEvent::CacheMiss { stage, step, reason } => {
                 writeln!(err, "#{} cache miss: {reason}", n_of(&steps, *stage, *step))
             }
+            BuildEvent::StepPhases { stage, step, phases } => {
+                let n = n_of(&steps, *stage, *step);
+                writeln!(err, "#{n} phases: {}", phase_line(phases))
+            }
             BuildEvent::StepDone { stage, step, duration_ms, layer, layer_size, .. } => {
                 let n = n_of(&steps, *stage, *step);
                 let secs = *duration_ms as f64 / 1000.0;
@@ -252,6 +256,12 @@ fn blob_bar(p: &PullView) -> String {
         human(p.done),
         human(p.size)
     )
+}
+
+/// `context scan+hash 0.12s, copy to staging 1.05s, layer write 2.31s`.
+fn phase_line(phases: &[strata::build::StepPhase]) -> String {
+    let one = |p: &strata::build::StepPhase| format!("{} {:.2}s", p.name, p.micros as f64 / 1e6);
+    phases.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 /// `3 files, 12kB`.
