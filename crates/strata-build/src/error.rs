@@ -310,6 +310,25 @@ pub enum BuildError {
         #[source]
         source: Box<strata_registry::RegistryError>,
     },
+    /// A layer a cache hit was taken without (lazily) could not be fetched when a step
+    /// needed its files.
+    #[error("cache {cache}: layer {layer}, taken from the cache, could not be fetched: {why}")]
+    CacheLayerFetch {
+        /// The `--cache-from` source.
+        cache: String,
+        /// The layer blob's digest.
+        layer: String,
+        /// Why, one line.
+        why: String,
+    },
+    /// A layer's table of contents (from an imported cache) is not one.
+    #[error("the layer table of contents {digest} is malformed: {why}")]
+    InvalidToc {
+        /// The blob.
+        digest: strata_types::Digest,
+        /// What is wrong, one line.
+        why: String,
+    },
     /// The contents of a cache mount could not be exported (`--cache-to ...,mounts=true`).
     #[error("exporting the cache mounts to {cache}: {why}")]
     CacheMountExport {

@@ -152,6 +152,9 @@ pub(crate) struct StepCache {
     /// Directory named contexts already made into images, by name: each is imported once
     /// per build however many steps read it.
     pub named_dirs: Mutex<HashMap<String, strata_store::oci_spec::image::Descriptor>>,
+    /// Stand-in trees of layers taken from an imported cache without their blob, made from
+    /// their tables of contents, by diffID (each kept for the build).
+    pub stubs: Mutex<HashMap<Digest, WorkDir>>,
 }
 
 /// Finished work.
@@ -599,8 +602,54 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The image `state` as a merged view of its layers' snapshots, every layer in the store
+    /// (fetched first where a cache hit was taken without it).
     pub fn view(&self, state: &ImageState) -> Result<MergedView> {
+        self.realize(&state.layers)?;
         view_of_chain(self.io.store, &state.layers)
+    }
+
+    /// Fetches the layers of `chain` that were taken from an imported cache without their
+    /// blob: a step is about to read their files.
+    pub fn realize(&self, chain: &[LayerRef]) -> Result<()> {
+        chain.iter().try_for_each(|l| self.cache.imported.fetch_pending(self.io.store, &l.diff_id))
+    }
+
+    /// [`Builder::view`] for a step that only resolves paths and reads directory metadata in
+    /// the image (a COPY or WORKDIR that resolves no user name): a layer taken from a cache
+    /// without its blob stands in as the tree its table of contents lists (files empty), so
+    /// nothing is downloaded. Where no stand-in can be made (no table of contents, no root
+    /// for its whiteouts), the layer is fetched.
+    pub fn shallow_view(&self, state: &ImageState) -> Result<MergedView> {
+        let mut dirs = Vec::with_capacity(state.layers.len());
+        for l in &state.layers {
+            if self.cache.imported.is_pending(&l.diff_id) {
+                if let Some(tree) = self.stub(l) {
+                    dirs.push(tree);
+                    continue;
+                }
+                self.cache.imported.fetch_pending(self.io.store, &l.diff_id)?;
+            }
+            dirs.push(ensure_snapshot(self.io.store, l)?);
+        }
+        Ok(MergedView::new(dirs))
+    }
+
+    /// The stand-in tree of pending layer `l` (see [`Builder::shallow_view`]).
+    fn stub(&self, l: &LayerRef) -> Option<PathBuf> {
+        let mut stubs = self.cache.stubs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = stubs.get(&l.diff_id) {
+            return Some(w.path().join("tree"));
+        }
+        let store = self.io.store;
+        let toc = self.cache.imported.toc(store, &l.diff_id)?;
+        let entries = crate::lazy::read_toc(store, &toc).ok()?;
+        let work = store.work_dir("stub-").ok()?;
+        let tree = work.path().join("tree");
+        std::fs::create_dir(&tree).ok()?;
+        strata_layer::listing::materialize(&entries, &tree).ok()?;
+        stubs.insert(l.diff_id, work);
+        Some(tree)
     }
 
     /// A locked work directory in the store's tmp.
@@ -660,7 +709,10 @@ impl<'a> Builder<'a> {
         let Some((layer, size)) = found else {
             return miss(cache::explain_miss(self.io.store, &locator, key, kind, changed));
         };
-        ensure_snapshot(self.io.store, &layer)?;
+        // A layer taken without its blob gets its snapshot when a step reads it.
+        if !self.cache.imported.is_pending(&layer.diff_id) {
+            ensure_snapshot(self.io.store, &layer)?;
+        }
         // The step's pointer follows what it last used (only written when it moves, so a
         // no-op rebuild writes nothing).
         let hit = CacheKey { kind, digest };
@@ -778,7 +830,13 @@ impl<'a> Builder<'a> {
             return Ok(StepResult::meta(created_by));
         }
         let mut phases = Phases::default();
-        let view = phases.time("parent view", || self.view(state))?;
+        // Only a user name needs the image's files (its passwd).
+        let shallow = state.run.user.split(':').all(|p| p.parse::<u32>().is_ok())
+            || state.run.user.is_empty();
+        let view = phases.time("parent view", || match shallow {
+            true => self.shallow_view(state),
+            false => self.view(state),
+        })?;
         let rel = view.resolve(Path::new(&wd), true)?;
         if view.metadata(&rel).is_some_and(|m| m.is_dir()) {
             return Ok(StepResult::meta(created_by));
@@ -850,6 +908,7 @@ impl<'a> Builder<'a> {
                         ),
                     };
                 from_chain = Some(chain.iter().map(|l| l.diff_id.to_string()).collect());
+                self.realize(&chain)?;
                 SourceTree {
                     view: view_of_chain(self.io.store, &chain)?,
                     ignore: None,
@@ -859,7 +918,13 @@ impl<'a> Builder<'a> {
             }
         };
         let mut phases = Phases::default();
-        let image = phases.time("parent view", || self.view(state))?;
+        // Only a `--chown` by name needs the image's files (its passwd and group).
+        let numeric = |c: &str| c.split(':').all(|p| p.parse::<u32>().is_ok());
+        let shallow = spec.chown.as_deref().is_none_or(numeric);
+        let image = phases.time("parent view", || match shallow {
+            true => self.shallow_view(state),
+            false => self.view(state),
+        })?;
         let staging = self.staging()?;
         let scratch = self.staging()?;
         let root = staging.path().join("rootfs");

@@ -91,6 +91,7 @@ mod error;
 mod executor;
 mod git;
 mod image;
+mod lazy;
 mod mount_cache;
 mod options;
 mod progress;
@@ -217,6 +218,7 @@ pub fn build_with(
         hashes: context_hash::ContextHashes::load(store, &opts.context),
         imported: remote_cache::Imported::load(opts, progress),
         named_dirs: Default::default(),
+        stubs: Default::default(),
     };
     let shared = executor::SharedStages::new(opts.jobs);
     let n_stages = recipe_stage_count(&plans);
@@ -274,6 +276,8 @@ pub fn build_with(
     for b in &builders {
         let plan = b.stages.plan;
         let mut state = b.result(plan.target).unwrap_or_else(image::ImageState::scratch);
+        // The image is stored: layers a cache hit was taken without are fetched now.
+        b.realize(&state.layers)?;
         state.run.labels.extend(opts.labels.clone());
         if explicit {
             // The image is for the build's platform even when its last stage was built
@@ -464,6 +468,9 @@ fn export_cache(
     progress: &dyn ProgressSink,
 ) -> Result<Vec<(String, usize)>> {
     let mut all = Vec::new();
+    // The layers the exported steps stand on, base layers included, for their tables of
+    // contents (lazy hits on the importing side).
+    let mut layers: Vec<(bool, image::LayerRef)> = Vec::new();
     for b in builders {
         let plan = b.stages.plan;
         let mut chain = BTreeSet::from([plan.target]);
@@ -476,6 +483,27 @@ fn export_cache(
         }
         let entries = b.done.entries.lock().unwrap_or_else(|p| p.into_inner()).clone();
         all.extend(entries.into_iter().map(|(stage, k, e)| (chain.contains(&stage), k, e)));
+        for stage in 0..plan.stages.len() {
+            if let Some(state) = b.result(stage) {
+                let in_chain = chain.contains(&stage);
+                layers.extend(state.layers.into_iter().map(|l| (in_chain, l)));
+            }
+        }
+    }
+    let any_max = opts.cache_to.iter().any(|s| s.mode == CacheMode::Max);
+    let mut tocs: BTreeMap<strata_types::Digest, (bool, _)> = BTreeMap::new();
+    for (in_chain, layer) in &layers {
+        if !(*in_chain || any_max) {
+            continue;
+        }
+        if let Some((seen_in_chain, _)) = tocs.get_mut(&layer.diff_id) {
+            *seen_in_chain |= *in_chain;
+            continue;
+        }
+        // Best effort: a layer without a table of contents is only fetched when hit.
+        if let Ok(Some(toc)) = lazy::toc_of(store, &builders[0].cache.imported, layer) {
+            tocs.insert(layer.diff_id, (*in_chain, toc));
+        }
     }
     // `mounts=true`: every cache mount a RUN of the build used, as its chain of layers.
     let mounts = match opts.cache_to.iter().any(|s| s.mounts) {
@@ -507,7 +535,17 @@ fn export_cache(
                 .map(|(_, k, e)| (*k, e.clone()))
                 .collect(),
             mounts: index,
+            tocs: tocs
+                .iter()
+                .filter(|(_, (in_chain, _))| spec.mode == CacheMode::Max || *in_chain)
+                .map(|(d, (_, toc))| (*d, toc.clone()))
+                .collect(),
         };
+        // Layers taken without their blob are fetched for the export (pushing them
+        // straight from the registry they are in is not done yet).
+        for e in index.entries.values() {
+            builders[0].cache.imported.fetch_pending(store, &e.diff_id)?;
+        }
         match remote_cache::export(store, opts, &index, spec) {
             Ok(()) => exported.push((spec.to_string(), index.entries.len())),
             Err(e) if spec.ignore_error => progress.event(&BuildEvent::Warning {

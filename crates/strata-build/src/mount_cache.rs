@@ -18,14 +18,11 @@
 //! otherwise counted as changed (never the other way round), so an export can upload a file
 //! that did not change, never miss one that did.
 
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use strata_layer::{
-    diff, scan, write_layer, ApplyOptions, Changeset, Entry, EntryKind, LayerWriter, Scan,
-    Timestamp,
+    diff, listing, scan, write_layer, ApplyOptions, Changeset, Entry, EntryKind, LayerWriter, Scan,
 };
 use strata_store::oci_spec::image::{Descriptor, MediaType};
 use strata_store::{CacheEntry, Store};
@@ -49,8 +46,8 @@ pub(crate) struct MountState {
 }
 
 impl MountState {
-    /// The state's text: the header, one `layer` line per chain layer, one `entry` line per
-    /// entry. Fields are space-separated; paths and link targets are percent-encoded bytes.
+    /// The state's text: the header, one `layer` line per chain layer (media type, digest,
+    /// size, diffID), then the content's listing (strata-layer's `listing` lines).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = format!("{STATE_HEADER}\n");
         for l in &self.chain {
@@ -62,22 +59,7 @@ impl MountState {
                 l.diff_id
             ));
         }
-        for e in &self.entries {
-            out.push_str(&format!(
-                "entry {} {:o} {} {} {} {} {} {} {} {} {}\n",
-                e.kind.letter(),
-                e.mode,
-                e.uid,
-                e.gid,
-                e.size,
-                e.mtime.secs,
-                e.mtime.nanos,
-                e.rdev,
-                e.digest.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
-                e.link_target.as_deref().map(|t| encode_path(t.as_os_str())).unwrap_or("-".into()),
-                encode_path(e.path.as_os_str()),
-            ));
-        }
+        out.push_str(&listing::encode(&self.entries));
         out.into_bytes()
     }
 
@@ -91,42 +73,17 @@ impl MountState {
         }
         let mut state = MountState { chain: Vec::new(), entries: Vec::new() };
         for line in lines {
-            let f: Vec<&str> = line.split(' ').collect();
-            match f.as_slice() {
-                ["layer", media_type, digest, size, diff_id] => {
-                    let digest: Digest = digest.parse().ok()?;
-                    let layer =
-                        Descriptor::new(MediaType::from(*media_type), size.parse().ok()?, digest);
-                    state.chain.push(CacheEntry { layer, diff_id: diff_id.parse().ok()? });
-                }
-                ["entry", kind, mode, uid, gid, size, secs, nanos, rdev, digest, link, path] => {
-                    let kind = kind_of(kind)?;
-                    let digest = match *digest {
-                        "-" => None,
-                        d => Some(d.parse().ok()?),
-                    };
-                    let link_target = match *link {
-                        "-" => None,
-                        t => Some(decode_path(t)?),
-                    };
-                    state.entries.push(Entry {
-                        path: decode_path(path)?,
-                        kind,
-                        mode: u32::from_str_radix(mode, 8).ok()?,
-                        uid: uid.parse().ok()?,
-                        gid: gid.parse().ok()?,
-                        size: size.parse().ok()?,
-                        mtime: Timestamp { secs: secs.parse().ok()?, nanos: nanos.parse().ok()? },
-                        xattrs: BTreeMap::new(),
-                        link_target,
-                        dev: 0,
-                        ino: 0,
-                        nlink: 1,
-                        rdev: rdev.parse().ok()?,
-                        digest,
-                    });
-                }
-                _ => return None,
+            if let Some(rest) = line.strip_prefix("layer ") {
+                let [media_type, digest, size, diff_id] = rest.split(' ').collect::<Vec<_>>()[..]
+                else {
+                    return None;
+                };
+                let digest: Digest = digest.parse().ok()?;
+                let layer =
+                    Descriptor::new(MediaType::from(media_type), size.parse().ok()?, digest);
+                state.chain.push(CacheEntry { layer, diff_id: diff_id.parse().ok()? });
+            } else {
+                state.entries.push(listing::decode_line(line)?);
             }
         }
         (!state.chain.is_empty()).then_some(state)
@@ -151,56 +108,6 @@ impl MountState {
             .collect();
         Scan::from_entries(PathBuf::from("/nonexistent/strata-mount-state"), entries)
     }
-}
-
-fn kind_of(letter: &str) -> Option<EntryKind> {
-    [
-        EntryKind::File,
-        EntryKind::Dir,
-        EntryKind::Symlink,
-        EntryKind::CharDevice,
-        EntryKind::BlockDevice,
-        EntryKind::Fifo,
-        EntryKind::Socket,
-    ]
-    .into_iter()
-    .find(|k| letter.len() == 1 && letter.starts_with(k.letter()))
-}
-
-/// Bytes outside `!`..`~`, and `%`, as `%XX`; the empty path as `%`.
-fn encode_path(p: &OsStr) -> String {
-    if p.is_empty() {
-        return "%".to_string();
-    }
-    let mut out = String::new();
-    for &b in p.as_bytes() {
-        if b.is_ascii_graphic() && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn decode_path(s: &str) -> Option<PathBuf> {
-    if s == "%" {
-        return Some(PathBuf::new());
-    }
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(PathBuf::from(OsStr::from_bytes(&out)))
 }
 
 /// The layer writer for mount layers: the build's compression, and no clamping of mtimes
@@ -271,6 +178,7 @@ pub(crate) fn seed(store: &Store, id: &str, dir: &Path, chain: &[CacheEntry]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::fs;
 
     fn new_store() -> (tempfile::TempDir, Store) {

@@ -18,6 +18,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Mutex;
+
+use strata_store::oci_spec::image::Descriptor;
 
 use strata_registry::{Client, RemoteCache};
 use strata_store::{CacheEntry, CacheIndex, CacheKey, Store, CACHE_ARTIFACT_TYPE};
@@ -149,13 +152,24 @@ enum Source {
 }
 
 /// What `--cache-from` brought: every readable source's entries (the first source naming a
-/// key wins), fetched and merged into the store on first use.
+/// key wins), merged into the store on first use.
+///
+/// Lazy layers: a hit whose layer has a table of contents in the source (and that the source
+/// still has: one HEAD) is taken without downloading the layer. It stays *pending* until a
+/// step reads its files ([`Imported::fetch_pending`]: a RUN, a COPY `--from` it, the image
+/// stored locally); until then a COPY or WORKDIR on top of it resolves paths in a stand-in
+/// tree made from the table of contents, and a push to the same registry mounts the blob
+/// from the cache's repository (its location is recorded for that).
 #[derive(Default)]
 pub(crate) struct Imported {
     sources: Vec<(String, Source)>,
     entries: BTreeMap<CacheKey, (usize, CacheEntry)>,
     /// Cache-mount chains, by cache id (the first source naming an id wins).
     mounts: BTreeMap<String, (usize, Vec<CacheEntry>)>,
+    /// Layer tables of contents, by diffID.
+    tocs: BTreeMap<Digest, (usize, Descriptor)>,
+    /// Hits taken without their layer, by diffID: source, key, entry.
+    pending: Mutex<BTreeMap<Digest, (usize, CacheKey, CacheEntry)>>,
 }
 
 impl Imported {
@@ -186,6 +200,9 @@ impl Imported {
                     for (id, chain) in index.mounts {
                         imported.mounts.entry(id).or_insert((n, chain));
                     }
+                    for (diff_id, toc) in index.tocs {
+                        imported.tocs.entry(diff_id).or_insert((n, toc));
+                    }
                     imported.sources.push((spec.to_string(), source));
                 }
                 Err(why) => progress.event(&BuildEvent::Warning {
@@ -207,6 +224,28 @@ impl Imported {
     ) -> Option<CacheEntry> {
         let (n, entry) = self.entries.get(key)?;
         let (name, _) = &self.sources[*n];
+        let digest = Digest::try_from(entry.layer.digest()).ok()?;
+        if !store.has_blob(&digest) && self.tocs.contains_key(&entry.diff_id) {
+            // Lazy: taken if the source still has it, fetched when a step reads it.
+            return match self.source_has(*n, &digest) {
+                Ok(true) => {
+                    if let Source::Registry { cache, .. } = &self.sources[*n].1 {
+                        let _ = store.record_blob_location(&digest, &cache.location());
+                    }
+                    let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    pending.insert(entry.diff_id, (*n, *key, entry.clone()));
+                    Some(entry.clone())
+                }
+                Ok(false) | Err(_) => {
+                    progress.event(&BuildEvent::Warning {
+                        message: format!(
+                            "cache {name}: layer {digest} not available, rebuilding the step"
+                        ),
+                    });
+                    None
+                }
+            };
+        }
         if let Err(why) = self.fetch(*n, store, entry) {
             progress.event(&BuildEvent::Warning {
                 message: format!(
@@ -219,6 +258,61 @@ impl Imported {
         // Best effort, as any cache write: the hit stands for this build either way.
         let _ = store.cache_put(key, entry);
         Some(entry.clone())
+    }
+
+    /// Whether source `n` still has blob `digest` (nothing downloaded).
+    fn source_has(&self, n: usize, digest: &Digest) -> std::result::Result<bool, String> {
+        match &self.sources[n].1 {
+            Source::Registry { client, cache } => {
+                cache.has_blob(client, digest).map_err(|e| strata_types::chain(&e))
+            }
+            Source::Local { dir } => Store::open(dir)
+                .map(|layout| layout.has_blob(digest))
+                .map_err(|e| strata_types::chain(&e)),
+        }
+    }
+
+    /// Whether the layer `diff_id` was taken from a cache without its blob (so far).
+    pub fn is_pending(&self, diff_id: &Digest) -> bool {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(diff_id)
+    }
+
+    /// Brings the layer `diff_id` into `store` if it was taken without its blob, verified, and
+    /// merges its entry into the store's cache. A source that no longer gives it is an error
+    /// now: the build stands on that layer.
+    pub fn fetch_pending(&self, store: &Store, diff_id: &Digest) -> Result<()> {
+        let taken = self.pending.lock().unwrap_or_else(|p| p.into_inner()).get(diff_id).cloned();
+        let Some((n, key, entry)) = taken else { return Ok(()) };
+        self.fetch(n, store, &entry).map_err(|why| BuildError::CacheLayerFetch {
+            cache: self.sources[n].0.clone(),
+            layer: entry.layer.digest().to_string(),
+            why,
+        })?;
+        // Best effort, as any cache write.
+        let _ = store.cache_put(&key, &entry);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(diff_id);
+        Ok(())
+    }
+
+    /// The table of contents of layer `diff_id` an imported cache carries, in `store` now
+    /// (verified), and recorded as that layer's.
+    pub fn toc(&self, store: &Store, diff_id: &Digest) -> Option<Descriptor> {
+        let (n, toc) = self.tocs.get(diff_id)?;
+        let digest = Digest::try_from(toc.digest()).ok()?;
+        if !store.has_blob(&digest) {
+            match &self.sources[*n].1 {
+                Source::Registry { client, cache } => {
+                    cache.fetch_blob(client, store, &digest, toc.size()).ok()?
+                }
+                Source::Local { dir } => {
+                    let layout = Store::open(dir).ok()?;
+                    let blob = layout.open_blob(&digest).ok()?;
+                    store.put_blob_verified(blob, &digest, Some(toc.size())).ok()?;
+                }
+            }
+        }
+        store.set_layer_toc(diff_id, toc).ok()?;
+        Some(toc.clone())
     }
 
     /// Brings the layer of `entry` from source `n` into `store`, verified.

@@ -348,6 +348,7 @@ impl Builder<'_> {
                 }
                 None => (self.image_state(from, at.platform)?.layers, format!("image {from}")),
             };
+        self.realize(&chain)?;
         let dir = self.staging()?;
         for l in &chain {
             apply_blob(self.io.store, &l.digest()?, dir.path(), &ApplyOptions::default())?;

@@ -129,6 +129,21 @@ fn cached(stderr: &str) -> Vec<&str> {
     report(stderr).into_iter().filter(|l| l.trim_start().starts_with("CACHED")).collect()
 }
 
+const TOC_MEDIA_TYPE: &str = "application/vnd.strata.layer.toc.v1+zstd";
+
+/// The digests of a cache artifact's layer blobs and of its tables of contents.
+fn split_tocs(artifact: &serde_json::Value) -> (Vec<String>, Vec<String>) {
+    let (tocs, layers): (Vec<_>, Vec<_>) = artifact["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .partition(|l| l["mediaType"] == TOC_MEDIA_TYPE);
+    let digests = |v: Vec<&serde_json::Value>| {
+        v.iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+    };
+    (digests(layers), digests(tocs))
+}
+
 fn layer_digests(manifest: &serde_json::Value) -> Vec<String> {
     manifest["layers"]
         .as_array()
@@ -159,13 +174,16 @@ fn a_cold_runner_reuses_the_registry_cache_and_pushes_only_the_new_layer() {
     let layers_a = layer_digests(&image_a);
     // base + RUN + WORKDIR + COPY + RUN + COPY; the cache has all but the base.
     assert_eq!(layers_a.len(), 6, "{image_a:#}");
-    let mut in_cache = layer_digests(&artifact);
+    let (mut in_cache, tocs) = split_tocs(&artifact);
     in_cache.sort();
     let mut built = layers_a[1..].to_vec();
     built.sort();
     assert_eq!(in_cache, built, "{artifact:#}");
-    // Exporting the cache moved no layer twice: each was mounted from the image's repo.
-    assert!(e.reg.uploads("cache/lamp").len() == 1, "only the index is uploaded");
+    // And a table of contents for each layer of the image, the base's included.
+    assert_eq!(tocs.len(), 6, "{artifact:#}");
+    // Exporting the cache moved no layer twice: each was mounted from the image's repo; the
+    // index and the tables of contents are uploaded.
+    assert_eq!(e.reg.uploads("cache/lamp").len(), 1 + 6, "{}", e.reg.log());
     assert_eq!(e.reg.mounts("cache/lamp").len(), 5);
 
     // Runner B: empty store, one PHP file changed.

@@ -34,6 +34,7 @@
 mod apply;
 mod changeset;
 mod error;
+pub mod listing;
 pub mod overlay;
 mod scan;
 pub mod tarread;

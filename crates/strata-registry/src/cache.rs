@@ -16,7 +16,7 @@ use strata_store::CACHE_INDEX_MEDIA_TYPE;
 use strata_store::{CacheEntry, CacheIndex, Store, StoreError, CACHE_ARTIFACT_TYPE};
 use strata_types::Digest;
 
-use crate::client::{Client, Endpoint, Session};
+use crate::client::{Client, Endpoint, Req, Session};
 use crate::error::RegistryError;
 use crate::manifest::BlobRef;
 use crate::pull::{fetch_blob, fetch_blob_to_memory, fetch_named_manifest};
@@ -132,6 +132,41 @@ pub fn pull_cache(client: &Client, reference: &Reference) -> Result<RemoteCache,
 }
 
 impl RemoteCache {
+    /// Whether the registry still has blob `digest` in the cache's repository (a HEAD,
+    /// spec.md "Checking if content exists in the registry"; nothing is downloaded). A lazy
+    /// hit is taken only for a layer that can still be fetched.
+    pub fn has_blob(&self, client: &Client, digest: &Digest) -> Result<bool, RegistryError> {
+        let req = Req::new("HEAD", self.ep.url(&format!("blobs/{digest}")));
+        let resp = client.send(&self.ep, &self.scopes, &req)?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(client.status_error(&self.ep, &req, resp)),
+        }
+    }
+
+    /// `registry/repository` of the cache, as the store's blob-location records name it: a
+    /// push to the same registry can mount a blob from there without reading it.
+    pub fn location(&self) -> String {
+        self.ep.location()
+    }
+
+    /// Brings blob `digest` of `size` bytes (a layer's table of contents, say) into `store`,
+    /// verified (nothing if it is there already).
+    pub fn fetch_blob(
+        &self,
+        client: &Client,
+        store: &Store,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        let blob = BlobRef { digest: *digest, size };
+        let events = &crate::NoTransferProgress;
+        let session = Session::new(client, &self.ep, &self.scopes, false, events);
+        fetch_blob(&session, store, &blob, BlobKind::Layer)?;
+        Ok(())
+    }
+
     /// Brings the layer of `entry` into `store`, verified (nothing if it is there already). A
     /// blob the registry no longer has is [`RegistryError::BlobNotFound`].
     pub fn fetch_layer(

@@ -25,6 +25,7 @@
 //! <root>/strata/v1/hashes-v1/<key>           context stat-hash caches (Store::context_cache)
 //! <root>/strata/v1/registry-v1/blobs/<hex>   where blobs were seen (Store::blob_locations)
 //! <root>/strata/v1/cache-mounts/<id>[@N]     RUN --mount=type=cache dirs (Store::cache_mount)
+//! <root>/strata/v1/layer-tocs-v1/<diffid>      a layer's table of contents blob (Store::layer_toc)
 //! <root>/strata/v1/cache-mount-states-v1/<id>  a cache mount's last exported chain (Store::cache_mount_state)
 //! ```
 //!
@@ -97,7 +98,7 @@ pub use store::{canonical_json, Store};
 pub use tables::{
     CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CacheMount, CachePrune,
     CachePruneReport, CacheUsage, Sharing, Snapshots, WorkDir, CACHE_ARTIFACT_TYPE,
-    CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
+    CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION, LAYER_TOC_MEDIA_TYPE,
 };
 
 /// Re-export of the `oci-spec` crate whose image types (descriptors, manifests, configs) this

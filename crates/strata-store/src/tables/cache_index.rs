@@ -414,13 +414,28 @@ pub const CACHE_INDEX_VERSION: u64 = 1;
 ///
 /// The field is optional, so indexes without it (and readers that do not know it) stay
 /// version 1.
+///
+/// `tocs` (optional too) gives, by diffID, the table of contents of layers the entries' steps
+/// stand on (base layers included): a blob of media type [`LAYER_TOC_MEDIA_TYPE`] listing the
+/// layer's entries without their bytes, so a runner that takes a hit need not download the
+/// layer until a step reads its files:
+///
+/// ```json
+///  "tocs": [{"diffID": "sha256:...", "toc": {"mediaType": "application/vnd.strata.layer.toc.v1+zstd", ...}}]
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheIndex {
     /// The entries, by key.
     pub entries: BTreeMap<CacheKey, CacheEntry>,
     /// Cache-mount contents, by cache id: each a chain of layers applied in order.
     pub mounts: BTreeMap<String, Vec<CacheEntry>>,
+    /// Layer tables of contents, by the layer's diffID.
+    pub tocs: BTreeMap<Digest, Descriptor>,
 }
+
+/// The media type of a layer's table of contents: strata-layer's listing of the layer's
+/// unpacked tree (overlay whiteouts included, file bytes left out), zstd-compressed.
+pub const LAYER_TOC_MEDIA_TYPE: &str = "application/vnd.strata.layer.toc.v1+zstd";
 
 #[derive(Serialize, Deserialize)]
 struct IndexFile {
@@ -428,6 +443,15 @@ struct IndexFile {
     entries: Vec<IndexFileEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     mounts: Vec<IndexFileMount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tocs: Vec<IndexFileToc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexFileToc {
+    #[serde(rename = "diffID")]
+    diff_id: Digest,
+    toc: Descriptor,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -484,19 +508,25 @@ impl CacheIndex {
                         .collect(),
                 })
                 .collect(),
+            tocs: self
+                .tocs
+                .iter()
+                .map(|(d, toc)| IndexFileToc { diff_id: *d, toc: toc.clone() })
+                .collect(),
         };
         serde_json::to_vec(&file)
             .map_err(|source| StoreError::Serialize { what: "cache index", source })
     }
 
-    /// The layer descriptors the entries name, then those of the cache mounts' chains, each
-    /// once, in key order.
+    /// The layer descriptors the entries name, then those of the cache mounts' chains, then
+    /// the tables of contents, each once, in key order: the artifact's `layers`.
     pub fn layers(&self) -> Vec<&Descriptor> {
         let mut seen = std::collections::BTreeSet::new();
         self.entries
             .values()
             .chain(self.mounts.values().flatten())
             .map(|e| &e.layer)
+            .chain(self.tocs.values())
             .filter(|l| seen.insert(l.digest().to_string()))
             .collect()
     }
@@ -567,7 +597,12 @@ impl CacheIndex {
             }
             mounts.insert(m.id, chain);
         }
-        Ok(CacheIndex { entries, mounts })
+        let mut tocs = BTreeMap::new();
+        for t in file.tocs {
+            Digest::try_from(t.toc.digest())?;
+            tocs.insert(t.diff_id, t.toc);
+        }
+        Ok(CacheIndex { entries, mounts, tocs })
     }
 }
 
@@ -639,7 +674,7 @@ mod tests {
             "go-build".to_string(),
             vec![CacheEntry { layer: mount_layer, diff_id: Digest::of_bytes(b"m1 tar") }],
         );
-        CacheIndex { entries, mounts }
+        CacheIndex { entries, mounts, tocs: BTreeMap::new() }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | [`Store::blob_locations`], where blobs were seen | `registry-v1/blobs/<blob-hex>` | the blob is gone |
 //! | [`Store::snapshots`], unpacked layers | `snapshots/<diffid-hex>` | its layer is unreachable |
 //! | [`Store::cache_mount`] ([`Store::cache_mount_dir`]), `RUN --mount=type=cache` dirs | `cache-mounts/<id>`, more instances `<id>@N` | removed by hand |
+//! | [`Store::layer_toc`], a layer's table of contents blob, by diffID | `layer-tocs-v1/<diffid-hex>` | its blob is gone (then unknown) |
 //! | [`Store::cache_mount_state`], the layer chain a cache mount's content was last exported or seeded as | `cache-mount-states-v1/<id>` | replaced by the next export or seed; dropped when the mount is created afresh |
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
 //! | [`Store::lease`], a live writer's roots | `leases/<name>` | its handle is dropped, or gc finds it unlocked |
@@ -30,11 +31,13 @@ mod cache_index;
 mod hints;
 mod mounts;
 mod snapshots;
+mod tocs;
 mod workdir;
 
 pub use cache_index::{
     CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CachePrune, CachePruneReport,
     CacheUsage, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
+    LAYER_TOC_MEDIA_TYPE,
 };
 pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;
