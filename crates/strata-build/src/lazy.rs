@@ -77,7 +77,7 @@ mod tests {
     fn a_toc_lists_the_layer_and_anything_else_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::init(dir.path()).unwrap();
-        let text = "entry d 755 0 0 0 0 0 0 - - - etc\nentry f 644 0 0 3 0 0 0 - - - etc/passwd\n";
+        let text = "entry d 755 0 0 0 0 0 0 - - - etc\nentry - 644 0 0 3 0 0 0 - - - etc/passwd\n";
         let put = store.put_blob(zstd::encode_all(text.as_bytes(), 3).unwrap().as_slice()).unwrap();
         let toc =
             Descriptor::new(MediaType::Other(LAYER_TOC_MEDIA_TYPE.into()), put.size, put.digest);
