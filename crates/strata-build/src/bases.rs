@@ -43,6 +43,7 @@ impl RegistryBases {
         progress: &dyn ProgressSink,
         reference: &Reference,
         platform: &Platform,
+        skip: &std::collections::BTreeSet<strata_types::Digest>,
     ) -> Result<Image> {
         let key = format!("{reference} {platform}");
         let slot = {
@@ -53,7 +54,7 @@ impl RegistryBases {
         if let Some(descriptor) = slot.as_ref() {
             return Ok(store.image(descriptor)?);
         }
-        let image = self.pull(store, opts, progress, reference, platform)?;
+        let image = self.pull(store, opts, progress, reference, platform, skip)?;
         *slot = Some(image.manifest_descriptor.clone());
         Ok(image)
     }
@@ -65,6 +66,7 @@ impl RegistryBases {
         progress: &dyn ProgressSink,
         reference: &Reference,
         platform: &Platform,
+        skip: &std::collections::BTreeSet<strata_types::Digest>,
     ) -> Result<Image> {
         let err = |source| BuildError::Pull {
             reference: reference.to_string(),
@@ -94,11 +96,13 @@ impl RegistryBases {
             store,
             reference,
             platform,
-            &PullOptions::default(),
+            &PullOptions { skip_layers: skip.clone(), ..PullOptions::default() },
             &PullEvents::new(reference, progress),
         )
         .map_err(err)?;
-        keep_other_platforms(store, reference, before, &pulled.image, platform)?;
+        if store.missing_blobs(&pulled.image.manifest_descriptor).is_ok_and(|m| m.is_empty()) {
+            keep_other_platforms(store, reference, before, &pulled.image, platform)?;
+        }
         progress.event(&BuildEvent::PullDone {
             reference: reference.to_string(),
             digest: pulled.image.manifest_descriptor.digest().to_string(),

@@ -9,12 +9,13 @@
 //! [`SandboxRunner`] (strata-sandbox) and [`StoreImages`] (the store, OCI layouts, archives
 //! and registries, as the build's options say).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use strata_image::{ImageError, Resolved};
 use strata_sandbox::{CancelToken, RunOutcome, RunRequest, SandboxError, Stream};
 use strata_store::{Image, Store, StoreError};
-use strata_types::{ImageLocation, Platform};
+use strata_types::{Digest, ImageLocation, Platform};
 
 use crate::bases::RegistryBases;
 use crate::error::{BuildError, Result};
@@ -81,6 +82,21 @@ pub trait ImageSource: Sync {
         platform: Option<&Platform>,
         progress: &dyn ProgressSink,
     ) -> Result<Image>;
+
+    /// [`ImageSource::image`], where the build could do without the layers (blob digests)
+    /// `skip`: an imported cache can stand them in and fetch them when a step reads them. A
+    /// source may still bring them (the default does); the build takes what the store has.
+    fn image_lazy(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: Option<&Platform>,
+        progress: &dyn ProgressSink,
+        skip: &BTreeSet<Digest>,
+    ) -> Result<Image> {
+        let _ = skip;
+        self.image(store, reference, platform, progress)
+    }
 }
 
 /// The real source: a plain `name:tag` is the store's; `host/repo:tag` and `docker://...`
@@ -107,6 +123,19 @@ impl ImageSource for StoreImages<'_> {
         platform: Option<&Platform>,
         progress: &dyn ProgressSink,
     ) -> Result<Image> {
+        self.image_lazy(store, reference, platform, progress, &BTreeSet::new())
+    }
+
+    /// A registry base is pulled without the layers in `skip` (kept untagged then: it is not
+    /// whole); anything else as [`ImageSource::image`].
+    fn image_lazy(
+        &self,
+        store: &Store,
+        reference: &str,
+        platform: Option<&Platform>,
+        progress: &dyn ProgressSink,
+        skip: &BTreeSet<Digest>,
+    ) -> Result<Image> {
         let location: ImageLocation = reference.parse()?;
         match strata_image::resolve(Some(store), &location, self.opts.pull) {
             Ok(Resolved::Local(ImageLocation::Store(name))) => {
@@ -124,7 +153,7 @@ impl ImageSource for StoreImages<'_> {
                     (Ok(i), _) => Ok(i),
                     (Err(ImageError::NoSuchPlatform { .. }), Some(r)) => {
                         let p = wanted.unwrap_or_else(Platform::host);
-                        self.bases.image(store, self.opts, progress, &r, &p)
+                        self.bases.image(store, self.opts, progress, &r, &p, skip)
                     }
                     (
                         Err(ImageError::Store(
@@ -141,7 +170,7 @@ impl ImageSource for StoreImages<'_> {
             Ok(Resolved::Local(other)) => load_for(store, &other, platform),
             Ok(Resolved::Registry(r)) => {
                 let wanted = platform.cloned().unwrap_or_else(Platform::host);
-                self.bases.image(store, self.opts, progress, &r, &wanted)
+                self.bases.image(store, self.opts, progress, &r, &wanted, skip)
             }
             Err(ImageError::NotInStore { .. }) => Err(BuildError::ImageNotInStore {
                 reference: reference.to_string(),

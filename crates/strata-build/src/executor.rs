@@ -239,7 +239,30 @@ impl<'a> Builder<'a> {
     pub fn image_state(&self, reference: &str, platform: Option<&Platform>) -> Result<ImageState> {
         let (store, progress) = (self.io.store, self.io.progress);
         let image = match self.io.opts.named_contexts.get(&reference.to_ascii_lowercase()) {
-            None => self.io.images.image(store, reference, platform, progress)?,
+            None => {
+                // Base layers an imported cache keeps are not downloaded: they stand in by
+                // their tables of contents until a step reads them.
+                let skip = self.cache.imported.base_layers_to_skip(store);
+                let image =
+                    self.io.images.image_lazy(store, reference, platform, progress, skip)?;
+                let config = image.config.rootfs().diff_ids().clone();
+                for (layer, diff_id) in image.manifest.layers().iter().zip(&config) {
+                    let digest =
+                        Digest::try_from(layer.digest()).map_err(strata_store::StoreError::from)?;
+                    let diff_id: Digest =
+                        diff_id.parse().map_err(strata_store::StoreError::from)?;
+                    if skip.contains(&digest)
+                        && !store.has_blob(&digest)
+                        && !self.cache.imported.take_base_layer(store, &digest, &diff_id)
+                    {
+                        return Err(BuildError::ImageNotInStore {
+                            reference: reference.to_string(),
+                            why: "a layer of it is neither in the store nor in the cache",
+                        });
+                    }
+                }
+                image
+            }
             Some(NamedContext::Image(other)) => {
                 self.io.images.image(store, other, platform, progress)?
             }

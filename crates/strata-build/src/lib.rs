@@ -491,18 +491,18 @@ fn export_cache(
         }
     }
     let any_max = opts.cache_to.iter().any(|s| s.mode == CacheMode::Max);
-    let mut tocs: BTreeMap<strata_types::Digest, (bool, _)> = BTreeMap::new();
+    let mut tocs: BTreeMap<strata_types::Digest, (bool, _, _)> = BTreeMap::new();
     for (in_chain, layer) in &layers {
         if !(*in_chain || any_max) {
             continue;
         }
-        if let Some((seen_in_chain, _)) = tocs.get_mut(&layer.diff_id) {
+        if let Some((seen_in_chain, ..)) = tocs.get_mut(&layer.diff_id) {
             *seen_in_chain |= *in_chain;
             continue;
         }
         // Best effort: a layer without a table of contents is only fetched when hit.
         if let Ok(Some(toc)) = lazy::toc_of(store, &builders[0].cache.imported, layer) {
-            tocs.insert(layer.diff_id, (*in_chain, toc));
+            tocs.insert(layer.diff_id, (*in_chain, toc, layer.descriptor.clone()));
         }
     }
     // `mounts=true`: every cache mount a RUN of the build used, as its chain of layers.
@@ -528,7 +528,7 @@ fn export_cache(
             (Ok(m), true) => m.clone(),
             (_, false) => Default::default(),
         };
-        let index = strata_store::CacheIndex {
+        let mut index = strata_store::CacheIndex {
             entries: all
                 .iter()
                 .filter(|(in_chain, ..)| spec.mode == CacheMode::Max || *in_chain)
@@ -537,14 +537,24 @@ fn export_cache(
             mounts: index,
             tocs: tocs
                 .iter()
-                .filter(|(_, (in_chain, _))| spec.mode == CacheMode::Max || *in_chain)
-                .map(|(d, (_, toc))| (*d, toc.clone()))
+                .filter(|(_, (in_chain, ..))| spec.mode == CacheMode::Max || *in_chain)
+                .map(|(d, (_, toc, _))| (*d, toc.clone()))
                 .collect(),
+            base_layers: Default::default(),
         };
+        let produced: BTreeSet<_> = index.entries.values().map(|e| e.diff_id).collect();
+        index.base_layers = tocs
+            .iter()
+            .filter(|(d, (in_chain, ..))| {
+                !produced.contains(d) && (spec.mode == CacheMode::Max || *in_chain)
+            })
+            .map(|(d, (_, _, layer))| (*d, layer.clone()))
+            .collect();
         // Layers taken without their blob are fetched for the export (pushing them
         // straight from the registry they are in is not done yet).
-        for e in index.entries.values() {
-            builders[0].cache.imported.fetch_pending(store, &e.diff_id)?;
+        let imported = &builders[0].cache.imported;
+        for d in index.entries.values().map(|e| &e.diff_id).chain(index.base_layers.keys()) {
+            imported.fetch_pending(store, d)?;
         }
         match remote_cache::export(store, opts, &index, spec) {
             Ok(()) => exported.push((spec.to_string(), index.entries.len())),

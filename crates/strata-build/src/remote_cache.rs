@@ -15,7 +15,7 @@
 //! steps of the target stage and of the stages it is based on (`FROM <stage>`), i.e. the
 //! layers of the final image; `mode=max` those of every stage built.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Mutex;
@@ -168,8 +168,14 @@ pub(crate) struct Imported {
     mounts: BTreeMap<String, (usize, Vec<CacheEntry>)>,
     /// Layer tables of contents, by diffID.
     tocs: BTreeMap<Digest, (usize, Descriptor)>,
-    /// Hits taken without their layer, by diffID: source, key, entry.
-    pending: Mutex<BTreeMap<Digest, (usize, CacheKey, CacheEntry)>>,
+    /// Hits taken without their layer, by diffID: source, key (none for a base layer),
+    /// entry.
+    pending: Mutex<BTreeMap<Digest, (usize, Option<CacheKey>, CacheEntry)>>,
+    /// Base layers a cache keeps, by blob digest: source and the layer (with its diffID).
+    base_layers: BTreeMap<Digest, (usize, CacheEntry)>,
+    /// Of those, the ones this build can take without downloading them (see
+    /// [`Imported::base_layers_to_skip`]), decided once.
+    skippable: std::sync::OnceLock<BTreeSet<Digest>>,
 }
 
 impl Imported {
@@ -199,6 +205,11 @@ impl Imported {
                     }
                     for (id, chain) in index.mounts {
                         imported.mounts.entry(id).or_insert((n, chain));
+                    }
+                    for (diff_id, layer) in &index.base_layers {
+                        let Ok(digest) = Digest::try_from(layer.digest()) else { continue };
+                        let entry = CacheEntry { layer: layer.clone(), diff_id: *diff_id };
+                        imported.base_layers.entry(digest).or_insert((n, entry));
                     }
                     for (diff_id, toc) in index.tocs {
                         imported.tocs.entry(diff_id).or_insert((n, toc));
@@ -233,7 +244,7 @@ impl Imported {
                         let _ = store.record_blob_location(&digest, &cache.location());
                     }
                     let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    pending.insert(entry.diff_id, (*n, *key, entry.clone()));
+                    pending.insert(entry.diff_id, (*n, Some(*key), entry.clone()));
                     Some(entry.clone())
                 }
                 Ok(false) | Err(_) => {
@@ -289,9 +300,45 @@ impl Imported {
             why,
         })?;
         // Best effort, as any cache write.
-        let _ = store.cache_put(&key, &entry);
+        if let Some(key) = key {
+            let _ = store.cache_put(&key, &entry);
+        }
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(diff_id);
         Ok(())
+    }
+
+    /// The layers (blob digests) of registry bases this build need not download: kept by an
+    /// imported cache with a table of contents, not in `store`, and still in the cache's
+    /// source (one HEAD each, the first time this is asked).
+    pub fn base_layers_to_skip(&self, store: &Store) -> &BTreeSet<Digest> {
+        self.skippable.get_or_init(|| {
+            self.base_layers
+                .iter()
+                .filter(|(digest, (n, e))| {
+                    self.tocs.contains_key(&e.diff_id)
+                        && !store.has_blob(digest)
+                        && self.source_has(*n, digest).unwrap_or(false)
+                })
+                .map(|(digest, _)| *digest)
+                .collect()
+        })
+    }
+
+    /// Takes layer `digest` of a base pulled without it (see
+    /// [`Imported::base_layers_to_skip`]) as pending, after checking that the image says the
+    /// diffID the cache does; false if the cache does not keep it as a base layer or the
+    /// diffIDs differ (then the caller needs the layer another way).
+    pub fn take_base_layer(&self, store: &Store, digest: &Digest, diff_id: &Digest) -> bool {
+        let Some((n, entry)) = self.base_layers.get(digest) else { return false };
+        if entry.diff_id != *diff_id {
+            return false;
+        }
+        if let Source::Registry { cache, .. } = &self.sources[*n].1 {
+            let _ = store.record_blob_location(digest, &cache.location());
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.insert(*diff_id, (*n, None, entry.clone()));
+        true
     }
 
     /// The table of contents of layer `diff_id` an imported cache carries, in `store` now

@@ -96,7 +96,10 @@ impl CopyOptions {
     /// The options of the registry legs: the push's and the pull's.
     fn registry_options(&self) -> (PushOptions, PullOptions) {
         let jobs = self.jobs.max(1);
-        (PushOptions { jobs, dry_run: self.dry_run }, PullOptions { jobs, dry_run: self.dry_run })
+        (
+            PushOptions { jobs, dry_run: self.dry_run },
+            PullOptions { jobs, dry_run: self.dry_run, ..Default::default() },
+        )
     }
 }
 

@@ -111,7 +111,7 @@ pub fn copy_all(
 }
 
 fn pull_options(options: &PushOptions) -> PullOptions {
-    PullOptions { jobs: options.jobs, dry_run: options.dry_run }
+    PullOptions { jobs: options.jobs, dry_run: options.dry_run, ..Default::default() }
 }
 
 /// Both ends of a registry-to-registry copy, with their scopes prepared.

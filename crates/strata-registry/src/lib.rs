@@ -90,11 +90,15 @@ pub struct PullOptions {
     pub jobs: usize,
     /// Fetch (and verify) the manifest only; report which blobs would be downloaded.
     pub dry_run: bool,
+    /// Layers (by blob digest) the caller brings in itself when it needs them (a build whose
+    /// imported cache can stand them in): not downloaded, and an image pulled without some of
+    /// its layers is stored but not tagged, since it is not whole.
+    pub skip_layers: std::collections::BTreeSet<Digest>,
 }
 
 impl Default for PullOptions {
     fn default() -> PullOptions {
-        PullOptions { jobs: 3, dry_run: false }
+        PullOptions { jobs: 3, dry_run: false, skip_layers: Default::default() }
     }
 }
 

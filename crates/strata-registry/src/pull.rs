@@ -73,7 +73,14 @@ pub fn pull_platform(
     events.event(&TransferEvent::Manifest { digest: image.digest });
 
     let mut blobs: Vec<(BlobRef, BlobKind)> = vec![(image.config.clone(), BlobKind::Config)];
-    blobs.extend(image.layers.iter().map(|l| (l.clone(), BlobKind::Layer)));
+    let skipped = image.layers.iter().any(|l| options.skip_layers.contains(&l.digest));
+    blobs.extend(
+        image
+            .layers
+            .iter()
+            .filter(|l| !options.skip_layers.contains(&l.digest))
+            .map(|l| (l.clone(), BlobKind::Layer)),
+    );
     let session = Session::new(client, &ep, &scopes, options.dry_run, events);
     let mut report = fetch_blobs(&session, store, &blobs, options.jobs)?;
     report.manifest = Some(image.digest);
@@ -98,7 +105,9 @@ pub fn pull_platform(
     } else {
         store.put_blob_verified(image.bytes.as_slice(), &image.digest, Some(size))?;
         let stored = store.image(&descriptor)?;
-        if reference.digest().is_none() {
+        if skipped {
+            // Not whole: kept untagged, for the caller only (gc takes it when unused).
+        } else if reference.digest().is_none() {
             store.tag(&reference.to_string(), &descriptor)?;
         } else if let Some(tag) = reference.tag() {
             store.tag(&format!("{}:{tag}", reference.name()), &descriptor)?;

@@ -431,6 +431,10 @@ pub struct CacheIndex {
     pub mounts: BTreeMap<String, Vec<CacheEntry>>,
     /// Layer tables of contents, by the layer's diffID.
     pub tocs: BTreeMap<Digest, Descriptor>,
+    /// Layers no entry produced that the entries stand on (their stages' base images), by
+    /// diffID: kept in the artifact so an importer can fetch them from the cache too, and
+    /// take a base it never downloads (`"baseLayers": [{"diffID": ..., "layer": {...}}]`).
+    pub base_layers: BTreeMap<Digest, Descriptor>,
 }
 
 /// The media type of a layer's table of contents: strata-layer's listing of the layer's
@@ -445,6 +449,8 @@ struct IndexFile {
     mounts: Vec<IndexFileMount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tocs: Vec<IndexFileToc>,
+    #[serde(default, rename = "baseLayers", skip_serializing_if = "Vec::is_empty")]
+    base_layers: Vec<IndexFileLayer>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -513,19 +519,26 @@ impl CacheIndex {
                 .iter()
                 .map(|(d, toc)| IndexFileToc { diff_id: *d, toc: toc.clone() })
                 .collect(),
+            base_layers: self
+                .base_layers
+                .iter()
+                .map(|(d, layer)| IndexFileLayer { layer: layer.clone(), diff_id: *d })
+                .collect(),
         };
         serde_json::to_vec(&file)
             .map_err(|source| StoreError::Serialize { what: "cache index", source })
     }
 
-    /// The layer descriptors the entries name, then those of the cache mounts' chains, then
-    /// the tables of contents, each once, in key order: the artifact's `layers`.
+    /// The layer descriptors the entries name, then those of the cache mounts' chains, the
+    /// base layers and the tables of contents, each once, in key order: the artifact's
+    /// `layers`.
     pub fn layers(&self) -> Vec<&Descriptor> {
         let mut seen = std::collections::BTreeSet::new();
         self.entries
             .values()
             .chain(self.mounts.values().flatten())
             .map(|e| &e.layer)
+            .chain(self.base_layers.values())
             .chain(self.tocs.values())
             .filter(|l| seen.insert(l.digest().to_string()))
             .collect()
@@ -602,7 +615,12 @@ impl CacheIndex {
             Digest::try_from(t.toc.digest())?;
             tocs.insert(t.diff_id, t.toc);
         }
-        Ok(CacheIndex { entries, mounts, tocs })
+        let mut base_layers = BTreeMap::new();
+        for l in file.base_layers {
+            Digest::try_from(l.layer.digest())?;
+            base_layers.insert(l.diff_id, l.layer);
+        }
+        Ok(CacheIndex { entries, mounts, tocs, base_layers })
     }
 }
 
@@ -674,7 +692,7 @@ mod tests {
             "go-build".to_string(),
             vec![CacheEntry { layer: mount_layer, diff_id: Digest::of_bytes(b"m1 tar") }],
         );
-        CacheIndex { entries, mounts, tocs: BTreeMap::new() }
+        CacheIndex { entries, mounts, tocs: BTreeMap::new(), base_layers: BTreeMap::new() }
     }
 
     #[test]
