@@ -272,12 +272,31 @@ pub fn build_with(
     if opts.cancel.is_cancelled() {
         return Err(BuildError::Cancelled);
     }
+    // A build whose result only goes to a registry leaves there the layers no step read
+    // (the push mounts them); any other result is stored whole.
+    let pushes = (opts.push && !opts.tags.is_empty())
+        || matches!(opts.output, Some(strata_types::ImageLocation::Registry(_)));
+    let local_output = opts
+        .output
+        .as_ref()
+        .is_some_and(|o| !matches!(o, strata_types::ImageLocation::Registry(_)));
+    let only_pushed = pushes && !local_output;
+    let mut left_in_registry = BTreeSet::new();
     let mut images = Vec::new();
     for b in &builders {
         let plan = b.stages.plan;
         let mut state = b.result(plan.target).unwrap_or_else(image::ImageState::scratch);
-        // The image is stored: layers a cache hit was taken without are fetched now.
-        b.realize(&state.layers)?;
+        if only_pushed {
+            left_in_registry.extend(
+                state
+                    .layers
+                    .iter()
+                    .filter(|l| b.cache.imported.is_pending(&l.diff_id))
+                    .map(|l| l.diff_id),
+            );
+        } else {
+            b.realize(&state.layers)?;
+        }
         state.run.labels.extend(opts.labels.clone());
         if explicit {
             // The image is for the build's platform even when its last stage was built
@@ -311,11 +330,11 @@ pub fn build_with(
             strata_image::annotate(store, &index, &index_annotations)?
         }
     };
-    for tag in &opts.tags {
+    for tag in opts.tags.iter().filter(|_| left_in_registry.is_empty()) {
         // Docker's rule: the image a tag moves away from stays, as `<none>`, until pruned.
         store.retag(tag, &manifest)?;
     }
-    if opts.tags.is_empty() {
+    if opts.tags.is_empty() && left_in_registry.is_empty() {
         // As `docker build` without `-t`: a `<none>` image, kept until pruned.
         let digest = strata_types::Digest::try_from(manifest.digest())
             .map_err(strata_store::StoreError::from)?;
@@ -370,6 +389,7 @@ pub fn build_with(
         exported,
         pushed,
         cache_exported,
+        layers_left_in_registry: left_in_registry.len(),
     })
 }
 

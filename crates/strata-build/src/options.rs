@@ -518,4 +518,8 @@ pub struct BuildOutput {
     pub pushed: Vec<(String, strata_registry::TransferReport)>,
     /// Entries exported to each [`BuildOptions::cache_to`] destination.
     pub cache_exported: Vec<(String, usize)>,
+    /// Layers of the result that a build which only pushes never needed here (lazy cache
+    /// hits and bases nothing read): they stay in the registry, and the image is then pushed
+    /// but neither tagged nor kept in the store, as it is not whole there. 0 when it is.
+    pub layers_left_in_registry: usize,
 }

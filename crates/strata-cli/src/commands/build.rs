@@ -281,8 +281,15 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
         for p in &out.platforms {
             display.line(&format!("{}: {}", p.platform, p.manifest.digest()))?;
         }
-        for t in &opts.tags {
-            display.line(&format!("tagged {t}"))?;
+        if out.layers_left_in_registry == 0 {
+            for t in &opts.tags {
+                display.line(&format!("tagged {t}"))?;
+            }
+        } else {
+            display.line(&format!(
+                "not stored here: {} of its layers were never needed on this machine and stay in the registry (pull it to keep it)",
+                out.layers_left_in_registry
+            ))?;
         }
         if let Some(dest) = out.exported.as_ref().and(opts.output.as_ref()) {
             display.line(&format!("wrote {dest}"))?;
