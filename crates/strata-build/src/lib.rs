@@ -106,7 +106,7 @@ use std::sync::atomic::Ordering;
 use strata_layer::LayerWriter;
 use strata_recipe::DockerIgnore;
 use strata_store::Store;
-use strata_types::Platform;
+use strata_types::{ImageLocation, Platform};
 
 pub use check::check;
 pub use copy::StreamContext;
@@ -349,13 +349,24 @@ pub fn build_with(
         Some(strata_types::ImageLocation::Registry(_)) => None,
         Some(dest) => {
             // An index is written whole (every platform's image), an image as it is.
-            let local = strata_types::ImageLocation::Store(manifest.digest().to_string());
-            let opened = strata_image::open_local_any(Some(store), &local)?;
-            Some(strata_image::export_opened(&opened, dest, &Default::default())?)
+            let opened = open_result(store, opts, &manifest)?;
+            // Recorded under the digest unless the destination names a ref (the name only
+            // tells messages which image a corrupt blob belongs to).
+            let digest = Some(manifest.digest().to_string());
+            let dest = match dest.clone() {
+                ImageLocation::Oci { dir, reference: None } => {
+                    ImageLocation::Oci { dir, reference: digest }
+                }
+                ImageLocation::DockerArchive { path, reference: None } => {
+                    ImageLocation::DockerArchive { path, reference: digest }
+                }
+                other => other,
+            };
+            Some(strata_image::export_opened(&opened, &dest, &Default::default())?)
         }
         None => None,
     };
-    let pushed = push_result(store, opts, &manifest, &image)?;
+    let pushed = push_result(store, opts, &manifest)?;
     let cache_exported = export_cache(store, opts, &builders, progress)?;
     let sum = |f: &dyn Fn(&executor::Done) -> u64| builders.iter().map(|b| f(&b.done)).sum::<u64>();
     let layers_reused = sum(&|d| d.layers_reused.load(Ordering::Relaxed) as u64) as usize;
@@ -442,14 +453,31 @@ fn recipe_stage_count(plans: &[(Platform, BuildArgs, strata_recipe::Plan)]) -> u
     plans.iter().map(|(.., p)| p.stages.len()).max().unwrap_or(0)
 }
 
+/// The built image (or index), opened from the store under the build's first tag (so that
+/// messages name it so), else its digest.
+fn open_result(
+    store: &Store,
+    opts: &BuildOptions,
+    manifest: &strata_store::oci_spec::image::Descriptor,
+) -> Result<strata_image::Opened> {
+    let digest = manifest.digest().to_string();
+    let mut opened =
+        strata_image::open_local_any(Some(store), &ImageLocation::Store(digest.clone()))?;
+    let name = opts.tags.first().cloned().unwrap_or(digest);
+    match &mut opened {
+        strata_image::Opened::Image(i) => i.name = Some(name),
+        strata_image::Opened::Index(i) => i.name = Some(name),
+    }
+    Ok(opened)
+}
+
 /// `--push`: the image (or index, children first) to every tag, then `--output
 /// docker://...`; blobs the registry has are not sent again (strata-registry's push: HEAD,
-/// else mount, else upload).
+/// else mount, else upload), and every blob to upload is verified before the first is sent.
 fn push_result(
     store: &Store,
     opts: &BuildOptions,
     manifest: &strata_store::oci_spec::image::Descriptor,
-    image: &strata_store::Image,
 ) -> Result<Vec<(String, strata_registry::TransferReport)>> {
     let mut targets: Vec<strata_types::Reference> = Vec::new();
     if opts.push {
@@ -457,22 +485,20 @@ fn push_result(
             targets.push(tag.parse().map_err(strata_store::StoreError::from)?);
         }
     }
-    if let Some(strata_types::ImageLocation::Registry(r)) = &opts.output {
+    if let Some(ImageLocation::Registry(r)) = &opts.output {
         targets.push(r.clone());
     }
     let mut pushed = Vec::new();
+    if targets.is_empty() {
+        return Ok(pushed);
+    }
+    let opened = open_result(store, opts, manifest)?;
     for r in targets {
         let err = |e| BuildError::Push { reference: r.to_string(), source: Box::new(e) };
         let client = remote_cache::client_for(opts, &r).map_err(err)?;
         let events = &strata_registry::NoTransferProgress;
-        let report = if strata_image::platforms::is_index(manifest) {
-            let index = strata_types::Digest::try_from(manifest.digest())
-                .map_err(strata_store::StoreError::from)?;
-            strata_registry::push_index(&client, store, &index, &r, &Default::default(), events)
-        } else {
-            strata_registry::push(&client, store, image, &r, &Default::default(), events)
-        }
-        .map_err(err)?;
+        let report = strata_image::push_opened(&client, &opened, &r, &Default::default(), events)
+            .map_err(err)?;
         pushed.push((r.to_string(), report));
     }
     Ok(pushed)

@@ -29,6 +29,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::blame::{push_image, push_index};
 use crate::desc_digest;
 use crate::error::ImageError;
 use crate::open::{
@@ -36,11 +37,8 @@ use crate::open::{
     OpenedImage, OpenedIndex,
 };
 use crate::{export, layout};
-use strata_registry::{
-    pull_all, push_index, Client, PullOptions, PushOptions, RegistryError, TransferReport,
-    TransferSink,
-};
-use strata_store::oci_spec::image::{Descriptor, MediaType};
+use strata_registry::{pull_all, Client, PullOptions, PushOptions, TransferReport, TransferSink};
+use strata_store::oci_spec::image::Descriptor;
 use strata_store::Store;
 use strata_types::{Digest, ImageLocation, Platform, Reference};
 
@@ -261,7 +259,7 @@ pub fn copy(
         (_, ImageLocation::Registry(to)) => {
             check_pushable(to).map_err(unsupported)?;
             let source = open_local_platform(Some(store), src, platform)?;
-            let report = push_source(client, &source, to, &push_options, events)?;
+            let report = push_image(client, &source, to, &push_options, events)?;
             Ok(CopyOutcome {
                 manifest: desc_digest(&source.image.manifest_descriptor)?,
                 transfer: Some(report),
@@ -317,7 +315,7 @@ fn copy_index_from(
                 reason,
             })?;
             let (push_options, _) = options.registry_options();
-            let report = push_index(client, &index.store, &manifest, to, &push_options, events)?;
+            let report = push_index(client, index, to, &push_options, events)?;
             Ok(outcome(Some(report), None))
         }
         ImageLocation::Store(_) | ImageLocation::Oci { .. } if options.dry_run => {
@@ -406,28 +404,12 @@ fn copy_all(
         }
         (ImageLocation::Oci { .. } | ImageLocation::Store(_), ImageLocation::Registry(to)) => {
             check_pushable(to).map_err(unsupported)?;
-            let (layout, descriptor) = match src {
-                ImageLocation::Oci { dir, reference } => {
-                    let layout = Store::open(dir)?;
-                    let descriptor = match reference {
-                        Some(r) => layout.resolve(r)?,
-                        None => match layout.read_index()?.manifests().as_slice() {
-                            [one] => one.clone(),
-                            // Let the ordinary path report the ambiguity.
-                            _ => return Ok(None),
-                        },
-                    };
-                    (layout, descriptor)
-                }
-                ImageLocation::Store(name) => (store.clone(), store.resolve(name)?),
-                _ => return Ok(None),
-            };
-            if descriptor.media_type() != &MediaType::ImageIndex {
+            // A single image (or an ambiguous layout) is for the ordinary path.
+            let Ok(Opened::Index(index)) = open_local_any(Some(store), src) else {
                 return Ok(None);
-            }
-            let index = desc_digest(&descriptor)?;
-            let pushed = push_index(client, &layout, &index, to, &push_options, events)?;
-            Ok(Some(outcome(index, pushed)))
+            };
+            let pushed = push_index(client, &index, to, &push_options, events)?;
+            Ok(Some(outcome(desc_digest(&index.descriptor)?, pushed)))
         }
         _ => Ok(None),
     }
@@ -442,30 +424,6 @@ fn check_pushable(to: &Reference) -> Result<(), &'static str> {
         return Err("a registry destination needs a registry host (docker://HOST/REPO:TAG)");
     }
     Ok(())
-}
-
-/// Pushes `source` (a store, a layout or an archive) to the registry reference `to`.
-fn push_source(
-    client: &Client,
-    source: &OpenedImage,
-    to: &Reference,
-    options: &PushOptions,
-    events: &dyn TransferSink,
-) -> Result<TransferReport, RegistryError> {
-    strata_registry::push(client, &source.store, &source.image, to, options, events).map_err(|e| {
-        // A blob the push refused to send, reported against the image by the name it was
-        // pushed as (or its digest).
-        match e {
-            RegistryError::Store(store_err @ strata_store::StoreError::DigestMismatch { .. }) => {
-                let name = source
-                    .name
-                    .clone()
-                    .or_else(|| source.image.digest().ok().map(|d| d.to_string()));
-                RegistryError::Store(store_err.of_image(name.as_deref().unwrap_or("?")))
-            }
-            e => e,
-        }
-    })
 }
 
 /// The tag key a `name[:tag]` destination in the store is written under.

@@ -75,11 +75,7 @@ pub fn export(
 /// of its blobs (manifest, config, layers) whose bytes do not hash to their name, else `err`.
 pub(crate) fn blame_corrupt_blob(source: &OpenedImage, err: ImageError) -> ImageError {
     let image = &source.image;
-    let name = match (&source.name, image.digest()) {
-        (Some(name), _) => name.clone(),
-        (None, Ok(d)) => d.to_string(),
-        (None, Err(_)) => return err,
-    };
+    let name = source.display_name();
     let mut blobs = vec![image.digest().ok(), desc_digest(image.manifest.config()).ok()];
     blobs.extend(image.manifest.layers().iter().map(|l| desc_digest(l).ok()));
     for digest in blobs.into_iter().flatten() {
@@ -130,7 +126,22 @@ fn export_unblamed(
 /// DIR's `index.json`; see [`copy_index`]). An archive or a directory holds one image, so
 /// those destinations are [`ImageError::MultiPlatform`]: pick one with
 /// [`OpenedIndex::image`] and [`export`] it.
+///
+/// As with [`export`], when the export fails and a blob of the index is corrupt, the error
+/// is that ([`strata_store::StoreError::CorruptBlob`]), naming the index and the platforms
+/// whose images use the blob (`app:v1 (linux/arm64)`), and `oci:DIR` has no ref for it.
 pub fn export_index(
+    source: &OpenedIndex,
+    dest: &ImageLocation,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
+    export_index_unblamed(source, dest, opts).map_err(|e| match e {
+        ImageError::MultiPlatform { .. } | ImageError::UnsupportedLocation { .. } => e,
+        e => source.find_corrupt_blob().map_or(e, ImageError::from),
+    })
+}
+
+fn export_index_unblamed(
     source: &OpenedIndex,
     dest: &ImageLocation,
     opts: &ExportOptions,

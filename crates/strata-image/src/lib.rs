@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+mod blame;
 pub mod config;
 mod copy;
 mod error;
@@ -37,6 +38,7 @@ use strata_types::Digest;
 #[cfg(doc)]
 use strata_types::ImageLocation;
 
+pub use blame::push_opened;
 pub use copy::{copy, CopyOptions, CopyOutcome, LocalCopy};
 pub use error::{ImageError, Result};
 pub use export::{export, export_index, export_opened, flatten, ExportOptions, ExportReport};

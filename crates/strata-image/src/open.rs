@@ -13,8 +13,8 @@ use crate::archive::read_docker_archive;
 use crate::desc_digest;
 use crate::error::{ImageError, Result};
 use crate::platforms::{
-    find_platform, image_for_platform, is_index, load_for_platform, platforms, read_index,
-    PlatformImage,
+    config_platform, find_platform, image_for_platform, is_index, load_for_platform, platforms,
+    read_index, PlatformImage,
 };
 use strata_registry::{Client, PullOptions, TransferReport, TransferSink};
 use strata_store::oci_spec::image::ImageIndex;
@@ -31,6 +31,9 @@ pub struct OpenedImage {
     pub image: Image,
     /// The name it was found under, if any (`app:v1`).
     pub name: Option<String>,
+    /// The platform it was chosen for when `name` names a multi-platform image (an index);
+    /// messages name the image as `app:v1 (linux/arm64)` then.
+    pub platform: Option<Platform>,
     /// Keeps a scratch layout alive as long as the image is used.
     pub(crate) _scratch: Option<tempfile::TempDir>,
 }
@@ -78,8 +81,10 @@ pub fn open_local_platform(
                 location: format!("{location} (no local store)"),
             })?;
             let image = load_for_platform(local, reference, platform)?;
+            let from_index = is_index(&local.resolve(reference)?);
             Ok(OpenedImage {
                 store: local.clone(),
+                platform: from_index.then(|| config_platform(&image)),
                 image,
                 name: Some(reference.clone()),
                 _scratch: None,
@@ -89,7 +94,8 @@ pub fn open_local_platform(
             let store = Store::open(dir)?;
             let (descriptor, name) = select_in_layout(&store, reference.as_deref(), location)?;
             let image = image_for_platform(&store, &descriptor, platform, &named)?;
-            Ok(OpenedImage { store, image, name, _scratch: None })
+            let platform = is_index(&descriptor).then(|| config_platform(&image));
+            Ok(OpenedImage { store, image, name, platform, _scratch: None })
         }
         ImageLocation::DockerArchive { path, reference } => {
             let scratch = tempfile::Builder::new()
@@ -100,7 +106,7 @@ pub fn open_local_platform(
             let (image, name) = read_docker_archive(path, reference.as_deref(), &store)?;
             // An archive holds single images; one for another platform is refused.
             let image = image_for_platform(&store, &image.manifest_descriptor, platform, &named)?;
-            Ok(OpenedImage { store, image, name, _scratch: Some(scratch) })
+            Ok(OpenedImage { store, image, name, platform: None, _scratch: Some(scratch) })
         }
         ImageLocation::Registry(_) | ImageLocation::Dir(_) => {
             Err(ImageError::UnsupportedLocation { location: location.to_string() })
@@ -132,6 +138,7 @@ impl OpenedIndex {
         let image = image_for_platform(&self.store, &self.descriptor, platform, &name)?;
         Ok(OpenedImage {
             store: self.store.clone(),
+            platform: Some(config_platform(&image)),
             image,
             name: self.name.clone(),
             _scratch: None,
@@ -188,7 +195,7 @@ pub fn open_local_any(local: Option<&Store>, location: &ImageLocation) -> Result
         return Ok(Opened::Index(OpenedIndex { store, descriptor, index, platforms, name }));
     }
     let image = store.image(&descriptor)?;
-    Ok(Opened::Image(OpenedImage { store, image, name, _scratch: None }))
+    Ok(Opened::Image(OpenedImage { store, image, name, platform: None, _scratch: None }))
 }
 
 /// Picks the image a reference names in a layout, or the only image when none is given.

@@ -20,10 +20,9 @@ use crate::client::{Client, Endpoint, Req, Session};
 use crate::error::RegistryError;
 use crate::manifest::BlobRef;
 use crate::pull::{fetch_blob, fetch_blob_to_memory, fetch_named_manifest};
-use crate::push::{push_blob, push_target, put_manifest, PushBlob};
+use crate::push::{push_blobs, push_target, put_manifest, PushBlob};
 use crate::{
-    run_parallel, BlobKind, BlobReport, PushOptions, Reference, TransferEvent, TransferReport,
-    TransferSink,
+    BlobKind, BlobReport, PushOptions, Reference, TransferEvent, TransferReport, TransferSink,
 };
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -65,9 +64,10 @@ pub fn push_cache(
     let ep = client.endpoint(dest);
     let scopes = [format!("repository:{}:pull,push", ep.repository)];
     client.prepare(&ep, &scopes)?;
-    let outcomes = run_parallel(&blobs, options.jobs, |blob| {
-        push_blob(&Session::new(client, &ep, &scopes, false, events), store, blob)
-    })?;
+    // Every layer to upload is verified before the first is sent.
+    let session = Session::new(client, &ep, &scopes, false, events);
+    let verify = |blob: &PushBlob| Ok(store.verify_blob(&blob.digest)?);
+    let outcomes = push_blobs(&session, store, &blobs, options.jobs, None, &verify)?;
     let mut report = TransferReport { manifest: Some(manifest_digest), ..Default::default() };
     for (b, outcome) in blobs.iter().zip(outcomes) {
         report.add(BlobReport { digest: b.digest, size: b.size, kind: b.kind, outcome });

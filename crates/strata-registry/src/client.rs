@@ -145,8 +145,15 @@ pub(crate) enum Payload<'a> {
     None,
     /// Bytes in memory (`Content-Length` set).
     Bytes(&'a [u8]),
-    /// A range of a file, read with `pread`, reporting bytes sent to `progress`.
-    File { file: &'a File, offset: u64, len: u64, progress: &'a (dyn Fn(u64) + Sync) },
+    /// A range of a file, read with `pread`, reporting bytes sent to `progress`; `check` sees
+    /// each read (its file offset and bytes) before they are sent and may refuse them.
+    File {
+        file: &'a File,
+        offset: u64,
+        len: u64,
+        progress: &'a (dyn Fn(u64) + Sync),
+        check: &'a (dyn Fn(u64, &[u8]) -> io::Result<()> + Sync),
+    },
 }
 
 /// One request: method, URL, headers, body, and whether it may be repeated after a 5xx or a
@@ -503,9 +510,9 @@ impl Client {
             }
             Payload::None => agent.run(builder.body(&[][..]).map_err(ureq::Error::Http)?),
             Payload::Bytes(bytes) => agent.run(builder.body(bytes).map_err(ureq::Error::Http)?),
-            Payload::File { file, offset, len, progress } => {
+            Payload::File { file, offset, len, progress, check } => {
                 let mut reader =
-                    FileRange { file, pos: offset, end: offset + len, sent: 0, progress };
+                    FileRange { file, pos: offset, end: offset + len, sent: 0, progress, check };
                 let builder = builder.header("Content-Length", len.to_string());
                 let body = SendBody::from_reader(&mut reader);
                 agent.run(builder.body(body).map_err(ureq::Error::Http)?)
@@ -733,6 +740,7 @@ struct FileRange<'a> {
     end: u64,
     sent: u64,
     progress: &'a (dyn Fn(u64) + Sync),
+    check: &'a (dyn Fn(u64, &[u8]) -> io::Result<()> + Sync),
 }
 
 impl Read for FileRange<'_> {
@@ -749,6 +757,7 @@ impl Read for FileRange<'_> {
                 "blob file shorter than expected",
             ));
         }
+        (self.check)(self.pos, &buf[..n])?;
         self.pos += n as u64;
         self.sent += n as u64;
         (self.progress)(self.sent);

@@ -6,7 +6,7 @@
 //! in another repository of the destination's registry (always so when source and destination
 //! share a registry: spec.md "Mounting a blob from another repository"); only when both fail is
 //! the blob downloaded (verified, into a scratch store, or copied from the client's hints
-//! store) and uploaded. The manifest is then `PUT` byte for byte with its own media type, so
+//! store) and uploaded, every such download done before the first upload starts. The manifest is then `PUT` byte for byte with its own media type, so
 //! the destination serves the source's digest (a Docker schema2 manifest stays one, as with
 //! `skopeo copy`). An index source is resolved to the host platform's image, as by [`pull`].
 //!
@@ -22,10 +22,10 @@ use crate::error::RegistryError;
 use crate::index::{blobs_of, fetch_children, Doc};
 use crate::manifest::{self, BlobRef};
 use crate::pull::{fetch_blob, image_manifest, start_pull};
-use crate::push::{push_blob_from, push_target, put_manifest, BlobSource, PushBlob};
+use crate::push::{push_blobs, push_target, put_manifest, PushBlob};
 use crate::{
-    run_parallel, BlobKind, BlobOutcome, BlobReport, PullOptions, PushOptions, Reference,
-    TransferEvent, TransferReport, TransferSink,
+    BlobKind, BlobOutcome, BlobReport, PullOptions, PushOptions, Reference, TransferEvent,
+    TransferReport, TransferSink,
 };
 use strata_types::Platform;
 
@@ -165,30 +165,27 @@ impl<'a> Legs<'a> {
             downloaded.fetch_add(1, Ordering::Relaxed);
             downloaded_bytes.fetch_add(size, Ordering::Relaxed);
         };
-        let scopes = &self.dest_scopes;
-        let outcomes = run_parallel(blobs, self.options.jobs, |(blob, kind)| {
-            let push = PushBlob { digest: blob.digest, size: blob.size, kind: *kind };
-            let fetch = || {
-                let got = fetch_blob(
-                    &Session::new(client, src, &self.src_scopes, false, events),
-                    scratch,
-                    blob,
-                    *kind,
-                )?;
-                if got == BlobOutcome::Downloaded {
-                    count_download(blob.size);
-                }
-                Ok(())
-            };
-            let source = BlobSource { mount_from, fetch: Some(&fetch) };
-            let session = Session::new(client, dest, scopes, dry_run, events);
-            let outcome = push_blob_from(&session, scratch, &push, &source)?;
-            if dry_run && outcome == BlobOutcome::Uploaded && !hints.has_blob(&blob.digest) {
+        let push: Vec<PushBlob> = blobs
+            .iter()
+            .map(|(blob, kind)| PushBlob { digest: blob.digest, size: blob.size, kind: *kind })
+            .collect();
+        // Every blob the destination lacks is downloaded (verified) before the first upload.
+        let fetch = |push: &PushBlob| {
+            let blob = BlobRef { digest: push.digest, size: push.size };
+            let session = Session::new(client, src, &self.src_scopes, false, events);
+            if fetch_blob(&session, scratch, &blob, push.kind)? == BlobOutcome::Downloaded {
+                count_download(blob.size);
+            }
+            Ok(())
+        };
+        let session = Session::new(client, dest, &self.dest_scopes, dry_run, events);
+        let outcomes = push_blobs(&session, scratch, &push, self.options.jobs, mount_from, &fetch)?;
+        for (blob, outcome) in push.iter().zip(&outcomes) {
+            if dry_run && *outcome == BlobOutcome::Uploaded && !hints.has_blob(&blob.digest) {
                 // It would have to be downloaded first.
                 count_download(blob.size);
             }
-            Ok(outcome)
-        })?;
+        }
         let mut report = TransferReport { dry_run, ..TransferReport::default() };
         for ((blob, kind), outcome) in blobs.iter().zip(outcomes) {
             report.add(BlobReport { digest: blob.digest, size: blob.size, kind: *kind, outcome });

@@ -27,10 +27,10 @@ use crate::client::{Client, Endpoint, Session};
 use crate::error::RegistryError;
 use crate::manifest::{self, BlobRef, Kind};
 use crate::pull::{fetch_blobs, fetch_manifest, start_pull, Fetched};
-use crate::push::{push_blob, push_target, put_manifest, PushBlob};
+use crate::push::{push_blobs, push_target, put_manifest, PushBlob};
 use crate::{
-    knowledge, run_parallel, BlobKind, BlobReport, PullOptions, PushOptions, Reference,
-    TransferEvent, TransferReport, TransferSink,
+    knowledge, BlobKind, BlobReport, PullOptions, PushOptions, Reference, TransferEvent,
+    TransferReport, TransferSink,
 };
 
 /// The result of [`pull_all`].
@@ -166,9 +166,10 @@ pub fn push_index(
         }
     }
     client.prepare(&ep, &scopes)?;
-    let outcomes = run_parallel(&blobs, options.jobs, |blob| {
-        push_blob(&Session::new(client, &ep, &scopes, options.dry_run, events), store, blob)
-    })?;
+    // Every child's blobs are decided and verified before the first is uploaded.
+    let session = Session::new(client, &ep, &scopes, options.dry_run, events);
+    let verify = |blob: &PushBlob| Ok(store.verify_blob(&blob.digest)?);
+    let outcomes = push_blobs(&session, store, &blobs, options.jobs, None, &verify)?;
     let mut report =
         TransferReport { manifest: Some(*top), dry_run: options.dry_run, ..Default::default() };
     for (b, outcome) in blobs.iter().zip(outcomes) {

@@ -1,5 +1,10 @@
 //! Pushing: for each blob HEAD, else mount, else upload; then the manifest.
 //!
+//! A push runs in two phases ([`push_blobs`]): it first decides, blob by blob, what the
+//! registry needs (HEAD, mount) and verifies every blob it will upload, and only then uploads.
+//! A corrupt blob in the store so stops the push before any byte of the image leaves, as a
+//! manifest would only be refused at its final PUT, after the other blobs were sent.
+//!
 //! The upload flow is the one of the distribution spec (spec.md "Pushing blobs"): `POST
 //! /v2/<name>/blobs/uploads/` opens a session whose URL comes back in `Location` (absolute or
 //! relative; every response may move it). A blob up to [`Client::with_chunking`]'s threshold is
@@ -14,9 +19,12 @@
 //! the registry declined and opened an ordinary upload session instead, which is then used.
 
 use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Mutex, PoisonError};
 
 use strata_store::{Image, Store, StoreError};
-use strata_types::Digest;
+use strata_types::{Digest, Hasher};
 
 use crate::client::{header, Client, Endpoint, Payload, Req, Session};
 use crate::error::RegistryError;
@@ -34,7 +42,8 @@ pub(crate) struct PushBlob {
 
 /// Pushes `image` (all of whose blobs are in `store`) to `dest` (must have a tag or digest).
 /// Skips blobs the registry has (HEAD), mounts blobs known to live in another repo of the same
-/// registry, uploads the rest, then PUTs the manifest. Dry run: HEAD checks only, nothing
+/// registry, verifies the rest (a mismatch is [`StoreError::DigestMismatch`], before anything
+/// is uploaded) and uploads them, then PUTs the manifest. Dry run: HEAD checks only, nothing
 /// written (outcomes say what would happen; a predicted mount may still become an upload).
 pub fn push(
     client: &Client,
@@ -80,9 +89,9 @@ pub fn push(
         }
     }
 
-    let outcomes = run_parallel(&blobs, options.jobs, |blob| {
-        push_blob(&Session::new(client, &ep, &scopes, options.dry_run, events), store, blob)
-    })?;
+    let session = Session::new(client, &ep, &scopes, options.dry_run, events);
+    let verify = |blob: &PushBlob| Ok(store.verify_blob(&blob.digest)?);
+    let outcomes = push_blobs(&session, store, &blobs, options.jobs, None, &verify)?;
     let mut report = TransferReport {
         manifest: Some(manifest_digest),
         dry_run: options.dry_run,
@@ -159,77 +168,132 @@ pub(crate) fn put_manifest(
     Ok(())
 }
 
-pub(crate) fn push_blob(
-    s: &Session<'_>,
-    store: &Store,
-    blob: &PushBlob,
-) -> Result<BlobOutcome, RegistryError> {
-    push_blob_from(s, store, blob, &BlobSource::default())
+/// What the deciding phase of a push found for one blob.
+enum Decision {
+    /// Nothing to send: the registry has it, or mounted it (in a dry run: what would happen).
+    Settled(BlobOutcome),
+    /// The registry lacks it: upload it, in the session a declined mount opened, if any (its
+    /// `BlobStart` event was sent with the mount request).
+    Upload(Option<Upload>),
 }
 
-/// Where a blob [`push_blob_from`] sends may come from besides `store`.
-#[derive(Default)]
-pub(crate) struct BlobSource<'a> {
-    /// A repository of the destination's registry known to hold the blob (tried for a mount
-    /// before the hints store's records).
-    pub mount_from: Option<&'a str>,
-    /// Brings the blob into `store`; called only once the registry turned out to lack it and
-    /// no mount took it (`None`: `store` holds it already).
-    pub fetch: Option<&'a dyn Fn() -> Result<(), RegistryError>>,
-}
-
-/// [`push_blob`] for a blob that may be mounted from a known repository, or that `store`
-/// may not hold yet (see [`BlobSource`]).
-pub(crate) fn push_blob_from(
+/// Sends `blobs` (each in `store`, or brought there by `ready`) to `s`'s repository in two
+/// phases, `jobs` blobs at a time, and returns their outcomes in order.
+///
+/// First every blob is decided: `HEAD` (spec.md "Checking if content exists in the
+/// registry"), else a mount from `mount_from` or the repository the hints store remembers
+/// ("Mounting a blob from another repository"). Each blob left to upload is then made ready
+/// by `ready` (re-hashed against its digest, or fetched verified), and only when all are
+/// ready does the first upload start. A corrupt blob so stops the push before any byte of
+/// any blob is sent, not only before the manifest; upload sessions a declined mount opened
+/// are cancelled ("Canceling an upload"). A blob the registry has or mounts is never read:
+/// its bytes there are the registry's, checked against the digest when they were pushed
+/// (skopeo and docker skip such blobs alike), so a local copy that rotted since does not
+/// stop a push that sends nothing of it; `strata fsck` finds it. A mount links a blob the
+/// registry already holds into the repository; it moves no bytes, so it is done while
+/// deciding. The upload still hashes what it sends ([`SentHash`]): a blob that changes
+/// after it was verified fails its upload, naming it.
+pub(crate) fn push_blobs(
     s: &Session<'_>,
     store: &Store,
-    blob: &PushBlob,
-    source: &BlobSource<'_>,
-) -> Result<BlobOutcome, RegistryError> {
-    let Session { client, ep, scopes, dry_run, events } = *s;
-    let done = |outcome: BlobOutcome| {
-        if !dry_run {
-            knowledge::record(client.hints(store), &blob.digest, &ep.location());
-            events
-                .event(&TransferEvent::BlobDone { digest: blob.digest, outcome: outcome.clone() });
+    blobs: &[PushBlob],
+    jobs: usize,
+    mount_from: Option<&str>,
+    ready: &(dyn Fn(&PushBlob) -> Result<(), RegistryError> + Sync),
+) -> Result<Vec<BlobOutcome>, RegistryError> {
+    let decisions = run_parallel(blobs, jobs, |blob| decide(s, store, blob, mount_from))?;
+    let mut outcomes: Vec<Option<BlobOutcome>> = Vec::with_capacity(blobs.len());
+    let mut uploads = Vec::new();
+    for (i, decision) in decisions.into_iter().enumerate() {
+        match decision {
+            Decision::Settled(outcome) => outcomes.push(Some(outcome)),
+            Decision::Upload(pending) => {
+                outcomes.push(None);
+                uploads.push((i, Mutex::new(pending)));
+            }
         }
-        Ok(outcome)
-    };
-    if blob_exists(s, &blob.digest)? {
-        return done(BlobOutcome::Present);
     }
-    let mount_from = source.mount_from.map(str::to_owned).or_else(|| {
+    if let Err(e) = run_parallel(&uploads, jobs, |(i, _)| ready(&blobs[*i])) {
+        for (_, pending) in uploads {
+            let pending = pending.into_inner().unwrap_or_else(PoisonError::into_inner);
+            if let Some(up) = pending {
+                cancel(s, up);
+            }
+        }
+        return Err(e);
+    }
+    let uploaded = run_parallel(&uploads, jobs, |(i, pending)| {
+        let blob = &blobs[*i];
+        let pending = pending.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if pending.is_none() {
+            s.events.event(&TransferEvent::BlobStart {
+                digest: blob.digest,
+                size: blob.size,
+                kind: blob.kind,
+            });
+        }
+        upload(s, store, blob, pending)?;
+        Ok(settle(s, store, blob, BlobOutcome::Uploaded))
+    })?;
+    for ((i, _), outcome) in uploads.iter().zip(uploaded) {
+        outcomes[*i] = Some(outcome);
+    }
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or(BlobOutcome::Uploaded)).collect())
+}
+
+/// Records where `blob` now lives and reports it done (not in a dry run); returns `outcome`.
+fn settle(s: &Session<'_>, store: &Store, blob: &PushBlob, outcome: BlobOutcome) -> BlobOutcome {
+    if !s.dry_run {
+        knowledge::record(s.client.hints(store), &blob.digest, &s.ep.location());
+        s.events.event(&TransferEvent::BlobDone { digest: blob.digest, outcome: outcome.clone() });
+    }
+    outcome
+}
+
+/// The deciding phase for one blob: `HEAD`, else a mount (tried, not in a dry run), else it
+/// must be uploaded. Reads nothing of the blob.
+fn decide(
+    s: &Session<'_>,
+    store: &Store,
+    blob: &PushBlob,
+    mount_from: Option<&str>,
+) -> Result<Decision, RegistryError> {
+    let Session { client, ep, scopes, dry_run, events } = *s;
+    if blob_exists(s, &blob.digest)? {
+        return Ok(Decision::Settled(settle(s, store, blob, BlobOutcome::Present)));
+    }
+    let mount_from = mount_from.map(str::to_owned).or_else(|| {
         knowledge::mount_source(client.hints(store), &blob.digest, &ep.registry, &ep.repository)
     });
     if dry_run {
-        return Ok(match mount_from {
+        return Ok(Decision::Settled(match mount_from {
             Some(from) => BlobOutcome::Mounted { from },
             None => BlobOutcome::Uploaded,
-        });
+        }));
     }
+    let Some(from) = mount_from else { return Ok(Decision::Upload(None)) };
     events.event(&TransferEvent::BlobStart {
         digest: blob.digest,
         size: blob.size,
         kind: blob.kind,
     });
-    let mut pending = None;
-    if let Some(from) = mount_from {
-        let mut mount_scopes = scopes.to_vec();
-        mount_scopes.push(format!("repository:{from}:pull"));
-        let url = ep.url(&format!("blobs/uploads/?mount={}&from={from}", blob.digest));
-        let req = Req::new("POST", url);
-        let resp = client.send(ep, &mount_scopes, &req)?;
-        match resp.status().as_u16() {
-            201 => return done(BlobOutcome::Mounted { from }),
-            202 => pending = Some(Upload::from_response(ep, &resp)?),
-            _ => return Err(client.status_error(ep, &req, resp)),
-        }
+    let mut mount_scopes = scopes.to_vec();
+    mount_scopes.push(format!("repository:{from}:pull"));
+    let url = ep.url(&format!("blobs/uploads/?mount={}&from={from}", blob.digest));
+    let req = Req::new("POST", url);
+    let resp = client.send(ep, &mount_scopes, &req)?;
+    match resp.status().as_u16() {
+        201 => Ok(Decision::Settled(settle(s, store, blob, BlobOutcome::Mounted { from }))),
+        202 => Ok(Decision::Upload(Some(Upload::from_response(ep, &resp)?))),
+        _ => Err(client.status_error(ep, &req, resp)),
     }
-    if let Some(fetch) = source.fetch {
-        fetch()?;
-    }
-    upload(s, store, blob, pending)?;
-    done(BlobOutcome::Uploaded)
+}
+
+/// Best effort: tells the registry to drop an upload session (spec.md "Canceling an upload",
+/// `DELETE` on the session URL) instead of leaving it to its purge timer.
+fn cancel(s: &Session<'_>, up: Upload) {
+    let req = Req::new("DELETE", up.url).not_idempotent();
+    let _ = s.client.send(s.ep, s.scopes, &req);
 }
 
 /// HEAD `/v2/<name>/blobs/<digest>` (spec.md "Checking if content exists in the registry").
@@ -303,15 +367,13 @@ fn upload_reporting(
     mut upload: Option<Upload>,
     throttle: &Throttle<'_>,
 ) -> Result<(), RegistryError> {
-    let Session { client, ep, scopes, .. } = *s;
-    // Verified before the first byte leaves: a corrupt blob is never sent (the registry
-    // would only find out at the final PUT, after the whole upload).
-    store.verify_blob(&blob.digest)?;
+    let Session { client, ep, .. } = *s;
     let file = store.open_blob(&blob.digest)?;
+    let sent = SentHash::new(&file, blob);
     let mut attempt = 0;
     let mut fresh = true;
     let failed = loop {
-        match upload_attempt(s, &file, blob, &mut upload, fresh, throttle) {
+        match upload_attempt(s, &file, blob, &mut upload, fresh, throttle, &sent) {
             Ok(()) => {
                 throttle.report(blob.size, true);
                 return Ok(());
@@ -333,15 +395,102 @@ fn upload_reporting(
             }
         }
     };
-    // Best effort: tell the registry to drop what it holds of this upload (spec.md "Canceling
-    // an upload", DELETE on the session URL) instead of leaving it to its purge timer. Not to
-    // a registry that just stalled: that would be a second wait.
+    // Drop what the registry holds of this upload; not at a registry that just stalled:
+    // that would be a second wait.
     let stalled = matches!(failed, RegistryError::Stalled { .. });
     if let (Some(up), false) = (upload, stalled) {
-        let req = Req::new("DELETE", up.url).not_idempotent();
-        let _ = client.send(ep, scopes, &req);
+        cancel(s, up);
+    }
+    if digest_invalid(&failed) {
+        // The registry hashed other bytes than the digest: if the blob changed under the
+        // upload in a way the sending side did not see (a resend), say which blob it is.
+        store.verify_blob(&blob.digest)?;
     }
     Err(failed)
+}
+
+/// Whether the registry refused an upload's bytes as not matching its digest (spec.md error
+/// code `DIGEST_INVALID`).
+fn digest_invalid(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::UnexpectedStatus { status: 400, body, .. } if body.contains("DIGEST_INVALID"))
+}
+
+/// The bytes of one blob as they are read for sending, hashed in file order across the
+/// requests of its upload (a resent range is hashed once). The read that would hand over the
+/// blob's last bytes fails instead when the whole does not hash to the digest, so a blob
+/// that changed after it was verified never completes an upload: the request breaks off
+/// and the error is the store's [`StoreError::DigestMismatch`], naming the blob.
+struct SentHash<'a> {
+    file: &'a File,
+    digest: Digest,
+    size: u64,
+    state: Mutex<SentState>,
+}
+
+struct SentState {
+    hasher: Hasher,
+    /// Bytes hashed so far (the blob's first `pos`).
+    pos: u64,
+    /// What the whole hashes to, once `pos` reached the size.
+    found: Option<Digest>,
+}
+
+impl<'a> SentHash<'a> {
+    fn new(file: &'a File, blob: &PushBlob) -> SentHash<'a> {
+        let state = SentState { hasher: Hasher::new(), pos: 0, found: None };
+        SentHash { file, digest: blob.digest, size: blob.size, state: Mutex::new(state) }
+    }
+
+    /// Takes the `bytes` read at `offset` into the hash; refuses them if they end the blob
+    /// and it does not hash to its digest. A gap before `offset` (an upload resumed past
+    /// what was hashed) is read from the file first.
+    fn check(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if offset > st.pos {
+            let mut gap = vec![0; usize::try_from(offset - st.pos).unwrap_or(usize::MAX)];
+            self.file.read_exact_at(&mut gap, st.pos)?;
+            st.hasher.update(&gap);
+            st.pos = offset;
+        }
+        let end = offset + bytes.len() as u64;
+        if end > st.pos {
+            let skip = usize::try_from(st.pos - offset).unwrap_or(usize::MAX);
+            st.hasher.update(&bytes[skip..]);
+            st.pos = end;
+            if st.pos >= self.size {
+                st.found = Some(std::mem::take(&mut st.hasher).finish());
+            }
+        }
+        match st.found {
+            Some(found) if end >= self.size && found != self.digest => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                StoreError::DigestMismatch { expected: self.digest, found },
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hashes what was not sent (the registry held it already) and checks the whole.
+    fn finish(&self) -> Result<(), RegistryError> {
+        match self.check(self.size, &[]) {
+            Ok(()) => Ok(()),
+            Err(_) if self.failed() => Err(self.mismatch()),
+            Err(source) => Err(StoreError::SourceRead { source }.into()),
+        }
+    }
+
+    /// The store's error for bytes sent that are not the blob's.
+    fn mismatch(&self) -> RegistryError {
+        let found = self.state.lock().unwrap_or_else(PoisonError::into_inner).found;
+        let found = found.unwrap_or(Digest::of_bytes(&[]));
+        StoreError::DigestMismatch { expected: self.digest, found }.into()
+    }
+
+    /// Whether the bytes read add up to another digest than the blob's.
+    fn failed(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.found.is_some_and(|found| found != self.digest)
+    }
 }
 
 /// Errors after which asking the registry where the upload stands may help.
@@ -366,8 +515,15 @@ fn upload_attempt(
     upload: &mut Option<Upload>,
     fresh: bool,
     throttle: &Throttle<'_>,
+    sent: &SentHash<'_>,
 ) -> Result<(), RegistryError> {
     let Session { client, ep, scopes, .. } = *session;
+    let check = |offset: u64, bytes: &[u8]| sent.check(offset, bytes);
+    // A request whose body the check broke off failed because of the blob, not the network.
+    let send = |req: &Req<'_>| match client.send(ep, scopes, req) {
+        Err(_) if sent.failed() => Err(sent.mismatch()),
+        other => other,
+    };
     let mut offset = 0;
     let known = match upload.take() {
         Some(up) if fresh => Some(up),
@@ -402,9 +558,15 @@ fn upload_attempt(
         let progress = |sent: u64| throttle.report(sent, false);
         let req = Req::new("PUT", s.url_with("digest", &digest))
             .header("Content-Type", "application/octet-stream")
-            .body(Payload::File { file, offset: 0, len: blob.size, progress: &progress })
+            .body(Payload::File {
+                file,
+                offset: 0,
+                len: blob.size,
+                progress: &progress,
+                check: &check,
+            })
             .not_idempotent();
-        let resp = client.send(ep, scopes, &req)?;
+        let resp = send(&req)?;
         return match resp.status().as_u16() {
             201 | 204 | 200 => Ok(()),
             _ => Err(client.status_error(ep, &req, resp)),
@@ -418,9 +580,9 @@ fn upload_attempt(
         let req = Req::new("PATCH", s.url.clone())
             .header("Content-Type", "application/octet-stream")
             .header("Content-Range", format!("{}-{}", offset, offset + len - 1))
-            .body(Payload::File { file, offset, len, progress: &progress })
+            .body(Payload::File { file, offset, len, progress: &progress, check: &check })
             .not_idempotent();
-        let resp = client.send(ep, scopes, &req)?;
+        let resp = send(&req)?;
         if resp.status().as_u16() != 202 {
             return Err(client.status_error(ep, &req, resp));
         }
@@ -430,6 +592,8 @@ fn upload_attempt(
             _ => offset + len,
         };
     }
+    // The whole blob was hashed on its way out, or is now: never commit other bytes.
+    sent.finish()?;
     let req = Req::new("PUT", s.url_with("digest", &digest)).body(Payload::None);
     let resp = client.send(ep, scopes, &req)?;
     match resp.status().as_u16() {

@@ -627,18 +627,23 @@ fn mounts_ask_for_pull_access_to_the_source_repository() {
     );
 }
 
+/// Flips the first byte of the blob file `digest` names (same size: only a re-hash tells).
+fn rot(store: &Store, digest: &strata_types::Digest) {
+    let path = store.root().join("blobs/sha256").join(digest.hex());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+}
+
 #[test]
 fn a_rotten_blob_is_refused_before_a_byte_of_it_is_sent() {
     let fake = Fake::start(FakeAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), "a");
-    let image = make_image(&s, &[random_bytes(15, 5000)], "x");
-    // The store's copy of the layer rots after the image was written (same size).
-    let layer = image.layer_digests().unwrap()[0];
-    let path = s.root().join("blobs/sha256").join(layer.hex());
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[0] ^= 1;
-    std::fs::write(&path, bytes).unwrap();
+    let image = make_image(&s, &[random_bytes(14, 5000), random_bytes(15, 5000)], "x");
+    // The store's copy of the last layer rots after the image was written.
+    let layer = image.layer_digests().unwrap()[1];
+    rot(&s, &layer);
     let err = push(
         &client(),
         &s,
@@ -648,8 +653,6 @@ fn a_rotten_blob_is_refused_before_a_byte_of_it_is_sent() {
         &NoTransferProgress,
     )
     .unwrap_err();
-    // Verified before the upload (the registry would answer DIGEST_INVALID only after the
-    // whole upload): no upload of the layer is even started.
     assert!(
         matches!(
             err,
@@ -660,9 +663,122 @@ fn a_rotten_blob_is_refused_before_a_byte_of_it_is_sent() {
         ),
         "{err}"
     );
-    assert_eq!(fake.count("PUT", "/blobs/uploads/"), 1, "the config only");
-    assert!(!fake.with(|st| st.blobs.contains_key(&layer.to_string())));
+    // Every blob to upload is verified before the first upload starts: not the config, not
+    // the sound layer, not a session is opened (spec.md "Pushing blobs": POST, then PUT).
+    assert_eq!(fake.count("POST", "/blobs/uploads/"), 0, "{:#?}", fake.seen());
+    assert_eq!(fake.count("PUT", "/blobs/uploads/"), 0);
+    assert!(fake.with(|st| st.blobs.is_empty()), "no blob of the image reached the registry");
     assert!(fake.with(|st| st.manifests.is_empty()), "no manifest without its blobs");
+}
+
+/// Flips the last byte of a blob at its first progress report: after the push verified it,
+/// while its upload is under way (the bytes read so far were sound).
+struct RotMidway<'a> {
+    store: &'a Store,
+    digest: strata_types::Digest,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl strata_registry::TransferSink for RotMidway<'_> {
+    fn event(&self, event: &strata_registry::TransferEvent) {
+        use std::sync::atomic::Ordering;
+        if let strata_registry::TransferEvent::BlobProgress { digest, .. } = event {
+            if *digest == self.digest && !self.done.swap(true, Ordering::SeqCst) {
+                let path = self.store.root().join("blobs/sha256").join(digest.hex());
+                let mut bytes = std::fs::read(&path).unwrap();
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_blob_that_changes_during_its_upload_is_never_committed() {
+    // One monolithic PUT, or PATCH chunks and a closing PUT (spec.md "Pushing a blob in
+    // chunks"): either way the bytes are hashed as they are read for sending, and the read
+    // that would hand over the last of them fails instead, so no request that commits the
+    // blob (`?digest=`) reaches the registry and the error names the blob.
+    let size = 3 << 20; // progress is reported per MiB
+    for (monolithic_max, chunk) in [(1 << 30, 1 << 30), (0, 256 << 10)] {
+        let fake = Fake::start(FakeAuth::None);
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "a");
+        let image = make_image(&s, &[random_bytes(16, size)], "x");
+        let layer = image.layer_digests().unwrap()[0];
+        let sink = RotMidway { store: &s, digest: layer, done: Default::default() };
+        let client = client().with_chunking(monolithic_max, chunk);
+        let err = push(&client, &s, &image, &at(&fake, "app:v1"), &PushOptions::default(), &sink)
+            .unwrap_err();
+        assert!(sink.done.load(std::sync::atomic::Ordering::SeqCst), "chunk {chunk}");
+        assert!(
+            matches!(
+                err,
+                strata_registry::RegistryError::Store(strata_store::StoreError::DigestMismatch {
+                    expected,
+                    ..
+                }) if expected == layer
+            ),
+            "chunk {chunk}: {err}"
+        );
+        let committed = format!("digest={layer}");
+        assert!(
+            !fake.seen().iter().any(|r| r.target.contains(&committed)),
+            "chunk {chunk}: the changed blob was committed: {:#?}",
+            fake.seen().iter().map(|r| (&r.method, &r.target)).collect::<Vec<_>>()
+        );
+        assert!(!fake.with(|st| st.blobs.contains_key(&layer.to_string())), "chunk {chunk}");
+        assert!(fake.with(|st| st.manifests.is_empty()), "chunk {chunk}");
+    }
+}
+
+#[test]
+fn a_blob_the_registry_has_is_not_read_so_its_rot_stops_nothing() {
+    let fake = Fake::start(FakeAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), "a");
+    let image = small_image(&s, 17, 2);
+    push_image(&client(), &s, &image, &at(&fake, "app:v1"));
+    let layer = image.layer_digests().unwrap()[0];
+    rot(&s, &layer);
+    // The registry holds the layer's true bytes (it checked them against the digest when
+    // they were pushed): a push that sends nothing of it succeeds, as skopeo's would.
+    let report = push(
+        &client(),
+        &s,
+        &image,
+        &at(&fake, "app:v2"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap();
+    assert_eq!((report.present, report.uploaded), (3, 0), "{report:?}");
+    // Nor is a blob another repository of the registry holds: it is mounted, moving no bytes.
+    let report = push(
+        &client(),
+        &s,
+        &image,
+        &at(&fake, "other:v1"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap();
+    assert_eq!((report.mounted, report.uploaded), (3, 0), "{report:?}");
+    assert_eq!(fake.count("PUT", "/v2/other/blobs/uploads/"), 0);
+    // A registry without it needs the bytes: refused before anything is sent there.
+    let empty = Fake::start(FakeAuth::None);
+    let err = push(
+        &client(),
+        &s,
+        &image,
+        &at(&empty, "app:v1"),
+        &PushOptions::default(),
+        &NoTransferProgress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains(&layer.to_string()), "{err}");
+    assert!(empty.with(|st| st.blobs.is_empty()), "a blob was sent before the refusal");
 }
 
 #[test]

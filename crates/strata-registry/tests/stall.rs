@@ -272,8 +272,9 @@ fn an_upload_the_registry_never_acknowledges_fails_after_the_timeout_without_a_s
             server.host
         )
     );
-    // /v2/, HEAD, POST, PUT: neither a retry nor a DELETE that would wait again.
-    assert_eq!(server.connections.load(Ordering::SeqCst), 4);
+    // /v2/, HEAD of both blobs (every blob is decided before the first upload), POST, PUT:
+    // neither a retry nor a DELETE that would wait again.
+    assert_eq!(server.connections.load(Ordering::SeqCst), 5);
     assert!(events
         .0
         .lock()

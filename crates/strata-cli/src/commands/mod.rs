@@ -251,6 +251,12 @@ fn store_error<'a>(
     if let Some(strata::registry::RegistryError::Store(s)) = e.downcast_ref() {
         return Some(s);
     }
+    // A failed push of a build boxes its registry error.
+    if let Some(b) = e.downcast_ref::<Box<strata::registry::RegistryError>>() {
+        if let strata::registry::RegistryError::Store(s) = &**b {
+            return Some(s);
+        }
+    }
     if let Some(strata::diff::DiffError::Store(s)) = e.downcast_ref() {
         return Some(s);
     }
