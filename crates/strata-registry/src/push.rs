@@ -2,8 +2,9 @@
 //!
 //! A push runs in two phases ([`push_blobs`]): it first decides, blob by blob, what the
 //! registry needs (HEAD, mount) and verifies every blob it will upload, and only then uploads.
-//! A corrupt blob in the store so stops the push before any byte of the image leaves, as a
-//! manifest would only be refused at its final PUT, after the other blobs were sent.
+//! A corrupt blob in the store so stops the push before any blob of the image leaves, not
+//! merely before the manifest (which the registry would refuse only after the other blobs
+//! had been uploaded). A dry run decides only: it reads no blob.
 //!
 //! The upload flow is the one of the distribution spec (spec.md "Pushing blobs"): `POST
 //! /v2/<name>/blobs/uploads/` opens a session whose URL comes back in `Location` (absolute or
