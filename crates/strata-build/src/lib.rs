@@ -280,7 +280,8 @@ pub fn build_with(
         .output
         .as_ref()
         .is_some_and(|o| !matches!(o, strata_types::ImageLocation::Registry(_)));
-    let only_pushed = pushes && !local_output;
+    // (An index is pushed from the store whole.)
+    let only_pushed = pushes && !local_output && builders.len() == 1;
     let mut left_in_registry = BTreeSet::new();
     let mut images = Vec::new();
     for b in &builders {
@@ -304,7 +305,13 @@ pub fn build_with(
             state.platform = Some(b.platform.target.clone());
         }
         let config = state.to_config(opts.timestamp)?;
-        let manifest = config.put(store, &state.layer_descriptors())?;
+        let remote: BTreeSet<strata_types::Digest> = state
+            .layers
+            .iter()
+            .filter(|l| left_in_registry.contains(&l.diff_id))
+            .map(|l| l.digest())
+            .collect::<Result<_>>()?;
+        let manifest = config.put_with_remote_layers(store, &state.layer_descriptors(), &remote)?;
         let manifest = strata_image::annotate(
             store,
             &manifest,
@@ -366,7 +373,7 @@ pub fn build_with(
         }
         None => None,
     };
-    let pushed = push_result(store, opts, &manifest)?;
+    let pushed = push_result(store, opts, &manifest, &builders[0].cache.imported)?;
     let cache_exported = export_cache(store, opts, &builders, progress)?;
     let sum = |f: &dyn Fn(&executor::Done) -> u64| builders.iter().map(|b| f(&b.done)).sum::<u64>();
     let layers_reused = sum(&|d| d.layers_reused.load(Ordering::Relaxed) as u64) as usize;
@@ -478,6 +485,7 @@ fn push_result(
     store: &Store,
     opts: &BuildOptions,
     manifest: &strata_store::oci_spec::image::Descriptor,
+    imported: &remote_cache::Imported,
 ) -> Result<Vec<(String, strata_registry::TransferReport)>> {
     let mut targets: Vec<strata_types::Reference> = Vec::new();
     if opts.push {
@@ -497,8 +505,13 @@ fn push_result(
         let err = |e| BuildError::Push { reference: r.to_string(), source: Box::new(e) };
         let client = remote_cache::client_for(opts, &r).map_err(err)?;
         let events = &strata_registry::NoTransferProgress;
-        let report = strata_image::push_opened(&client, &opened, &r, &Default::default(), events)
-            .map_err(err)?;
+        // Layers a lazy hit left in the cache's repository are mounted from there, never
+        // read (or fetched, for another registry).
+        let fetch = |d: &strata_types::Digest| imported.fetch_pending_blob(store, d);
+        let push = &Default::default();
+        let report =
+            strata_image::push_opened_fetching(&client, &opened, &r, push, events, Some(&fetch))
+                .map_err(err)?;
         pushed.push((r.to_string(), report));
     }
     Ok(pushed)
@@ -596,13 +609,8 @@ fn export_cache(
             })
             .map(|(d, (_, _, layer))| (*d, layer.clone()))
             .collect();
-        // Layers taken without their blob are fetched for the export (pushing them
-        // straight from the registry they are in is not done yet).
         let imported = &builders[0].cache.imported;
-        for d in index.entries.values().map(|e| &e.diff_id).chain(index.base_layers.keys()) {
-            imported.fetch_pending(store, d)?;
-        }
-        match remote_cache::export(store, opts, &index, spec) {
+        match remote_cache::export(store, opts, &index, spec, imported) {
             Ok(()) => exported.push((spec.to_string(), index.entries.len())),
             Err(e) if spec.ignore_error => progress.event(&BuildEvent::Warning {
                 message: format!("cache {spec} not exported (ignore-error=true): {e}"),

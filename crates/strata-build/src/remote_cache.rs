@@ -151,6 +151,10 @@ enum Source {
     Local { dir: PathBuf },
 }
 
+/// A layer taken from source `.0` without its blob: its cache key (none for a base layer)
+/// and entry.
+type Pending = (usize, Option<CacheKey>, CacheEntry);
+
 /// What `--cache-from` brought: every readable source's entries (the first source naming a
 /// key wins), merged into the store on first use.
 ///
@@ -170,7 +174,7 @@ pub(crate) struct Imported {
     tocs: BTreeMap<Digest, (usize, Descriptor)>,
     /// Hits taken without their layer, by diffID: source, key (none for a base layer),
     /// entry.
-    pending: Mutex<BTreeMap<Digest, (usize, Option<CacheKey>, CacheEntry)>>,
+    pending: Mutex<BTreeMap<Digest, Pending>>,
     /// Base layers a cache keeps, by blob digest: source and the layer (with its diffID).
     base_layers: BTreeMap<Digest, (usize, CacheEntry)>,
     /// Of those, the ones this build can take without downloading them (see
@@ -307,6 +311,26 @@ impl Imported {
         Ok(())
     }
 
+    /// [`Imported::fetch_pending`] by the layer's blob digest (one line on failure): what a
+    /// push calls for a pending layer the registry neither has nor mounts.
+    pub fn fetch_pending_blob(
+        &self,
+        store: &Store,
+        digest: &Digest,
+    ) -> std::result::Result<(), String> {
+        let diff_id = {
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending
+                .iter()
+                .find(|(_, (_, _, e))| e.layer.digest().as_ref() == digest.to_string())
+                .map(|(d, _)| *d)
+        };
+        match diff_id {
+            Some(d) => self.fetch_pending(store, &d).map_err(|e| strata_types::chain(&e)),
+            None => Err("no cache of this build has it".to_string()),
+        }
+    }
+
     /// The layers (blob digests) of registry bases this build need not download: kept by an
     /// imported cache with a table of contents, not in `store`, and still in the cache's
     /// source (one HEAD each, the first time this is asked).
@@ -423,29 +447,40 @@ fn empty_dir(dir: &Path) {
     }
 }
 
-/// Exports `index` to `spec`'s location.
+/// Exports `index` to `spec`'s location. Layers taken from an imported cache without their
+/// blob are mounted from there when the registry can (never read), else fetched first; an
+/// OCI layout gets every blob, so they are fetched.
 pub(crate) fn export(
     store: &Store,
     opts: &BuildOptions,
     index: &CacheIndex,
     spec: &CacheSpec,
+    imported: &Imported,
 ) -> Result<()> {
     match &spec.location {
         CacheLocation::Registry(r) => {
             let err = |e| BuildError::CacheExport { cache: spec.to_string(), source: Box::new(e) };
             let client = client_for(opts, r).map_err(err)?;
-            strata_registry::push_cache(
+            let fetch = |d: &Digest| imported.fetch_pending_blob(store, d);
+            strata_registry::push_cache_fetching(
                 &client,
                 store,
                 index,
                 r,
                 &Default::default(),
                 &strata_registry::NoTransferProgress,
+                Some(&fetch),
             )
             .map_err(err)?;
             Ok(())
         }
-        CacheLocation::Local(dir) => write_layout(store, dir, index),
+        CacheLocation::Local(dir) => {
+            let layers = index.entries.values().map(|e| &e.diff_id);
+            for d in layers.chain(index.base_layers.keys()) {
+                imported.fetch_pending(store, d)?;
+            }
+            write_layout(store, dir, index)
+        }
     }
 }
 

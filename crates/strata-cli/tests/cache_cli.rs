@@ -190,8 +190,39 @@ fn a_cold_runner_reuses_the_registry_cache_and_pushes_only_the_new_layer() {
     // Runner B: empty store, one PHP file changed.
     std::fs::write(e.path("ctx/www/index.php"), "<?php echo 'v2';\n").unwrap();
     let uploads_before = e.reg.uploads("lamp").len();
+    let log_before = e.reg.log().lines().count();
     let v2 = format!("{host}/lamp:v2");
     let b = e.build("b", &["--cache-from", &cache, "--cache-to", &cache, "--push", "-t", &v2]);
+    // Lazy layers: B downloaded no layer at all, only the cache's index and manifest, the
+    // base's manifest and config, and the tables of contents the COPY resolved its
+    // destination through; each layer the image shares with A's was mounted or found, never
+    // read. Bytes from the registry's access log (combined format: status, then size).
+    let log = e.reg.log();
+    let b_requests: Vec<&str> =
+        log.lines().skip(log_before).filter(|l| l.contains("\"GET /v2/")).collect();
+    for layer in &layers_a {
+        assert!(
+            !b_requests.iter().any(|l| l.contains(layer.as_str())),
+            "B downloaded layer {layer}: {b_requests:#?}"
+        );
+    }
+    let served = |l: &&str| -> u64 {
+        let after = l.split("HTTP/1.1\" ").nth(1).unwrap_or("");
+        let mut f = after.split(' ');
+        match (f.next(), f.next()) {
+            (Some("200"), Some(n)) => n.parse().unwrap_or(0),
+            _ => 0,
+        }
+    };
+    let downloaded: u64 = b_requests.iter().map(served).sum();
+    let image_v1: u64 =
+        image_a["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    assert!(downloaded > 0, "the cache index at least: {b_requests:#?}");
+    assert!(
+        downloaded * 10 < image_v1,
+        "B downloaded {downloaded} bytes, more than 10% of the {image_v1}-byte image: {b_requests:#?}"
+    );
+    assert!(b.contains("not stored here: 5 of its layers"), "{b}");
     let hits = cached(&b);
     assert_eq!(hits.len(), 4, "{b}");
     let last = *report(&b).last().unwrap();

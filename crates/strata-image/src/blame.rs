@@ -120,8 +120,31 @@ pub fn push_opened(
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<TransferReport, RegistryError> {
+    push_opened_fetching(client, source, to, options, events, None)
+}
+
+/// [`push_opened`] where an image's layers need not all be in its store: `fetch` brings one
+/// the registry neither has nor can mount (strata-registry's `push_fetching`). An index is
+/// pushed from its store, whole.
+pub fn push_opened_fetching(
+    client: &Client,
+    source: &Opened,
+    to: &Reference,
+    options: &PushOptions,
+    events: &dyn TransferSink,
+    fetch: Option<strata_registry::FetchMissing<'_>>,
+) -> Result<TransferReport, RegistryError> {
     match source {
-        Opened::Image(image) => push_image(client, image, to, options, events),
+        Opened::Image(image) => {
+            let (store, image_ref) = (&image.store, &image.image);
+            strata_registry::push_fetching(client, store, image_ref, to, options, events, fetch)
+                .map_err(|e| match e {
+                    RegistryError::Store(e) => {
+                        RegistryError::Store(e.of_image(&image.display_name()))
+                    }
+                    e => e,
+                })
+        }
         Opened::Index(index) => push_index(client, index, to, options, events),
     }
 }

@@ -291,8 +291,19 @@ impl ImageConfig {
         store: &strata_store::Store,
         layers: &[strata_store::oci_spec::image::Descriptor],
     ) -> Result<strata_store::oci_spec::image::Descriptor, strata_store::StoreError> {
+        self.put_with_remote_layers(store, layers, &Default::default())
+    }
+
+    /// [`ImageConfig::put`] where the layers `remote` (blob digests) are not in the store
+    /// (see strata-store's `put_image_with_remote_layers`).
+    pub fn put_with_remote_layers(
+        &self,
+        store: &strata_store::Store,
+        layers: &[strata_store::oci_spec::image::Descriptor],
+        remote: &std::collections::BTreeSet<strata_types::Digest>,
+    ) -> Result<strata_store::oci_spec::image::Descriptor, strata_store::StoreError> {
         let put = store.put_json(&self.json)?;
-        store.put_image_with_config(&put.digest, put.size, layers)
+        store.put_image_with_remote_layers(&put.digest, put.size, layers, remote)
     }
 }
 

@@ -38,7 +38,7 @@ use strata_types::Digest;
 #[cfg(doc)]
 use strata_types::ImageLocation;
 
-pub use blame::push_opened;
+pub use blame::{push_opened, push_opened_fetching};
 pub use copy::{copy, CopyOptions, CopyOutcome, LocalCopy};
 pub use error::{ImageError, Result};
 pub use export::{export, export_index, export_opened, flatten, ExportOptions, ExportReport};

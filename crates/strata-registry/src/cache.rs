@@ -20,7 +20,9 @@ use crate::client::{Client, Endpoint, Req, Session};
 use crate::error::RegistryError;
 use crate::manifest::BlobRef;
 use crate::pull::{fetch_blob, fetch_blob_to_memory, fetch_named_manifest};
-use crate::push::{push_blobs, push_target, put_manifest, PushBlob};
+use crate::push::{
+    check_sizes, push_blobs, push_target, put_manifest, ready_blob, FetchMissing, PushBlob,
+};
 use crate::{
     BlobKind, BlobReport, PushOptions, Reference, TransferEvent, TransferReport, TransferSink,
 };
@@ -37,6 +39,20 @@ pub fn push_cache(
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<TransferReport, RegistryError> {
+    push_cache_fetching(client, store, index, dest, options, events, None)
+}
+
+/// [`push_cache`] where layers need not all be in `store`, as
+/// [`crate::push_fetching`] does for an image.
+pub fn push_cache_fetching(
+    client: &Client,
+    store: &Store,
+    index: &CacheIndex,
+    dest: &Reference,
+    options: &PushOptions,
+    events: &dyn TransferSink,
+    fetch: Option<FetchMissing<'_>>,
+) -> Result<TransferReport, RegistryError> {
     store.lease()?;
     let index_bytes = index.to_json()?;
     let index_digest = store.put_blob(index_bytes.as_slice())?.digest;
@@ -47,13 +63,9 @@ pub fn push_cache(
     }];
     for layer in index.layers() {
         let digest = Digest::try_from(layer.digest()).map_err(StoreError::from)?;
-        let found = store.blob_size(&digest)?;
-        if found != layer.size() {
-            let expected = layer.size();
-            return Err(StoreError::SizeMismatch { digest, expected, found }.into());
-        }
-        blobs.push(PushBlob { digest, size: found, kind: BlobKind::Layer });
+        blobs.push(PushBlob { digest, size: layer.size(), kind: BlobKind::Layer });
     }
+    check_sizes(store, &blobs, fetch.is_some())?;
     let manifest_bytes = index.artifact_manifest(&index_digest, index_bytes.len() as u64)?;
     let manifest_digest = Digest::of_bytes(&manifest_bytes);
     // A cache ref without a tag is `:latest`, as BuildKit reads it.
@@ -66,8 +78,8 @@ pub fn push_cache(
     client.prepare(&ep, &scopes)?;
     // Every layer to upload is verified before the first is sent.
     let session = Session::new(client, &ep, &scopes, false, events);
-    let verify = |blob: &PushBlob| Ok(store.verify_blob(&blob.digest)?);
-    let outcomes = push_blobs(&session, store, &blobs, options.jobs, None, &verify)?;
+    let ready = |blob: &PushBlob| ready_blob(store, blob, fetch);
+    let outcomes = push_blobs(&session, store, &blobs, options.jobs, None, &ready)?;
     let mut report = TransferReport { manifest: Some(manifest_digest), ..Default::default() };
     for (b, outcome) in blobs.iter().zip(outcomes) {
         report.add(BlobReport { digest: b.digest, size: b.size, kind: b.kind, outcome });

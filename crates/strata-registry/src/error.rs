@@ -285,6 +285,15 @@ pub enum RegistryError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A blob absent from the store, which a push was to fetch from where the caller said it
+    /// lives (a build's lazy cache layer), could not be fetched.
+    #[error("blob {digest} is not in the store and could not be fetched: {why}")]
+    SourceFetch {
+        /// The blob.
+        digest: Digest,
+        /// Why, one line.
+        why: String,
+    },
     /// A build-cache reference names a manifest that is not a strata cache artifact.
     #[error("{reference} is not a strata build cache (artifact type {found:?})")]
     NotACache {

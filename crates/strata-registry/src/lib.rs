@@ -60,13 +60,13 @@ use serde::Serialize;
 use strata_types::Digest;
 pub use strata_types::Reference;
 
-pub use cache::{pull_cache, push_cache, RemoteCache};
+pub use cache::{pull_cache, push_cache, push_cache_fetching, RemoteCache};
 pub use client::{Client, ClientOptions, DEFAULT_STALL_TIMEOUT};
 pub use copy::{copy, copy_all, Copied};
 pub use error::RegistryError;
 pub use index::{pull_all, push_index, PulledIndex};
 pub use pull::{pull, pull_platform, Pulled};
-pub use push::push;
+pub use push::{push, push_fetching, FetchMissing};
 
 /// Options of [`push`].
 #[derive(Debug, Clone)]

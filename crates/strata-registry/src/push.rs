@@ -54,6 +54,27 @@ pub fn push(
     options: &PushOptions,
     events: &dyn TransferSink,
 ) -> Result<TransferReport, RegistryError> {
+    push_fetching(client, store, image, dest, options, events, None)
+}
+
+/// Brings a blob the store lacks into it (verified), from wherever the caller knows it
+/// lives; one line on failure.
+pub type FetchMissing<'a> = &'a (dyn Fn(&Digest) -> Result<(), String> + Sync);
+
+/// [`push`] of an image whose layers need not all be in `store`: a layer the store lacks is
+/// never read when the registry has it or mounts it (from a repository the store's
+/// blob-location records name); otherwise `fetch` brings it into the store first, before any
+/// upload starts (a build's lazy cache hits: the layer stayed in the cache's repository).
+/// Without `fetch`, every blob must be in the store, as for [`push`].
+pub fn push_fetching(
+    client: &Client,
+    store: &Store,
+    image: &Image,
+    dest: &Reference,
+    options: &PushOptions,
+    events: &dyn TransferSink,
+    fetch: Option<FetchMissing<'_>>,
+) -> Result<TransferReport, RegistryError> {
     let manifest_digest = image.digest()?;
     let target =
         push_target(dest, &manifest_digest, "the digest differs from the image's manifest digest")?;
@@ -81,18 +102,10 @@ pub fn push(
             kind: BlobKind::Layer,
         });
     }
-    for b in &blobs {
-        let found = store.blob_size(&b.digest)?;
-        if found != b.size {
-            return Err(
-                StoreError::SizeMismatch { digest: b.digest, expected: b.size, found }.into()
-            );
-        }
-    }
-
+    check_sizes(store, &blobs, fetch.is_some())?;
     let session = Session::new(client, &ep, &scopes, options.dry_run, events);
-    let verify = |blob: &PushBlob| Ok(store.verify_blob(&blob.digest)?);
-    let outcomes = push_blobs(&session, store, &blobs, options.jobs, None, &verify)?;
+    let ready = |blob: &PushBlob| ready_blob(store, blob, fetch);
+    let outcomes = push_blobs(&session, store, &blobs, options.jobs, None, &ready)?;
     let mut report = TransferReport {
         manifest: Some(manifest_digest),
         dry_run: options.dry_run,
@@ -115,6 +128,40 @@ pub fn push(
     put_manifest(client, &ep, &scopes, &target, &media_type, &manifest_bytes, &manifest_digest)?;
     events.event(&TransferEvent::Manifest { digest: manifest_digest });
     Ok(report)
+}
+
+/// Checks that every blob is stored with its size; with `absent_ok`, a layer the store lacks
+/// passes (it will be mounted or fetched).
+pub(crate) fn check_sizes(
+    store: &Store,
+    blobs: &[PushBlob],
+    absent_ok: bool,
+) -> Result<(), RegistryError> {
+    for b in blobs {
+        if absent_ok && b.kind == BlobKind::Layer && !store.has_blob(&b.digest) {
+            continue;
+        }
+        let found = store.blob_size(&b.digest)?;
+        if found != b.size {
+            return Err(
+                StoreError::SizeMismatch { digest: b.digest, expected: b.size, found }.into()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes a blob that is to be uploaded ready: verified when stored, else fetched.
+pub(crate) fn ready_blob(
+    store: &Store,
+    blob: &PushBlob,
+    fetch: Option<FetchMissing<'_>>,
+) -> Result<(), RegistryError> {
+    match fetch {
+        Some(fetch) if !store.has_blob(&blob.digest) => fetch(&blob.digest)
+            .map_err(|why| RegistryError::SourceFetch { digest: blob.digest, why }),
+        _ => Ok(store.verify_blob(&blob.digest)?),
+    }
 }
 
 /// Where a push to `dest` puts the manifest whose digest is `digest`: under `dest`'s tag, else

@@ -87,7 +87,25 @@ impl Store {
         config_size: u64,
         layers: &[Descriptor],
     ) -> Result<Descriptor, StoreError> {
-        self.check_layers(layers)?;
+        self.put_image_with_remote_layers(config_digest, config_size, layers, &Default::default())
+    }
+
+    /// [`Store::put_image_with_config`] where the layers `remote` (blob digests) are not in the
+    /// store: they live in a registry, and the caller pushes the image there without them (a
+    /// build's lazy cache layers). Such an image is not whole here: it must not be tagged.
+    pub fn put_image_with_remote_layers(
+        &self,
+        config_digest: &Digest,
+        config_size: u64,
+        layers: &[Descriptor],
+        remote: &std::collections::BTreeSet<Digest>,
+    ) -> Result<Descriptor, StoreError> {
+        let local: Vec<Descriptor> = layers
+            .iter()
+            .filter(|l| descriptor_digest(l).map_or(true, |d| !remote.contains(&d)))
+            .cloned()
+            .collect();
+        self.check_layers(&local)?;
         self.check_size(config_digest, config_size)?;
         let bytes = self.read_blob(config_digest)?;
         let config: ImageConfiguration = serde_json::from_slice(&bytes).map_err(|source| {
