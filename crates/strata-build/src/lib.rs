@@ -96,6 +96,7 @@ mod progress;
 mod remote_cache;
 mod rootfs;
 mod run;
+mod squash;
 mod ssh;
 
 use std::collections::BTreeSet;
@@ -113,7 +114,7 @@ pub use error::{BuildError, Result};
 pub use git::{GitContext, GitUrl};
 pub use options::{
     default_recipe_path, Annotation, AnnotationTarget, BuildOptions, BuildOutput, ExtraHost,
-    NamedContext, Network, PullPolicy, RunRootfs, SecretSource, SecretSpec, StepReport,
+    NamedContext, Network, PullPolicy, RunRootfs, SecretSource, SecretSpec, Squash, StepReport,
 };
 pub use progress::{
     BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, PullBlobKind, PullBlobOutcome,
@@ -272,7 +273,13 @@ pub fn build_with(
     let mut images = Vec::new();
     for b in &builders {
         let plan = b.stages.plan;
-        let mut state = b.result(plan.target).unwrap_or_else(image::ImageState::scratch);
+        let state = b.result(plan.target).unwrap_or_else(image::ImageState::scratch);
+        let (mut state, squashed) =
+            squash::squash_image(store, &cache.writer, opts.squash, state, opts.timestamp)?;
+        if let Some(size) = squashed {
+            b.done.layers_written.fetch_add(1, Ordering::Relaxed);
+            b.done.bytes_written.fetch_add(size, Ordering::Relaxed);
+        }
         state.run.labels.extend(opts.labels.clone());
         if explicit {
             // The image is for the build's platform even when its last stage was built

@@ -95,6 +95,33 @@ pub enum RunRootfs {
     Copy,
 }
 
+/// Whether the built image's layers are squashed into one (`--squash`, `--squash-all`); see
+/// the `squash` module. Steps are cached one layer each either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Squash {
+    /// One layer per step (the default).
+    #[default]
+    Off,
+    /// The base image's layers kept, the layers the build added made one (`--squash`, as
+    /// `docker build --squash` and `podman build --squash`).
+    NewLayers,
+    /// The whole image one layer, the base's included (`--squash-all`, as podman; buildah's
+    /// `--squash`).
+    All,
+}
+
+impl Squash {
+    /// The CLI flag that asks for it (empty for [`Squash::Off`]).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Squash::Off => "",
+            Squash::NewLayers => "--squash",
+            Squash::All => "--squash-all",
+        }
+    }
+}
+
 /// When a registry base (`FROM host/repo:tag`, `FROM docker://...`) is pulled (`--pull=`):
 /// strata-image's one name-resolution rule.
 pub use strata_image::PullPolicy;
@@ -183,6 +210,8 @@ pub struct BuildOptions {
     pub allow_insecure: bool,
     /// Annotations of the result's manifests and index (`--annotation`), in order.
     pub annotations: Vec<Annotation>,
+    /// Squash the result's layers (`--squash`, `--squash-all`).
+    pub squash: Squash,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -369,6 +398,7 @@ impl BuildOptions {
             run_resources: Default::default(),
             allow_insecure: false,
             annotations: Vec::new(),
+            squash: Squash::Off,
         }
     }
 

@@ -133,6 +133,15 @@ pub struct Args {
     /// bound, the default (as BuildKit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub jobs: usize,
+    /// Make the layers the build adds one layer, keeping the base image's layers (still
+    /// shared with other images), as `docker build --squash`; steps are cached one by one
+    /// all the same.
+    #[arg(long, conflicts_with = "squash_all")]
+    pub squash: bool,
+    /// Make the whole image one layer, the base's layers included, as `podman build
+    /// --squash-all` (buildah's `--squash`).
+    #[arg(long)]
+    pub squash_all: bool,
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -231,6 +240,11 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.push = args.push;
     opts.platforms = args.platforms.clone();
     opts.jobs = std::num::NonZeroUsize::new(args.jobs);
+    opts.squash = match (args.squash, args.squash_all) {
+        (_, true) => build::Squash::All,
+        (true, false) => build::Squash::NewLayers,
+        (false, false) => build::Squash::Off,
+    };
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 
