@@ -202,7 +202,8 @@ pub struct BuildOptions {
     /// for no bound (BuildKit's default). Stages wait for a free job before their first
     /// step; a stage that another platform's builder already made takes none.
     pub jobs: Option<std::num::NonZeroUsize>,
-    /// Resource limits of every RUN step (`--ulimit`) and the size of its `/dev/shm`
+    /// Resource limits of every RUN step (`--ulimit`, and `--memory`, `--cpu-*`,
+    /// `--cpuset-*` through a cgroup per step) and the size of its `/dev/shm`
     /// (`--shm-size`); part of a RUN's cache key when set.
     pub run_resources: strata_sandbox::Resources,
     /// `--allow security.insecure`: `RUN --security=insecure` steps run with every
@@ -434,6 +435,7 @@ impl BuildOptions {
     /// Checks what can be checked before any work: the tags are `NAME[:TAG]` and the output
     /// is a place an image can be written to.
     pub fn validate(&self) -> Result<()> {
+        self.run_resources.cgroup.validate()?;
         for tag in &self.tags {
             let r: strata_types::Reference = tag.parse().map_err(strata_store::StoreError::from)?;
             if r.digest().is_some() {

@@ -219,6 +219,15 @@ impl Builder<'_> {
         };
         drop(keep_alive);
         drop(cache_mounts);
+        if let (true, Some(limit)) = (outcome.oom_killed, self.io.opts.run_resources.cgroup.memory)
+        {
+            return Err(BuildError::RunOutOfMemory {
+                command: argv.join(" "),
+                exit_code: outcome.exit_code,
+                limit,
+                tail: outcome.tail,
+            });
+        }
         if outcome.exit_code != 0 {
             return Err(BuildError::RunFailed {
                 command: argv.join(" "),
@@ -296,6 +305,9 @@ impl Builder<'_> {
         }
         if let Some(size) = res.shm_size {
             doc.insert("shm_size".into(), serde_json::json!(size));
+        }
+        if !res.cgroup.is_empty() {
+            doc.insert("cgroup".into(), serde_json::json!(res.cgroup.to_string()));
         }
         if run.security == Some(SecurityMode::Insecure) {
             doc.insert("insecure".into(), serde_json::json!(true));
