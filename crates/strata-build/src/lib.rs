@@ -65,7 +65,9 @@
 //!   `tmpcopyup`/`notmpcopyup` on tmpfs mounts (with `tmpcopyup` the step sees a throwaway
 //!   copy of what the image holds at the target, without a size limit).
 //! - `RUN --mount=type=ssh` reaches the agent `--ssh` forwards ([`SshSpec`]) at
-//!   `/run/buildkit/ssh_agent.N`, `SSH_AUTH_SOCK` set, as BuildKit does.
+//!   `/run/buildkit/ssh_agent.N`, `SSH_AUTH_SOCK` set, as BuildKit does: through a socket of
+//!   the step's own that relays to the agent, owned and moded as `uid=`, `gid=`, `mode=` say
+//!   (0:0 0600 by default). An optional mount whose id no `--ssh` gives is left out.
 //! - A cache mount's `from=` (a stage or an image) with `source=` seeds the cache directory
 //!   when it is created (BuildKit); later builds see what the cache holds.
 //!
