@@ -199,8 +199,10 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     let git_url = args.context.to_str().and_then(build::GitUrl::parse);
     let build_args: build::BuildArgs =
         super::parse_key_values(&args.build_args).into_iter().collect();
+    // Checked out into the store, once per commit: a rebuild only asks the remote what the
+    // ref names (`git ls-remote`).
     let git_context = match &git_url {
-        Some(url) => Some(build::GitContext::fetch(url, &build_args)?),
+        Some(url) => Some(build::GitContext::fetch_cached(&init_store(store)?, url, &build_args)?),
         None => None,
     };
     let context = match (&stdin_context, &git_context) {

@@ -9,6 +9,7 @@
 //! | [`Store::blob_locations`], where blobs were seen | `registry-v1/blobs/<blob-hex>` | the blob is gone |
 //! | [`Store::snapshots`], unpacked layers | `snapshots/<diffid-hex>` | its layer is unreachable |
 //! | [`Store::cache_mount`] ([`Store::cache_mount_dir`]), `RUN --mount=type=cache` dirs | `cache-mounts/<id>`, more instances `<id>@N` | removed by hand |
+//! | [`Store::git_trees`], git build contexts checked out by commit | `git-trees-v1/<key-hex>` | removed by hand |
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
 //! | [`Store::lease`], a live writer's roots | `leases/<name>` | its handle is dropped, or gc finds it unlocked |
 //! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |
@@ -26,6 +27,7 @@
 //! of them: they are removed by hand.
 
 mod cache_index;
+mod git_trees;
 mod hints;
 mod mounts;
 mod snapshots;
@@ -35,6 +37,7 @@ pub use cache_index::{
     CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CachePrune, CachePruneReport,
     CacheUsage, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
 };
+pub use git_trees::GitTrees;
 pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;
 pub use workdir::WorkDir;
