@@ -245,6 +245,18 @@ pub enum BuildError {
         /// The last lines of its output.
         tail: Vec<String>,
     },
+    /// A RUN command was killed by the kernel for going over `--memory`.
+    #[error("command {command} was killed (status {exit_code}): it hit the memory limit of {limit} bytes (--memory){}", tail_text(.tail))]
+    RunOutOfMemory {
+        /// The command as run.
+        command: String,
+        /// Its exit status (137 when it was the command itself).
+        exit_code: i32,
+        /// `--memory`, in bytes.
+        limit: u64,
+        /// The last lines of its output.
+        tail: Vec<String>,
+    },
     /// A secret named by `--mount=type=secret` was not given (and is `required`).
     #[error("secret {id} was not provided")]
     MissingSecret {

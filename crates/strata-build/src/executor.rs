@@ -381,6 +381,8 @@ impl<'a> Builder<'a> {
             }
         };
         state.platform = platform;
+        state.base_layers = state.layers.len();
+        state.base_history = state.history.len();
         let onbuild_steps = state.base_onbuild.len();
         self.io.progress.event(&BuildEvent::StageStart {
             stage: index,

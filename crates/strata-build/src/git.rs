@@ -383,9 +383,18 @@ fn set_mtimes(root: &Path, time: i64) -> Result<()> {
 /// unless the build arg `BUILDKIT_CONTEXT_KEEP_GIT_DIR` is true (BuildKit's switch).
 #[derive(Debug)]
 pub struct GitContext {
-    _dir: tempfile::TempDir,
+    /// The temp dir of an uncached checkout.
+    _dir: Option<tempfile::TempDir>,
     root: PathBuf,
     commit: String,
+}
+
+/// BuildKit's `BUILDKIT_CONTEXT_KEEP_GIT_DIR`, true by Go's `ParseBool`.
+fn keep_git_dir(build_args: &strata_recipe::BuildArgs) -> bool {
+    matches!(
+        build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR"),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
 }
 
 impl GitContext {
@@ -393,10 +402,7 @@ impl GitContext {
     /// `.git` when `build_args` set `BUILDKIT_CONTEXT_KEEP_GIT_DIR` to a true value (Go's
     /// `ParseBool`: `1`, `t`, `true`, ...).
     pub fn fetch(url: &GitUrl, build_args: &strata_recipe::BuildArgs) -> Result<GitContext> {
-        let keep_git_dir = matches!(
-            build_args.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR"),
-            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
-        );
+        let keep_git_dir = keep_git_dir(build_args);
         let dir = tempfile::Builder::new()
             .prefix("strata-git-context-")
             .tempdir()
@@ -404,7 +410,44 @@ impl GitContext {
         let resolved = resolve(url)?;
         let checkout_dir = dir.path().join("checkout");
         let root = checkout(url, &resolved, &checkout_dir, keep_git_dir)?;
-        Ok(GitContext { _dir: dir, root, commit: resolved.commit })
+        Ok(GitContext { _dir: Some(dir), root, commit: resolved.commit })
+    }
+
+    /// [`GitContext::fetch`] through `store`'s git tree table: the ref is resolved (one
+    /// `git ls-remote`, none for a commit id) and the commit's tree is checked out only when
+    /// the store does not have it yet, so a second build of the same commit clones nothing.
+    /// The tree is kept by commit and `.git` choice; the subdirectory is taken from it.
+    pub fn fetch_cached(
+        store: &strata_store::Store,
+        url: &GitUrl,
+        build_args: &strata_recipe::BuildArgs,
+    ) -> Result<GitContext> {
+        // `.git` stays only in a context that is the whole tree (as `checkout` rules).
+        let keep_git_dir = keep_git_dir(build_args) && url.subdir.is_none();
+        let resolved = resolve(url)?;
+        let key = strata_types::Digest::of_bytes(
+            format!("git-context-v1\0{}\0{keep_git_dir}", resolved.commit).as_bytes(),
+        );
+        // The whole tree: every subdirectory of the commit is then a hit.
+        let whole = GitUrl { subdir: None, ..url.clone() };
+        let tree = store.git_trees().ensure(&key, |dir| {
+            checkout(&whole, &resolved, &dir.join("checkout"), keep_git_dir).map(|_| ())
+        })?;
+        let mut root = tree.join("checkout");
+        if let Some(sub) = url.subdir_path() {
+            // Every component a real directory, as `checkout` checks it.
+            for c in sub.components() {
+                root.push(c);
+                if !std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+                    return Err(BuildError::GitNoSubdir {
+                        url: url.remote_label(),
+                        reference: url.ref_label(),
+                        subdir: sub.to_string_lossy().into_owned(),
+                    });
+                }
+            }
+        }
+        Ok(GitContext { _dir: None, root, commit: resolved.commit })
     }
 
     /// The context directory.

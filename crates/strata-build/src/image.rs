@@ -65,6 +65,10 @@ pub(crate) struct ImageState {
     /// The platform the stage builds for (its `FROM --platform`, else the build's target);
     /// the host's when `None`. It goes into the config and every cache key.
     pub platform: Option<strata_types::Platform>,
+    /// How many of `layers` and of `history` the stage's base gave it (what `--squash`
+    /// keeps).
+    pub base_layers: usize,
+    pub base_history: usize,
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
@@ -119,6 +123,8 @@ impl ImageState {
             base_onbuild,
             cmd_set: false,
             platform: None,
+            base_layers: 0,
+            base_history: 0,
         })
     }
 

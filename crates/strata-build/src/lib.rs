@@ -65,7 +65,9 @@
 //!   `tmpcopyup`/`notmpcopyup` on tmpfs mounts (with `tmpcopyup` the step sees a throwaway
 //!   copy of what the image holds at the target, without a size limit).
 //! - `RUN --mount=type=ssh` reaches the agent `--ssh` forwards ([`SshSpec`]) at
-//!   `/run/buildkit/ssh_agent.N`, `SSH_AUTH_SOCK` set, as BuildKit does.
+//!   `/run/buildkit/ssh_agent.N`, `SSH_AUTH_SOCK` set, as BuildKit does: through a socket of
+//!   the step's own that relays to the agent, owned and moded as `uid=`, `gid=`, `mode=` say
+//!   (0:0 0600 by default). An optional mount whose id no `--ssh` gives is left out.
 //! - A cache mount's `from=` (a stage or an image) with `source=` seeds the cache directory
 //!   when it is created (BuildKit); later builds see what the cache holds.
 //!
@@ -98,6 +100,7 @@ mod progress;
 mod remote_cache;
 mod rootfs;
 mod run;
+mod squash;
 mod ssh;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -115,7 +118,7 @@ pub use error::{BuildError, Result};
 pub use git::{GitContext, GitUrl};
 pub use options::{
     default_recipe_path, Annotation, AnnotationTarget, BuildOptions, BuildOutput, ExtraHost,
-    NamedContext, Network, PullPolicy, RunRootfs, SecretSource, SecretSpec, StepReport,
+    NamedContext, Network, PullPolicy, RunRootfs, SecretSource, SecretSpec, Squash, StepReport,
 };
 pub use progress::{
     BuildEvent, EventRecord, NoProgress, OutputStream, ProgressSink, PullBlobKind, PullBlobOutcome,
@@ -281,12 +284,14 @@ pub fn build_with(
         .as_ref()
         .is_some_and(|o| !matches!(o, strata_types::ImageLocation::Registry(_)));
     // (An index is pushed from the store whole.)
-    let only_pushed = pushes && !local_output && builders.len() == 1;
+    // (A squash reads every layer.)
+    let only_pushed =
+        pushes && !local_output && builders.len() == 1 && opts.squash == options::Squash::Off;
     let mut left_in_registry = BTreeSet::new();
     let mut images = Vec::new();
     for b in &builders {
         let plan = b.stages.plan;
-        let mut state = b.result(plan.target).unwrap_or_else(image::ImageState::scratch);
+        let state = b.result(plan.target).unwrap_or_else(image::ImageState::scratch);
         if only_pushed {
             left_in_registry.extend(
                 state
@@ -297,6 +302,12 @@ pub fn build_with(
             );
         } else {
             b.realize(&state.layers)?;
+        }
+        let (mut state, squashed) =
+            squash::squash_image(store, &cache.writer, opts.squash, state, opts.timestamp)?;
+        if let Some(size) = squashed {
+            b.done.layers_written.fetch_add(1, Ordering::Relaxed);
+            b.done.bytes_written.fetch_add(size, Ordering::Relaxed);
         }
         state.run.labels.extend(opts.labels.clone());
         if explicit {

@@ -95,6 +95,33 @@ pub enum RunRootfs {
     Copy,
 }
 
+/// Whether the built image's layers are squashed into one (`--squash`, `--squash-all`); see
+/// the `squash` module. Steps are cached one layer each either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Squash {
+    /// One layer per step (the default).
+    #[default]
+    Off,
+    /// The base image's layers kept, the layers the build added made one (`--squash`, as
+    /// `docker build --squash` and `podman build --squash`).
+    NewLayers,
+    /// The whole image one layer, the base's included (`--squash-all`, as podman; buildah's
+    /// `--squash`).
+    All,
+}
+
+impl Squash {
+    /// The CLI flag that asks for it (empty for [`Squash::Off`]).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Squash::Off => "",
+            Squash::NewLayers => "--squash",
+            Squash::All => "--squash-all",
+        }
+    }
+}
+
 /// When a registry base (`FROM host/repo:tag`, `FROM docker://...`) is pulled (`--pull=`):
 /// strata-image's one name-resolution rule.
 pub use strata_image::PullPolicy;
@@ -175,7 +202,8 @@ pub struct BuildOptions {
     /// for no bound (BuildKit's default). Stages wait for a free job before their first
     /// step; a stage that another platform's builder already made takes none.
     pub jobs: Option<std::num::NonZeroUsize>,
-    /// Resource limits of every RUN step (`--ulimit`) and the size of its `/dev/shm`
+    /// Resource limits of every RUN step (`--ulimit`, and `--memory`, `--cpu-*`,
+    /// `--cpuset-*` through a cgroup per step) and the size of its `/dev/shm`
     /// (`--shm-size`); part of a RUN's cache key when set.
     pub run_resources: strata_sandbox::Resources,
     /// `--allow security.insecure`: `RUN --security=insecure` steps run with every
@@ -183,6 +211,8 @@ pub struct BuildOptions {
     pub allow_insecure: bool,
     /// Annotations of the result's manifests and index (`--annotation`), in order.
     pub annotations: Vec<Annotation>,
+    /// Squash the result's layers (`--squash`, `--squash-all`).
+    pub squash: Squash,
 }
 
 /// What a named context is (`--build-context NAME=VALUE`, BuildKit's spelling).
@@ -369,6 +399,7 @@ impl BuildOptions {
             run_resources: Default::default(),
             allow_insecure: false,
             annotations: Vec::new(),
+            squash: Squash::Off,
         }
     }
 
@@ -404,6 +435,7 @@ impl BuildOptions {
     /// Checks what can be checked before any work: the tags are `NAME[:TAG]` and the output
     /// is a place an image can be written to.
     pub fn validate(&self) -> Result<()> {
+        self.run_resources.cgroup.validate()?;
         for tag in &self.tags {
             let r: strata_types::Reference = tag.parse().map_err(strata_store::StoreError::from)?;
             if r.digest().is_some() {

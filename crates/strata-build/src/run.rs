@@ -158,13 +158,19 @@ impl Builder<'_> {
             &state.run.user,
         )?;
         let at = StepAt { owner: (ids.0, ids.1), ..at };
-        let mut extra = RunMounts { mounts, env, keep_alive: Vec::new(), cache_mounts: Vec::new() };
+        let mut extra = RunMounts {
+            mounts,
+            env,
+            keep_alive: Vec::new(),
+            cache_mounts: Vec::new(),
+            ssh_proxies: Vec::new(),
+        };
         phases.time("mounts", || {
             run.mounts
                 .iter()
                 .try_for_each(|m| self.add_mount(&at, m, &cwd, scratch.path(), &view, &mut extra))
         })?;
-        let RunMounts { mounts, env, keep_alive, cache_mounts } = extra;
+        let RunMounts { mounts, env, keep_alive, cache_mounts, ssh_proxies } = extra;
         let overlay = self.io.opts.run_rootfs == RunRootfs::Overlay
             && self.io.runner.overlay_supported(scratch.path());
         let (rootfs, upper_or_root) = if overlay {
@@ -224,6 +230,16 @@ impl Builder<'_> {
         };
         drop(keep_alive);
         drop(cache_mounts);
+        drop(ssh_proxies);
+        if let (true, Some(limit)) = (outcome.oom_killed, self.io.opts.run_resources.cgroup.memory)
+        {
+            return Err(BuildError::RunOutOfMemory {
+                command: argv.join(" "),
+                exit_code: outcome.exit_code,
+                limit,
+                tail: outcome.tail,
+            });
+        }
         if outcome.exit_code != 0 {
             return Err(BuildError::RunFailed {
                 command: argv.join(" "),
@@ -305,6 +321,9 @@ impl Builder<'_> {
         if let Some(size) = res.shm_size {
             doc.insert("shm_size".into(), serde_json::json!(size));
         }
+        if !res.cgroup.is_empty() {
+            doc.insert("cgroup".into(), serde_json::json!(res.cgroup.to_string()));
+        }
         if run.security == Some(SecurityMode::Insecure) {
             doc.insert("insecure".into(), serde_json::json!(true));
         }
@@ -368,7 +387,7 @@ impl Builder<'_> {
         out: &mut RunMounts,
     ) -> Result<()> {
         let owner = at.owner;
-        let RunMounts { mounts, env, keep_alive, cache_mounts } = out;
+        let RunMounts { mounts, env, keep_alive, cache_mounts, ssh_proxies } = out;
         // A target is resolved in the image the way runc resolves it inside the rootfs
         // (symlinks followed, never out of it), so that missing directories are created
         // where a link leads; the sandbox then mounts on it resolving inside the root again.
@@ -535,15 +554,16 @@ impl Builder<'_> {
                     ));
                     return Ok(());
                 };
-                // The agent's socket is bound as it is: its owner and mode stay the agent's.
-                if m.uid.is_some_and(|u| u != 0)
-                    || m.gid.is_some_and(|g| g != 0)
-                    || m.mode.is_some_and(|md| md != 0o600)
-                {
-                    return Err(BuildError::Unsupported {
-                        what: "uid=, gid= or mode= on an ssh mount (the forwarded socket keeps the agent's owner and mode)".into(),
-                    });
-                }
+                // The step gets a socket of its own, owned and moded as the mount says.
+                let proxy = crate::ssh::SshProxy::start(
+                    &id,
+                    socket,
+                    m.uid.unwrap_or(0),
+                    m.gid.unwrap_or(0),
+                    m.mode.unwrap_or(0o600),
+                )?;
+                let socket = proxy.socket();
+                ssh_proxies.push(proxy);
                 let n = mounts
                     .iter()
                     .filter(|x| {
@@ -557,7 +577,7 @@ impl Builder<'_> {
                     env.push(format!("SSH_AUTH_SOCK={target}"));
                 }
                 mounts.push(Mount::Bind {
-                    source: BindSource::Host(socket.to_path_buf()),
+                    source: BindSource::Host(socket),
                     target,
                     access: Access::ReadOnly,
                 });
@@ -596,6 +616,8 @@ struct RunMounts {
     keep_alive: Vec<WorkDir>,
     /// Cache mounts in use by the step (their `sharing=` locks), held until it ends.
     cache_mounts: Vec<strata_store::CacheMount>,
+    /// The sockets of its ssh mounts, relaying to the agents until it ends.
+    ssh_proxies: Vec<crate::ssh::SshProxy>,
 }
 
 /// Rewrites overlay's opaque directories as explicit whiteouts of the lower entries they hide

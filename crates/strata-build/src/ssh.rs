@@ -159,3 +159,91 @@ impl Drop for Agents {
         }
     }
 }
+
+/// A socket of a step's own in front of a forwarded agent, owned and moded as the mount says
+/// (`uid=`, `gid=`, `mode=`; 0:0 and 0600 by default, as BuildKit's): every connection to it
+/// is relayed to the agent. BuildKit serves ssh mounts the same way, so the agent's own socket
+/// (and its owner and mode on the host) is never what the step sees. Stops accepting when
+/// dropped (at the end of the step).
+#[derive(Debug)]
+pub(crate) struct SshProxy {
+    dir: tempfile::TempDir,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SshProxy {
+    /// Listens on a new socket relaying to `agent`, with owner `uid:gid` and `mode`.
+    pub fn start(id: &str, agent: &Path, uid: u32, gid: u32, mode: u32) -> Result<SshProxy> {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::net::UnixListener;
+        let failed = |why: String| BuildError::InvalidSsh { spec: id.to_string(), why };
+        // A short path: a socket's name is limited to 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("strata-ssh-")
+            .tempdir()
+            .map_err(|e| BuildError::io("mkdir", std::env::temp_dir(), e))?;
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).map_err(|e| BuildError::io("bind", &path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| BuildError::io("chmod", &path, e))?;
+        // Without root the caller is the step's root: ids other than 0 need root to give.
+        if rustix::process::geteuid().is_root() || uid != 0 || gid != 0 {
+            rustix::fs::chown(
+                &path,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| failed(format!("cannot give the socket to {uid}:{gid}: {e}")))?;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let agent = agent.to_path_buf();
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("strata-ssh-proxy".into())
+            .spawn(move || {
+                for client in listener.incoming() {
+                    if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    // An agent that went away: the client sees its connection closed.
+                    if let Ok(upstream) = std::os::unix::net::UnixStream::connect(&agent) {
+                        relay(client, upstream);
+                    }
+                }
+            })
+            .map_err(|e| failed(format!("cannot start the socket relay: {e}")))?;
+        Ok(SshProxy { dir, stop, thread: Some(thread) })
+    }
+
+    /// The socket to bind into the step.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+}
+
+/// Copies both ways between `a` and `b` on two threads, each direction's end passed on.
+fn relay(a: std::os::unix::net::UnixStream, b: std::os::unix::net::UnixStream) {
+    let pipe = |mut from: std::os::unix::net::UnixStream,
+                mut to: std::os::unix::net::UnixStream| {
+        move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        }
+    };
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else { return };
+    let _ = std::thread::Builder::new().name("strata-ssh-relay".into()).spawn(pipe(a, b2));
+    let _ = std::thread::Builder::new().name("strata-ssh-relay".into()).spawn(pipe(b, a2));
+}
+
+impl Drop for SshProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = std::os::unix::net::UnixStream::connect(self.socket());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

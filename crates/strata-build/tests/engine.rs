@@ -116,7 +116,12 @@ impl StepRunner for FakeRunner {
             env: req.env.clone(),
         });
         let exit_code = self.exits.get(&script).copied().unwrap_or(0);
-        Ok(RunOutcome { exit_code, tail: vec![format!("ran {script}")], stubs: vec![] })
+        Ok(RunOutcome {
+            exit_code,
+            tail: vec![format!("ran {script}")],
+            stubs: vec![],
+            oom_killed: false,
+        })
     }
 }
 

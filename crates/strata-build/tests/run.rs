@@ -632,6 +632,104 @@ fn ssh_mounts_reach_a_forwarded_agent_and_an_agent_of_key_files() {
     assert!(strata_types::chain(&err).contains("--ssh default"), "{err}");
 }
 
+/// An ssh-agent of the test's own on `DIR/agent.sock`, holding a new key commented
+/// `strata-ssh-test-key`.
+fn test_agent(dir: &std::path::Path) -> std::process::Child {
+    fs::create_dir_all(dir).unwrap();
+    let key = dir.join("id_test");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "strata-ssh-test-key", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sock = dir.join("agent.sock");
+    let agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !sock.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let st = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    agent
+}
+
+#[test]
+fn ssh_mount_mode_uid_gid_and_required_work_as_buildkit() {
+    if !can_run() {
+        return;
+    }
+    let Some(files) = ssh_add_files() else {
+        assert!(!common::strict(), "STRATA_TEST_STRICT=1 but ssh-add cannot be copied");
+        return;
+    };
+    let e = env();
+    let keydir = e.dir.path().join("keys");
+    let mut agent = test_agent(&keydir);
+    // BuildKit's socket: 0600 root:root unless the mount says otherwise; a user the socket
+    // is not given to cannot reach the agent. An optional mount nobody forwards is absent.
+    let recipe = "FROM base:1
+COPY tools/ /
+RUN --mount=type=ssh stat -c '%a %u %g' $SSH_AUTH_SOCK > /default-mode
+RUN --mount=type=ssh,mode=0660,uid=1000,gid=1001 stat -c '%a %u %g' $SSH_AUTH_SOCK > /mode
+RUN --mount=type=ssh,id=nobody echo \"sock=${SSH_AUTH_SOCK:-none}\" > /optional
+USER app
+RUN --mount=type=ssh,uid=1000 ssh-add -l > /tmp/app-keys
+RUN --mount=type=ssh ssh-add -l > /tmp/denied 2>&1 || echo refused >> /tmp/denied
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    for (path, bytes) in &files {
+        let p = ctx.join("tools").join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut opts = BuildOptions::new(&ctx);
+    opts.ssh = vec![strata_build::SshSpec {
+        id: "default".into(),
+        source: strata_build::SshSource::Socket(keydir.join("agent.sock")),
+    }];
+    let (out, _) = e.build_with(&opts);
+    let root = e.flatten(&out.unwrap());
+    let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
+    assert_eq!(read("default-mode"), "600 0 0\n");
+    assert_eq!(read("mode"), "660 1000 1001\n");
+    assert_eq!(read("optional"), "sock=none\n");
+    assert!(read("tmp/app-keys").contains("strata-ssh-test-key"), "{}", read("tmp/app-keys"));
+    assert!(read("tmp/denied").contains("refused"), "{}", read("tmp/denied"));
+
+    // required=true and an id no --ssh gives (another one is): the line and the flag.
+    let ctx = e.context(
+        "ctx2",
+        &[(
+            "Dockerfile",
+            "FROM base:1\nRUN true\nRUN --mount=type=ssh,id=deploy,required=true true\n",
+        )],
+    );
+    let mut opts = BuildOptions::new(&ctx);
+    opts.ssh = vec![strata_build::SshSpec {
+        id: "default".into(),
+        source: strata_build::SshSource::Socket(keydir.join("agent.sock")),
+    }];
+    let (out, _) = e.build_with(&opts);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let err = out.unwrap_err();
+    let chain = strata_types::chain(&err);
+    assert!(matches!(err.root_cause(), BuildError::MissingSsh { id } if id == "deploy"), "{chain}");
+    assert!(chain.contains("line 3") && chain.contains("--ssh deploy"), "{chain}");
+}
+
 #[test]
 fn cache_mount_sharing_modes_hold_across_parallel_stages() {
     if !can_run() {

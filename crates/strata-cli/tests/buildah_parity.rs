@@ -167,6 +167,18 @@ fn known_differences(case: &Path) -> BTreeMap<String, String> {
 /// Builds `context` (with `-f recipe`) both ways and compares; the paths of `known` must
 /// differ, and have the owner it gives on our side.
 fn parity(context: &Path, recipe: &Path, known: &BTreeMap<String, String>) {
+    parity_with(context, recipe, known, &[], &["--layers"]);
+}
+
+/// [`parity`] with `ours` added to strata's build flags and `theirs` to buildah's; the layer
+/// counts of both images (strata's, buildah's).
+fn parity_with(
+    context: &Path,
+    recipe: &Path,
+    known: &BTreeMap<String, String>,
+    ours: &[&str],
+    theirs: &[&str],
+) -> (usize, usize) {
     let rig = Rig::new();
     // The base: our busybox root filesystem, given to buildah through an OCI layout.
     run(Command::new(workspace().join("examples/lamp/make-base.sh"))
@@ -178,21 +190,15 @@ fn parity(context: &Path, recipe: &Path, known: &BTreeMap<String, String>) {
 
     let ctx = context.to_str().unwrap();
     let file = recipe.to_str().unwrap();
-    rig.strata(&[
-        "build",
-        "--progress",
-        "plain",
-        "-f",
-        file,
-        "--build-arg",
-        "BASE=lamp-base:latest",
-        "-t",
-        "ours:1",
-        ctx,
-    ]);
-    run(rig.buildah().args([
-        "bud",
-        "--layers",
+    rig.strata(
+        &[
+            &["build", "--progress", "plain"][..],
+            ours,
+            &["-f", file, "--build-arg", "BASE=lamp-base:latest", "-t", "ours:1", ctx],
+        ]
+        .concat(),
+    );
+    run(rig.buildah().arg("bud").args(theirs).args([
         "--isolation",
         "chroot",
         "-f",
@@ -233,6 +239,12 @@ fn parity(context: &Path, recipe: &Path, known: &BTreeMap<String, String>) {
     }
     assert!(differences.is_empty(), "{}:\n{}", recipe.display(), differences.join("\n"));
     assert_eq!(config_fields(&ours_oci), config_fields(&theirs_oci), "{}", recipe.display());
+    let layers = |oci: &str| -> usize {
+        let raw = run(Command::new("skopeo").args(["inspect", "--raw", oci]));
+        let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        v["layers"].as_array().unwrap().len()
+    };
+    (layers(&ours_oci), layers(&theirs_oci))
 }
 
 fn case(name: &str) {
@@ -263,6 +275,22 @@ fn run_changes_match_buildah() {
         return;
     }
     case("run-changes");
+}
+
+/// `--squash` is podman's (and Docker's): the base layer kept, the build's layers one, which
+/// buildah makes without `--layers`; `--squash-all` is buildah's `--squash`. Adding,
+/// modifying and deleting base files (a directory deleted and made again too) must give
+/// buildah's tree.
+#[test]
+fn squash_matches_buildah() {
+    if !have_all("buildah parity", &["buildah", "skopeo", "umoci"]) {
+        return;
+    }
+    let dir = workspace().join("testdata/parity/squash");
+    let recipe = dir.join("Dockerfile");
+    let known = known_differences(&dir);
+    assert_eq!(parity_with(&dir, &recipe, &known, &["--squash"], &[]), (2, 2));
+    assert_eq!(parity_with(&dir, &recipe, &known, &["--squash-all"], &["--squash"]), (1, 1));
 }
 
 #[test]

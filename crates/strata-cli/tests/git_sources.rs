@@ -24,9 +24,16 @@ struct GitDaemon {
 
 impl GitDaemon {
     fn start(base: &Path) -> GitDaemon {
+        GitDaemon::start_logging(base, Stdio::null())
+    }
+
+    /// [`GitDaemon::start`] with `--verbose` and its log (one `Request upload-pack for ...`
+    /// line per ls-remote or fetch) going to `log`.
+    fn start_logging(base: &Path, log: impl Into<Stdio>) -> GitDaemon {
         let port = common::free_port();
         let child = Command::new("git")
             .arg("daemon")
+            .arg("--verbose")
             .arg("--reuseaddr")
             .arg(format!("--base-path={}", base.display()))
             .arg("--export-all")
@@ -34,7 +41,7 @@ impl GitDaemon {
             .arg("--listen=127.0.0.1")
             .arg(base)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let mut daemon = GitDaemon { child, port };
@@ -234,6 +241,60 @@ fn a_git_url_is_a_build_context() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&daemon.url("repo")) && stderr.contains("nope"), "{stderr}");
+}
+
+/// The number of upload-pack requests (ls-remote or fetch) in a `git daemon --verbose` log.
+fn upload_packs(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap().matches("Request upload-pack for").count()
+}
+
+/// Waits until the daemon's log has `n` requests (its children log as they start).
+fn wait_for_upload_packs(log: &Path, n: usize) -> usize {
+    for _ in 0..100 {
+        if upload_packs(log) >= n {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    upload_packs(log)
+}
+
+#[test]
+fn a_git_context_is_cloned_once_per_commit() {
+    if !common::have_all("git sources", &["git"]) {
+        return;
+    }
+    let tmp = TempRoot::new();
+    let (store, base) = (tmp.path("store"), tmp.path("git"));
+    fixture(&base);
+    let log_path = tmp.path("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = GitDaemon::start_logging(&base, log);
+    let context = format!("{}#main:ctx", daemon.url("repo"));
+    let first = ok(strata(&store, &["build", "-t", "ctx:1", &context]));
+    // ls-remote, then the fetch of the commit.
+    let after_first = wait_for_upload_packs(&log_path, 2);
+    assert!(after_first >= 2, "{}", read(log_path.clone()));
+    // The same commit again, and another subdirectory of it: only ls-remote reaches the
+    // server, and the image is the same.
+    let again = ok(strata(&store, &["build", "-t", "ctx:2", &context]));
+    assert_eq!(again, first);
+    let whole = format!("{}#main", daemon.url("repo"));
+    ok(strata(&store, &["build", "-t", "ctx:3", "-f", "ctx/Dockerfile", &whole]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(upload_packs(&log_path), after_first + 2, "{}", read(log_path.clone()));
+    let root = export(&store, "ctx:3", &tmp.path("out"));
+    assert_eq!(read(root.join("c/a.txt")), "two\n");
+    assert!(!root.join("c/.git").exists());
+
+    // A new commit on the branch is fetched, and built.
+    let repo = base.join("repo");
+    write(&repo.join("ctx/f.txt"), "changed\n");
+    git(&repo, SECOND + 1, &["commit", "-q", "-am", "third"]);
+    ok(strata(&store, &["build", "-t", "ctx:4", &context]));
+    assert!(wait_for_upload_packs(&log_path, after_first + 4) >= after_first + 4);
+    let root = export(&store, "ctx:4", &tmp.path("out4"));
+    assert_eq!(read(root.join("c/f.txt")), "changed\n");
 }
 
 #[test]

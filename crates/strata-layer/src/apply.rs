@@ -128,6 +128,12 @@ pub struct ApplyReport {
     /// sha256 of the uncompressed tar stream (the layer's diffID), to check against the
     /// image config.
     pub diff_id: Option<Digest>,
+    /// The paths the layer's `.wh.NAME` entries name (relative, as written in the archive),
+    /// whether or not something was there to remove: what the layer deletes from the layers
+    /// below it, which [`crate::squash`] needs to know.
+    pub whiteout_paths: Vec<PathBuf>,
+    /// The directories the layer's `.wh..wh..opq` markers make opaque (relative, as written).
+    pub opaque_paths: Vec<PathBuf>,
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -521,6 +527,7 @@ impl Applier {
         let nb = name.as_bytes();
         if let Some(victim) = nb.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
             if nb == OPAQUE_WHITEOUT.as_bytes() {
+                self.report.opaque_paths.push(parent.iter().collect());
                 return self.opaque(parent, &raw);
             }
             if victim.starts_with(WHITEOUT_PREFIX.as_bytes()) {
@@ -530,7 +537,9 @@ impl Applier {
             if victim.is_empty() || victim == b"." || victim == b".." {
                 return Err(refuse(&raw, UnsafeReason::BadWhiteout));
             }
-            return self.whiteout(parent, OsStr::from_bytes(victim), &raw);
+            let victim = OsStr::from_bytes(victim);
+            self.report.whiteout_paths.push(parent.iter().collect::<PathBuf>().join(victim));
+            return self.whiteout(parent, victim, &raw);
         }
 
         let (pfd, preal) = self.parent(parent, true, &raw)?;

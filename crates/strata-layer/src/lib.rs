@@ -37,6 +37,7 @@ mod error;
 pub mod listing;
 pub mod overlay;
 mod scan;
+mod squash;
 pub mod tarread;
 mod writer;
 
@@ -45,6 +46,7 @@ pub use apply::{apply, check_entry_name, decompress, ApplyOptions, ApplyReport};
 pub use changeset::{diff, Change, Changeset};
 pub use error::{LayerError, Result, UnsafeReason};
 pub use scan::{hash_file, scan, scan_with_digests, Entry, EntryKind, Scan, Timestamp};
+pub use squash::squash;
 pub use strata_types::Digest;
 pub use writer::{
     layer_from_dir, write_layer, Compression, LayerDescriptor, LayerWriter, OPAQUE_WHITEOUT,

@@ -11,8 +11,9 @@
 //! killed), the kernel kills it, and with PID 1 gone the kernel kills the rest of its pid
 //! namespace; its mount namespace, holding every mount of the step, disappears with it.
 //!
-//! With an [`IdMap::Subordinate`] map the child first blocks on a sync pipe: the parent runs
-//! `newuidmap`/`newgidmap` on its pid and then writes one byte. If a helper fails the child
+//! With an [`IdMap::Subordinate`] map, or a cgroup for the step's limits, the child first
+//! blocks on a sync pipe: the parent runs `newuidmap`/`newgidmap` on its pid and writes the
+//! pid into the cgroup, and then writes one byte. If a helper fails the child
 //! is killed before it did anything, and the caller may retry with a single-id map.
 
 use std::fs::File;
@@ -22,6 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
 
+use crate::cgroup::RunCgroup;
 use crate::idmap::{self, HelperFailure, IdMap, RealCommands};
 use crate::plan::{describe, exec_candidates, Plan};
 use crate::sys::{self, Op, RealSyscalls, KIND_FAILED, KIND_STUB, RECORD_LEN};
@@ -105,11 +107,13 @@ pub(crate) fn spawn(
     plan: &Plan,
     flags: libc::c_int,
     id_map: Option<&IdMap>,
+    cgroup: Option<&RunCgroup>,
 ) -> Result<Result<Child, HelperFailure>, SandboxError> {
     let (out_r, out_w) = pipe()?;
-    let sync = match id_map {
-        Some(IdMap::Subordinate { .. }) => Some(pipe()?),
-        _ => None,
+    let helpers = matches!(id_map, Some(IdMap::Subordinate { .. }));
+    let sync = match helpers || cgroup.is_some() {
+        true => Some(pipe()?),
+        false => None,
     };
     let (err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -172,11 +176,20 @@ pub(crate) fn spawn(
         setup_error: None,
     };
     drop((out_w, err_w, status_w, null, parent));
-    if let (Some((sync_r, sync_w)), Some(map)) = (sync, id_map) {
+    if let Some((sync_r, sync_w)) = sync {
         drop(sync_r);
-        if let Err(failure) = idmap::apply(map, pid as libc::pid_t, &mut RealCommands) {
-            drop(child); // kills and reaps it; it was still waiting
-            return Ok(Err(failure));
+        if let Some(map) = id_map.filter(|_| helpers) {
+            if let Err(failure) = idmap::apply(map, pid as libc::pid_t, &mut RealCommands) {
+                drop(child); // kills and reaps it; it was still waiting
+                return Ok(Err(failure));
+            }
+        }
+        // Into its cgroup while it waits: limited before the command's first instruction.
+        if let Some(cgroup) = cgroup {
+            if let Err(e) = cgroup.add(pid as i32) {
+                drop(child);
+                return Err(e);
+            }
         }
         // the child's go-ahead; if it died meanwhile, the status pipe says so below
         let _ = rustix::io::write(&sync_w, b"1");

@@ -26,6 +26,38 @@ pub enum SandboxError {
         /// The value as given.
         value: String,
     },
+    /// A cgroup limit (`--memory`, `--cpu-quota`, ...) out of range or malformed.
+    #[error("invalid {flag} {value}: {reason}")]
+    BadCgroupLimit {
+        /// The flag.
+        flag: &'static str,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A limit was asked for and no cgroup can hold it (no such controller, no cgroup v1
+    /// hierarchy, no right to make a cgroup).
+    #[error("{flag} needs a cgroup, and none can be made: {why}")]
+    CgroupUnavailable {
+        /// The flag that needed it.
+        flag: &'static str,
+        /// Why not.
+        why: String,
+    },
+    /// The kernel refused a limit written to the step's cgroup.
+    #[error("the kernel refused {flag} {value} (writing {path})")]
+    CgroupLimit {
+        /// The flag.
+        flag: &'static str,
+        /// The value written.
+        value: String,
+        /// The cgroup file.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
     /// `argv` was empty.
     #[error("nothing to run: argv is empty")]
     EmptyArgv,

@@ -87,6 +87,7 @@
 // The one crate allowed raw system calls: clone, mount, pivot_root in a child process.
 #![allow(unsafe_code)]
 
+mod cgroup;
 mod child;
 mod emulation;
 mod error;
@@ -106,6 +107,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+pub use cgroup::{CgroupLimits, MemorySwap};
 pub use emulation::{ensure_emulation, Emulation};
 pub use error::SandboxError;
 pub use limits::{parse_size, Ulimit};
@@ -238,6 +240,9 @@ pub struct Resources {
     pub ulimits: Vec<Ulimit>,
     /// The size of the `/dev/shm` tmpfs in bytes; 64 MiB (Docker's default) when `None`.
     pub shm_size: Option<u64>,
+    /// CPU and memory limits, enforced by a cgroup of the step's own (see [`CgroupLimits`]);
+    /// none by default.
+    pub cgroup: CgroupLimits,
 }
 
 /// Who runs a step's command.
@@ -300,6 +305,9 @@ pub struct RunOutcome {
     /// their copied-up parents are the caller's to drop); any still present were written to
     /// by the command.
     pub stubs: Vec<String>,
+    /// The kernel's OOM killer killed a process of the step for its memory limit
+    /// ([`CgroupLimits::memory`]).
+    pub oom_killed: bool,
 }
 
 /// The capabilities a step keeps (Docker's default set): CHOWN, DAC_OVERRIDE, FOWNER,
@@ -354,8 +362,10 @@ pub fn run_cancellable(
         RootFs::Dir(dir) => Some(stubs::DirTimes::record(dir, &candidates)),
         RootFs::Overlay { .. } => None,
     };
+    // Made before the child and removed after it, whatever happens (its Drop).
+    let cgroup = cgroup::RunCgroup::create(&req.resources.cgroup, &cgroup::CgroupFs::host())?;
     let mut child = loop {
-        match child::spawn(&plan, flags, prepared.userns.as_ref())? {
+        match child::spawn(&plan, flags, prepared.userns.as_ref(), cgroup.as_ref())? {
             Ok(child) => break child,
             Err(failure) => {
                 // the helpers refused: only the caller can be mapped
@@ -377,6 +387,8 @@ pub fn run_cancellable(
         }
     };
     drop(child); // kills and reaps it if still running (an error above)
+    let oom_killed = cgroup.as_ref().is_some_and(|c| c.oom_killed());
+    drop(cgroup);
     let stub_root = match &req.rootfs {
         RootFs::Overlay { upper, .. } => stubs::StubRoot::Overlay { upper: upper.clone() },
         RootFs::Dir(dir) => stubs::StubRoot::Dir(dir.clone()),
@@ -389,7 +401,7 @@ pub fn run_cancellable(
     if cancel.is_cancelled() {
         return Err(SandboxError::Cancelled);
     }
-    Ok(RunOutcome { exit_code, tail, stubs })
+    Ok(RunOutcome { exit_code, tail, stubs, oom_killed })
 }
 
 /// Reads both pipes on two threads, hands lines to `on_line` here, keeps the tail.
@@ -850,7 +862,7 @@ fn overlay_probe(scratch: &Path) -> Result<bool, SandboxError> {
     if rootless {
         flags |= libc::CLONE_NEWUSER;
     }
-    let Ok(mut child) = child::spawn(&probe, flags, None)? else {
+    let Ok(mut child) = child::spawn(&probe, flags, None, None)? else {
         return Ok(false); // no helpers without a subordinate map
     };
     if child.setup_error.is_some() || child.wait()? != 0 {

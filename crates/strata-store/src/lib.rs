@@ -97,7 +97,7 @@ pub use lost_found::LostImage;
 pub use store::{canonical_json, Store};
 pub use tables::{
     CacheEntry, CacheIndex, CacheInputs, CacheKey, CacheKind, CacheMount, CachePrune,
-    CachePruneReport, CacheUsage, Sharing, Snapshots, WorkDir, CACHE_ARTIFACT_TYPE,
+    CachePruneReport, CacheUsage, GitTrees, Sharing, Snapshots, WorkDir, CACHE_ARTIFACT_TYPE,
     CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION, LAYER_TOC_MEDIA_TYPE,
 };
 

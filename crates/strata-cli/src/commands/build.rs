@@ -96,6 +96,30 @@ pub struct Args {
     /// without a unit); 64m by default.
     #[arg(long = "shm-size", value_name = "SIZE", value_parser = parse_shm_size)]
     pub shm_size: Option<u64>,
+    /// The memory limit of each RUN step, as `buildah bud --memory` (`32m`, `1g`; bytes
+    /// without a unit): a step above it is killed and the build fails saying so. Enforced by
+    /// a cgroup per step (cgroup v2, or v1's memory hierarchy).
+    #[arg(short = 'm', long = "memory", value_name = "SIZE", value_parser = parse_shm_size)]
+    pub memory: Option<u64>,
+    /// Memory plus swap of each RUN step (`-1`: unlimited swap); twice `--memory` by default.
+    #[arg(long = "memory-swap", value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_swap: Option<build::sandbox::MemorySwap>,
+    /// The CPU weight of each RUN step (1024 is an ordinary process's), as `--cpu-shares`.
+    #[arg(short = 'c', long = "cpu-shares", value_name = "SHARES")]
+    pub cpu_shares: Option<u64>,
+    /// The CFS period of RUN steps in microseconds (with `--cpu-quota`).
+    #[arg(long = "cpu-period", value_name = "MICROSECONDS")]
+    pub cpu_period: Option<u64>,
+    /// CPU time a RUN step may use per period, in microseconds (`50000` of `100000`: half a
+    /// CPU).
+    #[arg(long = "cpu-quota", value_name = "MICROSECONDS", allow_hyphen_values = true)]
+    pub cpu_quota: Option<i64>,
+    /// The CPUs RUN steps may run on (`0-3`, `0,2`).
+    #[arg(long = "cpuset-cpus", value_name = "CPUS")]
+    pub cpuset_cpus: Option<String>,
+    /// The memory nodes RUN steps may use (`0`, `0-1`).
+    #[arg(long = "cpuset-mems", value_name = "NODES")]
+    pub cpuset_mems: Option<String>,
     /// Grant an entitlement, as `docker buildx build --allow`: `security.insecure` lets
     /// `RUN --security=insecure` steps run with every capability (repeatable).
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = ["security.insecure"])]
@@ -133,6 +157,15 @@ pub struct Args {
     /// bound, the default (as BuildKit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub jobs: usize,
+    /// Make the layers the build adds one layer, keeping the base image's layers (still
+    /// shared with other images), as `docker build --squash`; steps are cached one by one
+    /// all the same.
+    #[arg(long, conflicts_with = "squash_all")]
+    pub squash: bool,
+    /// Make the whole image one layer, the base's layers included, as `podman build
+    /// --squash-all` (buildah's `--squash`).
+    #[arg(long)]
+    pub squash_all: bool,
     /// Write the image's ID (its manifest digest, as printed on stdout) to FILE.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
@@ -166,8 +199,10 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     let git_url = args.context.to_str().and_then(build::GitUrl::parse);
     let build_args: build::BuildArgs =
         super::parse_key_values(&args.build_args).into_iter().collect();
+    // Checked out into the store, once per commit: a rebuild only asks the remote what the
+    // ref names (`git ls-remote`).
     let git_context = match &git_url {
-        Some(url) => Some(build::GitContext::fetch(url, &build_args)?),
+        Some(url) => Some(build::GitContext::fetch_cached(&init_store(store)?, url, &build_args)?),
         None => None,
     };
     let context = match (&stdin_context, &git_context) {
@@ -223,6 +258,15 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.annotations = args.annotations.clone();
     opts.run_resources.ulimits = args.ulimits.clone();
     opts.run_resources.shm_size = args.shm_size;
+    opts.run_resources.cgroup = build::sandbox::CgroupLimits {
+        memory: args.memory,
+        memory_swap: args.memory_swap,
+        cpu_shares: args.cpu_shares,
+        cpu_period: args.cpu_period,
+        cpu_quota: args.cpu_quota,
+        cpuset_cpus: args.cpuset_cpus.clone(),
+        cpuset_mems: args.cpuset_mems.clone(),
+    };
     opts.allow_insecure = args.allow.iter().any(|a| a == "security.insecure");
     opts.named_contexts = args.build_contexts.iter().cloned().collect();
     opts.ssh = args.ssh.clone();
@@ -231,6 +275,11 @@ pub fn run(store: Option<&std::path::Path>, args: Args) -> anyhow::Result<ExitCo
     opts.push = args.push;
     opts.platforms = args.platforms.clone();
     opts.jobs = std::num::NonZeroUsize::new(args.jobs);
+    opts.squash = match (args.squash, args.squash_all) {
+        (_, true) => build::Squash::All,
+        (true, false) => build::Squash::NewLayers,
+        (false, false) => build::Squash::Off,
+    };
     let opts = opts.with_source_date_epoch(args.timestamp)?;
     opts.validate()?;
 

@@ -11,6 +11,7 @@
 //! | [`Store::cache_mount`] ([`Store::cache_mount_dir`]), `RUN --mount=type=cache` dirs | `cache-mounts/<id>`, more instances `<id>@N` | removed by hand |
 //! | [`Store::layer_toc`], a layer's table of contents blob, by diffID | `layer-tocs-v1/<diffid-hex>` | its blob is gone (then unknown) |
 //! | [`Store::cache_mount_state`], the layer chain a cache mount's content was last exported or seeded as | `cache-mount-states-v1/<id>` | replaced by the next export or seed; dropped when the mount is created afresh |
+//! | [`Store::git_trees`], git build contexts checked out by commit | `git-trees-v1/<key-hex>` | removed by hand |
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
 //! | [`Store::lease`], a live writer's roots | `leases/<name>` | its handle is dropped, or gc finds it unlocked |
 //! | [`Store::find_layer`], which blob holds a diffID | `layers/<diffid-hex>.<compression>` | its blob is gone |
@@ -28,6 +29,7 @@
 //! of them: they are removed by hand.
 
 mod cache_index;
+mod git_trees;
 mod hints;
 mod mounts;
 mod snapshots;
@@ -39,6 +41,7 @@ pub use cache_index::{
     CacheUsage, CACHE_ARTIFACT_TYPE, CACHE_INDEX_MEDIA_TYPE, CACHE_INDEX_VERSION,
     LAYER_TOC_MEDIA_TYPE,
 };
+pub use git_trees::GitTrees;
 pub use mounts::{CacheMount, Sharing};
 pub use snapshots::Snapshots;
 pub use workdir::WorkDir;
