@@ -537,6 +537,9 @@ fn export_cache(
     builders: &[executor::Builder<'_>],
     progress: &dyn ProgressSink,
 ) -> Result<Vec<(String, usize)>> {
+    if opts.cache_to.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut all = Vec::new();
     // The layers the exported steps stand on, base layers included, for their tables of
     // contents (lazy hits on the importing side).
