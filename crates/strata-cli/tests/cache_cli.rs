@@ -236,6 +236,14 @@ fn a_cold_runner_reuses_the_registry_cache_and_pushes_only_the_new_layer() {
     assert_eq!(layers_b[..5], layers_a[..5]);
     assert_ne!(layers_b[5], layers_a[5]);
     assert_eq!(e.reg.uploads("lamp").len() - uploads_before, 2, "{}", e.reg.log());
+
+    // The COPY that resolved its destination through stand-in trees made the very layer a
+    // runner holding every layer makes: the same image, byte for byte.
+    let whole = e.build("a", &["--output", &format!("docker://{host}/lamp:v2-whole")]);
+    assert!(!whole.contains("not stored here"), "{whole}");
+    let v2_whole = e.raw_manifest(&format!("{host}/lamp:v2-whole"));
+    assert_eq!(layer_digests(&v2_whole), layers_b);
+    assert_eq!(v2_whole["config"], e.raw_manifest(&v2)["config"]);
 }
 
 #[test]
