@@ -1,6 +1,6 @@
 //! Listings: a tree's metadata without its bytes, as text, and a tree made back from one.
 //!
-//! One line per [`Entry`] of a [`Scan`]: `entry KIND MODE UID GID SIZE SECS NANOS RDEV DIGEST
+//! One line per [`Entry`] of a [`Scan`](crate::Scan): `entry KIND MODE UID GID SIZE SECS NANOS RDEV DIGEST
 //! LINK XATTRS PATH`, space-separated, in the scan's (bytewise path) order. Paths, link targets
 //! and xattr names are percent-encoded bytes (every byte outside `!`..`~`, and `%`; the empty
 //! path is `%`); xattrs are `NAME=HEX` joined by `,`; an absent digest, link or xattr set is
