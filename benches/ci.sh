@@ -179,9 +179,9 @@ def counters():
 def stored():
     # Blob bytes the registry holds: what a run adds is what it uploaded that was new (a
     # re-upload of a blob the registry has adds nothing; HTTP overhead is not counted).
-    out = subprocess.run(["du", "-sb", "--apparent-size", f"{work}/registry-data/docker/registry/v2/blobs"],
-                         capture_output=True, text=True).stdout
-    return int(out.split()[0]) if out else 0
+    out = subprocess.run(["find", f"{work}/registry-data/docker/registry/v2/blobs", "-name", "data",
+                          "-printf", "%s\n"], capture_output=True, text=True).stdout
+    return sum(int(n) for n in out.split())
 res = {name: {"time": [], "down": [], "up": [], "new": []} for name, _, _ in tools}
 for i in range(runs):
     for name, prepare, command in tools:
