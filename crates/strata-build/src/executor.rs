@@ -946,16 +946,15 @@ impl<'a> Builder<'a> {
         // Only a `--chown` by name needs the image's files (its passwd and group).
         let numeric = |c: &str| c.split(':').all(|p| p.parse::<u32>().is_ok());
         let shallow = spec.chown.as_deref().is_none_or(numeric);
-        let image = phases.time("parent view", || match shallow {
-            true => self.shallow_view(state),
-            false => self.view(state),
-        })?;
+        // The key needs nothing of the parent image: it is looked at only on a miss (a cold
+        // runner's hit then unpacks or stands in nothing).
+        let no_parent = MergedView::default();
         let staging = self.staging()?;
         let scratch = self.staging()?;
         let root = staging.path().join("rootfs");
         std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
-        let env = CopyEnv {
-            image: &image,
+        let key_env = CopyEnv {
+            image: &no_parent,
             workdir: &state.run.working_dir,
             is_add,
             scratch: scratch.path(),
@@ -965,7 +964,7 @@ impl<'a> Builder<'a> {
         let mut scanned = FileCount::default();
         let inputs = phases.time("context scan+hash", || {
             source_inputs(
-                &env,
+                &key_env,
                 spec,
                 &tree,
                 &self.cache.hashes,
@@ -1005,6 +1004,11 @@ impl<'a> Builder<'a> {
         if let Some(hit) = self.cached(at, state, kind, &key, &created_by, &scanned)? {
             return Ok(hit);
         }
+        let image = phases.time("parent view", || match shallow {
+            true => self.shallow_view(state),
+            false => self.view(state),
+        })?;
+        let env = CopyEnv { image: &image, ..key_env };
         phases.time("copy to staging", || stage_copy(&env, spec, &tree, &root, &mut fetched))?;
         let staged = phases.time("scan staging", || scan(&root))?;
         let files = staged.entries().iter().filter(|e| e.kind == strata_layer::EntryKind::File);

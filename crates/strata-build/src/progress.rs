@@ -165,8 +165,8 @@ pub enum BuildEvent {
         empty_layer: bool,
     },
     /// Where a step that ran (not cached) spent its wall time, phase by phase, in order
-    /// (sent just before its [`BuildEvent::StepDone`]): for a COPY e.g. `parent view`,
-    /// `context scan+hash`, `copy to staging`, `scan staging`, `layer write` (tar, compress
+    /// (sent just before its [`BuildEvent::StepDone`]): for a COPY e.g. `context
+    /// scan+hash`, `parent view`, `copy to staging`, `scan staging`, `layer write` (tar, compress
     /// and store write, which run pipelined on two threads), `snapshot`; for a RUN `parent
     /// view`, `mounts`, `run`, `changes`, `layer write`, `snapshot`.
     StepPhases {

@@ -61,7 +61,7 @@ fn lamp_builds_and_a_php_change_makes_one_new_layer() {
         let line = log.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_default();
         line.split(", ").map(|p| p.rsplit_once(' ').map_or("", |(name, _)| name).into()).collect()
     };
-    let copy = ["parent view", "context scan+hash", "copy to staging", "scan staging"];
+    let copy = ["context scan+hash", "parent view", "copy to staging", "scan staging"];
     let copy: Vec<&str> = copy.into_iter().chain(["layer write", "snapshot"]).collect();
     assert_eq!(phases(5), copy, "{log}");
     let run = ["parent view", "mounts", "run", "changes", "layer write", "snapshot"];
@@ -79,7 +79,7 @@ fn lamp_builds_and_a_php_change_makes_one_new_layer() {
     let log = String::from_utf8_lossy(&out.stderr);
     // Only the step that ran has phases.
     let timed: Vec<&str> = log.lines().filter(|l| l.contains(" phases: ")).collect();
-    assert!(timed.len() == 1 && timed[0].starts_with("#5 phases: parent view"), "{log}");
+    assert!(timed.len() == 1 && timed[0].starts_with("#5 phases: context scan+hash"), "{log}");
     let v2 = layers(&store, "lamp:v2");
     assert_eq!(v1[..5], v2[..5], "everything below the app layer is byte-identical");
     assert_ne!(v1[5], v2[5]);
