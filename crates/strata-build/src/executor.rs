@@ -642,8 +642,9 @@ impl<'a> Builder<'a> {
 
     /// [`Builder::view`] for a step that only resolves paths and reads directory metadata in
     /// the image (a COPY or WORKDIR that resolves no user name): a layer taken from a cache
-    /// without its blob stands in as the tree its table of contents lists (files empty), so
-    /// nothing is downloaded. Where no stand-in can be made (no table of contents, no root
+    /// without its blob stands in as the tree its table of contents lists (directories,
+    /// symlinks and whiteouts exact, files present but empty, their metadata not the
+    /// image's), so nothing is downloaded. Where no stand-in can be made (no table of contents, no root
     /// for its whiteouts), the layer is fetched.
     pub fn shallow_view(&self, state: &ImageState) -> Result<MergedView> {
         let mut dirs = Vec::with_capacity(state.layers.len());
@@ -672,7 +673,10 @@ impl<'a> Builder<'a> {
         let work = store.work_dir("stub-").ok()?;
         let tree = work.path().join("tree");
         std::fs::create_dir(&tree).ok()?;
-        strata_layer::listing::materialize(&entries, &tree).ok()?;
+        // COPY and WORKDIR read directories' metadata and files' existence only.
+        let empty = work.path().join("empty");
+        std::fs::write(&empty, b"").ok()?;
+        strata_layer::listing::materialize_shape(&entries, &tree, &empty).ok()?;
         stubs.insert(l.diff_id, work);
         Some(tree)
     }
