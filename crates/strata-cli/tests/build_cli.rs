@@ -333,6 +333,48 @@ fn an_error_names_each_cause_once() {
 }
 
 #[test]
+fn a_truncated_archive_is_one_line_naming_it_and_no_temp_path() {
+    // Issue 15 point 9: a truncated tar was "failed to write entire file", with the store's
+    // internal step-XXXX paths. No root needed: ADD of a local tar runs no sandbox.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let mut tar = Vec::new();
+    let mut header = [0u8; 512];
+    header[..7].copy_from_slice(b"payload");
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[124..136].copy_from_slice(b"00000200000\0"); // 64 KiB announced
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    tar.extend_from_slice(&header);
+    tar.extend_from_slice(&[7u8; 1000]); // ... and 1000 bytes of it
+    std::fs::write(ctx.join("evil.tar"), &tar).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nADD evil.tar /x/\n").unwrap();
+    let out = strata(&store, &["build", "--progress", "plain", ctx.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("strata: error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    let line = lines[0];
+    assert!(line.contains("evil.tar") && line.contains("unexpected end of file"), "{line}");
+    assert!(line.contains("line 2"), "{line}");
+    for internal in ["step-", "strata/v1/tmp", "failed to write entire file"] {
+        assert!(!err.contains(internal), "{internal:?} in: {err}");
+    }
+    // `import` reads it with the same reader, and says the same.
+    let out = strata(&store, &["import", ctx.join("evil.tar").to_str().unwrap(), "t:1"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("evil.tar") && err.contains("unexpected end of file"), "{err}");
+    assert!(!err.contains("step-"), "{err}");
+}
+
+#[test]
 fn healthcheck_shell_and_onbuild_show_in_inspect() {
     // Metadata only: no RUN, so no root needed.
     let tmp = tempfile::tempdir().unwrap();

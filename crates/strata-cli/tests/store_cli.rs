@@ -535,7 +535,47 @@ with tarfile.open("{}", "w") as t:
         let sda = std::fs::symlink_metadata(flat2.join("dev/sda")).unwrap();
         assert!(sda.file_type().is_block_device());
         assert_eq!(sda.rdev(), rustix_free_makedev(8, 0));
+        export_as_nobody_strips_setid(&env);
     }
+}
+
+/// A caller other than root gets no setuid or setgid bit from `export dir:` (issue 15 point
+/// 4): `devs:1`'s `bin-su` is 4755 in the image, 0755 on the disk of `nobody`.
+fn export_as_nobody_strips_setid(env: &Env) {
+    if !have("setpriv") {
+        return;
+    }
+    // nobody reads an OCI layout of the image, writes into a store and a directory of its own.
+    let layout = env.path("devs-layout");
+    env.ok(&["export", "devs:1", &format!("oci:{}:devs", layout.display())]);
+    let theirs = env.path("nobody");
+    std::fs::create_dir_all(theirs.join("empty")).unwrap();
+    let store = theirs.join("store");
+    let init = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--store")
+        .arg(&store)
+        .args(["import", theirs.join("empty").to_str().unwrap(), "e:1"])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let chown = |path: &Path| run(Command::new("chown").args(["-R", "65534:65534"]).arg(path));
+    chown(&theirs);
+    let open = |path: &Path| run(Command::new("chmod").args(["-R", "a+rX"]).arg(path));
+    open(&layout);
+    open(&env.path(""));
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .arg("--store")
+        .arg(&store)
+        .args(["export", &format!("oci:{}:devs", layout.display())])
+        .arg(format!("dir:{}", theirs.join("flat").display()))
+        .env("HOME", &theirs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = std::fs::metadata(theirs.join("flat/bin-su")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o755, "nobody got a setuid file");
 }
 
 fn rustix_free_makedev(major: u64, minor: u64) -> u64 {
@@ -543,4 +583,39 @@ fn rustix_free_makedev(major: u64, minor: u64) -> u64 {
         | ((major & 0xfff) << 8)
         | ((minor & 0xffffff00) << 12)
         | (minor & 0xff)
+}
+
+/// Issue 15 point 2: every metadata file is written to a temp file, fsynced, renamed into
+/// place, and its directory fsynced, so a crash leaves the old or the new file, whole. Seen
+/// from the outside with strace on a `tag` (index.json, then the tag's record).
+#[test]
+fn metadata_files_are_fsynced_before_and_after_their_rename() {
+    if !have("strace") {
+        return;
+    }
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("empty")).unwrap();
+    env.ok(&["import", env.path("empty").to_str().unwrap(), "e:1"]);
+    let log = env.path("strace.log");
+    let out = Command::new("strace")
+        .args(["-f", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .arg(&log)
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .arg("--store")
+        .arg(&env.store)
+        .args(["tag", "e:1", "e:2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(log).unwrap();
+    let calls: Vec<&str> = log.lines().filter(|l| !l.contains("+++")).collect();
+    let synced = |i: usize| calls.get(i).is_some_and(|l| l.contains("fsync("));
+    for target in ["/index.json\"", "/tags-v1/e:2\""] {
+        let i = calls
+            .iter()
+            .position(|l| l.contains("rename") && l.contains(target))
+            .unwrap_or_else(|| panic!("no rename to {target}: {log}"));
+        assert!(i > 0 && synced(i - 1), "{target} not fsynced before its rename: {log}");
+        assert!(synced(i + 1), "{target}'s directory not fsynced after the rename: {log}");
+    }
 }
