@@ -154,7 +154,7 @@ pub(crate) struct StepCache {
     pub named_dirs: Mutex<HashMap<String, strata_store::oci_spec::image::Descriptor>>,
     /// Stand-in trees of layers taken from an imported cache without their blob, made from
     /// their tables of contents, by diffID (each kept for the build).
-    pub stubs: Mutex<HashMap<Digest, WorkDir>>,
+    pub stubs: Mutex<HashMap<Digest, crate::lazy::StubDir>>,
 }
 
 /// Finished work.
@@ -670,7 +670,7 @@ impl<'a> Builder<'a> {
         let store = self.io.store;
         let toc = self.cache.imported.toc(store, &l.diff_id)?;
         let entries = crate::lazy::read_toc(store, &toc).ok()?;
-        let work = store.work_dir("stub-").ok()?;
+        let work = crate::lazy::StubDir::new(store).ok()?;
         let tree = work.path().join("tree");
         std::fs::create_dir(&tree).ok()?;
         // COPY and WORKDIR read directories' metadata and files' existence only.

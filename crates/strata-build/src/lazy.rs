@@ -69,9 +69,79 @@ pub(crate) fn read_toc(store: &Store, toc: &Descriptor) -> Result<Vec<Entry>> {
     listing::decode(&text).ok_or_else(|| invalid("a line is not a listing entry".into()))
 }
 
+/// Where stand-in trees go: a tmpfs (they are metadata only, and a disk filesystem takes
+/// its time creating and removing thousands of entries), else the store's work directories.
+const STUB_DIR: &str = "/dev/shm";
+
+/// The stand-in tree of a layer, removed with it.
+pub(crate) enum StubDir {
+    /// In [`STUB_DIR`], named `strata-stub-<pid>-XXXXXX` so that a later build sweeps it
+    /// once its process is gone.
+    Memory(tempfile::TempDir),
+    /// In the store's tmp (a flock'd work directory).
+    Store(strata_store::WorkDir),
+}
+
+impl StubDir {
+    /// A new, empty one: in memory when [`STUB_DIR`] is a tmpfs, else in `store`.
+    pub fn new(store: &Store) -> Result<StubDir> {
+        let base = std::path::Path::new(STUB_DIR);
+        let tmpfs = rustix::fs::statfs(base).is_ok_and(|s| s.f_type == 0x0102_1994);
+        if tmpfs {
+            static SWEPT: std::sync::Once = std::sync::Once::new();
+            SWEPT.call_once(|| sweep_stubs(base));
+            let prefix = format!("strata-stub-{}-", std::process::id());
+            if let Ok(dir) = tempfile::Builder::new().prefix(&prefix).tempdir_in(base) {
+                return Ok(StubDir::Memory(dir));
+            }
+        }
+        Ok(StubDir::Store(store.work_dir("stub-")?))
+    }
+
+    /// Its directory.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            StubDir::Memory(d) => d.path(),
+            StubDir::Store(w) => w.path(),
+        }
+    }
+}
+
+/// Removes the stand-in trees of processes that are gone (a killed build's), best effort.
+fn sweep_stubs(base: &std::path::Path) {
+    for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("strata-stub-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stand_ins_of_dead_processes_are_swept_and_live_ones_kept() {
+        let base = tempfile::tempdir().unwrap();
+        // Above any pid_max: no such process.
+        let dead = base.path().join("strata-stub-2000000000-abc");
+        let live = base.path().join(format!("strata-stub-{}-def", std::process::id()));
+        let other = base.path().join("not-ours");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d.join("tree/etc")).unwrap();
+        }
+        sweep_stubs(base.path());
+        assert!(!dead.exists() && live.exists() && other.exists());
+    }
 
     #[test]
     fn a_toc_lists_the_layer_and_anything_else_is_refused_by_name() {
