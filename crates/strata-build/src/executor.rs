@@ -26,7 +26,7 @@ use strata_types::{Digest, Platform};
 
 use crate::cache;
 use crate::context_hash::{ContextHashes, FileCount};
-use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, SourceTree};
+use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, Scratch, SourceTree};
 use crate::engine::{ImageSource, StepRunner};
 use crate::error::{BuildError, Result};
 use crate::image::{
@@ -804,15 +804,12 @@ impl<'a> Builder<'a> {
             }
         };
         let image = self.view(state)?;
-        let staging = self.staging()?;
-        let scratch = self.staging()?;
-        let root = staging.path().join("rootfs");
-        std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
+        let scratch = Scratch::new(self.io.store);
         let env = CopyEnv {
             image: &image,
             workdir: &state.run.working_dir,
             is_add,
-            scratch: scratch.path(),
+            scratch: &scratch,
             cancel: &self.io.opts.cancel,
         };
         let mut fetched = Fetched::default();
@@ -857,6 +854,9 @@ impl<'a> Builder<'a> {
         if let Some(hit) = self.cached(at, state, kind, &key, &created_by, &scanned)? {
             return Ok(hit);
         }
+        let staging = self.staging()?;
+        let root = staging.path().join("rootfs");
+        std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
         stage_copy(&env, spec, &tree, &root, &mut fetched)?;
         let staged = scan(&root)?;
         let files = staged.entries().iter().filter(|e| e.kind == strata_layer::EntryKind::File);
