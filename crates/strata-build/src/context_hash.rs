@@ -201,16 +201,60 @@ impl Table {
         (stamp, digest)
     }
 
-    fn find(&self, path: &[u8]) -> Option<usize> {
-        self.records
-            .binary_search_by(|&at| {
-                let len = u32::from_le_bytes(
-                    self.bytes[at + FIXED - 4..at + FIXED].try_into().unwrap_or_default(),
-                ) as usize;
-                self.bytes[at + FIXED..at + FIXED + len].cmp(path)
-            })
-            .ok()
+    /// Where the entries below the directory `key` (its paths `key/...`, every path when
+    /// `key` is empty) lie: a [`Below`] to look its children up in, in name order.
+    fn below(&self, key: &[u8]) -> Below {
+        if key.is_empty() {
+            return Below { start: 0, end: self.records.len(), prefix: 0 };
+        }
+        // From `key/` up to `key0` ('0' is the byte after '/'): exactly the paths below.
+        let mut bound = Vec::with_capacity(key.len() + 1);
+        bound.extend_from_slice(key);
+        bound.push(b'/');
+        let start = self.records.partition_point(|&at| self.path_at(at) < bound.as_slice());
+        bound[key.len()] = b'0';
+        let end = start
+            + self.records[start..].partition_point(|&at| self.path_at(at) < bound.as_slice());
+        Below { start, end, prefix: key.len() + 1 }
     }
+
+    /// The record of the child `name` of the directory of `below`, searched from where the
+    /// last lookup ended: the walk asks for names in increasing order, and the paths below
+    /// one directory sort as their names do (the shared prefix is not compared again).
+    fn find_child(&self, below: &mut Below, name: &[u8]) -> Option<usize> {
+        let range = &self.records[below.start..below.end];
+        match range.binary_search_by(|&at| self.path_at(at)[below.prefix..].cmp(name)) {
+            Ok(k) => {
+                below.start += k + 1;
+                Some(below.start - 1)
+            }
+            Err(k) => {
+                below.start += k;
+                None
+            }
+        }
+    }
+
+    /// The path of the record at byte offset `at`.
+    fn path_at(&self, at: usize) -> &[u8] {
+        let len = u32::from_le_bytes(
+            self.bytes[at + FIXED - 4..at + FIXED].try_into().unwrap_or_default(),
+        ) as usize;
+        &self.bytes[at + FIXED..at + FIXED + len]
+    }
+
+    fn find(&self, path: &[u8]) -> Option<usize> {
+        self.records.binary_search_by(|&at| self.path_at(at).cmp(path)).ok()
+    }
+}
+
+/// The table's records below one directory, `start..end`, each path starting with the
+/// directory's `prefix` bytes (its key and a `/`).
+#[derive(Debug, Clone, Copy)]
+struct Below {
+    start: usize,
+    end: usize,
+    prefix: usize,
 }
 
 /// A v2 file of `entries`, which must be sorted by path without duplicates.
@@ -346,20 +390,31 @@ impl ContextHashes {
         self.hashed.load(Ordering::Relaxed)
     }
 
-    /// The cached digest of the file at `key` (below the root) when its stamp is unchanged.
-    fn lookup(&self, key: &[u8], md: &Meta) -> Option<[u8; 32]> {
+    /// The cached digest of a file with metadata `md` when its stamp is unchanged; `found`
+    /// is its entry in the loaded table, if any. Otherwise (`Err`) its cache key (below the
+    /// root), built by `key` only then.
+    fn lookup(
+        &self,
+        found: Option<usize>,
+        key: impl FnOnce() -> Vec<u8>,
+        md: &Meta,
+    ) -> std::result::Result<[u8; 32], Vec<u8>> {
         let stamp = Stamp::of(md);
-        if let Some(i) = self.table.find(key) {
+        if let Some(i) = found {
             self.seen[i].store(true, Ordering::Relaxed);
             let (s, d) = self.table.entry(i);
             if s == stamp {
-                return Some(d);
+                return Ok(d);
             }
             self.stale[i].store(true, Ordering::Relaxed);
         }
         // A file an earlier step of this build hashed.
+        let key = key();
         let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
-        added.get(key).filter(|(s, _)| *s == stamp).map(|(_, d)| *d)
+        match added.get(&key) {
+            Some((s, d)) if *s == stamp => Ok(*d),
+            _ => Err(key),
+        }
     }
 
     /// Hashes the files the cache had no answer for, keeping each stamp that still
@@ -398,7 +453,7 @@ impl ContextHashes {
         let mut dropped = false;
         for i in 0..self.table.records.len() {
             let path = self.table.path(i);
-            if added.contains_key(path) {
+            if !added.is_empty() && added.contains_key(path) {
                 continue;
             }
             if self.stale[i].load(Ordering::Relaxed) {
@@ -559,12 +614,14 @@ struct Walker<'w, 'a> {
 
 impl Walker<'_, '_> {
     /// The record of an entry with metadata `md`: its link target read by `readlink`, its
-    /// digest looked up under `key`.
+    /// digest looked up in the table (`find`: its entry there) or among the files this
+    /// build hashed (under `key`, which is only built then).
     fn record(
         &self,
         md: Meta,
         inner: Vec<u8>,
-        key: Vec<u8>,
+        find: impl FnOnce() -> Option<usize>,
+        key: impl FnOnce() -> Vec<u8>,
         real: impl Fn() -> PathBuf,
         readlink: impl FnOnce() -> rustix::io::Result<std::ffi::CString>,
     ) -> Result<Record> {
@@ -575,12 +632,10 @@ impl Walker<'_, '_> {
                     readlink().map_err(|e| BuildError::io("readlink", real(), e.into()))?;
                 link = Some(target.into_bytes());
             }
-            FileType::RegularFile => {
-                digest = self.hashes.lookup(&key, &md);
-                if digest.is_none() {
-                    miss = Some(Box::new((real(), key)));
-                }
-            }
+            FileType::RegularFile => match self.hashes.lookup(find(), key, &md) {
+                Ok(d) => digest = Some(d),
+                Err(key) => miss = Some(Box::new((real(), key))),
+            },
             _ => {}
         }
         Ok(Record { inner, md, link, digest, miss })
@@ -626,6 +681,8 @@ impl Walker<'_, '_> {
         let (arena, names) = read_names(&fd, real)?;
         let mut records = Vec::with_capacity(names.len());
         let mut subdirs = Vec::new();
+        let table = &self.hashes.table;
+        let mut below = table.below(key);
         for &(at, len) in &names {
             let cname = CStr::from_bytes_with_nul(&arena[at..at + len])
                 .map_err(|e| BuildError::io("read dir", real, std::io::Error::other(e)))?;
@@ -637,16 +694,19 @@ impl Walker<'_, '_> {
             if self.hidden(rel, inner, name, &md) {
                 continue;
             }
-            let child_key = join(key, name);
             if md.is_dir() {
-                subdirs.push((records.len(), cname, child_key.clone()));
+                subdirs.push((records.len(), cname));
             }
             let readlink = || rustix::fs::readlinkat(&fd, cname, Vec::new());
-            records.push(self.record(md, join(inner, name), child_key, child_real, readlink)?);
+            let find = || table.find_child(&mut below, name);
+            let child_key = || join(key, name);
+            let record = self.record(md, join(inner, name), find, child_key, child_real, readlink);
+            records.push(record?);
         }
         let subdirs = subdirs
             .into_par_iter()
-            .map(|(i, cname, child_key)| {
+            .map(|(i, cname)| {
+                let child_key = join(key, cname.to_bytes());
                 let name = OsStr::from_bytes(cname.to_bytes());
                 let child_real = real.join(name);
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -746,7 +806,9 @@ impl SourceWalk<'_> {
         let md = lstat(real)?;
         let key = real.strip_prefix(&hashes.root).unwrap_or(real).as_os_str().as_bytes();
         let readlink = || rustix::fs::readlink(real, Vec::new());
-        let root = walker.record(md, Vec::new(), key.to_vec(), || real.to_path_buf(), readlink)?;
+        let find = || hashes.table.find(key);
+        let real_path = || real.to_path_buf();
+        let root = walker.record(md, Vec::new(), find, || key.to_vec(), real_path, readlink)?;
         let mut records = vec![root];
         if md.is_dir() {
             let fd = rustix::fs::open(
@@ -844,6 +906,33 @@ mod tests {
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(Table::parse(huge).is_none());
         assert!(Table::parse(b"garbage".to_vec()).is_none());
+    }
+
+    #[test]
+    fn children_are_found_below_their_directory_in_name_order() {
+        let paths: &[&[u8]] = &[b"a", b"a!", b"a/b", b"a/b/c", b"a/c", b"a0", b"b", b"b/a"];
+        let entries: Vec<(&[u8], Stamp, [u8; 32])> =
+            paths.iter().enumerate().map(|(i, p)| (*p, stamp(i as u64), [i as u8; 32])).collect();
+        let t = table_of(&entries);
+        let find_all = |dir: &[u8], names: &[&[u8]]| -> Vec<Option<usize>> {
+            let mut below = t.below(dir);
+            names.iter().map(|n| t.find_child(&mut below, n)).collect()
+        };
+        // Names asked in increasing order, missing ones among them.
+        assert_eq!(
+            find_all(b"", &[b"a", b"a!", b"a.", b"a0", b"b"]),
+            [Some(0), Some(1), None, Some(5), Some(6)]
+        );
+        assert_eq!(
+            find_all(b"a", &[b"a", b"b", b"bb", b"c", b"d"]),
+            [None, Some(2), None, Some(4), None]
+        );
+        assert_eq!(find_all(b"a/b", &[b"c"]), [Some(3)]);
+        assert_eq!(find_all(b"b", &[b"a", b"b"]), [Some(7), None]);
+        // Not a directory of the table, or a prefix of one that is not its parent.
+        assert_eq!(find_all(b"c", &[b"a"]), [None]);
+        assert_eq!(find_all(b"a/", &[b"b"]), [None]);
+        assert_eq!(find_all(b"a!", &[b"b"]), [None]);
     }
 
     #[test]
