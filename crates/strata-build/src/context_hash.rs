@@ -218,6 +218,26 @@ impl Table {
         Below { start, end, prefix: key.len() + 1 }
     }
 
+    /// [`Table::below`] for the subdirectory `name` of the directory of `parent` (as it
+    /// was before any lookup), searched in the parent's range by names only.
+    fn below_child(&self, parent: Below, name: &[u8]) -> Below {
+        let range = &self.records[parent.start..parent.end];
+        let suffix = |at: usize| &self.path_at(at)[parent.prefix..];
+        // Below `name/`, up to `name0` ('0' is the byte after '/').
+        let before = |at: usize, end: u8| {
+            let s = suffix(at);
+            let n = name.len().min(s.len());
+            match s[..n].cmp(name) {
+                std::cmp::Ordering::Equal if s.len() > n => s[n] < end,
+                std::cmp::Ordering::Equal => true,
+                o => o.is_lt(),
+            }
+        };
+        let start = parent.start + range.partition_point(|&at| before(at, b'/'));
+        let end = parent.start + range.partition_point(|&at| before(at, b'0'));
+        Below { start, end, prefix: parent.prefix + name.len() + 1 }
+    }
+
     /// The record of the child `name` of the directory of `below`, searched from where the
     /// last lookup ended: the walk asks for names in increasing order, and the paths below
     /// one directory sort as their names do (the shared prefix is not compared again).
@@ -562,14 +582,49 @@ struct Listing {
 }
 
 impl Listing {
-    /// Appends the records in walk order (each directory followed by what is below it).
-    fn flatten_into(self, out: &mut Vec<Record>) {
-        let mut subdirs = self.subdirs.into_iter().peekable();
-        for (i, r) in self.records.into_iter().enumerate() {
-            out.push(r);
+    /// Calls `f` on each record in walk order (each directory followed by what is below it).
+    fn each<'a>(&'a self, f: &mut impl FnMut(&'a Record)) {
+        let mut subdirs = self.subdirs.iter().peekable();
+        for (i, r) in self.records.iter().enumerate() {
+            f(r);
             if let Some((_, below)) = subdirs.next_if(|(j, _)| *j == i) {
-                below.flatten_into(out);
+                below.each(f);
             }
+        }
+    }
+
+    /// [`Listing::each`], mutably.
+    fn each_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Record)) {
+        let mut subdirs = self.subdirs.iter_mut().peekable();
+        for (i, r) in self.records.iter_mut().enumerate() {
+            f(r);
+            if let Some((_, below)) = subdirs.next_if(|(j, _)| *j == i) {
+                below.each_mut(f);
+            }
+        }
+    }
+}
+
+/// A walked source: its root's record and, for a directory, what is below it. Read in
+/// place, in walk order: not copied into one list (20,000 records of ~180 bytes, moved
+/// and paged in once more on every build).
+struct Tree {
+    root: Record,
+    below: Option<Listing>,
+}
+
+impl Tree {
+    fn each<'a>(&'a self, f: &mut impl FnMut(&'a Record)) {
+        f(&self.root);
+        if let Some(below) = &self.below {
+            below.each(f);
+        }
+    }
+
+    fn each_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Record)) {
+        f(&mut self.root);
+        if let Some(below) = &mut self.below {
+            below.each_mut(f);
         }
     }
 }
@@ -674,6 +729,7 @@ impl Walker<'_, '_> {
         rel: &Path,
         inner: &[u8],
         key: &[u8],
+        below_dir: Below,
     ) -> Result<Listing> {
         if self.walk.cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(BuildError::Cancelled);
@@ -682,7 +738,7 @@ impl Walker<'_, '_> {
         let mut records = Vec::with_capacity(names.len());
         let mut subdirs = Vec::new();
         let table = &self.hashes.table;
-        let mut below = table.below(key);
+        let mut below = below_dir;
         for &(at, len) in &names {
             let cname = CStr::from_bytes_with_nul(&arena[at..at + len])
                 .map_err(|e| BuildError::io("read dir", real, std::io::Error::other(e)))?;
@@ -718,6 +774,7 @@ impl Walker<'_, '_> {
                     &rel.join(name),
                     &records[i].inner,
                     &child_key,
+                    table.below_child(below_dir, cname.to_bytes()),
                 )?;
                 Ok((i, below))
             })
@@ -736,11 +793,7 @@ impl SourceWalk<'_> {
         rel: &Path,
         count: &mut FileCount,
     ) -> Result<Digest> {
-        let (records, changes) = self.records(hashes, real, rel)?;
-        for r in records.iter().filter(|r| r.md.file_type() == FileType::RegularFile) {
-            count.files += 1;
-            count.bytes += r.md.size;
-        }
+        let (tree, changes) = self.records(hashes, real, rel)?;
         count.changed_total += changes.len() as u64;
         let room = FileCount::CHANGES_KEPT.saturating_sub(count.changed.len());
         count.changed.extend(changes.into_iter().take(room));
@@ -748,11 +801,16 @@ impl SourceWalk<'_> {
         h.update(b"source-v1\0");
         // First path of each multiply-linked inode, in walk order (as the copy stages them).
         let mut first_link: HashMap<(u64, u64), &[u8]> = HashMap::new();
-        for r in &records {
-            if r.inner.is_empty() && r.md.is_dir() && !self.root_meta {
-                continue;
-            }
+        let mut missing = false;
+        tree.each(&mut |r| {
             let ft = r.md.file_type();
+            if ft == FileType::RegularFile {
+                count.files += 1;
+                count.bytes += r.md.size;
+            }
+            if r.inner.is_empty() && r.md.is_dir() && !self.root_meta {
+                return;
+            }
             let kind: &[u8] = match ft {
                 FileType::Directory => b"d",
                 FileType::Symlink => b"l",
@@ -777,7 +835,8 @@ impl SourceWalk<'_> {
             }
             if ft == FileType::RegularFile {
                 h.update(r.md.size.to_le_bytes());
-                h.update(r.digest.ok_or_else(internal)?);
+                missing |= r.digest.is_none();
+                h.update(r.digest.unwrap_or_default());
                 if r.md.nlink > 1 {
                     let first = *first_link.entry((r.md.dev, r.md.ino)).or_insert(&r.inner);
                     if first != r.inner.as_slice() {
@@ -789,6 +848,9 @@ impl SourceWalk<'_> {
             if matches!(ft, FileType::CharacterDevice | FileType::BlockDevice) {
                 h.update(r.md.rdev.to_le_bytes());
             }
+        });
+        if missing {
+            return Err(internal());
         }
         Ok(Digest::from_sha256(h.finalize().into()))
     }
@@ -801,7 +863,7 @@ impl SourceWalk<'_> {
         hashes: &ContextHashes,
         real: &Path,
         rel: &Path,
-    ) -> Result<(Vec<Record>, Vec<String>)> {
+    ) -> Result<(Tree, Vec<String>)> {
         let walker = Walker { walk: self, hashes };
         let md = lstat(real)?;
         let key = real.strip_prefix(&hashes.root).unwrap_or(real).as_os_str().as_bytes();
@@ -809,7 +871,7 @@ impl SourceWalk<'_> {
         let find = || hashes.table.find(key);
         let real_path = || real.to_path_buf();
         let root = walker.record(md, Vec::new(), find, || key.to_vec(), real_path, readlink)?;
-        let mut records = vec![root];
+        let mut tree = Tree { root, below: None };
         if md.is_dir() {
             let fd = rustix::fs::open(
                 real,
@@ -817,9 +879,16 @@ impl SourceWalk<'_> {
                 Mode::empty(),
             )
             .map_err(|e| BuildError::io("read dir", real, e.into()))?;
-            walker.dir(fd, real, rel, b"", key)?.flatten_into(&mut records);
+            let below = hashes.table.below(key);
+            tree.below = Some(walker.dir(fd, real, rel, b"", key, below)?);
         }
-        let misses: Vec<_> = records
+        let mut missed: Vec<&mut Record> = Vec::new();
+        tree.each_mut(&mut |r| {
+            if r.miss.is_some() {
+                missed.push(r);
+            }
+        });
+        let misses: Vec<_> = missed
             .iter_mut()
             .enumerate()
             .filter_map(|(i, r)| r.miss.take().map(|m| (i, m.0, m.1, r.md)))
@@ -831,14 +900,15 @@ impl SourceWalk<'_> {
             })
             .collect();
         for (i, digest) in hashes.hash_misses(misses, self.cancel)? {
-            records[i].digest = Some(digest);
+            missed[i].digest = Some(digest);
         }
         let changes = before
             .into_iter()
-            .filter(|(i, _, old)| old.is_some() && *old != records[*i].digest)
+            .filter(|(i, _, old)| old.is_some() && *old != missed[*i].digest)
             .map(|(_, key, _)| String::from_utf8_lossy(&key).into_owned())
             .collect();
-        Ok((records, changes))
+        drop(missed);
+        Ok((tree, changes))
     }
 }
 
@@ -928,6 +998,14 @@ mod tests {
             [None, Some(2), None, Some(4), None]
         );
         assert_eq!(find_all(b"a/b", &[b"c"]), [Some(3)]);
+        // A subdirectory's range found in its parent's, by name, is the one from its key.
+        for (dir, name) in [(&b""[..], &b"a"[..]), (b"", b"b"), (b"", b"c"), (b"a", b"b")] {
+            let key = join(dir, name);
+            let (want, got) = (t.below(&key), t.below_child(t.below(dir), name));
+            assert_eq!((got.start, got.end, got.prefix), (want.start, want.end, want.prefix));
+        }
+        let mut in_a = t.below_child(t.below(b""), b"a");
+        assert_eq!(t.find_child(&mut in_a, b"c"), Some(4));
         assert_eq!(find_all(b"b", &[b"a", b"b"]), [Some(7), None]);
         // Not a directory of the table, or a prefix of one that is not its parent.
         assert_eq!(find_all(b"c", &[b"a"]), [None]);
