@@ -201,16 +201,80 @@ impl Table {
         (stamp, digest)
     }
 
-    fn find(&self, path: &[u8]) -> Option<usize> {
-        self.records
-            .binary_search_by(|&at| {
-                let len = u32::from_le_bytes(
-                    self.bytes[at + FIXED - 4..at + FIXED].try_into().unwrap_or_default(),
-                ) as usize;
-                self.bytes[at + FIXED..at + FIXED + len].cmp(path)
-            })
-            .ok()
+    /// Where the entries below the directory `key` (its paths `key/...`, every path when
+    /// `key` is empty) lie: a [`Below`] to look its children up in, in name order.
+    fn below(&self, key: &[u8]) -> Below {
+        if key.is_empty() {
+            return Below { start: 0, end: self.records.len(), prefix: 0 };
+        }
+        // From `key/` up to `key0` ('0' is the byte after '/'): exactly the paths below.
+        let mut bound = Vec::with_capacity(key.len() + 1);
+        bound.extend_from_slice(key);
+        bound.push(b'/');
+        let start = self.records.partition_point(|&at| self.path_at(at) < bound.as_slice());
+        bound[key.len()] = b'0';
+        let end = start
+            + self.records[start..].partition_point(|&at| self.path_at(at) < bound.as_slice());
+        Below { start, end, prefix: key.len() + 1 }
     }
+
+    /// [`Table::below`] for the subdirectory `name` of the directory of `parent` (as it
+    /// was before any lookup), searched in the parent's range by names only.
+    fn below_child(&self, parent: Below, name: &[u8]) -> Below {
+        let range = &self.records[parent.start..parent.end];
+        let suffix = |at: usize| &self.path_at(at)[parent.prefix..];
+        // Below `name/`, up to `name0` ('0' is the byte after '/').
+        let before = |at: usize, end: u8| {
+            let s = suffix(at);
+            let n = name.len().min(s.len());
+            match s[..n].cmp(name) {
+                std::cmp::Ordering::Equal if s.len() > n => s[n] < end,
+                std::cmp::Ordering::Equal => true,
+                o => o.is_lt(),
+            }
+        };
+        let start = parent.start + range.partition_point(|&at| before(at, b'/'));
+        let end = parent.start + range.partition_point(|&at| before(at, b'0'));
+        Below { start, end, prefix: parent.prefix + name.len() + 1 }
+    }
+
+    /// The record of the child `name` of the directory of `below`, searched from where the
+    /// last lookup ended: the walk asks for names in increasing order, and the paths below
+    /// one directory sort as their names do (the shared prefix is not compared again).
+    fn find_child(&self, below: &mut Below, name: &[u8]) -> Option<usize> {
+        let range = &self.records[below.start..below.end];
+        match range.binary_search_by(|&at| self.path_at(at)[below.prefix..].cmp(name)) {
+            Ok(k) => {
+                below.start += k + 1;
+                Some(below.start - 1)
+            }
+            Err(k) => {
+                below.start += k;
+                None
+            }
+        }
+    }
+
+    /// The path of the record at byte offset `at`.
+    fn path_at(&self, at: usize) -> &[u8] {
+        let len = u32::from_le_bytes(
+            self.bytes[at + FIXED - 4..at + FIXED].try_into().unwrap_or_default(),
+        ) as usize;
+        &self.bytes[at + FIXED..at + FIXED + len]
+    }
+
+    fn find(&self, path: &[u8]) -> Option<usize> {
+        self.records.binary_search_by(|&at| self.path_at(at).cmp(path)).ok()
+    }
+}
+
+/// The table's records below one directory, `start..end`, each path starting with the
+/// directory's `prefix` bytes (its key and a `/`).
+#[derive(Debug, Clone, Copy)]
+struct Below {
+    start: usize,
+    end: usize,
+    prefix: usize,
 }
 
 /// A v2 file of `entries`, which must be sorted by path without duplicates.
@@ -346,20 +410,31 @@ impl ContextHashes {
         self.hashed.load(Ordering::Relaxed)
     }
 
-    /// The cached digest of the file at `key` (below the root) when its stamp is unchanged.
-    fn lookup(&self, key: &[u8], md: &Meta) -> Option<[u8; 32]> {
+    /// The cached digest of a file with metadata `md` when its stamp is unchanged; `found`
+    /// is its entry in the loaded table, if any. Otherwise (`Err`) its cache key (below the
+    /// root), built by `key` only then.
+    fn lookup(
+        &self,
+        found: Option<usize>,
+        key: impl FnOnce() -> Vec<u8>,
+        md: &Meta,
+    ) -> std::result::Result<[u8; 32], Vec<u8>> {
         let stamp = Stamp::of(md);
-        if let Some(i) = self.table.find(key) {
+        if let Some(i) = found {
             self.seen[i].store(true, Ordering::Relaxed);
             let (s, d) = self.table.entry(i);
             if s == stamp {
-                return Some(d);
+                return Ok(d);
             }
             self.stale[i].store(true, Ordering::Relaxed);
         }
         // A file an earlier step of this build hashed.
+        let key = key();
         let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
-        added.get(key).filter(|(s, _)| *s == stamp).map(|(_, d)| *d)
+        match added.get(&key) {
+            Some((s, d)) if *s == stamp => Ok(*d),
+            _ => Err(key),
+        }
     }
 
     /// Hashes the files the cache had no answer for, keeping each stamp that still
@@ -398,7 +473,7 @@ impl ContextHashes {
         let mut dropped = false;
         for i in 0..self.table.records.len() {
             let path = self.table.path(i);
-            if added.contains_key(path) {
+            if !added.is_empty() && added.contains_key(path) {
                 continue;
             }
             if self.stale[i].load(Ordering::Relaxed) {
@@ -507,14 +582,49 @@ struct Listing {
 }
 
 impl Listing {
-    /// Appends the records in walk order (each directory followed by what is below it).
-    fn flatten_into(self, out: &mut Vec<Record>) {
-        let mut subdirs = self.subdirs.into_iter().peekable();
-        for (i, r) in self.records.into_iter().enumerate() {
-            out.push(r);
+    /// Calls `f` on each record in walk order (each directory followed by what is below it).
+    fn each<'a>(&'a self, f: &mut impl FnMut(&'a Record)) {
+        let mut subdirs = self.subdirs.iter().peekable();
+        for (i, r) in self.records.iter().enumerate() {
+            f(r);
             if let Some((_, below)) = subdirs.next_if(|(j, _)| *j == i) {
-                below.flatten_into(out);
+                below.each(f);
             }
+        }
+    }
+
+    /// [`Listing::each`], mutably.
+    fn each_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Record)) {
+        let mut subdirs = self.subdirs.iter_mut().peekable();
+        for (i, r) in self.records.iter_mut().enumerate() {
+            f(r);
+            if let Some((_, below)) = subdirs.next_if(|(j, _)| *j == i) {
+                below.each_mut(f);
+            }
+        }
+    }
+}
+
+/// A walked source: its root's record and, for a directory, what is below it. Read in
+/// place, in walk order: not copied into one list (20,000 records of ~180 bytes, moved
+/// and paged in once more on every build).
+struct Tree {
+    root: Record,
+    below: Option<Listing>,
+}
+
+impl Tree {
+    fn each<'a>(&'a self, f: &mut impl FnMut(&'a Record)) {
+        f(&self.root);
+        if let Some(below) = &self.below {
+            below.each(f);
+        }
+    }
+
+    fn each_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Record)) {
+        f(&mut self.root);
+        if let Some(below) = &mut self.below {
+            below.each_mut(f);
         }
     }
 }
@@ -559,12 +669,14 @@ struct Walker<'w, 'a> {
 
 impl Walker<'_, '_> {
     /// The record of an entry with metadata `md`: its link target read by `readlink`, its
-    /// digest looked up under `key`.
+    /// digest looked up in the table (`find`: its entry there) or among the files this
+    /// build hashed (under `key`, which is only built then).
     fn record(
         &self,
         md: Meta,
         inner: Vec<u8>,
-        key: Vec<u8>,
+        find: impl FnOnce() -> Option<usize>,
+        key: impl FnOnce() -> Vec<u8>,
         real: impl Fn() -> PathBuf,
         readlink: impl FnOnce() -> rustix::io::Result<std::ffi::CString>,
     ) -> Result<Record> {
@@ -575,12 +687,10 @@ impl Walker<'_, '_> {
                     readlink().map_err(|e| BuildError::io("readlink", real(), e.into()))?;
                 link = Some(target.into_bytes());
             }
-            FileType::RegularFile => {
-                digest = self.hashes.lookup(&key, &md);
-                if digest.is_none() {
-                    miss = Some(Box::new((real(), key)));
-                }
-            }
+            FileType::RegularFile => match self.hashes.lookup(find(), key, &md) {
+                Ok(d) => digest = Some(d),
+                Err(key) => miss = Some(Box::new((real(), key))),
+            },
             _ => {}
         }
         Ok(Record { inner, md, link, digest, miss })
@@ -619,6 +729,7 @@ impl Walker<'_, '_> {
         rel: &Path,
         inner: &[u8],
         key: &[u8],
+        below_dir: Below,
     ) -> Result<Listing> {
         if self.walk.cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(BuildError::Cancelled);
@@ -626,6 +737,8 @@ impl Walker<'_, '_> {
         let (arena, names) = read_names(&fd, real)?;
         let mut records = Vec::with_capacity(names.len());
         let mut subdirs = Vec::new();
+        let table = &self.hashes.table;
+        let mut below = below_dir;
         for &(at, len) in &names {
             let cname = CStr::from_bytes_with_nul(&arena[at..at + len])
                 .map_err(|e| BuildError::io("read dir", real, std::io::Error::other(e)))?;
@@ -637,16 +750,19 @@ impl Walker<'_, '_> {
             if self.hidden(rel, inner, name, &md) {
                 continue;
             }
-            let child_key = join(key, name);
             if md.is_dir() {
-                subdirs.push((records.len(), cname, child_key.clone()));
+                subdirs.push((records.len(), cname));
             }
             let readlink = || rustix::fs::readlinkat(&fd, cname, Vec::new());
-            records.push(self.record(md, join(inner, name), child_key, child_real, readlink)?);
+            let find = || table.find_child(&mut below, name);
+            let child_key = || join(key, name);
+            let record = self.record(md, join(inner, name), find, child_key, child_real, readlink);
+            records.push(record?);
         }
         let subdirs = subdirs
             .into_par_iter()
-            .map(|(i, cname, child_key)| {
+            .map(|(i, cname)| {
+                let child_key = join(key, cname.to_bytes());
                 let name = OsStr::from_bytes(cname.to_bytes());
                 let child_real = real.join(name);
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -658,6 +774,7 @@ impl Walker<'_, '_> {
                     &rel.join(name),
                     &records[i].inner,
                     &child_key,
+                    table.below_child(below_dir, cname.to_bytes()),
                 )?;
                 Ok((i, below))
             })
@@ -676,11 +793,7 @@ impl SourceWalk<'_> {
         rel: &Path,
         count: &mut FileCount,
     ) -> Result<Digest> {
-        let (records, changes) = self.records(hashes, real, rel)?;
-        for r in records.iter().filter(|r| r.md.file_type() == FileType::RegularFile) {
-            count.files += 1;
-            count.bytes += r.md.size;
-        }
+        let (tree, changes) = self.records(hashes, real, rel)?;
         count.changed_total += changes.len() as u64;
         let room = FileCount::CHANGES_KEPT.saturating_sub(count.changed.len());
         count.changed.extend(changes.into_iter().take(room));
@@ -688,11 +801,16 @@ impl SourceWalk<'_> {
         h.update(b"source-v1\0");
         // First path of each multiply-linked inode, in walk order (as the copy stages them).
         let mut first_link: HashMap<(u64, u64), &[u8]> = HashMap::new();
-        for r in &records {
-            if r.inner.is_empty() && r.md.is_dir() && !self.root_meta {
-                continue;
-            }
+        let mut missing = false;
+        tree.each(&mut |r| {
             let ft = r.md.file_type();
+            if ft == FileType::RegularFile {
+                count.files += 1;
+                count.bytes += r.md.size;
+            }
+            if r.inner.is_empty() && r.md.is_dir() && !self.root_meta {
+                return;
+            }
             let kind: &[u8] = match ft {
                 FileType::Directory => b"d",
                 FileType::Symlink => b"l",
@@ -717,7 +835,8 @@ impl SourceWalk<'_> {
             }
             if ft == FileType::RegularFile {
                 h.update(r.md.size.to_le_bytes());
-                h.update(r.digest.ok_or_else(internal)?);
+                missing |= r.digest.is_none();
+                h.update(r.digest.unwrap_or_default());
                 if r.md.nlink > 1 {
                     let first = *first_link.entry((r.md.dev, r.md.ino)).or_insert(&r.inner);
                     if first != r.inner.as_slice() {
@@ -729,6 +848,9 @@ impl SourceWalk<'_> {
             if matches!(ft, FileType::CharacterDevice | FileType::BlockDevice) {
                 h.update(r.md.rdev.to_le_bytes());
             }
+        });
+        if missing {
+            return Err(internal());
         }
         Ok(Digest::from_sha256(h.finalize().into()))
     }
@@ -741,13 +863,15 @@ impl SourceWalk<'_> {
         hashes: &ContextHashes,
         real: &Path,
         rel: &Path,
-    ) -> Result<(Vec<Record>, Vec<String>)> {
+    ) -> Result<(Tree, Vec<String>)> {
         let walker = Walker { walk: self, hashes };
         let md = lstat(real)?;
         let key = real.strip_prefix(&hashes.root).unwrap_or(real).as_os_str().as_bytes();
         let readlink = || rustix::fs::readlink(real, Vec::new());
-        let root = walker.record(md, Vec::new(), key.to_vec(), || real.to_path_buf(), readlink)?;
-        let mut records = vec![root];
+        let find = || hashes.table.find(key);
+        let real_path = || real.to_path_buf();
+        let root = walker.record(md, Vec::new(), find, || key.to_vec(), real_path, readlink)?;
+        let mut tree = Tree { root, below: None };
         if md.is_dir() {
             let fd = rustix::fs::open(
                 real,
@@ -755,9 +879,16 @@ impl SourceWalk<'_> {
                 Mode::empty(),
             )
             .map_err(|e| BuildError::io("read dir", real, e.into()))?;
-            walker.dir(fd, real, rel, b"", key)?.flatten_into(&mut records);
+            let below = hashes.table.below(key);
+            tree.below = Some(walker.dir(fd, real, rel, b"", key, below)?);
         }
-        let misses: Vec<_> = records
+        let mut missed: Vec<&mut Record> = Vec::new();
+        tree.each_mut(&mut |r| {
+            if r.miss.is_some() {
+                missed.push(r);
+            }
+        });
+        let misses: Vec<_> = missed
             .iter_mut()
             .enumerate()
             .filter_map(|(i, r)| r.miss.take().map(|m| (i, m.0, m.1, r.md)))
@@ -769,14 +900,15 @@ impl SourceWalk<'_> {
             })
             .collect();
         for (i, digest) in hashes.hash_misses(misses, self.cancel)? {
-            records[i].digest = Some(digest);
+            missed[i].digest = Some(digest);
         }
         let changes = before
             .into_iter()
-            .filter(|(i, _, old)| old.is_some() && *old != records[*i].digest)
+            .filter(|(i, _, old)| old.is_some() && *old != missed[*i].digest)
             .map(|(_, key, _)| String::from_utf8_lossy(&key).into_owned())
             .collect();
-        Ok((records, changes))
+        drop(missed);
+        Ok((tree, changes))
     }
 }
 
@@ -844,6 +976,41 @@ mod tests {
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(Table::parse(huge).is_none());
         assert!(Table::parse(b"garbage".to_vec()).is_none());
+    }
+
+    #[test]
+    fn children_are_found_below_their_directory_in_name_order() {
+        let paths: &[&[u8]] = &[b"a", b"a!", b"a/b", b"a/b/c", b"a/c", b"a0", b"b", b"b/a"];
+        let entries: Vec<(&[u8], Stamp, [u8; 32])> =
+            paths.iter().enumerate().map(|(i, p)| (*p, stamp(i as u64), [i as u8; 32])).collect();
+        let t = table_of(&entries);
+        let find_all = |dir: &[u8], names: &[&[u8]]| -> Vec<Option<usize>> {
+            let mut below = t.below(dir);
+            names.iter().map(|n| t.find_child(&mut below, n)).collect()
+        };
+        // Names asked in increasing order, missing ones among them.
+        assert_eq!(
+            find_all(b"", &[b"a", b"a!", b"a.", b"a0", b"b"]),
+            [Some(0), Some(1), None, Some(5), Some(6)]
+        );
+        assert_eq!(
+            find_all(b"a", &[b"a", b"b", b"bb", b"c", b"d"]),
+            [None, Some(2), None, Some(4), None]
+        );
+        assert_eq!(find_all(b"a/b", &[b"c"]), [Some(3)]);
+        // A subdirectory's range found in its parent's, by name, is the one from its key.
+        for (dir, name) in [(&b""[..], &b"a"[..]), (b"", b"b"), (b"", b"c"), (b"a", b"b")] {
+            let key = join(dir, name);
+            let (want, got) = (t.below(&key), t.below_child(t.below(dir), name));
+            assert_eq!((got.start, got.end, got.prefix), (want.start, want.end, want.prefix));
+        }
+        let mut in_a = t.below_child(t.below(b""), b"a");
+        assert_eq!(t.find_child(&mut in_a, b"c"), Some(4));
+        assert_eq!(find_all(b"b", &[b"a", b"b"]), [Some(7), None]);
+        // Not a directory of the table, or a prefix of one that is not its parent.
+        assert_eq!(find_all(b"c", &[b"a"]), [None]);
+        assert_eq!(find_all(b"a/", &[b"b"]), [None]);
+        assert_eq!(find_all(b"a!", &[b"b"]), [None]);
     }
 
     #[test]

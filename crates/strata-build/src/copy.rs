@@ -75,10 +75,33 @@ pub(crate) struct CopyEnv<'a> {
     pub image: &'a MergedView,
     pub workdir: &'a str,
     pub is_add: bool,
-    /// Scratch space for heredoc and URL sources.
-    pub scratch: &'a Path,
+    /// Scratch space for heredoc, URL and git sources.
+    pub scratch: &'a Scratch<'a>,
     /// The build's Ctrl-C, looked at between files and between chunks of a big one.
     pub cancel: &'a CancelToken,
+}
+
+/// A step's scratch directory, made on first use: a COPY of context paths that hits the
+/// cache makes no directory (a no-op rebuild writes nothing it does not have to).
+pub(crate) struct Scratch<'a> {
+    store: &'a strata_store::Store,
+    dir: std::sync::Mutex<Option<strata_store::WorkDir>>,
+}
+
+impl<'a> Scratch<'a> {
+    /// Scratch space in `store`'s tmp, not made yet.
+    pub fn new(store: &'a strata_store::Store) -> Scratch<'a> {
+        Scratch { store, dir: std::sync::Mutex::new(None) }
+    }
+
+    /// The directory, made now if it was not yet.
+    pub fn path(&self) -> Result<PathBuf> {
+        let mut dir = self.dir.lock().unwrap_or_else(|p| p.into_inner());
+        if dir.is_none() {
+            *dir = Some(self.store.work_dir("step-")?);
+        }
+        Ok(dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default())
+    }
 }
 
 /// One expanded source.
@@ -185,7 +208,7 @@ pub(crate) fn source_inputs(
                     fetched.commits.insert(i, resolved);
                 }
                 None if spec.checksum.is_none() => {
-                    let item = fetch_url(url, None, env.scratch, i)?;
+                    let item = fetch_url(url, None, &env.scratch.path()?, i)?;
                     let digest = Digest::from_sha256(hash_file(&item.real, Some(env.cancel))?);
                     out.push(serde_json::json!({ "fetched": digest.to_string(), "name": item.name.to_string_lossy() }));
                     fetched.urls.insert(i, item);
@@ -224,7 +247,7 @@ pub(crate) fn stage_copy(
         match src {
             Source::Path { path } => items.extend(expand_path(tree, path, spec, env)?),
             Source::Heredoc { name, content, .. } => {
-                let dir = env.scratch.join(format!("heredoc-{i}"));
+                let dir = env.scratch.path()?.join(format!("heredoc-{i}"));
                 fs::create_dir_all(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
                 let real = dir.join(name);
                 fs::write(&real, content).map_err(|e| BuildError::io("write", &real, e))?;
@@ -252,7 +275,12 @@ pub(crate) fn stage_copy(
                 }
                 match fetched.urls.remove(&i) {
                     Some(item) => items.push(item),
-                    None => items.push(fetch_url(url, spec.checksum.as_deref(), env.scratch, i)?),
+                    None => items.push(fetch_url(
+                        url,
+                        spec.checksum.as_deref(),
+                        &env.scratch.path()?,
+                        i,
+                    )?),
                 }
             }
         }
@@ -897,7 +925,7 @@ fn git_item(
             r
         }
     };
-    let dir = env.scratch.join(format!("git-{i}"));
+    let dir = env.scratch.path()?.join(format!("git-{i}"));
     let root = crate::git::checkout(url, &resolved, &dir, spec.keep_git_dir)?;
     Ok(Item {
         real: root.clone(),

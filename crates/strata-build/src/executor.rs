@@ -26,7 +26,7 @@ use strata_types::{Digest, Platform};
 
 use crate::cache;
 use crate::context_hash::{ContextHashes, FileCount};
-use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, SourceTree};
+use crate::copy::{ensure_dir, source_inputs, stage_copy, CopyEnv, Fetched, Scratch, SourceTree};
 use crate::engine::{ImageSource, StepRunner};
 use crate::error::{BuildError, Result};
 use crate::image::{
@@ -953,15 +953,12 @@ impl<'a> Builder<'a> {
         // The key needs nothing of the parent image: it is looked at only on a miss (a cold
         // runner's hit then unpacks or stands in nothing).
         let no_parent = MergedView::default();
-        let staging = self.staging()?;
-        let scratch = self.staging()?;
-        let root = staging.path().join("rootfs");
-        std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
+        let scratch = Scratch::new(self.io.store);
         let key_env = CopyEnv {
             image: &no_parent,
             workdir: &state.run.working_dir,
             is_add,
-            scratch: scratch.path(),
+            scratch: &scratch,
             cancel: &self.io.opts.cancel,
         };
         let mut fetched = Fetched::default();
@@ -1013,6 +1010,9 @@ impl<'a> Builder<'a> {
             false => self.view(state),
         })?;
         let env = CopyEnv { image: &image, ..key_env };
+        let staging = self.staging()?;
+        let root = staging.path().join("rootfs");
+        std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
         phases.time("copy to staging", || stage_copy(&env, spec, &tree, &root, &mut fetched))?;
         let staged = phases.time("scan staging", || scan(&root))?;
         let files = staged.entries().iter().filter(|e| e.kind == strata_layer::EntryKind::File);

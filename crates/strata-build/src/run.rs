@@ -64,14 +64,16 @@ impl Builder<'_> {
         if insecure && !self.io.opts.allow_insecure {
             return Err(BuildError::InsecureRun);
         }
-        let scratch = self.staging()?;
+        // Made before the cache check only when the command needs it (a script heredoc):
+        // a RUN that hits the cache makes no directory.
+        let mut early_scratch = None;
         let mut mounts = Vec::new();
         let argv = match &run.command {
             Command::Exec(v) => v.clone(),
             Command::Shell(s) => match run.heredocs.first() {
                 Some(h) if run.heredocs.len() == 1 && is_lone_heredoc(s, h) => {
                     if h.content.starts_with("#!") {
-                        let dir = scratch.path().join("pipes");
+                        let dir = early_scratch.insert(self.staging()?).path().join("pipes");
                         fs::create_dir(&dir).map_err(|e| BuildError::io("mkdir", &dir, e))?;
                         let file = dir.join(&h.name);
                         fs::write(&file, &h.content)
@@ -143,6 +145,10 @@ impl Builder<'_> {
         {
             return Ok(hit);
         }
+        let scratch = match early_scratch {
+            Some(s) => s,
+            None => self.staging()?,
+        };
         // A foreign platform's command runs through an emulator, which must be there first.
         if let Some(p) = &state.platform {
             self.io.runner.prepare_platform(p)?;

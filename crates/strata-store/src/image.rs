@@ -216,6 +216,11 @@ impl Store {
         annotations.insert(REF_NAME_ANNOTATION.to_owned(), key.clone());
         entry.set_annotations(Some(annotations));
         self.update_index(|index| {
+            let mut named = index.manifests().iter().filter(|m| ref_name(m) == Some(key.as_str()));
+            if named.next() == Some(&entry) && named.next().is_none() {
+                // Already so: the index stays as it is (and is not rewritten).
+                return Ok(());
+            }
             let mut manifests = index.manifests().clone();
             manifests.retain(|m| ref_name(m) != Some(key.as_str()));
             manifests.push(entry);

@@ -55,6 +55,11 @@ impl Store {
     /// [`StoreError::DamagedFile`] ([`Store::fsck`] with `repair` rebuilds it from the tag
     /// records).
     pub fn read_index(&self) -> Result<ImageIndex, StoreError> {
+        self.read_index_with_bytes().map(|(index, _)| index)
+    }
+
+    /// [`Store::read_index`], and the bytes it was parsed from.
+    fn read_index_with_bytes(&self) -> Result<(ImageIndex, Vec<u8>), StoreError> {
         let path = self.index_path();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -63,8 +68,10 @@ impl Store {
             }
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
-        serde_json::from_slice(&bytes)
-            .map_err(|e| StoreError::DamagedFile { path, problem: FileDamage::Unparseable(e) })
+        match serde_json::from_slice(&bytes) {
+            Ok(index) => Ok((index, bytes)),
+            Err(e) => Err(StoreError::DamagedFile { path, problem: FileDamage::Unparseable(e) }),
+        }
     }
 
     /// Takes the exclusive store lock (blocking until other updaters are done).
@@ -79,14 +86,16 @@ impl Store {
 
     /// Read-modify-write of `index.json` under the store lock. `f` may fail, in which case
     /// nothing is written. The tag records follow `index.json` (see the `tag_records` module).
+    /// An update that leaves the bytes as they were (a rebuild tagging the same image again)
+    /// writes no `index.json`: a no-op build costs no fsync.
     pub(crate) fn update_index<T>(
         &self,
         f: impl FnOnce(&mut ImageIndex) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let lock = self.lock()?;
-        let mut index = self.read_index()?;
+        let (mut index, before) = self.read_index_with_bytes()?;
         let out = f(&mut index)?;
-        self.write_index_locked(&lock, &index)?;
+        self.put_index_locked(&lock, &index, Some(&before))?;
         Ok(out)
     }
 
@@ -94,10 +103,25 @@ impl Store {
     /// marks the store as being in the current format. The caller holds the store lock.
     pub(crate) fn write_index_locked(
         &self,
-        _lock: &StoreLock,
+        lock: &StoreLock,
         index: &ImageIndex,
     ) -> Result<usize, StoreError> {
-        self.write_file_atomic(&self.index_path(), &index_bytes(index)?)?;
+        self.put_index_locked(lock, index, None)
+    }
+
+    /// [`Store::write_index_locked`], skipping the write of `index.json` when its bytes
+    /// would be `unless` (what the file holds now); the tag records and the format mark are
+    /// still brought in step.
+    fn put_index_locked(
+        &self,
+        _lock: &StoreLock,
+        index: &ImageIndex,
+        unless: Option<&[u8]>,
+    ) -> Result<usize, StoreError> {
+        let bytes = index_bytes(index)?;
+        if unless != Some(bytes.as_slice()) {
+            self.write_file_atomic(&self.index_path(), &bytes)?;
+        }
         let changed = self.sync_tag_records(index)?;
         if self.read_format().ok() != Some(crate::store::STORE_FORMAT) {
             self.write_format()?;

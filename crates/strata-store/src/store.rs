@@ -374,8 +374,16 @@ impl Store {
     /// object keys sorted bytewise at every level. Sorting makes the bytes independent of
     /// `HashMap` iteration order (labels, annotations), so the same value always yields the same
     /// digest, on any machine.
+    /// A value already stored (a rebuild's config and manifest) writes nothing, not even a
+    /// temp file.
     pub fn put_json<T: Serialize + ?Sized>(&self, v: &T) -> Result<PutBlob, StoreError> {
         let bytes = canonical_json(v)?;
+        let digest = Digest::of_bytes(&bytes);
+        self.lease()?;
+        // Pinned before it is found present, as BlobWriter does, so gc cannot take it between.
+        if self.with_pins(&[digest], || Ok(self.has_blob(&digest)))? {
+            return Ok(PutBlob { digest, size: bytes.len() as u64, created: false });
+        }
         self.put_blob(bytes.as_slice())
     }
 

@@ -85,6 +85,29 @@ fn image_rejects_unknown_media_types() {
     assert!(matches!(store.image(&wrong_size), Err(StoreError::SizeMismatch { .. })));
 }
 
+/// A rebuild tags the image it built again: when the tag already names it, `index.json` is
+/// not rewritten (no temp file, rename or fsync on a no-op build); a moved tag still is.
+#[test]
+fn retagging_the_same_image_leaves_index_json_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path()).unwrap();
+    let a = make_image(&store, &[("a", "a")], "a");
+    let b = make_image(&store, &[("b", "b")], "b");
+    store.tag("app:v1", &a).unwrap();
+    store.tag("other:v1", &b).unwrap();
+    let path = common::layout::index_path(&store);
+    let ino = || fs::metadata(&path).unwrap().ino();
+    let before = (ino(), fs::read(&path).unwrap());
+    // Not the last entry: a retag that moved it to the end would change the bytes.
+    store.tag("app:v1", &a).unwrap();
+    assert_eq!(store.retag("app:v1", &a).unwrap(), None);
+    assert_eq!((ino(), fs::read(&path).unwrap()), before, "index.json was rewritten");
+    store.tag("app:v1", &b).unwrap();
+    assert_ne!(ino(), before.0, "a moved tag must be written");
+    assert_eq!(store.resolve("app:v1").unwrap().digest(), b.digest());
+}
+
 #[test]
 fn tag_untag_list_resolve() {
     let dir = tempfile::tempdir().unwrap();
