@@ -558,7 +558,7 @@ fn open_in_root(root: &Path, path: &str) -> io::Result<std::os::fd::OwnedFd> {
     let dir =
         rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
     let path = if path.is_empty() { "." } else { path };
-    Ok(rustix::fs::openat2(
+    Ok(crate::sys::openat2_retrying(
         &dir,
         path,
         OFlags::PATH | OFlags::CLOEXEC,
@@ -576,7 +576,7 @@ fn open_in_root_for_reading(root: &Path, path: &str) -> Result<std::os::fd::Owne
             path: root.to_path_buf(),
             source: e.into(),
         })?;
-    rustix::fs::openat2(
+    crate::sys::openat2_retrying(
         &dir,
         path,
         OFlags::RDONLY | OFlags::CLOEXEC,

@@ -37,7 +37,7 @@ pub(crate) fn open_dir_beneath(root: &Path, rel: &str) -> Option<OwnedFd> {
     if rel.is_empty() {
         return Some(dir);
     }
-    rustix::fs::openat2(
+    crate::sys::openat2_retrying(
         &dir,
         rel,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,

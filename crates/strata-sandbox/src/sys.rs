@@ -334,15 +334,46 @@ unsafe fn openat2_in_root(dir: libc::c_int, path: &CStr, flags: libc::c_int) -> 
         mode: 0,
         resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     };
-    // SAFETY: a correctly sized open_how and a valid C string.
-    unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        ) as libc::c_int
+    // EAGAIN: a `..` raced with a rename or mount somewhere on the system, and the kernel
+    // could not vouch that it stayed inside; openat2(2) says the caller may retry.
+    for _ in 0..OPENAT2_TRIES {
+        // SAFETY: a correctly sized open_how and a valid C string.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir,
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            ) as libc::c_int
+        };
+        if fd >= 0 || last_errno() != libc::EAGAIN {
+            return fd;
+        }
+    }
+    -1
+}
+
+/// How many times an `openat2` that says EAGAIN is tried (see [`openat2_in_root`]).
+pub(crate) const OPENAT2_TRIES: usize = 64;
+
+/// `rustix::fs::openat2`, retried while it says EAGAIN: with `RESOLVE_IN_ROOT` or
+/// `RESOLVE_BENEATH` the kernel answers that when a `..` raced with a rename or mount anywhere
+/// on the system and it could not vouch that the walk stayed inside (openat2(2): "The caller
+/// may choose to retry"). Seen under load beside other builders' mounts.
+pub(crate) fn openat2_retrying<Fd: std::os::fd::AsFd>(
+    dir: Fd,
+    path: &str,
+    oflags: rustix::fs::OFlags,
+    mode: rustix::fs::Mode,
+    resolve: rustix::fs::ResolveFlags,
+) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    let mut tries = 1;
+    loop {
+        match rustix::fs::openat2(&dir, path, oflags, mode, resolve) {
+            Err(rustix::io::Errno::AGAIN) if tries < OPENAT2_TRIES => tries += 1,
+            other => return other,
+        }
     }
 }
 

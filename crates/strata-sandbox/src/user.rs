@@ -62,7 +62,7 @@ fn read_in_root(root: &Path, rel: &str) -> Result<String, SandboxError> {
             .map_err(io)?;
     let flags = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |oflags: OFlags| {
-        rustix::fs::openat2(&dir, rel, oflags | OFlags::CLOEXEC, Mode::empty(), flags)
+        crate::sys::openat2_retrying(&dir, rel, oflags | OFlags::CLOEXEC, Mode::empty(), flags)
     };
     let fd = match open(OFlags::PATH) {
         Ok(fd) => fd,
