@@ -369,19 +369,7 @@ impl Imported {
     /// (verified), and recorded as that layer's.
     pub fn toc(&self, store: &Store, diff_id: &Digest) -> Option<Descriptor> {
         let (n, toc) = self.tocs.get(diff_id)?;
-        let digest = Digest::try_from(toc.digest()).ok()?;
-        if !store.has_blob(&digest) {
-            match &self.sources[*n].1 {
-                Source::Registry { client, cache } => {
-                    cache.fetch_blob(client, store, &digest, toc.size()).ok()?
-                }
-                Source::Local { dir } => {
-                    let layout = Store::open(dir).ok()?;
-                    let blob = layout.open_blob(&digest).ok()?;
-                    store.put_blob_verified(blob, &digest, Some(toc.size())).ok()?;
-                }
-            }
-        }
+        self.fetch_blob(*n, store, toc).ok()?;
         store.set_layer_toc(diff_id, toc).ok()?;
         Some(toc.clone())
     }
@@ -393,13 +381,27 @@ impl Imported {
         store: &Store,
         entry: &CacheEntry,
     ) -> std::result::Result<(), String> {
+        self.fetch_blob(n, store, &entry.layer)
+    }
+
+    /// Brings blob `desc` (a layer or a table of contents) from source `n` into `store`,
+    /// verified; nothing when it is there already.
+    fn fetch_blob(
+        &self,
+        n: usize,
+        store: &Store,
+        desc: &Descriptor,
+    ) -> std::result::Result<(), String> {
+        let digest = Digest::try_from(desc.digest()).map_err(|e| strata_types::chain(&e))?;
+        if store.has_blob(&digest) {
+            return Ok(());
+        }
         match &self.sources[n].1 {
             Source::Registry { client, cache } => cache
-                .fetch_layer(client, store, entry, &strata_registry::NoTransferProgress)
+                .fetch_blob(client, store, &digest, desc.size())
                 .map_err(|e| strata_types::chain(&e)),
-            Source::Local { dir } => {
-                fetch_layout_blob(store, dir, entry).map_err(|e| strata_types::chain(&e))
-            }
+            Source::Local { dir } => fetch_layout_blob(store, dir, &digest, desc.size())
+                .map_err(|e| strata_types::chain(&e)),
         }
     }
 
@@ -509,14 +511,10 @@ fn read_layout_index(dir: &Path) -> Result<CacheIndex> {
     Ok(CacheIndex::from_json(&layout.read_blob(&config)?)?)
 }
 
-/// Copies the layer of `entry` from the layout at `dir` into `store`, verified.
-fn fetch_layout_blob(store: &Store, dir: &Path, entry: &CacheEntry) -> Result<()> {
-    let digest = Digest::try_from(entry.layer.digest()).map_err(strata_store::StoreError::from)?;
-    if store.has_blob(&digest) {
-        return Ok(());
-    }
+/// Copies blob `digest` of `size` bytes from the layout at `dir` into `store`, verified.
+fn fetch_layout_blob(store: &Store, dir: &Path, digest: &Digest, size: u64) -> Result<()> {
     let layout = Store::open(dir)?;
-    store.put_blob_verified(layout.open_blob(&digest)?, &digest, Some(entry.layer.size()))?;
+    store.put_blob_verified(layout.open_blob(digest)?, digest, Some(size))?;
     Ok(())
 }
 
