@@ -35,7 +35,7 @@ use crate::image::{
 };
 use crate::options::{BuildOptions, NamedContext, StepReport};
 use crate::progress::{BuildEvent, ProgressSink, StepPhase};
-use crate::rootfs::{adopt_snapshot, ensure_snapshot, resolve_owner, view_of_chain};
+use crate::rootfs::{adopt_snapshot, adopt_upper, ensure_snapshot, resolve_owner, view_of_chain};
 use strata_layer::overlay::MergedView;
 use strata_store::WorkDir;
 
@@ -828,6 +828,27 @@ impl<'a> Builder<'a> {
         let layer = self.write(changeset, tree, phases)?;
         let epoch = self.io.opts.timestamp;
         phases.time("snapshot", || adopt_snapshot(self.io.store, &layer.0, tree, epoch))?;
+        Ok(layer)
+    }
+
+    /// Like [`Builder::commit`] for a RUN whose `changeset` was read from the overlay
+    /// upperdir `upper`: the upper becomes the snapshot where it can be made exactly what
+    /// unpacking the blob gives (phase `snapshot`); else the blob is unpacked (phase
+    /// `snapshot unpack`, which `--progress plain` then shows).
+    pub fn commit_upper(
+        &self,
+        changeset: &Changeset,
+        upper: &Path,
+        phases: &mut Phases,
+    ) -> Result<(LayerRef, u64)> {
+        let layer = self.write(changeset, upper, phases)?;
+        let epoch = self.io.opts.timestamp;
+        let store = self.io.store;
+        let adopted =
+            phases.time("snapshot", || adopt_upper(store, &layer.0, upper, changeset, epoch))?;
+        if adopted.is_none() {
+            phases.time("snapshot unpack", || ensure_snapshot(store, &layer.0))?;
+        }
         Ok(layer)
     }
 

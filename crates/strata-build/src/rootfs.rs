@@ -10,8 +10,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use strata_layer::overlay::MergedView;
-use strata_layer::{apply_blob, ApplyOptions};
+use strata_layer::overlay::{self, MergedView};
+use strata_layer::{apply_blob, ApplyOptions, Changeset};
 use strata_store::Store;
 
 use crate::error::{BuildError, Result};
@@ -87,6 +87,28 @@ pub(crate) fn adopt_snapshot(
         .map_err(|e| BuildError::io("utimensat", entry.path(), e.into()))?;
     }
     Ok(store.snapshots().adopt(&layer.diff_id, tree)?)
+}
+
+/// Makes `upper`, the overlay upperdir a RUN's `changeset` (and layer) was read from, the
+/// snapshot of `layer` by renaming it into place, when strata-layer's overlay model can make
+/// it exactly what unpacking the blob would give ([`overlay::snapshot_from_upper`]): a RUN's
+/// result is then written once, not a second time from the blob. `None` when it cannot (the
+/// caller unpacks); an error while converting is such a case too, since the upper is thrown
+/// away with its work directory and the blob is the truth. An existing snapshot wins.
+pub(crate) fn adopt_upper(
+    store: &Store,
+    layer: &LayerRef,
+    upper: &Path,
+    changeset: &Changeset,
+    epoch: i64,
+) -> Result<Option<PathBuf>> {
+    if let Some(dir) = store.snapshots().get(&layer.diff_id) {
+        return Ok(Some(dir));
+    }
+    match overlay::snapshot_from_upper(upper, changeset, epoch) {
+        Ok(true) => Ok(Some(store.snapshots().adopt(&layer.diff_id, upper)?)),
+        Ok(false) | Err(_) => Ok(None),
+    }
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {

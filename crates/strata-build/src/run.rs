@@ -265,8 +265,11 @@ impl Builder<'_> {
                 }
             })
         })?;
-        let (layer, size): (LayerRef, u64) =
-            self.commit(&changeset, &upper_or_root, &mut phases)?;
+        let (layer, size): (LayerRef, u64) = if overlay {
+            self.commit_upper(&changeset, &upper_or_root, &mut phases)?
+        } else {
+            self.commit(&changeset, &upper_or_root, &mut phases)?
+        };
         self.record(step_at, state, cache::Kind::Run, &key, &layer);
         Ok(StepResult::written(created_by, layer, size, phases))
     }

@@ -328,6 +328,179 @@ pub fn changeset_from_upper(upperdir: &Path) -> Result<Changeset> {
     Ok(Changeset::from_changes(changes))
 }
 
+/// Turns an upperdir into the snapshot of the layer just written from it, in place, when
+/// that gives exactly the tree unpacking the layer would ([`ApplyOptions::overlay_whiteouts`]
+/// into an empty directory): the layer's bytes are then written once, not twice.
+///
+/// `changeset` is what the layer was written from, with `upper` as its source. The upper is
+/// first checked against it, entry by entry: every entry of the upper must be a change with
+/// the same type, mode, owner, size, mtime, inode, link target, device and (overlay's own
+/// aside) xattrs, and every change must be in the upper, except deletions that are not
+/// whiteouts there yet (opaque directories rewritten as explicit whiteouts). Anything else,
+/// or not running as root (an unprivileged unpack keeps neither owners nor devices), returns
+/// `Ok(false)` with the upper untouched: the caller unpacks the blob instead. Otherwise the
+/// upper is made what unpacking gives: the missing whiteouts made (character devices 0/0),
+/// sockets removed (a layer omits them), overlayfs's private xattrs (`trusted.overlay.*`,
+/// `user.overlay.*`: origin, impure, opaque of a rewritten directory) removed except the
+/// opaque marker of a [`Change::Opaque`], and every mtime (and atime) clamped the way the
+/// layer writer clamps it: whole seconds, between 0 and `epoch`. The root itself, which no
+/// layer carries, loses overlay's xattrs and gets the caller's owner; its mode is the
+/// snapshot table's to set. Hardlinks need nothing: the layer links exactly the paths that
+/// share an inode in the upper. An error may leave the upper half converted.
+///
+/// [`ApplyOptions::overlay_whiteouts`]: crate::ApplyOptions::overlay_whiteouts
+pub fn snapshot_from_upper(upper: &Path, changeset: &Changeset, epoch: i64) -> Result<bool> {
+    use rayon::prelude::*;
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    if !rustix::process::geteuid().is_root() {
+        return Ok(false);
+    }
+    let found = scan(upper)?;
+    let Some(fix) = snapshot_fixups(&found, changeset) else { return Ok(false) };
+    for rel in &fix.sockets {
+        let p = upper.join(rel);
+        fs::remove_file(&p).map_err(|e| LayerError::io("unlink", &p, e))?;
+    }
+    for rel in &fix.whiteouts {
+        let p = upper.join(rel);
+        rustix::fs::mknodat(
+            CWD,
+            &p,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .map_err(|e| LayerError::io("mknod", &p, e.into()))?;
+    }
+    for rel in &fix.opaque {
+        let p = upper.join(rel);
+        rustix::fs::lsetxattr(&p, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
+            .map_err(|e| LayerError::io("setxattr", &p, e.into()))?;
+    }
+    strip_overlay_xattrs(upper, &overlay_xattrs_of(upper)?)?;
+    rustix::fs::chown(upper, Some(rustix::process::geteuid()), Some(rustix::process::getegid()))
+        .map_err(|e| LayerError::io("chown", upper, e.into()))?;
+    // Times last: making or removing an entry above moved its directory's mtime.
+    fix.entries.par_iter().try_for_each(|(rel, xattrs, secs)| {
+        let p = upper.join(rel);
+        strip_overlay_xattrs(&p, xattrs)?;
+        let t = Timespec { tv_sec: (*secs).clamp(0, epoch.max(0)), tv_nsec: 0 };
+        let times = Timestamps { last_access: t, last_modification: t };
+        rustix::fs::utimensat(CWD, &p, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| LayerError::io("utimensat", &p, e.into()))
+    })?;
+    Ok(true)
+}
+
+/// What [`snapshot_from_upper`] changes in an upper, decided before it changes anything.
+#[derive(Default)]
+struct SnapshotFixups {
+    /// Every entry kept (whiteouts aside): its overlay xattrs to remove, its mtime (seconds).
+    entries: Vec<(PathBuf, Vec<OsString>, i64)>,
+    sockets: Vec<PathBuf>,
+    /// Deletions with no whiteout in the upper yet.
+    whiteouts: Vec<PathBuf>,
+    /// Opaque directories that lack `trusted.overlay.opaque=y` (a `userxattr` upper).
+    opaque: Vec<PathBuf>,
+}
+
+/// Merge-joins the upper's scan with the changeset (both sorted bytewise by path); `None`
+/// when the upper does not hold exactly the changeset (see [`snapshot_from_upper`]).
+fn snapshot_fixups(found: &crate::scan::Scan, changeset: &Changeset) -> Option<SnapshotFixups> {
+    use std::cmp::Ordering;
+    let (changes, entries) = (changeset.changes(), found.entries());
+    let dir_in_upper = |p: &Path| {
+        p.as_os_str().is_empty() || found.get(p).is_some_and(|e| e.kind == EntryKind::Dir)
+    };
+    let mut fix = SnapshotFixups::default();
+    let (mut i, mut j) = (0, 0);
+    while i < changes.len() || j < entries.len() {
+        let ord = match (changes.get(i), entries.get(j)) {
+            (Some(c), Some(e)) => crate::scan::path_cmp(c.path(), &e.path),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        let c = changes.get(i);
+        // One change per path, or the unpack order would decide.
+        if c.is_some_and(|c| changes.get(i + 1).is_some_and(|n| n.path() == c.path())) {
+            return None;
+        }
+        match (ord, c) {
+            // In the upper, not in the layer.
+            (Ordering::Greater, _) => return None,
+            (Ordering::Less, Some(Change::Deleted(p))) if p.parent().is_some_and(dir_in_upper) => {
+                fix.whiteouts.push(p.clone());
+                i += 1;
+            }
+            (Ordering::Less, _) => return None,
+            (Ordering::Equal, Some(Change::Deleted(_))) => {
+                let e = &entries[j];
+                if !(e.kind == EntryKind::CharDevice && e.rdev == 0) {
+                    return None;
+                }
+                (i, j) = (i + 1, j + 1);
+            }
+            (Ordering::Equal, Some(change)) => {
+                let (w, e) = (change.entry()?, &entries[j]);
+                let mut overlay: Vec<OsString> =
+                    e.xattrs.keys().filter(|k| is_overlay_xattr(k)).cloned().collect();
+                let mut rest = e.xattrs.clone();
+                rest.retain(|k, _| !is_overlay_xattr(k));
+                let same = w.kind == e.kind
+                    && w.mode == e.mode
+                    && (w.uid, w.gid) == (e.uid, e.gid)
+                    && w.size == e.size
+                    && w.mtime == e.mtime
+                    && (w.dev, w.ino) == (e.dev, e.ino)
+                    && w.link_target == e.link_target
+                    && w.rdev == e.rdev
+                    && w.xattrs == rest;
+                if !same {
+                    return None;
+                }
+                if e.kind == EntryKind::Socket {
+                    fix.sockets.push(e.path.clone());
+                } else {
+                    if matches!(change, Change::Opaque(_)) {
+                        let marked =
+                            e.xattrs.get(OsStr::new(OPAQUE_XATTR)).is_some_and(|v| v == b"y");
+                        overlay.retain(|k| !(marked && k == OPAQUE_XATTR));
+                        if !marked {
+                            fix.opaque.push(e.path.clone());
+                        }
+                    }
+                    fix.entries.push((e.path.clone(), overlay, e.mtime.secs));
+                }
+                (i, j) = (i + 1, j + 1);
+            }
+            (Ordering::Equal, None) => return None,
+        }
+    }
+    Some(fix)
+}
+
+/// The overlay xattrs (see [`is_overlay_xattr`]) that `path` carries.
+fn overlay_xattrs_of(path: &Path) -> Result<Vec<OsString>> {
+    match xattr::list(path) {
+        Ok(names) => Ok(names.filter(|n| is_overlay_xattr(n)).collect()),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(LayerError::io("llistxattr", path, e)),
+    }
+}
+
+fn strip_overlay_xattrs(path: &Path, names: &[OsString]) -> Result<()> {
+    for n in names {
+        match xattr::remove(path, n) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NODATA.raw_os_error()) => {}
+            Err(e) => return Err(LayerError::io("lremovexattr", path, e)),
+        }
+    }
+    Ok(())
+}
+
 /// Drops from an upperdir the directories that a step's mountpoint stubs (container paths,
 /// as the sandbox reports them) made overlay copy up, and nothing the step changed: a
 /// stub's ancestor that is now empty in `upper`, carries no opaque or redirect marker, and
