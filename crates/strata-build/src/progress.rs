@@ -168,7 +168,9 @@ pub enum BuildEvent {
     /// (sent just before its [`BuildEvent::StepDone`]): for a COPY e.g. `context
     /// scan+hash`, `parent view`, `copy to staging`, `scan staging`, `layer write` (tar, compress
     /// and store write, which run pipelined on two threads), `snapshot`; for a RUN `parent
-    /// view`, `mounts`, `run`, `changes`, `layer write`, `snapshot`.
+    /// view`, `mounts`, `run`, `changes`, `layer write`, `snapshot` (the overlay upper made
+    /// the snapshot), and `snapshot unpack` where the upper could not be and the blob was
+    /// unpacked instead.
     StepPhases {
         /// Stage index.
         stage: usize,

@@ -771,3 +771,138 @@ fn cache_mount_sharing_modes_hold_across_parallel_stages() {
     let mounts = e.dir.path().join("store/strata/v1/cache-mounts");
     assert!(mounts.join("private-test").is_dir() && mounts.join("private-test@1").is_dir());
 }
+
+/// The description of one entry of a snapshot dir, with everything an overlay mount or a
+/// later step can see: a whiteout is only a whiteout; hardlinks by the first path of their
+/// inode.
+fn snapshot_tree(dir: &std::path::Path) -> Vec<String> {
+    use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
+    let scan = strata_layer::scan_with_digests(dir).unwrap();
+    let mut first: HashMap<u64, String> = HashMap::new();
+    let mut out = Vec::new();
+    for e in scan.entries() {
+        let path = e.path.display().to_string();
+        if e.kind == strata_layer::EntryKind::CharDevice && e.rdev == 0 {
+            out.push(format!("{path} whiteout"));
+            continue;
+        }
+        let group = first.entry(e.ino).or_insert_with(|| path.clone()).clone();
+        let xattrs: Vec<String> = e
+            .xattrs
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), String::from_utf8_lossy(v)))
+            .collect();
+        let opaque = strata_layer::overlay::is_opaque(&dir.join(&e.path));
+        out.push(format!(
+            "{path} {:?} {:o} {}:{} size={} mtime={}.{} link={:?} rdev={} digest={:?} \
+             nlink={} inode-of={group} xattrs={xattrs:?} opaque={opaque} name-bytes={}",
+            e.kind,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size,
+            e.mtime.secs,
+            e.mtime.nanos,
+            e.link_target,
+            e.rdev,
+            e.digest,
+            e.nlink,
+            e.path.as_os_str().as_bytes().len(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_run_snapshot_adopted_from_the_upper_equals_the_one_unpacked_from_its_blob() {
+    if !can_run() {
+        return;
+    }
+    let e = env();
+    // A base whose files carry an xattr, so that copy-ups carry it (and overlay's origin).
+    let plain = e.context("plain", &[("Dockerfile", "FROM base:1\n")]);
+    let base = e.flatten(&e.build(&plain, &[]).unwrap());
+    let motd = base.path().join("etc/motd");
+    for (path, value) in [(&motd, "note"), (&base.path().join("usr/share"), "dir")] {
+        let flags = rustix::fs::XattrFlags::empty();
+        if rustix::fs::lsetxattr(path, "user.strata-test", value.as_bytes(), flags).is_err() {
+            eprintln!("skipping: no user xattrs on {}", path.display());
+            return;
+        }
+    }
+    fs::write(base.path().join("etc/keep"), "kept\n").unwrap();
+    fs::create_dir_all(base.path().join("usr/share/doc/pkg")).unwrap();
+    fs::write(base.path().join("usr/share/doc/pkg/a"), "a").unwrap();
+    fs::write(base.path().join("usr/share/doc/pkg/b"), "b").unwrap();
+    fs::write(base.path().join("usr/share/doc/top"), "t").unwrap();
+    let imported = strata_image::import_tree(&e.store, base.path(), &Default::default()).unwrap();
+    e.store.tag("xbase:1", &imported.manifest).unwrap();
+    let recipe = "FROM xbase:1
+RUN echo new > /etc/new && echo more >> /etc/keep \
+ && chmod 640 /etc/motd && ln /etc/new /etc/new-link && ln -s ../new /etc/rel-link \
+ && mkdir -p /opt/app/bin && echo '#!/bin/sh' > /opt/app/bin/run && busybox chown 7:8 /opt/app/bin/run \
+ && chmod 4755 /opt/app/bin/run && busybox chown -h 9:10 /etc/rel-link \
+ && busybox mkfifo /opt/app/fifo && busybox mknod /opt/app/null c 1 3 \
+ && busybox touch -t 199001010000 /opt/app/old && busybox touch -t 203001010000 /opt/app/future
+RUN rm -r /usr/share/doc && mkdir -p /usr/share/doc/pkg && echo y > /usr/share/doc/pkg/y \
+ && rm /etc/new-link && mkdir /etc/new-link && echo x > /etc/new-link/x \
+ && rm -r /home/app && echo f > /home/app && echo again >> /etc/new && rm /etc/keep
+RUN rm -r /opt/app && mkdir /opt/app && touch /opt/app/fresh
+";
+    let ctx = e.context("ctx", &[("Dockerfile", recipe)]);
+    let mut opts = BuildOptions::new(&ctx);
+    opts.timestamp = 1_000_000_000;
+    let (out, events) = e.build_with(&opts);
+    let out = out.unwrap();
+    for ev in &events {
+        if let strata_build::BuildEvent::StepPhases { phases, .. } = ev {
+            assert!(
+                phases.iter().all(|p| p.name != "snapshot unpack"),
+                "every RUN adopted its upper: {phases:?}"
+            );
+        }
+    }
+    let digests = out.image.layer_digests().unwrap();
+    let diff_ids = out.image.config.rootfs().diff_ids().clone();
+    assert_eq!(digests.len(), 4);
+    for (digest, diff_id) in digests.iter().zip(&diff_ids).skip(1) {
+        let diff_id: strata_types::Digest = diff_id.parse().unwrap();
+        let adopted = e.store.snapshots().get(&diff_id).unwrap();
+        let unpacked = tempfile::tempdir_in(e.dir.path()).unwrap();
+        strata_layer::apply_blob(
+            &e.store,
+            digest,
+            unpacked.path(),
+            &strata_layer::ApplyOptions::default().overlay_whiteouts(),
+        )
+        .unwrap();
+        let (a, u) = (snapshot_tree(&adopted), snapshot_tree(unpacked.path()));
+        assert!(!u.is_empty());
+        assert_eq!(a, u, "layer {digest}: adopted (left) vs unpacked (right)");
+    }
+    // What the steps did is there (the comparison above would pass on two empty trees).
+    let all: Vec<String> = diff_ids[1..]
+        .iter()
+        .flat_map(|d| snapshot_tree(&e.store.snapshots().get(&d.parse().unwrap()).unwrap()))
+        .collect();
+    for want in [
+        "etc/motd File 640 0:0",
+        "etc/new-link File",
+        "etc/rel-link Symlink 777 9:10",
+        "opt/app/bin/run File 4755 7:8",
+        "opt/app/fifo Fifo",
+        "opt/app/null CharDevice",
+        "opt/app/old File 644 0:0 size=0 mtime=631152000.0",
+        "opt/app/future File 644 0:0 size=0 mtime=1000000000.0",
+        "usr/share/doc/pkg/a whiteout",
+        "usr/share/doc/top whiteout",
+        "etc/new-link/x File",
+        "home/app File",
+        "etc/keep whiteout",
+        "opt/app/bin whiteout",
+    ] {
+        assert!(all.iter().any(|l| l.starts_with(want)), "{want} in {all:#?}");
+    }
+    assert!(all.iter().any(|l| l.starts_with("etc/motd") && l.contains("user.strata-test=note")));
+}
