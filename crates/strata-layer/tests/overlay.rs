@@ -209,7 +209,7 @@ fn an_upper_made_a_snapshot_equals_its_layer_unpacked() {
     std::os::unix::fs::symlink("a", up.join("etc/link")).unwrap();
     rustix::fs::chownat(
         rustix::fs::CWD,
-        &up.join("etc/link"),
+        up.join("etc/link"),
         Some(rustix::fs::Uid::from_raw(5)),
         Some(rustix::fs::Gid::from_raw(6)),
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
@@ -221,7 +221,7 @@ fn an_upper_made_a_snapshot_equals_its_layer_unpacked() {
         .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &up.join("bin/fifo"),
+        up.join("bin/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
