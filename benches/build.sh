@@ -12,6 +12,9 @@
 # `docker builder prune -af`; then the page cache is dropped and the context read back (below).
 # The base is built by strata and handed over byte for byte (skopeo to buildah, `docker load`
 # to dockerd); the bench checks all three hold the same config digest.
+# The floor for a COPY-heavy cold build (#17): `tar -cf - CONTEXT | zstd -T0 > /dev/null`, reading
+# and compressing the context's bytes once, runs in the same alternation after the same settle
+# step; strata should stay within 2x of it.
 # BuildKit runs in a private dockerd started for the run (benches/lib.sh; its column is skipped,
 # with the reason, when docker is missing; BENCH_BUILDKIT=0 skips it on purpose) with
 # `DOCKER_BUILDKIT=1 docker build --network host`. Runs alternate (strata, buildah, BuildKit,
@@ -59,8 +62,10 @@ settle="sync"
 [ "${BENCH_DROP_CACHES:-1}" = 0 ] || settle="sync; echo 3 > /proc/sys/vm/drop_caches"
 settle="$settle; tar -C $work/ctx -cf - . | cat > /dev/null"
 
+command -v zstd >/dev/null || { echo "benches/build.sh: zstd is required (the tar | zstd floor)" >&2; exit 2; }
 tools=(strata "$reset_strata; $settle"
   "$STRATA --store $work/store build --progress plain --build-arg BASE=bench-base:1 -t out:1 $work/ctx"
+  "tar|zstd" "$settle" "bash -c 'tar -C $work/ctx -cf - . | zstd -q -T0 > /dev/null'"
   buildah "$reset_buildah; $settle"
   "${bah[*]} bud --layers --isolation chroot --build-arg BASE=localhost/bench-base:1 -t localhost/out:1 $work/ctx")
 if bench_docker_start; then
@@ -78,7 +83,7 @@ python3 - "$work/cold.json" "${buildkit_skipped:-}" <<'PY'
 import json, sys
 r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
 n = len(json.load(open(sys.argv[1]))["results"][0]["times"])
-s, b = r["strata"], r["buildah"]
+s, b, f = r["strata"], r["buildah"], r["tar|zstd"]
 line = f"cold build, median of {n} alternating runs: strata {s:.2f} s, buildah {b:.2f} s ({b/s:.2f}x strata)"
 if "buildkit" in r:
     k = r["buildkit"]
@@ -86,6 +91,7 @@ if "buildkit" in r:
 else:
     line += f", BuildKit skipped ({sys.argv[2]})"
 print(line)
+print(f"cold build vs its floor: tar -cf - CONTEXT | zstd -T0 {f:.2f} s, strata / floor = {s/f:.2f}x (target <= 2x)")
 PY
 eval "$reset_buildah" >/dev/null 2>&1 || true
 "${bah[@]}" rmi --all --force >/dev/null 2>&1 || true

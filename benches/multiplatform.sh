@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A two-platform build (linux/amd64 + linux/arm64, an image index): strata vs
-# `buildah bud --platform linux/amd64,linux/arm64 --manifest`, cold, alternating, in one run
-# (issue #14, point 6).
+# `buildah bud --platform linux/amd64,linux/arm64 --manifest` vs BuildKit, cold, alternating,
+# in one run (issue #14, point 6; #17 point 1).
 #
-#   bash benches/multiplatform.sh    # needs root, buildah, qemu-user-static; ~5 minutes
+#   bash benches/multiplatform.sh    # needs root, buildah, qemu-user-static; dockerd for
+#                                    # BuildKit; ~5 minutes
 #
 # The recipe is small and starts FROM scratch, so no base is pulled: the platform's static
 # busybox (`COPY busybox-$TARGETARCH`: the host's and Debian's busybox-static:arm64 from
@@ -11,7 +12,12 @@
 # work with them (seq | gzip -9 | sha256sum), and a COPY of ~400 small app files. The arm64
 # RUNs execute through qemu-aarch64 registered in binfmt_misc with the F flag (strata
 # registers it when missing; buildah needs it registered, and the warm-up strata run does so).
-# Every run is cold: strata from an empty store, buildah from emptied storage.
+# Every run is cold: strata from an empty store, buildah from emptied storage, BuildKit after
+# `docker rmi` of its results and `docker builder prune -af`. dockerd 20.10's built-in BuildKit
+# (benches/lib.sh starts a private dockerd) cannot put an index into docker's image store, so
+# its column is what a docker user does instead: one `docker build --platform P` per platform,
+# one after the other, in one timed command (its column is skipped, with the reason, without
+# docker; BENCH_BUILDKIT=0 skips it on purpose).
 #
 # Then RUNS more strata runs with `--progress json` give each RUN step's time per platform:
 # the arm64 RUNs (emulated) against the same RUNs on amd64 (native), and the share of the
@@ -52,9 +58,22 @@ strata_reset="rm -rf $work/store"
 buildah_build="${bah[*]} bud --isolation chroot --platform $platforms --manifest localhost/mp:1 $ctx"
 buildah_reset="${bah[*]} rm --all >/dev/null 2>&1; ${bah[*]} rmi --all --force >/dev/null 2>&1; true"
 
+tools=(strata "$strata_reset" "$strata_build" buildah "$buildah_reset" "$buildah_build")
+if bench_docker_start; then
+  buildkit_build="bash -c '$docker_cli build -q --network host --platform linux/amd64 -t mp:amd64 $ctx >/dev/null && $docker_cli build -q --network host --platform linux/arm64 -t mp:arm64 $ctx >/dev/null'"
+  buildkit_reset="$docker_cli rmi -f mp:amd64 mp:arm64 >/dev/null 2>&1; $docker_cli builder prune -af >/dev/null"
+  tools+=(buildkit "$buildkit_reset" "$buildkit_build")
+else
+  echo "BuildKit column skipped: $buildkit_skipped"
+fi
+
 echo "== two-platform cold build ($runs alternating runs; strata first warms binfmt_misc)"
-bench_alternate multi "$runs" 1 strata "$strata_reset" "$strata_build" \
-  buildah "$buildah_reset" "$buildah_build"
+bench_alternate multi "$runs" 1 "${tools[@]}"
+if [ -n "$docker_cli" ]; then
+  for p in amd64 arm64; do
+    echo "BuildKit linux/$p: /arch = $($docker_cli run --rm --network host --platform "linux/$p" "mp:$p" cat /arch)"
+  done
+fi
 
 # Both results hold what each platform's RUN printed (checked once, after the timed runs).
 "${bah[@]}" manifest inspect localhost/mp:1 | python3 -c '
@@ -80,8 +99,11 @@ python3 - "$work" "$runs" <<'PY'
 import json, statistics, sys
 w, runs = sys.argv[1], int(sys.argv[2])
 med = {x["command"]: x["median"] for x in json.load(open(f"{w}/multi.json"))["results"]}
-print(f"medians of {runs} alternating cold runs: strata {med['strata']:.3f} s, "
-      f"buildah {med['buildah']:.3f} s ({med['buildah'] / med['strata']:.2f}x strata)")
+line = (f"medians of {runs} alternating cold runs: strata {med['strata']:.3f} s, "
+        f"buildah {med['buildah']:.3f} s ({med['buildah'] / med['strata']:.2f}x strata)")
+if "buildkit" in med:
+    line += f", BuildKit (one build per platform) {med['buildkit']:.3f} s ({med['buildkit'] / med['strata']:.2f}x strata)"
+print(line)
 native, emulated, share = [], [], []
 for i in range(1, runs + 1):
     platform, text, run_ms = {}, {}, {}

@@ -350,7 +350,9 @@ pub(crate) fn stage_copy(
                 ensure_dir(env.image, staging, parent, new_owner)?;
             }
             let mut links = Hardlinks::new();
-            copy_entry(&item.real, &staging.join(&target), &opts, item.mode, &mut links)?;
+            let md = fs::symlink_metadata(&item.real)
+                .map_err(|e| BuildError::io("lstat", &item.real, e))?;
+            copy_entry(&item.real, &md, &staging.join(&target), &opts, item.mode, &mut links)?;
         }
     }
     Ok(())
@@ -379,20 +381,48 @@ fn cancelled(cancel: &CancelToken) -> Result<()> {
 /// Bytes copied between two looks at the cancel token (a chunk takes well under a second).
 const COPY_CHUNK: u64 = 64 << 20;
 
-/// Copies the bytes of the file `real` to a new file `target`, in [`COPY_CHUNK`]s (each by
-/// `copy_file_range` where the kernel can, as `fs::copy`), stopping between chunks once the
-/// build is cancelled.
+/// Copies the bytes of the file `real` to a new file `target` (see [`copy_open`]).
 fn copy_bytes(real: &Path, target: &Path, cancel: &CancelToken) -> Result<()> {
     let src = fs::File::open(real).map_err(|e| BuildError::io("open", real, e))?;
+    let size = src.metadata().map_err(|e| BuildError::io("stat", real, e))?.len();
     let dst = fs::File::create(target).map_err(|e| BuildError::io("create", target, e))?;
-    loop {
+    copy_open(&src, real, &dst, size, cancel)
+}
+
+/// Copies the first `size` bytes of `src` (the size its walk saw, as tar copies a file; fewer
+/// if it has shrunk since) to `dst`, in [`COPY_CHUNK`]s by `copy_file_range` (the kernel
+/// copies, or shares extents where the filesystem can), stopping between chunks once the
+/// build is cancelled. Where the kernel cannot copy between the two files, the bytes go
+/// through memory. `real` names `src` in messages.
+fn copy_open(
+    src: &fs::File,
+    real: &Path,
+    dst: &fs::File,
+    size: u64,
+    cancel: &CancelToken,
+) -> Result<()> {
+    use rustix::io::Errno;
+    let mut left = size;
+    while left > 0 {
         cancelled(cancel)?;
-        let copied = std::io::copy(&mut (&src).take(COPY_CHUNK), &mut (&dst))
+        let chunk = left.min(COPY_CHUNK) as usize;
+        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n as u64,
+            Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => break,
+            Err(e) => return Err(BuildError::io("copy", real, e.into())),
+        }
+    }
+    while left > 0 {
+        cancelled(cancel)?;
+        let copied = std::io::copy(&mut src.take(left.min(COPY_CHUNK)), &mut &*dst)
             .map_err(|e| BuildError::io("copy", real, e))?;
         if copied == 0 {
             return Ok(());
         }
+        left -= copied;
     }
+    Ok(())
 }
 
 fn has_meta(s: &str) -> bool {
@@ -661,18 +691,14 @@ fn meta_for(md: &fs::Metadata, opts: &CopyOpts<'_>, fixed_mode: Option<u32>) -> 
 /// tree; a file whose inode `links` has seen becomes a hardlink to its first copy.
 fn copy_entry(
     real: &Path,
+    md: &fs::Metadata,
     target: &Path,
     opts: &CopyOpts<'_>,
     fixed_mode: Option<u32>,
     links: &mut Hardlinks,
 ) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
-    let md = fs::symlink_metadata(real).map_err(|e| BuildError::io("lstat", real, e))?;
-    if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
-        fs::remove_dir_all(target).map_err(|e| BuildError::io("remove", target, e))?;
-    } else {
-        let _ = fs::remove_file(target);
-    }
+    clear_target(target)?;
     let ft = md.file_type();
     if ft.is_symlink() {
         let link = fs::read_link(real).map_err(|e| BuildError::io("readlink", real, e))?;
@@ -703,8 +729,18 @@ fn copy_entry(
         // A socket means nothing outside the process that bound it.
         return Ok(());
     }
-    let (uid, gid, mode) = meta_for(&md, opts, fixed_mode);
-    apply_meta(target, uid, gid, mode, Some(&md))
+    let (uid, gid, mode) = meta_for(md, opts, fixed_mode);
+    apply_meta(target, uid, gid, mode, Some(md))
+}
+
+/// Removes what an earlier source staged at `target`, so the entry copied there replaces it.
+fn clear_target(target: &Path) -> Result<()> {
+    if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(target).map_err(|e| BuildError::io("remove", target, e))?;
+    } else {
+        let _ = fs::remove_file(target);
+    }
+    Ok(())
 }
 
 /// Copies the contents of a source directory into `target` (created with the source
@@ -722,59 +758,155 @@ fn copy_dir_root(
     // --chown owner), not with the source directory's mode; an existing one is kept.
     ensure_dir(env.image, staging, target, new_owner)?;
     let mut links = Hardlinks::new();
+    let mut plan = TreePlan::default();
     let tree = item.tree.as_deref().unwrap_or(tree);
-    copy_tree(tree, &item.rel, Path::new(""), &staging.join(target), opts, &mut links)?;
-    Ok(())
+    let dest = staging.join(target);
+    let walk = TreeWalk { tree, opts };
+    walk.copy_tree(&item.rel, Path::new(""), &dest, false, &mut links, &mut plan)?;
+    plan.run(opts)
 }
 
-/// Recursively copies the directory `rel` of the tree into `dest`; `inner` is the path below
-/// the copied source root (what `--exclude` patterns see). Whether anything was copied.
-///
-/// An excluded directory is walked when an exception pattern may match below it, and kept
-/// only when something below it was copied (fsutil's rule, so `!*/sub1*` does not leave
-/// every other directory behind empty).
-fn copy_tree(
-    tree: &SourceTree,
-    rel: &Path,
-    inner: &Path,
-    dest: &Path,
-    opts: &CopyOpts<'_>,
-    links: &mut Hardlinks,
-) -> Result<bool> {
-    let mut copied = false;
-    for (name, real) in tree.view.list(rel)? {
-        cancelled(opts.cancel)?;
-        let child = rel.join(&name);
-        let child_inner = inner.join(&name);
-        let md = fs::symlink_metadata(&real).map_err(|e| BuildError::io("lstat", &real, e))?;
-        let hidden = tree.hidden(&child)
-            || opts.exclude.is_some_and(|x| x.is_excluded(&child_inner.to_string_lossy()));
-        if hidden && !(md.is_dir() && tree.may_have_inclusions(&child)) {
-            continue;
+/// What a directory copy leaves for after its walk. Creating and filling the regular files is
+/// most of a cold COPY's time, and it is bound by system calls, not by one resource, so they
+/// are copied in parallel once the walk has made every directory (a file's parent exists
+/// before its copy starts). Hardlinks follow once their first name is there, and directories
+/// get their owner, mode and mtime last, children first: creating an entry in a directory
+/// would change its mtime again.
+#[derive(Default)]
+struct TreePlan {
+    files: Vec<FileJob>,
+    /// (first name, further name) of one inode.
+    links: Vec<(PathBuf, PathBuf)>,
+    /// Directories in the order their metadata is applied (each after its contents).
+    dirs: Vec<(PathBuf, fs::Metadata)>,
+}
+
+/// One regular file to copy: its source, its staged path, the source's metadata.
+struct FileJob {
+    real: PathBuf,
+    target: PathBuf,
+    md: fs::Metadata,
+}
+
+impl TreePlan {
+    fn run(self, opts: &CopyOpts<'_>) -> Result<()> {
+        use rayon::prelude::*;
+        self.files.par_iter().try_for_each(|job| {
+            cancelled(opts.cancel)?;
+            copy_file(job, opts)
+        })?;
+        for (first, target) in &self.links {
+            fs::hard_link(first, target).map_err(|e| BuildError::io("link", target, e))?;
         }
-        let target = dest.join(&name);
-        if md.is_dir() {
-            let mut created = false;
-            if !fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                let _ = fs::remove_file(&target);
-                fs::create_dir(&target).map_err(|e| BuildError::io("mkdir", &target, e))?;
-                created = true;
-            }
-            let below = copy_tree(tree, &child, &child_inner, &target, opts, links)?;
-            if hidden && !below {
-                if created {
-                    fs::remove_dir(&target).map_err(|e| BuildError::io("rmdir", &target, e))?;
-                }
+        for (dir, md) in &self.dirs {
+            let (uid, gid, mode) = meta_for(md, opts, None);
+            apply_meta(dir, uid, gid, mode, Some(md))?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies a regular file and gives it its owner, mode and mtime through the open file (no path
+/// is looked up again). The target does not exist yet: a new file is made, never one opened.
+fn copy_file(job: &FileJob, opts: &CopyOpts<'_>) -> Result<()> {
+    use rustix::fs::{Gid, Mode, Timespec, Timestamps, Uid};
+    use std::os::unix::fs::OpenOptionsExt;
+    let FileJob { real, target, md } = job;
+    let src = fs::File::open(real).map_err(|e| BuildError::io("open", real, e))?;
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)
+        .map_err(|e| BuildError::io("create", target, e))?;
+    copy_open(&src, real, &dst, md.len(), opts.cancel)?;
+    let (uid, gid, mode) = meta_for(md, opts, None);
+    // Owner before mode: chown clears the setuid and setgid bits.
+    rustix::fs::fchown(&dst, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(|e| BuildError::io("chown", target, e.into()))?;
+    rustix::fs::fchmod(&dst, Mode::from_raw_mode(mode))
+        .map_err(|e| BuildError::io("chmod", target, e.into()))?;
+    let t = Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() as _ };
+    rustix::fs::futimens(&dst, &Timestamps { last_access: t, last_modification: t })
+        .map_err(|e| BuildError::io("utimensat", target, e.into()))
+}
+
+/// A directory copy's walk over one source tree.
+struct TreeWalk<'w, 'o> {
+    tree: &'w SourceTree,
+    opts: &'w CopyOpts<'o>,
+}
+
+impl TreeWalk<'_, '_> {
+    /// Recursively copies the directory `rel` of the tree into `dest` (regular files, hardlinks
+    /// and directory metadata into `plan`); `inner` is the path below the copied source root
+    /// (what `--exclude` patterns see); `fresh` says this walk created `dest`, so nothing is
+    /// staged in it yet. Whether anything was copied.
+    ///
+    /// An excluded directory is walked when an exception pattern may match below it, and kept
+    /// only when something below it was copied (fsutil's rule, so `!*/sub1*` does not leave
+    /// every other directory behind empty).
+    fn copy_tree(
+        &self,
+        rel: &Path,
+        inner: &Path,
+        dest: &Path,
+        fresh: bool,
+        links: &mut Hardlinks,
+        plan: &mut TreePlan,
+    ) -> Result<bool> {
+        let (tree, opts) = (self.tree, self.opts);
+        let mut copied = false;
+        for (name, real) in tree.view.list(rel)? {
+            cancelled(opts.cancel)?;
+            let child = rel.join(&name);
+            let child_inner = inner.join(&name);
+            let md = fs::symlink_metadata(&real).map_err(|e| BuildError::io("lstat", &real, e))?;
+            let hidden = tree.hidden(&child)
+                || opts.exclude.is_some_and(|x| x.is_excluded(&child_inner.to_string_lossy()));
+            if hidden && !(md.is_dir() && tree.may_have_inclusions(&child)) {
                 continue;
             }
-            let (uid, gid, mode) = meta_for(&md, opts, None);
-            apply_meta(&target, uid, gid, mode, Some(&md))?;
-        } else {
-            copy_entry(&real, &target, opts, None, links)?;
+            let target = dest.join(&name);
+            if md.is_dir() {
+                let mut created = false;
+                if fresh || !fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                    if !fresh {
+                        let _ = fs::remove_file(&target);
+                    }
+                    fs::create_dir(&target).map_err(|e| BuildError::io("mkdir", &target, e))?;
+                    created = true;
+                }
+                let below = self.copy_tree(&child, &child_inner, &target, created, links, plan)?;
+                if hidden && !below {
+                    if created {
+                        fs::remove_dir(&target).map_err(|e| BuildError::io("rmdir", &target, e))?;
+                    }
+                    continue;
+                }
+                plan.dirs.push((target, md));
+            } else if md.is_file() {
+                if !fresh {
+                    clear_target(&target)?;
+                }
+                let inode = (md.dev(), md.ino());
+                match links.get(&inode) {
+                    // Owner, mode and times are the inode's, set through its first name.
+                    Some(first) => plan.links.push((first.clone(), target)),
+                    None => {
+                        if md.nlink() > 1 {
+                            links.insert(inode, target.clone());
+                        }
+                        plan.files.push(FileJob { real, target, md });
+                    }
+                }
+            } else {
+                copy_entry(&real, &md, &target, opts, None, links)?;
+            }
+            copied = true;
         }
-        copied = true;
+        Ok(copied)
     }
-    Ok(copied)
 }
 
 /// How an archive ADD extracts is compressed, recognized by its first bytes.

@@ -212,12 +212,17 @@ impl Phases {
     pub fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let out = f();
-        let micros = started.elapsed().as_micros() as u64;
+        self.add(name, started.elapsed());
+        out
+    }
+
+    /// Adds `d` to phase `name` (time measured elsewhere, e.g. by the layer writer).
+    pub fn add(&mut self, name: &'static str, d: std::time::Duration) {
+        let micros = d.as_micros() as u64;
         match self.0.iter_mut().find(|p| p.name == name) {
             Some(p) => p.micros += micros,
             None => self.0.push(StepPhase { name, micros }),
         }
-        out
     }
 }
 
@@ -861,6 +866,10 @@ impl<'a> Builder<'a> {
         let writer = &self.cache.writer;
         let desc =
             phases.time("layer write", || write_layer(self.io.store, writer, changeset, source))?;
+        // Its stages overlap (pipelined threads): shown within `layer write`, not added to it.
+        phases.add("layer write: tar", desc.times.tar);
+        phases.add("layer write: compress", desc.times.compress);
+        phases.add("layer write: store write", desc.times.store);
         self.done.layers_written.fetch_add(1, Ordering::Relaxed);
         self.done.bytes_written.fetch_add(desc.size, Ordering::Relaxed);
         let layer = LayerRef { descriptor: desc.descriptor(), diff_id: desc.diff_id, image: None };

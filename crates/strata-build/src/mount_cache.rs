@@ -149,7 +149,7 @@ pub(crate) fn export(
         chain.push(CacheEntry { layer, diff_id: desc.diff_id });
     }
     let state = MountState { chain: chain.clone(), entries: upper.into_entries() };
-    store.set_cache_mount_state(id, &state.encode())?;
+    store.set_cache_mount_state(id, &state.encode(), &chain_blobs(&chain))?;
     Ok(chain)
 }
 
@@ -171,8 +171,13 @@ pub(crate) fn seed(store: &Store, id: &str, dir: &Path, chain: &[CacheEntry]) ->
         }
     }
     let state = MountState { chain: chain.to_vec(), entries: scan(dir)?.into_entries() };
-    store.set_cache_mount_state(id, &state.encode())?;
+    store.set_cache_mount_state(id, &state.encode(), &chain_blobs(chain))?;
     Ok(())
+}
+
+/// The blobs of a chain's layers (what its state keeps from gc).
+fn chain_blobs(chain: &[CacheEntry]) -> Vec<Digest> {
+    chain.iter().filter_map(|e| Digest::try_from(e.layer.digest()).ok()).collect()
 }
 
 #[cfg(test)]

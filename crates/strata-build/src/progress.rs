@@ -166,11 +166,13 @@ pub enum BuildEvent {
     },
     /// Where a step that ran (not cached) spent its wall time, phase by phase, in order
     /// (sent just before its [`BuildEvent::StepDone`]): for a COPY e.g. `context
-    /// scan+hash`, `parent view`, `copy to staging`, `scan staging`, `layer write` (tar, compress
-    /// and store write, which run pipelined on two threads), `snapshot`; for a RUN `parent
-    /// view`, `mounts`, `run`, `changes`, `layer write`, `snapshot` (the overlay upper made
-    /// the snapshot), and `snapshot unpack` where the upper could not be and the blob was
-    /// unpacked instead.
+    /// scan+hash`, `parent view`, `copy to staging`, `scan staging`, `layer write`, `snapshot`;
+    /// for a RUN `parent view`, `mounts`, `run`, `changes`, `layer write`, `snapshot` (the
+    /// overlay upper made the snapshot), and `snapshot unpack` where the upper could not be
+    /// and the blob was unpacked instead. A `layer write` is followed by its stages `layer
+    /// write: tar`, `layer write: compress` and `layer write: store write`, each the time it
+    /// was busy: they run pipelined on two threads, so they overlap and are part of `layer
+    /// write`, not further phases.
     StepPhases {
         /// Stage index.
         stage: usize,

@@ -861,3 +861,40 @@ fn an_excluded_directory_appears_only_when_something_below_it_is_included() {
         assert!(!r.join(gone).exists(), "{gone} is excluded and holds nothing included");
     }
 }
+
+#[test]
+fn later_sources_merge_into_and_replace_what_earlier_ones_staged() {
+    if !can_run() {
+        return;
+    }
+    // Two directory sources into one destination: the second merges into the directories the
+    // first staged and replaces its entries of the same name, a file by a directory and a
+    // directory by a file included (Docker copies the sources in order).
+    let e = env();
+    let ctx = e.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM base:1\nCOPY a/ b/ /dest/\n"),
+            ("a/same.txt", "from a\n"),
+            ("a/only-a.txt", "a\n"),
+            ("a/dir/inner-a", "a\n"),
+            ("a/becomes-dir", "a file in a\n"),
+            ("a/becomes-file/x", "a dir in a\n"),
+            ("b/same.txt", "from b\n"),
+            ("b/dir/inner-b", "b\n"),
+            ("b/becomes-dir/y", "a dir in b\n"),
+            ("b/becomes-file", "a file in b\n"),
+        ],
+    );
+    fs::set_permissions(ctx.join("b/same.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let out = e.build(&ctx, &[]).unwrap();
+    let root = e.flatten(&out);
+    let d = root.path().join("dest");
+    let read = |p: &str| fs::read_to_string(d.join(p)).unwrap();
+    assert_eq!(read("same.txt"), "from b\n");
+    assert_eq!(fs::metadata(d.join("same.txt")).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(read("only-a.txt"), "a\n");
+    assert_eq!((read("dir/inner-a"), read("dir/inner-b")), ("a\n".into(), "b\n".into()));
+    assert_eq!(read("becomes-dir/y"), "a dir in b\n");
+    assert_eq!(read("becomes-file"), "a file in b\n");
+}

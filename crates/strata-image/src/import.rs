@@ -107,6 +107,7 @@ pub fn import_tree(store: &Store, source: &Path, opts: &ImportOptions) -> Result
                 size: known.size,
                 uncompressed_size: sink.len,
                 media_type: opts.compression.media_type(),
+                times: Default::default(),
             },
             false,
         ),

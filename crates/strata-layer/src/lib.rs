@@ -49,6 +49,6 @@ pub use scan::{hash_file, scan, scan_with_digests, Entry, EntryKind, Scan, Times
 pub use squash::squash;
 pub use strata_types::Digest;
 pub use writer::{
-    layer_from_dir, write_layer, Compression, LayerDescriptor, LayerWriter, OPAQUE_WHITEOUT,
-    WHITEOUT_PREFIX, ZSTD_DEFAULT_PARAMS,
+    layer_from_dir, write_layer, Compression, LayerDescriptor, LayerWriter, WriteTimes,
+    OPAQUE_WHITEOUT, WHITEOUT_PREFIX, ZSTD_DEFAULT_PARAMS,
 };

@@ -56,6 +56,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use strata_types::CancelToken;
@@ -105,8 +106,9 @@ impl Compression {
     }
 }
 
-/// What writing a layer produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What writing a layer produced. Two are equal when they describe the same blob (digests,
+/// sizes, media type), however long each write took.
+#[derive(Debug, Clone)]
 pub struct LayerDescriptor {
     /// sha256 of the compressed stream (the blob's name).
     pub digest: Digest,
@@ -118,7 +120,32 @@ pub struct LayerDescriptor {
     pub uncompressed_size: u64,
     /// OCI media type of the blob.
     pub media_type: &'static str,
+    /// Where the write spent its time.
+    pub times: WriteTimes,
 }
+
+/// Where a layer write spent its wall time, stage by stage. With compression the stages run
+/// pipelined on two threads (plus the compressor's workers), so they overlap and their sum is
+/// more than the write took; each is the time its stage was busy, not waiting for the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteTimes {
+    /// Reading the files and making the tar stream, hashed for the diffID.
+    pub tar: std::time::Duration,
+    /// Compressing the stream (nothing without compression).
+    pub compress: std::time::Duration,
+    /// Handing the blob to its sink: for [`write_layer`], hashing and writing it into the
+    /// store, `fsync` and rename included.
+    pub store: std::time::Duration,
+}
+
+impl PartialEq for LayerDescriptor {
+    fn eq(&self, other: &Self) -> bool {
+        (self.digest, self.diff_id, self.size, self.uncompressed_size, self.media_type)
+            == (other.digest, other.diff_id, other.size, other.uncompressed_size, other.media_type)
+    }
+}
+
+impl Eq for LayerDescriptor {}
 
 impl LayerDescriptor {
     /// The OCI descriptor of the blob (media type, size, digest) a manifest lists.
@@ -261,44 +288,58 @@ impl LayerWriter {
         source: &Path,
         out: W,
     ) -> Result<RawLayer> {
+        let started = Instant::now();
         let items = plan(changeset, source)?;
         let end = |e| write_err(Path::new(""), e);
         if self.compression == Compression::None {
-            let mut tar = BufWriter::with_capacity(CHUNK, HashCount::new(out));
+            let mut tar = BufWriter::with_capacity(CHUNK, HashCount::new(Count::new(out)));
             write_items(&mut tar, &items, source, self.epoch, self.cancel.as_ref())?;
             let (mut out, diff_id, size) =
                 tar.into_inner().map_err(|e| end(e.into_error()))?.finish();
             out.flush().map_err(end)?;
-            return Ok(RawLayer { diff_id, size, uncompressed_size: size });
+            let times = WriteTimes {
+                tar: started.elapsed().saturating_sub(out.spent),
+                compress: Duration::ZERO,
+                store: out.spent,
+            };
+            return Ok(RawLayer { diff_id, size, uncompressed_size: size, times });
         }
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         std::thread::scope(|scope| {
-            let compressor = scope.spawn(move || -> io::Result<u64> {
-                let mut comp = self.compressor(Count { inner: out, count: 0 })?;
-                for chunk in rx {
+            let compressor = scope.spawn(move || -> io::Result<(u64, Duration, Duration)> {
+                let began = Instant::now();
+                let mut idle = Duration::ZERO;
+                let mut comp = self.compressor(Count::new(out))?;
+                loop {
+                    let waiting = Instant::now();
+                    let Ok(chunk) = rx.recv() else { break };
+                    idle += waiting.elapsed();
                     comp.write_all(&chunk)?;
                     let _ = free_tx.send(chunk);
                 }
                 let mut counted = comp.finish()?;
-                counted.inner.flush()?;
-                Ok(counted.count)
+                counted.flush()?;
+                let busy = began.elapsed().saturating_sub(idle);
+                Ok((counted.count, busy.saturating_sub(counted.spent), counted.spent))
             });
             let mut tar = HashCount::new(ChunkSink::new(tx, free_rx));
             let produced = write_items(&mut tar, &items, source, self.epoch, self.cancel.as_ref());
             let (mut sink, diff_id, uncompressed_size) = tar.finish();
             let flushed = sink.close();
+            let tar_time = started.elapsed().saturating_sub(sink.waited);
             let compressed = compressor
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("layer compressor thread panicked")));
             // A failing sink stops the compressor first; its error is the one to report.
-            let size = match (produced, compressed) {
+            let (size, compress, store) = match (produced, compressed) {
                 (Err(e), Ok(_)) => return Err(e),
                 (_, Err(e)) => return Err(end(e)),
                 (Ok(()), Ok(r)) => r,
             };
             flushed.map_err(end)?;
-            Ok(RawLayer { diff_id, size, uncompressed_size })
+            let times = WriteTimes { tar: tar_time, compress, store };
+            Ok(RawLayer { diff_id, size, uncompressed_size, times })
         })
     }
 
@@ -352,8 +393,10 @@ pub fn write_layer(
     // The blob writer hashes what it stores (that hash names the blob), so the compressed
     // stream is hashed once, there.
     let mut blob = store.blob_writer()?;
-    let raw = writer.write_raw(changeset, source, &mut blob)?;
+    let mut raw = writer.write_raw(changeset, source, &mut blob)?;
+    let committing = Instant::now();
     let put = blob.commit()?;
+    raw.times.store += committing.elapsed();
     if writer.compression == Compression::None && put.digest != raw.diff_id {
         return Err(LayerError::DigestMismatch { expected: raw.diff_id, found: put.digest });
     }
@@ -512,11 +555,13 @@ struct ChunkSink {
     /// Always `CHUNK` bytes long; `filled` of them are data.
     cur: Vec<u8>,
     filled: usize,
+    /// Time spent waiting for room in the queue (the compressor behind).
+    waited: Duration,
 }
 
 impl ChunkSink {
     fn new(tx: mpsc::SyncSender<Vec<u8>>, free: mpsc::Receiver<Vec<u8>>) -> ChunkSink {
-        ChunkSink { tx: Some(tx), free, cur: vec![0; CHUNK], filled: 0 }
+        ChunkSink { tx: Some(tx), free, cur: vec![0; CHUNK], filled: 0, waited: Duration::ZERO }
     }
 
     fn send(&mut self) -> io::Result<()> {
@@ -525,12 +570,15 @@ impl ChunkSink {
         let mut full = std::mem::replace(&mut self.cur, next);
         full.truncate(self.filled);
         self.filled = 0;
-        match &self.tx {
+        let started = Instant::now();
+        let sent = match &self.tx {
             Some(tx) => tx
                 .send(full)
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "layer compressor stopped")),
             None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "layer stream closed")),
-        }
+        };
+        self.waited += started.elapsed();
+        sent
     }
 
     /// Sends what is buffered and closes the queue.
@@ -835,6 +883,7 @@ struct RawLayer {
     diff_id: Digest,
     size: u64,
     uncompressed_size: u64,
+    times: WriteTimes,
 }
 
 impl RawLayer {
@@ -845,25 +894,39 @@ impl RawLayer {
             size: self.size,
             uncompressed_size: self.uncompressed_size,
             media_type,
+            times: self.times,
         }
     }
 }
 
-/// A writer that counts what passes through.
+/// A writer that counts what passes through, and the time its writes took.
 struct Count<W> {
     inner: W,
     count: u64,
+    spent: Duration,
+}
+
+impl<W> Count<W> {
+    fn new(inner: W) -> Self {
+        Count { inner, count: 0, spent: Duration::ZERO }
+    }
 }
 
 impl<W: Write> Write for Count<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
+        let started = Instant::now();
+        let n = self.inner.write(data);
+        self.spent += started.elapsed();
+        let n = n?;
         self.count += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        let started = Instant::now();
+        let r = self.inner.flush();
+        self.spent += started.elapsed();
+        r
     }
 }
 
@@ -951,6 +1014,42 @@ mod tests {
             let err = writer.write_dir(dir.path(), io::sink()).unwrap_err();
             assert!(matches!(err, LayerError::Cancelled), "{err:?}");
         }
+    }
+
+    /// A sink that takes its time, so the store stage's share is known to be at least that.
+    struct SlowSink;
+
+    impl Write for SlowSink {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_times_say_which_stage_was_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seed = 1u64;
+        let noise: Vec<u8> = (0..(4 << 20))
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 56) as u8
+            })
+            .collect();
+        fs::write(dir.path().join("file"), noise).unwrap();
+        let zstd = LayerWriter::new(Compression::Zstd).write_dir(dir.path(), SlowSink).unwrap();
+        let t = zstd.times;
+        assert!(t.tar > Duration::ZERO && t.compress > Duration::ZERO, "{t:?}");
+        assert!(t.store >= Duration::from_millis(2), "the sink's sleeps are store time: {t:?}");
+        let raw = LayerWriter::new(Compression::None).write_dir(dir.path(), SlowSink).unwrap();
+        let t = raw.times;
+        assert_eq!(t.compress, Duration::ZERO, "{t:?}");
+        // 4 MiB of tar through an 8 MiB buffer: at least one write of the sink.
+        assert!(t.tar > Duration::ZERO && t.store >= Duration::from_millis(2), "{t:?}");
+        assert_eq!(zstd.diff_id, raw.diff_id);
     }
 
     #[test]

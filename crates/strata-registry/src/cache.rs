@@ -1,5 +1,6 @@
 //! The build cache as a registry artifact: export with [`push_cache`], import with
-//! [`pull_cache`], and the layer of a hit fetched with [`RemoteCache::fetch_layer`].
+//! [`pull_cache`], and the layer of a hit (or its table of contents) fetched with
+//! [`RemoteCache::fetch_blob`].
 //!
 //! The artifact is an OCI image manifest (image-spec manifest.md "Guidelines for Artifact
 //! Usage") whose `artifactType` is [`CACHE_ARTIFACT_TYPE`], whose config is the cache index
@@ -13,7 +14,7 @@
 
 use serde::Deserialize;
 use strata_store::CACHE_INDEX_MEDIA_TYPE;
-use strata_store::{CacheEntry, CacheIndex, Store, StoreError, CACHE_ARTIFACT_TYPE};
+use strata_store::{CacheIndex, Store, StoreError, CACHE_ARTIFACT_TYPE};
 use strata_types::Digest;
 
 use crate::client::{Client, Endpoint, Req, Session};
@@ -163,8 +164,9 @@ impl RemoteCache {
         self.ep.location()
     }
 
-    /// Brings blob `digest` of `size` bytes (a layer's table of contents, say) into `store`,
-    /// verified (nothing if it is there already).
+    /// Brings blob `digest` of `size` bytes (the layer of a hit, or a layer's table of
+    /// contents) into `store`, verified (nothing if it is there already). A blob the registry
+    /// no longer has is [`RegistryError::BlobNotFound`].
     pub fn fetch_blob(
         &self,
         client: &Client,
@@ -174,22 +176,6 @@ impl RemoteCache {
     ) -> Result<(), RegistryError> {
         let blob = BlobRef { digest: *digest, size };
         let events = &crate::NoTransferProgress;
-        let session = Session::new(client, &self.ep, &self.scopes, false, events);
-        fetch_blob(&session, store, &blob, BlobKind::Layer)?;
-        Ok(())
-    }
-
-    /// Brings the layer of `entry` into `store`, verified (nothing if it is there already). A
-    /// blob the registry no longer has is [`RegistryError::BlobNotFound`].
-    pub fn fetch_layer(
-        &self,
-        client: &Client,
-        store: &Store,
-        entry: &CacheEntry,
-        events: &dyn TransferSink,
-    ) -> Result<(), RegistryError> {
-        let digest = Digest::try_from(entry.layer.digest()).map_err(StoreError::from)?;
-        let blob = BlobRef { digest, size: entry.layer.size() };
         let session = Session::new(client, &self.ep, &self.scopes, false, events);
         fetch_blob(&session, store, &blob, BlobKind::Layer)?;
         Ok(())

@@ -15,8 +15,11 @@
 //! and index entries that name a deleted blob: the layer index, the build cache
 //! (`<root>/strata/v1/cache-v1/`), which is not a root, so it lives exactly as long as the
 //! layers it points at are reachable, and strata-registry's records of where a blob was seen
-//! (`<root>/strata/v1/registry-v1/blobs/<hex>`). The lost+found list is not a root: it
-//! records what was lost, it does not keep what survived.
+//! (`<root>/strata/v1/registry-v1/blobs/<hex>`), and layer tables of contents
+//! (`<root>/strata/v1/layer-tocs-v1/<hex>`), whose blob stays as long as its layer is part of a
+//! kept image. The lost+found list is not a root: it records what was lost, it does not keep
+//! what survived. A cache mount's recorded layer chain (`--cache-to ...,mounts=true`) is kept
+//! by a roots file of its own, `roots/cache-mount.<name>`, replaced with the chain.
 //!
 //! gc runs while builds, pulls and imports run. Every writer holds a lease (the `lease`
 //! module: `<root>/strata/v1/leases/<name>`, one per live [`Store`] handle that wrote,
@@ -80,6 +83,9 @@ pub struct GcReport {
     /// Records of where a blob was seen in registries (`strata/v1/registry-v1/blobs/<hex>`,
     /// strata-registry's mount hints) dropped because the blob is gone.
     pub blob_locations_removed: usize,
+    /// Layer table-of-contents records (`strata/v1/layer-tocs-v1/<hex>`) dropped because
+    /// their blob is gone.
+    pub layer_tocs_removed: usize,
     /// Leases of dead processes deleted (`strata/v1/leases/*` nobody held a lock on).
     pub leases_removed: usize,
     /// Live leases whose digests were kept as roots.
@@ -202,7 +208,14 @@ impl Store {
         let mut pending = self.image_roots()?;
         pending
             .extend(leases.roots.into_iter().chain(extra_roots.iter().copied()).map(|d| (d, None)));
-        let (marked, mut snapshot_keys) = self.mark(pending)?;
+        let (mut marked, mut snapshot_keys) = self.mark(pending)?;
+        // A kept layer keeps its table of contents (recorded by the layer's diffID).
+        marked.extend(
+            snapshot_keys
+                .iter()
+                .filter_map(|d| self.layer_toc(d))
+                .filter_map(|toc| Digest::try_from(toc.digest()).ok()),
+        );
         for digest in self.list_blobs()? {
             if marked.contains(&digest) {
                 report.blobs_kept += 1;
@@ -221,6 +234,7 @@ impl Store {
         report.layer_index_removed = self.sweep_layer_index()?;
         report.build_cache_removed = crate::tables::sweep_build_cache(self)?;
         report.blob_locations_removed = crate::tables::sweep_blob_locations(self)?;
+        report.layer_tocs_removed = crate::tables::sweep_layer_tocs(self)?;
         Ok(report)
     }
 

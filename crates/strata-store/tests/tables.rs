@@ -139,3 +139,41 @@ fn context_caches_and_cache_mounts() {
     assert!(dir.starts_with(store.root()), "inside the store");
     assert_ne!(store.cache_mount_dir("../escape").unwrap().0.parent(), store.root().parent());
 }
+
+#[test]
+fn a_layer_keeps_its_table_of_contents_and_a_cache_mount_its_chain() {
+    let (_dir, store) = store();
+    let toc_of = |store: &Store, text: &[u8]| {
+        let put = store.put_blob(text).unwrap();
+        Descriptor::new(
+            MediaType::Other(strata_store::LAYER_TOC_MEDIA_TYPE.into()),
+            put.size,
+            put.digest,
+        )
+    };
+    // A layer of a tagged image, and one that nothing keeps, each with a table of contents.
+    let image = common::make_image(&store, &[("etc/hostname", "box\n")], "sh");
+    store.tag("kept:1", &image).unwrap();
+    let kept_layer = store.image(&image).unwrap().config.rootfs().diff_ids()[0].parse().unwrap();
+    let kept_toc = toc_of(&store, b"entry kept\n");
+    store.set_layer_toc(&kept_layer, &kept_toc).unwrap();
+    let gone_layer = Digest::of_bytes(b"a layer no image has");
+    let gone_toc = toc_of(&store, b"entry gone\n");
+    store.set_layer_toc(&gone_layer, &gone_toc).unwrap();
+    // A cache mount's chain: kept while its state is recorded.
+    let chain = store.put_blob(&b"chain layer"[..]).unwrap().digest;
+    store.set_cache_mount_state("/root/.cache/pip", b"state", &[chain]).unwrap();
+
+    let report = store.gc(&[]).unwrap();
+    assert_eq!(store.layer_toc(&kept_layer), Some(kept_toc), "the kept layer's table stays");
+    assert_eq!(store.layer_toc(&gone_layer), None);
+    assert!(report.removed.contains(&Digest::try_from(gone_toc.digest()).unwrap()));
+    assert_eq!(report.layer_tocs_removed, 1, "its record goes with it");
+    assert!(store.has_blob(&chain), "a recorded chain is a root");
+    assert_eq!(store.cache_mount_state("/root/.cache/pip").as_deref(), Some(&b"state"[..]));
+
+    store.clear_cache_mount_state("/root/.cache/pip").unwrap();
+    let report = store.gc(&[]).unwrap();
+    assert!(report.removed.contains(&chain), "a cleared state lets its chain go");
+    assert_eq!(store.cache_mount_state("/root/.cache/pip"), None);
+}

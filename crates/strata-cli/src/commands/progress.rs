@@ -259,9 +259,28 @@ fn blob_bar(p: &PullView) -> String {
 }
 
 /// `context scan+hash 0.12s, copy to staging 1.05s, layer write 2.31s`.
+/// `copy to staging 0.90s, layer write 1.16s (tar 0.41s, compress 1.02s, store write 0.11s)`:
+/// phases named `PARENT: part` right after `PARENT` are parts of it, shown in parentheses.
 fn phase_line(phases: &[strata::build::StepPhase]) -> String {
-    let one = |p: &strata::build::StepPhase| format!("{} {:.2}s", p.name, p.micros as f64 / 1e6);
-    phases.iter().map(one).collect::<Vec<_>>().join(", ")
+    let secs = |p: &strata::build::StepPhase| format!("{:.2}s", p.micros as f64 / 1e6);
+    let mut out = Vec::new();
+    let mut rest = phases;
+    while let [first, tail @ ..] = rest {
+        let parts: Vec<String> = tail
+            .iter()
+            .map_while(|p| {
+                let part = p.name.strip_prefix(first.name)?.strip_prefix(": ")?;
+                Some(format!("{part} {}", secs(p)))
+            })
+            .collect();
+        let mut line = format!("{} {}", first.name, secs(first));
+        if !parts.is_empty() {
+            line.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        out.push(line);
+        rest = &tail[parts.len()..];
+    }
+    out.join(", ")
 }
 
 /// `3 files, 12kB`.

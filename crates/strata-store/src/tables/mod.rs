@@ -9,8 +9,8 @@
 //! | [`Store::blob_locations`], where blobs were seen | `registry-v1/blobs/<blob-hex>` | the blob is gone |
 //! | [`Store::snapshots`], unpacked layers | `snapshots/<diffid-hex>` | its layer is unreachable |
 //! | [`Store::cache_mount`] ([`Store::cache_mount_dir`]), `RUN --mount=type=cache` dirs | `cache-mounts/<id>`, more instances `<id>@N` | removed by hand |
-//! | [`Store::layer_toc`], a layer's table of contents blob, by diffID | `layer-tocs-v1/<diffid-hex>` | its blob is gone (then unknown) |
-//! | [`Store::cache_mount_state`], the layer chain a cache mount's content was last exported or seeded as | `cache-mount-states-v1/<id>` | replaced by the next export or seed; dropped when the mount is created afresh |
+//! | [`Store::layer_toc`], a layer's table of contents blob, by diffID | `layer-tocs-v1/<diffid-hex>` | its blob is gone (then unknown); gc keeps the blob while its layer is in a kept image |
+//! | [`Store::cache_mount_state`], the layer chain a cache mount's content was last exported or seeded as | `cache-mount-states-v1/<id>` | replaced by the next export or seed; dropped when the mount is created afresh; its chain's blobs are gc roots meanwhile (`roots/cache-mount.<id>`) |
 //! | [`Store::git_trees`], git build contexts checked out by commit | `git-trees-v1/<key-hex>` | removed by hand |
 //! | [`Store::work_dir`], flock'd work directories | `tmp/<prefix>XXXX` | dropped, or swept when unlocked |
 //! | [`Store::lease`], a live writer's roots | `leases/<name>` | its handle is dropped, or gc finds it unlocked |
@@ -48,3 +48,4 @@ pub use workdir::WorkDir;
 
 pub(crate) use cache_index::sweep_build_cache;
 pub(crate) use hints::sweep_blob_locations;
+pub(crate) use tocs::sweep_layer_tocs;

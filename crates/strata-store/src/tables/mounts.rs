@@ -8,6 +8,7 @@ use rustix::fs::{flock, FlockOperation};
 
 use crate::error::StoreError;
 use crate::store::Store;
+use strata_types::Digest;
 
 const DIR: &str = "cache-mounts";
 
@@ -93,20 +94,37 @@ impl Store {
         fs::read(self.cache_mount_state_path(id)).ok()
     }
 
-    /// Records `state` for cache mount `id` (atomically, replacing what was there).
-    pub fn set_cache_mount_state(&self, id: &str, state: &[u8]) -> Result<(), StoreError> {
+    /// Records `state` for cache mount `id` (atomically, replacing what was there), and keeps
+    /// `blobs` (the chain's layers) from gc until the state is replaced or cleared: they are
+    /// listed in the roots file `roots/cache-mount.<name>`.
+    pub fn set_cache_mount_state(
+        &self,
+        id: &str,
+        state: &[u8],
+        blobs: &[Digest],
+    ) -> Result<(), StoreError> {
         let path = self.cache_mount_state_path(id);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
         }
         self.ensure_meta_dirs()?;
+        // Roots first: a state never names a chain gc may take.
+        self.set_gc_roots(&roots_name(id), blobs)?;
         crate::blob::write_atomic(&self.tmp_dir(), &path, state)
     }
 
-    /// Forgets the state of cache mount `id` (its directory was created afresh).
+    /// Forgets the state of cache mount `id` (its directory was created afresh), and lets gc
+    /// take its chain.
     pub fn clear_cache_mount_state(&self, id: &str) -> Result<(), StoreError> {
-        crate::blob::remove_file_if_exists(&self.cache_mount_state_path(id)).map(|_| ())
+        crate::blob::remove_file_if_exists(&self.cache_mount_state_path(id))?;
+        let roots = self.roots_dir().join(roots_name(id));
+        crate::blob::remove_file_if_exists(&roots).map(|_| ())
     }
+}
+
+/// The name of the roots file that keeps cache mount `id`'s chain.
+fn roots_name(id: &str) -> String {
+    format!("cache-mount.{}", dir_name(id))
 }
 
 /// A file name for a cache id: the id itself when it is a plain name, else its hex.

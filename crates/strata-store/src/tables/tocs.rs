@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use oci_spec::image::{Descriptor, MediaType};
 use strata_types::Digest;
 
-use crate::blob::write_atomic;
+use crate::blob::{remove_file_if_exists, write_atomic};
 use crate::error::StoreError;
+use crate::gc::read_dir_if_exists;
 use crate::store::Store;
 use crate::tables::cache_index::LAYER_TOC_MEDIA_TYPE;
 
@@ -43,6 +44,25 @@ impl Store {
         let text = format!("{} {}\n", toc.digest(), toc.size());
         write_atomic(&self.tmp_dir(), &path, text.as_bytes())
     }
+}
+
+/// Removes the records whose table of contents is no longer stored (gc keeps the table of
+/// every layer it keeps). Files with other names are left alone.
+pub(crate) fn sweep_layer_tocs(store: &Store) -> Result<usize, StoreError> {
+    let dir = store.meta_dir().join(DIR);
+    let Some(entries) = read_dir_if_exists(&dir)? else { return Ok(0) };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io(&dir))?;
+        let Some(diff_id) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok())
+        else {
+            continue;
+        };
+        if store.layer_toc(&diff_id).is_none() && remove_file_if_exists(&entry.path())? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
