@@ -34,6 +34,12 @@ debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootst
 rm -rf "$work/rootfs/var/lib/apt/lists/"* "$work/rootfs/var/cache/apt/"*.bin
 "$STRATA" --store "$work/base-store" import "$work/rootfs" debian-base:bookworm >/dev/null
 rm -rf "$work/rootfs"
+# Every builder starts with the base unpacked, as skopeo copy and docker load leave it for
+# buildah and BuildKit: strata's import stores the layer blob only, so one RUN on the base
+# unpacks its snapshot into the base store (its cache entry matches no step of the recipe).
+mkdir -p "$work/warm"
+printf 'FROM debian-base:bookworm\nRUN true\n' > "$work/warm/Dockerfile"
+"$STRATA" --store "$work/base-store" build --progress plain "$work/warm" >/dev/null 2>"$work/warm.log"
 "$STRATA" --store "$work/base-store" export --compression gzip debian-base:bookworm \
   "oci:$work/base-oci:debian-base" >/dev/null
 
