@@ -483,7 +483,7 @@ impl ContextHashes {
                 changes.push(String::from_utf8_lossy(&key).into_owned());
             }
             // Stat again: the stamp kept must describe the bytes hashed.
-            let Ok(after) = rustix::fs::lstat(&real_of(r)) else { continue };
+            let Ok(after) = rustix::fs::lstat(real_of(r)) else { continue };
             let stamp = Stamp::of(&Meta::of(&after));
             if stamp == Stamp::of(&r.md) && now.saturating_sub(stamp.ctime_ns) >= RACY_NS {
                 keep.push((key, stamp, digest));
@@ -721,10 +721,7 @@ impl Walker<'_, '_> {
                     readlink().map_err(|e| BuildError::io("readlink", real(), e.into()))?;
                 link = Some(target.into_bytes());
             }
-            FileType::RegularFile => match self.hashes.lookup(find(), key, &md) {
-                Ok(d) => digest = Some(d),
-                Err(_) => {}
-            },
+            FileType::RegularFile => digest = self.hashes.lookup(find(), key, &md).ok(),
             _ => {}
         }
         Ok(Record { inner, md, link, digest })
