@@ -337,9 +337,6 @@ fn upgrade_v1(bytes: &[u8]) -> Option<Table> {
     Table::parse(bytes)
 }
 
-/// A cache entry: the stamp and the digest of the bytes it describes.
-type Entry = (Stamp, [u8; 32]);
-
 /// Names read from a directory: the NUL-terminated bytes, and each name's (start, length).
 type Names = (Vec<u8>, Vec<(usize, usize)>);
 
@@ -359,8 +356,11 @@ pub(crate) struct ContextHashes {
     /// never hit again and is dropped on save; kept, it would make a file hashed too young
     /// to be remembered look changed once more at the next build.
     stale: Vec<AtomicBool>,
-    /// Entries this build hashed and may keep, by path below the root.
-    added: Mutex<HashMap<Vec<u8>, Entry>>,
+    /// Entries this build hashed and may keep: one table per walk that hashed any, newest
+    /// last (a path in a later one supersedes it in an earlier one). Tables in the file's
+    /// format, not a map: 200,000 entries take ~30 MB so, ~55 MB as a map of owned paths,
+    /// and they stay while the build writes its layers.
+    added: Mutex<Vec<Table>>,
     /// Whether the loaded file must be rewritten even without changes (it was v1).
     upgraded: bool,
     /// Files hashed (read) by this build, for tests and reports.
@@ -399,7 +399,7 @@ impl ContextHashes {
             table,
             seen,
             stale,
-            added: Mutex::new(HashMap::new()),
+            added: Mutex::new(Vec::new()),
             upgraded,
             hashed: AtomicU64::new(0),
         }
@@ -431,49 +431,84 @@ impl ContextHashes {
         // A file an earlier step of this build hashed.
         let key = key();
         let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
-        match added.get(&key) {
-            Some((s, d)) if *s == stamp => Ok(*d),
+        match added.iter().rev().find_map(|t| t.find(&key).map(|j| t.entry(j))) {
+            Some((s, d)) if s == stamp => Ok(d),
             _ => Err(key),
         }
     }
 
-    /// Hashes the files the cache had no answer for, keeping each stamp that still
-    /// describes the bytes read and is old enough.
+    /// Keeps what one walk hashed (paths below the root, each once) for the rest of the
+    /// build and for [`ContextHashes::save`].
+    fn add(&self, mut entries: Vec<(Vec<u8>, Stamp, [u8; 32])>) {
+        if entries.is_empty() {
+            return;
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        let bytes = encode(entries.len(), entries.iter().map(|(p, s, d)| (p.as_slice(), *s, *d)));
+        drop(entries);
+        if let Some(table) = Table::parse(bytes) {
+            self.added.lock().unwrap_or_else(|p| p.into_inner()).push(table);
+        }
+    }
+
+    /// Hashes the regular files of `missed` (records below `real`, whose cache key is
+    /// below `key`) the cache had no answer for, in parallel; keeps each stamp that still
+    /// describes the bytes read and is old enough. Returns the context paths of the files
+    /// the cache knew with another digest (what changed).
     fn hash_misses(
         &self,
-        misses: Vec<(usize, PathBuf, Vec<u8>, Meta)>,
+        real: &Path,
+        key: &[u8],
+        missed: &mut [&mut Record],
         cancel: Option<&CancelToken>,
-    ) -> Result<Vec<(usize, [u8; 32])>> {
-        if misses.is_empty() {
+    ) -> Result<Vec<String>> {
+        if missed.is_empty() {
             return Ok(Vec::new());
         }
-        let hashed: Vec<(usize, [u8; 32])> = misses
-            .par_iter()
-            .map(|(i, path, _, _)| hash_file(path, cancel).map(|d| (*i, d)))
-            .collect::<Result<_>>()?;
-        self.hashed.fetch_add(misses.len() as u64, Ordering::Relaxed);
+        // Not `join` for the root itself: `file` + "" is `file/`, which is no file.
+        let real_of = |r: &Record| match r.inner.is_empty() {
+            true => real.to_path_buf(),
+            false => real.join(OsStr::from_bytes(&r.inner)),
+        };
+        let digests: Vec<[u8; 32]> =
+            missed.par_iter().map(|r| hash_file(&real_of(r), cancel)).collect::<Result<_>>()?;
+        self.hashed.fetch_add(missed.len() as u64, Ordering::Relaxed);
         let now = now_ns();
-        let mut added = self.added.lock().unwrap_or_else(|p| p.into_inner());
-        for ((_, path, key, md), (_, digest)) in misses.into_iter().zip(&hashed) {
+        let (mut keep, mut changes) = (Vec::with_capacity(missed.len()), Vec::new());
+        for (r, digest) in missed.iter_mut().zip(digests) {
+            r.digest = Some(digest);
+            let key = if r.inner.is_empty() { key.to_vec() } else { join(key, &r.inner) };
+            if self.table.find(&key).is_some_and(|j| self.table.entry(j).1 != digest) {
+                changes.push(String::from_utf8_lossy(&key).into_owned());
+            }
             // Stat again: the stamp kept must describe the bytes hashed.
-            let Ok(after) = rustix::fs::lstat(&path) else { continue };
+            let Ok(after) = rustix::fs::lstat(real_of(r)) else { continue };
             let stamp = Stamp::of(&Meta::of(&after));
-            if stamp == Stamp::of(&md) && now.saturating_sub(stamp.ctime_ns) >= RACY_NS {
-                added.insert(key, (stamp, *digest));
+            if stamp == Stamp::of(&r.md) && now.saturating_sub(stamp.ctime_ns) >= RACY_NS {
+                keep.push((key, stamp, digest));
             }
         }
-        Ok(hashed)
+        self.add(keep);
+        Ok(changes)
     }
 
     /// Writes the cache file if anything was added or an entry's file is gone (best effort:
     /// a failure costs a re-hash).
     pub fn save(&self) {
         let added = self.added.lock().unwrap_or_else(|p| p.into_inner());
-        let mut kept = Vec::with_capacity(self.table.records.len());
+        // Each path once, from the newest table that has it (a stable sort keeps that first).
+        let mut fresh: Vec<(&[u8], Stamp, [u8; 32])> = Vec::new();
+        for t in added.iter().rev() {
+            fresh.extend((0..t.records.len()).map(|i| (t.path(i), t.entry(i).0, t.entry(i).1)));
+        }
+        fresh.sort_by(|a, b| a.0.cmp(b.0));
+        fresh.dedup_by(|later, first| later.0 == first.0);
+        let mut kept = Vec::with_capacity(self.table.records.len() + fresh.len());
         let mut dropped = false;
         for i in 0..self.table.records.len() {
             let path = self.table.path(i);
-            if !added.is_empty() && added.contains_key(path) {
+            if fresh.binary_search_by(|e| e.0.cmp(path)).is_ok() {
                 continue;
             }
             if self.stale[i].load(Ordering::Relaxed) {
@@ -489,10 +524,10 @@ impl ContextHashes {
                 dropped = true;
             }
         }
-        if added.is_empty() && !dropped && !self.upgraded {
+        if fresh.is_empty() && !dropped && !self.upgraded {
             return;
         }
-        kept.extend(added.iter().map(|(p, (s, d))| (p.as_slice(), *s, *d)));
+        kept.extend(fresh);
         kept.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let bytes = encode(kept.len(), kept.into_iter());
         let _ = self.store.put_context_cache(&self.key, &bytes);
@@ -568,10 +603,9 @@ struct Record {
     inner: Vec<u8>,
     md: Meta,
     link: Option<Vec<u8>>,
-    /// Regular files: the content digest, `None` until a miss is hashed.
+    /// Regular files: the content digest, `None` until a miss (a file the cache had no
+    /// answer for) is hashed; where to read it and its cache key follow from `inner`.
     digest: Option<[u8; 32]>,
-    /// Regular files the cache had no answer for: where to read it, and its cache key.
-    miss: Option<Box<(PathBuf, Vec<u8>)>>,
 }
 
 /// What the walk found in one directory: its entries in name order, and the same for each
@@ -680,20 +714,17 @@ impl Walker<'_, '_> {
         real: impl Fn() -> PathBuf,
         readlink: impl FnOnce() -> rustix::io::Result<std::ffi::CString>,
     ) -> Result<Record> {
-        let (mut link, mut digest, mut miss) = (None, None, None);
+        let (mut link, mut digest) = (None, None);
         match md.file_type() {
             FileType::Symlink => {
                 let target =
                     readlink().map_err(|e| BuildError::io("readlink", real(), e.into()))?;
                 link = Some(target.into_bytes());
             }
-            FileType::RegularFile => match self.hashes.lookup(find(), key, &md) {
-                Ok(d) => digest = Some(d),
-                Err(key) => miss = Some(Box::new((real(), key))),
-            },
+            FileType::RegularFile => digest = self.hashes.lookup(find(), key, &md).ok(),
             _ => {}
         }
-        Ok(Record { inner, md, link, digest, miss })
+        Ok(Record { inner, md, link, digest })
     }
 
     /// Whether the step does not see the child `name` of the directory at `rel` (context
@@ -884,29 +915,11 @@ impl SourceWalk<'_> {
         }
         let mut missed: Vec<&mut Record> = Vec::new();
         tree.each_mut(&mut |r| {
-            if r.miss.is_some() {
+            if r.digest.is_none() && r.md.file_type() == FileType::RegularFile {
                 missed.push(r);
             }
         });
-        let misses: Vec<_> = missed
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, r)| r.miss.take().map(|m| (i, m.0, m.1, r.md)))
-            .collect();
-        let before: Vec<(usize, Vec<u8>, Option<[u8; 32]>)> = misses
-            .iter()
-            .map(|(i, _, key, _)| {
-                (*i, key.clone(), hashes.table.find(key).map(|j| hashes.table.entry(j).1))
-            })
-            .collect();
-        for (i, digest) in hashes.hash_misses(misses, self.cancel)? {
-            missed[i].digest = Some(digest);
-        }
-        let changes = before
-            .into_iter()
-            .filter(|(i, _, old)| old.is_some() && *old != missed[*i].digest)
-            .map(|(_, key, _)| String::from_utf8_lossy(&key).into_owned())
-            .collect();
+        let changes = hashes.hash_misses(real, key, &mut missed, self.cancel)?;
         drop(missed);
         Ok((tree, changes))
     }
@@ -1039,6 +1052,27 @@ mod tests {
     }
 
     #[test]
+    fn a_file_hashed_again_later_in_a_build_supersedes_its_earlier_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), "x").unwrap();
+        fs::write(dir.path().join("g"), "y").unwrap();
+        let store = Store::init(dir.path().join("store")).unwrap();
+        let key = Digest::of_bytes(b"cache");
+        let table = table_of(&[(b"f", stamp(1), [9; 32])]);
+        let h = ContextHashes::with_table(&store, key, dir.path().to_path_buf(), table, false);
+        let md = lstat(&dir.path().join("f")).unwrap();
+        let s = Stamp::of(&md);
+        h.add(vec![(b"g".to_vec(), stamp(3), [3; 32]), (b"f".to_vec(), s, [1; 32])]);
+        h.add(vec![(b"f".to_vec(), s, [2; 32])]);
+        assert_eq!(h.lookup(None, || b"f".to_vec(), &md), Ok([2; 32]));
+        h.save();
+        let back = Table::parse(store.context_cache(&key).unwrap()).unwrap();
+        assert_eq!(back.records.len(), 2);
+        assert_eq!((back.path(0), back.entry(0)), (&b"f"[..], (s, [2; 32])));
+        assert_eq!((back.path(1), back.entry(1)), (&b"g"[..], (stamp(3), [3; 32])));
+    }
+
+    #[test]
     fn save_drops_entries_whose_file_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("kept"), "x").unwrap();
@@ -1076,18 +1110,16 @@ mod tests {
         let first = digest(&h);
         assert_eq!(h.files_hashed(), 3);
         // Entries younger than RACY_NS are not kept; keep these as if they were old.
-        {
-            let mut added = h.added.lock().unwrap();
-            for (path, real) in
-                [("sub/a", "sub/a"), ("sub/deeper/b", "sub/deeper/b"), ("top", "top")]
-            {
-                let md = lstat(&ctx.join(real)).unwrap();
-                added.insert(
-                    path.as_bytes().to_vec(),
-                    (Stamp::of(&md), hash_file(&ctx.join(real), None).unwrap()),
-                );
-            }
-        }
+        h.add(
+            ["sub/a", "sub/deeper/b", "top"]
+                .iter()
+                .map(|path| {
+                    let md = lstat(&ctx.join(path)).unwrap();
+                    let digest = hash_file(&ctx.join(path), None).unwrap();
+                    (path.as_bytes().to_vec(), Stamp::of(&md), digest)
+                })
+                .collect(),
+        );
         h.save();
         let canonical = fs::canonicalize(&ctx).unwrap();
         let key = Digest::of_bytes(canonical.as_os_str().as_bytes());
