@@ -49,7 +49,8 @@
 //! One pass yields the diffID (sha256 of the tar), the digest (sha256 of the compressed
 //! stream) and both sizes.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
@@ -412,15 +413,17 @@ fn write_err(path: &Path, source: io::Error) -> LayerError {
     LayerError::Write { path: path.to_path_buf(), source }
 }
 
-/// One tar entry to emit.
-enum Item {
-    Entry(Entry),
-    Hardlink(Entry, PathBuf),
+/// One tar entry to emit: the changeset's own entries borrowed (a layer of 200,000 files
+/// would otherwise hold a second copy of every entry while it is written), the few ancestor
+/// directories the changeset lacks owned.
+enum Item<'a> {
+    Entry(Cow<'a, Entry>),
+    Hardlink(Cow<'a, Entry>, PathBuf),
     /// A whiteout or opaque marker, by its full tar path.
     Marker(PathBuf),
 }
 
-impl Item {
+impl Item<'_> {
     fn path(&self) -> &Path {
         match self {
             Item::Entry(e) | Item::Hardlink(e, _) => &e.path,
@@ -431,7 +434,7 @@ impl Item {
 
 /// The order of entries in the tar (see the module docs): bytewise by path, except that a
 /// whiteout's name is prefixed with NUL so it precedes its siblings.
-fn sort_key(item: &Item) -> std::borrow::Cow<'_, [u8]> {
+fn sort_key<'i>(item: &'i Item<'_>) -> Cow<'i, [u8]> {
     let p = item.path().as_os_str().as_bytes();
     match item {
         Item::Marker(_) => {
@@ -440,9 +443,9 @@ fn sort_key(item: &Item) -> std::borrow::Cow<'_, [u8]> {
             k.extend_from_slice(&p[..cut]);
             k.push(0);
             k.extend_from_slice(&p[cut..]);
-            std::borrow::Cow::Owned(k)
+            Cow::Owned(k)
         }
-        _ => std::borrow::Cow::Borrowed(p),
+        _ => Cow::Borrowed(p),
     }
 }
 
@@ -461,22 +464,22 @@ fn check_path(p: &Path) -> Result<()> {
 }
 
 /// Turns a changeset into the sorted list of tar entries.
-fn plan(changeset: &Changeset, source: &Path) -> Result<Vec<Item>> {
+fn plan<'c>(changeset: &'c Changeset, source: &Path) -> Result<Vec<Item<'c>>> {
     let mut items = Vec::with_capacity(changeset.len() + 16);
-    let mut present: HashSet<PathBuf> = HashSet::new();
+    let mut present: HashSet<&Path> = HashSet::with_capacity(changeset.len());
     for ch in changeset.changes() {
         let p = ch.path();
         check_path(p)?;
         match ch {
             Change::Added(e) | Change::Modified(e) => {
                 if e.kind != EntryKind::Socket {
-                    present.insert(e.path.clone());
-                    items.push(Item::Entry(e.clone()));
+                    present.insert(&e.path);
+                    items.push(Item::Entry(Cow::Borrowed(e)));
                 }
             }
             Change::Opaque(e) => {
-                present.insert(e.path.clone());
-                items.push(Item::Entry(e.clone()));
+                present.insert(&e.path);
+                items.push(Item::Entry(Cow::Borrowed(e)));
                 items.push(Item::Marker(e.path.join(OPAQUE_WHITEOUT)));
             }
             Change::Deleted(p) => {
@@ -491,20 +494,19 @@ fn plan(changeset: &Changeset, source: &Path) -> Result<Vec<Item>> {
         }
     }
     // Parents before children: include every missing ancestor directory from the source.
-    let mut missing: Vec<PathBuf> = Vec::new();
+    let mut missing: BTreeSet<PathBuf> = BTreeSet::new();
     for item in &items {
         let mut anc = item.path().parent();
         while let Some(a) = anc {
-            if a.as_os_str().is_empty() || present.contains(a) {
+            if a.as_os_str().is_empty() || present.contains(a) || !missing.insert(a.to_owned()) {
                 break;
             }
-            present.insert(a.to_path_buf());
-            missing.push(a.to_path_buf());
             anc = a.parent();
         }
     }
+    drop(present);
     for a in missing {
-        items.push(Item::Entry(Entry::from_path(source, &a)?));
+        items.push(Item::Entry(Cow::Owned(Entry::from_path(source, &a)?)));
     }
     items.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
     // Hardlink groups: the first path (in sort order) of each (dev, ino) carries the bytes.
@@ -534,7 +536,7 @@ const CHUNK: usize = 1 << 20;
 
 fn write_items<W: TarSink>(
     tar: &mut W,
-    items: &[Item],
+    items: &[Item<'_>],
     source: &Path,
     epoch: i64,
     cancel: Option<&CancelToken>,
@@ -755,7 +757,7 @@ fn clamp_mtime(e: &Entry, epoch: i64) -> u64 {
 
 fn write_item<W: TarSink>(
     tar: &mut W,
-    item: &Item,
+    item: &Item<'_>,
     source: &Path,
     epoch: i64,
     buf: &mut [u8],
