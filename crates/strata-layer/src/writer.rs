@@ -290,7 +290,8 @@ impl LayerWriter {
         out: W,
     ) -> Result<RawLayer> {
         let started = Instant::now();
-        let items = plan(changeset, source)?;
+        let ancestors = missing_ancestors(changeset, source)?;
+        let items = plan(changeset, &ancestors)?;
         let end = |e| write_err(Path::new(""), e);
         if self.compression == Compression::None {
             let mut tar = BufWriter::with_capacity(CHUNK, HashCount::new(Count::new(out)));
@@ -413,12 +414,12 @@ fn write_err(path: &Path, source: io::Error) -> LayerError {
     LayerError::Write { path: path.to_path_buf(), source }
 }
 
-/// One tar entry to emit: the changeset's own entries borrowed (a layer of 200,000 files
-/// would otherwise hold a second copy of every entry while it is written), the few ancestor
-/// directories the changeset lacks owned.
+/// One tar entry to emit. Entries are borrowed (from the changeset, or from the ancestor
+/// directories it lacks, read beforehand), so the list is small: a layer of 200,000 files
+/// would otherwise hold a second copy of every entry while it is written.
 enum Item<'a> {
-    Entry(Cow<'a, Entry>),
-    Hardlink(Cow<'a, Entry>, PathBuf),
+    Entry(&'a Entry),
+    Hardlink(&'a Entry, PathBuf),
     /// A whiteout or opaque marker, by its full tar path.
     Marker(PathBuf),
 }
@@ -463,23 +464,48 @@ fn check_path(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Turns a changeset into the sorted list of tar entries.
-fn plan<'c>(changeset: &'c Changeset, source: &Path) -> Result<Vec<Item<'c>>> {
-    let mut items = Vec::with_capacity(changeset.len() + 16);
-    let mut present: HashSet<&Path> = HashSet::with_capacity(changeset.len());
+/// The ancestor directories of the changeset's paths that it does not list itself, read from
+/// `source` (parents before children in the tar: every entry's directory is in the layer).
+fn missing_ancestors(changeset: &Changeset, source: &Path) -> Result<Vec<Entry>> {
+    let listed = |c: &Change| !matches!(c, Change::Added(e) | Change::Modified(e) if e.kind == EntryKind::Socket);
+    let present: HashSet<&Path> = changeset
+        .changes()
+        .iter()
+        .filter(|c| listed(c) && !matches!(c, Change::Deleted(_)))
+        .map(Change::path)
+        .collect();
+    let mut missing: BTreeSet<&Path> = BTreeSet::new();
+    for ch in changeset.changes().iter().filter(|c| listed(c)) {
+        let mut anc = ch.path().parent();
+        while let Some(a) = anc {
+            if a.as_os_str().is_empty() || present.contains(a) || !missing.insert(a) {
+                break;
+            }
+            anc = a.parent();
+        }
+    }
+    missing.into_iter().map(|a| Entry::from_path(source, a)).collect()
+}
+
+/// Turns a changeset (and the ancestor directories it lacks, [`missing_ancestors`]) into the
+/// sorted list of tar entries.
+fn plan<'c>(changeset: &'c Changeset, ancestors: &'c [Entry]) -> Result<Vec<Item<'c>>> {
+    let markers = changeset
+        .changes()
+        .iter()
+        .filter(|c| !matches!(c, Change::Added(_) | Change::Modified(_)))
+        .count();
+    let mut items = Vec::with_capacity(changeset.len() + markers + ancestors.len());
     for ch in changeset.changes() {
-        let p = ch.path();
-        check_path(p)?;
+        check_path(ch.path())?;
         match ch {
             Change::Added(e) | Change::Modified(e) => {
                 if e.kind != EntryKind::Socket {
-                    present.insert(&e.path);
-                    items.push(Item::Entry(Cow::Borrowed(e)));
+                    items.push(Item::Entry(e));
                 }
             }
             Change::Opaque(e) => {
-                present.insert(&e.path);
-                items.push(Item::Entry(Cow::Borrowed(e)));
+                items.push(Item::Entry(e));
                 items.push(Item::Marker(e.path.join(OPAQUE_WHITEOUT)));
             }
             Change::Deleted(p) => {
@@ -493,21 +519,7 @@ fn plan<'c>(changeset: &'c Changeset, source: &Path) -> Result<Vec<Item<'c>>> {
             }
         }
     }
-    // Parents before children: include every missing ancestor directory from the source.
-    let mut missing: BTreeSet<PathBuf> = BTreeSet::new();
-    for item in &items {
-        let mut anc = item.path().parent();
-        while let Some(a) = anc {
-            if a.as_os_str().is_empty() || present.contains(a) || !missing.insert(a.to_owned()) {
-                break;
-            }
-            anc = a.parent();
-        }
-    }
-    drop(present);
-    for a in missing {
-        items.push(Item::Entry(Cow::Owned(Entry::from_path(source, &a)?)));
-    }
+    items.extend(ancestors.iter().map(Item::Entry));
     items.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
     // Hardlink groups: the first path (in sort order) of each (dev, ino) carries the bytes.
     let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
