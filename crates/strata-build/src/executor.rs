@@ -35,7 +35,9 @@ use crate::image::{
 };
 use crate::options::{BuildOptions, NamedContext, StepReport};
 use crate::progress::{BuildEvent, ProgressSink, StepPhase};
-use crate::rootfs::{adopt_snapshot, adopt_upper, ensure_snapshot, resolve_owner, view_of_chain};
+use crate::rootfs::{
+    adopt_snapshot, adopt_upper, clamp_mtimes, ensure_snapshot, resolve_owner, view_of_chain,
+};
 use strata_layer::overlay::MergedView;
 use strata_store::WorkDir;
 
@@ -830,9 +832,18 @@ impl<'a> Builder<'a> {
         tree: &Path,
         phases: &mut Phases,
     ) -> Result<(LayerRef, u64)> {
-        let layer = self.write(changeset, tree, phases)?;
+        // The tree's mtimes are clamped for its snapshot while the layer is written from it
+        // (the writer reads contents, and metadata from the changeset): two cores, one wait.
         let epoch = self.io.opts.timestamp;
-        phases.time("snapshot", || adopt_snapshot(self.io.store, &layer.0, tree, epoch))?;
+        let (layer, clamped) = std::thread::scope(|scope| {
+            let clamp = scope.spawn(|| clamp_mtimes(tree, epoch));
+            let layer = self.write(changeset, tree, phases);
+            let clamped = phases.time("snapshot", || clamp.join());
+            (layer, clamped)
+        });
+        let layer = layer?;
+        clamped.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        phases.time("snapshot", || adopt_snapshot(self.io.store, &layer.0, tree))?;
         Ok(layer)
     }
 

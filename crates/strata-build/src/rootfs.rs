@@ -51,24 +51,26 @@ pub(crate) fn view_of_chain(store: &Store, chain: &[LayerRef]) -> Result<MergedV
 }
 
 /// Makes `tree` the snapshot of `layer` by renaming it into place, when `tree` holds exactly
-/// that layer's files: a COPY/ADD staging tree, which has no whiteouts. Its mtimes are first
-/// clamped the way the layer writer clamps them (whole seconds, at most `epoch`), so the result
-/// cannot be told from a snapshot unpacked from the blob, whichever a later step sees. This
-/// saves unpacking, i.e. writing the layer's bytes a second time. `tree` must be inside a work
-/// directory of the store. An existing snapshot wins; `tree` is then left alone.
-pub(crate) fn adopt_snapshot(
-    store: &Store,
-    layer: &LayerRef,
-    tree: &Path,
-    epoch: i64,
-) -> Result<PathBuf> {
-    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+/// that layer's files: a COPY/ADD staging tree, which has no whiteouts, whose mtimes
+/// [`clamp_mtimes`] has clamped the way the layer writer clamps them (whole seconds, at most
+/// the build's epoch), so the result cannot be told from a snapshot unpacked from the blob,
+/// whichever a later step sees. This saves unpacking, i.e. writing the layer's bytes a second
+/// time. `tree` must be inside a work directory of the store. An existing snapshot wins;
+/// `tree` is then left alone.
+pub(crate) fn adopt_snapshot(store: &Store, layer: &LayerRef, tree: &Path) -> Result<PathBuf> {
     if let Some(dir) = store.snapshots().get(&layer.diff_id) {
         return Ok(dir);
     }
-    // Children before their directory: setting a child's time would not touch the parent's,
-    // but creating nothing more below it keeps the order simple to reason about.
-    for entry in walkdir::WalkDir::new(tree).min_depth(1).contents_first(true) {
+    Ok(store.snapshots().adopt(&layer.diff_id, tree)?)
+}
+
+/// Sets the mtime of every entry below `tree` (not `tree` itself) to whole seconds, at most
+/// `epoch`, as the layer writer writes them. Only times change, so it may run while the layer
+/// is written from the same tree (which reads contents, and metadata from its changeset).
+pub(crate) fn clamp_mtimes(tree: &Path, epoch: i64) -> Result<()> {
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    // Setting a child's time does not touch its directory's, so the order does not matter.
+    for entry in walkdir::WalkDir::new(tree).min_depth(1) {
         let entry = entry.map_err(|e| {
             let path = e.path().unwrap_or(tree).to_path_buf();
             BuildError::io("walk", &path, e.into())
@@ -77,6 +79,9 @@ pub(crate) fn adopt_snapshot(
             BuildError::io("lstat", entry.path(), std::io::Error::other(e.to_string()))
         })?;
         let secs = meta.mtime().clamp(0, epoch.max(0));
+        if meta.mtime() == secs && meta.mtime_nsec() == 0 {
+            continue;
+        }
         let t = Timespec { tv_sec: secs, tv_nsec: 0 };
         utimensat(
             CWD,
@@ -86,7 +91,7 @@ pub(crate) fn adopt_snapshot(
         )
         .map_err(|e| BuildError::io("utimensat", entry.path(), e.into()))?;
     }
-    Ok(store.snapshots().adopt(&layer.diff_id, tree)?)
+    Ok(())
 }
 
 /// Makes `upper`, the overlay upperdir a RUN's `changeset` (and layer) was read from, the
