@@ -35,9 +35,7 @@ use crate::image::{
 };
 use crate::options::{BuildOptions, NamedContext, StepReport};
 use crate::progress::{BuildEvent, ProgressSink, StepPhase};
-use crate::rootfs::{
-    adopt_snapshot, adopt_upper, clamp_mtimes, ensure_snapshot, resolve_owner, view_of_chain,
-};
+use crate::rootfs::{adopt_snapshot, adopt_upper, ensure_snapshot, resolve_owner, view_of_chain};
 use strata_layer::overlay::MergedView;
 use strata_store::WorkDir;
 
@@ -836,7 +834,7 @@ impl<'a> Builder<'a> {
         // (the writer reads contents, and metadata from the changeset): two cores, one wait.
         let epoch = self.io.opts.timestamp;
         let (layer, clamped) = std::thread::scope(|scope| {
-            let clamp = scope.spawn(|| clamp_mtimes(tree, epoch));
+            let clamp = scope.spawn(|| strata_layer::overlay::clamp_mtimes(tree, epoch));
             let layer = self.write(changeset, tree, phases);
             let clamped = phases.time("snapshot", || clamp.join());
             (layer, clamped)

@@ -7,7 +7,6 @@
 //! ADD, WORKDIR and `--chown` need from the parent image: nothing is copied to look.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use strata_layer::overlay::{self, MergedView};
@@ -52,7 +51,7 @@ pub(crate) fn view_of_chain(store: &Store, chain: &[LayerRef]) -> Result<MergedV
 
 /// Makes `tree` the snapshot of `layer` by renaming it into place, when `tree` holds exactly
 /// that layer's files: a COPY/ADD staging tree, which has no whiteouts, whose mtimes
-/// [`clamp_mtimes`] has clamped the way the layer writer clamps them (whole seconds, at most
+/// [`overlay::clamp_mtimes`] has clamped the way the layer writer clamps them (whole seconds, at most
 /// the build's epoch), so the result cannot be told from a snapshot unpacked from the blob,
 /// whichever a later step sees. This saves unpacking, i.e. writing the layer's bytes a second
 /// time. `tree` must be inside a work directory of the store. An existing snapshot wins;
@@ -62,36 +61,6 @@ pub(crate) fn adopt_snapshot(store: &Store, layer: &LayerRef, tree: &Path) -> Re
         return Ok(dir);
     }
     Ok(store.snapshots().adopt(&layer.diff_id, tree)?)
-}
-
-/// Sets the mtime of every entry below `tree` (not `tree` itself) to whole seconds, at most
-/// `epoch`, as the layer writer writes them. Only times change, so it may run while the layer
-/// is written from the same tree (which reads contents, and metadata from its changeset).
-pub(crate) fn clamp_mtimes(tree: &Path, epoch: i64) -> Result<()> {
-    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
-    // Setting a child's time does not touch its directory's, so the order does not matter.
-    for entry in walkdir::WalkDir::new(tree).min_depth(1) {
-        let entry = entry.map_err(|e| {
-            let path = e.path().unwrap_or(tree).to_path_buf();
-            BuildError::io("walk", &path, e.into())
-        })?;
-        let meta = entry.metadata().map_err(|e| {
-            BuildError::io("lstat", entry.path(), std::io::Error::other(e.to_string()))
-        })?;
-        let secs = meta.mtime().clamp(0, epoch.max(0));
-        if meta.mtime() == secs && meta.mtime_nsec() == 0 {
-            continue;
-        }
-        let t = Timespec { tv_sec: secs, tv_nsec: 0 };
-        utimensat(
-            CWD,
-            entry.path(),
-            &Timestamps { last_access: t, last_modification: t },
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| BuildError::io("utimensat", entry.path(), e.into()))?;
-    }
-    Ok(())
 }
 
 /// Makes `upper`, the overlay upperdir a RUN's `changeset` (and layer) was read from, the

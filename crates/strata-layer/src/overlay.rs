@@ -351,7 +351,7 @@ pub fn changeset_from_upper(upperdir: &Path) -> Result<Changeset> {
 /// [`ApplyOptions::overlay_whiteouts`]: crate::ApplyOptions::overlay_whiteouts
 pub fn snapshot_from_upper(upper: &Path, changeset: &Changeset, epoch: i64) -> Result<bool> {
     use rayon::prelude::*;
-    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    use rustix::fs::CWD;
     if !rustix::process::geteuid().is_root() {
         return Ok(false);
     }
@@ -384,12 +384,42 @@ pub fn snapshot_from_upper(upper: &Path, changeset: &Changeset, epoch: i64) -> R
     fix.entries.par_iter().try_for_each(|(rel, xattrs, secs)| {
         let p = upper.join(rel);
         strip_overlay_xattrs(&p, xattrs)?;
-        let t = Timespec { tv_sec: (*secs).clamp(0, epoch.max(0)), tv_nsec: 0 };
-        let times = Timestamps { last_access: t, last_modification: t };
-        rustix::fs::utimensat(CWD, &p, &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| LayerError::io("utimensat", &p, e.into()))
+        set_layer_time(&p, *secs, epoch)
     })?;
     Ok(true)
+}
+
+/// Sets the mtime (and atime) of the entry at `path`, not a symlink's target, to `secs` as the
+/// layer writer writes an mtime: whole seconds, between 0 and `epoch`.
+fn set_layer_time(path: &Path, secs: i64, epoch: i64) -> Result<()> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    let t = Timespec { tv_sec: secs.clamp(0, epoch.max(0)), tv_nsec: 0 };
+    let times = Timestamps { last_access: t, last_modification: t };
+    rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| LayerError::io("utimensat", path, e.into()))
+}
+
+/// Clamps the mtime of every entry below `tree` (not `tree` itself) the way the layer writer
+/// writes them (see `set_layer_time`), so a tree that holds exactly a layer's files cannot be
+/// told from that layer unpacked: what a COPY's staging tree needs to become its snapshot.
+/// Only times change, so this may run while the layer is written from the same tree (the
+/// writer reads contents, and metadata from its changeset). An entry already clamped is left.
+pub fn clamp_mtimes(tree: &Path, epoch: i64) -> Result<()> {
+    // Setting a child's time does not touch its directory's, so the order does not matter.
+    for entry in walkdir::WalkDir::new(tree).min_depth(1) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(tree).to_path_buf();
+            LayerError::io("walk", &path, e.into())
+        })?;
+        let meta = entry.metadata().map_err(|e| {
+            LayerError::io("lstat", entry.path(), std::io::Error::other(e.to_string()))
+        })?;
+        if meta.mtime() == meta.mtime().clamp(0, epoch.max(0)) && meta.mtime_nsec() == 0 {
+            continue;
+        }
+        set_layer_time(entry.path(), meta.mtime(), epoch)?;
+    }
+    Ok(())
 }
 
 /// What [`snapshot_from_upper`] changes in an upper, decided before it changes anything.
