@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use strata_layer::{scan, write_layer, Changeset, LayerWriter};
+use strata_layer::{write_layer, Change, Changeset, LayerWriter};
 use strata_recipe::instruction::ArgDecl;
 use strata_recipe::stage::resolve_stage_ref;
 use strata_recipe::{
@@ -926,7 +926,7 @@ impl<'a> Builder<'a> {
         }
         let staging = self.staging()?;
         ensure_dir(&view, staging.path(), &rel, owner)?;
-        let cs = Changeset::from_scan(scan(staging.path())?);
+        let cs = Changeset::of_dir(staging.path())?;
         let (layer, size) = self.commit(&cs, staging.path(), &mut phases)?;
         self.record(at, state, kind, &key, &layer);
         Ok(StepResult::written(created_by, layer, size, phases))
@@ -1053,11 +1053,13 @@ impl<'a> Builder<'a> {
         let root = staging.path().join("rootfs");
         std::fs::create_dir(&root).map_err(|e| BuildError::io("mkdir", &root, e))?;
         phases.time("copy to staging", || stage_copy(&env, spec, &tree, &root, &mut fetched))?;
-        let staged = phases.time("scan staging", || scan(&root))?;
-        let files = staged.entries().iter().filter(|e| e.kind == strata_layer::EntryKind::File);
-        let (files, bytes) = files.fold((0, 0), |(n, b), e| (n + 1, b + e.size));
+        let cs = phases.time("scan staging", || Changeset::of_dir(&root))?;
+        let files = cs.changes().iter().filter_map(|c| match c {
+            Change::Added(e) if e.kind == strata_layer::EntryKind::File => Some(e.size),
+            _ => None,
+        });
+        let (files, bytes) = files.fold((0, 0), |(n, b), size| (n + 1, b + size));
         self.io.progress.event(&BuildEvent::CopyStaged { stage, step: step_index, files, bytes });
-        let cs = Changeset::from_scan(staged);
         let (layer, size) = self.commit_staged(&cs, &root, &mut phases)?;
         self.record(at, state, kind, &key, &layer);
         Ok(StepResult::written(created_by, layer, size, phases))

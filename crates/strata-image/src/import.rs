@@ -93,7 +93,7 @@ pub fn import_tree(store: &Store, source: &Path, opts: &ImportOptions) -> Result
         scratch.path()
     };
     let writer = LayerWriter::new(opts.compression).epoch(opts.epoch);
-    let changeset = strata_layer::Changeset::from_scan(strata_layer::scan(tree)?);
+    let changeset = strata_layer::Changeset::of_dir(tree)?;
     // Pass 1: the diffID alone (tar, no compression, no writes).
     let mut sink = HashSink { hasher: Sha256::new(), len: 0 };
     LayerWriter::new(Compression::None).epoch(opts.epoch).write(&changeset, tree, &mut sink)?;

@@ -76,6 +76,16 @@ impl Changeset {
         Changeset { changes: scan.into_entries().into_iter().map(Change::Added).collect() }
     }
 
+    /// Every entry under `dir` (not `dir` itself) as an addition: the changeset of a whole
+    /// tree, what [`Changeset::from_scan`] makes of a [`scan`](crate::scan()) of `dir`, read
+    /// without the scan in between. A tree of 200,000 entries then has one list of them
+    /// (about 40 MB) at a time, not two while one is converted into the other.
+    pub fn of_dir(dir: &Path) -> Result<Changeset> {
+        let mut changes = crate::scan::walk(dir, Change::Added)?;
+        changes.par_sort_unstable_by(|a, b| path_cmp(a.path(), b.path()));
+        Ok(Changeset { changes })
+    }
+
     /// The changes, sorted bytewise by path.
     pub fn changes(&self) -> &[Change] {
         &self.changes

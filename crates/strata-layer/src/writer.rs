@@ -67,7 +67,7 @@ use crate::error::{LayerError, Result};
 use strata_store::Store;
 use strata_types::Digest;
 
-use crate::scan::{scan, Entry, EntryKind};
+use crate::scan::{Entry, EntryKind};
 
 /// Name prefix of a whiteout entry (`layer.md` § Whiteouts).
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -377,7 +377,7 @@ impl LayerWriter {
 
     /// Writes the whole tree under `dir` (not `dir` itself) as one layer.
     pub fn write_dir<W: Write + Send>(&self, dir: &Path, out: W) -> Result<LayerDescriptor> {
-        let cs = Changeset::from_scan(scan(dir)?);
+        let cs = Changeset::of_dir(dir)?;
         self.write(&cs, dir, out)
     }
 }

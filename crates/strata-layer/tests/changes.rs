@@ -248,3 +248,31 @@ fn a_file_that_changed_size_or_a_failing_sink_is_an_error_not_a_bad_layer() {
         assert!(strata_types::chain(&err).contains("disk full"), "{c:?}: {err}");
     }
 }
+
+/// `Changeset::of_dir` reads a tree level by level (a large directory's entries in parallel);
+/// it must list exactly what a scan of the same tree lists, in the same order.
+#[test]
+fn of_dir_is_the_scan_of_the_tree_as_additions() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    base(root);
+    // Wider than the walk's parallel threshold, and deep.
+    for i in 0..300 {
+        write_file(&root.join(format!("wide/f{i:03}")), format!("{i}").as_bytes());
+    }
+    write_file(&root.join("wide/sub/deeper/still/leaf"), b"leaf");
+    fs::create_dir(root.join("empty")).unwrap();
+    let of_dir = Changeset::of_dir(root).unwrap();
+    let from_scan = Changeset::from_scan(scan(root).unwrap());
+    assert_eq!(of_dir, from_scan);
+    // base: 11 entries; wide/: itself, 300 files, sub/deeper/still/leaf; empty/.
+    assert_eq!(of_dir.len(), 11 + (1 + 300 + 4) + 1);
+    assert!(of_dir.changes().iter().all(|c| matches!(c, Change::Added(_))));
+    let paths: Vec<_> = of_dir.changes().iter().map(|c| c.path().to_owned()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+    assert_eq!(paths, sorted);
+    // An unreadable tree is an error naming it, not an empty changeset.
+    let err = Changeset::of_dir(&root.join("missing")).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+}
