@@ -277,9 +277,15 @@ struct Below {
     prefix: usize,
 }
 
-/// A v2 file of `entries`, which must be sorted by path without duplicates.
-fn encode<'a>(count: usize, entries: impl Iterator<Item = (&'a [u8], Stamp, [u8; 32])>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC_V2.len() + 8 + count * (FIXED + 64));
+/// A v2 file of `entries`, which must be sorted by path without duplicates. Sized exactly
+/// beforehand: the table of a large context is kept for the whole build, and a guess that
+/// grows by doubling holds up to twice its bytes.
+fn encode<'a>(
+    count: usize,
+    entries: impl Iterator<Item = (&'a [u8], Stamp, [u8; 32])> + Clone,
+) -> Vec<u8> {
+    let records: usize = entries.clone().map(|(path, _, _)| FIXED + path.len()).sum();
+    let mut out = Vec::with_capacity(MAGIC_V2.len() + 8 + records);
     out.extend_from_slice(MAGIC_V2);
     out.extend_from_slice(&(count as u64).to_le_bytes());
     for (path, s, d) in entries {
