@@ -260,9 +260,9 @@ impl LayerWriter {
     /// Writes `changeset` as a layer into `out`, reading file bytes (and the metadata of
     /// unchanged parent directories) from `source`, and returns its digests and sizes.
     ///
-    /// With compression, the tar is produced (and hashed for the diffID) on the calling
-    /// thread while a second thread compresses it, hashes the result and writes `out`; the
-    /// two are joined by a small queue of 1 MiB chunks.
+    /// With compression, the tar is produced on the calling thread while a second thread
+    /// hashes it for the diffID and a third compresses it, hashes the result and writes
+    /// `out`; they are joined by small queues of 1 MiB chunks.
     pub fn write<W: Write + Send>(
         &self,
         changeset: &Changeset,
@@ -306,16 +306,32 @@ impl LayerWriter {
             };
             return Ok(RawLayer { diff_id, size, uncompressed_size: size, times });
         }
+        // Three stages joined by queues of 1 MiB chunks: the tar (this thread), its diffID
+        // hash, the compressor (with the store's writes). Hashing the tar on its own thread
+        // keeps ~0.25 s per 500 MB of sha256 off the tar's path, which is the critical one.
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+        let (hashed_tx, hashed_rx) = mpsc::sync_channel::<Vec<u8>>(4);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || -> (Digest, u64) {
+                let (mut hasher, mut count) = (Sha256::new(), 0u64);
+                for chunk in rx {
+                    hasher.update(&chunk);
+                    count += chunk.len() as u64;
+                    // The compressor stopped: its error is the one reported.
+                    if hashed_tx.send(chunk).is_err() {
+                        break;
+                    }
+                }
+                (Digest::from_sha256(hasher.finalize().into()), count)
+            });
             let compressor = scope.spawn(move || -> io::Result<(u64, Duration, Duration)> {
                 let began = Instant::now();
                 let mut idle = Duration::ZERO;
                 let mut comp = self.compressor(Count::new(out))?;
                 loop {
                     let waiting = Instant::now();
-                    let Ok(chunk) = rx.recv() else { break };
+                    let Ok(chunk) = hashed_rx.recv() else { break };
                     idle += waiting.elapsed();
                     comp.write_all(&chunk)?;
                     let _ = free_tx.send(chunk);
@@ -325,11 +341,11 @@ impl LayerWriter {
                 let busy = began.elapsed().saturating_sub(idle);
                 Ok((counted.count, busy.saturating_sub(counted.spent), counted.spent))
             });
-            let mut tar = HashCount::new(ChunkSink::new(tx, free_rx));
-            let produced = write_items(&mut tar, &items, source, self.epoch, self.cancel.as_ref());
-            let (mut sink, diff_id, uncompressed_size) = tar.finish();
+            let mut sink = ChunkSink::new(tx, free_rx);
+            let produced = write_items(&mut sink, &items, source, self.epoch, self.cancel.as_ref());
             let flushed = sink.close();
             let tar_time = started.elapsed().saturating_sub(sink.waited);
+            let hashed = hasher.join();
             let compressed = compressor
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("layer compressor thread panicked")));
@@ -340,6 +356,8 @@ impl LayerWriter {
                 (Ok(()), Ok(r)) => r,
             };
             flushed.map_err(end)?;
+            let (diff_id, uncompressed_size) =
+                hashed.map_err(|_| end(io::Error::other("layer hash thread panicked")))?;
             let times = WriteTimes { tar: tar_time, compress, store };
             Ok(RawLayer { diff_id, size, uncompressed_size, times })
         })
@@ -632,18 +650,15 @@ trait TarSink: Write {
 
 impl<W: Write> TarSink for BufWriter<W> {}
 
-impl TarSink for HashCount<ChunkSink> {
+impl TarSink for ChunkSink {
     /// Reads directly into the queue's current chunk: no intermediate copy.
     fn fill_from(&mut self, f: &mut fs::File, max: usize, _buf: &mut [u8]) -> io::Result<usize> {
-        let sink = &mut self.inner;
-        let start = sink.filled;
+        let start = self.filled;
         let k = max.min(CHUNK - start);
-        let n = f.read(&mut sink.cur[start..start + k])?;
-        self.hasher.update(&sink.cur[start..start + n]);
-        self.count += n as u64;
-        sink.filled += n;
-        if sink.filled == CHUNK {
-            sink.send()?;
+        let n = f.read(&mut self.cur[start..start + k])?;
+        self.filled += n;
+        if self.filled == CHUNK {
+            self.send()?;
         }
         Ok(n)
     }

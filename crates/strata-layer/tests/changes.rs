@@ -247,6 +247,23 @@ fn a_file_that_changed_size_or_a_failing_sink_is_an_error_not_a_bad_layer() {
         let err = LayerWriter::new(c).write_dir(t.path(), Broken).unwrap_err();
         assert!(strata_types::chain(&err).contains("disk full"), "{c:?}: {err}");
     }
+    // A sink that fails while the tar is still being produced (20 MB that zstd cannot shrink:
+    // its first 8 MiB job is written long before the end) stops every stage of the pipeline,
+    // and its error is the one reported.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..20 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    write_file(&t.path().join("noise"), &noise);
+    for c in [Compression::None, Compression::Zstd, Compression::Gzip] {
+        let err = LayerWriter::new(c).write_dir(t.path(), Broken).unwrap_err();
+        assert!(strata_types::chain(&err).contains("disk full"), "{c:?}: {err}");
+    }
 }
 
 /// `Changeset::of_dir` reads a tree level by level (a large directory's entries in parallel);
